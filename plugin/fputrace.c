@@ -1,0 +1,1247 @@
+/*
+ * fputrace: a QEMU TCG plugin that records FPU state operations.
+ *
+ * It watches the instructions with which a kernel (and KVM inside it) moves
+ * FPU/SIMD register state between the register file and memory, changes
+ * which state components exist, or enters and leaves a nested guest:
+ *
+ *   x86_64: XSAVE XSAVEOPT XSAVEC XSAVES XRSTOR XRSTORS FXSAVE FXRSTOR
+ *           (and their REX.W forms), XSETBV, WRMSR, VMRUN.
+ *
+ * Instructions are recognised from their bytes at translation time; only
+ * those get an exec callback (plus memory callbacks on the saves and
+ * restores), so every other instruction runs at full speed.
+ *
+ * Each event becomes a fixed-size record in a per-vCPU buffer; full buffers
+ * are written to the trace file as self-checking blocks with a single
+ * write(2) on an O_APPEND descriptor, so the exec path takes no lock and a
+ * trace cut short by a crash stays readable up to its last whole block.
+ * docs/trace-format.md describes every byte written here.
+ *
+ * Arguments (key=value, comma separated by QEMU):
+ *   out=PATH            trace file to create (required)
+ *   current=ADDR        per-cpu address of the kernel's current task pointer
+ *                       (read through GS base, i.e. %gs:ADDR)
+ *   task_pid=OFF, task_tgid=OFF, task_comm=OFF
+ *                       offsets in struct task_struct
+ *   msr=INDEX           also record WRMSR to INDEX (may repeat); IA32_XFD
+ *                       and IA32_XFD_ERR are always recorded
+ *   kernel=STR, qemu=STR
+ *                       identity strings copied into the trace header
+ *   block_events=N      events per block (default 512)
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <glib.h>
+
+#include <qemu-plugin.h>
+
+QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
+
+/* ---- trace format (docs/trace-format.md) ------------------------------ */
+
+#define FTR_MAGIC               "FPUTRACE"
+#define FTR_VERSION             1
+#define FTR_MIN_READER_VERSION  1
+#define FTR_BLOCK_MAGIC         0x4b425446u     /* "FTBK" */
+
+#define FTR_FEAT_MEM_HASH       (1u << 0)
+#define FTR_FEAT_REGS_HASH      (1u << 1)
+#define FTR_FEAT_TASKS          (1u << 2)
+
+enum ftr_arch {
+    FTR_ARCH_X86_64 = 1,
+    FTR_ARCH_AARCH64 = 2,
+};
+
+enum ftr_block_type {
+    FTR_BLOCK_EVENTS = 1,
+    FTR_BLOCK_TASKS = 2,
+    FTR_BLOCK_FOOTER = 3,
+};
+
+/* Event kinds. Numbers are part of the format: never reuse one. */
+enum ftr_kind {
+    FTR_KIND_XSAVE = 1,
+    FTR_KIND_XSAVEOPT = 2,
+    FTR_KIND_XSAVEC = 3,
+    FTR_KIND_XSAVES = 4,
+    FTR_KIND_XRSTOR = 5,
+    FTR_KIND_XRSTORS = 6,
+    FTR_KIND_FXSAVE = 7,
+    FTR_KIND_FXRSTOR = 8,
+    FTR_KIND_XSETBV = 9,
+    FTR_KIND_WRMSR_XFD = 10,
+    FTR_KIND_WRMSR_XFD_ERR = 11,
+    FTR_KIND_WRMSR = 12,
+    FTR_KIND_VM_ENTRY = 13,
+    FTR_KIND_VM_EXIT = 14,
+    /* 32..63 are reserved for arm64 (docs/trace-format.md). */
+    FTR_KIND_MAX = 64,
+};
+
+#define FTR_FLAG_PL_MASK        0x03    /* CPL (x86) or EL (arm64) */
+#define FTR_FLAG_L2             0x04    /* executed inside the nested guest */
+#define FTR_FLAG_FORM64         0x08    /* REX.W form (xsave64, ...) */
+#define FTR_FLAG_TASK_VALID     0x10
+#define FTR_FLAG_MEM_VALID      0x20    /* memory accesses were observed */
+#define FTR_FLAG_REGS_VALID     0x40
+
+struct ftr_event {
+    uint64_t seq;
+    uint64_t pc;
+    uint64_t task;
+    uint64_t addr;
+    uint64_t value;
+    uint64_t xcr0;
+    uint64_t mem_hash;
+    uint64_t mem_legacy_hash;
+    uint64_t regs_hash;
+    uint32_t index;
+    uint32_t mem_bytes;
+    uint32_t mem_features;
+    uint16_t vcpu;
+    uint8_t kind;
+    uint8_t flags;
+    uint64_t aux;
+};
+G_STATIC_ASSERT(sizeof(struct ftr_event) == 96);
+
+struct ftr_task {
+    uint64_t seq;
+    uint64_t task;
+    uint32_t pid;
+    uint32_t tgid;
+    char comm[16];
+    uint16_t vcpu;
+    uint16_t flags;
+    uint32_t reserved;
+};
+G_STATIC_ASSERT(sizeof(struct ftr_task) == 48);
+
+struct ftr_block_header {
+    uint32_t magic;
+    uint16_t type;
+    uint16_t vcpu;
+    uint32_t count;
+    uint32_t payload_size;
+    uint32_t crc32;
+    uint32_t reserved;
+};
+G_STATIC_ASSERT(sizeof(struct ftr_block_header) == 24);
+
+struct ftr_footer {
+    uint64_t events_total;
+    uint64_t tasks_total;
+    uint64_t blocks_total;
+    uint64_t write_errors;
+    uint64_t events_by_kind[FTR_KIND_MAX];
+};
+
+/* ---- x86 definitions ----------------------------------------------- */
+
+#define MSR_IA32_XFD            0x1c4
+#define MSR_IA32_XFD_ERR        0x1c5
+#define MAX_EXTRA_MSRS          16
+#define MAX_VMRUN_SITES         64
+#define TASK_TABLE_SIZE         (1u << 16)
+
+/* How an operand's effective address is formed: [seg + base + index*scale + disp]. */
+struct x86_modrm_addr {
+    int8_t base;                /* GPR number, -1 none, -2 RIP-relative */
+    int8_t index;               /* GPR number, -1 none */
+    uint8_t scale;
+    uint8_t segment;            /* 0, or 4 for FS / 5 for GS override */
+    bool addr32;                /* 0x67 prefix: truncate to 32 bits */
+    int32_t disp;
+};
+
+/* What translation learnt about one instruction; shared by all its TBs. */
+struct fpu_insn {
+    uint64_t vaddr;
+    uint8_t len;
+    uint8_t kind;
+    uint8_t flags;              /* FTR_FLAG_FORM64 */
+    bool is_save;
+    bool is_restore;
+    struct x86_modrm_addr ea;
+};
+
+/*
+ * Per-vCPU state, in a scoreboard: only its own vCPU thread touches it
+ * while running, and the exit callback after all vCPUs stopped.
+ */
+struct vcpu_state {
+    bool in_l2;
+    uint64_t l1_task_at_entry;
+    uint64_t xcr0;
+    /* A save/restore whose memory callbacks are still arriving. */
+    bool pending;
+    struct ftr_event pending_event;
+    struct ftr_event *events;
+    size_t n_events;
+    struct ftr_task *tasks;
+    size_t n_tasks;
+    uint64_t events_by_kind[FTR_KIND_MAX];
+    uint64_t tasks_total;
+    GByteArray *scratch;
+};
+
+/* ---- global state ----------------------------------------------------- */
+
+static struct {
+    int fd;
+    char *path;
+    size_t block_events;
+    uint64_t current_addr;      /* 0: task tracking off */
+    int64_t task_pid_off, task_tgid_off, task_comm_off;
+    uint32_t extra_msrs[MAX_EXTRA_MSRS];
+    unsigned n_extra_msrs;
+    char *kernel_id, *qemu_id, *args;
+    const char *target;
+} cfg = {
+    .fd = -1,
+    .block_events = 512,
+    .task_pid_off = -1,
+    .task_tgid_off = -1,
+    .task_comm_off = -1,
+};
+
+static struct qemu_plugin_scoreboard *vcpus;
+static uint64_t next_seq;               /* atomic */
+static uint64_t blocks_written;         /* atomic */
+static uint64_t write_errors;           /* atomic */
+
+/* Translation-time tables, touched only under insn_lock. */
+static GMutex insn_lock;
+static GHashTable *insn_table;          /* (vaddr, bytes) -> struct fpu_insn */
+static uint64_t vmrun_next_pc[MAX_VMRUN_SITES];
+static unsigned n_vmrun_sites;
+
+/* Task identities already announced: lock-free set of nonzero keys. */
+static uint64_t task_seen[TASK_TABLE_SIZE];
+
+/* Register handles, resolved once by name. */
+static struct {
+    struct qemu_plugin_register *gpr[16];
+    struct qemu_plugin_register *cs, *gs_base, *k_gs_base;
+    struct qemu_plugin_register *fctrl, *fstat, *mxcsr;
+    struct qemu_plugin_register *st[8], *xmm[16];
+    bool resolved;
+} regs;
+
+/* ---- helpers: hashing --------------------------------------------------- */
+
+static inline uint64_t hash_mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/*
+ * The content hash is a sum over bytes of mix(offset, byte), with the offset
+ * in the standard (non-compacted) XSAVE layout. A sum does not depend on the
+ * order or width of the accesses QEMU's helpers make, and the register file
+ * hashes to the same value as a buffer that holds it, so the analyzers can
+ * compare registers, saves and restores directly.
+ *
+ * Only architectural register contents count: FTW, FOP, FIP/FDP,
+ * MXCSR_MASK, reserved bytes and the XSAVE header are left out because
+ * saves and restores do not touch them symmetrically.
+ */
+static inline bool xsave_offset_is_content(uint64_t off)
+{
+    if (off < 4) {
+        return true;                            /* FCW, FSW */
+    }
+    if (off < 24) {
+        return false;                           /* FTW, FOP, FIP, FDP */
+    }
+    if (off < 28) {
+        return true;                            /* MXCSR */
+    }
+    if (off < 32) {
+        return false;                           /* MXCSR_MASK */
+    }
+    if (off < 160) {
+        return ((off - 32) & 15) < 10;          /* ST0-7: 80 bits per 16 */
+    }
+    if (off < 416) {
+        return true;                            /* XMM0-15 */
+    }
+    return off >= 576;                          /* extended components */
+}
+
+static inline uint64_t hash_byte(uint64_t off, uint8_t byte)
+{
+    return hash_mix64((off << 8) | byte);
+}
+
+/* Standard-format offsets of the XSAVE components (CPUID 0xd, as QEMU). */
+static uint32_t xsave_feature_of_offset(uint64_t off)
+{
+    static const struct { uint32_t start, end, bit; } areas[] = {
+        { 0, 24, 0 }, { 24, 32, 1 }, { 32, 160, 0 }, { 160, 416, 1 },
+        { 576, 832, 2 }, { 960, 1024, 3 }, { 1024, 1088, 4 },
+        { 1088, 1152, 5 }, { 1152, 1664, 6 }, { 1664, 2688, 7 },
+        { 2688, 2696, 9 },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(areas); i++) {
+        if (off >= areas[i].start && off < areas[i].end) {
+            return 1u << areas[i].bit;
+        }
+    }
+    return 0;
+}
+
+static uint32_t crc32_le(const void *data, size_t len)
+{
+    static uint32_t table[256];
+    static gsize table_ready;
+    const uint8_t *p = data;
+    uint32_t crc = 0xffffffffu;
+
+    if (g_once_init_enter(&table_ready)) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) {
+                c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+            }
+            table[i] = c;
+        }
+        g_once_init_leave(&table_ready, 1);
+    }
+    while (len--) {
+        crc = table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    }
+    return crc ^ 0xffffffffu;
+}
+
+/* ---- helpers: trace file ---------------------------------------------- */
+
+static bool trace_write_all(const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+
+    while (len > 0) {
+        ssize_t n = write(cfg.fd, p, len);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            __atomic_fetch_add(&write_errors, 1, __ATOMIC_RELAXED);
+            return false;
+        }
+        p += n;
+        len -= n;
+    }
+    return true;
+}
+
+/*
+ * One block, one write(2): with O_APPEND the kernel places it whole at the
+ * end of the file, so vCPU threads need no lock between them.
+ */
+static void trace_write_block(uint16_t type, uint16_t vcpu, const void *payload,
+                              uint32_t count, uint32_t payload_size)
+{
+    size_t total = sizeof(struct ftr_block_header) + payload_size;
+    g_autofree uint8_t *buf = g_malloc(total);
+    struct ftr_block_header hdr = {
+        .magic = FTR_BLOCK_MAGIC,
+        .type = type,
+        .vcpu = vcpu,
+        .count = count,
+        .payload_size = payload_size,
+        .crc32 = crc32_le(payload, payload_size),
+    };
+
+    memcpy(buf, &hdr, sizeof(hdr));
+    memcpy(buf + sizeof(hdr), payload, payload_size);
+    if (trace_write_all(buf, total)) {
+        __atomic_fetch_add(&blocks_written, 1, __ATOMIC_RELAXED);
+    }
+}
+
+static void header_put_string(GByteArray *out, const char *s)
+{
+    uint16_t len = s ? strlen(s) : 0;
+
+    g_byte_array_append(out, (const guint8 *)&len, sizeof(len));
+    if (len) {
+        g_byte_array_append(out, (const guint8 *)s, len);
+    }
+}
+
+static bool trace_write_header(uint32_t api_version)
+{
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    uint16_t version = FTR_VERSION, min_reader = FTR_MIN_READER_VERSION;
+    uint16_t arch = strcmp(cfg.target, "aarch64") == 0 ? FTR_ARCH_AARCH64
+                                                       : FTR_ARCH_X86_64;
+    uint16_t event_size = sizeof(struct ftr_event);
+    uint16_t task_size = sizeof(struct ftr_task);
+    uint64_t features = FTR_FEAT_MEM_HASH | FTR_FEAT_REGS_HASH |
+                        (cfg.current_addr ? FTR_FEAT_TASKS : 0);
+    uint32_t header_size = 0;
+
+    g_byte_array_append(out, (const guint8 *)FTR_MAGIC, 8);
+    g_byte_array_append(out, (const guint8 *)&version, 2);
+    g_byte_array_append(out, (const guint8 *)&min_reader, 2);
+    g_byte_array_append(out, (const guint8 *)&header_size, 4);
+    g_byte_array_append(out, (const guint8 *)&features, 8);
+    g_byte_array_append(out, (const guint8 *)&arch, 2);
+    g_byte_array_append(out, (const guint8 *)&event_size, 2);
+    g_byte_array_append(out, (const guint8 *)&task_size, 2);
+    g_byte_array_append(out, (const guint8 *)&(uint16_t){ 0 }, 2);
+    g_byte_array_append(out, (const guint8 *)&api_version, 4);
+    g_byte_array_append(out, (const guint8 *)&(uint32_t){ 0 }, 4);
+    header_put_string(out, cfg.qemu_id);
+    header_put_string(out, cfg.kernel_id);
+    header_put_string(out, cfg.args);
+    /* Pad to 8 so that blocks are aligned in the file. */
+    while (out->len % 8) {
+        g_byte_array_append(out, (const guint8 *)"", 1);
+    }
+    header_size = out->len;
+    memcpy(out->data + 12, &header_size, 4);
+    return trace_write_all(out->data, out->len);
+}
+
+static void vcpu_flush_events(struct vcpu_state *vs, unsigned int vcpu_index)
+{
+    if (vs->n_events) {
+        trace_write_block(FTR_BLOCK_EVENTS, vcpu_index, vs->events, vs->n_events,
+                          vs->n_events * sizeof(struct ftr_event));
+        vs->n_events = 0;
+    }
+}
+
+static void vcpu_flush_tasks(struct vcpu_state *vs, unsigned int vcpu_index)
+{
+    if (vs->n_tasks) {
+        trace_write_block(FTR_BLOCK_TASKS, vcpu_index, vs->tasks, vs->n_tasks,
+                          vs->n_tasks * sizeof(struct ftr_task));
+        vs->n_tasks = 0;
+    }
+}
+
+/*
+ * Task announcements go out before the events that name them: a reader that
+ * stops at the last whole block then never sees an event with an unknown task
+ * that the trace could have told it about.
+ */
+static void vcpu_commit_event(struct vcpu_state *vs, unsigned int vcpu_index,
+                              const struct ftr_event *ev)
+{
+    vs->events[vs->n_events++] = *ev;
+    vs->events_by_kind[ev->kind]++;
+    if (vs->n_events == cfg.block_events) {
+        vcpu_flush_tasks(vs, vcpu_index);
+        vcpu_flush_events(vs, vcpu_index);
+    }
+}
+
+static void vcpu_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
+{
+    if (vs->pending) {
+        vs->pending = false;
+        vcpu_commit_event(vs, vcpu_index, &vs->pending_event);
+    }
+}
+
+/* ---- helpers: guest state ------------------------------------------- */
+
+static struct vcpu_state *vcpu_get(unsigned int vcpu_index)
+{
+    return qemu_plugin_scoreboard_find(vcpus, vcpu_index);
+}
+
+static bool reg_read(struct vcpu_state *vs, struct qemu_plugin_register *reg,
+                     uint8_t *out, size_t want)
+{
+    int n;
+
+    if (!reg) {
+        return false;
+    }
+    g_byte_array_set_size(vs->scratch, 0);
+    n = qemu_plugin_read_register(reg, vs->scratch);
+    if (n <= 0) {
+        return false;
+    }
+    memset(out, 0, want);
+    memcpy(out, vs->scratch->data, MIN((size_t)n, want));
+    return true;
+}
+
+static uint64_t reg_read_u64(struct vcpu_state *vs, struct qemu_plugin_register *reg)
+{
+    uint64_t v = 0;
+
+    reg_read(vs, reg, (uint8_t *)&v, sizeof(v));
+    return v;
+}
+
+static bool mem_read(struct vcpu_state *vs, uint64_t vaddr, void *out, size_t len)
+{
+    g_byte_array_set_size(vs->scratch, 0);
+    if (!qemu_plugin_read_memory_vaddr(vaddr, vs->scratch, len) ||
+        vs->scratch->len < len) {
+        return false;
+    }
+    memcpy(out, vs->scratch->data, len);
+    return true;
+}
+
+static unsigned x86_cpl(struct vcpu_state *vs)
+{
+    return reg_read_u64(vs, regs.cs) & 3;
+}
+
+/* The register file as an XSAVE legacy area would hold it, hashed. */
+static uint64_t x86_regs_hash(struct vcpu_state *vs, bool *ok)
+{
+    uint8_t buf[16];
+    uint64_t h = 0;
+
+    *ok = true;
+    if (!reg_read(vs, regs.fctrl, buf, 2)) {
+        *ok = false;
+        return 0;
+    }
+    h += hash_byte(0, buf[0]) + hash_byte(1, buf[1]);
+    *ok &= reg_read(vs, regs.fstat, buf, 2);
+    h += hash_byte(2, buf[0]) + hash_byte(3, buf[1]);
+    *ok &= reg_read(vs, regs.mxcsr, buf, 4);
+    for (int i = 0; i < 4; i++) {
+        h += hash_byte(24 + i, buf[i]);
+    }
+    for (int r = 0; r < 8; r++) {
+        *ok &= reg_read(vs, regs.st[r], buf, 10);
+        for (int i = 0; i < 10; i++) {
+            h += hash_byte(32 + 16 * r + i, buf[i]);
+        }
+    }
+    for (int r = 0; r < 16; r++) {
+        *ok &= reg_read(vs, regs.xmm[r], buf, 16);
+        for (int i = 0; i < 16; i++) {
+            h += hash_byte(160 + 16 * r + i, buf[i]);
+        }
+    }
+    return h;
+}
+
+static uint64_t x86_effective_address(struct vcpu_state *vs,
+                                      const struct fpu_insn *fi)
+{
+    const struct x86_modrm_addr *ea = &fi->ea;
+    uint64_t addr = (int64_t)ea->disp;
+
+    if (ea->base == -2) {
+        addr += fi->vaddr + fi->len;
+    } else if (ea->base >= 0) {
+        addr += reg_read_u64(vs, regs.gpr[ea->base]);
+    }
+    if (ea->index >= 0) {
+        addr += reg_read_u64(vs, regs.gpr[ea->index]) << ea->scale;
+    }
+    if (ea->addr32) {
+        addr &= 0xffffffffull;
+    }
+    if (ea->segment == 5) {
+        addr += reg_read_u64(vs, regs.gs_base);
+    }
+    /* FS base is not readable by name on every QEMU; FS-relative FPU saves do not occur in kernels. */
+    return addr;
+}
+
+static bool task_first_sighting(uint64_t key)
+{
+    uint32_t slot = key & (TASK_TABLE_SIZE - 1);
+
+    for (uint32_t probe = 0; probe < TASK_TABLE_SIZE; probe++) {
+        uint64_t *p = &task_seen[(slot + probe) & (TASK_TABLE_SIZE - 1)];
+        uint64_t expected = 0;
+        uint64_t cur = __atomic_load_n(p, __ATOMIC_RELAXED);
+
+        if (cur == key) {
+            return false;
+        }
+        if (cur == 0 &&
+            __atomic_compare_exchange_n(p, &expected, key, false,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+            return true;
+        }
+        if (expected == key) {
+            return false;
+        }
+    }
+    return true;    /* table full: announcing twice beats announcing never */
+}
+
+/*
+ * The kernel's current task: %gs:current while in the kernel; in user mode
+ * the kernel's GS base waits in KERNEL_GS_BASE until the next swapgs.
+ * A new (task, pid, comm) identity is announced once, so exec() renames and
+ * task_struct reuse both show up.
+ */
+static uint64_t x86_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
+                                 unsigned cpl, uint64_t seq, bool *valid)
+{
+    uint64_t base, task = 0;
+    struct ftr_task t = { 0 };
+    uint64_t key, comm_words[2];
+
+    *valid = false;
+    if (!cfg.current_addr) {
+        return 0;
+    }
+    base = reg_read_u64(vs, cpl == 0 ? regs.gs_base : regs.k_gs_base);
+    if (!base || !mem_read(vs, base + cfg.current_addr, &task, sizeof(task)) ||
+        !task) {
+        return 0;
+    }
+    *valid = true;
+    if (cfg.task_pid_off < 0) {
+        return task;
+    }
+    mem_read(vs, task + cfg.task_pid_off, &t.pid, sizeof(t.pid));
+    if (cfg.task_tgid_off >= 0) {
+        mem_read(vs, task + cfg.task_tgid_off, &t.tgid, sizeof(t.tgid));
+    }
+    if (cfg.task_comm_off >= 0) {
+        mem_read(vs, task + cfg.task_comm_off, t.comm, sizeof(t.comm) - 1);
+    }
+    memcpy(comm_words, t.comm, sizeof(comm_words));
+    key = hash_mix64(task ^ hash_mix64(t.pid)) ^
+          hash_mix64(comm_words[0] ^ hash_mix64(comm_words[1]));
+    if (task_first_sighting(key | 1)) {
+        t.seq = seq;
+        t.task = task;
+        t.vcpu = vcpu_index;
+        vs->tasks[vs->n_tasks++] = t;
+        vs->tasks_total++;
+        if (vs->n_tasks == cfg.block_events) {
+            vcpu_flush_tasks(vs, vcpu_index);
+        }
+    }
+    return task;
+}
+
+/* Fill the fields every event has. */
+static void event_begin(struct vcpu_state *vs, unsigned int vcpu_index,
+                        struct ftr_event *ev, uint8_t kind, uint64_t pc)
+{
+    unsigned cpl = x86_cpl(vs);
+    bool task_valid = false;
+
+    memset(ev, 0, sizeof(*ev));
+    ev->seq = __atomic_fetch_add(&next_seq, 1, __ATOMIC_RELAXED);
+    ev->pc = pc;
+    ev->kind = kind;
+    ev->vcpu = vcpu_index;
+    ev->xcr0 = vs->xcr0;
+    ev->flags = cpl;
+    if (vs->in_l2) {
+        /* GS base belongs to the nested guest here: use the L1 task that entered it. */
+        ev->flags |= FTR_FLAG_L2;
+        ev->task = vs->l1_task_at_entry;
+        task_valid = ev->task != 0;
+    } else {
+        ev->task = x86_current_task(vs, vcpu_index, cpl, ev->seq, &task_valid);
+    }
+    if (task_valid) {
+        ev->flags |= FTR_FLAG_TASK_VALID;
+    }
+}
+
+/* ---- x86 decoding (translation time) ---------------------------------- */
+
+static const char *const x86_gpr_names[16] = {
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+};
+
+/*
+ * Decode the memory operand of a ModRM byte at p. Returns false for a
+ * register operand (mod == 3) or bytes that run out.
+ */
+static bool x86_decode_modrm(const uint8_t *p, size_t n, uint8_t rex, bool addr32,
+                             uint8_t segment, struct x86_modrm_addr *ea,
+                             uint8_t *reg_field)
+{
+    uint8_t modrm, mod, rm;
+    size_t i = 1;
+
+    if (n < 1) {
+        return false;
+    }
+    modrm = p[0];
+    mod = modrm >> 6;
+    rm = modrm & 7;
+    *reg_field = (modrm >> 3) & 7;
+    if (mod == 3) {
+        return false;
+    }
+    ea->base = -1;
+    ea->index = -1;
+    ea->scale = 0;
+    ea->segment = segment;
+    ea->addr32 = addr32;
+    ea->disp = 0;
+    if (rm == 4) {
+        uint8_t sib, base, index;
+        if (n < 2) {
+            return false;
+        }
+        sib = p[1];
+        i = 2;
+        ea->scale = sib >> 6;
+        index = ((sib >> 3) & 7) | ((rex & 0x2) ? 8 : 0);
+        base = (sib & 7) | ((rex & 0x1) ? 8 : 0);
+        if (index != 4) {
+            ea->index = index;
+        }
+        if ((sib & 7) == 5 && mod == 0) {
+            mod = 2;                    /* disp32, no base */
+        } else {
+            ea->base = base;
+        }
+    } else if (rm == 5 && mod == 0) {
+        ea->base = -2;                  /* RIP-relative */
+        mod = 2;
+    } else {
+        ea->base = rm | ((rex & 0x1) ? 8 : 0);
+    }
+    if (mod == 1) {
+        if (n < i + 1) {
+            return false;
+        }
+        ea->disp = (int8_t)p[i];
+    } else if (mod == 2) {
+        if (n < i + 4) {
+            return false;
+        }
+        memcpy(&ea->disp, p + i, 4);
+    }
+    return true;
+}
+
+/*
+ * Recognise the instructions we trace. 0F AE and 0F C7 encode several
+ * unrelated instructions; only the memory forms without a mandatory
+ * 66/F2/F3 prefix are FPU state operations (mod == 3 is LFENCE, MFENCE,
+ * SFENCE, RDRAND...; F3 0F AE is RDFSBASE & co; 66 0F AE /6 is CLWB).
+ */
+static bool x86_decode(const uint8_t *p, size_t n, struct fpu_insn *fi)
+{
+    size_t i = 0;
+    uint8_t rex = 0, segment = 0, reg;
+    bool mandatory_prefix = false, addr32 = false;
+
+    for (; i < n; i++) {
+        uint8_t b = p[i];
+        if (b == 0x66 || b == 0xf2 || b == 0xf3) {
+            mandatory_prefix = true;
+        } else if (b == 0x67) {
+            addr32 = true;
+        } else if (b == 0x64 || b == 0x65) {
+            segment = b - 0x60;
+        } else if (b == 0xf0 || b == 0x2e || b == 0x36 || b == 0x3e || b == 0x26) {
+            /* lock / null segment overrides */
+        } else {
+            break;
+        }
+    }
+    if (i < n && (p[i] & 0xf0) == 0x40) {
+        rex = p[i++];
+    }
+    if (i + 1 >= n || p[i] != 0x0f) {
+        return false;
+    }
+    i++;
+    if (rex & 0x8) {
+        fi->flags |= FTR_FLAG_FORM64;
+    }
+
+    switch (p[i]) {
+    case 0x30:                                  /* WRMSR */
+        fi->kind = FTR_KIND_WRMSR;
+        return true;
+    case 0x01:
+        if (i + 1 >= n) {
+            return false;
+        }
+        if (p[i + 1] == 0xd1 && !mandatory_prefix) {
+            fi->kind = FTR_KIND_XSETBV;
+            return true;
+        }
+        if (p[i + 1] == 0xd8) {
+            fi->kind = FTR_KIND_VM_ENTRY;       /* VMRUN */
+            return true;
+        }
+        return false;
+    case 0xae:
+        if (mandatory_prefix ||
+            !x86_decode_modrm(p + i + 1, n - i - 1, rex, addr32, segment,
+                              &fi->ea, &reg)) {
+            return false;
+        }
+        switch (reg) {
+        case 0: fi->kind = FTR_KIND_FXSAVE; fi->is_save = true; return true;
+        case 1: fi->kind = FTR_KIND_FXRSTOR; fi->is_restore = true; return true;
+        case 4: fi->kind = FTR_KIND_XSAVE; fi->is_save = true; return true;
+        case 5: fi->kind = FTR_KIND_XRSTOR; fi->is_restore = true; return true;
+        case 6: fi->kind = FTR_KIND_XSAVEOPT; fi->is_save = true; return true;
+        default: return false;                  /* LDMXCSR, STMXCSR, CLFLUSH */
+        }
+    case 0xc7:
+        if (mandatory_prefix ||
+            !x86_decode_modrm(p + i + 1, n - i - 1, rex, addr32, segment,
+                              &fi->ea, &reg)) {
+            return false;
+        }
+        switch (reg) {
+        case 3: fi->kind = FTR_KIND_XRSTORS; fi->is_restore = true; return true;
+        case 4: fi->kind = FTR_KIND_XSAVEC; fi->is_save = true; return true;
+        case 5: fi->kind = FTR_KIND_XSAVES; fi->is_save = true; return true;
+        default: return false;                  /* CMPXCHG8B/16B, VMPTRLD... */
+        }
+    default:
+        return false;
+    }
+}
+
+/* ---- callbacks ------------------------------------------------------ */
+
+static void vcpu_fpu_op_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event ev;
+    bool ok;
+
+    vcpu_finish_pending(vs, vcpu_index);
+    event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr);
+    ev.flags |= fi->flags;
+    ev.addr = x86_effective_address(vs, fi);
+    ev.value = reg_read_u64(vs, regs.gpr[0]) & 0xffffffffull;
+    ev.value |= reg_read_u64(vs, regs.gpr[2]) << 32;    /* EDX:EAX = RFBM */
+    ev.regs_hash = x86_regs_hash(vs, &ok);
+    if (ok) {
+        ev.flags |= FTR_FLAG_REGS_VALID;
+    }
+    /* The memory callbacks that follow fill in the content hash. */
+    vs->pending_event = ev;
+    vs->pending = true;
+}
+
+static void vcpu_fpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
+                         uint64_t vaddr, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event *ev = &vs->pending_event;
+    qemu_plugin_mem_value mv;
+    unsigned size = 1u << qemu_plugin_mem_size_shift(info);
+    uint64_t off, lo, hi = 0;
+
+    if (!vs->pending || qemu_plugin_mem_is_store(info) != fi->is_save) {
+        return;
+    }
+    mv = qemu_plugin_mem_get_value(info);
+    switch (mv.type) {
+    case QEMU_PLUGIN_MEM_VALUE_U8: lo = mv.data.u8; break;
+    case QEMU_PLUGIN_MEM_VALUE_U16: lo = mv.data.u16; break;
+    case QEMU_PLUGIN_MEM_VALUE_U32: lo = mv.data.u32; break;
+    case QEMU_PLUGIN_MEM_VALUE_U64: lo = mv.data.u64; break;
+    default: lo = mv.data.u128.low; hi = mv.data.u128.high; break;
+    }
+    off = vaddr - ev->addr;
+    ev->flags |= FTR_FLAG_MEM_VALID;
+    ev->mem_bytes += size;
+    for (unsigned b = 0; b < size; b++) {
+        uint8_t byte = b < 8 ? lo >> (8 * b) : hi >> (8 * (b - 8));
+        uint64_t o = off + b;
+        if (o >= (1u << 20)) {
+            continue;                   /* not part of the area (wrapped) */
+        }
+        ev->mem_features |= xsave_feature_of_offset(o);
+        if (xsave_offset_is_content(o)) {
+            uint64_t h = hash_byte(o, byte);
+            ev->mem_hash += h;
+            if (o < 512) {
+                ev->mem_legacy_hash += h;
+            }
+        }
+    }
+}
+
+static void vcpu_xsetbv_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event ev;
+
+    vcpu_finish_pending(vs, vcpu_index);
+    event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr);
+    ev.index = reg_read_u64(vs, regs.gpr[1]);
+    ev.value = (reg_read_u64(vs, regs.gpr[0]) & 0xffffffffull) |
+               reg_read_u64(vs, regs.gpr[2]) << 32;
+    /* A nested guest's XSETBV is intercepted by its host: it changes nothing here. */
+    if (ev.index == 0 && !vs->in_l2) {
+        vs->xcr0 = ev.value;
+    }
+    vcpu_commit_event(vs, vcpu_index, &ev);
+}
+
+static void vcpu_wrmsr_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    uint32_t msr = reg_read_u64(vs, regs.gpr[1]);
+    struct ftr_event ev;
+    uint8_t kind;
+
+    if (msr == MSR_IA32_XFD) {
+        kind = FTR_KIND_WRMSR_XFD;
+    } else if (msr == MSR_IA32_XFD_ERR) {
+        kind = FTR_KIND_WRMSR_XFD_ERR;
+    } else {
+        unsigned i;
+        for (i = 0; i < cfg.n_extra_msrs && cfg.extra_msrs[i] != msr; i++) {
+        }
+        if (i == cfg.n_extra_msrs) {
+            return;
+        }
+        kind = FTR_KIND_WRMSR;
+    }
+    vcpu_finish_pending(vs, vcpu_index);
+    event_begin(vs, vcpu_index, &ev, kind, fi->vaddr);
+    ev.index = msr;
+    ev.value = (reg_read_u64(vs, regs.gpr[0]) & 0xffffffffull) |
+               reg_read_u64(vs, regs.gpr[2]) << 32;
+    vcpu_commit_event(vs, vcpu_index, &ev);
+}
+
+static void vcpu_vmrun_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event ev;
+
+    vcpu_finish_pending(vs, vcpu_index);
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_ENTRY, fi->vaddr);
+    ev.addr = reg_read_u64(vs, regs.gpr[0]);    /* VMCB physical address */
+    vcpu_commit_event(vs, vcpu_index, &ev);
+    vs->l1_task_at_entry = ev.task;
+    vs->in_l2 = true;
+}
+
+/* The instruction after a VMRUN runs when the nested guest has exited. */
+static void vcpu_vmexit_exec(unsigned int vcpu_index, void *udata)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event ev;
+
+    if (!vs->in_l2) {
+        return;
+    }
+    vs->in_l2 = false;
+    vcpu_finish_pending(vs, vcpu_index);
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_EXIT, (uintptr_t)udata);
+    vcpu_commit_event(vs, vcpu_index, &ev);
+}
+
+static const struct fpu_insn *insn_intern(const struct fpu_insn *fi,
+                                          const uint8_t *bytes, size_t len)
+{
+    uint8_t keybuf[sizeof(fi->vaddr) + 16];
+    g_autoptr(GBytes) key = NULL;
+    struct fpu_insn *found;
+
+    memcpy(keybuf, &fi->vaddr, sizeof(fi->vaddr));
+    memcpy(keybuf + sizeof(fi->vaddr), bytes, len);
+    key = g_bytes_new(keybuf, sizeof(fi->vaddr) + len);
+    found = g_hash_table_lookup(insn_table, key);
+    if (!found) {
+        found = g_memdup2(fi, sizeof(*fi));
+        g_hash_table_insert(insn_table, g_bytes_ref(key), found);
+    }
+    return found;
+}
+
+static bool vmrun_site_known(uint64_t next_pc)
+{
+    for (unsigned i = 0; i < n_vmrun_sites; i++) {
+        if (vmrun_next_pc[i] == next_pc) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_tb *tb)
+{
+    size_t n = qemu_plugin_tb_n_insns(tb);
+
+    g_mutex_lock(&insn_lock);
+    for (size_t i = 0; i < n; i++) {
+        struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        uint64_t vaddr = qemu_plugin_insn_vaddr(insn);
+        struct fpu_insn fi = { .vaddr = vaddr };
+        const struct fpu_insn *shared;
+        uint8_t bytes[16];
+        size_t len = qemu_plugin_insn_data(insn, bytes, sizeof(bytes));
+
+        if (vmrun_site_known(vaddr)) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_vmexit_exec,
+                                                   QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)(uintptr_t)vaddr);
+        }
+        if (!x86_decode(bytes, len, &fi)) {
+            continue;
+        }
+        fi.len = qemu_plugin_insn_size(insn);
+        shared = insn_intern(&fi, bytes, len);
+        switch (fi.kind) {
+        case FTR_KIND_XSETBV:
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_xsetbv_exec,
+                                                   QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)shared);
+            break;
+        case FTR_KIND_WRMSR:
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_wrmsr_exec,
+                                                   QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)shared);
+            break;
+        case FTR_KIND_VM_ENTRY:
+            if (!vmrun_site_known(vaddr + fi.len) &&
+                n_vmrun_sites < MAX_VMRUN_SITES) {
+                vmrun_next_pc[n_vmrun_sites++] = vaddr + fi.len;
+            }
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_vmrun_exec,
+                                                   QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)shared);
+            break;
+        default:
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_fpu_op_exec,
+                                                   QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)shared);
+            qemu_plugin_register_vcpu_mem_cb(insn, vcpu_fpu_mem,
+                                             QEMU_PLUGIN_CB_NO_REGS,
+                                             QEMU_PLUGIN_MEM_RW, (void *)shared);
+            break;
+        }
+    }
+    g_mutex_unlock(&insn_lock);
+}
+
+static void regs_resolve(void)
+{
+    g_autoptr(GArray) list = qemu_plugin_get_registers();
+
+    for (guint i = 0; i < list->len; i++) {
+        qemu_plugin_reg_descriptor *rd =
+            &g_array_index(list, qemu_plugin_reg_descriptor, i);
+        const char *nm = rd->name;
+        int k;
+
+        for (k = 0; k < 16; k++) {
+            if (!g_ascii_strcasecmp(nm, x86_gpr_names[k])) {
+                regs.gpr[k] = rd->handle;
+            }
+        }
+        if (!g_ascii_strcasecmp(nm, "cs")) {
+            regs.cs = rd->handle;
+        } else if (!g_ascii_strcasecmp(nm, "gs_base")) {
+            regs.gs_base = rd->handle;
+        } else if (!g_ascii_strcasecmp(nm, "k_gs_base")) {
+            regs.k_gs_base = rd->handle;
+        } else if (!g_ascii_strcasecmp(nm, "fctrl")) {
+            regs.fctrl = rd->handle;
+        } else if (!g_ascii_strcasecmp(nm, "fstat")) {
+            regs.fstat = rd->handle;
+        } else if (!g_ascii_strcasecmp(nm, "mxcsr")) {
+            regs.mxcsr = rd->handle;
+        } else if (sscanf(nm, "st%d", &k) == 1 && k >= 0 && k < 8 &&
+                   strlen(nm) == 3) {
+            regs.st[k] = rd->handle;
+        } else if (sscanf(nm, "xmm%d", &k) == 1 && k >= 0 && k < 16) {
+            regs.xmm[k] = rd->handle;
+        }
+    }
+    regs.resolved = true;
+}
+
+static void vcpu_init(qemu_plugin_id_t id G_GNUC_UNUSED, unsigned int vcpu_index)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+
+    g_mutex_lock(&insn_lock);
+    if (!regs.resolved) {
+        regs_resolve();
+    }
+    g_mutex_unlock(&insn_lock);
+    vs->xcr0 = 1;               /* architectural reset value: x87 only */
+    vs->events = g_new0(struct ftr_event, cfg.block_events);
+    vs->tasks = g_new0(struct ftr_task, cfg.block_events);
+    vs->scratch = g_byte_array_new();
+}
+
+static void plugin_exit(qemu_plugin_id_t id G_GNUC_UNUSED, void *udata G_GNUC_UNUSED)
+{
+    g_autofree struct ftr_footer *footer = g_new0(struct ftr_footer, 1);
+    int n = qemu_plugin_num_vcpus();
+
+    for (int i = 0; i < n; i++) {
+        struct vcpu_state *vs = vcpu_get(i);
+        if (!vs->events) {
+            continue;
+        }
+        vcpu_finish_pending(vs, i);
+        vcpu_flush_tasks(vs, i);
+        vcpu_flush_events(vs, i);
+        for (int k = 0; k < FTR_KIND_MAX; k++) {
+            footer->events_by_kind[k] += vs->events_by_kind[k];
+            footer->events_total += vs->events_by_kind[k];
+        }
+        footer->tasks_total += vs->tasks_total;
+    }
+    /* The footer block counts the blocks before it. */
+    footer->blocks_total = __atomic_load_n(&blocks_written, __ATOMIC_RELAXED);
+    footer->write_errors = __atomic_load_n(&write_errors, __ATOMIC_RELAXED);
+    trace_write_block(FTR_BLOCK_FOOTER, 0, footer, 1, sizeof(*footer));
+    fsync(cfg.fd);
+    close(cfg.fd);
+    cfg.fd = -1;
+}
+
+/* ---- arguments ----------------------------------------------------- */
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+
+    errno = 0;
+    *out = g_ascii_strtoull(s, &end, 0);
+    return *s && !*end && !errno;
+}
+
+static bool parse_offset(const char *s, int64_t *out)
+{
+    uint64_t v;
+
+    if (!parse_u64(s, &v) || v > 0x100000) {
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static bool parse_arg(const char *arg)
+{
+    g_auto(GStrv) kv = g_strsplit(arg, "=", 2);
+    const char *k = kv[0], *v = kv[1];
+    uint64_t n;
+
+    if (!v) {
+        return false;
+    }
+    if (!strcmp(k, "out")) {
+        g_free(cfg.path);
+        cfg.path = g_strdup(v);
+        return true;
+    }
+    if (!strcmp(k, "current")) {
+        return parse_u64(v, &cfg.current_addr);
+    }
+    if (!strcmp(k, "task_pid")) {
+        return parse_offset(v, &cfg.task_pid_off);
+    }
+    if (!strcmp(k, "task_tgid")) {
+        return parse_offset(v, &cfg.task_tgid_off);
+    }
+    if (!strcmp(k, "task_comm")) {
+        return parse_offset(v, &cfg.task_comm_off);
+    }
+    if (!strcmp(k, "msr")) {
+        if (!parse_u64(v, &n) || n > 0xffffffffull ||
+            cfg.n_extra_msrs == MAX_EXTRA_MSRS) {
+            return false;
+        }
+        cfg.extra_msrs[cfg.n_extra_msrs++] = n;
+        return true;
+    }
+    if (!strcmp(k, "kernel")) {
+        g_free(cfg.kernel_id);
+        cfg.kernel_id = g_strdup(v);
+        return true;
+    }
+    if (!strcmp(k, "qemu")) {
+        g_free(cfg.qemu_id);
+        cfg.qemu_id = g_strdup(v);
+        return true;
+    }
+    if (!strcmp(k, "block_events")) {
+        if (!parse_u64(v, &n) || n < 1 || n > 65536) {
+            return false;
+        }
+        cfg.block_events = n;
+        return true;
+    }
+    return false;
+}
+
+QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
+                                           const qemu_info_t *info,
+                                           int argc, char **argv)
+{
+    if (strcmp(info->target_name, "x86_64") != 0) {
+        fprintf(stderr, "fputrace: target %s is not supported (x86_64 only)\n",
+                info->target_name);
+        return -1;
+    }
+    cfg.target = info->target_name;
+    for (int i = 0; i < argc; i++) {
+        if (!parse_arg(argv[i])) {
+            fprintf(stderr, "fputrace: bad plugin argument '%s'\n", argv[i]);
+            return -1;
+        }
+    }
+    if (!cfg.path) {
+        fprintf(stderr, "fputrace: missing argument out=PATH\n");
+        return -1;
+    }
+    cfg.args = g_strjoinv(",", argv);
+    cfg.fd = open(cfg.path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    if (cfg.fd < 0) {
+        fprintf(stderr, "fputrace: cannot create %s: %s\n", cfg.path, strerror(errno));
+        return -1;
+    }
+    if (!trace_write_header(info->version.cur)) {
+        fprintf(stderr, "fputrace: cannot write %s: %s\n", cfg.path, strerror(errno));
+        return -1;
+    }
+    insn_table = g_hash_table_new_full(g_bytes_hash, g_bytes_equal,
+                                       (GDestroyNotify)g_bytes_unref, g_free);
+    vcpus = qemu_plugin_scoreboard_new(sizeof(struct vcpu_state));
+    qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
+    qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
+    qemu_plugin_register_atexit_cb(id, plugin_exit, NULL);
+    return 0;
+}

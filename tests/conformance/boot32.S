@@ -1,0 +1,81 @@
+/*
+ * Multiboot (v1) entry for the conformance image: QEMU's -kernel loads a
+ * 32-bit ELF only, so this stub builds identity-mapped page tables, enters
+ * long mode and jumps to the 64-bit payload linked at PAYLOAD_BASE.
+ */
+#define MB_MAGIC        0x1badb002
+#define MB_FLAGS        0
+#define PAYLOAD_BASE    0x200000
+
+        .section .multiboot, "a"
+        .align 4
+        .long MB_MAGIC, MB_FLAGS, -(MB_MAGIC + MB_FLAGS)
+
+        .section .text32, "ax"
+        .code32
+        .globl _start
+_start:
+        cli
+        mov     $boot_stack_top, %esp
+
+        /* PML4[0] -> PDPT; PDPT[0] -> PD; PD maps 0..1 GiB with 2 MiB pages. */
+        mov     $pdpt, %eax
+        or      $0x3, %eax
+        mov     %eax, pml4
+        mov     $pd, %eax
+        or      $0x3, %eax
+        mov     %eax, pdpt
+        xor     %ecx, %ecx
+1:      mov     %ecx, %eax
+        shl     $21, %eax
+        or      $0x83, %eax             /* present, writable, 2 MiB */
+        mov     %eax, pd(,%ecx,8)
+        inc     %ecx
+        cmp     $512, %ecx
+        jne     1b
+
+        mov     %cr4, %eax
+        or      $0x20, %eax             /* PAE */
+        mov     %eax, %cr4
+        mov     $pml4, %eax
+        mov     %eax, %cr3
+        mov     $0xc0000080, %ecx       /* EFER.LME */
+        rdmsr
+        or      $0x100, %eax
+        wrmsr
+        mov     %cr0, %eax
+        or      $0x80000001, %eax       /* PG | PE */
+        mov     %eax, %cr0
+
+        lgdt    gdt_desc
+        ljmp    $0x08, $long_entry
+
+        .code64
+long_entry:
+        mov     $0x10, %ax
+        mov     %ax, %ds
+        mov     %ax, %es
+        mov     %ax, %ss
+        mov     $PAYLOAD_BASE, %rax
+        jmp     *%rax
+
+        .section .data32, "aw"
+        .align 8
+gdt:
+        .quad 0
+        .quad 0x00af9a000000ffff        /* 0x08: 64-bit code */
+        .quad 0x00cf92000000ffff        /* 0x10: data */
+gdt_desc:
+        .word gdt_desc - gdt - 1
+        .long gdt
+
+        .section .bss32, "aw", @nobits
+        .align 4096
+pml4:   .skip 4096
+pdpt:   .skip 4096
+pd:     .skip 4096
+        .skip 4096
+boot_stack_top:
+
+        .section .payload, "a"
+        .incbin PAYLOAD_BIN
