@@ -1227,7 +1227,14 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
         fprintf(stderr, "fputrace: missing argument out=PATH\n");
         return -1;
     }
-    cfg.args = g_strjoinv(",", argv);
+    {
+        /* argv is argc long, not NULL-terminated: g_strjoinv() would run off its end. */
+        g_autoptr(GString) joined = g_string_new(NULL);
+        for (int i = 0; i < argc; i++) {
+            g_string_append_printf(joined, "%s%s", i ? "," : "", argv[i]);
+        }
+        cfg.args = g_string_free(g_steal_pointer(&joined), FALSE);
+    }
     cfg.fd = open(cfg.path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
     if (cfg.fd < 0) {
         fprintf(stderr, "fputrace: cannot create %s: %s\n", cfg.path, strerror(errno));

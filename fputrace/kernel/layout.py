@@ -1,0 +1,189 @@
+"""What the plugin must know about a kernel, collected once and cached.
+
+Debian's System.map is a one-line stub and its debug package is huge, so the
+kernel tells us itself: a short first boot saves /proc/kallsyms and
+/sys/kernel/btf/vmlinux through spare serial ports. From them come the
+per-cpu address of the current task pointer and task_struct offsets.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fputrace.errors import FputraceError
+from fputrace.initramfs import busybox_initramfs
+from fputrace.kernel import debian
+from fputrace.kernel.btf import Btf
+from fputrace.kernel.dwarf import struct_offsets
+from fputrace.kernel.symbols import Symbols
+from fputrace.machine import MachineSpec, run_machine
+from fputrace.paths import cache_dir
+
+BUSYBOX = Path("/bin/busybox")
+COLLECT_TIMEOUT_S = 300
+KERNEL_CMDLINE = "console=ttyS0 nokaslr panic=-1 rdinit=/init"
+
+
+@dataclass(frozen=True)
+class KernelTarget:
+    """A kernel to boot: a Debian one from the cache, or the user's own build."""
+
+    identity: str  # what the trace header calls it
+    arch: str  # "x86_64"
+    vmlinuz: Path
+    modules_dir: Path | None
+    vmlinux: Path | None  # with DWARF, for struct offsets when there is no BTF
+    state_dir: Path  # where the collected symbols and layout are cached
+
+
+@dataclass(frozen=True)
+class Layout:
+    current_addr: int  # %gs:current_addr holds the current task_struct pointer
+    current_symbol: str
+    task_pid: int
+    task_tgid: int
+    task_comm: int
+    release: str
+
+    def plugin_args(self) -> list[str]:
+        return [f"current={self.current_addr:#x}", f"task_pid={self.task_pid}",
+                f"task_tgid={self.task_tgid}", f"task_comm={self.task_comm}"]
+
+
+def _bzimage_release(path: Path) -> str | None:
+    """uname -r of an x86 bzImage, from the version string its setup header points to."""
+    with open(path, "rb") as f:
+        head = f.read(0x10000)
+    if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+        return None
+    (ptr,) = struct.unpack_from("<H", head, 0x20E)
+    start = ptr + 0x200
+    end = head.find(b"\0", start)
+    if not 0 < start < len(head) or end < 0:
+        return None
+    text = head[start:end].decode("ascii", "replace").split()
+    return text[0] if text else None
+
+
+def resolve_kernel(kernel: str, arch: str = "amd64", modules: Path | None = None,
+                   vmlinux: Path | None = None) -> KernelTarget:
+    """--kernel 6.1 (a Debian series, fetched once) or --kernel PATH (a bzImage)."""
+    qemu_arch = {"amd64": "x86_64", "arm64": "aarch64"}[arch]
+    if kernel in debian.RELEASES:
+        info = debian.fetch_kernel(kernel, arch)
+        return KernelTarget(f"debian-{info.package}", qemu_arch, info.vmlinuz,
+                            info.modules_dir if info.modules_dir.is_dir() else None,
+                            vmlinux, info.path / "collected")
+    path = Path(kernel)
+    if not path.is_file():
+        raise FputraceError(f"kernel '{kernel}' is neither a file nor a known Debian series "
+                            f"({', '.join(debian.RELEASES)})")
+    if modules is not None and not modules.is_dir():
+        raise FputraceError(f"--modules {modules}: not a directory")
+    if vmlinux is not None and not vmlinux.is_file():
+        raise FputraceError(f"--vmlinux {vmlinux}: no such file")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    release = _bzimage_release(path) or path.name
+    return KernelTarget(f"{release} ({path.name} sha256:{digest})", qemu_arch, path.resolve(),
+                        modules, vmlinux, cache_dir() / "kernels" / "custom" / digest)
+
+
+def _collect(target: KernelTarget) -> None:
+    """Boot the kernel once and save its kallsyms and BTF into state_dir."""
+    init = """#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+stty -F /dev/ttyS1 raw -echo
+stty -F /dev/ttyS2 raw -echo
+gzip -1 < /proc/kallsyms > /dev/ttyS1
+[ -e /sys/kernel/btf/vmlinux ] && gzip -1 < /sys/kernel/btf/vmlinux > /dev/ttyS2
+uname -r > /dev/ttyS3
+poweroff -f
+"""
+    if not BUSYBOX.exists():
+        raise FputraceError(f"{BUSYBOX} not found: run 'make setup' (installs busybox-static)")
+    tmp = target.state_dir.with_name(target.state_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    busybox_initramfs(BUSYBOX, init).write(tmp / "initramfs.gz")
+    files = [tmp / "console.log", tmp / "kallsyms.gz", tmp / "btf.gz", tmp / "release"]
+    spec = MachineSpec(target.arch, target.vmlinuz, tmp / "initramfs.gz", KERNEL_CMDLINE,
+                       serial_files=files)
+    result = run_machine(spec, COLLECT_TIMEOUT_S)
+    if result.status != "shutdown":
+        raise FputraceError(f"the symbol-collection boot of {target.identity} failed "
+                            f"({result.status}: {result.detail}); console log: "
+                            f"{tmp / 'console.log'}")
+    try:
+        kallsyms = gzip.decompress((tmp / "kallsyms.gz").read_bytes())
+    except (OSError, EOFError):
+        raise FputraceError(f"the kernel's /proc/kallsyms did not arrive whole; console log: "
+                            f"{tmp / 'console.log'}") from None
+    (tmp / "kallsyms").write_bytes(kallsyms)
+    btf_gz = tmp / "btf.gz"
+    if btf_gz.stat().st_size:
+        (tmp / "btf").write_bytes(gzip.decompress(btf_gz.read_bytes()))
+    for f in (btf_gz, tmp / "kallsyms.gz", tmp / "initramfs.gz"):
+        f.unlink()
+    shutil.rmtree(target.state_dir, ignore_errors=True)
+    tmp.rename(target.state_dir)
+
+
+def _current_task_address(symbols: Symbols, btf: Btf | None,
+                          dwarf_offsets: dict[str, dict[str, int]]) -> tuple[int, str]:
+    """Where %gs:ADDR holds `current`, decided by which symbols exist.
+
+    - `current_task` is a per-cpu variable up to v6.1 and again from v6.15
+      ("x86/percpu: Move current_task to percpu hot section").
+    - v6.2 to v6.14 keep it in struct pcpu_hot ("x86/percpu: Move current_task
+      to pcpu_hot").
+    Per-cpu symbols are offsets from GS base when zero-based (up to v6.14) and
+    addresses that %gs: adds the per-cpu offset to afterwards; both read as
+    GS base + symbol value.
+    """
+    if "current_task" in symbols.values:
+        return symbols.values["current_task"], "current_task"
+    if "pcpu_hot" in symbols.values:
+        off = btf.member_offset("pcpu_hot", "current_task") if btf else None
+        if off is None:
+            off = dwarf_offsets.get("pcpu_hot", {}).get("current_task")
+        if off is not None:
+            return symbols.values["pcpu_hot"] + off, "pcpu_hot.current_task"
+    raise FputraceError("the kernel has neither a current_task nor a pcpu_hot per-cpu symbol: "
+                        "cannot find the current task")
+
+
+def kernel_layout(target: KernelTarget) -> Layout:
+    """The cached layout of a kernel, collecting it on first use."""
+    layout_file = target.state_dir / "layout.json"
+    if layout_file.exists():
+        return Layout(**json.loads(layout_file.read_text()))
+    if not (target.state_dir / "kallsyms").exists():
+        _collect(target)
+    symbols = Symbols.load(target.state_dir / "kallsyms")
+    btf_file = target.state_dir / "btf"
+    btf = Btf(btf_file.read_bytes()) if btf_file.exists() else None
+    wanted = {"task_struct": ["pid", "tgid", "comm"], "pcpu_hot": ["current_task"]}
+    dwarf_offsets = struct_offsets(target.vmlinux, wanted) if target.vmlinux else {}
+    offsets: dict[str, int] = {}
+    for member in wanted["task_struct"]:
+        off = dwarf_offsets.get("task_struct", {}).get(member)
+        if off is None and btf is not None:
+            off = btf.member_offset("task_struct", member)
+        if off is None:
+            raise FputraceError(f"task_struct.{member} not found: the kernel has no BTF "
+                                "(CONFIG_DEBUG_INFO_BTF); pass --vmlinux with debug info")
+        offsets[member] = off
+    addr, sym = _current_task_address(symbols, btf, dwarf_offsets)
+    release = (target.state_dir / "release").read_text().strip() if (
+        target.state_dir / "release").exists() else ""
+    layout = Layout(addr, sym, offsets["pid"], offsets["tgid"], offsets["comm"], release)
+    layout_file.write_text(json.dumps(asdict(layout), indent=1))
+    return layout

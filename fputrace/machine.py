@@ -1,0 +1,161 @@
+"""Run one QEMU machine to completion, driven through QMP.
+
+QEMU is started with a QMP socket; we wait for the guest's SHUTDOWN event (or
+a timeout, after which we ask QEMU to quit so that the plugin still flushes
+its trace) and for the process to exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient
+
+from fputrace.errors import FputraceError
+
+QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
+
+
+@dataclass
+class MachineSpec:
+    arch: str
+    kernel: Path
+    initrd: Path | None
+    append: str
+    smp: int = 1
+    memory_mb: int = 1024
+    plugin: str | None = None  # the -plugin argument: path,key=value,...
+    serial_files: list[Path] = field(default_factory=list)  # ttyS0 (console), ttyS1, ...
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MachineResult:
+    status: str  # "shutdown", "reset", "timeout", "crashed"
+    detail: str
+    wall_s: float
+    returncode: int | None
+    stderr: str
+
+
+def qemu_binary(arch: str) -> str:
+    name = QEMU_BINARIES[arch]
+    path = shutil.which(name)
+    if path is None:
+        raise FputraceError(f"{name} not found: run 'make setup' (installs QEMU >= 9.0 with "
+                            "TCG plugin support)")
+    return path
+
+
+def qemu_version(arch: str = "x86_64") -> str:
+    out = subprocess.run([qemu_binary(arch), "--version"], capture_output=True, text=True)
+    first = out.stdout.splitlines()[0] if out.stdout else ""
+    return first.split("version", 1)[-1].strip().split()[0] if "version" in first else "unknown"
+
+
+def command_line(spec: MachineSpec, qmp_socket: Path) -> list[str]:
+    cmd = [qemu_binary(spec.arch), "-accel", "tcg", "-m", str(spec.memory_mb),
+           "-smp", str(spec.smp), "-display", "none", "-no-reboot", "-nodefaults",
+           "-monitor", "none", "-qmp", f"unix:{qmp_socket},server=on,wait=off",
+           "-kernel", str(spec.kernel), "-append", spec.append]
+    if spec.arch == "x86_64":
+        cmd += ["-cpu", "max"]
+    if spec.initrd is not None:
+        cmd += ["-initrd", str(spec.initrd)]
+    for i, f in enumerate(spec.serial_files):
+        cmd += ["-chardev", f"file,id=serial{i},path={f}", "-serial", f"chardev:serial{i}"]
+    if spec.plugin:
+        cmd += ["-plugin", spec.plugin]
+    return cmd + spec.extra_args
+
+
+async def _connect(client: QMPClient, sock: Path, proc: asyncio.subprocess.Process) -> None:
+    for _ in range(200):
+        if proc.returncode is not None:
+            return
+        if sock.exists():
+            with contextlib.suppress(OSError, ConnectionError):
+                await client.connect(str(sock))
+                return
+        await asyncio.sleep(0.05)
+
+
+async def _run(spec: MachineSpec, timeout_s: float,
+               tick: Callable[[float], None] | None) -> MachineResult:
+    with tempfile.TemporaryDirectory(prefix="fputrace-qmp-") as tmp:
+        sock = Path(tmp) / "qmp.sock"
+        errlog = Path(tmp) / "stderr"
+        start = time.monotonic()
+        with open(errlog, "wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                *command_line(spec, sock), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=err)
+        client = QMPClient("fputrace")
+        shutdown: dict[str, Any] | None = None
+        status, detail = "crashed", ""
+        try:
+            await _connect(client, sock, proc)
+            connected = client.runstate.name == "RUNNING"
+
+            async def wait_shutdown() -> dict[str, Any] | None:
+                if not connected:
+                    return None
+                async for event in client.events:
+                    if event["event"] == "SHUTDOWN":
+                        return dict(event.get("data", {}))
+                return None
+
+            waiter = asyncio.ensure_future(wait_shutdown())
+            exited = asyncio.ensure_future(proc.wait())
+            while True:
+                elapsed = time.monotonic() - start
+                if tick:
+                    tick(elapsed)
+                done, _ = await asyncio.wait({waiter, exited}, timeout=0.5,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if waiter in done:
+                    shutdown = waiter.result()
+                    break
+                if exited in done:
+                    break
+                if elapsed > timeout_s:
+                    status, detail = "timeout", f"no guest shutdown after {timeout_s:.0f} s"
+                    with contextlib.suppress(Exception):
+                        await client.execute("quit")
+                    break
+            if shutdown is not None:
+                reason = str(shutdown.get("reason", ""))
+                status = "reset" if reason in ("guest-reset", "guest-panic") else "shutdown"
+                detail = reason
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=60)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                status, detail = "crashed", "QEMU did not exit after the guest stopped"
+            waiter.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        stderr = errlog.read_text(errors="replace")
+        if shutdown is None and status == "crashed":
+            detail = f"QEMU exited with status {proc.returncode} before the guest shut down"
+        return MachineResult(status, detail, time.monotonic() - start, proc.returncode, stderr)
+
+
+def run_machine(spec: MachineSpec, timeout_s: float,
+                tick: Callable[[float], None] | None = None) -> MachineResult:
+    """Boot the machine and wait until it has stopped. Never raises for guest trouble."""
+    return asyncio.run(_run(spec, timeout_s, tick))

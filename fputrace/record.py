@@ -1,0 +1,230 @@
+"""Record a trace: build the initramfs, boot the kernel under QEMU with the
+plugin, and save the trace with what belongs beside it.
+
+For a trace run.ftr the recording writes:
+  run.ftr             the trace (docs/trace-format.md)
+  run.console.log     the guest console
+  run.kallsyms.gz     kernel symbols plus module symbols as loaded in this run
+  run.meta.json       what was run and how it ended (status, partial, workloads)
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fputrace import __version__
+from fputrace.errors import FputraceError
+from fputrace.initramfs import busybox_initramfs
+from fputrace.kernel.layout import BUSYBOX, KERNEL_CMDLINE, KernelTarget, kernel_layout
+from fputrace.kernel.modules import ModuleTree, module_bytes, module_name
+from fputrace.machine import MachineSpec, qemu_version, run_machine
+from fputrace.paths import build_dir
+from fputrace.workloads import WorkloadRun, parse_summary
+
+MARK = "FPUTRACE"
+
+
+def sidecar(trace: Path, what: str) -> Path:
+    """run.ftr -> run.<what>"""
+    base = trace.with_suffix("") if trace.suffix == ".ftr" else trace
+    return base.with_name(base.name + "." + what)
+
+
+@dataclass
+class WorkloadOutcome:
+    label: str
+    exit_status: int | None = None
+    summary: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RecordResult:
+    trace: str
+    status: str  # ok, workload-failed, kernel-panic, timeout, qemu-crashed, incomplete
+    detail: str
+    partial: bool
+    kernel: str
+    qemu: str
+    smp: int
+    wall_s: float
+    workloads: list[WorkloadOutcome]
+    modules: list[str]
+    fputrace_version: str = __version__
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+
+def plugin_path() -> Path:
+    p = build_dir() / "libfputrace.so"
+    if not p.exists():
+        raise FputraceError(f"plugin not built ({p} missing): run 'make setup'")
+    return p
+
+
+def _init_script(modules: list[str], runs: list[WorkloadRun]) -> str:
+    lines = [
+        "#!/bin/sh",
+        "mount -t proc proc /proc",
+        "mount -t sysfs sys /sys",
+        "mount -t devtmpfs dev /dev",
+        f"echo {MARK}-BOOTED",
+    ]
+    for m in modules:
+        lines.append(f"insmod /modules/{m}.ko || echo {MARK}-INSMOD-FAILED {m}")
+    lines += [
+        "stty -F /dev/ttyS1 raw -echo",
+        # Module symbols as loaded in this run, for symbolizing module code.
+        "grep '\\[' /proc/kallsyms > /dev/ttyS1",
+    ]
+    for r in runs:
+        lines += [
+            f"echo {MARK}-WORKLOAD-BEGIN {r.label}",
+            f"/workloads/{r.workload.name} {r.count}",
+            f"echo {MARK}-WORKLOAD-END {r.label} $?",
+        ]
+    lines += [f"echo {MARK}-DONE", "poweroff -f", ""]
+    return "\n".join(lines)
+
+
+def _parse_console(text: str, runs: list[WorkloadRun]) -> tuple[list[WorkloadOutcome], bool,
+                                                                 bool, list[str]]:
+    outcomes = {r.label: WorkloadOutcome(r.label) for r in runs}
+    current: str | None = None
+    done = panic = False
+    insmod_failed: list[str] = []
+    for line in text.splitlines():
+        s = line.strip()
+        if "Kernel panic" in s:
+            panic = True
+        if s.startswith(f"{MARK}-WORKLOAD-BEGIN "):
+            current = s.split()[1]
+        elif s.startswith(f"{MARK}-WORKLOAD-END "):
+            parts = s.split()
+            if len(parts) == 3 and parts[1] in outcomes and parts[2].isdigit():
+                outcomes[parts[1]].exit_status = int(parts[2])
+            current = None
+        elif s.startswith(f"{MARK}-INSMOD-FAILED "):
+            insmod_failed.append(s.split()[1])
+        elif s == f"{MARK}-DONE":
+            done = True
+        elif current is not None and (parsed := parse_summary(s)) is not None:
+            outcomes[current].summary = parsed[1]
+    return list(outcomes.values()), done, panic, insmod_failed
+
+
+def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 1,
+           timeout_s: float = 600, memory_mb: int = 1024, extra_msrs: list[int] | None = None,
+           tick: Callable[[str, float], None] | None = None) -> RecordResult:
+    """Boot, run the workloads, and leave the trace and its sidecars at `out`."""
+    plugin = plugin_path()
+    if not BUSYBOX.exists():
+        raise FputraceError(f"{BUSYBOX} not found: run 'make setup' (installs busybox-static)")
+    for r in runs:
+        if not r.binary.exists():
+            raise FputraceError(f"workload {r.workload.name} not built ({r.binary} missing): "
+                                "run 'make setup'")
+    if not 1 <= smp <= 16:
+        raise FputraceError(f"--smp {smp}: choose 1 to 16 CPUs")
+    if tick:
+        tick("collecting kernel symbols (first use of this kernel only)", 0.0)
+    layout = kernel_layout(target)
+    wanted = sorted({m for r in runs for m in r.workload.modules})
+    module_files: list[Path] = []
+    if wanted:
+        if target.modules_dir is None:
+            raise FputraceError(f"workloads need kernel modules {', '.join(wanted)}: pass "
+                                "--modules DIR with the kernel's modules")
+        module_files = ModuleTree(target.modules_dir).load_order(wanted)
+    names = [module_name(p) for p in module_files]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    console = sidecar(out, "console.log")
+    modsyms_tmp = sidecar(out, "modsyms.tmp")
+    for stale in (out, console, sidecar(out, "meta.json"), sidecar(out, "kallsyms.gz")):
+        stale.unlink(missing_ok=True)
+    qemu = qemu_version(target.arch)
+    with tempfile.TemporaryDirectory(prefix="fputrace-rec-") as tmp_s:
+        tmp = Path(tmp_s)
+        ramfs = busybox_initramfs(BUSYBOX, _init_script(names, runs))
+        for p, n in zip(module_files, names, strict=True):
+            # Decompressed here, so busybox insmod needs no xz/zstd support.
+            ramfs.file(f"modules/{n}.ko", module_bytes(p))
+        for r in runs:
+            ramfs.copy(f"workloads/{r.workload.name}", r.binary, 0o755)
+        ramfs.write(tmp / "initramfs.gz")
+        plugin_args = [f"out={out.resolve()}", *layout.plugin_args(),
+                       f"kernel={target.identity.replace(',', ';')}", f"qemu={qemu}"]
+        plugin_args += [f"msr={m:#x}" for m in extra_msrs or []]
+        spec = MachineSpec(target.arch, target.vmlinuz, tmp / "initramfs.gz", KERNEL_CMDLINE,
+                           smp=smp, memory_mb=memory_mb,
+                           plugin=",".join([str(plugin), *plugin_args]),
+                           serial_files=[console, modsyms_tmp])
+
+        def machine_tick(elapsed: float) -> None:
+            if tick:
+                tick(_last_line(console), elapsed)
+
+        started = time.monotonic()
+        result = run_machine(spec, timeout_s, machine_tick)
+    wall = time.monotonic() - started
+
+    text = console.read_text(errors="replace") if console.exists() else ""
+    outcomes, done, panic, insmod_failed = _parse_console(text, runs)
+    base_syms = target.state_dir / "kallsyms"
+    with gzip.open(sidecar(out, "kallsyms.gz"), "wb", compresslevel=6) as z:
+        z.write(base_syms.read_bytes())
+        if modsyms_tmp.exists():
+            z.write(modsyms_tmp.read_bytes())
+    modsyms_tmp.unlink(missing_ok=True)
+
+    if not out.exists():
+        raise FputraceError(f"QEMU wrote no trace ({result.status}: {result.detail}); "
+                            f"QEMU said: {result.stderr.strip()[-300:] or 'nothing'}")
+    status, detail = "ok", "all workloads finished"
+    if result.status == "timeout":
+        status, detail = "timeout", result.detail
+    elif panic or result.status == "reset":
+        status, detail = "kernel-panic", "the kernel panicked (see the console log)"
+    elif result.status == "crashed":
+        status, detail = "qemu-crashed", result.detail
+    elif insmod_failed:
+        status, detail = "workload-failed", f"insmod failed for {', '.join(insmod_failed)}"
+    elif not done:
+        status, detail = "incomplete", "the guest stopped before its workloads finished"
+    else:
+        failed = [o.label for o in outcomes if o.exit_status != 0]
+        if failed:
+            status, detail = "workload-failed", f"workload {', '.join(failed)} failed"
+    rec = RecordResult(str(out), status, detail, status not in ("ok", "workload-failed"),
+                       target.identity, qemu, smp, round(wall, 2), outcomes, names)
+    rec.save(sidecar(out, "meta.json"))
+    return rec
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 400))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:100] if lines else ""
+
+
+def copy_run(src: Path, dst: Path) -> None:
+    """Copy a trace with its sidecars (used by tests and benchmarks)."""
+    shutil.copy(src, dst)
+    for what in ("console.log", "kallsyms.gz", "meta.json"):
+        s = sidecar(src, what)
+        if s.exists():
+            shutil.copy(s, sidecar(dst, what))

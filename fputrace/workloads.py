@@ -1,0 +1,83 @@
+"""The workloads that run inside the recorded kernel (sources in workloads/).
+
+A spec is a comma-separated list of NAME[:N]; `all` stands for every workload.
+Each workload prints one summary line `NAME: key=value ...` of what it did.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fputrace.errors import FputraceError
+from fputrace.paths import build_dir
+
+
+@dataclass(frozen=True)
+class WorkloadDef:
+    name: str
+    default_count: int
+    modules: tuple[str, ...]  # kernel modules it needs (dependencies found automatically)
+    help: str
+
+
+WORKLOADS: dict[str, WorkloadDef] = {
+    w.name: w
+    for w in (
+        WorkloadDef("kvm-pingpong", 200, ("kvm_amd",),
+                    "a KVM guest using x87/SSE that exits to user space N times"),
+        WorkloadDef("fpu-switch", 200, (),
+                    "two tasks on one CPU using SSE/AVX, switching with sched_yield N times"),
+        WorkloadDef("signal", 100, (), "FPU state across N signal deliveries and sigreturns"),
+        WorkloadDef("kernel-fpu", 50, ("algif_hash", "sha256_ssse3"),
+                    "in-kernel FPU use: N SHA-256 hashes through AF_ALG (AVX code)"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class WorkloadRun:
+    workload: WorkloadDef
+    count: int
+
+    @property
+    def binary(self) -> Path:
+        return build_dir() / "workloads" / self.workload.name
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload.name}:{self.count}"
+
+
+def parse_workloads(spec: str) -> list[WorkloadRun]:
+    runs: list[WorkloadRun] = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, count_s = item.partition(":")
+        if name == "all":
+            if count_s:
+                raise FputraceError("'all' takes no count: name the workloads one by one")
+            runs += [WorkloadRun(w, w.default_count) for w in WORKLOADS.values()]
+            continue
+        if name not in WORKLOADS:
+            raise FputraceError(f"unknown workload '{name}': choose from "
+                                f"{', '.join([*WORKLOADS, 'all'])}")
+        if count_s and not (count_s.isdigit() and 0 < int(count_s) <= 10_000_000):
+            raise FputraceError(f"workload count '{count_s}' of {name} is not a whole "
+                                "number from 1 to 10000000")
+        w = WORKLOADS[name]
+        runs.append(WorkloadRun(w, int(count_s) if count_s else w.default_count))
+    if not runs:
+        raise FputraceError("no workload given: try --workload kvm-pingpong:200")
+    return runs
+
+
+SUMMARY_RE = re.compile(r"^([a-z0-9-]+): ((?:[a-z_]+=\S+ ?)+)$")
+
+
+def parse_summary(line: str) -> tuple[str, dict[str, str]] | None:
+    """('kvm-pingpong', {'kvm_run': '200', ...}) from a workload's summary line."""
+    m = SUMMARY_RE.match(line.strip())
+    if not m or m.group(1) not in WORKLOADS:
+        return None
+    return m.group(1), dict(kv.split("=", 1) for kv in m.group(2).split())

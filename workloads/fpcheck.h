@@ -1,0 +1,70 @@
+/*
+ * Helpers shared by the workloads: fill the SSE registers with a pattern,
+ * make one system call, and check that the pattern survived it. Everything
+ * happens in one asm block, so the compiler cannot touch the registers in
+ * between; a mismatch is the kernel's doing.
+ */
+#ifndef FPCHECK_H
+#define FPCHECK_H
+
+#include <stdint.h>
+#include <string.h>
+
+struct xmm_file {
+    uint8_t r[16][16];
+} __attribute__((aligned(16)));
+
+static inline void xmm_pattern(struct xmm_file *f, unsigned seed)
+{
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++)
+            f->r[i][j] = (uint8_t)(seed * 131 + i * 17 + j);
+}
+
+#define XMM_LOAD_ALL(src)                                                   \
+    "movdqa 0(" src "), %%xmm0\n movdqa 16(" src "), %%xmm1\n"              \
+    "movdqa 32(" src "), %%xmm2\n movdqa 48(" src "), %%xmm3\n"             \
+    "movdqa 64(" src "), %%xmm4\n movdqa 80(" src "), %%xmm5\n"             \
+    "movdqa 96(" src "), %%xmm6\n movdqa 112(" src "), %%xmm7\n"            \
+    "movdqa 128(" src "), %%xmm8\n movdqa 144(" src "), %%xmm9\n"           \
+    "movdqa 160(" src "), %%xmm10\n movdqa 176(" src "), %%xmm11\n"         \
+    "movdqa 192(" src "), %%xmm12\n movdqa 208(" src "), %%xmm13\n"         \
+    "movdqa 224(" src "), %%xmm14\n movdqa 240(" src "), %%xmm15\n"
+
+#define XMM_STORE_ALL(dst)                                                  \
+    "movdqa %%xmm0, 0(" dst ")\n movdqa %%xmm1, 16(" dst ")\n"              \
+    "movdqa %%xmm2, 32(" dst ")\n movdqa %%xmm3, 48(" dst ")\n"             \
+    "movdqa %%xmm4, 64(" dst ")\n movdqa %%xmm5, 80(" dst ")\n"             \
+    "movdqa %%xmm6, 96(" dst ")\n movdqa %%xmm7, 112(" dst ")\n"            \
+    "movdqa %%xmm8, 128(" dst ")\n movdqa %%xmm9, 144(" dst ")\n"           \
+    "movdqa %%xmm10, 160(" dst ")\n movdqa %%xmm11, 176(" dst ")\n"         \
+    "movdqa %%xmm12, 192(" dst ")\n movdqa %%xmm13, 208(" dst ")\n"         \
+    "movdqa %%xmm14, 224(" dst ")\n movdqa %%xmm15, 240(" dst ")\n"
+
+/*
+ * syscall(nr, a1, a2, a3) with xmm0-15 holding *in on entry; their values
+ * on return go to *out. Returns the syscall's return value.
+ */
+static inline long syscall3_checked(long nr, long a1, long a2, long a3,
+                                    const struct xmm_file *in, struct xmm_file *out)
+{
+    long ret;
+    register long r10 __asm__("r10") = 0;
+
+    __asm__ volatile(XMM_LOAD_ALL("%[in]")
+                     "syscall\n"
+                     XMM_STORE_ALL("%[out]")
+                     : "=a"(ret), "+r"(r10)
+                     : "a"(nr), "D"(a1), "S"(a2), "d"(a3), [in] "r"(in), [out] "r"(out)
+                     : "rcx", "r11", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4",
+                       "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
+                       "xmm12", "xmm13", "xmm14", "xmm15");
+    return ret;
+}
+
+static inline int xmm_equal(const struct xmm_file *a, const struct xmm_file *b)
+{
+    return memcmp(a, b, sizeof(*a)) == 0;
+}
+
+#endif

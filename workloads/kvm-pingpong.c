@@ -1,0 +1,119 @@
+/*
+ * kvm-pingpong: a minimal KVM user: one vCPU in real mode runs x87 and SSE
+ * arithmetic, then leaves to user space with an OUT. Each KVM_RUN is one VM
+ * entry and exit that the trace must show; the program counts them itself
+ * and checks that its own SSE registers survive every KVM_RUN.
+ *
+ * usage: kvm-pingpong [N]    (default 200 round trips)
+ * prints: kvm-pingpong: kvm_run=N io_exits=N fpu_mismatches=0 guest_result=...
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "fpcheck.h"
+
+#define GUEST_MEM_SIZE  0x10000
+#define GUEST_CODE      0x1000
+#define GUEST_DATA      0x2000
+#define PORT_EXIT       0x10
+
+/*
+ * Real-mode guest:
+ *   loop: fld1; fadd st0,st0; fstp dword [0x2000]   ; x87: 2.0
+ *         addps xmm0, xmm0                          ; SSE
+ *         out 0x10, al                              ; exit to user space
+ *         jmp loop
+ */
+static const uint8_t guest_code[] = {
+    0xd9, 0xe8,                     /* fld1 */
+    0xd8, 0xc0,                     /* fadd st0, st0 */
+    0xd9, 0x1e, 0x00, 0x20,         /* fstp dword [0x2000] */
+    0x0f, 0x58, 0xc0,               /* addps xmm0, xmm0 */
+    0xe6, PORT_EXIT,                /* out 0x10, al */
+    0xeb, 0xf1,                     /* jmp loop */
+};
+
+static void die(const char *what)
+{
+    fprintf(stderr, "kvm-pingpong: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+int main(int argc, char **argv)
+{
+    long n = argc > 1 ? strtol(argv[1], NULL, 0) : 200;
+    int kvm, vm, vcpu;
+    long runs = 0, io_exits = 0, mismatches = 0;
+    struct kvm_sregs sregs;
+    struct kvm_regs regs = { .rip = GUEST_CODE, .rflags = 0x2 };
+    struct kvm_run *run;
+    uint8_t *mem;
+    struct xmm_file in, out;
+
+    kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm < 0)
+        die("open /dev/kvm");
+    vm = ioctl(kvm, KVM_CREATE_VM, 0);
+    if (vm < 0)
+        die("KVM_CREATE_VM");
+    mem = mmap(NULL, GUEST_MEM_SIZE, PROT_READ | PROT_WRITE,
+               MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        die("mmap guest memory");
+    memcpy(mem + GUEST_CODE, guest_code, sizeof(guest_code));
+    struct kvm_userspace_memory_region region = {
+        .slot = 0, .guest_phys_addr = 0, .memory_size = GUEST_MEM_SIZE,
+        .userspace_addr = (uintptr_t)mem,
+    };
+    if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0)
+        die("KVM_SET_USER_MEMORY_REGION");
+    vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+    if (vcpu < 0)
+        die("KVM_CREATE_VCPU");
+    int run_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+    run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+    if (run == MAP_FAILED)
+        die("mmap kvm_run");
+    if (ioctl(vcpu, KVM_GET_SREGS, &sregs) < 0)
+        die("KVM_GET_SREGS");
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    sregs.ds.base = 0;
+    sregs.ds.selector = 0;
+    sregs.cr0 = (sregs.cr0 & ~0xcull) | 0x2;    /* MP, no EM/TS: FPU usable */
+    sregs.cr4 |= 1u << 9;                       /* OSFXSR: SSE usable */
+    if (ioctl(vcpu, KVM_SET_SREGS, &sregs) < 0)
+        die("KVM_SET_SREGS");
+    if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0)
+        die("KVM_SET_REGS");
+
+    xmm_pattern(&in, 7);
+    for (long i = 0; i < n; i++) {
+        long ret = syscall3_checked(SYS_ioctl, vcpu, KVM_RUN, 0, &in, &out);
+        runs++;
+        if (ret < 0) {
+            errno = -ret;
+            die("KVM_RUN");
+        }
+        if (!xmm_equal(&in, &out))
+            mismatches++;
+        if (run->exit_reason == KVM_EXIT_IO && run->io.port == PORT_EXIT)
+            io_exits++;
+        else
+            fprintf(stderr, "kvm-pingpong: unexpected exit reason %u\n", run->exit_reason);
+    }
+    float result;
+    memcpy(&result, mem + GUEST_DATA, sizeof(result));
+    printf("kvm-pingpong: kvm_run=%ld io_exits=%ld fpu_mismatches=%ld guest_result=%g\n",
+           runs, io_exits, mismatches, (double)result);
+    return (io_exits == n && mismatches == 0 && result == 2.0f) ? 0 : 1;
+}
