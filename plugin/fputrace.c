@@ -185,6 +185,7 @@ struct fpu_insn {
 struct vcpu_state {
     bool in_l2;
     uint64_t l1_task_at_entry;
+    uint64_t kernel_gs_base;    /* last per-cpu base seen; see x86_current_task() */
     uint64_t xcr0;
     /* A save/restore whose memory callbacks are still arriving. */
     bool pending;
@@ -596,11 +597,18 @@ static bool task_first_sighting(uint64_t key)
 /*
  * The kernel's current task: %gs:current while in the kernel; in user mode
  * the kernel's GS base waits in KERNEL_GS_BASE until the next swapgs.
+ *
+ * Around VMRUN that does not hold: KVM's SVM entry code runs VMLOAD with the
+ * guest's VMCB first, which loads the guest's GS base. A CPU's per-cpu base
+ * never changes once set up, so the last one seen on this vCPU stands in
+ * there (use_cached).
+ *
  * A new (task, pid, comm) identity is announced once, so exec() renames and
  * task_struct reuse both show up.
  */
 static uint64_t x86_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
-                                 unsigned cpl, uint64_t seq, bool *valid)
+                                 unsigned cpl, bool use_cached, uint64_t seq,
+                                 bool *valid)
 {
     uint64_t base, task = 0;
     struct ftr_task t = { 0 };
@@ -610,11 +618,19 @@ static uint64_t x86_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
     if (!cfg.current_addr) {
         return 0;
     }
-    base = reg_read_u64(vs, cpl == 0 ? regs.gs_base : regs.k_gs_base);
+    if (use_cached) {
+        base = vs->kernel_gs_base;
+    } else {
+        base = reg_read_u64(vs, cpl == 0 ? regs.gs_base : regs.k_gs_base);
+        if (!(base >> 63)) {
+            base = vs->kernel_gs_base;      /* not a kernel address */
+        }
+    }
     if (!base || !mem_read(vs, base + cfg.current_addr, &task, sizeof(task)) ||
-        !task) {
+        !(task >> 63)) {
         return 0;
     }
+    vs->kernel_gs_base = base;
     *valid = true;
     if (cfg.task_pid_off < 0) {
         return task;
@@ -662,7 +678,8 @@ static void event_begin(struct vcpu_state *vs, unsigned int vcpu_index,
         ev->task = vs->l1_task_at_entry;
         task_valid = ev->task != 0;
     } else {
-        ev->task = x86_current_task(vs, vcpu_index, cpl, ev->seq, &task_valid);
+        ev->task = x86_current_task(vs, vcpu_index, cpl, kind == FTR_KIND_VM_ENTRY,
+                                    ev->seq, &task_valid);
     }
     if (task_valid) {
         ev->flags |= FTR_FLAG_TASK_VALID;
@@ -961,9 +978,14 @@ static void vcpu_vmexit_exec(unsigned int vcpu_index, void *udata)
     if (!vs->in_l2) {
         return;
     }
-    vs->in_l2 = false;
     vcpu_finish_pending(vs, vcpu_index);
+    /*
+     * Still inside KVM's VMLOAD window, with the guest's GS base: the task
+     * is the one that entered, which cannot have been switched out between.
+     */
     event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_EXIT, (uintptr_t)udata);
+    vs->in_l2 = false;
+    ev.flags &= ~FTR_FLAG_L2;
     vcpu_commit_event(vs, vcpu_index, &ev);
 }
 

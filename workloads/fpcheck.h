@@ -67,4 +67,42 @@ static inline int xmm_equal(const struct xmm_file *a, const struct xmm_file *b)
     return memcmp(a, b, sizeof(*a)) == 0;
 }
 
+/* The same for the 256-bit AVX registers (ymm0-15), for workloads that use AVX. */
+struct ymm_file {
+    uint8_t r[16][32];
+} __attribute__((aligned(32)));
+
+static inline void ymm_pattern(struct ymm_file *f, unsigned seed)
+{
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 32; j++)
+            f->r[i][j] = (uint8_t)(seed * 131 + i * 17 + j);
+}
+
+#define YMM_MOVE_ALL(op, a, b)                                                          \
+    op(a, b, 0, 0) op(a, b, 1, 32) op(a, b, 2, 64) op(a, b, 3, 96)                      \
+    op(a, b, 4, 128) op(a, b, 5, 160) op(a, b, 6, 192) op(a, b, 7, 224)                \
+    op(a, b, 8, 256) op(a, b, 9, 288) op(a, b, 10, 320) op(a, b, 11, 352)               \
+    op(a, b, 12, 384) op(a, b, 13, 416) op(a, b, 14, 448) op(a, b, 15, 480)
+#define YMM_LOAD_ONE(src, _, n, off) "vmovdqa " #off "(" src "), %%ymm" #n "\n"
+#define YMM_STORE_ONE(dst, _, n, off) "vmovdqa %%ymm" #n ", " #off "(" dst ")\n"
+
+static inline long syscall3_checked_avx(long nr, long a1, long a2, long a3,
+                                        const struct ymm_file *in, struct ymm_file *out)
+{
+    long ret;
+    register long r10 __asm__("r10") = 0;
+
+    __asm__ volatile(YMM_MOVE_ALL(YMM_LOAD_ONE, "%[in]", _)
+                     "syscall\n"
+                     YMM_MOVE_ALL(YMM_STORE_ONE, "%[out]", _)
+                     "vzeroupper\n"
+                     : "=a"(ret), "+r"(r10)
+                     : "a"(nr), "D"(a1), "S"(a2), "d"(a3), [in] "r"(in), [out] "r"(out)
+                     : "rcx", "r11", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4",
+                       "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
+                       "xmm12", "xmm13", "xmm14", "xmm15");
+    return ret;
+}
+
 #endif

@@ -1,0 +1,5 @@
+import sys
+
+from fputrace.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""fputrace command line: dispatches to one module per subcommand.
+
+Commands parse arguments and call into the library; every FputraceError ends
+the program with one line on stderr and status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fputrace import __version__
+from fputrace.cmds import dump, kernel, record, report
+from fputrace.errors import FputraceError
+
+COMMANDS = (record, report, dump, kernel)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fputrace",
+        description="Record and analyze the FPU/SIMD state handling of a Linux KVM host "
+                    "running under QEMU.")
+    parser.add_argument("--version", action="version", version=f"fputrace {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in COMMANDS:
+        cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.run(args)
+        return status
+    except FputraceError as e:
+        print(f"fputrace: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fputrace: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""fputrace record: boot a kernel under QEMU with the plugin and run workloads."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from fputrace.errors import FputraceError
+from fputrace.kernel.layout import resolve_kernel
+from fputrace.record import record, sidecar
+from fputrace.workloads import WORKLOADS, parse_workloads
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("record", help="record the FPU traffic of a kernel running workloads",
+                       description="Boot a Linux kernel under QEMU TCG with the fputrace "
+                                   "plugin, run workloads in it, and write a trace.")
+    p.add_argument("--kernel", default="6.1",
+                   help="Debian series (5.10, 6.1, 6.12) or the path of a bzImage "
+                        "(default: 6.1)")
+    p.add_argument("--modules", type=Path, help="modules directory of a --kernel PATH build "
+                                                "(lib/modules/RELEASE)")
+    p.add_argument("--vmlinux", type=Path,
+                   help="vmlinux with DWARF, for struct offsets of a kernel without BTF")
+    p.add_argument("--workload", default="kvm-pingpong:200",
+                   help="comma-separated NAME[:N]: " + ", ".join([*WORKLOADS, "all"])
+                        + " (default: kvm-pingpong:200)")
+    p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
+    p.add_argument("--memory", type=int, default=1024, help="guest memory in MiB (default 1024)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds before giving up "
+                                                              "(default 600)")
+    p.add_argument("--msr", action="append", default=[], metavar="INDEX",
+                   help="also record WRMSR to this MSR (IA32_XFD/XFD_ERR always are)")
+    p.add_argument("-o", "--output", type=Path, default=Path("fputrace.ftr"),
+                   help="trace file (default fputrace.ftr); sidecars go beside it")
+    p.set_defaults(run=run)
+
+
+def _parse_msr(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise FputraceError(f"--msr {text}: not a number (write 0x1d9 or 473)") from None
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise FputraceError(f"--msr {text}: MSR indices are 32-bit")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True, emoji=False, highlight=False)
+    runs = parse_workloads(args.workload)
+    msrs = [_parse_msr(m) for m in args.msr]
+    target = resolve_kernel(args.kernel, "amd64", args.modules, args.vmlinux)
+    labels = ", ".join(r.label for r in runs)
+    with console.status(f"recording {labels} on {target.identity}") as status:
+
+        def tick(line: str, elapsed: float) -> None:
+            status.update(f"[bold]{elapsed:5.1f}s[/] {escape(labels)} on "
+                          f"{escape(target.identity)}  [dim]{escape(line)}[/]")
+
+        result = record(target, runs, args.output, smp=args.smp, timeout_s=args.timeout,
+                        memory_mb=args.memory, extra_msrs=msrs, tick=tick)
+    for w in result.workloads:
+        summary = " ".join(f"{k}={v}" for k, v in w.summary.items()) or "no summary printed"
+        console.print(escape(f"  {w.label}: exit {w.exit_status}, {summary}"))
+    log = sidecar(args.output, "console.log")
+    if result.status == "ok":
+        console.print("[green]recorded[/] "
+                      + escape(f"{args.output} in {result.wall_s:.1f}s (console: {log})"))
+        return 0
+    label = "partial trace" if result.partial else "trace"
+    console.print(f"[red]{result.status}[/]: "
+                  + escape(f"{result.detail}; {label} kept at {args.output} (console: {log})"))
+    return 1
