@@ -1,0 +1,75 @@
+"""Bad input through the installed command: one line on stderr saying what
+was wrong and what to do, exit status 2, no traceback, no output file
+presented as complete."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tracebuilder import XRSTOR, TraceBuilder
+
+
+def fputrace(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fputrace", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fputrace: "), p.stderr
+    for w in words:
+        assert w in lines[0]
+
+
+def test_missing_trace(tmp_path: Path) -> None:
+    assert_one_line_error(fputrace("report", str(tmp_path / "none.ftr")), "no such trace file")
+
+
+def test_garbage_trace(tmp_path: Path) -> None:
+    p = tmp_path / "g.ftr"
+    p.write_bytes(b"\x7fELF" + bytes(range(256)) * 4)
+    assert_one_line_error(fputrace("dump", str(p)), "bad magic", "fputrace record")
+
+
+def test_wrong_version(tmp_path: Path) -> None:
+    p = TraceBuilder(version=3, min_reader=3).write(tmp_path / "v3.ftr")
+    assert_one_line_error(fputrace("report", str(p)), "version 3", "reads format versions 1 to 1")
+
+
+def test_truncated_trace_is_read_with_one_warning(tmp_path: Path) -> None:
+    b = TraceBuilder()
+    for _ in range(10):
+        b.event(XRSTOR)
+    data = b.build(block_events=4)
+    p = tmp_path / "cut.ftr"
+    p.write_bytes(data[: len(data) - 600])  # footer and part of the last block gone
+    r = fputrace("report", "--json", str(p))
+    assert r.returncode == 0
+    assert "Traceback" not in r.stderr
+    warn = r.stderr.strip().splitlines()
+    assert len(warn) == 1 and "incomplete trace" in warn[0] and "read 8 events" in warn[0]
+    assert '"complete": false' in r.stdout
+
+
+def test_missing_kernel_file(tmp_path: Path) -> None:
+    assert_one_line_error(fputrace("record", "--kernel", str(tmp_path / "bzImage"),
+                                   "-o", str(tmp_path / "x.ftr")),
+                          "neither a file nor a known Debian series")
+    assert not (tmp_path / "x.ftr").exists()
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["record", "--kernel", "4.19"], ["neither a file nor a known Debian series"]),
+    (["record", "--workload", "nope"], ["unknown workload 'nope'"]),
+    (["record", "--workload", "kvm-pingpong:zero"], ["not a whole number"]),
+    (["record", "--msr", "xfd"], ["not a number"]),
+    (["kernel", "fetch", "4.19"], ["unknown kernel series '4.19'"]),
+])
+def test_bad_arguments(tmp_path: Path, args: list[str], words: list[str]) -> None:
+    assert_one_line_error(fputrace(*args, *(["-o", str(tmp_path / "x.ftr")]
+                                            if args[0] == "record" else [])), *words)

@@ -1,0 +1,171 @@
+"""The reader against synthetic traces written by tests/tracebuilder.py.
+
+Each test states the trace it builds, what it asks, and the answer worked
+out by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tracebuilder import (
+    F_FORM64,
+    F_L2,
+    F_MEM,
+    VM_ENTRY,
+    VM_EXIT,
+    XRSTOR,
+    XSAVEOPT,
+    XSETBV,
+    TraceBuilder,
+    block,
+    header,
+)
+
+from fputrace.trace import format as fmt
+from fputrace.trace.reader import TraceError, describe_incomplete, read_trace
+
+
+def test_round_trip_fields(tmp_path: Path) -> None:
+    # One xsetbv, one xsaveopt64 with a content hash, one announced task.
+    b = TraceBuilder(kernel="6.1.0-test", qemu="10.0.2", args="out=x,current=0x1fb80")
+    b.task(0xFFFF888000001000, 42, "worker")
+    b.event(XSETBV, index=0, value=0x207, pc=0xFFFFFFFF81000010)
+    b.event(XSAVEOPT, addr=0xFFFF888000002000, value=0x207, mem_hash=0x1234, mem_bytes=576,
+            mem_features=0x7, flags=F_FORM64 | F_MEM, task=0xFFFF888000001000)
+    t = read_trace(b.write(tmp_path / "t.ftr"))
+
+    assert t.complete and t.problems == []
+    assert (t.header.version, t.header.kernel, t.header.qemu) == (1, "6.1.0-test", "10.0.2")
+    assert t.header.plugin_args == "out=x,current=0x1fb80"
+    assert t.header.arch is fmt.Arch.X86_64
+    assert list(t.events["seq"]) == [0, 1]
+    assert list(t.events["kind"]) == [XSETBV, XSAVEOPT]
+    assert int(t.events["value"][0]) == 0x207 and int(t.events["pc"][0]) == 0xFFFFFFFF81000010
+    assert int(t.events["mem_hash"][1]) == 0x1234 and int(t.events["mem_bytes"][1]) == 576
+    assert int(t.events["flags"][1]) == F_FORM64 | F_MEM
+    assert bytes(t.tasks["comm"][0]).rstrip(b"\0") == b"worker" and int(t.tasks["pid"][0]) == 42
+    assert t.footer is not None and t.footer.events_total == 2
+    assert t.footer.events_by_kind == {XSETBV: 1, XSAVEOPT: 1}
+
+
+def test_blocks_of_two_vcpus_come_back_in_sequence_order(tmp_path: Path) -> None:
+    # vCPU 0 gets even seqs, vCPU 1 odd ones; blocks of 3 events interleave in
+    # the file as they fill: [0,2,4] [1,3,5] [6,8] [7,9]. Read: 0..9 in order.
+    b = TraceBuilder()
+    for i in range(10):
+        b.event(VM_ENTRY if i % 2 == 0 else VM_EXIT, vcpu=i % 2)
+    t = read_trace(b.write(tmp_path / "t.ftr", block_events=3))
+    assert list(t.events["seq"]) == list(range(10))
+    assert list(t.events["vcpu"]) == [0, 1] * 5
+    assert t.blocks_read == 5  # 4 event blocks + footer
+
+
+def test_truncated_trace_reads_up_to_last_whole_block(tmp_path: Path) -> None:
+    # 10 events in blocks of 4: [0-3] [4-7] [8-9], then the footer. Cutting the
+    # file in the middle of the second block leaves exactly one whole block.
+    b = TraceBuilder()
+    for _ in range(10):
+        b.event(XRSTOR)
+    data = b.build(block_events=4)
+    hdr = len(header())
+    one_block = 24 + 4 * 96
+    cut = tmp_path / "cut.ftr"
+    cut.write_bytes(data[: hdr + one_block + 100])
+    t = read_trace(cut)
+    assert not t.complete and t.footer is None
+    assert list(t.events["seq"]) == [0, 1, 2, 3]
+    assert t.problems[0] == "no footer: the recording did not end cleanly"
+    assert "partial block" in t.problems[1]
+    line = describe_incomplete(t)
+    assert "read 4 events" in line and "100 trailing bytes unread" in line
+    assert "\n" not in line
+
+
+def test_file_cut_right_after_a_block_has_no_partial_block(tmp_path: Path) -> None:
+    # As above but cut exactly after two whole blocks: 8 events, only the footer missing.
+    b = TraceBuilder()
+    for _ in range(10):
+        b.event(XRSTOR)
+    data = b.build(block_events=4)
+    cut = tmp_path / "cut.ftr"
+    cut.write_bytes(data[: len(header()) + 2 * (24 + 4 * 96)])
+    t = read_trace(cut)
+    assert len(t.events) == 8 and t.problems == ["no footer: the recording did not end cleanly"]
+
+
+def test_footer_count_disagreeing_with_records_is_reported(tmp_path: Path) -> None:
+    # The footer claims 5 events, 3 are in the file: 2 lost.
+    b = TraceBuilder()
+    for _ in range(3):
+        b.event(XRSTOR)
+    t = read_trace(b.write(tmp_path / "t.ftr", footer_events_total=5))
+    assert not t.complete
+    assert t.problems == ["the footer counts 5 events but 3 were read: 2 lost"]
+
+
+def test_corrupted_block_payload_stops_at_the_block(tmp_path: Path) -> None:
+    # Flip one byte inside the second block's payload: its checksum fails.
+    b = TraceBuilder()
+    for _ in range(8):
+        b.event(XRSTOR)
+    data = bytearray(b.build(block_events=4))
+    data[len(header()) + (24 + 4 * 96) + 24 + 10] ^= 0xFF
+    p = tmp_path / "t.ftr"
+    p.write_bytes(bytes(data))
+    t = read_trace(p)
+    assert len(t.events) == 4
+    assert "bad checksum" in t.problems[1]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty file"),
+        (b"NOTATRACE" + b"\0" * 100, "not an fputrace trace (bad magic)"),
+        (header()[:20], "truncated header"),
+        (header(min_reader=2, version=2), "format version 2"),
+        (header(version=0), "format version 0"),
+        (header(arch=9), "unknown architecture code 9"),
+    ],
+    ids=["empty", "magic", "short-header", "newer-version", "version-zero", "arch"],
+)
+def test_bad_files_give_one_line_errors(tmp_path: Path, data: bytes, message: str) -> None:
+    p = tmp_path / "bad.ftr"
+    p.write_bytes(data)
+    with pytest.raises(TraceError) as e:
+        read_trace(p)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_newer_version_readable_by_this_reader_is_read(tmp_path: Path) -> None:
+    # Version 2 that declares reader version 1 sufficient: read, not refused.
+    b = TraceBuilder(version=2, min_reader=1)
+    b.event(XRSTOR)
+    assert len(read_trace(b.write(tmp_path / "t.ftr")).events) == 1
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="no such trace file"):
+        read_trace(tmp_path / "nope.ftr")
+
+
+def test_garbage_after_header(tmp_path: Path) -> None:
+    p = tmp_path / "t.ftr"
+    p.write_bytes(header() + b"\x01" * 200)
+    t = read_trace(p)
+    assert len(t.events) == 0 and "garbage instead of a block at byte" in t.problems[1]
+
+
+def test_unknown_block_type_stops_reading(tmp_path: Path) -> None:
+    p = tmp_path / "t.ftr"
+    p.write_bytes(header() + block(9, 0, [b"\0" * 8]))
+    t = read_trace(p)
+    assert "unknown type 9" in t.problems[1]
+
+
+def test_l2_flag_survives(tmp_path: Path) -> None:
+    b = TraceBuilder()
+    b.event(XSAVEOPT, flags=F_L2)
+    t = read_trace(b.write(tmp_path / "t.ftr"))
+    assert int(t.events["flags"][0]) & fmt.Flag.L2

@@ -1,0 +1,151 @@
+"""Writes synthetic traces in the real binary format (docs/trace-format.md).
+
+The layouts are spelled out here with struct format strings, independently of
+the reader's numpy dtypes, so that a mistake on either side shows up as a
+test failure rather than agreeing with itself. Blocks are laid out the way
+the plugin writes them: per-vCPU buffers flushed when full (task block
+first), the rest at exit, then the footer.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+EVENT_STRUCT = struct.Struct("<QQQQQQQQQIIIHBBQ")  # 96 bytes
+TASK_STRUCT = struct.Struct("<QQII16sHHI")  # 48 bytes
+BLOCK_STRUCT = struct.Struct("<IHHIIII")  # 24 bytes
+FOOTER_STRUCT = struct.Struct("<QQQQ64Q")  # 544 bytes
+BLOCK_MAGIC = 0x4B425446
+
+# Kind numbers as docs/trace-format.md lists them.
+XSAVE, XSAVEOPT, XSAVEC, XSAVES, XRSTOR, XRSTORS, FXSAVE, FXRSTOR = 1, 2, 3, 4, 5, 6, 7, 8
+XSETBV, WRMSR_XFD, WRMSR_XFD_ERR, WRMSR, VM_ENTRY, VM_EXIT = 9, 10, 11, 12, 13, 14
+F_L2, F_FORM64, F_TASK, F_MEM, F_REGS = 0x04, 0x08, 0x10, 0x20, 0x40
+
+
+@dataclass
+class Ev:
+    seq: int
+    kind: int
+    vcpu: int = 0
+    pc: int = 0
+    task: int = 0
+    addr: int = 0
+    value: int = 0
+    xcr0: int = 0x7
+    mem_hash: int = 0
+    mem_legacy_hash: int = 0
+    regs_hash: int = 0
+    index: int = 0
+    mem_bytes: int = 0
+    mem_features: int = 0
+    flags: int = 0
+    aux: int = 0
+
+    def pack(self) -> bytes:
+        return EVENT_STRUCT.pack(self.seq, self.pc, self.task, self.addr, self.value, self.xcr0,
+                                 self.mem_hash, self.mem_legacy_hash, self.regs_hash, self.index,
+                                 self.mem_bytes, self.mem_features, self.vcpu, self.kind,
+                                 self.flags, self.aux)
+
+
+@dataclass
+class Task:
+    seq: int
+    task: int
+    pid: int
+    tgid: int
+    comm: str
+    vcpu: int = 0
+
+    def pack(self) -> bytes:
+        return TASK_STRUCT.pack(self.seq, self.task, self.pid, self.tgid,
+                                self.comm.encode()[:15], self.vcpu, 0, 0)
+
+
+def block(btype: int, vcpu: int, records: list[bytes]) -> bytes:
+    payload = b"".join(records)
+    return BLOCK_STRUCT.pack(BLOCK_MAGIC, btype, vcpu, len(records), len(payload),
+                             zlib.crc32(payload), 0) + payload
+
+
+def header(version: int = 1, min_reader: int = 1, arch: int = 1, features: int = 7,
+           qemu: str = "10.0.2", kernel: str = "synthetic", args: str = "out=test.ftr",
+           magic: bytes = b"FPUTRACE") -> bytes:
+    strings = b"".join(struct.pack("<H", len(s.encode())) + s.encode()
+                       for s in (qemu, kernel, args))
+    size = 40 + len(strings)
+    size += -size % 8
+    fixed = struct.pack("<8sHHIQHHHHII", magic, version, min_reader, size, features, arch, 96,
+                        48, 0, 4, 0)
+    return (fixed + strings).ljust(size, b"\0")
+
+
+class TraceBuilder:
+    """Collect events and task announcements; seq numbers are handed out in order."""
+
+    def __init__(self, **header_args: object) -> None:
+        self.header_args = header_args
+        self.events: list[Ev] = []
+        self.tasks: list[Task] = []
+        self.next_seq = 0
+
+    def event(self, kind: int, **fields: int) -> Ev:
+        ev = Ev(seq=self.next_seq, kind=kind, **fields)
+        self.next_seq += 1
+        self.events.append(ev)
+        return ev
+
+    def task(self, task: int, pid: int, comm: str, vcpu: int = 0, tgid: int | None = None
+             ) -> Task:
+        """Announce a task at the seq of the next event (as the plugin does)."""
+        t = Task(self.next_seq, task, pid, pid if tgid is None else tgid, comm, vcpu)
+        self.tasks.append(t)
+        return t
+
+    def build(self, block_events: int = 512, footer: bool = True,
+              footer_events_total: int | None = None) -> bytes:
+        out = bytearray(header(**self.header_args))  # type: ignore[arg-type]
+        ev_buf: dict[int, list[Ev]] = {}
+        task_buf: dict[int, list[Task]] = {}
+        blocks = 0
+        pending_tasks = sorted(self.tasks, key=lambda t: t.seq)
+
+        def flush(vcpu: int) -> None:
+            nonlocal blocks
+            if task_buf.get(vcpu):
+                out.extend(block(2, vcpu, [t.pack() for t in task_buf[vcpu]]))
+                task_buf[vcpu] = []
+                blocks += 1
+            if ev_buf.get(vcpu):
+                out.extend(block(1, vcpu, [e.pack() for e in ev_buf[vcpu]]))
+                ev_buf[vcpu] = []
+                blocks += 1
+
+        for ev in sorted(self.events, key=lambda e: e.seq):
+            while pending_tasks and pending_tasks[0].seq <= ev.seq:
+                t = pending_tasks.pop(0)
+                task_buf.setdefault(t.vcpu, []).append(t)
+            ev_buf.setdefault(ev.vcpu, []).append(ev)
+            if len(ev_buf[ev.vcpu]) == block_events:
+                flush(ev.vcpu)
+        for t in pending_tasks:
+            task_buf.setdefault(t.vcpu, []).append(t)
+        for vcpu in sorted(set(ev_buf) | set(task_buf)):
+            flush(vcpu)
+        if footer:
+            by_kind = [0] * 64
+            for e in self.events:
+                by_kind[e.kind] += 1
+            total = len(self.events) if footer_events_total is None else footer_events_total
+            payload = FOOTER_STRUCT.pack(total, len(self.tasks), blocks, 0, *by_kind)
+            out.extend(BLOCK_STRUCT.pack(BLOCK_MAGIC, 3, 0, 1, len(payload), zlib.crc32(payload),
+                                         0) + payload)
+        return bytes(out)
+
+    def write(self, path: Path, **kw: object) -> Path:
+        path.write_bytes(self.build(**kw))  # type: ignore[arg-type]
+        return path
