@@ -111,7 +111,9 @@ async def _run(spec: MachineSpec, timeout_s: float,
                     return None
                 async for event in client.events:
                     if event["event"] == "SHUTDOWN":
-                        return dict(event.get("data", {}))
+                        data = event.get("data", {})
+                        return {str(k): v for k, v in data.items()} if isinstance(data, dict) \
+                            else {}
                 return None
 
             waiter = asyncio.ensure_future(wait_shutdown())

@@ -28,10 +28,10 @@ WORKLOADS: dict[str, WorkloadDef] = {
         WorkloadDef("kvm-pingpong", 200, ("kvm_amd",),
                     "a KVM guest using x87/SSE that exits to user space N times"),
         WorkloadDef("fpu-switch", 200, (),
-                    "two tasks on one CPU holding AVX state, switching N round trips through pipes"),
+                    "two tasks on one CPU holding AVX state, N round trips through pipes"),
         WorkloadDef("signal", 100, (), "FPU state across N signal deliveries and sigreturns"),
         WorkloadDef("kernel-fpu", 50, ("algif_hash", "sha256_ssse3"),
-                    "in-kernel FPU use: N SHA-256 hashes through AF_ALG (SIMD code in sha256-ssse3.ko)"),
+                    "in-kernel FPU use: N SHA-256 hashes through AF_ALG (sha256-ssse3.ko)"),
     )
 }
 

@@ -110,7 +110,8 @@ deb_src_enabled() {
 	grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ || grep -qs '^deb-src' /etc/apt/sources.list
 }
 
-# qemu-plugin.h of exactly the installed QEMU. Prints its directory.
+# qemu-plugin.h of exactly the installed QEMU, and contrib/plugins/execlog.c
+# (bench/overhead compares against it). Prints the directory.
 fetch_plugin_header() {
 	local deb_ver upstream dir tmp
 	if [ -n "${QEMU_PLUGIN_HEADER_DIR:-}" ]; then
@@ -123,7 +124,7 @@ fetch_plugin_header() {
 	upstream=${upstream%%+*}
 	upstream=${upstream%%-*}
 	dir=$cache/qemu-plugin-header/$upstream
-	if [ ! -f "$dir/qemu-plugin.h" ]; then
+	if [ ! -f "$dir/qemu-plugin.h" ] || [ ! -f "$dir/execlog.c" ]; then
 		log "fetching qemu-plugin.h of QEMU $upstream (source package qemu=$deb_ver)" >&2
 		apt_update >&2
 		tmp=$(mktemp -d)
@@ -135,8 +136,10 @@ fetch_plugin_header() {
 		orig=$(ls "$tmp"/qemu_*.orig.tar.* 2>/dev/null | head -n 1)
 		[ -n "$orig" ] || die "could not download the qemu $deb_ver source package: enable deb-src for its suite, or set QEMU_PLUGIN_HEADER_DIR"
 		mkdir -p "$dir"
-		tar -xf "$orig" -C "$tmp" --wildcards '*/include/qemu/qemu-plugin.h'
+		tar -xf "$orig" -C "$tmp" --wildcards '*/include/qemu/qemu-plugin.h' \
+			'*/contrib/plugins/execlog.c'
 		mv "$tmp"/*/include/qemu/qemu-plugin.h "$dir/qemu-plugin.h"
+		mv "$tmp"/*/contrib/plugins/execlog.c "$dir/execlog.c"
 		rm -rf "$tmp"
 	fi
 	echo "$dir"
@@ -151,8 +154,9 @@ setup_venv() {
 	fi
 	if [ ! -f "$stamp" ] || [ "$top/pyproject.toml" -nt "$stamp" ]; then
 		log "installing the Python package and its dependencies"
-		"$venv/bin/pip" install -q --upgrade pip >/dev/null
-		"$venv/bin/pip" install -q -e "$top[dev]"
+		"$venv/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+		"$venv/bin/pip" install -q -e "$top[dev]" >"$venv/pip-install.log" 2>&1 ||
+			die "pip install failed; see $venv/pip-install.log"
 		touch "$stamp"
 	fi
 }
@@ -171,4 +175,4 @@ install_system_packages
 hdr=$(fetch_plugin_header)
 setup_venv
 build "$hdr"
-log "ready: $(qemu-system-x86_64 --version | head -n 1); plugin in build/plugin/"
+log "ready: $(qemu-system-x86_64 --version | head -n 1); plugin build/libfputrace.so"

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fputrace.paths import build_dir  # noqa: E402
+from fputrace.paths import build_dir
 
 REQUIRE_ALL = os.environ.get("FPUTRACE_REQUIRE_ALL") == "1"
 

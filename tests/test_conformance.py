@@ -10,6 +10,7 @@ exactly where the two sums are equal.
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
@@ -43,10 +44,16 @@ def parse_ops(serial_text: str) -> list[dict[str, str]]:
     return ops
 
 
+@dataclass
+class ConformanceRun:
+    ops: list[dict[str, str]]  # what the image says it did, in order
+    events: np.ndarray  # what the trace says
+    serial: str
+
+
 @pytest.fixture(scope="module")
 def conformance_run(qemu_plugin: Path, conformance_image: Path,
-                    tmp_path_factory: pytest.TempPathFactory
-                    ) -> tuple[list[dict[str, str]], np.ndarray, str]:
+                    tmp_path_factory: pytest.TempPathFactory) -> ConformanceRun:
     out = tmp_path_factory.mktemp("conf") / "conf.ftr"
     p = run_image(qemu_plugin, conformance_image, out, f"msr={TSC_AUX:#x}")
     serial = out.with_suffix(".serial").read_text()
@@ -56,19 +63,19 @@ def conformance_run(qemu_plugin: Path, conformance_image: Path,
     assert trace.complete, trace.problems
     # The untraced WRMSR (not in msr=) must not appear; everything else must.
     ops = [o for o in parse_ops(serial) if o["kind"] != "wrmsr_untraced"]
-    return ops, trace.events, serial
+    return ConformanceRun(ops, trace.events, serial)
 
 
-def test_one_record_per_operation_in_order(conformance_run: tuple) -> None:  # type: ignore[type-arg]
-    ops, events, serial = conformance_run
+def test_one_record_per_operation_in_order(conformance_run: ConformanceRun) -> None:
+    ops, events, serial = conformance_run.ops, conformance_run.events, conformance_run.serial
     # Look-alikes (fences, LDMXCSR/STMXCSR, CLFLUSH, CMPXCHG16B, XGETBV) and the
     # unlisted WRMSR produce nothing: the counts match exactly.
     assert "LOOKALIKES done" in serial
     assert [o["kind"] for o in ops] == [fmt.kind_name(int(k)) for k in events["kind"]]
 
 
-def test_fields_match_record_by_record(conformance_run: tuple) -> None:  # type: ignore[type-arg]
-    ops, events, _ = conformance_run
+def test_fields_match_record_by_record(conformance_run: ConformanceRun) -> None:
+    ops, events = conformance_run.ops, conformance_run.events
     for op, ev in zip(ops, events, strict=True):
         flags = int(ev["flags"])
         where = f"{op} vs seq {int(ev['seq'])}"
@@ -87,15 +94,14 @@ def test_fields_match_record_by_record(conformance_run: tuple) -> None:  # type:
         assert flags & fmt.Flag.PL_MASK == 0, where  # everything runs at CPL 0
 
 
-def test_xcr0_follows_xsetbv(conformance_run: tuple) -> None:  # type: ignore[type-arg]
-    _, events, _ = conformance_run
+def test_xcr0_follows_xsetbv(conformance_run: ConformanceRun) -> None:
+    events = conformance_run.events
     assert int(events["xcr0"][0]) == 1  # before the first XSETBV: reset value, x87 only
     assert all(int(x) == 7 for x in events["xcr0"][1:])
 
 
-def test_content_hashes_equal_exactly_where_bytes_equal(conformance_run: tuple  # type: ignore[type-arg]
-                                                        ) -> None:
-    ops, events, _ = conformance_run
+def test_content_hashes_equal_exactly_where_bytes_equal(conformance_run: ConformanceRun) -> None:
+    ops, events = conformance_run.ops, conformance_run.events
     moved = [(op, ev) for op, ev in zip(ops, events, strict=True)
              if "sum" in op and int(ev["flags"]) & fmt.Flag.MEM_VALID]
     # Every save and restore that executed touched memory...
@@ -110,11 +116,10 @@ def test_content_hashes_equal_exactly_where_bytes_equal(conformance_run: tuple  
     assert pairs >= 10
 
 
-def test_register_hash_equals_what_a_full_save_stores(conformance_run: tuple  # type: ignore[type-arg]
-                                                      ) -> None:
+def test_register_hash_equals_what_a_full_save_stores(conformance_run: ConformanceRun) -> None:
     # Before an XSAVE of x87|SSE or an FXSAVE, the registers are exactly what
     # the instruction then stores into the legacy area.
-    ops, events, _ = conformance_run
+    ops, events = conformance_run.ops, conformance_run.events
     checked = 0
     for op, ev in zip(ops, events, strict=True):
         if op["kind"] in ("xsave", "xsaveopt", "fxsave") and int(ev["flags"]) & fmt.Flag.MEM_VALID:
@@ -124,10 +129,10 @@ def test_register_hash_equals_what_a_full_save_stores(conformance_run: tuple  # 
     assert checked >= 8
 
 
-def test_restore_loads_the_registers(conformance_run: tuple) -> None:  # type: ignore[type-arg]
+def test_restore_loads_the_registers(conformance_run: ConformanceRun) -> None:
     # After an XRSTOR/FXRSTOR, the next traced operation sees the restored
     # legacy contents in the registers (nothing in between touches them).
-    ops, events, _ = conformance_run
+    ops, events = conformance_run.ops, conformance_run.events
     checked = 0
     for i, op in enumerate(ops[:-1]):
         ev = events[i]
@@ -139,11 +144,10 @@ def test_restore_loads_the_registers(conformance_run: tuple) -> None:  # type: i
     assert checked >= 3
 
 
-def test_compacted_and_supervisor_forms_are_recorded(conformance_run: tuple  # type: ignore[type-arg]
-                                                     ) -> None:
+def test_compacted_and_supervisor_forms_are_recorded(conformance_run: ConformanceRun) -> None:
     # QEMU 10.0's TCG does not implement XSAVEC/XSAVES/XRSTORS: the attempt is
     # still recorded, with no memory access seen.
-    ops, events, _ = conformance_run
+    ops, events = conformance_run.ops, conformance_run.events
     kinds = {fmt.kind_name(int(k)) for k in events["kind"]}
     assert {"xsavec", "xsaves", "xrstors", "wrmsr_xfd", "wrmsr_xfd_err"} <= kinds
     for op, ev in zip(ops, events, strict=True):
@@ -152,9 +156,8 @@ def test_compacted_and_supervisor_forms_are_recorded(conformance_run: tuple  # t
             assert int(ev["value"]) == int(op["rfbm"], 16)
 
 
-def test_vm_entry_and_exit_bracket_the_nested_guest(conformance_run: tuple  # type: ignore[type-arg]
-                                                    ) -> None:
-    ops, events, serial = conformance_run
+def test_vm_entry_and_exit_bracket_the_nested_guest(conformance_run: ConformanceRun) -> None:
+    events, serial = conformance_run.events, conformance_run.serial
     kinds = [fmt.kind_name(int(k)) for k in events["kind"]]
     i = kinds.index("vm_entry")
     assert kinds[i + 1] == "xsave" and kinds[i + 2] == "vm_exit"

@@ -51,7 +51,7 @@ def _parse_msr(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(stderr=True, emoji=False, highlight=False)
+    console = Console(stderr=True, emoji=False, highlight=False, soft_wrap=True)
     runs = parse_workloads(args.workload)
     msrs = [_parse_msr(m) for m in args.msr]
     target = resolve_kernel(args.kernel, "amd64", args.modules, args.vmlinux)

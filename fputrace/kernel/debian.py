@@ -218,7 +218,8 @@ def _unpack(apt: PrivateApt, package: str, release: str, root: Path) -> None:
                 shutil.move(str(boot / src), out / name)
         if not (out / "vmlinuz").exists():
             raise FputraceError(f"{package} holds no boot/vmlinuz-{release}")
-        for moddir in (tree / "lib" / "modules" / release, tree / "usr" / "lib" / "modules" / release):
+        for moddir in (tree / "lib" / "modules" / release,
+                       tree / "usr" / "lib" / "modules" / release):
             if moddir.is_dir():
                 shutil.move(str(moddir), out / "modules")
                 break

@@ -1,0 +1,230 @@
+"""End to end on real Debian kernels: fputrace record with the project's
+workloads, checked against what the workloads themselves say they did.
+
+The kernels are downloaded once into ~/.cache/fputrace (make test does it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require
+
+from analyzers.counts import task_identity, task_label
+from fputrace.kernel import debian
+from fputrace.record import sidecar
+from fputrace.trace import format as fmt
+from fputrace.trace.reader import Trace, describe_incomplete, read_trace
+
+N_RUNS = 200
+
+
+def fputrace(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fputrace", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def kernel_available(series: str) -> None:
+    if debian.cached_kernel(series, "amd64") is None:
+        p = fputrace("kernel", "fetch", series)
+        require(p.returncode == 0, f"Debian {series} kernel not fetchable: {p.stderr.strip()}")
+
+
+def workload_line(console: Path, name: str) -> dict[str, str]:
+    """The workload's own summary line, straight from the guest console."""
+    for line in console.read_text(errors="replace").splitlines():
+        m = re.match(rf"^{name}: ((?:\w+=\S+ ?)+)$", line.strip())
+        if m:
+            return dict(kv.split("=", 1) for kv in m.group(1).split())
+    raise AssertionError(f"{name} printed no summary line in {console}")
+
+
+def events_of(trace: Trace, comm: str) -> np.ndarray:
+    ident = task_identity(trace.events, trace.tasks)
+    names = np.array([task_label(trace.tasks, int(i)).split(" ", 1)[-1] for i in ident])
+    selected: np.ndarray = trace.events[names == comm]
+    return selected
+
+
+@pytest.fixture(scope="module", params=["6.1", "5.10"])
+def pingpong(request: pytest.FixtureRequest, qemu_plugin: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    series = request.param
+    kernel_available(series)
+    out = tmp_path_factory.mktemp(f"pp{series}") / "run.ftr"
+    p = fputrace("record", "--kernel", series, "--workload", f"kvm-pingpong:{N_RUNS}",
+                 "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    return series, out
+
+
+def test_vm_entries_match_the_workloads_kvm_run_count(pingpong: tuple[str, Path]) -> None:
+    # Every KVM_RUN that returns to user space enters the guest at least once;
+    # KVM re-enters without returning for exits it handles itself (nested page
+    # faults on the first touch of guest pages, interrupts while the guest
+    # runs): a handful for 200 round trips. Margin: N <= entries <= N + N/10 + 10.
+    _, out = pingpong
+    own = workload_line(sidecar(out, "console.log"), "kvm-pingpong")
+    n = int(own["kvm_run"])
+    assert n == N_RUNS and own["io_exits"] == str(N_RUNS) and own["fpu_mismatches"] == "0"
+    trace = read_trace(out)
+    kinds = trace.events["kind"]
+    entries = int(np.count_nonzero(kinds == fmt.Kind.VM_ENTRY))
+    exits = int(np.count_nonzero(kinds == fmt.Kind.VM_EXIT))
+    assert n <= entries <= n + n // 10 + 10
+    assert exits == entries
+
+
+def test_fpu_traffic_is_attributed_to_the_vcpu_task(pingpong: tuple[str, Path]) -> None:
+    # Reading the kernels: each KVM_RUN swaps the FPU twice.
+    #  6.1  kvm_load_guest_fpu -> fpu_swap_kvm_fpstate(guest, true): save the
+    #       user registers (XSAVEOPT, unless TIF_NEED_FPU_LOAD), load the guest's
+    #       (XRSTOR); kvm_put_guest_fpu -> fpu_swap_kvm_fpstate(guest, false):
+    #       save the guest's, restore the user's.
+    #  5.10 kvm_load_guest_fpu: kvm_save_current_fpu(user_fpu) + XRSTOR of
+    #       guest_fpu; kvm_put_guest_fpu: save guest_fpu + XRSTOR of user_fpu.
+    # So >= 2 saves and >= 2 restores per KVM_RUN on the vCPU thread, minus
+    # the saves skipped when a preemption left TIF_NEED_FPU_LOAD set.
+    series, out = pingpong
+    trace = read_trace(out)
+    mine = events_of(trace, "kvm-pingpong")
+    kinds = mine["kind"]
+    saves = int(np.isin(kinds, [int(k) for k in fmt.SAVE_KINDS]).sum())
+    restores = int(np.isin(kinds, [int(k) for k in fmt.RESTORE_KINDS]).sum())
+    low = 2 * N_RUNS - N_RUNS // 10
+    assert low <= saves <= 3 * N_RUNS + 50, (series, saves)
+    assert low <= restores <= 3 * N_RUNS + 50, (series, restores)
+    # All VM entries come from the vCPU thread.
+    assert int(np.count_nonzero(kinds == fmt.Kind.VM_ENTRY)) == int(
+        np.count_nonzero(trace.events["kind"] == fmt.Kind.VM_ENTRY))
+
+
+def test_footer_counts_equal_records_read(pingpong: tuple[str, Path]) -> None:
+    _, out = pingpong
+    trace = read_trace(out)
+    assert trace.complete, trace.problems
+    assert trace.footer is not None and trace.footer.events_total == len(trace.events)
+    values, counts = np.unique(trace.events["kind"], return_counts=True)
+    assert trace.footer.events_by_kind == {int(k): int(c) for k, c in zip(values, counts,
+                                                                           strict=True)}
+    assert trace.footer.tasks_total == len(trace.tasks)
+
+
+def test_report_json(pingpong: tuple[str, Path]) -> None:
+    _, out = pingpong
+    p = fputrace("report", "--json", str(out))
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    trace = read_trace(out)
+    assert rep["events_total"] == len(trace.events)
+    assert rep["events_by_kind"]["vm_entry"] == int(
+        np.count_nonzero(trace.events["kind"] == fmt.Kind.VM_ENTRY))
+    assert {"xsaveopt", "xrstor", "xsetbv", "vm_entry", "vm_exit"} <= set(rep["events_by_kind"])
+    # KVM's VMRUN sits in kvm-amd.ko: module code is symbolized.
+    functions = {g["label"]: g for g in rep["per_function"]}
+    assert functions["__svm_vcpu_run [kvm_amd]"]["by_kind"]["vm_entry"] == \
+        rep["events_by_kind"]["vm_entry"]
+    assert rep["recording"]["status"] == "ok"
+
+
+def test_all_workloads_on_6_1(qemu_plugin: Path, tmp_path: Path) -> None:
+    kernel_available("6.1")
+    out = tmp_path / "all.ftr"
+    p = fputrace("record", "--kernel", "6.1", "--workload", "all", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    console = sidecar(out, "console.log")
+    trace = read_trace(out)
+    sw = workload_line(console, "fpu-switch")
+    sig = workload_line(console, "signal")
+    kfpu = workload_line(console, "kernel-fpu")
+    assert sw["mismatches"] == sig["mismatches"] == kfpu["mismatches"] == "0"
+    assert sig["handled"] == sig["signals"] and kfpu["ok"] == kfpu["hashes"]
+    # fpu-switch: each of its switches saves the outgoing task's registers.
+    switches = int(sw["switches"])
+    saves = np.isin(events_of(trace, "fpu-switch")["kind"], [int(k) for k in fmt.SAVE_KINDS])
+    assert switches <= int(saves.sum()) <= 2 * switches + 50
+    # signal: every delivery writes the registers to the signal frame (XSAVE in
+    # copy_fpstate_to_sigframe) and sigreturn reads them back (XRSTOR).
+    sig_ev = events_of(trace, "signal")
+    assert int(np.count_nonzero(sig_ev["kind"] == fmt.Kind.XSAVE)) >= int(sig["signals"])
+    assert int(np.count_nonzero(sig_ev["kind"] == fmt.Kind.XRSTOR)) >= int(sig["signals"])
+    # kernel-fpu: kernel_fpu_begin() saves the caller's registers first.
+    assert int(np.isin(events_of(trace, "kernel-fpu")["kind"],
+                       [int(k) for k in fmt.SAVE_KINDS]).sum()) >= int(kfpu["hashes"])
+
+
+def test_6_12_kernel_with_compressed_modules(qemu_plugin: Path, tmp_path: Path) -> None:
+    # trixie's 6.12 ships .ko.xz modules under usr/lib/modules.
+    kernel_available("6.12")
+    out = tmp_path / "r.ftr"
+    p = fputrace("record", "--kernel", "6.12", "--workload", "kvm-pingpong:50", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    own = workload_line(sidecar(out, "console.log"), "kvm-pingpong")
+    entries = int(np.count_nonzero(read_trace(out).events["kind"] == fmt.Kind.VM_ENTRY))
+    assert 50 <= entries <= 50 + 5 + 10 and own["kvm_run"] == "50"
+
+
+def test_own_kernel_build_by_path(qemu_plugin: Path, tmp_path: Path) -> None:
+    # --kernel PATH --modules DIR, as for a developer's own build (here the
+    # Debian 6.1 image, copied, so that it is not recognised as Debian's).
+    kernel_available("6.1")
+    info = debian.cached_kernel("6.1", "amd64")
+    assert info is not None
+    image = tmp_path / "bzImage"
+    image.write_bytes(info.vmlinuz.read_bytes())
+    out = tmp_path / "own.ftr"
+    p = fputrace("record", "--kernel", str(image), "--modules", str(info.modules_dir),
+                 "--workload", "kvm-pingpong:20", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    trace = read_trace(out)
+    # The identity comes from the image's own version string.
+    assert trace.header.kernel.startswith(info.release + " (bzImage sha256:")
+    assert int(np.count_nonzero(trace.events["kind"] == fmt.Kind.VM_ENTRY)) >= 20
+
+
+def test_timeout_keeps_a_labelled_partial_trace(qemu_plugin: Path, tmp_path: Path) -> None:
+    kernel_available("6.1")
+    out = tmp_path / "t.ftr"
+    p = fputrace("record", "--kernel", "6.1", "--workload", "kvm-pingpong:10000000",
+                 "--timeout", "8", "-o", str(out))
+    assert p.returncode == 1
+    assert "timeout" in p.stderr and "partial trace kept" in p.stderr
+    meta = json.loads(sidecar(out, "meta.json").read_text())
+    assert meta["status"] == "timeout" and meta["partial"] is True
+    # QEMU was asked to quit: the plugin still wrote its footer.
+    assert read_trace(out).footer is not None
+
+
+def test_qemu_killed_mid_run(qemu_plugin: Path, tmp_path: Path) -> None:
+    kernel_available("6.1")
+    out = (tmp_path / "k.ftr").resolve()
+    proc = subprocess.Popen([sys.executable, "-m", "fputrace", "record", "--kernel", "6.1",
+                             "--workload", "kvm-pingpong:10000000", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    # Wait until several blocks are on disk, then SIGKILL QEMU.
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 300_000):
+        time.sleep(0.2)
+    pids = subprocess.run(["pgrep", "-f", f"out={out}"], capture_output=True, text=True).stdout
+    assert pids.split(), "QEMU not found"
+    for pid in pids.split():
+        os.kill(int(pid), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "qemu-crashed" in err and "partial trace kept" in err
+    trace = read_trace(out)
+    assert trace.footer is None and len(trace.events) > 1000
+    assert describe_incomplete(trace).count("no footer") == 1
+    meta = json.loads(sidecar(out, "meta.json").read_text())
+    assert meta["partial"] is True and meta["status"] == "qemu-crashed"
+    r = fputrace("report", str(out))
+    assert r.returncode == 0 and "incomplete trace" in r.stderr and "Traceback" not in r.stderr
