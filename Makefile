@@ -31,7 +31,7 @@ test: setup lint
 	FPUTRACE_REQUIRE_ALL=1 $(PY) -m pytest -q -p no:cacheprovider
 
 bench: setup
-	$(PY) bench/overhead
+	bench/overhead
 
 clean:
 	rm -rf build runs

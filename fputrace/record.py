@@ -120,22 +120,15 @@ def _parse_console(text: str, runs: list[WorkloadRun]) -> tuple[list[WorkloadOut
     return list(outcomes.values()), done, panic, insmod_failed
 
 
-def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 1,
-           timeout_s: float = 600, memory_mb: int = 1024, extra_msrs: list[int] | None = None,
-           tick: Callable[[str, float], None] | None = None) -> RecordResult:
-    """Boot, run the workloads, and leave the trace and its sidecars at `out`."""
-    plugin = plugin_path()
+def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path) -> list[str]:
+    """Write the initramfs that loads the modules the workloads need and runs
+    them; return the module names in load order."""
     if not BUSYBOX.exists():
         raise FputraceError(f"{BUSYBOX} not found: run 'make setup' (installs busybox-static)")
     for r in runs:
         if not r.binary.exists():
             raise FputraceError(f"workload {r.workload.name} not built ({r.binary} missing): "
                                 "run 'make setup'")
-    if not 1 <= smp <= 16:
-        raise FputraceError(f"--smp {smp}: choose 1 to 16 CPUs")
-    if tick:
-        tick("collecting kernel symbols (first use of this kernel only)", 0.0)
-    layout = kernel_layout(target)
     wanted = sorted({m for r in runs for m in r.workload.modules})
     module_files: list[Path] = []
     if wanted:
@@ -144,7 +137,26 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
                                 "--modules DIR with the kernel's modules")
         module_files = ModuleTree(target.modules_dir).load_order(wanted)
     names = [module_name(p) for p in module_files]
+    ramfs = busybox_initramfs(BUSYBOX, _init_script(names, runs))
+    for p, n in zip(module_files, names, strict=True):
+        # Decompressed here, so busybox insmod needs no xz/zstd support.
+        ramfs.file(f"modules/{n}.ko", module_bytes(p))
+    for r in runs:
+        ramfs.copy(f"workloads/{r.workload.name}", r.binary, 0o755)
+    ramfs.write(path)
+    return names
 
+
+def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 1,
+           timeout_s: float = 600, memory_mb: int = 1024, extra_msrs: list[int] | None = None,
+           tick: Callable[[str, float], None] | None = None) -> RecordResult:
+    """Boot, run the workloads, and leave the trace and its sidecars at `out`."""
+    plugin = plugin_path()
+    if not 1 <= smp <= 16:
+        raise FputraceError(f"--smp {smp}: choose 1 to 16 CPUs")
+    if tick:
+        tick("collecting kernel symbols (first use of this kernel only)", 0.0)
+    layout = kernel_layout(target)
     out.parent.mkdir(parents=True, exist_ok=True)
     console = sidecar(out, "console.log")
     modsyms_tmp = sidecar(out, "modsyms.tmp")
@@ -153,13 +165,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     qemu = qemu_version(target.arch)
     with tempfile.TemporaryDirectory(prefix="fputrace-rec-") as tmp_s:
         tmp = Path(tmp_s)
-        ramfs = busybox_initramfs(BUSYBOX, _init_script(names, runs))
-        for p, n in zip(module_files, names, strict=True):
-            # Decompressed here, so busybox insmod needs no xz/zstd support.
-            ramfs.file(f"modules/{n}.ko", module_bytes(p))
-        for r in runs:
-            ramfs.copy(f"workloads/{r.workload.name}", r.binary, 0o755)
-        ramfs.write(tmp / "initramfs.gz")
+        names = build_initramfs(target, runs, tmp / "initramfs.gz")
         plugin_args = [f"out={out.resolve()}", *layout.plugin_args(),
                        f"kernel={target.identity.replace(',', ';')}", f"qemu={qemu}"]
         plugin_args += [f"msr={m:#x}" for m in extra_msrs or []]

@@ -228,7 +228,7 @@ static uint64_t write_errors;           /* atomic */
 static GMutex insn_lock;
 static GHashTable *insn_table;          /* (vaddr, bytes) -> struct fpu_insn */
 static uint64_t vmrun_next_pc[MAX_VMRUN_SITES];
-static unsigned n_vmrun_sites;
+static unsigned n_vmrun_sites;            /* atomic: see vmrun_site_known() */
 
 /* Task identities already announced: lock-free set of nonzero keys. */
 static uint64_t task_seen[TASK_TABLE_SIZE];
@@ -1007,9 +1007,15 @@ static const struct fpu_insn *insn_intern(const struct fpu_insn *fi,
     return found;
 }
 
+/*
+ * Sites are appended under insn_lock and published by the release store of
+ * n_vmrun_sites, so translation can check them without the lock.
+ */
 static bool vmrun_site_known(uint64_t next_pc)
 {
-    for (unsigned i = 0; i < n_vmrun_sites; i++) {
+    unsigned n = __atomic_load_n(&n_vmrun_sites, __ATOMIC_ACQUIRE);
+
+    for (unsigned i = 0; i < n; i++) {
         if (vmrun_next_pc[i] == next_pc) {
             return true;
         }
@@ -1017,16 +1023,70 @@ static bool vmrun_site_known(uint64_t next_pc)
     return false;
 }
 
+/*
+ * Cheap filter before decoding: every traced instruction has 0F 01, 0F 30,
+ * 0F AE or 0F C7 after at most four legacy prefixes and a REX byte. Almost
+ * every instruction of a kernel fails this, without taking a lock.
+ */
+static bool x86_maybe_traced(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i + 1 < n && i < 6; i++) {
+        if (p[i] == 0x0f) {
+            uint8_t op = p[i + 1];
+            return op == 0x01 || op == 0x30 || op == 0xae || op == 0xc7;
+        }
+    }
+    return false;
+}
+
+static void insn_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
+                            const uint8_t *bytes, size_t len)
+{
+    struct fpu_insn fi = { .vaddr = vaddr };
+    const struct fpu_insn *shared;
+
+    if (!x86_decode(bytes, len, &fi)) {
+        return;
+    }
+    fi.len = qemu_plugin_insn_size(insn);
+    g_mutex_lock(&insn_lock);
+    shared = insn_intern(&fi, bytes, len);
+    if (fi.kind == FTR_KIND_VM_ENTRY && !vmrun_site_known(vaddr + fi.len) &&
+        n_vmrun_sites < MAX_VMRUN_SITES) {
+        vmrun_next_pc[n_vmrun_sites] = vaddr + fi.len;
+        __atomic_store_n(&n_vmrun_sites, n_vmrun_sites + 1, __ATOMIC_RELEASE);
+    }
+    g_mutex_unlock(&insn_lock);
+
+    switch (fi.kind) {
+    case FTR_KIND_XSETBV:
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_xsetbv_exec,
+                                               QEMU_PLUGIN_CB_R_REGS, (void *)shared);
+        break;
+    case FTR_KIND_WRMSR:
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_wrmsr_exec,
+                                               QEMU_PLUGIN_CB_R_REGS, (void *)shared);
+        break;
+    case FTR_KIND_VM_ENTRY:
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_vmrun_exec,
+                                               QEMU_PLUGIN_CB_R_REGS, (void *)shared);
+        break;
+    default:
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_fpu_op_exec,
+                                               QEMU_PLUGIN_CB_R_REGS, (void *)shared);
+        qemu_plugin_register_vcpu_mem_cb(insn, vcpu_fpu_mem, QEMU_PLUGIN_CB_NO_REGS,
+                                         QEMU_PLUGIN_MEM_RW, (void *)shared);
+        break;
+    }
+}
+
 static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_tb *tb)
 {
     size_t n = qemu_plugin_tb_n_insns(tb);
 
-    g_mutex_lock(&insn_lock);
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
         uint64_t vaddr = qemu_plugin_insn_vaddr(insn);
-        struct fpu_insn fi = { .vaddr = vaddr };
-        const struct fpu_insn *shared;
         uint8_t bytes[16];
         size_t len = qemu_plugin_insn_data(insn, bytes, sizeof(bytes));
 
@@ -1035,42 +1095,10 @@ static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_
                                                    QEMU_PLUGIN_CB_R_REGS,
                                                    (void *)(uintptr_t)vaddr);
         }
-        if (!x86_decode(bytes, len, &fi)) {
-            continue;
-        }
-        fi.len = qemu_plugin_insn_size(insn);
-        shared = insn_intern(&fi, bytes, len);
-        switch (fi.kind) {
-        case FTR_KIND_XSETBV:
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_xsetbv_exec,
-                                                   QEMU_PLUGIN_CB_R_REGS,
-                                                   (void *)shared);
-            break;
-        case FTR_KIND_WRMSR:
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_wrmsr_exec,
-                                                   QEMU_PLUGIN_CB_R_REGS,
-                                                   (void *)shared);
-            break;
-        case FTR_KIND_VM_ENTRY:
-            if (!vmrun_site_known(vaddr + fi.len) &&
-                n_vmrun_sites < MAX_VMRUN_SITES) {
-                vmrun_next_pc[n_vmrun_sites++] = vaddr + fi.len;
-            }
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_vmrun_exec,
-                                                   QEMU_PLUGIN_CB_R_REGS,
-                                                   (void *)shared);
-            break;
-        default:
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_fpu_op_exec,
-                                                   QEMU_PLUGIN_CB_R_REGS,
-                                                   (void *)shared);
-            qemu_plugin_register_vcpu_mem_cb(insn, vcpu_fpu_mem,
-                                             QEMU_PLUGIN_CB_NO_REGS,
-                                             QEMU_PLUGIN_MEM_RW, (void *)shared);
-            break;
+        if (x86_maybe_traced(bytes, len)) {
+            insn_instrument(insn, vaddr, bytes, len);
         }
     }
-    g_mutex_unlock(&insn_lock);
 }
 
 static void regs_resolve(void)

@@ -50,10 +50,13 @@ class KernelInfo:
         return self.path / "modules"
 
 
-def _sources_entries() -> list[tuple[str, list[str]]]:
-    """(URI, suites) of every Debian entry in the machine's apt configuration."""
+APT_ETC = Path("/etc/apt")
+
+
+def _sources_entries(etc: Path) -> list[tuple[str, list[str]]]:
+    """(URI, suites) of every entry in an apt configuration directory."""
     entries: list[tuple[str, list[str]]] = []
-    d = Path("/etc/apt/sources.list.d")
+    d = etc / "sources.list.d"
     for f in sorted(d.glob("*.sources")) if d.is_dir() else []:
         for stanza in re.split(r"\n\s*\n", f.read_text(errors="replace")):
             fields: dict[str, str] = {}
@@ -63,7 +66,7 @@ def _sources_entries() -> list[tuple[str, list[str]]]:
                     fields[k.strip().lower()] = v.strip()
             if "uris" in fields and "suites" in fields:
                 entries.append((fields["uris"].split()[0], fields["suites"].split()))
-    legacy = Path("/etc/apt/sources.list")
+    legacy = etc / "sources.list"
     if legacy.is_file():
         for line in legacy.read_text(errors="replace").splitlines():
             m = re.match(r"\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)", line)
@@ -72,10 +75,10 @@ def _sources_entries() -> list[tuple[str, list[str]]]:
     return entries
 
 
-def archive_uris() -> tuple[str, str | None]:
+def archive_uris(etc: Path = APT_ETC) -> tuple[str, str | None]:
     """The machine's Debian archive URI and its security archive URI."""
     main = security = None
-    for uri, suites in _sources_entries():
+    for uri, suites in _sources_entries(etc):
         if any(s.endswith("-security") for s in suites):
             security = security or uri
         elif any(s in RELEASES.values() or s.split("-")[0] in RELEASES.values()

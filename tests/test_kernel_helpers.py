@@ -1,0 +1,167 @@
+"""Kernel-side helpers against inputs built by hand: BTF blobs, module files
+with a .modinfo section, apt sources, kallsyms text, a bzImage header."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require
+
+from fputrace.errors import FputraceError
+from fputrace.initramfs import Initramfs
+from fputrace.kernel import debian
+from fputrace.kernel.btf import Btf
+from fputrace.kernel.layout import _bzimage_release, _current_task_address
+from fputrace.kernel.modules import ModuleTree
+from fputrace.kernel.symbols import Symbols
+
+
+def btf_blob(types: list[bytes], strings: bytes) -> bytes:
+    type_sec = b"".join(types)
+    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(type_sec), len(type_sec),
+                      len(strings))
+    return hdr + type_sec + strings
+
+
+def btf_type(name_off: int, kind: int, vlen: int, size: int, kind_flag: int = 0) -> bytes:
+    return struct.pack("<III", name_off, (kind_flag << 31) | (kind << 24) | vlen, size)
+
+
+def test_btf_member_offsets_through_anonymous_members() -> None:
+    # Strings: 1 "int", 5 "task_struct", 17 "pid", 21 "comm", 26 "tgid", 31 "pcpu_hot",
+    #          40 "current_task"
+    strings = b"\0int\0task_struct\0pid\0comm\0tgid\0pcpu_hot\0current_task\0"
+    types = [
+        # [1] int (4 bytes)
+        btf_type(1, 1, 0, 4) + struct.pack("<I", 32),
+        # [2] anonymous union { int tgid @ bit 0 } of 4 bytes
+        btf_type(0, 5, 1, 4) + struct.pack("<III", 26, 1, 0),
+        # [3] struct task_struct { int pid @ byte 8; union @ byte 12; int comm @ byte 40 }
+        btf_type(5, 4, 3, 64) + struct.pack("<III", 17, 1, 64) + struct.pack("<III", 0, 2, 96)
+        + struct.pack("<III", 21, 1, 320),
+        # [4] struct pcpu_hot { anonymous union [2]... reuse: current_task via bitfield flag }
+        btf_type(31, 4, 1, 64, kind_flag=1) + struct.pack("<III", 40, 1, (0 << 24) | 128),
+    ]
+    btf = Btf(btf_blob(types, strings))
+    assert btf.member_offset("task_struct", "pid") == 8
+    assert btf.member_offset("task_struct", "tgid") == 12  # 12 + 0 inside the union
+    assert btf.member_offset("task_struct", "comm") == 40
+    assert btf.member_offset("pcpu_hot", "current_task") == 16  # kind_flag offset: bit 128
+    assert btf.member_offset("task_struct", "nope") is None
+    assert btf.member_offset("nope", "pid") is None
+
+
+def test_btf_rejects_garbage() -> None:
+    with pytest.raises(FputraceError, match="not a BTF blob"):
+        Btf(b"\0" * 64)
+
+
+def test_current_task_address_by_symbol_presence() -> None:
+    # Up to 6.1 (and from 6.15): a current_task per-cpu symbol.
+    old = Symbols.parse("000000000001fb80 A current_task\nffffffff81000000 T _stext\n")
+    assert _current_task_address(old, None, {}) == (0x1FB80, "current_task")
+    # 6.2-6.14: pcpu_hot.current_task, the member offset from debug info.
+    hot = Symbols.parse("0000000000032b00 D pcpu_hot\n")
+    assert _current_task_address(hot, None, {"pcpu_hot": {"current_task": 0}}) == (
+        0x32B00, "pcpu_hot.current_task")
+    with pytest.raises(FputraceError, match="current_task nor a pcpu_hot"):
+        _current_task_address(Symbols.parse("ffffffff81000000 T _stext\n"), None, {})
+
+
+def test_symbols_describe_kernel_and_module_code() -> None:
+    syms = Symbols.parse(
+        "ffffffff81000000 T _stext\n"
+        "ffffffff81034a00 t save_fpregs_to_fpstate\n"
+        "ffffffff81034b00 T restore_fpregs_from_fpstate\n"
+        "000000000001fb80 A current_task\n",
+        "ffffffffc0a01000 t __svm_vcpu_run\t[kvm_amd]\n",
+    )
+    assert syms.describe(0xFFFFFFFF81034A43) == "save_fpregs_to_fpstate+0x43"
+    assert syms.describe(0xFFFFFFFFC0A0105E) == "__svm_vcpu_run+0x5e [kvm_amd]"
+    assert syms.function(0xFFFFFFFFC0A0105E) == "__svm_vcpu_run [kvm_amd]"
+    assert syms.describe(0x1000) == "0x1000"  # below every text symbol
+    assert syms.values["current_task"] == 0x1FB80
+    idx = syms.locate(np.array([0xFFFFFFFF81034B01, 0x10], dtype=np.uint64))
+    assert [syms.names[int(idx[0])], int(idx[1])] == ["restore_fpregs_from_fpstate", -1]
+
+
+def fake_module(directory: Path, name: str, depends: str) -> None:
+    # A relocatable ELF with only a .modinfo section, as the kernel's modpost writes it.
+    src = directory / f"{name}.c"
+    src.write_text(f'__attribute__((section(".modinfo"), used)) static const char info[] = '
+                   f'"name={name}\\0depends={depends}";\n')
+    subprocess.run(["gcc", "-c", "-o", str(directory / f"{name.replace('_', '-')}.ko"),
+                    str(src)], check=True)
+
+
+def test_module_load_order_from_modinfo(tmp_path: Path) -> None:
+    require(shutil.which("gcc") is not None, "gcc not installed")
+    # kvm_amd -> kvm, ccp; kvm -> irqbypass; ccp -> (none). Expected order: each
+    # module after everything it depends on, in the order first reached.
+    for name, deps in [("kvm_amd", "kvm,ccp"), ("kvm", "irqbypass"), ("irqbypass", ""),
+                       ("ccp", ""), ("unrelated", "kvm")]:
+        fake_module(tmp_path, name, deps)
+    tree = ModuleTree(tmp_path)
+    order = [p.name for p in tree.load_order(["kvm-amd"])]
+    assert order == ["irqbypass.ko", "kvm.ko", "ccp.ko", "kvm-amd.ko"]
+    with pytest.raises(FputraceError, match="module nope is not in"):
+        tree.load_order(["nope"])
+
+
+def test_module_dependency_cycle_is_an_error(tmp_path: Path) -> None:
+    require(shutil.which("gcc") is not None, "gcc not installed")
+    fake_module(tmp_path, "a", "b")
+    fake_module(tmp_path, "b", "a")
+    with pytest.raises(FputraceError, match="cycle: a -> b -> a"):
+        ModuleTree(tmp_path).load_order(["a"])
+
+
+def test_archive_uris_from_deb822_and_legacy(tmp_path: Path) -> None:
+    d = tmp_path / "sources.list.d"
+    d.mkdir()
+    (d / "debian.sources").write_text(
+        "Types: deb\nURIs: http://archive.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\n"
+        "Types: deb\nURIs: http://security.example/debian-security\n"
+        "Suites: bookworm-security\nComponents: main\n")
+    (d / "other.sources").write_text("Types: deb\nURIs: https://vendor.example/apt\n"
+                                     "Suites: stable\nComponents: main\n")
+    assert debian.archive_uris(tmp_path) == ("http://archive.example/debian",
+                                             "http://security.example/debian-security")
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "sources.list").write_text("# comment\ndeb [arch=amd64] http://old.example/d "
+                                         "bookworm main\n")
+    assert debian.archive_uris(legacy) == ("http://old.example/d", None)
+    with pytest.raises(FputraceError, match="no Debian archive"):
+        debian.archive_uris(tmp_path / "empty")
+
+
+def test_bzimage_release_of_a_debian_kernel() -> None:
+    info = debian.cached_kernel("6.1", "amd64")
+    require(info is not None, "Debian 6.1 kernel not fetched (make test fetches it)")
+    assert info is not None
+    # Independent truth: the Debian package is named after the kernel release.
+    assert _bzimage_release(info.vmlinuz) == info.package.removeprefix("linux-image-")
+
+
+def test_initramfs_is_a_valid_newc_archive(tmp_path: Path) -> None:
+    require(shutil.which("cpio") is not None, "cpio not installed")
+    ramfs = Initramfs()
+    ramfs.file("init", b"#!/bin/sh\necho hi\n", 0o755)
+    ramfs.file("modules/kvm.ko", b"\x7fELF" + bytes(1001))
+    ramfs.symlink("bin/sh", "busybox")
+    (tmp_path / "r.gz").write_bytes(ramfs.pack())
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(f"zcat {tmp_path / 'r.gz'} | cpio -idm --quiet", shell=True, cwd=out,
+                   check=True)
+    assert (out / "init").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert (out / "init").stat().st_mode & 0o777 == 0o755
+    assert (out / "modules" / "kvm.ko").stat().st_size == 1005
+    assert (out / "bin" / "sh").readlink() == Path("busybox")
