@@ -45,14 +45,20 @@ def _event_line(ev: Any, who: str, where: str) -> str:
         if flags & fmt.Flag.MEM_VALID:
             parts += [f"bytes={int(ev['mem_bytes'])}", f"xfeat={int(ev['mem_features']):#x}",
                       f"mem={int(ev['mem_hash']):016x}"]
+            if int(ev["xstate_bv"]):
+                parts.append(f"xstate_bv={int(ev['xstate_bv']):#x}")
         else:
             parts.append("no-memory-access")
         if flags & fmt.Flag.REGS_VALID:
             parts.append(f"regs={int(ev['regs_hash']):016x}")
+        if flags & fmt.Flag.REGS_AFTER_VALID:
+            parts.append(f"after={int(ev['regs_after_hash']):016x}")
     elif kind in (fmt.Kind.XSETBV, fmt.Kind.WRMSR, fmt.Kind.WRMSR_XFD, fmt.Kind.WRMSR_XFD_ERR):
         parts += [f"index={int(ev['index']):#x}", f"value={int(ev['value']):#x}"]
     elif kind == fmt.Kind.VM_ENTRY:
         parts.append(f"vmcb={int(ev['addr']):#x}")
+    if flags & fmt.Flag.KERNEL_SIMD:
+        parts.append("kernel-simd-before")
     parts.append(f"pc={where}")
     return " ".join(parts)
 

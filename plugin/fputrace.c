@@ -91,12 +91,14 @@ enum ftr_kind {
     FTR_KIND_MAX = 64,
 };
 
-#define FTR_FLAG_PL_MASK        0x03    /* CPL (x86) or EL (arm64) */
-#define FTR_FLAG_L2             0x04    /* executed inside the nested guest */
-#define FTR_FLAG_FORM64         0x08    /* REX.W form (xsave64, ...) */
-#define FTR_FLAG_TASK_VALID     0x10
-#define FTR_FLAG_MEM_VALID      0x20    /* memory accesses were observed */
-#define FTR_FLAG_REGS_VALID     0x40
+#define FTR_FLAG_PL_MASK        0x003   /* CPL (x86) or EL (arm64) */
+#define FTR_FLAG_L2             0x004   /* executed inside the nested guest */
+#define FTR_FLAG_FORM64         0x008   /* REX.W form (xsave64, ...) */
+#define FTR_FLAG_TASK_VALID     0x010
+#define FTR_FLAG_MEM_VALID      0x020   /* memory accesses were observed */
+#define FTR_FLAG_REGS_VALID     0x040
+#define FTR_FLAG_KERNEL_SIMD    0x080   /* kernel code used FP/SIMD since the last event */
+#define FTR_FLAG_REGS_AFTER_VALID 0x100 /* regs_after_hash was read */
 
 struct ftr_event {
     uint64_t seq;
@@ -105,18 +107,23 @@ struct ftr_event {
     uint64_t addr;
     uint64_t value;
     uint64_t xcr0;
-    uint64_t mem_hash;
-    uint64_t mem_legacy_hash;
-    uint64_t regs_hash;
+    uint64_t mem_hash;          /* content bytes below 832: x87, SSE, AVX */
+    uint64_t mem_legacy_hash;   /* content bytes below 512: x87, SSE */
+    uint64_t mem_ext_hash;      /* content bytes from 832: MPX, AVX-512, PKRU... */
+    uint64_t regs_hash;         /* register file before the instruction */
+    uint64_t regs_after_hash;   /* restores: register file right after it */
+    uint64_t xstate_bv;         /* XSTATE_BV stored (save) or loaded (restore) */
+    uint64_t aux;
     uint32_t index;
     uint32_t mem_bytes;
     uint32_t mem_features;
+    uint32_t flags;
     uint16_t vcpu;
     uint8_t kind;
-    uint8_t flags;
-    uint64_t aux;
+    uint8_t reserved8;
+    uint32_t reserved32;
 };
-G_STATIC_ASSERT(sizeof(struct ftr_event) == 96);
+G_STATIC_ASSERT(sizeof(struct ftr_event) == 128);
 
 struct ftr_task {
     uint64_t seq;
@@ -154,7 +161,7 @@ struct ftr_footer {
 #define MSR_IA32_XFD            0x1c4
 #define MSR_IA32_XFD_ERR        0x1c5
 #define MAX_EXTRA_MSRS          16
-#define MAX_VMRUN_SITES         64
+#define SITE_TABLE_SIZE         1024    /* power of two */
 #define TASK_TABLE_SIZE         (1u << 16)
 
 /* How an operand's effective address is formed: [seg + base + index*scale + disp]. */
@@ -187,8 +194,11 @@ struct vcpu_state {
     uint64_t l1_task_at_entry;
     uint64_t kernel_gs_base;    /* last per-cpu base seen; see x86_current_task() */
     uint64_t xcr0;
+    /* Set by an inline store when kernel code runs an FP/SIMD instruction. */
+    uint64_t kernel_simd;
     /* A save/restore whose memory callbacks are still arriving. */
     bool pending;
+    uint64_t pending_next_pc;   /* for a restore: where regs_after_hash is read */
     struct ftr_event pending_event;
     struct ftr_event *events;
     size_t n_events;
@@ -220,6 +230,7 @@ static struct {
 };
 
 static struct qemu_plugin_scoreboard *vcpus;
+static qemu_plugin_u64 kernel_simd_entry;       /* vcpu_state.kernel_simd */
 static uint64_t next_seq;               /* atomic */
 static uint64_t blocks_written;         /* atomic */
 static uint64_t write_errors;           /* atomic */
@@ -227,8 +238,17 @@ static uint64_t write_errors;           /* atomic */
 /* Translation-time tables, touched only under insn_lock. */
 static GMutex insn_lock;
 static GHashTable *insn_table;          /* (vaddr, bytes) -> struct fpu_insn */
-static uint64_t vmrun_next_pc[MAX_VMRUN_SITES];
-static unsigned n_vmrun_sites;            /* atomic: see vmrun_site_known() */
+/*
+ * Instructions that follow a traced one and need a callback of their own:
+ * the instruction after VMRUN (VM exit) and after a restore (registers
+ * after it). Open addressing; see site_lookup() for the locking.
+ */
+enum site_type {
+    SITE_VM_EXIT = 1,
+    SITE_AFTER_RESTORE = 2,
+};
+static uint64_t site_pc[SITE_TABLE_SIZE];       /* 0: empty slot */
+static uint32_t site_types[SITE_TABLE_SIZE];
 
 /* Task identities already announced: lock-free set of nonzero keys. */
 static uint64_t task_seen[TASK_TABLE_SIZE];
@@ -291,11 +311,16 @@ static inline uint64_t hash_byte(uint64_t off, uint8_t byte)
     return hash_mix64((off << 8) | byte);
 }
 
-/* Standard-format offsets of the XSAVE components (CPUID 0xd, as QEMU). */
+/*
+ * Standard-format offsets of the XSAVE components (CPUID 0xd, as QEMU).
+ * MXCSR (24..31) counts for no component: XRSTOR loads it whenever RFBM
+ * has SSE or AVX, even for components in their init state, so the SSE bit
+ * means XMM registers were moved.
+ */
 static uint32_t xsave_feature_of_offset(uint64_t off)
 {
     static const struct { uint32_t start, end, bit; } areas[] = {
-        { 0, 24, 0 }, { 24, 32, 1 }, { 32, 160, 0 }, { 160, 416, 1 },
+        { 0, 24, 0 }, { 32, 160, 0 }, { 160, 416, 1 },
         { 576, 832, 2 }, { 960, 1024, 3 }, { 1024, 1088, 4 },
         { 1088, 1152, 5 }, { 1152, 1664, 6 }, { 1664, 2688, 7 },
         { 2688, 2696, 9 },
@@ -672,6 +697,10 @@ static void event_begin(struct vcpu_state *vs, unsigned int vcpu_index,
     ev->vcpu = vcpu_index;
     ev->xcr0 = vs->xcr0;
     ev->flags = cpl;
+    if (vs->kernel_simd) {
+        ev->flags |= FTR_FLAG_KERNEL_SIMD;
+        vs->kernel_simd = 0;
+    }
     if (vs->in_l2) {
         /* GS base belongs to the nested guest here: use the L1 task that entered it. */
         ev->flags |= FTR_FLAG_L2;
@@ -864,6 +893,7 @@ static void vcpu_fpu_op_exec(unsigned int vcpu_index, void *udata)
     }
     /* The memory callbacks that follow fill in the content hash. */
     vs->pending_event = ev;
+    vs->pending_next_pc = fi->is_restore ? fi->vaddr + fi->len : 0;
     vs->pending = true;
 }
 
@@ -898,14 +928,41 @@ static void vcpu_fpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
             continue;                   /* not part of the area (wrapped) */
         }
         ev->mem_features |= xsave_feature_of_offset(o);
+        if (o >= 512 && o < 520 && (fi->kind != FTR_KIND_FXSAVE &&
+                                    fi->kind != FTR_KIND_FXRSTOR)) {
+            ev->xstate_bv |= (uint64_t)byte << (8 * (o - 512));
+        }
         if (xsave_offset_is_content(o)) {
             uint64_t h = hash_byte(o, byte);
-            ev->mem_hash += h;
-            if (o < 512) {
-                ev->mem_legacy_hash += h;
+            if (o >= 832) {
+                ev->mem_ext_hash += h;
+            } else {
+                ev->mem_hash += h;
+                if (o < 512) {
+                    ev->mem_legacy_hash += h;
+                }
             }
         }
     }
+}
+
+/*
+ * The instruction after a restore: the register file now holds what the
+ * restore loaded, init components included, which memory alone cannot tell.
+ */
+static void vcpu_after_restore_exec(unsigned int vcpu_index, void *udata)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    bool ok;
+
+    if (!vs->pending || vs->pending_next_pc != (uintptr_t)udata) {
+        return;
+    }
+    vs->pending_event.regs_after_hash = x86_regs_hash(vs, &ok);
+    if (ok) {
+        vs->pending_event.flags |= FTR_FLAG_REGS_AFTER_VALID;
+    }
+    vs->pending_next_pc = 0;
 }
 
 static void vcpu_xsetbv_exec(unsigned int vcpu_index, void *udata)
@@ -1008,17 +1065,91 @@ static const struct fpu_insn *insn_intern(const struct fpu_insn *fi,
 }
 
 /*
- * Sites are appended under insn_lock and published by the release store of
- * n_vmrun_sites, so translation can check them without the lock.
+ * Sites are added under insn_lock; a slot's types are set before its pc is
+ * published with a release store, so translation looks sites up without a
+ * lock. A type added to a published site can be missed by a translation
+ * running at that moment: the callback is then absent from that one TB.
  */
-static bool vmrun_site_known(uint64_t next_pc)
+static uint32_t site_lookup(uint64_t pc)
 {
-    unsigned n = __atomic_load_n(&n_vmrun_sites, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < SITE_TABLE_SIZE; i++) {
+        uint32_t slot = (hash_mix64(pc) + i) & (SITE_TABLE_SIZE - 1);
+        uint64_t p = __atomic_load_n(&site_pc[slot], __ATOMIC_ACQUIRE);
 
-    for (unsigned i = 0; i < n; i++) {
-        if (vmrun_next_pc[i] == next_pc) {
-            return true;
+        if (p == 0) {
+            return 0;
         }
+        if (p == pc) {
+            return __atomic_load_n(&site_types[slot], __ATOMIC_RELAXED);
+        }
+    }
+    return 0;
+}
+
+static void site_add(uint64_t pc, uint32_t type)
+{
+    for (uint32_t i = 0; i < SITE_TABLE_SIZE; i++) {
+        uint32_t slot = (hash_mix64(pc) + i) & (SITE_TABLE_SIZE - 1);
+
+        if (site_pc[slot] == pc) {
+            __atomic_fetch_or(&site_types[slot], type, __ATOMIC_RELAXED);
+            return;
+        }
+        if (site_pc[slot] == 0) {
+            site_types[slot] = type;
+            __atomic_store_n(&site_pc[slot], pc, __ATOMIC_RELEASE);
+            return;
+        }
+    }
+    /* Table full: these sites go without the follow-up callback. */
+}
+
+/*
+ * Whether an instruction reads or writes FP/SIMD registers: x87 (D8-DF),
+ * VEX/EVEX (C4, C5, 62 in 64-bit mode), and the 0F-map SSE ranges, less
+ * the GPR instructions that share them (0F 38 F0-FF: MOVBE, CRC32, ADX;
+ * 0F C3 MOVNTI). Kernel code uses these only between kernel_fpu_begin()
+ * and kernel_fpu_end() (the kernel is built without SIMD code generation),
+ * and in the FPU code itself (FNINIT, LDMXCSR).
+ */
+static bool x86_is_fp_simd(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    uint8_t b, op;
+
+    while (i < n && (p[i] == 0x66 || p[i] == 0x67 || p[i] == 0xf2 || p[i] == 0xf3 ||
+                     p[i] == 0xf0 || p[i] == 0x2e || p[i] == 0x36 || p[i] == 0x3e ||
+                     p[i] == 0x26 || p[i] == 0x64 || p[i] == 0x65)) {
+        i++;
+    }
+    if (i < n && (p[i] & 0xf0) == 0x40) {
+        i++;
+    }
+    if (i >= n) {
+        return false;
+    }
+    b = p[i];
+    if ((b >= 0xd8 && b <= 0xdf) || b == 0xc4 || b == 0xc5 || b == 0x62) {
+        return true;
+    }
+    if (b != 0x0f || i + 1 >= n) {
+        return false;
+    }
+    op = p[i + 1];
+    if (op == 0x38) {
+        return i + 2 < n && p[i + 2] < 0xf0;
+    }
+    if (op == 0x3a) {
+        return true;
+    }
+    if ((op >= 0x10 && op <= 0x17) || (op >= 0x28 && op <= 0x2f) ||
+        (op >= 0x50 && op <= 0x7f) || op == 0xc2 || (op >= 0xc4 && op <= 0xc6) ||
+        op >= 0xd0) {
+        return true;
+    }
+    if (op == 0xae && i + 2 < n) {                      /* LDMXCSR, STMXCSR */
+        uint8_t modrm = p[i + 2], reg = (modrm >> 3) & 7;
+        return (modrm >> 6) != 3 && (reg == 2 || reg == 3);
     }
     return false;
 }
@@ -1051,10 +1182,10 @@ static void insn_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
     fi.len = qemu_plugin_insn_size(insn);
     g_mutex_lock(&insn_lock);
     shared = insn_intern(&fi, bytes, len);
-    if (fi.kind == FTR_KIND_VM_ENTRY && !vmrun_site_known(vaddr + fi.len) &&
-        n_vmrun_sites < MAX_VMRUN_SITES) {
-        vmrun_next_pc[n_vmrun_sites] = vaddr + fi.len;
-        __atomic_store_n(&n_vmrun_sites, n_vmrun_sites + 1, __ATOMIC_RELEASE);
+    if (fi.kind == FTR_KIND_VM_ENTRY) {
+        site_add(vaddr + fi.len, SITE_VM_EXIT);
+    } else if (fi.is_restore) {
+        site_add(vaddr + fi.len, SITE_AFTER_RESTORE);
     }
     g_mutex_unlock(&insn_lock);
 
@@ -1089,11 +1220,23 @@ static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_
         uint64_t vaddr = qemu_plugin_insn_vaddr(insn);
         uint8_t bytes[16];
         size_t len = qemu_plugin_insn_data(insn, bytes, sizeof(bytes));
+        uint32_t site = site_lookup(vaddr);
 
-        if (vmrun_site_known(vaddr)) {
+        /* Registered first: they must run before this instruction's own callback. */
+        if (site & SITE_AFTER_RESTORE) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_after_restore_exec,
+                                                   QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)(uintptr_t)vaddr);
+        }
+        if (site & SITE_VM_EXIT) {
             qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_vmexit_exec,
                                                    QEMU_PLUGIN_CB_R_REGS,
                                                    (void *)(uintptr_t)vaddr);
+        }
+        if ((vaddr >> 63) && x86_is_fp_simd(bytes, len)) {
+            /* An inline store, no callback: kernel SIMD loops stay at full speed. */
+            qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+                insn, QEMU_PLUGIN_INLINE_STORE_U64, kernel_simd_entry, 1);
         }
         if (x86_maybe_traced(bytes, len)) {
             insn_instrument(insn, vaddr, bytes, len);
@@ -1297,6 +1440,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
     insn_table = g_hash_table_new_full(g_bytes_hash, g_bytes_equal,
                                        (GDestroyNotify)g_bytes_unref, g_free);
     vcpus = qemu_plugin_scoreboard_new(sizeof(struct vcpu_state));
+    kernel_simd_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
+                                                             kernel_simd);
     qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
     qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
     qemu_plugin_register_atexit_cb(id, plugin_exit, NULL);

@@ -144,6 +144,34 @@ def test_restore_loads_the_registers(conformance_run: ConformanceRun) -> None:
     assert checked >= 3
 
 
+def test_registers_after_a_restore(conformance_run: ConformanceRun) -> None:
+    # The plugin reads the register file right after each restore: it holds
+    # exactly the legacy bytes loaded (every component was saved non-init, so
+    # nothing comes from the init state), and the next operation sees the same.
+    ops, events = conformance_run.ops, conformance_run.events
+    checked = 0
+    for i, op in enumerate(ops):
+        ev = events[i]
+        if op["kind"] in ("xrstor", "fxrstor") and int(ev["flags"]) & fmt.Flag.MEM_VALID:
+            assert int(ev["flags"]) & fmt.Flag.REGS_AFTER_VALID, op
+            assert int(ev["regs_after_hash"]) == int(ev["mem_legacy_hash"]), op
+            if i + 1 < len(events) and int(events[i + 1]["flags"]) & fmt.Flag.REGS_VALID:
+                assert int(events[i + 1]["regs_hash"]) == int(ev["regs_after_hash"]), op
+            checked += 1
+    assert checked >= 6
+
+
+def test_xstate_bv_of_saves_and_restores(conformance_run: ConformanceRun) -> None:
+    # XSAVE writes XSTATE_BV = components in use; QEMU's TCG counts every
+    # component as in use, so it is RFBM & XCR0. XRSTOR reads that back.
+    ops, events = conformance_run.ops, conformance_run.events
+    for op, ev in zip(ops, events, strict=True):
+        if op["kind"] in ("xsave", "xsaveopt", "xrstor") and int(ev["flags"]) & fmt.Flag.MEM_VALID:
+            assert int(ev["xstate_bv"]) == int(op["rfbm"], 16) & 7, op
+        if op["kind"] in ("fxsave", "fxrstor"):
+            assert int(ev["xstate_bv"]) == 0, op
+
+
 def test_compacted_and_supervisor_forms_are_recorded(conformance_run: ConformanceRun) -> None:
     # QEMU 10.0's TCG does not implement XSAVEC/XSAVES/XRSTORS: the attempt is
     # still recorded, with no memory access seen.

@@ -69,7 +69,7 @@ def test_truncated_trace_reads_up_to_last_whole_block(tmp_path: Path) -> None:
         b.event(XRSTOR)
     data = b.build(block_events=4)
     hdr = len(header())
-    one_block = 24 + 4 * 96
+    one_block = 24 + 4 * 128
     cut = tmp_path / "cut.ftr"
     cut.write_bytes(data[: hdr + one_block + 100])
     t = read_trace(cut)
@@ -89,7 +89,7 @@ def test_file_cut_right_after_a_block_has_no_partial_block(tmp_path: Path) -> No
         b.event(XRSTOR)
     data = b.build(block_events=4)
     cut = tmp_path / "cut.ftr"
-    cut.write_bytes(data[: len(header()) + 2 * (24 + 4 * 96)])
+    cut.write_bytes(data[: len(header()) + 2 * (24 + 4 * 128)])
     t = read_trace(cut)
     assert len(t.events) == 8 and t.problems == ["no footer: the recording did not end cleanly"]
 
@@ -110,7 +110,7 @@ def test_corrupted_block_payload_stops_at_the_block(tmp_path: Path) -> None:
     for _ in range(8):
         b.event(XRSTOR)
     data = bytearray(b.build(block_events=4))
-    data[len(header()) + (24 + 4 * 96) + 24 + 10] ^= 0xFF
+    data[len(header()) + (24 + 4 * 128) + 24 + 10] ^= 0xFF
     p = tmp_path / "t.ftr"
     p.write_bytes(bytes(data))
     t = read_trace(p)

@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-EVENT_STRUCT = struct.Struct("<QQQQQQQQQIIIHBBQ")  # 96 bytes
+EVENT_STRUCT = struct.Struct("<QQQQQQQQQQQQQIIIIHBBI")  # 128 bytes
 TASK_STRUCT = struct.Struct("<QQII16sHHI")  # 48 bytes
 BLOCK_STRUCT = struct.Struct("<IHHIIII")  # 24 bytes
 FOOTER_STRUCT = struct.Struct("<QQQQ64Q")  # 544 bytes
@@ -24,6 +24,7 @@ BLOCK_MAGIC = 0x4B425446
 XSAVE, XSAVEOPT, XSAVEC, XSAVES, XRSTOR, XRSTORS, FXSAVE, FXRSTOR = 1, 2, 3, 4, 5, 6, 7, 8
 XSETBV, WRMSR_XFD, WRMSR_XFD_ERR, WRMSR, VM_ENTRY, VM_EXIT = 9, 10, 11, 12, 13, 14
 F_L2, F_FORM64, F_TASK, F_MEM, F_REGS = 0x04, 0x08, 0x10, 0x20, 0x40
+F_KSIMD, F_AFTER = 0x80, 0x100
 
 
 @dataclass
@@ -38,18 +39,22 @@ class Ev:
     xcr0: int = 0x7
     mem_hash: int = 0
     mem_legacy_hash: int = 0
+    mem_ext_hash: int = 0
     regs_hash: int = 0
+    regs_after_hash: int = 0
+    xstate_bv: int = 0
+    aux: int = 0
     index: int = 0
     mem_bytes: int = 0
     mem_features: int = 0
     flags: int = 0
-    aux: int = 0
 
     def pack(self) -> bytes:
         return EVENT_STRUCT.pack(self.seq, self.pc, self.task, self.addr, self.value, self.xcr0,
-                                 self.mem_hash, self.mem_legacy_hash, self.regs_hash, self.index,
-                                 self.mem_bytes, self.mem_features, self.vcpu, self.kind,
-                                 self.flags, self.aux)
+                                 self.mem_hash, self.mem_legacy_hash, self.mem_ext_hash,
+                                 self.regs_hash, self.regs_after_hash, self.xstate_bv, self.aux,
+                                 self.index, self.mem_bytes, self.mem_features, self.flags,
+                                 self.vcpu, self.kind, 0, 0)
 
 
 @dataclass
@@ -79,7 +84,7 @@ def header(version: int = 1, min_reader: int = 1, arch: int = 1, features: int =
                        for s in (qemu, kernel, args))
     size = 40 + len(strings)
     size += -size % 8
-    fixed = struct.pack("<8sHHIQHHHHII", magic, version, min_reader, size, features, arch, 96,
+    fixed = struct.pack("<8sHHIQHHHHII", magic, version, min_reader, size, features, arch, 128,
                         48, 0, 4, 0)
     return (fixed + strings).ljust(size, b"\0")
 

@@ -87,12 +87,14 @@ def kind_name(kind: int) -> str:
 
 
 class Flag(enum.IntFlag):
-    PL_MASK = 0x03  # CPL on x86, EL on arm64
-    L2 = 0x04  # executed inside the nested guest
-    FORM64 = 0x08  # REX.W form (xsave64 ...)
-    TASK_VALID = 0x10
-    MEM_VALID = 0x20  # memory accesses of the instruction were observed
-    REGS_VALID = 0x40
+    PL_MASK = 0x003  # CPL on x86, EL on arm64
+    L2 = 0x004  # executed inside the nested guest
+    FORM64 = 0x008  # REX.W form (xsave64 ...)
+    TASK_VALID = 0x010
+    MEM_VALID = 0x020  # memory accesses of the instruction were observed
+    REGS_VALID = 0x040
+    KERNEL_SIMD = 0x080  # kernel code used FP/SIMD registers since the previous event
+    REGS_AFTER_VALID = 0x100  # regs_after_hash was read
 
 
 EVENT_DTYPE = np.dtype(
@@ -105,17 +107,22 @@ EVENT_DTYPE = np.dtype(
         ("xcr0", "<u8"),
         ("mem_hash", "<u8"),
         ("mem_legacy_hash", "<u8"),
+        ("mem_ext_hash", "<u8"),
         ("regs_hash", "<u8"),
+        ("regs_after_hash", "<u8"),
+        ("xstate_bv", "<u8"),
+        ("aux", "<u8"),
         ("index", "<u4"),
         ("mem_bytes", "<u4"),
         ("mem_features", "<u4"),
+        ("flags", "<u4"),
         ("vcpu", "<u2"),
         ("kind", "u1"),
-        ("flags", "u1"),
-        ("aux", "<u8"),
+        ("reserved8", "u1"),
+        ("reserved32", "<u4"),
     ]
 )
-assert EVENT_DTYPE.itemsize == 96
+assert EVENT_DTYPE.itemsize == 128
 
 TASK_DTYPE = np.dtype(
     [
