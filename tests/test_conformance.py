@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analyzers.ownership import Class, analyze
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
 
@@ -37,10 +38,19 @@ def run_image(plugin: Path, image: Path, out: Path, *plugin_args: str
 
 
 def parse_ops(serial_text: str) -> list[dict[str, str]]:
+    """OP lines as dicts; an op after a DIRTY line (registers changed without a
+    traced instruction) gets dirty_before=1."""
     ops = []
+    dirty = False
     for line in serial_text.splitlines():
-        if line.startswith("OP "):
-            ops.append(dict(kv.split("=", 1) for kv in line.split()[1:]))
+        if line.startswith("DIRTY"):
+            dirty = True
+        elif line.startswith("OP "):
+            op = dict(kv.split("=", 1) for kv in line.split()[1:])
+            if dirty:
+                op["dirty_before"] = "1"
+            dirty = False
+            ops.append(op)
     return ops
 
 
@@ -138,7 +148,7 @@ def test_restore_loads_the_registers(conformance_run: ConformanceRun) -> None:
         ev = events[i]
         nxt = events[i + 1]
         if op["kind"] in ("xrstor", "fxrstor") and int(ev["flags"]) & fmt.Flag.MEM_VALID \
-                and int(nxt["flags"]) & fmt.Flag.REGS_VALID:
+                and int(nxt["flags"]) & fmt.Flag.REGS_VALID and "dirty_before" not in ops[i + 1]:
             assert int(nxt["regs_hash"]) == int(ev["mem_legacy_hash"]), op
             checked += 1
     assert checked >= 3
@@ -155,7 +165,8 @@ def test_registers_after_a_restore(conformance_run: ConformanceRun) -> None:
         if op["kind"] in ("xrstor", "fxrstor") and int(ev["flags"]) & fmt.Flag.MEM_VALID:
             assert int(ev["flags"]) & fmt.Flag.REGS_AFTER_VALID, op
             assert int(ev["regs_after_hash"]) == int(ev["mem_legacy_hash"]), op
-            if i + 1 < len(events) and int(events[i + 1]["flags"]) & fmt.Flag.REGS_VALID:
+            if i + 1 < len(events) and int(events[i + 1]["flags"]) & fmt.Flag.REGS_VALID \
+                    and "dirty_before" not in ops[i + 1]:
                 assert int(events[i + 1]["regs_hash"]) == int(ev["regs_after_hash"]), op
             checked += 1
     assert checked >= 6
@@ -211,3 +222,26 @@ def test_bad_plugin_argument_is_named(qemu_plugin: Path, conformance_image: Path
     p = run_image(qemu_plugin, conformance_image, tmp_path / "x.ftr", arg)
     assert p.returncode != 0
     assert f"bad plugin argument '{arg}'" in p.stderr
+
+
+def test_ownership_classes_end_to_end(conformance_run: ConformanceRun) -> None:
+    # The image states, for every save and restore, the class its sequence
+    # implies (expect=): saves into fresh buffers are unknown (their earlier
+    # contents are not in the trace), repeats are redundant, and it stages one
+    # lost state (dirty registers overwritten by another buffer, then resumed
+    # from the older buffer) and one stale restore. The real plugin's trace,
+    # through the analyzer, must agree on every one.
+    ops, events = conformance_run.ops, conformance_run.events
+    result = analyze(events)
+    expected = [(i, op["expect"]) for i, op in enumerate(ops) if "expect" in op]
+    got = [(i, Class(int(result.cls[i])).name.lower()) for i, _ in expected]
+    assert got == expected
+    assert {e for _, e in expected} >= {"necessary", "redundant_save", "redundant_restore",
+                                        "lost_state", "stale_restore", "unknown"}
+    lost = [f for f in result.findings if f.cls == Class.LOST_STATE]
+    assert len(lost) == 1 and len(result.findings) == 2
+    # Both events of the lost-state finding: the overwrite and the context's last sync.
+    f = lost[0]
+    assert ops[f.event]["addr"] != ops[f.last_sync]["addr"]
+    assert int(events["addr"][f.last_sync]) == f.context_buffer
+    assert int(events["addr"][f.resumed]) == f.context_buffer

@@ -13,6 +13,8 @@
  *   sum     a checksum of the register contents the instruction moved,
  *           computed here from the buffer: equal sums <=> equal bytes
  *   l2      1 if executed inside the nested (SVM) guest
+ *   expect  the class the ownership analysis must give the operation
+ *           (docs/analysis.md), known here from what the sequence did
  *
  * Built with -mgeneral-regs-only so that the compiler never touches the
  * FP/SIMD registers behind the test's back.
@@ -220,6 +222,10 @@ static uint64_t xstate_bv(const struct xsave_area *b)
     return *(const uint64_t *)(b->bytes + 512);
 }
 
+/* The class the next reported operation must get; set by EXPECT(). */
+static const char *expected_class = "unknown";
+#define EXPECT(cls) (expected_class = (cls))
+
 static void report_op(const char *kind, int form64, const void *addr, uint64_t rfbm,
                       uint64_t faults_before, uint64_t sum)
 {
@@ -230,7 +236,17 @@ static void report_op(const char *kind, int form64, const void *addr, uint64_t r
     put_field("rfbm", rfbm);
     put_field("faulted", fault_count != faults_before);
     put_field("sum", sum);
-    puts_serial(" l2=0x0\n");
+    puts_serial(" l2=0x0 expect=");
+    puts_serial(expected_class);
+    puts_serial("\n");
+    expected_class = "unknown";
+}
+
+/* Change xmm0 without a traced instruction: the registers become newer than any buffer. */
+static void dirty_registers(void)
+{
+    __asm__ volatile("pcmpeqd %%xmm0, %%xmm0" : : : "memory");
+    puts_serial("DIRTY xmm0\n");
 }
 
 /*
@@ -380,7 +396,7 @@ static void nested_guest_run(void)
     put_field("rfbm", 7);
     put_field("faulted", 0);
     put_field("sum", content_sum(&buf_g, 7));
-    puts_serial(" l2=0x1\n");
+    puts_serial(" l2=0x1 expect=unknown\n");
     puts_serial("OP kind=vm_exit");
     put_field("exitcode", exit_code);
     puts_serial("\n");
@@ -411,7 +427,8 @@ void payload_main(void)
     puts_serial("OP kind=xsetbv index=0x0 value=0x7 faulted=0x0\n");
 
     load_registers(1);
-    /* Saving the same registers three times: three equal sums. */
+    /* Saving the same registers three times: three equal sums. Each buffer is
+     * seen for the first time, so what it held before is unknown. */
     SAVE("xsave", "xsave64", 1, &buf_a, all, all);
     SAVE("xsave", "xsave64", 1, &buf_b, all, all);
     SAVE("xsaveopt", "xsaveopt64", 1, &buf_c, all, all);
@@ -423,15 +440,22 @@ void payload_main(void)
     SAVE("xsave", "xsave64", 1, &buf_e, all, all);
 
     /* Back to the first contents, twice: the second restore is of bytes already loaded. */
+    EXPECT("necessary");
     RESTORE("xrstor", "xrstor64", 1, &buf_a, all, all & xstate_bv(&buf_a));
+    EXPECT("redundant_restore");
     RESTORE("xrstor", "xrstor64", 1, &buf_a, all, all & xstate_bv(&buf_a));
-    /* Saving now gives the first sum again. */
+    /* Saving now writes what buf_c already holds. */
+    EXPECT("redundant_save");
     SAVE("xsaveopt", "xsaveopt64", 1, &buf_c, all, all);
+    EXPECT("necessary");
     RESTORE("xrstor", "xrstor", 0, &buf_e, all, all & xstate_bv(&buf_e));
 
     SAVE("fxsave", "fxsave64", 1, &buf_f, 0, XFEATURE_X87 | XFEATURE_SSE);
+    EXPECT("redundant_restore");
     RESTORE("fxrstor", "fxrstor64", 1, &buf_f, 0, XFEATURE_X87 | XFEATURE_SSE);
+    EXPECT("redundant_save");
     SAVE("fxsave", "fxsave", 0, &buf_f, 0, XFEATURE_X87 | XFEATURE_SSE);
+    EXPECT("redundant_restore");
     RESTORE("fxrstor", "fxrstor", 0, &buf_f, 0, XFEATURE_X87 | XFEATURE_SSE);
 
     /* Compacted and supervisor forms: QEMU's TCG raises #UD, the attempt is still traced. */
@@ -452,9 +476,30 @@ void payload_main(void)
                          "xrstor64 0x20(%%rbx,%%rcx,4)\n1:\n"
                          : : "a"(all), "d"(0), "b"(buf_gs.bytes - 0x60), "c"(0x10)
                          : "r11", "memory");
+        EXPECT("redundant_restore");
         report_op("xrstor", 1, buf_gs.bytes, all, f0,
                   content_sum(&buf_gs, all & xstate_bv(&buf_gs)));
     }
+
+    /*
+     * Lost state: buf_a's context is loaded, its registers change, and another
+     * buffer is restored over them without a save; then buf_a's context
+     * resumes from its buffer, which lacks the change.
+     */
+    EXPECT("necessary");
+    RESTORE("xrstor", "xrstor64", 1, &buf_a, all, all & xstate_bv(&buf_a));
+    dirty_registers();
+    EXPECT("lost_state");
+    RESTORE("xrstor", "xrstor64", 1, &buf_e, all, all & xstate_bv(&buf_e));
+    EXPECT("necessary");
+    RESTORE("xrstor", "xrstor64", 1, &buf_a, all, all & xstate_bv(&buf_a));
+    /* Stale restore: the registers change again and buf_a is restored over them. */
+    dirty_registers();
+    EXPECT("stale_restore");
+    RESTORE("xrstor", "xrstor64", 1, &buf_a, all, all & xstate_bv(&buf_a));
+    /* Unchanged since that restore: saving writes what buf_a holds. */
+    EXPECT("redundant_save");
+    SAVE("xsave", "xsave64", 1, &buf_a, all, all);
 
     msr_op("wrmsr_xfd", MSR_IA32_XFD, 0x40000);
     msr_op("wrmsr_xfd_err", MSR_IA32_XFD_ERR, 0);
