@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from analyzers.costs import Costs, Row
 from analyzers.counts import Counts, Group, task_identity, task_label
+from analyzers.ownership import ContextKind, Ownership
 from fputrace.run import Run
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import Trace
@@ -153,3 +155,131 @@ def render_counts(console: Console, run: Run, counts: Counts, top: int) -> None:
     console.print(_group_table("L1 host / L2 guest", "level", counts.per_level, top, kinds))
     console.print(_group_table("per kernel function", "function", counts.per_function, top,
                                kinds))
+
+
+# ---- ownership analysis ------------------------------------------------
+
+def _event_json(run: Run, ident: Any, i: int) -> dict[str, Any]:
+    ev = run.trace.events[i]
+    return {
+        "seq": int(ev["seq"]),
+        "cpu": int(ev["vcpu"]),
+        "kind": fmt.kind_name(int(ev["kind"])),
+        "buffer": f"{int(ev['addr']):#x}",
+        "task": task_label(run.trace.tasks, int(ident[i])),
+        "site": run.symbols.describe(int(ev["pc"])),
+    }
+
+
+def findings_json(run: Run, own: Ownership) -> list[dict[str, Any]]:
+    ident = task_identity(run.trace.events, run.trace.tasks)
+    out = []
+    for f in own.findings:
+        item: dict[str, Any] = {
+            "class": f.cls.name.lower(),
+            "description": f.description,
+            "context": {
+                "buffer": f"{f.context_buffer:#x}",
+                "kind": ContextKind(int(own.context_kind[f.last_sync])).name.lower()
+                if f.last_sync >= 0 else "unknown",
+                "task": task_label(run.trace.tasks, int(ident[f.last_sync]))
+                if f.last_sync >= 0 else "(unknown task)",
+                "vcpu": f"{own.guest_buffers[f.context_buffer]:#x}"
+                if f.context_buffer in own.guest_buffers else None,
+            },
+            "event": _event_json(run, ident, f.event),
+            "last_sync": _event_json(run, ident, f.last_sync) if f.last_sync >= 0 else None,
+        }
+        if f.resumed >= 0:
+            item["resumed"] = _event_json(run, ident, f.resumed)
+        out.append(item)
+    return out
+
+
+def _row_json(rows: list[Row]) -> list[dict[str, Any]]:
+    return [{"label": r.label, "events": r.events, "by_class": r.by_class,
+             "bytes_by_class": r.bytes_by_class, "redundant_bytes": r.redundant_bytes,
+             **r.extra} for r in rows]
+
+
+def analysis_json(run: Run, own: Ownership, costs: Costs) -> dict[str, Any]:
+    return {
+        "classes": costs.classes,
+        "class_bytes": costs.class_bytes,
+        "unknown_reasons": costs.unknown_reasons,
+        "redundant_percent": costs.redundant_pct,
+        "findings": findings_json(run, own),
+        "per_callsite": _row_json(costs.per_callsite),
+        "per_task": _row_json(costs.per_task),
+        "per_vcpu": _row_json(costs.per_vcpu),
+        "per_level": _row_json(costs.per_level),
+        "per_component": costs.per_component,
+        "per_operation": costs.per_operation,
+    }
+
+
+def _class_table(title: str, what: str, rows: list[Row], top: int) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False)
+    table.add_column(what, overflow="fold")
+    for name in ("events", "necessary", "red.save", "red.restore", "lost", "stale",
+                 "unknown", "redundant bytes"):
+        table.add_column(name, justify="right")
+    for r in rows[:top]:
+        c = r.by_class
+        table.add_row(escape(r.label), str(r.events), str(c.get("necessary", "")),
+                      str(c.get("redundant_save", "")), str(c.get("redundant_restore", "")),
+                      f"[red]{c['lost_state']}[/]" if c.get("lost_state") else "",
+                      f"[red]{c['stale_restore']}[/]" if c.get("stale_restore") else "",
+                      str(c.get("unknown", "")), str(r.redundant_bytes or ""))
+    if len(rows) > top:
+        table.caption = f"{len(rows) - top} more rows (--top)"
+    return table
+
+
+def render_analysis(console: Console, run: Run, own: Ownership, costs: Costs, top: int) -> None:
+    findings = findings_json(run, own)
+    if findings:
+        console.print(f"[bold red]{len(findings)} finding(s): FPU state lost or bypassed[/]")
+        for f in findings:
+            e, s = f["event"], f["last_sync"]
+            console.print(f"[red]{f['class']}[/] context {f['context']['kind']} "
+                          + escape(f"{f['context']['buffer']} of {f['context']['task']}"))
+            if s is not None:
+                console.print(escape(f"    last sync  seq {s['seq']} cpu{s['cpu']} {s['kind']} "
+                                     f"{s['buffer']} at {s['site']} ({s['task']})"))
+            console.print(escape(f"    {'overwrite' if f['class'] == 'lost_state' else 'restore'}"
+                                 f"  seq {e['seq']} cpu{e['cpu']} {e['kind']} {e['buffer']} "
+                                 f"at {e['site']} ({e['task']})"))
+            if "resumed" in f:
+                r = f["resumed"]
+                console.print(escape(f"    resumed    seq {r['seq']} cpu{r['cpu']} {r['kind']} "
+                                     f"{r['buffer']} at {r['site']} ({r['task']})"))
+    else:
+        console.print("[green]no lost or stale FPU state[/]")
+    c = costs.classes
+    pct = costs.redundant_pct
+    console.print(
+        f"saves and restores: {sum(c.values())}; necessary {c['necessary']}, redundant saves "
+        f"{c['redundant_save']} ({pct['saves']}% of saves), redundant restores "
+        f"{c['redundant_restore']} ({pct['restores']}% of restores), unknown {c['unknown']}; "
+        f"redundant bytes {pct['bytes']}% of bytes moved")
+    for reason, n in costs.unknown_reasons.items():
+        console.print(escape(f"  unknown: {n} x {reason}"))
+    comp = Table(title="bytes moved per XSAVE component", title_justify="left", show_edge=False)
+    for name in ("component", "saved", "restored", "redundant"):
+        comp.add_column(name, justify="right" if name != "component" else "left")
+    for name, b in costs.per_component.items():
+        comp.add_row(name, str(b["saved"]), str(b["restored"]), str(b["redundant"]))
+    console.print(comp)
+    console.print(_class_table("top call sites by redundant bytes", "site", costs.per_callsite,
+                               top))
+    console.print(_class_table("per task", "task", costs.per_task, top))
+    if costs.per_vcpu:
+        console.print(_class_table("per vCPU (guest state buffers)", "vcpu", costs.per_vcpu,
+                                   top))
+    ops = Table(title="per operation", title_justify="left", show_edge=False)
+    for name in ("operation", "count", "saves", "restores", "bytes"):
+        ops.add_column(name, justify="right" if name != "operation" else "left")
+    for name, o in costs.per_operation.items():
+        ops.add_row(name, str(o["count"]), str(o["saves"]), str(o["restores"]), str(o["bytes"]))
+    console.print(ops)

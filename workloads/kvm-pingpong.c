@@ -27,19 +27,22 @@
 #define PORT_EXIT       0x10
 
 /*
- * Real-mode guest:
+ * Real-mode guest; its SSE state changes on every round trip (xmm0 counts
+ * down), so each save of the guest's registers has something new to save:
+ *         pcmpeqd xmm1, xmm1                        ; xmm1 = -1 in every lane
  *   loop: fld1; fadd st0,st0; fstp dword [0x2000]   ; x87: 2.0
- *         addps xmm0, xmm0                          ; SSE
+ *         paddd xmm0, xmm1                          ; SSE: xmm0 -= 1
  *         out 0x10, al                              ; exit to user space
  *         jmp loop
  */
 static const uint8_t guest_code[] = {
-    0xd9, 0xe8,                     /* fld1 */
+    0x66, 0x0f, 0x76, 0xc9,         /* pcmpeqd xmm1, xmm1 */
+    0xd9, 0xe8,                     /* loop: fld1 */
     0xd8, 0xc0,                     /* fadd st0, st0 */
     0xd9, 0x1e, 0x00, 0x20,         /* fstp dword [0x2000] */
-    0x0f, 0x58, 0xc0,               /* addps xmm0, xmm0 */
+    0x66, 0x0f, 0xfe, 0xc1,         /* paddd xmm0, xmm1 */
     0xe6, PORT_EXIT,                /* out 0x10, al */
-    0xeb, 0xf1,                     /* jmp loop */
+    0xeb, 0xf0,                     /* jmp loop */
 };
 
 static void die(const char *what)

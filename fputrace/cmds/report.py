@@ -1,4 +1,8 @@
-"""fputrace report FILE: what the trace holds, counted and attributed."""
+"""fputrace report FILE: what the trace holds, who owned the FPU registers,
+which saves and restores were needed, and whether any state was lost.
+
+Exit status: 0, or 3 when lost state was found (so CI can gate on it),
+2 for bad input."""
 
 from __future__ import annotations
 
@@ -10,14 +14,20 @@ from typing import Any
 
 from rich.console import Console
 
+from analyzers.costs import compute_costs
 from analyzers.counts import count_events
-from fputrace.render import counts_json, render_counts
+from analyzers.ownership import Class, analyze
+from fputrace.render import analysis_json, counts_json, render_analysis, render_counts
 from fputrace.run import load_run
 from fputrace.trace.reader import describe_incomplete
 
+EXIT_LOST_STATE = 3
+
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("report", help="counts per kind, task, CPU, L1/L2 and kernel function")
+    p = sub.add_parser("report", help="FPU ownership, redundant saves/restores, lost state, "
+                                      "and counts per kind, task, CPU and function",
+                       description=__doc__)
     p.add_argument("trace", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--top", type=int, default=15, help="rows per table (default 15)")
@@ -26,15 +36,21 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     r = load_run(args.trace)
-    counts = count_events(r.trace.events, r.trace.tasks, r.symbols)
+    events, tasks = r.trace.events, r.trace.tasks
+    counts = count_events(events, tasks, r.symbols)
+    own = analyze(events, r.symbols.values.get("init_fpstate"))
+    costs = compute_costs(events, tasks, own, r.symbols)
     if args.json:
-        json.dump(counts_json(r, counts), sys.stdout, indent=1)
+        json.dump({**counts_json(r, counts), **analysis_json(r, own, costs)}, sys.stdout,
+                  indent=1)
         sys.stdout.write("\n")
     else:
         console = Console(emoji=False, highlight=False)
         if not console.is_terminal:
             console = Console(emoji=False, highlight=False, width=200)
+        render_analysis(console, r, own, costs, args.top)
         render_counts(console, r, counts, args.top)
     if not r.trace.complete:
         print(f"fputrace: warning: {describe_incomplete(r.trace)}", file=sys.stderr)
-    return 0
+    lost = any(f.cls == Class.LOST_STATE for f in own.findings)
+    return EXIT_LOST_STATE if lost else 0
