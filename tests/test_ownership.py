@@ -1,0 +1,281 @@
+"""The ownership analysis on synthetic traces: each test narrates a scenario,
+builds it in the real binary format, and states the classes by hand.
+
+Content is written symbolically: a register image L (x87/SSE) with AVX upper
+halves X is a save with regs_hash = mem_legacy_hash = L and mem_hash = L + X,
+or a restore with mem_legacy_hash = L, mem_hash = L + X and
+regs_after_hash = L. Equal symbols mean equal bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tracebuilder import (
+    F_AFTER,
+    F_FORM64,
+    F_KSIMD,
+    F_L2,
+    F_MEM,
+    F_REGS,
+    F_TASK,
+    VM_ENTRY,
+    VM_EXIT,
+    XRSTOR,
+    XSAVEOPT,
+    Ev,
+    TraceBuilder,
+)
+
+from analyzers.ownership import AVX_INIT_HASH, Class, ContextKind, Ownership, Unknown, analyze
+from fputrace.trace.reader import read_trace
+
+T = 0xFFFF888000100000  # task_struct of task T
+U = 0xFFFF888000200000  # task_struct of task U
+BT = 0xFFFF888001000040  # T's fpstate buffer
+BU = 0xFFFF888002000040  # U's fpstate buffer
+BG = 0xFFFF888003000040  # a vCPU's guest fpstate buffer
+VMCB = 0x6370000
+FULL = 0x7  # RFBM and XCR0: x87 | SSE | AVX
+M64 = (1 << 64) - 1
+L1, L2, L3, LG1, LG2, GARBAGE = 0x1111, 0x2222, 0x3333, 0x6161, 0x6262, 0x9999
+X1, XG = 0x10000, 0x20000
+
+N, RS, RR, LOST, STALE, UNK = (Class.NECESSARY, Class.REDUNDANT_SAVE, Class.REDUNDANT_RESTORE,
+                               Class.LOST_STATE, Class.STALE_RESTORE, Class.UNKNOWN)
+
+
+def save(b: TraceBuilder, buf: int, regs: int, avx: int = X1, task: int = T, cpu: int = 0,
+         flags: int = 0) -> Ev:
+    return b.event(XSAVEOPT, vcpu=cpu, task=task, addr=buf, value=FULL, xcr0=FULL,
+                   regs_hash=regs, mem_legacy_hash=regs, mem_hash=(regs + avx) & M64,
+                   xstate_bv=FULL, mem_bytes=576 + 64, mem_features=FULL,
+                   flags=F_TASK | F_FORM64 | F_MEM | F_REGS | flags)
+
+
+def restore(b: TraceBuilder, buf: int, before: int, loads: int, avx: int = X1,
+            task: int = T, cpu: int = 0, flags: int = 0) -> Ev:
+    return b.event(XRSTOR, vcpu=cpu, task=task, addr=buf, value=FULL, xcr0=FULL,
+                   regs_hash=before, regs_after_hash=loads, mem_legacy_hash=loads,
+                   mem_hash=(loads + avx) & M64, xstate_bv=FULL, mem_bytes=576 + 64,
+                   mem_features=FULL,
+                   flags=F_TASK | F_FORM64 | F_MEM | F_REGS | F_AFTER | flags)
+
+
+def classes(tmp_path: Path, b: TraceBuilder) -> tuple[list[Class], Ownership]:
+    t = read_trace(b.write(tmp_path / "t.ftr"))
+    own = analyze(t.events)
+    return [Class(int(c)) for c in own.cls if c != Class.NOT_CLASSIFIED], own
+
+
+def test_double_save_of_unchanged_registers(tmp_path: Path) -> None:
+    # T's state L1 is restored (the trace's first event: nobody known before),
+    # saved twice without change (both redundant: the buffer already holds L1),
+    # then changed to L2 and saved again (necessary).
+    b = TraceBuilder()
+    restore(b, BT, before=GARBAGE, loads=L1)
+    save(b, BT, regs=L1)
+    save(b, BT, regs=L1)
+    save(b, BT, regs=L2)
+    got, own = classes(tmp_path, b)
+    assert got == [UNK, RS, RS, N]
+    assert own.unknown_reason[0] == Unknown.NO_PREVIOUS_OWNER
+
+
+def test_redundant_save_needs_the_avx_halves_equal_too(tmp_path: Path) -> None:
+    # Same x87/SSE image, but the AVX upper halves changed from X1 to X1+1:
+    # the save has new bytes to write.
+    b = TraceBuilder()
+    restore(b, BT, before=GARBAGE, loads=L1)
+    save(b, BT, regs=L1, avx=X1 + 1)
+    assert classes(tmp_path, b)[0] == [UNK, N]
+
+
+def test_save_after_restore_of_init_avx(tmp_path: Path) -> None:
+    # The restore found AVX in its init state (XSTATE_BV bit 2 clear: no AVX
+    # bytes read, the registers' upper halves zeroed). A save of unchanged
+    # registers writes zeros there: redundant, judged with the init hash.
+    b = TraceBuilder()
+    r = restore(b, BT, before=GARBAGE, loads=L1, avx=0)
+    r.xstate_bv = 0x3
+    save(b, BT, regs=L1, avx=AVX_INIT_HASH)
+    assert classes(tmp_path, b)[0] == [UNK, RS]
+
+
+def test_restore_of_what_is_already_loaded(tmp_path: Path) -> None:
+    # T saves L1 (first sight of BT: unknown), then restores BT while the
+    # registers still hold L1 for T: redundant. U then runs (restore BU), and
+    # T's next restore of BT is necessary.
+    b = TraceBuilder()
+    save(b, BT, regs=L1)
+    restore(b, BT, before=L1, loads=L1)
+    restore(b, BU, before=L1, loads=L2, task=U)
+    restore(b, BT, before=L2, loads=L1)
+    got, own = classes(tmp_path, b)
+    assert got == [UNK, RR, N, N]
+    assert own.unknown_reason[0] == Unknown.FIRST_SIGHT
+
+
+def test_task_switch_that_loses_dirty_state(tmp_path: Path) -> None:
+    # T's state L1 is loaded; T changes its registers (the next event sees L3).
+    # U's buffer is restored over them with no save of T: T's change is gone.
+    # When T later resumes from BT it gets L1, not L3: lost state, reported at
+    # the overwrite with T's last sync and the resumption.
+    b = TraceBuilder()
+    b.task(T, 10, "t")
+    b.task(U, 20, "u")
+    save(b, BU, regs=L2, task=U)
+    restore(b, BT, before=L2, loads=L1)  # T's last sync (event 1)
+    restore(b, BU, before=L3, loads=L2, task=U)  # overwrite (event 2)
+    save(b, BU, regs=L2, task=U)
+    restore(b, BT, before=L2, loads=L1)  # resumed (event 4)
+    got, own = classes(tmp_path, b)
+    assert got == [UNK, N, LOST, RS, N]
+    findings = own.findings
+    assert len(findings) == 1
+    f = findings[0]
+    assert (f.cls, f.event, f.last_sync, f.resumed, f.context_buffer) == (LOST, 2, 1, 4, BT)
+
+
+def test_overwritten_state_of_a_context_that_never_resumes_is_not_lost(tmp_path: Path) -> None:
+    # As above, but T never comes back (it exited): dropping its registers is
+    # what the kernel does on exit, not a loss.
+    b = TraceBuilder()
+    save(b, BU, regs=L2, task=U)
+    restore(b, BT, before=L2, loads=L1)
+    restore(b, BU, before=L3, loads=L2, task=U)
+    got, own = classes(tmp_path, b)
+    assert got == [UNK, N, N] and own.findings == []
+
+
+def test_resumption_from_a_rewritten_buffer_is_not_lost(tmp_path: Path) -> None:
+    # As the loss above, but when T resumes its buffer holds something else
+    # (L2 here): software rewrote it in memory (exec resetting the state,
+    # ptrace, KVM_SET_XSAVE). The trace cannot show a loss.
+    b = TraceBuilder()
+    save(b, BU, regs=L2, task=U)
+    restore(b, BT, before=L2, loads=L1)
+    restore(b, BU, before=L3, loads=L2, task=U)
+    restore(b, BT, before=L2, loads=LG1)
+    assert classes(tmp_path, b)[0] == [UNK, N, N, N]
+
+
+def test_guest_entry_and_exit_with_host_state_kept_lazily(tmp_path: Path) -> None:
+    # A KVM_RUN as 6.1 does it (fpu_swap_kvm_fpstate): the vCPU thread's user
+    # state is saved (unchanged since its last restore: redundant), the guest
+    # state loaded, the guest entered twice (it changes its registers), the
+    # guest state saved and the user state restored. Then a second KVM_RUN.
+    b = TraceBuilder()
+    restore(b, BT, before=GARBAGE, loads=L1)  # 0: back in user space
+    save(b, BT, regs=L1)  # 1: user state: redundant
+    restore(b, BG, before=L1, loads=LG1, avx=XG)  # 2: guest state in
+    b.event(VM_ENTRY, task=T, addr=VMCB, flags=F_TASK)
+    b.event(VM_EXIT, task=T, flags=F_TASK)
+    b.event(VM_ENTRY, task=T, addr=VMCB, flags=F_TASK)
+    b.event(VM_EXIT, task=T, flags=F_TASK)
+    save(b, BG, regs=LG2, avx=XG)  # 7: the guest changed its state: necessary
+    restore(b, BT, before=LG2, loads=L1)  # 8: user state back
+    save(b, BT, regs=L1)  # 9: next KVM_RUN: redundant again
+    restore(b, BG, before=L1, loads=LG2, avx=XG)  # 10
+    b.event(VM_ENTRY, task=T, addr=VMCB, flags=F_TASK)
+    save(b, BG, regs=LG2, avx=XG)  # 12: the guest left its state as it was
+    got, own = classes(tmp_path, b)
+    assert got == [UNK, RS, N, N, N, RS, N, RS]
+    assert own.guest_buffers == {BG: VMCB}
+    assert own.findings == []
+    assert int(own.context_kind[2]) == ContextKind.GUEST
+
+
+def test_kernel_mode_fpu_section_inside_a_task(tmp_path: Path) -> None:
+    # kernel_fpu_begin() saves T's registers (unchanged since loaded:
+    # redundant), the kernel uses SIMD (the next event carries KERNEL_SIMD and
+    # sees the kernel's garbage), and T's state is restored on the way back to
+    # user space: necessary, not a stale restore over newer registers.
+    b = TraceBuilder()
+    restore(b, BT, before=GARBAGE, loads=L1)
+    save(b, BT, regs=L1)
+    restore(b, BT, before=GARBAGE, loads=L1, flags=F_KSIMD)
+    got, own = classes(tmp_path, b)
+    assert got == [UNK, RS, N] and own.findings == []
+
+
+def test_stale_restore(tmp_path: Path) -> None:
+    # Without kernel SIMD use, the same restore means T's own newer registers
+    # (L3, changed after the load of L1) are replaced by its older buffer.
+    b = TraceBuilder()
+    save(b, BT, regs=L2)
+    restore(b, BT, before=L2, loads=L1)
+    restore(b, BT, before=L3, loads=L1)
+    got, own = classes(tmp_path, b)
+    assert got == [UNK, N, STALE]
+    f = own.findings[0]
+    assert (f.cls, f.event, f.last_sync) == (STALE, 2, 1)
+
+
+def test_trace_starting_mid_run(tmp_path: Path) -> None:
+    # The recording starts with T's save on CPU 0 and U's restore on CPU 1:
+    # neither the buffer's nor the registers' history is known; then T's
+    # second save on CPU 0 can be judged.
+    b = TraceBuilder()
+    save(b, BT, regs=L1)
+    restore(b, BU, before=GARBAGE, loads=L2, task=U, cpu=1)
+    save(b, BT, regs=L1)
+    got, own = classes(tmp_path, b)
+    assert got == [UNK, UNK, RS]
+    assert [Unknown(int(u)) for u in own.unknown_reason[:2]] == [
+        Unknown.FIRST_SIGHT, Unknown.NO_PREVIOUS_OWNER]
+
+
+def test_operations_inside_the_nested_guest_are_not_judged(tmp_path: Path) -> None:
+    b = TraceBuilder()
+    save(b, BT, regs=L1, flags=F_L2)
+    got, own = classes(tmp_path, b)
+    assert got == [UNK]
+    assert own.unknown_reason[0] == Unknown.NESTED_GUEST
+
+
+def lost_state_trace(path: Path) -> Path:
+    b = TraceBuilder()
+    b.task(T, 10, "t")
+    b.task(U, 20, "u")
+    save(b, BU, regs=L2, task=U)
+    restore(b, BT, before=L2, loads=L1)
+    restore(b, BU, before=L3, loads=L2, task=U)
+    restore(b, BT, before=L2, loads=L1)
+    return b.write(path)
+
+
+def test_report_exit_status_and_findings_json(tmp_path: Path) -> None:
+    # Lost state: report exits 3 and its JSON names both events and the context.
+    p = lost_state_trace(tmp_path / "lost.ftr")
+    r = subprocess.run([sys.executable, "-m", "fputrace", "report", "--json", str(p)],
+                       capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["classes"]["lost_state"] == 1
+    (f,) = rep["findings"]
+    assert f["class"] == "lost_state"
+    assert f["context"] == {"buffer": f"{BT:#x}", "kind": "task", "task": "10 t", "vcpu": None}
+    assert (f["last_sync"]["seq"], f["event"]["seq"], f["resumed"]["seq"]) == (1, 2, 3)
+    assert f["event"]["task"] == "20 u"
+    for key in ("per_callsite", "per_task", "per_operation", "classes", "events_by_kind"):
+        assert key in rep
+    # The text report shows the finding first, in its own line.
+    r = subprocess.run([sys.executable, "-m", "fputrace", "report", str(p)], capture_output=True,
+                       text=True)
+    assert r.returncode == 3 and r.stdout.splitlines()[0].startswith("1 finding(s)")
+
+
+def test_report_exit_status_without_lost_state(tmp_path: Path) -> None:
+    b = TraceBuilder()
+    save(b, BT, regs=L1)
+    save(b, BT, regs=L1)
+    r = subprocess.run([sys.executable, "-m", "fputrace", "report", "--json",
+                        str(b.write(tmp_path / "ok.ftr"))], capture_output=True, text=True)
+    assert r.returncode == 0
+    rep = json.loads(r.stdout)
+    assert rep["classes"]["redundant_save"] == 1 and rep["findings"] == []
+    assert rep["redundant_percent"]["saves"] == 50.0
