@@ -12,6 +12,7 @@ from rich.table import Table
 
 from analyzers.costs import Costs, Row
 from analyzers.counts import Counts, Group, task_identity, task_label
+from analyzers.mechanisms import kernel_mechanisms
 from analyzers.ownership import ContextKind, Ownership
 from fputrace.run import Run
 from fputrace.trace import format as fmt
@@ -204,6 +205,9 @@ def _row_json(rows: list[Row]) -> list[dict[str, Any]]:
 
 def analysis_json(run: Run, own: Ownership, costs: Costs) -> dict[str, Any]:
     return {
+        "kernel_mechanisms": [{"name": m.name, "present": m.present, "evidence": m.evidence,
+                               "description": m.description}
+                              for m in kernel_mechanisms(run.symbols)],
         "classes": costs.classes,
         "class_bytes": costs.class_bytes,
         "unknown_reasons": costs.unknown_reasons,
@@ -256,6 +260,9 @@ def render_analysis(console: Console, run: Run, own: Ownership, costs: Costs, to
                                      f"{r['buffer']} at {r['site']} ({r['task']})"))
     else:
         console.print("[green]no lost or stale FPU state[/]")
+    for m in kernel_mechanisms(run.symbols):
+        console.print(escape(f"kernel: {m.name}={'yes' if m.present else 'no'} "
+                             f"({m.evidence}): {m.description}"))
     c = costs.classes
     pct = costs.redundant_pct
     console.print(

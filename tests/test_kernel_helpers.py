@@ -165,3 +165,17 @@ def test_initramfs_is_a_valid_newc_archive(tmp_path: Path) -> None:
     assert (out / "init").stat().st_mode & 0o777 == 0o755
     assert (out / "modules" / "kvm.ko").stat().st_size == 1005
     assert (out / "bin" / "sh").readlink() == Path("busybox")
+
+
+def test_kernel_mechanisms_by_symbol_presence() -> None:
+    from analyzers.mechanisms import kernel_mechanisms
+
+    v61 = {m.name: m.present for m in kernel_mechanisms(Symbols.parse(
+        "ffffffff81034000 T fpu_swap_kvm_fpstate\nffffffff81035000 T switch_fpu_return\n"
+        "ffffffff81036000 T fpu_update_guest_xfd\n"))}
+    assert v61 == {"kvm_fpstate_swap": True, "lazy_user_restore": True, "xfd": True}
+    v510 = {m.name: m.present for m in kernel_mechanisms(Symbols.parse(
+        "ffffffffc0a00000 t kvm_save_current_fpu\t[kvm]\n"))}
+    assert v510 == {"kvm_fpstate_swap": False, "lazy_user_restore": False, "xfd": False}
+    # A kernel without KVM says nothing about KVM's design.
+    assert "kvm_fpstate_swap" not in {m.name for m in kernel_mechanisms(Symbols.parse(""))}
