@@ -83,7 +83,8 @@ def _pct(part: int, whole: int) -> float:
 
 
 def compute_costs(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], own: Ownership,
-                  symbols: Symbols) -> Costs:
+                  symbols: Symbols, ident: npt.NDArray[np.int64] | None = None) -> Costs:
+    """ident: task_identity(ev, tasks), when the caller has it already."""
     classified = np.flatnonzero(own.cls != Class.NOT_CLASSIFIED)
     cls = own.cls[classified]
     nbytes = ev["mem_bytes"][classified].astype(np.int64)
@@ -109,14 +110,21 @@ def compute_costs(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], own: Ow
     per_callsite = _rows(pcs, cls, nbytes, site_labels)
     per_callsite.sort(key=lambda r: (-r.redundant_bytes, -r.events, r.label))
 
-    ident = task_identity(ev, tasks)[classified]
+    if ident is None:
+        ident = task_identity(ev, tasks)
+    ident = ident[classified]
     task_labels = {int(i): task_label(tasks, int(i)) for i in np.unique(ident).tolist()}
     per_task = _merge_by_label(_rows(ident, cls, nbytes, task_labels))
 
     # vCPUs: operations on a vCPU's guest buffers, keyed by its VMCB.
     vmcb_of = own.guest_buffers
-    vkeys = np.array([vmcb_of.get(int(a), -1) for a in ev["addr"][classified].tolist()],
-                     dtype=np.int64) if vmcb_of else np.full(len(classified), -1, np.int64)
+    vkeys = np.full(len(classified), -1, np.int64)
+    if vmcb_of:
+        bufs = np.array(sorted(vmcb_of), dtype=np.uint64)
+        vmcbs = np.array([vmcb_of[int(b)] for b in bufs], dtype=np.int64)
+        addrs = ev["addr"][classified]
+        pos = np.minimum(np.searchsorted(bufs, addrs), len(bufs) - 1)
+        vkeys = np.where(bufs[pos] == addrs, vmcbs[pos], -1)
     on_guest = vkeys >= 0
     entries = ev["kind"] == fmt.Kind.VM_ENTRY
     per_vcpu = _rows(vkeys[on_guest], cls[on_guest], nbytes[on_guest],

@@ -45,23 +45,24 @@ def task_identity(events: npt.NDArray[np.void], tasks: npt.NDArray[np.void]
                   ) -> npt.NDArray[np.int64]:
     """For each event, the index in `tasks` of the announcement that names its
     task at that point of the trace (the latest one for the same task_struct
-    pointer at or before the event), or -1."""
+    pointer at or before the event), or -1. One vectorized pass: the key
+    (pointer rank, seq) orders announcements and events alike."""
     out = np.full(len(events), -1, dtype=np.int64)
     if not len(tasks) or not len(events):
         return out
-    valid = (events["flags"] & fmt.Flag.TASK_VALID) != 0
+    order = np.lexsort((tasks["seq"], tasks["task"]))
+    ptrs = tasks["task"][order]
+    uniq = np.unique(ptrs)
+    t_key = (np.searchsorted(uniq, ptrs).astype(np.uint64) << np.uint64(40)) | \
+        tasks["seq"][order]
     ev_task = events["task"]
-    for ptr in np.unique(tasks["task"]):
-        t_idx = np.flatnonzero(tasks["task"] == ptr)
-        t_seq = tasks["seq"][t_idx]
-        order = np.argsort(t_seq, kind="stable")
-        t_idx, t_seq = t_idx[order], t_seq[order]
-        e_idx = np.flatnonzero(valid & (ev_task == ptr))
-        if not len(e_idx):
-            continue
-        pos = np.searchsorted(t_seq, events["seq"][e_idx], side="right") - 1
-        ok = pos >= 0
-        out[e_idx[ok]] = t_idx[pos[ok]]
+    rank = np.minimum(np.searchsorted(uniq, ev_task), len(uniq) - 1)
+    known = (uniq[rank] == ev_task) & ((events["flags"] & fmt.Flag.TASK_VALID) != 0)
+    e_key = (rank.astype(np.uint64) << np.uint64(40)) | events["seq"]
+    j = np.searchsorted(t_key, e_key, side="right") - 1
+    jc = np.maximum(j, 0)
+    ok = known & (j >= 0) & ((t_key[jc] >> np.uint64(40)) == rank.astype(np.uint64))
+    out[ok] = order[jc[ok]]
     return out
 
 
@@ -74,23 +75,31 @@ def task_label(tasks: npt.NDArray[np.void], i: int) -> str:
 
 def _groups(keys: npt.NDArray[np.int64], kinds: npt.NDArray[np.uint8],
             label_of: dict[int, str]) -> list[Group]:
-    groups: list[Group] = []
+    """Events per key and kind, counted in one pass (a 2-D bincount)."""
     if not len(keys):
-        return groups
-    order = np.argsort(keys, kind="stable")
-    sk = keys[order]
-    starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-    ends = np.r_[starts[1:], len(sk)]
-    for s, e in zip(starts, ends, strict=True):
-        key = int(sk[s])
-        groups.append(Group(label_of.get(key, str(key)), int(e - s),
-                            _by_kind(kinds[order[s:e]])))
+        return []
+    uniq, inv = np.unique(keys, return_inverse=True)
+    table = np.bincount(inv.astype(np.int64) * fmt.KIND_MAX + kinds,
+                        minlength=len(uniq) * fmt.KIND_MAX).reshape(len(uniq), fmt.KIND_MAX)
+    groups = [Group(label_of.get(int(key), str(int(key))), int(row.sum()),
+                    {fmt.kind_name(int(k)): int(row[k]) for k in np.flatnonzero(row)})
+              for key, row in zip(uniq.tolist(), table, strict=True)]
     groups.sort(key=lambda g: (-g.events, g.label))
     return groups
 
 
+def locate_functions(symbols: Symbols, pcs: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+    """Symbol index of each pc (-1: none), looking up each distinct pc once."""
+    if not len(symbols):
+        return np.full(len(pcs), -1, dtype=np.int64)
+    uniq, inv = np.unique(pcs, return_inverse=True)
+    located: npt.NDArray[np.int64] = symbols.locate(uniq)[inv]
+    return located
+
+
 def count_events(events: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
-                 symbols: Symbols) -> Counts:
+                 symbols: Symbols, ident: npt.NDArray[np.int64] | None = None) -> Counts:
+    """ident: task_identity(events, tasks), when the caller has it already."""
     kinds = events["kind"]
     flags = events["flags"]
     form64 = (flags & fmt.Flag.FORM64) != 0
@@ -109,7 +118,8 @@ def count_events(events: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     restore = np.isin(kinds, [int(k) for k in fmt.RESTORE_KINDS])
     mem_bytes = events["mem_bytes"].astype(np.int64)
 
-    ident = task_identity(events, tasks)
+    if ident is None:
+        ident = task_identity(events, tasks)
     task_labels = {i: task_label(tasks, i) for i in np.unique(ident).tolist()}
     per_task = _groups(ident, kinds, task_labels)
     # Several announcements (exec renames) of one pid/comm collapse into one row.
@@ -126,7 +136,7 @@ def count_events(events: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     level = ((flags & fmt.Flag.L2) != 0).astype(np.int64)
     per_level = _groups(level, kinds, {0: "L1 host", 1: "L2 guest"})
 
-    fn_idx = symbols.locate(events["pc"]) if len(symbols) else np.full(len(events), -1)
+    fn_idx = locate_functions(symbols, events["pc"])
     labels: dict[int, str] = {}
     for i in np.unique(fn_idx).tolist():
         if i < 0:

@@ -104,225 +104,197 @@ class Ownership:
     cls: npt.NDArray[np.uint8]
     unknown_reason: npt.NDArray[np.uint8]
     context_kind: npt.NDArray[np.int8]  # of the event's buffer, -1 for non save/restore
-    prev_on_cpu: npt.NDArray[np.int64]  # previous save/restore on the same CPU, or -1
-    prev_on_buffer: npt.NDArray[np.int64]  # previous save/restore of the same buffer, or -1
-    modified: npt.NDArray[np.bool_]  # registers changed since the previous sync on the CPU
-    kernel_use: npt.NDArray[np.bool_]  # in-kernel FPU use since the previous sync on the CPU
     guest_buffers: dict[int, int]  # buffer -> VMCB of the vCPU it holds the state of
     findings: list[Finding] = field(default_factory=list)
 
 
-def _prev_in_groups(keys: npt.NDArray[np.uint64], idx: npt.NDArray[np.int64]
-                    ) -> npt.NDArray[np.int64]:
-    """For events idx (in seq order), the previous one with the same key, or -1."""
-    order = np.argsort(keys, kind="stable")  # stable: seq order kept inside a key
-    sk = keys[order]
-    si = idx[order]
-    prev_sorted = np.full(len(idx), -1, dtype=np.int64)
-    if len(idx) > 1:
-        same = sk[1:] == sk[:-1]
-        prev_sorted[1:][same] = si[:-1][same]
-    out = np.empty(len(idx), dtype=np.int64)
-    out[order] = prev_sorted
-    return out
+def _kind_table(kinds: frozenset[fmt.Kind]) -> npt.NDArray[np.bool_]:
+    table = np.zeros(256, dtype=bool)
+    table[[int(k) for k in kinds]] = True
+    return table
 
 
-def _next_in_groups(keys: npt.NDArray[np.uint64], idx: npt.NDArray[np.int64]
-                    ) -> npt.NDArray[np.int64]:
+SAVE_TABLE = _kind_table(fmt.SAVE_KINDS)
+RESTORE_TABLE = _kind_table(fmt.RESTORE_KINDS)
+FX_TABLE = _kind_table(frozenset({fmt.Kind.FXSAVE, fmt.Kind.FXRSTOR}))
+
+
+def _chain(keys: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Positions (in seq order) of the previous and next element with the same
+    key, or -1: one stable sort."""
     order = np.argsort(keys, kind="stable")
     sk = keys[order]
-    si = idx[order]
-    next_sorted = np.full(len(idx), -1, dtype=np.int64)
-    if len(idx) > 1:
-        same = sk[1:] == sk[:-1]
-        next_sorted[:-1][same] = si[1:][same]
-    out = np.empty(len(idx), dtype=np.int64)
-    out[order] = next_sorted
-    return out
-
-
-def _guest_buffers(ev: npt.NDArray[np.void], is_restore: npt.NDArray[np.bool_]
-                   ) -> dict[int, int]:
-    """Buffers whose contents are in the registers at a VM entry: the last
-    restore on that CPU before it loaded the vCPU's guest state."""
-    entries = np.flatnonzero(ev["kind"] == fmt.Kind.VM_ENTRY)
-    out: dict[int, int] = {}
-    if not len(entries):
-        return out
-    restores = np.flatnonzero(is_restore)
-    for cpu in np.unique(ev["vcpu"][entries]):
-        r = restores[ev["vcpu"][restores] == cpu]
-        e = entries[ev["vcpu"][entries] == cpu]
-        if not len(r):
-            continue
-        pos = np.searchsorted(r, e) - 1
-        ok = pos >= 0
-        bufs = ev["addr"][r[pos[ok]]]
-        vmcbs = ev["addr"][e[ok]]
-        # One pass over unique (buffer, vmcb) pairs: few per vCPU.
-        for buf, vmcb in set(zip(bufs.tolist(), vmcbs.tolist(), strict=True)):
-            out.setdefault(int(buf), int(vmcb))
-    return out
+    prev = np.full(len(keys), -1, dtype=np.int64)
+    nxt = np.full(len(keys), -1, dtype=np.int64)
+    if len(keys) > 1:
+        same = np.flatnonzero(sk[1:] == sk[:-1])
+        prev[order[same + 1]] = order[same]
+        nxt[order[same]] = order[same + 1]
+    return prev, nxt
 
 
 def analyze(ev: npt.NDArray[np.void], init_fpstate: int | None = None) -> Ownership:
     """Classify every save and restore of a trace's events (in seq order)."""
     n = len(ev)
     kind = ev["kind"]
-    flags = ev["flags"].astype(np.uint32)
-    is_save = np.isin(kind, [int(k) for k in fmt.SAVE_KINDS])
-    is_restore = np.isin(kind, [int(k) for k in fmt.RESTORE_KINDS])
-    moved = (is_save | is_restore) & ((flags & fmt.Flag.MEM_VALID) != 0)
-    in_l2 = (flags & fmt.Flag.L2) != 0
-    regs_ok = (flags & fmt.Flag.REGS_VALID) != 0
-    after_ok = (flags & fmt.Flag.REGS_AFTER_VALID) != 0
-    addr = ev["addr"]
+    flags = ev["flags"]
+    is_save_all = SAVE_TABLE[kind]
+    is_saverest = is_save_all | RESTORE_TABLE[kind]
+    moved_all = is_saverest & ((flags & fmt.Flag.MEM_VALID) != 0)
+    in_l2_all = (flags & fmt.Flag.L2) != 0
     cls = np.full(n, Class.NOT_CLASSIFIED, dtype=np.uint8)
     why = np.zeros(n, dtype=np.uint8)
-    cls[(is_save | is_restore) & ~moved] = Class.UNKNOWN
-    why[(is_save | is_restore) & ~moved] = Unknown.NO_MEMORY_ACCESS
+    cls[is_saverest & ~moved_all] = Class.UNKNOWN
+    why[is_saverest & ~moved_all] = Unknown.NO_MEMORY_ACCESS
+    cls[moved_all & in_l2_all] = Class.UNKNOWN
+    why[moved_all & in_l2_all] = Unknown.NESTED_GUEST
 
-    # Contexts by buffer address.
-    guest = _guest_buffers(ev, moved & is_restore & ~in_l2)
-    ctx_kind = np.full(n, -1, dtype=np.int8)
-    ctx_kind[moved] = ContextKind.TASK
+    # The L1 saves and restores, as compact contiguous columns.
+    ops = np.flatnonzero(moved_all & ~in_l2_all)
+    del moved_all, in_l2_all, is_saverest
+    addr = ev["addr"][ops]
+    cpu = ev["vcpu"][ops]
+    f = flags[ops]
+    save = is_save_all[ops]
+    regs = ev["regs_hash"][ops]
+    after = ev["regs_after_hash"][ops]
+    regs_ok = (f & fmt.Flag.REGS_VALID) != 0
+    after_ok = (f & fmt.Flag.REGS_AFTER_VALID) != 0
+    task_ok = (f & fmt.Flag.TASK_VALID) != 0
+
+    # Contexts by buffer address; guest buffers from the VM entries.
+    entries = np.flatnonzero((kind == fmt.Kind.VM_ENTRY) & ((flags & fmt.Flag.L2) == 0))
+    guest: dict[int, int] = {}
+    restore_pos = np.flatnonzero(~save)
+    for c in np.unique(ev["vcpu"][entries]).tolist():
+        r = restore_pos[cpu[restore_pos] == c]
+        e = entries[ev["vcpu"][entries] == c]
+        if not len(r):
+            continue
+        last = np.searchsorted(ops[r], e) - 1  # the last restore before each entry
+        ok = last >= 0
+        pairs = np.stack([addr[r[last[ok]]], ev["addr"][e[ok]]], axis=1)
+        for buf, vmcb in np.unique(pairs, axis=0).tolist():  # few per vCPU
+            guest.setdefault(int(buf), int(vmcb))
+    ctx = np.full(len(ops), ContextKind.TASK, dtype=np.int8)
     if guest:
-        ctx_kind[moved & np.isin(addr, np.fromiter(guest, dtype=U64))] = ContextKind.GUEST
+        ctx[np.isin(addr, np.fromiter(guest, dtype=U64))] = ContextKind.GUEST
     # A user address written by the kernel on behalf of a task: a signal frame.
-    ctx_kind[moved & (addr < USER_LIMIT) & ((flags & fmt.Flag.TASK_VALID) != 0)] = \
-        ContextKind.SIGNAL_FRAME
+    ctx[(addr < USER_LIMIT) & task_ok] = ContextKind.SIGNAL_FRAME
     if init_fpstate is not None:
-        at_init = (addr >= init_fpstate) & (addr < init_fpstate + INIT_FPSTATE_SPAN)
-        ctx_kind[moved & at_init] = ContextKind.INIT
+        ctx[(addr >= init_fpstate) & (addr < init_fpstate + INIT_FPSTATE_SPAN)] = \
+            ContextKind.INIT
 
-    # L1 operations only; the nested guest's own saves are the guest kernel's.
-    op = moved & ~in_l2
-    cls[moved & in_l2] = Class.UNKNOWN
-    why[moved & in_l2] = Unknown.NESTED_GUEST
-    idx = np.flatnonzero(op).astype(np.int64)
-    o_save = is_save[idx]
-
-    # Chains: previous operation on the same CPU and on the same buffer.
-    prev_cpu = np.full(n, -1, dtype=np.int64)
-    prev_buf = np.full(n, -1, dtype=np.int64)
-    next_buf = np.full(n, -1, dtype=np.int64)
-    prev_cpu[idx] = _prev_in_groups(ev["vcpu"][idx].astype(U64), idx)
-    prev_buf[idx] = _prev_in_groups(addr[idx], idx)
-    next_buf[idx] = _next_in_groups(addr[idx], idx)
-
-    # The register content each operation leaves behind ("sync").
-    sync = np.where(is_save, ev["regs_hash"], ev["regs_after_hash"])
-    sync_ok = np.where(is_save, regs_ok, after_ok)
-
-    # Registers modified since the previous sync on the CPU, and by whom.
-    p = prev_cpu[idx]
+    # Chains: previous operation on the same CPU; previous and next on the buffer.
+    p, _ = _chain(cpu)
+    q, nb = _chain(addr)
     has_p = p >= 0
     pc_ = np.where(has_p, p, 0)
-    known = has_p & sync_ok[pc_] & regs_ok[idx]
-    modified = np.zeros(n, dtype=bool)
-    modified[idx] = known & (ev["regs_hash"][idx] != sync[pc_])
-    # KERNEL_SIMD on any event of the CPU after p, up to and including this one.
-    ksimd = ((flags & fmt.Flag.KERNEL_SIMD) != 0).astype(np.int64)
-    kernel_use = np.zeros(n, dtype=bool)
-    for cpu in np.unique(ev["vcpu"][idx]):
-        on_cpu = np.flatnonzero(ev["vcpu"] == cpu)
-        csum = np.cumsum(ksimd[on_cpu])
-        pos = np.searchsorted(on_cpu, idx[ev["vcpu"][idx] == cpu])
-        mine = idx[ev["vcpu"][idx] == cpu]
-        pp = p[ev["vcpu"][idx] == cpu]
-        ppos = np.searchsorted(on_cpu, np.where(pp >= 0, pp, 0))
-        before = np.where(pp >= 0, csum[ppos], 0)
-        kernel_use[mine] = (csum[pos] - before) > 0
 
-    owner_same = has_p & (addr[pc_] == addr[idx])
+    # The register content each operation leaves behind ("sync").
+    sync = np.where(save, regs, after)
+    sync_ok = np.where(save, regs_ok, after_ok)
+    known = has_p & sync_ok[pc_] & regs_ok
+    modified = known & (regs != sync[pc_])
+    # In-kernel FPU use between p and this operation: KERNEL_SIMD events on the
+    # CPU, counted cumulatively per CPU over all events.
+    ksimd = (flags & fmt.Flag.KERNEL_SIMD) != 0
+    kernel_use = np.zeros(len(ops), dtype=bool)
+    if ksimd.any():
+        by_cpu = np.argsort(ev["vcpu"], kind="stable")
+        cum = np.empty(n, dtype=np.int64)
+        cpu_sorted = ev["vcpu"][by_cpu]
+        counts = np.cumsum(ksimd[by_cpu])
+        # restart the count at each CPU's first event
+        starts = np.flatnonzero(np.r_[True, cpu_sorted[1:] != cpu_sorted[:-1]])
+        base = np.repeat(counts[starts] - ksimd[by_cpu][starts],
+                         np.diff(np.r_[starts, n]))
+        cum[by_cpu] = counts - base
+        del by_cpu, cpu_sorted, counts, base
+        c_ops = cum[ops]
+        kernel_use = has_p & ((c_ops - c_ops[pc_]) > 0)
+        del cum, c_ops
+    owner_same = has_p & (addr[pc_] == addr)
     # What the owner's registers held became garbage when the kernel used them.
-    owner_dirty = modified[idx] & ~kernel_use[idx]
+    owner_dirty = modified & ~kernel_use
 
     # ---- saves: redundant when the buffer already held these bytes ----
-    q = prev_buf[idx]
     has_q = q >= 0
     qc = np.where(has_q, q, 0)
-    q_save = is_save[qc]
+    q_save = save[qc]
     # Components each operation covers: RFBM & XCR0; FXSAVE/FXRSTOR always
     # x87|SSE whatever EDX:EAX hold.
-    fx = np.isin(kind, [int(fmt.Kind.FXSAVE), int(fmt.Kind.FXRSTOR)])
-    covers = np.where(fx, U64(3), ev["value"] & ev["xcr0"])
-    mask_s = covers[idx]
+    covers = np.where(FX_TABLE[kind[ops]], U64(3), ev["value"][ops] & ev["xcr0"][ops])
+    mem = ev["mem_hash"][ops]
+    legacy = ev["mem_legacy_hash"][ops]
+    xbv = ev["xstate_bv"][ops]
     mask_q = covers[qc]
-    # Previous op a save: the bytes compare directly.
-    same_bytes_save = (ev["mem_hash"][idx] == ev["mem_hash"][qc]) & (mask_s == mask_q)
+    same_bytes_save = (mem == mem[qc]) & (covers == mask_q)
     # Previous op a restore: registers after it vs registers now (x87/SSE), and
     # the AVX upper halves it loaded (or their init state) vs those written now.
-    avx_s = (ev["mem_hash"][idx] - ev["mem_legacy_hash"][idx]).astype(U64)
-    avx_q = np.where((ev["xstate_bv"][qc] & U64(4)) != 0,
-                     (ev["mem_hash"][qc] - ev["mem_legacy_hash"][qc]).astype(U64),
-                     U64(AVX_INIT_HASH))
-    wants_avx = (mask_s & U64(4)) != 0
-    q_has_avx = (mask_q & U64(4)) != 0
-    same_after_restore = (regs_ok[idx] & after_ok[qc]
-                          & (ev["regs_hash"][idx] == ev["regs_after_hash"][qc])
-                          & (~wants_avx | (avx_s == avx_q)))
-    save_cls = np.full(len(idx), Class.NECESSARY, dtype=np.uint8)
-    save_why = np.zeros(len(idx), dtype=np.uint8)
+    avx = mem - legacy
+    avx_q = np.where((xbv[qc] & U64(4)) != 0, avx[qc], U64(AVX_INIT_HASH))
+    wants_avx = (covers & U64(4)) != 0
+    both_read = regs_ok & after_ok[qc]
+    same_after_restore = both_read & (regs == after[qc]) & (~wants_avx | (avx == avx_q))
     redundant = has_q & np.where(q_save, same_bytes_save, same_after_restore)
-    save_cls[redundant] = Class.REDUNDANT_SAVE
     undecidable = has_q & ~redundant & np.where(
-        q_save, mask_s != mask_q, ~(regs_ok[idx] & after_ok[qc]) | (wants_avx & ~q_has_avx))
+        q_save, covers != mask_q, ~both_read | (wants_avx & ((mask_q & U64(4)) == 0)))
+    save_cls = np.where(redundant, Class.REDUNDANT_SAVE, Class.NECESSARY).astype(np.uint8)
+    save_why = np.zeros(len(ops), dtype=np.uint8)
     save_cls[undecidable] = Class.UNKNOWN
-    save_why[undecidable] = Unknown.MASKS_DIFFER
-    save_why[undecidable & ~q_save & ~(regs_ok[idx] & after_ok[qc])] = Unknown.REGISTERS_NOT_READ
+    save_why[undecidable] = np.where(~q_save[undecidable] & ~both_read[undecidable],
+                                     Unknown.REGISTERS_NOT_READ, Unknown.MASKS_DIFFER)
     save_cls[~has_q] = Class.UNKNOWN
     save_why[~has_q] = Unknown.FIRST_SIGHT
 
     # ---- restores ----
-    rest_cls = np.full(len(idx), Class.NECESSARY, dtype=np.uint8)
-    rest_why = np.zeros(len(idx), dtype=np.uint8)
-    unchanged_by_restore = after_ok[idx] & regs_ok[idx] & (
-        ev["regs_after_hash"][idx] == ev["regs_hash"][idx])
-    rest_cls[owner_same & known & ~modified[idx] & unchanged_by_restore] = Class.REDUNDANT_RESTORE
+    rest_cls = np.full(len(ops), Class.NECESSARY, dtype=np.uint8)
+    rest_why = np.zeros(len(ops), dtype=np.uint8)
+    unchanged_by_restore = after_ok & regs_ok & (after == regs)
+    rest_cls[owner_same & known & ~modified & unchanged_by_restore] = Class.REDUNDANT_RESTORE
     # Stale: the owner's live registers were newer than the buffer restored over
     # them, and the buffer still held what it held at that sync (it was not
     # rewritten by software since, as exec() or sigreturn do with a memory copy).
-    buffer_unchanged = after_ok[idx] & sync_ok[pc_] & (ev["regs_after_hash"][idx] == sync[pc_])
-    rest_cls[owner_same & owner_dirty & buffer_unchanged
-             & (ctx_kind[idx] != ContextKind.INIT)] = Class.STALE_RESTORE
+    buffer_unchanged = after_ok & sync_ok[pc_] & (after == sync[pc_])
+    rest_cls[owner_same & owner_dirty & buffer_unchanged & (ctx != ContextKind.INIT)] = \
+        Class.STALE_RESTORE
     # Lost: another context's newer registers overwritten without a save, and
-    # that context later resumes from its (older) buffer.
-    owner_kind = ctx_kind[pc_]
-    victim_resumes = has_p & (next_buf[pc_] >= 0)
-    nb = np.where(victim_resumes, next_buf[pc_], 0)
-    # ... and resumes with exactly the bytes of its last sync: the buffer was
-    # not rewritten (a reset on exec would load something else).
-    resumes_stale = (victim_resumes & is_restore[nb] & (nb > idx) & after_ok[nb]
-                     & sync_ok[pc_] & (ev["regs_after_hash"][nb] == sync[pc_]))
+    # that context later resumes from its buffer with exactly the bytes of its
+    # last sync (a reset on exec would load something else).
+    resume = nb[pc_]
+    rc = np.where(resume >= 0, resume, 0)
+    resumes_stale = (has_p & (resume > np.arange(len(ops))) & ~save[rc] & after_ok[rc]
+                     & sync_ok[pc_] & (after[rc] == sync[pc_]))
     # The init state is nobody's context: what is built on it belongs to the
     # task that loaded it, and is saved to that task's own buffer if kept.
-    lost = has_p & ~owner_same & owner_dirty & (owner_kind != ContextKind.INIT) & resumes_stale
+    lost = has_p & ~owner_same & owner_dirty & (ctx[pc_] != ContextKind.INIT) & resumes_stale
     rest_cls[lost] = Class.LOST_STATE
-    no_prev = ~has_p
-    rest_cls[no_prev] = Class.UNKNOWN
-    rest_why[no_prev] = Unknown.NO_PREVIOUS_OWNER
+    rest_cls[~has_p] = Class.UNKNOWN
+    rest_why[~has_p] = Unknown.NO_PREVIOUS_OWNER
     needs_regs = has_p & ~known & (rest_cls == Class.NECESSARY)
     rest_cls[needs_regs] = Class.UNKNOWN
     rest_why[needs_regs] = Unknown.REGISTERS_NOT_READ
 
-    cls[idx] = np.where(o_save, save_cls, rest_cls)
-    why[idx] = np.where(o_save, save_why, rest_why)
+    cls[ops] = np.where(save, save_cls, rest_cls)
+    why[ops] = np.where(save, save_why, rest_why)
+    context_kind = np.full(n, -1, dtype=np.int8)
+    context_kind[ops] = ctx
 
     findings: list[Finding] = []
-    for i in np.flatnonzero((cls == Class.LOST_STATE) | (cls == Class.STALE_RESTORE)):
-        last = int(prev_cpu[i])
-        if cls[i] == Class.LOST_STATE:
-            victim = int(addr[last])
+    flagged = ((rest_cls == Class.LOST_STATE) | (rest_cls == Class.STALE_RESTORE)) & ~save
+    for j in np.flatnonzero(flagged).tolist():
+        i, last = int(ops[j]), int(ops[p[j]])
+        if rest_cls[j] == Class.LOST_STATE:
+            victim = int(addr[p[j]])
             findings.append(Finding(
-                Class.LOST_STATE, int(i), victim, last, int(next_buf[last]),
+                Class.LOST_STATE, i, victim, last, int(ops[nb[p[j]]]),
                 f"registers of buffer {victim:#x} changed after its last sync and were "
-                f"overwritten by a restore of {int(addr[i]):#x} without a save; the context "
+                f"overwritten by a restore of {int(addr[j]):#x} without a save; the context "
                 "later resumed from its older buffer"))
         else:
             findings.append(Finding(
-                Class.STALE_RESTORE, int(i), int(addr[i]), last, -1,
-                f"buffer {int(addr[i]):#x} restored over newer live registers of the same "
+                Class.STALE_RESTORE, i, int(addr[j]), last, -1,
+                f"buffer {int(addr[j]):#x} restored over newer live registers of the same "
                 "context"))
-    return Ownership(cls, why, ctx_kind, prev_cpu, prev_buf, modified, kernel_use, guest,
-                     findings)
+    return Ownership(cls, why, context_kind, guest, findings)

@@ -172,10 +172,13 @@ def _event_json(run: Run, ident: Any, i: int) -> dict[str, Any]:
     }
 
 
-def findings_json(run: Run, own: Ownership) -> list[dict[str, Any]]:
+def findings_json(run: Run, own: Ownership, limit: int = 0) -> list[dict[str, Any]]:
+    """The findings in trace order, the first `limit` of them (0: all)."""
+    if not own.findings:
+        return []
     ident = task_identity(run.trace.events, run.trace.tasks)
     out = []
-    for f in own.findings:
+    for f in own.findings[:limit] if limit > 0 else own.findings:
         item: dict[str, Any] = {
             "class": f.cls.name.lower(),
             "description": f.description,
@@ -203,8 +206,10 @@ def _row_json(rows: list[Row]) -> list[dict[str, Any]]:
              **r.extra} for r in rows]
 
 
-def analysis_json(run: Run, own: Ownership, costs: Costs) -> dict[str, Any]:
+def analysis_json(run: Run, own: Ownership, costs: Costs, max_findings: int = 50
+                  ) -> dict[str, Any]:
     return {
+        "findings_total": len(own.findings),
         "kernel_mechanisms": [{"name": m.name, "present": m.present, "evidence": m.evidence,
                                "description": m.description}
                               for m in kernel_mechanisms(run.symbols)],
@@ -212,7 +217,7 @@ def analysis_json(run: Run, own: Ownership, costs: Costs) -> dict[str, Any]:
         "class_bytes": costs.class_bytes,
         "unknown_reasons": costs.unknown_reasons,
         "redundant_percent": costs.redundant_pct,
-        "findings": findings_json(run, own),
+        "findings": findings_json(run, own, max_findings),
         "per_callsite": _row_json(costs.per_callsite),
         "per_task": _row_json(costs.per_task),
         "per_vcpu": _row_json(costs.per_vcpu),
@@ -240,10 +245,14 @@ def _class_table(title: str, what: str, rows: list[Row], top: int) -> Table:
     return table
 
 
-def render_analysis(console: Console, run: Run, own: Ownership, costs: Costs, top: int) -> None:
-    findings = findings_json(run, own)
+def render_analysis(console: Console, run: Run, own: Ownership, costs: Costs, top: int,
+                    max_findings: int = 50) -> None:
+    findings = findings_json(run, own, max_findings)
     if findings:
-        console.print(f"[bold red]{len(findings)} finding(s): FPU state lost or bypassed[/]")
+        shown = "" if len(findings) == len(own.findings) else \
+            f", the first {len(findings)} shown (--max-findings)"
+        console.print(f"[bold red]{len(own.findings)} finding(s): FPU state lost or bypassed"
+                      f"{shown}[/]")
         for f in findings:
             e, s = f["event"], f["last_sync"]
             console.print(f"[red]{f['class']}[/] context {f['context']['kind']} "

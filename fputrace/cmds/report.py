@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from analyzers.costs import compute_costs
-from analyzers.counts import count_events
+from analyzers.counts import count_events, task_identity
 from analyzers.ownership import Class, analyze
 from fputrace.render import analysis_json, counts_json, render_analysis, render_counts
 from fputrace.run import load_run
@@ -31,24 +31,29 @@ def add_parser(sub: Any) -> None:
     p.add_argument("trace", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--top", type=int, default=15, help="rows per table (default 15)")
+    p.add_argument("--max-findings", type=int, default=50,
+                   help="list at most N lost/stale findings, in trace order (default 50; "
+                        "0: all); the counts always cover all")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     r = load_run(args.trace)
     events, tasks = r.trace.events, r.trace.tasks
-    counts = count_events(events, tasks, r.symbols)
+    ident = task_identity(events, tasks)
+    counts = count_events(events, tasks, r.symbols, ident)
     own = analyze(events, r.symbols.values.get("init_fpstate"))
-    costs = compute_costs(events, tasks, own, r.symbols)
+    costs = compute_costs(events, tasks, own, r.symbols, ident)
+    del ident
     if args.json:
-        json.dump({**counts_json(r, counts), **analysis_json(r, own, costs)}, sys.stdout,
-                  indent=1)
+        json.dump({**counts_json(r, counts),
+                   **analysis_json(r, own, costs, args.max_findings)}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         console = Console(emoji=False, highlight=False)
         if not console.is_terminal:
             console = Console(emoji=False, highlight=False, width=200)
-        render_analysis(console, r, own, costs, args.top)
+        render_analysis(console, r, own, costs, args.top, args.max_findings)
         render_counts(console, r, counts, args.top)
     if not r.trace.complete:
         print(f"fputrace: warning: {describe_incomplete(r.trace)}", file=sys.stderr)

@@ -7,7 +7,7 @@ end in a partial block; everything up to the last whole block is returned, and
 
 from __future__ import annotations
 
-import mmap
+import io
 import os
 import struct
 import zlib
@@ -65,7 +65,7 @@ class Trace:
         return self.footer is not None and not self.problems
 
 
-def _parse_header(path: Path, data: bytes | mmap.mmap) -> Header:
+def _parse_header(path: Path, data: bytes) -> Header:
     if len(data) < len(fmt.MAGIC) or data[: len(fmt.MAGIC)] != fmt.MAGIC:
         raise TraceError(f"{path}: not an fputrace trace (bad magic): give a file written by "
                          "'fputrace record'")
@@ -111,23 +111,37 @@ def _parse_footer(payload: bytes | memoryview) -> Footer:
                   int(rec["blocks_total"]), int(rec["write_errors"]), by_kind)
 
 
-def _concat_sorted(parts: list[npt.NDArray[np.void]], dtype: np.dtype[np.void]
-                   ) -> npt.NDArray[np.void]:
-    if not parts:
-        return np.empty(0, dtype=dtype)
-    arr = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+def _sort_by_seq(arr: npt.NDArray[np.void]) -> npt.NDArray[np.void]:
     seq = arr["seq"]
     # Blocks from several vCPUs interleave; one vCPU's are already in order.
     if len(seq) > 1 and not bool(np.all(seq[1:] > seq[:-1])):
-        arr = arr[np.argsort(seq, kind="stable")]
+        return arr[np.argsort(seq, kind="stable")]
     return arr
 
 
+@dataclass
+class _Block:
+    pos: int
+    btype: int
+    count: int
+    payload_size: int
+    crc: int
+
+
+RECORD_SIZES = {int(fmt.BlockType.EVENTS): fmt.EVENT_DTYPE.itemsize,
+                int(fmt.BlockType.TASKS): fmt.TASK_DTYPE.itemsize,
+                int(fmt.BlockType.FOOTER): fmt.FOOTER_DTYPE.itemsize}
+
+
 def read_trace(path: str | os.PathLike[str], verify_crc: bool = True) -> Trace:
-    """Read a whole trace. Raises TraceError for a file that is not one."""
+    """Read a whole trace. Raises TraceError for a file that is not one.
+
+    Block headers are scanned first, then each payload is read straight into
+    its place in preallocated arrays: the file is never held twice in memory.
+    """
     p = Path(path)
     try:
-        f = open(p, "rb")  # noqa: SIM115 - closed below, mmap outlives the with
+        f = open(p, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         raise TraceError(f"{p}: no such trace file") from None
     except OSError as e:
@@ -136,66 +150,83 @@ def read_trace(path: str | os.PathLike[str], verify_crc: bool = True) -> Trace:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise TraceError(f"{p}: empty file, not a trace: record it again")
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        return _decode(p, data, verify_crc)
-    finally:
-        data.close()
+        header = _parse_header(p, f.read(min(size, 1 << 16)))
+        blocks, footer_block, problems, end = _scan_blocks(f, header.header_size, size)
+        return _load(p, f, header, blocks, footer_block, problems, end, size, verify_crc)
 
 
-def _decode(p: Path, data: mmap.mmap, verify_crc: bool) -> Trace:
-    header = _parse_header(p, data)
-    view = memoryview(data)
-    events: list[npt.NDArray[np.void]] = []
-    tasks: list[npt.NDArray[np.void]] = []
-    footer: Footer | None = None
+def _scan_blocks(f: io.BufferedReader, start: int, size: int
+                 ) -> tuple[list[_Block], _Block | None, list[str], int]:
+    """Walk the block headers; stop at the first one that is not whole or sane."""
+    blocks: list[_Block] = []
     problems: list[str] = []
-    pos = header.header_size
-    blocks = 0
-    size = len(data)
-    try:
-        while pos < size:
-            if size - pos < fmt.BLOCK_HEADER_SIZE:
-                problems.append(f"a partial block header at byte {pos} ({size - pos} bytes)")
-                break
-            magic, btype, _vcpu, count, psize, crc, _ = struct.unpack_from(
-                fmt.BLOCK_HEADER, data, pos)
-            if magic != fmt.BLOCK_MAGIC:
-                problems.append(f"garbage instead of a block at byte {pos}")
-                break
-            start = pos + fmt.BLOCK_HEADER_SIZE
-            if start + psize > size:
-                problems.append(f"a partial block at byte {pos} ({size - start} of {psize} "
-                                "payload bytes)")
-                break
-            payload = view[start : start + psize]
-            if verify_crc and zlib.crc32(payload) != crc:
-                problems.append(f"a block with a bad checksum at byte {pos}")
-                break
-            record_size = {fmt.BlockType.EVENTS: fmt.EVENT_DTYPE.itemsize,
-                           fmt.BlockType.TASKS: fmt.TASK_DTYPE.itemsize,
-                           fmt.BlockType.FOOTER: fmt.FOOTER_DTYPE.itemsize}.get(btype)
-            if record_size is None or count * record_size != psize:
-                problems.append(f"a block of unknown type {btype} or size at byte {pos}")
-                break
-            if btype == fmt.BlockType.EVENTS:
-                events.append(np.frombuffer(payload, dtype=fmt.EVENT_DTYPE))
-            elif btype == fmt.BlockType.TASKS:
-                tasks.append(np.frombuffer(payload, dtype=fmt.TASK_DTYPE))
-            else:
-                footer = _parse_footer(payload)
-                pos = start + psize
-                blocks += 1
-                if pos != size:
-                    problems.append(f"{size - pos} bytes after the footer")
-                break
-            pos = start + psize
-            blocks += 1
-        ev = _concat_sorted(events, fmt.EVENT_DTYPE)
-        tk = _concat_sorted(tasks, fmt.TASK_DTYPE)
-    finally:
-        del events, tasks
+    pos = start
+    while pos < size:
+        if size - pos < fmt.BLOCK_HEADER_SIZE:
+            problems.append(f"a partial block header at byte {pos} ({size - pos} bytes)")
+            break
+        f.seek(pos)
+        magic, btype, _vcpu, count, psize, crc, _ = struct.unpack(
+            fmt.BLOCK_HEADER, f.read(fmt.BLOCK_HEADER_SIZE))
+        if magic != fmt.BLOCK_MAGIC:
+            problems.append(f"garbage instead of a block at byte {pos}")
+            break
+        payload_at = pos + fmt.BLOCK_HEADER_SIZE
+        if payload_at + psize > size:
+            problems.append(f"a partial block at byte {pos} ({size - payload_at} of "
+                            f"{psize} payload bytes)")
+            break
+        record_size = RECORD_SIZES.get(btype)
+        if record_size is None or count * record_size != psize or \
+                (btype == fmt.BlockType.FOOTER and count != 1):
+            problems.append(f"a block of unknown type {btype} or size at byte {pos}")
+            break
+        block = _Block(pos, btype, count, psize, crc)
+        pos = payload_at + psize
+        if btype == fmt.BlockType.FOOTER:
+            if pos != size:
+                problems.append(f"{size - pos} bytes after the footer")
+            return blocks, block, problems, pos
+        blocks.append(block)
+    return blocks, None, problems, pos
+
+
+def _load(p: Path, f: io.BufferedReader, header: Header, blocks: list[_Block],
+          footer_block: _Block | None, problems: list[str], end: int, size: int,
+          verify_crc: bool) -> Trace:
+    n_events = sum(b.count for b in blocks if b.btype == fmt.BlockType.EVENTS)
+    n_tasks = sum(b.count for b in blocks if b.btype == fmt.BlockType.TASKS)
+    events = np.empty(n_events, dtype=fmt.EVENT_DTYPE)
+    tasks = np.empty(n_tasks, dtype=fmt.TASK_DTYPE)
+    dest = {int(fmt.BlockType.EVENTS): events.view(np.uint8).reshape(-1).data,
+            int(fmt.BlockType.TASKS): tasks.view(np.uint8).reshape(-1).data}
+    filled = {int(fmt.BlockType.EVENTS): 0, int(fmt.BlockType.TASKS): 0}
+    read_blocks = 0
+    stop: int | None = None
+    for b in blocks:
+        off = filled[b.btype]
+        window = dest[b.btype][off : off + b.payload_size]
+        f.seek(b.pos + fmt.BLOCK_HEADER_SIZE)
+        if f.readinto(window) != b.payload_size or (verify_crc and zlib.crc32(window) != b.crc):
+            problems.insert(0, f"a block with a bad checksum at byte {b.pos}")
+            stop = b.pos
+            break
+        filled[b.btype] = off + b.payload_size
+        read_blocks += 1
+    footer: Footer | None = None
+    if stop is None and footer_block is not None:
+        f.seek(footer_block.pos + fmt.BLOCK_HEADER_SIZE)
+        payload = f.read(footer_block.payload_size)
+        if verify_crc and zlib.crc32(payload) != footer_block.crc:
+            problems.insert(0, f"a block with a bad checksum at byte {footer_block.pos}")
+            stop = footer_block.pos
+        else:
+            footer = _parse_footer(payload)
+            read_blocks += 1
+    for view in dest.values():
         view.release()
+    ev = _sort_by_seq(events[: filled[fmt.BlockType.EVENTS] // fmt.EVENT_DTYPE.itemsize])
+    tk = _sort_by_seq(tasks[: filled[fmt.BlockType.TASKS] // fmt.TASK_DTYPE.itemsize])
     if footer is None:
         problems.insert(0, "no footer: the recording did not end cleanly")
     else:
@@ -204,7 +235,8 @@ def _decode(p: Path, data: mmap.mmap, verify_crc: bool) -> Trace:
                             f"{len(ev)} were read: {footer.events_total - len(ev)} lost")
         if footer.write_errors:
             problems.append(f"the plugin failed {footer.write_errors} writes")
-    return Trace(p, header, ev, tk, footer, blocks, size - pos, problems)
+    unread = size - (stop if stop is not None else end)
+    return Trace(p, header, ev, tk, footer, read_blocks, unread, problems)
 
 
 def describe_incomplete(trace: Trace) -> str:

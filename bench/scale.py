@@ -1,0 +1,155 @@
+"""Analysis speed and memory on a large synthetic trace.
+
+Writes a trace of N events (default 50 million) in the real binary format,
+shaped like KVM round trips and context switches on 2 CPUs, then runs the
+full `fputrace report --json` on it in a child process and prints events per
+second and the child's peak memory against the trace file's size.
+Targets: >= 5 million events/s on one core, peak <= 2x the file.
+
+usage: bench/scale [--events N] [--keep FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from fputrace.trace import format as fmt
+
+BLOCK = 512
+# One pattern per round: user save, guest restore, VM entry, VM exit, guest
+# save, user restore, then a switch: save of this task, restore of the next.
+PATTERN = [fmt.Kind.XSAVEOPT, fmt.Kind.XRSTOR, fmt.Kind.VM_ENTRY, fmt.Kind.VM_EXIT,
+           fmt.Kind.XSAVEOPT, fmt.Kind.XRSTOR, fmt.Kind.XSAVEOPT, fmt.Kind.XRSTOR]
+TASKS = 8
+
+
+def synthesize(n: int) -> np.ndarray:
+    """A consistent flow: every restore loads what its buffer last received, the
+    guests change their state every round, the user states never do."""
+    ev = np.zeros(n, dtype=fmt.EVENT_DTYPE)
+    seq = np.arange(n, dtype=np.uint64)
+    step = (seq % len(PATTERN)).astype(np.int64)
+    rnd = seq // len(PATTERN)
+    cpu = (rnd % 2).astype(np.uint16)
+    task_i = ((rnd // 2) % TASKS).astype(np.uint64)
+    next_task = (task_i + 1) % TASKS
+    k = np.uint64(0x9E3779B97F4A7C15)
+    user_img = (task_i + np.uint64(1)) * k
+    next_img = (next_task + np.uint64(1)) * k
+    # A guest is back on its CPU every 2 * TASKS rounds: it resumes what it saved then.
+    guest_saved = rnd * np.uint64(0xBF58476D1CE4E5B9) + np.uint64(1)
+    guest_loaded = (rnd - np.uint64(2 * TASKS)) * np.uint64(0xBF58476D1CE4E5B9) + np.uint64(1)
+    user_buf = np.uint64(0xFFFF888001000040) + task_i * np.uint64(0x10000)
+    next_buf = np.uint64(0xFFFF888001000040) + next_task * np.uint64(0x10000)
+    guest_buf = np.uint64(0xFFFF888009000040) + task_i * np.uint64(0x10000)
+    vmcb = np.uint64(0x6370000) + task_i * np.uint64(0x1000)
+    kinds = np.array([int(k) for k in PATTERN], dtype=np.uint8)[step]
+    ev["seq"] = seq
+    ev["kind"] = kinds
+    ev["vcpu"] = cpu
+    ev["task"] = np.uint64(0xFFFF888100000000) + task_i * np.uint64(0x4000)
+    ev["pc"] = np.uint64(0xFFFFFFFF81034A43) + step.astype(np.uint64) * np.uint64(0x40)
+    ev["addr"] = np.select([step == 0, step == 1, step == 2, step == 4, step == 7],
+                           [user_buf, guest_buf, vmcb, guest_buf, next_buf], user_buf)
+    # Registers before each event, and after each restore.
+    before = np.select([step == 0, step == 1, step == 4, step == 5, step == 6, step == 7],
+                       [user_img, user_img, guest_saved, guest_saved, user_img, user_img],
+                       np.uint64(0))
+    after = np.select([step == 1, step == 5, step == 7], [guest_loaded, user_img, next_img],
+                      before)
+    saves = np.isin(step, [0, 4, 6])
+    ev["regs_hash"] = before
+    ev["regs_after_hash"] = after
+    content = np.where(saves, before, after)
+    ev["mem_legacy_hash"] = content
+    ev["mem_hash"] = content + np.uint64(77)
+    ev["value"] = 0x207
+    ev["xcr0"] = 0x207
+    ev["xstate_bv"] = 0x207
+    is_mem = (step != 2) & (step != 3)
+    ev["mem_bytes"] = np.where(is_mem, 718, 0)
+    ev["mem_features"] = np.where(is_mem, 0x207, 0)
+    ev["flags"] = np.where(is_mem, int(fmt.Flag.MEM_VALID | fmt.Flag.REGS_VALID
+                                       | fmt.Flag.REGS_AFTER_VALID | fmt.Flag.FORM64), 0) \
+        | int(fmt.Flag.TASK_VALID)
+    return ev
+
+
+def write_trace(path: Path, ev: np.ndarray) -> None:
+    strings = b"".join(struct.pack("<H", len(s)) + s for s in (b"synthetic", b"scale", b""))
+    size = fmt.HEADER_FIXED_SIZE + len(strings)
+    size += -size % 8
+    header = struct.pack(fmt.HEADER_FIXED, fmt.MAGIC, 1, 1, size, 7, 1, 128, 48, 0, 4, 0)
+    with open(path, "wb") as f:
+        f.write((header + strings).ljust(size, b"\0"))
+        tasks = np.zeros(TASKS, dtype=fmt.TASK_DTYPE)
+        tasks["task"] = 0xFFFF888100000000 + np.arange(TASKS, dtype=np.uint64) * 0x4000
+        tasks["pid"] = 100 + np.arange(TASKS)
+        tasks["comm"] = [f"vcpu{i}".encode() for i in range(TASKS)]
+        payload = tasks.tobytes()
+        f.write(struct.pack(fmt.BLOCK_HEADER, fmt.BLOCK_MAGIC, 2, 0, TASKS, len(payload),
+                            zlib.crc32(payload), 0) + payload)
+        raw = memoryview(ev.view(np.uint8).reshape(-1))
+        rec = fmt.EVENT_DTYPE.itemsize
+        for start in range(0, len(ev), BLOCK):
+            count = min(BLOCK, len(ev) - start)
+            payload_v = raw[start * rec:(start + count) * rec]
+            f.write(struct.pack(fmt.BLOCK_HEADER, fmt.BLOCK_MAGIC, 1, 0, count, len(payload_v),
+                                zlib.crc32(payload_v), 0))
+            f.write(payload_v)
+        footer = np.zeros(1, dtype=fmt.FOOTER_DTYPE)
+        footer["events_total"] = len(ev)
+        footer["tasks_total"] = TASKS
+        footer["blocks_total"] = 1 + (len(ev) + BLOCK - 1) // BLOCK
+        for k, c in zip(*np.unique(ev["kind"], return_counts=True), strict=True):
+            footer["events_by_kind"][0][int(k)] = c
+        payload = footer.tobytes()
+        f.write(struct.pack(fmt.BLOCK_HEADER, fmt.BLOCK_MAGIC, 3, 0, 1, len(payload),
+                            zlib.crc32(payload), 0) + payload)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=50_000_000)
+    ap.add_argument("--keep", type=Path, help="write the trace here and keep it")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fputrace-scale-") as tmp:
+        path = args.keep or Path(tmp) / "scale.ftr"
+        t0 = time.monotonic()
+        ev = synthesize(args.events)
+        write_trace(path, ev)
+        del ev
+        size = path.stat().st_size
+        print(f"wrote {args.events} events, {size / 2**30:.2f} GiB, in "
+              f"{time.monotonic() - t0:.1f} s", flush=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        with open(os.devnull, "w") as null:
+            p = subprocess.run([sys.executable, "-m", "fputrace", "report", "--json", str(path)],
+                               stdout=null, stderr=subprocess.PIPE, text=True)
+        wall = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if p.returncode not in (0, 3):
+            print(f"report failed: {p.stderr.strip()}", file=sys.stderr)
+            return 2
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        peak = after.ru_maxrss * 1024  # kB on Linux
+        print(f"report: {wall:.1f} s wall, {cpu:.1f} s cpu")
+        print(f"events/s={args.events / wall / 1e6:.2f}M (target >= 5M)")
+        print(f"peak={peak / 2**30:.2f} GiB = {peak / size:.2f}x the trace file (target <= 2x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
