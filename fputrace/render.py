@@ -299,3 +299,31 @@ def render_analysis(console: Console, run: Run, own: Ownership, costs: Costs, to
     for name, o in costs.per_operation.items():
         ops.add_row(name, str(o["count"]), str(o["saves"]), str(o["restores"]), str(o["bytes"]))
     console.print(ops)
+
+
+def timeline_json(timeline: Any, limit: int) -> list[dict[str, Any]]:
+    from analyzers.timeline import Begin, End
+
+    rows = timeline[:limit] if limit > 0 else timeline
+    return [{"cpu": int(r["cpu"]), "start_seq": int(r["start_seq"]),
+             "end_seq": int(r["end_seq"]), "owner": f"{int(r['owner']):#x}",
+             "owner_kind": ContextKind(int(r["owner_kind"])).name.lower()
+             if r["owner_kind"] >= 0 else "unknown",
+             "content": f"{int(r['content']):016x}", "begin": Begin(int(r["begin"])).name.lower(),
+             "end": End(int(r["end"])).name.lower(), "modified": bool(r["modified"]),
+             "kernel_use": bool(r["kernel_use"]), "in_guest": bool(r["in_guest"])}
+            for r in rows]
+
+
+def render_timeline(console: Console, timeline: Any, limit: int) -> None:
+    table = Table(title=f"ownership timeline (first {limit} intervals, by CPU)",
+                  title_justify="left", show_edge=False)
+    for name in ("cpu", "seq", "owner", "kind", "content", "began", "ended", "changed"):
+        table.add_column(name)
+    for r in timeline_json(timeline, limit):
+        changed = ", ".join(w for w, on in (("modified", r["modified"]),
+                                            ("kernel", r["kernel_use"]),
+                                            ("guest ran", r["in_guest"])) if on)
+        table.add_row(str(r["cpu"]), f"{r['start_seq']}-{r['end_seq']}", r["owner"],
+                      r["owner_kind"], r["content"], r["begin"], r["end"], changed)
+    console.print(table)

@@ -279,3 +279,35 @@ def test_report_exit_status_without_lost_state(tmp_path: Path) -> None:
     rep = json.loads(r.stdout)
     assert rep["classes"]["redundant_save"] == 1 and rep["findings"] == []
     assert rep["redundant_percent"]["saves"] == 50.0
+
+
+def test_cpu_timeline_of_a_kvm_run(tmp_path: Path) -> None:
+    # One KVM_RUN on CPU 0, as in the guest scenario above: the intervals
+    # between its boundaries, with owner, content and how each began and ended.
+    from analyzers.timeline import Begin, End, context_timeline, cpu_timeline
+
+    b = TraceBuilder()
+    restore(b, BT, before=GARBAGE, loads=L1)  # 0
+    save(b, BT, regs=L1)  # 1
+    restore(b, BG, before=L1, loads=LG1, avx=XG)  # 2
+    b.event(VM_ENTRY, task=T, addr=VMCB, flags=F_TASK)  # 3
+    b.event(VM_EXIT, task=T, flags=F_TASK)  # 4
+    save(b, BG, regs=LG2, avx=XG)  # 5: the guest changed its registers
+    restore(b, BT, before=LG2, loads=L1)  # 6
+    t = read_trace(b.write(tmp_path / "t.ftr"))
+    tl = cpu_timeline(t.events, analyze(t.events))
+    rows = [(int(r["start_seq"]), int(r["end_seq"]), int(r["owner"]), int(r["content"]),
+             Begin(int(r["begin"])), End(int(r["end"])), bool(r["modified"]),
+             bool(r["in_guest"])) for r in tl]
+    assert rows == [
+        (0, 1, BT, L1, Begin.RESTORE, End.SAVE, False, False),
+        (1, 2, BT, L1, Begin.SAVE, End.OVERWRITE, False, False),
+        (2, 3, BG, LG1, Begin.RESTORE, End.VM_ENTRY, False, False),
+        (3, 4, BG, LG1, Begin.VM_ENTRY, End.VM_EXIT, False, True),
+        (4, 5, BG, LG1, Begin.VM_EXIT, End.SAVE, True, False),
+        (5, 6, BG, LG2, Begin.SAVE, End.OVERWRITE, False, False),
+        (6, 6, BT, L1, Begin.RESTORE, End.END_OF_TRACE, False, False),
+    ]
+    # The guest context's own timeline: live on CPU 0 from seq 2 to 6.
+    guest = context_timeline(tl, BG)
+    assert (int(guest["start_seq"][0]), int(guest["end_seq"][-1])) == (2, 6)

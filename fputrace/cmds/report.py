@@ -17,7 +17,15 @@ from rich.console import Console
 from analyzers.costs import compute_costs
 from analyzers.counts import count_events, task_identity
 from analyzers.ownership import Class, analyze
-from fputrace.render import analysis_json, counts_json, render_analysis, render_counts
+from analyzers.timeline import cpu_timeline
+from fputrace.render import (
+    analysis_json,
+    counts_json,
+    render_analysis,
+    render_counts,
+    render_timeline,
+    timeline_json,
+)
 from fputrace.run import load_run
 from fputrace.trace.reader import describe_incomplete
 
@@ -34,6 +42,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-findings", type=int, default=50,
                    help="list at most N lost/stale findings, in trace order (default 50; "
                         "0: all); the counts always cover all")
+    p.add_argument("--timeline", type=int, default=0, metavar="N",
+                   help="also show the first N intervals of the per-CPU ownership timeline")
     p.set_defaults(run=run)
 
 
@@ -45,15 +55,21 @@ def run(args: argparse.Namespace) -> int:
     own = analyze(events, r.symbols.values.get("init_fpstate"))
     costs = compute_costs(events, tasks, own, r.symbols, ident)
     del ident
+    timeline = cpu_timeline(events, own) if args.timeline > 0 else None
     if args.json:
+        extra = {"timeline": timeline_json(timeline, args.timeline)} if timeline is not None \
+            else {}
         json.dump({**counts_json(r, counts),
-                   **analysis_json(r, own, costs, args.max_findings)}, sys.stdout, indent=1)
+                   **analysis_json(r, own, costs, args.max_findings), **extra}, sys.stdout,
+                  indent=1)
         sys.stdout.write("\n")
     else:
         console = Console(emoji=False, highlight=False)
         if not console.is_terminal:
             console = Console(emoji=False, highlight=False, width=200)
         render_analysis(console, r, own, costs, args.top, args.max_findings)
+        if timeline is not None:
+            render_timeline(console, timeline, args.timeline)
         render_counts(console, r, counts, args.top)
     if not r.trace.complete:
         print(f"fputrace: warning: {describe_incomplete(r.trace)}", file=sys.stderr)
