@@ -14,11 +14,17 @@ struct xmm_file {
     uint8_t r[16][16];
 } __attribute__((aligned(16)));
 
-static inline void xmm_pattern(struct xmm_file *f, unsigned seed)
+/* Fill 16 registers of `width` bytes with a pattern of their own per seed. */
+static inline void reg_pattern(uint8_t *regs, int width, unsigned seed)
 {
     for (int i = 0; i < 16; i++)
-        for (int j = 0; j < 16; j++)
-            f->r[i][j] = (uint8_t)(seed * 131 + i * 17 + j);
+        for (int j = 0; j < width; j++)
+            regs[i * width + j] = (uint8_t)(seed * 131 + i * 17 + j);
+}
+
+static inline void xmm_pattern(struct xmm_file *f, unsigned seed)
+{
+    reg_pattern(&f->r[0][0], 16, seed);
 }
 
 #define XMM_LOAD_ALL(src)                                                   \
@@ -74,9 +80,7 @@ struct ymm_file {
 
 static inline void ymm_pattern(struct ymm_file *f, unsigned seed)
 {
-    for (int i = 0; i < 16; i++)
-        for (int j = 0; j < 32; j++)
-            f->r[i][j] = (uint8_t)(seed * 131 + i * 17 + j);
+    reg_pattern(&f->r[0][0], 32, seed);
 }
 
 #define YMM_MOVE_ALL(op, a, b)                                                          \
