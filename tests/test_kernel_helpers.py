@@ -179,3 +179,28 @@ def test_kernel_mechanisms_by_symbol_presence() -> None:
     assert v510 == {"kvm_fpstate_swap": False, "lazy_user_restore": False, "xfd": False}
     # A kernel without KVM says nothing about KVM's design.
     assert "kvm_fpstate_swap" not in {m.name for m in kernel_mechanisms(Symbols.parse(""))}
+
+
+def test_struct_offsets_from_dwarf(tmp_path: Path) -> None:
+    # A stand-in for a vmlinux with debug info: the offsets are fixed by the
+    # padding written here (pid at 8, tgid at 12, comm at 40; current_task at
+    # 16 inside an anonymous union, as in struct pcpu_hot).
+    require(shutil.which("gcc") is not None, "gcc not installed")
+    from fputrace.kernel.dwarf import struct_offsets
+
+    src = tmp_path / "k.c"
+    src.write_text(
+        "struct task_struct { long state; int pid; int tgid; char pad[24]; char comm[16]; };\n"
+        "struct pcpu_hot { long a, b; union { struct { struct task_struct *current_task; };"
+        " char pad[64]; }; };\n"
+        "struct task_struct t; struct pcpu_hot h;\n")
+    obj = tmp_path / "k.o"
+    subprocess.run(["gcc", "-g", "-c", "-o", str(obj), str(src)], check=True)
+    offsets = struct_offsets(obj, {"task_struct": ["pid", "tgid", "comm"],
+                                   "pcpu_hot": ["current_task"]})
+    assert offsets == {"task_struct": {"pid": 8, "tgid": 12, "comm": 40},
+                       "pcpu_hot": {"current_task": 16}}
+    plain = tmp_path / "nodebug.o"
+    subprocess.run(["gcc", "-c", "-o", str(plain), str(src)], check=True)
+    with pytest.raises(FputraceError, match="no DWARF debug info"):
+        struct_offsets(plain, {"task_struct": ["pid"]})
