@@ -105,7 +105,13 @@ class Ownership:
     unknown_reason: npt.NDArray[np.uint8]
     context_kind: npt.NDArray[np.int8]  # of the event's buffer, -1 for non save/restore
     guest_buffers: dict[int, int]  # buffer -> VMCB of the vCPU it holds the state of
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)  # in trace order
+    findings_total: int = -1  # all of them, if more than are listed
+    task_ident: npt.NDArray[np.int64] | None = None  # task_identity(), when computed on the way
+
+    def __post_init__(self) -> None:
+        if self.findings_total < 0:
+            self.findings_total = len(self.findings)
 
 
 def _kind_table(kinds: frozenset[fmt.Kind]) -> npt.NDArray[np.bool_]:
@@ -133,8 +139,50 @@ def _chain(keys: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.int64], npt.ND
     return prev, nxt
 
 
-def analyze(ev: npt.NDArray[np.void], init_fpstate: int | None = None) -> Ownership:
-    """Classify every save and restore of a trace's events (in seq order)."""
+def _lost_description(victim: int, by: int) -> str:
+    return (f"registers of buffer {victim:#x} changed after its last sync and were "
+            f"overwritten by a restore of {by:#x} without a save; the context later resumed "
+            "from its older buffer")
+
+
+def _stale_description(buffer: int) -> str:
+    return f"buffer {buffer:#x} restored over newer live registers of the same context"
+
+
+def analyze(ev: npt.NDArray[np.void], init_fpstate: int | None = None,
+            tasks: npt.NDArray[np.void] | None = None) -> Ownership:
+    """Classify every save and restore of a trace's events (in seq order).
+
+    Uses the compiled pass when it is built (analyzers/native), else the
+    numpy implementation; both give the same result. With `tasks`, the
+    compiled pass also returns each event's task announcement."""
+    from analyzers import native
+
+    if not native.available():
+        return analyze_reference(ev, init_fpstate)
+    init_lo = init_fpstate or 0
+    init_hi = init_lo + INIT_FPSTATE_SPAN if init_fpstate is not None else 0
+    empty_tasks = np.empty(0, dtype=fmt.TASK_DTYPE)
+    r = native.classify(ev, tasks if tasks is not None else empty_tasks, init_lo, init_hi,
+                        AVX_INIT_HASH)
+    if r.guest:
+        addr = ev["addr"]
+        guest_ctx = (r.ctx == ContextKind.TASK) & np.isin(addr, np.fromiter(r.guest, dtype=U64))
+        r.ctx[guest_ctx] = ContextKind.GUEST
+    findings = []
+    for event, last, resumed, buffer, c in sorted(r.findings):
+        if c == Class.LOST_STATE:
+            desc = _lost_description(buffer, int(ev["addr"][event]))
+        else:
+            desc = _stale_description(buffer)
+        findings.append(Finding(Class(c), event, buffer, last, resumed, desc))
+    return Ownership(r.cls, r.why, r.ctx, r.guest, findings, r.findings_total,
+                     r.ident if tasks is not None else None)
+
+
+def analyze_reference(ev: npt.NDArray[np.void], init_fpstate: int | None = None) -> Ownership:
+    """The numpy implementation of analyze(): the specification the compiled
+    pass is tested against."""
     n = len(ev)
     kind = ev["kind"]
     flags = ev["flags"]
@@ -287,14 +335,9 @@ def analyze(ev: npt.NDArray[np.void], init_fpstate: int | None = None) -> Owners
         i, last = int(ops[j]), int(ops[p[j]])
         if rest_cls[j] == Class.LOST_STATE:
             victim = int(addr[p[j]])
-            findings.append(Finding(
-                Class.LOST_STATE, i, victim, last, int(ops[nb[p[j]]]),
-                f"registers of buffer {victim:#x} changed after its last sync and were "
-                f"overwritten by a restore of {int(addr[j]):#x} without a save; the context "
-                "later resumed from its older buffer"))
+            findings.append(Finding(Class.LOST_STATE, i, victim, last, int(ops[nb[p[j]]]),
+                                    _lost_description(victim, int(addr[j]))))
         else:
-            findings.append(Finding(
-                Class.STALE_RESTORE, i, int(addr[j]), last, -1,
-                f"buffer {int(addr[j]):#x} restored over newer live registers of the same "
-                "context"))
+            findings.append(Finding(Class.STALE_RESTORE, i, int(addr[j]), last, -1,
+                                    _stale_description(int(addr[j]))))
     return Ownership(cls, why, context_kind, guest, findings)

@@ -1,0 +1,522 @@
+/*
+ * fpanalysis: the per-event passes of fputrace's analyzers, in C, for traces
+ * of tens of millions of events. Loaded by analyzers/native.py with ctypes.
+ *
+ * fpa_classify() is analyzers/ownership.py's analyze() done in one linear
+ * pass with per-CPU and per-buffer state (same rules, docs/analysis.md);
+ * analyze_reference() stays the specification, and the tests require both to
+ * agree. It also computes each event's task announcement (task_identity()).
+ *
+ * fpa_group() counts events per (key, category) with a hash table, reading
+ * keys, categories and weights in place from the trace's record array.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- trace format (docs/trace-format.md) ---- */
+
+struct ftr_event {
+    uint64_t seq, pc, task, addr, value, xcr0;
+    uint64_t mem_hash, mem_legacy_hash, mem_ext_hash;
+    uint64_t regs_hash, regs_after_hash, xstate_bv, aux;
+    uint32_t index, mem_bytes, mem_features, flags;
+    uint16_t vcpu;
+    uint8_t kind, reserved8;
+    uint32_t reserved32;
+};
+_Static_assert(sizeof(struct ftr_event) == 128, "event record is 128 bytes");
+
+struct ftr_task {
+    uint64_t seq, task;
+    uint32_t pid, tgid;
+    char comm[16];
+    uint16_t vcpu, flags;
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct ftr_task) == 48, "task record is 48 bytes");
+
+enum {
+    KIND_XSAVE = 1, KIND_XSAVEOPT = 2, KIND_XSAVEC = 3, KIND_XSAVES = 4,
+    KIND_XRSTOR = 5, KIND_XRSTORS = 6, KIND_FXSAVE = 7, KIND_FXRSTOR = 8,
+    KIND_VM_ENTRY = 13,
+    KIND_FPSIMD_SAVE = 36, KIND_FPSIMD_LOAD = 37, KIND_SVE_SAVE = 38, KIND_SVE_LOAD = 39,
+};
+
+#define FLAG_L2             0x004
+#define FLAG_TASK_VALID     0x010
+#define FLAG_MEM_VALID      0x020
+#define FLAG_REGS_VALID     0x040
+#define FLAG_KERNEL_SIMD    0x080
+#define FLAG_AFTER_VALID    0x100
+
+/* analyzers/ownership.py: Class, Unknown, ContextKind */
+enum { NECESSARY, REDUNDANT_SAVE, REDUNDANT_RESTORE, LOST_STATE, STALE_RESTORE, UNKNOWN,
+       NOT_CLASSIFIED = 255 };
+enum { WHY_NONE, NO_MEMORY_ACCESS, FIRST_SIGHT, NO_PREVIOUS_OWNER, REGISTERS_NOT_READ,
+       MASKS_DIFFER, NESTED_GUEST };
+enum { CTX_TASK, CTX_GUEST, CTX_SIGNAL_FRAME, CTX_INIT };
+
+#define USER_LIMIT (1ull << 47)
+
+/* ---- a growable open-addressing map: u64 key -> slot number ---- */
+
+struct map {
+    uint64_t *keys;
+    uint32_t *slots;
+    uint8_t *used;
+    size_t cap, len;
+};
+
+static inline uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return x;
+}
+
+static int map_init(struct map *m, size_t cap)
+{
+    m->cap = cap;
+    m->len = 0;
+    m->keys = calloc(cap, sizeof(*m->keys));
+    m->slots = calloc(cap, sizeof(*m->slots));
+    m->used = calloc(cap, 1);
+    return m->keys && m->slots && m->used ? 0 : -1;
+}
+
+static void map_free(struct map *m)
+{
+    free(m->keys);
+    free(m->slots);
+    free(m->used);
+}
+
+/* The slot of key, or UINT32_MAX. */
+static inline uint32_t map_get(const struct map *m, uint64_t key)
+{
+    size_t i = mix64(key) & (m->cap - 1);
+
+    while (m->used[i]) {
+        if (m->keys[i] == key) {
+            return m->slots[i];
+        }
+        i = (i + 1) & (m->cap - 1);
+    }
+    return UINT32_MAX;
+}
+
+static int map_grow(struct map *m);
+
+/* The slot of key, given the next free slot number if new (*created set). */
+static inline int map_put(struct map *m, uint64_t key, uint32_t *slot, int *created)
+{
+    size_t i;
+
+    if ((m->len + 1) * 2 > m->cap && map_grow(m) < 0) {
+        return -1;
+    }
+    i = mix64(key) & (m->cap - 1);
+    while (m->used[i]) {
+        if (m->keys[i] == key) {
+            *slot = m->slots[i];
+            *created = 0;
+            return 0;
+        }
+        i = (i + 1) & (m->cap - 1);
+    }
+    m->used[i] = 1;
+    m->keys[i] = key;
+    m->slots[i] = (uint32_t)m->len;
+    *slot = (uint32_t)m->len++;
+    *created = 1;
+    return 0;
+}
+
+static int map_grow(struct map *m)
+{
+    struct map bigger;
+
+    if (map_init(&bigger, m->cap * 2) < 0) {
+        map_free(&bigger);
+        return -1;
+    }
+    for (size_t i = 0; i < m->cap; i++) {
+        if (m->used[i]) {
+            size_t j = mix64(m->keys[i]) & (bigger.cap - 1);
+            while (bigger.used[j]) {
+                j = (j + 1) & (bigger.cap - 1);
+            }
+            bigger.used[j] = 1;
+            bigger.keys[j] = m->keys[i];
+            bigger.slots[j] = m->slots[i];
+        }
+    }
+    bigger.len = m->len;
+    map_free(m);
+    *m = bigger;
+    return 0;
+}
+
+/* ---- classification ---- */
+
+struct cpu_state {
+    int64_t last_op;            /* the previous L1 save/restore on this CPU, or -1 */
+    uint64_t sync;              /* register content it left behind */
+    int sync_ok;
+    uint64_t owner;             /* its buffer */
+    int8_t owner_ctx;
+    int kernel_simd;            /* KERNEL_SIMD seen since last_op */
+    int have_restore;
+    uint64_t last_restore;      /* buffer of the last restore: the guest's at a VM entry */
+};
+
+struct buf_state {
+    int64_t last_op;
+    int64_t pending_overwrite;  /* a restore that overwrote this context's newer registers */
+    int64_t pending_last_sync;
+    uint64_t pending_sync;
+};
+
+static inline int is_save(uint8_t k)
+{
+    return k == KIND_XSAVE || k == KIND_XSAVEOPT || k == KIND_XSAVEC || k == KIND_XSAVES ||
+           k == KIND_FXSAVE || k == KIND_FPSIMD_SAVE || k == KIND_SVE_SAVE;
+}
+
+static inline int is_restore(uint8_t k)
+{
+    return k == KIND_XRSTOR || k == KIND_XRSTORS || k == KIND_FXRSTOR ||
+           k == KIND_FPSIMD_LOAD || k == KIND_SVE_LOAD;
+}
+
+static inline uint64_t covers(const struct ftr_event *e)
+{
+    return (e->kind == KIND_FXSAVE || e->kind == KIND_FXRSTOR) ? 3 : e->value & e->xcr0;
+}
+
+struct fpa_findings {
+    int64_t *event, *last_sync, *resumed;
+    uint64_t *buffer;
+    uint8_t *cls;
+    size_t cap, len, total;
+};
+
+static void finding_add(struct fpa_findings *f, int64_t event, int64_t last, int64_t resumed,
+                        uint64_t buffer, uint8_t cls)
+{
+    f->total++;
+    if (f->len < f->cap) {
+        f->event[f->len] = event;
+        f->last_sync[f->len] = last;
+        f->resumed[f->len] = resumed;
+        f->buffer[f->len] = buffer;
+        f->cls[f->len] = cls;
+        f->len++;
+    }
+}
+
+/*
+ * Returns 0, or -1 when memory ran out. Outputs, all of length n: cls, why,
+ * ctx (-1 for events that are not L1 saves/restores), ident (task
+ * announcement index or -1). Guest buffers go to guest_buf/guest_vmcb
+ * (*n_guest of them, at most guest_cap); findings to the arrays of f.
+ */
+int fpa_classify(const struct ftr_event *ev, size_t n,
+                 const struct ftr_task *tasks, size_t n_tasks,
+                 uint64_t init_lo, uint64_t init_hi, uint64_t avx_init_hash,
+                 uint8_t *cls, uint8_t *why, int8_t *ctx, int64_t *ident,
+                 uint64_t *guest_buf, uint64_t *guest_vmcb, size_t guest_cap, size_t *n_guest,
+                 int64_t *f_event, int64_t *f_last, int64_t *f_resumed, uint64_t *f_buffer,
+                 uint8_t *f_cls, size_t f_cap, size_t *f_len, size_t *f_total)
+{
+    struct map task_map = { 0 }, buf_map = { 0 }, guest_map = { 0 };
+    struct buf_state *bufs = NULL;
+    size_t bufs_cap = 1024;
+    int64_t *task_announcement = malloc((n_tasks + 1) * sizeof(int64_t));
+    struct cpu_state cpus[65536 / 256];         /* vCPU indices < 256 in practice */
+    struct cpu_state *cs_big = NULL;
+    uint32_t max_cpu = 0;
+    size_t ti = 0;
+    struct fpa_findings f = { f_event, f_last, f_resumed, f_buffer, f_cls, f_cap, 0, 0 };
+    int rc = -1;
+
+    for (size_t i = 0; i < n; i++) {
+        if (ev[i].vcpu > max_cpu) {
+            max_cpu = ev[i].vcpu;
+        }
+    }
+    struct cpu_state *cpu_states = cpus;
+    if (max_cpu >= sizeof(cpus) / sizeof(cpus[0])) {
+        cs_big = calloc(max_cpu + 1, sizeof(*cs_big));
+        if (!cs_big) {
+            free(task_announcement);
+            return -1;
+        }
+        cpu_states = cs_big;
+    }
+    for (uint32_t c = 0; c <= max_cpu; c++) {
+        memset(&cpu_states[c], 0, sizeof(cpu_states[c]));
+        cpu_states[c].last_op = -1;
+    }
+    if (map_init(&task_map, 1024) < 0 || map_init(&buf_map, 4096) < 0 ||
+        map_init(&guest_map, 64) < 0) {
+        goto out;
+    }
+    bufs = malloc(bufs_cap * sizeof(*bufs));
+    if (!bufs || !task_announcement) {
+        goto out;
+    }
+    *n_guest = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        const struct ftr_event *e = &ev[i];
+        struct cpu_state *cs = &cpu_states[e->vcpu];
+        uint32_t slot;
+        int created;
+
+        /* The task announcement in force: the latest for this pointer so far. */
+        while (ti < n_tasks && tasks[ti].seq <= e->seq) {
+            if (map_put(&task_map, tasks[ti].task, &slot, &created) < 0) {
+                goto out;
+            }
+            task_announcement[slot] = (int64_t)ti++;
+        }
+        ident[i] = -1;
+        if (e->flags & FLAG_TASK_VALID) {
+            uint32_t ts = map_get(&task_map, e->task);
+            if (ts != UINT32_MAX) {
+                ident[i] = task_announcement[ts];
+            }
+        }
+        cls[i] = NOT_CLASSIFIED;
+        why[i] = WHY_NONE;
+        ctx[i] = -1;
+        if (e->flags & FLAG_KERNEL_SIMD) {
+            cs->kernel_simd = 1;
+        }
+        if (e->kind == KIND_VM_ENTRY && !(e->flags & FLAG_L2) && cs->have_restore) {
+            if (map_put(&guest_map, cs->last_restore, &slot, &created) < 0) {
+                goto out;
+            }
+            if (created && *n_guest < guest_cap) {
+                guest_buf[*n_guest] = cs->last_restore;
+                guest_vmcb[*n_guest] = e->addr;
+                (*n_guest)++;
+            }
+        }
+        if (!is_save(e->kind) && !is_restore(e->kind)) {
+            continue;
+        }
+        if (!(e->flags & FLAG_MEM_VALID)) {
+            cls[i] = UNKNOWN;
+            why[i] = NO_MEMORY_ACCESS;
+            continue;
+        }
+        if (e->flags & FLAG_L2) {
+            cls[i] = UNKNOWN;
+            why[i] = NESTED_GUEST;
+            continue;
+        }
+
+        int save = is_save(e->kind);
+        int regs_ok = !!(e->flags & FLAG_REGS_VALID);
+        int after_ok = !!(e->flags & FLAG_AFTER_VALID);
+        int8_t my_ctx = CTX_TASK;
+        if (e->addr < USER_LIMIT && (e->flags & FLAG_TASK_VALID)) {
+            my_ctx = CTX_SIGNAL_FRAME;
+        }
+        if (init_hi && e->addr >= init_lo && e->addr < init_hi) {
+            my_ctx = CTX_INIT;
+        }
+        ctx[i] = my_ctx;
+
+        int64_t p = cs->last_op;
+        int has_p = p >= 0;
+        int known = has_p && cs->sync_ok && regs_ok;
+        int modified = known && e->regs_hash != cs->sync;
+        int kernel_use = has_p && cs->kernel_simd;
+        int owner_same = has_p && cs->owner == e->addr;
+        int owner_dirty = modified && !kernel_use;
+        uint64_t my_sync = save ? e->regs_hash : e->regs_after_hash;
+        int my_sync_ok = save ? regs_ok : after_ok;
+
+        if (map_put(&buf_map, e->addr, &slot, &created) < 0) {
+            goto out;
+        }
+        if (slot >= bufs_cap) {
+            struct buf_state *more = realloc(bufs, bufs_cap * 2 * sizeof(*bufs));
+            if (!more) {
+                goto out;
+            }
+            bufs = more;
+            bufs_cap *= 2;
+        }
+        struct buf_state *bs = &bufs[slot];
+        if (created) {
+            bs->last_op = -1;
+            bs->pending_overwrite = -1;
+        }
+        /* This is the next operation on a context that was overwritten: a lost
+         * state if it resumes with exactly the bytes of its last sync. */
+        if (bs->pending_overwrite >= 0) {
+            if (!save && after_ok && e->regs_after_hash == bs->pending_sync) {
+                cls[bs->pending_overwrite] = LOST_STATE;
+                finding_add(&f, bs->pending_overwrite, bs->pending_last_sync, (int64_t)i,
+                            e->addr, LOST_STATE);
+            }
+            bs->pending_overwrite = -1;
+        }
+        int64_t q = bs->last_op;
+
+        if (save) {
+            if (q < 0) {
+                cls[i] = UNKNOWN;
+                why[i] = FIRST_SIGHT;
+            } else {
+                const struct ftr_event *eq = &ev[q];
+                int q_save = is_save(eq->kind);
+                uint64_t mask_s = covers(e), mask_q = covers(eq);
+                int redundant, undecidable;
+                if (q_save) {
+                    redundant = e->mem_hash == eq->mem_hash && mask_s == mask_q;
+                    undecidable = !redundant && mask_s != mask_q;
+                } else {
+                    int both_read = regs_ok && (eq->flags & FLAG_AFTER_VALID);
+                    uint64_t avx = e->mem_hash - e->mem_legacy_hash;
+                    uint64_t avx_q = (eq->xstate_bv & 4) ? eq->mem_hash - eq->mem_legacy_hash
+                                                         : avx_init_hash;
+                    int wants_avx = (mask_s & 4) != 0;
+                    redundant = both_read && e->regs_hash == eq->regs_after_hash &&
+                                (!wants_avx || avx == avx_q);
+                    undecidable = !redundant && (!both_read || (wants_avx && !(mask_q & 4)));
+                    if (undecidable) {
+                        why[i] = !both_read ? REGISTERS_NOT_READ : MASKS_DIFFER;
+                    }
+                }
+                if (redundant) {
+                    cls[i] = REDUNDANT_SAVE;
+                } else if (undecidable) {
+                    cls[i] = UNKNOWN;
+                    if (q_save) {
+                        why[i] = MASKS_DIFFER;
+                    }
+                } else {
+                    cls[i] = NECESSARY;
+                }
+            }
+        } else {
+            int unchanged = after_ok && regs_ok && e->regs_after_hash == e->regs_hash;
+            int buffer_unchanged = after_ok && has_p && cs->sync_ok &&
+                                   e->regs_after_hash == cs->sync;
+            uint8_t c = NECESSARY;
+            if (owner_same && known && !modified && unchanged) {
+                c = REDUNDANT_RESTORE;
+            }
+            if (owner_same && owner_dirty && buffer_unchanged && my_ctx != CTX_INIT) {
+                c = STALE_RESTORE;
+            }
+            if (has_p && !owner_same && owner_dirty && cs->owner_ctx != CTX_INIT && cs->sync_ok) {
+                /* Another context's newer registers are overwritten without a
+                 * save. It is lost if that context's next operation, none
+                 * having happened since its last sync, reloads that sync. */
+                uint32_t vslot = map_get(&buf_map, cs->owner);
+                if (vslot != UINT32_MAX && bufs[vslot].last_op == p) {
+                    bufs[vslot].pending_overwrite = (int64_t)i;
+                    bufs[vslot].pending_last_sync = p;
+                    bufs[vslot].pending_sync = cs->sync;
+                }
+            }
+            if (!has_p) {
+                c = UNKNOWN;
+                why[i] = NO_PREVIOUS_OWNER;
+            } else if (!known && c == NECESSARY) {
+                c = UNKNOWN;
+                why[i] = REGISTERS_NOT_READ;
+            }
+            cls[i] = c;
+            if (c == STALE_RESTORE) {
+                finding_add(&f, (int64_t)i, p, -1, e->addr, STALE_RESTORE);
+            }
+            cs->have_restore = 1;
+            cs->last_restore = e->addr;
+        }
+        cs->last_op = (int64_t)i;
+        cs->sync = my_sync;
+        cs->sync_ok = my_sync_ok;
+        cs->owner = e->addr;
+        cs->owner_ctx = my_ctx;
+        cs->kernel_simd = 0;
+        bs->last_op = (int64_t)i;
+    }
+    rc = 0;
+out:
+    *f_len = f.len;
+    *f_total = f.total;
+    map_free(&task_map);
+    map_free(&buf_map);
+    map_free(&guest_map);
+    free(bufs);
+    free(cs_big);
+    free(task_announcement);
+    return rc;
+}
+
+/*
+ * Count events per (key, category) and sum a weight per (key, category).
+ * Keys (u64), categories (u8) and weights (u32, may be NULL) are read with
+ * byte strides, straight from a record array. Events with mask[i] == 0 are
+ * skipped (mask may be NULL). Writes at most cap keys; returns how many
+ * distinct keys there are (call again with a larger cap if more), or -1.
+ */
+int64_t fpa_group(const uint8_t *keys, size_t key_stride,
+                  const uint8_t *cats, size_t cat_stride,
+                  const uint8_t *weights, size_t weight_stride,
+                  const uint8_t *mask, size_t n, size_t ncat,
+                  uint64_t *out_keys, uint64_t *out_counts, uint64_t *out_sums, size_t cap)
+{
+    struct map m;
+    size_t k;
+
+    if (map_init(&m, 64) < 0) {
+        map_free(&m);
+        return -1;
+    }
+    memset(out_counts, 0, cap * ncat * sizeof(*out_counts));
+    if (out_sums) {
+        memset(out_sums, 0, cap * ncat * sizeof(*out_sums));
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t key;
+        uint32_t slot, w = 0;
+        int created;
+        uint8_t cat = cats[i * cat_stride];
+
+        if ((mask && !mask[i]) || cat >= ncat) {
+            continue;
+        }
+        memcpy(&key, keys + i * key_stride, sizeof(key));
+        if (map_put(&m, key, &slot, &created) < 0) {
+            map_free(&m);
+            return -1;
+        }
+        if (slot >= cap) {
+            continue;
+        }
+        if (created) {
+            out_keys[slot] = key;
+        }
+        out_counts[slot * ncat + cat]++;
+        if (weights && out_sums) {
+            memcpy(&w, weights + i * weight_stride, sizeof(w));
+            out_sums[slot * ncat + cat] += w;
+        }
+    }
+    k = m.len;
+    map_free(&m);
+    return (int64_t)k;
+}
