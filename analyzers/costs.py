@@ -6,6 +6,7 @@ definitions are in docs/analysis.md."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +14,9 @@ import numpy.typing as npt
 from analyzers.counts import task_identity, task_label
 from analyzers.ownership import UNKNOWN_REASONS, Class, ContextKind, Ownership, Unknown
 from fputrace.kernel.symbols import Symbols
+
+if TYPE_CHECKING:
+    from analyzers.native import Aggregates
 from fputrace.trace import format as fmt
 
 CLASSES = [c for c in Class if c != Class.NOT_CLASSIFIED]
@@ -57,25 +61,19 @@ class Costs:
     per_operation: dict[str, dict[str, float | int]]
 
 
-def _rows(keys: npt.NDArray[np.int64], cls: npt.NDArray[np.uint8],
-          nbytes: npt.NDArray[np.int64], labels: dict[int, str]) -> list[Row]:
-    """Group classified events by key: counts and bytes per class."""
-    rows: list[Row] = []
-    if not len(keys):
-        return rows
-    uniq, inv = np.unique(keys, return_inverse=True)
-    k = len(uniq)
-    for c in CLASSES:
-        sel = cls == c
-        counts = np.bincount(inv[sel], minlength=k)
-        sums = np.bincount(inv[sel], weights=nbytes[sel], minlength=k)
-        if not rows:
-            rows = [Row(labels.get(int(u), str(int(u))), {}, {}) for u in uniq]
-        for r, n, b in zip(rows, counts.tolist(), sums.tolist(), strict=True):
-            if n:
-                r.by_class[c.name.lower()] = int(n)
-                r.bytes_by_class[c.name.lower()] = int(b)
-    return rows
+def _rows_from(keys: list[int], counts: npt.NDArray[np.generic], sums: npt.NDArray[np.generic],
+               labels: dict[int, str]) -> list[Row]:
+    """Rows from (key x class) count and byte tables, merged by label,
+    largest redundant bytes first."""
+    merged: dict[str, Row] = {}
+    for key, crow, srow in zip(keys, counts, sums, strict=True):
+        label = labels.get(key, str(key))
+        r = merged.setdefault(label, Row(label, {}, {}))
+        for c in np.flatnonzero(crow).tolist():
+            name = Class(c).name.lower()
+            r.by_class[name] = r.by_class.get(name, 0) + int(crow[c])
+            r.bytes_by_class[name] = r.bytes_by_class.get(name, 0) + int(srow[c])
+    return sorted(merged.values(), key=lambda r: (-r.redundant_bytes, -r.events, r.label))
 
 
 def _pct(part: int, whole: int) -> float:
@@ -85,129 +83,223 @@ def _pct(part: int, whole: int) -> float:
 def compute_costs(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], own: Ownership,
                   symbols: Symbols, ident: npt.NDArray[np.int64] | None = None) -> Costs:
     """ident: task_identity(ev, tasks), when the caller has it already."""
-    classified = np.flatnonzero(own.cls != Class.NOT_CLASSIFIED)
-    cls = own.cls[classified]
-    nbytes = ev["mem_bytes"][classified].astype(np.int64)
-    kinds = ev["kind"][classified]
-    is_save = np.isin(kinds, [int(k) for k in fmt.SAVE_KINDS])
+    from analyzers import native
 
-    classes = {c.name.lower(): int(np.count_nonzero(cls == c)) for c in CLASSES}
-    class_bytes = {c.name.lower(): int(nbytes[cls == c].sum()) for c in CLASSES}
-    why = own.unknown_reason[classified][cls == Class.UNKNOWN]
-    unknown_reasons = {UNKNOWN_REASONS[Unknown(int(u))]: int(n)
-                       for u, n in zip(*np.unique(why, return_counts=True), strict=True)}
-    saves = int(is_save.sum())
-    restores = int((~is_save).sum())
+    ncls = len(CLASSES)  # class numbers 0..ncls-1; NOT_CLASSIFIED is left out
+    cls = own.cls
+    nbytes = ev["mem_bytes"]
+    kind = ev["kind"]
+    save_kind = np.zeros(256, dtype=bool)
+    save_kind[[int(k) for k in fmt.SAVE_KINDS]] = True
+    classified = cls < ncls
+    is_save = save_kind[kind]
+
+    by_cls = np.bincount(cls, minlength=256)[:ncls]
+    bytes_cls = np.bincount(cls, weights=nbytes, minlength=256)[:ncls]
+    classes = {c.name.lower(): int(by_cls[c]) for c in CLASSES}
+    class_bytes = {c.name.lower(): int(bytes_cls[c]) for c in CLASSES}
+    why = np.bincount(own.unknown_reason[cls == Class.UNKNOWN], minlength=len(Unknown))
+    unknown_reasons = {UNKNOWN_REASONS[Unknown(u)]: int(why[u])
+                       for u in np.flatnonzero(why).tolist()}
+    saves = int(np.count_nonzero(classified & is_save))
+    restores = int(np.count_nonzero(classified)) - saves
+    redundant_bytes = int(bytes_cls[Class.REDUNDANT_SAVE] + bytes_cls[Class.REDUNDANT_RESTORE])
     redundant_pct = {
-        "saves": _pct(int(np.count_nonzero(cls == Class.REDUNDANT_SAVE)), saves),
-        "restores": _pct(int(np.count_nonzero(cls == Class.REDUNDANT_RESTORE)), restores),
-        "bytes": _pct(int(nbytes[np.isin(cls, REDUNDANT)].sum()), int(nbytes.sum())),
+        "saves": _pct(classes["redundant_save"], saves),
+        "restores": _pct(classes["redundant_restore"], restores),
+        "bytes": _pct(redundant_bytes, int(bytes_cls.sum())),
     }
 
     # Call sites: the instruction's own kernel location.
-    pcs = ev["pc"][classified].view(np.int64)  # grouping key; labels from the unsigned pc
-    site_labels = {p: symbols.describe(p & ((1 << 64) - 1)) for p in np.unique(pcs).tolist()}
-    per_callsite = _rows(pcs, cls, nbytes, site_labels)
-    per_callsite.sort(key=lambda r: (-r.redundant_bytes, -r.events, r.label))
+    pcs, counts, sums = native.group(ev["pc"], cls, ncls, nbytes)
+    pc_list = pcs.tolist()
+    per_callsite = _rows_from(pc_list, counts, sums, {p: symbols.describe(p) for p in pc_list})
 
     if ident is None:
         ident = task_identity(ev, tasks)
-    ident = ident[classified]
-    task_labels = {int(i): task_label(tasks, int(i)) for i in np.unique(ident).tolist()}
-    per_task = _merge_by_label(_rows(ident, cls, nbytes, task_labels))
+    t_keys, counts, sums = native.group(ident, cls, ncls, nbytes)
+    t_list = t_keys.view(np.int64).tolist()
+    per_task = _rows_from(t_list, counts, sums, {i: task_label(tasks, i) for i in t_list})
 
     # vCPUs: operations on a vCPU's guest buffers, keyed by its VMCB.
-    vmcb_of = own.guest_buffers
-    vkeys = np.full(len(classified), -1, np.int64)
-    if vmcb_of:
-        bufs = np.array(sorted(vmcb_of), dtype=np.uint64)
-        vmcbs = np.array([vmcb_of[int(b)] for b in bufs], dtype=np.int64)
-        addrs = ev["addr"][classified]
-        pos = np.minimum(np.searchsorted(bufs, addrs), len(bufs) - 1)
-        vkeys = np.where(bufs[pos] == addrs, vmcbs[pos], -1)
-    on_guest = vkeys >= 0
-    entries = ev["kind"] == fmt.Kind.VM_ENTRY
-    per_vcpu = _rows(vkeys[on_guest], cls[on_guest], nbytes[on_guest],
-                     {v: f"vcpu vmcb={v:#x}" for v in set(vmcb_of.values())})
-    for r in per_vcpu:
-        vmcb = int(r.label.split("=", 1)[1], 16)
-        r.extra["vm_entries"] = int(np.count_nonzero(entries & (ev["addr"] == vmcb)))
+    per_vcpu: list[Row] = []
+    if own.guest_buffers:
+        bufs, counts, sums = native.group(ev["addr"], cls, ncls, nbytes,
+                                          own.context_kind == ContextKind.GUEST)
+        vmcbs = [own.guest_buffers.get(int(b), -1) for b in bufs.tolist()]
+        per_vcpu = _rows_from(vmcbs, counts, sums, {v: f"vcpu vmcb={v:#x}" for v in vmcbs})
+        entries = (kind == fmt.Kind.VM_ENTRY) & ((ev["flags"] & fmt.Flag.L2) == 0)
+        entry_vmcbs, entry_counts = np.unique(ev["addr"][entries], return_counts=True)
+        per_entry = dict(zip(entry_vmcbs.tolist(), entry_counts.tolist(), strict=True))
+        for r in per_vcpu:
+            r.extra["vm_entries"] = int(per_entry.get(int(r.label.split("=", 1)[1], 16), 0))
 
-    level = ((ev["flags"][classified] & fmt.Flag.L2) != 0).astype(np.int64)
-    per_level = _rows(level, cls, nbytes, {0: "L1 host", 1: "L2 guest"})
+    level = ((ev["flags"] & fmt.Flag.L2) != 0).astype(np.int64)
+    sel = classified
+    lc = np.bincount(level[sel] * ncls + cls[sel], minlength=2 * ncls).reshape(2, ncls)
+    ls = np.bincount(level[sel] * ncls + cls[sel], weights=nbytes[sel],
+                     minlength=2 * ncls).reshape(2, ncls)
+    present = [lv for lv in (0, 1) if lc[lv].any()]
+    per_level = _rows_from(present, lc[present], ls[present], {0: "L1 host", 1: "L2 guest"})
 
-    per_component = _components(ev["mem_features"][classified], is_save, cls)
+    per_component = _components(ev["mem_features"], is_save, cls, classified)
     per_operation = _per_operation(ev, own, classified, is_save, nbytes)
     return Costs(classes, class_bytes, unknown_reasons, redundant_pct, per_callsite, per_task,
                  per_vcpu, per_level, per_component, per_operation)
 
 
-def _merge_by_label(rows: list[Row]) -> list[Row]:
-    merged: dict[str, Row] = {}
-    for r in rows:
-        m = merged.setdefault(r.label, Row(r.label, {}, {}))
-        for k, v in r.by_class.items():
-            m.by_class[k] = m.by_class.get(k, 0) + v
-        for k, v in r.bytes_by_class.items():
-            m.bytes_by_class[k] = m.bytes_by_class.get(k, 0) + v
-    return sorted(merged.values(), key=lambda r: (-r.redundant_bytes, -r.events, r.label))
-
-
-def _components(features: npt.NDArray[np.uint32], is_save: npt.NDArray[np.bool_],
-                cls: npt.NDArray[np.uint8]) -> dict[str, dict[str, int]]:
+def _component_bytes(features: list[int], table: npt.NDArray[np.generic]
+                     ) -> dict[str, dict[str, int]]:
+    """Split (feature set x [restored, saved, redundant restored, redundant
+    saved]) counts into bytes per component."""
     out: dict[str, dict[str, int]] = {}
-    redundant = np.isin(cls, REDUNDANT)
-    for bit, (name, size) in COMPONENT_BYTES.items():
-        has = (features & np.uint32(1 << bit)) != 0
-        if not has.any():
-            continue
-        out[name] = {
-            "saved": int(np.count_nonzero(has & is_save)) * size,
-            "restored": int(np.count_nonzero(has & ~is_save)) * size,
-            "redundant": int(np.count_nonzero(has & redundant)) * size,
-        }
+    for feat, row in zip(features, table, strict=True):
+        for bit, (name, size) in COMPONENT_BYTES.items():
+            if not feat >> bit & 1:
+                continue
+            b = out.setdefault(name, {"saved": 0, "restored": 0, "redundant": 0})
+            for c in range(4):
+                n = int(row[c]) * size
+                b["saved" if c & 1 else "restored"] += n
+                if c & 2:
+                    b["redundant"] += n
     return out
 
 
+def _components(features: npt.NDArray[np.uint32], is_save: npt.NDArray[np.bool_],
+                cls: npt.NDArray[np.uint8], classified: npt.NDArray[np.bool_]
+                ) -> dict[str, dict[str, int]]:
+    """Bytes per XSAVE component: the classified operations are counted per
+    distinct feature set and category (restored/saved, redundant or not),
+    then split by component."""
+    from analyzers import native
+
+    redundant = (cls == Class.REDUNDANT_SAVE) | (cls == Class.REDUNDANT_RESTORE)
+    cat = (is_save.astype(np.uint8) + 2 * redundant.astype(np.uint8))[classified]
+    keys, counts, _ = native.group(features[classified].astype(np.uint64), cat, 4)
+    return _component_bytes(keys.tolist(), counts)
+
+
 def _per_operation(ev: npt.NDArray[np.void], own: Ownership,
-                   classified: npt.NDArray[np.int64], is_save: npt.NDArray[np.bool_],
-                   nbytes: npt.NDArray[np.int64]) -> dict[str, dict[str, float | int]]:
+                   classified: npt.NDArray[np.bool_], is_save: npt.NDArray[np.bool_],
+                   nbytes: npt.NDArray[np.generic]) -> dict[str, dict[str, float | int]]:
     """Saves, restores and bytes per VM entry, per context switch, per signal."""
     l1 = (ev["flags"] & fmt.Flag.L2) == 0
     kind = ev["kind"]
+    task = ev["task"]
+    ctx = own.context_kind
     # L1 saves and restores that moved state.
-    ops_l1 = l1[classified] & (own.unknown_reason[classified] != Unknown.NO_MEMORY_ACCESS)
+    ops = classified & l1 & (own.unknown_reason != Unknown.NO_MEMORY_ACCESS)
 
     # KVM_RUN: the FPU work of the vCPU threads (tasks that entered a guest).
-    entries = np.flatnonzero((kind == fmt.Kind.VM_ENTRY) & l1)
-    vcpu_tasks = np.unique(ev["task"][entries])
-    by_vcpu_thread = np.isin(ev["task"][classified], vcpu_tasks) & ops_l1
+    entries = (kind == fmt.Kind.VM_ENTRY) & l1
+    vcpu_tasks = np.unique(task[entries])
+    by_vcpu_thread = ops & np.isin(task, vcpu_tasks) if len(vcpu_tasks) else ops & False
 
-    # Context switches the FPU saw: consecutive L1 operations on one CPU by
+    # Context switches the FPU saw: consecutive operations on one CPU by
     # different tasks.
-    cpus = ev["vcpu"][classified]
-    tasks_of = ev["task"][classified]
-    switches = 0
-    for cpu in np.unique(cpus):
-        t = tasks_of[(cpus == cpu) & ops_l1]
-        switches += int(np.count_nonzero(t[1:] != t[:-1])) if len(t) > 1 else 0
-    on_task_buffers = (own.context_kind[classified] == ContextKind.TASK) & ops_l1
+    idx = np.flatnonzero(ops)
+    cpus = ev["vcpu"][idx]
+    order = np.argsort(cpus, kind="stable")
+    t, c = task[idx][order], cpus[order]
+    switches = int(np.count_nonzero((t[1:] != t[:-1]) & (c[1:] == c[:-1])))
+    del idx, cpus, order, t, c
+    on_task_buffers = ops & (ctx == ContextKind.TASK)
 
     # Signals: deliveries that wrote an FPU frame (saves to signal frames).
-    frames = own.context_kind[classified] == ContextKind.SIGNAL_FRAME
-    signals = int(np.count_nonzero(frames & is_save))
-    around_signals = frames | (own.context_kind[classified] == ContextKind.INIT)
+    frames = ctx == ContextKind.SIGNAL_FRAME
+    signals = int(np.count_nonzero(frames & is_save & ops))
+    around_signals = ops & (frames | (ctx == ContextKind.INIT))
 
     def per(sel: npt.NDArray[np.bool_], n: int) -> dict[str, float | int]:
-        return {
-            "count": n,
-            "saves": round(int(np.count_nonzero(sel & is_save)) / n, 3) if n else 0.0,
-            "restores": round(int(np.count_nonzero(sel & ~is_save)) / n, 3) if n else 0.0,
-            "bytes": round(float(nbytes[sel].sum()) / n, 1) if n else 0.0,
-        }
+        saves = int(np.count_nonzero(sel & is_save))
+        return _per(saves, int(np.count_nonzero(sel)) - saves, int(nbytes[sel].sum()), n)
 
     return {
-        "vm_entry": per(by_vcpu_thread, len(entries)),
+        "vm_entry": per(by_vcpu_thread, int(np.count_nonzero(entries))),
         "context_switch": per(on_task_buffers, switches),
-        "signal": per(around_signals & ops_l1, signals),
+        "signal": per(around_signals, signals),
     }
+
+
+def _per(saves: int, restores: int, nbytes: int, n: int) -> dict[str, float | int]:
+    return {
+        "count": n,
+        "saves": round(saves / n, 3) if n else 0.0,
+        "restores": round(restores / n, 3) if n else 0.0,
+        "bytes": round(float(nbytes) / n, 1) if n else 0.0,
+    }
+
+
+def costs_from_aggregates(agg: Aggregates, ev: npt.NDArray[np.void], own: Ownership,
+                          tasks: npt.NDArray[np.void], symbols: Symbols) -> Costs:
+    """compute_costs() from the one-pass tables of analyzers.native.aggregate()."""
+    from analyzers.native import (
+        NCLS,
+        NKIND,
+        OP_AROUND_SIG,
+        OP_ENTRIES,
+        OP_SIGNALS,
+        OP_SWITCHES,
+        OP_TASKBUF,
+    )
+
+    by_cls = agg.cls.astype(np.int64)
+    bytes_cls = agg.cls_bytes.astype(np.int64)
+    classes = {c.name.lower(): int(by_cls[c]) for c in CLASSES}
+    class_bytes = {c.name.lower(): int(bytes_cls[c]) for c in CLASSES}
+    unknown_reasons = {UNKNOWN_REASONS[Unknown(u)]: int(agg.why[u])
+                       for u in np.flatnonzero(agg.why).tolist()}
+    feat_keys, feat_rows = agg.features
+    restores = int(feat_rows[:, 0].sum() + feat_rows[:, 2].sum())
+    saves = int(feat_rows[:, 1].sum() + feat_rows[:, 3].sum())
+    redundant_bytes = int(bytes_cls[Class.REDUNDANT_SAVE] + bytes_cls[Class.REDUNDANT_RESTORE])
+    redundant_pct = {
+        "saves": _pct(classes["redundant_save"], saves),
+        "restores": _pct(classes["redundant_restore"], restores),
+        "bytes": _pct(redundant_bytes, int(bytes_cls.sum())),
+    }
+
+    def keyed_rows(keys: npt.NDArray[np.uint64], rows: npt.NDArray[np.uint64],
+                   labels: dict[int, str], signed: bool = False) -> list[Row]:
+        counts, sums = rows[:, NKIND:NKIND + NCLS], rows[:, NKIND + NCLS:]
+        has = counts.sum(axis=1) > 0  # keys with classified operations only
+        key_list = (keys.view(np.int64) if signed else keys)[has].tolist()
+        return _rows_from(key_list, counts[has], sums[has], labels)
+
+    pcs, p_rows = agg.pc
+    per_callsite = keyed_rows(pcs, p_rows, {p: symbols.describe(p) for p in pcs.tolist()})
+    t_keys, t_rows = agg.task
+    per_task = keyed_rows(t_keys, t_rows, {i: task_label(tasks, i)
+                                           for i in t_keys.view(np.int64).tolist()}, True)
+
+    per_vcpu: list[Row] = []
+    g_keys, g_rows = agg.guest
+    if len(g_keys):
+        vmcbs = [own.guest_buffers.get(int(b), -1) for b in g_keys.tolist()]
+        per_vcpu = _rows_from(vmcbs, g_rows[:, :NCLS], g_rows[:, NCLS:],
+                              {v: f"vcpu vmcb={v:#x}" for v in vmcbs})
+        entries = (ev["kind"] == fmt.Kind.VM_ENTRY) & ((ev["flags"] & fmt.Flag.L2) == 0)
+        entry_vmcbs, entry_counts = np.unique(ev["addr"][entries], return_counts=True)
+        per_entry = dict(zip(entry_vmcbs.tolist(), entry_counts.tolist(), strict=True))
+        for r in per_vcpu:
+            r.extra["vm_entries"] = int(per_entry.get(int(r.label.split("=", 1)[1], 16), 0))
+
+    present = [lv for lv in (0, 1) if agg.level_cls[lv].any()]
+    per_level = _rows_from(present, agg.level_cls[present], agg.level_cls_bytes[present],
+                           {0: "L1 host", 1: "L2 guest"})
+    per_component = _component_bytes(feat_keys.tolist(), feat_rows)
+
+    ops = agg.ops.astype(np.int64)
+    _, o_rows = agg.op_tasks
+    entered = o_rows[:, 3] > 0
+    per_operation = {
+        "vm_entry": _per(int(o_rows[entered, 0].sum()), int(o_rows[entered, 1].sum()),
+                         int(o_rows[entered, 2].sum()), int(ops[OP_ENTRIES])),
+        "context_switch": _per(int(ops[OP_TASKBUF]), int(ops[OP_TASKBUF + 1]),
+                               int(ops[OP_TASKBUF + 2]), int(ops[OP_SWITCHES])),
+        "signal": _per(int(ops[OP_AROUND_SIG]), int(ops[OP_AROUND_SIG + 1]),
+                       int(ops[OP_AROUND_SIG + 2]), int(ops[OP_SIGNALS])),
+    }
+    return Costs(classes, class_bytes, unknown_reasons, redundant_pct, per_callsite, per_task,
+                 per_vcpu, per_level, per_component, per_operation)

@@ -5,11 +5,15 @@ function. Pure functions from trace arrays to results; nothing is printed here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from fputrace.kernel.symbols import Symbols
+
+if TYPE_CHECKING:
+    from analyzers.native import Aggregates
 from fputrace.trace import format as fmt
 
 
@@ -34,11 +38,6 @@ class Counts:
     per_cpu: list[Group]
     per_level: list[Group]
     per_function: list[Group]
-
-
-def _by_kind(kinds: npt.NDArray[np.uint8]) -> dict[str, int]:
-    values, counts = np.unique(kinds, return_counts=True)
-    return {fmt.kind_name(int(k)): int(n) for k, n in zip(values, counts, strict=True)}
 
 
 def task_identity(events: npt.NDArray[np.void], tasks: npt.NDArray[np.void]
@@ -73,87 +72,116 @@ def task_label(tasks: npt.NDArray[np.void], i: int) -> str:
     return f"{int(tasks['pid'][i])} {comm}"
 
 
-def _groups(keys: npt.NDArray[np.int64], kinds: npt.NDArray[np.uint8],
-            label_of: dict[int, str]) -> list[Group]:
-    """Events per key and kind, counted in one pass (a 2-D bincount)."""
-    if not len(keys):
-        return []
-    uniq, inv = np.unique(keys, return_inverse=True)
-    table = np.bincount(inv.astype(np.int64) * fmt.KIND_MAX + kinds,
-                        minlength=len(uniq) * fmt.KIND_MAX).reshape(len(uniq), fmt.KIND_MAX)
-    groups = [Group(label_of.get(int(key), str(int(key))), int(row.sum()),
-                    {fmt.kind_name(int(k)): int(row[k]) for k in np.flatnonzero(row)})
-              for key, row in zip(uniq.tolist(), table, strict=True)]
-    groups.sort(key=lambda g: (-g.events, g.label))
-    return groups
+def _table_groups(keys: list[int], table: npt.NDArray[np.generic],
+                  label_of: dict[int, str]) -> list[Group]:
+    """Groups from a (key x kind) count table, merged by label, largest first."""
+    merged: dict[str, Group] = {}
+    for key, row in zip(keys, table, strict=True):
+        label = label_of.get(key, str(key))
+        g = merged.setdefault(label, Group(label, 0, {}))
+        for k in np.flatnonzero(row).tolist():
+            name = fmt.kind_name(k)
+            g.by_kind[name] = g.by_kind.get(name, 0) + int(row[k])
+            g.events += int(row[k])
+    return sorted(merged.values(), key=lambda g: (-g.events, g.label))
 
 
-def locate_functions(symbols: Symbols, pcs: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
-    """Symbol index of each pc (-1: none), looking up each distinct pc once."""
-    if not len(symbols):
-        return np.full(len(pcs), -1, dtype=np.int64)
-    uniq, inv = np.unique(pcs, return_inverse=True)
-    located: npt.NDArray[np.int64] = symbols.locate(uniq)[inv]
-    return located
+def _function_labels(symbols: Symbols, pcs: npt.NDArray[np.uint64]) -> dict[int, str]:
+    """Position in pcs -> 'function [module]' (or '(no symbol)')."""
+    fn = symbols.locate(pcs) if len(symbols) else np.full(len(pcs), -1)
+    return {j: "(no symbol)" if i < 0 else symbols.names[i] + (
+        f" [{symbols.modules[i]}]" if symbols.modules[i] else "")
+            for j, i in enumerate(fn.tolist())}
+
+
+def _small_key_table(keys: npt.NDArray[np.generic], kinds: npt.NDArray[np.uint8]
+                     ) -> tuple[list[int], npt.NDArray[np.int64]]:
+    """Count table for small non-negative integer keys (CPU, level)."""
+    size = int(keys.max()) + 1 if len(keys) else 0
+    table = np.bincount(keys.astype(np.int64) * fmt.KIND_MAX + kinds,
+                        minlength=size * fmt.KIND_MAX).reshape(size, fmt.KIND_MAX)
+    present = np.flatnonzero(table.sum(axis=1))
+    return present.tolist(), table[present]
 
 
 def count_events(events: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                  symbols: Symbols, ident: npt.NDArray[np.int64] | None = None) -> Counts:
     """ident: task_identity(events, tasks), when the caller has it already."""
+    from analyzers import native
+
     kinds = events["kind"]
     flags = events["flags"]
+    by_kind = np.bincount(kinds, minlength=fmt.KIND_MAX)
     form64 = (flags & fmt.Flag.FORM64) != 0
+    by_kind64 = np.bincount(kinds[form64], minlength=fmt.KIND_MAX)
     instr: dict[str, int] = {}
-    for k, n in _by_kind(kinds).items():
-        instr[k] = n
-    for k in np.unique(kinds[form64]):
-        name = fmt.kind_name(int(k))
-        n64 = int(np.count_nonzero(form64 & (kinds == k)))
-        instr[name + "64"] = n64
-        instr[name] -= n64
-        if not instr[name]:
-            del instr[name]
-
-    save = np.isin(kinds, [int(k) for k in fmt.SAVE_KINDS])
-    restore = np.isin(kinds, [int(k) for k in fmt.RESTORE_KINDS])
-    mem_bytes = events["mem_bytes"].astype(np.int64)
+    for k in np.flatnonzero(by_kind).tolist():
+        name = fmt.kind_name(k)
+        if by_kind[k] - by_kind64[k]:
+            instr[name] = int(by_kind[k] - by_kind64[k])
+        if by_kind64[k]:
+            instr[name + "64"] = int(by_kind64[k])
+    bytes_by_kind = np.bincount(kinds, weights=events["mem_bytes"], minlength=fmt.KIND_MAX)
 
     if ident is None:
         ident = task_identity(events, tasks)
-    task_labels = {i: task_label(tasks, i) for i in np.unique(ident).tolist()}
-    per_task = _groups(ident, kinds, task_labels)
-    # Several announcements (exec renames) of one pid/comm collapse into one row.
-    merged: dict[str, Group] = {}
-    for g in per_task:
-        m = merged.setdefault(g.label, Group(g.label, 0, {}))
-        m.events += g.events
-        for k, n in g.by_kind.items():
-            m.by_kind[k] = m.by_kind.get(k, 0) + n
-    per_task = sorted(merged.values(), key=lambda g: (-g.events, g.label))
+    t_keys, t_table, _ = native.group(ident, kinds, fmt.KIND_MAX)
+    t_list = t_keys.view(np.int64).tolist()
+    per_task = _table_groups(t_list, t_table, {i: task_label(tasks, i) for i in t_list})
 
-    cpus = events["vcpu"].astype(np.int64)
-    per_cpu = _groups(cpus, kinds, {c: f"cpu{c}" for c in np.unique(cpus).tolist()})
-    level = ((flags & fmt.Flag.L2) != 0).astype(np.int64)
-    per_level = _groups(level, kinds, {0: "L1 host", 1: "L2 guest"})
+    c_keys, c_table = _small_key_table(events["vcpu"], kinds)
+    per_cpu = _table_groups(c_keys, c_table, {c: f"cpu{c}" for c in c_keys})
+    l_keys, l_table = _small_key_table(((flags & fmt.Flag.L2) != 0).astype(np.uint8), kinds)
+    per_level = _table_groups(l_keys, l_table, {0: "L1 host", 1: "L2 guest"})
 
-    fn_idx = locate_functions(symbols, events["pc"])
-    labels: dict[int, str] = {}
-    for i in np.unique(fn_idx).tolist():
-        if i < 0:
-            labels[i] = "(no symbol)"
-        else:
-            mod = symbols.modules[i]
-            labels[i] = symbols.names[i] + (f" [{mod}]" if mod else "")
-    per_function = _groups(fn_idx.astype(np.int64), kinds, labels)
+    pcs, f_table, _ = native.group(events["pc"], kinds, fmt.KIND_MAX)
+    per_function = _table_groups(list(range(len(pcs))), f_table,
+                                 _function_labels(symbols, pcs))
 
     return Counts(
         events_total=len(events),
-        events_by_kind=_by_kind(kinds),
+        events_by_kind={fmt.kind_name(k): int(by_kind[k])
+                        for k in np.flatnonzero(by_kind).tolist()},
         events_by_instruction=dict(sorted(instr.items())),
-        bytes_saved=int(mem_bytes[save].sum()),
-        bytes_restored=int(mem_bytes[restore].sum()),
+        bytes_saved=int(sum(bytes_by_kind[int(k)] for k in fmt.SAVE_KINDS)),
+        bytes_restored=int(sum(bytes_by_kind[int(k)] for k in fmt.RESTORE_KINDS)),
         per_task=per_task,
         per_cpu=per_cpu,
         per_level=per_level,
         per_function=per_function,
     )
+
+
+def counts_from_aggregates(agg: Aggregates, n_events: int, tasks: npt.NDArray[np.void],
+                           symbols: Symbols) -> Counts:
+    """count_events() from the one-pass tables of analyzers.native.aggregate()."""
+    from analyzers.native import NKIND
+
+    by_kind = agg.kind.astype(np.int64)
+    by_kind64 = agg.kind64.astype(np.int64)
+    instr: dict[str, int] = {}
+    for k in np.flatnonzero(by_kind).tolist():
+        name = fmt.kind_name(k)
+        if by_kind[k] - by_kind64[k]:
+            instr[name] = int(by_kind[k] - by_kind64[k])
+        if by_kind64[k]:
+            instr[name + "64"] = int(by_kind64[k])
+    t_keys, t_rows = agg.task
+    t_list = t_keys.view(np.int64).tolist()
+    per_task = _table_groups(t_list, t_rows[:, :NKIND],
+                             {i: task_label(tasks, i) for i in t_list})
+    cpus = np.flatnonzero(agg.cpu_kind.sum(axis=1)).tolist()
+    per_cpu = _table_groups(cpus, agg.cpu_kind[cpus], {c: f"cpu{c}" for c in cpus})
+    levels = np.flatnonzero(agg.level_kind.sum(axis=1)).tolist()
+    per_level = _table_groups(levels, agg.level_kind[levels], {0: "L1 host", 1: "L2 guest"})
+    pcs, p_rows = agg.pc
+    per_function = _table_groups(list(range(len(pcs))), p_rows[:, :NKIND],
+                                 _function_labels(symbols, pcs))
+    return Counts(
+        events_total=n_events,
+        events_by_kind={fmt.kind_name(k): int(by_kind[k])
+                        for k in np.flatnonzero(by_kind).tolist()},
+        events_by_instruction=dict(sorted(instr.items())),
+        bytes_saved=int(sum(int(agg.kind_bytes[int(k)]) for k in fmt.SAVE_KINDS)),
+        bytes_restored=int(sum(int(agg.kind_bytes[int(k)]) for k in fmt.RESTORE_KINDS)),
+        per_task=per_task, per_cpu=per_cpu, per_level=per_level, per_function=per_function)

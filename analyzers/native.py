@@ -36,6 +36,9 @@ def _library() -> ctypes.CDLL | None:
                                  _p, _p, _n, _p, _p, _p, _p, _p, _p, _n, _p, _p]
     lib.fpa_group.restype = ctypes.c_int64
     lib.fpa_group.argtypes = [_p, _n, _p, _n, _p, _n, _p, _n, _n, _p, _p, _p, _n]
+    lib.fpa_aggregate.restype = ctypes.c_int
+    lib.fpa_aggregate.argtypes = [_p, _n, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p,
+                                  _p, _p, _n, _p]
     return lib
 
 
@@ -98,10 +101,12 @@ def group(keys: npt.NDArray[np.generic], cats: npt.NDArray[np.generic], ncat: in
           weights: npt.NDArray[np.generic] | None = None,
           mask: npt.NDArray[np.bool_] | None = None
           ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
-    """Distinct keys (8-byte), per key and category the count and weight sum.
-    Arrays may be strided views into a record array."""
+    """Distinct keys (8-byte), per key and category the count and weight sum;
+    categories >= ncat are left out. Arrays may be strided views into a record
+    array. Without the library, the same with numpy."""
     lib = _library()
-    assert lib is not None
+    if lib is None:
+        return _group_numpy(keys, cats, ncat, weights, mask)
     assert keys.dtype.itemsize == 8 and cats.dtype.itemsize == 1
     assert weights is None or weights.dtype.itemsize == 4
     n = len(keys)
@@ -122,3 +127,91 @@ def group(keys: npt.NDArray[np.generic], cats: npt.NDArray[np.generic], ncat: in
         if k <= cap:
             return out_keys[:k], counts[:k], sums[:k]
         cap = int(k)
+
+
+def _group_numpy(keys: npt.NDArray[np.generic], cats: npt.NDArray[np.generic], ncat: int,
+                 weights: npt.NDArray[np.generic] | None, mask: npt.NDArray[np.bool_] | None
+                 ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    sel: npt.NDArray[np.bool_] = np.asarray(cats) < ncat
+    if mask is not None:
+        sel &= mask
+    k = keys.view(np.uint64)[sel] if keys.dtype != np.uint64 else keys[sel]
+    c = cats[sel].astype(np.int64)
+    uniq, inv = np.unique(k, return_inverse=True)
+    size = len(uniq) * ncat
+    counts = np.bincount(inv * ncat + c, minlength=size).astype(np.uint64)
+    w = weights[sel].astype(np.float64) if weights is not None else None
+    sums = (np.bincount(inv * ncat + c, weights=w, minlength=size).astype(np.uint64)
+            if w is not None else np.zeros(size, dtype=np.uint64))
+    return uniq, counts.reshape(-1, ncat), sums.reshape(-1, ncat)
+
+
+# Layout of fpa_aggregate()'s fixed-size output (see fpanalysis.c).
+NKIND, NCLS, NCPU = 64, 6, 256
+S_KIND = 0
+S_KIND64 = S_KIND + NKIND
+S_KIND_BYTES = S_KIND64 + NKIND
+S_CPU_KIND = S_KIND_BYTES + NKIND
+S_LEVEL_KIND = S_CPU_KIND + NCPU * NKIND
+S_CLS = S_LEVEL_KIND + 2 * NKIND
+S_CLS_BYTES = S_CLS + NCLS
+S_WHY = S_CLS_BYTES + NCLS
+S_LEVEL_CLS = S_WHY + 8
+S_LEVEL_CLS_B = S_LEVEL_CLS + 2 * NCLS
+S_OPS = S_LEVEL_CLS_B + 2 * NCLS
+S_SIZE = S_OPS + 16
+OP_ENTRIES, OP_SWITCHES, OP_TASKBUF, OP_SIGNALS, OP_AROUND_SIG = 0, 1, 2, 5, 6
+ROW = NKIND + 2 * NCLS
+
+
+@dataclass
+class Aggregates:
+    """Every table the reports need, from one pass (fpa_aggregate)."""
+
+    kind: npt.NDArray[np.uint64]  # [NKIND]
+    kind64: npt.NDArray[np.uint64]
+    kind_bytes: npt.NDArray[np.uint64]
+    cpu_kind: npt.NDArray[np.uint64]  # [NCPU, NKIND]
+    level_kind: npt.NDArray[np.uint64]  # [2, NKIND]
+    cls: npt.NDArray[np.uint64]  # [NCLS]
+    cls_bytes: npt.NDArray[np.uint64]
+    why: npt.NDArray[np.uint64]  # [8]
+    level_cls: npt.NDArray[np.uint64]  # [2, NCLS]
+    level_cls_bytes: npt.NDArray[np.uint64]
+    ops: npt.NDArray[np.uint64]  # [16], OP_*
+    pc: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # keys, rows [ROW]
+    task: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # ident keys, rows [ROW]
+    guest: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # buffers, rows [2*NCLS]
+    features: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # sets, rows [4]
+    op_tasks: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # task ptrs, rows [4]
+
+
+def aggregate(ev: npt.NDArray[np.void], cls: npt.NDArray[np.uint8], why: npt.NDArray[np.uint8],
+              ctx: npt.NDArray[np.int8], ident: npt.NDArray[np.int64]) -> Aggregates:
+    lib = _library()
+    assert lib is not None
+    ev = np.ascontiguousarray(ev)
+    small = np.empty(S_SIZE, dtype=np.uint64)
+    n_out = np.zeros(5, dtype=np.int64)
+    cap = 1024
+    while True:
+        widths = (ROW, ROW, 2 * NCLS, 4, 4)
+        keys = [np.empty(cap, dtype=np.uint64) for _ in widths]
+        rows = [np.empty((cap, w), dtype=np.uint64) for w in widths]
+        rc = lib.fpa_aggregate(_ptr(ev), len(ev), _ptr(cls), _ptr(why), _ptr(ctx), _ptr(ident),
+                               _ptr(small), *(x for pair in zip(keys, rows, strict=True)
+                                              for x in (_ptr(pair[0]), _ptr(pair[1]))),
+                               cap, _ptr(n_out))
+        if rc < 0:
+            raise MemoryError("fpanalysis: out of memory")
+        if rc == 0:
+            break
+        cap = int(n_out.max())
+    tables = [(k[:m], r[:m]) for k, r, m in zip(keys, rows, n_out.tolist(), strict=True)]
+    return Aggregates(
+        small[S_KIND:S_KIND64], small[S_KIND64:S_KIND_BYTES], small[S_KIND_BYTES:S_CPU_KIND],
+        small[S_CPU_KIND:S_LEVEL_KIND].reshape(NCPU, NKIND),
+        small[S_LEVEL_KIND:S_CLS].reshape(2, NKIND), small[S_CLS:S_CLS_BYTES],
+        small[S_CLS_BYTES:S_WHY], small[S_WHY:S_LEVEL_CLS],
+        small[S_LEVEL_CLS:S_LEVEL_CLS_B].reshape(2, NCLS),
+        small[S_LEVEL_CLS_B:S_OPS].reshape(2, NCLS), small[S_OPS:S_SIZE], *tables)

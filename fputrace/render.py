@@ -209,7 +209,7 @@ def _row_json(rows: list[Row]) -> list[dict[str, Any]]:
 def analysis_json(run: Run, own: Ownership, costs: Costs, max_findings: int = 50
                   ) -> dict[str, Any]:
     return {
-        "findings_total": len(own.findings),
+        "findings_total": own.findings_total,
         "kernel_mechanisms": [{"name": m.name, "present": m.present, "evidence": m.evidence,
                                "description": m.description}
                               for m in kernel_mechanisms(run.symbols)],
@@ -249,9 +249,9 @@ def render_analysis(console: Console, run: Run, own: Ownership, costs: Costs, to
                     max_findings: int = 50) -> None:
     findings = findings_json(run, own, max_findings)
     if findings:
-        shown = "" if len(findings) == len(own.findings) else \
+        shown = "" if len(findings) == own.findings_total else \
             f", the first {len(findings)} shown (--max-findings)"
-        console.print(f"[bold red]{len(own.findings)} finding(s): FPU state lost or bypassed"
+        console.print(f"[bold red]{own.findings_total} finding(s): FPU state lost or bypassed"
                       f"{shown}[/]")
         for f in findings:
             e, s = f["event"], f["last_sync"]

@@ -115,3 +115,39 @@ def test_group_counts_and_sums() -> None:
     assert dict(zip(k.tolist(), counts[:, 1].tolist(), strict=True)) == {7: 1, 8: 1}
     assert int(sums[0, 2]) == 20
     assert AVX_INIT_HASH != 0
+
+
+def report_tables(ev: np.ndarray, tasks: np.ndarray, symbols: object, compiled: bool
+                  ) -> tuple[object, object]:
+    """Counts and costs by the compiled one-pass aggregation or by numpy."""
+    from analyzers.costs import compute_costs, costs_from_aggregates
+    from analyzers.counts import count_events, counts_from_aggregates
+
+    own = analyze(ev, INIT, tasks)
+    assert own.task_ident is not None
+    if compiled:
+        agg = native.aggregate(ev, own.cls, own.unknown_reason, own.context_kind,
+                               own.task_ident)
+        return (counts_from_aggregates(agg, len(ev), tasks, symbols),  # type: ignore[arg-type]
+                costs_from_aggregates(agg, ev, own, tasks, symbols))  # type: ignore[arg-type]
+    return (count_events(ev, tasks, symbols, own.task_ident),  # type: ignore[arg-type]
+            compute_costs(ev, tasks, own, symbols, own.task_ident))  # type: ignore[arg-type]
+
+
+SYMBOLS_TEXT = "ffffffff81000000 T _stext\nffffffff81000010 t save_fpregs_to_fpstate\n"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(event, min_size=1, max_size=50),
+       st.lists(st.tuples(st.integers(0, 49), st.sampled_from(TASKS)), max_size=5))
+def test_aggregation_equals_numpy_tables(rows: list[dict[str, object]],
+                                         announcements: list[tuple[int, int]]) -> None:
+    from fputrace.kernel.symbols import Symbols
+
+    ev = build(rows)
+    ev["addr"][ev["kind"] == fmt.Kind.VM_ENTRY] = 0x6370000
+    tasks = np.zeros(len(announcements), dtype=fmt.TASK_DTYPE)
+    for i, (seq, ptr) in enumerate(sorted(announcements)):
+        tasks[i] = (seq, ptr, 100 + i, 100 + i, b"t", 0, 0, 0)
+    symbols = Symbols.parse(SYMBOLS_TEXT)
+    assert report_tables(ev, tasks, symbols, True) == report_tables(ev, tasks, symbols, False)

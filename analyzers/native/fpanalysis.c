@@ -520,3 +520,229 @@ int64_t fpa_group(const uint8_t *keys, size_t key_stride,
     map_free(&m);
     return (int64_t)k;
 }
+
+/* ---- aggregation: every table of the reports in one pass ---- */
+
+#define NKIND   64
+#define NCLS    6
+#define NCPU    256
+/* out_small layout (u64 each), documented in analyzers/native.py */
+#define S_KIND          0                       /* [NKIND] events per kind */
+#define S_KIND64        (S_KIND + NKIND)        /* [NKIND] of them REX.W forms */
+#define S_KIND_BYTES    (S_KIND64 + NKIND)      /* [NKIND] bytes moved */
+#define S_CPU_KIND      (S_KIND_BYTES + NKIND)  /* [NCPU][NKIND] */
+#define S_LEVEL_KIND    (S_CPU_KIND + NCPU * NKIND)     /* [2][NKIND] */
+#define S_CLS           (S_LEVEL_KIND + 2 * NKIND)      /* [NCLS] */
+#define S_CLS_BYTES     (S_CLS + NCLS)                  /* [NCLS] */
+#define S_WHY           (S_CLS_BYTES + NCLS)            /* [8] unknown reasons */
+#define S_LEVEL_CLS     (S_WHY + 8)                     /* [2][NCLS] */
+#define S_LEVEL_CLS_B   (S_LEVEL_CLS + 2 * NCLS)        /* [2][NCLS] */
+#define S_OPS           (S_LEVEL_CLS_B + 2 * NCLS)      /* see OP_* */
+#define OP_ENTRIES      0
+#define OP_SWITCHES     1
+#define OP_TASKBUF      2       /* [3] saves, restores, bytes on task buffers */
+#define OP_SIGNALS      5
+#define OP_AROUND_SIG   6       /* [3] saves, restores, bytes on signal frames and init */
+#define S_SIZE          (S_OPS + 16)
+
+/* Per-key value rows: kinds [NKIND], classes [NCLS], class bytes [NCLS]. */
+#define ROW (NKIND + 2 * NCLS)
+
+struct keyed {
+    struct map map;
+    uint64_t *keys;
+    uint64_t *rows;
+    size_t width, cap, len;
+};
+
+static int keyed_init(struct keyed *k, size_t width)
+{
+    k->width = width;
+    k->cap = 64;
+    k->len = 0;
+    k->keys = malloc(k->cap * sizeof(uint64_t));
+    k->rows = calloc(k->cap * width, sizeof(uint64_t));
+    return map_init(&k->map, 128) == 0 && k->keys && k->rows ? 0 : -1;
+}
+
+static void keyed_free(struct keyed *k)
+{
+    map_free(&k->map);
+    free(k->keys);
+    free(k->rows);
+}
+
+static uint64_t *keyed_row(struct keyed *k, uint64_t key)
+{
+    uint32_t slot;
+    int created;
+
+    if (map_put(&k->map, key, &slot, &created) < 0) {
+        return NULL;
+    }
+    if (created) {
+        if (slot >= k->cap) {
+            uint64_t *keys = realloc(k->keys, k->cap * 2 * sizeof(uint64_t));
+            uint64_t *rows = keys ? realloc(k->rows, k->cap * 2 * k->width * sizeof(uint64_t))
+                                  : NULL;
+            if (!keys || !rows) {
+                if (keys) {
+                    k->keys = keys;
+                }
+                return NULL;
+            }
+            memset(rows + k->cap * k->width, 0, k->cap * k->width * sizeof(uint64_t));
+            k->keys = keys;
+            k->rows = rows;
+            k->cap *= 2;
+        }
+        k->keys[slot] = key;
+        k->len = slot + 1;
+    }
+    return k->rows + (size_t)slot * k->width;
+}
+
+/* Copy a keyed table out; returns its length, or -(length) if cap is too small. */
+static int64_t keyed_out(const struct keyed *k, uint64_t *keys, uint64_t *rows, size_t cap)
+{
+    if (k->len > cap) {
+        return -(int64_t)k->len;
+    }
+    memcpy(keys, k->keys, k->len * sizeof(uint64_t));
+    memcpy(rows, k->rows, k->len * k->width * sizeof(uint64_t));
+    return (int64_t)k->len;
+}
+
+/*
+ * out_small: S_SIZE u64. Keyed tables (keys, rows) with capacity cap each:
+ * per pc (ROW), per task announcement (ROW; key is the ident as u64), per
+ * guest buffer (2 * NCLS), per feature set (4: restored, saved, redundant
+ * restores, redundant saves), per task pointer for the per-VM-entry costs
+ * (4: saves, restores, bytes, entered a guest). n_out[5] gets each table's
+ * length. Returns 0, 1 if some cap was too small (n_out says how much is
+ * needed), -1 on no memory.
+ */
+int fpa_aggregate(const struct ftr_event *ev, size_t n, const uint8_t *cls, const uint8_t *why,
+                  const int8_t *ctx, const int64_t *ident, uint64_t *out_small,
+                  uint64_t *pc_keys, uint64_t *pc_rows, uint64_t *task_keys, uint64_t *task_rows,
+                  uint64_t *guest_keys, uint64_t *guest_rows, uint64_t *feat_keys,
+                  uint64_t *feat_rows, uint64_t *op_keys, uint64_t *op_rows, size_t cap,
+                  int64_t *n_out)
+{
+    struct keyed pcs = { 0 }, tasks = { 0 }, guests = { 0 }, feats = { 0 }, optasks = { 0 };
+    uint64_t last_task[NCPU];
+    uint8_t have_last[NCPU];
+    int rc = -1;
+
+    memset(out_small, 0, S_SIZE * sizeof(uint64_t));
+    memset(have_last, 0, sizeof(have_last));
+    if (keyed_init(&pcs, ROW) || keyed_init(&tasks, ROW) || keyed_init(&guests, 2 * NCLS) ||
+        keyed_init(&feats, 4) || keyed_init(&optasks, 4)) {
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct ftr_event *e = &ev[i];
+        uint8_t k = e->kind < NKIND ? e->kind : 0;
+        int l2 = !!(e->flags & FLAG_L2);
+        uint8_t c = cls[i];
+        uint64_t *pr, *tr;
+
+        out_small[S_KIND + k]++;
+        if (e->flags & 0x008) {
+            out_small[S_KIND64 + k]++;
+        }
+        out_small[S_KIND_BYTES + k] += e->mem_bytes;
+        out_small[S_CPU_KIND + (e->vcpu % NCPU) * NKIND + k]++;
+        out_small[S_LEVEL_KIND + l2 * NKIND + k]++;
+        pr = keyed_row(&pcs, e->pc);
+        tr = keyed_row(&tasks, (uint64_t)ident[i]);
+        if (!pr || !tr) {
+            goto out;
+        }
+        pr[k]++;
+        tr[k]++;
+        if (k == KIND_VM_ENTRY && !l2) {
+            uint64_t *orow = keyed_row(&optasks, e->task);
+            if (!orow) {
+                goto out;
+            }
+            orow[3] = 1;
+            out_small[S_OPS + OP_ENTRIES]++;
+        }
+        if (c >= NCLS) {
+            continue;
+        }
+        out_small[S_CLS + c]++;
+        out_small[S_CLS_BYTES + c] += e->mem_bytes;
+        if (c == UNKNOWN) {
+            out_small[S_WHY + (why[i] & 7)]++;
+        }
+        out_small[S_LEVEL_CLS + l2 * NCLS + c]++;
+        out_small[S_LEVEL_CLS_B + l2 * NCLS + c] += e->mem_bytes;
+        pr[NKIND + c]++;
+        pr[NKIND + NCLS + c] += e->mem_bytes;
+        tr[NKIND + c]++;
+        tr[NKIND + NCLS + c] += e->mem_bytes;
+        int save = is_save(e->kind);
+        int redundant = c == REDUNDANT_SAVE || c == REDUNDANT_RESTORE;
+        uint64_t *fr = keyed_row(&feats, e->mem_features);
+        if (!fr) {
+            goto out;
+        }
+        fr[save + 2 * redundant]++;
+        if (ctx[i] == CTX_GUEST) {
+            uint64_t *gr = keyed_row(&guests, e->addr);
+            if (!gr) {
+                goto out;
+            }
+            gr[c]++;
+            gr[NCLS + c] += e->mem_bytes;
+        }
+        /* Per-operation costs count the L1 operations that moved state. */
+        if (l2 || (c == UNKNOWN && why[i] == NO_MEMORY_ACCESS)) {
+            continue;
+        }
+        uint64_t *orow = keyed_row(&optasks, e->task);
+        if (!orow) {
+            goto out;
+        }
+        orow[save ? 0 : 1]++;
+        orow[2] += e->mem_bytes;
+        unsigned cpu = e->vcpu % NCPU;
+        if (have_last[cpu] && last_task[cpu] != e->task) {
+            out_small[S_OPS + OP_SWITCHES]++;
+        }
+        have_last[cpu] = 1;
+        last_task[cpu] = e->task;
+        if (ctx[i] == CTX_TASK) {
+            out_small[S_OPS + OP_TASKBUF + (save ? 0 : 1)]++;
+            out_small[S_OPS + OP_TASKBUF + 2] += e->mem_bytes;
+        }
+        if (ctx[i] == CTX_SIGNAL_FRAME || ctx[i] == CTX_INIT) {
+            out_small[S_OPS + OP_AROUND_SIG + (save ? 0 : 1)]++;
+            out_small[S_OPS + OP_AROUND_SIG + 2] += e->mem_bytes;
+            if (ctx[i] == CTX_SIGNAL_FRAME && save) {
+                out_small[S_OPS + OP_SIGNALS]++;
+            }
+        }
+    }
+    n_out[0] = keyed_out(&pcs, pc_keys, pc_rows, cap);
+    n_out[1] = keyed_out(&tasks, task_keys, task_rows, cap);
+    n_out[2] = keyed_out(&guests, guest_keys, guest_rows, cap);
+    n_out[3] = keyed_out(&feats, feat_keys, feat_rows, cap);
+    n_out[4] = keyed_out(&optasks, op_keys, op_rows, cap);
+    rc = 0;
+    for (int t = 0; t < 5; t++) {
+        if (n_out[t] < 0) {
+            n_out[t] = -n_out[t];
+            rc = 1;
+        }
+    }
+out:
+    keyed_free(&pcs);
+    keyed_free(&tasks);
+    keyed_free(&guests);
+    keyed_free(&feats);
+    keyed_free(&optasks);
+    return rc;
+}

@@ -14,8 +14,9 @@ from typing import Any
 
 from rich.console import Console
 
-from analyzers.costs import compute_costs
-from analyzers.counts import count_events, task_identity
+from analyzers import native
+from analyzers.costs import compute_costs, costs_from_aggregates
+from analyzers.counts import count_events, counts_from_aggregates, task_identity
 from analyzers.ownership import Class, analyze
 from analyzers.timeline import cpu_timeline
 from fputrace.render import (
@@ -50,11 +51,17 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     r = load_run(args.trace)
     events, tasks = r.trace.events, r.trace.tasks
-    ident = task_identity(events, tasks)
-    counts = count_events(events, tasks, r.symbols, ident)
-    own = analyze(events, r.symbols.values.get("init_fpstate"))
-    costs = compute_costs(events, tasks, own, r.symbols, ident)
-    del ident
+    own = analyze(events, r.symbols.values.get("init_fpstate"), tasks)
+    if native.available() and own.task_ident is not None:
+        # Every table in one compiled pass.
+        agg = native.aggregate(events, own.cls, own.unknown_reason, own.context_kind,
+                               own.task_ident)
+        counts = counts_from_aggregates(agg, len(events), tasks, r.symbols)
+        costs = costs_from_aggregates(agg, events, own, tasks, r.symbols)
+    else:
+        ident = task_identity(events, tasks)
+        counts = count_events(events, tasks, r.symbols, ident)
+        costs = compute_costs(events, tasks, own, r.symbols, ident)
     timeline = cpu_timeline(events, own) if args.timeline > 0 else None
     if args.json:
         extra = {"timeline": timeline_json(timeline, args.timeline)} if timeline is not None \
