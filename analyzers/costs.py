@@ -231,8 +231,8 @@ def _per(saves: int, restores: int, nbytes: int, n: int) -> dict[str, float | in
     }
 
 
-def costs_from_aggregates(agg: Aggregates, ev: npt.NDArray[np.void], own: Ownership,
-                          tasks: npt.NDArray[np.void], symbols: Symbols) -> Costs:
+def costs_from_aggregates(agg: Aggregates, own: Ownership, tasks: npt.NDArray[np.void],
+                          symbols: Symbols) -> Costs:
     """compute_costs() from the one-pass tables of analyzers.native.aggregate()."""
     from analyzers.native import (
         NCLS,
@@ -279,9 +279,8 @@ def costs_from_aggregates(agg: Aggregates, ev: npt.NDArray[np.void], own: Owners
         vmcbs = [own.guest_buffers.get(int(b), -1) for b in g_keys.tolist()]
         per_vcpu = _rows_from(vmcbs, g_rows[:, :NCLS], g_rows[:, NCLS:],
                               {v: f"vcpu vmcb={v:#x}" for v in vmcbs})
-        entries = (ev["kind"] == fmt.Kind.VM_ENTRY) & ((ev["flags"] & fmt.Flag.L2) == 0)
-        entry_vmcbs, entry_counts = np.unique(ev["addr"][entries], return_counts=True)
-        per_entry = dict(zip(entry_vmcbs.tolist(), entry_counts.tolist(), strict=True))
+        v_keys, v_rows = agg.vmcb_entries
+        per_entry = dict(zip(v_keys.tolist(), v_rows[:, 0].tolist(), strict=True))
         for r in per_vcpu:
             r.extra["vm_entries"] = int(per_entry.get(int(r.label.split("=", 1)[1], 16), 0))
 

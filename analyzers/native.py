@@ -38,7 +38,7 @@ def _library() -> ctypes.CDLL | None:
     lib.fpa_group.argtypes = [_p, _n, _p, _n, _p, _n, _p, _n, _n, _p, _p, _p, _n]
     lib.fpa_aggregate.restype = ctypes.c_int
     lib.fpa_aggregate.argtypes = [_p, _n, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p,
-                                  _p, _p, _n, _p]
+                                  _p, _p, _p, _p, _n, _p]
     return lib
 
 
@@ -184,6 +184,7 @@ class Aggregates:
     guest: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # buffers, rows [2*NCLS]
     features: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # sets, rows [4]
     op_tasks: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # task ptrs, rows [4]
+    vmcb_entries: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # VMCBs, rows [1]
 
 
 def aggregate(ev: npt.NDArray[np.void], cls: npt.NDArray[np.uint8], why: npt.NDArray[np.uint8],
@@ -192,10 +193,10 @@ def aggregate(ev: npt.NDArray[np.void], cls: npt.NDArray[np.uint8], why: npt.NDA
     assert lib is not None
     ev = np.ascontiguousarray(ev)
     small = np.empty(S_SIZE, dtype=np.uint64)
-    n_out = np.zeros(5, dtype=np.int64)
+    n_out = np.zeros(6, dtype=np.int64)
     cap = 1024
     while True:
-        widths = (ROW, ROW, 2 * NCLS, 4, 4)
+        widths = (ROW, ROW, 2 * NCLS, 4, 4, 1)
         keys = [np.empty(cap, dtype=np.uint64) for _ in widths]
         rows = [np.empty((cap, w), dtype=np.uint64) for w in widths]
         rc = lib.fpa_aggregate(_ptr(ev), len(ev), _ptr(cls), _ptr(why), _ptr(ctx), _ptr(ident),

@@ -165,10 +165,6 @@ def analyze(ev: npt.NDArray[np.void], init_fpstate: int | None = None,
     empty_tasks = np.empty(0, dtype=fmt.TASK_DTYPE)
     r = native.classify(ev, tasks if tasks is not None else empty_tasks, init_lo, init_hi,
                         AVX_INIT_HASH)
-    if r.guest:
-        addr = ev["addr"]
-        guest_ctx = (r.ctx == ContextKind.TASK) & np.isin(addr, np.fromiter(r.guest, dtype=U64))
-        r.ctx[guest_ctx] = ContextKind.GUEST
     findings = []
     for event, last, resumed, buffer, c in sorted(r.findings):
         if c == Class.LOST_STATE:

@@ -129,7 +129,7 @@ def report_tables(ev: np.ndarray, tasks: np.ndarray, symbols: object, compiled: 
         agg = native.aggregate(ev, own.cls, own.unknown_reason, own.context_kind,
                                own.task_ident)
         return (counts_from_aggregates(agg, len(ev), tasks, symbols),  # type: ignore[arg-type]
-                costs_from_aggregates(agg, ev, own, tasks, symbols))  # type: ignore[arg-type]
+                costs_from_aggregates(agg, own, tasks, symbols))  # type: ignore[arg-type]
     return (count_events(ev, tasks, symbols, own.task_ident),  # type: ignore[arg-type]
             compute_costs(ev, tasks, own, symbols, own.task_ident))  # type: ignore[arg-type]
 

@@ -453,6 +453,15 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         cs->kernel_simd = 0;
         bs->last_op = (int64_t)i;
     }
+    /* Guest buffers are known once their VM entries are seen: label their
+     * operations, where no other kind (signal frame, init) took precedence. */
+    if (guest_map.len) {
+        for (size_t i = 0; i < n; i++) {
+            if (ctx[i] == CTX_TASK && map_get(&guest_map, ev[i].addr) != UINT32_MAX) {
+                ctx[i] = CTX_GUEST;
+            }
+        }
+    }
     rc = 0;
 out:
     *f_len = f.len;
@@ -618,18 +627,19 @@ static int64_t keyed_out(const struct keyed *k, uint64_t *keys, uint64_t *rows, 
  * per pc (ROW), per task announcement (ROW; key is the ident as u64), per
  * guest buffer (2 * NCLS), per feature set (4: restored, saved, redundant
  * restores, redundant saves), per task pointer for the per-VM-entry costs
- * (4: saves, restores, bytes, entered a guest). n_out[5] gets each table's
- * length. Returns 0, 1 if some cap was too small (n_out says how much is
+ * (4: saves, restores, bytes, entered a guest), per VMCB (1: VM entries).
+ * n_out[6] gets each table's length. Returns 0, 1 if some cap was too small (n_out says how much is
  * needed), -1 on no memory.
  */
 int fpa_aggregate(const struct ftr_event *ev, size_t n, const uint8_t *cls, const uint8_t *why,
                   const int8_t *ctx, const int64_t *ident, uint64_t *out_small,
                   uint64_t *pc_keys, uint64_t *pc_rows, uint64_t *task_keys, uint64_t *task_rows,
                   uint64_t *guest_keys, uint64_t *guest_rows, uint64_t *feat_keys,
-                  uint64_t *feat_rows, uint64_t *op_keys, uint64_t *op_rows, size_t cap,
-                  int64_t *n_out)
+                  uint64_t *feat_rows, uint64_t *op_keys, uint64_t *op_rows,
+                  uint64_t *vmcb_keys, uint64_t *vmcb_rows, size_t cap, int64_t *n_out)
 {
     struct keyed pcs = { 0 }, tasks = { 0 }, guests = { 0 }, feats = { 0 }, optasks = { 0 };
+    struct keyed vmcbs = { 0 };
     uint64_t last_task[NCPU];
     uint8_t have_last[NCPU];
     int rc = -1;
@@ -637,7 +647,7 @@ int fpa_aggregate(const struct ftr_event *ev, size_t n, const uint8_t *cls, cons
     memset(out_small, 0, S_SIZE * sizeof(uint64_t));
     memset(have_last, 0, sizeof(have_last));
     if (keyed_init(&pcs, ROW) || keyed_init(&tasks, ROW) || keyed_init(&guests, 2 * NCLS) ||
-        keyed_init(&feats, 4) || keyed_init(&optasks, 4)) {
+        keyed_init(&feats, 4) || keyed_init(&optasks, 4) || keyed_init(&vmcbs, 1)) {
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
@@ -663,10 +673,12 @@ int fpa_aggregate(const struct ftr_event *ev, size_t n, const uint8_t *cls, cons
         tr[k]++;
         if (k == KIND_VM_ENTRY && !l2) {
             uint64_t *orow = keyed_row(&optasks, e->task);
-            if (!orow) {
+            uint64_t *vrow = keyed_row(&vmcbs, e->addr);
+            if (!orow || !vrow) {
                 goto out;
             }
             orow[3] = 1;
+            vrow[0]++;
             out_small[S_OPS + OP_ENTRIES]++;
         }
         if (c >= NCLS) {
@@ -731,8 +743,9 @@ int fpa_aggregate(const struct ftr_event *ev, size_t n, const uint8_t *cls, cons
     n_out[2] = keyed_out(&guests, guest_keys, guest_rows, cap);
     n_out[3] = keyed_out(&feats, feat_keys, feat_rows, cap);
     n_out[4] = keyed_out(&optasks, op_keys, op_rows, cap);
+    n_out[5] = keyed_out(&vmcbs, vmcb_keys, vmcb_rows, cap);
     rc = 0;
-    for (int t = 0; t < 5; t++) {
+    for (int t = 0; t < 6; t++) {
         if (n_out[t] < 0) {
             n_out[t] = -n_out[t];
             rc = 1;
@@ -744,5 +757,6 @@ out:
     keyed_free(&guests);
     keyed_free(&feats);
     keyed_free(&optasks);
+    keyed_free(&vmcbs);
     return rc;
 }

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         agg = native.aggregate(events, own.cls, own.unknown_reason, own.context_kind,
                                own.task_ident)
         counts = counts_from_aggregates(agg, len(events), tasks, r.symbols)
-        costs = costs_from_aggregates(agg, events, own, tasks, r.symbols)
+        costs = costs_from_aggregates(agg, own, tasks, r.symbols)
     else:
         ident = task_identity(events, tasks)
         counts = count_events(events, tasks, r.symbols, ident)

@@ -111,10 +111,15 @@ def _parse_footer(payload: bytes | memoryview) -> Footer:
                   int(rec["blocks_total"]), int(rec["write_errors"]), by_kind)
 
 
-def _sort_by_seq(arr: npt.NDArray[np.void]) -> npt.NDArray[np.void]:
+def _sort_by_seq(arr: npt.NDArray[np.void], block_starts: list[int]) -> npt.NDArray[np.void]:
+    """Records of one vCPU's block are in sequence order (the plugin appends
+    them as they happen); blocks of several vCPUs interleave. Sorted exactly
+    when every block starts after the previous one ends."""
+    if len(arr) < 2:
+        return arr
+    starts = np.array([s for s in block_starts if 0 < s < len(arr)], dtype=np.int64)
     seq = arr["seq"]
-    # Blocks from several vCPUs interleave; one vCPU's are already in order.
-    if len(seq) > 1 and not bool(np.all(seq[1:] > seq[:-1])):
+    if len(starts) and not bool(np.all(seq[starts] > seq[starts - 1])):
         return arr[np.argsort(seq, kind="stable")]
     return arr
 
@@ -201,6 +206,7 @@ def _load(p: Path, f: io.BufferedReader, header: Header, blocks: list[_Block],
     dest = {int(fmt.BlockType.EVENTS): events.view(np.uint8).reshape(-1).data,
             int(fmt.BlockType.TASKS): tasks.view(np.uint8).reshape(-1).data}
     filled = {int(fmt.BlockType.EVENTS): 0, int(fmt.BlockType.TASKS): 0}
+    starts: dict[int, list[int]] = {int(fmt.BlockType.EVENTS): [], int(fmt.BlockType.TASKS): []}
     read_blocks = 0
     stop: int | None = None
     for b in blocks:
@@ -211,6 +217,7 @@ def _load(p: Path, f: io.BufferedReader, header: Header, blocks: list[_Block],
             problems.insert(0, f"a block with a bad checksum at byte {b.pos}")
             stop = b.pos
             break
+        starts[b.btype].append(off // RECORD_SIZES[b.btype])
         filled[b.btype] = off + b.payload_size
         read_blocks += 1
     footer: Footer | None = None
@@ -225,8 +232,10 @@ def _load(p: Path, f: io.BufferedReader, header: Header, blocks: list[_Block],
             read_blocks += 1
     for view in dest.values():
         view.release()
-    ev = _sort_by_seq(events[: filled[fmt.BlockType.EVENTS] // fmt.EVENT_DTYPE.itemsize])
-    tk = _sort_by_seq(tasks[: filled[fmt.BlockType.TASKS] // fmt.TASK_DTYPE.itemsize])
+    ev = _sort_by_seq(events[: filled[fmt.BlockType.EVENTS] // fmt.EVENT_DTYPE.itemsize],
+                      starts[fmt.BlockType.EVENTS])
+    tk = _sort_by_seq(tasks[: filled[fmt.BlockType.TASKS] // fmt.TASK_DTYPE.itemsize],
+                      starts[fmt.BlockType.TASKS])
     if footer is None:
         problems.insert(0, "no footer: the recording did not end cleanly")
     else:
