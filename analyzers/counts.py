@@ -104,6 +104,37 @@ def _small_key_table(keys: npt.NDArray[np.generic], kinds: npt.NDArray[np.uint8]
     return present.tolist(), table[present]
 
 
+def _counts_from_tables(n_events: int, by_kind: npt.NDArray[np.generic],
+                       by_kind64: npt.NDArray[np.generic], kind_bytes: npt.NDArray[np.generic],
+                       task_keys: list[int], task_table: npt.NDArray[np.generic],
+                       cpu_keys: list[int], cpu_table: npt.NDArray[np.generic],
+                       level_keys: list[int], level_table: npt.NDArray[np.generic],
+                       pcs: npt.NDArray[np.uint64], pc_table: npt.NDArray[np.generic],
+                       tasks: npt.NDArray[np.void], symbols: Symbols) -> Counts:
+    """Counts from per-kind tables, however they were computed."""
+    kinds = np.flatnonzero(by_kind).tolist()
+    instr: dict[str, int] = {}
+    for k in kinds:
+        name = fmt.kind_name(k)
+        if int(by_kind[k]) - int(by_kind64[k]):
+            instr[name] = int(by_kind[k]) - int(by_kind64[k])
+        if by_kind64[k]:
+            instr[name + "64"] = int(by_kind64[k])
+    return Counts(
+        events_total=n_events,
+        events_by_kind={fmt.kind_name(k): int(by_kind[k]) for k in kinds},
+        events_by_instruction=dict(sorted(instr.items())),
+        bytes_saved=sum(int(kind_bytes[int(k)]) for k in fmt.SAVE_KINDS),
+        bytes_restored=sum(int(kind_bytes[int(k)]) for k in fmt.RESTORE_KINDS),
+        per_task=_table_groups(task_keys, task_table,
+                               {i: task_label(tasks, i) for i in task_keys}),
+        per_cpu=_table_groups(cpu_keys, cpu_table, {c: f"cpu{c}" for c in cpu_keys}),
+        per_level=_table_groups(level_keys, level_table, {0: "L1 host", 1: "L2 guest"}),
+        per_function=_table_groups(list(range(len(pcs))), pc_table,
+                                   _function_labels(symbols, pcs)),
+    )
+
+
 def count_events(events: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                  symbols: Symbols, ident: npt.NDArray[np.int64] | None = None) -> Counts:
     """ident: task_identity(events, tasks), when the caller has it already."""
@@ -111,45 +142,19 @@ def count_events(events: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
 
     kinds = events["kind"]
     flags = events["flags"]
-    by_kind = np.bincount(kinds, minlength=fmt.KIND_MAX)
     form64 = (flags & fmt.Flag.FORM64) != 0
-    by_kind64 = np.bincount(kinds[form64], minlength=fmt.KIND_MAX)
-    instr: dict[str, int] = {}
-    for k in np.flatnonzero(by_kind).tolist():
-        name = fmt.kind_name(k)
-        if by_kind[k] - by_kind64[k]:
-            instr[name] = int(by_kind[k] - by_kind64[k])
-        if by_kind64[k]:
-            instr[name + "64"] = int(by_kind64[k])
-    bytes_by_kind = np.bincount(kinds, weights=events["mem_bytes"], minlength=fmt.KIND_MAX)
-
     if ident is None:
         ident = task_identity(events, tasks)
     t_keys, t_table, _ = native.group(ident, kinds, fmt.KIND_MAX)
-    t_list = t_keys.view(np.int64).tolist()
-    per_task = _table_groups(t_list, t_table, {i: task_label(tasks, i) for i in t_list})
-
     c_keys, c_table = _small_key_table(events["vcpu"], kinds)
-    per_cpu = _table_groups(c_keys, c_table, {c: f"cpu{c}" for c in c_keys})
     l_keys, l_table = _small_key_table(((flags & fmt.Flag.L2) != 0).astype(np.uint8), kinds)
-    per_level = _table_groups(l_keys, l_table, {0: "L1 host", 1: "L2 guest"})
-
     pcs, f_table, _ = native.group(events["pc"], kinds, fmt.KIND_MAX)
-    per_function = _table_groups(list(range(len(pcs))), f_table,
-                                 _function_labels(symbols, pcs))
-
-    return Counts(
-        events_total=len(events),
-        events_by_kind={fmt.kind_name(k): int(by_kind[k])
-                        for k in np.flatnonzero(by_kind).tolist()},
-        events_by_instruction=dict(sorted(instr.items())),
-        bytes_saved=int(sum(bytes_by_kind[int(k)] for k in fmt.SAVE_KINDS)),
-        bytes_restored=int(sum(bytes_by_kind[int(k)] for k in fmt.RESTORE_KINDS)),
-        per_task=per_task,
-        per_cpu=per_cpu,
-        per_level=per_level,
-        per_function=per_function,
-    )
+    return _counts_from_tables(
+        len(events), np.bincount(kinds, minlength=fmt.KIND_MAX),
+        np.bincount(kinds[form64], minlength=fmt.KIND_MAX),
+        np.bincount(kinds, weights=events["mem_bytes"], minlength=fmt.KIND_MAX),
+        t_keys.view(np.int64).tolist(), t_table, c_keys, c_table, l_keys, l_table, pcs, f_table,
+        tasks, symbols)
 
 
 def counts_from_aggregates(agg: Aggregates, n_events: int, tasks: npt.NDArray[np.void],
@@ -157,31 +162,11 @@ def counts_from_aggregates(agg: Aggregates, n_events: int, tasks: npt.NDArray[np
     """count_events() from the one-pass tables of analyzers.native.aggregate()."""
     from analyzers.native import NKIND
 
-    by_kind = agg.kind.astype(np.int64)
-    by_kind64 = agg.kind64.astype(np.int64)
-    instr: dict[str, int] = {}
-    for k in np.flatnonzero(by_kind).tolist():
-        name = fmt.kind_name(k)
-        if by_kind[k] - by_kind64[k]:
-            instr[name] = int(by_kind[k] - by_kind64[k])
-        if by_kind64[k]:
-            instr[name + "64"] = int(by_kind64[k])
     t_keys, t_rows = agg.task
-    t_list = t_keys.view(np.int64).tolist()
-    per_task = _table_groups(t_list, t_rows[:, :NKIND],
-                             {i: task_label(tasks, i) for i in t_list})
-    cpus = np.flatnonzero(agg.cpu_kind.sum(axis=1)).tolist()
-    per_cpu = _table_groups(cpus, agg.cpu_kind[cpus], {c: f"cpu{c}" for c in cpus})
-    levels = np.flatnonzero(agg.level_kind.sum(axis=1)).tolist()
-    per_level = _table_groups(levels, agg.level_kind[levels], {0: "L1 host", 1: "L2 guest"})
     pcs, p_rows = agg.pc
-    per_function = _table_groups(list(range(len(pcs))), p_rows[:, :NKIND],
-                                 _function_labels(symbols, pcs))
-    return Counts(
-        events_total=n_events,
-        events_by_kind={fmt.kind_name(k): int(by_kind[k])
-                        for k in np.flatnonzero(by_kind).tolist()},
-        events_by_instruction=dict(sorted(instr.items())),
-        bytes_saved=int(sum(int(agg.kind_bytes[int(k)]) for k in fmt.SAVE_KINDS)),
-        bytes_restored=int(sum(int(agg.kind_bytes[int(k)]) for k in fmt.RESTORE_KINDS)),
-        per_task=per_task, per_cpu=per_cpu, per_level=per_level, per_function=per_function)
+    cpus = np.flatnonzero(agg.cpu_kind.sum(axis=1)).tolist()
+    levels = np.flatnonzero(agg.level_kind.sum(axis=1)).tolist()
+    return _counts_from_tables(
+        n_events, agg.kind, agg.kind64, agg.kind_bytes, t_keys.view(np.int64).tolist(),
+        t_rows[:, :NKIND], cpus, agg.cpu_kind[cpus], levels, agg.level_kind[levels], pcs,
+        p_rows[:, :NKIND], tasks, symbols)

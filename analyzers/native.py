@@ -17,7 +17,7 @@ import numpy.typing as npt
 from fputrace.paths import build_dir
 from fputrace.trace import format as fmt
 
-GUEST_CAP = 4096
+GUEST_CAP = 1 << 16
 FINDINGS_CAP = 1 << 16
 
 _p = ctypes.c_void_p

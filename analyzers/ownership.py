@@ -208,8 +208,10 @@ def analyze_reference(ev: npt.NDArray[np.void], init_fpstate: int | None = None)
 
     # Contexts by buffer address; guest buffers from the VM entries.
     entries = np.flatnonzero((kind == fmt.Kind.VM_ENTRY) & ((flags & fmt.Flag.L2) == 0))
-    guest: dict[int, int] = {}
+    # Each guest buffer belongs to the vCPU (VMCB) of its first VM entry.
     restore_pos = np.flatnonzero(~save)
+    e_idx: list[npt.NDArray[np.int64]] = []
+    e_buf: list[npt.NDArray[np.uint64]] = []
     for c in np.unique(ev["vcpu"][entries]).tolist():
         r = restore_pos[cpu[restore_pos] == c]
         e = entries[ev["vcpu"][entries] == c]
@@ -217,9 +219,16 @@ def analyze_reference(ev: npt.NDArray[np.void], init_fpstate: int | None = None)
             continue
         last = np.searchsorted(ops[r], e) - 1  # the last restore before each entry
         ok = last >= 0
-        pairs = np.stack([addr[r[last[ok]]], ev["addr"][e[ok]]], axis=1)
-        for buf, vmcb in np.unique(pairs, axis=0).tolist():  # few per vCPU
-            guest.setdefault(int(buf), int(vmcb))
+        e_idx.append(e[ok])
+        e_buf.append(addr[r[last[ok]]])
+    guest: dict[int, int] = {}
+    if e_idx:
+        order = np.argsort(np.concatenate(e_idx), kind="stable")
+        bufs = np.concatenate(e_buf)[order]
+        first_entry = np.concatenate(e_idx)[order]
+        uniq, first = np.unique(bufs, return_index=True)
+        vmcbs = ev["addr"][first_entry[first]]
+        guest = dict(zip(uniq.tolist(), vmcbs.tolist(), strict=True))
     ctx = np.full(len(ops), ContextKind.TASK, dtype=np.int8)
     if guest:
         ctx[np.isin(addr, np.fromiter(guest, dtype=U64))] = ContextKind.GUEST
