@@ -33,12 +33,10 @@ def _library() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(str(path))
     lib.fpa_classify.restype = ctypes.c_int
     lib.fpa_classify.argtypes = [_p, _n, _p, _n, _u64, _u64, _u64, _p, _p, _p, _p,
-                                 _p, _p, _n, _p, _p, _p, _p, _p, _p, _n, _p, _p]
+                                 _p, _p, _n, _p, _p, _p, _p, _p, _p, _n, _p, _p,
+                                 _p, _p, _n, _p]
     lib.fpa_group.restype = ctypes.c_int64
     lib.fpa_group.argtypes = [_p, _n, _p, _n, _p, _n, _p, _n, _n, _p, _p, _p, _n]
-    lib.fpa_aggregate.restype = ctypes.c_int
-    lib.fpa_aggregate.argtypes = [_p, _n, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p,
-                                  _p, _p, _p, _p, _n, _p]
     return lib
 
 
@@ -48,6 +46,47 @@ def available() -> bool:
 
 def _ptr(a: npt.NDArray[np.generic]) -> int:
     return int(a.ctypes.data)
+
+
+# Layout of the tables' fixed-size part (see fpanalysis.c, S_*).
+NKIND, NCLS, NCPU = 64, 6, 256
+S_KIND = 0
+S_KIND64 = S_KIND + NKIND
+S_KIND_BYTES = S_KIND64 + NKIND
+S_CPU_KIND = S_KIND_BYTES + NKIND
+S_LEVEL_KIND = S_CPU_KIND + NCPU * NKIND
+S_CLS = S_LEVEL_KIND + 2 * NKIND
+S_CLS_BYTES = S_CLS + NCLS
+S_WHY = S_CLS_BYTES + NCLS
+S_LEVEL_CLS = S_WHY + 8
+S_LEVEL_CLS_B = S_LEVEL_CLS + 2 * NCLS
+S_OPS = S_LEVEL_CLS_B + 2 * NCLS
+S_SIZE = S_OPS + 16
+OP_ENTRIES, OP_SWITCHES, OP_TASKBUF, OP_SIGNALS, OP_AROUND_SIG = 0, 1, 2, 5, 6
+ROW = NKIND + 2 * NCLS
+
+
+@dataclass
+class Aggregates:
+    """Every table the reports need, filled during classification."""
+
+    kind: npt.NDArray[np.uint64]  # [NKIND]
+    kind64: npt.NDArray[np.uint64]
+    kind_bytes: npt.NDArray[np.uint64]
+    cpu_kind: npt.NDArray[np.uint64]  # [NCPU, NKIND]
+    level_kind: npt.NDArray[np.uint64]  # [2, NKIND]
+    cls: npt.NDArray[np.uint64]  # [NCLS]
+    cls_bytes: npt.NDArray[np.uint64]
+    why: npt.NDArray[np.uint64]  # [8]
+    level_cls: npt.NDArray[np.uint64]  # [2, NCLS]
+    level_cls_bytes: npt.NDArray[np.uint64]
+    ops: npt.NDArray[np.uint64]  # [16], OP_*
+    pc: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # keys, rows [ROW]
+    task: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # ident keys, rows [ROW]
+    guest: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # buffers, rows [2*NCLS]
+    features: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # sets, rows [4]
+    op_tasks: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # task ptrs, rows [4]
+    vmcb_entries: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # VMCBs, rows [1]
 
 
 @dataclass
@@ -60,10 +99,23 @@ class Classified:
     # findings, in the order they were decided: (event, last_sync, resumed, buffer, cls)
     findings: list[tuple[int, int, int, int, int]]
     findings_total: int
+    tables: Aggregates | None
 
 
 def classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: int, init_hi: int,
-             avx_init_hash: int) -> Classified:
+             avx_init_hash: int, tables: bool = False) -> Classified:
+    """Classify every event; with tables, also fill every table of the report
+    in the same pass."""
+    cap = 1 << 12
+    while True:
+        result, needed = _classify(ev, tasks, init_lo, init_hi, avx_init_hash, tables, cap)
+        if result is not None:
+            return result
+        cap = needed
+
+
+def _classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: int, init_hi: int,
+              avx_init_hash: int, tables: bool, cap: int) -> tuple[Classified | None, int]:
     lib = _library()
     assert lib is not None
     ev = np.ascontiguousarray(ev)
@@ -82,19 +134,39 @@ def classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: int
     f_buffer = np.empty(FINDINGS_CAP, dtype=np.uint64)
     f_cls = np.empty(FINDINGS_CAP, dtype=np.uint8)
     n_guest, f_len, f_total = _n(0), _n(0), _n(0)
+    small = np.empty(S_SIZE, dtype=np.uint64)
+    n_out = np.zeros(6, dtype=np.int64)
+    widths = (ROW, ROW, 2 * NCLS, 4, 4, 1)
+    keys = [np.empty(cap, dtype=np.uint64) for _ in widths]
+    rows = [np.empty((cap, w), dtype=np.uint64) for w in widths]
+    ptrs = (ctypes.c_void_p * 12)(*(_ptr(a) for pair in zip(keys, rows, strict=True)
+                                    for a in pair))
     rc = lib.fpa_classify(_ptr(ev), n, _ptr(tasks), n_tasks,
                           init_lo, init_hi, avx_init_hash, _ptr(cls), _ptr(why), _ptr(ctx),
                           _ptr(ident), _ptr(g_buf), _ptr(g_vmcb), GUEST_CAP, ctypes.byref(n_guest),
                           _ptr(f_event), _ptr(f_last), _ptr(f_resumed), _ptr(f_buffer),
-                          _ptr(f_cls), FINDINGS_CAP, ctypes.byref(f_len), ctypes.byref(f_total))
-    if rc != 0:
+                          _ptr(f_cls), FINDINGS_CAP, ctypes.byref(f_len), ctypes.byref(f_total),
+                          _ptr(small) if tables else None, ptrs, cap, _ptr(n_out))
+    if rc < 0:
         raise MemoryError("fpanalysis: out of memory")
+    if rc == 1:
+        return None, int(n_out.max())
     k = f_len.value
     findings = list(zip(f_event[:k].tolist(), f_last[:k].tolist(), f_resumed[:k].tolist(),
                         f_buffer[:k].tolist(), f_cls[:k].tolist(), strict=True))
     guest = {int(b): int(v) for b, v in zip(g_buf[:n_guest.value].tolist(),
                                             g_vmcb[:n_guest.value].tolist(), strict=True)}
-    return Classified(cls, why, ctx, ident, guest, findings, f_total.value)
+    agg = None
+    if tables:
+        parts = [(k[:m], r[:m]) for k, r, m in zip(keys, rows, n_out.tolist(), strict=True)]
+        agg = Aggregates(
+            small[S_KIND:S_KIND64], small[S_KIND64:S_KIND_BYTES],
+            small[S_KIND_BYTES:S_CPU_KIND], small[S_CPU_KIND:S_LEVEL_KIND].reshape(NCPU, NKIND),
+            small[S_LEVEL_KIND:S_CLS].reshape(2, NKIND), small[S_CLS:S_CLS_BYTES],
+            small[S_CLS_BYTES:S_WHY], small[S_WHY:S_LEVEL_CLS],
+            small[S_LEVEL_CLS:S_LEVEL_CLS_B].reshape(2, NCLS),
+            small[S_LEVEL_CLS_B:S_OPS].reshape(2, NCLS), small[S_OPS:S_SIZE], *parts)
+    return Classified(cls, why, ctx, ident, guest, findings, f_total.value, agg), 0
 
 
 def group(keys: npt.NDArray[np.generic], cats: npt.NDArray[np.generic], ncat: int,
@@ -146,73 +218,3 @@ def _group_numpy(keys: npt.NDArray[np.generic], cats: npt.NDArray[np.generic], n
     return uniq, counts.reshape(-1, ncat), sums.reshape(-1, ncat)
 
 
-# Layout of fpa_aggregate()'s fixed-size output (see fpanalysis.c).
-NKIND, NCLS, NCPU = 64, 6, 256
-S_KIND = 0
-S_KIND64 = S_KIND + NKIND
-S_KIND_BYTES = S_KIND64 + NKIND
-S_CPU_KIND = S_KIND_BYTES + NKIND
-S_LEVEL_KIND = S_CPU_KIND + NCPU * NKIND
-S_CLS = S_LEVEL_KIND + 2 * NKIND
-S_CLS_BYTES = S_CLS + NCLS
-S_WHY = S_CLS_BYTES + NCLS
-S_LEVEL_CLS = S_WHY + 8
-S_LEVEL_CLS_B = S_LEVEL_CLS + 2 * NCLS
-S_OPS = S_LEVEL_CLS_B + 2 * NCLS
-S_SIZE = S_OPS + 16
-OP_ENTRIES, OP_SWITCHES, OP_TASKBUF, OP_SIGNALS, OP_AROUND_SIG = 0, 1, 2, 5, 6
-ROW = NKIND + 2 * NCLS
-
-
-@dataclass
-class Aggregates:
-    """Every table the reports need, from one pass (fpa_aggregate)."""
-
-    kind: npt.NDArray[np.uint64]  # [NKIND]
-    kind64: npt.NDArray[np.uint64]
-    kind_bytes: npt.NDArray[np.uint64]
-    cpu_kind: npt.NDArray[np.uint64]  # [NCPU, NKIND]
-    level_kind: npt.NDArray[np.uint64]  # [2, NKIND]
-    cls: npt.NDArray[np.uint64]  # [NCLS]
-    cls_bytes: npt.NDArray[np.uint64]
-    why: npt.NDArray[np.uint64]  # [8]
-    level_cls: npt.NDArray[np.uint64]  # [2, NCLS]
-    level_cls_bytes: npt.NDArray[np.uint64]
-    ops: npt.NDArray[np.uint64]  # [16], OP_*
-    pc: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # keys, rows [ROW]
-    task: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # ident keys, rows [ROW]
-    guest: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # buffers, rows [2*NCLS]
-    features: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # sets, rows [4]
-    op_tasks: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # task ptrs, rows [4]
-    vmcb_entries: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # VMCBs, rows [1]
-
-
-def aggregate(ev: npt.NDArray[np.void], cls: npt.NDArray[np.uint8], why: npt.NDArray[np.uint8],
-              ctx: npt.NDArray[np.int8], ident: npt.NDArray[np.int64]) -> Aggregates:
-    lib = _library()
-    assert lib is not None
-    ev = np.ascontiguousarray(ev)
-    small = np.empty(S_SIZE, dtype=np.uint64)
-    n_out = np.zeros(6, dtype=np.int64)
-    cap = 1024
-    while True:
-        widths = (ROW, ROW, 2 * NCLS, 4, 4, 1)
-        keys = [np.empty(cap, dtype=np.uint64) for _ in widths]
-        rows = [np.empty((cap, w), dtype=np.uint64) for w in widths]
-        rc = lib.fpa_aggregate(_ptr(ev), len(ev), _ptr(cls), _ptr(why), _ptr(ctx), _ptr(ident),
-                               _ptr(small), *(x for pair in zip(keys, rows, strict=True)
-                                              for x in (_ptr(pair[0]), _ptr(pair[1]))),
-                               cap, _ptr(n_out))
-        if rc < 0:
-            raise MemoryError("fpanalysis: out of memory")
-        if rc == 0:
-            break
-        cap = int(n_out.max())
-    tables = [(k[:m], r[:m]) for k, r, m in zip(keys, rows, n_out.tolist(), strict=True)]
-    return Aggregates(
-        small[S_KIND:S_KIND64], small[S_KIND64:S_KIND_BYTES], small[S_KIND_BYTES:S_CPU_KIND],
-        small[S_CPU_KIND:S_LEVEL_KIND].reshape(NCPU, NKIND),
-        small[S_LEVEL_KIND:S_CLS].reshape(2, NKIND), small[S_CLS:S_CLS_BYTES],
-        small[S_CLS_BYTES:S_WHY], small[S_WHY:S_LEVEL_CLS],
-        small[S_LEVEL_CLS:S_LEVEL_CLS_B].reshape(2, NCLS),
-        small[S_LEVEL_CLS_B:S_OPS].reshape(2, NCLS), small[S_OPS:S_SIZE], *tables)

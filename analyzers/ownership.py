@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from fputrace.trace import format as fmt
+
+if TYPE_CHECKING:
+    from analyzers.native import Aggregates
 
 U64 = np.uint64
 USER_LIMIT = 1 << 47  # addresses below: user space (signal frames)
@@ -108,6 +112,7 @@ class Ownership:
     findings: list[Finding] = field(default_factory=list)  # in trace order
     findings_total: int = -1  # all of them, if more than are listed
     task_ident: npt.NDArray[np.int64] | None = None  # task_identity(), when computed on the way
+    tables: Aggregates | None = None  # the report's tables, when filled on the way
 
     def __post_init__(self) -> None:
         if self.findings_total < 0:
@@ -150,12 +155,13 @@ def _stale_description(buffer: int) -> str:
 
 
 def analyze(ev: npt.NDArray[np.void], init_fpstate: int | None = None,
-            tasks: npt.NDArray[np.void] | None = None) -> Ownership:
+            tasks: npt.NDArray[np.void] | None = None, tables: bool = False) -> Ownership:
     """Classify every save and restore of a trace's events (in seq order).
 
     Uses the compiled pass when it is built (analyzers/native), else the
     numpy implementation; both give the same result. With `tasks`, the
-    compiled pass also returns each event's task announcement."""
+    compiled pass also returns each event's task announcement, and with
+    `tables` the report's tables (analyzers.native.Aggregates)."""
     from analyzers import native
 
     if not native.available():
@@ -164,7 +170,7 @@ def analyze(ev: npt.NDArray[np.void], init_fpstate: int | None = None,
     init_hi = init_lo + INIT_FPSTATE_SPAN if init_fpstate is not None else 0
     empty_tasks = np.empty(0, dtype=fmt.TASK_DTYPE)
     r = native.classify(ev, tasks if tasks is not None else empty_tasks, init_lo, init_hi,
-                        AVX_INIT_HASH)
+                        AVX_INIT_HASH, tables)
     findings = []
     for event, last, resumed, buffer, c in sorted(r.findings):
         if c == Class.LOST_STATE:
@@ -173,7 +179,7 @@ def analyze(ev: npt.NDArray[np.void], init_fpstate: int | None = None,
             desc = _stale_description(buffer)
         findings.append(Finding(Class(c), event, buffer, last, resumed, desc))
     return Ownership(r.cls, r.why, r.ctx, r.guest, findings, r.findings_total,
-                     r.ident if tasks is not None else None)
+                     r.ident if tasks is not None else None, r.tables)
 
 
 def analyze_reference(ev: npt.NDArray[np.void], init_fpstate: int | None = None) -> Ownership:

@@ -298,14 +298,15 @@ def test_compiled_and_numpy_analyses_agree_on_a_real_trace(pingpong: tuple[str, 
     r = load_run(out)
     ev, tasks = r.trace.events, r.trace.tasks
     init = r.symbols.values.get("init_fpstate")
-    fast = analyze(ev, init, tasks)
+    fast = analyze(ev, init, tasks, tables=True)
     ref = analyze_reference(ev, init)
     assert fast.cls.tolist() == ref.cls.tolist()
     assert fast.context_kind.tolist() == ref.context_kind.tolist()
     assert fast.guest_buffers == ref.guest_buffers and len(fast.guest_buffers) == 1
     assert fast.task_ident is not None
     assert fast.task_ident.tolist() == task_identity(ev, tasks).tolist()
-    agg = native.aggregate(ev, fast.cls, fast.unknown_reason, fast.context_kind, fast.task_ident)
+    agg = fast.tables
+    assert agg is not None
     assert counts_from_aggregates(agg, len(ev), tasks, r.symbols) == count_events(
         ev, tasks, r.symbols, fast.task_ident)
     assert costs_from_aggregates(agg, fast, tasks, r.symbols) == compute_costs(

@@ -123,11 +123,11 @@ def report_tables(ev: np.ndarray, tasks: np.ndarray, symbols: object, compiled: 
     from analyzers.costs import compute_costs, costs_from_aggregates
     from analyzers.counts import count_events, counts_from_aggregates
 
-    own = analyze(ev, INIT, tasks)
+    own = analyze(ev, INIT, tasks, tables=compiled)
     assert own.task_ident is not None
     if compiled:
-        agg = native.aggregate(ev, own.cls, own.unknown_reason, own.context_kind,
-                               own.task_ident)
+        agg = own.tables
+        assert agg is not None
         return (counts_from_aggregates(agg, len(ev), tasks, symbols),  # type: ignore[arg-type]
                 costs_from_aggregates(agg, own, tasks, symbols))  # type: ignore[arg-type]
     return (count_events(ev, tasks, symbols, own.task_ident),  # type: ignore[arg-type]
@@ -137,7 +137,7 @@ def report_tables(ev: np.ndarray, tasks: np.ndarray, symbols: object, compiled: 
 SYMBOLS_TEXT = "ffffffff81000000 T _stext\nffffffff81000010 t save_fpregs_to_fpstate\n"
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(st.lists(event, min_size=1, max_size=50),
        st.lists(st.tuples(st.integers(0, 49), st.sampled_from(TASKS)), max_size=5))
 def test_aggregation_equals_numpy_tables(rows: list[dict[str, object]],

@@ -69,6 +69,10 @@ struct map {
     uint32_t *slots;
     uint8_t *used;
     size_t cap, len;
+    /* The last key found or added; slot numbers never change, so it stays valid. */
+    uint64_t last_key;
+    uint32_t last_slot;
+    int have_last;
 };
 
 static inline uint64_t mix64(uint64_t x)
@@ -83,6 +87,7 @@ static int map_init(struct map *m, size_t cap)
 {
     m->cap = cap;
     m->len = 0;
+    m->have_last = 0;
     m->keys = calloc(cap, sizeof(*m->keys));
     m->slots = calloc(cap, sizeof(*m->slots));
     m->used = calloc(cap, 1);
@@ -97,12 +102,19 @@ static void map_free(struct map *m)
 }
 
 /* The slot of key, or UINT32_MAX. */
-static inline uint32_t map_get(const struct map *m, uint64_t key)
+static inline uint32_t map_get(struct map *m, uint64_t key)
 {
-    size_t i = mix64(key) & (m->cap - 1);
+    size_t i;
 
+    if (m->have_last && m->last_key == key) {
+        return m->last_slot;
+    }
+    i = mix64(key) & (m->cap - 1);
     while (m->used[i]) {
         if (m->keys[i] == key) {
+            m->last_key = key;
+            m->last_slot = m->slots[i];
+            m->have_last = 1;
             return m->slots[i];
         }
         i = (i + 1) & (m->cap - 1);
@@ -117,6 +129,11 @@ static inline int map_put(struct map *m, uint64_t key, uint32_t *slot, int *crea
 {
     size_t i;
 
+    if (m->have_last && m->last_key == key) {
+        *slot = m->last_slot;
+        *created = 0;
+        return 0;
+    }
     if ((m->len + 1) * 2 > m->cap && map_grow(m) < 0) {
         return -1;
     }
@@ -125,6 +142,9 @@ static inline int map_put(struct map *m, uint64_t key, uint32_t *slot, int *crea
         if (m->keys[i] == key) {
             *slot = m->slots[i];
             *created = 0;
+            m->last_key = key;
+            m->last_slot = *slot;
+            m->have_last = 1;
             return 0;
         }
         i = (i + 1) & (m->cap - 1);
@@ -134,6 +154,9 @@ static inline int map_put(struct map *m, uint64_t key, uint32_t *slot, int *crea
     m->slots[i] = (uint32_t)m->len;
     *slot = (uint32_t)m->len++;
     *created = 1;
+    m->last_key = key;
+    m->last_slot = *slot;
+    m->have_last = 1;
     return 0;
 }
 
@@ -157,6 +180,9 @@ static int map_grow(struct map *m)
         }
     }
     bigger.len = m->len;
+    bigger.last_key = m->last_key;
+    bigger.last_slot = m->last_slot;
+    bigger.have_last = m->have_last;
     map_free(m);
     *m = bigger;
     return 0;
@@ -199,6 +225,316 @@ static inline uint64_t covers(const struct ftr_event *e)
     return (e->kind == KIND_FXSAVE || e->kind == KIND_FXRSTOR) ? 3 : e->value & e->xcr0;
 }
 
+/* ---- the report's tables, filled during classification ---- */
+
+#define NKIND   64
+#define NCLS    6
+#define NCPU    256
+/* out_small layout (u64 each), mirrored in analyzers/native.py */
+#define S_KIND          0                       /* [NKIND] events per kind */
+#define S_KIND64        (S_KIND + NKIND)        /* [NKIND] of them REX.W forms */
+#define S_KIND_BYTES    (S_KIND64 + NKIND)      /* [NKIND] bytes moved */
+#define S_CPU_KIND      (S_KIND_BYTES + NKIND)  /* [NCPU][NKIND] */
+#define S_LEVEL_KIND    (S_CPU_KIND + NCPU * NKIND)     /* [2][NKIND] */
+#define S_CLS           (S_LEVEL_KIND + 2 * NKIND)      /* [NCLS] */
+#define S_CLS_BYTES     (S_CLS + NCLS)                  /* [NCLS] */
+#define S_WHY           (S_CLS_BYTES + NCLS)            /* [8] unknown reasons */
+#define S_LEVEL_CLS     (S_WHY + 8)                     /* [2][NCLS] */
+#define S_LEVEL_CLS_B   (S_LEVEL_CLS + 2 * NCLS)        /* [2][NCLS] */
+#define S_OPS           (S_LEVEL_CLS_B + 2 * NCLS)      /* see OP_* */
+#define OP_ENTRIES      0
+#define OP_SWITCHES     1
+#define OP_TASKBUF      2       /* [3] saves, restores, bytes on task buffers */
+#define OP_SIGNALS      5
+#define OP_AROUND_SIG   6       /* [3] saves, restores, bytes on signal frames and init */
+#define S_SIZE          (S_OPS + 16)
+
+/* Per pc and per task: kinds [NKIND], classes [NCLS], class bytes [NCLS]. */
+#define ROW (NKIND + 2 * NCLS)
+/*
+ * Per buffer, of the operations classified as on a task buffer (the only
+ * ones that turn out guest buffers'): classes, class bytes, then saves,
+ * restores, bytes.
+ */
+#define BUF_ROW (2 * NCLS + 3)
+
+struct keyed {
+    struct map map;
+    uint64_t *keys;
+    uint64_t *rows;
+    size_t width, cap, len;
+};
+
+static int keyed_init(struct keyed *k, size_t width)
+{
+    k->width = width;
+    k->cap = 64;
+    k->len = 0;
+    k->keys = malloc(k->cap * sizeof(uint64_t));
+    k->rows = calloc(k->cap * width, sizeof(uint64_t));
+    return map_init(&k->map, 128) == 0 && k->keys && k->rows ? 0 : -1;
+}
+
+static void keyed_free(struct keyed *k)
+{
+    map_free(&k->map);
+    free(k->keys);
+    free(k->rows);
+}
+
+static uint64_t *keyed_row(struct keyed *k, uint64_t key)
+{
+    uint32_t slot;
+    int created;
+
+    if (map_put(&k->map, key, &slot, &created) < 0) {
+        return NULL;
+    }
+    if (created) {
+        if (slot >= k->cap) {
+            uint64_t *keys = realloc(k->keys, k->cap * 2 * sizeof(uint64_t));
+            if (!keys) {
+                return NULL;
+            }
+            k->keys = keys;
+            uint64_t *rows = realloc(k->rows, k->cap * 2 * k->width * sizeof(uint64_t));
+            if (!rows) {
+                return NULL;
+            }
+            memset(rows + k->cap * k->width, 0, k->cap * k->width * sizeof(uint64_t));
+            k->rows = rows;
+            k->cap *= 2;
+        }
+        k->keys[slot] = key;
+        k->len = slot + 1;
+    }
+    return k->rows + (size_t)slot * k->width;
+}
+
+/* Copy a keyed table out; returns its length, or -(length) if cap is too small. */
+static int64_t keyed_out(const struct keyed *k, uint64_t *keys, uint64_t *rows, size_t cap)
+{
+    if (k->len > cap) {
+        return -(int64_t)k->len;
+    }
+    memcpy(keys, k->keys, k->len * sizeof(uint64_t));
+    memcpy(rows, k->rows, k->len * k->width * sizeof(uint64_t));
+    return (int64_t)k->len;
+}
+
+struct agg {
+    uint64_t *small;
+    struct keyed pcs, tasks, bufs, feats, optasks, vmcbs;
+    uint64_t last_task[NCPU];
+    uint8_t have_last[NCPU];
+};
+
+static int agg_init(struct agg *a, uint64_t *small)
+{
+    memset(a, 0, sizeof(*a));
+    a->small = small;
+    memset(small, 0, S_SIZE * sizeof(uint64_t));
+    return keyed_init(&a->pcs, ROW) || keyed_init(&a->tasks, ROW) ||
+           keyed_init(&a->bufs, BUF_ROW) || keyed_init(&a->feats, 4) ||
+           keyed_init(&a->optasks, 4) || keyed_init(&a->vmcbs, 1) ? -1 : 0;
+}
+
+static void agg_free(struct agg *a)
+{
+    keyed_free(&a->pcs);
+    keyed_free(&a->tasks);
+    keyed_free(&a->bufs);
+    keyed_free(&a->feats);
+    keyed_free(&a->optasks);
+    keyed_free(&a->vmcbs);
+}
+
+/*
+ * Every event: kinds per CPU, level, pc and task; VM entries. *pc_row and
+ * *task_row are left pointing at the event's rows for agg_classified().
+ */
+static int agg_event(struct agg *a, const struct ftr_event *e, int64_t ident,
+                     uint64_t **pc_row, uint64_t **task_row)
+{
+    uint8_t k = e->kind < NKIND ? e->kind : 0;
+    int l2 = !!(e->flags & FLAG_L2);
+    uint64_t *pr = keyed_row(&a->pcs, e->pc), *tr = keyed_row(&a->tasks, (uint64_t)ident);
+
+    if (!pr || !tr) {
+        return -1;
+    }
+    *pc_row = pr;
+    *task_row = tr;
+    a->small[S_KIND + k]++;
+    if (e->flags & 0x008) {
+        a->small[S_KIND64 + k]++;
+    }
+    a->small[S_KIND_BYTES + k] += e->mem_bytes;
+    a->small[S_CPU_KIND + (e->vcpu % NCPU) * NKIND + k]++;
+    a->small[S_LEVEL_KIND + l2 * NKIND + k]++;
+    pr[k]++;
+    tr[k]++;
+    if (k == KIND_VM_ENTRY && !l2) {
+        uint64_t *orow = keyed_row(&a->optasks, e->task), *vrow = keyed_row(&a->vmcbs, e->addr);
+        if (!orow || !vrow) {
+            return -1;
+        }
+        orow[3] = 1;
+        vrow[0]++;
+        a->small[S_OPS + OP_ENTRIES]++;
+    }
+    return 0;
+}
+
+/*
+ * A classified save or restore (ctx: its context as known when classified;
+ * pr, tr: its pc and task rows from agg_event(), still valid since only
+ * other tables grew in between).
+ */
+static int agg_classified(struct agg *a, const struct ftr_event *e, uint64_t *pr, uint64_t *tr,
+                          uint8_t c, uint8_t why, int8_t ctx)
+{
+    int l2 = !!(e->flags & FLAG_L2);
+    int save = is_save(e->kind);
+    int redundant = c == REDUNDANT_SAVE || c == REDUNDANT_RESTORE;
+    uint64_t *fr = keyed_row(&a->feats, e->mem_features);
+
+    if (!fr) {
+        return -1;
+    }
+    a->small[S_CLS + c]++;
+    a->small[S_CLS_BYTES + c] += e->mem_bytes;
+    if (c == UNKNOWN) {
+        a->small[S_WHY + (why & 7)]++;
+    }
+    a->small[S_LEVEL_CLS + l2 * NCLS + c]++;
+    a->small[S_LEVEL_CLS_B + l2 * NCLS + c] += e->mem_bytes;
+    pr[NKIND + c]++;
+    pr[NKIND + NCLS + c] += e->mem_bytes;
+    tr[NKIND + c]++;
+    tr[NKIND + NCLS + c] += e->mem_bytes;
+    fr[save + 2 * redundant]++;
+    if (ctx < 0) {
+        return 0;       /* not an L1 operation that moved state */
+    }
+    uint64_t *orow = keyed_row(&a->optasks, e->task);
+    if (!orow) {
+        return -1;
+    }
+    if (ctx == CTX_TASK) {
+        uint64_t *br = keyed_row(&a->bufs, e->addr);
+        if (!br) {
+            return -1;
+        }
+        br[c]++;
+        br[NCLS + c] += e->mem_bytes;
+        br[2 * NCLS + (save ? 0 : 1)]++;
+        br[2 * NCLS + 2] += e->mem_bytes;
+    }
+    orow[save ? 0 : 1]++;
+    orow[2] += e->mem_bytes;
+    unsigned cpu = e->vcpu % NCPU;
+    if (a->have_last[cpu] && a->last_task[cpu] != e->task) {
+        a->small[S_OPS + OP_SWITCHES]++;
+    }
+    a->have_last[cpu] = 1;
+    a->last_task[cpu] = e->task;
+    if (ctx == CTX_TASK) {
+        a->small[S_OPS + OP_TASKBUF + (save ? 0 : 1)]++;
+        a->small[S_OPS + OP_TASKBUF + 2] += e->mem_bytes;
+    }
+    if (ctx == CTX_SIGNAL_FRAME || ctx == CTX_INIT) {
+        a->small[S_OPS + OP_AROUND_SIG + (save ? 0 : 1)]++;
+        a->small[S_OPS + OP_AROUND_SIG + 2] += e->mem_bytes;
+        if (ctx == CTX_SIGNAL_FRAME && save) {
+            a->small[S_OPS + OP_SIGNALS]++;
+        }
+    }
+    return 0;
+}
+
+/* A restore counted as necessary turned out to be a lost state. */
+static int agg_relabel_lost(struct agg *a, const struct ftr_event *e, int64_t ident, int8_t ctx)
+{
+    uint64_t *pr = keyed_row(&a->pcs, e->pc), *tr = keyed_row(&a->tasks, (uint64_t)ident);
+    uint64_t b = e->mem_bytes;
+
+    if (!pr || !tr) {
+        return -1;
+    }
+    a->small[S_CLS + NECESSARY]--;
+    a->small[S_CLS + LOST_STATE]++;
+    a->small[S_CLS_BYTES + NECESSARY] -= b;
+    a->small[S_CLS_BYTES + LOST_STATE] += b;
+    a->small[S_LEVEL_CLS + NECESSARY]--;
+    a->small[S_LEVEL_CLS + LOST_STATE]++;
+    a->small[S_LEVEL_CLS_B + NECESSARY] -= b;
+    a->small[S_LEVEL_CLS_B + LOST_STATE] += b;
+    pr[NKIND + NECESSARY]--;
+    pr[NKIND + LOST_STATE]++;
+    pr[NKIND + NCLS + NECESSARY] -= b;
+    pr[NKIND + NCLS + LOST_STATE] += b;
+    tr[NKIND + NECESSARY]--;
+    tr[NKIND + LOST_STATE]++;
+    tr[NKIND + NCLS + NECESSARY] -= b;
+    tr[NKIND + NCLS + LOST_STATE] += b;
+    if (ctx == CTX_TASK) {
+        uint64_t *br = keyed_row(&a->bufs, e->addr);
+        if (!br) {
+            return -1;
+        }
+        br[NECESSARY]--;
+        br[LOST_STATE]++;
+        br[NCLS + NECESSARY] -= b;
+        br[NCLS + LOST_STATE] += b;
+    }
+    return 0;
+}
+
+/*
+ * Output of the tables. out: S_SIZE u64, then for each keyed table (per pc
+ * ROW, per task announcement ROW, per guest buffer 2*NCLS, per feature set
+ * 4, per task pointer 4, per VMCB 1) a keys and a rows pointer in ptrs[],
+ * each with capacity cap. Guest buffers' operations were counted as task
+ * buffers' while they were not yet known to be guest buffers: moved here.
+ */
+static int agg_output(struct agg *a, struct map *guest_map, uint64_t **ptrs, size_t cap,
+                      int64_t *n_out)
+{
+    int rc = 0;
+    size_t g = 0;
+    uint64_t *g_keys = ptrs[4], *g_rows = ptrs[5];
+
+    for (size_t slot = 0; slot < a->bufs.len; slot++) {
+        uint64_t buf = a->bufs.keys[slot];
+        const uint64_t *row = a->bufs.rows + slot * BUF_ROW;
+        if (map_get(guest_map, buf) == UINT32_MAX) {
+            continue;
+        }
+        a->small[S_OPS + OP_TASKBUF] -= row[2 * NCLS];
+        a->small[S_OPS + OP_TASKBUF + 1] -= row[2 * NCLS + 1];
+        a->small[S_OPS + OP_TASKBUF + 2] -= row[2 * NCLS + 2];
+        if (g < cap) {
+            g_keys[g] = buf;
+            memcpy(g_rows + g * 2 * NCLS, row, 2 * NCLS * sizeof(uint64_t));
+        }
+        g++;
+    }
+    n_out[0] = keyed_out(&a->pcs, ptrs[0], ptrs[1], cap);
+    n_out[1] = keyed_out(&a->tasks, ptrs[2], ptrs[3], cap);
+    n_out[2] = g <= cap ? (int64_t)g : -(int64_t)g;
+    n_out[3] = keyed_out(&a->feats, ptrs[6], ptrs[7], cap);
+    n_out[4] = keyed_out(&a->optasks, ptrs[8], ptrs[9], cap);
+    n_out[5] = keyed_out(&a->vmcbs, ptrs[10], ptrs[11], cap);
+    for (int t = 0; t < 6; t++) {
+        if (n_out[t] < 0) {
+            n_out[t] = -n_out[t];
+            rc = 1;
+        }
+    }
+    return rc;
+}
+
 struct fpa_findings {
     int64_t *event, *last_sync, *resumed;
     uint64_t *buffer;
@@ -221,10 +557,12 @@ static void finding_add(struct fpa_findings *f, int64_t event, int64_t last, int
 }
 
 /*
- * Returns 0, or -1 when memory ran out. Outputs, all of length n: cls, why,
- * ctx (-1 for events that are not L1 saves/restores), ident (task
+ * Returns 0; 1 if a table did not fit agg_cap (agg_n_out says how much is
+ * needed: call again); -1 when memory ran out. Outputs, all of length n:
+ * cls, why, ctx (-1 for events that are not L1 saves/restores), ident (task
  * announcement index or -1). Guest buffers go to guest_buf/guest_vmcb
- * (*n_guest of them, at most guest_cap); findings to the arrays of f.
+ * (*n_guest of them, at most guest_cap); findings to the f_* arrays. With
+ * agg_small non-NULL, the report's tables are filled on the way (agg_output).
  */
 int fpa_classify(const struct ftr_event *ev, size_t n,
                  const struct ftr_task *tasks, size_t n_tasks,
@@ -232,8 +570,10 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
                  uint8_t *cls, uint8_t *why, int8_t *ctx, int64_t *ident,
                  uint64_t *guest_buf, uint64_t *guest_vmcb, size_t guest_cap, size_t *n_guest,
                  int64_t *f_event, int64_t *f_last, int64_t *f_resumed, uint64_t *f_buffer,
-                 uint8_t *f_cls, size_t f_cap, size_t *f_len, size_t *f_total)
+                 uint8_t *f_cls, size_t f_cap, size_t *f_len, size_t *f_total,
+                 uint64_t *agg_small, uint64_t **agg_ptrs, size_t agg_cap, int64_t *agg_n_out)
 {
+    struct agg aggregate, *A = NULL;
     struct map task_map = { 0 }, buf_map = { 0 }, guest_map = { 0 };
     struct buf_state *bufs = NULL;
     size_t bufs_cap = 1024;
@@ -271,6 +611,12 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
     if (!bufs || !task_announcement) {
         goto out;
     }
+    if (agg_small) {
+        A = &aggregate;
+        if (agg_init(A, agg_small) < 0) {
+            goto out;
+        }
+    }
     *n_guest = 0;
 
     for (size_t i = 0; i < n; i++) {
@@ -296,6 +642,10 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         cls[i] = NOT_CLASSIFIED;
         why[i] = WHY_NONE;
         ctx[i] = -1;
+        uint64_t *pc_row = NULL, *task_row = NULL;
+        if (A && agg_event(A, e, ident[i], &pc_row, &task_row) < 0) {
+            goto out;
+        }
         if (e->flags & FLAG_KERNEL_SIMD) {
             cs->kernel_simd = 1;
         }
@@ -312,14 +662,12 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         if (!is_save(e->kind) && !is_restore(e->kind)) {
             continue;
         }
-        if (!(e->flags & FLAG_MEM_VALID)) {
+        if (!(e->flags & FLAG_MEM_VALID) || (e->flags & FLAG_L2)) {
             cls[i] = UNKNOWN;
-            why[i] = NO_MEMORY_ACCESS;
-            continue;
-        }
-        if (e->flags & FLAG_L2) {
-            cls[i] = UNKNOWN;
-            why[i] = NESTED_GUEST;
+            why[i] = (e->flags & FLAG_MEM_VALID) ? NESTED_GUEST : NO_MEMORY_ACCESS;
+            if (A && agg_classified(A, e, pc_row, task_row, cls[i], why[i], -1) < 0) {
+                goto out;
+            }
             continue;
         }
 
@@ -365,7 +713,11 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
          * state if it resumes with exactly the bytes of its last sync. */
         if (bs->pending_overwrite >= 0) {
             if (!save && after_ok && e->regs_after_hash == bs->pending_sync) {
-                cls[bs->pending_overwrite] = LOST_STATE;
+                int64_t r = bs->pending_overwrite;
+                cls[r] = LOST_STATE;
+                if (A && agg_relabel_lost(A, &ev[r], ident[r], ctx[r]) < 0) {
+                    goto out;
+                }
                 finding_add(&f, bs->pending_overwrite, bs->pending_last_sync, (int64_t)i,
                             e->addr, LOST_STATE);
             }
@@ -445,6 +797,9 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
             cs->have_restore = 1;
             cs->last_restore = e->addr;
         }
+        if (A && agg_classified(A, e, pc_row, task_row, cls[i], why[i], my_ctx) < 0) {
+            goto out;
+        }
         cs->last_op = (int64_t)i;
         cs->sync = my_sync;
         cs->sync_ok = my_sync_ok;
@@ -462,8 +817,11 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
             }
         }
     }
-    rc = 0;
+    rc = A ? agg_output(A, &guest_map, agg_ptrs, agg_cap, agg_n_out) : 0;
 out:
+    if (A) {
+        agg_free(A);
+    }
     *f_len = f.len;
     *f_total = f.total;
     map_free(&task_map);
@@ -530,233 +888,3 @@ int64_t fpa_group(const uint8_t *keys, size_t key_stride,
     return (int64_t)k;
 }
 
-/* ---- aggregation: every table of the reports in one pass ---- */
-
-#define NKIND   64
-#define NCLS    6
-#define NCPU    256
-/* out_small layout (u64 each), documented in analyzers/native.py */
-#define S_KIND          0                       /* [NKIND] events per kind */
-#define S_KIND64        (S_KIND + NKIND)        /* [NKIND] of them REX.W forms */
-#define S_KIND_BYTES    (S_KIND64 + NKIND)      /* [NKIND] bytes moved */
-#define S_CPU_KIND      (S_KIND_BYTES + NKIND)  /* [NCPU][NKIND] */
-#define S_LEVEL_KIND    (S_CPU_KIND + NCPU * NKIND)     /* [2][NKIND] */
-#define S_CLS           (S_LEVEL_KIND + 2 * NKIND)      /* [NCLS] */
-#define S_CLS_BYTES     (S_CLS + NCLS)                  /* [NCLS] */
-#define S_WHY           (S_CLS_BYTES + NCLS)            /* [8] unknown reasons */
-#define S_LEVEL_CLS     (S_WHY + 8)                     /* [2][NCLS] */
-#define S_LEVEL_CLS_B   (S_LEVEL_CLS + 2 * NCLS)        /* [2][NCLS] */
-#define S_OPS           (S_LEVEL_CLS_B + 2 * NCLS)      /* see OP_* */
-#define OP_ENTRIES      0
-#define OP_SWITCHES     1
-#define OP_TASKBUF      2       /* [3] saves, restores, bytes on task buffers */
-#define OP_SIGNALS      5
-#define OP_AROUND_SIG   6       /* [3] saves, restores, bytes on signal frames and init */
-#define S_SIZE          (S_OPS + 16)
-
-/* Per-key value rows: kinds [NKIND], classes [NCLS], class bytes [NCLS]. */
-#define ROW (NKIND + 2 * NCLS)
-
-struct keyed {
-    struct map map;
-    uint64_t *keys;
-    uint64_t *rows;
-    size_t width, cap, len;
-};
-
-static int keyed_init(struct keyed *k, size_t width)
-{
-    k->width = width;
-    k->cap = 64;
-    k->len = 0;
-    k->keys = malloc(k->cap * sizeof(uint64_t));
-    k->rows = calloc(k->cap * width, sizeof(uint64_t));
-    return map_init(&k->map, 128) == 0 && k->keys && k->rows ? 0 : -1;
-}
-
-static void keyed_free(struct keyed *k)
-{
-    map_free(&k->map);
-    free(k->keys);
-    free(k->rows);
-}
-
-static uint64_t *keyed_row(struct keyed *k, uint64_t key)
-{
-    uint32_t slot;
-    int created;
-
-    if (map_put(&k->map, key, &slot, &created) < 0) {
-        return NULL;
-    }
-    if (created) {
-        if (slot >= k->cap) {
-            uint64_t *keys = realloc(k->keys, k->cap * 2 * sizeof(uint64_t));
-            uint64_t *rows = keys ? realloc(k->rows, k->cap * 2 * k->width * sizeof(uint64_t))
-                                  : NULL;
-            if (!keys || !rows) {
-                if (keys) {
-                    k->keys = keys;
-                }
-                return NULL;
-            }
-            memset(rows + k->cap * k->width, 0, k->cap * k->width * sizeof(uint64_t));
-            k->keys = keys;
-            k->rows = rows;
-            k->cap *= 2;
-        }
-        k->keys[slot] = key;
-        k->len = slot + 1;
-    }
-    return k->rows + (size_t)slot * k->width;
-}
-
-/* Copy a keyed table out; returns its length, or -(length) if cap is too small. */
-static int64_t keyed_out(const struct keyed *k, uint64_t *keys, uint64_t *rows, size_t cap)
-{
-    if (k->len > cap) {
-        return -(int64_t)k->len;
-    }
-    memcpy(keys, k->keys, k->len * sizeof(uint64_t));
-    memcpy(rows, k->rows, k->len * k->width * sizeof(uint64_t));
-    return (int64_t)k->len;
-}
-
-/*
- * out_small: S_SIZE u64. Keyed tables (keys, rows) with capacity cap each:
- * per pc (ROW), per task announcement (ROW; key is the ident as u64), per
- * guest buffer (2 * NCLS), per feature set (4: restored, saved, redundant
- * restores, redundant saves), per task pointer for the per-VM-entry costs
- * (4: saves, restores, bytes, entered a guest), per VMCB (1: VM entries).
- * n_out[6] gets each table's length. Returns 0, 1 if some cap was too small (n_out says how much is
- * needed), -1 on no memory.
- */
-int fpa_aggregate(const struct ftr_event *ev, size_t n, const uint8_t *cls, const uint8_t *why,
-                  const int8_t *ctx, const int64_t *ident, uint64_t *out_small,
-                  uint64_t *pc_keys, uint64_t *pc_rows, uint64_t *task_keys, uint64_t *task_rows,
-                  uint64_t *guest_keys, uint64_t *guest_rows, uint64_t *feat_keys,
-                  uint64_t *feat_rows, uint64_t *op_keys, uint64_t *op_rows,
-                  uint64_t *vmcb_keys, uint64_t *vmcb_rows, size_t cap, int64_t *n_out)
-{
-    struct keyed pcs = { 0 }, tasks = { 0 }, guests = { 0 }, feats = { 0 }, optasks = { 0 };
-    struct keyed vmcbs = { 0 };
-    uint64_t last_task[NCPU];
-    uint8_t have_last[NCPU];
-    int rc = -1;
-
-    memset(out_small, 0, S_SIZE * sizeof(uint64_t));
-    memset(have_last, 0, sizeof(have_last));
-    if (keyed_init(&pcs, ROW) || keyed_init(&tasks, ROW) || keyed_init(&guests, 2 * NCLS) ||
-        keyed_init(&feats, 4) || keyed_init(&optasks, 4) || keyed_init(&vmcbs, 1)) {
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        const struct ftr_event *e = &ev[i];
-        uint8_t k = e->kind < NKIND ? e->kind : 0;
-        int l2 = !!(e->flags & FLAG_L2);
-        uint8_t c = cls[i];
-        uint64_t *pr, *tr;
-
-        out_small[S_KIND + k]++;
-        if (e->flags & 0x008) {
-            out_small[S_KIND64 + k]++;
-        }
-        out_small[S_KIND_BYTES + k] += e->mem_bytes;
-        out_small[S_CPU_KIND + (e->vcpu % NCPU) * NKIND + k]++;
-        out_small[S_LEVEL_KIND + l2 * NKIND + k]++;
-        pr = keyed_row(&pcs, e->pc);
-        tr = keyed_row(&tasks, (uint64_t)ident[i]);
-        if (!pr || !tr) {
-            goto out;
-        }
-        pr[k]++;
-        tr[k]++;
-        if (k == KIND_VM_ENTRY && !l2) {
-            uint64_t *orow = keyed_row(&optasks, e->task);
-            uint64_t *vrow = keyed_row(&vmcbs, e->addr);
-            if (!orow || !vrow) {
-                goto out;
-            }
-            orow[3] = 1;
-            vrow[0]++;
-            out_small[S_OPS + OP_ENTRIES]++;
-        }
-        if (c >= NCLS) {
-            continue;
-        }
-        out_small[S_CLS + c]++;
-        out_small[S_CLS_BYTES + c] += e->mem_bytes;
-        if (c == UNKNOWN) {
-            out_small[S_WHY + (why[i] & 7)]++;
-        }
-        out_small[S_LEVEL_CLS + l2 * NCLS + c]++;
-        out_small[S_LEVEL_CLS_B + l2 * NCLS + c] += e->mem_bytes;
-        pr[NKIND + c]++;
-        pr[NKIND + NCLS + c] += e->mem_bytes;
-        tr[NKIND + c]++;
-        tr[NKIND + NCLS + c] += e->mem_bytes;
-        int save = is_save(e->kind);
-        int redundant = c == REDUNDANT_SAVE || c == REDUNDANT_RESTORE;
-        uint64_t *fr = keyed_row(&feats, e->mem_features);
-        if (!fr) {
-            goto out;
-        }
-        fr[save + 2 * redundant]++;
-        if (ctx[i] == CTX_GUEST) {
-            uint64_t *gr = keyed_row(&guests, e->addr);
-            if (!gr) {
-                goto out;
-            }
-            gr[c]++;
-            gr[NCLS + c] += e->mem_bytes;
-        }
-        /* Per-operation costs count the L1 operations that moved state. */
-        if (l2 || (c == UNKNOWN && why[i] == NO_MEMORY_ACCESS)) {
-            continue;
-        }
-        uint64_t *orow = keyed_row(&optasks, e->task);
-        if (!orow) {
-            goto out;
-        }
-        orow[save ? 0 : 1]++;
-        orow[2] += e->mem_bytes;
-        unsigned cpu = e->vcpu % NCPU;
-        if (have_last[cpu] && last_task[cpu] != e->task) {
-            out_small[S_OPS + OP_SWITCHES]++;
-        }
-        have_last[cpu] = 1;
-        last_task[cpu] = e->task;
-        if (ctx[i] == CTX_TASK) {
-            out_small[S_OPS + OP_TASKBUF + (save ? 0 : 1)]++;
-            out_small[S_OPS + OP_TASKBUF + 2] += e->mem_bytes;
-        }
-        if (ctx[i] == CTX_SIGNAL_FRAME || ctx[i] == CTX_INIT) {
-            out_small[S_OPS + OP_AROUND_SIG + (save ? 0 : 1)]++;
-            out_small[S_OPS + OP_AROUND_SIG + 2] += e->mem_bytes;
-            if (ctx[i] == CTX_SIGNAL_FRAME && save) {
-                out_small[S_OPS + OP_SIGNALS]++;
-            }
-        }
-    }
-    n_out[0] = keyed_out(&pcs, pc_keys, pc_rows, cap);
-    n_out[1] = keyed_out(&tasks, task_keys, task_rows, cap);
-    n_out[2] = keyed_out(&guests, guest_keys, guest_rows, cap);
-    n_out[3] = keyed_out(&feats, feat_keys, feat_rows, cap);
-    n_out[4] = keyed_out(&optasks, op_keys, op_rows, cap);
-    n_out[5] = keyed_out(&vmcbs, vmcb_keys, vmcb_rows, cap);
-    rc = 0;
-    for (int t = 0; t < 6; t++) {
-        if (n_out[t] < 0) {
-            n_out[t] = -n_out[t];
-            rc = 1;
-        }
-    }
-out:
-    keyed_free(&pcs);
-    keyed_free(&tasks);
-    keyed_free(&guests);
-    keyed_free(&feats);
-    keyed_free(&optasks);
-    keyed_free(&vmcbs);
-    return rc;
-}

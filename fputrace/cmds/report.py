@@ -14,7 +14,6 @@ from typing import Any
 
 from rich.console import Console
 
-from analyzers import native
 from analyzers.costs import compute_costs, costs_from_aggregates
 from analyzers.counts import count_events, counts_from_aggregates, task_identity
 from analyzers.ownership import Class, analyze
@@ -51,13 +50,11 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     r = load_run(args.trace)
     events, tasks = r.trace.events, r.trace.tasks
-    own = analyze(events, r.symbols.values.get("init_fpstate"), tasks)
-    if native.available() and own.task_ident is not None:
-        # Every table in one compiled pass.
-        agg = native.aggregate(events, own.cls, own.unknown_reason, own.context_kind,
-                               own.task_ident)
-        counts = counts_from_aggregates(agg, len(events), tasks, r.symbols)
-        costs = costs_from_aggregates(agg, own, tasks, r.symbols)
+    own = analyze(events, r.symbols.values.get("init_fpstate"), tasks, tables=True)
+    if own.tables is not None:
+        # Classes and every table from one compiled pass.
+        counts = counts_from_aggregates(own.tables, len(events), tasks, r.symbols)
+        costs = costs_from_aggregates(own.tables, own, tasks, r.symbols)
     else:
         ident = task_identity(events, tasks)
         counts = count_events(events, tasks, r.symbols, ident)
