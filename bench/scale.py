@@ -18,12 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from fputrace.trace import format as fmt
+from fputrace.trace.checksum import crc32c
 
 BLOCK = 512
 # One pattern per round: user save, guest restore, VM entry, VM exit, guest
@@ -98,14 +98,14 @@ def write_trace(path: Path, ev: np.ndarray) -> None:
         tasks["comm"] = [f"vcpu{i}".encode() for i in range(TASKS)]
         payload = tasks.tobytes()
         f.write(struct.pack(fmt.BLOCK_HEADER, fmt.BLOCK_MAGIC, 2, 0, TASKS, len(payload),
-                            zlib.crc32(payload), 0) + payload)
+                            crc32c(payload), 0) + payload)
         raw = memoryview(ev.view(np.uint8).reshape(-1))
         rec = fmt.EVENT_DTYPE.itemsize
         for start in range(0, len(ev), BLOCK):
             count = min(BLOCK, len(ev) - start)
             payload_v = raw[start * rec:(start + count) * rec]
             f.write(struct.pack(fmt.BLOCK_HEADER, fmt.BLOCK_MAGIC, 1, 0, count, len(payload_v),
-                                zlib.crc32(payload_v), 0))
+                                crc32c(payload_v), 0))
             f.write(payload_v)
         footer = np.zeros(1, dtype=fmt.FOOTER_DTYPE)
         footer["events_total"] = len(ev)
@@ -115,7 +115,7 @@ def write_trace(path: Path, ev: np.ndarray) -> None:
             footer["events_by_kind"][0][int(k)] = c
         payload = footer.tobytes()
         f.write(struct.pack(fmt.BLOCK_HEADER, fmt.BLOCK_MAGIC, 3, 0, 1, len(payload),
-                            zlib.crc32(payload), 0) + payload)
+                            crc32c(payload), 0) + payload)
 
 
 def main() -> int:

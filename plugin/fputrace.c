@@ -333,7 +333,8 @@ static uint32_t xsave_feature_of_offset(uint64_t off)
     return 0;
 }
 
-static uint32_t crc32_le(const void *data, size_t len)
+/* CRC-32C (Castagnoli): what readers check with the SSE4.2 crc32 instruction. */
+static uint32_t crc32c(const void *data, size_t len)
 {
     static uint32_t table[256];
     static gsize table_ready;
@@ -344,7 +345,7 @@ static uint32_t crc32_le(const void *data, size_t len)
         for (uint32_t i = 0; i < 256; i++) {
             uint32_t c = i;
             for (int k = 0; k < 8; k++) {
-                c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+                c = (c & 1) ? 0x82f63b78u ^ (c >> 1) : c >> 1;
             }
             table[i] = c;
         }
@@ -392,7 +393,7 @@ static void trace_write_block(uint16_t type, uint16_t vcpu, const void *payload,
         .vcpu = vcpu,
         .count = count,
         .payload_size = payload_size,
-        .crc32 = crc32_le(payload, payload_size),
+        .crc32 = crc32c(payload, payload_size),
     };
 
     memcpy(buf, &hdr, sizeof(hdr));

@@ -169,3 +169,17 @@ def test_l2_flag_survives(tmp_path: Path) -> None:
     b.event(XSAVEOPT, flags=F_L2)
     t = read_trace(b.write(tmp_path / "t.ftr"))
     assert int(t.events["flags"][0]) & fmt.Flag.L2
+
+
+def test_crc32c_check_value_and_native_agree() -> None:
+    # The standard check value of CRC-32C, and the compiled and Python
+    # versions (and the builder's own) agreeing on bytes of every length.
+    from tracebuilder import crc32c as builder_crc
+
+    from fputrace.trace.checksum import crc32c, crc32c_python
+
+    assert crc32c_python(b"123456789") == 0xE3069283
+    assert crc32c(b"123456789") == 0xE3069283
+    data = bytes(range(256)) * 3
+    for n in (0, 1, 7, 8, 9, 63, 64, 65, 700):
+        assert crc32c(data[:n]) == crc32c_python(data[:n]) == builder_crc(data[:n])

@@ -10,7 +10,6 @@ first), the rest at exit, then the footer.
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,27 @@ TASK_STRUCT = struct.Struct("<QQII16sHHI")  # 48 bytes
 BLOCK_STRUCT = struct.Struct("<IHHIIII")  # 24 bytes
 FOOTER_STRUCT = struct.Struct("<QQQQ64Q")  # 544 bytes
 BLOCK_MAGIC = 0x4B425446
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), written out here independently of the reader's."""
+    c = 0xFFFFFFFF
+    for byte in data:
+        c = CRC32C_TABLE[(c ^ byte) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
 
 # Kind numbers as docs/trace-format.md lists them.
 XSAVE, XSAVEOPT, XSAVEC, XSAVES, XRSTOR, XRSTORS, FXSAVE, FXRSTOR = 1, 2, 3, 4, 5, 6, 7, 8
@@ -74,7 +94,7 @@ class Task:
 def block(btype: int, vcpu: int, records: list[bytes]) -> bytes:
     payload = b"".join(records)
     return BLOCK_STRUCT.pack(BLOCK_MAGIC, btype, vcpu, len(records), len(payload),
-                             zlib.crc32(payload), 0) + payload
+                             crc32c(payload), 0) + payload
 
 
 def header(version: int = 1, min_reader: int = 1, arch: int = 1, features: int = 7,
@@ -147,7 +167,7 @@ class TraceBuilder:
                 by_kind[e.kind] += 1
             total = len(self.events) if footer_events_total is None else footer_events_total
             payload = FOOTER_STRUCT.pack(total, len(self.tasks), blocks, 0, *by_kind)
-            out.extend(BLOCK_STRUCT.pack(BLOCK_MAGIC, 3, 0, 1, len(payload), zlib.crc32(payload),
+            out.extend(BLOCK_STRUCT.pack(BLOCK_MAGIC, 3, 0, 1, len(payload), crc32c(payload),
                                          0) + payload)
         return bytes(out)
 

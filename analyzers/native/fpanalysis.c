@@ -888,3 +888,142 @@ int64_t fpa_group(const uint8_t *keys, size_t key_stride,
     return (int64_t)k;
 }
 
+
+/* ---- CRC-32C of block payloads (docs/trace-format.md) ---- */
+
+#define CRC32C_POLY 0x82f63b78u
+
+static uint32_t crc32c_table[256];
+
+static void crc32c_init_table(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) {
+            c = (c & 1) ? CRC32C_POLY ^ (c >> 1) : c >> 1;
+        }
+        crc32c_table[i] = c;
+    }
+}
+
+static uint32_t crc32c_soft(uint32_t crc, const uint8_t *p, size_t len)
+{
+    if (!crc32c_table[1]) {
+        crc32c_init_table();
+    }
+    while (len--) {
+        crc = crc32c_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    }
+    return crc;
+}
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *p, size_t len)
+{
+    uint64_t c = crc;
+
+    while (len >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = _mm_crc32_u64(c, v);
+        p += 8;
+        len -= 8;
+    }
+    crc = (uint32_t)c;
+    while (len--) {
+        crc = _mm_crc32_u8(crc, *p++);
+    }
+    return crc;
+}
+#endif
+
+uint32_t fpa_crc32c(const void *data, size_t len)
+{
+    uint32_t crc = 0xffffffffu;
+
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("sse4.2")) {
+        return crc32c_sse42(crc, data, len) ^ 0xffffffffu;
+    }
+#endif
+    return crc32c_soft(crc, data, len) ^ 0xffffffffu;
+}
+
+/*
+ * Copy block payloads out of a mapped trace file into one array, checking
+ * each block's CRC-32C on the way (one read of the source). Mapped source
+ * pages already copied are released every 64 MiB, so the file is never
+ * resident twice. Returns how many blocks were copied before the first
+ * whose checksum failed (all of them if none).
+ */
+#include <sys/mman.h>
+
+#define RELEASE_CHUNK (64u << 20)
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t copy_crc32c_sse42(uint8_t *dst, const uint8_t *src, size_t len)
+{
+    uint64_t c = 0xffffffffu;
+    uint32_t crc;
+
+    while (len >= 8) {
+        uint64_t v;
+        memcpy(&v, src, 8);
+        c = _mm_crc32_u64(c, v);
+        memcpy(dst, &v, 8);
+        src += 8;
+        dst += 8;
+        len -= 8;
+    }
+    crc = (uint32_t)c;
+    while (len--) {
+        crc = _mm_crc32_u8(crc, *src);
+        *dst++ = *src++;
+    }
+    return crc ^ 0xffffffffu;
+}
+#endif
+
+size_t fpa_copy_blocks(const uint8_t *base, size_t map_size, const uint64_t *offsets,
+                       const uint32_t *sizes, const uint32_t *crcs, size_t n_blocks,
+                       uint8_t *dest)
+{
+    const uint8_t *released = base;
+    size_t out = 0;
+
+#if defined(__x86_64__)
+    int hw = __builtin_cpu_supports("sse4.2");
+#else
+    int hw = 0;
+#endif
+    for (size_t b = 0; b < n_blocks; b++) {
+        const uint8_t *src = base + offsets[b];
+        uint32_t crc;
+
+#if defined(__x86_64__)
+        if (hw) {
+            crc = copy_crc32c_sse42(dest + out, src, sizes[b]);
+        } else
+#endif
+        {
+            memcpy(dest + out, src, sizes[b]);
+            crc = fpa_crc32c(src, sizes[b]);
+        }
+        (void)hw;
+        if (crc != crcs[b]) {
+            return b;
+        }
+        out += sizes[b];
+        const uint8_t *done = (const uint8_t *)((uintptr_t)(src + sizes[b]) & ~(uintptr_t)4095);
+        if (done > released && (size_t)(done - released) >= RELEASE_CHUNK &&
+            done <= base + map_size) {
+            madvise((void *)released, done - released, MADV_DONTNEED);
+            released = done;
+        }
+    }
+    return n_blocks;
+}

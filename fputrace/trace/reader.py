@@ -7,10 +7,11 @@ end in a partial block; everything up to the last whole block is returned, and
 
 from __future__ import annotations
 
-import io
+import ctypes
+import functools
+import mmap
 import os
 import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy.typing as npt
 
 from fputrace.errors import FputraceError
 from fputrace.trace import format as fmt
+from fputrace.trace.checksum import crc32c
 
 
 class TraceError(FputraceError):
@@ -141,8 +143,9 @@ RECORD_SIZES = {int(fmt.BlockType.EVENTS): fmt.EVENT_DTYPE.itemsize,
 def read_trace(path: str | os.PathLike[str], verify_crc: bool = True) -> Trace:
     """Read a whole trace. Raises TraceError for a file that is not one.
 
-    Block headers are scanned first, then each payload is read straight into
-    its place in preallocated arrays: the file is never held twice in memory.
+    The file is mapped; block headers are scanned in place, then each
+    payload is copied into its place in preallocated arrays, its checksum
+    verified on the way: the file is never held twice in memory.
     """
     p = Path(path)
     try:
@@ -155,12 +158,16 @@ def read_trace(path: str | os.PathLike[str], verify_crc: bool = True) -> Trace:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise TraceError(f"{p}: empty file, not a trace: record it again")
-        header = _parse_header(p, f.read(min(size, 1 << 16)))
-        blocks, footer_block, problems, end = _scan_blocks(f, header.header_size, size)
-        return _load(p, f, header, blocks, footer_block, problems, end, size, verify_crc)
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        header = _parse_header(p, data[: min(size, 1 << 16)])
+        blocks, footer_block, problems, end = _scan_blocks(data, header.header_size, size)
+        return _load(p, data, header, blocks, footer_block, problems, end, size, verify_crc)
+    finally:
+        data.close()
 
 
-def _scan_blocks(f: io.BufferedReader, start: int, size: int
+def _scan_blocks(data: mmap.mmap, start: int, size: int
                  ) -> tuple[list[_Block], _Block | None, list[str], int]:
     """Walk the block headers; stop at the first one that is not whole or sane."""
     blocks: list[_Block] = []
@@ -170,9 +177,8 @@ def _scan_blocks(f: io.BufferedReader, start: int, size: int
         if size - pos < fmt.BLOCK_HEADER_SIZE:
             problems.append(f"a partial block header at byte {pos} ({size - pos} bytes)")
             break
-        f.seek(pos)
-        magic, btype, _vcpu, count, psize, crc, _ = struct.unpack(
-            fmt.BLOCK_HEADER, f.read(fmt.BLOCK_HEADER_SIZE))
+        magic, btype, _vcpu, count, psize, crc, _ = struct.unpack_from(fmt.BLOCK_HEADER,
+                                                                       data, pos)
         if magic != fmt.BLOCK_MAGIC:
             problems.append(f"garbage instead of a block at byte {pos}")
             break
@@ -196,46 +202,85 @@ def _scan_blocks(f: io.BufferedReader, start: int, size: int
     return blocks, None, problems, pos
 
 
-def _load(p: Path, f: io.BufferedReader, header: Header, blocks: list[_Block],
+def _copy_payloads(data: mmap.mmap, blocks: list[_Block], dest: npt.NDArray[np.void],
+                   verify_crc: bool) -> int:
+    """Copy the blocks' payloads one after another into dest; returns how many
+    were copied before the first with a bad checksum."""
+    if not blocks:
+        return 0
+    raw = dest.view(np.uint8).reshape(-1)
+    native = _copy_function()
+    if native is not None and verify_crc:
+        offsets = np.array([b.pos + fmt.BLOCK_HEADER_SIZE for b in blocks], dtype=np.uint64)
+        sizes = np.array([b.payload_size for b in blocks], dtype=np.uint32)
+        crcs = np.array([b.crc for b in blocks], dtype=np.uint32)
+        # A read-only view: its address for C; dropped before the mapping closes.
+        source = np.frombuffer(data, dtype=np.uint8)
+        try:
+            return int(native(source.ctypes.data, len(data), offsets.ctypes.data,
+                              sizes.ctypes.data, crcs.ctypes.data, len(blocks),
+                              raw.ctypes.data))
+        finally:
+            del source
+    out = 0
+    for i, b in enumerate(blocks):
+        start = b.pos + fmt.BLOCK_HEADER_SIZE
+        payload = data[start : start + b.payload_size]
+        if verify_crc and crc32c(payload) != b.crc:
+            return i
+        raw[out : out + b.payload_size] = np.frombuffer(payload, dtype=np.uint8)
+        out += b.payload_size
+    return len(blocks)
+
+
+@functools.cache
+def _copy_function() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    from fputrace.paths import build_dir
+
+    lib = build_dir() / "libfpanalysis.so"
+    if not lib.exists():
+        return None
+    fn = ctypes.CDLL(str(lib)).fpa_copy_blocks
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
+                   ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    return fn
+
+
+def _load(p: Path, data: mmap.mmap, header: Header, blocks: list[_Block],
           footer_block: _Block | None, problems: list[str], end: int, size: int,
           verify_crc: bool) -> Trace:
-    n_events = sum(b.count for b in blocks if b.btype == fmt.BlockType.EVENTS)
-    n_tasks = sum(b.count for b in blocks if b.btype == fmt.BlockType.TASKS)
-    events = np.empty(n_events, dtype=fmt.EVENT_DTYPE)
-    tasks = np.empty(n_tasks, dtype=fmt.TASK_DTYPE)
-    dest = {int(fmt.BlockType.EVENTS): events.view(np.uint8).reshape(-1).data,
-            int(fmt.BlockType.TASKS): tasks.view(np.uint8).reshape(-1).data}
-    filled = {int(fmt.BlockType.EVENTS): 0, int(fmt.BlockType.TASKS): 0}
-    starts: dict[int, list[int]] = {int(fmt.BlockType.EVENTS): [], int(fmt.BlockType.TASKS): []}
-    read_blocks = 0
-    stop: int | None = None
-    for b in blocks:
-        off = filled[b.btype]
-        window = dest[b.btype][off : off + b.payload_size]
-        f.seek(b.pos + fmt.BLOCK_HEADER_SIZE)
-        if f.readinto(window) != b.payload_size or (verify_crc and zlib.crc32(window) != b.crc):
-            problems.insert(0, f"a block with a bad checksum at byte {b.pos}")
-            stop = b.pos
-            break
-        starts[b.btype].append(off // RECORD_SIZES[b.btype])
-        filled[b.btype] = off + b.payload_size
-        read_blocks += 1
+    by_type = {t: [b for b in blocks if b.btype == t]
+               for t in (fmt.BlockType.EVENTS, fmt.BlockType.TASKS)}
+    events = np.empty(sum(b.count for b in by_type[fmt.BlockType.EVENTS]), dtype=fmt.EVENT_DTYPE)
+    tasks = np.empty(sum(b.count for b in by_type[fmt.BlockType.TASKS]), dtype=fmt.TASK_DTYPE)
+    good_events = _copy_payloads(data, by_type[fmt.BlockType.EVENTS], events, verify_crc)
+    good_tasks = _copy_payloads(data, by_type[fmt.BlockType.TASKS], tasks, verify_crc)
+    # The first bad block, of either type, ends what is read.
+    bad = [bl[n].pos for bl, n in ((by_type[fmt.BlockType.EVENTS], good_events),
+                                   (by_type[fmt.BlockType.TASKS], good_tasks)) if n < len(bl)]
+    stop = min(bad) if bad else None
     footer: Footer | None = None
     if stop is None and footer_block is not None:
-        f.seek(footer_block.pos + fmt.BLOCK_HEADER_SIZE)
-        payload = f.read(footer_block.payload_size)
-        if verify_crc and zlib.crc32(payload) != footer_block.crc:
-            problems.insert(0, f"a block with a bad checksum at byte {footer_block.pos}")
+        start = footer_block.pos + fmt.BLOCK_HEADER_SIZE
+        payload = data[start : start + footer_block.payload_size]
+        if verify_crc and crc32c(payload) != footer_block.crc:
             stop = footer_block.pos
         else:
             footer = _parse_footer(payload)
-            read_blocks += 1
-    for view in dest.values():
-        view.release()
-    ev = _sort_by_seq(events[: filled[fmt.BlockType.EVENTS] // fmt.EVENT_DTYPE.itemsize],
-                      starts[fmt.BlockType.EVENTS])
-    tk = _sort_by_seq(tasks[: filled[fmt.BlockType.TASKS] // fmt.TASK_DTYPE.itemsize],
-                      starts[fmt.BlockType.TASKS])
+    if stop is not None:
+        problems.insert(0, f"a block with a bad checksum at byte {stop}")
+
+    def before_stop(bl: list[_Block]) -> list[_Block]:
+        return [b for b in bl if stop is None or b.pos < stop]
+
+    kept_events = before_stop(by_type[fmt.BlockType.EVENTS])
+    kept_tasks = before_stop(by_type[fmt.BlockType.TASKS])
+    ev = _sort_by_seq(events[: sum(b.count for b in kept_events)],
+                      list(np.cumsum([0] + [b.count for b in kept_events])[:-1]))
+    tk = _sort_by_seq(tasks[: sum(b.count for b in kept_tasks)],
+                      list(np.cumsum([0] + [b.count for b in kept_tasks])[:-1]))
+    read_blocks = len(kept_events) + len(kept_tasks) + (1 if footer is not None else 0)
     if footer is None:
         problems.insert(0, "no footer: the recording did not end cleanly")
     else:

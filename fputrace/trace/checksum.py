@@ -1,0 +1,57 @@
+"""CRC-32C (Castagnoli) of block payloads, as the plugin writes it.
+
+The compiled library (build/libfpanalysis.so, fpa_crc32c) uses the SSE4.2
+crc32 instruction where the CPU has it; without the library a table-driven
+Python version gives the same values, slowly (fine for small traces).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+
+from fputrace.paths import build_dir
+
+POLY = 0x82F63B78  # reflected Castagnoli polynomial
+
+
+@cache
+def _table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ POLY if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+def crc32c_python(data: bytes | memoryview) -> int:
+    table = _table()
+    c = 0xFFFFFFFF
+    for byte in bytes(data):
+        c = table[(c ^ byte) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+@cache
+def _native() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    path = build_dir() / "libfpanalysis.so"
+    if not path.exists():
+        return None
+    fn = ctypes.CDLL(str(path)).fpa_crc32c
+    fn.restype = ctypes.c_uint32
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    return fn
+
+
+def crc32c(data: memoryview | bytes) -> int:
+    fn = _native()
+    if fn is None:
+        return crc32c_python(data)
+    view = memoryview(data).cast("B")
+    if not len(view):
+        return int(fn(b"", 0))
+    buf = (ctypes.c_char * len(view)).from_buffer_copy(view) if view.readonly else \
+        (ctypes.c_char * len(view)).from_buffer(view)
+    return int(fn(buf, len(view)))
