@@ -233,7 +233,7 @@ def _per(saves: int, restores: int, nbytes: int, n: int) -> dict[str, float | in
 
 def costs_from_aggregates(agg: Aggregates, own: Ownership, tasks: npt.NDArray[np.void],
                           symbols: Symbols) -> Costs:
-    """compute_costs() from the one-pass tables of analyzers.native.aggregate()."""
+    """compute_costs() from the tables the compiled pass filled (Ownership.tables)."""
     from analyzers.native import (
         NCLS,
         NKIND,

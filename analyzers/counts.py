@@ -159,7 +159,7 @@ def count_events(events: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
 
 def counts_from_aggregates(agg: Aggregates, n_events: int, tasks: npt.NDArray[np.void],
                            symbols: Symbols) -> Counts:
-    """count_events() from the one-pass tables of analyzers.native.aggregate()."""
+    """count_events() from the tables the compiled pass filled (Ownership.tables)."""
     from analyzers.native import NKIND
 
     t_keys, t_rows = agg.task
