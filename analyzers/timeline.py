@@ -47,6 +47,7 @@ TIMELINE_DTYPE = np.dtype([
     ("modified", "?"),  # the registers changed during the interval
     ("kernel_use", "?"),  # in-kernel FPU use during the interval
     ("in_guest", "?"),  # the nested guest ran during it (between VM entry and exit)
+    ("buffer_current", "?"),  # at its end the owner's buffer held what its registers held
 ])
 
 
@@ -115,19 +116,14 @@ def cpu_timeline(ev: npt.NDArray[np.void], own: Ownership) -> npt.NDArray[np.voi
     state_src = np.where((entered >= 0) | first, np.arange(n), 0)
     state_src = np.maximum.accumulate(state_src)
     out["in_guest"] = entered[state_src] == 1
+    # Current unless the registers changed and were not saved at the end.
+    out["buffer_current"] = ~out["modified"] | (out["end"] == End.SAVE)
     return out
 
 
 def context_timeline(timeline: npt.NDArray[np.void], buffer: int) -> npt.NDArray[np.void]:
-    """The intervals in which a context's state was live in some CPU's registers.
-
-    Outside them it lives only in its buffer. At the end of an interval its
-    buffer is current unless the registers were modified and not saved
-    (`modified` set and `end` not SAVE)."""
+    """The intervals in which a context's state was live in some CPU's
+    registers (outside them it lives only in its buffer), with whether its
+    buffer was current at the end of each."""
     selected: npt.NDArray[np.void] = timeline[timeline["owner"] == np.uint64(buffer)]
     return selected
-
-
-def buffer_current_at_end(intervals: npt.NDArray[np.void]) -> npt.NDArray[np.bool_]:
-    current: npt.NDArray[np.bool_] = ~intervals["modified"] | (intervals["end"] == End.SAVE)
-    return current

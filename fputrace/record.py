@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -225,12 +224,3 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     return lines[-1][:100] if lines else ""
-
-
-def copy_run(src: Path, dst: Path) -> None:
-    """Copy a trace with its sidecars (used by tests and benchmarks)."""
-    shutil.copy(src, dst)
-    for what in ("console.log", "kallsyms.gz", "meta.json"):
-        s = sidecar(src, what)
-        if s.exists():
-            shutil.copy(s, sidecar(dst, what))

@@ -311,7 +311,8 @@ def timeline_json(timeline: Any, limit: int) -> list[dict[str, Any]]:
              if r["owner_kind"] >= 0 else "unknown",
              "content": f"{int(r['content']):016x}", "begin": Begin(int(r["begin"])).name.lower(),
              "end": End(int(r["end"])).name.lower(), "modified": bool(r["modified"]),
-             "kernel_use": bool(r["kernel_use"]), "in_guest": bool(r["in_guest"])}
+             "kernel_use": bool(r["kernel_use"]), "in_guest": bool(r["in_guest"]),
+             "buffer_current": bool(r["buffer_current"])}
             for r in rows]
 
 
@@ -323,7 +324,8 @@ def render_timeline(console: Console, timeline: Any, limit: int) -> None:
     for r in timeline_json(timeline, limit):
         changed = ", ".join(w for w, on in (("modified", r["modified"]),
                                             ("kernel", r["kernel_use"]),
-                                            ("guest ran", r["in_guest"])) if on)
+                                            ("guest ran", r["in_guest"]),
+                                            ("buffer stale", not r["buffer_current"])) if on)
         table.add_row(str(r["cpu"]), f"{r['start_seq']}-{r['end_seq']}", r["owner"],
                       r["owner_kind"], r["content"], r["begin"], r["end"], changed)
     console.print(table)

@@ -308,6 +308,25 @@ def test_cpu_timeline_of_a_kvm_run(tmp_path: Path) -> None:
         (5, 6, BG, LG2, Begin.SAVE, End.OVERWRITE, False, False),
         (6, 6, BT, L1, Begin.RESTORE, End.END_OF_TRACE, False, False),
     ]
-    # The guest context's own timeline: live on CPU 0 from seq 2 to 6.
+    # The guest context's own timeline: live on CPU 0 from seq 2 to 6; its
+    # buffer is stale only while the guest's changed registers are unsaved
+    # (the interval from the VM exit to the save is modified, but ends in the
+    # save, so even there the buffer is current at its end).
     guest = context_timeline(tl, BG)
     assert (int(guest["start_seq"][0]), int(guest["end_seq"][-1])) == (2, 6)
+    assert guest["buffer_current"].tolist() == [True, True, True, True]
+    assert bool(tl["modified"][4]) and int(tl["end"][4]) == End.SAVE
+
+
+def test_timeline_marks_a_buffer_left_stale(tmp_path: Path) -> None:
+    # The lost-state scenario: T's interval from its restore (seq 1) to U's
+    # restore over its changed registers (seq 2) ends with T's buffer behind
+    # its registers; every other interval ends with its buffer current.
+    from analyzers.timeline import End, cpu_timeline
+
+    t = read_trace(lost_state_trace(tmp_path / "lost.ftr"))
+    tl = cpu_timeline(t.events, analyze(t.events))
+    rows = [(int(r["start_seq"]), int(r["owner"]), End(int(r["end"])), bool(r["buffer_current"]))
+            for r in tl]
+    assert rows == [(0, BU, End.OVERWRITE, True), (1, BT, End.OVERWRITE, False),
+                    (2, BU, End.OVERWRITE, True), (3, BT, End.END_OF_TRACE, True)]

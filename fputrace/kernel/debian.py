@@ -178,8 +178,7 @@ def _check_series(series: str, arch: str) -> str:
     return RELEASES[series]
 
 
-def fetch_kernel(series: str, arch: str = "amd64", refresh: bool = False,
-                 log: object = None) -> KernelInfo:
+def fetch_kernel(series: str, arch: str = "amd64", refresh: bool = False) -> KernelInfo:
     """Download (once) and unpack the Debian kernel of a series; return it."""
     codename = _check_series(series, arch)
     cached = cached_kernel(series, arch)
