@@ -10,12 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fputrace.paths import build_dir
 
 REQUIRE_ALL = os.environ.get("FPUTRACE_REQUIRE_ALL") == "1"
+
+# make test draws the same examples every run, so that its verdict does not
+# depend on luck; run alone, pytest explores new ones each time.
+settings.register_profile("make-test", derandomize=True, database=None)
+if REQUIRE_ALL:
+    settings.load_profile("make-test")
 
 
 def require(condition: bool, reason: str) -> None:
