@@ -12,7 +12,14 @@ import numpy as np
 import numpy.typing as npt
 
 from analyzers.counts import task_identity, task_label
-from analyzers.ownership import UNKNOWN_REASONS, Class, ContextKind, Ownership, Unknown
+from analyzers.ownership import (
+    SAVE_TABLE,
+    UNKNOWN_REASONS,
+    Class,
+    ContextKind,
+    Ownership,
+    Unknown,
+)
 from fputrace.kernel.symbols import Symbols
 
 if TYPE_CHECKING:
@@ -89,10 +96,8 @@ def compute_costs(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], own: Ow
     cls = own.cls
     nbytes = ev["mem_bytes"]
     kind = ev["kind"]
-    save_kind = np.zeros(256, dtype=bool)
-    save_kind[[int(k) for k in fmt.SAVE_KINDS]] = True
     classified = cls < ncls
-    is_save = save_kind[kind]
+    is_save = SAVE_TABLE[kind]
 
     by_cls = np.bincount(cls, minlength=256)[:ncls]
     bytes_cls = np.bincount(cls, weights=nbytes, minlength=256)[:ncls]

@@ -9,39 +9,18 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 import numpy.typing as npt
 
-from fputrace.paths import build_dir
+from fputrace.native import library
 from fputrace.trace import format as fmt
 
 GUEST_CAP = 1 << 16
 FINDINGS_CAP = 1 << 16
 
-_p = ctypes.c_void_p
-_n = ctypes.c_size_t
-_u64 = ctypes.c_uint64
-
-
-@cache
-def _library() -> ctypes.CDLL | None:
-    path = build_dir() / "libfpanalysis.so"
-    if not path.exists():
-        return None
-    lib = ctypes.CDLL(str(path))
-    lib.fpa_classify.restype = ctypes.c_int
-    lib.fpa_classify.argtypes = [_p, _n, _p, _n, _u64, _u64, _u64, _p, _p, _p, _p,
-                                 _p, _p, _n, _p, _p, _p, _p, _p, _p, _n, _p, _p,
-                                 _p, _p, _n, _p]
-    lib.fpa_group.restype = ctypes.c_int64
-    lib.fpa_group.argtypes = [_p, _n, _p, _n, _p, _n, _p, _n, _n, _p, _p, _p, _n]
-    return lib
-
-
 def available() -> bool:
-    return _library() is not None
+    return library() is not None
 
 
 def _ptr(a: npt.NDArray[np.generic]) -> int:
@@ -116,7 +95,7 @@ def classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: int
 
 def _classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: int, init_hi: int,
               avx_init_hash: int, tables: bool, cap: int) -> tuple[Classified | None, int]:
-    lib = _library()
+    lib = library()
     assert lib is not None
     ev = np.ascontiguousarray(ev)
     n_tasks = len(tasks)
@@ -133,12 +112,12 @@ def _classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: in
     f_resumed = np.empty(FINDINGS_CAP, dtype=np.int64)
     f_buffer = np.empty(FINDINGS_CAP, dtype=np.uint64)
     f_cls = np.empty(FINDINGS_CAP, dtype=np.uint8)
-    n_guest, f_len, f_total = _n(0), _n(0), _n(0)
+    n_guest, f_len, f_total = ctypes.c_size_t(0), ctypes.c_size_t(0), ctypes.c_size_t(0)
     small = np.empty(S_SIZE, dtype=np.uint64)
     n_out = np.zeros(6, dtype=np.int64)
     widths = (ROW, ROW, 2 * NCLS, 4, 4, 1)
-    keys = [np.empty(cap, dtype=np.uint64) for _ in widths]
-    rows = [np.empty((cap, w), dtype=np.uint64) for w in widths]
+    keys = [np.empty(cap if tables else 0, dtype=np.uint64) for _ in widths]
+    rows = [np.empty((cap if tables else 0, w), dtype=np.uint64) for w in widths]
     ptrs = (ctypes.c_void_p * 12)(*(_ptr(a) for pair in zip(keys, rows, strict=True)
                                     for a in pair))
     rc = lib.fpa_classify(_ptr(ev), n, _ptr(tasks), n_tasks,
@@ -176,7 +155,7 @@ def group(keys: npt.NDArray[np.generic], cats: npt.NDArray[np.generic], ncat: in
     """Distinct keys (8-byte), per key and category the count and weight sum;
     categories >= ncat are left out. Arrays may be strided views into a record
     array. Without the library, the same with numpy."""
-    lib = _library()
+    lib = library()
     if lib is None:
         return _group_numpy(keys, cats, ncat, weights, mask)
     assert keys.dtype.itemsize == 8 and cats.dtype.itemsize == 1

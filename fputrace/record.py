@@ -25,15 +25,10 @@ from fputrace.kernel.layout import BUSYBOX, KERNEL_CMDLINE, KernelTarget, kernel
 from fputrace.kernel.modules import ModuleTree, module_bytes, module_name
 from fputrace.machine import MachineSpec, qemu_version, run_machine
 from fputrace.paths import build_dir
+from fputrace.run import sidecar
 from fputrace.workloads import WorkloadRun, parse_summary
 
 MARK = "FPUTRACE"
-
-
-def sidecar(trace: Path, what: str) -> Path:
-    """run.ftr -> run.<what>"""
-    base = trace.with_suffix("") if trace.suffix == ".ftr" else trace
-    return base.with_name(base.name + "." + what)
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""A recorded run: the trace plus its sidecars (symbols, recording metadata)."""
+"""A recorded run: the trace plus its sidecars (symbols, recording metadata).
+
+For a trace run.ftr the sidecars are run.console.log, run.kallsyms.gz and
+run.meta.json (fputrace.record writes them)."""
 
 from __future__ import annotations
 
@@ -9,8 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from fputrace.kernel.symbols import Symbols
-from fputrace.record import sidecar
 from fputrace.trace.reader import Trace, read_trace
+
+
+def sidecar(trace: Path, what: str) -> Path:
+    """run.ftr -> run.<what>"""
+    base = trace.with_suffix("") if trace.suffix == ".ftr" else trace
+    return base.with_name(base.name + "." + what)
 
 
 @dataclass

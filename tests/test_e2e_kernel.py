@@ -21,7 +21,7 @@ from conftest import require
 
 from analyzers.counts import task_identity, task_label
 from fputrace.kernel import debian
-from fputrace.record import sidecar
+from fputrace.run import sidecar
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import Trace, describe_incomplete, read_trace
 

@@ -183,3 +183,26 @@ def test_crc32c_check_value_and_native_agree() -> None:
     data = bytes(range(256)) * 3
     for n in (0, 1, 7, 8, 9, 63, 64, 65, 700):
         assert crc32c(data[:n]) == crc32c_python(data[:n]) == builder_crc(data[:n])
+
+
+def test_python_fallback_reads_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the compiled library the reader copies and checks blocks in
+    # Python: same records, same stop at a corrupted block.
+    from fputrace.trace import checksum, reader
+
+    b = TraceBuilder()
+    for i in range(10):
+        b.event(XSAVEOPT if i % 2 else XRSTOR, vcpu=i % 2)
+    data = bytearray(b.build(block_events=3))
+    whole = tmp_path / "whole.ftr"
+    whole.write_bytes(bytes(data))
+    data[len(header()) + 2 * (24 + 3 * 128) + 30] ^= 0xFF  # inside the third block
+    broken = tmp_path / "broken.ftr"
+    broken.write_bytes(bytes(data))
+    compiled = [read_trace(p) for p in (whole, broken)]
+    monkeypatch.setattr(reader, "library", lambda: None)
+    monkeypatch.setattr(checksum, "library", lambda: None)
+    python = [read_trace(p) for p in (whole, broken)]
+    for c, py in zip(compiled, python, strict=True):
+        assert c.events.tobytes() == py.events.tobytes() and c.problems == py.problems
+    assert len(python[1].events) == 6 and "bad checksum" in python[1].problems[1]

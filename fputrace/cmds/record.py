@@ -11,7 +11,8 @@ from rich.markup import escape
 
 from fputrace.errors import FputraceError
 from fputrace.kernel.layout import resolve_kernel
-from fputrace.record import record, sidecar
+from fputrace.record import record
+from fputrace.run import sidecar
 from fputrace.workloads import WORKLOADS, parse_workloads
 
 

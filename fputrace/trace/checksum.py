@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 from functools import cache
 
-from fputrace.paths import build_dir
+from fputrace.native import library
 
 POLY = 0x82F63B78  # reflected Castagnoli polynomial
 
@@ -34,21 +34,11 @@ def crc32c_python(data: bytes | memoryview) -> int:
     return c ^ 0xFFFFFFFF
 
 
-@cache
-def _native() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    path = build_dir() / "libfpanalysis.so"
-    if not path.exists():
-        return None
-    fn = ctypes.CDLL(str(path)).fpa_crc32c
-    fn.restype = ctypes.c_uint32
-    fn.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-    return fn
-
-
 def crc32c(data: memoryview | bytes) -> int:
-    fn = _native()
-    if fn is None:
+    lib = library()
+    if lib is None:
         return crc32c_python(data)
+    fn = lib.fpa_crc32c
     view = memoryview(data).cast("B")
     if not len(view):
         return int(fn(b"", 0))

@@ -7,8 +7,6 @@ end in a partial block; everything up to the last whole block is returned, and
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import mmap
 import os
 import struct
@@ -19,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fputrace.errors import FputraceError
+from fputrace.native import library
 from fputrace.trace import format as fmt
 from fputrace.trace.checksum import crc32c
 
@@ -140,7 +139,7 @@ RECORD_SIZES = {int(fmt.BlockType.EVENTS): fmt.EVENT_DTYPE.itemsize,
                 int(fmt.BlockType.FOOTER): fmt.FOOTER_DTYPE.itemsize}
 
 
-def read_trace(path: str | os.PathLike[str], verify_crc: bool = True) -> Trace:
+def read_trace(path: str | os.PathLike[str]) -> Trace:
     """Read a whole trace. Raises TraceError for a file that is not one.
 
     The file is mapped; block headers are scanned in place, then each
@@ -162,7 +161,7 @@ def read_trace(path: str | os.PathLike[str], verify_crc: bool = True) -> Trace:
     try:
         header = _parse_header(p, data[: min(size, 1 << 16)])
         blocks, footer_block, problems, end = _scan_blocks(data, header.header_size, size)
-        return _load(p, data, header, blocks, footer_block, problems, end, size, verify_crc)
+        return _load(p, data, header, blocks, footer_block, problems, end, size)
     finally:
         data.close()
 
@@ -202,22 +201,21 @@ def _scan_blocks(data: mmap.mmap, start: int, size: int
     return blocks, None, problems, pos
 
 
-def _copy_payloads(data: mmap.mmap, blocks: list[_Block], dest: npt.NDArray[np.void],
-                   verify_crc: bool) -> int:
+def _copy_payloads(data: mmap.mmap, blocks: list[_Block], dest: npt.NDArray[np.void]) -> int:
     """Copy the blocks' payloads one after another into dest; returns how many
     were copied before the first with a bad checksum."""
     if not blocks:
         return 0
     raw = dest.view(np.uint8).reshape(-1)
-    native = _copy_function()
-    if native is not None and verify_crc:
+    lib = library()
+    if lib is not None:
         offsets = np.array([b.pos + fmt.BLOCK_HEADER_SIZE for b in blocks], dtype=np.uint64)
         sizes = np.array([b.payload_size for b in blocks], dtype=np.uint32)
         crcs = np.array([b.crc for b in blocks], dtype=np.uint32)
         # A read-only view: its address for C; dropped before the mapping closes.
         source = np.frombuffer(data, dtype=np.uint8)
         try:
-            return int(native(source.ctypes.data, len(data), offsets.ctypes.data,
+            return int(lib.fpa_copy_blocks(source.ctypes.data, len(data), offsets.ctypes.data,
                               sizes.ctypes.data, crcs.ctypes.data, len(blocks),
                               raw.ctypes.data))
         finally:
@@ -226,36 +224,21 @@ def _copy_payloads(data: mmap.mmap, blocks: list[_Block], dest: npt.NDArray[np.v
     for i, b in enumerate(blocks):
         start = b.pos + fmt.BLOCK_HEADER_SIZE
         payload = data[start : start + b.payload_size]
-        if verify_crc and crc32c(payload) != b.crc:
+        if crc32c(payload) != b.crc:
             return i
         raw[out : out + b.payload_size] = np.frombuffer(payload, dtype=np.uint8)
         out += b.payload_size
     return len(blocks)
 
 
-@functools.cache
-def _copy_function() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    from fputrace.paths import build_dir
-
-    lib = build_dir() / "libfpanalysis.so"
-    if not lib.exists():
-        return None
-    fn = ctypes.CDLL(str(lib)).fpa_copy_blocks
-    fn.restype = ctypes.c_size_t
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
-                   ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    return fn
-
-
 def _load(p: Path, data: mmap.mmap, header: Header, blocks: list[_Block],
-          footer_block: _Block | None, problems: list[str], end: int, size: int,
-          verify_crc: bool) -> Trace:
+          footer_block: _Block | None, problems: list[str], end: int, size: int) -> Trace:
     by_type = {t: [b for b in blocks if b.btype == t]
                for t in (fmt.BlockType.EVENTS, fmt.BlockType.TASKS)}
     events = np.empty(sum(b.count for b in by_type[fmt.BlockType.EVENTS]), dtype=fmt.EVENT_DTYPE)
     tasks = np.empty(sum(b.count for b in by_type[fmt.BlockType.TASKS]), dtype=fmt.TASK_DTYPE)
-    good_events = _copy_payloads(data, by_type[fmt.BlockType.EVENTS], events, verify_crc)
-    good_tasks = _copy_payloads(data, by_type[fmt.BlockType.TASKS], tasks, verify_crc)
+    good_events = _copy_payloads(data, by_type[fmt.BlockType.EVENTS], events)
+    good_tasks = _copy_payloads(data, by_type[fmt.BlockType.TASKS], tasks)
     # The first bad block, of either type, ends what is read.
     bad = [bl[n].pos for bl, n in ((by_type[fmt.BlockType.EVENTS], good_events),
                                    (by_type[fmt.BlockType.TASKS], good_tasks)) if n < len(bl)]
@@ -264,7 +247,7 @@ def _load(p: Path, data: mmap.mmap, header: Header, blocks: list[_Block],
     if stop is None and footer_block is not None:
         start = footer_block.pos + fmt.BLOCK_HEADER_SIZE
         payload = data[start : start + footer_block.payload_size]
-        if verify_crc and crc32c(payload) != footer_block.crc:
+        if crc32c(payload) != footer_block.crc:
             stop = footer_block.pos
         else:
             footer = _parse_footer(payload)
