@@ -23,6 +23,11 @@ from fputrace.errors import FputraceError
 from fputrace.initramfs import busybox_initramfs
 from fputrace.kernel.layout import BUSYBOX, KERNEL_CMDLINE, KernelTarget, kernel_layout
 from fputrace.kernel.modules import ModuleTree, module_bytes, module_name
+from fputrace.kernel.probes import plugin_args as probe_args
+from fputrace.kernel.probes import resolve_probes
+from fputrace.kernel.seedmod import MODULE_NAME as SEED_MODULE
+from fputrace.kernel.seedmod import seed_module_for
+from fputrace.kernel.symbols import Symbols
 from fputrace.machine import MachineSpec, qemu_version, run_machine
 from fputrace.paths import build_dir
 from fputrace.run import sidecar
@@ -131,6 +136,10 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path) -
                                 "--modules DIR with the kernel's modules")
         module_files = ModuleTree(target.modules_dir).load_order(wanted)
     names = [module_name(p) for p in module_files]
+    if any(r.workload.seed_module for r in runs):
+        module_files.append(seed_module_for(target.debian, target.modules_dir,
+                                            target.state_dir))
+        names.append(SEED_MODULE)
     ramfs = busybox_initramfs(BUSYBOX, _init_script(names, runs))
     for p, n in zip(module_files, names, strict=True):
         # Decompressed here, so busybox insmod needs no xz/zstd support.
@@ -160,7 +169,8 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     with tempfile.TemporaryDirectory(prefix="fputrace-rec-") as tmp_s:
         tmp = Path(tmp_s)
         names = build_initramfs(target, runs, tmp / "initramfs.gz")
-        plugin_args = [f"out={out.resolve()}", *layout.plugin_args(),
+        probes = resolve_probes(Symbols.load(target.state_dir / "kallsyms"))
+        plugin_args = [f"out={out.resolve()}", *layout.plugin_args(), *probe_args(probes),
                        f"kernel={target.identity.replace(',', ';')}", f"qemu={qemu}"]
         plugin_args += [f"msr={m:#x}" for m in extra_msrs or []]
         spec = MachineSpec(target.arch, target.vmlinuz, tmp / "initramfs.gz", KERNEL_CMDLINE,

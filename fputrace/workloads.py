@@ -1,6 +1,7 @@
 """The workloads that run inside the recorded kernel (sources in workloads/).
 
-A spec is a comma-separated list of NAME[:N]; `all` stands for every workload.
+A spec is a comma-separated list of NAME[:N]; `all` stands for every workload
+but fpu-seed, whose test module has deliberate bugs.
 Each workload prints one summary line `NAME: key=value ...` of what it did.
 """
 
@@ -20,6 +21,7 @@ class WorkloadDef:
     default_count: int
     modules: tuple[str, ...]  # kernel modules it needs (dependencies found automatically)
     help: str
+    seed_module: bool = False  # needs the fputrace-seed test module (workloads/seed/)
 
 
 WORKLOADS: dict[str, WorkloadDef] = {
@@ -32,6 +34,10 @@ WORKLOADS: dict[str, WorkloadDef] = {
         WorkloadDef("signal", 100, (), "FPU state across N signal deliveries and sigreturns"),
         WorkloadDef("kernel-fpu", 50, ("algif_hash", "sha256_ssse3"),
                     "in-kernel FPU use: N SHA-256 hashes through AF_ALG (sha256-ssse3.ko)"),
+        WorkloadDef("fpu-seed", 5, (),
+                    "deliberate FPU bugs of a test module: N calls each of a correct "
+                    "kernel_fpu section, XMM use without one, and a corrupted saved state",
+                    seed_module=True),
     )
 }
 
@@ -57,7 +63,8 @@ def parse_workloads(spec: str) -> list[WorkloadRun]:
         if name == "all":
             if count_s:
                 raise FputraceError("'all' takes no count: name the workloads one by one")
-            runs += [WorkloadRun(w, w.default_count) for w in WORKLOADS.values()]
+            runs += [WorkloadRun(w, w.default_count) for w in WORKLOADS.values()
+                     if not w.seed_module]
             continue
         if name not in WORKLOADS:
             raise FputraceError(f"unknown workload '{name}': choose from "

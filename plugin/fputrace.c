@@ -12,6 +12,20 @@
  * those get an exec callback (plus memory callbacks on the saves and
  * restores), so every other instruction runs at full speed.
  *
+ * It also records the boundaries where the truth about a task's FPU state
+ * is visible: every return to user mode, and the entry from user mode that
+ * preceded it, with the register file's hash at both. A translation block's
+ * address half says whether it is user or kernel code; a conditional
+ * callback on its first instruction fires only when that half differs from
+ * the vCPU's last one, so a boundary costs nothing on the way. An entry's
+ * register hash is read only when something may change the registers before
+ * the return (a save, a restore, kernel SIMD code): a return with nothing
+ * in between is recorded as QUIET without reading a register.
+ *
+ * Probes: an exec callback on the first instruction of kernel functions
+ * the recorder names (probe=ADDR:ID) records the function's arguments, so
+ * fork copies, exec resets, signal frames and kernel_fpu sections show up.
+ *
  * Each event becomes a fixed-size record in a per-vCPU buffer; full buffers
  * are written to the trace file as self-checking blocks with a single
  * write(2) on an O_APPEND descriptor, so the exec path takes no lock and a
@@ -29,6 +43,9 @@
  *   kernel=STR, qemu=STR
  *                       identity strings copied into the trace header
  *   block_events=N      events per block (default 512)
+ *   probe=ADDR:ID       record entry to the kernel function at ADDR as a
+ *                       probe event of kind ID (enum ftr_probe; may repeat)
+ *   boundaries=on|off   record user entry/return boundaries (default on)
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -47,114 +64,9 @@
 
 #include <qemu-plugin.h>
 
+#include "ftr-format.h"
+
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
-
-/* ---- trace format (docs/trace-format.md) ------------------------------ */
-
-#define FTR_MAGIC               "FPUTRACE"
-#define FTR_VERSION             1
-#define FTR_MIN_READER_VERSION  1
-#define FTR_BLOCK_MAGIC         0x4b425446u     /* "FTBK" */
-
-#define FTR_FEAT_MEM_HASH       (1u << 0)
-#define FTR_FEAT_REGS_HASH      (1u << 1)
-#define FTR_FEAT_TASKS          (1u << 2)
-
-enum ftr_arch {
-    FTR_ARCH_X86_64 = 1,
-    FTR_ARCH_AARCH64 = 2,
-};
-
-enum ftr_block_type {
-    FTR_BLOCK_EVENTS = 1,
-    FTR_BLOCK_TASKS = 2,
-    FTR_BLOCK_FOOTER = 3,
-};
-
-/* Event kinds. Numbers are part of the format: never reuse one. */
-enum ftr_kind {
-    FTR_KIND_XSAVE = 1,
-    FTR_KIND_XSAVEOPT = 2,
-    FTR_KIND_XSAVEC = 3,
-    FTR_KIND_XSAVES = 4,
-    FTR_KIND_XRSTOR = 5,
-    FTR_KIND_XRSTORS = 6,
-    FTR_KIND_FXSAVE = 7,
-    FTR_KIND_FXRSTOR = 8,
-    FTR_KIND_XSETBV = 9,
-    FTR_KIND_WRMSR_XFD = 10,
-    FTR_KIND_WRMSR_XFD_ERR = 11,
-    FTR_KIND_WRMSR = 12,
-    FTR_KIND_VM_ENTRY = 13,
-    FTR_KIND_VM_EXIT = 14,
-    /* 32..63 are reserved for arm64 (docs/trace-format.md). */
-    FTR_KIND_MAX = 64,
-};
-
-#define FTR_FLAG_PL_MASK        0x003   /* CPL (x86) or EL (arm64) */
-#define FTR_FLAG_L2             0x004   /* executed inside the nested guest */
-#define FTR_FLAG_FORM64         0x008   /* REX.W form (xsave64, ...) */
-#define FTR_FLAG_TASK_VALID     0x010
-#define FTR_FLAG_MEM_VALID      0x020   /* memory accesses were observed */
-#define FTR_FLAG_REGS_VALID     0x040
-#define FTR_FLAG_KERNEL_SIMD    0x080   /* kernel code used FP/SIMD since the last event */
-#define FTR_FLAG_REGS_AFTER_VALID 0x100 /* regs_after_hash was read */
-
-struct ftr_event {
-    uint64_t seq;
-    uint64_t pc;
-    uint64_t task;
-    uint64_t addr;
-    uint64_t value;
-    uint64_t xcr0;
-    uint64_t mem_hash;          /* content bytes below 832: x87, SSE, AVX */
-    uint64_t mem_legacy_hash;   /* content bytes below 512: x87, SSE */
-    uint64_t mem_ext_hash;      /* content bytes from 832: MPX, AVX-512, PKRU... */
-    uint64_t regs_hash;         /* register file before the instruction */
-    uint64_t regs_after_hash;   /* restores: register file right after it */
-    uint64_t xstate_bv;         /* XSTATE_BV stored (save) or loaded (restore) */
-    uint64_t aux;
-    uint32_t index;
-    uint32_t mem_bytes;
-    uint32_t mem_features;
-    uint32_t flags;
-    uint16_t vcpu;
-    uint8_t kind;
-    uint8_t reserved8;
-    uint32_t reserved32;
-};
-G_STATIC_ASSERT(sizeof(struct ftr_event) == 128);
-
-struct ftr_task {
-    uint64_t seq;
-    uint64_t task;
-    uint32_t pid;
-    uint32_t tgid;
-    char comm[16];
-    uint16_t vcpu;
-    uint16_t flags;
-    uint32_t reserved;
-};
-G_STATIC_ASSERT(sizeof(struct ftr_task) == 48);
-
-struct ftr_block_header {
-    uint32_t magic;
-    uint16_t type;
-    uint16_t vcpu;
-    uint32_t count;
-    uint32_t payload_size;
-    uint32_t crc32;
-    uint32_t reserved;
-};
-G_STATIC_ASSERT(sizeof(struct ftr_block_header) == 24);
-
-struct ftr_footer {
-    uint64_t events_total;
-    uint64_t tasks_total;
-    uint64_t blocks_total;
-    uint64_t write_errors;
-    uint64_t events_by_kind[FTR_KIND_MAX];
-};
 
 /* ---- x86 definitions ----------------------------------------------- */
 
@@ -163,6 +75,7 @@ struct ftr_footer {
 #define MAX_EXTRA_MSRS          16
 #define SITE_TABLE_SIZE         1024    /* power of two */
 #define TASK_TABLE_SIZE         (1u << 16)
+#define MAX_PROBES              64
 
 /* How an operand's effective address is formed: [seg + base + index*scale + disp]. */
 struct x86_modrm_addr {
@@ -190,11 +103,20 @@ struct fpu_insn {
  * while running, and the exit callback after all vCPUs stopped.
  */
 struct vcpu_state {
+    /* Scoreboard words tested by conditional callbacks (see vcpu_tb_trans()). */
+    uint64_t in_user;           /* the last block run was user-half code */
+    uint64_t entry_pending;     /* a user entry awaits its register hash */
+    /* The last entry from user mode on this vCPU. */
+    bool entry_seen;
+    bool entry_materialized;    /* its USER_ENTRY event was written */
+    uint64_t entry_pc;
+    uint64_t entry_task;
     bool in_l2;
     uint64_t l1_task_at_entry;
+    uint64_t vmcb;              /* of the last VM entry */
     uint64_t kernel_gs_base;    /* last per-cpu base seen; see x86_current_task() */
     uint64_t xcr0;
-    /* Set by an inline store when kernel code runs an FP/SIMD instruction. */
+    /* An inline store of its pc when kernel code runs an FP/SIMD instruction. */
     uint64_t kernel_simd;
     /* A save/restore whose memory callbacks are still arriving. */
     bool pending;
@@ -219,6 +141,9 @@ static struct {
     int64_t task_pid_off, task_tgid_off, task_comm_off;
     uint32_t extra_msrs[MAX_EXTRA_MSRS];
     unsigned n_extra_msrs;
+    struct probe { uint64_t pc; uint32_t id; } probes[MAX_PROBES];
+    unsigned n_probes;
+    bool boundaries;
     char *kernel_id, *qemu_id, *args;
     const char *target;
 } cfg = {
@@ -227,10 +152,13 @@ static struct {
     .task_pid_off = -1,
     .task_tgid_off = -1,
     .task_comm_off = -1,
+    .boundaries = true,
 };
 
 static struct qemu_plugin_scoreboard *vcpus;
 static qemu_plugin_u64 kernel_simd_entry;       /* vcpu_state.kernel_simd */
+static qemu_plugin_u64 in_user_entry;           /* vcpu_state.in_user */
+static qemu_plugin_u64 entry_pending_entry;     /* vcpu_state.entry_pending */
 static uint64_t next_seq;               /* atomic */
 static uint64_t blocks_written;         /* atomic */
 static uint64_t write_errors;           /* atomic */
@@ -422,7 +350,9 @@ static bool trace_write_header(uint32_t api_version)
     uint16_t event_size = sizeof(struct ftr_event);
     uint16_t task_size = sizeof(struct ftr_task);
     uint64_t features = FTR_FEAT_MEM_HASH | FTR_FEAT_REGS_HASH |
-                        (cfg.current_addr ? FTR_FEAT_TASKS : 0);
+                        (cfg.current_addr ? FTR_FEAT_TASKS : 0) |
+                        (cfg.boundaries ? FTR_FEAT_BOUNDARIES : 0) |
+                        (cfg.n_probes ? FTR_FEAT_PROBES : 0);
     uint32_t header_size = 0;
 
     g_byte_array_append(out, (const guint8 *)FTR_MAGIC, 8);
@@ -684,11 +614,27 @@ static uint64_t x86_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
     return task;
 }
 
-/* Fill the fields every event has. */
-static void event_begin(struct vcpu_state *vs, unsigned int vcpu_index,
-                        struct ftr_event *ev, uint8_t kind, uint64_t pc)
+/*
+ * The current task pointer alone, through the vCPU's per-cpu base: what a
+ * boundary needs to tell whether the task that returns is the one that
+ * entered. 0 before the first event has found the per-cpu base.
+ */
+static uint64_t x86_current_ptr(struct vcpu_state *vs)
 {
-    unsigned cpl = x86_cpl(vs);
+    uint64_t task = 0;
+
+    if (!cfg.current_addr || !vs->kernel_gs_base ||
+        !mem_read(vs, vs->kernel_gs_base + cfg.current_addr, &task, sizeof(task))) {
+        return 0;
+    }
+    return task;
+}
+
+/* Fill the fields every event has; known_cpl < 0: read it from CS. */
+static void event_begin(struct vcpu_state *vs, unsigned int vcpu_index,
+                        struct ftr_event *ev, uint8_t kind, uint64_t pc, int known_cpl)
+{
+    unsigned cpl = known_cpl >= 0 ? (unsigned)known_cpl : x86_cpl(vs);
     bool task_valid = false;
 
     memset(ev, 0, sizeof(*ev));
@@ -700,6 +646,7 @@ static void event_begin(struct vcpu_state *vs, unsigned int vcpu_index,
     ev->flags = cpl;
     if (vs->kernel_simd) {
         ev->flags |= FTR_FLAG_KERNEL_SIMD;
+        ev->simd_pc = (uint32_t)vs->kernel_simd;
         vs->kernel_simd = 0;
     }
     if (vs->in_l2) {
@@ -875,6 +822,110 @@ static bool x86_decode(const uint8_t *p, size_t n, struct fpu_insn *fi)
 
 /* ---- callbacks ------------------------------------------------------ */
 
+/*
+ * The register file of a task that entered from user mode, written as a
+ * USER_ENTRY event the first time something may change it: nothing between
+ * the entry and now can have (no save, restore or kernel SIMD instruction
+ * ran), so it is the state the task entered with. regs_hash: the hash the
+ * caller has just read, or NULL to read it here.
+ */
+static void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_index,
+                                   const uint64_t *regs_hash)
+{
+    struct ftr_event ev;
+    bool ok = true;
+
+    if (!vs->entry_pending) {
+        return;
+    }
+    vs->entry_pending = 0;
+    vs->entry_materialized = true;
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_ENTRY, vs->entry_pc, 0);
+    ev.regs_hash = regs_hash ? *regs_hash : x86_regs_hash(vs, &ok);
+    if (ok) {
+        ev.flags |= FTR_FLAG_REGS_VALID;
+    }
+    vcpu_commit_event(vs, vcpu_index, &ev);
+}
+
+/* First kernel-half block after user-half code: an entry from user mode. */
+static void vcpu_user_entry_exec(unsigned int vcpu_index, void *udata)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+
+    vs->in_user = 0;
+    if (vs->in_l2) {
+        return;                 /* the nested guest's own kernel entries */
+    }
+    vs->entry_seen = true;
+    vs->entry_materialized = false;
+    vs->entry_pc = (uintptr_t)udata;
+    vs->entry_task = x86_current_ptr(vs);
+    vs->entry_pending = 1;
+}
+
+/*
+ * First user-half block after kernel code: a return to user mode. When the
+ * same task entered on this vCPU and nothing could change its registers
+ * since, the return is QUIET: equal to the entry by construction, and no
+ * register is read.
+ */
+static void vcpu_user_return_exec(unsigned int vcpu_index, void *udata)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event ev;
+    bool quiet, ok;
+
+    vs->in_user = 1;
+    if (vs->in_l2) {
+        return;
+    }
+    vcpu_finish_pending(vs, vcpu_index);
+    quiet = vs->entry_seen && !vs->entry_materialized && vs->entry_task != 0 &&
+            x86_current_ptr(vs) == vs->entry_task;
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_RETURN, (uintptr_t)udata, 3);
+    ev.addr = vs->entry_seen ? vs->entry_pc : 0;
+    if (!vs->entry_seen) {
+        ev.flags |= FTR_FLAG_NO_ENTRY;
+    }
+    if (quiet) {
+        ev.flags |= FTR_FLAG_QUIET;
+    } else {
+        ev.regs_hash = x86_regs_hash(vs, &ok);
+        if (ok) {
+            ev.flags |= FTR_FLAG_REGS_VALID;
+        }
+    }
+    vs->entry_seen = false;
+    vs->entry_pending = 0;
+    vcpu_commit_event(vs, vcpu_index, &ev);
+}
+
+/* The first kernel FP/SIMD instruction after an entry, before it runs. */
+static void vcpu_simd_after_entry_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+
+    vcpu_finish_pending(vs, vcpu_index);
+    vcpu_materialize_entry(vs, vcpu_index, NULL);
+}
+
+/* The first instruction of a probed kernel function: its first arguments. */
+static void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct probe *pr = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event ev;
+
+    vcpu_finish_pending(vs, vcpu_index);
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_PROBE, pr->pc, 0);
+    ev.index = pr->id;
+    ev.value = reg_read_u64(vs, regs.gpr[7]);   /* rdi */
+    ev.addr = reg_read_u64(vs, regs.gpr[6]);    /* rsi */
+    ev.aux = reg_read_u64(vs, regs.gpr[2]);     /* rdx */
+    vcpu_commit_event(vs, vcpu_index, &ev);
+}
+
 static void vcpu_fpu_op_exec(unsigned int vcpu_index, void *udata)
 {
     const struct fpu_insn *fi = udata;
@@ -882,13 +933,17 @@ static void vcpu_fpu_op_exec(unsigned int vcpu_index, void *udata)
     struct ftr_event ev;
     bool ok;
 
+    uint64_t regs_hash;
+
     vcpu_finish_pending(vs, vcpu_index);
-    event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr);
+    regs_hash = x86_regs_hash(vs, &ok);
+    vcpu_materialize_entry(vs, vcpu_index, ok ? &regs_hash : NULL);
+    event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr, -1);
     ev.flags |= fi->flags;
     ev.addr = x86_effective_address(vs, fi);
     ev.value = reg_read_u64(vs, regs.gpr[0]) & 0xffffffffull;
     ev.value |= reg_read_u64(vs, regs.gpr[2]) << 32;    /* EDX:EAX = RFBM */
-    ev.regs_hash = x86_regs_hash(vs, &ok);
+    ev.regs_hash = regs_hash;
     if (ok) {
         ev.flags |= FTR_FLAG_REGS_VALID;
     }
@@ -973,7 +1028,7 @@ static void vcpu_xsetbv_exec(unsigned int vcpu_index, void *udata)
     struct ftr_event ev;
 
     vcpu_finish_pending(vs, vcpu_index);
-    event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr);
+    event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr, -1);
     ev.index = reg_read_u64(vs, regs.gpr[1]);
     ev.value = (reg_read_u64(vs, regs.gpr[0]) & 0xffffffffull) |
                reg_read_u64(vs, regs.gpr[2]) << 32;
@@ -1006,7 +1061,7 @@ static void vcpu_wrmsr_exec(unsigned int vcpu_index, void *udata)
         kind = FTR_KIND_WRMSR;
     }
     vcpu_finish_pending(vs, vcpu_index);
-    event_begin(vs, vcpu_index, &ev, kind, fi->vaddr);
+    event_begin(vs, vcpu_index, &ev, kind, fi->vaddr, -1);
     ev.index = msr;
     ev.value = (reg_read_u64(vs, regs.gpr[0]) & 0xffffffffull) |
                reg_read_u64(vs, regs.gpr[2]) << 32;
@@ -1018,10 +1073,17 @@ static void vcpu_vmrun_exec(unsigned int vcpu_index, void *udata)
     const struct fpu_insn *fi = udata;
     struct vcpu_state *vs = vcpu_get(vcpu_index);
     struct ftr_event ev;
+    bool ok;
 
     vcpu_finish_pending(vs, vcpu_index);
-    event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_ENTRY, fi->vaddr);
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_ENTRY, fi->vaddr, 0);
     ev.addr = reg_read_u64(vs, regs.gpr[0]);    /* VMCB physical address */
+    /* SVM's VMRUN leaves the FP registers alone: these are the guest's. */
+    ev.regs_hash = x86_regs_hash(vs, &ok);
+    if (ok) {
+        ev.flags |= FTR_FLAG_REGS_VALID;
+    }
+    vs->vmcb = ev.addr;
     vcpu_commit_event(vs, vcpu_index, &ev);
     vs->l1_task_at_entry = ev.task;
     vs->in_l2 = true;
@@ -1032,6 +1094,7 @@ static void vcpu_vmexit_exec(unsigned int vcpu_index, void *udata)
 {
     struct vcpu_state *vs = vcpu_get(vcpu_index);
     struct ftr_event ev;
+    bool ok;
 
     if (!vs->in_l2) {
         return;
@@ -1041,9 +1104,16 @@ static void vcpu_vmexit_exec(unsigned int vcpu_index, void *udata)
      * Still inside KVM's VMLOAD window, with the guest's GS base: the task
      * is the one that entered, which cannot have been switched out between.
      */
-    event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_EXIT, (uintptr_t)udata);
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_EXIT, (uintptr_t)udata, 0);
     vs->in_l2 = false;
+    vs->in_user = 0;            /* back in L1 kernel code */
     ev.flags &= ~FTR_FLAG_L2;
+    ev.addr = vs->vmcb;
+    /* The guest's registers as it left them. */
+    ev.regs_hash = x86_regs_hash(vs, &ok);
+    if (ok) {
+        ev.flags |= FTR_FLAG_REGS_VALID;
+    }
     vcpu_commit_event(vs, vcpu_index, &ev);
 }
 
@@ -1212,9 +1282,60 @@ static void insn_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
     }
 }
 
+static const struct probe *probe_lookup(uint64_t pc)
+{
+    /* Written once at install, read-only afterwards: no lock. */
+    for (unsigned i = 0; i < cfg.n_probes; i++) {
+        if (cfg.probes[i].pc == pc) {
+            return &cfg.probes[i];
+        }
+    }
+    return NULL;
+}
+
+/*
+ * User/kernel boundaries: a conditional callback on a block's first
+ * instruction, which runs only when the block's privilege differs from the
+ * vCPU's last one (in_user). Nested-guest code flips the word on its own
+ * user/kernel changes; the callbacks ignore it there.
+ */
+static void boundary_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, int cpl)
+{
+    if (cpl != 3) {
+        qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, vcpu_user_entry_exec,
+                                                    QEMU_PLUGIN_CB_R_REGS,
+                                                    QEMU_PLUGIN_COND_EQ, in_user_entry, 1,
+                                                    (void *)(uintptr_t)vaddr);
+    } else {
+        qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, vcpu_user_return_exec,
+                                                    QEMU_PLUGIN_CB_R_REGS,
+                                                    QEMU_PLUGIN_COND_NE, in_user_entry, 1,
+                                                    (void *)(uintptr_t)vaddr);
+    }
+}
+
+/*
+ * The privilege level a block is translated for. It is part of the block's
+ * key (TCG's hflags), so a block translated at CPL 3 only ever runs at CPL
+ * 3; its address cannot tell: x86-64 TCG blocks are position-independent
+ * and shared by every virtual address of a physical page, so kernel code
+ * first run through the boot identity map keeps its low address. Reading
+ * CS works during translation (QEMU 10.0), before the block exists.
+ */
+static int translation_cpl(void)
+{
+    g_autoptr(GByteArray) buf = g_byte_array_new();
+
+    if (!regs.cs || qemu_plugin_read_register(regs.cs, buf) <= 0) {
+        return -1;
+    }
+    return buf->data[0] & 3;
+}
+
 static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_tb *tb)
 {
     size_t n = qemu_plugin_tb_n_insns(tb);
+    int tb_cpl = translation_cpl();
 
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
@@ -1234,10 +1355,27 @@ static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_
                                                    QEMU_PLUGIN_CB_R_REGS,
                                                    (void *)(uintptr_t)vaddr);
         }
+        /* After the VM exit callback, which resets the vCPU's half to kernel. */
+        if (i == 0 && cfg.boundaries) {
+            boundary_instrument(insn, vaddr, tb_cpl);
+        }
+        if (vaddr >> 63) {
+            const struct probe *pr = probe_lookup(vaddr);
+            if (pr) {
+                qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_probe_exec,
+                                                       QEMU_PLUGIN_CB_R_REGS, (void *)pr);
+            }
+        }
         if ((vaddr >> 63) && x86_is_fp_simd(bytes, len)) {
-            /* An inline store, no callback: kernel SIMD loops stay at full speed. */
+            if (cfg.boundaries) {
+                /* Before the first one after a user entry, the entry's registers. */
+                qemu_plugin_register_vcpu_insn_exec_cond_cb(
+                    insn, vcpu_simd_after_entry_exec, QEMU_PLUGIN_CB_R_REGS,
+                    QEMU_PLUGIN_COND_EQ, entry_pending_entry, 1, NULL);
+            }
+            /* An inline store of its pc, no callback: SIMD loops stay at full speed. */
             qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
-                insn, QEMU_PLUGIN_INLINE_STORE_U64, kernel_simd_entry, 1);
+                insn, QEMU_PLUGIN_INLINE_STORE_U64, kernel_simd_entry, vaddr);
         }
         if (x86_maybe_traced(bytes, len)) {
             insn_instrument(insn, vaddr, bytes, len);
@@ -1391,6 +1529,19 @@ static bool parse_arg(const char *arg)
         cfg.qemu_id = g_strdup(v);
         return true;
     }
+    if (!strcmp(k, "probe")) {
+        g_auto(GStrv) parts = g_strsplit(v, ":", 2);
+        uint64_t pc, pid;
+        if (!parts[1] || !parse_u64(parts[0], &pc) || !parse_u64(parts[1], &pid) ||
+            pid == 0 || pid >= FTR_PROBE_MAX || cfg.n_probes == MAX_PROBES) {
+            return false;
+        }
+        cfg.probes[cfg.n_probes++] = (struct probe){ .pc = pc, .id = pid };
+        return true;
+    }
+    if (!strcmp(k, "boundaries")) {
+        return qemu_plugin_bool_parse(k, v, &cfg.boundaries);
+    }
     if (!strcmp(k, "block_events")) {
         if (!parse_u64(v, &n) || n < 1 || n > 65536) {
             return false;
@@ -1443,6 +1594,9 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
     vcpus = qemu_plugin_scoreboard_new(sizeof(struct vcpu_state));
     kernel_simd_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
                                                              kernel_simd);
+    in_user_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state, in_user);
+    entry_pending_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
+                                                               entry_pending);
     qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
     qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
     qemu_plugin_register_atexit_cb(id, plugin_exit, NULL);

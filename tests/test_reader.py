@@ -36,7 +36,7 @@ def test_round_trip_fields(tmp_path: Path) -> None:
     t = read_trace(b.write(tmp_path / "t.ftr"))
 
     assert t.complete and t.problems == []
-    assert (t.header.version, t.header.kernel, t.header.qemu) == (1, "6.1.0-test", "10.0.2")
+    assert (t.header.version, t.header.kernel, t.header.qemu) == (2, "6.1.0-test", "10.0.2")
     assert t.header.plugin_args == "out=x,current=0x1fb80"
     assert t.header.arch is fmt.Arch.X86_64
     assert list(t.events["seq"]) == [0, 1]
@@ -124,7 +124,7 @@ def test_corrupted_block_payload_stops_at_the_block(tmp_path: Path) -> None:
         (b"", "empty file"),
         (b"NOTATRACE" + b"\0" * 100, "not an fputrace trace (bad magic)"),
         (header()[:20], "truncated header"),
-        (header(min_reader=2, version=2), "format version 2"),
+        (header(min_reader=3, version=3), "format version 3"),
         (header(version=0), "format version 0"),
         (header(arch=9), "unknown architecture code 9"),
     ],
@@ -139,8 +139,8 @@ def test_bad_files_give_one_line_errors(tmp_path: Path, data: bytes, message: st
 
 
 def test_newer_version_readable_by_this_reader_is_read(tmp_path: Path) -> None:
-    # Version 2 that declares reader version 1 sufficient: read, not refused.
-    b = TraceBuilder(version=2, min_reader=1)
+    # Version 3 that declares reader version 2 sufficient: read, not refused.
+    b = TraceBuilder(version=3, min_reader=2)
     b.event(XRSTOR)
     assert len(read_trace(b.write(tmp_path / "t.ftr")).events) == 1
 

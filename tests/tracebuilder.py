@@ -43,8 +43,13 @@ def crc32c(data: bytes) -> int:
 # Kind numbers as docs/trace-format.md lists them.
 XSAVE, XSAVEOPT, XSAVEC, XSAVES, XRSTOR, XRSTORS, FXSAVE, FXRSTOR = 1, 2, 3, 4, 5, 6, 7, 8
 XSETBV, WRMSR_XFD, WRMSR_XFD_ERR, WRMSR, VM_ENTRY, VM_EXIT = 9, 10, 11, 12, 13, 14
+USER_ENTRY, USER_RETURN, PROBE = 15, 16, 17
 F_L2, F_FORM64, F_TASK, F_MEM, F_REGS = 0x04, 0x08, 0x10, 0x20, 0x40
-F_KSIMD, F_AFTER = 0x80, 0x100
+F_KSIMD, F_AFTER, F_QUIET, F_NO_ENTRY = 0x80, 0x100, 0x200, 0x400
+# Probe numbers (a PROBE event's index), as docs/trace-format.md lists them.
+P_FORK_COPY, P_EXEC_RESET, P_TASK_EXIT, P_SIGFRAME_SAVE, P_SIGRETURN, P_REGSET_SET = range(1, 7)
+P_KVM_FPSTATE_ALLOC, P_KVM_FPSTATE_FREE, P_KVM_UABI_SET, P_KVM_UABI_GET = 7, 8, 9, 10
+P_KFPU_BEGIN, P_KFPU_END, P_KVM_VCPU_RESET, P_KVM_EMULATE_SSE, P_FPSTATE_FREE = range(11, 16)
 
 
 @dataclass
@@ -68,13 +73,14 @@ class Ev:
     mem_bytes: int = 0
     mem_features: int = 0
     flags: int = 0
+    simd_pc: int = 0
 
     def pack(self) -> bytes:
         return EVENT_STRUCT.pack(self.seq, self.pc, self.task, self.addr, self.value, self.xcr0,
                                  self.mem_hash, self.mem_legacy_hash, self.mem_ext_hash,
                                  self.regs_hash, self.regs_after_hash, self.xstate_bv, self.aux,
                                  self.index, self.mem_bytes, self.mem_features, self.flags,
-                                 self.vcpu, self.kind, 0, 0)
+                                 self.vcpu, self.kind, 0, self.simd_pc)
 
 
 @dataclass
@@ -97,7 +103,7 @@ def block(btype: int, vcpu: int, records: list[bytes]) -> bytes:
                              crc32c(payload), 0) + payload
 
 
-def header(version: int = 1, min_reader: int = 1, arch: int = 1, features: int = 7,
+def header(version: int = 2, min_reader: int = 2, arch: int = 1, features: int = 7,
            qemu: str = "10.0.2", kernel: str = "synthetic", args: str = "out=test.ftr",
            magic: bytes = b"FPUTRACE") -> bytes:
     strings = b"".join(struct.pack("<H", len(s.encode())) + s.encode()

@@ -17,41 +17,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- trace format (docs/trace-format.md) ---- */
 
-struct ftr_event {
-    uint64_t seq, pc, task, addr, value, xcr0;
-    uint64_t mem_hash, mem_legacy_hash, mem_ext_hash;
-    uint64_t regs_hash, regs_after_hash, xstate_bv, aux;
-    uint32_t index, mem_bytes, mem_features, flags;
-    uint16_t vcpu;
-    uint8_t kind, reserved8;
-    uint32_t reserved32;
-};
-_Static_assert(sizeof(struct ftr_event) == 128, "event record is 128 bytes");
-
-struct ftr_task {
-    uint64_t seq, task;
-    uint32_t pid, tgid;
-    char comm[16];
-    uint16_t vcpu, flags;
-    uint32_t reserved;
-};
-_Static_assert(sizeof(struct ftr_task) == 48, "task record is 48 bytes");
+#include "../../plugin/ftr-format.h"
 
 enum {
-    KIND_XSAVE = 1, KIND_XSAVEOPT = 2, KIND_XSAVEC = 3, KIND_XSAVES = 4,
-    KIND_XRSTOR = 5, KIND_XRSTORS = 6, KIND_FXSAVE = 7, KIND_FXRSTOR = 8,
-    KIND_VM_ENTRY = 13,
-    KIND_FPSIMD_SAVE = 36, KIND_FPSIMD_LOAD = 37, KIND_SVE_SAVE = 38, KIND_SVE_LOAD = 39,
+    KIND_XSAVE = FTR_KIND_XSAVE, KIND_XSAVEOPT = FTR_KIND_XSAVEOPT, KIND_XSAVEC = FTR_KIND_XSAVEC,
+    KIND_XSAVES = FTR_KIND_XSAVES, KIND_XRSTOR = FTR_KIND_XRSTOR, KIND_XRSTORS = FTR_KIND_XRSTORS,
+    KIND_FXSAVE = FTR_KIND_FXSAVE, KIND_FXRSTOR = FTR_KIND_FXRSTOR,
+    KIND_VM_ENTRY = FTR_KIND_VM_ENTRY,
+    KIND_FPSIMD_SAVE = FTR_KIND_FPSIMD_SAVE, KIND_FPSIMD_LOAD = FTR_KIND_FPSIMD_LOAD,
+    KIND_SVE_SAVE = FTR_KIND_SVE_SAVE, KIND_SVE_LOAD = FTR_KIND_SVE_LOAD,
 };
 
-#define FLAG_L2             0x004
-#define FLAG_TASK_VALID     0x010
-#define FLAG_MEM_VALID      0x020
-#define FLAG_REGS_VALID     0x040
-#define FLAG_KERNEL_SIMD    0x080
-#define FLAG_AFTER_VALID    0x100
+#define FLAG_L2             FTR_FLAG_L2
+#define FLAG_TASK_VALID     FTR_FLAG_TASK_VALID
+#define FLAG_MEM_VALID      FTR_FLAG_MEM_VALID
+#define FLAG_REGS_VALID     FTR_FLAG_REGS_VALID
+#define FLAG_KERNEL_SIMD    FTR_FLAG_KERNEL_SIMD
+#define FLAG_AFTER_VALID    FTR_FLAG_REGS_AFTER_VALID
 
 /* analyzers/ownership.py: Class, Unknown, ContextKind */
 enum { NECESSARY, REDUNDANT_SAVE, REDUNDANT_RESTORE, LOST_STATE, STALE_RESTORE, UNKNOWN,

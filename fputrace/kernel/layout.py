@@ -40,6 +40,7 @@ class KernelTarget:
     modules_dir: Path | None
     vmlinux: Path | None  # with DWARF, for struct offsets when there is no BTF
     state_dir: Path  # where the collected symbols and layout are cached
+    debian: debian.KernelInfo | None = None  # a Debian kernel: its package in the cache
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def resolve_kernel(kernel: str, arch: str = "amd64", modules: Path | None = None
         info = debian.fetch_kernel(kernel, arch)
         return KernelTarget(f"debian-{info.package}", qemu_arch, info.vmlinuz,
                             info.modules_dir if info.modules_dir.is_dir() else None,
-                            vmlinux, info.path / "collected")
+                            vmlinux, info.path / "collected", info)
     path = Path(kernel)
     if not path.is_file():
         raise FputraceError(f"kernel '{kernel}' is neither a file nor a known Debian series "

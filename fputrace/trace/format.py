@@ -1,6 +1,8 @@
-"""Trace format v1: the constants and record layouts of docs/trace-format.md.
+"""Trace format v2: the constants and record layouts of docs/trace-format.md.
 
-The writer is plugin/fputrace.c; every number here mirrors a definition there.
+The bytes are defined once, in plugin/ftr-format.h (shared by the plugin and
+the compiled analysis pass); every number here mirrors a definition there,
+and tests/test_format_abi.py checks that they agree.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import numpy as np
 
 MAGIC = b"FPUTRACE"
 BLOCK_MAGIC = 0x4B425446  # "FTBK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # The newest format version this reader understands. A trace whose minimum
 # reader version is above this is refused by number.
-READER_VERSION = 1
+READER_VERSION = 2
 
 # magic, version, min_reader_version, header_size, features, arch,
 # event_size, task_size, reserved, plugin_api, reserved
@@ -29,6 +31,8 @@ class Feature(enum.IntFlag):
     MEM_HASH = 1 << 0
     REGS_HASH = 1 << 1
     TASKS = 1 << 2
+    BOUNDARIES = 1 << 3  # user entry/return events
+    PROBES = 1 << 4  # kernel function probe events
 
 
 class Arch(enum.IntEnum):
@@ -59,7 +63,10 @@ class Kind(enum.IntEnum):
     WRMSR = 12
     VM_ENTRY = 13
     VM_EXIT = 14
-    # arm64, defined now so that it fits version 1 (not yet written).
+    USER_ENTRY = 15
+    USER_RETURN = 16
+    PROBE = 17
+    # arm64, defined now (not yet written).
     FP_TRAP = 32
     CPACR_WRITE = 33
     CPTR_WRITE = 34
@@ -95,6 +102,34 @@ class Flag(enum.IntFlag):
     REGS_VALID = 0x040
     KERNEL_SIMD = 0x080  # kernel code used FP/SIMD registers since the previous event
     REGS_AFTER_VALID = 0x100  # regs_after_hash was read
+    QUIET = 0x200  # user return: nothing could change the registers since the entry
+    NO_ENTRY = 0x400  # user return: no entry from user mode seen before it on its vCPU
+
+
+class Probe(enum.IntEnum):
+    """What a probed kernel function does to FPU state (a PROBE event's index)."""
+
+    FORK_COPY = 1
+    EXEC_RESET = 2
+    TASK_EXIT = 3
+    SIGFRAME_SAVE = 4
+    SIGRETURN = 5
+    REGSET_SET = 6
+    KVM_FPSTATE_ALLOC = 7
+    KVM_FPSTATE_FREE = 8
+    KVM_UABI_SET = 9
+    KVM_UABI_GET = 10
+    KFPU_BEGIN = 11
+    KFPU_END = 12
+    KVM_VCPU_RESET = 13
+    KVM_EMULATE_SSE = 14
+    FPSTATE_FREE = 15
+
+
+PROBE_MAX = 32
+
+# Kernel text lies in the top 2 GiB; an event's simd_pc is the low half.
+KERNEL_TEXT_HIGH = 0xFFFFFFFF00000000
 
 
 EVENT_DTYPE = np.dtype(
@@ -119,7 +154,7 @@ EVENT_DTYPE = np.dtype(
         ("vcpu", "<u2"),
         ("kind", "u1"),
         ("reserved8", "u1"),
-        ("reserved32", "<u4"),
+        ("simd_pc", "<u4"),
     ]
 )
 assert EVENT_DTYPE.itemsize == 128

@@ -1,0 +1,399 @@
+"""Ground truth at the kernel's boundaries: did a task or a guest get its FPU
+registers back as it left them?
+
+- A task: when it returns to user mode, its FP/SIMD register file must equal
+  what it held when the task last entered the kernel, unless the kernel
+  changed it on purpose in between (signal delivery, sigreturn, exec, a
+  ptrace regset write) or the task is a forked child returning for the first
+  time (then it must equal the parent's registers at the fork copy).
+- A vCPU: at each VM entry, the guest's FP registers must equal those at the
+  vCPU's previous VM exit, unless KVM changed them on purpose (KVM_SET_XSAVE
+  and KVM_SET_FPU through fpu_copy_uabi_to_guest_fpstate()).
+
+A difference with no purposeful change is a `corrupted_state` finding, with
+the first operation in between that explains it. Kernel SIMD use outside a
+kernel_fpu_begin()/kernel_fpu_end() section is a `kernel_fpu_misuse`
+finding, whether or not it changed a task's registers.
+
+The plugin marks a return QUIET when nothing could change the registers
+since the same task's entry on that vCPU (no save, restore or kernel SIMD
+instruction ran): such a return is checked by construction. docs/analysis.md
+explains the rules and cites the kernel code they come from.
+
+Arrays in, results out; nothing is printed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from fputrace.kernel.symbols import Symbols
+from fputrace.trace import format as fmt
+
+K = fmt.Kind
+P = fmt.Probe
+F = fmt.Flag
+
+# Probes whose function changes the calling task's user FPU state on purpose
+# (docs/analysis.md, "Purposeful changes").
+TASK_PURPOSEFUL = {
+    P.SIGFRAME_SAVE: "signal delivery",
+    P.SIGRETURN: "sigreturn",
+    P.EXEC_RESET: "exec",
+}
+# Functions of the FPU core that execute x87/SSE instructions outside a
+# kernel_fpu section, by design:
+# - fpu__init_cpu(), fpu__init_system(): FNINIT/FNSTSW/FNSTCW at CPU bring-up
+#   (arch/x86/kernel/fpu/init.c);
+# - restore_fpregs_from_fpstate(): FNCLEX/EMMS/FILD before the restore on CPUs
+#   with X86_BUG_FXSAVE_LEAK (arch/x86/kernel/fpu/core.c);
+# - fpu__init_system_early_generic(), fpu__init_cpu_generic(): their helpers.
+FPU_CORE_SIMD = frozenset({
+    "fpu__init_cpu", "fpu__init_system", "fpu__init_cpu_generic",
+    "fpu__init_system_early_generic", "restore_fpregs_from_fpstate",
+})
+
+
+@dataclass
+class BoundaryFinding:
+    kind: str  # "corrupted_state" or "kernel_fpu_misuse"
+    context: str  # "task" or "vcpu"
+    task: int  # announcement index of the task (or the vCPU thread), -1
+    vmcb: int  # vcpu findings: the VMCB, else 0
+    before: int  # event index: the entry / VM exit the state is compared with, -1
+    after: int  # event index: the return / VM entry where it differs (misuse: the event)
+    cause: int  # event index of the operation that explains it, -1
+    explanation: str
+    simd_pc: int = 0  # kernel_fpu_misuse: the SIMD instruction's address
+
+    @property
+    def seq_event(self) -> int:
+        return self.after
+
+
+@dataclass
+class BoundaryCheck:
+    """Counts for one kind of boundary (user returns, VM entries)."""
+
+    checked: int = 0
+    quiet: int = 0  # of checked: no FP activity in between, equal by construction
+    violations: int = 0
+    changed_on_purpose: Counter[str] = field(default_factory=Counter)
+    unchecked: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Boundaries:
+    user: BoundaryCheck
+    vcpu: BoundaryCheck
+    per_task: dict[int, tuple[int, int]]  # task key -> (checked, violations)
+    task_of_key: dict[int, int]  # task key -> an announcement index naming it
+    per_vmcb: dict[int, tuple[int, int]]
+    findings: list[BoundaryFinding]
+    kfpu_sections: int = 0
+
+    @property
+    def checked(self) -> int:
+        return self.user.checked + self.vcpu.checked
+
+    @property
+    def violations(self) -> int:
+        return self.user.violations + self.vcpu.violations
+
+
+def task_keys(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
+              ident: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """A key per event naming the task's lifetime: its task_struct pointer and
+    pid (pointers are reused after a task exits; pids are not reused that
+    soon). -1 where the task is unknown."""
+    pid = np.where(ident >= 0, tasks["pid"][np.maximum(ident, 0)] if len(tasks) else 0, 0)
+    known = ident >= 0
+    keys = np.full(len(ev), -1, dtype=np.int64)
+    if known.any():
+        pairs = np.stack([ev["task"][known], pid[known].astype(np.uint64)], axis=1)
+        _, inv = np.unique(pairs, axis=0, return_inverse=True)
+        keys[known] = inv.reshape(-1)
+    return keys
+
+
+def _probe_is(ev: npt.NDArray[np.void], i: int, probe: P) -> bool:
+    return int(ev["kind"][i]) == K.PROBE and int(ev["index"][i]) == probe
+
+
+class _Explainer:
+    """Finds, between two boundaries of a context, the operation that
+    explains a difference of its registers."""
+
+    def __init__(self, ev: npt.NDArray[np.void], keys: npt.NDArray[np.int64],
+                 misuse_events: set[int], symbols: Symbols) -> None:
+        self.ev = ev
+        self.keys = keys
+        self.misuse = misuse_events
+        self.symbols = symbols
+        kinds = ev["kind"]
+        self.saves = np.isin(kinds, [int(k) for k in fmt.SAVE_KINDS])
+        self.restores = np.isin(kinds, [int(k) for k in fmt.RESTORE_KINDS])
+
+    def explain(self, lo: int, hi: int, key: int, want: int, vcpu: int) -> tuple[int, str]:
+        """Events lo..hi (indices, exclusive) of the task `key`; `want` the hash the
+        registers should have held. Returns (event index or -1, explanation)."""
+        ev = self.ev
+        window = np.arange(lo + 1, hi + 1)
+        mine = window[self.keys[window] == key]
+        for i in mine.tolist():
+            if i in self.misuse:
+                pc = int(ev["simd_pc"][i]) | fmt.KERNEL_TEXT_HIGH
+                return i, ("kernel SIMD use outside kernel_fpu_begin()/kernel_fpu_end() at "
+                           f"{self.symbols.describe(pc)} overwrote the registers")
+        last_restore = next((i for i in reversed(mine.tolist()) if self.restores[i]), -1)
+        if last_restore < 0:
+            # Nothing loaded this task's state: whatever is in the registers is
+            # someone else's.
+            on_cpu = window[ev["vcpu"][window] == vcpu]
+            other = next((i for i in reversed(on_cpu.tolist())
+                          if (self.saves[i] or self.restores[i]) and self.keys[i] != key), -1)
+            if other >= 0:
+                return other, ("missed restore: no restore of this context's state before the "
+                               "return; the registers were last synced by another task at "
+                               f"{self.symbols.describe(int(ev['pc'][other]))}")
+            return -1, "missed restore: no restore of this context's state before the return"
+        buf = int(ev["addr"][last_restore])
+        before = np.flatnonzero(self.saves[:last_restore] & (ev["addr"][:last_restore] == buf))
+        if len(before):
+            s = int(before[-1])
+            if (ev["flags"][s] & F.REGS_VALID) and int(ev["regs_hash"][s]) != want \
+                    and self.keys[s] != key:
+                return s, (f"foreign save: buffer {buf:#x} was written with another task's "
+                           f"registers at {self.symbols.describe(int(ev['pc'][s]))}, then "
+                           "restored into this one")
+            if int(ev["mem_hash"][s]) != int(ev["mem_hash"][last_restore]):
+                return last_restore, (
+                    f"buffer {buf:#x} changed in memory between its save at "
+                    f"{self.symbols.describe(int(ev['pc'][s]))} (seq {int(ev['seq'][s])}) "
+                    f"and its restore at {self.symbols.describe(int(ev['pc'][last_restore]))}:"
+                    " the restore loaded state the context never had")
+        return last_restore, (f"the restore from {buf:#x} at "
+                              f"{self.symbols.describe(int(ev['pc'][last_restore]))} loaded "
+                              "state that differs from what the context entered with")
+
+
+def kfpu_misuse(ev: npt.NDArray[np.void], symbols: Symbols
+                ) -> tuple[list[int], int]:
+    """Events whose KERNEL_SIMD flag says kernel SIMD code ran outside a
+    kernel_fpu_begin()/kernel_fpu_end() section on that CPU (and outside the
+    FPU core's own code), and how many sections there were. Without the
+    section probes nothing can be said: no event is returned."""
+    kinds = ev["kind"]
+    is_probe = kinds == K.PROBE
+    begin = is_probe & (ev["index"] == P.KFPU_BEGIN)
+    end = is_probe & (ev["index"] == P.KFPU_END)
+    if not begin.any():
+        return [], 0
+    simd = (ev["flags"] & F.KERNEL_SIMD) != 0
+    open_on: dict[int, bool] = {}
+    out: list[int] = []
+    allowed: dict[int, bool] = {}
+    for i in np.flatnonzero(begin | end | simd).tolist():
+        cpu = int(ev["vcpu"][i])
+        if simd[i] and not open_on.get(cpu, False) and not end[i]:
+            pc = int(ev["simd_pc"][i])
+            if pc not in allowed:
+                name = symbols.function(pc | fmt.KERNEL_TEXT_HIGH).split(" ", 1)[0]
+                allowed[pc] = name in FPU_CORE_SIMD
+            if not allowed[pc]:
+                out.append(i)
+        if begin[i]:
+            open_on[cpu] = True
+        elif end[i]:
+            open_on[cpu] = False
+    return out, int(begin.sum())
+
+
+def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
+                     ident: npt.NDArray[np.int64], symbols: Symbols,
+                     uabi_probed: bool) -> Boundaries:
+    """Check every user return and VM entry of a trace (events in seq order).
+    `uabi_probed`: KVM's KVM_SET_XSAVE/KVM_SET_FPU copies were probed (kernels
+    with fpu_copy_uabi_to_guest_fpstate())."""
+    keys = task_keys(ev, tasks, ident)
+    kinds = ev["kind"]
+    flags = ev["flags"]
+    misuse_list, sections = kfpu_misuse(ev, symbols)
+    misuse = set(misuse_list)
+    explainer = _Explainer(ev, keys, misuse, symbols)
+    findings: list[BoundaryFinding] = []
+    task_of_key: dict[int, int] = {}
+    for i in misuse_list:
+        pc = int(ev["simd_pc"][i]) | fmt.KERNEL_TEXT_HIGH
+        findings.append(BoundaryFinding(
+            "kernel_fpu_misuse", "task", int(ident[i]), 0, -1, i, i,
+            f"kernel SIMD instruction at {symbols.describe(pc)} ran outside "
+            "kernel_fpu_begin()/kernel_fpu_end()", pc))
+
+    user = BoundaryCheck()
+    per_task: dict[int, list[int]] = {}
+
+    def count(key: int, violation: bool) -> None:
+        row = per_task.setdefault(key, [0, 0])
+        row[0] += 1
+        row[1] += int(violation)
+
+    # Quiet returns: checked by construction, counted without a loop.
+    is_return = kinds == K.USER_RETURN
+    quiet = is_return & ((flags & F.QUIET) != 0)
+    user.checked += int(quiet.sum())
+    user.quiet = user.checked
+    qk, qn = np.unique(keys[quiet], return_counts=True)
+    for k_, n_ in zip(qk.tolist(), qn.tolist(), strict=True):
+        per_task.setdefault(k_, [0, 0])[0] += n_
+    for k_, i_ in zip(*np.unique(keys, return_index=True), strict=True):
+        if k_ >= 0:
+            task_of_key[int(k_)] = int(ident[i_])
+
+    # The rest, in seq order: entries, non-quiet returns, and the probes and
+    # saves that decide purposeful changes and fork copies.
+    probe_kinds = [int(p) for p in (*TASK_PURPOSEFUL, P.REGSET_SET, P.FORK_COPY)]
+    relevant = ((kinds == K.USER_ENTRY) | (is_return & ~quiet) | explainer.saves
+                | ((kinds == K.PROBE) & np.isin(ev["index"], probe_kinds)))
+    entry: dict[int, int] = {}  # key -> its latest USER_ENTRY event
+    reasons: dict[int, list[tuple[int, str]]] = {}  # key -> (event index, reason)
+    fork_probe: dict[tuple[int, int], int] = {}  # (vcpu, parent key) -> probe event
+    fork_copy: dict[int, int] = {}  # child task pointer -> the save that copied its state
+    key_of_ptr: dict[int, int] = {}
+    # Previous return of every return (quiet ones included), per task key.
+    ret_idx = np.flatnonzero(is_return)
+    order = np.lexsort((ret_idx, keys[ret_idx]))
+    prev_ret = np.full(len(ev), -1, dtype=np.int64)
+    srt = ret_idx[order]
+    same = keys[srt][1:] == keys[srt][:-1]
+    prev_ret[srt[1:][same]] = srt[:-1][same]
+
+    def judge(i: int, k: int, before: int, window: list[str], what: str) -> None:
+        """Return i of task k against the register hash of event `before`."""
+        want = int(ev["regs_hash"][before])
+        if int(ev["regs_hash"][i]) == want:
+            user.checked += 1
+            count(k, False)
+        elif window:
+            user.changed_on_purpose[window[0]] += 1
+        else:
+            user.checked += 1
+            user.violations += 1
+            count(k, True)
+            c, why = explainer.explain(before, i, k, want, int(ev["vcpu"][i]))
+            findings.append(BoundaryFinding("corrupted_state", "task", int(ident[i]), 0,
+                                            before, i, c, what + why))
+
+    for i in np.flatnonzero(relevant).tolist():
+        k = int(keys[i])
+        kind = int(kinds[i])
+        if k >= 0:
+            key_of_ptr[int(ev["task"][i])] = k
+        if kind == K.USER_ENTRY:
+            entry[k] = i
+        elif kind == K.PROBE:
+            probe = int(ev["index"][i])
+            if probe == P.FORK_COPY:
+                fork_probe[(int(ev["vcpu"][i]), k)] = i
+            elif probe == P.REGSET_SET:
+                target = key_of_ptr.get(int(ev["value"][i]))
+                if target is not None:
+                    reasons.setdefault(target, []).append((i, "ptrace regset write"))
+            else:
+                reasons.setdefault(k, []).append((i, TASK_PURPOSEFUL[P(probe)]))
+        elif explainer.saves[i]:
+            # The first save after fpu_clone()'s entry on that CPU by the parent
+            # writes the parent's live registers into the child's buffer.
+            fp = fork_probe.pop((int(ev["vcpu"][i]), k), None)
+            if fp is not None:
+                fork_copy[int(ev["value"][fp])] = i
+        else:  # a return that needs its entry
+            p = int(prev_ret[i])
+            window = [r for j, r in reasons.pop(k, []) if j > p]
+            e = entry.get(k, -1)
+            if e <= p:
+                e = -1
+            copy = fork_copy.pop(int(ev["task"][i]), -1) if p < 0 and e < 0 else -1
+            before = e if e >= 0 else copy
+            if before < 0:
+                if flags[i] & F.NO_ENTRY:
+                    user.unchecked["the trace began while the task was in the kernel"] += 1
+                elif p < 0:
+                    user.unchecked["first return of a task whose fork copy the trace did "
+                                   "not show"] += 1
+                else:
+                    user.unchecked["the register file at the entry was not read"] += 1
+            elif not (flags[i] & F.REGS_VALID and flags[before] & F.REGS_VALID):
+                user.unchecked["a register file could not be read"] += 1
+            else:
+                judge(i, k, before, window, "" if e >= 0 else
+                      "a forked child's first return does not hold the parent's registers "
+                      "of the fork copy: ")
+
+    vcpu, per_vmcb, vfind = _check_vcpus(ev, keys, ident, uabi_probed, symbols)
+    findings += vfind
+    findings.sort(key=lambda f: (f.after, f.kind))
+    return Boundaries(user, vcpu, {k_: (v[0], v[1]) for k_, v in per_task.items()},
+                      task_of_key, per_vmcb, findings, sections)
+
+
+def _check_vcpus(ev: npt.NDArray[np.void], keys: npt.NDArray[np.int64],
+                 ident: npt.NDArray[np.int64], uabi_probed: bool, symbols: Symbols
+                 ) -> tuple[BoundaryCheck, dict[int, tuple[int, int]], list[BoundaryFinding]]:
+    kinds = ev["kind"]
+    flags = ev["flags"]
+    check = BoundaryCheck()
+    per: dict[int, list[int]] = {}
+    findings: list[BoundaryFinding] = []
+    l1 = (flags & F.L2) == 0
+    idx = np.flatnonzero(((kinds == K.VM_ENTRY) & l1) | (kinds == K.VM_EXIT)
+                         | ((kinds == K.PROBE) & (ev["index"] == P.KVM_UABI_SET))
+                         | (kinds == K.USER_RETURN))
+    last_exit: dict[int, int] = {}  # vmcb -> its last VM exit
+    uabi_since: dict[int, int] = {}  # task key -> its last KVM_SET_* probe
+    return_since: dict[int, int] = {}  # task key -> its last user return
+    for i in idx.tolist():
+        kind = int(kinds[i])
+        k = int(keys[i])
+        if kind == K.PROBE:
+            uabi_since[k] = i
+            continue
+        if kind == K.USER_RETURN:
+            return_since[k] = i
+            continue
+        vmcb = int(ev["addr"][i])
+        if kind == K.VM_EXIT:
+            last_exit[vmcb] = i
+            continue
+        x = last_exit.get(vmcb, -1)
+        if x < 0:
+            check.unchecked["first entry of the vCPU in the trace"] += 1
+            continue
+        if not (flags[i] & F.REGS_VALID and flags[x] & F.REGS_VALID):
+            check.unchecked["a register file could not be read"] += 1
+            continue
+        row = per.setdefault(vmcb, [0, 0])
+        if int(ev["regs_hash"][i]) == int(ev["regs_hash"][x]):
+            check.checked += 1
+            row[0] += 1
+            continue
+        if uabi_since.get(k, -1) > x:
+            check.changed_on_purpose["KVM_SET_XSAVE/KVM_SET_FPU"] += 1
+            continue
+        if not uabi_probed and return_since.get(k, -1) > x:
+            check.unchecked["changed while KVM_RUN had returned to user space, on a kernel "
+                            "whose KVM_SET_XSAVE copies are not observable"] += 1
+            continue
+        check.checked += 1
+        check.violations += 1
+        row[0] += 1
+        row[1] += 1
+        findings.append(BoundaryFinding(
+            "corrupted_state", "vcpu", int(ident[i]), vmcb, x, i, -1,
+            "the guest's FP registers at this VM entry differ from those at its previous VM "
+            "exit, and KVM did not set them on purpose in between"))
+    return check, {v: (r[0], r[1]) for v, r in per.items()}, findings

@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * fputrace-seed: a test module with deliberate FPU state bugs, so that
+ * fputrace's findings can be checked against bugs known to be there.
+ *
+ * /dev/fputrace-seed takes three ioctls (fputrace_seed.h), each acting on
+ * the calling task:
+ *   CORRECT  kernel_fpu_begin(); clobber XMM0/XMM1; kernel_fpu_end()
+ *            - the task's registers come back intact;
+ *   CLOBBER  clobber XMM0/XMM1 with no kernel_fpu_begin() - the task
+ *            returns to user mode with registers it never set;
+ *   CORRUPT  kernel_fpu_begin() (which saves the task's registers into its
+ *            fpstate and sets TIF_NEED_FPU_LOAD); flip bits of XMM0 in that
+ *            saved buffer; kernel_fpu_end() - the return to user mode
+ *            restores the corrupted buffer.
+ *
+ * Built out of tree against the Debian kernel's own headers by
+ * fputrace/kernel/seedmod.py.
+ */
+#include <linux/fs.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/sched.h>
+#include <linux/version.h>
+#include <asm/fpu/api.h>
+#include <asm/fpu/types.h>
+
+#include "fputrace_seed.h"
+
+/* Deliberately no clobber list: the damage is the point. */
+static noinline void seed_clobber_xmm(void)
+{
+	asm volatile("pxor %%xmm0, %%xmm0\n\tpcmpeqd %%xmm1, %%xmm1" ::: "memory");
+}
+
+static void seed_corrupt_saved(void)
+{
+	u32 *xmm;
+
+	kernel_fpu_begin();
+	/*
+	 * v5.16 ("x86/fpu: Provide struct fpstate", 87d0e5be0fac) moved the
+	 * task's buffer behind fpu->fpstate; before it was fpu->state.
+	 */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 16, 0)
+	xmm = current->thread.fpu.fpstate->regs.xsave.i387.xmm_space;
+#else
+	xmm = current->thread.fpu.state.xsave.i387.xmm_space;
+#endif
+	xmm[0] ^= 0x5a5a5a5a;
+	kernel_fpu_end();
+}
+
+static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	switch (cmd) {
+	case FPUTRACE_SEED_CORRECT:
+		kernel_fpu_begin();
+		seed_clobber_xmm();
+		kernel_fpu_end();
+		return 0;
+	case FPUTRACE_SEED_CLOBBER:
+		seed_clobber_xmm();
+		return 0;
+	case FPUTRACE_SEED_CORRUPT:
+		seed_corrupt_saved();
+		return 0;
+	}
+	return -ENOTTY;
+}
+
+static const struct file_operations seed_fops = {
+	.owner = THIS_MODULE,
+	.unlocked_ioctl = seed_ioctl,
+};
+
+static struct miscdevice seed_dev = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "fputrace-seed",
+	.fops = &seed_fops,
+};
+
+module_misc_device(seed_dev);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("fputrace test module with deliberate FPU state bugs");

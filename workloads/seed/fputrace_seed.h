@@ -1,0 +1,20 @@
+/*
+ * The ioctls of the fputrace-seed test module (fputrace_seed.c): each does
+ * one thing to the calling task's FPU state, two of them deliberately wrong.
+ * Shared by the module and the fpu-seed workload.
+ */
+#ifndef FPUTRACE_SEED_H
+#define FPUTRACE_SEED_H
+
+#include <linux/ioctl.h>
+
+#define FPUTRACE_SEED_DEVICE "/dev/fputrace-seed"
+
+/* (c) correct: SIMD inside kernel_fpu_begin()/kernel_fpu_end(). */
+#define FPUTRACE_SEED_CORRECT   _IO('F', 1)
+/* (a) bug: write XMM0/XMM1 without kernel_fpu_begin(). */
+#define FPUTRACE_SEED_CLOBBER   _IO('F', 2)
+/* (b) bug: inside a kernel_fpu section, overwrite the task's saved XMM0. */
+#define FPUTRACE_SEED_CORRUPT   _IO('F', 3)
+
+#endif
