@@ -10,10 +10,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from analyzers.boundaries import BoundaryCheck
 from analyzers.costs import Costs, Row
 from analyzers.counts import Counts, Group, task_identity, task_label
 from analyzers.mechanisms import kernel_mechanisms
 from analyzers.ownership import ContextKind, Ownership
+from analyzers.verdict import Verdict
 from fputrace.run import Run
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import Trace
@@ -162,42 +164,63 @@ def render_counts(console: Console, run: Run, counts: Counts, top: int) -> None:
 
 def _event_json(run: Run, ident: Any, i: int) -> dict[str, Any]:
     ev = run.trace.events[i]
-    return {
+    out = {
         "seq": int(ev["seq"]),
         "cpu": int(ev["vcpu"]),
         "kind": fmt.kind_name(int(ev["kind"])),
-        "buffer": f"{int(ev['addr']):#x}",
         "task": task_label(run.trace.tasks, int(ident[i])),
         "site": run.symbols.describe(int(ev["pc"])),
     }
+    if int(ev["kind"]) in TRACE_KINDS_WITH_MEMORY:
+        out["buffer"] = f"{int(ev['addr']):#x}"
+    elif int(ev["kind"]) == fmt.Kind.USER_RETURN and ev["addr"]:
+        out["entry_site"] = run.symbols.describe(int(ev["addr"]))
+    return out
 
 
-def findings_json(run: Run, own: Ownership, limit: int = 0) -> list[dict[str, Any]]:
+def findings_json(run: Run, verdict: Verdict, ident: Any, limit: int = 0
+                  ) -> list[dict[str, Any]]:
     """The findings in trace order, the first `limit` of them (0: all)."""
-    if not own.findings:
-        return []
-    ident = task_identity(run.trace.events, run.trace.tasks)
     out = []
-    for f in own.findings[:limit] if limit > 0 else own.findings:
+    for f in verdict.findings[:limit] if limit > 0 else verdict.findings:
         item: dict[str, Any] = {
-            "class": f.cls.name.lower(),
+            "kind": f.kind,
             "description": f.description,
-            "context": {
-                "buffer": f"{f.context_buffer:#x}",
-                "kind": ContextKind(int(own.context_kind[f.last_sync])).name.lower()
-                if f.last_sync >= 0 else "unknown",
-                "task": task_label(run.trace.tasks, int(ident[f.last_sync]))
-                if f.last_sync >= 0 else "(unknown task)",
-                "vcpu": f"{own.guest_buffers[f.context_buffer]:#x}"
-                if f.context_buffer in own.guest_buffers else None,
-            },
+            "task": task_label(run.trace.tasks, f.task),
             "event": _event_json(run, ident, f.event),
-            "last_sync": _event_json(run, ident, f.last_sync) if f.last_sync >= 0 else None,
+            "events": {role: _event_json(run, ident, i) for role, i in f.events.items()
+                       if i >= 0 and role != "event"},
         }
-        if f.resumed >= 0:
-            item["resumed"] = _event_json(run, ident, f.resumed)
+        if f.buffer:
+            item["buffer"] = f"{f.buffer:#x}"
+        if f.vmcb:
+            item["vcpu"] = f"{f.vmcb:#x}"
+        if f.confirmed_by >= 0:
+            item["confirmed_by"] = _event_json(run, ident, f.confirmed_by)
         out.append(item)
     return out
+
+
+def boundary_json(run: Run, verdict: Verdict) -> dict[str, Any]:
+    b = verdict.boundaries
+
+    def one(c: BoundaryCheck) -> dict[str, Any]:
+        return {"checked": c.checked, "quiet": c.quiet, "violations": c.violations,
+                "changed_on_purpose": dict(c.changed_on_purpose),
+                "unchecked": dict(c.unchecked)}
+
+    return {
+        "checked": b.checked,
+        "violations": b.violations,
+        "by_kind": {"user_return": one(b.user), "vm_entry": one(b.vcpu)},
+        "findings_by_kind": verdict.by_kind,
+        "kfpu_sections": b.kfpu_sections,
+        "per_task": [{"task": task_label(run.trace.tasks, b.task_of_key.get(k, -1)),
+                      "checked": c, "violations": v}
+                     for k, (c, v) in sorted(b.per_task.items()) if k >= 0],
+        "per_vcpu": [{"vcpu": f"{vmcb:#x}", "checked": c, "violations": v}
+                     for vmcb, (c, v) in sorted(b.per_vmcb.items())],
+    }
 
 
 def _row_json(rows: list[Row]) -> list[dict[str, Any]]:
@@ -206,10 +229,18 @@ def _row_json(rows: list[Row]) -> list[dict[str, Any]]:
              **r.extra} for r in rows]
 
 
-def analysis_json(run: Run, own: Ownership, costs: Costs, max_findings: int = 50
-                  ) -> dict[str, Any]:
+def analysis_json(run: Run, own: Ownership, verdict: Verdict, costs: Costs,
+                  max_findings: int = 50) -> dict[str, Any]:
+    ident = task_identity(run.trace.events, run.trace.tasks)
     return {
-        "findings_total": own.findings_total,
+        "findings_total": len(verdict.findings),
+        "findings": findings_json(run, verdict, ident, max_findings),
+        "unconfirmed": [{"kind": u.kind, "reason": u.reason,
+                         "task": task_label(run.trace.tasks, u.task),
+                         "event": _event_json(run, ident, u.event)}
+                        for u in verdict.unconfirmed[:max_findings or None]],
+        "unconfirmed_total": len(verdict.unconfirmed),
+        "boundary_checks": boundary_json(run, verdict),
         "kernel_mechanisms": [{"name": m.name, "present": m.present, "evidence": m.evidence,
                                "description": m.description}
                               for m in kernel_mechanisms(run.symbols)],
@@ -217,7 +248,6 @@ def analysis_json(run: Run, own: Ownership, costs: Costs, max_findings: int = 50
         "class_bytes": costs.class_bytes,
         "unknown_reasons": costs.unknown_reasons,
         "redundant_percent": costs.redundant_pct,
-        "findings": findings_json(run, own, max_findings),
         "per_callsite": _row_json(costs.per_callsite),
         "per_task": _row_json(costs.per_task),
         "per_vcpu": _row_json(costs.per_vcpu),
@@ -245,30 +275,53 @@ def _class_table(title: str, what: str, rows: list[Row], top: int) -> Table:
     return table
 
 
-def render_analysis(console: Console, run: Run, own: Ownership, costs: Costs, top: int,
-                    max_findings: int = 50) -> None:
-    findings = findings_json(run, own, max_findings)
+def _render_event(console: Console, role: str, e: dict[str, Any]) -> None:
+    where = f" {e['buffer']}" if "buffer" in e else ""
+    console.print(escape(f"    {role:<11} seq {e['seq']} cpu{e['cpu']} {e['kind']}{where} "
+                         f"at {e['site']} ({e['task']})"))
+
+
+def render_boundaries(console: Console, verdict: Verdict) -> None:
+    b = verdict.boundaries
+    for name, c in (("user returns", b.user), ("VM entries", b.vcpu)):
+        purposeful = ", ".join(f"{n} {why}" for why, n in c.changed_on_purpose.items())
+        console.print(escape(
+            f"boundary checks, {name}: {c.checked} checked ({c.quiet} with no FP activity in "
+            f"between), {c.violations} violations"
+            + (f"; changed on purpose: {purposeful}" if purposeful else "")))
+        for why, n in c.unchecked.items():
+            console.print(escape(f"  not checked: {n} x {why}"))
+
+
+def render_analysis(console: Console, run: Run, own: Ownership, verdict: Verdict,
+                    costs: Costs, top: int, max_findings: int = 50) -> None:
+    ident = task_identity(run.trace.events, run.trace.tasks)
+    findings = findings_json(run, verdict, ident, max_findings)
     if findings:
-        shown = "" if len(findings) == own.findings_total else \
+        total = len(verdict.findings)
+        shown = "" if len(findings) == total else \
             f", the first {len(findings)} shown (--max-findings)"
-        console.print(f"[bold red]{own.findings_total} finding(s): FPU state lost or bypassed"
+        kinds = ", ".join(f"{n} {k}" for k, n in verdict.by_kind.items() if n)
+        console.print(f"[bold red]{total} finding(s): FPU state lost or corrupted ({kinds})"
                       f"{shown}[/]")
         for f in findings:
-            e, s = f["event"], f["last_sync"]
-            console.print(f"[red]{f['class']}[/] context {f['context']['kind']} "
-                          + escape(f"{f['context']['buffer']} of {f['context']['task']}"))
-            if s is not None:
-                console.print(escape(f"    last sync  seq {s['seq']} cpu{s['cpu']} {s['kind']} "
-                                     f"{s['buffer']} at {s['site']} ({s['task']})"))
-            console.print(escape(f"    {'overwrite' if f['class'] == 'lost_state' else 'restore'}"
-                                 f"  seq {e['seq']} cpu{e['cpu']} {e['kind']} {e['buffer']} "
-                                 f"at {e['site']} ({e['task']})"))
-            if "resumed" in f:
-                r = f["resumed"]
-                console.print(escape(f"    resumed    seq {r['seq']} cpu{r['cpu']} {r['kind']} "
-                                     f"{r['buffer']} at {r['site']} ({r['task']})"))
+            console.print(f"[red]{f['kind']}[/] " + escape(f"{f['task']}: {f['description']}"))
+            if all(e["seq"] != f["event"]["seq"] for e in f["events"].values()):
+                _render_event(console, "seen at", f["event"])
+            for role, e in f["events"].items():
+                _render_event(console, role.replace("_", " "), e)
+            if "confirmed_by" in f:
+                _render_event(console, "confirmed", f["confirmed_by"])
     else:
-        console.print("[green]no lost or stale FPU state[/]")
+        console.print("[green]no lost or corrupted FPU state[/]")
+    render_boundaries(console, verdict)
+    if verdict.unconfirmed:
+        console.print(escape(
+            f"{len(verdict.unconfirmed)} operation(s) looked like lost or stale state but "
+            "their contexts' boundaries did not confirm it (not findings):"))
+        for u in verdict.unconfirmed[:top]:
+            console.print(escape(f"  {u.kind} at seq {int(run.trace.events['seq'][u.event])} "
+                                 f"({task_label(run.trace.tasks, u.task)}): {u.reason}"))
     for m in kernel_mechanisms(run.symbols):
         console.print(escape(f"kernel: {m.name}={'yes' if m.present else 'no'} "
                              f"({m.evidence}): {m.description}"))

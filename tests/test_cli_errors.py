@@ -38,7 +38,7 @@ def test_garbage_trace(tmp_path: Path) -> None:
 
 def test_wrong_version(tmp_path: Path) -> None:
     p = TraceBuilder(version=3, min_reader=3).write(tmp_path / "v3.ftr")
-    assert_one_line_error(fputrace("report", str(p)), "version 3", "reads format versions 1 to 1")
+    assert_one_line_error(fputrace("report", str(p)), "version 3", "reads format versions 1 to 2")
 
 
 def test_truncated_trace_is_read_with_one_warning(tmp_path: Path) -> None:

@@ -248,27 +248,6 @@ def lost_state_trace(path: Path) -> Path:
     return b.write(path)
 
 
-def test_report_exit_status_and_findings_json(tmp_path: Path) -> None:
-    # Lost state: report exits 3 and its JSON names both events and the context.
-    p = lost_state_trace(tmp_path / "lost.ftr")
-    r = subprocess.run([sys.executable, "-m", "fputrace", "report", "--json", str(p)],
-                       capture_output=True, text=True)
-    assert r.returncode == 3, r.stderr
-    rep = json.loads(r.stdout)
-    assert rep["classes"]["lost_state"] == 1
-    (f,) = rep["findings"]
-    assert f["class"] == "lost_state"
-    assert f["context"] == {"buffer": f"{BT:#x}", "kind": "task", "task": "10 t", "vcpu": None}
-    assert (f["last_sync"]["seq"], f["event"]["seq"], f["resumed"]["seq"]) == (1, 2, 3)
-    assert f["event"]["task"] == "20 u"
-    for key in ("per_callsite", "per_task", "per_operation", "classes", "events_by_kind"):
-        assert key in rep
-    # The text report shows the finding first, in its own line.
-    r = subprocess.run([sys.executable, "-m", "fputrace", "report", str(p)], capture_output=True,
-                       text=True)
-    assert r.returncode == 3 and r.stdout.splitlines()[0].startswith("1 finding(s)")
-
-
 def test_report_exit_status_without_lost_state(tmp_path: Path) -> None:
     b = TraceBuilder()
     save(b, BT, regs=L1)

@@ -1,8 +1,9 @@
 """fputrace report FILE: what the trace holds, who owned the FPU registers,
-which saves and restores were needed, and whether any state was lost.
+which saves and restores were needed, and whether any state was lost or
+corrupted.
 
-Exit status: 0, or 3 when lost state was found (so CI can gate on it),
-2 for bad input."""
+Exit status: 0, or 3 when there is a finding (FPU state lost or corrupted,
+so CI can gate on it), 2 for bad input."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from typing import Any
 
 from rich.console import Console
 
+from analyzers.boundaries import check_boundaries
 from analyzers.costs import compute_costs, costs_from_aggregates
 from analyzers.counts import count_events, counts_from_aggregates, task_identity
-from analyzers.ownership import Class, analyze
+from analyzers.ownership import analyze
 from analyzers.timeline import cpu_timeline
+from analyzers.verdict import combine
 from fputrace.render import (
     analysis_json,
     counts_json,
@@ -29,7 +32,7 @@ from fputrace.render import (
 from fputrace.run import load_run
 from fputrace.trace.reader import describe_incomplete
 
-EXIT_LOST_STATE = 3
+EXIT_FINDINGS = 3
 
 
 def add_parser(sub: Any) -> None:
@@ -40,7 +43,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--top", type=int, default=15, help="rows per table (default 15)")
     p.add_argument("--max-findings", type=int, default=50,
-                   help="list at most N lost/stale findings, in trace order (default 50; "
+                   help="list at most N findings, in trace order (default 50; "
                         "0: all); the counts always cover all")
     p.add_argument("--timeline", type=int, default=0, metavar="N",
                    help="also show the first N intervals of the per-CPU ownership timeline")
@@ -59,23 +62,27 @@ def run(args: argparse.Namespace) -> int:
         ident = task_identity(events, tasks)
         counts = count_events(events, tasks, r.symbols, ident)
         costs = compute_costs(events, tasks, own, r.symbols, ident)
+    ident = own.task_ident if own.task_ident is not None else task_identity(events, tasks)
+    bounds = check_boundaries(events, tasks, ident, r.symbols,
+                              "fpu_copy_uabi_to_guest_fpstate" in r.symbols.values)
+    verdict = combine(events, tasks, ident, own, bounds)
     timeline = cpu_timeline(events, own) if args.timeline > 0 else None
     if args.json:
         extra = {"timeline": timeline_json(timeline, args.timeline)} if timeline is not None \
             else {}
         json.dump({**counts_json(r, counts),
-                   **analysis_json(r, own, costs, args.max_findings), **extra}, sys.stdout,
+                   **analysis_json(r, own, verdict, costs, args.max_findings), **extra},
+                  sys.stdout,
                   indent=1)
         sys.stdout.write("\n")
     else:
         console = Console(emoji=False, highlight=False)
         if not console.is_terminal:
             console = Console(emoji=False, highlight=False, width=200)
-        render_analysis(console, r, own, costs, args.top, args.max_findings)
+        render_analysis(console, r, own, verdict, costs, args.top, args.max_findings)
         if timeline is not None:
             render_timeline(console, timeline, args.timeline)
         render_counts(console, r, counts, args.top)
     if not r.trace.complete:
         print(f"fputrace: warning: {describe_incomplete(r.trace)}", file=sys.stderr)
-    lost = any(f.cls == Class.LOST_STATE for f in own.findings)
-    return EXIT_LOST_STATE if lost else 0
+    return EXIT_FINDINGS if verdict.findings else 0

@@ -1,0 +1,110 @@
+"""The report's findings: what the boundary truth and the operation classes
+say together.
+
+- `corrupted_state` and `kernel_fpu_misuse` come from the boundaries
+  (analyzers/boundaries.py): a context got back registers it did not leave,
+  or kernel code used SIMD registers outside a kernel_fpu section.
+- `lost_state`, `stale_restore` and `foreign_save` come from the operation
+  classes (analyzers/ownership.py). Each must be confirmed at a boundary: the
+  context it names must be found corrupted at its next boundary after the
+  operation. One that is not confirmed is listed apart, with the reason,
+  and is not a finding: the boundary showed the context's registers intact,
+  or the context never reached a boundary again in the trace.
+
+Exit status 3 of `fputrace report` means: at least one finding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from analyzers.boundaries import Boundaries, BoundaryFinding, task_keys
+from analyzers.ownership import Class, Ownership
+from fputrace.trace import format as fmt
+
+KINDS = ("lost_state", "stale_restore", "foreign_save", "kernel_fpu_misuse", "corrupted_state")
+
+
+@dataclass
+class Finding:
+    kind: str  # one of KINDS
+    event: int  # the event where it is seen
+    task: int  # announcement index of the context's task (or vCPU thread), -1
+    description: str
+    events: dict[str, int] = field(default_factory=dict)  # role -> event index
+    buffer: int = 0  # the context's buffer, for operation findings
+    vmcb: int = 0  # a guest context's vCPU
+    confirmed_by: int = -1  # the boundary event that confirms an operation finding
+
+
+@dataclass
+class Unconfirmed:
+    kind: str
+    event: int
+    task: int
+    reason: str
+
+
+@dataclass
+class Verdict:
+    findings: list[Finding]
+    unconfirmed: list[Unconfirmed]
+    boundaries: Boundaries
+
+    @property
+    def by_kind(self) -> dict[str, int]:
+        out = dict.fromkeys(KINDS, 0)
+        for f in self.findings:
+            out[f.kind] += 1
+        return out
+
+
+def _boundary_finding(b: BoundaryFinding) -> Finding:
+    if b.kind == "kernel_fpu_misuse":
+        return Finding(b.kind, b.after, b.task, b.explanation, {"event": b.after})
+    roles = {"entry" if b.context == "task" else "vm_exit": b.before,
+             "return" if b.context == "task" else "vm_entry": b.after}
+    if b.cause >= 0:
+        roles["cause"] = b.cause
+    return Finding(b.kind, b.after, b.task, b.explanation, roles, vmcb=b.vmcb)
+
+
+def combine(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
+            ident: npt.NDArray[np.int64], own: Ownership, bounds: Boundaries) -> Verdict:
+    """Boundary findings, plus the operation findings a boundary confirms."""
+    keys = task_keys(ev, tasks, ident)
+    findings = [_boundary_finding(b) for b in bounds.findings]
+    # The windows (earlier boundary, later boundary) in which each task key
+    # was found corrupted.
+    corrupted: dict[int, list[tuple[int, int]]] = {}
+    for b in bounds.findings:
+        if b.kind == "corrupted_state" and b.after >= 0:
+            corrupted.setdefault(int(keys[b.after]), []).append((b.before, b.after))
+    # Each task's boundaries (user returns and VM entries), to say why an
+    # operation finding was not confirmed.
+    boundary_kinds = (ev["kind"] == fmt.Kind.USER_RETURN) | (ev["kind"] == fmt.Kind.VM_ENTRY)
+    unconfirmed: list[Unconfirmed] = []
+    for f in own.findings:
+        kind = "lost_state" if f.cls == Class.LOST_STATE else "stale_restore"
+        victim = f.last_sync if f.cls == Class.LOST_STATE else f.event
+        key = int(keys[victim]) if victim >= 0 else -1
+        task = int(ident[victim]) if victim >= 0 else -1
+        hit = next(((lo, hi) for lo, hi in corrupted.get(key, [])
+                    if lo <= f.event <= hi), None)
+        if hit is not None:
+            roles = {"event": f.event, "last_sync": f.last_sync}
+            if f.resumed >= 0:
+                roles["resumed"] = f.resumed
+            findings.append(Finding(kind, f.event, task, f.description, roles,
+                                    f.context_buffer, own.guest_buffers.get(f.context_buffer,
+                                                                            0), hit[1]))
+            continue
+        later = np.flatnonzero(boundary_kinds[f.event + 1:] & (keys[f.event + 1:] == key))
+        reason = ("the context's next boundary showed its registers intact" if len(later)
+                  else "the context reached no boundary after it in the trace")
+        unconfirmed.append(Unconfirmed(kind, f.event, task, reason))
+    findings.sort(key=lambda x: (x.event, x.kind))
+    return Verdict(findings, unconfirmed, bounds)

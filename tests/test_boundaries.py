@@ -1,0 +1,370 @@
+"""Boundary checks and findings on synthetic traces: each test narrates what a
+kernel did, builds the trace in the real binary format, and states by hand
+what the report must conclude.
+
+Register contents are symbols (see test_ownership.py): a user entry or
+return carries the hash of the register file at that moment.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from test_ownership import BG, BT, BU, L1, L2, L3, LG1, LG2, VMCB, T, U, restore, save
+from tracebuilder import (
+    F_KSIMD,
+    F_NO_ENTRY,
+    F_QUIET,
+    F_REGS,
+    F_TASK,
+    P_EXEC_RESET,
+    P_FORK_COPY,
+    P_KFPU_BEGIN,
+    P_KFPU_END,
+    P_KVM_UABI_SET,
+    P_REGSET_SET,
+    P_SIGFRAME_SAVE,
+    P_SIGRETURN,
+    PROBE,
+    USER_ENTRY,
+    USER_RETURN,
+    VM_ENTRY,
+    VM_EXIT,
+    TraceBuilder,
+)
+
+from analyzers.boundaries import check_boundaries
+from analyzers.counts import task_identity
+from fputrace.kernel.symbols import Symbols
+from fputrace.trace.reader import read_trace
+
+CHILD = 0xFFFF888000300000  # task_struct of a forked child
+BC = 0xFFFF888003000040  # the child's fpstate buffer
+SIGFRAME = 0x7FFC0000  # a signal frame on T's user stack
+INIT = 0x5555  # the init state's register hash
+ENTRY_SYSCALL = 0xFFFFFFFF81E00000
+KFPU_BEGIN_FN, KFPU_END_FN = 0xFFFFFFFF81040000, 0xFFFFFFFF81040100
+SEED_FN, CRYPTO_FN, FPU_INIT_FN = 0xFFFFFFFFC0001000, 0xFFFFFFFFC0002000, 0xFFFFFFFF83000000
+KALLSYMS = f"""\
+{ENTRY_SYSCALL:x} T entry_SYSCALL_64
+{KFPU_BEGIN_FN:x} T kernel_fpu_begin_mask
+{KFPU_END_FN:x} T kernel_fpu_end
+{FPU_INIT_FN:x} T fpu__init_cpu
+{FPU_INIT_FN + 0x100:x} T some_other_function
+{SEED_FN:x} t seed_clobber_xmm\t[fputrace_seed]
+{CRYPTO_FN:x} t sha256_transform\t[sha256_ssse3]
+"""
+
+
+def entry(b: TraceBuilder, regs: int, task: int = T, cpu: int = 0, flags: int = 0) -> None:
+    b.event(USER_ENTRY, vcpu=cpu, task=task, pc=ENTRY_SYSCALL, regs_hash=regs,
+            flags=F_TASK | F_REGS | flags)
+
+
+def ret(b: TraceBuilder, regs: int | None, task: int = T, cpu: int = 0, flags: int = 0
+        ) -> None:
+    """A return to user mode; regs None: a QUIET one (no register read)."""
+    if regs is None:
+        b.event(USER_RETURN, vcpu=cpu, task=task, pc=0x401000, addr=ENTRY_SYSCALL,
+                flags=F_TASK | F_QUIET | 3 | flags)
+    else:
+        b.event(USER_RETURN, vcpu=cpu, task=task, pc=0x401000, addr=ENTRY_SYSCALL,
+                regs_hash=regs, flags=F_TASK | F_REGS | 3 | flags)
+
+
+def probe(b: TraceBuilder, which: int, task: int = T, arg0: int = 0, cpu: int = 0,
+          pc: int = 0, flags: int = 0, simd_pc: int = 0) -> None:
+    b.event(PROBE, vcpu=cpu, task=task, index=which, value=arg0, pc=pc,
+            flags=F_TASK | flags, simd_pc=simd_pc & 0xFFFFFFFF)
+
+
+def tasks(b: TraceBuilder) -> None:
+    b.task(T, 10, "t")
+    b.task(U, 20, "u")
+
+
+def report(tmp_path: Path, b: TraceBuilder) -> tuple[int, dict[str, Any]]:
+    p = b.write(tmp_path / "t.ftr")
+    (tmp_path / "t.kallsyms.gz").write_bytes(gzip.compress(KALLSYMS.encode()))
+    r = subprocess.run([sys.executable, "-m", "fputrace", "report", "--json", str(p)],
+                       capture_output=True, text=True)
+    assert r.returncode in (0, 3), r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+def bounds(tmp_path: Path, b: TraceBuilder, uabi_probed: bool = True) -> Any:
+    t = read_trace(b.write(tmp_path / "b.ftr"))
+    return check_boundaries(t.events, t.tasks, task_identity(t.events, t.tasks),
+                            Symbols.parse(KALLSYMS), uabi_probed)
+
+
+def test_quiet_returns_and_equal_registers_are_checked(tmp_path: Path) -> None:
+    # T makes three system calls with no FP activity (quiet returns), then one
+    # in which it is switched out and back: its state is saved and restored,
+    # and it returns with what it entered with.
+    b = TraceBuilder()
+    tasks(b)
+    for _ in range(3):
+        ret(b, None)
+    entry(b, L1)
+    save(b, BT, regs=L1)
+    restore(b, BU, before=L1, loads=L2, task=U)
+    ret(b, L2, task=U, flags=F_NO_ENTRY)  # U's first return: the trace began mid-syscall
+    entry(b, L2, task=U)
+    save(b, BU, regs=L2, task=U)
+    restore(b, BT, before=L2, loads=L1)
+    ret(b, L1)
+    code, rep = report(tmp_path, b)
+    checks = rep["boundary_checks"]
+    assert code == 0 and rep["findings"] == []
+    assert checks["by_kind"]["user_return"]["checked"] == 4
+    assert checks["by_kind"]["user_return"]["quiet"] == 3
+    assert checks["by_kind"]["user_return"]["unchecked"] == {
+        "the trace began while the task was in the kernel": 1}
+    assert checks["violations"] == 0
+
+
+def lost_state_with_boundaries(b: TraceBuilder) -> None:
+    # T returns to user mode with L1 and changes its registers to L3; it
+    # enters the kernel with L3. There U's state is restored over T's live
+    # registers without saving them (seq 4: the lost state), and T later
+    # resumes from its old buffer (L1) and returns to user mode with L1.
+    tasks(b)
+    save(b, BU, regs=L2, task=U)  # 0
+    restore(b, BT, before=L2, loads=L1)  # 1
+    ret(b, L1, flags=F_NO_ENTRY)  # 2
+    entry(b, L3)  # 3
+    restore(b, BU, before=L3, loads=L2, task=U)  # 4: L3 is lost
+    restore(b, BT, before=L2, loads=L1)  # 5
+    ret(b, L1)  # 6: T sees L1, not its L3
+
+
+def test_lost_state_confirmed_at_the_boundary(tmp_path: Path) -> None:
+    b = TraceBuilder()
+    lost_state_with_boundaries(b)
+    code, rep = report(tmp_path, b)
+    assert code == 3
+    kinds = [(f["kind"], f["event"]["seq"]) for f in rep["findings"]]
+    assert kinds == [("lost_state", 4), ("corrupted_state", 6)]
+    lost, corrupted = rep["findings"]
+    assert lost["confirmed_by"]["seq"] == 6 and lost["task"] == "10 t"
+    assert lost["buffer"] == f"{BT:#x}"
+    assert (lost["events"]["last_sync"]["seq"], lost["events"]["resumed"]["seq"]) == (1, 5)
+    assert (corrupted["events"]["entry"]["seq"], corrupted["events"]["return"]["seq"]) == (3, 6)
+    assert rep["boundary_checks"]["findings_by_kind"]["corrupted_state"] == 1
+    # The text report leads with the findings.
+    r = subprocess.run([sys.executable, "-m", "fputrace", "report", str(tmp_path / "t.ftr")],
+                       capture_output=True, text=True)
+    assert r.returncode == 3 and r.stdout.splitlines()[0].startswith("2 finding(s)")
+
+
+def test_lost_state_not_confirmed_is_not_a_finding(tmp_path: Path) -> None:
+    # The same operations with no boundary after them (T never returned to
+    # user mode in the trace), and with T returning intact: neither shows a
+    # state anyone lost, so the report says so apart and exits 0.
+    b = TraceBuilder()
+    tasks(b)
+    save(b, BU, regs=L2, task=U)
+    restore(b, BT, before=L2, loads=L1)
+    restore(b, BU, before=L3, loads=L2, task=U)
+    restore(b, BT, before=L2, loads=L1)
+    code, rep = report(tmp_path, b)
+    assert code == 0 and rep["findings"] == []
+    assert [(u["kind"], u["reason"]) for u in rep["unconfirmed"]] == [
+        ("lost_state", "the context reached no boundary after it in the trace")]
+
+    b = TraceBuilder()
+    tasks(b)
+    save(b, BU, regs=L2, task=U)
+    restore(b, BT, before=L2, loads=L1)
+    ret(b, L1, flags=F_NO_ENTRY)
+    entry(b, L3)
+    restore(b, BU, before=L3, loads=L2, task=U)
+    restore(b, BT, before=L2, loads=L3)  # the buffer did hold L3 (saved by memcpy)
+    ret(b, L3)
+    code, rep = report(tmp_path, b)
+    assert code == 0 and rep["findings"] == []
+
+
+def test_purposeful_changes_are_not_findings(tmp_path: Path) -> None:
+    # Signal delivery: T enters with L1, its state goes to the signal frame
+    # and the handler starts from the init state. Sigreturn: the frame's
+    # state (L1) comes back. Exec: the init state. A ptrace regset write by U
+    # into T: T returns with what the tracer wrote (L3). None is a finding,
+    # and each is counted as a purposeful change.
+    b = TraceBuilder()
+    tasks(b)
+    ret(b, L1, flags=F_NO_ENTRY)
+    entry(b, L1)
+    probe(b, P_SIGFRAME_SAVE)
+    save(b, SIGFRAME, regs=L1)
+    restore(b, 0xFFFFFFFF82000000, before=L1, loads=INIT)
+    ret(b, INIT)
+    entry(b, L2)
+    probe(b, P_SIGRETURN)
+    restore(b, SIGFRAME, before=L2, loads=L1)
+    ret(b, L1)
+    entry(b, L1)
+    probe(b, P_EXEC_RESET)
+    restore(b, BT, before=L1, loads=INIT)
+    ret(b, INIT)
+    entry(b, INIT)
+    save(b, BT, regs=INIT)
+    restore(b, BU, before=INIT, loads=L2, task=U)
+    probe(b, P_REGSET_SET, task=U, arg0=T)
+    restore(b, BT, before=L2, loads=L3)
+    ret(b, L3)
+    code, rep = report(tmp_path, b)
+    assert code == 0 and rep["findings"] == []
+    assert rep["boundary_checks"]["by_kind"]["user_return"]["changed_on_purpose"] == {
+        "signal delivery": 1, "sigreturn": 1, "exec": 1, "ptrace regset write": 1}
+
+
+def test_forked_child_returns_with_the_parents_registers(tmp_path: Path) -> None:
+    # fpu_clone(): T (the parent) saves its live registers L1 into the child's
+    # buffer. The child's first return to user mode must show L1; a second
+    # child that returns with L2 is corrupted.
+    for child_sees, want_findings in ((L1, []), (L2, ["corrupted_state"])):
+        b = TraceBuilder()
+        tasks(b)
+        b.task(CHILD, 30, "child")
+        entry(b, L1)
+        probe(b, P_FORK_COPY, arg0=CHILD)
+        save(b, BC, regs=L1)
+        ret(b, L1)
+        restore(b, BC, before=L1, loads=child_sees, task=CHILD)
+        ret(b, child_sees, task=CHILD)
+        code, rep = report(tmp_path, b)
+        assert [f["kind"] for f in rep["findings"]] == want_findings
+        assert rep["boundary_checks"]["by_kind"]["user_return"]["checked"] == 2
+        if want_findings:
+            assert code == 3
+            assert "forked child's first return" in rep["findings"][0]["description"]
+
+
+def test_missed_restore(tmp_path: Path) -> None:
+    # T enters with L1 and is switched out (saved); U's state L2 is restored
+    # and U runs. Back to T, the kernel forgets to restore T's state: T
+    # returns to user mode holding U's registers.
+    b = TraceBuilder()
+    tasks(b)
+    entry(b, L1)
+    save(b, BT, regs=L1)
+    restore(b, BU, before=L1, loads=L2, task=U)
+    ret(b, L2, task=U, flags=F_NO_ENTRY)
+    entry(b, L2, task=U)
+    save(b, BU, regs=L2, task=U)
+    ret(b, L2)
+    code, rep = report(tmp_path, b)
+    assert code == 3
+    (f,) = rep["findings"]
+    assert f["kind"] == "corrupted_state" and f["task"] == "10 t"
+    assert f["description"].startswith("missed restore")
+    assert f["events"]["cause"]["task"] == "20 u"
+
+
+def test_corrupted_saved_buffer(tmp_path: Path) -> None:
+    # kernel_fpu_begin() saves T's registers L1 into its buffer; something
+    # changes the buffer in memory; the return to user mode restores it.
+    b = TraceBuilder()
+    tasks(b)
+    entry(b, L1)
+    probe(b, P_KFPU_BEGIN, pc=KFPU_BEGIN_FN)
+    save(b, BT, regs=L1)
+    probe(b, P_KFPU_END, pc=KFPU_END_FN, flags=F_KSIMD, simd_pc=CRYPTO_FN)
+    restore(b, BT, before=L2, loads=L3)
+    ret(b, L3)
+    code, rep = report(tmp_path, b)
+    (f,) = rep["findings"]
+    assert code == 3 and f["kind"] == "corrupted_state"
+    assert "changed in memory between its save" in f["description"]
+    assert f["events"]["cause"]["seq"] == 4  # the restore that loaded it
+
+
+def test_kernel_simd_outside_a_section(tmp_path: Path) -> None:
+    # SIMD inside kernel_fpu_begin()/end() (sha256) and in the FPU core's own
+    # init code is fine; SIMD in seed_clobber_xmm with no section open is a
+    # kernel_fpu_misuse finding, and the registers T gets back differ from
+    # those it entered with: a corrupted_state explained by it.
+    b = TraceBuilder()
+    tasks(b)
+    probe(b, P_KFPU_BEGIN, task=U, pc=KFPU_BEGIN_FN, flags=F_KSIMD, simd_pc=FPU_INIT_FN + 4)
+    probe(b, P_KFPU_END, task=U, pc=KFPU_END_FN, flags=F_KSIMD, simd_pc=CRYPTO_FN)
+    ret(b, L1, flags=F_NO_ENTRY)
+    entry(b, L1)
+    ret(b, L2, flags=F_KSIMD)
+    b.events[-1].simd_pc = (SEED_FN + 9) & 0xFFFFFFFF
+    code, rep = report(tmp_path, b)
+    assert code == 3
+    assert [f["kind"] for f in rep["findings"]] == ["corrupted_state", "kernel_fpu_misuse"]
+    corrupted, misuse = rep["findings"]
+    assert "seed_clobber_xmm+0x9 [fputrace_seed]" in misuse["description"]
+    assert "kernel SIMD use outside" in corrupted["description"]
+    assert rep["boundary_checks"]["kfpu_sections"] == 1
+
+
+def test_guest_registers_across_exits(tmp_path: Path) -> None:
+    # A vCPU leaves the guest with LG1 and enters it again with LG1 (checked);
+    # then KVM_SET_XSAVE sets LG2 between an exit and the entry (on purpose);
+    # then the guest's registers change with nothing to say why (corrupted).
+    b = TraceBuilder()
+    tasks(b)
+
+    def vm(kind: int, regs: int) -> None:
+        b.event(kind, task=T, addr=VMCB, regs_hash=regs, flags=F_TASK | F_REGS)
+
+    restore(b, BG, before=L1, loads=LG1)
+    vm(VM_ENTRY, LG1)
+    vm(VM_EXIT, LG1)
+    vm(VM_ENTRY, LG1)
+    vm(VM_EXIT, LG1)
+    probe(b, P_KVM_UABI_SET)
+    restore(b, BG, before=LG1, loads=LG2)
+    vm(VM_ENTRY, LG2)
+    vm(VM_EXIT, LG2)
+    vm(VM_ENTRY, LG1)
+    got = bounds(tmp_path, b)
+    assert (got.vcpu.checked, got.vcpu.violations) == (2, 1)
+    assert dict(got.vcpu.changed_on_purpose) == {"KVM_SET_XSAVE/KVM_SET_FPU": 1}
+    (f,) = got.findings
+    assert (f.kind, f.context, f.vmcb) == ("corrupted_state", "vcpu", VMCB)
+    assert got.per_vmcb == {VMCB: (2, 1)}
+
+
+def test_guest_change_while_in_user_space_unverifiable_without_uabi_probe(
+        tmp_path: Path) -> None:
+    # 5.10 copies KVM_SET_XSAVE inside kvm.ko, which is not probed: a guest
+    # state changed while KVM_RUN had returned to user space is unchecked,
+    # not a finding.
+    b = TraceBuilder()
+    tasks(b)
+    b.event(VM_EXIT, task=T, addr=VMCB, regs_hash=LG1, flags=F_TASK | F_REGS)
+    ret(b, L1, flags=F_NO_ENTRY)
+    entry(b, L1)
+    b.event(VM_ENTRY, task=T, addr=VMCB, regs_hash=LG2, flags=F_TASK | F_REGS)
+    got = bounds(tmp_path, b, uabi_probed=False)
+    assert got.findings == [] and got.vcpu.violations == 0
+    assert sum(got.vcpu.unchecked.values()) == 1
+    got = bounds(tmp_path, b, uabi_probed=True)
+    assert got.vcpu.violations == 1
+
+
+def test_task_keys_split_a_reused_task_struct(tmp_path: Path) -> None:
+    # pid 10 exits; its task_struct is reused by pid 11. Their boundaries are
+    # checked apart: 11's first return is not compared with 10's entry.
+    b = TraceBuilder()
+    b.task(T, 10, "old")
+    ret(b, L1, flags=F_NO_ENTRY)
+    entry(b, L1)
+    b.task(T, 11, "new")
+    ret(b, L2)
+    got = bounds(tmp_path, b)
+    assert got.findings == []
+    assert got.user.unchecked == {"the trace began while the task was in the kernel": 1,
+                                  "first return of a task whose fork copy the trace did not "
+                                  "show": 1}
