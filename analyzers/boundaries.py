@@ -38,6 +38,10 @@ K = fmt.Kind
 P = fmt.Probe
 F = fmt.Flag
 
+# A task's fpstate lies inside its task_struct allocation: `struct fpu` is
+# the last member of thread_struct, itself the last of task_struct, and the
+# fpstate follows it (v5.16) or is embedded in it (5.10).
+TASK_STRUCT_SPAN = 1 << 16
 # Probes whose function changes the calling task's user FPU state on purpose
 # (docs/analysis.md, "Purposeful changes").
 TASK_PURPOSEFUL = {
@@ -306,11 +310,16 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             else:
                 reasons.setdefault(k, []).append((i, TASK_PURPOSEFUL[P(probe)]))
         elif explainer.saves[i]:
-            # The first save after fpu_clone()'s entry on that CPU by the parent
-            # writes the parent's live registers into the child's buffer.
-            fp = fork_probe.pop((int(ev["vcpu"][i]), k), None)
+            # fpu_clone() / fpu__copy() write the parent's live registers into
+            # the child's buffer, which lies inside the child's task_struct
+            # allocation; with TIF_NEED_FPU_LOAD set they copy memory instead
+            # (no save: the child's first return is then left unchecked).
+            fp = fork_probe.get((int(ev["vcpu"][i]), k))
             if fp is not None:
-                fork_copy[int(ev["value"][fp])] = i
+                child = int(ev["value"][fp])
+                if 0 < int(ev["addr"][i]) - child < TASK_STRUCT_SPAN:
+                    fork_copy[child] = i
+                    del fork_probe[(int(ev["vcpu"][i]), k)]
         else:  # a return that needs its entry
             p = int(prev_ret[i])
             window = [r for j, r in reasons.pop(k, []) if j > p]
@@ -324,7 +333,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                     user.unchecked["the trace began while the task was in the kernel"] += 1
                 elif p < 0:
                     user.unchecked["first return of a task whose fork copy the trace did "
-                                   "not show"] += 1
+                                   "not show (a memory copy, or a fork before the trace)"] += 1
                 else:
                     user.unchecked["the register file at the entry was not read"] += 1
             elif not (flags[i] & F.REGS_VALID and flags[before] & F.REGS_VALID):

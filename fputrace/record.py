@@ -86,7 +86,8 @@ def _init_script(modules: list[str], runs: list[WorkloadRun]) -> str:
     for r in runs:
         lines += [
             f"echo {MARK}-WORKLOAD-BEGIN {r.label}",
-            f"/workloads/{r.workload.name} {r.count}",
+            " ".join([f"/workloads/{r.workload.binary_name}", str(r.count),
+                      *r.workload.args]),
             f"echo {MARK}-WORKLOAD-END {r.label} $?",
         ]
     lines += [f"echo {MARK}-DONE", "poweroff -f", ""]
@@ -145,7 +146,7 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path) -
         # Decompressed here, so busybox insmod needs no xz/zstd support.
         ramfs.file(f"modules/{n}.ko", module_bytes(p))
     for r in runs:
-        ramfs.copy(f"workloads/{r.workload.name}", r.binary, 0o755)
+        ramfs.copy(f"workloads/{r.workload.binary_name}", r.binary, 0o755)
     ramfs.write(path)
     return names
 

@@ -22,6 +22,12 @@ class WorkloadDef:
     modules: tuple[str, ...]  # kernel modules it needs (dependencies found automatically)
     help: str
     seed_module: bool = False  # needs the fputrace-seed test module (workloads/seed/)
+    program: str = ""  # the built program, when not named like the workload
+    args: tuple[str, ...] = ()  # arguments after the count
+
+    @property
+    def binary_name(self) -> str:
+        return self.program or self.name
 
 
 WORKLOADS: dict[str, WorkloadDef] = {
@@ -34,6 +40,13 @@ WORKLOADS: dict[str, WorkloadDef] = {
         WorkloadDef("signal", 100, (), "FPU state across N signal deliveries and sigreturns"),
         WorkloadDef("kernel-fpu", 50, ("algif_hash", "sha256_ssse3"),
                     "in-kernel FPU use: N SHA-256 hashes through AF_ALG (sha256-ssse3.ko)"),
+        WorkloadDef("kvm-hog", 100, ("kvm_amd",),
+                    "kvm-pingpong with a CPU-bound task holding SSE state on the same CPU: "
+                    "the vCPU thread is preempted inside KVM_RUN",
+                    program="kvm-pingpong", args=("hog",)),
+        WorkloadDef("fork-exec", 20, (),
+                    "N rounds of fork, then exec twice before the child runs, checking the "
+                    "child's, the exec'd and the parent's registers"),
         WorkloadDef("fpu-seed", 5, (),
                     "deliberate FPU bugs of a test module: N calls each of a correct "
                     "kernel_fpu section, XMM use without one, and a corrupted saved state",
@@ -49,7 +62,7 @@ class WorkloadRun:
 
     @property
     def binary(self) -> Path:
-        return build_dir() / "workloads" / self.workload.name
+        return build_dir() / "workloads" / self.workload.binary_name
 
     @property
     def label(self) -> str:

@@ -840,6 +840,15 @@ static void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_inde
     }
     vs->entry_pending = 0;
     vs->entry_materialized = true;
+    /*
+     * A task can leave the CPU with no FP event at all: when its registers
+     * are not live (TIF_NEED_FPU_LOAD, e.g. after exec dropped them), the
+     * switch saves nothing. Its entry state is then unknown, and what the
+     * registers hold now is not it.
+     */
+    if (x86_current_ptr(vs) != vs->entry_task) {
+        return;
+    }
     event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_ENTRY, vs->entry_pc, 0);
     ev.regs_hash = regs_hash ? *regs_hash : x86_regs_hash(vs, &ok);
     if (ok) {

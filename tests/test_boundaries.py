@@ -44,7 +44,7 @@ from fputrace.kernel.symbols import Symbols
 from fputrace.trace.reader import read_trace
 
 CHILD = 0xFFFF888000300000  # task_struct of a forked child
-BC = 0xFFFF888003000040  # the child's fpstate buffer
+BC = CHILD + 0x1640  # the child's fpstate buffer, inside its task_struct allocation
 SIGFRAME = 0x7FFC0000  # a signal frame on T's user stack
 INIT = 0x5555  # the init state's register hash
 ENTRY_SYSCALL = 0xFFFFFFFF81E00000
@@ -367,4 +367,4 @@ def test_task_keys_split_a_reused_task_struct(tmp_path: Path) -> None:
     assert got.findings == []
     assert got.user.unchecked == {"the trace began while the task was in the kernel": 1,
                                   "first return of a task whose fork copy the trace did not "
-                                  "show": 1}
+                                  "show (a memory copy, or a fork before the trace)": 1}

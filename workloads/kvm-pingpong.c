@@ -4,8 +4,14 @@
  * entry and exit that the trace must show; the program counts them itself
  * and checks that its own SSE registers survive every KVM_RUN.
  *
- * usage: kvm-pingpong [N]    (default 200 round trips)
+ * usage: kvm-pingpong [N [hog]]    (default 200 round trips)
  * prints: kvm-pingpong: kvm_run=N io_exits=N fpu_mismatches=0 guest_result=...
+ *
+ * With "hog" (the kvm-hog workload), a CPU-bound child holding its own SSE
+ * state shares the CPU, and the guest spins a while before each exit, so
+ * the vCPU thread is preempted inside KVM_RUN with the guest's state live.
+ * The child checks its registers across every preemption; the summary then
+ * starts with "kvm-hog:" and adds hog_rounds and hog_mismatches.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,7 +22,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fpcheck.h"
@@ -24,7 +32,10 @@
 #define GUEST_MEM_SIZE  0x10000
 #define GUEST_CODE      0x1000
 #define GUEST_DATA      0x2000
+#define GUEST_SPIN      0x2004      /* guest iterations before each exit */
 #define PORT_EXIT       0x10
+#define HOG_GUEST_SPIN  20000
+#define HOG_SPIN        200000
 
 /*
  * Real-mode guest; its SSE state changes on every round trip (xmm0 counts
@@ -32,7 +43,8 @@
  *         pcmpeqd xmm1, xmm1                        ; xmm1 = -1 in every lane
  *   loop: fld1; fadd st0,st0; fstp dword [0x2000]   ; x87: 2.0
  *         paddd xmm0, xmm1                          ; SSE: xmm0 -= 1
- *         out 0x10, al                              ; exit to user space
+ *         mov cx, [0x2004]; jcxz out; spin: loop spin
+ *   out:  out 0x10, al                              ; exit to user space
  *         jmp loop
  */
 static const uint8_t guest_code[] = {
@@ -41,9 +53,37 @@ static const uint8_t guest_code[] = {
     0xd8, 0xc0,                     /* fadd st0, st0 */
     0xd9, 0x1e, 0x00, 0x20,         /* fstp dword [0x2000] */
     0x66, 0x0f, 0xfe, 0xc1,         /* paddd xmm0, xmm1 */
-    0xe6, PORT_EXIT,                /* out 0x10, al */
-    0xeb, 0xf0,                     /* jmp loop */
+    0x8b, 0x0e, 0x04, 0x20,         /* mov cx, [0x2004] */
+    0xe3, 0x02,                     /* jcxz out */
+    0xe2, 0xfe,                     /* spin: loop spin */
+    0xe6, PORT_EXIT,                /* out: out 0x10, al */
+    0xeb, 0xe8,                     /* jmp loop */
 };
+
+/*
+ * The CPU hog: holds a pattern in xmm0-15 through a long integer spin (where
+ * it is preempted), then checks it; counts rounds and mismatches in memory
+ * shared with the parent, until the parent kills it.
+ */
+static void hog(volatile long *rounds, volatile long *mismatches)
+{
+    struct xmm_file in, out;
+
+    for (unsigned seed = 1;; seed++) {
+        xmm_pattern(&in, seed);
+        __asm__ volatile(XMM_LOAD_ALL("%[in]")
+                         "mov %[spin], %%ecx\n"
+                         "1: dec %%ecx\n jnz 1b\n"
+                         XMM_STORE_ALL("%[out]")
+                         : : [in] "r"(&in), [out] "r"(&out), [spin] "i"(HOG_SPIN)
+                         : "rcx", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5",
+                           "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
+                           "xmm13", "xmm14", "xmm15");
+        if (!xmm_equal(&in, &out))
+            (*mismatches)++;
+        (*rounds)++;
+    }
+}
 
 static void die(const char *what)
 {
@@ -54,6 +94,9 @@ static void die(const char *what)
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? strtol(argv[1], NULL, 0) : 200;
+    int with_hog = argc > 2 && strcmp(argv[2], "hog") == 0;
+    volatile long *shared;
+    pid_t hog_pid = -1;
     int kvm, vm, vcpu;
     long runs = 0, io_exits = 0, mismatches = 0;
     struct kvm_sregs sregs;
@@ -73,6 +116,7 @@ int main(int argc, char **argv)
     if (mem == MAP_FAILED)
         die("mmap guest memory");
     memcpy(mem + GUEST_CODE, guest_code, sizeof(guest_code));
+    *(uint16_t *)(mem + GUEST_SPIN) = with_hog ? HOG_GUEST_SPIN : 0;
     struct kvm_userspace_memory_region region = {
         .slot = 0, .guest_phys_addr = 0, .memory_size = GUEST_MEM_SIZE,
         .userspace_addr = (uintptr_t)mem,
@@ -99,6 +143,16 @@ int main(int argc, char **argv)
     if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0)
         die("KVM_SET_REGS");
 
+    shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shared == MAP_FAILED)
+        die("mmap shared counters");
+    if (with_hog) {
+        hog_pid = fork();
+        if (hog_pid < 0)
+            die("fork");
+        if (hog_pid == 0)
+            hog(&shared[0], &shared[1]);
+    }
     xmm_pattern(&in, 7);
     for (long i = 0; i < n; i++) {
         long ret = syscall3_checked(SYS_ioctl, vcpu, KVM_RUN, 0, &in, &out);
@@ -116,7 +170,16 @@ int main(int argc, char **argv)
     }
     float result;
     memcpy(&result, mem + GUEST_DATA, sizeof(result));
-    printf("kvm-pingpong: kvm_run=%ld io_exits=%ld fpu_mismatches=%ld guest_result=%g\n",
-           runs, io_exits, mismatches, (double)result);
+    if (with_hog) {
+        kill(hog_pid, SIGKILL);
+        waitpid(hog_pid, NULL, 0);
+        printf("kvm-hog: kvm_run=%ld io_exits=%ld fpu_mismatches=%ld guest_result=%g "
+               "hog_rounds=%ld hog_mismatches=%ld\n", runs, io_exits, mismatches,
+               (double)result, shared[0], shared[1]);
+        mismatches += shared[1];
+    } else {
+        printf("kvm-pingpong: kvm_run=%ld io_exits=%ld fpu_mismatches=%ld guest_result=%g\n",
+               runs, io_exits, mismatches, (double)result);
+    }
     return (io_exits == n && mismatches == 0 && result == 2.0f) ? 0 : 1;
 }
