@@ -96,7 +96,7 @@ class Boundaries:
     vcpu: BoundaryCheck
     per_task: dict[int, tuple[int, int]]  # task key -> (checked, violations)
     task_of_key: dict[int, int]  # task key -> an announcement index naming it
-    per_vmcb: dict[int, tuple[int, int]]
+    per_vcpu: dict[tuple[int, int], tuple[int, int]]  # (VMCB, thread's task key) -> counts
     findings: list[BoundaryFinding]
     kfpu_sections: int = 0
 
@@ -254,9 +254,11 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     qk, qn = np.unique(keys[quiet], return_counts=True)
     for k_, n_ in zip(qk.tolist(), qn.tolist(), strict=True):
         per_task.setdefault(k_, [0, 0])[0] += n_
-    for k_, i_ in zip(*np.unique(keys, return_index=True), strict=True):
-        if k_ >= 0:
-            task_of_key[int(k_)] = int(ident[i_])
+    # Each task key named by its latest announcement (after exec renamed it).
+    last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]
+    for i_ in last.tolist():
+        if keys[i_] >= 0:
+            task_of_key[int(keys[i_])] = int(ident[i_])
 
     # The rest, in seq order: entries, non-quiet returns, and the probes and
     # saves that decide purposeful changes and fork copies.
@@ -343,26 +345,29 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                       "a forked child's first return does not hold the parent's registers "
                       "of the fork copy: ")
 
-    vcpu, per_vmcb, vfind = _check_vcpus(ev, keys, ident, uabi_probed, symbols)
+    vcpu, per_vcpu, vfind = _check_vcpus(ev, keys, ident, uabi_probed)
     findings += vfind
     findings.sort(key=lambda f: (f.after, f.kind))
     return Boundaries(user, vcpu, {k_: (v[0], v[1]) for k_, v in per_task.items()},
-                      task_of_key, per_vmcb, findings, sections)
+                      task_of_key, per_vcpu, findings, sections)
 
 
 def _check_vcpus(ev: npt.NDArray[np.void], keys: npt.NDArray[np.int64],
-                 ident: npt.NDArray[np.int64], uabi_probed: bool, symbols: Symbols
-                 ) -> tuple[BoundaryCheck, dict[int, tuple[int, int]], list[BoundaryFinding]]:
+                 ident: npt.NDArray[np.int64], uabi_probed: bool
+                 ) -> tuple[BoundaryCheck, dict[tuple[int, int], tuple[int, int]],
+                            list[BoundaryFinding]]:
+    """A vCPU is its VMCB with the thread that runs it: a VMCB is freed with
+    its VM and reused by the next one, whose first entry is not a check."""
     kinds = ev["kind"]
     flags = ev["flags"]
     check = BoundaryCheck()
-    per: dict[int, list[int]] = {}
+    per: dict[tuple[int, int], list[int]] = {}
     findings: list[BoundaryFinding] = []
     l1 = (flags & F.L2) == 0
     idx = np.flatnonzero(((kinds == K.VM_ENTRY) & l1) | (kinds == K.VM_EXIT)
                          | ((kinds == K.PROBE) & (ev["index"] == P.KVM_UABI_SET))
                          | (kinds == K.USER_RETURN))
-    last_exit: dict[int, int] = {}  # vmcb -> its last VM exit
+    last_exit: dict[tuple[int, int], int] = {}  # vCPU -> its last VM exit
     uabi_since: dict[int, int] = {}  # task key -> its last KVM_SET_* probe
     return_since: dict[int, int] = {}  # task key -> its last user return
     for i in idx.tolist():
@@ -375,17 +380,18 @@ def _check_vcpus(ev: npt.NDArray[np.void], keys: npt.NDArray[np.int64],
             return_since[k] = i
             continue
         vmcb = int(ev["addr"][i])
+        vcpu = (vmcb, k)
         if kind == K.VM_EXIT:
-            last_exit[vmcb] = i
+            last_exit[vcpu] = i
             continue
-        x = last_exit.get(vmcb, -1)
+        x = last_exit.get(vcpu, -1)
         if x < 0:
             check.unchecked["first entry of the vCPU in the trace"] += 1
             continue
         if not (flags[i] & F.REGS_VALID and flags[x] & F.REGS_VALID):
             check.unchecked["a register file could not be read"] += 1
             continue
-        row = per.setdefault(vmcb, [0, 0])
+        row = per.setdefault(vcpu, [0, 0])
         if int(ev["regs_hash"][i]) == int(ev["regs_hash"][x]):
             check.checked += 1
             row[0] += 1

@@ -1,7 +1,8 @@
 """What the classified saves and restores cost, and to whom: counts and bytes
 per class, per call site, per task, per vCPU, per L1/L2, per XSAVE component,
-and per operation (VM entry, context switch, signal). Pure functions; the
-definitions are in docs/analysis.md."""
+and per operation (VM entry, context switch, signal), from the tables the
+compiled pass filled. Pure functions; the definitions are in
+docs/analysis.md."""
 
 from __future__ import annotations
 
@@ -11,20 +12,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from analyzers.counts import task_identity, task_label
-from analyzers.ownership import (
-    SAVE_TABLE,
-    UNKNOWN_REASONS,
-    Class,
-    ContextKind,
-    Ownership,
-    Unknown,
-)
+from analyzers.counts import task_label
+from analyzers.ownership import UNKNOWN_REASONS, Class, Ownership, Unknown
 from fputrace.kernel.symbols import Symbols
 
 if TYPE_CHECKING:
     from analyzers.native import Aggregates
-from fputrace.trace import format as fmt
 
 CLASSES = [c for c in Class if c != Class.NOT_CLASSIFIED]
 REDUNDANT = (Class.REDUNDANT_SAVE, Class.REDUNDANT_RESTORE)
@@ -83,74 +76,32 @@ def _rows_from(keys: list[int], counts: npt.NDArray[np.generic], sums: npt.NDArr
     return sorted(merged.values(), key=lambda r: (-r.redundant_bytes, -r.events, r.label))
 
 
+def vcpu_vmcb(vcpu: int) -> int:
+    """The VMCB of a vCPU instance (fpa_classify's vcpu_id())."""
+    return (vcpu & 0xFFFFFFFFFF) << 12
+
+
+def vcpu_label(vcpu: int, tasks: npt.NDArray[np.void]) -> str:
+    """'vcpu vmcb=0x... (pid comm)': a vCPU instance by its VMCB and the
+    thread that ran it (a VMCB is reused by the next VM)."""
+    ident = vcpu >> 40
+    who = task_label(tasks, -1 if ident == 0xFFFFFF else ident)
+    return f"vcpu vmcb={vcpu_vmcb(vcpu):#x} ({who})"
+
+
+def vcpu_rows(vcpus: list[int], counts: npt.NDArray[np.generic], sums: npt.NDArray[np.generic],
+              entries: dict[int, int], tasks: npt.NDArray[np.void]) -> list[Row]:
+    """Per-vCPU rows, each with its number of VM entries."""
+    labels = {v: vcpu_label(v, tasks) for v in vcpus}
+    rows = _rows_from(vcpus, counts, sums, labels)
+    entries_of = {labels[v]: n for v, n in entries.items() if v in labels}
+    for r in rows:
+        r.extra["vm_entries"] = int(entries_of.get(r.label, 0))
+    return rows
+
+
 def _pct(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 2) if whole else 0.0
-
-
-def compute_costs(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], own: Ownership,
-                  symbols: Symbols, ident: npt.NDArray[np.int64] | None = None) -> Costs:
-    """ident: task_identity(ev, tasks), when the caller has it already."""
-    from analyzers import native
-
-    ncls = len(CLASSES)  # class numbers 0..ncls-1; NOT_CLASSIFIED is left out
-    cls = own.cls
-    nbytes = ev["mem_bytes"]
-    kind = ev["kind"]
-    classified = cls < ncls
-    is_save = SAVE_TABLE[kind]
-
-    by_cls = np.bincount(cls, minlength=256)[:ncls]
-    bytes_cls = np.bincount(cls, weights=nbytes, minlength=256)[:ncls]
-    classes = {c.name.lower(): int(by_cls[c]) for c in CLASSES}
-    class_bytes = {c.name.lower(): int(bytes_cls[c]) for c in CLASSES}
-    why = np.bincount(own.unknown_reason[cls == Class.UNKNOWN], minlength=len(Unknown))
-    unknown_reasons = {UNKNOWN_REASONS[Unknown(u)]: int(why[u])
-                       for u in np.flatnonzero(why).tolist()}
-    saves = int(np.count_nonzero(classified & is_save))
-    restores = int(np.count_nonzero(classified)) - saves
-    redundant_bytes = int(bytes_cls[Class.REDUNDANT_SAVE] + bytes_cls[Class.REDUNDANT_RESTORE])
-    redundant_pct = {
-        "saves": _pct(classes["redundant_save"], saves),
-        "restores": _pct(classes["redundant_restore"], restores),
-        "bytes": _pct(redundant_bytes, int(bytes_cls.sum())),
-    }
-
-    # Call sites: the instruction's own kernel location.
-    pcs, counts, sums = native.group(ev["pc"], cls, ncls, nbytes)
-    pc_list = pcs.tolist()
-    per_callsite = _rows_from(pc_list, counts, sums, {p: symbols.describe(p) for p in pc_list})
-
-    if ident is None:
-        ident = task_identity(ev, tasks)
-    t_keys, counts, sums = native.group(ident, cls, ncls, nbytes)
-    t_list = t_keys.view(np.int64).tolist()
-    per_task = _rows_from(t_list, counts, sums, {i: task_label(tasks, i) for i in t_list})
-
-    # vCPUs: operations on a vCPU's guest buffers, keyed by its VMCB.
-    per_vcpu: list[Row] = []
-    if own.guest_buffers:
-        bufs, counts, sums = native.group(ev["addr"], cls, ncls, nbytes,
-                                          own.context_kind == ContextKind.GUEST)
-        vmcbs = [own.guest_buffers.get(int(b), -1) for b in bufs.tolist()]
-        per_vcpu = _rows_from(vmcbs, counts, sums, {v: f"vcpu vmcb={v:#x}" for v in vmcbs})
-        entries = (kind == fmt.Kind.VM_ENTRY) & ((ev["flags"] & fmt.Flag.L2) == 0)
-        entry_vmcbs, entry_counts = np.unique(ev["addr"][entries], return_counts=True)
-        per_entry = dict(zip(entry_vmcbs.tolist(), entry_counts.tolist(), strict=True))
-        for r in per_vcpu:
-            r.extra["vm_entries"] = int(per_entry.get(int(r.label.split("=", 1)[1], 16), 0))
-
-    level = ((ev["flags"] & fmt.Flag.L2) != 0).astype(np.int64)
-    sel = classified
-    lc = np.bincount(level[sel] * ncls + cls[sel], minlength=2 * ncls).reshape(2, ncls)
-    ls = np.bincount(level[sel] * ncls + cls[sel], weights=nbytes[sel],
-                     minlength=2 * ncls).reshape(2, ncls)
-    present = [lv for lv in (0, 1) if lc[lv].any()]
-    per_level = _rows_from(present, lc[present], ls[present], {0: "L1 host", 1: "L2 guest"})
-
-    per_component = _components(ev["mem_features"], is_save, cls, classified)
-    per_operation = _per_operation(ev, own, classified, is_save, nbytes)
-    return Costs(classes, class_bytes, unknown_reasons, redundant_pct, per_callsite, per_task,
-                 per_vcpu, per_level, per_component, per_operation)
 
 
 def _component_bytes(features: list[int], table: npt.NDArray[np.generic]
@@ -171,62 +122,6 @@ def _component_bytes(features: list[int], table: npt.NDArray[np.generic]
     return out
 
 
-def _components(features: npt.NDArray[np.uint32], is_save: npt.NDArray[np.bool_],
-                cls: npt.NDArray[np.uint8], classified: npt.NDArray[np.bool_]
-                ) -> dict[str, dict[str, int]]:
-    """Bytes per XSAVE component: the classified operations are counted per
-    distinct feature set and category (restored/saved, redundant or not),
-    then split by component."""
-    from analyzers import native
-
-    redundant = (cls == Class.REDUNDANT_SAVE) | (cls == Class.REDUNDANT_RESTORE)
-    cat = (is_save.astype(np.uint8) + 2 * redundant.astype(np.uint8))[classified]
-    keys, counts, _ = native.group(features[classified].astype(np.uint64), cat, 4)
-    return _component_bytes(keys.tolist(), counts)
-
-
-def _per_operation(ev: npt.NDArray[np.void], own: Ownership,
-                   classified: npt.NDArray[np.bool_], is_save: npt.NDArray[np.bool_],
-                   nbytes: npt.NDArray[np.generic]) -> dict[str, dict[str, float | int]]:
-    """Saves, restores and bytes per VM entry, per context switch, per signal."""
-    l1 = (ev["flags"] & fmt.Flag.L2) == 0
-    kind = ev["kind"]
-    task = ev["task"]
-    ctx = own.context_kind
-    # L1 saves and restores that moved state.
-    ops = classified & l1 & (own.unknown_reason != Unknown.NO_MEMORY_ACCESS)
-
-    # KVM_RUN: the FPU work of the vCPU threads (tasks that entered a guest).
-    entries = (kind == fmt.Kind.VM_ENTRY) & l1
-    vcpu_tasks = np.unique(task[entries])
-    by_vcpu_thread = ops & np.isin(task, vcpu_tasks) if len(vcpu_tasks) else ops & False
-
-    # Context switches the FPU saw: consecutive operations on one CPU by
-    # different tasks.
-    idx = np.flatnonzero(ops)
-    cpus = ev["vcpu"][idx]
-    order = np.argsort(cpus, kind="stable")
-    t, c = task[idx][order], cpus[order]
-    switches = int(np.count_nonzero((t[1:] != t[:-1]) & (c[1:] == c[:-1])))
-    del idx, cpus, order, t, c
-    on_task_buffers = ops & (ctx == ContextKind.TASK)
-
-    # Signals: deliveries that wrote an FPU frame (saves to signal frames).
-    frames = ctx == ContextKind.SIGNAL_FRAME
-    signals = int(np.count_nonzero(frames & is_save & ops))
-    around_signals = ops & (frames | (ctx == ContextKind.INIT))
-
-    def per(sel: npt.NDArray[np.bool_], n: int) -> dict[str, float | int]:
-        saves = int(np.count_nonzero(sel & is_save))
-        return _per(saves, int(np.count_nonzero(sel)) - saves, int(nbytes[sel].sum()), n)
-
-    return {
-        "vm_entry": per(by_vcpu_thread, int(np.count_nonzero(entries))),
-        "context_switch": per(on_task_buffers, switches),
-        "signal": per(around_signals, signals),
-    }
-
-
 def _per(saves: int, restores: int, nbytes: int, n: int) -> dict[str, float | int]:
     return {
         "count": n,
@@ -238,7 +133,8 @@ def _per(saves: int, restores: int, nbytes: int, n: int) -> dict[str, float | in
 
 def costs_from_aggregates(agg: Aggregates, own: Ownership, tasks: npt.NDArray[np.void],
                           symbols: Symbols) -> Costs:
-    """compute_costs() from the tables the compiled pass filled (Ownership.tables)."""
+    """The costs from the tables the compiled pass filled (Ownership.tables).
+    `own` is the classification they came with."""
     from analyzers.native import (
         NCLS,
         NKIND,
@@ -278,16 +174,15 @@ def costs_from_aggregates(agg: Aggregates, own: Ownership, tasks: npt.NDArray[np
     per_task = keyed_rows(t_keys, t_rows, {i: task_label(tasks, i)
                                            for i in t_keys.view(np.int64).tolist()}, True)
 
+    # vCPUs: the guest state each moved, wherever it was saved (5.10 saves it
+    # into the vCPU thread's own buffer when preempted inside KVM_RUN).
     per_vcpu: list[Row] = []
     g_keys, g_rows = agg.guest
     if len(g_keys):
-        vmcbs = [own.guest_buffers.get(int(b), -1) for b in g_keys.tolist()]
-        per_vcpu = _rows_from(vmcbs, g_rows[:, :NCLS], g_rows[:, NCLS:],
-                              {v: f"vcpu vmcb={v:#x}" for v in vmcbs})
         v_keys, v_rows = agg.vmcb_entries
-        per_entry = dict(zip(v_keys.tolist(), v_rows[:, 0].tolist(), strict=True))
-        for r in per_vcpu:
-            r.extra["vm_entries"] = int(per_entry.get(int(r.label.split("=", 1)[1], 16), 0))
+        per_vcpu = vcpu_rows(g_keys.tolist(), g_rows[:, :NCLS], g_rows[:, NCLS:2 * NCLS],
+                             dict(zip(v_keys.tolist(), v_rows[:, 0].tolist(), strict=True)),
+                             tasks)
 
     present = [lv for lv in (0, 1) if agg.level_cls[lv].any()]
     per_level = _rows_from(present, agg.level_cls[present], agg.level_cls_bytes[present],

@@ -94,16 +94,6 @@ def _function_labels(symbols: Symbols, pcs: npt.NDArray[np.uint64]) -> dict[int,
             for j, i in enumerate(fn.tolist())}
 
 
-def _small_key_table(keys: npt.NDArray[np.generic], kinds: npt.NDArray[np.uint8]
-                     ) -> tuple[list[int], npt.NDArray[np.int64]]:
-    """Count table for small non-negative integer keys (CPU, level)."""
-    size = int(keys.max()) + 1 if len(keys) else 0
-    table = np.bincount(keys.astype(np.int64) * fmt.KIND_MAX + kinds,
-                        minlength=size * fmt.KIND_MAX).reshape(size, fmt.KIND_MAX)
-    present = np.flatnonzero(table.sum(axis=1))
-    return present.tolist(), table[present]
-
-
 def _counts_from_tables(n_events: int, by_kind: npt.NDArray[np.generic],
                        by_kind64: npt.NDArray[np.generic], kind_bytes: npt.NDArray[np.generic],
                        task_keys: list[int], task_table: npt.NDArray[np.generic],
@@ -135,31 +125,9 @@ def _counts_from_tables(n_events: int, by_kind: npt.NDArray[np.generic],
     )
 
 
-def count_events(events: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
-                 symbols: Symbols, ident: npt.NDArray[np.int64] | None = None) -> Counts:
-    """ident: task_identity(events, tasks), when the caller has it already."""
-    from analyzers import native
-
-    kinds = events["kind"]
-    flags = events["flags"]
-    form64 = (flags & fmt.Flag.FORM64) != 0
-    if ident is None:
-        ident = task_identity(events, tasks)
-    t_keys, t_table, _ = native.group(ident, kinds, fmt.KIND_MAX)
-    c_keys, c_table = _small_key_table(events["vcpu"], kinds)
-    l_keys, l_table = _small_key_table(((flags & fmt.Flag.L2) != 0).astype(np.uint8), kinds)
-    pcs, f_table, _ = native.group(events["pc"], kinds, fmt.KIND_MAX)
-    return _counts_from_tables(
-        len(events), np.bincount(kinds, minlength=fmt.KIND_MAX),
-        np.bincount(kinds[form64], minlength=fmt.KIND_MAX),
-        np.bincount(kinds, weights=events["mem_bytes"], minlength=fmt.KIND_MAX),
-        t_keys.view(np.int64).tolist(), t_table, c_keys, c_table, l_keys, l_table, pcs, f_table,
-        tasks, symbols)
-
-
 def counts_from_aggregates(agg: Aggregates, n_events: int, tasks: npt.NDArray[np.void],
                            symbols: Symbols) -> Counts:
-    """count_events() from the tables the compiled pass filled (Ownership.tables)."""
+    """The counts, from the tables the compiled pass filled (Ownership.tables)."""
     from analyzers.native import NKIND
 
     t_keys, t_rows = agg.task

@@ -1,8 +1,8 @@
 """ctypes bindings of analyzers/native/fpanalysis.c (built by meson as
 build/libfpanalysis.so): the per-event passes for large traces.
 
-Everything here has a numpy reference in the analyzers; `available()` says
-whether the library was built, and callers fall back to numpy without it.
+The rules are implemented there once; tests/oracle.py restates them as the
+oracle the tests compare against.
 """
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from fputrace.errors import FputraceError
 from fputrace.native import library
 from fputrace.trace import format as fmt
 
 GUEST_CAP = 1 << 16
 FINDINGS_CAP = 1 << 16
-
-def available() -> bool:
-    return library() is not None
-
 
 def _ptr(a: npt.NDArray[np.generic]) -> int:
     return int(a.ctypes.data)
@@ -43,6 +40,7 @@ S_OPS = S_LEVEL_CLS_B + 2 * NCLS
 S_SIZE = S_OPS + 16
 OP_ENTRIES, OP_SWITCHES, OP_TASKBUF, OP_SIGNALS, OP_AROUND_SIG = 0, 1, 2, 5, 6
 ROW = NKIND + 2 * NCLS
+VCPU_ROW = 2 * NCLS + 3  # classes, class bytes, saves, restores, bytes
 
 
 @dataclass
@@ -62,9 +60,9 @@ class Aggregates:
     ops: npt.NDArray[np.uint64]  # [16], OP_*
     pc: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # keys, rows [ROW]
     task: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # ident keys, rows [ROW]
-    guest: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # buffers, rows [2*NCLS]
+    guest: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # VMCBs, rows [VCPU_ROW]
     features: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # sets, rows [4]
-    op_tasks: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # task ptrs, rows [4]
+    op_tasks: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # announcements, rows [4]
     vmcb_entries: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]  # VMCBs, rows [1]
 
 
@@ -74,6 +72,7 @@ class Classified:
     why: npt.NDArray[np.uint8]
     ctx: npt.NDArray[np.int8]
     ident: npt.NDArray[np.int64]
+    guest_of: npt.NDArray[np.uint64]
     guest: dict[int, int]
     # findings, in the order they were decided: (event, last_sync, resumed, buffer, cls)
     findings: list[tuple[int, int, int, int, int]]
@@ -96,7 +95,9 @@ def classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: int
 def _classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: int, init_hi: int,
               avx_init_hash: int, tables: bool, cap: int) -> tuple[Classified | None, int]:
     lib = library()
-    assert lib is not None
+    if lib is None:
+        raise FputraceError("the analysis library is not built (build/libfpanalysis.so): "
+                            "run 'make setup'")
     ev = np.ascontiguousarray(ev)
     n_tasks = len(tasks)
     tasks = np.ascontiguousarray(tasks) if n_tasks else np.zeros(1, dtype=fmt.TASK_DTYPE)
@@ -105,6 +106,7 @@ def _classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: in
     why = np.empty(n, dtype=np.uint8)
     ctx = np.empty(n, dtype=np.int8)
     ident = np.empty(n, dtype=np.int64)
+    guest_of = np.empty(n, dtype=np.uint64)
     g_buf = np.empty(GUEST_CAP, dtype=np.uint64)
     g_vmcb = np.empty(GUEST_CAP, dtype=np.uint64)
     f_event = np.empty(FINDINGS_CAP, dtype=np.int64)
@@ -115,14 +117,15 @@ def _classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: in
     n_guest, f_len, f_total = ctypes.c_size_t(0), ctypes.c_size_t(0), ctypes.c_size_t(0)
     small = np.empty(S_SIZE, dtype=np.uint64)
     n_out = np.zeros(6, dtype=np.int64)
-    widths = (ROW, ROW, 2 * NCLS, 4, 4, 1)
+    widths = (ROW, ROW, VCPU_ROW, 4, 4, 1)
     keys = [np.empty(cap if tables else 0, dtype=np.uint64) for _ in widths]
     rows = [np.empty((cap if tables else 0, w), dtype=np.uint64) for w in widths]
     ptrs = (ctypes.c_void_p * 12)(*(_ptr(a) for pair in zip(keys, rows, strict=True)
                                     for a in pair))
     rc = lib.fpa_classify(_ptr(ev), n, _ptr(tasks), n_tasks,
                           init_lo, init_hi, avx_init_hash, _ptr(cls), _ptr(why), _ptr(ctx),
-                          _ptr(ident), _ptr(g_buf), _ptr(g_vmcb), GUEST_CAP, ctypes.byref(n_guest),
+                          _ptr(ident), _ptr(guest_of), _ptr(g_buf), _ptr(g_vmcb), GUEST_CAP,
+                          ctypes.byref(n_guest),
                           _ptr(f_event), _ptr(f_last), _ptr(f_resumed), _ptr(f_buffer),
                           _ptr(f_cls), FINDINGS_CAP, ctypes.byref(f_len), ctypes.byref(f_total),
                           _ptr(small) if tables else None, ptrs, cap, _ptr(n_out))
@@ -145,55 +148,4 @@ def _classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: in
             small[S_CLS_BYTES:S_WHY], small[S_WHY:S_LEVEL_CLS],
             small[S_LEVEL_CLS:S_LEVEL_CLS_B].reshape(2, NCLS),
             small[S_LEVEL_CLS_B:S_OPS].reshape(2, NCLS), small[S_OPS:S_SIZE], *parts)
-    return Classified(cls, why, ctx, ident, guest, findings, f_total.value, agg), 0
-
-
-def group(keys: npt.NDArray[np.generic], cats: npt.NDArray[np.generic], ncat: int,
-          weights: npt.NDArray[np.generic] | None = None,
-          mask: npt.NDArray[np.bool_] | None = None
-          ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
-    """Distinct keys (8-byte), per key and category the count and weight sum;
-    categories >= ncat are left out. Arrays may be strided views into a record
-    array. Without the library, the same with numpy."""
-    lib = library()
-    if lib is None:
-        return _group_numpy(keys, cats, ncat, weights, mask)
-    assert keys.dtype.itemsize == 8 and cats.dtype.itemsize == 1
-    assert weights is None or weights.dtype.itemsize == 4
-    n = len(keys)
-    m = np.ascontiguousarray(mask, dtype=np.uint8) if mask is not None else None
-    cap = 256
-    while True:
-        out_keys = np.empty(cap, dtype=np.uint64)
-        counts = np.empty((cap, ncat), dtype=np.uint64)
-        sums = np.empty((cap, ncat), dtype=np.uint64)
-        k = lib.fpa_group(_ptr(keys), keys.strides[0] if n else 8, _ptr(cats),
-                          cats.strides[0] if n else 1,
-                          _ptr(weights) if weights is not None else None,
-                          weights.strides[0] if weights is not None and n else 4,
-                          _ptr(m) if m is not None else None, n, ncat, _ptr(out_keys),
-                          _ptr(counts), _ptr(sums), cap)
-        if k < 0:
-            raise MemoryError("fpanalysis: out of memory")
-        if k <= cap:
-            return out_keys[:k], counts[:k], sums[:k]
-        cap = int(k)
-
-
-def _group_numpy(keys: npt.NDArray[np.generic], cats: npt.NDArray[np.generic], ncat: int,
-                 weights: npt.NDArray[np.generic] | None, mask: npt.NDArray[np.bool_] | None
-                 ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
-    sel: npt.NDArray[np.bool_] = np.asarray(cats) < ncat
-    if mask is not None:
-        sel &= mask
-    k = keys.view(np.uint64)[sel] if keys.dtype != np.uint64 else keys[sel]
-    c = cats[sel].astype(np.int64)
-    uniq, inv = np.unique(k, return_inverse=True)
-    size = len(uniq) * ncat
-    counts = np.bincount(inv * ncat + c, minlength=size).astype(np.uint64)
-    w = weights[sel].astype(np.float64) if weights is not None else None
-    sums = (np.bincount(inv * ncat + c, weights=w, minlength=size).astype(np.uint64)
-            if w is not None else np.zeros(size, dtype=np.uint64))
-    return uniq, counts.reshape(-1, ncat), sums.reshape(-1, ncat)
-
-
+    return Classified(cls, why, ctx, ident, guest_of, guest, findings, f_total.value, agg), 0

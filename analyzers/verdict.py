@@ -6,10 +6,11 @@ say together.
   or kernel code used SIMD registers outside a kernel_fpu section.
 - `lost_state`, `stale_restore` and `foreign_save` come from the operation
   classes (analyzers/ownership.py). Each must be confirmed at a boundary: the
-  context it names must be found corrupted at its next boundary after the
-  operation. One that is not confirmed is listed apart, with the reason,
-  and is not a finding: the boundary showed the context's registers intact,
-  or the context never reached a boundary again in the trace.
+  context it harmed must be found corrupted at its first boundary after the
+  operation (a user return, or a VM entry for guest state). One that is not
+  confirmed is listed apart, with the reason, and is not a finding: the
+  boundary showed the context's registers intact, or the context never
+  reached a boundary again in the trace.
 
 Exit status 3 of `fputrace report` means: at least one finding.
 """
@@ -22,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analyzers.boundaries import Boundaries, BoundaryFinding, task_keys
-from analyzers.ownership import Class, Ownership
+from analyzers.ownership import FindingKind, Ownership
 from fputrace.trace import format as fmt
 
 KINDS = ("lost_state", "stale_restore", "foreign_save", "kernel_fpu_misuse", "corrupted_state")
@@ -88,22 +89,30 @@ def combine(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     boundary_kinds = (ev["kind"] == fmt.Kind.USER_RETURN) | (ev["kind"] == fmt.Kind.VM_ENTRY)
     unconfirmed: list[Unconfirmed] = []
     for f in own.findings:
-        kind = "lost_state" if f.cls == Class.LOST_STATE else "stale_restore"
-        victim = f.last_sync if f.cls == Class.LOST_STATE else f.event
+        kind = f.kind.label
+        # The context harmed: the one whose registers were overwritten (lost),
+        # or whose buffer now holds what it should not (stale, foreign save).
+        victim = f.last_sync if f.kind == FindingKind.LOST_STATE else f.event
         key = int(keys[victim]) if victim >= 0 else -1
         task = int(ident[victim]) if victim >= 0 else -1
-        hit = next(((lo, hi) for lo, hi in corrupted.get(key, [])
-                    if lo <= f.event <= hi), None)
+        # Confirmed when the context's first boundary after the operation
+        # found it corrupted.
+        later = np.flatnonzero(boundary_kinds[f.event + 1:] & (keys[f.event + 1:] == key))
+        first = int(later[0]) + f.event + 1 if len(later) else -1
+        hit = next(((lo, hi) for lo, hi in corrupted.get(key, []) if hi == first), None)
         if hit is not None:
-            roles = {"event": f.event, "last_sync": f.last_sync}
+            roles = {"event": f.event}
+            if f.last_sync >= 0:
+                roles["last_sync" if f.kind < FindingKind.FOREIGN_SAVE else "made_live"] = \
+                    f.last_sync
             if f.resumed >= 0:
                 roles["resumed"] = f.resumed
             findings.append(Finding(kind, f.event, task, f.description, roles,
-                                    f.context_buffer, own.guest_buffers.get(f.context_buffer,
-                                                                            0), hit[1]))
+                                    f.context_buffer,
+                                    int(own.guest_of[f.event]) or
+                                    own.guest_buffers.get(f.context_buffer, 0), hit[1]))
             continue
-        later = np.flatnonzero(boundary_kinds[f.event + 1:] & (keys[f.event + 1:] == key))
-        reason = ("the context's next boundary showed its registers intact" if len(later)
+        reason = ("the context's next boundary showed its registers intact" if first >= 0
                   else "the context reached no boundary after it in the trace")
         unconfirmed.append(Unconfirmed(kind, f.event, task, reason))
     findings.sort(key=lambda x: (x.event, x.kind))

@@ -1,6 +1,7 @@
 """The compiled helpers (analyzers/native/fpanalysis.c, built by meson as
 build/libfpanalysis.so): found and declared here once, for the trace reader
-and the analyzers. Without the library, callers use their Python versions."""
+and the analyzers. The reader has a Python fallback for its checksum; the
+analyzers need the library (`make setup` builds it)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,7 @@ def library() -> ctypes.CDLL | None:
     lib.fpa_copy_blocks.restype = _n
     lib.fpa_copy_blocks.argtypes = [_p, _n, _p, _p, _p, _n, _p]
     lib.fpa_classify.restype = ctypes.c_int
-    lib.fpa_classify.argtypes = [_p, _n, _p, _n, _u64, _u64, _u64, _p, _p, _p, _p,
+    lib.fpa_classify.argtypes = [_p, _n, _p, _n, _u64, _u64, _u64, _p, _p, _p, _p, _p,
                                  _p, _p, _n, _p, _p, _p, _p, _p, _p, _n, _p, _p,
                                  _p, _p, _n, _p]
-    lib.fpa_group.restype = ctypes.c_int64
-    lib.fpa_group.argtypes = [_p, _n, _p, _n, _p, _n, _p, _n, _n, _p, _p, _p, _n]
     return lib

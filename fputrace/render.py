@@ -218,8 +218,10 @@ def boundary_json(run: Run, verdict: Verdict) -> dict[str, Any]:
         "per_task": [{"task": task_label(run.trace.tasks, b.task_of_key.get(k, -1)),
                       "checked": c, "violations": v}
                      for k, (c, v) in sorted(b.per_task.items()) if k >= 0],
-        "per_vcpu": [{"vcpu": f"{vmcb:#x}", "checked": c, "violations": v}
-                     for vmcb, (c, v) in sorted(b.per_vmcb.items())],
+        "per_vcpu": [{"vcpu": f"vmcb={vmcb:#x}",
+                      "thread": task_label(run.trace.tasks, b.task_of_key.get(k, -1)),
+                      "checked": c, "violations": v}
+                     for (vmcb, k), (c, v) in sorted(b.per_vcpu.items())],
     }
 
 

@@ -333,7 +333,8 @@ def test_guest_registers_across_exits(tmp_path: Path) -> None:
     assert dict(got.vcpu.changed_on_purpose) == {"KVM_SET_XSAVE/KVM_SET_FPU": 1}
     (f,) = got.findings
     assert (f.kind, f.context, f.vmcb) == ("corrupted_state", "vcpu", VMCB)
-    assert got.per_vmcb == {VMCB: (2, 1)}
+    assert list(got.per_vcpu.values()) == [(2, 1)]
+    assert [vmcb for vmcb, _ in got.per_vcpu] == [VMCB]
 
 
 def test_guest_change_while_in_user_space_unverifiable_without_uabi_probe(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analyzers.ownership import Class, analyze
+from analyzers.ownership import Class, FindingKind, analyze
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
 
@@ -238,7 +238,7 @@ def test_ownership_classes_end_to_end(conformance_run: ConformanceRun) -> None:
     assert got == expected
     assert {e for _, e in expected} >= {"necessary", "redundant_save", "redundant_restore",
                                         "lost_state", "stale_restore", "unknown"}
-    lost = [f for f in result.findings if f.cls == Class.LOST_STATE]
+    lost = [f for f in result.findings if f.kind == FindingKind.LOST_STATE]
     assert len(lost) == 1 and len(result.findings) == 2
     # Both events of the lost-state finding: the overwrite and the context's last sync.
     f = lost[0]

@@ -22,6 +22,9 @@ from tracebuilder import (
     F_MEM,
     F_REGS,
     F_TASK,
+    P_EXEC_RESET,
+    P_FORK_COPY,
+    PROBE,
     VM_ENTRY,
     VM_EXIT,
     XRSTOR,
@@ -30,7 +33,16 @@ from tracebuilder import (
     TraceBuilder,
 )
 
-from analyzers.ownership import AVX_INIT_HASH, Class, ContextKind, Ownership, Unknown, analyze
+from analyzers.costs import vcpu_vmcb
+from analyzers.ownership import (
+    AVX_INIT_HASH,
+    Class,
+    ContextKind,
+    FindingKind,
+    Ownership,
+    Unknown,
+    analyze,
+)
 from fputrace.trace.reader import read_trace
 
 T = 0xFFFF888000100000  # task_struct of task T
@@ -137,7 +149,8 @@ def test_task_switch_that_loses_dirty_state(tmp_path: Path) -> None:
     findings = own.findings
     assert len(findings) == 1
     f = findings[0]
-    assert (f.cls, f.event, f.last_sync, f.resumed, f.context_buffer) == (LOST, 2, 1, 4, BT)
+    assert (f.kind, f.event, f.last_sync, f.resumed, f.context_buffer) == (
+        FindingKind.LOST_STATE, 2, 1, 4, BT)
 
 
 def test_overwritten_state_of_a_context_that_never_resumes_is_not_lost(tmp_path: Path) -> None:
@@ -184,7 +197,7 @@ def test_guest_entry_and_exit_with_host_state_kept_lazily(tmp_path: Path) -> Non
     save(b, BG, regs=LG2, avx=XG)  # 12: the guest left its state as it was
     got, own = classes(tmp_path, b)
     assert got == [UNK, RS, N, N, N, RS, N, RS]
-    assert own.guest_buffers == {BG: VMCB}
+    assert {b: vcpu_vmcb(v) for b, v in own.guest_buffers.items()} == {BG: VMCB}
     assert own.findings == []
     assert int(own.context_kind[2]) == ContextKind.GUEST
 
@@ -212,7 +225,7 @@ def test_stale_restore(tmp_path: Path) -> None:
     got, own = classes(tmp_path, b)
     assert got == [UNK, N, STALE]
     f = own.findings[0]
-    assert (f.cls, f.event, f.last_sync) == (STALE, 2, 1)
+    assert (f.kind, f.event, f.last_sync) == (FindingKind.STALE_RESTORE, 2, 1)
 
 
 def test_trace_starting_mid_run(tmp_path: Path) -> None:
@@ -309,3 +322,83 @@ def test_timeline_marks_a_buffer_left_stale(tmp_path: Path) -> None:
             for r in tl]
     assert rows == [(0, BU, End.OVERWRITE, True), (1, BT, End.OVERWRITE, False),
                     (2, BU, End.OVERWRITE, True), (3, BT, End.END_OF_TRACE, True)]
+
+
+# ---- the kernel's ownership model: copies, life cycle, foreign saves ----
+
+CHILD = 0xFFFF888000300000
+BC = CHILD + 0x1640  # the child's buffer, inside its task_struct allocation
+
+
+def probe(b: TraceBuilder, which: int, task: int = T, arg0: int = 0, cpu: int = 0) -> Ev:
+    return b.event(PROBE, vcpu=cpu, task=task, index=which, value=arg0, flags=F_TASK)
+
+
+def findings_of(own: Ownership) -> list[tuple[FindingKind, int]]:
+    return [(f.kind, f.event) for f in own.findings]
+
+
+def test_fork_copy_is_no_transfer_of_ownership(tmp_path: Path) -> None:
+    # T's state L1 is loaded; fpu_clone() saves it into the child's new buffer
+    # (a copy: T still owns the registers). T changes them to L3 and execs:
+    # exec drops them and rewrites T's buffer in memory, and T's restore
+    # loads the init state. Nothing here lost anyone's state: the old rules,
+    # which gave the registers to the last buffer saved into, called the
+    # child's context overwritten and T's restore stale.
+    b = TraceBuilder()
+    restore(b, BT, before=GARBAGE, loads=L1)  # 0
+    probe(b, P_FORK_COPY, arg0=CHILD)  # 1
+    save(b, BC, regs=L1)  # 2: the fork copy
+    probe(b, P_EXEC_RESET)  # 3
+    restore(b, BT, before=L3, loads=L2)  # 4: the init state, say L2
+    restore(b, BC, before=L2, loads=L1, task=CHILD)  # 5: the child runs
+    got, own = classes(tmp_path, b)
+    assert got == [UNK, N, N, N]
+    assert own.findings == []
+
+
+def test_foreign_save_and_save_of_nobodys_registers(tmp_path: Path) -> None:
+    # U's state is loaded on CPU 0; then T, without a restore of its own (a
+    # missed restore, or a save while TIF_NEED_FPU_LOAD said its registers
+    # were not live), saves them into its buffer: a foreign save. Then the
+    # kernel uses SIMD registers (KERNEL_SIMD) and T saves again: the
+    # registers held nobody's state, kernel scratch.
+    b = TraceBuilder()
+    restore(b, BU, before=GARBAGE, loads=L2, task=U)  # 0
+    save(b, BT, regs=L2)  # 1: foreign
+    restore(b, BT, before=L2, loads=L1)  # 2: T's own state
+    save(b, BT, regs=GARBAGE, flags=F_KSIMD)  # 3: kernel scratch saved
+    _, own = classes(tmp_path, b)
+    assert findings_of(own) == [(FindingKind.FOREIGN_SAVE, 1), (FindingKind.DROPPED_SAVE, 3)]
+    assert own.findings[0].last_sync == 0  # U's restore made the registers U's
+    assert all(f.kind.label == "foreign_save" for f in own.findings)
+
+
+def test_guest_state_saved_into_the_threads_own_buffer_counts_for_the_vcpu(
+        tmp_path: Path) -> None:
+    # 5.10: kvm_load_guest_fpu() saves T's user state into KVM's user_fpu
+    # (BU here) and loads the guest's (BG). Preempted inside KVM_RUN, the
+    # guest state is saved into T's own thread.fpu (BT) and restored from it
+    # before the next VM entry. Every guest-state operation counts for the
+    # vCPU; T's user-state operations do not, and BT is not a guest buffer.
+    b = TraceBuilder()
+    b.task(T, 10, "vcpu-thread")
+    restore(b, BT, before=GARBAGE, loads=L1)  # 0: T's user state
+    save(b, BU, regs=L1)  # 1: kvm_save_current_fpu(user_fpu)
+    restore(b, BG, before=L1, loads=LG1, avx=XG)  # 2
+    b.event(VM_ENTRY, task=T, addr=VMCB, flags=F_TASK)  # 3
+    b.event(VM_EXIT, task=T, addr=VMCB, flags=F_TASK)  # 4
+    save(b, BT, regs=LG2, avx=XG)  # 5: preempted: guest state into thread.fpu
+    restore(b, BU, before=LG2, loads=L2, task=U)  # 6: another task runs
+    save(b, BU, regs=L2, task=U)  # 7
+    restore(b, BT, before=L2, loads=LG2, avx=XG)  # 8: back, guest state
+    b.event(VM_ENTRY, task=T, addr=VMCB, flags=F_TASK)  # 9
+    b.event(VM_EXIT, task=T, addr=VMCB, flags=F_TASK)  # 10
+    save(b, BG, regs=LG2, avx=XG)  # 11: kvm_put_guest_fpu
+    restore(b, BU, before=LG2, loads=L1)  # 12: T's user state back
+    t = read_trace(b.write(tmp_path / "t.ftr"))
+    own = analyze(t.events, None, t.tasks)
+    guest = [i for i, v in enumerate(own.guest_of.tolist()) if v]
+    assert guest == [2, 5, 8, 11]
+    assert {vcpu_vmcb(int(v)) for v in own.guest_of if v} == {VMCB}
+    assert list(own.guest_buffers) == [BG]

@@ -2,13 +2,12 @@
  * fpanalysis: the per-event passes of fputrace's analyzers, in C, for traces
  * of tens of millions of events. Loaded by analyzers/native.py with ctypes.
  *
- * fpa_classify() is analyzers/ownership.py's analyze() done in one linear
- * pass with per-CPU and per-buffer state (same rules, docs/analysis.md);
- * analyze_reference() stays the specification, and the tests require both to
- * agree. It also computes each event's task announcement (task_identity()).
- *
- * fpa_group() counts events per (key, category) with a hash table, reading
- * keys, categories and weights in place from the trace's record array.
+ * fpa_classify() is the one implementation of the ownership rules
+ * (docs/analysis.md): one linear pass with per-CPU and per-buffer state that
+ * classifies every save and restore, reports lost and stale state and foreign
+ * saves, and fills every table of the report on the way. tests/oracle.py
+ * restates the rules event by event, and the tests require both to agree.
+ * It also computes each event's task announcement (task_identity()).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -21,6 +20,8 @@
 #include "../../plugin/ftr-format.h"
 
 enum {
+    KIND_PROBE = FTR_KIND_PROBE, KIND_USER_ENTRY = FTR_KIND_USER_ENTRY,
+    KIND_USER_RETURN = FTR_KIND_USER_RETURN,
     KIND_XSAVE = FTR_KIND_XSAVE, KIND_XSAVEOPT = FTR_KIND_XSAVEOPT, KIND_XSAVEC = FTR_KIND_XSAVEC,
     KIND_XSAVES = FTR_KIND_XSAVES, KIND_XRSTOR = FTR_KIND_XRSTOR, KIND_XRSTORS = FTR_KIND_XRSTORS,
     KIND_FXSAVE = FTR_KIND_FXSAVE, KIND_FXRSTOR = FTR_KIND_FXRSTOR,
@@ -36,9 +37,27 @@ enum {
 #define FLAG_KERNEL_SIMD    FTR_FLAG_KERNEL_SIMD
 #define FLAG_AFTER_VALID    FTR_FLAG_REGS_AFTER_VALID
 
-/* analyzers/ownership.py: Class, Unknown, ContextKind */
+/* analyzers/ownership.py: Class, Unknown, ContextKind, FindingKind */
 enum { NECESSARY, REDUNDANT_SAVE, REDUNDANT_RESTORE, LOST_STATE, STALE_RESTORE, UNKNOWN,
        NOT_CLASSIFIED = 255 };
+/* A finding's kind: the first two are also classes. */
+enum { FINDING_LOST = LOST_STATE, FINDING_STALE = STALE_RESTORE, FINDING_FOREIGN_SAVE = 6,
+       FINDING_DROPPED_SAVE = 7 };
+/*
+ * A task's fpstate lies inside its task_struct allocation (struct fpu ends
+ * thread_struct, which ends task_struct; the fpstate is embedded or follows).
+ */
+#define TASK_STRUCT_SPAN (1ull << 16)
+
+/*
+ * A vCPU instance: its VMCB (page aligned) and the task announcement of the
+ * thread that entered it. A VMCB, like a guest buffer, is freed with its VM
+ * and reused by the next one; the thread tells the two apart.
+ */
+static inline uint64_t vcpu_id(uint64_t vmcb, int64_t ident)
+{
+    return ((uint64_t)ident & 0xffffffull) << 40 | ((vmcb >> 12) & 0xffffffffffull);
+}
 enum { WHY_NONE, NO_MEMORY_ACCESS, FIRST_SIGHT, NO_PREVIOUS_OWNER, REGISTERS_NOT_READ,
        MASKS_DIFFER, NESTED_GUEST };
 enum { CTX_TASK, CTX_GUEST, CTX_SIGNAL_FRAME, CTX_INIT };
@@ -173,15 +192,28 @@ static int map_grow(struct map *m)
 
 /* ---- classification ---- */
 
+/*
+ * The kernel's model of a CPU's registers (docs/analysis.md): they are owned
+ * by the context last restored into them (fpu_fpregs_owner_ctx), and a save
+ * copies them without changing that. The live state belongs to a task (its
+ * user state, or a vCPU's guest state it loaded); kernel SIMD use, exec and
+ * exit leave them owned by nobody.
+ */
+enum live { LIVE_UNKNOWN, LIVE_TASK, LIVE_NOBODY };
+
 struct cpu_state {
     int64_t last_op;            /* the previous L1 save/restore on this CPU, or -1 */
     uint64_t sync;              /* register content it left behind */
     int sync_ok;
-    uint64_t owner;             /* its buffer */
+    uint64_t owner;             /* the buffer last restored (or adopted at a first save) */
+    int owner_known;
     int8_t owner_ctx;
     int kernel_simd;            /* KERNEL_SIMD seen since last_op */
-    int have_restore;
-    uint64_t last_restore;      /* buffer of the last restore: the guest's at a VM entry */
+    enum live live;
+    uint64_t live_task;         /* LIVE_TASK: whose state the registers hold */
+    int64_t live_since;         /* the event that made it live */
+    uint64_t live_vmcb;         /* the live state is this vCPU's guest state, or 0 */
+    uint64_t fork_parent, fork_child;   /* an fpu_clone() in progress */
 };
 
 struct buf_state {
@@ -189,6 +221,7 @@ struct buf_state {
     int64_t pending_overwrite;  /* a restore that overwrote this context's newer registers */
     int64_t pending_last_sync;
     uint64_t pending_sync;
+    uint64_t holds_vmcb;        /* it holds that vCPU's guest state (saved there), or 0 */
 };
 
 static inline int is_save(uint8_t k)
@@ -307,7 +340,7 @@ static int64_t keyed_out(const struct keyed *k, uint64_t *keys, uint64_t *rows, 
 
 struct agg {
     uint64_t *small;
-    struct keyed pcs, tasks, bufs, feats, optasks, vmcbs;
+    struct keyed pcs, tasks, bufs, feats, optasks, vmcbs, vcpus;
     uint64_t last_task[NCPU];
     uint8_t have_last[NCPU];
 };
@@ -319,7 +352,8 @@ static int agg_init(struct agg *a, uint64_t *small)
     memset(small, 0, S_SIZE * sizeof(uint64_t));
     return keyed_init(&a->pcs, ROW) || keyed_init(&a->tasks, ROW) ||
            keyed_init(&a->bufs, BUF_ROW) || keyed_init(&a->feats, 4) ||
-           keyed_init(&a->optasks, 4) || keyed_init(&a->vmcbs, 1) ? -1 : 0;
+           keyed_init(&a->optasks, 4) || keyed_init(&a->vmcbs, 1) ||
+           keyed_init(&a->vcpus, BUF_ROW) ? -1 : 0;
 }
 
 static void agg_free(struct agg *a)
@@ -330,6 +364,7 @@ static void agg_free(struct agg *a)
     keyed_free(&a->feats);
     keyed_free(&a->optasks);
     keyed_free(&a->vmcbs);
+    keyed_free(&a->vcpus);
 }
 
 /*
@@ -358,7 +393,9 @@ static int agg_event(struct agg *a, const struct ftr_event *e, int64_t ident,
     pr[k]++;
     tr[k]++;
     if (k == KIND_VM_ENTRY && !l2) {
-        uint64_t *orow = keyed_row(&a->optasks, e->task), *vrow = keyed_row(&a->vmcbs, e->addr);
+        /* By task announcement: a task_struct is reused once its task exits. */
+        uint64_t *orow = keyed_row(&a->optasks, (uint64_t)ident);
+        uint64_t *vrow = keyed_row(&a->vmcbs, vcpu_id(e->addr, ident));
         if (!orow || !vrow) {
             return -1;
         }
@@ -369,13 +406,30 @@ static int agg_event(struct agg *a, const struct ftr_event *e, int64_t ident,
     return 0;
 }
 
+static void buf_row_add(uint64_t *row, const uint64_t *add)
+{
+    for (int j = 0; j < BUF_ROW; j++) {
+        row[j] += add[j];
+    }
+}
+
+static void buf_row_count(uint64_t *row, const struct ftr_event *e, uint8_t c)
+{
+    row[c]++;
+    row[NCLS + c] += e->mem_bytes;
+    row[2 * NCLS + (is_save(e->kind) ? 0 : 1)]++;
+    row[2 * NCLS + 2] += e->mem_bytes;
+}
+
 /*
  * A classified save or restore (ctx: its context as known when classified;
- * pr, tr: its pc and task rows from agg_event(), still valid since only
- * other tables grew in between).
+ * vmcb: the vCPU whose guest state it moved, or 0; pr, tr: its pc and task
+ * rows from agg_event(), still valid since only other tables grew in
+ * between).
  */
-static int agg_classified(struct agg *a, const struct ftr_event *e, uint64_t *pr, uint64_t *tr,
-                          uint8_t c, uint8_t why, int8_t ctx)
+static int agg_classified(struct agg *a, const struct ftr_event *e, int64_t ident,
+                          uint64_t *pr, uint64_t *tr, uint8_t c, uint8_t why, int8_t ctx,
+                          uint64_t vmcb)
 {
     int l2 = !!(e->flags & FLAG_L2);
     int save = is_save(e->kind);
@@ -400,19 +454,23 @@ static int agg_classified(struct agg *a, const struct ftr_event *e, uint64_t *pr
     if (ctx < 0) {
         return 0;       /* not an L1 operation that moved state */
     }
-    uint64_t *orow = keyed_row(&a->optasks, e->task);
+    uint64_t *orow = keyed_row(&a->optasks, (uint64_t)ident);
     if (!orow) {
         return -1;
     }
-    if (ctx == CTX_TASK) {
+    if (vmcb) {
+        /* Guest state, wherever it was saved or restored from. */
+        uint64_t *vr = keyed_row(&a->vcpus, vmcb);
+        if (!vr) {
+            return -1;
+        }
+        buf_row_count(vr, e, c);
+    } else if (ctx == CTX_TASK) {
         uint64_t *br = keyed_row(&a->bufs, e->addr);
         if (!br) {
             return -1;
         }
-        br[c]++;
-        br[NCLS + c] += e->mem_bytes;
-        br[2 * NCLS + (save ? 0 : 1)]++;
-        br[2 * NCLS + 2] += e->mem_bytes;
+        buf_row_count(br, e, c);
     }
     orow[save ? 0 : 1]++;
     orow[2] += e->mem_bytes;
@@ -422,7 +480,7 @@ static int agg_classified(struct agg *a, const struct ftr_event *e, uint64_t *pr
     }
     a->have_last[cpu] = 1;
     a->last_task[cpu] = e->task;
-    if (ctx == CTX_TASK) {
+    if (ctx == CTX_TASK && !vmcb) {
         a->small[S_OPS + OP_TASKBUF + (save ? 0 : 1)]++;
         a->small[S_OPS + OP_TASKBUF + 2] += e->mem_bytes;
     }
@@ -437,7 +495,8 @@ static int agg_classified(struct agg *a, const struct ftr_event *e, uint64_t *pr
 }
 
 /* A restore counted as necessary turned out to be a lost state. */
-static int agg_relabel_lost(struct agg *a, const struct ftr_event *e, int64_t ident, int8_t ctx)
+static int agg_relabel_lost(struct agg *a, const struct ftr_event *e, int64_t ident, int8_t ctx,
+                            uint64_t vmcb)
 {
     uint64_t *pr = keyed_row(&a->pcs, e->pc), *tr = keyed_row(&a->tasks, (uint64_t)ident);
     uint64_t b = e->mem_bytes;
@@ -461,8 +520,8 @@ static int agg_relabel_lost(struct agg *a, const struct ftr_event *e, int64_t id
     tr[NKIND + LOST_STATE]++;
     tr[NKIND + NCLS + NECESSARY] -= b;
     tr[NKIND + NCLS + LOST_STATE] += b;
-    if (ctx == CTX_TASK) {
-        uint64_t *br = keyed_row(&a->bufs, e->addr);
+    if (vmcb || ctx == CTX_TASK) {
+        uint64_t *br = vmcb ? keyed_row(&a->vcpus, vmcb) : keyed_row(&a->bufs, e->addr);
         if (!br) {
             return -1;
         }
@@ -476,36 +535,36 @@ static int agg_relabel_lost(struct agg *a, const struct ftr_event *e, int64_t id
 
 /*
  * Output of the tables. out: S_SIZE u64, then for each keyed table (per pc
- * ROW, per task announcement ROW, per guest buffer 2*NCLS, per feature set
- * 4, per task pointer 4, per VMCB 1) a keys and a rows pointer in ptrs[],
- * each with capacity cap. Guest buffers' operations were counted as task
- * buffers' while they were not yet known to be guest buffers: moved here.
+ * ROW, per task announcement ROW, per vCPU (VMCB) BUF_ROW, per feature set
+ * 4, per task announcement 4, per VMCB 1) a keys and a rows pointer in
+ * ptrs[], each with capacity cap. Guest buffers' operations were counted as
+ * task buffers' while they were not yet known to be guest buffers: moved
+ * to their vCPU here.
  */
-static int agg_output(struct agg *a, struct map *guest_map, uint64_t **ptrs, size_t cap,
-                      int64_t *n_out)
+static int agg_output(struct agg *a, struct map *guest_map, const uint64_t *guest_vmcb,
+                      size_t n_guest, uint64_t **ptrs, size_t cap, int64_t *n_out)
 {
     int rc = 0;
-    size_t g = 0;
-    uint64_t *g_keys = ptrs[4], *g_rows = ptrs[5];
 
     for (size_t slot = 0; slot < a->bufs.len; slot++) {
         uint64_t buf = a->bufs.keys[slot];
         const uint64_t *row = a->bufs.rows + slot * BUF_ROW;
-        if (map_get(guest_map, buf) == UINT32_MAX) {
+        uint32_t g = map_get(guest_map, buf);
+        if (g == UINT32_MAX || g >= n_guest) {
             continue;
         }
+        uint64_t *vr = keyed_row(&a->vcpus, guest_vmcb[g]);
+        if (!vr) {
+            return -1;
+        }
+        buf_row_add(vr, row);
         a->small[S_OPS + OP_TASKBUF] -= row[2 * NCLS];
         a->small[S_OPS + OP_TASKBUF + 1] -= row[2 * NCLS + 1];
         a->small[S_OPS + OP_TASKBUF + 2] -= row[2 * NCLS + 2];
-        if (g < cap) {
-            g_keys[g] = buf;
-            memcpy(g_rows + g * 2 * NCLS, row, 2 * NCLS * sizeof(uint64_t));
-        }
-        g++;
     }
     n_out[0] = keyed_out(&a->pcs, ptrs[0], ptrs[1], cap);
     n_out[1] = keyed_out(&a->tasks, ptrs[2], ptrs[3], cap);
-    n_out[2] = g <= cap ? (int64_t)g : -(int64_t)g;
+    n_out[2] = keyed_out(&a->vcpus, ptrs[4], ptrs[5], cap);
     n_out[3] = keyed_out(&a->feats, ptrs[6], ptrs[7], cap);
     n_out[4] = keyed_out(&a->optasks, ptrs[8], ptrs[9], cap);
     n_out[5] = keyed_out(&a->vmcbs, ptrs[10], ptrs[11], cap);
@@ -543,14 +602,15 @@ static void finding_add(struct fpa_findings *f, int64_t event, int64_t last, int
  * Returns 0; 1 if a table did not fit agg_cap (agg_n_out says how much is
  * needed: call again); -1 when memory ran out. Outputs, all of length n:
  * cls, why, ctx (-1 for events that are not L1 saves/restores), ident (task
- * announcement index or -1). Guest buffers go to guest_buf/guest_vmcb
- * (*n_guest of them, at most guest_cap); findings to the f_* arrays. With
- * agg_small non-NULL, the report's tables are filled on the way (agg_output).
+ * announcement index or -1), guest_of (the vCPU, vcpu_id(), whose guest
+ * state a save or restore moved, or 0). Guest buffers go to guest_buf/guest_vmcb (*n_guest
+ * of them, at most guest_cap); findings to the f_* arrays. With agg_small
+ * non-NULL, the report's tables are filled on the way (agg_output).
  */
 int fpa_classify(const struct ftr_event *ev, size_t n,
                  const struct ftr_task *tasks, size_t n_tasks,
                  uint64_t init_lo, uint64_t init_hi, uint64_t avx_init_hash,
-                 uint8_t *cls, uint8_t *why, int8_t *ctx, int64_t *ident,
+                 uint8_t *cls, uint8_t *why, int8_t *ctx, int64_t *ident, uint64_t *guest_of,
                  uint64_t *guest_buf, uint64_t *guest_vmcb, size_t guest_cap, size_t *n_guest,
                  int64_t *f_event, int64_t *f_last, int64_t *f_resumed, uint64_t *f_buffer,
                  uint8_t *f_cls, size_t f_cap, size_t *f_len, size_t *f_total,
@@ -585,6 +645,7 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
     for (uint32_t c = 0; c <= max_cpu; c++) {
         memset(&cpu_states[c], 0, sizeof(cpu_states[c]));
         cpu_states[c].last_op = -1;
+        cpu_states[c].live_since = -1;
     }
     if (map_init(&task_map, 1024) < 0 || map_init(&buf_map, 4096) < 0 ||
         map_init(&guest_map, 64) < 0) {
@@ -625,30 +686,103 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         cls[i] = NOT_CLASSIFIED;
         why[i] = WHY_NONE;
         ctx[i] = -1;
+        guest_of[i] = 0;
         uint64_t *pc_row = NULL, *task_row = NULL;
         if (A && agg_event(A, e, ident[i], &pc_row, &task_row) < 0) {
             goto out;
         }
-        if (e->flags & FLAG_KERNEL_SIMD) {
-            cs->kernel_simd = 1;
+        if (e->flags & FLAG_L2) {
+            if (is_save(e->kind) || is_restore(e->kind)) {
+                cls[i] = UNKNOWN;
+                why[i] = NESTED_GUEST;
+                if (A && agg_classified(A, e, ident[i], pc_row, task_row, cls[i], why[i], -1,
+                                        0) < 0) {
+                    goto out;
+                }
+            }
+            continue;
         }
-        if (e->kind == KIND_VM_ENTRY && !(e->flags & FLAG_L2) && cs->have_restore) {
-            if (map_put(&guest_map, cs->last_restore, &slot, &created) < 0) {
-                goto out;
+        if (e->flags & FLAG_KERNEL_SIMD) {
+            /*
+             * __cpu_invalidate_fpregs_state(): kernel scratch, nobody's state
+             * (before any owner is known, e.g. the boot's own FPU probing,
+             * there was nobody's state to lose).
+             */
+            cs->kernel_simd = 1;
+            if (cs->live != LIVE_UNKNOWN) {
+                cs->live = LIVE_NOBODY;
             }
-            if (created && *n_guest < guest_cap) {
-                guest_buf[*n_guest] = cs->last_restore;
-                guest_vmcb[*n_guest] = e->addr;
-                (*n_guest)++;
+            cs->live_vmcb = 0;
+        }
+        switch (e->kind) {
+        case KIND_VM_ENTRY:
+            /*
+             * The state live at a VM entry is a guest's. The buffer it came
+             * from is that vCPU's guest buffer, unless it is a buffer that
+             * only holds guest state saved there on a preemption inside
+             * KVM_RUN (5.10: the vCPU thread's own thread.fpu).
+             */
+            if (!cs->live_vmcb && cs->owner_known) {
+                if (map_put(&guest_map, cs->owner, &slot, &created) < 0) {
+                    goto out;
+                }
+                if (created && *n_guest < guest_cap) {
+                    guest_buf[*n_guest] = cs->owner;
+                    guest_vmcb[*n_guest] = vcpu_id(e->addr, ident[i]);
+                    (*n_guest)++;
+                } else if (!created && slot < *n_guest) {
+                    guest_vmcb[slot] = vcpu_id(e->addr, ident[i]);    /* reused by a new VM */
+                }
             }
+            cs->live_vmcb = vcpu_id(e->addr, ident[i]);
+            continue;
+        case KIND_USER_ENTRY:
+        case KIND_USER_RETURN:
+            cs->live_vmcb = 0;
+            continue;
+        case KIND_PROBE:
+            if (e->index == FTR_PROBE_FORK_COPY) {
+                cs->fork_parent = e->task;
+                cs->fork_child = e->value;
+            } else if (e->index == FTR_PROBE_TASK_EXIT && cs->live == LIVE_TASK &&
+                       cs->live_task == e->task && cs->owner_known) {
+                /*
+                 * exit_thread(): the task's context ends and never resumes
+                 * (the last switch away may still save its registers).
+                 */
+                uint32_t os = map_get(&buf_map, cs->owner);
+                if (os != UINT32_MAX) {
+                    bufs[os].pending_overwrite = -1;
+                }
+            } else if (e->index == FTR_PROBE_EXEC_RESET && cs->live == LIVE_TASK &&
+                       cs->live_task == e->task) {
+                /*
+                 * exec: fpu__drop() leaves the registers nobody's, and the
+                 * task's buffer is rewritten in memory (init_fpstate).
+                 */
+                cs->live = LIVE_NOBODY;
+                cs->live_vmcb = 0;
+                if (cs->owner_known) {
+                    uint32_t os = map_get(&buf_map, cs->owner);
+                    if (os != UINT32_MAX) {
+                        bufs[os].last_op = -1;
+                        bufs[os].pending_overwrite = -1;
+                    }
+                    cs->owner_known = 0;
+                }
+            }
+            continue;
+        default:
+            break;
         }
         if (!is_save(e->kind) && !is_restore(e->kind)) {
             continue;
         }
-        if (!(e->flags & FLAG_MEM_VALID) || (e->flags & FLAG_L2)) {
+        if (!(e->flags & FLAG_MEM_VALID)) {
             cls[i] = UNKNOWN;
-            why[i] = (e->flags & FLAG_MEM_VALID) ? NESTED_GUEST : NO_MEMORY_ACCESS;
-            if (A && agg_classified(A, e, pc_row, task_row, cls[i], why[i], -1) < 0) {
+            why[i] = NO_MEMORY_ACCESS;
+            if (A && agg_classified(A, e, ident[i], pc_row, task_row, cls[i], why[i], -1,
+                                    0) < 0) {
                 goto out;
             }
             continue;
@@ -671,7 +805,7 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         int known = has_p && cs->sync_ok && regs_ok;
         int modified = known && e->regs_hash != cs->sync;
         int kernel_use = has_p && cs->kernel_simd;
-        int owner_same = has_p && cs->owner == e->addr;
+        int owner_same = has_p && cs->owner_known && cs->owner == e->addr;
         int owner_dirty = modified && !kernel_use;
         uint64_t my_sync = save ? e->regs_hash : e->regs_after_hash;
         int my_sync_ok = save ? regs_ok : after_ok;
@@ -691,6 +825,19 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         if (created) {
             bs->last_op = -1;
             bs->pending_overwrite = -1;
+            bs->holds_vmcb = 0;
+        }
+        /*
+         * fpu_clone() / fpu__copy(): the parent saves its live registers
+         * into the child's new buffer, inside the child's task_struct. A
+         * new context begins there: what the address held before is gone.
+         */
+        int fork_copy = save && cs->fork_parent != 0 && cs->fork_parent == e->task && e->addr > cs->fork_child &&
+                        e->addr - cs->fork_child < TASK_STRUCT_SPAN;
+        if (fork_copy) {
+            cs->fork_parent = 0;
+            bs->last_op = -1;
+            bs->pending_overwrite = -1;
         }
         /* This is the next operation on a context that was overwritten: a lost
          * state if it resumes with exactly the bytes of its last sync. */
@@ -698,7 +845,7 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
             if (!save && after_ok && e->regs_after_hash == bs->pending_sync) {
                 int64_t r = bs->pending_overwrite;
                 cls[r] = LOST_STATE;
-                if (A && agg_relabel_lost(A, &ev[r], ident[r], ctx[r]) < 0) {
+                if (A && agg_relabel_lost(A, &ev[r], ident[r], ctx[r], guest_of[r]) < 0) {
                     goto out;
                 }
                 finding_add(&f, bs->pending_overwrite, bs->pending_last_sync, (int64_t)i,
@@ -708,7 +855,45 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         }
         int64_t q = bs->last_op;
 
+        if (save && !fork_copy && my_ctx != CTX_INIT && (e->flags & FLAG_TASK_VALID)) {
+            /*
+             * The kernel saves only current's registers (switch_fpu_prepare()
+             * runs as the outgoing task, kernel_fpu_begin(), fpu_clone(),
+             * fpu_swap_kvm_fpstate(), the signal frame): a save by a task
+             * whose state is not live writes another context's registers, or
+             * nobody's, into its buffer. A fork copy is sanctioned; what the
+             * child got is checked at its first return.
+             */
+            if (cs->live == LIVE_TASK && cs->live_task != e->task) {
+                finding_add(&f, (int64_t)i, cs->live_since, -1, e->addr, FINDING_FOREIGN_SAVE);
+            } else if (cs->live == LIVE_NOBODY) {
+                finding_add(&f, (int64_t)i, cs->live_since, -1, e->addr, FINDING_DROPPED_SAVE);
+            }
+        }
         if (save) {
+            guest_of[i] = cs->live == LIVE_TASK ? cs->live_vmcb : 0;
+            bs->holds_vmcb = guest_of[i];
+            if (!cs->owner_known) {
+                /* No restore seen on this CPU: the saving task's state was live. */
+                cs->owner = e->addr;
+                cs->owner_known = 1;
+                cs->owner_ctx = my_ctx;
+                cs->live = LIVE_TASK;
+                cs->live_task = e->task;
+                cs->live_since = (int64_t)i;
+            }
+        } else {
+            /* A guest buffer of one of this thread's vCPUs (not of an old VM's). */
+            uint32_t gs = map_get(&guest_map, e->addr);
+            uint64_t registered = gs != UINT32_MAX && gs < *n_guest ? guest_vmcb[gs] : 0;
+            if (registered >> 40 != ((uint64_t)ident[i] & 0xffffffull)) {
+                registered = 0;
+            }
+            guest_of[i] = bs->holds_vmcb ? bs->holds_vmcb : registered;
+        }
+        if (fork_copy) {
+            cls[i] = NECESSARY;
+        } else if (save) {
             if (q < 0) {
                 cls[i] = UNKNOWN;
                 why[i] = FIRST_SIGHT;
@@ -755,7 +940,8 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
             if (owner_same && owner_dirty && buffer_unchanged && my_ctx != CTX_INIT) {
                 c = STALE_RESTORE;
             }
-            if (has_p && !owner_same && owner_dirty && cs->owner_ctx != CTX_INIT && cs->sync_ok) {
+            if (has_p && cs->owner_known && !owner_same && owner_dirty &&
+                cs->owner_ctx != CTX_INIT && cs->sync_ok) {
                 /* Another context's newer registers are overwritten without a
                  * save. It is lost if that context's next operation, none
                  * having happened since its last sync, reloads that sync. */
@@ -777,30 +963,45 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
             if (c == STALE_RESTORE) {
                 finding_add(&f, (int64_t)i, p, -1, e->addr, STALE_RESTORE);
             }
-            cs->have_restore = 1;
-            cs->last_restore = e->addr;
+            /* The kernel loads only current's state: it owns the registers now. */
+            cs->owner = e->addr;
+            cs->owner_known = 1;
+            cs->owner_ctx = my_ctx;
+            cs->live = LIVE_TASK;
+            cs->live_task = e->task;
+            cs->live_since = (int64_t)i;
+            cs->live_vmcb = guest_of[i];
         }
-        if (A && agg_classified(A, e, pc_row, task_row, cls[i], why[i], my_ctx) < 0) {
+        if (A && agg_classified(A, e, ident[i], pc_row, task_row, cls[i], why[i], my_ctx,
+                                guest_of[i]) < 0) {
             goto out;
         }
         cs->last_op = (int64_t)i;
         cs->sync = my_sync;
         cs->sync_ok = my_sync_ok;
-        cs->owner = e->addr;
-        cs->owner_ctx = my_ctx;
         cs->kernel_simd = 0;
         bs->last_op = (int64_t)i;
     }
-    /* Guest buffers are known once their VM entries are seen: label their
-     * operations, where no other kind (signal frame, init) took precedence. */
-    if (guest_map.len) {
-        for (size_t i = 0; i < n; i++) {
-            if (ctx[i] == CTX_TASK && map_get(&guest_map, ev[i].addr) != UINT32_MAX) {
-                ctx[i] = CTX_GUEST;
+    /*
+     * Guest buffers are known once their VM entries are seen: label their
+     * operations (where no other kind, signal frame or init, took
+     * precedence) and the guest state they moved.
+     */
+    for (size_t i = 0; i < n; i++) {
+        if (ctx[i] < 0) {
+            continue;
+        }
+        uint32_t gs = guest_map.len ? map_get(&guest_map, ev[i].addr) : UINT32_MAX;
+        if (ctx[i] == CTX_TASK && gs != UINT32_MAX) {
+            ctx[i] = CTX_GUEST;
+            if (!guest_of[i] && gs < *n_guest) {
+                guest_of[i] = guest_vmcb[gs];
             }
+        } else if (guest_of[i] && ctx[i] == CTX_TASK) {
+            ctx[i] = CTX_GUEST;
         }
     }
-    rc = A ? agg_output(A, &guest_map, agg_ptrs, agg_cap, agg_n_out) : 0;
+    rc = A ? agg_output(A, &guest_map, guest_vmcb, *n_guest, agg_ptrs, agg_cap, agg_n_out) : 0;
 out:
     if (A) {
         agg_free(A);
@@ -815,62 +1016,6 @@ out:
     free(task_announcement);
     return rc;
 }
-
-/*
- * Count events per (key, category) and sum a weight per (key, category).
- * Keys (u64), categories (u8) and weights (u32, may be NULL) are read with
- * byte strides, straight from a record array. Events with mask[i] == 0 are
- * skipped (mask may be NULL). Writes at most cap keys; returns how many
- * distinct keys there are (call again with a larger cap if more), or -1.
- */
-int64_t fpa_group(const uint8_t *keys, size_t key_stride,
-                  const uint8_t *cats, size_t cat_stride,
-                  const uint8_t *weights, size_t weight_stride,
-                  const uint8_t *mask, size_t n, size_t ncat,
-                  uint64_t *out_keys, uint64_t *out_counts, uint64_t *out_sums, size_t cap)
-{
-    struct map m;
-    size_t k;
-
-    if (map_init(&m, 64) < 0) {
-        map_free(&m);
-        return -1;
-    }
-    memset(out_counts, 0, cap * ncat * sizeof(*out_counts));
-    if (out_sums) {
-        memset(out_sums, 0, cap * ncat * sizeof(*out_sums));
-    }
-    for (size_t i = 0; i < n; i++) {
-        uint64_t key;
-        uint32_t slot, w = 0;
-        int created;
-        uint8_t cat = cats[i * cat_stride];
-
-        if ((mask && !mask[i]) || cat >= ncat) {
-            continue;
-        }
-        memcpy(&key, keys + i * key_stride, sizeof(key));
-        if (map_put(&m, key, &slot, &created) < 0) {
-            map_free(&m);
-            return -1;
-        }
-        if (slot >= cap) {
-            continue;
-        }
-        if (created) {
-            out_keys[slot] = key;
-        }
-        out_counts[slot * ncat + cat]++;
-        if (weights && out_sums) {
-            memcpy(&w, weights + i * weight_stride, sizeof(w));
-            out_sums[slot * ncat + cat] += w;
-        }
-    }
-    k = m.len;
-    map_free(&m);
-    return (int64_t)k;
-}
-
 
 /* ---- CRC-32C of block payloads (docs/trace-format.md) ---- */
 

@@ -16,8 +16,8 @@ from typing import Any
 from rich.console import Console
 
 from analyzers.boundaries import check_boundaries
-from analyzers.costs import compute_costs, costs_from_aggregates
-from analyzers.counts import count_events, counts_from_aggregates, task_identity
+from analyzers.costs import costs_from_aggregates
+from analyzers.counts import counts_from_aggregates
 from analyzers.ownership import analyze
 from analyzers.timeline import cpu_timeline
 from analyzers.verdict import combine
@@ -54,15 +54,11 @@ def run(args: argparse.Namespace) -> int:
     r = load_run(args.trace)
     events, tasks = r.trace.events, r.trace.tasks
     own = analyze(events, r.symbols.values.get("init_fpstate"), tasks, tables=True)
-    if own.tables is not None:
-        # Classes and every table from one compiled pass.
-        counts = counts_from_aggregates(own.tables, len(events), tasks, r.symbols)
-        costs = costs_from_aggregates(own.tables, own, tasks, r.symbols)
-    else:
-        ident = task_identity(events, tasks)
-        counts = count_events(events, tasks, r.symbols, ident)
-        costs = compute_costs(events, tasks, own, r.symbols, ident)
-    ident = own.task_ident if own.task_ident is not None else task_identity(events, tasks)
+    assert own.tables is not None and own.task_ident is not None
+    # Classes and every table from one compiled pass.
+    counts = counts_from_aggregates(own.tables, len(events), tasks, r.symbols)
+    costs = costs_from_aggregates(own.tables, own, tasks, r.symbols)
+    ident = own.task_ident
     bounds = check_boundaries(events, tasks, ident, r.symbols,
                               "fpu_copy_uabi_to_guest_fpstate" in r.symbols.values)
     verdict = combine(events, tasks, ident, own, bounds)
