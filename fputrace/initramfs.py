@@ -63,14 +63,22 @@ class Initramfs:
         path.write_bytes(self.pack())
 
 
-def busybox_initramfs(busybox: Path, init_script: str) -> Initramfs:
-    """An initramfs with a static busybox, its applet links, and /init."""
+BASE_APPLETS = ("sh", "mount", "insmod", "cat", "echo", "grep", "gzip", "poweroff", "stty",
+                "sleep", "mkdir", "uname", "dmesg", "taskset", "wc", "head")
+
+
+def busybox_initramfs(busybox: Path, init_script: str,
+                      applets: frozenset[str] | None = None) -> Initramfs:
+    """An initramfs with a static busybox, its applet links, and /init.
+    applets: paths of the applets to link ('usr/bin/env'); a basic set
+    under bin/ when not given."""
     ramfs = Initramfs()
     for d in ("proc", "sys", "dev", "tmp", "sbin", "usr/bin", "usr/sbin"):
         ramfs.directory(d)
     ramfs.copy("bin/busybox", busybox, 0o755)
-    for applet in ("sh", "mount", "insmod", "cat", "echo", "grep", "gzip", "poweroff",
-                   "stty", "sleep", "mkdir", "uname", "dmesg", "taskset", "wc", "head"):
-        ramfs.symlink(f"bin/{applet}", "busybox")
+    for path in sorted(applets) if applets else [f"bin/{a}" for a in BASE_APPLETS]:
+        if path != "bin/busybox":
+            depth = path.count("/")
+            ramfs.symlink(path, "../" * depth + "bin/busybox")
     ramfs.file("init", init_script.encode(), 0o755)
     return ramfs

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from fputrace import __version__
 from fputrace.errors import FputraceError
+from fputrace.foreign import AddedFile, ForeignRun, busybox_applets
 from fputrace.initramfs import busybox_initramfs
 from fputrace.kernel.layout import BUSYBOX, KERNEL_CMDLINE, KernelTarget, kernel_layout
 from fputrace.kernel.modules import ModuleTree, module_bytes, module_name
@@ -34,6 +36,8 @@ from fputrace.run import sidecar
 from fputrace.workloads import WorkloadRun, parse_summary
 
 MARK = "FPUTRACE"
+# Loaded for --run commands when the kernel has them (KVM users need them).
+FOREIGN_MODULES = ("kvm_amd",)
 
 
 @dataclass
@@ -41,6 +45,15 @@ class WorkloadOutcome:
     label: str
     exit_status: int | None = None
     summary: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    """A --run command: how it ended and the last line it printed."""
+
+    command: str
+    exit_status: int | None = None
+    last_line: str = ""
 
 
 @dataclass
@@ -55,6 +68,7 @@ class RecordResult:
     wall_s: float
     workloads: list[WorkloadOutcome]
     modules: list[str]
+    runs: list[RunOutcome] = field(default_factory=list)
     fputrace_version: str = __version__
 
     def save(self, path: Path) -> None:
@@ -68,12 +82,14 @@ def plugin_path() -> Path:
     return p
 
 
-def _init_script(modules: list[str], runs: list[WorkloadRun]) -> str:
+def _init_script(modules: list[str], runs: list[WorkloadRun],
+                 foreign: list[ForeignRun]) -> str:
     lines = [
         "#!/bin/sh",
         "mount -t proc proc /proc",
         "mount -t sysfs sys /sys",
         "mount -t devtmpfs dev /dev",
+        "export PATH=/added:/bin:/sbin:/usr/bin:/usr/sbin",
         f"echo {MARK}-BOOTED",
     ]
     for m in modules:
@@ -90,20 +106,49 @@ def _init_script(modules: list[str], runs: list[WorkloadRun]) -> str:
                       *r.workload.args]),
             f"echo {MARK}-WORKLOAD-END {r.label} $?",
         ]
+    for i, f in enumerate(foreign):
+        lines += [f"echo {MARK}-RUN-BEGIN {i}", f.script, f"echo {MARK}-RUN-END {i} $?"]
     lines += [f"echo {MARK}-DONE", "poweroff -f", ""]
     return "\n".join(lines)
 
 
-def _parse_console(text: str, runs: list[WorkloadRun]) -> tuple[list[WorkloadOutcome], bool,
-                                                                 bool, list[str]]:
+KERNEL_MESSAGE = re.compile(r"^\[\s*\d+\.\d+\] ")
+
+
+@dataclass
+class ConsoleSummary:
+    workloads: list[WorkloadOutcome]
+    runs: list[RunOutcome]
+    done: bool
+    panic: bool
+    insmod_failed: list[str]
+
+
+def _parse_console(text: str, runs: list[WorkloadRun], foreign: list[ForeignRun]
+                   ) -> ConsoleSummary:
     outcomes = {r.label: WorkloadOutcome(r.label) for r in runs}
+    run_outcomes = [RunOutcome(f.command) for f in foreign]
     current: str | None = None
+    in_run: int | None = None
     done = panic = False
     insmod_failed: list[str] = []
     for line in text.splitlines():
         s = line.strip()
         if "Kernel panic" in s:
             panic = True
+        if s.startswith(f"{MARK}-RUN-BEGIN "):
+            in_run = int(s.split()[1])
+            continue
+        if s.startswith(f"{MARK}-RUN-END "):
+            parts = s.split()
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit() and \
+                    int(parts[1]) < len(run_outcomes):
+                run_outcomes[int(parts[1])].exit_status = int(parts[2])
+            in_run = None
+            continue
+        if in_run is not None and in_run < len(run_outcomes) and s and \
+                not KERNEL_MESSAGE.match(s):
+            run_outcomes[in_run].last_line = s[:500]
         if s.startswith(f"{MARK}-WORKLOAD-BEGIN "):
             current = s.split()[1]
         elif s.startswith(f"{MARK}-WORKLOAD-END "):
@@ -117,12 +162,17 @@ def _parse_console(text: str, runs: list[WorkloadRun]) -> tuple[list[WorkloadOut
             done = True
         elif current is not None and (parsed := parse_summary(s)) is not None:
             outcomes[current].summary = parsed[1]
-    return list(outcomes.values()), done, panic, insmod_failed
+    return ConsoleSummary(list(outcomes.values()), run_outcomes, done, panic, insmod_failed)
 
 
-def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path) -> list[str]:
+def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
+                    added: list[AddedFile] | None = None,
+                    foreign: list[ForeignRun] | None = None) -> list[str]:
     """Write the initramfs that loads the modules the workloads need and runs
-    them; return the module names in load order."""
+    them, then the --run commands with the --add files under /added; return
+    the module names in load order."""
+    added = added or []
+    foreign = foreign or []
     if not BUSYBOX.exists():
         raise FputraceError(f"{BUSYBOX} not found: run 'make setup' (installs busybox-static)")
     for r in runs:
@@ -130,6 +180,10 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path) -
             raise FputraceError(f"workload {r.workload.name} not built ({r.binary} missing): "
                                 "run 'make setup'")
     wanted = sorted({m for r in runs for m in r.workload.modules})
+    if foreign and target.modules_dir is not None and \
+            ModuleTree(target.modules_dir).has(FOREIGN_MODULES[0]):
+        # The user's programs may be KVM users: give them /dev/kvm.
+        wanted = sorted({*wanted, *FOREIGN_MODULES})
     module_files: list[Path] = []
     if wanted:
         if target.modules_dir is None:
@@ -141,19 +195,24 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path) -
         module_files.append(seed_module_for(target.debian, target.modules_dir,
                                             target.state_dir))
         names.append(SEED_MODULE)
-    ramfs = busybox_initramfs(BUSYBOX, _init_script(names, runs))
+    ramfs = busybox_initramfs(BUSYBOX, _init_script(names, runs, foreign),
+                              busybox_applets(BUSYBOX) if foreign else None)
     for p, n in zip(module_files, names, strict=True):
         # Decompressed here, so busybox insmod needs no xz/zstd support.
         ramfs.file(f"modules/{n}.ko", module_bytes(p))
     for r in runs:
         ramfs.copy(f"workloads/{r.workload.binary_name}", r.binary, 0o755)
+    for f in added:
+        ramfs.copy(f.guest, f.src)
     ramfs.write(path)
     return names
 
 
 def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 1,
            timeout_s: float = 600, memory_mb: int = 1024, extra_msrs: list[int] | None = None,
-           tick: Callable[[str, float], None] | None = None) -> RecordResult:
+           tick: Callable[[str, float], None] | None = None,
+           added: list[AddedFile] | None = None,
+           foreign: list[ForeignRun] | None = None) -> RecordResult:
     """Boot, run the workloads, and leave the trace and its sidecars at `out`."""
     plugin = plugin_path()
     if not 1 <= smp <= 16:
@@ -169,7 +228,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     qemu = qemu_version(target.arch)
     with tempfile.TemporaryDirectory(prefix="fputrace-rec-") as tmp_s:
         tmp = Path(tmp_s)
-        names = build_initramfs(target, runs, tmp / "initramfs.gz")
+        names = build_initramfs(target, runs, tmp / "initramfs.gz", added, foreign)
         probes = resolve_probes(Symbols.load(target.state_dir / "kallsyms"))
         plugin_args = [f"out={out.resolve()}", *layout.plugin_args(), *probe_args(probes),
                        f"kernel={target.identity.replace(',', ';')}", f"qemu={qemu}"]
@@ -188,7 +247,10 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     wall = time.monotonic() - started
 
     text = console.read_text(errors="replace") if console.exists() else ""
-    outcomes, done, panic, insmod_failed = _parse_console(text, runs)
+    console_summary = _parse_console(text, runs, foreign or [])
+    outcomes, done, panic, insmod_failed = (console_summary.workloads, console_summary.done,
+                                            console_summary.panic,
+                                            console_summary.insmod_failed)
     base_syms = target.state_dir / "kallsyms"
     with gzip.open(sidecar(out, "kallsyms.gz"), "wb", compresslevel=6) as z:
         z.write(base_syms.read_bytes())
@@ -212,10 +274,13 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
         status, detail = "incomplete", "the guest stopped before its workloads finished"
     else:
         failed = [o.label for o in outcomes if o.exit_status != 0]
+        failed += [f"--run {r.command!r} (exit {r.exit_status})"
+                   for r in console_summary.runs if r.exit_status != 0]
         if failed:
             status, detail = "workload-failed", f"workload {', '.join(failed)} failed"
     rec = RecordResult(str(out), status, detail, status not in ("ok", "workload-failed"),
-                       target.identity, qemu, smp, round(wall, 2), outcomes, names)
+                       target.identity, qemu, smp, round(wall, 2), outcomes, names,
+                       console_summary.runs)
     rec.save(sidecar(out, "meta.json"))
     return rec
 

@@ -88,7 +88,7 @@ def parse_workloads(spec: str) -> list[WorkloadRun]:
         w = WORKLOADS[name]
         runs.append(WorkloadRun(w, int(count_s) if count_s else w.default_count))
     if not runs:
-        raise FputraceError("no workload given: try --workload kvm-pingpong:200")
+        raise FputraceError("no workload given: try --workload kvm-pingpong:200, or --run")
     return runs
 
 

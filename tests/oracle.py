@@ -117,6 +117,8 @@ def classify(ev: npt.NDArray[np.void], init_fpstate: int | None,
             continue
         if kind in (fmt.Kind.USER_ENTRY, fmt.Kind.USER_RETURN):
             c.live_vmcb = 0
+            if flags & F.TASK_VALID:
+                c.live, c.live_task, c.live_since = "task", task, i
             continue
         if kind == fmt.Kind.PROBE:
             probe = int(e["index"])

@@ -73,3 +73,44 @@ def test_missing_kernel_file(tmp_path: Path) -> None:
 def test_bad_arguments(tmp_path: Path, args: list[str], words: list[str]) -> None:
     assert_one_line_error(fputrace(*args, *(["-o", str(tmp_path / "x.ftr")]
                                             if args[0] == "record" else [])), *words)
+
+
+def static_and_dynamic(tmp_path: Path) -> tuple[Path, Path]:
+    src = tmp_path / "p.c"
+    src.write_text("int main(void) { return 0; }\n")
+    static, dynamic = tmp_path / "static", tmp_path / "dynamic"
+    subprocess.run(["gcc", "-static", "-o", str(static), str(src)], check=True)
+    subprocess.run(["gcc", "-o", str(dynamic), str(src)], check=True)
+    return static, dynamic
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("missing", ("--add", "no such file")),
+        ("dynamic", ("dynamically linked", "-static")),
+        ("interpreter", ("/usr/bin/python3", "not in the guest")),
+        ("unknown-command", ("frobnicate", "neither an added file nor a busybox command")),
+        ("empty-command", ("--run needs a command",)),
+        ("bad-quoting", ("--run", "No closing quotation")),
+    ],
+)
+def test_foreign_workload_checked_before_boot(tmp_path: Path, case: str,
+                                              words: tuple[str, ...]) -> None:
+    # Each of these is refused at once: no kernel is fetched or booted (the
+    # kernel named does not even exist), and no trace is written.
+    static, dynamic = static_and_dynamic(tmp_path)
+    script = tmp_path / "tool.py"
+    script.write_text("#!/usr/bin/python3\nprint(1)\n")
+    args = {
+        "missing": ["--add", str(tmp_path / "nope"), "--run", "nope"],
+        "dynamic": ["--add", str(dynamic), "--run", "dynamic"],
+        "interpreter": ["--add", str(script), "--run", "tool.py"],
+        "unknown-command": ["--add", str(static), "--run", "frobnicate 1"],
+        "empty-command": ["--run", "  "],
+        "bad-quoting": ["--add", str(static), "--run", "static 'x"],
+    }[case]
+    out = tmp_path / "t.ftr"
+    p = fputrace("record", "--kernel", str(tmp_path / "no-such-kernel"), *args, "-o", str(out))
+    assert_one_line_error(p, *words)
+    assert not out.exists()

@@ -136,17 +136,31 @@ def test_report_json(pingpong: tuple[str, Path]) -> None:
     assert rep["recording"]["status"] == "ok"
 
 
-def test_all_workloads_on_6_1(qemu_plugin: Path, tmp_path: Path) -> None:
-    kernel_available("6.1")
+STOCK_WORKLOADS = "all,kvm-hog,fork-exec"
+
+
+@pytest.mark.parametrize("series", ["6.1", "5.10", "6.12"])
+def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, series: str) -> None:
+    # Every workload, a CPU hog sharing the CPU with a vCPU thread (preempted
+    # inside KVM_RUN), and fork/exec chains (a parent that writes XMM and
+    # execs before its child runs; a fresh image that execs again at once).
+    # Each workload checks its own registers; the kernel did nothing wrong,
+    # so the report must find nothing, and every boundary must be accounted.
+    kernel_available(series)
     out = tmp_path / "all.ftr"
-    p = fputrace("record", "--kernel", "6.1", "--workload", "all", "-o", str(out))
+    p = fputrace("record", "--kernel", series, "--workload", STOCK_WORKLOADS, "-o", str(out))
     assert p.returncode == 0, p.stderr
     console = sidecar(out, "console.log")
     trace = read_trace(out)
     sw = workload_line(console, "fpu-switch")
     sig = workload_line(console, "signal")
     kfpu = workload_line(console, "kernel-fpu")
+    hog = workload_line(console, "kvm-hog")
+    fe = workload_line(console, "fork-exec")
+    pp = workload_line(console, "kvm-pingpong")
     assert sw["mismatches"] == sig["mismatches"] == kfpu["mismatches"] == "0"
+    assert hog["fpu_mismatches"] == hog["hog_mismatches"] == pp["fpu_mismatches"] == "0"
+    assert fe["child_mismatches"] == fe["syscall_mismatches"] == "0"
     assert sig["handled"] == sig["signals"] and kfpu["ok"] == kfpu["hashes"]
     # fpu-switch: each of its switches saves the outgoing task's registers.
     switches = int(sw["switches"])
@@ -160,13 +174,34 @@ def test_all_workloads_on_6_1(qemu_plugin: Path, tmp_path: Path) -> None:
     # kernel-fpu: kernel_fpu_begin() saves the caller's registers first.
     assert int(np.isin(events_of(trace, "kernel-fpu")["kind"],
                        [int(k) for k in fmt.SAVE_KINDS]).sum()) >= int(kfpu["hashes"])
-    # Every workload checked its own registers (mismatches=0): nothing was lost,
-    # and the kernel's SIMD use in the hashes is not taken for a loss.
-    rep = fputrace("report", "--json", str(out))
-    assert rep.returncode == 0, rep.stderr
-    assert json.loads(rep.stdout)["findings"] == []
     assert int(np.count_nonzero(trace.events["flags"] & fmt.Flag.KERNEL_SIMD)) >= int(
         kfpu["hashes"])
+
+    rep_p = fputrace("report", "--json", str(out))
+    assert rep_p.returncode == 0, rep_p.stdout[-2000:]
+    rep = json.loads(rep_p.stdout)
+    assert rep["findings"] == [] and rep["unconfirmed"] == []
+    checks = rep["boundary_checks"]
+    assert checks["violations"] == 0
+    # Every task that returned to user mode had its returns checked.
+    returned = {task_label(trace.tasks, int(i)) for i in
+                task_identity(trace.events, trace.tasks)[
+                    trace.events["kind"] == fmt.Kind.USER_RETURN]}
+    checked = {row["task"] for row in checks["per_task"] if row["checked"] > 0}
+    assert {t.split(" ", 1)[1] for t in returned} >= {"kvm-pingpong", "fpu-switch", "signal",
+                                                      "kernel-fpu", "fork-exec"}
+    workload_tasks = {t for t in returned if t.split(" ", 1)[1] in
+                      ("kvm-pingpong", "fpu-switch", "signal", "kernel-fpu")}
+    assert workload_tasks <= checked, workload_tasks - checked
+    # Signal delivery and sigreturn are changes on purpose, one of each per signal.
+    purposeful = checks["by_kind"]["user_return"]["changed_on_purpose"]
+    assert purposeful["signal delivery"] >= int(sig["signals"])
+    assert purposeful["sigreturn"] >= int(sig["signals"])
+    # The vCPUs: one check per VM entry after the first of each vCPU, so at
+    # least one per KVM_RUN the workloads made, less one per vCPU.
+    vm = checks["by_kind"]["vm_entry"]
+    kvm_runs = int(pp["kvm_run"]) + int(hog["kvm_run"])
+    assert vm["checked"] >= kvm_runs - 2, vm
 
 
 def test_6_12_kernel_with_compressed_modules(qemu_plugin: Path, tmp_path: Path) -> None:
@@ -312,3 +347,66 @@ def test_compiled_pass_and_oracle_agree_on_a_real_trace(pingpong: tuple[str, Pat
         ev, tasks, r.symbols)
     assert costs_from_aggregates(agg, fast, tasks, r.symbols) == compute_costs(
         ev, tasks, fast, r.symbols)
+
+
+@pytest.mark.parametrize("series", ["6.1", "5.10"])
+def test_seeded_bugs_are_found(qemu_plugin: Path, tmp_path: Path, series: str) -> None:
+    # The fputrace-seed module, built against the kernel's own headers, does
+    # (a) XMM writes without kernel_fpu_begin(), (b) a corrupted saved buffer
+    # inside a kernel_fpu section, (c) correct SIMD inside a section; the
+    # workload says what it saw in its own registers.
+    kernel_available(series)
+    out = tmp_path / "seed.ftr"
+    n = 4
+    p = fputrace("record", "--kernel", series, "--workload", f"fpu-seed:{n}", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    own = workload_line(sidecar(out, "console.log"), "fpu-seed")
+    assert own == {"correct": str(n), "correct_changed": "0", "clobber": str(n),
+                   "clobber_changed": str(n), "corrupt": str(n), "corrupt_changed": str(n),
+                   "failed": "0"}
+    rep_p = fputrace("report", "--json", "--max-findings", "0", str(out))
+    assert rep_p.returncode == 3, rep_p.stderr
+    rep = json.loads(rep_p.stdout)
+    findings = rep["findings"]
+    misuse = [f for f in findings if f["kind"] == "kernel_fpu_misuse"]
+    corrupted = [f for f in findings if f["kind"] == "corrupted_state"]
+    # (a): each call is a misuse at seed_clobber_xmm, and a corrupted return
+    # explained by it; (b): each call a corrupted return explained by the
+    # buffer changed in memory; (c): nothing.
+    assert len(misuse) == n and all("seed_clobber_xmm" in f["description"] and
+                                    "[fputrace_seed]" in f["description"] for f in misuse)
+    by_clobber = [f for f in corrupted if "seed_clobber_xmm" in f["description"]]
+    by_buffer = [f for f in corrupted if "changed in memory" in f["description"]]
+    assert (len(by_clobber), len(by_buffer), len(corrupted)) == (n, n, 2 * n)
+    assert len(findings) == 3 * n
+    assert all(f["task"].endswith(" fpu-seed") for f in findings)
+
+
+def test_foreign_workload_with_added_files(qemu_plugin: Path, tmp_path: Path) -> None:
+    # A user's static reproducer and a script, run by name from /added; their
+    # exit status and last output line go into run.meta.json; the recorded
+    # trace has the program's boundaries, checked.
+    kernel_available("6.1")
+    src = tmp_path / "repro.c"
+    src.write_text('#include <stdio.h>\nint main(int c, char **v) { volatile double x = 1;'
+                   ' for (int i = 0; i < 100000; i++) x *= 1.000001;'
+                   ' printf("repro: %s %.3f\\n", c > 1 ? v[1] : "-", x); return 3; }\n')
+    repro = tmp_path / "repro"
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(repro), str(src)], check=True)
+    script = tmp_path / "steps.sh"
+    script.write_text("#!/bin/sh\nrepro first >/dev/null\necho steps: $# args\n")
+    script.chmod(0o755)
+    out = tmp_path / "own.ftr"
+    p = fputrace("record", "--kernel", "6.1", "--add", str(repro), "--add", str(script),
+                 "--run", "repro 42", "--run", "./steps.sh a b", "-o", str(out))
+    assert p.returncode == 1, p.stderr  # repro exits 3 on purpose
+    meta = json.loads(sidecar(out, "meta.json").read_text())
+    assert meta["status"] == "workload-failed" and not meta["partial"]
+    assert meta["runs"] == [
+        {"command": "repro 42", "exit_status": 3, "last_line": "repro: 42 1.105"},
+        {"command": "./steps.sh a b", "exit_status": 0, "last_line": "steps: 2 args"}]
+    assert meta["workloads"] == []
+    rep = json.loads(fputrace("report", "--json", str(out)).stdout)
+    assert rep["findings"] == []
+    assert any(row["task"].endswith(" repro") and row["checked"] > 0
+               for row in rep["boundary_checks"]["per_task"])

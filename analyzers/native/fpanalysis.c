@@ -738,7 +738,17 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
             continue;
         case KIND_USER_ENTRY:
         case KIND_USER_RETURN:
+            /*
+             * In user mode the registers are the task's user state, whatever
+             * they hold (whether they hold the right thing is the boundary
+             * check's question, analyzers/boundaries.py).
+             */
             cs->live_vmcb = 0;
+            if (e->flags & FLAG_TASK_VALID) {
+                cs->live = LIVE_TASK;
+                cs->live_task = e->task;
+                cs->live_since = (int64_t)i;
+            }
             continue;
         case KIND_PROBE:
             if (e->index == FTR_PROBE_FORK_COPY) {

@@ -10,10 +10,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from fputrace.errors import FputraceError
-from fputrace.kernel.layout import resolve_kernel
+from fputrace.foreign import busybox_applets, check_commands, prepare_added
+from fputrace.kernel.layout import BUSYBOX, resolve_kernel
 from fputrace.record import record
 from fputrace.run import sidecar
 from fputrace.workloads import WORKLOADS, parse_workloads
+
+DEFAULT_WORKLOAD = "kvm-pingpong:200"
 
 
 def add_parser(sub: Any) -> None:
@@ -27,9 +30,15 @@ def add_parser(sub: Any) -> None:
                                                 "(lib/modules/RELEASE)")
     p.add_argument("--vmlinux", type=Path,
                    help="vmlinux with DWARF, for struct offsets of a kernel without BTF")
-    p.add_argument("--workload", default="kvm-pingpong:200",
+    p.add_argument("--workload",
                    help="comma-separated NAME[:N]: " + ", ".join([*WORKLOADS, "all"])
-                        + " (default: kvm-pingpong:200)")
+                        + f" (default: {DEFAULT_WORKLOAD}, unless --run is given)")
+    p.add_argument("--run", action="append", default=[], metavar="'CMD ARGS'", dest="commands",
+                   help="also run this shell command in the guest, after the workloads "
+                        "(may repeat); it finds --add files by name")
+    p.add_argument("--add", action="append", default=[], type=Path, metavar="PATH",
+                   help="copy a static binary, script or directory into the guest's /added "
+                        "(may repeat)")
     p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
     p.add_argument("--memory", type=int, default=1024, help="guest memory in MiB (default 1024)")
     p.add_argument("--timeout", type=float, default=600, help="seconds before giving up "
@@ -53,10 +62,22 @@ def _parse_msr(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, emoji=False, highlight=False, soft_wrap=True)
-    runs = parse_workloads(args.workload)
+    spec = args.workload
+    if spec is None:
+        spec = "" if args.commands else DEFAULT_WORKLOAD
+    runs = parse_workloads(spec) if spec else []
+    foreign = []
+    added = []
+    if args.commands or args.add:
+        if not BUSYBOX.exists():
+            raise FputraceError(f"{BUSYBOX} not found: run 'make setup' (installs "
+                                "busybox-static)")
+        applets = busybox_applets(BUSYBOX)
+        added = prepare_added(args.add, "x86_64", applets)
+        foreign = check_commands(args.commands, added, applets)
     msrs = [_parse_msr(m) for m in args.msr]
     target = resolve_kernel(args.kernel, "amd64", args.modules, args.vmlinux)
-    labels = ", ".join(r.label for r in runs)
+    labels = ", ".join([*(r.label for r in runs), *(f"'{f.command}'" for f in foreign)])
     with console.status(f"recording {labels} on {target.identity}") as status:
 
         def tick(line: str, elapsed: float) -> None:
@@ -64,10 +85,14 @@ def run(args: argparse.Namespace) -> int:
                           f"{escape(target.identity)}  [dim]{escape(line)}[/]")
 
         result = record(target, runs, args.output, smp=args.smp, timeout_s=args.timeout,
-                        memory_mb=args.memory, extra_msrs=msrs, tick=tick)
+                        memory_mb=args.memory, extra_msrs=msrs, tick=tick, added=added,
+                        foreign=foreign)
     for w in result.workloads:
         summary = " ".join(f"{k}={v}" for k, v in w.summary.items()) or "no summary printed"
         console.print(escape(f"  {w.label}: exit {w.exit_status}, {summary}"))
+    for f in result.runs:
+        console.print(escape(f"  --run {f.command!r}: exit {f.exit_status}, last line: "
+                             f"{f.last_line or '(none)'}"))
     log = sidecar(args.output, "console.log")
     if result.status == "ok":
         console.print("[green]recorded[/] "

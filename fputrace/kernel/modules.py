@@ -61,6 +61,9 @@ class ModuleTree:
             if p.name.endswith(MODULE_SUFFIXES):
                 self.by_name.setdefault(module_name(p), p)
 
+    def has(self, name: str) -> bool:
+        return name.replace("-", "_") in self.by_name
+
     def path_of(self, name: str) -> Path:
         key = name.replace("-", "_")
         if key not in self.by_name:

@@ -1,0 +1,149 @@
+"""The user's own programs as workloads: `record --add PATH --run 'CMD ARGS'`.
+
+Added files and directories are copied into the guest under /added, which
+comes first on the PATH of every command, so `--run` finds an added program
+by its name. The guest is a busybox initramfs: it has busybox's applets and
+no dynamic loader, so everything is checked before anything boots: a missing
+file, a dynamically linked or foreign-architecture binary, a script whose
+interpreter the guest lacks, or a command that names nothing in the guest.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path, PurePosixPath
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
+
+from fputrace.errors import FputraceError
+
+GUEST_DIR = "added"
+ELF_MACHINE = {"x86_64": "EM_X86_64", "aarch64": "EM_AARCH64"}
+
+
+@dataclass(frozen=True)
+class AddedFile:
+    src: Path
+    guest: str  # path inside the guest, without the leading /
+
+
+@dataclass(frozen=True)
+class ForeignRun:
+    command: str
+
+    @property
+    def script(self) -> str:
+        """The shell line that runs it in the guest, from /added."""
+        return f"(cd /{GUEST_DIR} && sh -c {shlex.quote(self.command)}) </dev/null"
+
+
+@cache
+def busybox_applets(busybox: Path) -> frozenset[str]:
+    """Paths of busybox's applets ('bin/ls', 'usr/bin/env', ...)."""
+    out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise FputraceError(f"{busybox} --list-full failed: install busybox-static "
+                            "(make setup)")
+    return frozenset(line.strip() for line in out.stdout.splitlines() if line.strip())
+
+
+def _check_elf(path: Path, shown: Path, arch: str) -> bool:
+    """False if not an ELF file; raises if the guest cannot run it."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"\x7fELF":
+            return False
+        f.seek(0)
+        try:
+            elf = ELFFile(f)
+            machine = elf["e_machine"]
+            interp = next((seg.get_interp_name() for seg in elf.iter_segments()
+                           if isinstance(seg, InterpSegment)), "")
+        except ELFError as e:
+            raise FputraceError(f"--add {shown}: not a readable ELF file ({e})") from None
+    if machine != ELF_MACHINE[arch]:
+        raise FputraceError(f"--add {shown}: built for {machine}, and the guest is {arch}: "
+                            "build it for the guest's architecture")
+    if interp:
+        raise FputraceError(f"--add {shown}: dynamically linked (needs {interp}), and the "
+                            "guest has no loader: link it with -static")
+    return True
+
+
+def _found_in_guest(name: str, added: set[str], applets: frozenset[str]) -> bool:
+    """Whether a command or interpreter name resolves in the guest."""
+    p = PurePosixPath(name)
+    if p.is_absolute():
+        rel = str(p).lstrip("/")
+        return rel in applets or rel in added
+    return name in added or any(PurePosixPath(a).name == name for a in applets)
+
+
+def _check_script(path: Path, shown: Path, added: set[str], applets: frozenset[str]) -> None:
+    with open(path, "rb") as f:
+        head = f.readline(256)
+    if not head.startswith(b"#!"):
+        return
+    words = head[2:].decode(errors="replace").split()
+    if not words:
+        raise FputraceError(f"--add {shown}: empty #! line")
+    interp = words[0]
+    if PurePosixPath(interp).name == "env" and len(words) > 1:
+        interp = words[1]
+    if not _found_in_guest(interp, added, applets):
+        raise FputraceError(f"--add {shown}: its interpreter {interp} is not in the guest "
+                            "(busybox only): add it with --add, or use /bin/sh")
+
+
+def prepare_added(paths: list[Path], arch: str, applets: frozenset[str]) -> list[AddedFile]:
+    """The files to copy into the guest, checked."""
+    out: list[AddedFile] = []
+    for p in paths:
+        if not p.exists():
+            raise FputraceError(f"--add {p}: no such file or directory")
+        base = p.resolve()
+        if base.is_dir():
+            for root, _, files in os.walk(base):
+                for name in sorted(files):
+                    src = Path(root) / name
+                    rel = src.relative_to(base.parent).as_posix()
+                    out.append(AddedFile(src, f"{GUEST_DIR}/{rel}"))
+        else:
+            out.append(AddedFile(base, f"{GUEST_DIR}/{base.name}"))
+    names = {f.guest.removeprefix(GUEST_DIR + "/") for f in out}
+    guest_paths = {f.guest for f in out} | {PurePosixPath(f.guest).name for f in out} | names
+    for f in out:
+        shown = f.src
+        if not os.access(f.src, os.R_OK):
+            raise FputraceError(f"--add {shown}: not readable")
+        if not _check_elf(f.src, shown, arch):
+            _check_script(f.src, shown, guest_paths, applets)
+    return out
+
+
+def check_commands(commands: list[str], added: list[AddedFile],
+                   applets: frozenset[str]) -> list[ForeignRun]:
+    """Each --run command, checked: its program must be an added file (by
+    name or path under /added) or a busybox applet."""
+    names = ({f.guest for f in added} | {PurePosixPath(f.guest).name for f in added}
+             | {f.guest.removeprefix(GUEST_DIR + "/") for f in added})
+    runs = []
+    for cmd in commands:
+        try:
+            words = shlex.split(cmd)
+        except ValueError as e:
+            raise FputraceError(f"--run {cmd!r}: {e}") from None
+        if not words:
+            raise FputraceError("--run needs a command, e.g. --run './repro 100'")
+        prog = words[0]
+        plain = prog.removeprefix("./")
+        if not (plain in names or _found_in_guest(prog, names, applets)):
+            raise FputraceError(f"--run {cmd!r}: {prog} is neither an added file nor a "
+                                "busybox command in the guest: add it with --add PATH")
+        runs.append(ForeignRun(cmd))
+    return runs
