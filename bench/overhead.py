@@ -3,9 +3,12 @@
 The same boot and workload runs without a plugin, with fputrace, and with
 QEMU's contrib execlog plugin filtered to the same instructions (what a user
 would reach for instead), interleaved in one run so that machine noise hits
-all three alike. Prints each run's wall time and QEMU's CPU time (user +
-system, less sensitive to the machine's other load), the medians, and last
-`ratio=X.XX`: fputrace's median wall time over no plugin's (target <= 1.10).
+all three alike. fputrace runs as `record` runs it (task layout, probes,
+boundaries), and once more with the boundaries off (`boundaries=off`), so
+their own cost shows side by side. Prints each run's wall time and QEMU's
+CPU time (user + system, less sensitive to the machine's other load), the
+medians, and last `ratio=X.XX`: fputrace's median wall time over no
+plugin's (target <= 1.05).
 
 usage: bench/overhead [--kernel 6.1] [--workload kvm-pingpong:200] [--rounds 3]
 """
@@ -24,7 +27,7 @@ from fputrace.errors import FputraceError
 from fputrace.kernel.layout import KERNEL_CMDLINE, kernel_layout, resolve_kernel
 from fputrace.machine import MachineSpec, run_machine
 from fputrace.paths import build_dir, cache_dir
-from fputrace.record import build_initramfs, plugin_path
+from fputrace.record import build_initramfs, plugin_arguments, plugin_path
 from fputrace.workloads import parse_workloads
 
 # execlog matches mnemonics by prefix: "xsave" covers xsaveopt/xsavec/xsaves.
@@ -56,7 +59,7 @@ def main() -> int:
     args = ap.parse_args()
 
     target = resolve_kernel(args.kernel)
-    layout = kernel_layout(target)
+    kernel_layout(target)
     runs = parse_workloads(args.workload)
     execlog = build_execlog()
     with tempfile.TemporaryDirectory(prefix="fputrace-bench-") as tmp_s:
@@ -64,8 +67,11 @@ def main() -> int:
         build_initramfs(target, runs, tmp / "initramfs.gz")
         variants: dict[str, tuple[str | None, list[str]]] = {
             "none": (None, []),
-            "fputrace": (",".join([str(plugin_path()), f"out={tmp / 'bench.ftr'}",
-                                   *layout.plugin_args()]), []),
+            "fputrace": (",".join([str(plugin_path()),
+                                   *plugin_arguments(target, tmp / "bench.ftr")]), []),
+            "no-bounds": (",".join([str(plugin_path()),
+                                    *plugin_arguments(target, tmp / "bench.ftr"),
+                                    "boundaries=off"]), []),
             "execlog": (",".join([str(execlog), *(f"ifilter={f}" for f in EXECLOG_FILTERS)]),
                         ["-d", "plugin", "-D", str(tmp / "execlog.log")]),
         }
@@ -99,6 +105,7 @@ def main() -> int:
         print(f"cpu: execlog/none={med_cpu['execlog'] / med_cpu['none']:.2f} "
               f"fputrace/none={med_cpu['fputrace'] / med_cpu['none']:.2f}")
         print(f"execlog/none={med['execlog'] / med['none']:.2f}")
+        print(f"fputrace without boundaries/none={med['no-bounds'] / med['none']:.2f}")
         print(f"fputrace/execlog={med['fputrace'] / med['execlog']:.2f}")
         print(f"ratio={med['fputrace'] / med['none']:.2f}")
     return 0

@@ -208,6 +208,14 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
     return names
 
 
+def plugin_arguments(target: KernelTarget, out: Path) -> list[str]:
+    """The plugin's arguments for a kernel: the trace file, the task layout
+    and the probes (the kernel's symbols must have been collected)."""
+    layout = kernel_layout(target)
+    probes = resolve_probes(Symbols.load(target.state_dir / "kallsyms"))
+    return [f"out={out}", *layout.plugin_args(), *probe_args(probes)]
+
+
 def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 1,
            timeout_s: float = 600, memory_mb: int = 1024, extra_msrs: list[int] | None = None,
            tick: Callable[[str, float], None] | None = None,
@@ -219,7 +227,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
         raise FputraceError(f"--smp {smp}: choose 1 to 16 CPUs")
     if tick:
         tick("collecting kernel symbols (first use of this kernel only)", 0.0)
-    layout = kernel_layout(target)
+    kernel_layout(target)
     out.parent.mkdir(parents=True, exist_ok=True)
     console = sidecar(out, "console.log")
     modsyms_tmp = sidecar(out, "modsyms.tmp")
@@ -229,8 +237,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     with tempfile.TemporaryDirectory(prefix="fputrace-rec-") as tmp_s:
         tmp = Path(tmp_s)
         names = build_initramfs(target, runs, tmp / "initramfs.gz", added, foreign)
-        probes = resolve_probes(Symbols.load(target.state_dir / "kallsyms"))
-        plugin_args = [f"out={out.resolve()}", *layout.plugin_args(), *probe_args(probes),
+        plugin_args = [*plugin_arguments(target, out.resolve()),
                        f"kernel={target.identity.replace(',', ';')}", f"qemu={qemu}"]
         plugin_args += [f"msr={m:#x}" for m in extra_msrs or []]
         spec = MachineSpec(target.arch, target.vmlinuz, tmp / "initramfs.gz", KERNEL_CMDLINE,

@@ -31,9 +31,9 @@ class ProbeDef:
 
 
 PROBES: tuple[ProbeDef, ...] = (
-    # v5.14 "x86/fpu: Rename fpu__copy() to fpu_clone()": the child's fpstate
-    # is written by a save of the parent's live registers (or a memcpy when
-    # TIF_NEED_FPU_LOAD is set, 5.10). arg0: the child task_struct.
+    # fpu_clone() since the v5.14 FPU rework, fpu__copy() before: the child's
+    # fpstate is written by a save of the parent's live registers (or a
+    # memcpy when TIF_NEED_FPU_LOAD is set, 5.10). arg0: the child task_struct.
     ProbeDef(Probe.FORK_COPY, ("fpu_clone", "fpu__copy"), False,
              "fork/clone copies the parent's FPU state into the child"),
     # exec: fpu_flush_thread() (v5.14) / fpu__clear_all() (5.10) drop the live
@@ -54,19 +54,20 @@ PROBES: tuple[ProbeDef, ...] = (
     # PTRACE_SETREGSET / PTRACE_SETFPREGS / core regset writes.
     ProbeDef(Probe.REGSET_SET, ("xstateregs_set", "xfpregs_set", "fpregs_set"), True,
              "a ptrace regset write replaces the task's FPU state"),
-    # v5.16 "x86/fpu: Provide infrastructure for KVM FPU cleanup".
+    # v5.16, "x86/fpu: Move KVMs FPU swapping to FPU core" and its series.
     ProbeDef(Probe.KVM_FPSTATE_ALLOC, ("fpu_alloc_guest_fpstate",), False,
              "KVM allocates a vCPU's guest fpstate"),
     ProbeDef(Probe.KVM_FPSTATE_FREE, ("fpu_free_guest_fpstate",), False,
              "KVM frees a vCPU's guest fpstate"),
-    # KVM_SET_XSAVE(2) and KVM_SET_FPU (v5.16, "x86/kvm: Convert FPU handling
-    # to a single swap buffer"); 5.10 copies inside kvm.ko, unprobed.
+    # KVM_SET_XSAVE(2) and KVM_SET_FPU go through the FPU core since v5.16
+    # ("x86/fpu/kvm: Sanitize the FPU guest/user handling"); 5.10 copies
+    # inside kvm.ko, unprobed.
     ProbeDef(Probe.KVM_UABI_SET, ("fpu_copy_uabi_to_guest_fpstate",), False,
              "KVM_SET_XSAVE/KVM_SET_FPU replaces the guest's FPU state"),
     ProbeDef(Probe.KVM_UABI_GET, ("fpu_copy_guest_fpstate_to_uabi",), False,
              "KVM_GET_XSAVE/KVM_GET_FPU reads the guest's FPU state"),
-    # kernel_fpu_begin() is an inline wrapper of kernel_fpu_begin_mask() since
-    # v5.11 ("x86/fpu: Make the EFI FPU calling convention explicit").
+    # kernel_fpu_begin() is an inline wrapper of kernel_fpu_begin_mask() in the
+    # kernels we support (5.10 included); an older kernel has only the former.
     ProbeDef(Probe.KFPU_BEGIN, ("kernel_fpu_begin_mask", "kernel_fpu_begin"), False,
              "in-kernel FPU section begins"),
     ProbeDef(Probe.KFPU_END, ("kernel_fpu_end",), False, "in-kernel FPU section ends"),

@@ -39,8 +39,8 @@ static void seed_corrupt_saved(void)
 
 	kernel_fpu_begin();
 	/*
-	 * v5.16 ("x86/fpu: Provide struct fpstate", 87d0e5be0fac) moved the
-	 * task's buffer behind fpu->fpstate; before it was fpu->state.
+	 * The v5.16 FPU rework moved the task's buffer behind fpu->fpstate
+	 * (struct fpstate); before it was fpu->state.
 	 */
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 16, 0)
 	xmm = current->thread.fpu.fpstate->regs.xsave.i387.xmm_space;
