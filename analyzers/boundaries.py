@@ -114,13 +114,14 @@ def task_keys(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     """A key per event naming the task's lifetime: its task_struct pointer and
     pid (pointers are reused after a task exits; pids are not reused that
     soon). -1 where the task is unknown."""
-    pid = np.where(ident >= 0, tasks["pid"][np.maximum(ident, 0)] if len(tasks) else 0, 0)
-    known = ident >= 0
     keys = np.full(len(ev), -1, dtype=np.int64)
-    if known.any():
-        pairs = np.stack([ev["task"][known], pid[known].astype(np.uint64)], axis=1)
-        _, inv = np.unique(pairs, axis=0, return_inverse=True)
-        keys[known] = inv.reshape(-1)
+    if not len(tasks):
+        return keys
+    # A key per announcement (a few per task), then gathered per event.
+    pairs = np.stack([tasks["task"], tasks["pid"].astype(np.uint64)], axis=1)
+    _, key_of_ident = np.unique(pairs, axis=0, return_inverse=True)
+    known = ident >= 0
+    keys[known] = key_of_ident.reshape(-1)[ident[known]]
     return keys
 
 
@@ -133,8 +134,9 @@ class _Explainer:
     explains a difference of its registers."""
 
     def __init__(self, ev: npt.NDArray[np.void], keys: npt.NDArray[np.int64],
-                 misuse_events: set[int], symbols: Symbols) -> None:
+                 misuse_events: set[int], symbols: Symbols, sections: int) -> None:
         self.ev = ev
+        self.sections = sections
         self.keys = keys
         self.misuse = misuse_events
         self.symbols = symbols
@@ -153,6 +155,12 @@ class _Explainer:
                 pc = int(ev["simd_pc"][i]) | fmt.KERNEL_TEXT_HIGH
                 return i, ("kernel SIMD use outside kernel_fpu_begin()/kernel_fpu_end() at "
                            f"{self.symbols.describe(pc)} overwrote the registers")
+            if not self.sections and int(ev["flags"][i]) & F.KERNEL_SIMD and \
+                    not (self.saves[i] or self.restores[i]):
+                pc = int(ev["simd_pc"][i]) | fmt.KERNEL_TEXT_HIGH
+                return i, (f"kernel SIMD use at {self.symbols.describe(pc)} between the entry "
+                           "and the return (the trace has no kernel_fpu section probes to "
+                           "tell whether a section was open)")
         last_restore = next((i for i in reversed(mine.tolist()) if self.restores[i]), -1)
         if last_restore < 0:
             # Nothing loaded this task's state: whatever is in the registers is
@@ -217,6 +225,28 @@ def kfpu_misuse(ev: npt.NDArray[np.void], symbols: Symbols
     return out, int(begin.sum())
 
 
+def _fork_copy_candidates(ev: npt.NDArray[np.void], kinds: npt.NDArray[np.uint8],
+                          saves: npt.NDArray[np.bool_], window: int = 16
+                          ) -> npt.NDArray[np.int64]:
+    """The saves that may be fork copies: the first few saves on the CPU of
+    each fork probe after it (fpu_clone() saves at once, under
+    fpregs_lock()). Only these need a look in the loop."""
+    forks = np.flatnonzero((kinds == K.PROBE) & (ev["index"] == P.FORK_COPY))
+    if not len(forks):
+        return np.empty(0, dtype=np.int64)
+    out = []
+    save_idx = np.flatnonzero(saves)
+    save_cpu = ev["vcpu"][save_idx]
+    for c in np.unique(ev["vcpu"][forks]).tolist():
+        mine = save_idx[save_cpu == c]
+        f = forks[ev["vcpu"][forks] == c]
+        first = np.searchsorted(mine, f)
+        for j in range(window):
+            pos = first + j
+            out.append(mine[pos[pos < len(mine)]])
+    return np.unique(np.concatenate(out))
+
+
 def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                      ident: npt.NDArray[np.int64], symbols: Symbols,
                      uabi_probed: bool) -> Boundaries:
@@ -228,7 +258,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     flags = ev["flags"]
     misuse_list, sections = kfpu_misuse(ev, symbols)
     misuse = set(misuse_list)
-    explainer = _Explainer(ev, keys, misuse, symbols)
+    explainer = _Explainer(ev, keys, misuse, symbols, sections)
     findings: list[BoundaryFinding] = []
     task_of_key: dict[int, int] = {}
     for i in misuse_list:
@@ -263,8 +293,9 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     # The rest, in seq order: entries, non-quiet returns, and the probes and
     # saves that decide purposeful changes and fork copies.
     probe_kinds = [int(p) for p in (*TASK_PURPOSEFUL, P.REGSET_SET, P.FORK_COPY)]
-    relevant = ((kinds == K.USER_ENTRY) | (is_return & ~quiet) | explainer.saves
+    relevant = ((kinds == K.USER_ENTRY) | (is_return & ~quiet)
                 | ((kinds == K.PROBE) & np.isin(ev["index"], probe_kinds)))
+    relevant[_fork_copy_candidates(ev, kinds, explainer.saves)] = True
     entry: dict[int, int] = {}  # key -> its latest USER_ENTRY event
     reasons: dict[int, list[tuple[int, str]]] = {}  # key -> (event index, reason)
     fork_probe: dict[tuple[int, int], int] = {}  # (vcpu, parent key) -> probe event
@@ -357,58 +388,62 @@ def _check_vcpus(ev: npt.NDArray[np.void], keys: npt.NDArray[np.int64],
                  ) -> tuple[BoundaryCheck, dict[tuple[int, int], tuple[int, int]],
                             list[BoundaryFinding]]:
     """A vCPU is its VMCB with the thread that runs it: a VMCB is freed with
-    its VM and reused by the next one, whose first entry is not a check."""
+    its VM and reused by the next one, whose first entry is not a check.
+    Vectorized over the VM entries and exits; only differences loop."""
     kinds = ev["kind"]
     flags = ev["flags"]
     check = BoundaryCheck()
-    per: dict[tuple[int, int], list[int]] = {}
     findings: list[BoundaryFinding] = []
-    l1 = (flags & F.L2) == 0
-    idx = np.flatnonzero(((kinds == K.VM_ENTRY) & l1) | (kinds == K.VM_EXIT)
-                         | ((kinds == K.PROBE) & (ev["index"] == P.KVM_UABI_SET))
-                         | (kinds == K.USER_RETURN))
-    last_exit: dict[tuple[int, int], int] = {}  # vCPU -> its last VM exit
-    uabi_since: dict[int, int] = {}  # task key -> its last KVM_SET_* probe
-    return_since: dict[int, int] = {}  # task key -> its last user return
-    for i in idx.tolist():
-        kind = int(kinds[i])
-        k = int(keys[i])
-        if kind == K.PROBE:
-            uabi_since[k] = i
-            continue
-        if kind == K.USER_RETURN:
-            return_since[k] = i
-            continue
-        vmcb = int(ev["addr"][i])
-        vcpu = (vmcb, k)
-        if kind == K.VM_EXIT:
-            last_exit[vcpu] = i
-            continue
-        x = last_exit.get(vcpu, -1)
-        if x < 0:
-            check.unchecked["first entry of the vCPU in the trace"] += 1
-            continue
-        if not (flags[i] & F.REGS_VALID and flags[x] & F.REGS_VALID):
-            check.unchecked["a register file could not be read"] += 1
-            continue
-        row = per.setdefault(vcpu, [0, 0])
-        if int(ev["regs_hash"][i]) == int(ev["regs_hash"][x]):
-            check.checked += 1
-            row[0] += 1
-            continue
-        if uabi_since.get(k, -1) > x:
+    vm = np.flatnonzero(((kinds == K.VM_ENTRY) & ((flags & F.L2) == 0)) | (kinds == K.VM_EXIT))
+    if not len(vm):
+        return check, {}, findings
+    # One 64-bit key per vCPU: the VMCB's page (below 2^48) and the task key.
+    vk = (ev["addr"][vm] & np.uint64((1 << 48) - 1)) | \
+        ((keys[vm] + 1).astype(np.uint64) << np.uint64(48))
+    order = np.argsort(vk, kind="stable")  # vm is in seq order already
+    svk, sidx = vk[order], vm[order]
+    same = np.r_[False, svk[1:] == svk[:-1]]
+    prev = np.where(same, np.r_[-1, sidx[:-1]], -1)
+    is_entry = kinds[sidx] == K.VM_ENTRY
+    after_exit = is_entry & (prev >= 0) & (kinds[np.maximum(prev, 0)] == K.VM_EXIT)
+    check.unchecked["first entry of the vCPU in the trace"] += int(
+        np.count_nonzero(is_entry & ~same))
+    e, x = sidx[after_exit], prev[after_exit]
+    readable = ((flags[e] & F.REGS_VALID) != 0) & ((flags[x] & F.REGS_VALID) != 0)
+    if (~readable).any():
+        check.unchecked["a register file could not be read"] += int(np.count_nonzero(~readable))
+    e, x, evk = e[readable], x[readable], svk[after_exit][readable]
+    equal = ev["regs_hash"][e] == ev["regs_hash"][x]
+    check.checked += int(np.count_nonzero(equal))
+    per: dict[int, list[int]] = {}
+    for k_, n_ in zip(*np.unique(evk[equal], return_counts=True), strict=True):
+        per[int(k_)] = [int(n_), 0]
+    # The differences: changed on purpose, unverifiable, or violations.
+    uabi = np.flatnonzero((kinds == K.PROBE) & (ev["index"] == P.KVM_UABI_SET))
+    rets = np.flatnonzero(kinds == K.USER_RETURN)
+
+    def any_between(idx: npt.NDArray[np.int64], key: int, lo: int, hi: int) -> bool:
+        mine = idx[(idx > lo) & (idx < hi)]
+        return bool(np.any(keys[mine] == key))
+
+    for i, xi, k_ in zip(e[~equal].tolist(), x[~equal].tolist(), evk[~equal].tolist(),
+                         strict=True):
+        key = int(keys[i])
+        if any_between(uabi, key, xi, i):
             check.changed_on_purpose["KVM_SET_XSAVE/KVM_SET_FPU"] += 1
             continue
-        if not uabi_probed and return_since.get(k, -1) > x:
+        if not uabi_probed and any_between(rets, key, xi, i):
             check.unchecked["changed while KVM_RUN had returned to user space, on a kernel "
                             "whose KVM_SET_XSAVE copies are not observable"] += 1
             continue
         check.checked += 1
         check.violations += 1
+        row = per.setdefault(k_, [0, 0])
         row[0] += 1
         row[1] += 1
         findings.append(BoundaryFinding(
-            "corrupted_state", "vcpu", int(ident[i]), vmcb, x, i, -1,
+            "corrupted_state", "vcpu", int(ident[i]), int(ev["addr"][i]), xi, i, -1,
             "the guest's FP registers at this VM entry differ from those at its previous VM "
             "exit, and KVM did not set them on purpose in between"))
-    return check, {v: (r[0], r[1]) for v, r in per.items()}, findings
+    mask = (1 << 48) - 1
+    return check, {(k_ & mask, (k_ >> 48) - 1): (r[0], r[1]) for k_, r in per.items()}, findings

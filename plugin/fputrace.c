@@ -14,13 +14,14 @@
  *
  * It also records the boundaries where the truth about a task's FPU state
  * is visible: every return to user mode, and the entry from user mode that
- * preceded it, with the register file's hash at both. A translation block's
- * address half says whether it is user or kernel code; a conditional
- * callback on its first instruction fires only when that half differs from
- * the vCPU's last one, so a boundary costs nothing on the way. An entry's
- * register hash is read only when something may change the registers before
- * the return (a save, a restore, kernel SIMD code): a return with nothing
- * in between is recorded as QUIET without reading a register.
+ * preceded it, with the register file's hash at both. Returns are the
+ * SYSRET and IRET instructions (an IRET whose frame holds a user CS);
+ * entries are the first SWAPGS after a return, which every entry path from
+ * user mode executes before anything else touches the kernel's state. Only
+ * those instructions get callbacks. An entry's register hash is read only
+ * when something may change the registers before the return (a save, a
+ * restore, kernel SIMD code): a return with nothing in between is recorded
+ * as QUIET without reading a register.
  *
  * Probes: an exec callback on the first instruction of kernel functions
  * the recorder names (probe=ADDR:ID) records the function's arguments, so
@@ -88,11 +89,20 @@ struct x86_modrm_addr {
 };
 
 /* What translation learnt about one instruction; shared by all its TBs. */
+/* Instructions at the user/kernel boundary (not events by themselves). */
+enum boundary_insn {
+    BOUNDARY_NONE,
+    BOUNDARY_SWAPGS,
+    BOUNDARY_SYSRET,
+    BOUNDARY_IRET,
+};
+
 struct fpu_insn {
     uint64_t vaddr;
     uint8_t len;
     uint8_t kind;
     uint8_t flags;              /* FTR_FLAG_FORM64 */
+    uint8_t boundary;           /* enum boundary_insn; kind is 0 then */
     bool is_save;
     bool is_restore;
     struct x86_modrm_addr ea;
@@ -103,9 +113,9 @@ struct fpu_insn {
  * while running, and the exit callback after all vCPUs stopped.
  */
 struct vcpu_state {
-    /* Scoreboard words tested by conditional callbacks (see vcpu_tb_trans()). */
-    uint64_t in_user;           /* the last block run was user-half code */
-    uint64_t entry_pending;     /* a user entry awaits its register hash */
+    uint64_t entry_pending;     /* a user entry awaits its register hash (scoreboard word
+                                 * tested by a conditional callback on kernel SIMD) */
+    bool in_user;               /* returned to user mode, no entry since */
     /* The last entry from user mode on this vCPU. */
     bool entry_seen;
     bool entry_materialized;    /* its USER_ENTRY event was written */
@@ -157,7 +167,6 @@ static struct {
 
 static struct qemu_plugin_scoreboard *vcpus;
 static qemu_plugin_u64 kernel_simd_entry;       /* vcpu_state.kernel_simd */
-static qemu_plugin_u64 in_user_entry;           /* vcpu_state.in_user */
 static qemu_plugin_u64 entry_pending_entry;     /* vcpu_state.entry_pending */
 static uint64_t next_seq;               /* atomic */
 static uint64_t blocks_written;         /* atomic */
@@ -764,6 +773,10 @@ static bool x86_decode(const uint8_t *p, size_t n, struct fpu_insn *fi)
     if (i < n && (p[i] & 0xf0) == 0x40) {
         rex = p[i++];
     }
+    if (i < n && p[i] == 0xcf) {                /* IRET */
+        fi->boundary = BOUNDARY_IRET;
+        return true;
+    }
     if (i + 1 >= n || p[i] != 0x0f) {
         return false;
     }
@@ -773,6 +786,9 @@ static bool x86_decode(const uint8_t *p, size_t n, struct fpu_insn *fi)
     }
 
     switch (p[i]) {
+    case 0x07:                                  /* SYSRET */
+        fi->boundary = BOUNDARY_SYSRET;
+        return true;
     case 0x30:                                  /* WRMSR */
         fi->kind = FTR_KIND_WRMSR;
         return true;
@@ -786,6 +802,10 @@ static bool x86_decode(const uint8_t *p, size_t n, struct fpu_insn *fi)
         }
         if (p[i + 1] == 0xd8) {
             fi->kind = FTR_KIND_VM_ENTRY;       /* VMRUN */
+            return true;
+        }
+        if (p[i + 1] == 0xf8) {
+            fi->boundary = BOUNDARY_SWAPGS;
             return true;
         }
         return false;
@@ -857,15 +877,20 @@ static void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_inde
     vcpu_commit_event(vs, vcpu_index, &ev);
 }
 
-/* First kernel-half block after user-half code: an entry from user mode. */
-static void vcpu_user_entry_exec(unsigned int vcpu_index, void *udata)
+/*
+ * SWAPGS: the first one after a return to user mode is the entry from it
+ * (entry_SYSCALL_64 starts with it, error_entry and the compat entries run
+ * it first thing). The kernel's own SWAPGS pairs (__rdgsbase_inactive,
+ * asm_load_gs_index) run while in the kernel and are ignored.
+ */
+static void vcpu_swapgs_exec(unsigned int vcpu_index, void *udata)
 {
     struct vcpu_state *vs = vcpu_get(vcpu_index);
 
-    vs->in_user = 0;
-    if (vs->in_l2) {
-        return;                 /* the nested guest's own kernel entries */
+    if (!vs->in_user || vs->in_l2) {
+        return;                 /* the nested guest's own entries are its kernel's */
     }
+    vs->in_user = false;
     vs->entry_seen = true;
     vs->entry_materialized = false;
     vs->entry_pc = (uintptr_t)udata;
@@ -874,25 +899,24 @@ static void vcpu_user_entry_exec(unsigned int vcpu_index, void *udata)
 }
 
 /*
- * First user-half block after kernel code: a return to user mode. When the
- * same task entered on this vCPU and nothing could change its registers
- * since, the return is QUIET: equal to the entry by construction, and no
- * register is read.
+ * A return to user mode, at the SYSRET or IRET that does it (user_pc: where
+ * it returns to). When the same task entered on this vCPU and nothing could
+ * change its registers since, the return is QUIET: equal to the entry by
+ * construction, and no register is read.
  */
-static void vcpu_user_return_exec(unsigned int vcpu_index, void *udata)
+static void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index,
+                             uint64_t user_pc)
 {
-    struct vcpu_state *vs = vcpu_get(vcpu_index);
     struct ftr_event ev;
     bool quiet, ok;
 
-    vs->in_user = 1;
-    if (vs->in_l2) {
-        return;
-    }
+    vs->in_user = true;
     vcpu_finish_pending(vs, vcpu_index);
-    quiet = vs->entry_seen && !vs->entry_materialized && vs->entry_task != 0 &&
-            x86_current_ptr(vs) == vs->entry_task;
-    event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_RETURN, (uintptr_t)udata, 3);
+    /* Without task tracking (no current=), a switch is not seen: same task assumed. */
+    quiet = vs->entry_seen && !vs->entry_materialized &&
+            (!cfg.current_addr ||
+             (vs->entry_task != 0 && x86_current_ptr(vs) == vs->entry_task));
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_RETURN, user_pc, 3);
     ev.addr = vs->entry_seen ? vs->entry_pc : 0;
     if (!vs->entry_seen) {
         ev.flags |= FTR_FLAG_NO_ENTRY;
@@ -908,6 +932,30 @@ static void vcpu_user_return_exec(unsigned int vcpu_index, void *udata)
     vs->entry_seen = false;
     vs->entry_pending = 0;
     vcpu_commit_event(vs, vcpu_index, &ev);
+}
+
+/* SYSRET always returns to user mode, to RCX. */
+static void vcpu_sysret_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+
+    if (!vs->in_l2) {
+        vcpu_user_return(vs, vcpu_index, reg_read_u64(vs, regs.gpr[1]));
+    }
+}
+
+/* IRET returns to user mode when the CS in its frame (RIP, CS, ...) is. */
+static void vcpu_iret_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    uint64_t frame[2];
+
+    if (vs->in_l2 ||
+        !mem_read(vs, reg_read_u64(vs, regs.gpr[4]), frame, sizeof(frame)) ||
+        (frame[1] & 3) != 3) {
+        return;
+    }
+    vcpu_user_return(vs, vcpu_index, frame[0]);
 }
 
 /* The first kernel FP/SIMD instruction after an entry, before it runs. */
@@ -1115,7 +1163,6 @@ static void vcpu_vmexit_exec(unsigned int vcpu_index, void *udata)
      */
     event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_EXIT, (uintptr_t)udata, 0);
     vs->in_l2 = false;
-    vs->in_user = 0;            /* back in L1 kernel code */
     ev.flags &= ~FTR_FLAG_L2;
     ev.addr = vs->vmcb;
     /* The guest's registers as it left them. */
@@ -1235,16 +1282,21 @@ static bool x86_is_fp_simd(const uint8_t *p, size_t n)
 }
 
 /*
- * Cheap filter before decoding: every traced instruction has 0F 01, 0F 30,
- * 0F AE or 0F C7 after at most four legacy prefixes and a REX byte. Almost
- * every instruction of a kernel fails this, without taking a lock.
+ * Cheap filter before decoding: every traced instruction has 0F 01, 0F 07,
+ * 0F 30, 0F AE or 0F C7 after at most four legacy prefixes and a REX byte,
+ * or is an IRET (CF, REX.W CF). Almost every instruction of a kernel fails
+ * this, without taking a lock.
  */
 static bool x86_maybe_traced(const uint8_t *p, size_t n)
 {
+    if (n > 0 && (p[0] == 0xcf || (n > 1 && p[0] == 0x48 && p[1] == 0xcf))) {
+        return cfg.boundaries;
+    }
     for (size_t i = 0; i + 1 < n && i < 6; i++) {
         if (p[i] == 0x0f) {
             uint8_t op = p[i + 1];
-            return op == 0x01 || op == 0x30 || op == 0xae || op == 0xc7;
+            return op == 0x01 || op == 0x30 || op == 0xae || op == 0xc7 ||
+                   (op == 0x07 && cfg.boundaries);
         }
     }
     return false;
@@ -1257,6 +1309,19 @@ static void insn_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
     const struct fpu_insn *shared;
 
     if (!x86_decode(bytes, len, &fi)) {
+        return;
+    }
+    if (fi.boundary) {
+        static void (*const boundary_cb[])(unsigned int, void *) = {
+            [BOUNDARY_SWAPGS] = vcpu_swapgs_exec,
+            [BOUNDARY_SYSRET] = vcpu_sysret_exec,
+            [BOUNDARY_IRET] = vcpu_iret_exec,
+        };
+        if (cfg.boundaries) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, boundary_cb[fi.boundary],
+                                                   QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)(uintptr_t)vaddr);
+        }
         return;
     }
     fi.len = qemu_plugin_insn_size(insn);
@@ -1302,49 +1367,9 @@ static const struct probe *probe_lookup(uint64_t pc)
     return NULL;
 }
 
-/*
- * User/kernel boundaries: a conditional callback on a block's first
- * instruction, which runs only when the block's privilege differs from the
- * vCPU's last one (in_user). Nested-guest code flips the word on its own
- * user/kernel changes; the callbacks ignore it there.
- */
-static void boundary_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, int cpl)
-{
-    if (cpl != 3) {
-        qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, vcpu_user_entry_exec,
-                                                    QEMU_PLUGIN_CB_R_REGS,
-                                                    QEMU_PLUGIN_COND_EQ, in_user_entry, 1,
-                                                    (void *)(uintptr_t)vaddr);
-    } else {
-        qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, vcpu_user_return_exec,
-                                                    QEMU_PLUGIN_CB_R_REGS,
-                                                    QEMU_PLUGIN_COND_NE, in_user_entry, 1,
-                                                    (void *)(uintptr_t)vaddr);
-    }
-}
-
-/*
- * The privilege level a block is translated for. It is part of the block's
- * key (TCG's hflags), so a block translated at CPL 3 only ever runs at CPL
- * 3; its address cannot tell: x86-64 TCG blocks are position-independent
- * and shared by every virtual address of a physical page, so kernel code
- * first run through the boot identity map keeps its low address. Reading
- * CS works during translation (QEMU 10.0), before the block exists.
- */
-static int translation_cpl(void)
-{
-    g_autoptr(GByteArray) buf = g_byte_array_new();
-
-    if (!regs.cs || qemu_plugin_read_register(regs.cs, buf) <= 0) {
-        return -1;
-    }
-    return buf->data[0] & 3;
-}
-
 static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_tb *tb)
 {
     size_t n = qemu_plugin_tb_n_insns(tb);
-    int tb_cpl = translation_cpl();
 
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
@@ -1363,10 +1388,6 @@ static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_
             qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_vmexit_exec,
                                                    QEMU_PLUGIN_CB_R_REGS,
                                                    (void *)(uintptr_t)vaddr);
-        }
-        /* After the VM exit callback, which resets the vCPU's half to kernel. */
-        if (i == 0 && cfg.boundaries) {
-            boundary_instrument(insn, vaddr, tb_cpl);
         }
         if (vaddr >> 63) {
             const struct probe *pr = probe_lookup(vaddr);
@@ -1603,7 +1624,6 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
     vcpus = qemu_plugin_scoreboard_new(sizeof(struct vcpu_state));
     kernel_simd_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
                                                              kernel_simd);
-    in_user_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state, in_user);
     entry_pending_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
                                                                entry_pending);
     qemu_plugin_register_vcpu_init_cb(id, vcpu_init);

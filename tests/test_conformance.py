@@ -101,7 +101,8 @@ def test_fields_match_record_by_record(conformance_run: ConformanceRun) -> None:
             assert int(ev["value"]) == int(op["value"], 16), where
         if "l2" in op:
             assert bool(flags & fmt.Flag.L2) == (int(op["l2"], 16) == 1), where
-        assert flags & fmt.Flag.PL_MASK == 0, where  # everything runs at CPL 0
+        # The user-mode part says cpl=3; the user entry is written in the kernel.
+        assert flags & fmt.Flag.PL_MASK == int(op.get("cpl", "0"), 16), where
 
 
 def test_xcr0_follows_xsetbv(conformance_run: ConformanceRun) -> None:
@@ -245,3 +246,51 @@ def test_ownership_classes_end_to_end(conformance_run: ConformanceRun) -> None:
     assert ops[f.event]["addr"] != ops[f.last_sync]["addr"]
     assert int(events["addr"][f.last_sync]) == f.context_buffer
     assert int(events["addr"][f.resumed]) == f.context_buffer
+
+
+def test_user_mode_boundaries(conformance_run: ConformanceRun) -> None:
+    # The image's last part runs at CPL 3 and makes four system calls whose
+    # kernel side does nothing, saves and reloads the same registers, loads
+    # other registers, or runs an SSE instruction in kernel-half code. Around
+    # each call it XSAVEs the registers in user mode (what they held at the
+    # boundary) and prints whether the kernel changed them (BOUNDARY lines).
+    ops, events = conformance_run.ops, conformance_run.events
+    kinds = [fmt.kind_name(int(k)) for k in events["kind"]]
+    returns = [i for i, k in enumerate(kinds) if k == "user_return"]
+    told = [dict(kv.split("=", 1) for kv in line.split()[1:])
+            for line in conformance_run.serial.splitlines() if line.startswith("BOUNDARY")]
+    assert len(returns) == 5 and len(told) == 4
+    flags = [int(events["flags"][i]) for i in returns]
+    # The first return (SYSRET into user mode) had no entry before it.
+    assert flags[0] & fmt.Flag.NO_ENTRY
+    # Nothing in between: QUIET, no register read, nothing changed.
+    assert flags[1] & fmt.Flag.QUIET and not flags[1] & fmt.Flag.REGS_VALID
+    assert told[0] == {"request": "0x0", "changed": "0x0"}
+    for n, i in enumerate(returns[2:], start=2):
+        assert not flags[n] & fmt.Flag.QUIET and flags[n] & fmt.Flag.REGS_VALID
+        # The registers at the return are what the next user-mode XSAVE finds.
+        assert kinds[i + 1] == "xsave" and int(events["regs_hash"][i]) == int(
+            events["regs_hash"][i + 1])
+        # The entry was written before the first kernel operation, with the
+        # registers the user-mode XSAVE before the system call found.
+        before = max(j for j in range(i) if kinds[j] == "xsave" and
+                     ops[j].get("cpl") == "0x3")
+        (entry,) = [j for j in range(before, i) if kinds[j] == "user_entry"]
+        assert int(events["regs_hash"][entry]) == int(events["regs_hash"][before])
+        changed = int(events["regs_hash"][entry]) != int(events["regs_hash"][i])
+        assert changed == (told[n - 1]["changed"] == "0x1"), told[n - 1]
+    assert [t["changed"] for t in told] == ["0x0", "0x0", "0x1", "0x1"]
+    # The kernel-half SSE instruction is seen, before the return.
+    assert flags[4] & fmt.Flag.KERNEL_SIMD
+    # The boundary checks: the two calls that changed the registers are the
+    # violations, each explained.
+    from analyzers.boundaries import check_boundaries
+    from fputrace.kernel.symbols import Symbols
+
+    b = check_boundaries(events, np.empty(0, dtype=fmt.TASK_DTYPE),
+                         np.full(len(events), -1, dtype=np.int64), Symbols.parse(""), False)
+    assert (b.user.checked, b.user.quiet, b.user.violations) == (4, 1, 2)
+    load, sse = b.findings
+    assert (load.after, sse.after) == (returns[3], returns[4])
+    assert "loaded state that differs" in load.explanation
+    assert "kernel SIMD use" in sse.explanation

@@ -19,16 +19,19 @@ _start:
         mov     $boot_stack_top, %esp
 
         /* PML4[0] -> PDPT; PDPT[0] -> PD; PD maps 0..1 GiB with 2 MiB pages. */
+        /* User-accessible too: the payload runs part of its test at CPL 3. */
         mov     $pdpt, %eax
-        or      $0x3, %eax
+        or      $0x7, %eax
         mov     %eax, pml4
+        /* PML4[511] too: the same memory at 0xffffff80_00000000 (kernel-half). */
+        mov     %eax, pml4 + 511 * 8
         mov     $pd, %eax
-        or      $0x3, %eax
+        or      $0x7, %eax
         mov     %eax, pdpt
         xor     %ecx, %ecx
 1:      mov     %ecx, %eax
         shl     $21, %eax
-        or      $0x83, %eax             /* present, writable, 2 MiB */
+        or      $0x87, %eax             /* present, writable, user, 2 MiB */
         mov     %eax, pd(,%ecx,8)
         inc     %ecx
         cmp     $512, %ecx
@@ -65,6 +68,8 @@ gdt:
         .quad 0
         .quad 0x00af9a000000ffff        /* 0x08: 64-bit code */
         .quad 0x00cf92000000ffff        /* 0x10: data */
+        .quad 0x00cff2000000ffff        /* 0x18: user data (SYSRET: STAR.63:48 + 8) */
+        .quad 0x00affa000000ffff        /* 0x20: user 64-bit code (STAR.63:48 + 16) */
 gdt_desc:
         .word gdt_desc - gdt - 1
         .long gdt

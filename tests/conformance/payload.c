@@ -15,6 +15,13 @@
  *   l2      1 if executed inside the nested (SVM) guest
  *   expect  the class the ownership analysis must give the operation
  *           (docs/analysis.md), known here from what the sequence did
+ *   cpl     3 for operations run in user mode (absent: 0)
+ *
+ * The last part runs at CPL 3 and makes system calls (SYSCALL/SYSRET) whose
+ * kernel side does nothing, saves and restores the same registers, loads
+ * other registers, or runs an SSE instruction: the user-mode XSAVEs around
+ * each call say what the registers held at the boundaries, and OP lines for
+ * user_entry/user_return say where the plugin must record them.
  *
  * Built with -mgeneral-regs-only so that the compiler never touches the
  * FP/SIMD registers behind the test's back.
@@ -29,6 +36,9 @@
 #define XFEATURE_AVX    (1u << 2)
 
 #define MSR_EFER        0xc0000080
+#define MSR_STAR        0xc0000081
+#define MSR_LSTAR       0xc0000082
+#define MSR_FMASK       0xc0000084
 #define MSR_GS_BASE     0xc0000101
 #define MSR_TSC_AUX     0xc0000103
 #define MSR_VM_HSAVE_PA 0xc0010117
@@ -43,6 +53,8 @@ static struct xsave_area buf_a, buf_b, buf_c, buf_d, buf_e, buf_f, buf_g, buf_gs
 static uint8_t vmcb[4096] __attribute__((aligned(4096)));
 static uint8_t hsave[4096] __attribute__((aligned(4096)));
 static uint8_t guest_stack[4096] __attribute__((aligned(16)));
+static uint8_t user_stack[16384] __attribute__((aligned(16)));
+static struct xsave_area buf_user[8], buf_k1, buf_k2;
 
 /* Exception fix-up: where a faulting instruction resumes, and a count. */
 uint64_t fault_resume;
@@ -63,6 +75,13 @@ void other_handler(void);
 void payload_entry(void);
 void payload_main(void);
 void l2_guest(void);
+void syscall_entry(void);
+void enter_user(void (*fn)(void), void *stack);
+void kernel_side(uint64_t request);
+void sse_leaf(void);
+uint64_t kernel_rsp;
+/* The boot maps the first GiB here too: code run through it is kernel-half. */
+#define KERNEL_HALF_ALIAS 0xffffff8000000000ull
 
 /*
  * #UD has no error code, #GP has one; both resume at fault_resume. Any
@@ -95,6 +114,44 @@ __asm__(
     "  out %al, $0xf4\n"
     "2: hlt\n"
     "  jmp 2b\n"
+    /*
+     * enter_user(fn, stack): SYSRET to fn at CPL 3 (IOPL 3, so that it can
+     * print on COM1). SYSCALL comes back to syscall_entry, on the user's
+     * stack; request 9 returns from enter_user. SWAPGS on the way in and out,
+     * as Linux does: the first one after a return is where the plugin sees
+     * the entry.
+     */
+    ".globl enter_user\n"
+    "enter_user:\n"
+    "  push %rbx\n push %rbp\n push %r12\n push %r13\n push %r14\n push %r15\n"
+    "  mov %rsp, kernel_rsp(%rip)\n"
+    "  mov %rdi, %rcx\n"
+    "  mov $0x3002, %r11\n"
+    "  mov %rsi, %rsp\n"
+    "  swapgs\n"
+    "  sysretq\n"
+    ".globl syscall_entry\n"
+    "syscall_entry:\n"
+    "  swapgs\n"
+    "  cmp $9, %rax\n"
+    "  je 4f\n"
+    "  push %rbp\n mov %rsp, %rbp\n and $-16, %rsp\n"
+    "  push %rcx\n push %r11\n"
+    "  mov %rax, %rdi\n"
+    "  call kernel_side\n"
+    "  pop %r11\n pop %rcx\n"
+    "  mov %rbp, %rsp\n pop %rbp\n"
+    "  swapgs\n"
+    "  sysretq\n"
+    "4:\n"
+    "  mov kernel_rsp(%rip), %rsp\n"
+    "  pop %r15\n pop %r14\n pop %r13\n pop %r12\n pop %rbp\n pop %rbx\n"
+    "  ret\n"
+    /* Position-independent: called through its kernel-half alias. */
+    ".globl sse_leaf\n"
+    "sse_leaf:\n"
+    "  pcmpeqd %xmm3, %xmm3\n"
+    "  ret\n"
     ".globl l2_guest\n"
     "l2_guest:\n"
     "  mov $7, %eax\n"
@@ -402,6 +459,110 @@ static void nested_guest_run(void)
     puts_serial("\n");
 }
 
+/* ---- user mode: boundaries ---- */
+
+#define REQ_NOTHING     0   /* a quiet return: nothing touches the registers */
+#define REQ_SAVE_LOAD   1   /* save the registers and load them back: unchanged */
+#define REQ_LOAD_OTHER  2   /* load another buffer: the task gets other registers */
+#define REQ_KERNEL_SSE  3   /* an SSE instruction in kernel mode, no save first */
+#define REQ_EXIT        9   /* back to payload_main */
+
+/* An operation without an expected class (report_op prints one). */
+static void report_cpl3(const char *kind, const void *addr, uint64_t sum)
+{
+    puts_serial("OP kind=");
+    puts_serial(kind);
+    if (addr) {
+        put_field("form64", 1);
+        put_field("addr", (uint64_t)addr);
+        put_field("rfbm", 7);
+        put_field("faulted", 0);
+        put_field("sum", sum);
+    }
+    puts_serial(" cpl=0x3\n");
+}
+
+/* What the kernel side of a system call does; runs at CPL 0. */
+void kernel_side(uint64_t request)
+{
+    if (request == REQ_NOTHING) {
+        return;
+    }
+    /* The plugin writes the entry at the first thing that may change the registers. */
+    puts_serial("OP kind=user_entry\n");
+    if (request == REQ_SAVE_LOAD) {
+        FPU_OP("xsave64", buf_k1.bytes, 7);
+        report_op("xsave", 1, buf_k1.bytes, 7, fault_count, content_sum(&buf_k1, 7));
+        FPU_OP("xrstor64", buf_k1.bytes, 7);
+        /* The registers' owner is still the buffer last loaded, not buf_k1. */
+        EXPECT("necessary");
+        report_op("xrstor", 1, buf_k1.bytes, 7, fault_count, content_sum(&buf_k1, 7));
+    } else if (request == REQ_LOAD_OTHER) {
+        FPU_OP("xrstor64", buf_k2.bytes, 7);
+        EXPECT("necessary");
+        report_op("xrstor", 1, buf_k2.bytes, 7, fault_count, content_sum(&buf_k2, 7));
+    } else if (request == REQ_KERNEL_SSE) {
+        /* Kernel SIMD is kernel-text SIMD: run it from the kernel half. */
+        ((void (*)(void))((uint64_t)sse_leaf + KERNEL_HALF_ALIAS))();
+    }
+}
+
+static int user_saves;
+
+/* An XSAVE in user mode: what the registers hold now, for the test to compare. */
+static uint64_t user_snapshot(void)
+{
+    struct xsave_area *b = &buf_user[user_saves++];
+
+    __asm__ volatile("xsave64 (%0)" : : "r"(b->bytes), "a"(7), "d"(0) : "memory");
+    report_cpl3("xsave", b->bytes, content_sum(b, 7));
+    return content_sum(b, 7);
+}
+
+static void user_syscall(uint64_t request)
+{
+    uint64_t before = user_snapshot(), after;
+
+    __asm__ volatile("syscall"
+                     : "+a"(request)
+                     : : "rcx", "r11", "rdi", "rsi", "rdx", "r8", "r9", "r10", "memory");
+    if (request != REQ_EXIT) {
+        report_cpl3("user_return", 0, 0);
+        after = user_snapshot();
+        puts_serial("BOUNDARY");
+        put_field("request", request);
+        put_field("changed", before != after);
+        puts_serial("\n");
+    }
+}
+
+static void user_main(void)
+{
+    report_cpl3("user_return", 0, 0);       /* the first: no entry before it */
+    load_registers(5);
+    user_syscall(REQ_NOTHING);
+    user_syscall(REQ_SAVE_LOAD);
+    user_syscall(REQ_LOAD_OTHER);
+    load_registers(6);
+    user_syscall(REQ_KERNEL_SSE);
+    user_syscall(REQ_EXIT);
+    for (;;) {
+    }
+}
+
+static void user_mode_boundaries(void)
+{
+    wrmsr(MSR_EFER, rdmsr(MSR_EFER) | 1);                   /* SCE */
+    wrmsr(MSR_STAR, (0x10ull << 48) | (0x08ull << 32));
+    wrmsr(MSR_LSTAR, (uint64_t)syscall_entry);
+    wrmsr(MSR_FMASK, 0x700);                                /* TF, IF, DF */
+    load_registers(7);
+    FPU_OP("xsave64", buf_k2.bytes, 7);                     /* other registers to load */
+    report_op("xsave", 1, buf_k2.bytes, 7, fault_count, content_sum(&buf_k2, 7));
+    enter_user(user_main, user_stack + sizeof(user_stack));
+    puts_serial("USER done\n");
+}
+
 void payload_main(void)
 {
     uint64_t cr0, cr4;
@@ -515,6 +676,7 @@ void payload_main(void)
 
     look_alikes();
     nested_guest_run();
+    user_mode_boundaries();
 
     puts_serial("END\n");
     outb(DEBUG_EXIT_PORT, 0x10);
