@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,14 @@ K = fmt.Kind
 P = fmt.Probe
 F = fmt.Flag
 
+def _kind_table(kinds: frozenset[fmt.Kind]) -> npt.NDArray[np.bool_]:
+    table = np.zeros(256, dtype=bool)
+    table[[int(k) for k in kinds]] = True
+    return table
+
+
+SAVE_TABLE = _kind_table(fmt.SAVE_KINDS)
+RESTORE_TABLE = _kind_table(fmt.RESTORE_KINDS)
 # A task's fpstate lies inside its task_struct allocation: `struct fpu` is
 # the last member of thread_struct, itself the last of task_struct, and the
 # fpstate follows it (v5.16) or is embedded in it (5.10).
@@ -99,6 +108,7 @@ class Boundaries:
     per_vcpu: dict[tuple[int, int], tuple[int, int]]  # (VMCB, thread's task key) -> counts
     findings: list[BoundaryFinding]
     kfpu_sections: int = 0
+    keys: TaskKeys | None = None
 
     @property
     def checked(self) -> int:
@@ -109,20 +119,33 @@ class Boundaries:
         return self.user.violations + self.vcpu.violations
 
 
-def task_keys(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
-              ident: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """A key per event naming the task's lifetime: its task_struct pointer and
-    pid (pointers are reused after a task exits; pids are not reused that
-    soon). -1 where the task is unknown."""
-    keys = np.full(len(ev), -1, dtype=np.int64)
-    if not len(tasks):
-        return keys
-    # A key per announcement (a few per task), then gathered per event.
-    pairs = np.stack([tasks["task"], tasks["pid"].astype(np.uint64)], axis=1)
-    _, key_of_ident = np.unique(pairs, axis=0, return_inverse=True)
-    known = ident >= 0
-    keys[known] = key_of_ident.reshape(-1)[ident[known]]
-    return keys
+class TaskKeys:
+    """A key per task lifetime: its task_struct pointer and pid (pointers are
+    reused after a task exits; pids are not reused that soon), found from an
+    event's task announcement; -1 where the task is unknown. Computed for the
+    events asked about, never for the whole trace."""
+
+    def __init__(self, tasks: npt.NDArray[np.void], ident: npt.NDArray[np.int64]) -> None:
+        self.ident = ident
+        self.latest: dict[int, int] = {}  # key -> its latest announcement (after exec)
+        if len(tasks):
+            pairs = np.stack([tasks["task"], tasks["pid"].astype(np.uint64)], axis=1)
+            inv = np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1)
+            self.key_of_ident = inv.astype(np.int64)
+            for a in np.argsort(tasks["seq"], kind="stable").tolist():
+                self.latest[int(inv[a])] = a
+        else:
+            self.key_of_ident = np.zeros(0, dtype=np.int64)
+
+    def at(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        a = self.ident[idx]
+        if not len(self.key_of_ident):
+            return np.full(len(a), -1, dtype=np.int64)
+        return np.where(a >= 0, self.key_of_ident[np.maximum(a, 0)], -1)
+
+    def of(self, i: int) -> int:
+        a = int(self.ident[i])
+        return int(self.key_of_ident[a]) if a >= 0 and len(self.key_of_ident) else -1
 
 
 def _probe_is(ev: npt.NDArray[np.void], i: int, probe: P) -> bool:
@@ -133,23 +156,35 @@ class _Explainer:
     """Finds, between two boundaries of a context, the operation that
     explains a difference of its registers."""
 
-    def __init__(self, ev: npt.NDArray[np.void], keys: npt.NDArray[np.int64],
+    def __init__(self, ev: npt.NDArray[np.void], keys: TaskKeys,
                  misuse_events: set[int], symbols: Symbols, sections: int) -> None:
         self.ev = ev
         self.sections = sections
         self.keys = keys
         self.misuse = misuse_events
         self.symbols = symbols
-        kinds = ev["kind"]
-        self.saves = np.isin(kinds, [int(k) for k in fmt.SAVE_KINDS])
-        self.restores = np.isin(kinds, [int(k) for k in fmt.RESTORE_KINDS])
+        self._saves: npt.NDArray[np.bool_] | None = None
+        self._restores: npt.NDArray[np.bool_] | None = None
+
+    # Whole-trace masks, made only when a violation needs explaining.
+    @property
+    def saves(self) -> npt.NDArray[np.bool_]:
+        if self._saves is None:
+            self._saves = SAVE_TABLE[self.ev["kind"]]
+        return self._saves
+
+    @property
+    def restores(self) -> npt.NDArray[np.bool_]:
+        if self._restores is None:
+            self._restores = RESTORE_TABLE[self.ev["kind"]]
+        return self._restores
 
     def explain(self, lo: int, hi: int, key: int, want: int, vcpu: int) -> tuple[int, str]:
         """Events lo..hi (indices, exclusive) of the task `key`; `want` the hash the
         registers should have held. Returns (event index or -1, explanation)."""
         ev = self.ev
         window = np.arange(lo + 1, hi + 1)
-        mine = window[self.keys[window] == key]
+        mine = window[self.keys.at(window) == key]
         for i in mine.tolist():
             if i in self.misuse:
                 pc = int(ev["simd_pc"][i]) | fmt.KERNEL_TEXT_HIGH
@@ -167,7 +202,8 @@ class _Explainer:
             # someone else's.
             on_cpu = window[ev["vcpu"][window] == vcpu]
             other = next((i for i in reversed(on_cpu.tolist())
-                          if (self.saves[i] or self.restores[i]) and self.keys[i] != key), -1)
+                          if (self.saves[i] or self.restores[i]) and self.keys.of(i) != key),
+                         -1)
             if other >= 0:
                 return other, ("missed restore: no restore of this context's state before the "
                                "return; the registers were last synced by another task at "
@@ -177,11 +213,19 @@ class _Explainer:
         before = np.flatnonzero(self.saves[:last_restore] & (ev["addr"][:last_restore] == buf))
         if len(before):
             s = int(before[-1])
-            if (ev["flags"][s] & F.REGS_VALID) and int(ev["regs_hash"][s]) != want \
-                    and self.keys[s] != key:
-                return s, (f"foreign save: buffer {buf:#x} was written with another task's "
-                           f"registers at {self.symbols.describe(int(ev['pc'][s]))}, then "
-                           "restored into this one")
+            # Whose registers did that save write? Those of the last restore
+            # on its CPU, if another task's restore left them there.
+            cpu = int(ev["vcpu"][s])
+            earlier = np.flatnonzero(self.restores[:s] & (ev["vcpu"][:s] == cpu))
+            r = int(earlier[-1]) if len(earlier) else -1
+            if r >= 0 and self.keys.of(r) != self.keys.of(s) and \
+                    (ev["flags"][s] & F.REGS_VALID) and int(ev["regs_hash"][s]) != want and \
+                    int(ev["regs_hash"][s]) == int(ev["regs_after_hash"][r]):
+                return s, (f"foreign save: buffer {buf:#x} was written at "
+                           f"{self.symbols.describe(int(ev['pc'][s]))} (seq "
+                           f"{int(ev['seq'][s])}) with registers holding another task's state "
+                           f"(loaded at {self.symbols.describe(int(ev['pc'][r]))}, seq "
+                           f"{int(ev['seq'][r])}), then restored into this context")
             if int(ev["mem_hash"][s]) != int(ev["mem_hash"][last_restore]):
                 return last_restore, (
                     f"buffer {buf:#x} changed in memory between its save at "
@@ -199,12 +243,13 @@ def kfpu_misuse(ev: npt.NDArray[np.void], symbols: Symbols
     kernel_fpu_begin()/kernel_fpu_end() section on that CPU (and outside the
     FPU core's own code), and how many sections there were. Without the
     section probes nothing can be said: no event is returned."""
+    probes = np.flatnonzero(ev["kind"] == K.PROBE)
+    if not np.any(ev["index"][probes] == P.KFPU_BEGIN):
+        return [], 0
     kinds = ev["kind"]
     is_probe = kinds == K.PROBE
     begin = is_probe & (ev["index"] == P.KFPU_BEGIN)
     end = is_probe & (ev["index"] == P.KFPU_END)
-    if not begin.any():
-        return [], 0
     simd = (ev["flags"] & F.KERNEL_SIMD) != 0
     open_on: dict[int, bool] = {}
     out: list[int] = []
@@ -225,42 +270,21 @@ def kfpu_misuse(ev: npt.NDArray[np.void], symbols: Symbols
     return out, int(begin.sum())
 
 
-def _fork_copy_candidates(ev: npt.NDArray[np.void], kinds: npt.NDArray[np.uint8],
-                          saves: npt.NDArray[np.bool_], window: int = 16
-                          ) -> npt.NDArray[np.int64]:
-    """The saves that may be fork copies: the first few saves on the CPU of
-    each fork probe after it (fpu_clone() saves at once, under
-    fpregs_lock()). Only these need a look in the loop."""
-    forks = np.flatnonzero((kinds == K.PROBE) & (ev["index"] == P.FORK_COPY))
-    if not len(forks):
-        return np.empty(0, dtype=np.int64)
-    out = []
-    save_idx = np.flatnonzero(saves)
-    save_cpu = ev["vcpu"][save_idx]
-    for c in np.unique(ev["vcpu"][forks]).tolist():
-        mine = save_idx[save_cpu == c]
-        f = forks[ev["vcpu"][forks] == c]
-        first = np.searchsorted(mine, f)
-        for j in range(window):
-            pos = first + j
-            out.append(mine[pos[pos < len(mine)]])
-    return np.unique(np.concatenate(out))
-
-
 def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                      ident: npt.NDArray[np.int64], symbols: Symbols,
                      uabi_probed: bool) -> Boundaries:
     """Check every user return and VM entry of a trace (events in seq order).
     `uabi_probed`: KVM's KVM_SET_XSAVE/KVM_SET_FPU copies were probed (kernels
-    with fpu_copy_uabi_to_guest_fpstate())."""
-    keys = task_keys(ev, tasks, ident)
-    kinds = ev["kind"]
-    flags = ev["flags"]
-    misuse_list, sections = kfpu_misuse(ev, symbols)
-    misuse = set(misuse_list)
-    explainer = _Explainer(ev, keys, misuse, symbols, sections)
+    with fpu_copy_uabi_to_guest_fpstate()). The linear part runs in the
+    compiled pass (fpa_boundaries); the events that need a look, one by one."""
+    from analyzers import native
+
+    keys = TaskKeys(tasks, ident)
+    probe_kinds = [int(p) for p in (*TASK_PURPOSEFUL, P.REGSET_SET, P.FORK_COPY)]
+    bp = native.boundary_pass(ev, ident, keys.key_of_ident, probe_kinds)
+    misuse_list, sections = kfpu_misuse(ev, symbols) if bp.kfpu_begins else ([], 0)
+    explainer = _Explainer(ev, keys, set(misuse_list), symbols, sections)
     findings: list[BoundaryFinding] = []
-    task_of_key: dict[int, int] = {}
     for i in misuse_list:
         pc = int(ev["simd_pc"][i]) | fmt.KERNEL_TEXT_HIGH
         findings.append(BoundaryFinding(
@@ -270,44 +294,15 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
 
     user = BoundaryCheck()
     per_task: dict[int, list[int]] = {}
+    # QUIET returns: checked by construction.
+    for k_ in np.flatnonzero(bp.quiet_per_key).tolist():
+        per_task[k_ - 1] = [int(bp.quiet_per_key[k_]), 0]
+    user.checked = user.quiet = int(bp.quiet_per_key.sum())
 
     def count(key: int, violation: bool) -> None:
         row = per_task.setdefault(key, [0, 0])
         row[0] += 1
         row[1] += int(violation)
-
-    # Quiet returns: checked by construction, counted without a loop.
-    is_return = kinds == K.USER_RETURN
-    quiet = is_return & ((flags & F.QUIET) != 0)
-    user.checked += int(quiet.sum())
-    user.quiet = user.checked
-    qk, qn = np.unique(keys[quiet], return_counts=True)
-    for k_, n_ in zip(qk.tolist(), qn.tolist(), strict=True):
-        per_task.setdefault(k_, [0, 0])[0] += n_
-    # Each task key named by its latest announcement (after exec renamed it).
-    last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]
-    for i_ in last.tolist():
-        if keys[i_] >= 0:
-            task_of_key[int(keys[i_])] = int(ident[i_])
-
-    # The rest, in seq order: entries, non-quiet returns, and the probes and
-    # saves that decide purposeful changes and fork copies.
-    probe_kinds = [int(p) for p in (*TASK_PURPOSEFUL, P.REGSET_SET, P.FORK_COPY)]
-    relevant = ((kinds == K.USER_ENTRY) | (is_return & ~quiet)
-                | ((kinds == K.PROBE) & np.isin(ev["index"], probe_kinds)))
-    relevant[_fork_copy_candidates(ev, kinds, explainer.saves)] = True
-    entry: dict[int, int] = {}  # key -> its latest USER_ENTRY event
-    reasons: dict[int, list[tuple[int, str]]] = {}  # key -> (event index, reason)
-    fork_probe: dict[tuple[int, int], int] = {}  # (vcpu, parent key) -> probe event
-    fork_copy: dict[int, int] = {}  # child task pointer -> the save that copied its state
-    key_of_ptr: dict[int, int] = {}
-    # Previous return of every return (quiet ones included), per task key.
-    ret_idx = np.flatnonzero(is_return)
-    order = np.lexsort((ret_idx, keys[ret_idx]))
-    prev_ret = np.full(len(ev), -1, dtype=np.int64)
-    srt = ret_idx[order]
-    same = keys[srt][1:] == keys[srt][:-1]
-    prev_ret[srt[1:][same]] = srt[:-1][same]
 
     def judge(i: int, k: int, before: int, window: list[str], what: str) -> None:
         """Return i of task k against the register hash of event `before`."""
@@ -325,9 +320,16 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             findings.append(BoundaryFinding("corrupted_state", "task", int(ident[i]), 0,
                                             before, i, c, what + why))
 
-    for i in np.flatnonzero(relevant).tolist():
-        k = int(keys[i])
-        kind = int(kinds[i])
+    entry: dict[int, int] = {}  # key -> its latest USER_ENTRY event
+    reasons: dict[int, list[tuple[int, str]]] = {}  # key -> (event index, reason)
+    fork_probe: dict[tuple[int, int], int] = {}  # (vcpu, parent key) -> probe event
+    fork_copy: dict[int, int] = {}  # child task pointer -> the save that copied its state
+    key_of_ptr: dict[int, int] = {}
+    rel_keys = keys.at(bp.rel)
+    for i, k, p in zip(bp.rel.tolist(), rel_keys.tolist(), bp.rel_prev_return.tolist(),
+                       strict=True):
+        kind = int(ev["kind"][i])
+        flags = int(ev["flags"][i])
         if k >= 0:
             key_of_ptr[int(ev["task"][i])] = k
         if kind == K.USER_ENTRY:
@@ -340,13 +342,14 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                 target = key_of_ptr.get(int(ev["value"][i]))
                 if target is not None:
                     reasons.setdefault(target, []).append((i, "ptrace regset write"))
-            else:
+            elif P(probe) in TASK_PURPOSEFUL:
                 reasons.setdefault(k, []).append((i, TASK_PURPOSEFUL[P(probe)]))
-        elif explainer.saves[i]:
-            # fpu_clone() / fpu__copy() write the parent's live registers into
-            # the child's buffer, which lies inside the child's task_struct
-            # allocation; with TIF_NEED_FPU_LOAD set they copy memory instead
-            # (no save: the child's first return is then left unchecked).
+        elif kind != K.USER_RETURN:
+            # A save just after a fork probe on its CPU: fpu_clone() /
+            # fpu__copy() write the parent's live registers into the child's
+            # buffer, inside the child's task_struct allocation (with
+            # TIF_NEED_FPU_LOAD set they copy memory instead, and the child's
+            # first return is left unchecked).
             fp = fork_probe.get((int(ev["vcpu"][i]), k))
             if fp is not None:
                 child = int(ev["value"][fp])
@@ -354,7 +357,6 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                     fork_copy[child] = i
                     del fork_probe[(int(ev["vcpu"][i]), k)]
         else:  # a return that needs its entry
-            p = int(prev_ret[i])
             window = [r for j, r in reasons.pop(k, []) if j > p]
             e = entry.get(k, -1)
             if e <= p:
@@ -362,88 +364,65 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             copy = fork_copy.pop(int(ev["task"][i]), -1) if p < 0 and e < 0 else -1
             before = e if e >= 0 else copy
             if before < 0:
-                if flags[i] & F.NO_ENTRY:
+                if flags & F.NO_ENTRY:
                     user.unchecked["the trace began while the task was in the kernel"] += 1
                 elif p < 0:
                     user.unchecked["first return of a task whose fork copy the trace did "
                                    "not show (a memory copy, or a fork before the trace)"] += 1
                 else:
                     user.unchecked["the register file at the entry was not read"] += 1
-            elif not (flags[i] & F.REGS_VALID and flags[before] & F.REGS_VALID):
+            elif not (flags & F.REGS_VALID and ev["flags"][before] & F.REGS_VALID):
                 user.unchecked["a register file could not be read"] += 1
             else:
                 judge(i, k, before, window, "" if e >= 0 else
                       "a forked child's first return does not hold the parent's registers "
                       "of the fork copy: ")
 
-    vcpu, per_vcpu, vfind = _check_vcpus(ev, keys, ident, uabi_probed)
+    vcpu, per_vcpu, vfind = _check_vcpus(ev, bp, keys, ident, uabi_probed)
     findings += vfind
     findings.sort(key=lambda f: (f.after, f.kind))
     return Boundaries(user, vcpu, {k_: (v[0], v[1]) for k_, v in per_task.items()},
-                      task_of_key, per_vcpu, findings, sections)
+                      keys.latest, per_vcpu, findings, sections, keys)
 
 
-def _check_vcpus(ev: npt.NDArray[np.void], keys: npt.NDArray[np.int64],
+def _check_vcpus(ev: npt.NDArray[np.void], bp: Any, keys: TaskKeys,
                  ident: npt.NDArray[np.int64], uabi_probed: bool
                  ) -> tuple[BoundaryCheck, dict[tuple[int, int], tuple[int, int]],
                             list[BoundaryFinding]]:
     """A vCPU is its VMCB with the thread that runs it: a VMCB is freed with
-    its VM and reused by the next one, whose first entry is not a check.
-    Vectorized over the VM entries and exits; only differences loop."""
-    kinds = ev["kind"]
-    flags = ev["flags"]
+    its VM and reused by the next one, whose first entry is not a check. The
+    compiled pass paired every VM entry with its vCPU's previous exit; only
+    the differences are looked at here."""
     check = BoundaryCheck()
     findings: list[BoundaryFinding] = []
-    vm = np.flatnonzero(((kinds == K.VM_ENTRY) & ((flags & F.L2) == 0)) | (kinds == K.VM_EXIT))
-    if not len(vm):
-        return check, {}, findings
-    # One 64-bit key per vCPU: the VMCB's page (below 2^48) and the task key.
-    vk = (ev["addr"][vm] & np.uint64((1 << 48) - 1)) | \
-        ((keys[vm] + 1).astype(np.uint64) << np.uint64(48))
-    order = np.argsort(vk, kind="stable")  # vm is in seq order already
-    svk, sidx = vk[order], vm[order]
-    same = np.r_[False, svk[1:] == svk[:-1]]
-    prev = np.where(same, np.r_[-1, sidx[:-1]], -1)
-    is_entry = kinds[sidx] == K.VM_ENTRY
-    after_exit = is_entry & (prev >= 0) & (kinds[np.maximum(prev, 0)] == K.VM_EXIT)
-    check.unchecked["first entry of the vCPU in the trace"] += int(
-        np.count_nonzero(is_entry & ~same))
-    e, x = sidx[after_exit], prev[after_exit]
-    readable = ((flags[e] & F.REGS_VALID) != 0) & ((flags[x] & F.REGS_VALID) != 0)
-    if (~readable).any():
-        check.unchecked["a register file could not be read"] += int(np.count_nonzero(~readable))
-    e, x, evk = e[readable], x[readable], svk[after_exit][readable]
-    equal = ev["regs_hash"][e] == ev["regs_hash"][x]
-    check.checked += int(np.count_nonzero(equal))
-    per: dict[int, list[int]] = {}
-    for k_, n_ in zip(*np.unique(evk[equal], return_counts=True), strict=True):
-        per[int(k_)] = [int(n_), 0]
-    # The differences: changed on purpose, unverifiable, or violations.
-    uabi = np.flatnonzero((kinds == K.PROBE) & (ev["index"] == P.KVM_UABI_SET))
-    rets = np.flatnonzero(kinds == K.USER_RETURN)
-
-    def any_between(idx: npt.NDArray[np.int64], key: int, lo: int, hi: int) -> bool:
-        mine = idx[(idx > lo) & (idx < hi)]
-        return bool(np.any(keys[mine] == key))
-
-    for i, xi, k_ in zip(e[~equal].tolist(), x[~equal].tolist(), evk[~equal].tolist(),
-                         strict=True):
-        key = int(keys[i])
-        if any_between(uabi, key, xi, i):
+    if bp.first_entries:
+        check.unchecked["first entry of the vCPU in the trace"] += bp.first_entries
+    if bp.unreadable:
+        check.unchecked["a register file could not be read"] += bp.unreadable
+    check.checked = int(bp.vcpu_equal.sum())
+    per = {int(v): [int(c), 0] for v, c in zip(bp.vcpus, bp.vcpu_equal, strict=True)}
+    kinds = ev["kind"]
+    for i, x in zip(bp.diff_entry.tolist(), bp.diff_exit.tolist(), strict=True):
+        key = keys.of(i)
+        between = np.arange(x + 1, i)
+        mine = between[keys.at(between) == key]
+        if np.any((kinds[mine] == K.PROBE) & (ev["index"][mine] == P.KVM_UABI_SET)):
             check.changed_on_purpose["KVM_SET_XSAVE/KVM_SET_FPU"] += 1
             continue
-        if not uabi_probed and any_between(rets, key, xi, i):
+        if not uabi_probed and np.any(kinds[mine] == K.USER_RETURN):
             check.unchecked["changed while KVM_RUN had returned to user space, on a kernel "
                             "whose KVM_SET_XSAVE copies are not observable"] += 1
             continue
+        vk = (int(ev["addr"][i]) & ((1 << 48) - 1)) | ((key + 1) << 48)
         check.checked += 1
         check.violations += 1
-        row = per.setdefault(k_, [0, 0])
+        row = per.setdefault(vk, [0, 0])
         row[0] += 1
         row[1] += 1
         findings.append(BoundaryFinding(
-            "corrupted_state", "vcpu", int(ident[i]), int(ev["addr"][i]), xi, i, -1,
+            "corrupted_state", "vcpu", int(ident[i]), int(ev["addr"][i]), x, i, -1,
             "the guest's FP registers at this VM entry differ from those at its previous VM "
             "exit, and KVM did not set them on purpose in between"))
     mask = (1 << 48) - 1
-    return check, {(k_ & mask, (k_ >> 48) - 1): (r[0], r[1]) for k_, r in per.items()}, findings
+    return check, {(k_ & mask, (k_ >> 48) - 1): (r[0], r[1]) for k_, r in per.items()
+                   if r[0]}, findings

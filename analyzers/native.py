@@ -149,3 +149,71 @@ def _classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: in
             small[S_LEVEL_CLS:S_LEVEL_CLS_B].reshape(2, NCLS),
             small[S_LEVEL_CLS_B:S_OPS].reshape(2, NCLS), small[S_OPS:S_SIZE], *parts)
     return Classified(cls, why, ctx, ident, guest_of, guest, findings, f_total.value, agg), 0
+
+
+class _BoundsOut(ctypes.Structure):
+    _fields_ = [("rel", ctypes.c_void_p), ("rel_prev_return", ctypes.c_void_p),
+                ("rel_cap", ctypes.c_size_t), ("rel_len", ctypes.c_size_t),
+                ("quiet_per_key", ctypes.c_void_p),
+                ("vcpu_keys", ctypes.c_void_p), ("vcpu_equal", ctypes.c_void_p),
+                ("vcpu_cap", ctypes.c_size_t), ("vcpu_len", ctypes.c_size_t),
+                ("diff_entry", ctypes.c_void_p), ("diff_exit", ctypes.c_void_p),
+                ("diff_cap", ctypes.c_size_t), ("diff_len", ctypes.c_size_t),
+                ("first_entries", ctypes.c_uint64), ("unreadable", ctypes.c_uint64),
+                ("kfpu_begins", ctypes.c_uint64)]
+
+
+@dataclass
+class BoundaryPass:
+    """The linear part of the boundary checks (fpa_boundaries)."""
+
+    rel: npt.NDArray[np.int64]  # events to look at one by one, in order
+    rel_prev_return: npt.NDArray[np.int64]  # for returns: the key's previous return, or -1
+    quiet_per_key: npt.NDArray[np.int64]  # [n_keys + 1], index 0: unknown task
+    vcpus: npt.NDArray[np.uint64]  # VMCB | (task key + 1) << 48
+    vcpu_equal: npt.NDArray[np.uint64]  # entries equal to their exit, per vCPU
+    diff_entry: npt.NDArray[np.int64]  # entries that differ from their exit ...
+    diff_exit: npt.NDArray[np.int64]  # ... and those exits
+    first_entries: int
+    unreadable: int
+    kfpu_begins: int
+
+
+def boundary_pass(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64],
+                  key_of_ident: npt.NDArray[np.int64], probes: list[int]) -> BoundaryPass:
+    lib = library()
+    if lib is None:
+        raise FputraceError("the analysis library is not built (build/libfpanalysis.so): "
+                            "run 'make setup'")
+    ev = np.ascontiguousarray(ev)
+    ident = np.ascontiguousarray(ident, dtype=np.int64)
+    key_of_ident = np.ascontiguousarray(key_of_ident, dtype=np.int64)
+    if not len(key_of_ident):
+        key_of_ident = np.zeros(1, dtype=np.int64)
+    n_keys = int(key_of_ident.max()) + 1
+    mask = 0
+    for p in probes:
+        mask |= 1 << p
+    rel_cap, vcpu_cap, diff_cap = 1 << 16, 64, 1 << 10
+    while True:
+        rel = np.empty(rel_cap, dtype=np.int64)
+        prev = np.empty(rel_cap, dtype=np.int64)
+        quiet = np.zeros(n_keys + 1, dtype=np.int64)
+        vk = np.empty(vcpu_cap, dtype=np.uint64)
+        veq = np.empty(vcpu_cap, dtype=np.uint64)
+        de = np.empty(diff_cap, dtype=np.int64)
+        dx = np.empty(diff_cap, dtype=np.int64)
+        out = _BoundsOut(_ptr(rel), _ptr(prev), rel_cap, 0, _ptr(quiet), _ptr(vk), _ptr(veq),
+                         vcpu_cap, 0, _ptr(de), _ptr(dx), diff_cap, 0, 0, 0, 0)
+        rc = lib.fpa_boundaries(_ptr(ev), len(ev), _ptr(ident), _ptr(key_of_ident), n_keys,
+                                ctypes.c_uint64(mask), ctypes.byref(out))
+        if rc < 0:
+            raise MemoryError("fpanalysis: out of memory")
+        if rc == 0:
+            break
+        rel_cap = max(rel_cap, 2 * out.rel_len)
+        vcpu_cap = max(vcpu_cap, 2 * out.vcpu_len)
+        diff_cap = max(diff_cap, 2 * out.diff_len)
+    return BoundaryPass(rel[:out.rel_len], prev[:out.rel_len], quiet, vk[:out.vcpu_len],
+                        veq[:out.vcpu_len], de[:out.diff_len], dx[:out.diff_len],
+                        int(out.first_entries), int(out.unreadable), int(out.kfpu_begins))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from analyzers.boundaries import Boundaries, BoundaryFinding, task_keys
+from analyzers.boundaries import Boundaries, BoundaryFinding, TaskKeys
 from analyzers.ownership import FindingKind, Ownership
 from fputrace.trace import format as fmt
 
@@ -76,29 +76,39 @@ def _boundary_finding(b: BoundaryFinding) -> Finding:
 def combine(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             ident: npt.NDArray[np.int64], own: Ownership, bounds: Boundaries) -> Verdict:
     """Boundary findings, plus the operation findings a boundary confirms."""
-    keys = task_keys(ev, tasks, ident)
+    keys = bounds.keys if bounds.keys is not None else TaskKeys(tasks, ident)
     findings = [_boundary_finding(b) for b in bounds.findings]
     # The windows (earlier boundary, later boundary) in which each task key
     # was found corrupted.
     corrupted: dict[int, list[tuple[int, int]]] = {}
     for b in bounds.findings:
         if b.kind == "corrupted_state" and b.after >= 0:
-            corrupted.setdefault(int(keys[b.after]), []).append((b.before, b.after))
-    # Each task's boundaries (user returns and VM entries), to say why an
-    # operation finding was not confirmed.
-    boundary_kinds = (ev["kind"] == fmt.Kind.USER_RETURN) | (ev["kind"] == fmt.Kind.VM_ENTRY)
+            corrupted.setdefault(keys.of(b.after), []).append((b.before, b.after))
+    def first_boundary_after(key: int, i: int) -> int:
+        """The task's first user return or VM entry after event i, or -1:
+        looked for in growing slices, so that a near one is found fast."""
+        start, step = i + 1, 4096
+        while start < len(ev):
+            idx = np.arange(start, min(start + step, len(ev)))
+            k = ev["kind"][idx]
+            hit = idx[((k == fmt.Kind.USER_RETURN) | (k == fmt.Kind.VM_ENTRY)) &
+                      (keys.at(idx) == key)]
+            if len(hit):
+                return int(hit[0])
+            start, step = start + step, step * 4
+        return -1
+
     unconfirmed: list[Unconfirmed] = []
     for f in own.findings:
         kind = f.kind.label
         # The context harmed: the one whose registers were overwritten (lost),
         # or whose buffer now holds what it should not (stale, foreign save).
         victim = f.last_sync if f.kind == FindingKind.LOST_STATE else f.event
-        key = int(keys[victim]) if victim >= 0 else -1
+        key = keys.of(victim) if victim >= 0 else -1
         task = int(ident[victim]) if victim >= 0 else -1
         # Confirmed when the context's first boundary after the operation
         # found it corrupted.
-        later = np.flatnonzero(boundary_kinds[f.event + 1:] & (keys[f.event + 1:] == key))
-        first = int(later[0]) + f.event + 1 if len(later) else -1
+        first = first_boundary_after(key, f.event)
         hit = next(((lo, hi) for lo, hi in corrupted.get(key, []) if hi == first), None)
         if hit is not None:
             roles = {"event": f.event}

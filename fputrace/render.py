@@ -231,9 +231,16 @@ def _row_json(rows: list[Row]) -> list[dict[str, Any]]:
              **r.extra} for r in rows]
 
 
+def _ident(run: Run, own: Ownership) -> Any:
+    """Each event's task announcement, as the compiled pass found it."""
+    if own.task_ident is not None:
+        return own.task_ident
+    return task_identity(run.trace.events, run.trace.tasks)
+
+
 def analysis_json(run: Run, own: Ownership, verdict: Verdict, costs: Costs,
                   max_findings: int = 50) -> dict[str, Any]:
-    ident = task_identity(run.trace.events, run.trace.tasks)
+    ident = _ident(run, own)
     return {
         "findings_total": len(verdict.findings),
         "findings": findings_json(run, verdict, ident, max_findings),
@@ -297,7 +304,7 @@ def render_boundaries(console: Console, verdict: Verdict) -> None:
 
 def render_analysis(console: Console, run: Run, own: Ownership, verdict: Verdict,
                     costs: Costs, top: int, max_findings: int = 50) -> None:
-    ident = task_identity(run.trace.events, run.trace.tasks)
+    ident = _ident(run, own)
     findings = findings_json(run, verdict, ident, max_findings)
     if findings:
         total = len(verdict.findings)

@@ -124,6 +124,13 @@ struct vcpu_state {
     bool in_l2;
     uint64_t l1_task_at_entry;
     uint64_t vmcb;              /* of the last VM entry */
+    /*
+     * The register file's hash as last read (at a save, after a restore, at
+     * a VM exit or a boundary), while nothing can have changed it since: no
+     * restore, VM entry or kernel SIMD instruction after the read.
+     */
+    uint64_t last_regs;
+    bool last_regs_ok;
     uint64_t kernel_gs_base;    /* last per-cpu base seen; see x86_current_task() */
     uint64_t xcr0;
     /* An inline store of its pc when kernel code runs an FP/SIMD instruction. */
@@ -657,6 +664,7 @@ static void event_begin(struct vcpu_state *vs, unsigned int vcpu_index,
         ev->flags |= FTR_FLAG_KERNEL_SIMD;
         ev->simd_pc = (uint32_t)vs->kernel_simd;
         vs->kernel_simd = 0;
+        vs->last_regs_ok = false;
     }
     if (vs->in_l2) {
         /* GS base belongs to the nested guest here: use the L1 task that entered it. */
@@ -874,6 +882,8 @@ static void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_inde
     if (ok) {
         ev.flags |= FTR_FLAG_REGS_VALID;
     }
+    vs->last_regs = ev.regs_hash;
+    vs->last_regs_ok = ok;
     vcpu_commit_event(vs, vcpu_index, &ev);
 }
 
@@ -891,6 +901,7 @@ static void vcpu_swapgs_exec(unsigned int vcpu_index, void *udata)
         return;                 /* the nested guest's own entries are its kernel's */
     }
     vs->in_user = false;
+    vs->last_regs_ok = false;   /* user code ran since anything was read */
     vs->entry_seen = true;
     vs->entry_materialized = false;
     vs->entry_pc = (uintptr_t)udata;
@@ -923,11 +934,17 @@ static void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index,
     }
     if (quiet) {
         ev.flags |= FTR_FLAG_QUIET;
+    } else if (vs->last_regs_ok) {
+        /* Read at the last restore or save, and unchanged since. */
+        ev.regs_hash = vs->last_regs;
+        ev.flags |= FTR_FLAG_REGS_VALID;
     } else {
         ev.regs_hash = x86_regs_hash(vs, &ok);
         if (ok) {
             ev.flags |= FTR_FLAG_REGS_VALID;
         }
+        vs->last_regs = ev.regs_hash;
+        vs->last_regs_ok = ok;
     }
     vs->entry_seen = false;
     vs->entry_pending = 0;
@@ -1004,6 +1021,9 @@ static void vcpu_fpu_op_exec(unsigned int vcpu_index, void *udata)
     if (ok) {
         ev.flags |= FTR_FLAG_REGS_VALID;
     }
+    /* A restore changes the registers: they are known again right after it. */
+    vs->last_regs = regs_hash;
+    vs->last_regs_ok = ok && !fi->is_restore;
     /* The memory callbacks that follow fill in the content hash. */
     vs->pending_event = ev;
     vs->pending_next_pc = fi->is_restore ? fi->vaddr + fi->len : 0;
@@ -1075,6 +1095,8 @@ static void vcpu_after_restore_exec(unsigned int vcpu_index, void *udata)
     if (ok) {
         vs->pending_event.flags |= FTR_FLAG_REGS_AFTER_VALID;
     }
+    vs->last_regs = vs->pending_event.regs_after_hash;
+    vs->last_regs_ok = ok;
     vs->pending_next_pc = 0;
 }
 
@@ -1141,6 +1163,7 @@ static void vcpu_vmrun_exec(unsigned int vcpu_index, void *udata)
         ev.flags |= FTR_FLAG_REGS_VALID;
     }
     vs->vmcb = ev.addr;
+    vs->last_regs_ok = false;   /* the guest runs */
     vcpu_commit_event(vs, vcpu_index, &ev);
     vs->l1_task_at_entry = ev.task;
     vs->in_l2 = true;
@@ -1170,6 +1193,8 @@ static void vcpu_vmexit_exec(unsigned int vcpu_index, void *udata)
     if (ok) {
         ev.flags |= FTR_FLAG_REGS_VALID;
     }
+    vs->last_regs = ev.regs_hash;
+    vs->last_regs_ok = ok;
     vcpu_commit_event(vs, vcpu_index, &ev);
 }
 

@@ -369,3 +369,26 @@ def test_task_keys_split_a_reused_task_struct(tmp_path: Path) -> None:
     assert got.user.unchecked == {"the trace began while the task was in the kernel": 1,
                                   "first return of a task whose fork copy the trace did not "
                                   "show (a memory copy, or a fork before the trace)": 1}
+
+
+def test_foreign_save_confirmed_at_the_boundary(tmp_path: Path) -> None:
+    # T enters with L1 and its state is saved into BT. U's state L2 is loaded
+    # and U runs; then T, switched back in without a restore of its own,
+    # saves the registers (U's!) into BT (a foreign save: the kernel only
+    # saves current's registers), and its return restores BT: T gets U's L2.
+    b = TraceBuilder()
+    tasks(b)
+    entry(b, L1)  # 0
+    save(b, BT, regs=L1)  # 1
+    restore(b, BU, before=L1, loads=L2, task=U)  # 2
+    save(b, BT, regs=L2)  # 3: foreign
+    restore(b, BT, before=L2, loads=L2)  # 4
+    ret(b, L2)  # 5
+    code, rep = report(tmp_path, b)
+    assert code == 3
+    assert [(f["kind"], f["event"]["seq"]) for f in rep["findings"]] == [
+        ("foreign_save", 3), ("corrupted_state", 5)]
+    foreign, corrupted = rep["findings"]
+    assert foreign["confirmed_by"]["seq"] == 5 and foreign["task"] == "10 t"
+    assert foreign["events"]["made_live"]["task"] == "20 u"
+    assert corrupted["description"].startswith("foreign save")

@@ -25,7 +25,7 @@ enum {
     KIND_XSAVE = FTR_KIND_XSAVE, KIND_XSAVEOPT = FTR_KIND_XSAVEOPT, KIND_XSAVEC = FTR_KIND_XSAVEC,
     KIND_XSAVES = FTR_KIND_XSAVES, KIND_XRSTOR = FTR_KIND_XRSTOR, KIND_XRSTORS = FTR_KIND_XRSTORS,
     KIND_FXSAVE = FTR_KIND_FXSAVE, KIND_FXRSTOR = FTR_KIND_FXRSTOR,
-    KIND_VM_ENTRY = FTR_KIND_VM_ENTRY,
+    KIND_VM_ENTRY = FTR_KIND_VM_ENTRY, KIND_VM_EXIT = FTR_KIND_VM_EXIT,
     KIND_FPSIMD_SAVE = FTR_KIND_FPSIMD_SAVE, KIND_FPSIMD_LOAD = FTR_KIND_FPSIMD_LOAD,
     KIND_SVE_SAVE = FTR_KIND_SVE_SAVE, KIND_SVE_LOAD = FTR_KIND_SVE_LOAD,
 };
@@ -223,6 +223,17 @@ struct buf_state {
     uint64_t pending_sync;
     uint64_t holds_vmcb;        /* it holds that vCPU's guest state (saved there), or 0 */
 };
+
+/* e's buffer owns the registers of its CPU, and e's task's state is live. */
+static void cpu_take(struct cpu_state *cs, const struct ftr_event *e, int8_t ctx, int64_t i)
+{
+    cs->owner = e->addr;
+    cs->owner_known = 1;
+    cs->owner_ctx = ctx;
+    cs->live = LIVE_TASK;
+    cs->live_task = e->task;
+    cs->live_since = i;
+}
 
 static inline int is_save(uint8_t k)
 {
@@ -691,15 +702,21 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         if (A && agg_event(A, e, ident[i], &pc_row, &task_row) < 0) {
             goto out;
         }
-        if (e->flags & FLAG_L2) {
-            if (is_save(e->kind) || is_restore(e->kind)) {
-                cls[i] = UNKNOWN;
-                why[i] = NESTED_GUEST;
-                if (A && agg_classified(A, e, ident[i], pc_row, task_row, cls[i], why[i], -1,
-                                        0) < 0) {
-                    goto out;
-                }
+        /*
+         * Operations that cannot be judged: the nested guest's own (its
+         * kernel's contexts), and those that moved nothing.
+         */
+        uint8_t unjudged = (e->flags & FLAG_L2) ? NESTED_GUEST
+                         : !(e->flags & FLAG_MEM_VALID) ? NO_MEMORY_ACCESS : WHY_NONE;
+        if (unjudged && (is_save(e->kind) || is_restore(e->kind))) {
+            cls[i] = UNKNOWN;
+            why[i] = unjudged;
+            if (A && agg_classified(A, e, ident[i], pc_row, task_row, UNKNOWN, unjudged, -1,
+                                    0) < 0) {
+                goto out;
             }
+        }
+        if (e->flags & FLAG_L2) {
             continue;
         }
         if (e->flags & FLAG_KERNEL_SIMD) {
@@ -785,16 +802,7 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         default:
             break;
         }
-        if (!is_save(e->kind) && !is_restore(e->kind)) {
-            continue;
-        }
-        if (!(e->flags & FLAG_MEM_VALID)) {
-            cls[i] = UNKNOWN;
-            why[i] = NO_MEMORY_ACCESS;
-            if (A && agg_classified(A, e, ident[i], pc_row, task_row, cls[i], why[i], -1,
-                                    0) < 0) {
-                goto out;
-            }
+        if (unjudged || (!is_save(e->kind) && !is_restore(e->kind))) {
             continue;
         }
 
@@ -885,12 +893,7 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
             bs->holds_vmcb = guest_of[i];
             if (!cs->owner_known) {
                 /* No restore seen on this CPU: the saving task's state was live. */
-                cs->owner = e->addr;
-                cs->owner_known = 1;
-                cs->owner_ctx = my_ctx;
-                cs->live = LIVE_TASK;
-                cs->live_task = e->task;
-                cs->live_since = (int64_t)i;
+                cpu_take(cs, e, my_ctx, (int64_t)i);
             }
         } else {
             /* A guest buffer of one of this thread's vCPUs (not of an old VM's). */
@@ -974,12 +977,7 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
                 finding_add(&f, (int64_t)i, p, -1, e->addr, STALE_RESTORE);
             }
             /* The kernel loads only current's state: it owns the registers now. */
-            cs->owner = e->addr;
-            cs->owner_known = 1;
-            cs->owner_ctx = my_ctx;
-            cs->live = LIVE_TASK;
-            cs->live_task = e->task;
-            cs->live_since = (int64_t)i;
+            cpu_take(cs, e, my_ctx, (int64_t)i);
             cs->live_vmcb = guest_of[i];
         }
         if (A && agg_classified(A, e, ident[i], pc_row, task_row, cls[i], why[i], my_ctx,
@@ -1032,6 +1030,167 @@ out:
 #define CRC32C_POLY 0x82f63b78u
 
 static uint32_t crc32c_table[256];
+
+/* ---- the boundary checks' linear part (analyzers/boundaries.py) ---- */
+
+struct fpa_bounds_out {
+    /* Events the checks look at one by one: user entries, returns that are
+     * not QUIET, probes whose index is in probe_mask, and the first saves on
+     * a CPU after a fork probe there; with, for returns, the previous return
+     * of the same task key (QUIET ones included), else -1. */
+    int64_t *rel, *rel_prev_return;
+    size_t rel_cap, rel_len;
+    int64_t *quiet_per_key;     /* [n_keys + 1]: QUIET returns per task key (0: unknown) */
+    /* VM entries against their vCPU's previous VM exit (a vCPU: VMCB and task key). */
+    uint64_t *vcpu_keys, *vcpu_equal;
+    size_t vcpu_cap, vcpu_len;
+    int64_t *diff_entry, *diff_exit;
+    size_t diff_cap, diff_len;
+    uint64_t first_entries, unreadable;
+    uint64_t kfpu_begins;       /* kernel_fpu_begin probes */
+};
+
+#define FORK_COPY_WINDOW 16
+
+static int64_t key_of(const int64_t *ident, const int64_t *key_of_ident, size_t i)
+{
+    return ident[i] >= 0 ? key_of_ident[ident[i]] : -1;
+}
+
+/*
+ * Returns 0, or 1 if an output did not fit its capacity (the *_len fields
+ * then say how much was needed: call again), -1 when memory ran out.
+ */
+int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
+                   const int64_t *key_of_ident, size_t n_keys, uint64_t probe_mask,
+                   struct fpa_bounds_out *o)
+{
+    struct map vcpus = { 0 };
+    int64_t *last_return = malloc((n_keys + 1) * sizeof(int64_t));
+    int64_t *last_vm = NULL;            /* per vCPU slot: its last VM event */
+    size_t last_vm_cap = 64;
+    uint32_t saves_since_fork[NCPU];
+    int rc = -1;
+
+    o->rel_len = o->vcpu_len = o->diff_len = 0;
+    o->first_entries = o->unreadable = o->kfpu_begins = 0;
+    memset(o->quiet_per_key, 0, (n_keys + 1) * sizeof(int64_t));
+    for (size_t c = 0; c < NCPU; c++) {
+        saves_since_fork[c] = FORK_COPY_WINDOW;
+    }
+    last_vm = malloc(last_vm_cap * sizeof(int64_t));
+    if (!last_return || !last_vm || map_init(&vcpus, 64) < 0) {
+        goto out;
+    }
+    for (size_t k = 0; k <= n_keys; k++) {
+        last_return[k] = -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct ftr_event *e = &ev[i];
+        int rel = 0;
+        unsigned cpu = e->vcpu % NCPU;
+
+        switch (e->kind) {
+        case KIND_USER_ENTRY:
+            rel = 1;
+            break;
+        case KIND_USER_RETURN: {
+            int64_t k = key_of(ident, key_of_ident, i) + 1;
+            if (e->flags & FTR_FLAG_QUIET) {
+                o->quiet_per_key[k]++;
+            } else {
+                if (o->rel_len < o->rel_cap) {
+                    o->rel_prev_return[o->rel_len] = last_return[k];
+                }
+                rel = 1;
+            }
+            last_return[k] = (int64_t)i;
+            break;
+        }
+        case KIND_PROBE:
+            if (e->index == FTR_PROBE_FORK_COPY) {
+                saves_since_fork[cpu] = 0;
+            } else if (e->index == FTR_PROBE_KFPU_BEGIN) {
+                o->kfpu_begins++;
+            }
+            rel = e->index < 64 && (probe_mask >> e->index & 1);
+            break;
+        case KIND_VM_ENTRY:
+        case KIND_VM_EXIT: {
+            if (e->kind == KIND_VM_ENTRY && (e->flags & FLAG_L2)) {
+                break;
+            }
+            uint64_t vk = (e->addr & ((1ull << 48) - 1)) |
+                          (uint64_t)(key_of(ident, key_of_ident, i) + 1) << 48;
+            uint32_t slot;
+            int created;
+            if (map_put(&vcpus, vk, &slot, &created) < 0) {
+                goto out;
+            }
+            if (slot >= last_vm_cap) {
+                int64_t *more = realloc(last_vm, last_vm_cap * 2 * sizeof(int64_t));
+                if (!more) {
+                    goto out;
+                }
+                last_vm = more;
+                last_vm_cap *= 2;
+            }
+            if (created) {
+                last_vm[slot] = -1;
+                if (o->vcpu_len < o->vcpu_cap) {
+                    o->vcpu_keys[o->vcpu_len] = vk;
+                    o->vcpu_equal[o->vcpu_len] = 0;
+                }
+                o->vcpu_len++;
+            }
+            int64_t x = last_vm[slot];
+            last_vm[slot] = (int64_t)i;
+            if (e->kind != KIND_VM_ENTRY) {
+                break;
+            }
+            if (x < 0) {
+                o->first_entries++;
+            } else if (ev[x].kind == KIND_VM_EXIT) {
+                if (!(e->flags & FLAG_REGS_VALID) || !(ev[x].flags & FLAG_REGS_VALID)) {
+                    o->unreadable++;
+                } else if (e->regs_hash == ev[x].regs_hash) {
+                    if (slot < o->vcpu_cap) {
+                        o->vcpu_equal[slot]++;
+                    }
+                } else {
+                    if (o->diff_len < o->diff_cap) {
+                        o->diff_entry[o->diff_len] = (int64_t)i;
+                        o->diff_exit[o->diff_len] = x;
+                    }
+                    o->diff_len++;
+                }
+            }
+            break;
+        }
+        default:
+            if (is_save(e->kind) && saves_since_fork[cpu] < FORK_COPY_WINDOW) {
+                saves_since_fork[cpu]++;
+                rel = 1;
+            }
+            break;
+        }
+        if (rel) {
+            if (o->rel_len < o->rel_cap) {
+                o->rel[o->rel_len] = (int64_t)i;
+                if (e->kind != KIND_USER_RETURN) {
+                    o->rel_prev_return[o->rel_len] = -1;
+                }
+            }
+            o->rel_len++;
+        }
+    }
+    rc = o->rel_len > o->rel_cap || o->vcpu_len > o->vcpu_cap || o->diff_len > o->diff_cap;
+out:
+    map_free(&vcpus);
+    free(last_return);
+    free(last_vm);
+    return rc;
+}
 
 static void crc32c_init_table(void)
 {
