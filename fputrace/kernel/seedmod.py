@@ -103,9 +103,10 @@ def build_seed_module(kdir: Path, cache: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         ko = work / f"{MODULE_NAME}.ko"
         if proc.returncode != 0 or not ko.exists():
-            last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+            lines = (proc.stdout + proc.stderr).strip().splitlines() or ["(no message)"]
+            why = next((ln for ln in lines if "error" in ln.lower()), lines[-1]).strip()
             raise FputraceError(f"building the fputrace-seed module against {kdir} failed: "
-                                f"{last}")
+                                f"{why} (the kernel's own compiler may be needed)")
         cache.mkdir(parents=True, exist_ok=True)
         shutil.copy(ko, out)
     return out
