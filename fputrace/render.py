@@ -294,9 +294,9 @@ def render_boundaries(console: Console, verdict: Verdict) -> None:
     b = verdict.boundaries
     for name, c in (("user returns", b.user), ("VM entries", b.vcpu)):
         purposeful = ", ".join(f"{n} {why}" for why, n in c.changed_on_purpose.items())
+        quiet = f" ({c.quiet} with no FP activity in between)" if c is b.user else ""
         console.print(escape(
-            f"boundary checks, {name}: {c.checked} checked ({c.quiet} with no FP activity in "
-            f"between), {c.violations} violations"
+            f"boundary checks, {name}: {c.checked} checked{quiet}, {c.violations} violations"
             + (f"; changed on purpose: {purposeful}" if purposeful else "")))
         for why, n in c.unchecked.items():
             console.print(escape(f"  not checked: {n} x {why}"))

@@ -629,6 +629,8 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
 {
     struct agg aggregate, *A = NULL;
     struct map task_map = { 0 }, buf_map = { 0 }, guest_map = { 0 };
+    /* The registered guest buffers lie in [guest_lo, guest_hi]: a quick "no". */
+    uint64_t guest_lo = UINT64_MAX, guest_hi = 0;
     struct buf_state *bufs = NULL;
     size_t bufs_cap = 1024;
     int64_t *task_announcement = malloc((n_tasks + 1) * sizeof(int64_t));
@@ -742,6 +744,12 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
             if (!cs->live_vmcb && cs->owner_known) {
                 if (map_put(&guest_map, cs->owner, &slot, &created) < 0) {
                     goto out;
+                }
+                if (cs->owner < guest_lo) {
+                    guest_lo = cs->owner;
+                }
+                if (cs->owner > guest_hi) {
+                    guest_hi = cs->owner;
                 }
                 if (created && *n_guest < guest_cap) {
                     guest_buf[*n_guest] = cs->owner;
@@ -897,7 +905,8 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
             }
         } else {
             /* A guest buffer of one of this thread's vCPUs (not of an old VM's). */
-            uint32_t gs = map_get(&guest_map, e->addr);
+            uint32_t gs = e->addr >= guest_lo && e->addr <= guest_hi
+                        ? map_get(&guest_map, e->addr) : UINT32_MAX;
             uint64_t registered = gs != UINT32_MAX && gs < *n_guest ? guest_vmcb[gs] : 0;
             if (registered >> 40 != ((uint64_t)ident[i] & 0xffffffull)) {
                 registered = 0;
@@ -999,7 +1008,8 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         if (ctx[i] < 0) {
             continue;
         }
-        uint32_t gs = guest_map.len ? map_get(&guest_map, ev[i].addr) : UINT32_MAX;
+        uint32_t gs = ev[i].addr >= guest_lo && ev[i].addr <= guest_hi
+                    ? map_get(&guest_map, ev[i].addr) : UINT32_MAX;
         if (ctx[i] == CTX_TASK && gs != UINT32_MAX) {
             ctx[i] = CTX_GUEST;
             if (!guest_of[i] && gs < *n_guest) {
