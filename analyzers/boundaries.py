@@ -57,6 +57,7 @@ TASK_PURPOSEFUL = {
     P.SIGFRAME_SAVE: "signal delivery",
     P.SIGRETURN: "sigreturn",
     P.EXEC_RESET: "exec",
+    P.RESTORE_FAULT: "init state after a faulting restore",
 }
 # Functions of the FPU core that execute x87/SSE instructions outside a
 # kernel_fpu section, by design:

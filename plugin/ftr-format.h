@@ -87,7 +87,8 @@ enum ftr_probe {
     FTR_PROBE_KFPU_END = 12,        /* kernel_fpu_end */
     FTR_PROBE_KVM_VCPU_RESET = 13,  /* kvm_vcpu_reset: guest FPU state reset */
     FTR_PROBE_KVM_EMULATE_SSE = 14, /* instruction emulation writing guest SSE registers */
-    FTR_PROBE_FPSTATE_FREE = 15,    /* fpstate_free / arch_release_task_struct */
+    FTR_PROBE_FPSTATE_FREE = 15,    /* fpstate_free */
+    FTR_PROBE_RESTORE_FAULT = 16,   /* a faulting restore: the init state is loaded instead */
     FTR_PROBE_MAX = 32,
 };
 

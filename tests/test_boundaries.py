@@ -28,6 +28,7 @@ from tracebuilder import (
     P_KFPU_END,
     P_KVM_UABI_SET,
     P_REGSET_SET,
+    P_RESTORE_FAULT,
     P_SIGFRAME_SAVE,
     P_SIGRETURN,
     PROBE,
@@ -392,3 +393,20 @@ def test_foreign_save_confirmed_at_the_boundary(tmp_path: Path) -> None:
     assert foreign["confirmed_by"]["seq"] == 5 and foreign["task"] == "10 t"
     assert foreign["events"]["made_live"]["task"] == "20 u"
     assert corrupted["description"].startswith("foreign save")
+
+
+def test_init_state_after_a_faulting_restore_is_purposeful(tmp_path: Path) -> None:
+    # sigreturn from a corrupt frame: the restore faults, and the fix-up
+    # (fpu_reset_from_exception_fixup) loads the init state. The task returns
+    # with the init state: a purposeful change, not a finding.
+    b = TraceBuilder()
+    tasks(b)
+    ret(b, L1, flags=F_NO_ENTRY)
+    entry(b, L2)
+    probe(b, P_RESTORE_FAULT)
+    restore(b, 0xFFFFFFFF82000000, before=L2, loads=INIT)
+    ret(b, INIT)
+    code, rep = report(tmp_path, b)
+    assert code == 0 and rep["findings"] == []
+    assert rep["boundary_checks"]["by_kind"]["user_return"]["changed_on_purpose"] == {
+        "init state after a faulting restore": 1}

@@ -73,6 +73,12 @@ PROBES: tuple[ProbeDef, ...] = (
     ProbeDef(Probe.KFPU_END, ("kernel_fpu_end",), False, "in-kernel FPU section ends"),
     ProbeDef(Probe.FPSTATE_FREE, ("fpstate_free",), False,
              "a task's dynamically allocated fpstate is freed"),
+    # A restore of user state that faults (a corrupt signal frame, a bad
+    # XSTATE header) is fixed up by loading the init state instead:
+    # ex_handler_fprestore() -> fpu_reset_from_exception_fixup() since the
+    # v5.14 rework, ex_handler_fprestore() loading init_fpstate itself in 5.10.
+    ProbeDef(Probe.RESTORE_FAULT, ("fpu_reset_from_exception_fixup", "ex_handler_fprestore"),
+             False, "a faulting restore: the task gets the init state"),
 )
 
 

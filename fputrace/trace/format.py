@@ -124,6 +124,7 @@ class Probe(enum.IntEnum):
     KVM_VCPU_RESET = 13
     KVM_EMULATE_SSE = 14
     FPSTATE_FREE = 15
+    RESTORE_FAULT = 16
 
 
 PROBE_MAX = 32
