@@ -39,14 +39,6 @@ K = fmt.Kind
 P = fmt.Probe
 F = fmt.Flag
 
-def _kind_table(kinds: frozenset[fmt.Kind]) -> npt.NDArray[np.bool_]:
-    table = np.zeros(256, dtype=bool)
-    table[[int(k) for k in kinds]] = True
-    return table
-
-
-SAVE_TABLE = _kind_table(fmt.SAVE_KINDS)
-RESTORE_TABLE = _kind_table(fmt.RESTORE_KINDS)
 # A task's fpstate lies inside its task_struct allocation: `struct fpu` is
 # the last member of thread_struct, itself the last of task_struct, and the
 # fpstate follows it (v5.16) or is embedded in it (5.10).
@@ -171,13 +163,13 @@ class _Explainer:
     @property
     def saves(self) -> npt.NDArray[np.bool_]:
         if self._saves is None:
-            self._saves = SAVE_TABLE[self.ev["kind"]]
+            self._saves = fmt.SAVE_TABLE[self.ev["kind"]]
         return self._saves
 
     @property
     def restores(self) -> npt.NDArray[np.bool_]:
         if self._restores is None:
-            self._restores = RESTORE_TABLE[self.ev["kind"]]
+            self._restores = fmt.RESTORE_TABLE[self.ev["kind"]]
         return self._restores
 
     def explain(self, lo: int, hi: int, key: int, want: int, vcpu: int) -> tuple[int, str]:

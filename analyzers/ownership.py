@@ -35,8 +35,6 @@ from fputrace.trace import format as fmt
 if TYPE_CHECKING:
     from analyzers.native import Aggregates
 
-U64 = np.uint64
-USER_LIMIT = 1 << 47  # addresses below: user space (signal frames)
 INIT_FPSTATE_SPAN = 0x3000  # bytes of init_fpstate an address may fall into
 MASK64 = (1 << 64) - 1
 
@@ -139,16 +137,6 @@ class Ownership:
         if self.findings_total < 0:
             self.findings_total = len(self.findings)
 
-
-def _kind_table(kinds: frozenset[fmt.Kind]) -> npt.NDArray[np.bool_]:
-    table = np.zeros(256, dtype=bool)
-    table[[int(k) for k in kinds]] = True
-    return table
-
-
-SAVE_TABLE = _kind_table(fmt.SAVE_KINDS)
-RESTORE_TABLE = _kind_table(fmt.RESTORE_KINDS)
-FX_TABLE = _kind_table(frozenset({fmt.Kind.FXSAVE, fmt.Kind.FXRSTOR}))
 
 
 def describe(kind: FindingKind, buffer: int, by: int) -> str:

@@ -85,6 +85,17 @@ RESTORE_KINDS = frozenset({Kind.XRSTOR, Kind.XRSTORS, Kind.FXRSTOR, Kind.FPSIMD_
                            Kind.SVE_LOAD})
 
 
+def _kind_table(kinds: frozenset[Kind]) -> np.ndarray:
+    table = np.zeros(256, dtype=bool)
+    table[[int(k) for k in kinds]] = True
+    return table
+
+
+# Lookup tables by kind number: SAVE_TABLE[events["kind"]] marks the saves.
+SAVE_TABLE = _kind_table(SAVE_KINDS)
+RESTORE_TABLE = _kind_table(RESTORE_KINDS)
+
+
 def kind_name(kind: int) -> str:
     """Lowercase name of a kind, as used in text and JSON output."""
     try:
