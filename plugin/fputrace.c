@@ -1414,7 +1414,7 @@ static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_
                                                    QEMU_PLUGIN_CB_R_REGS,
                                                    (void *)(uintptr_t)vaddr);
         }
-        if (vaddr >> 63) {
+        if (cfg.n_probes) {
             const struct probe *pr = probe_lookup(vaddr);
             if (pr) {
                 qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_probe_exec,

@@ -217,7 +217,9 @@ def test_footer_counts_match(qemu_plugin: Path, conformance_image: Path, tmp_pat
     assert t.blocks_read > 8  # small blocks: many of them, all read
 
 
-@pytest.mark.parametrize("arg", ["bogus=1", "msr=notanumber", "block_events=0", "task_pid=-5"])
+@pytest.mark.parametrize("arg", ["bogus=1", "msr=notanumber", "block_events=0", "task_pid=-5",
+                                 "probe=0x1000", "probe=0x1000:99", "probe=x:1",
+                                 "boundaries=maybe"])
 def test_bad_plugin_argument_is_named(qemu_plugin: Path, conformance_image: Path,
                                       tmp_path: Path, arg: str) -> None:
     p = run_image(qemu_plugin, conformance_image, tmp_path / "x.ftr", arg)
@@ -294,3 +296,28 @@ def test_user_mode_boundaries(conformance_run: ConformanceRun) -> None:
     assert (load.after, sse.after) == (returns[3], returns[4])
     assert "loaded state that differs" in load.explanation
     assert "kernel SIMD use" in sse.explanation
+
+
+def test_probe_records_function_entry_and_arguments(qemu_plugin: Path, conformance_image: Path,
+                                                    tmp_path: Path) -> None:
+    # A probe on the image's kernel_side(request): one event per system call
+    # that reaches it, with its first argument, in the order the user-mode
+    # part makes them (nothing, save/load, load other, kernel SSE; the exit
+    # request returns before calling it).
+    from elftools.elf.elffile import ELFFile
+
+    elf_path = conformance_image.parent / "conformance-payload.elf"
+    with open(elf_path, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        (sym,) = symtab.get_symbol_by_name("kernel_side")
+        addr = int(sym["st_value"])
+    out = tmp_path / "p.ftr"
+    p = run_image(qemu_plugin, conformance_image, out,
+                  f"probe={addr:#x}:{int(fmt.Probe.FORK_COPY)}")
+    assert p.returncode == EXIT_PASS, p.stderr
+    t = read_trace(out)
+    probes = t.events[t.events["kind"] == fmt.Kind.PROBE]
+    assert [int(v) for v in probes["value"]] == [0, 1, 2, 3]
+    assert all(int(i) == fmt.Probe.FORK_COPY for i in probes["index"])
+    assert all(int(pc) == addr for pc in probes["pc"])
+    assert t.header.features & fmt.Feature.PROBES
