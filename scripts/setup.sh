@@ -61,8 +61,9 @@ apt_update() {
 }
 
 install_system_packages() {
+	# libelf1: objtool of the kernels' kbuild, for the fputrace-seed test module.
 	local pkgs=(gcc libc6-dev binutils make meson ninja-build pkg-config libglib2.0-dev
-		busybox-static cpio xz-utils zstd dpkg-dev python3-venv)
+		busybox-static cpio xz-utils zstd dpkg-dev python3-venv libelf1)
 	local missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
