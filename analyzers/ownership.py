@@ -78,6 +78,7 @@ class Unknown(enum.IntEnum):
     REGISTERS_NOT_READ = 4  # a register hash this decision needs was not read
     MASKS_DIFFER = 5  # the two operations cover different state components
     NESTED_GUEST = 6  # executed inside the L2 guest: the guest kernel's contexts
+    USER_MODE = 7  # executed by a program in user mode, not by the kernel
 
 
 UNKNOWN_REASONS = {
@@ -89,6 +90,7 @@ UNKNOWN_REASONS = {
     Unknown.MASKS_DIFFER: "the save and the buffer's last operation cover different "
                           "components",
     Unknown.NESTED_GUEST: "inside the nested guest (its contexts belong to the guest kernel)",
+    Unknown.USER_MODE: "executed in user mode (a program's own save or restore)",
 }
 
 

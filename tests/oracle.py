@@ -137,6 +137,9 @@ def classify(ev: npt.NDArray[np.void], init_fpstate: int | None,
             continue
         if not is_op:
             continue
+        if flags & F.PL_MASK == 3:
+            r.cls[i], r.why[i] = Class.UNKNOWN, Unknown.USER_MODE
+            continue
         if not flags & F.MEM_VALID:
             r.cls[i], r.why[i] = Class.UNKNOWN, Unknown.NO_MEMORY_ACCESS
             continue
@@ -357,7 +360,8 @@ def compute_costs(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], own: Ow
 
     # Per operation.
     ctx = own.context_kind
-    ops = classified & l1 & (own.unknown_reason != Unknown.NO_MEMORY_ACCESS)
+    ops = classified & l1 & (own.unknown_reason != Unknown.NO_MEMORY_ACCESS) & \
+        (own.unknown_reason != Unknown.USER_MODE)
     vcpu_threads = np.unique(ident[entries])
     by_vcpu_thread = ops & np.isin(ident, vcpu_threads)
     idx = np.flatnonzero(ops & (own.context_kind >= 0))

@@ -305,11 +305,13 @@ def test_probe_records_function_entry_and_arguments(qemu_plugin: Path, conforman
     # part makes them (nothing, save/load, load other, kernel SSE; the exit
     # request returns before calling it).
     from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
 
     elf_path = conformance_image.parent / "conformance-payload.elf"
     with open(elf_path, "rb") as f:
         symtab = ELFFile(f).get_section_by_name(".symtab")
-        (sym,) = symtab.get_symbol_by_name("kernel_side")
+        assert isinstance(symtab, SymbolTableSection)
+        (sym,) = symtab.get_symbol_by_name("kernel_side") or []
         addr = int(sym["st_value"])
     out = tmp_path / "p.ftr"
     p = run_image(qemu_plugin, conformance_image, out,

@@ -47,7 +47,7 @@ event = st.fixed_dictionaries({
     "probe_arg": st.sampled_from(TASKS),
     "flags": st.sets(st.sampled_from([fmt.Flag.MEM_VALID, fmt.Flag.REGS_VALID,
                                       fmt.Flag.REGS_AFTER_VALID, fmt.Flag.KERNEL_SIMD,
-                                      fmt.Flag.L2, fmt.Flag.TASK_VALID])),
+                                      fmt.Flag.L2, fmt.Flag.TASK_VALID, fmt.Flag.PL_MASK])),
 })
 
 

@@ -59,7 +59,7 @@ static inline uint64_t vcpu_id(uint64_t vmcb, int64_t ident)
     return ((uint64_t)ident & 0xffffffull) << 40 | ((vmcb >> 12) & 0xffffffffffull);
 }
 enum { WHY_NONE, NO_MEMORY_ACCESS, FIRST_SIGHT, NO_PREVIOUS_OWNER, REGISTERS_NOT_READ,
-       MASKS_DIFFER, NESTED_GUEST };
+       MASKS_DIFFER, NESTED_GUEST, USER_MODE };
 enum { CTX_TASK, CTX_GUEST, CTX_SIGNAL_FRAME, CTX_INIT };
 
 #define USER_LIMIT (1ull << 47)
@@ -706,9 +706,12 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         }
         /*
          * Operations that cannot be judged: the nested guest's own (its
-         * kernel's contexts), and those that moved nothing.
+         * kernel's contexts), user-mode code's own (an XSAVE in a program
+         * changes no kernel state: the registers are the task's either way),
+         * and those that moved nothing.
          */
         uint8_t unjudged = (e->flags & FLAG_L2) ? NESTED_GUEST
+                         : (e->flags & FTR_FLAG_PL_MASK) == 3 ? USER_MODE
                          : !(e->flags & FLAG_MEM_VALID) ? NO_MEMORY_ACCESS : WHY_NONE;
         if (unjudged && (is_save(e->kind) || is_restore(e->kind))) {
             cls[i] = UNKNOWN;
