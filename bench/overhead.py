@@ -3,12 +3,13 @@
 The same boot and workload runs without a plugin, with fputrace, and with
 QEMU's contrib execlog plugin filtered to the same instructions (what a user
 would reach for instead), interleaved in one run so that machine noise hits
-all three alike. fputrace runs as `record` runs it (task layout, probes,
+all alike. fputrace runs as `record` runs it (task layout, probes,
 boundaries), and once more with the boundaries off (`boundaries=off`), so
-their own cost shows side by side. Prints each run's wall time and QEMU's
-CPU time (user + system, less sensitive to the machine's other load), the
-medians, and last `ratio=X.XX`: fputrace's median wall time over no
-plugin's (target <= 1.05).
+their own cost shows side by side; a plugin that does nothing
+(bench/empty-plugin.c) shows what QEMU's plugin machinery costs by itself.
+Prints each run's wall time and QEMU's CPU time (user + system, less
+sensitive to the machine's other load), the medians, and last
+`ratio=X.XX`: fputrace's median wall time over no plugin's (target <= 1.05).
 
 usage: bench/overhead [--kernel 6.1] [--workload kvm-pingpong:200] [--rounds 3]
 """
@@ -67,6 +68,7 @@ def main() -> int:
         build_initramfs(target, runs, tmp / "initramfs.gz")
         variants: dict[str, tuple[str | None, list[str]]] = {
             "none": (None, []),
+            "empty": (str(build_dir() / "libemptyplugin.so"), []),
             "fputrace": (",".join([str(plugin_path()),
                                    *plugin_arguments(target, tmp / "bench.ftr")]), []),
             "no-bounds": (",".join([str(plugin_path()),
@@ -106,6 +108,9 @@ def main() -> int:
               f"fputrace/none={med_cpu['fputrace'] / med_cpu['none']:.2f}")
         print(f"execlog/none={med['execlog'] / med['none']:.2f}")
         print(f"fputrace without boundaries/none={med['no-bounds'] / med['none']:.2f}")
+        print(f"empty plugin/none={med['empty'] / med['none']:.2f} "
+              f"cpu={med_cpu['empty'] / med_cpu['none']:.2f}")
+        print(f"fputrace/empty plugin={med['fputrace'] / med['empty']:.2f}")
         print(f"fputrace/execlog={med['fputrace'] / med['execlog']:.2f}")
         print(f"ratio={med['fputrace'] / med['none']:.2f}")
     return 0
