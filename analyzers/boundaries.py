@@ -27,13 +27,16 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from fputrace.kernel.symbols import Symbols
 from fputrace.trace import format as fmt
+
+if TYPE_CHECKING:
+    from analyzers.native import BoundaryPass
 
 K = fmt.Kind
 P = fmt.Probe
@@ -139,10 +142,6 @@ class TaskKeys:
     def of(self, i: int) -> int:
         a = int(self.ident[i])
         return int(self.key_of_ident[a]) if a >= 0 and len(self.key_of_ident) else -1
-
-
-def _probe_is(ev: npt.NDArray[np.void], i: int, probe: P) -> bool:
-    return int(ev["kind"][i]) == K.PROBE and int(ev["index"][i]) == probe
 
 
 class _Explainer:
@@ -378,7 +377,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                       keys.latest, per_vcpu, findings, sections, keys)
 
 
-def _check_vcpus(ev: npt.NDArray[np.void], bp: Any, keys: TaskKeys,
+def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
                  ident: npt.NDArray[np.int64], uabi_probed: bool
                  ) -> tuple[BoundaryCheck, dict[tuple[int, int], tuple[int, int]],
                             list[BoundaryFinding]]:
