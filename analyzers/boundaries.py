@@ -79,10 +79,6 @@ class BoundaryFinding:
     explanation: str
     simd_pc: int = 0  # kernel_fpu_misuse: the SIMD instruction's address
 
-    @property
-    def seq_event(self) -> int:
-        return self.after
-
 
 @dataclass
 class BoundaryCheck:
@@ -100,11 +96,10 @@ class Boundaries:
     user: BoundaryCheck
     vcpu: BoundaryCheck
     per_task: dict[int, tuple[int, int]]  # task key -> (checked, violations)
-    task_of_key: dict[int, int]  # task key -> an announcement index naming it
     per_vcpu: dict[tuple[int, int], tuple[int, int]]  # (VMCB, thread's task key) -> counts
     findings: list[BoundaryFinding]
-    kfpu_sections: int = 0
-    keys: TaskKeys | None = None
+    kfpu_sections: int
+    keys: TaskKeys  # the task keys above, and the announcement naming each
 
     @property
     def checked(self) -> int:
@@ -172,8 +167,10 @@ class _Explainer:
         return self._restores
 
     def explain(self, lo: int, hi: int, key: int, want: int, vcpu: int) -> tuple[int, str]:
-        """Events lo..hi (indices, exclusive) of the task `key`; `want` the hash the
-        registers should have held. Returns (event index or -1, explanation)."""
+        """Events lo+1..hi (indices: the earlier boundary excluded, the later
+        one included, since it may carry the KERNEL_SIMD flag) of the task
+        `key`; `want` the hash the registers should have held. Returns (event
+        index or -1, explanation)."""
         ev = self.ev
         window = np.arange(lo + 1, hi + 1)
         mine = window[self.keys.at(window) == key]
@@ -374,7 +371,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     findings += vfind
     findings.sort(key=lambda f: (f.after, f.kind))
     return Boundaries(user, vcpu, {k_: (v[0], v[1]) for k_, v in per_task.items()},
-                      keys.latest, per_vcpu, findings, sections, keys)
+                      per_vcpu, findings, sections, keys)
 
 
 def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,

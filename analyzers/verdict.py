@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from analyzers.boundaries import Boundaries, BoundaryFinding, TaskKeys
+from analyzers.boundaries import Boundaries, BoundaryFinding
 from analyzers.ownership import FindingKind, Ownership
 from fputrace.trace import format as fmt
 
@@ -73,10 +73,10 @@ def _boundary_finding(b: BoundaryFinding) -> Finding:
     return Finding(b.kind, b.after, b.task, b.explanation, roles, vmcb=b.vmcb)
 
 
-def combine(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
-            ident: npt.NDArray[np.int64], own: Ownership, bounds: Boundaries) -> Verdict:
+def combine(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64], own: Ownership,
+            bounds: Boundaries) -> Verdict:
     """Boundary findings, plus the operation findings a boundary confirms."""
-    keys = bounds.keys if bounds.keys is not None else TaskKeys(tasks, ident)
+    keys = bounds.keys
     findings = [_boundary_finding(b) for b in bounds.findings]
     # The windows (earlier boundary, later boundary) in which each task key
     # was found corrupted.

@@ -254,10 +254,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     wall = time.monotonic() - started
 
     text = console.read_text(errors="replace") if console.exists() else ""
-    console_summary = _parse_console(text, runs, foreign or [])
-    outcomes, done, panic, insmod_failed = (console_summary.workloads, console_summary.done,
-                                            console_summary.panic,
-                                            console_summary.insmod_failed)
+    seen = _parse_console(text, runs, foreign or [])
     base_syms = target.state_dir / "kallsyms"
     with gzip.open(sidecar(out, "kallsyms.gz"), "wb", compresslevel=6) as z:
         z.write(base_syms.read_bytes())
@@ -271,23 +268,23 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     status, detail = "ok", "all workloads finished"
     if result.status == "timeout":
         status, detail = "timeout", result.detail
-    elif panic or result.status == "reset":
+    elif seen.panic or result.status == "reset":
         status, detail = "kernel-panic", "the kernel panicked (see the console log)"
     elif result.status == "crashed":
         status, detail = "qemu-crashed", result.detail
-    elif insmod_failed:
-        status, detail = "workload-failed", f"insmod failed for {', '.join(insmod_failed)}"
-    elif not done:
+    elif seen.insmod_failed:
+        status, detail = "workload-failed", f"insmod failed for {', '.join(seen.insmod_failed)}"
+    elif not seen.done:
         status, detail = "incomplete", "the guest stopped before its workloads finished"
     else:
-        failed = [o.label for o in outcomes if o.exit_status != 0]
+        failed = [o.label for o in seen.workloads if o.exit_status != 0]
         failed += [f"--run {r.command!r} (exit {r.exit_status})"
-                   for r in console_summary.runs if r.exit_status != 0]
+                   for r in seen.runs if r.exit_status != 0]
         if failed:
             status, detail = "workload-failed", f"workload {', '.join(failed)} failed"
     rec = RecordResult(str(out), status, detail, status not in ("ok", "workload-failed"),
-                       target.identity, qemu, smp, round(wall, 2), outcomes, names,
-                       console_summary.runs)
+                       target.identity, qemu, smp, round(wall, 2), seen.workloads, names,
+                       seen.runs)
     rec.save(sidecar(out, "meta.json"))
     return rec
 

@@ -215,11 +215,11 @@ def boundary_json(run: Run, verdict: Verdict) -> dict[str, Any]:
         "by_kind": {"user_return": one(b.user), "vm_entry": one(b.vcpu)},
         "findings_by_kind": verdict.by_kind,
         "kfpu_sections": b.kfpu_sections,
-        "per_task": [{"task": task_label(run.trace.tasks, b.task_of_key.get(k, -1)),
+        "per_task": [{"task": task_label(run.trace.tasks, b.keys.latest.get(k, -1)),
                       "checked": c, "violations": v}
                      for k, (c, v) in sorted(b.per_task.items()) if k >= 0],
         "per_vcpu": [{"vcpu": f"vmcb={vmcb:#x}",
-                      "thread": task_label(run.trace.tasks, b.task_of_key.get(k, -1)),
+                      "thread": task_label(run.trace.tasks, b.keys.latest.get(k, -1)),
                       "checked": c, "violations": v}
                      for (vmcb, k), (c, v) in sorted(b.per_vcpu.items())],
     }

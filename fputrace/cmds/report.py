@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     ident = own.task_ident
     bounds = check_boundaries(events, tasks, ident, r.symbols,
                               "fpu_copy_uabi_to_guest_fpstate" in r.symbols.values)
-    verdict = combine(events, tasks, ident, own, bounds)
+    verdict = combine(events, ident, own, bounds)
     timeline = cpu_timeline(events, own) if args.timeline > 0 else None
     if args.json:
         extra = {"timeline": timeline_json(timeline, args.timeline)} if timeline is not None \
