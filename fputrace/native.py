@@ -24,7 +24,7 @@ def library() -> ctypes.CDLL | None:
     lib.fpa_crc32c.restype = ctypes.c_uint32
     lib.fpa_crc32c.argtypes = [ctypes.c_char_p, _n]
     lib.fpa_copy_blocks.restype = _n
-    lib.fpa_copy_blocks.argtypes = [_p, _n, _p, _p, _p, _n, _p]
+    lib.fpa_copy_blocks.argtypes = [_p, _n, _p, _p, _p, _n, _p, _p]
     lib.fpa_classify.restype = ctypes.c_int
     lib.fpa_classify.argtypes = [_p, _n, _p, _n, _u64, _u64, _u64, _p, _p, _p, _p, _p,
                                  _p, _p, _n, _p, _p, _p, _p, _p, _p, _n, _p, _p,

@@ -54,6 +54,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -340,6 +341,8 @@ static void trace_write_block(uint16_t type, uint16_t vcpu, const void *payload,
         .crc32 = crc32c(payload, payload_size),
     };
 
+    /* Its own checksum lets a reader tell a damaged header from a block. */
+    hdr.header_crc32 = crc32c(&hdr, offsetof(struct ftr_block_header, header_crc32));
     memcpy(buf, &hdr, sizeof(hdr));
     memcpy(buf + sizeof(hdr), payload, payload_size);
     if (trace_write_all(buf, total)) {
@@ -360,28 +363,22 @@ static void header_put_string(GByteArray *out, const char *s)
 static bool trace_write_header(uint32_t api_version)
 {
     g_autoptr(GByteArray) out = g_byte_array_new();
-    uint16_t version = FTR_VERSION, min_reader = FTR_MIN_READER_VERSION;
-    uint16_t arch = strcmp(cfg.target, "aarch64") == 0 ? FTR_ARCH_AARCH64
-                                                       : FTR_ARCH_X86_64;
-    uint16_t event_size = sizeof(struct ftr_event);
-    uint16_t task_size = sizeof(struct ftr_task);
-    uint64_t features = FTR_FEAT_MEM_HASH | FTR_FEAT_REGS_HASH |
-                        (cfg.current_addr ? FTR_FEAT_TASKS : 0) |
-                        (cfg.boundaries ? FTR_FEAT_BOUNDARIES : 0) |
-                        (cfg.n_probes ? FTR_FEAT_PROBES : 0);
-    uint32_t header_size = 0;
+    struct ftr_file_header fh = {
+        .version = FTR_VERSION,
+        .min_reader_version = FTR_MIN_READER_VERSION,
+        .features = FTR_FEAT_MEM_HASH | FTR_FEAT_REGS_HASH |
+                    (cfg.current_addr ? FTR_FEAT_TASKS : 0) |
+                    (cfg.boundaries ? FTR_FEAT_BOUNDARIES : 0) |
+                    (cfg.n_probes ? FTR_FEAT_PROBES : 0),
+        .arch = strcmp(cfg.target, "aarch64") == 0 ? FTR_ARCH_AARCH64 : FTR_ARCH_X86_64,
+        .event_size = sizeof(struct ftr_event),
+        .task_size = sizeof(struct ftr_task),
+        .plugin_api = api_version,
+    };
+    uint32_t header_crc;
 
-    g_byte_array_append(out, (const guint8 *)FTR_MAGIC, 8);
-    g_byte_array_append(out, (const guint8 *)&version, 2);
-    g_byte_array_append(out, (const guint8 *)&min_reader, 2);
-    g_byte_array_append(out, (const guint8 *)&header_size, 4);
-    g_byte_array_append(out, (const guint8 *)&features, 8);
-    g_byte_array_append(out, (const guint8 *)&arch, 2);
-    g_byte_array_append(out, (const guint8 *)&event_size, 2);
-    g_byte_array_append(out, (const guint8 *)&task_size, 2);
-    g_byte_array_append(out, (const guint8 *)&(uint16_t){ 0 }, 2);
-    g_byte_array_append(out, (const guint8 *)&api_version, 4);
-    g_byte_array_append(out, (const guint8 *)&(uint32_t){ 0 }, 4);
+    memcpy(fh.magic, FTR_MAGIC, sizeof(fh.magic));
+    g_byte_array_append(out, (const guint8 *)&fh, sizeof(fh));
     header_put_string(out, cfg.qemu_id);
     header_put_string(out, cfg.kernel_id);
     header_put_string(out, cfg.args);
@@ -389,8 +386,13 @@ static bool trace_write_header(uint32_t api_version)
     while (out->len % 8) {
         g_byte_array_append(out, (const guint8 *)"", 1);
     }
-    header_size = out->len;
-    memcpy(out->data + 12, &header_size, 4);
+    fh.header_size = out->len;
+    memcpy(out->data + offsetof(struct ftr_file_header, header_size), &fh.header_size,
+           sizeof(fh.header_size));
+    /* Over the whole header, this field still zero. */
+    header_crc = crc32c(out->data, out->len);
+    memcpy(out->data + offsetof(struct ftr_file_header, header_crc32), &header_crc,
+           sizeof(header_crc));
     return trace_write_all(out->data, out->len);
 }
 

@@ -16,7 +16,11 @@
 #include <stdint.h>
 
 #define FTR_MAGIC               "FPUTRACE"
-#define FTR_VERSION             2
+/*
+ * Version 3 added the header and block-header checksums (fields that were
+ * reserved zeros in version 2), so a version 2 reader still decodes it.
+ */
+#define FTR_VERSION             3
 #define FTR_MIN_READER_VERSION  2
 #define FTR_BLOCK_MAGIC         0x4b425446u     /* "FTBK" */
 
@@ -147,8 +151,27 @@ struct ftr_block_header {
     uint16_t vcpu;
     uint32_t count;
     uint32_t payload_size;
-    uint32_t crc32;
-    uint32_t reserved;
+    uint32_t crc32;             /* CRC-32C of the payload */
+    uint32_t header_crc32;      /* CRC-32C of the 20 bytes above (version 3) */
+};
+
+/*
+ * The file header's fixed part; identity strings follow it. header_crc32 is
+ * the CRC-32C of the whole header (header_size bytes, padding included) with
+ * this field taken as zero (version 3; 0 in version 2).
+ */
+struct ftr_file_header {
+    char magic[8];
+    uint16_t version;
+    uint16_t min_reader_version;
+    uint32_t header_size;
+    uint64_t features;
+    uint16_t arch;
+    uint16_t event_size;
+    uint16_t task_size;
+    uint16_t reserved;
+    uint32_t plugin_api;
+    uint32_t header_crc32;
 };
 
 struct ftr_footer {
@@ -162,6 +185,7 @@ struct ftr_footer {
 _Static_assert(sizeof(struct ftr_event) == 128, "event record is 128 bytes");
 _Static_assert(sizeof(struct ftr_task) == 48, "task record is 48 bytes");
 _Static_assert(sizeof(struct ftr_block_header) == 24, "block header is 24 bytes");
+_Static_assert(sizeof(struct ftr_file_header) == 40, "fixed file header is 40 bytes");
 _Static_assert(sizeof(struct ftr_footer) == 544, "footer is 544 bytes");
 
 #endif /* FTR_FORMAT_H */

@@ -32,6 +32,7 @@ def dtype_layout(dtype: Any) -> dict[str, list[int]]:
 
 def test_versions_and_magics(header: dict[str, Any]) -> None:
     assert header["version"] == fmt.FORMAT_VERSION == fmt.READER_VERSION
+    assert header["min_reader"] == fmt.MIN_READER_VERSION
     assert header["magic"].encode() == fmt.MAGIC
     assert header["block_magic"] == fmt.BLOCK_MAGIC
 
@@ -40,6 +41,8 @@ def test_record_layouts(header: dict[str, Any]) -> None:
     assert dtype_layout(fmt.EVENT_DTYPE) == header["event"]
     assert dtype_layout(fmt.TASK_DTYPE) == header["task"]
     assert dtype_layout(fmt.FOOTER_DTYPE) == header["footer"]
+    assert dtype_layout(fmt.BLOCK_HEADER_DTYPE) == header["block_header"]
+    assert dtype_layout(fmt.FILE_HEADER_DTYPE) == header["file_header"]
     assert header["sizes"] == {"event": fmt.EVENT_DTYPE.itemsize,
                                "task": fmt.TASK_DTYPE.itemsize,
                                "block": fmt.BLOCK_HEADER_SIZE,

@@ -36,7 +36,7 @@ def test_round_trip_fields(tmp_path: Path) -> None:
     t = read_trace(b.write(tmp_path / "t.ftr"))
 
     assert t.complete and t.problems == []
-    assert (t.header.version, t.header.kernel, t.header.qemu) == (2, "6.1.0-test", "10.0.2")
+    assert (t.header.version, t.header.kernel, t.header.qemu) == (3, "6.1.0-test", "10.0.2")
     assert t.header.plugin_args == "out=x,current=0x1fb80"
     assert t.header.arch is fmt.Arch.X86_64
     assert list(t.events["seq"]) == [0, 1]
@@ -74,11 +74,16 @@ def test_truncated_trace_reads_up_to_last_whole_block(tmp_path: Path) -> None:
     cut.write_bytes(data[: hdr + one_block + 100])
     t = read_trace(cut)
     assert not t.complete and t.footer is None
+    assert t.truncated and not t.damaged
     assert list(t.events["seq"]) == [0, 1, 2, 3]
-    assert t.problems[0] == "no footer: the recording did not end cleanly"
-    assert "partial block" in t.problems[1]
+    assert t.problems == [
+        f"truncated: the file ends inside a block at byte {hdr + one_block} "
+        "(76 of 512 payload bytes)",
+        "no footer: the recording did not end cleanly"]
     line = describe_incomplete(t)
+    assert line.startswith(f"{cut}: incomplete trace: truncated")
     assert "read 4 events" in line and "100 trailing bytes unread" in line
+    assert "how many records were lost is unknown" in line
     assert "\n" not in line
 
 
@@ -92,6 +97,7 @@ def test_file_cut_right_after_a_block_has_no_partial_block(tmp_path: Path) -> No
     cut.write_bytes(data[: len(header()) + 2 * (24 + 4 * 128)])
     t = read_trace(cut)
     assert len(t.events) == 8 and t.problems == ["no footer: the recording did not end cleanly"]
+    assert t.truncated and not t.damaged
 
 
 def test_footer_count_disagreeing_with_records_is_reported(tmp_path: Path) -> None:
@@ -101,21 +107,73 @@ def test_footer_count_disagreeing_with_records_is_reported(tmp_path: Path) -> No
         b.event(XRSTOR)
     t = read_trace(b.write(tmp_path / "t.ftr", footer_events_total=5))
     assert not t.complete
-    assert t.problems == ["the footer counts 5 events but 3 were read: 2 lost"]
+    assert t.problems == ["the footer counts 5 events and 0 task records; 3 and 0 were read: "
+                          "2 events and 0 task records lost"]
+    assert (t.events_lost, t.lost_exact) == (2, True)
 
 
-def test_corrupted_block_payload_stops_at_the_block(tmp_path: Path) -> None:
-    # Flip one byte inside the second block's payload: its checksum fails.
+def test_corrupted_block_payload_costs_that_block_only(tmp_path: Path) -> None:
+    # Flip one byte inside the second of three blocks' payload: its checksum
+    # fails, the blocks before and after are read, and the intact footer
+    # says exactly how much is missing.
     b = TraceBuilder()
-    for _ in range(8):
+    for _ in range(12):
         b.event(XRSTOR)
     data = bytearray(b.build(block_events=4))
-    data[len(header()) + (24 + 4 * 128) + 24 + 10] ^= 0xFF
+    second = len(header()) + (24 + 4 * 128)
+    data[second + 24 + 10] ^= 0xFF
     p = tmp_path / "t.ftr"
     p.write_bytes(bytes(data))
     t = read_trace(p)
-    assert len(t.events) == 4
-    assert "bad checksum" in t.problems[1]
+    assert list(t.events["seq"]) == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert t.damaged and not t.truncated and t.footer is not None
+    assert t.problems[0] == f"damaged: the block at byte {second} (4 events) failed its checksum"
+    assert (t.events_lost, t.lost_exact) == (4, True)
+    assert describe_incomplete(t).startswith(f"{p}: damaged trace: ")
+
+
+def test_damaged_block_header_resynchronises_on_the_next_block(tmp_path: Path) -> None:
+    # A flipped byte in the second block's count: its header checksum fails,
+    # so its extent is unknown; the reader finds the third block by its
+    # magic and own checksum.
+    b = TraceBuilder()
+    for _ in range(12):
+        b.event(XRSTOR)
+    data = bytearray(b.build(block_events=4))
+    second = len(header()) + (24 + 4 * 128)
+    data[second + 8] ^= 0x01
+    p = tmp_path / "t.ftr"
+    p.write_bytes(bytes(data))
+    t = read_trace(p)
+    assert list(t.events["seq"]) == [0, 1, 2, 3, 8, 9, 10, 11]
+    third = second + 24 + 4 * 128
+    assert t.problems[0] == (f"damaged: bytes {second}-{third - 1} are not a block "
+                             "(a damaged block header or garbage)")
+    assert t.events_lost == 4
+
+
+def test_damaged_header_is_reported_and_blocks_still_read(tmp_path: Path) -> None:
+    # One flipped byte in the kernel identity string: the header's checksum
+    # fails; the events are still read.
+    b = TraceBuilder(kernel="6.1.0-test")
+    for _ in range(3):
+        b.event(XRSTOR)
+    data = bytearray(b.build())
+    data[bytes(data).index(b"6.1.0-test")] ^= 0x20
+    p = tmp_path / "t.ftr"
+    p.write_bytes(bytes(data))
+    t = read_trace(p)
+    assert t.header.damaged and t.damaged and len(t.events) == 3
+    assert t.problems == ["damaged: the file header failed its checksum (its identity strings "
+                          "and features may be wrong)"]
+
+
+def test_file_cut_inside_the_header_is_a_truncated_trace(tmp_path: Path) -> None:
+    p = tmp_path / "t.ftr"
+    p.write_bytes(header()[:20])
+    t = read_trace(p)
+    assert t.truncated and len(t.events) == 0
+    assert t.problems[0] == "truncated: the file ends inside its header, at byte 20"
 
 
 @pytest.mark.parametrize(
@@ -123,12 +181,11 @@ def test_corrupted_block_payload_stops_at_the_block(tmp_path: Path) -> None:
     [
         (b"", "empty file"),
         (b"NOTATRACE" + b"\0" * 100, "not an fputrace trace (bad magic)"),
-        (header()[:20], "truncated header"),
-        (header(min_reader=3, version=3), "format version 3"),
+        (header(min_reader=4, version=4), "format version 4"),
         (header(version=0), "format version 0"),
         (header(arch=9), "unknown architecture code 9"),
     ],
-    ids=["empty", "magic", "short-header", "newer-version", "version-zero", "arch"],
+    ids=["empty", "magic", "newer-version", "version-zero", "arch"],
 )
 def test_bad_files_give_one_line_errors(tmp_path: Path, data: bytes, message: str) -> None:
     p = tmp_path / "bad.ftr"
@@ -139,8 +196,8 @@ def test_bad_files_give_one_line_errors(tmp_path: Path, data: bytes, message: st
 
 
 def test_newer_version_readable_by_this_reader_is_read(tmp_path: Path) -> None:
-    # Version 3 that declares reader version 2 sufficient: read, not refused.
-    b = TraceBuilder(version=3, min_reader=2)
+    # Version 4 that declares reader version 3 sufficient: read, not refused.
+    b = TraceBuilder(version=4, min_reader=3)
     b.event(XRSTOR)
     assert len(read_trace(b.write(tmp_path / "t.ftr")).events) == 1
 
@@ -154,14 +211,29 @@ def test_garbage_after_header(tmp_path: Path) -> None:
     p = tmp_path / "t.ftr"
     p.write_bytes(header() + b"\x01" * 200)
     t = read_trace(p)
-    assert len(t.events) == 0 and "garbage instead of a block at byte" in t.problems[1]
+    n = len(header())
+    assert len(t.events) == 0
+    assert t.problems[0] == (f"damaged: bytes {n}-{n + 199} are not a block (a damaged block "
+                             "header or garbage)")
 
 
-def test_unknown_block_type_stops_reading(tmp_path: Path) -> None:
+def test_unknown_block_type_is_skipped(tmp_path: Path) -> None:
     p = tmp_path / "t.ftr"
-    p.write_bytes(header() + block(9, 0, [b"\0" * 8]))
+    b = TraceBuilder()
+    b.event(XRSTOR)
+    whole = b.build()
+    n = len(header())
+    p.write_bytes(whole[:n] + block(9, 0, [b"\0" * 8]) + whole[n:])
     t = read_trace(p)
-    assert "unknown type 9" in t.problems[1]
+    assert len(t.events) == 1 and t.problems[0] == (
+        f"damaged: bytes {n}-{n + 31} are not a block (a damaged block header or garbage)")
+
+
+def test_version_2_trace_without_checksums_is_read(tmp_path: Path) -> None:
+    b = TraceBuilder(version=2, min_reader=2)
+    b.event(XRSTOR)
+    t = read_trace(b.write(tmp_path / "t.ftr"))
+    assert t.complete and len(t.events) == 1
 
 
 def test_l2_flag_survives(tmp_path: Path) -> None:
@@ -205,4 +277,5 @@ def test_python_fallback_reads_the_same(tmp_path: Path, monkeypatch: pytest.Monk
     python = [read_trace(p) for p in (whole, broken)]
     for c, py in zip(compiled, python, strict=True):
         assert c.events.tobytes() == py.events.tobytes() and c.problems == py.problems
-    assert len(python[1].events) == 6 and "bad checksum" in python[1].problems[1]
+    assert len(python[1].events) == 10 - python[1].events_lost == 8
+    assert "failed its checksum" in python[1].problems[0]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 EVENT_STRUCT = struct.Struct("<QQQQQQQQQQQQQIIIIHBBI")  # 128 bytes
 TASK_STRUCT = struct.Struct("<QQII16sHHI")  # 48 bytes
-BLOCK_STRUCT = struct.Struct("<IHHIIII")  # 24 bytes
 FOOTER_STRUCT = struct.Struct("<QQQQ64Q")  # 544 bytes
 BLOCK_MAGIC = 0x4B425446
 
@@ -98,13 +97,19 @@ class Task:
                                 self.comm.encode()[:15], self.vcpu, 0, 0)
 
 
-def block(btype: int, vcpu: int, records: list[bytes]) -> bytes:
-    payload = b"".join(records)
-    return BLOCK_STRUCT.pack(BLOCK_MAGIC, btype, vcpu, len(records), len(payload),
-                             crc32c(payload), 0) + payload
+def block_bytes(btype: int, vcpu: int, count: int, payload: bytes, version: int = 3) -> bytes:
+    """A block: its header (from version 3 with its own checksum over its
+    first 20 bytes) and payload."""
+    head = struct.pack("<IHHIII", BLOCK_MAGIC, btype, vcpu, count, len(payload),
+                       crc32c(payload))
+    return head + struct.pack("<I", crc32c(head) if version >= 3 else 0) + payload
 
 
-def header(version: int = 2, min_reader: int = 2, arch: int = 1, features: int = 7,
+def block(btype: int, vcpu: int, records: list[bytes], version: int = 3) -> bytes:
+    return block_bytes(btype, vcpu, len(records), b"".join(records), version)
+
+
+def header(version: int = 3, min_reader: int = 2, arch: int = 1, features: int = 7,
            qemu: str = "10.0.2", kernel: str = "synthetic", args: str = "out=test.ftr",
            magic: bytes = b"FPUTRACE") -> bytes:
     strings = b"".join(struct.pack("<H", len(s.encode())) + s.encode()
@@ -113,7 +118,11 @@ def header(version: int = 2, min_reader: int = 2, arch: int = 1, features: int =
     size += -size % 8
     fixed = struct.pack("<8sHHIQHHHHII", magic, version, min_reader, size, features, arch, 128,
                         48, 0, 4, 0)
-    return (fixed + strings).ljust(size, b"\0")
+    whole = (fixed + strings).ljust(size, b"\0")
+    if version >= 3:
+        # The checksum of the whole header, taken while its own field is zero.
+        whole = whole[:36] + struct.pack("<I", crc32c(whole)) + whole[40:]
+    return whole
 
 
 class TraceBuilder:
@@ -141,6 +150,7 @@ class TraceBuilder:
     def build(self, block_events: int = 512, footer: bool = True,
               footer_events_total: int | None = None) -> bytes:
         out = bytearray(header(**self.header_args))  # type: ignore[arg-type]
+        version = int(self.header_args.get("version", 3))  # type: ignore[call-overload]
         ev_buf: dict[int, list[Ev]] = {}
         task_buf: dict[int, list[Task]] = {}
         blocks = 0
@@ -149,11 +159,11 @@ class TraceBuilder:
         def flush(vcpu: int) -> None:
             nonlocal blocks
             if task_buf.get(vcpu):
-                out.extend(block(2, vcpu, [t.pack() for t in task_buf[vcpu]]))
+                out.extend(block(2, vcpu, [t.pack() for t in task_buf[vcpu]], version))
                 task_buf[vcpu] = []
                 blocks += 1
             if ev_buf.get(vcpu):
-                out.extend(block(1, vcpu, [e.pack() for e in ev_buf[vcpu]]))
+                out.extend(block(1, vcpu, [e.pack() for e in ev_buf[vcpu]], version))
                 ev_buf[vcpu] = []
                 blocks += 1
 
@@ -174,8 +184,7 @@ class TraceBuilder:
                 by_kind[e.kind] += 1
             total = len(self.events) if footer_events_total is None else footer_events_total
             payload = FOOTER_STRUCT.pack(total, len(self.tasks), blocks, 0, *by_kind)
-            out.extend(BLOCK_STRUCT.pack(BLOCK_MAGIC, 3, 0, 1, len(payload), crc32c(payload),
-                                         0) + payload)
+            out.extend(block_bytes(3, 0, 1, payload, version))
         return bytes(out)
 
     def write(self, path: Path, **kw: object) -> Path:

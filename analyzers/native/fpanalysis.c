@@ -1300,10 +1300,10 @@ static uint32_t copy_crc32c_sse42(uint8_t *dst, const uint8_t *src, size_t len)
 
 size_t fpa_copy_blocks(const uint8_t *base, size_t map_size, const uint64_t *offsets,
                        const uint32_t *sizes, const uint32_t *crcs, size_t n_blocks,
-                       uint8_t *dest)
+                       uint8_t *dest, uint8_t *ok)
 {
     const uint8_t *released = base;
-    size_t out = 0;
+    size_t out = 0, good = 0;
 
 #if defined(__x86_64__)
     int hw = __builtin_cpu_supports("sse4.2");
@@ -1324,9 +1324,12 @@ size_t fpa_copy_blocks(const uint8_t *base, size_t map_size, const uint64_t *off
             crc = fpa_crc32c(src, sizes[b]);
         }
         (void)hw;
-        if (crc != crcs[b]) {
-            return b;
+        /* A damaged block costs that block: the next one is copied over it. */
+        ok[b] = crc == crcs[b];
+        if (!ok[b]) {
+            continue;
         }
+        good++;
         out += sizes[b];
         const uint8_t *done = (const uint8_t *)((uintptr_t)(src + sizes[b]) & ~(uintptr_t)4095);
         if (done > released && (size_t)(done - released) >= RELEASE_CHUNK &&
@@ -1335,5 +1338,5 @@ size_t fpa_copy_blocks(const uint8_t *base, size_t map_size, const uint64_t *off
             released = done;
         }
     }
-    return n_blocks;
+    return good;
 }

@@ -2,8 +2,9 @@
 which saves and restores were needed, and whether any state was lost or
 corrupted.
 
-Exit status: 0, or 3 when there is a finding (FPU state lost or corrupted,
-so CI can gate on it), 2 for bad input."""
+Exit status: 0; 3 when there is a finding (FPU state lost or corrupted, so
+CI can gate on it); 4 when the trace is incomplete or damaged (the report
+covers only what could be read), unless --allow-partial; 2 for bad input."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from fputrace.run import load_run
 from fputrace.trace.reader import describe_incomplete
 
 EXIT_FINDINGS = 3
+EXIT_PARTIAL = 4
 
 
 def add_parser(sub: Any) -> None:
@@ -45,6 +47,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-findings", type=int, default=50,
                    help="list at most N findings, in trace order (default 50; "
                         "0: all); the counts always cover all")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="report an incomplete or damaged trace with the usual exit status "
+                        "(0 or 3) instead of 4")
     p.add_argument("--timeline", type=int, default=0, metavar="N",
                    help="also show the first N intervals of the per-CPU ownership timeline")
     p.set_defaults(run=run)
@@ -81,4 +86,6 @@ def run(args: argparse.Namespace) -> int:
         render_counts(console, r, counts, args.top)
     if not r.trace.complete:
         print(f"fputrace: warning: {describe_incomplete(r.trace)}", file=sys.stderr)
+        if not args.allow_partial:
+            return EXIT_PARTIAL
     return EXIT_FINDINGS if verdict.findings else 0

@@ -1,4 +1,4 @@
-"""Trace format v2: the constants and record layouts of docs/trace-format.md.
+"""Trace format v3: the constants and record layouts of docs/trace-format.md.
 
 The bytes are defined once, in plugin/ftr-format.h (shared by the plugin and
 the compiled analysis pass); every number here mirrors a definition there,
@@ -13,18 +13,26 @@ import numpy as np
 
 MAGIC = b"FPUTRACE"
 BLOCK_MAGIC = 0x4B425446  # "FTBK"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Version 3 only filled two checksum fields that version 2 wrote as zeros.
+MIN_READER_VERSION = 2
 # The newest format version this reader understands. A trace whose minimum
 # reader version is above this is refused by number.
-READER_VERSION = 2
+READER_VERSION = 3
+# The first version with header and block-header checksums.
+CHECKSUMS_SINCE = 3
 
 # magic, version, min_reader_version, header_size, features, arch,
-# event_size, task_size, reserved, plugin_api, reserved
+# event_size, task_size, reserved, plugin_api, header_crc32
 HEADER_FIXED = "<8sHHIQHHHHII"
 HEADER_FIXED_SIZE = 40
+HEADER_CRC_OFFSET = 36
 
+# magic, type, vcpu, count, payload_size, crc32, header_crc32
 BLOCK_HEADER = "<IHHIIII"
 BLOCK_HEADER_SIZE = 24
+# The block header's own checksum covers the bytes before it.
+BLOCK_HEADER_CRC_COVERS = 20
 
 
 class Feature(enum.IntFlag):
@@ -195,3 +203,33 @@ FOOTER_DTYPE = np.dtype(
     ]
 )
 assert FOOTER_DTYPE.itemsize == 544
+
+BLOCK_HEADER_DTYPE = np.dtype(
+    [
+        ("magic", "<u4"),
+        ("type", "<u2"),
+        ("vcpu", "<u2"),
+        ("count", "<u4"),
+        ("payload_size", "<u4"),
+        ("crc32", "<u4"),
+        ("header_crc32", "<u4"),
+    ]
+)
+assert BLOCK_HEADER_DTYPE.itemsize == BLOCK_HEADER_SIZE
+
+FILE_HEADER_DTYPE = np.dtype(
+    [
+        ("magic", "S8"),
+        ("version", "<u2"),
+        ("min_reader_version", "<u2"),
+        ("header_size", "<u4"),
+        ("features", "<u8"),
+        ("arch", "<u2"),
+        ("event_size", "<u2"),
+        ("task_size", "<u2"),
+        ("reserved", "<u2"),
+        ("plugin_api", "<u4"),
+        ("header_crc32", "<u4"),
+    ]
+)
+assert FILE_HEADER_DTYPE.itemsize == HEADER_FIXED_SIZE

@@ -39,6 +39,7 @@ class Header:
     qemu: str
     kernel: str
     plugin_args: str
+    damaged: bool = False  # its checksum failed: every field above is a guess
 
 
 @dataclass(frozen=True)
@@ -60,49 +61,96 @@ class Trace:
     blocks_read: int
     bytes_unread: int
     problems: list[str] = field(default_factory=list)
+    damaged: bool = False  # bytes inside the file are wrong (checksums, garbage)
+    truncated: bool = False  # the file ends early: the writer died
+    # Records known lost: from the footer's counts when it is intact, else
+    # the counts of damaged blocks whose headers survived (a lower bound).
+    events_lost: int = 0
+    tasks_lost: int = 0
+    lost_exact: bool = True
 
     @property
     def complete(self) -> bool:
         return self.footer is not None and not self.problems
 
 
-def _parse_header(path: Path, data: bytes) -> Header:
-    if len(data) < len(fmt.MAGIC) or data[: len(fmt.MAGIC)] != fmt.MAGIC:
+def _crc_with_zeroed(data: bytes | memoryview, offset: int) -> int:
+    """CRC-32C of data with its 4-byte checksum field at offset taken as zero."""
+    return crc32c(bytes(data[:offset]) + b"\0\0\0\0" + bytes(data[offset + 4 :]))
+
+
+def _guessed_header(header_size: int, damaged: bool) -> Header:
+    """This reader's own format, for a header that is damaged or cut short."""
+    return Header(fmt.FORMAT_VERSION, fmt.MIN_READER_VERSION, header_size, fmt.Feature(0),
+                  fmt.Arch.X86_64, fmt.EVENT_DTYPE.itemsize, fmt.TASK_DTYPE.itemsize, 0,
+                  "", "", "", damaged=damaged)
+
+
+def _parse_header(path: Path, data: mmap.mmap, size: int) -> tuple[Header, bool]:
+    """The file header, and whether the file ends inside it. A header whose
+    checksum fails is returned as damaged, its fields the best guess, when
+    the rest of the file holds blocks; a file with neither a header nor a
+    block is refused."""
+    fixed = bytes(data[: min(size, fmt.HEADER_FIXED_SIZE)])
+    magic_ok = fixed[: len(fmt.MAGIC)] == fmt.MAGIC[: len(fixed)]
+    first_block = _find_block(data, 0, size, fmt.CHECKSUMS_SINCE)
+    if not magic_ok and first_block is None:
         raise TraceError(f"{path}: not an fputrace trace (bad magic): give a file written by "
                          "'fputrace record'")
-    if len(data) < fmt.HEADER_FIXED_SIZE:
-        raise TraceError(f"{path}: truncated header ({len(data)} bytes): the trace is "
-                         "incomplete, record it again")
+    if len(fixed) < fmt.HEADER_FIXED_SIZE:
+        if first_block is None:
+            return _guessed_header(size, damaged=False), True
+        return _guessed_header(first_block, damaged=True), False
     (_, version, min_reader, header_size, features, arch, event_size, task_size, _,
-     plugin_api, _) = struct.unpack_from(fmt.HEADER_FIXED, data, 0)
-    if min_reader > fmt.READER_VERSION or version < 1:
-        raise TraceError(f"{path}: trace format version {version} (readable from reader "
-                         f"version {min_reader}) is not supported: this fputrace reads format "
-                         f"versions 1 to {fmt.READER_VERSION}; use a matching fputrace")
-    if header_size > len(data) or header_size < fmt.HEADER_FIXED_SIZE:
-        raise TraceError(f"{path}: truncated header (needs {header_size} bytes, file has "
-                         f"{len(data)}): record the trace again")
-    if event_size != fmt.EVENT_DTYPE.itemsize or task_size != fmt.TASK_DTYPE.itemsize:
-        raise TraceError(f"{path}: record sizes {event_size}/{task_size} do not match format "
-                         f"version {version}: the file is corrupt")
+     plugin_api, header_crc) = struct.unpack_from(fmt.HEADER_FIXED, fixed, 0)
+    if magic_ok and size < header_size <= 1 << 20 and first_block is None:
+        return _guessed_header(size, damaged=False), True
+    sane_size = fmt.HEADER_FIXED_SIZE <= header_size <= size
+    checked = magic_ok and version >= fmt.CHECKSUMS_SINCE and sane_size
+    crc_ok = checked and _crc_with_zeroed(data[:header_size], fmt.HEADER_CRC_OFFSET) == header_crc
+    damaged = not magic_ok or (version >= fmt.CHECKSUMS_SINCE and not crc_ok)
+    if not damaged:
+        if min_reader > fmt.READER_VERSION or version < 1:
+            raise TraceError(f"{path}: trace format version {version} (readable from reader "
+                             f"version {min_reader}) is not supported: this fputrace reads "
+                             f"format versions 1 to {fmt.READER_VERSION}; use a matching "
+                             "fputrace")
+        if not sane_size:
+            raise TraceError(f"{path}: header size {header_size} does not fit the file "
+                             f"({size} bytes): the file is corrupt")
+        if event_size != fmt.EVENT_DTYPE.itemsize or task_size != fmt.TASK_DTYPE.itemsize:
+            raise TraceError(f"{path}: record sizes {event_size}/{task_size} do not match "
+                             f"format version {version}: the file is corrupt")
+    strings = _header_strings(data, header_size) if sane_size else None
+    if damaged:
+        # Nothing in it can be trusted: decode the rest as this reader's format.
+        first = _find_block(data, fmt.HEADER_FIXED_SIZE, size, fmt.CHECKSUMS_SINCE)
+        return _guessed_header(first if first is not None else size, damaged=True), False
+    if strings is None:
+        raise TraceError(f"{path}: header strings run past the header: the file is corrupt")
     try:
         arch_value = fmt.Arch(arch)
     except ValueError:
         raise TraceError(f"{path}: unknown architecture code {arch}: the file is corrupt "
                          "or from a newer fputrace") from None
+    qemu, kernel, plugin_args = strings
+    return Header(version, min_reader, header_size, fmt.Feature(features), arch_value,
+                  event_size, task_size, plugin_api, qemu, kernel, plugin_args), False
+
+
+def _header_strings(data: mmap.mmap, header_size: int) -> list[str] | None:
     strings: list[str] = []
     pos = fmt.HEADER_FIXED_SIZE
     for _ in range(3):
         if pos + 2 > header_size:
-            raise TraceError(f"{path}: header strings run past the header: the file is corrupt")
+            return None
         (n,) = struct.unpack_from("<H", data, pos)
         pos += 2
         if pos + n > header_size:
-            raise TraceError(f"{path}: header strings run past the header: the file is corrupt")
+            return None
         strings.append(bytes(data[pos : pos + n]).decode("utf-8", "replace"))
         pos += n
-    return Header(version, min_reader, header_size, fmt.Feature(features), arch_value,
-                  event_size, task_size, plugin_api, *strings)
+    return strings
 
 
 def _parse_footer(payload: bytes | memoryview) -> Footer:
@@ -137,6 +185,40 @@ class _Block:
 RECORD_SIZES = {int(fmt.BlockType.EVENTS): fmt.EVENT_DTYPE.itemsize,
                 int(fmt.BlockType.TASKS): fmt.TASK_DTYPE.itemsize,
                 int(fmt.BlockType.FOOTER): fmt.FOOTER_DTYPE.itemsize}
+RECORD_NAMES = {int(fmt.BlockType.EVENTS): "events", int(fmt.BlockType.TASKS): "task records",
+                int(fmt.BlockType.FOOTER): "footer"}
+_BLOCK_MAGIC_BYTES = struct.pack("<I", fmt.BLOCK_MAGIC)
+
+
+def _block_at(data: mmap.mmap, pos: int, size: int, version: int) -> _Block | None:
+    """The block header at pos when it is one: its magic, its own checksum
+    (format 3 on) and a known type whose record count matches its size."""
+    if size - pos < fmt.BLOCK_HEADER_SIZE:
+        return None
+    magic, btype, _vcpu, count, psize, crc, header_crc = struct.unpack_from(
+        fmt.BLOCK_HEADER, data, pos)
+    if magic != fmt.BLOCK_MAGIC:
+        return None
+    if version >= fmt.CHECKSUMS_SINCE and \
+            crc32c(data[pos : pos + fmt.BLOCK_HEADER_CRC_COVERS]) != header_crc:
+        return None
+    record_size = RECORD_SIZES.get(btype)
+    if record_size is None or count * record_size != psize or \
+            (btype == fmt.BlockType.FOOTER and count != 1):
+        return None
+    return _Block(pos, btype, count, psize, crc)
+
+
+def _find_block(data: mmap.mmap, start: int, size: int, version: int) -> int | None:
+    """The first offset at or after start where a block header is."""
+    pos = start
+    while True:
+        pos = data.find(_BLOCK_MAGIC_BYTES, pos, size)
+        if pos < 0:
+            return None
+        if _block_at(data, pos, size, version) is not None:
+            return pos
+        pos += 1
 
 
 def read_trace(path: str | os.PathLike[str]) -> Trace:
@@ -144,13 +226,17 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
 
     The file is mapped; block headers are scanned in place, then each
     payload is copied into its place in preallocated arrays, its checksum
-    verified on the way: the file is never held twice in memory.
+    verified on the way: the file is never held twice in memory. A damaged
+    block costs that block only: the scan resynchronises on the next block
+    header whose own checksum holds.
     """
     p = Path(path)
     try:
         f = open(p, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         raise TraceError(f"{p}: no such trace file") from None
+    except IsADirectoryError:
+        raise TraceError(f"{p}: is a directory, not a trace file") from None
     except OSError as e:
         raise TraceError(f"{p}: cannot open: {e.strerror}") from None
     with f:
@@ -159,53 +245,72 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
             raise TraceError(f"{p}: empty file, not a trace: record it again")
         data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        header = _parse_header(p, data[: min(size, 1 << 16)])
-        blocks, footer_block, problems, end = _scan_blocks(data, header.header_size, size)
-        return _load(p, data, header, blocks, footer_block, problems, end, size)
+        header, cut_in_header = _parse_header(p, data, size)
+        if cut_in_header:
+            scan = _Scan(truncation=[f"the file ends inside its header, at byte {size}"])
+        else:
+            scan = _scan_blocks(data, header, size)
+        return _load(p, data, header, scan, size)
     finally:
         data.close()
 
 
-def _scan_blocks(data: mmap.mmap, start: int, size: int
-                 ) -> tuple[list[_Block], _Block | None, list[str], int]:
-    """Walk the block headers; stop at the first one that is not whole or sane."""
-    blocks: list[_Block] = []
-    problems: list[str] = []
-    pos = start
+@dataclass
+class _Scan:
+    blocks: list[_Block] = field(default_factory=list)
+    footer: _Block | None = None
+    damage: list[str] = field(default_factory=list)
+    truncation: list[str] = field(default_factory=list)
+    end: int = 0  # where whole blocks end
+    damaged_to_end: bool = False  # the file ends in bytes that are not a block
+
+
+def _scan_blocks(data: mmap.mmap, header: Header, size: int) -> _Scan:
+    """Walk the block headers. Bytes that are not a block are damage, skipped
+    up to the next block; a block the file ends inside of is truncation."""
+    scan = _Scan()
+    pos = header.header_size
+    version = header.version
     while pos < size:
-        if size - pos < fmt.BLOCK_HEADER_SIZE:
-            problems.append(f"a partial block header at byte {pos} ({size - pos} bytes)")
-            break
-        magic, btype, _vcpu, count, psize, crc, _ = struct.unpack_from(fmt.BLOCK_HEADER,
-                                                                       data, pos)
-        if magic != fmt.BLOCK_MAGIC:
-            problems.append(f"garbage instead of a block at byte {pos}")
-            break
+        block = _block_at(data, pos, size, version)
+        if block is None:
+            rest = bytes(data[pos : pos + 4])
+            if size - pos < fmt.BLOCK_HEADER_SIZE and _BLOCK_MAGIC_BYTES.startswith(rest):
+                scan.truncation.append(f"the file ends inside a block header at byte {pos}")
+                break
+            nxt = _find_block(data, pos + 1, size, version)
+            stop = size if nxt is None else nxt
+            scan.damage.append(f"bytes {pos}-{stop - 1} are not a block (a damaged block "
+                               "header or garbage)")
+            if nxt is None:
+                scan.damaged_to_end = True
+                break
+            pos = nxt
+            continue
         payload_at = pos + fmt.BLOCK_HEADER_SIZE
-        if payload_at + psize > size:
-            problems.append(f"a partial block at byte {pos} ({size - payload_at} of "
-                            f"{psize} payload bytes)")
+        if payload_at + block.payload_size > size:
+            scan.truncation.append(f"the file ends inside a block at byte {pos} "
+                                   f"({size - payload_at} of {block.payload_size} payload "
+                                   "bytes)")
             break
-        record_size = RECORD_SIZES.get(btype)
-        if record_size is None or count * record_size != psize or \
-                (btype == fmt.BlockType.FOOTER and count != 1):
-            problems.append(f"a block of unknown type {btype} or size at byte {pos}")
-            break
-        block = _Block(pos, btype, count, psize, crc)
-        pos = payload_at + psize
-        if btype == fmt.BlockType.FOOTER:
+        pos = payload_at + block.payload_size
+        scan.end = pos
+        if block.btype == fmt.BlockType.FOOTER:
+            scan.footer = block
             if pos != size:
-                problems.append(f"{size - pos} bytes after the footer")
-            return blocks, block, problems, pos
-        blocks.append(block)
-    return blocks, None, problems, pos
+                scan.damage.append(f"{size - pos} bytes after the footer")
+            break
+        scan.blocks.append(block)
+    return scan
 
 
-def _copy_payloads(data: mmap.mmap, blocks: list[_Block], dest: npt.NDArray[np.void]) -> int:
-    """Copy the blocks' payloads one after another into dest; returns how many
-    were copied before the first with a bad checksum."""
+def _copy_payloads(data: mmap.mmap, blocks: list[_Block], dest: npt.NDArray[np.void]
+                   ) -> npt.NDArray[np.bool_]:
+    """Copy the blocks' payloads one after another into dest, skipping those
+    with a bad checksum; returns which were good (dest holds them packed)."""
+    ok = np.zeros(len(blocks), dtype=np.uint8)
     if not blocks:
-        return 0
+        return ok.astype(bool)
     raw = dest.view(np.uint8).reshape(-1)
     lib = library()
     if lib is not None:
@@ -215,70 +320,98 @@ def _copy_payloads(data: mmap.mmap, blocks: list[_Block], dest: npt.NDArray[np.v
         # A read-only view: its address for C; dropped before the mapping closes.
         source = np.frombuffer(data, dtype=np.uint8)
         try:
-            return int(lib.fpa_copy_blocks(source.ctypes.data, len(data), offsets.ctypes.data,
-                              sizes.ctypes.data, crcs.ctypes.data, len(blocks),
-                              raw.ctypes.data))
+            lib.fpa_copy_blocks(source.ctypes.data, len(data), offsets.ctypes.data,
+                                sizes.ctypes.data, crcs.ctypes.data, len(blocks),
+                                raw.ctypes.data, ok.ctypes.data)
         finally:
             del source
+        return ok.astype(bool)
     out = 0
     for i, b in enumerate(blocks):
         start = b.pos + fmt.BLOCK_HEADER_SIZE
         payload = data[start : start + b.payload_size]
         if crc32c(payload) != b.crc:
-            return i
+            continue
+        ok[i] = 1
         raw[out : out + b.payload_size] = np.frombuffer(payload, dtype=np.uint8)
         out += b.payload_size
-    return len(blocks)
+    return ok.astype(bool)
 
 
-def _load(p: Path, data: mmap.mmap, header: Header, blocks: list[_Block],
-          footer_block: _Block | None, problems: list[str], end: int, size: int) -> Trace:
-    by_type = {t: [b for b in blocks if b.btype == t]
-               for t in (fmt.BlockType.EVENTS, fmt.BlockType.TASKS)}
-    events = np.empty(sum(b.count for b in by_type[fmt.BlockType.EVENTS]), dtype=fmt.EVENT_DTYPE)
-    tasks = np.empty(sum(b.count for b in by_type[fmt.BlockType.TASKS]), dtype=fmt.TASK_DTYPE)
-    good_events = _copy_payloads(data, by_type[fmt.BlockType.EVENTS], events)
-    good_tasks = _copy_payloads(data, by_type[fmt.BlockType.TASKS], tasks)
-    # The first bad block, of either type, ends what is read.
-    bad = [bl[n].pos for bl, n in ((by_type[fmt.BlockType.EVENTS], good_events),
-                                   (by_type[fmt.BlockType.TASKS], good_tasks)) if n < len(bl)]
-    stop = min(bad) if bad else None
+def _load(p: Path, data: mmap.mmap, header: Header, scan: _Scan, size: int) -> Trace:
+    damage = list(scan.damage)
+    if header.damaged:
+        damage.insert(0, "the file header failed its checksum (its identity strings and "
+                         "features may be wrong)")
+    kept: dict[int, list[_Block]] = {}
+    arrays: dict[int, npt.NDArray[np.void]] = {}
+    lost_in_bad_blocks = {int(fmt.BlockType.EVENTS): 0, int(fmt.BlockType.TASKS): 0}
+    for btype, dtype in ((int(fmt.BlockType.EVENTS), fmt.EVENT_DTYPE),
+                         (int(fmt.BlockType.TASKS), fmt.TASK_DTYPE)):
+        blocks = [b for b in scan.blocks if b.btype == btype]
+        dest = np.empty(sum(b.count for b in blocks), dtype=dtype)
+        ok = _copy_payloads(data, blocks, dest)
+        for b, good in zip(blocks, ok, strict=True):
+            if not good:
+                damage.append(f"the block at byte {b.pos} ({b.count} {RECORD_NAMES[btype]}) "
+                              "failed its checksum")
+                lost_in_bad_blocks[btype] += b.count
+        kept[btype] = [b for b, good in zip(blocks, ok, strict=True) if good]
+        counts = [b.count for b in kept[btype]]
+        arrays[btype] = _sort_by_seq(dest[: sum(counts)],
+                                     list(np.cumsum([0, *counts])[:-1]))
+    ev, tk = arrays[int(fmt.BlockType.EVENTS)], arrays[int(fmt.BlockType.TASKS)]
     footer: Footer | None = None
-    if stop is None and footer_block is not None:
-        start = footer_block.pos + fmt.BLOCK_HEADER_SIZE
-        payload = data[start : start + footer_block.payload_size]
-        if crc32c(payload) != footer_block.crc:
-            stop = footer_block.pos
+    if scan.footer is not None:
+        start = scan.footer.pos + fmt.BLOCK_HEADER_SIZE
+        payload = data[start : start + scan.footer.payload_size]
+        if crc32c(payload) != scan.footer.crc:
+            damage.append(f"the footer at byte {scan.footer.pos} failed its checksum")
         else:
             footer = _parse_footer(payload)
-    if stop is not None:
-        problems.insert(0, f"a block with a bad checksum at byte {stop}")
-
-    def before_stop(bl: list[_Block]) -> list[_Block]:
-        return [b for b in bl if stop is None or b.pos < stop]
-
-    kept_events = before_stop(by_type[fmt.BlockType.EVENTS])
-    kept_tasks = before_stop(by_type[fmt.BlockType.TASKS])
-    ev = _sort_by_seq(events[: sum(b.count for b in kept_events)],
-                      list(np.cumsum([0] + [b.count for b in kept_events])[:-1]))
-    tk = _sort_by_seq(tasks[: sum(b.count for b in kept_tasks)],
-                      list(np.cumsum([0] + [b.count for b in kept_tasks])[:-1]))
-    read_blocks = len(kept_events) + len(kept_tasks) + (1 if footer is not None else 0)
-    if footer is None:
-        problems.insert(0, "no footer: the recording did not end cleanly")
-    else:
-        if footer.events_total != len(ev):
-            problems.append(f"the footer counts {footer.events_total} events but "
-                            f"{len(ev)} were read: {footer.events_total - len(ev)} lost")
+    problems = [f"damaged: {d}" for d in damage]
+    problems += [f"truncated: {t}" for t in scan.truncation]
+    # A footer may have been among damaged bytes at the end: not a truncation.
+    cut_short = bool(scan.truncation) or (scan.footer is None and not scan.damaged_to_end)
+    if scan.footer is None:
+        problems.append("no intact footer: the damaged bytes at the end may have held it"
+                        if scan.damaged_to_end else
+                        "no footer: the recording did not end cleanly")
+    events_lost = lost_in_bad_blocks[int(fmt.BlockType.EVENTS)]
+    tasks_lost = lost_in_bad_blocks[int(fmt.BlockType.TASKS)]
+    lost_exact = not scan.damage and not scan.truncation and scan.footer is not None
+    if footer is not None:
+        events_lost = max(footer.events_total - len(ev), 0)
+        tasks_lost = max(footer.tasks_total - len(tk), 0)
+        lost_exact = True
+        if footer.events_total != len(ev) or footer.tasks_total != len(tk):
+            problems.append(f"the footer counts {footer.events_total} events and "
+                            f"{footer.tasks_total} task records; {len(ev)} and {len(tk)} "
+                            f"were read: {footer.events_total - len(ev)} events and "
+                            f"{footer.tasks_total - len(tk)} task records lost")
         if footer.write_errors:
             problems.append(f"the plugin failed {footer.write_errors} writes")
-    unread = size - (stop if stop is not None else end)
-    return Trace(p, header, ev, tk, footer, read_blocks, unread, problems)
+    read_blocks = len(kept[int(fmt.BlockType.EVENTS)]) + len(kept[int(fmt.BlockType.TASKS)]) \
+        + (1 if footer is not None else 0)
+    unread = size - scan.end if cut_short else 0
+    return Trace(p, header, ev, tk, footer, read_blocks, unread, problems,
+                 damaged=bool(damage), truncated=cut_short,
+                 events_lost=events_lost, tasks_lost=tasks_lost, lost_exact=lost_exact)
 
 
 def describe_incomplete(trace: Trace) -> str:
     """One line for a trace that is not complete: what is missing, what was read."""
+    state = ("damaged and truncated" if trace.damaged and trace.truncated else
+             "damaged" if trace.damaged else "incomplete")
     what = "; ".join(trace.problems)
     tail = f", {trace.bytes_unread} trailing bytes unread" if trace.bytes_unread else ""
-    return (f"{trace.path}: incomplete trace: {what}; read {len(trace.events)} events and "
-            f"{len(trace.tasks)} task records in {trace.blocks_read} whole blocks{tail}")
+    if trace.events_lost or trace.tasks_lost:
+        bound = "" if trace.lost_exact else "at least "
+        lost = (f"; {bound}{trace.events_lost} events and {trace.tasks_lost} task records "
+                "lost")
+    elif not trace.lost_exact:
+        lost = "; how many records were lost is unknown (no intact footer)"
+    else:
+        lost = ""
+    return (f"{trace.path}: {state} trace: {what}; read {len(trace.events)} events and "
+            f"{len(trace.tasks)} task records in {trace.blocks_read} whole blocks{tail}{lost}")
