@@ -24,6 +24,9 @@ class WorkloadDef:
     seed_module: bool = False  # needs the fputrace-seed test module (workloads/seed/)
     program: str = ""  # the built program, when not named like the workload
     args: tuple[str, ...] = ()  # arguments after the count
+    # Trace events per unit of count, rounded up from recordings (for the
+    # free-space check before a recording starts).
+    events_per_count: int = 20
 
     @property
     def binary_name(self) -> str:
@@ -34,7 +37,8 @@ WORKLOADS: dict[str, WorkloadDef] = {
     w.name: w
     for w in (
         WorkloadDef("kvm-pingpong", 200, ("kvm_amd",),
-                    "a KVM guest using x87/SSE that exits to user space N times"),
+                    "a KVM guest using x87/SSE that exits to user space N times",
+                    events_per_count=30),
         WorkloadDef("fpu-switch", 200, (),
                     "two tasks on one CPU holding AVX state, N round trips through pipes"),
         WorkloadDef("signal", 100, (), "FPU state across N signal deliveries and sigreturns"),
@@ -46,7 +50,7 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     program="kvm-pingpong", args=("hog",)),
         WorkloadDef("fork-exec", 20, (),
                     "N rounds of fork, then exec twice before the child runs, checking the "
-                    "child's, the exec'd and the parent's registers"),
+                    "child's, the exec'd and the parent's registers", events_per_count=400),
         WorkloadDef("fpu-seed", 5, (),
                     "deliberate FPU bugs of a test module: N calls each of a correct "
                     "kernel_fpu section, XMM use without one, and a corrupted saved state",

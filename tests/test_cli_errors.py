@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,41 @@ def test_foreign_workload_checked_before_boot(tmp_path: Path, case: str,
     p = fputrace("record", "--kernel", str(tmp_path / "no-such-kernel"), *args, "-o", str(out))
     assert_one_line_error(p, *words)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("where", "words"), [
+    ("/proc/x.ftr", ["-o /proc/x.ftr: cannot write in /proc"]),
+    ("DIR", ["is a directory"]),
+    ("/proc/nope/x.ftr", ["cannot create the directory /proc/nope"]),
+])
+def test_bad_output_path_fails_before_recording(tmp_path: Path, where: str,
+                                                words: list[str]) -> None:
+    # The kernel named does not exist either: the output is checked first,
+    # in well under the time a boot takes.
+    out = str(tmp_path) if where == "DIR" else where
+    t0 = time.monotonic()
+    p = fputrace("record", "--kernel", str(tmp_path / "no-such-kernel"), "-o", out)
+    assert_one_line_error(p, *words)
+    assert time.monotonic() - t0 < 30
+
+
+def test_too_little_free_space_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # fpu-switch:1000000 needs about 20 M events of 128 bytes: 2.4 GiB; the
+    # directory is made to have 100 MiB free.
+    import shutil
+
+    from fputrace.cli import main
+    from fputrace.output import estimated_trace_bytes
+    from fputrace.workloads import parse_workloads
+
+    need = estimated_trace_bytes(parse_workloads("fpu-switch:1000000"), 0)
+    assert need >= 1_000_000 * 20 * 128
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda _p: usage._replace(free=100 << 20))
+    status = main(["record", "--workload", "fpu-switch:1000000", "--kernel",
+                   str(tmp_path / "no-such-kernel"), "-o", str(tmp_path / "t.ftr")])
+    err = capsys.readouterr().err
+    assert status == 2 and "100 MiB free" in err and f"about {need >> 20} MiB" in err
+    assert not (tmp_path / "t.ftr").exists()

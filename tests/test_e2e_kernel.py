@@ -139,6 +139,12 @@ def test_report_json(pingpong: tuple[str, Path]) -> None:
 STOCK_WORKLOADS = "all"
 
 
+def report_head(trace: Path, chars: int = 6000) -> str:
+    """The text report's beginning (findings first), for a failing assertion."""
+    p = fputrace("report", "--max-findings", "0", str(trace))
+    return f"exit {p.returncode}\n{p.stdout[:chars]}\n{p.stderr[-1000:]}"
+
+
 @pytest.mark.parametrize("series", ["6.1", "5.10", "6.12"])
 def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, series: str) -> None:
     # Every workload (all): among them a CPU hog sharing the CPU with a vCPU
@@ -178,7 +184,7 @@ def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, serie
         kfpu["hashes"])
 
     rep_p = fputrace("report", "--json", str(out))
-    assert rep_p.returncode == 0, rep_p.stdout[-2000:]
+    assert rep_p.returncode == 0, report_head(out)
     rep = json.loads(rep_p.stdout)
     assert rep["findings"] == [] and rep["unconfirmed"] == []
     checks = rep["boundary_checks"]
@@ -373,7 +379,7 @@ def test_seeded_bugs_are_found(qemu_plugin: Path, tmp_path: Path, series: str) -
                    "clobber_changed": str(n), "corrupt": str(n), "corrupt_changed": str(n),
                    "failed": "0"}
     rep_p = fputrace("report", "--json", "--max-findings", "0", str(out))
-    assert rep_p.returncode == 3, rep_p.stderr
+    assert rep_p.returncode == 3, report_head(out)
     rep = json.loads(rep_p.stdout)
     findings = rep["findings"]
     misuse = [f for f in findings if f["kind"] == "kernel_fpu_misuse"]
@@ -385,8 +391,8 @@ def test_seeded_bugs_are_found(qemu_plugin: Path, tmp_path: Path, series: str) -
                                     "[fputrace_seed]" in f["description"] for f in misuse)
     by_clobber = [f for f in corrupted if "seed_clobber_xmm" in f["description"]]
     by_buffer = [f for f in corrupted if "changed in memory" in f["description"]]
-    assert (len(by_clobber), len(by_buffer), len(corrupted)) == (n, n, 2 * n)
-    assert len(findings) == 3 * n
+    assert (len(by_clobber), len(by_buffer), len(corrupted)) == (n, n, 2 * n), report_head(out)
+    assert len(findings) == 3 * n, report_head(out)
     assert all(f["task"].endswith(" fpu-seed") for f in findings)
 
 

@@ -12,6 +12,7 @@ from rich.markup import escape
 from fputrace.errors import FputraceError
 from fputrace.foreign import busybox_applets, check_commands, prepare_added
 from fputrace.kernel.layout import BUSYBOX, resolve_kernel
+from fputrace.output import check_output, estimated_trace_bytes
 from fputrace.record import record
 from fputrace.run import sidecar
 from fputrace.workloads import WORKLOADS, parse_workloads
@@ -76,6 +77,13 @@ def run(args: argparse.Namespace) -> int:
         added = prepare_added(args.add, "x86_64", applets)
         foreign = check_commands(args.commands, added, applets)
     msrs = [_parse_msr(m) for m in args.msr]
+    if args.smp < 1 or args.smp > 64:
+        raise FputraceError(f"--smp {args.smp}: give 1 to 64 guest CPUs")
+    if args.memory < 256:
+        raise FputraceError(f"--memory {args.memory}: the guest needs at least 256 MiB")
+    if not args.timeout > 0:
+        raise FputraceError(f"--timeout {args.timeout}: give a positive number of seconds")
+    check_output(args.output, estimated_trace_bytes(runs, len(foreign)))
     target = resolve_kernel(args.kernel, "amd64", args.modules, args.vmlinux)
     labels = ", ".join([*(r.label for r in runs), *(f"'{f.command}'" for f in foreign)])
     with console.status(f"recording {labels} on {target.identity}") as status:
