@@ -42,10 +42,6 @@ K = fmt.Kind
 P = fmt.Probe
 F = fmt.Flag
 
-# A task's fpstate lies inside its task_struct allocation: `struct fpu` is
-# the last member of thread_struct, itself the last of task_struct, and the
-# fpstate follows it (v5.16) or is embedded in it (5.10).
-TASK_STRUCT_SPAN = 1 << 16
 # Probes whose function changes the calling task's user FPU state on purpose
 # (docs/analysis.md, "Purposeful changes").
 TASK_PURPOSEFUL = {
@@ -334,17 +330,17 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             elif P(probe) in TASK_PURPOSEFUL:
                 reasons.setdefault(k, []).append((i, TASK_PURPOSEFUL[P(probe)]))
         elif kind != K.USER_RETURN:
-            # A save just after a fork probe on its CPU: fpu_clone() /
-            # fpu__copy() write the parent's live registers into the child's
-            # buffer, inside the child's task_struct allocation (with
-            # TIF_NEED_FPU_LOAD set they copy memory instead, and the child's
-            # first return is left unchecked).
-            fp = fork_probe.get((int(ev["vcpu"][i]), k))
-            if fp is not None:
+            # The parent's first save on its CPU after a fork probe:
+            # fpu_clone() / fpu__copy() save its live registers into the
+            # child's buffer, at the child's task pointer plus the kernel's
+            # buffer offset. If the save lands elsewhere there was none:
+            # 5.10's fpu__copy() copies memory when TIF_NEED_FPU_LOAD is set,
+            # and the child's first return is left unchecked.
+            fp = fork_probe.pop((int(ev["vcpu"][i]), k), None)
+            if fp is not None and bp.fpu_offset:
                 child = int(ev["value"][fp])
-                if 0 < int(ev["addr"][i]) - child < TASK_STRUCT_SPAN:
+                if int(ev["addr"][i]) == child + bp.fpu_offset:
                     fork_copy[child] = i
-                    del fork_probe[(int(ev["vcpu"][i]), k)]
         else:  # a return that needs its entry
             window = [r for j, r in reasons.pop(k, []) if j > p]
             e = entry.get(k, -1)

@@ -177,6 +177,7 @@ class BoundaryPass:
     first_entries: int
     unreadable: int
     kfpu_begins: int
+    fpu_offset: int  # a task's FPU buffer from its task pointer (fpa_fpu_buffer_offset), or 0
 
 
 def boundary_pass(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64],
@@ -216,4 +217,5 @@ def boundary_pass(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64],
         diff_cap = max(diff_cap, 2 * out.diff_len)
     return BoundaryPass(rel[:out.rel_len], prev[:out.rel_len], quiet, vk[:out.vcpu_len],
                         veq[:out.vcpu_len], de[:out.diff_len], dx[:out.diff_len],
-                        int(out.first_entries), int(out.unreadable), int(out.kfpu_begins))
+                        int(out.first_entries), int(out.unreadable), int(out.kfpu_begins),
+                        int(lib.fpa_fpu_buffer_offset(_ptr(ev), len(ev))))

@@ -29,6 +29,8 @@ def library() -> ctypes.CDLL | None:
     lib.fpa_classify.argtypes = [_p, _n, _p, _n, _u64, _u64, _u64, _p, _p, _p, _p, _p,
                                  _p, _p, _n, _p, _p, _p, _p, _p, _p, _n, _p, _p,
                                  _p, _p, _n, _p]
+    lib.fpa_fpu_buffer_offset.restype = ctypes.c_uint64
+    lib.fpa_fpu_buffer_offset.argtypes = [_p, _n]
     lib.fpa_boundaries.restype = ctypes.c_int
     lib.fpa_boundaries.argtypes = [_p, _n, _p, _p, _n, _u64, _p]
     return lib

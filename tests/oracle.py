@@ -87,9 +87,27 @@ def vcpu_id(vmcb: int, ident: int) -> int:
     return ((ident & 0xFFFFFF) << 40) | ((vmcb >> 12) & 0xFFFFFFFFFF)
 
 
+def fpu_buffer_offset(ev: npt.NDArray[np.void]) -> int:
+    """The offset of a task's FPU buffer from its task pointer that more
+    than half of the tasks' saves and restores inside their own allocation
+    use, or 0."""
+    offsets: Counter[int] = Counter()
+    for e in ev:
+        kind, flags = int(e["kind"]), int(e["flags"])
+        off = int(e["addr"]) - int(e["task"])
+        if (kind in SAVES or kind in RESTORES) and flags & F.TASK_VALID \
+                and not flags & F.L2 and 0 < off < TASK_STRUCT_SPAN:
+            offsets[off] += 1
+    if not offsets:
+        return 0
+    off, count = offsets.most_common(1)[0]
+    return off if 2 * count > sum(offsets.values()) else 0
+
+
 def classify(ev: npt.NDArray[np.void], init_fpstate: int | None,
              tasks: npt.NDArray[np.void] | None = None) -> Result:
     n = len(ev)
+    fpu_offset = fpu_buffer_offset(ev)
     r = Result([Class.NOT_CLASSIFIED] * n, [0] * n, [-1] * n, [0] * n, {})
     cpus: dict[int, Cpu] = {}
     bufs: dict[int, Buf] = {}
@@ -160,9 +178,10 @@ def classify(ev: npt.NDArray[np.void], init_fpstate: int | None,
         owner_same = has_p and c.owner_known and c.owner == addr
         owner_dirty = modified and not (has_p and c.kernel_simd)
         b = bufs.setdefault(addr, Buf())
-        fork_copy = (save and c.fork_parent != 0 and c.fork_parent == task
-                     and 0 < addr - c.fork_child < TASK_STRUCT_SPAN)
-        if fork_copy:
+        fork_copy = False
+        if save and c.fork_parent != 0 and c.fork_parent == task:
+            # The parent's first save after the probe is the copy, or none was.
+            fork_copy = fpu_offset != 0 and addr == c.fork_child + fpu_offset
             c.fork_parent = 0
             b.last_op = b.pending = -1
         if b.pending >= 0:

@@ -15,7 +15,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from test_ownership import BG, BT, BU, L1, L2, L3, LG1, LG2, VMCB, T, U, restore, save
+from test_ownership import (
+    BG,
+    BT,
+    BU,
+    FPU_OFFSET,
+    L1,
+    L2,
+    L3,
+    LG1,
+    LG2,
+    VMCB,
+    T,
+    U,
+    restore,
+    save,
+)
 from tracebuilder import (
     F_KSIMD,
     F_NO_ENTRY,
@@ -45,7 +60,7 @@ from fputrace.kernel.symbols import Symbols
 from fputrace.trace.reader import read_trace
 
 CHILD = 0xFFFF888000300000  # task_struct of a forked child
-BC = CHILD + 0x1640  # the child's fpstate buffer, inside its task_struct allocation
+BC = CHILD + FPU_OFFSET  # the child's fpstate buffer, where T's is in its task_struct
 SIGFRAME = 0x7FFC0000  # a signal frame on T's user stack
 INIT = 0x5555  # the init state's register hash
 ENTRY_SYSCALL = 0xFFFFFFFF81E00000
@@ -246,6 +261,33 @@ def test_forked_child_returns_with_the_parents_registers(tmp_path: Path) -> None
         if want_findings:
             assert code == 3
             assert "forked child's first return" in rep["findings"][0]["description"]
+
+
+def test_fork_by_memory_copy_leaves_the_first_return_unchecked(tmp_path: Path) -> None:
+    # 5.10's fpu__copy() with TIF_NEED_FPU_LOAD set (the parent T was
+    # preempted inside the syscall): the child's buffer gets a memcpy() of
+    # T's buffer (L1), which the trace cannot see. T's next save is of its
+    # own registers (here the init state L3, after a restore) into its own
+    # buffer, which lies just above the child's task_struct (slab
+    # neighbours): that is not the fork copy, and the child's first return
+    # with L1 is left unchecked rather than called corrupted.
+    child = T - 0x3000
+    b = TraceBuilder()
+    tasks(b)
+    b.task(child, 30, "child")
+    entry(b, L1)
+    save(b, BT, regs=L1)  # preempted: T's state goes to its buffer
+    restore(b, BU, before=L1, loads=L2, task=U)
+    probe(b, P_FORK_COPY, arg0=child)  # T again, its registers not loaded: memcpy
+    restore(b, BT, before=L2, loads=L3)  # (T's registers change)
+    save(b, BT, regs=L3)  # within 64 KiB above the child's pointer
+    restore(b, child + FPU_OFFSET, before=L3, loads=L1, task=child)
+    ret(b, L1, task=child)
+    code, rep = report(tmp_path, b)
+    assert (code, rep["findings"]) == (0, [])
+    assert rep["boundary_checks"]["by_kind"]["user_return"]["unchecked"] == {
+        "first return of a task whose fork copy the trace did not show (a memory copy, or a "
+        "fork before the trace)": 1}
 
 
 def test_missed_restore(tmp_path: Path) -> None:

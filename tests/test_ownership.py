@@ -47,8 +47,12 @@ from fputrace.trace.reader import read_trace
 
 T = 0xFFFF888000100000  # task_struct of task T
 U = 0xFFFF888000200000  # task_struct of task U
-BT = 0xFFFF888001000040  # T's fpstate buffer
-BU = 0xFFFF888002000040  # U's fpstate buffer
+# Each task's fpstate buffer lies at the same offset inside its task_struct
+# allocation (thread.fpu is its last member); the analysis learns the offset
+# from the tasks' own saves.
+FPU_OFFSET = 0x1640
+BT = T + FPU_OFFSET  # T's fpstate buffer
+BU = U + FPU_OFFSET  # U's fpstate buffer
 BG = 0xFFFF888003000040  # a vCPU's guest fpstate buffer
 VMCB = 0x6370000
 FULL = 0x7  # RFBM and XCR0: x87 | SSE | AVX
@@ -327,7 +331,7 @@ def test_timeline_marks_a_buffer_left_stale(tmp_path: Path) -> None:
 # ---- the kernel's ownership model: copies, life cycle, foreign saves ----
 
 CHILD = 0xFFFF888000300000
-BC = CHILD + 0x1640  # the child's buffer, inside its task_struct allocation
+BC = CHILD + FPU_OFFSET  # the child's buffer
 
 
 def probe(b: TraceBuilder, which: int, task: int = T, arg0: int = 0, cpu: int = 0) -> Ev:

@@ -609,6 +609,45 @@ static void finding_add(struct fpa_findings *f, int64_t event, int64_t last, int
     }
 }
 
+
+/*
+ * Where a task's FPU register buffer lies in its task_struct, as an offset
+ * from the task pointer: thread.fpu.state (5.10) or the fpstate embedded at
+ * the end of struct fpu (fpu->__fpstate.regs, v5.16), the same for every
+ * task. Taken from the trace itself: switch_fpu_prepare() saves every
+ * switched-out task's registers into its own buffer and switch_fpu_return()
+ * restores them from there, so the offset of most saves and restores that
+ * land inside the task's own allocation is it (a majority vote, then a
+ * count). 0 when no offset has a majority.
+ */
+uint64_t fpa_fpu_buffer_offset(const struct ftr_event *ev, size_t n)
+{
+    uint64_t candidate = 0, votes = 0, total = 0, agree = 0;
+
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < n; i++) {
+            const struct ftr_event *e = &ev[i];
+            uint64_t off = e->addr - e->task;
+
+            if (!(is_save(e->kind) || is_restore(e->kind)) || !(e->flags & FLAG_TASK_VALID) ||
+                (e->flags & FLAG_L2) ||
+                e->addr <= e->task || off >= TASK_STRUCT_SPAN) {
+                continue;
+            }
+            if (pass == 0) {
+                total++;
+                if (votes == 0) {
+                    candidate = off;
+                }
+                votes += off == candidate ? 1 : -1;
+            } else {
+                agree += off == candidate;
+            }
+        }
+    }
+    return 2 * agree > total ? candidate : 0;
+}
+
 /*
  * Returns 0; 1 if a table did not fit agg_cap (agg_n_out says how much is
  * needed: call again); -1 when memory ran out. Outputs, all of length n:
@@ -639,6 +678,7 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
     uint32_t max_cpu = 0;
     size_t ti = 0;
     struct fpa_findings f = { f_event, f_last, f_resumed, f_buffer, f_cls, f_cap, 0, 0 };
+    uint64_t fpu_offset = fpa_fpu_buffer_offset(ev, n);
     int rc = -1;
 
     for (size_t i = 0; i < n; i++) {
@@ -861,10 +901,18 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
          * into the child's new buffer, inside the child's task_struct. A
          * new context begins there: what the address held before is gone.
          */
-        int fork_copy = save && cs->fork_parent != 0 && cs->fork_parent == e->task && e->addr > cs->fork_child &&
-                        e->addr - cs->fork_child < TASK_STRUCT_SPAN;
-        if (fork_copy) {
+        int fork_copy = 0;
+        if (save && cs->fork_parent != 0 && cs->fork_parent == e->task) {
+            /*
+             * It is the parent's first save after the probe, or there is
+             * none: with TIF_NEED_FPU_LOAD set, 5.10's fpu__copy() copies
+             * the parent's buffer with memcpy() (6.x's fpu_clone() restores
+             * it first and then saves).
+             */
+            fork_copy = fpu_offset != 0 && e->addr == cs->fork_child + fpu_offset;
             cs->fork_parent = 0;
+        }
+        if (fork_copy) {
             bs->last_op = -1;
             bs->pending_overwrite = -1;
         }
