@@ -47,6 +47,8 @@
  *   probe=ADDR:ID       record entry to the kernel function at ADDR as a
  *                       probe event of kind ID (enum ftr_probe; may repeat)
  *   boundaries=on|off   record user entry/return boundaries (default on)
+ *   regs=derive|read    register hashes at 64-bit saves and restores from the
+ *                       bytes they move (default), or read register by register
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -77,15 +79,34 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 #define MAX_EXTRA_MSRS          16
 #define SITE_TABLE_SIZE         1024    /* power of two */
 #define TASK_TABLE_SIZE         (1u << 16)
+#define BUFFER_TABLE_SIZE       (1u << 16)
 #define MAX_PROBES              64
+
+/* Segment registers in the encoding's order (ModRM sreg, prefixes). */
+enum x86_sreg { SREG_ES, SREG_CS, SREG_SS, SREG_DS, SREG_FS, SREG_GS, SREG_NONE = 7 };
+
+/*
+ * The CPU mode an instruction was translated in, from CR0.PE, EFLAGS.VM and
+ * EFER.LMA read at translation time: what its bytes mean depends on it.
+ * CS.L and CS.D (64-bit against compatibility mode, 32- against 16-bit
+ * segments) are not readable, so a second decoding for the other one is
+ * kept and the instruction's memory accesses decide (vcpu_fpu_mem()).
+ */
+enum x86_mode {
+    MODE_LONG,                  /* EFER.LMA: 64-bit, or compatibility mode */
+    MODE_PROTECTED,             /* 32-bit (or 16-bit) protected mode */
+    MODE_REAL,                  /* real or virtual-8086 mode: segment base = selector << 4 */
+};
 
 /* How an operand's effective address is formed: [seg + base + index*scale + disp]. */
 struct x86_modrm_addr {
     int8_t base;                /* GPR number, -1 none, -2 RIP-relative */
     int8_t index;               /* GPR number, -1 none */
     uint8_t scale;
-    uint8_t segment;            /* 0, or 4 for FS / 5 for GS override */
-    bool addr32;                /* 0x67 prefix: truncate to 32 bits */
+    uint8_t segment;            /* enum x86_sreg: the override, or the default (DS/SS) */
+    uint8_t addr_size;          /* enum ftr_addr_size */
+    uint8_t mode;               /* enum x86_mode */
+    bool cs64;                  /* 64-bit mode (not compatibility mode) */
     int32_t disp;
 };
 
@@ -106,7 +127,9 @@ struct fpu_insn {
     uint8_t boundary;           /* enum boundary_insn; kind is 0 then */
     bool is_save;
     bool is_restore;
-    struct x86_modrm_addr ea;
+    bool has_alt;               /* ea_alt: the other CS.L/CS.D reading */
+    bool prefer_alt;            /* the accesses chose ea_alt last time (a benign race) */
+    struct x86_modrm_addr ea, ea_alt;
 };
 
 /*
@@ -132,6 +155,12 @@ struct vcpu_state {
      */
     uint64_t last_regs;
     bool last_regs_ok;
+    /*
+     * Set by an inline store at every FP/SIMD instruction, whatever its
+     * mode or address (boot code, user code): the registers may have
+     * changed since last_regs. Cleared when they are read or derived.
+     */
+    uint64_t regs_dirty;
     uint64_t kernel_gs_base;    /* last per-cpu base seen; see x86_current_task() */
     uint64_t xcr0;
     /* An inline store of its pc when kernel code runs an FP/SIMD instruction. */
@@ -140,6 +169,14 @@ struct vcpu_state {
     bool pending;
     uint64_t pending_next_pc;   /* for a restore: where regs_after_hash is read */
     struct ftr_event pending_event;
+    uint64_t pending_alt_addr;  /* the other reading's address (has_alt) */
+    const struct fpu_insn *pending_insn;
+    bool pending_checked;       /* the first access has placed the area */
+    bool pending_ignore;        /* ... outside it: hashes are not valid */
+    bool pending_used_alt;
+    bool pending_derive;        /* register hashes from the bytes moved (regs=derive) */
+    bool pending_entry;         /* entry_event awaits the register hash of this save */
+    struct ftr_event entry_event;
     struct ftr_event *events;
     size_t n_events;
     struct ftr_task *tasks;
@@ -162,6 +199,7 @@ static struct {
     struct probe { uint64_t pc; uint32_t id; } probes[MAX_PROBES];
     unsigned n_probes;
     bool boundaries;
+    bool derive_regs;           /* regs=derive (default) or regs=read */
     char *kernel_id, *qemu_id, *args;
     const char *target;
 } cfg = {
@@ -171,11 +209,13 @@ static struct {
     .task_tgid_off = -1,
     .task_comm_off = -1,
     .boundaries = true,
+    .derive_regs = true,
 };
 
 static struct qemu_plugin_scoreboard *vcpus;
 static qemu_plugin_u64 kernel_simd_entry;       /* vcpu_state.kernel_simd */
 static qemu_plugin_u64 entry_pending_entry;     /* vcpu_state.entry_pending */
+static qemu_plugin_u64 regs_dirty_entry;        /* vcpu_state.regs_dirty */
 static uint64_t next_seq;               /* atomic */
 static uint64_t blocks_written;         /* atomic */
 static uint64_t write_errors;           /* atomic */
@@ -195,13 +235,16 @@ enum site_type {
 static uint64_t site_pc[SITE_TABLE_SIZE];       /* 0: empty slot */
 static uint32_t site_types[SITE_TABLE_SIZE];
 
-/* Task identities already announced: lock-free set of nonzero keys. */
+/* Task identities already announced, and save areas already seen: lock-free sets. */
 static uint64_t task_seen[TASK_TABLE_SIZE];
+static uint64_t buffer_seen[BUFFER_TABLE_SIZE];
 
 /* Register handles, resolved once by name. */
 static struct {
     struct qemu_plugin_register *gpr[16];
-    struct qemu_plugin_register *cs, *gs_base, *k_gs_base;
+    struct qemu_plugin_register *cs, *fs_base, *gs_base, *k_gs_base;
+    struct qemu_plugin_register *sreg[6];       /* selectors, enum x86_sreg order */
+    struct qemu_plugin_register *cr0, *efer, *eflags;
     struct qemu_plugin_register *fctrl, *fstat, *mxcsr;
     struct qemu_plugin_register *st[8], *xmm[16];
     bool resolved;
@@ -430,12 +473,72 @@ static void vcpu_commit_event(struct vcpu_state *vs, unsigned int vcpu_index,
     }
 }
 
+static uint64_t x86_regs_hash(struct vcpu_state *vs, bool *ok);
+
+/*
+ * The register file's hash from the bytes a 64-bit save or restore moved:
+ * x87 and SSE hash like the register file (xsave_offset_is_content()), and
+ * a component XRSTOR did not read (clear in XSTATE_BV) was loaded with its
+ * init state. NULL-safe false when the bytes do not cover both.
+ */
+static uint64_t x87_init_hash, sse_init_hash;
+
+static bool x86_regs_from_bytes(const struct ftr_event *ev, bool restore, uint64_t *out)
+{
+    uint64_t bv = ev->kind == FTR_KIND_FXRSTOR || ev->kind == FTR_KIND_FXSAVE
+                  ? 3 : ev->xstate_bv;
+    uint32_t moved = ev->mem_features;
+
+    if (!(ev->flags & FTR_FLAG_MEM_VALID) || (ev->flags & FTR_FLAG_ADDR_UNVERIFIED)) {
+        return false;
+    }
+    if (!restore) {
+        if ((moved & 3) != 3) {
+            return false;
+        }
+        *out = ev->mem_legacy_hash;
+        return true;
+    }
+    /* What XRSTOR read is what it loaded; XSTATE_BV says what it read. */
+    if ((bv & 1) != (moved & 1) || (bv & 2) != (moved & 2)) {
+        return false;
+    }
+    *out = ev->mem_legacy_hash + (bv & 1 ? 0 : x87_init_hash) + (bv & 2 ? 0 : sse_init_hash);
+    return true;
+}
+
+/*
+ * A save or restore whose memory accesses are all in. A save's register
+ * hash is the bytes it stored (regs=derive); a user entry waiting for it
+ * goes out first, in order of sequence.
+ */
 static void vcpu_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
 {
-    if (vs->pending) {
-        vs->pending = false;
-        vcpu_commit_event(vs, vcpu_index, &vs->pending_event);
+    struct ftr_event *ev = &vs->pending_event;
+    uint64_t h;
+
+    if (!vs->pending) {
+        return;
     }
+    vs->pending = false;
+    if (vs->pending_derive && vs->pending_insn->is_save) {
+        if (x86_regs_from_bytes(ev, false, &h)) {
+            ev->regs_hash = h;
+            ev->flags |= FTR_FLAG_REGS_VALID;
+        }
+        /* The save left the registers as they were, unless SIMD code ran since. */
+        vs->last_regs = ev->regs_hash;
+        vs->last_regs_ok = (ev->flags & FTR_FLAG_REGS_VALID) != 0 && !vs->regs_dirty;
+    }
+    if (vs->pending_entry) {
+        vs->pending_entry = false;
+        if (ev->flags & FTR_FLAG_REGS_VALID) {
+            vs->entry_event.regs_hash = ev->regs_hash;
+            vs->entry_event.flags |= FTR_FLAG_REGS_VALID;
+        }
+        vcpu_commit_event(vs, vcpu_index, &vs->entry_event);
+    }
+    vcpu_commit_event(vs, vcpu_index, ev);
 }
 
 /* ---- helpers: guest state ------------------------------------------- */
@@ -494,6 +597,7 @@ static uint64_t x86_regs_hash(struct vcpu_state *vs, bool *ok)
     uint64_t h = 0;
 
     *ok = true;
+    vs->regs_dirty = 0;
     if (!reg_read(vs, regs.fctrl, buf, 2)) {
         *ok = false;
         return 0;
@@ -520,11 +624,20 @@ static uint64_t x86_regs_hash(struct vcpu_state *vs, bool *ok)
     return h;
 }
 
-static uint64_t x86_effective_address(struct vcpu_state *vs,
-                                      const struct fpu_insn *fi)
+/*
+ * The linear address an operand names, as the CPU forms it in ea's mode.
+ * Segment bases: in long mode only FS and GS have one (readable); in real
+ * and virtual-8086 mode a base is the selector times 16; in protected mode
+ * the hidden base of CS/DS/ES/SS cannot be read and is taken as 0 (flat
+ * segments), which the instruction's memory accesses then confirm or not.
+ */
+static uint64_t x86_effective_address(struct vcpu_state *vs, const struct fpu_insn *fi,
+                                      const struct x86_modrm_addr *ea)
 {
-    const struct x86_modrm_addr *ea = &fi->ea;
-    uint64_t addr = (int64_t)ea->disp;
+    static const uint64_t size_mask[] = {
+        [FTR_ADDR_64] = UINT64_MAX, [FTR_ADDR_32] = 0xffffffffull, [FTR_ADDR_16] = 0xffff,
+    };
+    uint64_t addr = (int64_t)ea->disp, base = 0;
 
     if (ea->base == -2) {
         addr += fi->vaddr + fi->len;
@@ -534,22 +647,28 @@ static uint64_t x86_effective_address(struct vcpu_state *vs,
     if (ea->index >= 0) {
         addr += reg_read_u64(vs, regs.gpr[ea->index]) << ea->scale;
     }
-    if (ea->addr32) {
-        addr &= 0xffffffffull;
+    addr &= size_mask[ea->addr_size];
+    if (ea->segment == SREG_FS || ea->segment == SREG_GS) {
+        base = reg_read_u64(vs, ea->segment == SREG_FS ? regs.fs_base : regs.gs_base);
+    } else if (ea->mode == MODE_REAL) {
+        base = (reg_read_u64(vs, regs.sreg[ea->segment]) & 0xffff) << 4;
     }
-    if (ea->segment == 5) {
-        addr += reg_read_u64(vs, regs.gs_base);
-    }
-    /* FS base is not readable by name on every QEMU; FS-relative FPU saves do not occur in kernels. */
-    return addr;
+    addr += base;
+    /* Outside 64-bit mode linear addresses are 32 bits wide. */
+    return ea->cs64 ? addr : addr & 0xffffffffull;
 }
 
-static bool task_first_sighting(uint64_t key)
+/*
+ * A lock-free set of nonzero keys: true the first time a key is added;
+ * when_full once the table is full (announcing a task twice beats never;
+ * no prior read of a buffer beats a wrong one).
+ */
+static bool seen_set_add(uint64_t *table, uint32_t size, uint64_t key, bool when_full)
 {
-    uint32_t slot = key & (TASK_TABLE_SIZE - 1);
+    uint32_t slot = hash_mix64(key) & (size - 1);
 
-    for (uint32_t probe = 0; probe < TASK_TABLE_SIZE; probe++) {
-        uint64_t *p = &task_seen[(slot + probe) & (TASK_TABLE_SIZE - 1)];
+    for (uint32_t probe = 0; probe < size; probe++) {
+        uint64_t *p = &table[(slot + probe) & (size - 1)];
         uint64_t expected = 0;
         uint64_t cur = __atomic_load_n(p, __ATOMIC_RELAXED);
 
@@ -565,7 +684,7 @@ static bool task_first_sighting(uint64_t key)
             return false;
         }
     }
-    return true;    /* table full: announcing twice beats announcing never */
+    return when_full;
 }
 
 /*
@@ -619,7 +738,7 @@ static uint64_t x86_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
     memcpy(comm_words, t.comm, sizeof(comm_words));
     key = hash_mix64(task ^ hash_mix64(t.pid)) ^
           hash_mix64(comm_words[0] ^ hash_mix64(comm_words[1]));
-    if (task_first_sighting(key | 1)) {
+    if (seen_set_add(task_seen, TASK_TABLE_SIZE, key | 1, true)) {
         t.seq = seq;
         t.task = task;
         t.vcpu = vcpu_index;
@@ -690,15 +809,20 @@ static const char *const x86_gpr_names[16] = {
 };
 
 /*
- * Decode the memory operand of a ModRM byte at p. Returns false for a
- * register operand (mod == 3) or bytes that run out.
+ * Decode the memory operand of a ModRM byte at p, for an address size of
+ * 64 (64-bit mode: RIP-relative for mod 00 r/m 101), 32 (disp32 there) or
+ * 16 bits (the 8086 table: [BX+SI], ..., disp16 for mod 00 r/m 110).
+ * Returns false for a register operand (mod == 3) or bytes that run out.
  */
-static bool x86_decode_modrm(const uint8_t *p, size_t n, uint8_t rex, bool addr32,
-                             uint8_t segment, struct x86_modrm_addr *ea,
-                             uint8_t *reg_field)
+static bool x86_decode_modrm(const uint8_t *p, size_t n, uint8_t rex, bool cs64,
+                             uint8_t addr_size, uint8_t seg_override,
+                             struct x86_modrm_addr *ea, uint8_t *reg_field)
 {
+    static const int8_t base16[8] = { 3, 3, 5, 5, 6, 7, 5, 3 };     /* BX BX BP BP SI DI BP BX */
+    static const int8_t index16[8] = { 6, 7, 6, 7, -1, -1, -1, -1 }; /* SI DI SI DI */
     uint8_t modrm, mod, rm;
     size_t i = 1;
+    bool ss_default = false;
 
     if (n < 1) {
         return false;
@@ -713,10 +837,25 @@ static bool x86_decode_modrm(const uint8_t *p, size_t n, uint8_t rex, bool addr3
     ea->base = -1;
     ea->index = -1;
     ea->scale = 0;
-    ea->segment = segment;
-    ea->addr32 = addr32;
+    ea->addr_size = addr_size;
+    ea->cs64 = cs64;
     ea->disp = 0;
-    if (rm == 4) {
+    if (addr_size == FTR_ADDR_16) {
+        if (mod == 0 && rm == 6) {
+            mod = 2;                    /* disp16, no base */
+        } else {
+            ea->base = base16[rm];
+            ea->index = index16[rm];
+            ss_default = ea->base == 5;
+        }
+        if (mod == 2) {
+            if (n < i + 2) {
+                return false;
+            }
+            ea->disp = (int16_t)(p[i] | p[i + 1] << 8);
+            mod = 0;
+        }
+    } else if (rm == 4) {
         uint8_t sib, base, index;
         if (n < 2) {
             return false;
@@ -735,10 +874,16 @@ static bool x86_decode_modrm(const uint8_t *p, size_t n, uint8_t rex, bool addr3
             ea->base = base;
         }
     } else if (rm == 5 && mod == 0) {
-        ea->base = -2;                  /* RIP-relative */
+        /* RIP-relative only in 64-bit mode (also with 0x67); an absolute disp32 elsewhere. */
+        ea->base = cs64 ? -2 : -1;
         mod = 2;
     } else {
         ea->base = rm | ((rex & 0x1) ? 8 : 0);
+    }
+    if (addr_size != FTR_ADDR_16 && (ea->base & 7) == 4 && ea->base >= 0) {
+        ss_default = true;              /* [RSP+...] */
+    } else if (addr_size != FTR_ADDR_16 && ea->base == 5 && mod != 0) {
+        ss_default = true;              /* [RBP+disp] */
     }
     if (mod == 1) {
         if (n < i + 1) {
@@ -751,6 +896,7 @@ static bool x86_decode_modrm(const uint8_t *p, size_t n, uint8_t rex, bool addr3
         }
         memcpy(&ea->disp, p + i, 4);
     }
+    ea->segment = seg_override != SREG_NONE ? seg_override : ss_default ? SREG_SS : SREG_DS;
     return true;
 }
 
@@ -760,28 +906,37 @@ static bool x86_decode_modrm(const uint8_t *p, size_t n, uint8_t rex, bool addr3
  * 66/F2/F3 prefix are FPU state operations (mod == 3 is LFENCE, MFENCE,
  * SFENCE, RDRAND...; F3 0F AE is RDFSBASE & co; 66 0F AE /6 is CLWB).
  */
-static bool x86_decode(const uint8_t *p, size_t n, struct fpu_insn *fi)
+static bool x86_decode(const uint8_t *p, size_t n, bool cs64, bool default16,
+                       struct fpu_insn *fi, struct x86_modrm_addr *ea)
 {
     size_t i = 0;
-    uint8_t rex = 0, segment = 0, reg;
-    bool mandatory_prefix = false, addr32 = false;
+    uint8_t rex = 0, segment = SREG_NONE, reg, addr_size;
+    bool mandatory_prefix = false, addr_prefix = false;
 
     for (; i < n; i++) {
         uint8_t b = p[i];
         if (b == 0x66 || b == 0xf2 || b == 0xf3) {
             mandatory_prefix = true;
         } else if (b == 0x67) {
-            addr32 = true;
+            addr_prefix = true;
+        } else if (b == 0x26 || b == 0x2e || b == 0x36 || b == 0x3e) {
+            segment = (b >> 3) & 3;             /* ES CS SS DS */
         } else if (b == 0x64 || b == 0x65) {
-            segment = b - 0x60;
-        } else if (b == 0xf0 || b == 0x2e || b == 0x36 || b == 0x3e || b == 0x26) {
-            /* lock / null segment overrides */
+            segment = b - 0x64 + SREG_FS;
+        } else if (b == 0xf0) {
+            /* lock */
         } else {
             break;
         }
     }
-    if (i < n && (p[i] & 0xf0) == 0x40) {
+    /* Outside 64-bit mode 40-4F are INC/DEC, instructions of their own. */
+    if (cs64 && i < n && (p[i] & 0xf0) == 0x40) {
         rex = p[i++];
+    }
+    if (cs64) {
+        addr_size = addr_prefix ? FTR_ADDR_32 : FTR_ADDR_64;
+    } else {
+        addr_size = addr_prefix == default16 ? FTR_ADDR_32 : FTR_ADDR_16;
     }
     if (i < n && p[i] == 0xcf) {                /* IRET */
         fi->boundary = BOUNDARY_IRET;
@@ -821,8 +976,8 @@ static bool x86_decode(const uint8_t *p, size_t n, struct fpu_insn *fi)
         return false;
     case 0xae:
         if (mandatory_prefix ||
-            !x86_decode_modrm(p + i + 1, n - i - 1, rex, addr32, segment,
-                              &fi->ea, &reg)) {
+            !x86_decode_modrm(p + i + 1, n - i - 1, rex, cs64, addr_size, segment,
+                              ea, &reg)) {
             return false;
         }
         switch (reg) {
@@ -835,8 +990,8 @@ static bool x86_decode(const uint8_t *p, size_t n, struct fpu_insn *fi)
         }
     case 0xc7:
         if (mandatory_prefix ||
-            !x86_decode_modrm(p + i + 1, n - i - 1, rex, addr32, segment,
-                              &fi->ea, &reg)) {
+            !x86_decode_modrm(p + i + 1, n - i - 1, rex, cs64, addr_size, segment,
+                              ea, &reg)) {
             return false;
         }
         switch (reg) {
@@ -860,7 +1015,7 @@ static bool x86_decode(const uint8_t *p, size_t n, struct fpu_insn *fi)
  * caller has just read, or NULL to read it here.
  */
 static void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_index,
-                                   const uint64_t *regs_hash)
+                                   const uint64_t *regs_hash, bool defer)
 {
     struct ftr_event ev;
     bool ok = true;
@@ -880,6 +1035,12 @@ static void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_inde
         return;
     }
     event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_ENTRY, vs->entry_pc, 0);
+    if (defer) {
+        /* A save comes next: its bytes are the registers (vcpu_finish_pending()). */
+        vs->entry_event = ev;
+        vs->pending_entry = true;
+        return;
+    }
     ev.regs_hash = regs_hash ? *regs_hash : x86_regs_hash(vs, &ok);
     if (ok) {
         ev.flags |= FTR_FLAG_REGS_VALID;
@@ -936,7 +1097,7 @@ static void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index,
     }
     if (quiet) {
         ev.flags |= FTR_FLAG_QUIET;
-    } else if (vs->last_regs_ok) {
+    } else if (vs->last_regs_ok && !vs->regs_dirty) {
         /* Read at the last restore or save, and unchanged since. */
         ev.regs_hash = vs->last_regs;
         ev.flags |= FTR_FLAG_REGS_VALID;
@@ -983,7 +1144,7 @@ static void vcpu_simd_after_entry_exec(unsigned int vcpu_index, void *udata G_GN
     struct vcpu_state *vs = vcpu_get(vcpu_index);
 
     vcpu_finish_pending(vs, vcpu_index);
-    vcpu_materialize_entry(vs, vcpu_index, NULL);
+    vcpu_materialize_entry(vs, vcpu_index, NULL, false);
 }
 
 /* The first instruction of a probed kernel function: its first arguments. */
@@ -1002,34 +1163,138 @@ static void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
     vcpu_commit_event(vs, vcpu_index, &ev);
 }
 
+/*
+ * What a buffer held before the first save to it the trace sees, hashed
+ * over the bytes the save will store (the requested x87/SSE/AVX
+ * components, MXCSR with SSE or AVX, XMM8-15 in 64-bit mode only), so that
+ * the save can be judged against it: the analysis would otherwise not know.
+ */
+static bool x86_prior_hash(struct vcpu_state *vs, uint64_t addr, uint32_t requested,
+                           bool cs64, uint64_t *out)
+{
+    uint8_t bytes[832];
+    size_t len = requested & 4 ? 832 : 416;
+    uint64_t h = 0;
+
+    if (!mem_read(vs, addr, bytes, len)) {
+        return false;
+    }
+    for (size_t o = 0; o < len; o++) {
+        uint32_t feature = xsave_feature_of_offset(o);
+        bool stored = (o >= 24 && o < 28) ? (requested & 6) != 0 : (feature & requested) != 0;
+        if (!cs64 && o >= 288 && o < 416) {
+            stored = false;             /* XMM8-15 exist in 64-bit mode only */
+        }
+        if (stored && xsave_offset_is_content(o)) {
+            h += hash_byte(o, bytes[o]);
+        }
+    }
+    *out = h;
+    return true;
+}
+
 static void vcpu_fpu_op_exec(unsigned int vcpu_index, void *udata)
 {
     const struct fpu_insn *fi = udata;
     struct vcpu_state *vs = vcpu_get(vcpu_index);
+    const struct x86_modrm_addr *ea = fi->prefer_alt ? &fi->ea_alt : &fi->ea;
     struct ftr_event ev;
-    bool ok;
-
-    uint64_t regs_hash;
+    uint64_t rfbm, requested, regs_hash = 0;
+    bool ok = false, derive;
 
     vcpu_finish_pending(vs, vcpu_index);
-    regs_hash = x86_regs_hash(vs, &ok);
-    vcpu_materialize_entry(vs, vcpu_index, ok ? &regs_hash : NULL);
+    rfbm = (reg_read_u64(vs, regs.gpr[0]) & 0xffffffffull) |
+           reg_read_u64(vs, regs.gpr[2]) << 32;                 /* EDX:EAX */
+    requested = fi->kind == FTR_KIND_FXSAVE || fi->kind == FTR_KIND_FXRSTOR
+                ? 3 : rfbm & vs->xcr0;
+    /*
+     * In 64-bit mode, with x87 and SSE both moved, the register hashes come
+     * from the bytes (64-bit mode: all 16 XMM registers are moved). A save
+     * leaves the registers alone; before a restore they are the last ones
+     * read or derived, if nothing could change them since.
+     */
+    derive = cfg.derive_regs && ea->cs64 && (requested & 3) == 3 &&
+             (fi->kind == FTR_KIND_XSAVE || fi->kind == FTR_KIND_XSAVEOPT ||
+              fi->kind == FTR_KIND_FXSAVE || fi->kind == FTR_KIND_XRSTOR ||
+              fi->kind == FTR_KIND_FXRSTOR);        /* TCG runs XSAVEC/S, XRSTORS as no-ops */
+    if (!derive || (fi->is_restore && (!vs->last_regs_ok || vs->regs_dirty))) {
+        regs_hash = x86_regs_hash(vs, &ok);
+    } else if (fi->is_restore) {
+        regs_hash = vs->last_regs;
+        ok = true;
+    }
+    if (derive && fi->is_save && vs->entry_pending) {
+        vcpu_materialize_entry(vs, vcpu_index, NULL, true);
+    } else if (vs->entry_pending) {
+        if (!ok && !derive) {
+            regs_hash = x86_regs_hash(vs, &ok);
+        }
+        vcpu_materialize_entry(vs, vcpu_index, ok ? &regs_hash : NULL, false);
+    }
     event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr, -1);
-    ev.flags |= fi->flags;
-    ev.addr = x86_effective_address(vs, fi);
-    ev.value = reg_read_u64(vs, regs.gpr[0]) & 0xffffffffull;
-    ev.value |= reg_read_u64(vs, regs.gpr[2]) << 32;    /* EDX:EAX = RFBM */
-    ev.regs_hash = regs_hash;
+    ev.flags |= fi->flags | (uint32_t)ea->addr_size << FTR_FLAG_ADDR_SIZE_SHIFT;
+    ev.addr = x86_effective_address(vs, fi, ea);
+    ev.value = rfbm;
     if (ok) {
+        ev.regs_hash = regs_hash;
         ev.flags |= FTR_FLAG_REGS_VALID;
+    }
+    if (fi->is_save && seen_set_add(buffer_seen, BUFFER_TABLE_SIZE, ev.addr | 1, false) &&
+        x86_prior_hash(vs, ev.addr, requested, ea->cs64, &ev.aux)) {
+        ev.flags |= FTR_FLAG_PRIOR_VALID;
     }
     /* A restore changes the registers: they are known again right after it. */
     vs->last_regs = regs_hash;
     vs->last_regs_ok = ok && !fi->is_restore;
+    if (derive && fi->is_save) {
+        vs->last_regs_ok = false;               /* until vcpu_finish_pending() */
+        vs->regs_dirty = 0;                     /* the registers are what it stores */
+    }
     /* The memory callbacks that follow fill in the content hash. */
     vs->pending_event = ev;
+    vs->pending_insn = fi;
+    vs->pending_alt_addr = fi->has_alt
+                           ? x86_effective_address(vs, fi, fi->prefer_alt ? &fi->ea : &fi->ea_alt)
+                           : 0;
+    vs->pending_checked = vs->pending_ignore = vs->pending_used_alt = false;
+    vs->pending_derive = derive;
     vs->pending_next_pc = fi->is_restore ? fi->vaddr + fi->len : 0;
     vs->pending = true;
+}
+
+/* The largest XSAVE area (AVX-512 and PKRU, standard format) fits in this. */
+#define XSAVE_AREA_MAX          0x3000
+
+/*
+ * The first access places the area: it must fall inside it. If it does not
+ * but falls inside the other reading's (compatibility mode, a 16-bit code
+ * segment), that one was the CPU's; if neither, the address is flagged and
+ * the bytes are not hashed against it.
+ */
+static bool vcpu_place_area(struct vcpu_state *vs, uint64_t vaddr)
+{
+    struct ftr_event *ev = &vs->pending_event;
+    const struct fpu_insn *fi = vs->pending_insn;
+
+    vs->pending_checked = true;
+    if (vaddr - ev->addr < XSAVE_AREA_MAX) {
+        return true;
+    }
+    if (fi->has_alt && vaddr - vs->pending_alt_addr < XSAVE_AREA_MAX) {
+        const struct x86_modrm_addr *other = fi->prefer_alt ? &fi->ea : &fi->ea_alt;
+        ev->addr = vs->pending_alt_addr;
+        ev->flags = (ev->flags & ~(FTR_FLAG_ADDR_SIZE_MASK | FTR_FLAG_PRIOR_VALID)) |
+                    (uint32_t)other->addr_size << FTR_FLAG_ADDR_SIZE_SHIFT;
+        ev->aux = 0;
+        vs->pending_derive = vs->pending_derive && other->cs64;
+        /* Shared by every vCPU: a racy flip costs one more check, nothing else. */
+        ((struct fpu_insn *)fi)->prefer_alt = !fi->prefer_alt;
+        return true;
+    }
+    ev->flags |= FTR_FLAG_ADDR_UNVERIFIED;
+    ev->flags &= ~FTR_FLAG_PRIOR_VALID;
+    vs->pending_ignore = true;
+    return false;
 }
 
 static void vcpu_fpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
@@ -1042,7 +1307,8 @@ static void vcpu_fpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
     unsigned size = 1u << qemu_plugin_mem_size_shift(info);
     uint64_t off, lo, hi = 0;
 
-    if (!vs->pending || qemu_plugin_mem_is_store(info) != fi->is_save) {
+    if (!vs->pending || vs->pending_ignore || qemu_plugin_mem_is_store(info) != fi->is_save ||
+        (!vs->pending_checked && !vcpu_place_area(vs, vaddr))) {
         return;
     }
     mv = qemu_plugin_mem_get_value(info);
@@ -1059,7 +1325,7 @@ static void vcpu_fpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
     for (unsigned b = 0; b < size; b++) {
         uint8_t byte = b < 8 ? lo >> (8 * b) : hi >> (8 * (b - 8));
         uint64_t o = off + b;
-        if (o >= (1u << 20)) {
+        if (o >= XSAVE_AREA_MAX) {
             continue;                   /* not part of the area (wrapped) */
         }
         ev->mem_features |= xsave_feature_of_offset(o);
@@ -1083,21 +1349,28 @@ static void vcpu_fpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
 
 /*
  * The instruction after a restore: the register file now holds what the
- * restore loaded, init components included, which memory alone cannot tell.
+ * restore loaded, init components included: from the bytes it read
+ * (regs=derive, 64-bit mode), else read register by register.
  */
 static void vcpu_after_restore_exec(unsigned int vcpu_index, void *udata)
 {
     struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event *ev = &vs->pending_event;
     bool ok;
 
     if (!vs->pending || vs->pending_next_pc != (uintptr_t)udata) {
         return;
     }
-    vs->pending_event.regs_after_hash = x86_regs_hash(vs, &ok);
-    if (ok) {
-        vs->pending_event.flags |= FTR_FLAG_REGS_AFTER_VALID;
+    if (vs->pending_derive) {
+        ok = x86_regs_from_bytes(ev, true, &ev->regs_after_hash);
+        vs->regs_dirty = 0;
+    } else {
+        ev->regs_after_hash = x86_regs_hash(vs, &ok);
     }
-    vs->last_regs = vs->pending_event.regs_after_hash;
+    if (ok) {
+        ev->flags |= FTR_FLAG_REGS_AFTER_VALID;
+    }
+    vs->last_regs = ev->regs_after_hash;
     vs->last_regs_ok = ok;
     vs->pending_next_pc = 0;
 }
@@ -1201,15 +1474,17 @@ static void vcpu_vmexit_exec(unsigned int vcpu_index, void *udata)
 }
 
 static const struct fpu_insn *insn_intern(const struct fpu_insn *fi,
-                                          const uint8_t *bytes, size_t len)
+                                          const uint8_t *bytes, size_t len, uint8_t mode)
 {
-    uint8_t keybuf[sizeof(fi->vaddr) + 16];
+    uint8_t keybuf[sizeof(fi->vaddr) + 1 + 16];
     g_autoptr(GBytes) key = NULL;
     struct fpu_insn *found;
 
+    /* The same bytes at the same address mean something else in another mode. */
     memcpy(keybuf, &fi->vaddr, sizeof(fi->vaddr));
-    memcpy(keybuf + sizeof(fi->vaddr), bytes, len);
-    key = g_bytes_new(keybuf, sizeof(fi->vaddr) + len);
+    keybuf[sizeof(fi->vaddr)] = mode;
+    memcpy(keybuf + sizeof(fi->vaddr) + 1, bytes, len);
+    key = g_bytes_new(keybuf, sizeof(fi->vaddr) + 1 + len);
     found = g_hash_table_lookup(insn_table, key);
     if (!found) {
         found = g_memdup2(fi, sizeof(*fi));
@@ -1329,16 +1604,55 @@ static bool x86_maybe_traced(const uint8_t *p, size_t n)
     return false;
 }
 
+/* A register at translation time: the CPU is in the mode the TB is for. */
+static uint64_t translation_reg_u64(struct qemu_plugin_register *reg)
+{
+    g_autoptr(GByteArray) buf = g_byte_array_new();
+    uint64_t v = 0;
+    int n = reg ? qemu_plugin_read_register(reg, buf) : 0;
+
+    if (n > 0) {
+        memcpy(&v, buf->data, MIN((size_t)n, sizeof(v)));
+    }
+    return v;
+}
+
+static enum x86_mode x86_translation_mode(void)
+{
+    if (translation_reg_u64(regs.efer) & (1u << 10)) {          /* EFER.LMA */
+        return MODE_LONG;
+    }
+    if (!(translation_reg_u64(regs.cr0) & 1) ||                 /* CR0.PE */
+        (translation_reg_u64(regs.eflags) & (1u << 17))) {      /* EFLAGS.VM */
+        return MODE_REAL;
+    }
+    return MODE_PROTECTED;
+}
+
 static void insn_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
                             const uint8_t *bytes, size_t len)
 {
-    struct fpu_insn fi = { .vaddr = vaddr };
+    struct fpu_insn fi = { .vaddr = vaddr }, other = { .vaddr = vaddr };
     const struct fpu_insn *shared;
+    enum x86_mode mode = x86_translation_mode();
 
-    if (!x86_decode(bytes, len, &fi)) {
+    /*
+     * Long mode: 64-bit first, compatibility mode as the other reading;
+     * protected mode: 32-bit segments first, 16-bit as the other.
+     */
+    fi.ea.mode = fi.ea_alt.mode = mode;
+    if (!x86_decode(bytes, len, mode == MODE_LONG, mode == MODE_REAL, &fi, &fi.ea)) {
         return;
     }
+    if (mode != MODE_REAL && (fi.is_save || fi.is_restore)) {
+        fi.has_alt = x86_decode(bytes, len, false, mode == MODE_LONG ? false : true,
+                                &other, &fi.ea_alt) &&
+                     other.kind == fi.kind && memcmp(&fi.ea, &fi.ea_alt, sizeof(fi.ea));
+    }
     if (fi.boundary) {
+        if (mode != MODE_LONG) {
+            return;             /* the boundaries watched are a 64-bit kernel's */
+        }
         static void (*const boundary_cb[])(unsigned int, void *) = {
             [BOUNDARY_SWAPGS] = vcpu_swapgs_exec,
             [BOUNDARY_SYSRET] = vcpu_sysret_exec,
@@ -1353,7 +1667,7 @@ static void insn_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
     }
     fi.len = qemu_plugin_insn_size(insn);
     g_mutex_lock(&insn_lock);
-    shared = insn_intern(&fi, bytes, len);
+    shared = insn_intern(&fi, bytes, len, mode);
     if (fi.kind == FTR_KIND_VM_ENTRY) {
         site_add(vaddr + fi.len, SITE_VM_EXIT);
     } else if (fi.is_restore) {
@@ -1423,6 +1737,10 @@ static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_
                                                        QEMU_PLUGIN_CB_R_REGS, (void *)pr);
             }
         }
+        if (cfg.derive_regs && x86_is_fp_simd(bytes, len)) {
+            qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+                insn, QEMU_PLUGIN_INLINE_STORE_U64, regs_dirty_entry, 1);
+        }
         if ((vaddr >> 63) && x86_is_fp_simd(bytes, len)) {
             if (cfg.boundaries) {
                 /* Before the first one after a user entry, the entry's registers. */
@@ -1455,8 +1773,22 @@ static void regs_resolve(void)
                 regs.gpr[k] = rd->handle;
             }
         }
+        for (k = 0; k < 6; k++) {
+            static const char *const sreg_names[6] = { "es", "cs", "ss", "ds", "fs", "gs" };
+            if (!g_ascii_strcasecmp(nm, sreg_names[k])) {
+                regs.sreg[k] = rd->handle;
+            }
+        }
         if (!g_ascii_strcasecmp(nm, "cs")) {
             regs.cs = rd->handle;
+        } else if (!g_ascii_strcasecmp(nm, "cr0")) {
+            regs.cr0 = rd->handle;
+        } else if (!g_ascii_strcasecmp(nm, "efer")) {
+            regs.efer = rd->handle;
+        } else if (!g_ascii_strcasecmp(nm, "eflags")) {
+            regs.eflags = rd->handle;
+        } else if (!g_ascii_strcasecmp(nm, "fs_base")) {
+            regs.fs_base = rd->handle;
         } else if (!g_ascii_strcasecmp(nm, "gs_base")) {
             regs.gs_base = rd->handle;
         } else if (!g_ascii_strcasecmp(nm, "k_gs_base")) {
@@ -1599,6 +1931,13 @@ static bool parse_arg(const char *arg)
     if (!strcmp(k, "boundaries")) {
         return qemu_plugin_bool_parse(k, v, &cfg.boundaries);
     }
+    if (!strcmp(k, "regs")) {
+        if (strcmp(v, "derive") && strcmp(v, "read")) {
+            return false;
+        }
+        cfg.derive_regs = !strcmp(v, "derive");
+        return true;
+    }
     if (!strcmp(k, "block_events")) {
         if (!parse_u64(v, &n) || n < 1 || n > 65536) {
             return false;
@@ -1646,6 +1985,16 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
         fprintf(stderr, "fputrace: cannot write %s: %s\n", cfg.path, strerror(errno));
         return -1;
     }
+    /* The register hashes of x87 and SSE in their init state (FCW 0x037f, all else 0). */
+    x87_init_hash = hash_byte(0, 0x7f) + hash_byte(1, 0x03) + hash_byte(2, 0) + hash_byte(3, 0);
+    for (int r = 0; r < 8; r++) {
+        for (int b = 0; b < 10; b++) {
+            x87_init_hash += hash_byte(32 + 16 * r + b, 0);
+        }
+    }
+    for (int o = 160; o < 416; o++) {
+        sse_init_hash += hash_byte(o, 0);
+    }
     insn_table = g_hash_table_new_full(g_bytes_hash, g_bytes_equal,
                                        (GDestroyNotify)g_bytes_unref, g_free);
     vcpus = qemu_plugin_scoreboard_new(sizeof(struct vcpu_state));
@@ -1653,6 +2002,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
                                                              kernel_simd);
     entry_pending_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
                                                                entry_pending);
+    regs_dirty_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
+                                                            regs_dirty);
     qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
     qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
     qemu_plugin_register_atexit_cb(id, plugin_exit, NULL);

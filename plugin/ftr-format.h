@@ -106,6 +106,17 @@ enum ftr_probe {
 #define FTR_FLAG_REGS_AFTER_VALID 0x100 /* regs_after_hash was read */
 #define FTR_FLAG_QUIET          0x200   /* user return: no FP activity since the entry */
 #define FTR_FLAG_NO_ENTRY       0x400   /* user return: no entry seen on this vCPU before */
+#define FTR_FLAG_PRIOR_VALID    0x800   /* save: aux holds the buffer's content hash before it */
+#define FTR_FLAG_ADDR_UNVERIFIED 0x1000 /* no memory access fell in the area at addr: the
+                                         * content hashes and byte counts are not valid */
+/* How the save/restore's effective address was formed (version 3). */
+#define FTR_FLAG_ADDR_SIZE_MASK 0x6000
+#define FTR_FLAG_ADDR_SIZE_SHIFT 13
+enum ftr_addr_size {
+    FTR_ADDR_64 = 0,            /* 64-bit mode */
+    FTR_ADDR_32 = 1,            /* 32-bit addressing: protected or compatibility mode, or 0x67 */
+    FTR_ADDR_16 = 2,            /* 16-bit addressing: real, virtual-8086, 16-bit segments */
+};
 
 /* Kernel text lies in the top 2 GiB: a SIMD pc is stored as its low half. */
 #define FTR_KERNEL_TEXT_HIGH    0xffffffff00000000ull

@@ -69,7 +69,8 @@ int main(void)
     NAMED(FTR_FLAG_, PL_MASK); NAMED(FTR_FLAG_, L2); NAMED(FTR_FLAG_, FORM64);
     NAMED(FTR_FLAG_, TASK_VALID); NAMED(FTR_FLAG_, MEM_VALID); NAMED(FTR_FLAG_, REGS_VALID);
     NAMED(FTR_FLAG_, KERNEL_SIMD); NAMED(FTR_FLAG_, REGS_AFTER_VALID); NAMED(FTR_FLAG_, QUIET);
-    NAMED(FTR_FLAG_, NO_ENTRY);
+    NAMED(FTR_FLAG_, NO_ENTRY); NAMED(FTR_FLAG_, PRIOR_VALID);
+    NAMED(FTR_FLAG_, ADDR_UNVERIFIED); NAMED(FTR_FLAG_, ADDR_SIZE_MASK);
     first = 0;
     printf("},\n \"features\": {");
     NAMED(FTR_FEAT_, MEM_HASH); NAMED(FTR_FEAT_, REGS_HASH); NAMED(FTR_FEAT_, TASKS);
@@ -86,6 +87,9 @@ int main(void)
     first = 0;
     printf("},\n \"blocks\": {");
     NAMED(FTR_BLOCK_, EVENTS); NAMED(FTR_BLOCK_, TASKS); NAMED(FTR_BLOCK_, FOOTER);
-    printf("}}\n");
+    first = 0;
+    printf("},\n \"addr_sizes\": {");
+    NAMED(FTR_ADDR_, 64); NAMED(FTR_ADDR_, 32); NAMED(FTR_ADDR_, 16);
+    printf("}, \"addr_size_shift\": %d}\n", FTR_FLAG_ADDR_SIZE_SHIFT);
     return 0;
 }

@@ -251,6 +251,11 @@ def classify(ev: npt.NDArray[np.void], init_fpstate: int | None,
 def _save_class(e: Any, q: Any) -> tuple[int, int]:
     """A save against the previous operation on its buffer."""
     if q is None:
+        flags = int(e["flags"])
+        if flags & F.PRIOR_VALID and flags & F.MEM_VALID:
+            # What the buffer held before: equal to what was stored, or not.
+            same = int(e["aux"]) == int(e["mem_hash"])
+            return (Class.REDUNDANT_SAVE if same else Class.NECESSARY), 0
         return Class.UNKNOWN, Unknown.FIRST_SIGHT
     mask_s, mask_q = _covers(e), _covers(q)
     if int(q["kind"]) in SAVES:

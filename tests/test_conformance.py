@@ -207,6 +207,22 @@ def test_vm_entry_and_exit_bracket_the_nested_guest(conformance_run: Conformance
     assert "exitcode=0x81" in serial  # the guest really ran and left with VMMCALL
 
 
+def test_derived_register_hashes_equal_the_registers_read(
+        qemu_plugin: Path, conformance_image: Path, conformance_run: ConformanceRun,
+        tmp_path: Path) -> None:
+    # By default the plugin takes the register file's hash at a 64-bit save
+    # or restore from the bytes it moved, and before a restore from the last
+    # one known; regs=read reads every register instead. Record by record,
+    # the two must agree (DIRTY steps change registers between operations).
+    out = tmp_path / "read.ftr"
+    p = run_image(qemu_plugin, conformance_image, out, f"msr={TSC_AUX:#x}", "regs=read")
+    assert p.returncode == EXIT_PASS
+    read, derived = read_trace(out).events, conformance_run.events
+    assert len(read) == len(derived)
+    for field in ("kind", "addr", "regs_hash", "regs_after_hash", "mem_hash", "flags"):
+        assert list(read[field]) == list(derived[field]), field
+
+
 def test_footer_counts_match(qemu_plugin: Path, conformance_image: Path, tmp_path: Path) -> None:
     out = tmp_path / "c.ftr"
     assert run_image(qemu_plugin, conformance_image, out, "block_events=3").returncode == EXIT_PASS

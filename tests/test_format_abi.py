@@ -59,3 +59,5 @@ def test_numbers(header: dict[str, Any]) -> None:
     assert probes.pop("MAX") == fmt.PROBE_MAX
     assert probes == {p.name: int(p) for p in fmt.Probe}
     assert header["blocks"] == {b.name: int(b) for b in fmt.BlockType}
+    assert header["addr_sizes"] == {a.name[1:]: int(a) for a in fmt.AddrSize}
+    assert header["addr_size_shift"] == fmt.ADDR_SIZE_SHIFT

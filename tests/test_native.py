@@ -40,6 +40,7 @@ event = st.fixed_dictionaries({
     "regs": st.integers(1, 2),
     "after": st.integers(1, 2),
     "avx": st.sampled_from([0, 10, 20]),
+    "prior": st.sampled_from([1, 2, 11]),  # a first save's buffer before it (aux)
     "value": st.sampled_from([3, 7]),
     "xstate_bv": st.sampled_from([3, 7]),
     "task": st.sampled_from(TASKS),
@@ -47,7 +48,8 @@ event = st.fixed_dictionaries({
     "probe_arg": st.sampled_from(TASKS),
     "flags": st.sets(st.sampled_from([fmt.Flag.MEM_VALID, fmt.Flag.REGS_VALID,
                                       fmt.Flag.REGS_AFTER_VALID, fmt.Flag.KERNEL_SIMD,
-                                      fmt.Flag.L2, fmt.Flag.TASK_VALID, fmt.Flag.PL_MASK])),
+                                      fmt.Flag.L2, fmt.Flag.TASK_VALID, fmt.Flag.PL_MASK,
+                                      fmt.Flag.PRIOR_VALID])),
 })
 
 
@@ -69,7 +71,8 @@ def build(rows: list[dict[str, object]]) -> np.ndarray:
             value, index = r["probe_arg"], int(r["probe"])  # type: ignore[call-overload]
         ev[i] = (i, 0xFFFFFFFF81000000 + i, r["task"], r["addr"], value, 7,
                  (after if restore else regs) + avx, after if restore else regs,
-                 0, regs, after, r["xstate_bv"], 0, index, 64, 7, flags, r["vcpu"], kind, 0, 0)
+                 0, regs, after, r["xstate_bv"], 0 if kind == fmt.Kind.PROBE else r["prior"],
+                 index, 64, 7, flags, r["vcpu"], kind, 0, 0)
     ev["addr"][ev["kind"] == fmt.Kind.VM_ENTRY] = 0x6370000
     return ev
 

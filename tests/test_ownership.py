@@ -20,6 +20,7 @@ from tracebuilder import (
     F_KSIMD,
     F_L2,
     F_MEM,
+    F_PRIOR,
     F_REGS,
     F_TASK,
     P_EXEC_RESET,
@@ -85,6 +86,23 @@ def classes(tmp_path: Path, b: TraceBuilder) -> tuple[list[Class], Ownership]:
     t = read_trace(b.write(tmp_path / "t.ftr"))
     own = analyze(t.events)
     return [Class(int(c)) for c in own.cls if c != Class.NOT_CLASSIFIED], own
+
+
+def test_first_save_judged_by_what_the_buffer_held(tmp_path: Path) -> None:
+    # The plugin reads a buffer before the first save to it the trace sees
+    # (aux, PRIOR_VALID). T's buffer already held L1+X1 when T saved L1+X1:
+    # redundant. U's held something else: necessary. A first save without
+    # the prior read stays unknown, first sight.
+    b = TraceBuilder()
+    ev = save(b, BT, regs=L1, flags=F_PRIOR)
+    ev.aux = (L1 + X1) & M64
+    ev = save(b, BU, regs=L2, task=U, flags=F_PRIOR)
+    ev.aux = L1
+    save(b, BG, regs=L2, task=U)
+    got, own = classes(tmp_path, b)
+    assert got == [Class.REDUNDANT_SAVE, N, UNK]
+    assert [Unknown(int(w)) for w, c in zip(own.unknown_reason, own.cls, strict=True) if c == UNK] == [
+        Unknown.FIRST_SIGHT]
 
 
 def test_double_save_of_unchanged_registers(tmp_path: Path) -> None:

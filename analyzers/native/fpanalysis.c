@@ -967,7 +967,10 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         if (fork_copy) {
             cls[i] = NECESSARY;
         } else if (save) {
-            if (q < 0) {
+            if (q < 0 && (e->flags & FTR_FLAG_PRIOR_VALID) && (e->flags & FLAG_MEM_VALID)) {
+                /* The plugin read the buffer before this first save to it. */
+                cls[i] = e->aux == e->mem_hash ? REDUNDANT_SAVE : NECESSARY;
+            } else if (q < 0) {
                 cls[i] = UNKNOWN;
                 why[i] = FIRST_SIGHT;
             } else {

@@ -123,6 +123,20 @@ class Flag(enum.IntFlag):
     REGS_AFTER_VALID = 0x100  # regs_after_hash was read
     QUIET = 0x200  # user return: nothing could change the registers since the entry
     NO_ENTRY = 0x400  # user return: no entry from user mode seen before it on its vCPU
+    PRIOR_VALID = 0x800  # save: aux is the buffer's content hash before the save
+    ADDR_UNVERIFIED = 0x1000  # no memory access fell in the area at addr: hashes invalid
+    ADDR_SIZE_MASK = 0x6000  # how addr was formed: AddrSize << ADDR_SIZE_SHIFT
+
+
+ADDR_SIZE_SHIFT = 13
+
+
+class AddrSize(enum.IntEnum):
+    """How a save/restore's effective address was formed (flags ADDR_SIZE_MASK)."""
+
+    A64 = 0  # 64-bit mode
+    A32 = 1  # 32-bit addressing: protected or compatibility mode, or a 0x67 prefix
+    A16 = 2  # 16-bit addressing: real or virtual-8086 mode, 16-bit segments
 
 
 class Probe(enum.IntEnum):
