@@ -175,6 +175,7 @@ struct vcpu_state {
     bool pending_ignore;        /* ... outside it: hashes are not valid */
     bool pending_used_alt;
     bool pending_derive;        /* register hashes from the bytes moved (regs=derive) */
+    bool pending_xmm_hi;        /* XMM8-15 moved: the instruction ran in 64-bit mode */
     bool pending_entry;         /* entry_event awaits the register hash of this save */
     struct ftr_event entry_event;
     struct ftr_event *events;
@@ -508,6 +509,25 @@ static bool x86_regs_from_bytes(const struct ftr_event *ev, bool restore, uint64
 }
 
 /*
+ * Only 64-bit mode moves XMM8-15. When SSE state moved without them, the
+ * instruction ran in compatibility mode, where both decodings named the
+ * same address: relabel it, and read the registers instead of deriving.
+ */
+static void vcpu_confirm_64bit(struct vcpu_state *vs)
+{
+    struct ftr_event *ev = &vs->pending_event;
+
+    if (!(ev->mem_features & 2) || vs->pending_xmm_hi) {
+        return;
+    }
+    vs->pending_derive = false;
+    if (((ev->flags & FTR_FLAG_ADDR_SIZE_MASK) >> FTR_FLAG_ADDR_SIZE_SHIFT) == FTR_ADDR_64) {
+        ev->flags = (ev->flags & ~FTR_FLAG_ADDR_SIZE_MASK) |
+                    (uint32_t)FTR_ADDR_32 << FTR_FLAG_ADDR_SIZE_SHIFT;
+    }
+}
+
+/*
  * A save or restore whose memory accesses are all in. A save's register
  * hash is the bytes it stored (regs=derive); a user entry waiting for it
  * goes out first, in order of sequence.
@@ -521,6 +541,16 @@ static void vcpu_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
         return;
     }
     vs->pending = false;
+    vcpu_confirm_64bit(vs);
+    if (vs->pending_insn->is_save && !vs->pending_derive && !(ev->flags & FTR_FLAG_REGS_VALID) &&
+        !vs->regs_dirty) {
+        /* Not derivable after all; a save leaves the registers, so read them now. */
+        bool ok;
+        ev->regs_hash = x86_regs_hash(vs, &ok);
+        if (ok) {
+            ev->flags |= FTR_FLAG_REGS_VALID;
+        }
+    }
     if (vs->pending_derive && vs->pending_insn->is_save) {
         if (x86_regs_from_bytes(ev, false, &h)) {
             ev->regs_hash = h;
@@ -1257,6 +1287,7 @@ static void vcpu_fpu_op_exec(unsigned int vcpu_index, void *udata)
                            ? x86_effective_address(vs, fi, fi->prefer_alt ? &fi->ea : &fi->ea_alt)
                            : 0;
     vs->pending_checked = vs->pending_ignore = vs->pending_used_alt = false;
+    vs->pending_xmm_hi = false;
     vs->pending_derive = derive;
     vs->pending_next_pc = fi->is_restore ? fi->vaddr + fi->len : 0;
     vs->pending = true;
@@ -1329,6 +1360,7 @@ static void vcpu_fpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
             continue;                   /* not part of the area (wrapped) */
         }
         ev->mem_features |= xsave_feature_of_offset(o);
+        vs->pending_xmm_hi |= o >= 288 && o < 416;
         if (o >= 512 && o < 520 && (fi->kind != FTR_KIND_FXSAVE &&
                                     fi->kind != FTR_KIND_FXRSTOR)) {
             ev->xstate_bv |= (uint64_t)byte << (8 * (o - 512));
@@ -1361,6 +1393,7 @@ static void vcpu_after_restore_exec(unsigned int vcpu_index, void *udata)
     if (!vs->pending || vs->pending_next_pc != (uintptr_t)udata) {
         return;
     }
+    vcpu_confirm_64bit(vs);
     if (vs->pending_derive) {
         ok = x86_regs_from_bytes(ev, true, &ev->regs_after_hash);
         vs->regs_dirty = 0;

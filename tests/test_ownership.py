@@ -101,8 +101,9 @@ def test_first_save_judged_by_what_the_buffer_held(tmp_path: Path) -> None:
     save(b, BG, regs=L2, task=U)
     got, own = classes(tmp_path, b)
     assert got == [Class.REDUNDANT_SAVE, N, UNK]
-    assert [Unknown(int(w)) for w, c in zip(own.unknown_reason, own.cls, strict=True) if c == UNK] == [
-        Unknown.FIRST_SIGHT]
+    reasons = [Unknown(int(w)) for w, c in zip(own.unknown_reason, own.cls, strict=True)
+               if c == UNK]
+    assert reasons == [Unknown.FIRST_SIGHT]
 
 
 def test_double_save_of_unchanged_registers(tmp_path: Path) -> None:

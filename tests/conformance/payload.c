@@ -279,8 +279,8 @@ static uint64_t xstate_bv(const struct xsave_area *b)
     return *(const uint64_t *)(b->bytes + 512);
 }
 
-/* The class the next reported operation must get; set by EXPECT(). */
-static const char *expected_class = "unknown";
+/* The class the next reported operation must get; set by EXPECT() ("-": none). */
+static const char *expected_class = "-";
 #define EXPECT(cls) (expected_class = (cls))
 
 static void report_op(const char *kind, int form64, const void *addr, uint64_t rfbm,
@@ -296,7 +296,7 @@ static void report_op(const char *kind, int form64, const void *addr, uint64_t r
     puts_serial(" l2=0x0 expect=");
     puts_serial(expected_class);
     puts_serial("\n");
-    expected_class = "unknown";
+    expected_class = "-";
 }
 
 /* Change xmm0 without a traced instruction: the registers become newer than any buffer. */
