@@ -283,7 +283,8 @@ def test_qemu_killed_mid_run(qemu_plugin: Path, tmp_path: Path) -> None:
     meta = json.loads(sidecar(out, "meta.json").read_text())
     assert meta["partial"] is True and meta["status"] == "qemu-crashed"
     r = fputrace("report", str(out))
-    assert r.returncode == 0 and "incomplete trace" in r.stderr and "Traceback" not in r.stderr
+    # Exit 4: the report covers only what was read.
+    assert r.returncode == 4 and "incomplete trace" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_ownership_on_real_kvm_runs(pingpong: tuple[str, Path]) -> None:
@@ -306,9 +307,10 @@ def test_ownership_on_real_kvm_runs(pingpong: tuple[str, Path]) -> None:
     # The guest changes xmm0 on every round trip: every save of its state is
     # necessary. The workload reloads the same user registers before every
     # KVM_RUN: its user-state saves (all but the first) write what the buffer
-    # already holds.
+    # already holds. The first save into the guest's fpstate may find there
+    # the init state KVM put in it (read by the plugin before that save).
     (vcpu,) = rep["per_vcpu"]
-    assert vcpu["by_class"].get("redundant_save", 0) <= 2, vcpu
+    assert vcpu["by_class"].get("redundant_save", 0) <= 3, vcpu
     assert vcpu["by_class"]["necessary"] >= 2 * N_RUNS - 5, vcpu
     task = next(t for t in rep["per_task"] if t["label"].endswith(" kvm-pingpong"))
     assert task["by_class"]["redundant_save"] >= N_RUNS - 5, task
