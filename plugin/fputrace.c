@@ -173,7 +173,6 @@ struct vcpu_state {
     const struct fpu_insn *pending_insn;
     bool pending_checked;       /* the first access has placed the area */
     bool pending_ignore;        /* ... outside it: hashes are not valid */
-    bool pending_used_alt;
     bool pending_derive;        /* register hashes from the bytes moved (regs=derive) */
     bool pending_xmm_hi;        /* XMM8-15 moved: the instruction ran in 64-bit mode */
     bool pending_entry;         /* entry_event awaits the register hash of this save */
@@ -480,7 +479,7 @@ static uint64_t x86_regs_hash(struct vcpu_state *vs, bool *ok);
  * The register file's hash from the bytes a 64-bit save or restore moved:
  * x87 and SSE hash like the register file (xsave_offset_is_content()), and
  * a component XRSTOR did not read (clear in XSTATE_BV) was loaded with its
- * init state. NULL-safe false when the bytes do not cover both.
+ * init state. False when the bytes do not cover both.
  */
 static uint64_t x87_init_hash, sse_init_hash;
 
@@ -1286,7 +1285,7 @@ static void vcpu_fpu_op_exec(unsigned int vcpu_index, void *udata)
     vs->pending_alt_addr = fi->has_alt
                            ? x86_effective_address(vs, fi, fi->prefer_alt ? &fi->ea : &fi->ea_alt)
                            : 0;
-    vs->pending_checked = vs->pending_ignore = vs->pending_used_alt = false;
+    vs->pending_checked = vs->pending_ignore = false;
     vs->pending_xmm_hi = false;
     vs->pending_derive = derive;
     vs->pending_next_pc = fi->is_restore ? fi->vaddr + fi->len : 0;

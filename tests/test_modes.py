@@ -9,19 +9,18 @@ each save.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import require
+from test_conformance import EXIT_PASS, run_image
 
 from analyzers.ownership import Class, analyze
 from fputrace.paths import build_dir
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
 
-EXIT_PASS = (0x10 << 1) | 1
 KINDS = {"xsave": fmt.Kind.XSAVE, "xrstor": fmt.Kind.XRSTOR, "fxsave": fmt.Kind.FXSAVE,
          "fxrstor": fmt.Kind.FXRSTOR}
 ADDR_SIZE = {"protected32": fmt.AddrSize.A32, "compat32": fmt.AddrSize.A32,
@@ -31,14 +30,8 @@ ADDR_SIZE = {"protected32": fmt.AddrSize.A32, "compat32": fmt.AddrSize.A32,
 def run(plugin: Path, out: Path, *args: str) -> tuple[list[dict[str, str]], np.ndarray]:
     image = build_dir() / "tests" / "conformance" / "modes" / "modes.elf"
     require(image.exists(), f"{image} not built (make setup)")
+    p = run_image(plugin, image, out, *args)
     serial = out.with_suffix(".serial")
-    p = subprocess.run(
-        ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "256", "-display", "none",
-         "-no-reboot", "-nodefaults", "-kernel", str(image),
-         "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
-         "-chardev", f"file,id=s0,path={serial}", "-serial", "chardev:s0",
-         "-plugin", ",".join([str(plugin), f"out={out}", *args])],
-        capture_output=True, text=True, timeout=120)
     text = serial.read_text()
     assert p.returncode == EXIT_PASS, f"image failed ({p.returncode}): {text}{p.stderr}"
     ops = [dict(kv.split("=", 1) for kv in line.split()[1:])

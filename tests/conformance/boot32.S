@@ -3,6 +3,8 @@
  * 32-bit ELF only, so this stub builds identity-mapped page tables, enters
  * long mode and jumps to the 64-bit payload linked at PAYLOAD_BASE.
  */
+#include "longmode.h"
+
 #define MB_MAGIC        0x1badb002
 #define MB_FLAGS        0
 #define PAYLOAD_BASE    0x200000
@@ -28,27 +30,8 @@ _start:
         mov     $pd, %eax
         or      $0x7, %eax
         mov     %eax, pdpt
-        xor     %ecx, %ecx
-1:      mov     %ecx, %eax
-        shl     $21, %eax
-        or      $0x87, %eax             /* present, writable, user, 2 MiB */
-        mov     %eax, pd(,%ecx,8)
-        inc     %ecx
-        cmp     $512, %ecx
-        jne     1b
-
-        mov     %cr4, %eax
-        or      $0x20, %eax             /* PAE */
-        mov     %eax, %cr4
-        mov     $pml4, %eax
-        mov     %eax, %cr3
-        mov     $0xc0000080, %ecx       /* EFER.LME */
-        rdmsr
-        or      $0x100, %eax
-        wrmsr
-        mov     %cr0, %eax
-        or      $0x80000001, %eax       /* PG | PE */
-        mov     %eax, %cr0
+        IDENTITY_MAP_1G(pd, 0x87)       /* present, writable, user, 2 MiB */
+        ENABLE_LONG_MODE(pml4)
 
         lgdt    gdt_desc
         ljmp    $0x08, $long_entry

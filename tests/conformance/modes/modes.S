@@ -5,6 +5,8 @@
  * segment under long mode) and in 64-bit mode (the -m64 build, embedded at
  * PAYLOAD_BASE), each printing what it did on COM1.
  */
+#include "../longmode.h"
+
 #define MB_MAGIC        0x1badb002
 #define PAYLOAD_BASE    0x300000
 
@@ -36,33 +38,15 @@ _start:
         call    mode_sequence
         add     $8, %esp
 
-        /* Identity-mapped 1 GiB, then long mode, as tests/conformance/boot32.S. */
+        /* Identity-mapped 1 GiB, then long mode (../longmode.h). */
         mov     $pdpt, %eax
         or      $0x3, %eax
         mov     %eax, pml4
         mov     $pd, %eax
         or      $0x3, %eax
         mov     %eax, pdpt
-        xor     %ecx, %ecx
-1:      mov     %ecx, %eax
-        shl     $21, %eax
-        or      $0x83, %eax
-        mov     %eax, pd(,%ecx,8)
-        inc     %ecx
-        cmp     $512, %ecx
-        jne     1b
-        mov     %cr4, %eax
-        or      $0x20, %eax             /* PAE */
-        mov     %eax, %cr4
-        mov     $pml4, %eax
-        mov     %eax, %cr3
-        mov     $0xc0000080, %ecx       /* EFER.LME */
-        rdmsr
-        or      $0x100, %eax
-        wrmsr
-        mov     %cr0, %eax
-        or      $0x80000001, %eax       /* PG | PE */
-        mov     %eax, %cr0
+        IDENTITY_MAP_1G(pd, 0x83)       /* present, writable, 2 MiB */
+        ENABLE_LONG_MODE(pml4)
         lgdt    gdt_desc
         ljmp    $0x08, $long_entry
 
