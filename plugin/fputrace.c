@@ -68,6 +68,7 @@
 
 #include <qemu-plugin.h>
 
+#include "ftr-crc32c.h"
 #include "ftr-format.h"
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
@@ -162,6 +163,15 @@ struct vcpu_state {
      */
     uint64_t regs_dirty;
     uint64_t kernel_gs_base;    /* last per-cpu base seen; see x86_current_task() */
+    /*
+     * The task whose pid, tgid and comm were read last, and probe_generation
+     * then: x86_current_task() reads them again only when either changed.
+     */
+    uint64_t identity_task;
+    uint64_t identity_generation;
+    uint64_t return_generation; /* probe_generation at the last user return */
+    /* A task pointer already read for the event being begun (0: read it). */
+    uint64_t known_task;
     uint64_t xcr0;
     /* An inline store of its pc when kernel code runs an FP/SIMD instruction. */
     uint64_t kernel_simd;
@@ -175,6 +185,8 @@ struct vcpu_state {
     bool pending_ignore;        /* ... outside it: hashes are not valid */
     bool pending_derive;        /* register hashes from the bytes moved (regs=derive) */
     bool pending_xmm_hi;        /* XMM8-15 moved: the instruction ran in 64-bit mode */
+    bool pending_sealed;        /* its bytes are hashed (vcpu_seal_pending()) */
+    struct xsave_image *image;  /* the bytes it moved so far */
     bool pending_entry;         /* entry_event awaits the register hash of this save */
     struct ftr_event entry_event;
     struct ftr_event *events;
@@ -217,6 +229,13 @@ static qemu_plugin_u64 kernel_simd_entry;       /* vcpu_state.kernel_simd */
 static qemu_plugin_u64 entry_pending_entry;     /* vcpu_state.entry_pending */
 static qemu_plugin_u64 regs_dirty_entry;        /* vcpu_state.regs_dirty */
 static uint64_t next_seq;               /* atomic */
+/*
+ * Bumped by every probe hit (atomic). The probes include exec and task
+ * exit: a task's comm changes at exec, and its task_struct can hold
+ * another task only after it exits, so between two probe hits a task
+ * pointer names the same pid and comm (see x86_current_task()).
+ */
+static uint64_t probe_generation;
 static uint64_t blocks_written;         /* atomic */
 static uint64_t write_errors;           /* atomic */
 
@@ -261,15 +280,19 @@ static inline uint64_t hash_mix64(uint64_t x)
 }
 
 /*
- * The content hash is a sum over bytes of mix(offset, byte), with the offset
- * in the standard (non-compacted) XSAVE layout. A sum does not depend on the
- * order or width of the accesses QEMU's helpers make, and the register file
- * hashes to the same value as a buffer that holds it, so the analyzers can
- * compare registers, saves and restores directly.
+ * The content hash of an XSAVE-layout image (standard, non-compacted
+ * offsets) is a sum over its 8-byte words of mix(word index, which bytes
+ * of the word are present, their value): docs/trace-format.md. A sum does
+ * not depend on the order or width of the accesses QEMU's helpers make,
+ * and the register file hashes to the same value as a buffer that holds
+ * it, so the analyzers can compare registers, saves and restores directly.
+ * Per word rather than per byte: the memory callback runs for every access
+ * of every save and restore, and only copies the value.
  *
  * Only architectural register contents count: FTW, FOP, FIP/FDP,
  * MXCSR_MASK, reserved bytes and the XSAVE header are left out because
- * saves and restores do not touch them symmetrically.
+ * saves and restores do not touch them symmetrically. No two components
+ * share a word, so hashes of components add up.
  */
 static inline bool xsave_offset_is_content(uint64_t off)
 {
@@ -294,11 +317,6 @@ static inline bool xsave_offset_is_content(uint64_t off)
     return off >= 576;                          /* extended components */
 }
 
-static inline uint64_t hash_byte(uint64_t off, uint8_t byte)
-{
-    return hash_mix64((off << 8) | byte);
-}
-
 /*
  * Standard-format offsets of the XSAVE components (CPUID 0xd, as QEMU).
  * MXCSR (24..31) counts for no component: XRSTOR loads it whenever RFBM
@@ -321,28 +339,104 @@ static uint32_t xsave_feature_of_offset(uint64_t off)
     return 0;
 }
 
-/* CRC-32C (Castagnoli): what readers check with the SSE4.2 crc32 instruction. */
-static uint32_t crc32c(const void *data, size_t len)
-{
-    static uint32_t table[256];
-    static gsize table_ready;
-    const uint8_t *p = data;
-    uint32_t crc = 0xffffffffu;
+/* The largest XSAVE area (AVX-512 and PKRU, standard format) fits in this. */
+#define XSAVE_AREA_MAX          0x3000
+#define XSAVE_WORDS             (XSAVE_AREA_MAX / 8)
+#define XSAVE_WORD_XSTATE_BV    (512 / 8)       /* the header's first word */
+#define XSAVE_WORD_LEGACY_END   (512 / 8)       /* x87 and SSE: mem_legacy_hash */
+#define XSAVE_WORD_EXT          (832 / 8)       /* from here on: mem_ext_hash */
 
-    if (g_once_init_enter(&table_ready)) {
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++) {
-                c = (c & 1) ? 0x82f63b78u ^ (c >> 1) : c >> 1;
-            }
-            table[i] = c;
+/* Per word: which of its bytes are content, and the component it belongs to. */
+static uint8_t xsave_word_content[XSAVE_WORDS];
+static uint16_t xsave_word_feature[XSAVE_WORDS];
+/* A byte mask (bit i: byte i) as a 64-bit mask of those bytes. */
+static uint64_t byte_mask64[256];
+
+static void xsave_tables_init(void)
+{
+    for (uint32_t w = 0; w < XSAVE_WORDS; w++) {
+        for (uint32_t b = 0; b < 8; b++) {
+            xsave_word_content[w] |= xsave_offset_is_content(8 * w + b) << b;
+            xsave_word_feature[w] |= xsave_feature_of_offset(8 * w + b);
         }
-        g_once_init_leave(&table_ready, 1);
     }
-    while (len--) {
-        crc = table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    for (uint32_t m = 0; m < 256; m++) {
+        for (uint32_t b = 0; b < 8; b++) {
+            byte_mask64[m] |= m & (1u << b) ? 0xffull << (8 * b) : 0;
+        }
     }
-    return crc ^ 0xffffffffu;
+}
+
+/* One word's share of a content hash: present says which bytes hold a value. */
+static inline uint64_t xsave_word_hash(uint32_t w, uint64_t value, uint32_t present)
+{
+    uint32_t m = present & xsave_word_content[w];
+
+    if (!m) {
+        return 0;
+    }
+    return hash_mix64(hash_mix64((uint64_t)w << 8 | m) ^ (value & byte_mask64[m]));
+}
+
+/* The hash of len bytes at an 8-aligned offset, the only ones present in their words. */
+static uint64_t xsave_hash_run(uint32_t off, const uint8_t *bytes, size_t len)
+{
+    uint64_t h = 0;
+
+    for (size_t i = 0; i < len; i += 8) {
+        size_t n = MIN(len - i, 8);
+        uint64_t v = 0;
+        memcpy(&v, bytes + i, n);       /* little-endian host, as the guest */
+        h += xsave_word_hash((off + i) / 8, v, (1u << n) - 1);
+    }
+    return h;
+}
+
+/*
+ * The bytes a save stored or a restore loaded, as the memory callbacks
+ * deliver them, hashed once the instruction is done (vcpu_seal_pending()).
+ */
+struct xsave_image {
+    uint64_t word[XSAVE_WORDS];
+    uint8_t present[XSAVE_WORDS];
+    uint16_t touched[XSAVE_WORDS];      /* the words with a present byte */
+    uint32_t n_touched;
+};
+
+static inline void xsave_image_put_byte(struct xsave_image *im, uint64_t off, uint8_t byte)
+{
+    uint32_t w = off / 8, b = off % 8;
+
+    if (!im->present[w]) {
+        im->touched[im->n_touched++] = w;
+    }
+    im->present[w] |= 1u << b;
+    im->word[w] = (im->word[w] & ~(0xffull << (8 * b))) | (uint64_t)byte << (8 * b);
+}
+
+static inline void xsave_image_put_word(struct xsave_image *im, uint32_t w, uint64_t v)
+{
+    if (!im->present[w]) {
+        im->touched[im->n_touched++] = w;
+    }
+    im->present[w] = 0xff;
+    im->word[w] = v;
+}
+
+/* An access of size bytes (at most 16) at off: lo holds the first 8. */
+static inline void xsave_image_put(struct xsave_image *im, uint64_t off, unsigned size,
+                                   uint64_t lo, uint64_t hi)
+{
+    if (off % 8 == 0 && size >= 8 && off + size <= XSAVE_AREA_MAX) {
+        xsave_image_put_word(im, off / 8, lo);
+        if (size == 16) {
+            xsave_image_put_word(im, off / 8 + 1, hi);
+        }
+        return;
+    }
+    for (unsigned b = 0; b < size && off + b < XSAVE_AREA_MAX; b++) {
+        xsave_image_put_byte(im, off + b, b < 8 ? lo >> (8 * b) : hi >> (8 * (b - 8)));
+    }
 }
 
 /* ---- helpers: trace file ---------------------------------------------- */
@@ -381,11 +475,11 @@ static void trace_write_block(uint16_t type, uint16_t vcpu, const void *payload,
         .vcpu = vcpu,
         .count = count,
         .payload_size = payload_size,
-        .crc32 = crc32c(payload, payload_size),
+        .crc32 = ftr_crc32c(payload, payload_size),
     };
 
     /* Its own checksum lets a reader tell a damaged header from a block. */
-    hdr.header_crc32 = crc32c(&hdr, offsetof(struct ftr_block_header, header_crc32));
+    hdr.header_crc32 = ftr_crc32c(&hdr, offsetof(struct ftr_block_header, header_crc32));
     memcpy(buf, &hdr, sizeof(hdr));
     memcpy(buf + sizeof(hdr), payload, payload_size);
     if (trace_write_all(buf, total)) {
@@ -433,7 +527,7 @@ static bool trace_write_header(uint32_t api_version)
     memcpy(out->data + offsetof(struct ftr_file_header, header_size), &fh.header_size,
            sizeof(fh.header_size));
     /* Over the whole header, this field still zero. */
-    header_crc = crc32c(out->data, out->len);
+    header_crc = ftr_crc32c(out->data, out->len);
     memcpy(out->data + offsetof(struct ftr_file_header, header_crc32), &header_crc,
            sizeof(header_crc));
     return trace_write_all(out->data, out->len);
@@ -508,6 +602,42 @@ static bool x86_regs_from_bytes(const struct ftr_event *ev, bool restore, uint64
 }
 
 /*
+ * The pending save or restore is done: hash the bytes it moved, note the
+ * components they belong to and XSTATE_BV, and empty the image.
+ */
+static void vcpu_seal_pending(struct vcpu_state *vs)
+{
+    struct ftr_event *ev = &vs->pending_event;
+    struct xsave_image *im = vs->image;
+    bool fx = ev->kind == FTR_KIND_FXSAVE || ev->kind == FTR_KIND_FXRSTOR;
+
+    if (vs->pending_sealed) {
+        return;
+    }
+    vs->pending_sealed = true;
+    for (uint32_t i = 0; i < im->n_touched; i++) {
+        uint32_t w = im->touched[i];
+        uint64_t h = xsave_word_hash(w, im->word[w], im->present[w]);
+
+        ev->mem_features |= xsave_word_feature[w];
+        vs->pending_xmm_hi |= w >= 288 / 8 && w < 416 / 8;
+        if (w == XSAVE_WORD_XSTATE_BV && !fx) {
+            ev->xstate_bv = im->word[w] & byte_mask64[im->present[w]];
+        }
+        if (w >= XSAVE_WORD_EXT) {
+            ev->mem_ext_hash += h;
+        } else {
+            ev->mem_hash += h;
+            if (w < XSAVE_WORD_LEGACY_END) {
+                ev->mem_legacy_hash += h;
+            }
+        }
+        im->present[w] = 0;
+    }
+    im->n_touched = 0;
+}
+
+/*
  * Only 64-bit mode moves XMM8-15. When SSE state moved without them, the
  * instruction ran in compatibility mode, where both decodings named the
  * same address: relabel it, and read the registers instead of deriving.
@@ -540,6 +670,7 @@ static void vcpu_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
         return;
     }
     vs->pending = false;
+    vcpu_seal_pending(vs);
     vcpu_confirm_64bit(vs);
     if (vs->pending_insn->is_save && !vs->pending_derive && !(ev->flags & FTR_FLAG_REGS_VALID) &&
         !vs->regs_dirty) {
@@ -622,7 +753,7 @@ static unsigned x86_cpl(struct vcpu_state *vs)
 /* The register file as an XSAVE legacy area would hold it, hashed. */
 static uint64_t x86_regs_hash(struct vcpu_state *vs, bool *ok)
 {
-    uint8_t buf[16];
+    uint8_t buf[16], fcw_fsw[4];
     uint64_t h = 0;
 
     *ok = true;
@@ -631,24 +762,19 @@ static uint64_t x86_regs_hash(struct vcpu_state *vs, bool *ok)
         *ok = false;
         return 0;
     }
-    h += hash_byte(0, buf[0]) + hash_byte(1, buf[1]);
+    memcpy(fcw_fsw, buf, 2);
     *ok &= reg_read(vs, regs.fstat, buf, 2);
-    h += hash_byte(2, buf[0]) + hash_byte(3, buf[1]);
+    memcpy(fcw_fsw + 2, buf, 2);
+    h += xsave_hash_run(0, fcw_fsw, 4);
     *ok &= reg_read(vs, regs.mxcsr, buf, 4);
-    for (int i = 0; i < 4; i++) {
-        h += hash_byte(24 + i, buf[i]);
-    }
+    h += xsave_hash_run(24, buf, 4);
     for (int r = 0; r < 8; r++) {
         *ok &= reg_read(vs, regs.st[r], buf, 10);
-        for (int i = 0; i < 10; i++) {
-            h += hash_byte(32 + 16 * r + i, buf[i]);
-        }
+        h += xsave_hash_run(32 + 16 * r, buf, 10);
     }
     for (int r = 0; r < 16; r++) {
         *ok &= reg_read(vs, regs.xmm[r], buf, 16);
-        for (int i = 0; i < 16; i++) {
-            h += hash_byte(160 + 16 * r + i, buf[i]);
-        }
+        h += xsave_hash_run(160 + 16 * r, buf, 16);
     }
     return h;
 }
@@ -728,11 +854,54 @@ static bool seen_set_add(uint64_t *table, uint32_t size, uint64_t key, bool when
  * A new (task, pid, comm) identity is announced once, so exec() renames and
  * task_struct reuse both show up.
  */
+/*
+ * A task's pid, tgid and comm. They lie within a few hundred bytes of each
+ * other in task_struct, so one read of the span costs one page walk (two if
+ * it crosses a page) where three reads would cost three: this runs for
+ * every event.
+ */
+#define TASK_SPAN_MAX           1024
+
+static void x86_task_identity(struct vcpu_state *vs, uint64_t task, struct ftr_task *t)
+{
+    int64_t lo = cfg.task_pid_off, hi = cfg.task_pid_off + (int64_t)sizeof(t->pid);
+    uint8_t span[TASK_SPAN_MAX];
+
+    if (cfg.task_tgid_off >= 0) {
+        lo = MIN(lo, cfg.task_tgid_off);
+        hi = MAX(hi, cfg.task_tgid_off + (int64_t)sizeof(t->tgid));
+    }
+    if (cfg.task_comm_off >= 0) {
+        lo = MIN(lo, cfg.task_comm_off);
+        hi = MAX(hi, cfg.task_comm_off + (int64_t)sizeof(t->comm) - 1);
+    }
+    if (hi - lo <= TASK_SPAN_MAX) {
+        if (!mem_read(vs, task + lo, span, hi - lo)) {
+            return;
+        }
+        memcpy(&t->pid, span + cfg.task_pid_off - lo, sizeof(t->pid));
+        if (cfg.task_tgid_off >= 0) {
+            memcpy(&t->tgid, span + cfg.task_tgid_off - lo, sizeof(t->tgid));
+        }
+        if (cfg.task_comm_off >= 0) {
+            memcpy(t->comm, span + cfg.task_comm_off - lo, sizeof(t->comm) - 1);
+        }
+        return;
+    }
+    mem_read(vs, task + cfg.task_pid_off, &t->pid, sizeof(t->pid));
+    if (cfg.task_tgid_off >= 0) {
+        mem_read(vs, task + cfg.task_tgid_off, &t->tgid, sizeof(t->tgid));
+    }
+    if (cfg.task_comm_off >= 0) {
+        mem_read(vs, task + cfg.task_comm_off, t->comm, sizeof(t->comm) - 1);
+    }
+}
+
 static uint64_t x86_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
                                  unsigned cpl, bool use_cached, uint64_t seq,
                                  bool *valid)
 {
-    uint64_t base, task = 0;
+    uint64_t base, task = 0, generation;
     struct ftr_task t = { 0 };
     uint64_t key, comm_words[2];
 
@@ -740,7 +909,11 @@ static uint64_t x86_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
     if (!cfg.current_addr) {
         return 0;
     }
-    if (use_cached) {
+    if (vs->known_task) {
+        task = vs->known_task;
+        vs->known_task = 0;
+        base = vs->kernel_gs_base;
+    } else if (use_cached) {
         base = vs->kernel_gs_base;
     } else {
         base = reg_read_u64(vs, cpl == 0 ? regs.gs_base : regs.k_gs_base);
@@ -748,8 +921,10 @@ static uint64_t x86_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
             base = vs->kernel_gs_base;      /* not a kernel address */
         }
     }
-    if (!base || !mem_read(vs, base + cfg.current_addr, &task, sizeof(task)) ||
-        !(task >> 63)) {
+    if (!task && (!base || !mem_read(vs, base + cfg.current_addr, &task, sizeof(task)))) {
+        return 0;
+    }
+    if (!(task >> 63)) {
         return 0;
     }
     vs->kernel_gs_base = base;
@@ -757,13 +932,23 @@ static uint64_t x86_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
     if (cfg.task_pid_off < 0) {
         return task;
     }
-    mem_read(vs, task + cfg.task_pid_off, &t.pid, sizeof(t.pid));
-    if (cfg.task_tgid_off >= 0) {
-        mem_read(vs, task + cfg.task_tgid_off, &t.tgid, sizeof(t.tgid));
+    /*
+     * The same task as at the last read, no probe hit since: the same pid
+     * and comm (probe_generation). Without probes there is no such
+     * guarantee, so every event reads them. exec sets the new comm after
+     * its probe (begin_new_exec(): flush_thread(), then __set_task_comm()),
+     * so the first user return after any probe hit reads them again
+     * (vcpu_user_return()). A comm set by prctl() or through /proc shows
+     * from the next read on.
+     */
+    generation = __atomic_load_n(&probe_generation, __ATOMIC_ACQUIRE);
+    if (cfg.n_probes && task == vs->identity_task &&
+        generation == vs->identity_generation) {
+        return task;
     }
-    if (cfg.task_comm_off >= 0) {
-        mem_read(vs, task + cfg.task_comm_off, t.comm, sizeof(t.comm) - 1);
-    }
+    x86_task_identity(vs, task, &t);
+    vs->identity_task = task;
+    vs->identity_generation = generation;
     memcpy(comm_words, t.comm, sizeof(comm_words));
     key = hash_mix64(task ^ hash_mix64(t.pid)) ^
           hash_mix64(comm_words[0] ^ hash_mix64(comm_words[1]));
@@ -1111,14 +1296,21 @@ static void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index,
                              uint64_t user_pc)
 {
     struct ftr_event ev;
+    uint64_t task, generation;
     bool quiet, ok;
 
     vs->in_user = true;
     vcpu_finish_pending(vs, vcpu_index);
     /* Without task tracking (no current=), a switch is not seen: same task assumed. */
+    generation = __atomic_load_n(&probe_generation, __ATOMIC_ACQUIRE);
+    if (generation != vs->return_generation) {
+        vs->identity_task = 0;  /* a probe hit since: see x86_current_task() */
+        vs->return_generation = generation;
+    }
+    task = x86_current_ptr(vs);
     quiet = vs->entry_seen && !vs->entry_materialized &&
-            (!cfg.current_addr ||
-             (vs->entry_task != 0 && x86_current_ptr(vs) == vs->entry_task));
+            (!cfg.current_addr || (vs->entry_task != 0 && task == vs->entry_task));
+    vs->known_task = task;      /* event_begin() need not read it again */
     event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_RETURN, user_pc, 3);
     ev.addr = vs->entry_seen ? vs->entry_pc : 0;
     if (!vs->entry_seen) {
@@ -1184,6 +1376,7 @@ static void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
     struct ftr_event ev;
 
     vcpu_finish_pending(vs, vcpu_index);
+    __atomic_fetch_add(&probe_generation, 1, __ATOMIC_RELEASE);
     event_begin(vs, vcpu_index, &ev, FTR_KIND_PROBE, pr->pc, 0);
     ev.index = pr->id;
     ev.value = reg_read_u64(vs, regs.gpr[7]);   /* rdi */
@@ -1208,14 +1401,16 @@ static bool x86_prior_hash(struct vcpu_state *vs, uint64_t addr, uint32_t reques
     if (!mem_read(vs, addr, bytes, len)) {
         return false;
     }
-    for (size_t o = 0; o < len; o++) {
-        uint32_t feature = xsave_feature_of_offset(o);
-        bool stored = (o >= 24 && o < 28) ? (requested & 6) != 0 : (feature & requested) != 0;
-        if (!cs64 && o >= 288 && o < 416) {
+    for (uint32_t w = 0; w < len / 8; w++) {
+        uint64_t v;
+        bool stored = w == 3 ? (requested & 6) != 0     /* MXCSR: with SSE or AVX */
+                             : (xsave_word_feature[w] & requested) != 0;
+        if (!cs64 && w >= 288 / 8 && w < 416 / 8) {
             stored = false;             /* XMM8-15 exist in 64-bit mode only */
         }
-        if (stored && xsave_offset_is_content(o)) {
-            h += hash_byte(o, bytes[o]);
+        if (stored) {
+            memcpy(&v, bytes + 8 * w, 8);
+            h += xsave_word_hash(w, v, 0xff);
         }
     }
     *out = h;
@@ -1287,13 +1482,11 @@ static void vcpu_fpu_op_exec(unsigned int vcpu_index, void *udata)
                            : 0;
     vs->pending_checked = vs->pending_ignore = false;
     vs->pending_xmm_hi = false;
+    vs->pending_sealed = false;
     vs->pending_derive = derive;
     vs->pending_next_pc = fi->is_restore ? fi->vaddr + fi->len : 0;
     vs->pending = true;
 }
-
-/* The largest XSAVE area (AVX-512 and PKRU, standard format) fits in this. */
-#define XSAVE_AREA_MAX          0x3000
 
 /*
  * The first access places the area: it must fall inside it. If it does not
@@ -1328,16 +1521,15 @@ static bool vcpu_place_area(struct vcpu_state *vs, uint64_t vaddr)
 }
 
 static void vcpu_fpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
-                         uint64_t vaddr, void *udata)
+                         uint64_t vaddr, void *udata G_GNUC_UNUSED)
 {
-    const struct fpu_insn *fi = udata;
     struct vcpu_state *vs = vcpu_get(vcpu_index);
     struct ftr_event *ev = &vs->pending_event;
     qemu_plugin_mem_value mv;
     unsigned size = 1u << qemu_plugin_mem_size_shift(info);
     uint64_t off, lo, hi = 0;
 
-    if (!vs->pending || vs->pending_ignore || qemu_plugin_mem_is_store(info) != fi->is_save ||
+    if (!vs->pending || vs->pending_ignore ||
         (!vs->pending_checked && !vcpu_place_area(vs, vaddr))) {
         return;
     }
@@ -1352,29 +1544,8 @@ static void vcpu_fpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
     off = vaddr - ev->addr;
     ev->flags |= FTR_FLAG_MEM_VALID;
     ev->mem_bytes += size;
-    for (unsigned b = 0; b < size; b++) {
-        uint8_t byte = b < 8 ? lo >> (8 * b) : hi >> (8 * (b - 8));
-        uint64_t o = off + b;
-        if (o >= XSAVE_AREA_MAX) {
-            continue;                   /* not part of the area (wrapped) */
-        }
-        ev->mem_features |= xsave_feature_of_offset(o);
-        vs->pending_xmm_hi |= o >= 288 && o < 416;
-        if (o >= 512 && o < 520 && (fi->kind != FTR_KIND_FXSAVE &&
-                                    fi->kind != FTR_KIND_FXRSTOR)) {
-            ev->xstate_bv |= (uint64_t)byte << (8 * (o - 512));
-        }
-        if (xsave_offset_is_content(o)) {
-            uint64_t h = hash_byte(o, byte);
-            if (o >= 832) {
-                ev->mem_ext_hash += h;
-            } else {
-                ev->mem_hash += h;
-                if (o < 512) {
-                    ev->mem_legacy_hash += h;
-                }
-            }
-        }
+    if (off < XSAVE_AREA_MAX) {         /* else not part of the area (wrapped) */
+        xsave_image_put(vs->image, off, size, lo, hi);
     }
 }
 
@@ -1392,6 +1563,7 @@ static void vcpu_after_restore_exec(unsigned int vcpu_index, void *udata)
     if (!vs->pending || vs->pending_next_pc != (uintptr_t)udata) {
         return;
     }
+    vcpu_seal_pending(vs);
     vcpu_confirm_64bit(vs);
     if (vs->pending_derive) {
         ok = x86_regs_from_bytes(ev, true, &ev->regs_after_hash);
@@ -1723,8 +1895,10 @@ static void insn_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
     default:
         qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_fpu_op_exec,
                                                QEMU_PLUGIN_CB_R_REGS, (void *)shared);
+        /* Only the stores of a save and the loads of a restore (XSAVE reads its header). */
         qemu_plugin_register_vcpu_mem_cb(insn, vcpu_fpu_mem, QEMU_PLUGIN_CB_NO_REGS,
-                                         QEMU_PLUGIN_MEM_RW, (void *)shared);
+                                         shared->is_save ? QEMU_PLUGIN_MEM_W : QEMU_PLUGIN_MEM_R,
+                                         (void *)shared);
         break;
     }
 }
@@ -1854,6 +2028,7 @@ static void vcpu_init(qemu_plugin_id_t id G_GNUC_UNUSED, unsigned int vcpu_index
     vs->events = g_new0(struct ftr_event, cfg.block_events);
     vs->tasks = g_new0(struct ftr_task, cfg.block_events);
     vs->scratch = g_byte_array_new();
+    vs->image = g_new0(struct xsave_image, 1);
 }
 
 static void plugin_exit(qemu_plugin_id_t id G_GNUC_UNUSED, void *udata G_GNUC_UNUSED)
@@ -2017,15 +2192,16 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
         fprintf(stderr, "fputrace: cannot write %s: %s\n", cfg.path, strerror(errno));
         return -1;
     }
+    xsave_tables_init();
     /* The register hashes of x87 and SSE in their init state (FCW 0x037f, all else 0). */
-    x87_init_hash = hash_byte(0, 0x7f) + hash_byte(1, 0x03) + hash_byte(2, 0) + hash_byte(3, 0);
-    for (int r = 0; r < 8; r++) {
-        for (int b = 0; b < 10; b++) {
-            x87_init_hash += hash_byte(32 + 16 * r + b, 0);
+    {
+        static const uint8_t fcw_fsw_init[4] = { 0x7f, 0x03, 0, 0 };
+        static const uint8_t zeros[256];
+        x87_init_hash = xsave_hash_run(0, fcw_fsw_init, 4);
+        for (int r = 0; r < 8; r++) {
+            x87_init_hash += xsave_hash_run(32 + 16 * r, zeros, 10);
         }
-    }
-    for (int o = 160; o < 416; o++) {
-        sse_init_hash += hash_byte(o, 0);
+        sse_init_hash = xsave_hash_run(160, zeros, 256);
     }
     insn_table = g_hash_table_new_full(g_bytes_hash, g_bytes_equal,
                                        (GDestroyNotify)g_bytes_unref, g_free);

@@ -17,6 +17,7 @@
 #include <string.h>
 
 
+#include "../../plugin/ftr-crc32c.h"
 #include "../../plugin/ftr-format.h"
 
 enum {
@@ -1089,12 +1090,6 @@ out:
     return rc;
 }
 
-/* ---- CRC-32C of block payloads (docs/trace-format.md) ---- */
-
-#define CRC32C_POLY 0x82f63b78u
-
-static uint32_t crc32c_table[256];
-
 /* ---- the boundary checks' linear part (analyzers/boundaries.py) ---- */
 
 struct fpa_bounds_out {
@@ -1256,61 +1251,11 @@ out:
     return rc;
 }
 
-static void crc32c_init_table(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) {
-            c = (c & 1) ? CRC32C_POLY ^ (c >> 1) : c >> 1;
-        }
-        crc32c_table[i] = c;
-    }
-}
-
-static uint32_t crc32c_soft(uint32_t crc, const uint8_t *p, size_t len)
-{
-    if (!crc32c_table[1]) {
-        crc32c_init_table();
-    }
-    while (len--) {
-        crc = crc32c_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
-    }
-    return crc;
-}
-
-#if defined(__x86_64__)
-#include <nmmintrin.h>
-
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *p, size_t len)
-{
-    uint64_t c = crc;
-
-    while (len >= 8) {
-        uint64_t v;
-        memcpy(&v, p, 8);
-        c = _mm_crc32_u64(c, v);
-        p += 8;
-        len -= 8;
-    }
-    crc = (uint32_t)c;
-    while (len--) {
-        crc = _mm_crc32_u8(crc, *p++);
-    }
-    return crc;
-}
-#endif
+/* ---- CRC-32C of block payloads (plugin/ftr-crc32c.h) ---- */
 
 uint32_t fpa_crc32c(const void *data, size_t len)
 {
-    uint32_t crc = 0xffffffffu;
-
-#if defined(__x86_64__)
-    if (__builtin_cpu_supports("sse4.2")) {
-        return crc32c_sse42(crc, data, len) ^ 0xffffffffu;
-    }
-#endif
-    return crc32c_soft(crc, data, len) ^ 0xffffffffu;
+    return ftr_crc32c(data, len);
 }
 
 /*
@@ -1356,11 +1301,7 @@ size_t fpa_copy_blocks(const uint8_t *base, size_t map_size, const uint64_t *off
     const uint8_t *released = base;
     size_t out = 0, good = 0;
 
-#if defined(__x86_64__)
-    int hw = __builtin_cpu_supports("sse4.2");
-#else
-    int hw = 0;
-#endif
+    int hw = ftr_crc32c_has_hw();
     for (size_t b = 0; b < n_blocks; b++) {
         const uint8_t *src = base + offsets[b];
         uint32_t crc;
