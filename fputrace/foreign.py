@@ -24,7 +24,9 @@ from elftools.elf.segments import InterpSegment
 from fputrace.errors import FputraceError
 
 GUEST_DIR = "added"
-ELF_MACHINE = {"x86_64": "EM_X86_64", "aarch64": "EM_AARCH64"}
+# What each guest runs: an x86_64 kernel runs i386 programs in compatibility
+# mode (CONFIG_IA32_EMULATION, on in the Debian kernels).
+ELF_MACHINES = {"x86_64": ("EM_X86_64", "EM_386"), "aarch64": ("EM_AARCH64",)}
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def _check_elf(path: Path, shown: Path, arch: str) -> bool:
                            if isinstance(seg, InterpSegment)), "")
         except ELFError as e:
             raise FputraceError(f"--add {shown}: not a readable ELF file ({e})") from None
-    if machine != ELF_MACHINE[arch]:
+    if machine not in ELF_MACHINES[arch]:
         raise FputraceError(f"--add {shown}: built for {machine}, and the guest is {arch}: "
                             "build it for the guest's architecture")
     if interp:

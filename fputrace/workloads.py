@@ -51,6 +51,10 @@ WORKLOADS: dict[str, WorkloadDef] = {
         WorkloadDef("fork-exec", 20, (),
                     "N rounds of fork, then exec twice before the child runs, checking the "
                     "child's, the exec'd and the parent's registers", events_per_count=400),
+        WorkloadDef("compat32", 20, (),
+                    "a 32-bit process (compatibility mode) running XSAVE, FXSAVE, XRSTOR "
+                    "and FXRSTOR itself with absolute and register operands, N rounds, "
+                    "checking XMM0-7 across int $0x80 system calls", events_per_count=30),
         WorkloadDef("fpu-seed", 5, (),
                     "deliberate FPU bugs of a test module: N calls each of a correct "
                     "kernel_fpu section, XMM use without one, and a corrupted saved state",

@@ -62,8 +62,9 @@ apt_update() {
 
 install_system_packages() {
 	# libelf1: objtool of the kernels' kbuild, for the fputrace-seed test module.
-	local pkgs=(gcc libc6-dev binutils make meson ninja-build pkg-config libglib2.0-dev
-		busybox-static cpio xz-utils zstd dpkg-dev python3-venv libelf1)
+	# gcc-multilib: the 32-bit (gcc -m32 -static) compat32 workload.
+	local pkgs=(gcc gcc-multilib libc6-dev binutils make meson ninja-build pkg-config
+		libglib2.0-dev busybox-static cpio xz-utils zstd dpkg-dev python3-venv libelf1)
 	local missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -164,7 +164,9 @@ def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, serie
     hog = workload_line(console, "kvm-hog")
     fe = workload_line(console, "fork-exec")
     pp = workload_line(console, "kvm-pingpong")
+    c32 = workload_line(console, "compat32")
     assert sw["mismatches"] == sig["mismatches"] == kfpu["mismatches"] == "0"
+    assert c32["mismatches"] == "0" and c32["syscalls"] == c32["rounds"]
     assert hog["fpu_mismatches"] == hog["hog_mismatches"] == pp["fpu_mismatches"] == "0"
     assert fe["child_mismatches"] == fe["syscall_mismatches"] == "0"
     assert sig["handled"] == sig["signals"] and kfpu["ok"] == kfpu["hashes"]
@@ -426,3 +428,81 @@ def test_foreign_workload_with_added_files(qemu_plugin: Path, tmp_path: Path) ->
     assert rep["findings"] == []
     assert any(row["task"].endswith(" repro") and row["checked"] > 0
                for row in rep["boundary_checks"]["per_task"])
+
+
+# ---- a 32-bit process (compatibility mode) ----------------------------------
+#
+# The content hash as docs/trace-format.md defines it, written again here as
+# the test's own oracle: a sum over 8-byte words of
+# mix64(mix64(word << 8 | mask) ^ (value & mask)), counting only the bytes
+# that hold register contents.
+
+def mix64(x: int) -> int:
+    m = (1 << 64) - 1
+    x = (x + 0x9E3779B97F4A7C15) & m
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
+    return x ^ (x >> 31)
+
+
+def legacy_hash_32bit(legacy: bytes) -> int:
+    """What a save in 32-bit code stores of x87 and SSE, hashed: FCW and FSW,
+    MXCSR, the 10 bytes of each ST register, and XMM0-7 only (XMM8-15 exist
+    in 64-bit mode only)."""
+    masks = {0: 0x0F, 3: 0x0F}                        # FCW+FSW, MXCSR
+    for r in range(8):
+        masks[4 + 2 * r], masks[5 + 2 * r] = 0xFF, 0x03  # ST0-7: 10 of 16 bytes
+    for w in range(160 // 8, 288 // 8):
+        masks[w] = 0xFF                               # XMM0-7
+    h = 0
+    for w, m in masks.items():
+        value = int.from_bytes(legacy[8 * w:8 * w + 8], "little")
+        keep = sum(0xFF << (8 * b) for b in range(8) if m >> b & 1)
+        h = (h + mix64(mix64(w << 8 | m) ^ (value & keep))) % (1 << 64)
+    return h
+
+
+def test_32bit_process_addresses_and_hashes(qemu_plugin: Path, tmp_path: Path) -> None:
+    # compat32 (gcc -m32 -static) runs XSAVE, FXSAVE, XRSTOR and FXRSTOR
+    # itself, absolute (disp32) and through a register, and prints the first
+    # round: the address of each operation and the legacy area each save
+    # stored. The trace must hold the same addresses, formed with 32-bit
+    # addressing, every round, and for the printed saves the content hash of
+    # the printed bytes; each restore loads what the save before it stored.
+    kernel_available("6.1")
+    rounds = 20
+    out = tmp_path / "compat32.ftr"
+    p = fputrace("record", "--kernel", "6.1", "--workload", f"compat32:{rounds}", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    console = sidecar(out, "console.log")
+    own = workload_line(console, "compat32")
+    assert own["mismatches"] == "0" and own["ops"] == str(5 * rounds)
+    printed = [dict(kv.split("=", 1) for kv in line.split()[1:])
+               for line in console.read_text(errors="replace").splitlines()
+               if line.startswith("compat32-op ")]
+    assert [o["kind"] for o in printed] == ["xsave", "fxsave", "fxsave", "xrstor", "fxrstor"]
+
+    ev = read_trace(out).events
+    kinds = {"xsave": fmt.Kind.XSAVE, "fxsave": fmt.Kind.FXSAVE, "xrstor": fmt.Kind.XRSTOR,
+             "fxrstor": fmt.Kind.FXRSTOR}
+    user = ev[((ev["flags"] & fmt.Flag.PL_MASK) == 3)
+              & np.isin(ev["kind"], [int(k) for k in kinds.values()])]
+    assert len(user) == 5 * rounds
+    for i, e in enumerate(user):
+        op = printed[i % 5]
+        what = f"round {i // 5} {op['kind']} {op['form']}"
+        flags = int(e["flags"])
+        assert int(e["kind"]) == kinds[op["kind"]], what
+        assert int(e["addr"]) == int(op["addr"], 16), what
+        assert (flags & fmt.Flag.ADDR_SIZE_MASK) >> fmt.ADDR_SIZE_SHIFT == fmt.AddrSize.A32, what
+        assert flags & fmt.Flag.MEM_VALID and not flags & fmt.Flag.ADDR_UNVERIFIED, what
+        assert int(e["mem_features"]) & 3 == 3, what
+    first = user[:5]
+    for op, e in zip(printed[:3], first[:3], strict=True):
+        expected = legacy_hash_32bit(bytes.fromhex(op["legacy"]))
+        assert int(e["mem_legacy_hash"]) == expected, op["kind"] + " " + op["form"]
+        assert int(e["mem_hash"]) == expected  # x87 and SSE only were requested
+    assert int(first[3]["mem_hash"]) == int(first[0]["mem_hash"])  # xrstor of the xsave
+    assert int(first[4]["mem_hash"]) == int(first[2]["mem_hash"])  # fxrstor of fxsave (reg)
+    rep = json.loads(fputrace("report", "--json", str(out)).stdout)
+    assert rep["findings"] == [], report_head(out)
