@@ -254,9 +254,9 @@ enum site_type {
 static uint64_t site_pc[SITE_TABLE_SIZE];       /* 0: empty slot */
 static uint32_t site_types[SITE_TABLE_SIZE];
 
-/* Task identities already announced, and save areas already seen: lock-free sets. */
+/* Task identities already announced (a lock-free set), and save areas already read. */
 static uint64_t task_seen[TASK_TABLE_SIZE];
-static uint64_t buffer_seen[BUFFER_TABLE_SIZE];
+static uint64_t buffer_seen[BUFFER_TABLE_SIZE];     /* see buffer_first_save() */
 
 /* Register handles, resolved once by name. */
 static struct {
@@ -685,6 +685,17 @@ static void vcpu_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
         if (x86_regs_from_bytes(ev, false, &h)) {
             ev->regs_hash = h;
             ev->flags |= FTR_FLAG_REGS_VALID;
+        } else if (!vs->regs_dirty) {
+            /*
+             * The bytes do not cover x87 and SSE (XSAVEOPT leaves out
+             * components in their init state): the save left the
+             * registers as they were, so read them.
+             */
+            bool ok;
+            ev->regs_hash = x86_regs_hash(vs, &ok);
+            if (ok) {
+                ev->flags |= FTR_FLAG_REGS_VALID;
+            }
         }
         /* The save left the registers as they were, unless SIMD code ran since. */
         vs->last_regs = ev->regs_hash;
@@ -1386,6 +1397,27 @@ static void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
 }
 
 /*
+ * Whether a save to addr is the first to that buffer since the last probe
+ * hit: then what the buffer holds is read before it (x86_prior_hash()).
+ * A probe marks where the analysis starts a buffer over (exec resets it,
+ * fork copies into it, both by memcpy the trace does not see), so a buffer
+ * is read again after any. A direct-mapped table of address and generation:
+ * a collision or a race between vCPUs costs one more read, never one less.
+ */
+static bool buffer_first_save(uint64_t addr)
+{
+    uint64_t generation = __atomic_load_n(&probe_generation, __ATOMIC_ACQUIRE);
+    uint64_t key = hash_mix64(addr ^ hash_mix64(generation)) | 1;
+    uint64_t *slot = &buffer_seen[hash_mix64(addr) & (BUFFER_TABLE_SIZE - 1)];
+
+    if (__atomic_load_n(slot, __ATOMIC_RELAXED) == key) {
+        return false;
+    }
+    __atomic_store_n(slot, key, __ATOMIC_RELAXED);
+    return true;
+}
+
+/*
  * What a buffer held before the first save to it the trace sees, hashed
  * over the bytes the save will store (the requested x87/SSE/AVX
  * components, MXCSR with SSE or AVX, XMM8-15 in 64-bit mode only), so that
@@ -1463,7 +1495,7 @@ static void vcpu_fpu_op_exec(unsigned int vcpu_index, void *udata)
         ev.regs_hash = regs_hash;
         ev.flags |= FTR_FLAG_REGS_VALID;
     }
-    if (fi->is_save && seen_set_add(buffer_seen, BUFFER_TABLE_SIZE, ev.addr | 1, false) &&
+    if (fi->is_save && buffer_first_save(ev.addr) &&
         x86_prior_hash(vs, ev.addr, requested, ea->cs64, &ev.aux)) {
         ev.flags |= FTR_FLAG_PRIOR_VALID;
     }
