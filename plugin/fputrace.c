@@ -1998,6 +1998,15 @@ static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_
 
 static void regs_resolve(void)
 {
+    static const struct {
+        const char *name;
+        struct qemu_plugin_register **handle;
+    } named[] = {
+        { "cs", &regs.cs }, { "cr0", &regs.cr0 }, { "efer", &regs.efer },
+        { "eflags", &regs.eflags }, { "fs_base", &regs.fs_base },
+        { "gs_base", &regs.gs_base }, { "k_gs_base", &regs.k_gs_base },
+        { "fctrl", &regs.fctrl }, { "fstat", &regs.fstat }, { "mxcsr", &regs.mxcsr },
+    };
     g_autoptr(GArray) list = qemu_plugin_get_registers();
 
     for (guint i = 0; i < list->len; i++) {
@@ -2017,28 +2026,12 @@ static void regs_resolve(void)
                 regs.sreg[k] = rd->handle;
             }
         }
-        if (!g_ascii_strcasecmp(nm, "cs")) {
-            regs.cs = rd->handle;
-        } else if (!g_ascii_strcasecmp(nm, "cr0")) {
-            regs.cr0 = rd->handle;
-        } else if (!g_ascii_strcasecmp(nm, "efer")) {
-            regs.efer = rd->handle;
-        } else if (!g_ascii_strcasecmp(nm, "eflags")) {
-            regs.eflags = rd->handle;
-        } else if (!g_ascii_strcasecmp(nm, "fs_base")) {
-            regs.fs_base = rd->handle;
-        } else if (!g_ascii_strcasecmp(nm, "gs_base")) {
-            regs.gs_base = rd->handle;
-        } else if (!g_ascii_strcasecmp(nm, "k_gs_base")) {
-            regs.k_gs_base = rd->handle;
-        } else if (!g_ascii_strcasecmp(nm, "fctrl")) {
-            regs.fctrl = rd->handle;
-        } else if (!g_ascii_strcasecmp(nm, "fstat")) {
-            regs.fstat = rd->handle;
-        } else if (!g_ascii_strcasecmp(nm, "mxcsr")) {
-            regs.mxcsr = rd->handle;
-        } else if (sscanf(nm, "st%d", &k) == 1 && k >= 0 && k < 8 &&
-                   strlen(nm) == 3) {
+        for (k = 0; k < (int)G_N_ELEMENTS(named); k++) {
+            if (!g_ascii_strcasecmp(nm, named[k].name)) {
+                *named[k].handle = rd->handle;
+            }
+        }
+        if (sscanf(nm, "st%d", &k) == 1 && k >= 0 && k < 8 && strlen(nm) == 3) {
             regs.st[k] = rd->handle;
         } else if (sscanf(nm, "xmm%d", &k) == 1 && k >= 0 && k < 16) {
             regs.xmm[k] = rd->handle;
