@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fputrace.errors import FputraceError
-from fputrace.kernel.layout import KERNEL_CMDLINE, kernel_layout, resolve_kernel
+from fputrace.kernel.layout import kernel_cmdline, kernel_layout, resolve_kernel
 from fputrace.machine import MachineSpec, run_machine
 from fputrace.paths import build_dir, cache_dir
 from fputrace.record import build_initramfs, plugin_arguments, plugin_path
@@ -136,7 +136,7 @@ def main() -> int:
                 plugin, extra = variants[variant]
                 console = tmp / f"console-{scenario.name}-{variant}.log"
                 spec = MachineSpec(target.arch, target.vmlinuz, scenario.initramfs,
-                                   KERNEL_CMDLINE, plugin=plugin,
+                                   kernel_cmdline(target.arch), plugin=plugin,
                                    serial_files=[console, tmp / "syms"], extra_args=extra)
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = run_machine(spec, 900)

@@ -63,7 +63,7 @@ class Initramfs:
         path.write_bytes(self.pack())
 
 
-BASE_APPLETS = ("sh", "mount", "insmod", "cat", "echo", "grep", "gzip", "poweroff", "stty",
+BASE_APPLETS = ("sh", "mount", "insmod", "cat", "echo", "grep", "gzip", "poweroff", "stty", "tar",
                 "sleep", "mkdir", "uname", "dmesg", "taskset", "wc", "head")
 
 

@@ -69,6 +69,10 @@ def command_line(spec: MachineSpec, qmp_socket: Path) -> list[str]:
            "-kernel", str(spec.kernel), "-append", spec.append]
     if spec.arch == "x86_64":
         cmd += ["-cpu", "max"]
+    else:
+        # EL2 for the host kernel (KVM), GICv3 for its vGIC; pauth-impdef
+        # spares TCG the costly architected pointer-authentication hash.
+        cmd += ["-M", "virt,virtualization=on,gic-version=3", "-cpu", "max,pauth-impdef=on"]
     if spec.initrd is not None:
         cmd += ["-initrd", str(spec.initrd)]
     for i, f in enumerate(spec.serial_files):

@@ -23,10 +23,11 @@ from fputrace import __version__
 from fputrace.errors import FputraceError
 from fputrace.foreign import AddedFile, ForeignRun, busybox_applets
 from fputrace.initramfs import busybox_initramfs
-from fputrace.kernel.layout import BUSYBOX, KERNEL_CMDLINE, KernelTarget, kernel_layout
+from fputrace.kernel.busybox import applets_busybox, busybox_for
+from fputrace.kernel.layout import SERIAL_DEVICE, KernelTarget, kernel_cmdline, kernel_layout
 from fputrace.kernel.modules import ModuleTree, module_bytes, module_name
+from fputrace.kernel.probes import fp_core_code, resolve_probes
 from fputrace.kernel.probes import plugin_args as probe_args
-from fputrace.kernel.probes import resolve_probes
 from fputrace.kernel.seedmod import MODULE_NAME as SEED_MODULE
 from fputrace.kernel.seedmod import seed_module_for
 from fputrace.kernel.symbols import Symbols
@@ -37,7 +38,7 @@ from fputrace.workloads import WorkloadRun, parse_summary
 
 MARK = "FPUTRACE"
 # Loaded for --run commands when the kernel has them (KVM users need them).
-FOREIGN_MODULES = ("kvm_amd",)
+FOREIGN_MODULES = {"x86_64": ("kvm_amd",), "aarch64": ()}  # arm64: KVM is built in
 
 
 @dataclass
@@ -83,7 +84,7 @@ def plugin_path() -> Path:
 
 
 def _init_script(modules: list[str], runs: list[WorkloadRun],
-                 foreign: list[ForeignRun]) -> str:
+                 foreign: list[ForeignRun], tty: str = "ttyS") -> str:
     lines = [
         "#!/bin/sh",
         "mount -t proc proc /proc",
@@ -95,9 +96,9 @@ def _init_script(modules: list[str], runs: list[WorkloadRun],
     for m in modules:
         lines.append(f"insmod /modules/{m}.ko || echo {MARK}-INSMOD-FAILED {m}")
     lines += [
-        "stty -F /dev/ttyS1 raw -echo",
+        f"stty -F /dev/{tty}1 raw -echo",
         # Module symbols as loaded in this run, for symbolizing module code.
-        "grep '\\[' /proc/kallsyms > /dev/ttyS1",
+        f"grep '\\[' /proc/kallsyms > /dev/{tty}1",
     ]
     for r in runs:
         lines += [
@@ -173,17 +174,17 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
     the module names in load order."""
     added = added or []
     foreign = foreign or []
-    if not BUSYBOX.exists():
-        raise FputraceError(f"{BUSYBOX} not found: run 'make setup' (installs busybox-static)")
+    busybox = busybox_for(target.arch)
     for r in runs:
         if not r.binary.exists():
             raise FputraceError(f"workload {r.workload.name} not built ({r.binary} missing): "
                                 "run 'make setup'")
-    wanted = sorted({m for r in runs for m in r.workload.modules})
-    if foreign and target.modules_dir is not None and \
-            ModuleTree(target.modules_dir).has(FOREIGN_MODULES[0]):
+    wanted = sorted({m for r in runs for m in r.modules})
+    kvm_modules = FOREIGN_MODULES[target.arch]
+    if foreign and kvm_modules and target.modules_dir is not None and \
+            ModuleTree(target.modules_dir).has(kvm_modules[0]):
         # The user's programs may be KVM users: give them /dev/kvm.
-        wanted = sorted({*wanted, *FOREIGN_MODULES})
+        wanted = sorted({*wanted, *kvm_modules})
     module_files: list[Path] = []
     if wanted:
         if target.modules_dir is None:
@@ -195,8 +196,9 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
         module_files.append(seed_module_for(target.debian, target.modules_dir,
                                             target.state_dir))
         names.append(SEED_MODULE)
-    ramfs = busybox_initramfs(BUSYBOX, _init_script(names, runs, foreign),
-                              busybox_applets(BUSYBOX) if foreign else None)
+    ramfs = busybox_initramfs(busybox, _init_script(names, runs, foreign,
+                                                    SERIAL_DEVICE[target.arch]),
+                              busybox_applets(applets_busybox()) if foreign else None)
     for p, n in zip(module_files, names, strict=True):
         # Decompressed here, so busybox insmod needs no xz/zstd support.
         ramfs.file(f"modules/{n}.ko", module_bytes(p))
@@ -209,18 +211,21 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
 
 
 def plugin_arguments(target: KernelTarget, out: Path) -> list[str]:
-    """The plugin's arguments for a kernel: the trace file, the task layout
-    and the probes (the kernel's symbols must have been collected)."""
+    """The plugin's arguments for a kernel: the trace file, the task layout,
+    the probes and (arm64) the FP core's code (the kernel's symbols must
+    have been collected)."""
     layout = kernel_layout(target)
-    probes = resolve_probes(Symbols.load(target.state_dir / "kallsyms"))
-    return [f"out={out}", *layout.plugin_args(), *probe_args(probes)]
+    symbols = Symbols.load(target.state_dir / "kallsyms")
+    probes = resolve_probes(symbols, target.arch)
+    fpcode = [f"fpcode={start:#x}:{size:#x}" for start, size in fp_core_code(symbols, target.arch)]
+    return [f"out={out}", *layout.plugin_args(), *probe_args(probes), *fpcode]
 
 
 def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 1,
            timeout_s: float = 600, memory_mb: int = 1024, extra_msrs: list[int] | None = None,
            tick: Callable[[str, float], None] | None = None,
            added: list[AddedFile] | None = None,
-           foreign: list[ForeignRun] | None = None) -> RecordResult:
+           foreign: list[ForeignRun] | None = None, kvm_mode: str = "vhe") -> RecordResult:
     """Boot, run the workloads, and leave the trace and its sidecars at `out`."""
     plugin = plugin_path()
     if not 1 <= smp <= 16:
@@ -240,7 +245,8 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
         plugin_args = [*plugin_arguments(target, out.resolve()),
                        f"kernel={target.identity.replace(',', ';')}", f"qemu={qemu}"]
         plugin_args += [f"msr={m:#x}" for m in extra_msrs or []]
-        spec = MachineSpec(target.arch, target.vmlinuz, tmp / "initramfs.gz", KERNEL_CMDLINE,
+        spec = MachineSpec(target.arch, target.vmlinuz, tmp / "initramfs.gz",
+                           kernel_cmdline(target.arch, kvm_mode),
                            smp=smp, memory_mb=memory_mb,
                            plugin=",".join([str(plugin), *plugin_args]),
                            serial_files=[console, modsyms_tmp])

@@ -27,18 +27,27 @@ class WorkloadDef:
     # Trace events per unit of count, rounded up from recordings (for the
     # free-space check before a recording starts).
     events_per_count: int = 20
+    # Built for arm64 too (workloads/aarch64/), with the modules it needs
+    # there; None: x86_64 only.
+    aarch64_modules: tuple[str, ...] | None = None
 
     @property
     def binary_name(self) -> str:
         return self.program or self.name
+
+    def runs_on(self, arch: str) -> bool:
+        return arch == "x86_64" or (arch == "aarch64" and self.aarch64_modules is not None)
+
+    def modules_for(self, arch: str) -> tuple[str, ...]:
+        return self.modules if arch == "x86_64" else self.aarch64_modules or ()
 
 
 WORKLOADS: dict[str, WorkloadDef] = {
     w.name: w
     for w in (
         WorkloadDef("kvm-pingpong", 200, ("kvm_amd",),
-                    "a KVM guest using x87/SSE that exits to user space N times",
-                    events_per_count=30),
+                    "a KVM guest using FP/SIMD (x87/SSE; arm64 FP) that exits to user "
+                    "space N times", events_per_count=30, aarch64_modules=()),
         WorkloadDef("fpu-switch", 200, (),
                     "two tasks on one CPU holding AVX state, N round trips through pipes"),
         WorkloadDef("signal", 100, (), "FPU state across N signal deliveries and sigreturns"),
@@ -67,25 +76,31 @@ WORKLOADS: dict[str, WorkloadDef] = {
 class WorkloadRun:
     workload: WorkloadDef
     count: int
+    arch: str = "x86_64"
 
     @property
     def binary(self) -> Path:
-        return build_dir() / "workloads" / self.workload.binary_name
+        sub = () if self.arch == "x86_64" else (self.arch,)
+        return build_dir().joinpath("workloads", *sub, self.workload.binary_name)
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return self.workload.modules_for(self.arch)
 
     @property
     def label(self) -> str:
         return f"{self.workload.name}:{self.count}"
 
 
-def parse_workloads(spec: str) -> list[WorkloadRun]:
+def parse_workloads(spec: str, arch: str = "x86_64") -> list[WorkloadRun]:
     runs: list[WorkloadRun] = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, count_s = item.partition(":")
         if name == "all":
             if count_s:
                 raise FputraceError("'all' takes no count: name the workloads one by one")
-            runs += [WorkloadRun(w, w.default_count) for w in WORKLOADS.values()
-                     if not w.seed_module]
+            runs += [WorkloadRun(w, w.default_count, arch) for w in WORKLOADS.values()
+                     if not w.seed_module and w.runs_on(arch)]
             continue
         if name not in WORKLOADS:
             raise FputraceError(f"unknown workload '{name}': choose from "
@@ -94,7 +109,11 @@ def parse_workloads(spec: str) -> list[WorkloadRun]:
             raise FputraceError(f"workload count '{count_s}' of {name} is not a whole "
                                 "number from 1 to 10000000")
         w = WORKLOADS[name]
-        runs.append(WorkloadRun(w, int(count_s) if count_s else w.default_count))
+        if not w.runs_on(arch):
+            ours = [n for n, d in WORKLOADS.items() if d.runs_on(arch)]
+            raise FputraceError(f"workload {name} is not built for {arch}: choose from "
+                                f"{', '.join([*ours, 'all'])}")
+        runs.append(WorkloadRun(w, int(count_s) if count_s else w.default_count, arch))
     if not runs:
         raise FputraceError("no workload given: try --workload kvm-pingpong:200, or --run")
     return runs

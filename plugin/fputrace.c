@@ -49,6 +49,8 @@
  *   boundaries=on|off   record user entry/return boundaries (default on)
  *   regs=derive|read    register hashes at 64-bit saves and restores from the
  *                       bytes they move (default), or read register by register
+ *   fpcode=ADDR:LEN     arm64: kernel FP core code whose FP/SIMD instructions are
+ *                       state handling, not kernel SIMD use (may repeat)
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -130,6 +132,7 @@ struct fpu_insn {
     bool is_restore;
     bool has_alt;               /* ea_alt: the other CS.L/CS.D reading */
     bool prefer_alt;            /* the accesses chose ea_alt last time (a benign race) */
+    bool hyp;                   /* arm64: nVHE hypervisor code (EL2 without E2H) */
     struct x86_modrm_addr ea, ea_alt;
 };
 
@@ -146,6 +149,7 @@ struct vcpu_state {
     bool entry_materialized;    /* its USER_ENTRY event was written */
     uint64_t entry_pc;
     uint64_t entry_task;
+    unsigned entry_pl;          /* the kernel's privilege level at the entry */
     bool in_l2;
     uint64_t l1_task_at_entry;
     uint64_t vmcb;              /* of the last VM entry */
@@ -189,6 +193,13 @@ struct vcpu_state {
     struct xsave_image *image;  /* the bytes it moved so far */
     bool pending_entry;         /* entry_event awaits the register hash of this save */
     struct ftr_event entry_event;
+    /* arm64 */
+    uint64_t host_task;         /* the host's current task: see a64_current_ptr() */
+    uint64_t a64_va;            /* the pending save/load's buffer, as its code names it */
+    bool a64_save;              /* the pending operation is a save */
+    bool a64_hyp;               /* ... run by nVHE hypervisor code */
+    bool a64_placed;            /* ... its first access gave the physical address */
+    bool guest_fp_trapped;      /* the guest runs with FP/SIMD access trapped to EL2 */
     struct ftr_event *events;
     size_t n_events;
     struct ftr_task *tasks;
@@ -197,6 +208,29 @@ struct vcpu_state {
     uint64_t tasks_total;
     GByteArray *scratch;
 };
+
+/*
+ * What the code shared by both architectures asks of the one being traced
+ * (x86_ops, a64_ops; chosen at install).
+ */
+struct arch_ops {
+    unsigned user_pl;           /* the privilege level of user mode: CPL 3, EL0 */
+    unsigned (*privilege)(struct vcpu_state *vs);
+    /* The current task, announcing its identity when new (task_announce()). */
+    uint64_t (*current_task)(struct vcpu_state *vs, unsigned int vcpu_index, unsigned pl,
+                             bool use_cached, uint64_t seq, bool *valid);
+    /* The current task pointer alone (0: not known). */
+    uint64_t (*current_ptr)(struct vcpu_state *vs);
+    /* The register file's content hash, read register by register. */
+    uint64_t (*regs_hash)(struct vcpu_state *vs, bool *ok);
+    /* Commit the save or restore in progress, if any. */
+    void (*finish_pending)(struct vcpu_state *vs, unsigned int vcpu_index);
+    /* A probed function's first three arguments. */
+    void (*probe_args)(struct vcpu_state *vs, uint64_t args[3]);
+    void (*tb_trans)(struct qemu_plugin_tb *tb);
+    void (*regs_resolve)(void);
+};
+static const struct arch_ops *arch;
 
 /* ---- global state ----------------------------------------------------- */
 
@@ -250,6 +284,7 @@ static GHashTable *insn_table;          /* (vaddr, bytes) -> struct fpu_insn */
 enum site_type {
     SITE_VM_EXIT = 1,
     SITE_AFTER_RESTORE = 2,
+    SITE_SEQ_END = 4,           /* arm64: after a save or load sequence */
 };
 static uint64_t site_pc[SITE_TABLE_SIZE];       /* 0: empty slot */
 static uint32_t site_types[SITE_TABLE_SIZE];
@@ -873,7 +908,7 @@ static bool seen_set_add(uint64_t *table, uint32_t size, uint64_t key, bool when
  */
 #define TASK_SPAN_MAX           1024
 
-static void x86_task_identity(struct vcpu_state *vs, uint64_t task, struct ftr_task *t)
+static void task_identity(struct vcpu_state *vs, uint64_t task, struct ftr_task *t)
 {
     int64_t lo = cfg.task_pid_off, hi = cfg.task_pid_off + (int64_t)sizeof(t->pid);
     uint8_t span[TASK_SPAN_MAX];
@@ -908,13 +943,54 @@ static void x86_task_identity(struct vcpu_state *vs, uint64_t task, struct ftr_t
     }
 }
 
+/*
+ * Announce a task's (pid, tgid, comm) when this identity was not announced
+ * before. Reads them only when the task changed or a probe hit since the
+ * last read on this vCPU: the same task as at the last read, no probe hit
+ * since, means the same pid and comm (probe_generation). Without probes
+ * there is no such guarantee, so every event reads them. exec sets the new
+ * comm after its probe (begin_new_exec(): flush_thread(), then
+ * __set_task_comm()), so the first user return after any probe hit reads
+ * them again (vcpu_user_return()). A comm set by prctl() or through /proc
+ * shows from the next read on.
+ */
+static void task_announce(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t task,
+                          uint64_t seq)
+{
+    struct ftr_task t = { 0 };
+    uint64_t key, generation, comm_words[2];
+
+    if (cfg.task_pid_off < 0) {
+        return;
+    }
+    generation = __atomic_load_n(&probe_generation, __ATOMIC_ACQUIRE);
+    if (cfg.n_probes && task == vs->identity_task &&
+        generation == vs->identity_generation) {
+        return;
+    }
+    task_identity(vs, task, &t);
+    vs->identity_task = task;
+    vs->identity_generation = generation;
+    memcpy(comm_words, t.comm, sizeof(comm_words));
+    key = hash_mix64(task ^ hash_mix64(t.pid)) ^
+          hash_mix64(comm_words[0] ^ hash_mix64(comm_words[1]));
+    if (seen_set_add(task_seen, TASK_TABLE_SIZE, key | 1, true)) {
+        t.seq = seq;
+        t.task = task;
+        t.vcpu = vcpu_index;
+        vs->tasks[vs->n_tasks++] = t;
+        vs->tasks_total++;
+        if (vs->n_tasks == cfg.block_events) {
+            vcpu_flush_tasks(vs, vcpu_index);
+        }
+    }
+}
+
 static uint64_t x86_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
                                  unsigned cpl, bool use_cached, uint64_t seq,
                                  bool *valid)
 {
-    uint64_t base, task = 0, generation;
-    struct ftr_task t = { 0 };
-    uint64_t key, comm_words[2];
+    uint64_t base, task = 0;
 
     *valid = false;
     if (!cfg.current_addr) {
@@ -940,39 +1016,7 @@ static uint64_t x86_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
     }
     vs->kernel_gs_base = base;
     *valid = true;
-    if (cfg.task_pid_off < 0) {
-        return task;
-    }
-    /*
-     * The same task as at the last read, no probe hit since: the same pid
-     * and comm (probe_generation). Without probes there is no such
-     * guarantee, so every event reads them. exec sets the new comm after
-     * its probe (begin_new_exec(): flush_thread(), then __set_task_comm()),
-     * so the first user return after any probe hit reads them again
-     * (vcpu_user_return()). A comm set by prctl() or through /proc shows
-     * from the next read on.
-     */
-    generation = __atomic_load_n(&probe_generation, __ATOMIC_ACQUIRE);
-    if (cfg.n_probes && task == vs->identity_task &&
-        generation == vs->identity_generation) {
-        return task;
-    }
-    x86_task_identity(vs, task, &t);
-    vs->identity_task = task;
-    vs->identity_generation = generation;
-    memcpy(comm_words, t.comm, sizeof(comm_words));
-    key = hash_mix64(task ^ hash_mix64(t.pid)) ^
-          hash_mix64(comm_words[0] ^ hash_mix64(comm_words[1]));
-    if (seen_set_add(task_seen, TASK_TABLE_SIZE, key | 1, true)) {
-        t.seq = seq;
-        t.task = task;
-        t.vcpu = vcpu_index;
-        vs->tasks[vs->n_tasks++] = t;
-        vs->tasks_total++;
-        if (vs->n_tasks == cfg.block_events) {
-            vcpu_flush_tasks(vs, vcpu_index);
-        }
-    }
+    task_announce(vs, vcpu_index, task, seq);
     return task;
 }
 
@@ -996,7 +1040,7 @@ static uint64_t x86_current_ptr(struct vcpu_state *vs)
 static void event_begin(struct vcpu_state *vs, unsigned int vcpu_index,
                         struct ftr_event *ev, uint8_t kind, uint64_t pc, int known_cpl)
 {
-    unsigned cpl = known_cpl >= 0 ? (unsigned)known_cpl : x86_cpl(vs);
+    unsigned cpl = known_cpl >= 0 ? (unsigned)known_cpl : arch->privilege(vs);
     bool task_valid = false;
 
     memset(ev, 0, sizeof(*ev));
@@ -1018,7 +1062,7 @@ static void event_begin(struct vcpu_state *vs, unsigned int vcpu_index,
         ev->task = vs->l1_task_at_entry;
         task_valid = ev->task != 0;
     } else {
-        ev->task = x86_current_task(vs, vcpu_index, cpl, kind == FTR_KIND_VM_ENTRY,
+        ev->task = arch->current_task(vs, vcpu_index, cpl, kind == FTR_KIND_VM_ENTRY,
                                     ev->seq, &task_valid);
     }
     if (task_valid) {
@@ -1256,17 +1300,17 @@ static void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_inde
      * switch saves nothing. Its entry state is then unknown, and what the
      * registers hold now is not it.
      */
-    if (x86_current_ptr(vs) != vs->entry_task) {
+    if (arch->current_ptr(vs) != vs->entry_task) {
         return;
     }
-    event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_ENTRY, vs->entry_pc, 0);
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_ENTRY, vs->entry_pc, vs->entry_pl);
     if (defer) {
         /* A save comes next: its bytes are the registers (vcpu_finish_pending()). */
         vs->entry_event = ev;
         vs->pending_entry = true;
         return;
     }
-    ev.regs_hash = regs_hash ? *regs_hash : x86_regs_hash(vs, &ok);
+    ev.regs_hash = regs_hash ? *regs_hash : arch->regs_hash(vs, &ok);
     if (ok) {
         ev.flags |= FTR_FLAG_REGS_VALID;
     }
@@ -1311,18 +1355,18 @@ static void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index,
     bool quiet, ok;
 
     vs->in_user = true;
-    vcpu_finish_pending(vs, vcpu_index);
+    arch->finish_pending(vs, vcpu_index);
     /* Without task tracking (no current=), a switch is not seen: same task assumed. */
     generation = __atomic_load_n(&probe_generation, __ATOMIC_ACQUIRE);
     if (generation != vs->return_generation) {
         vs->identity_task = 0;  /* a probe hit since: see x86_current_task() */
         vs->return_generation = generation;
     }
-    task = x86_current_ptr(vs);
+    task = arch->current_ptr(vs);
     quiet = vs->entry_seen && !vs->entry_materialized &&
             (!cfg.current_addr || (vs->entry_task != 0 && task == vs->entry_task));
     vs->known_task = task;      /* event_begin() need not read it again */
-    event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_RETURN, user_pc, 3);
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_RETURN, user_pc, arch->user_pl);
     ev.addr = vs->entry_seen ? vs->entry_pc : 0;
     if (!vs->entry_seen) {
         ev.flags |= FTR_FLAG_NO_ENTRY;
@@ -1334,7 +1378,7 @@ static void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index,
         ev.regs_hash = vs->last_regs;
         ev.flags |= FTR_FLAG_REGS_VALID;
     } else {
-        ev.regs_hash = x86_regs_hash(vs, &ok);
+        ev.regs_hash = arch->regs_hash(vs, &ok);
         if (ok) {
             ev.flags |= FTR_FLAG_REGS_VALID;
         }
@@ -1375,7 +1419,7 @@ static void vcpu_simd_after_entry_exec(unsigned int vcpu_index, void *udata G_GN
 {
     struct vcpu_state *vs = vcpu_get(vcpu_index);
 
-    vcpu_finish_pending(vs, vcpu_index);
+    arch->finish_pending(vs, vcpu_index);
     vcpu_materialize_entry(vs, vcpu_index, NULL, false);
 }
 
@@ -1385,14 +1429,16 @@ static void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
     const struct probe *pr = udata;
     struct vcpu_state *vs = vcpu_get(vcpu_index);
     struct ftr_event ev;
+    uint64_t args[3];
 
-    vcpu_finish_pending(vs, vcpu_index);
+    arch->finish_pending(vs, vcpu_index);
     __atomic_fetch_add(&probe_generation, 1, __ATOMIC_RELEASE);
     event_begin(vs, vcpu_index, &ev, FTR_KIND_PROBE, pr->pc, 0);
     ev.index = pr->id;
-    ev.value = reg_read_u64(vs, regs.gpr[7]);   /* rdi */
-    ev.addr = reg_read_u64(vs, regs.gpr[6]);    /* rsi */
-    ev.aux = reg_read_u64(vs, regs.gpr[2]);     /* rdx */
+    arch->probe_args(vs, args);
+    ev.value = args[0];
+    ev.addr = args[1];
+    ev.aux = args[2];
     vcpu_commit_event(vs, vcpu_index, &ev);
 }
 
@@ -1946,7 +1992,7 @@ static const struct probe *probe_lookup(uint64_t pc)
     return NULL;
 }
 
-static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_tb *tb)
+static void x86_tb_trans(struct qemu_plugin_tb *tb)
 {
     size_t n = qemu_plugin_tb_n_insns(tb);
 
@@ -1996,7 +2042,7 @@ static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_
     }
 }
 
-static void regs_resolve(void)
+static void x86_regs_resolve(void)
 {
     static const struct {
         const char *name;
@@ -2037,7 +2083,954 @@ static void regs_resolve(void)
             regs.xmm[k] = rd->handle;
         }
     }
-    regs.resolved = true;
+}
+
+/* The System V calling convention: rdi, rsi, rdx. */
+static void x86_probe_args(struct vcpu_state *vs, uint64_t args[3])
+{
+    args[0] = reg_read_u64(vs, regs.gpr[7]);
+    args[1] = reg_read_u64(vs, regs.gpr[6]);
+    args[2] = reg_read_u64(vs, regs.gpr[2]);
+}
+
+static const struct arch_ops x86_ops = {
+    .user_pl = 3,
+    .privilege = x86_cpl,
+    .current_task = x86_current_task,
+    .current_ptr = x86_current_ptr,
+    .regs_hash = x86_regs_hash,
+    .finish_pending = vcpu_finish_pending,
+    .probe_args = x86_probe_args,
+    .tb_trans = x86_tb_trans,
+    .regs_resolve = x86_regs_resolve,
+};
+
+/* ---- arm64 ------------------------------------------------------------ */
+
+/*
+ * A system register as an MSR/MRS instruction names it: op0:op1:CRn:CRm:op2,
+ * the 16 bits 20:5 of the instruction.
+ */
+#define A64_SYSREG(op0, op1, crn, crm, op2) \
+    ((op0) << 14 | (op1) << 11 | (crn) << 7 | (crm) << 3 | (op2))
+
+#define SYSREG_CPACR_EL1        A64_SYSREG(3, 0, 1, 0, 2)
+#define SYSREG_CPACR_EL12       A64_SYSREG(3, 5, 1, 0, 2)
+#define SYSREG_CPTR_EL2         A64_SYSREG(3, 4, 1, 1, 2)
+#define SYSREG_ZCR_EL1          A64_SYSREG(3, 0, 1, 2, 0)
+#define SYSREG_ZCR_EL2          A64_SYSREG(3, 4, 1, 2, 0)
+#define SYSREG_ZCR_EL12         A64_SYSREG(3, 5, 1, 2, 0)
+#define SYSREG_SMCR_EL1         A64_SYSREG(3, 0, 1, 2, 6)
+#define SYSREG_SMCR_EL2         A64_SYSREG(3, 4, 1, 2, 6)
+#define SYSREG_SMCR_EL12        A64_SYSREG(3, 5, 1, 2, 6)
+#define SYSREG_SVCR             A64_SYSREG(3, 3, 4, 2, 2)
+#define SYSREG_SP_EL0           A64_SYSREG(3, 0, 4, 1, 0)
+
+#define HCR_VM                  (1ull << 0)
+#define HCR_TGE                 (1ull << 27)
+#define HCR_E2H                 (1ull << 34)
+
+#define ESR_EC_FP               0x07    /* FP/SIMD access trapped (CPACR/CPTR) */
+#define ESR_EC_SVE              0x19
+#define ESR_EC_SME              0x1d
+
+#define A64_INSN_ERET           0xd69f03e0u
+#define A64_INSN_ERETAA         0xd69f0bffu
+#define A64_INSN_ERETAB         0xd69f0fffu
+#define A64_INSN_RET            0xd65f03c0u
+
+/* The kernel's linear map with 48-bit VAs: [0xffff000000000000, 0xffff800000000000). */
+#define A64_LINEAR_START        0xffff000000000000ull
+#define A64_LINEAR_END          0xffff800000000000ull
+
+/*
+ * The FP/SIMD content image of the hashes: V0-V31 (the low 128 bits of
+ * Z0-Z31) in words 0-63, FPSR | FPCR << 32 in word 64; with SVE the rest of
+ * each Z register, the P registers and FFR from word A64_WORD_EXT on
+ * (mem_ext_hash). The register file hashes like a buffer that holds it.
+ */
+#define A64_WORD_FPSR_FPCR      64
+#define A64_FPSIMD_BYTES        520     /* struct user_fpsimd_state less padding */
+#define A64_WORD_EXT            1024
+#define A64_VL_MAX              256     /* bytes: SVE's 2048-bit maximum */
+
+/* The kernel's save/load sequences (arch/arm64/include/asm/fpsimdmacros.h). */
+enum a64_seq {
+    SEQ_NONE,
+    SEQ_FPSIMD_SAVE,            /* fpsimd_save: stp q0, q1, [xN] ... */
+    SEQ_FPSIMD_LOAD,            /* fpsimd_restore: ldp q0, q1, [xN] ... */
+    SEQ_SVE_SAVE,               /* sve_save: str z0, [xN, #-34, MUL VL] ... */
+    SEQ_SVE_LOAD,               /* sve_load: ldr z0, [xN, #-34, MUL VL] ... */
+};
+
+/* Instructions the sequences are made of, bits of Rn (and Rt) cleared. */
+#define A64_STP_Q_OFF           0xad000000u     /* STP (SIMD&FP) 128-bit, signed offset */
+#define A64_LDP_Q_OFF           0xad400000u
+#define A64_STP_Q_PRE           0xad800000u     /* ... pre-index */
+#define A64_LDP_Q_PRE           0xadc00000u
+#define A64_SVE_STR_Z           0xe5804000u     /* STR (vector), imm9 MUL VL */
+#define A64_SVE_LDR_Z           0x85804000u
+
+static inline uint32_t a64_pair_q(uint32_t base, unsigned rt, unsigned rn, int imm16)
+{
+    return base | (uint32_t)(imm16 & 0x7f) << 15 | (rt + 1) << 10 | rn << 5 | rt;
+}
+
+static inline uint32_t a64_sve_z(uint32_t base, unsigned zt, unsigned rn, int imm9)
+{
+    uint32_t u = (uint32_t)imm9 & 0x1ff;
+    return base | (u >> 3) << 16 | (u & 7) << 10 | rn << 5 | zt;
+}
+
+/* Register handles, resolved once by name (QEMU's own system register names). */
+static struct {
+    struct qemu_plugin_register *x[31];
+    struct qemu_plugin_register *cpsr, *z[32], *fpsr, *fpcr, *vg;
+    struct qemu_plugin_register *hcr_el2, *esr_el1, *esr_el2, *elr_el1, *elr_el2;
+    struct qemu_plugin_register *spsr_el1, *spsr_el2, *vbar_el1, *vbar_el2;
+    struct qemu_plugin_register *vttbr_el2, *vmpidr_el2, *svcr;
+    struct qemu_plugin_register *cpacr_el1, *cptr_el2, *zcr_el1, *zcr_el2;
+    struct qemu_plugin_register *smcr_el1, *smcr_el2;
+} a64;
+
+/*
+ * The kernel address of physical address 0 in the linear map, learnt from
+ * the first state operation on a linear-map buffer (atomic; 0: not yet):
+ * nVHE hypervisor code names the same buffers by its own addresses.
+ */
+static uint64_t a64_linear_offset;
+
+static unsigned a64_el(struct vcpu_state *vs)
+{
+    return (reg_read_u64(vs, a64.cpsr) >> 2) & 3;
+}
+
+static uint64_t a64_xreg(struct vcpu_state *vs, unsigned r)
+{
+    return r < 31 ? reg_read_u64(vs, a64.x[r]) : 0;     /* 31: XZR */
+}
+
+static inline uint64_t a64_word_hash(uint32_t w, uint64_t value)
+{
+    return hash_mix64(hash_mix64((uint64_t)w << 8 | 0xff) ^ value);
+}
+
+/* The hash of 16-byte vector registers (V0-V31 order) and of FPSR/FPCR. */
+static uint64_t a64_v_hash(unsigned n, const uint8_t *v16)
+{
+    uint64_t lo, hi;
+
+    memcpy(&lo, v16, 8);
+    memcpy(&hi, v16 + 8, 8);
+    return a64_word_hash(2 * n, lo) + a64_word_hash(2 * n + 1, hi);
+}
+
+static uint64_t a64_fpsr_fpcr_hash(uint32_t fpsr, uint32_t fpcr)
+{
+    return a64_word_hash(A64_WORD_FPSR_FPCR, fpsr | (uint64_t)fpcr << 32);
+}
+
+/* Z0-Z31 (their low 128 bits), FPSR and FPCR, register by register. */
+static uint64_t a64_regs_hash(struct vcpu_state *vs, bool *ok)
+{
+    uint8_t v[16];
+    uint32_t fpsr = 0, fpcr = 0;
+    uint64_t h = 0;
+
+    *ok = true;
+    for (unsigned n = 0; n < 32; n++) {
+        if (!reg_read(vs, a64.z[n], v, sizeof(v))) {
+            *ok = false;
+            return 0;
+        }
+        h += a64_v_hash(n, v);
+    }
+    *ok = reg_read(vs, a64.fpsr, (uint8_t *)&fpsr, 4) && reg_read(vs, a64.fpcr, (uint8_t *)&fpcr, 4);
+    return h + a64_fpsr_fpcr_hash(fpsr, fpcr);
+}
+
+/*
+ * The current task is what the kernel last wrote to SP_EL0 while the host
+ * ran (vcpu_state.host_task, a64_sp_el0_exec()): kernel_entry sets it from
+ * __entry_task at every entry from EL0 and cpu_switch_to() at every switch
+ * (arch/arm64/kernel/entry.S). Reading SP_EL0 would not do: it holds the
+ * user stack pointer from kernel_exit's `msr sp_el0` to the next entry, and
+ * KVM's world switch loads the guest's value into it.
+ */
+static uint64_t a64_current_ptr(struct vcpu_state *vs)
+{
+    return vs->host_task;
+}
+
+static uint64_t a64_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
+                                 unsigned pl G_GNUC_UNUSED, bool use_cached G_GNUC_UNUSED,
+                                 uint64_t seq, bool *valid)
+{
+    uint64_t task = vs->host_task;
+
+    *valid = task != 0;
+    if (task) {
+        task_announce(vs, vcpu_index, task, seq);
+    }
+    return task;
+}
+
+
+/* `msr sp_el0, xN`: the host kernel names its current task (see a64_current_ptr()). */
+static void a64_sp_el0_exec(unsigned int vcpu_index, void *udata)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    uint64_t v = a64_xreg(vs, (uintptr_t)udata);
+
+    /* A user stack pointer (kernel_exit) or the guest's value (HCR_EL2.VM: KVM's switch). */
+    if (v < A64_LINEAR_START || (reg_read_u64(vs, a64.hcr_el2) & HCR_VM)) {
+        return;
+    }
+    vs->host_task = v;
+}
+
+/*
+ * The pending save or load is done: hash the FP/SIMD content of its buffer
+ * (what a save stored, or what a load read) and commit it. fpsr/fpcr of an
+ * SVE save are stored after the Z and P registers, behind a branch: the
+ * registers still hold them.
+ */
+/*
+ * The FP/SIMD content hash of a buffer: FPSIMD (struct user_fpsimd_state:
+ * V0-V31, FPSR, FPCR), or SVE (Z0-Z31 and P0-P15 at vector length vl, as
+ * sve_save lays them out; FPSR and FPCR live elsewhere and are given).
+ */
+static bool a64_buffer_hash(struct vcpu_state *vs, bool sve, uint64_t va, unsigned vl,
+                            const uint32_t *sve_fpsr_fpcr, uint64_t *h, uint64_t *ext,
+                            uint32_t *bytes)
+{
+    g_autofree uint8_t *b = NULL;
+    uint32_t fpsr_fpcr[2];
+    size_t len;
+
+    *h = *ext = 0;
+    if (!sve) {
+        uint8_t v[A64_FPSIMD_BYTES];
+        if (!mem_read(vs, va, v, sizeof(v))) {
+            return false;
+        }
+        for (unsigned n = 0; n < 32; n++) {
+            *h += a64_v_hash(n, v + 16 * n);
+        }
+        memcpy(fpsr_fpcr, v + 512, 8);
+        *h += a64_fpsr_fpcr_hash(fpsr_fpcr[0], fpsr_fpcr[1]);
+        *bytes = A64_FPSIMD_BYTES;
+        return true;
+    }
+    if (vl < 16 || vl > A64_VL_MAX || vl % 16) {
+        return false;
+    }
+    len = 32 * vl + 16 * (vl / 8);
+    b = g_malloc(len);
+    if (!mem_read(vs, va, b, len)) {
+        return false;
+    }
+    for (unsigned n = 0; n < 32; n++) {
+        *h += a64_v_hash(n, b + vl * n);
+        for (unsigned w = 2; w < vl / 8; w++) {
+            uint64_t v;
+            memcpy(&v, b + vl * n + 8 * w, 8);
+            *ext += a64_word_hash(A64_WORD_EXT + 32 * n + w, v);
+        }
+    }
+    for (unsigned p = 0; p < 16; p++) {
+        for (unsigned w = 0; w < vl / 64; w++) {
+            uint64_t v;
+            memcpy(&v, b + 32 * vl + (vl / 8) * p + 8 * w, 8);
+            *ext += a64_word_hash(A64_WORD_EXT + 1024 + 4 * p + w, v);
+        }
+    }
+    *h += a64_fpsr_fpcr_hash(sve_fpsr_fpcr[0], sve_fpsr_fpcr[1]);
+    *bytes = len + 8;
+    return true;
+}
+
+/*
+ * The pending save or load is done: a save's content hash comes from what
+ * its buffer holds now (FPSR and FPCR of an SVE save, stored after the Z
+ * and P registers behind a branch, from the registers, which still hold
+ * them); then the event is committed.
+ */
+static void a64_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
+{
+    struct ftr_event *ev = &vs->pending_event;
+    bool sve = ev->kind == FTR_KIND_SVE_SAVE;
+    uint32_t regs[2] = { 0, 0 };
+
+    if (!vs->pending) {
+        return;
+    }
+    vs->pending = false;
+    if (vs->a64_save &&
+        (!sve || (reg_read(vs, a64.fpsr, (uint8_t *)&regs[0], 4) &&
+                  reg_read(vs, a64.fpcr, (uint8_t *)&regs[1], 4))) &&
+        a64_buffer_hash(vs, sve, vs->a64_va, ev->index, regs, &ev->mem_hash,
+                        &ev->mem_ext_hash, &ev->mem_bytes)) {
+        ev->mem_legacy_hash = ev->mem_hash;
+        ev->flags |= FTR_FLAG_MEM_VALID;
+        if (!(ev->flags & FTR_FLAG_REGS_VALID)) {
+            /* regs=derive: a save stores the registers as they are. */
+            ev->regs_hash = ev->mem_hash;
+            ev->flags |= FTR_FLAG_REGS_VALID;
+        }
+        vs->last_regs = ev->regs_hash;
+        vs->last_regs_ok = !vs->regs_dirty;
+    }
+    vcpu_commit_event(vs, vcpu_index, ev);
+}
+
+/*
+ * The first instruction of a save or load sequence (a64_seq_at()): its
+ * buffer, and for a load the content it is about to read. A save is
+ * hashed once its stores are done (a64_seq_end_exec()), from memory.
+ */
+static void a64_state_op_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event ev;
+    bool sve = fi->kind == FTR_KIND_SVE_SAVE || fi->kind == FTR_KIND_SVE_LOAD;
+    unsigned vl = sve ? 8 * reg_read_u64(vs, a64.vg) : 16;
+    uint64_t base = a64_xreg(vs, fi->ea.base), regs_hash = 0;
+    bool ok = false;
+
+    a64_finish_pending(vs, vcpu_index);
+    /* Before a load, or with regs=read, the registers as they are now. */
+    if (fi->is_restore && vs->last_regs_ok && !vs->regs_dirty) {
+        regs_hash = vs->last_regs;
+        ok = true;
+    } else if (fi->is_restore || !cfg.derive_regs || vs->entry_pending) {
+        regs_hash = a64_regs_hash(vs, &ok);
+    }
+    if (vs->entry_pending) {
+        vcpu_materialize_entry(vs, vcpu_index, ok ? &regs_hash : NULL, false);
+    }
+    event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr, fi->ea.mode);
+    /* sve_save/sve_load address Z0 at -34 vector lengths from their base register. */
+    vs->a64_va = sve ? base - 34ull * vl : base;
+    ev.addr = vs->a64_va;
+    ev.index = vl;
+    ev.value = sve ? 3 : 1;     /* FP/SIMD, and the SVE extension */
+    ev.xcr0 = 3;
+    if (ok) {
+        ev.regs_hash = regs_hash;
+        ev.flags |= FTR_FLAG_REGS_VALID;
+    }
+    vs->a64_save = fi->is_save;
+    vs->a64_hyp = fi->hyp;
+    vs->a64_placed = false;
+    if (fi->is_save) {
+        uint64_t ext;
+        uint32_t bytes;
+        /* What it held before the first save to it (an SVE buffer's FPSR/FPCR are elsewhere). */
+        if (!sve && buffer_first_save(ev.addr) &&
+            a64_buffer_hash(vs, false, ev.addr, 0, NULL, &ev.aux, &ext, &bytes)) {
+            ev.flags |= FTR_FLAG_PRIOR_VALID;
+        }
+        vs->regs_dirty = 0;
+    } else {
+        uint32_t fpsr_fpcr[2];
+        /* sve_load takes FPSR and FPCR from where its second argument points. */
+        if ((!sve || mem_read(vs, a64_xreg(vs, 1), fpsr_fpcr, sizeof(fpsr_fpcr))) &&
+            a64_buffer_hash(vs, sve, ev.addr, vl, fpsr_fpcr, &ev.mem_hash,
+                            &ev.mem_ext_hash, &ev.mem_bytes)) {
+            ev.mem_legacy_hash = ev.mem_hash;
+            ev.flags |= FTR_FLAG_MEM_VALID;
+            /* What a load reads is what the registers hold after it. */
+            ev.regs_after_hash = ev.mem_hash;
+            ev.flags |= FTR_FLAG_REGS_AFTER_VALID;
+        }
+        vs->last_regs = ev.regs_after_hash;
+        vs->last_regs_ok = false;       /* until its last instruction (a64_seq_end_exec()) */
+    }
+    vs->pending_event = ev;
+    vs->pending = true;
+}
+
+/*
+ * The first memory access of a save or load sequence: its physical address.
+ * nVHE hypervisor code (EL2 without HCR_EL2.E2H) names buffers by its own
+ * mapping of the kernel's linear map; they are given the kernel's address,
+ * learnt from the linear-map buffers the kernel itself saves and loads.
+ */
+static void a64_state_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
+                          uint64_t vaddr, void *udata G_GNUC_UNUSED)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event *ev = &vs->pending_event;
+    struct qemu_plugin_hwaddr *hw = qemu_plugin_get_hwaddr(info, vaddr);
+    uint64_t phys, off, linear;
+
+    if (!vs->pending || vs->a64_placed || !hw || qemu_plugin_hwaddr_is_io(hw)) {
+        return;
+    }
+    vs->a64_placed = true;
+    off = vaddr - vs->a64_va;
+    phys = qemu_plugin_hwaddr_phys_addr(hw) - off;
+    if (vs->a64_hyp) {
+        linear = __atomic_load_n(&a64_linear_offset, __ATOMIC_RELAXED);
+        if (linear) {
+            ev->addr = phys + linear;
+            ev->flags |= FTR_FLAG_ADDR_HYP;
+        }
+    } else if (ev->addr >= A64_LINEAR_START && ev->addr < A64_LINEAR_END) {
+        __atomic_store_n(&a64_linear_offset, ev->addr - phys, __ATOMIC_RELAXED);
+    }
+}
+
+/*
+ * The instruction after a sequence: a save's stores are all done; after a
+ * load the registers hold what it read.
+ */
+static void a64_seq_end_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+
+    if (!vs->pending) {
+        return;
+    }
+    if (!vs->a64_save) {
+        vs->regs_dirty = 0;
+        vs->last_regs_ok = (vs->pending_event.flags & FTR_FLAG_REGS_AFTER_VALID) != 0;
+    }
+    a64_finish_pending(vs, vcpu_index);
+}
+
+/* A write of an FP control register: which one it reaches, and old and new value. */
+static void a64_msr_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    unsigned named = fi->ea.disp, el = fi->ea.mode, reached = named;
+    uint64_t hcr = reg_read_u64(vs, a64.hcr_el2), old, new;
+    struct qemu_plugin_register *reg;
+    struct ftr_event ev;
+    uint8_t kind;
+
+    /* With HCR_EL2.E2H, EL2 reaches the EL2 register by the EL1 name, EL1's by EL12. */
+    if (el == 2 && (hcr & HCR_E2H)) {
+        switch (named) {
+        case SYSREG_CPACR_EL1: reached = SYSREG_CPTR_EL2; break;
+        case SYSREG_ZCR_EL1: reached = SYSREG_ZCR_EL2; break;
+        case SYSREG_SMCR_EL1: reached = SYSREG_SMCR_EL2; break;
+        case SYSREG_CPACR_EL12: reached = SYSREG_CPACR_EL1; break;
+        case SYSREG_ZCR_EL12: reached = SYSREG_ZCR_EL1; break;
+        case SYSREG_SMCR_EL12: reached = SYSREG_SMCR_EL1; break;
+        }
+    }
+    switch (reached) {
+    case SYSREG_CPACR_EL1: kind = FTR_KIND_CPACR_WRITE; reg = a64.cpacr_el1; break;
+    case SYSREG_CPTR_EL2: kind = FTR_KIND_CPTR_WRITE; reg = a64.cptr_el2; break;
+    case SYSREG_ZCR_EL1: kind = FTR_KIND_ZCR_WRITE; reg = a64.zcr_el1; break;
+    case SYSREG_ZCR_EL2: kind = FTR_KIND_ZCR_WRITE; reg = a64.zcr_el2; break;
+    case SYSREG_SMCR_EL1: kind = FTR_KIND_SMCR_WRITE; reg = a64.smcr_el1; break;
+    case SYSREG_SMCR_EL2: kind = FTR_KIND_SMCR_WRITE; reg = a64.smcr_el2; break;
+    case SYSREG_SVCR: kind = FTR_KIND_SVCR_WRITE; reg = a64.svcr; break;
+    default: return;            /* an EL12 name without E2H: UNDEFINED, it traps */
+    }
+    old = reg_read_u64(vs, reg);
+    if (fi->is_save) {
+        /* MSR SVCRSM/SVCRZA/SVCRSMZA, #imm (SMSTART, SMSTOP): CRm bit 0 is the value. */
+        uint64_t bits = (fi->ea.index >> 1) & 3, set = fi->ea.index & 1;
+        new = set ? old | bits : old & ~bits;
+    } else {
+        new = a64_xreg(vs, fi->ea.base);
+    }
+    a64_finish_pending(vs, vcpu_index);
+    event_begin(vs, vcpu_index, &ev, kind, fi->vaddr, el);
+    if ((hcr & HCR_VM) && !(hcr & HCR_TGE) && el < 2) {
+        ev.flags |= FTR_FLAG_L2;
+    }
+    ev.index = named | reached << 16;
+    ev.value = new;
+    ev.aux = old;
+    vcpu_commit_event(vs, vcpu_index, &ev);
+}
+
+/* An identity for the guest vCPU that runs: stage-2 base and VMID, vCPU affinity. */
+static uint64_t a64_guest_id(struct vcpu_state *vs)
+{
+    return (reg_read_u64(vs, a64.vttbr_el2) & ~0xfffull) |
+           (reg_read_u64(vs, a64.vmpidr_el2) & 0xff) << 1 | 1;
+}
+
+static void a64_vm_exit(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t pc,
+                        uint64_t esr, unsigned vector)
+{
+    struct ftr_event ev;
+    bool ok;
+
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_EXIT, pc, 2);
+    vs->in_l2 = false;
+    ev.flags &= ~FTR_FLAG_L2;
+    if (vs->guest_fp_trapped) {
+        ev.flags |= FTR_FLAG_GUEST_FP_TRAPPED;
+    }
+    ev.addr = vs->vmcb;
+    ev.value = esr;
+    ev.index = vector;
+    ev.regs_hash = a64_regs_hash(vs, &ok);
+    if (ok) {
+        ev.flags |= FTR_FLAG_REGS_VALID;
+    }
+    vs->last_regs = ev.regs_hash;
+    vs->last_regs_ok = ok;
+    vcpu_commit_event(vs, vcpu_index, &ev);
+}
+
+/*
+ * An exception vector's first instruction (fi->ea: its EL and offset): an
+ * FP/SIMD, SVE or SME access trap (a synchronous exception with ESR_ELx.EC
+ * 0x07, 0x19 or 0x1d), a VM exit (to EL2 from the guest: HCR_EL2.VM
+ * without TGE), or an entry from the host's user mode (to EL1, or to EL2
+ * with HCR_EL2.TGE, i.e. VHE).
+ */
+static void a64_vector_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    unsigned offset = fi->ea.disp, el = fi->ea.mode, ec = 0;
+    bool sync = ((offset >> 7) & 3) == 0, from_lower = offset >= 0x400;
+    uint64_t hcr = reg_read_u64(vs, a64.hcr_el2), esr = 0;
+    bool guest_regime = (hcr & HCR_VM) && !(hcr & HCR_TGE);
+    bool from_guest = guest_regime && (el < 2 || from_lower);
+
+    a64_finish_pending(vs, vcpu_index);
+    if (sync) {
+        esr = reg_read_u64(vs, el == 2 ? a64.esr_el2 : a64.esr_el1);
+        ec = (esr >> 26) & 0x3f;
+    }
+    if (el == 2 && from_lower && guest_regime) {
+        a64_vm_exit(vs, vcpu_index, fi->vaddr, esr, offset);
+    }
+    if (ec == ESR_EC_FP || ec == ESR_EC_SVE || ec == ESR_EC_SME) {
+        struct ftr_event ev;
+        event_begin(vs, vcpu_index, &ev, FTR_KIND_FP_TRAP,
+                    reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1), el);
+        if (from_guest) {
+            ev.flags |= FTR_FLAG_L2;
+            ev.addr = vs->vmcb;
+        }
+        ev.value = esr;
+        ev.index = offset;
+        vcpu_commit_event(vs, vcpu_index, &ev);
+    }
+    if (from_lower && !guest_regime && (el == 1 || (hcr & HCR_TGE)) && vs->in_user) {
+        /* An entry from the host's user mode (as vcpu_swapgs_exec() on x86). */
+        vs->in_user = false;
+        vs->last_regs_ok = false;
+        vs->entry_seen = true;
+        vs->entry_materialized = false;
+        vs->entry_pc = reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1);
+        vs->entry_pl = el;
+        vs->entry_task = vs->host_task;
+        vs->entry_pending = 1;
+    }
+}
+
+/*
+ * ERET (fi->ea.mode: the EL it runs at): into the guest (from EL2 with HCR_EL2.VM
+ * and not TGE, to EL1 or EL0), or back to the host's user mode.
+ */
+static void a64_eret_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    unsigned el = fi->ea.mode;
+    uint64_t hcr = reg_read_u64(vs, a64.hcr_el2);
+    bool guest_regime = (hcr & HCR_VM) && !(hcr & HCR_TGE);
+    uint64_t spsr, target;
+
+    if (el == 1 && guest_regime) {
+        return;                 /* the guest's own return */
+    }
+    spsr = reg_read_u64(vs, el == 2 ? a64.spsr_el2 : a64.spsr_el1);
+    target = (spsr >> 2) & 3;
+    if (el == 2 && guest_regime && target < 2) {
+        struct ftr_event ev;
+        bool ok;
+        a64_finish_pending(vs, vcpu_index);
+        event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_ENTRY, fi->vaddr, 2);
+        ev.addr = vs->vmcb = a64_guest_id(vs);
+        /*
+         * Whether the guest may use the FP/SIMD registers, or traps to EL2
+         * first (KVM's lazy switch: __activate_traps() clears FPEN unless
+         * guest_owns_fp_regs()). With HCR_EL2.E2H, CPTR_EL2 has CPACR's
+         * layout (FPEN, bits 21:20, 0b11: no trap); without, TFP (bit 10).
+         */
+        {
+            uint64_t cptr = reg_read_u64(vs, a64.cptr_el2);
+            vs->guest_fp_trapped = (hcr & HCR_E2H) ? ((cptr >> 20) & 3) != 3
+                                                   : (cptr >> 10) & 1;
+        }
+        if (vs->guest_fp_trapped) {
+            ev.flags |= FTR_FLAG_GUEST_FP_TRAPPED;
+        }
+        /* The registers the guest starts with: its own unless trapped. */
+        ev.regs_hash = a64_regs_hash(vs, &ok);
+        if (ok) {
+            ev.flags |= FTR_FLAG_REGS_VALID;
+        }
+        vs->last_regs_ok = false;
+        vcpu_commit_event(vs, vcpu_index, &ev);
+        vs->l1_task_at_entry = ev.task;
+        vs->in_l2 = true;
+        return;
+    }
+    if (target == 0 && !guest_regime && (el == 1 || (hcr & HCR_TGE))) {
+        a64_finish_pending(vs, vcpu_index);
+        vcpu_user_return(vs, vcpu_index, reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1));
+    }
+}
+
+/* ---- arm64 translation ------------------------------------------------ */
+
+/*
+ * Code ranges whose FP/SIMD instructions are the state handling itself:
+ * the sequences recognised here, and the kernel's FP core functions the
+ * recorder names (fpcode=ADDR:LEN). Their instructions are not kernel
+ * SIMD use. Appended under insn_lock, read without it (a stale count only
+ * misses the newest range).
+ */
+#define MAX_FP_CODE             64
+static struct { uint64_t start, end; } fp_code[MAX_FP_CODE];
+static unsigned n_fp_code;              /* atomic */
+
+static bool fp_code_has(uint64_t pc)
+{
+    unsigned n = __atomic_load_n(&n_fp_code, __ATOMIC_ACQUIRE);
+
+    for (unsigned i = 0; i < n; i++) {
+        if (pc >= fp_code[i].start && pc < fp_code[i].end) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void fp_code_add(uint64_t start, uint64_t end)
+{
+    unsigned n = n_fp_code;
+
+    if (fp_code_has(start) || n == MAX_FP_CODE) {
+        return;
+    }
+    fp_code[n].start = start;
+    fp_code[n].end = end;
+    __atomic_store_n(&n_fp_code, n + 1, __ATOMIC_RELEASE);
+}
+
+/*
+ * Whether an A64 instruction reads or writes FP/SIMD or SVE registers: the
+ * "Data Processing -- Scalar Floating-Point and Advanced SIMD" group
+ * (op0 x111), loads and stores with V set (op0 x1x0, bit 26), SVE (op0
+ * 0010), and MSR to FPCR and FPSR. The kernel is built with
+ * -mgeneral-regs-only: these appear only in kernel_neon_begin() sections
+ * and in the FP core.
+ */
+static bool a64_is_fp_simd(uint32_t op)
+{
+    uint32_t op0 = (op >> 25) & 0xf;
+
+    if ((op0 & 7) == 7 || op0 == 2) {
+        return true;
+    }
+    if ((op0 & 5) == 4 && (op & (1u << 26))) {
+        return true;
+    }
+    if ((op & 0xfff00000u) == 0xd5100000u) {        /* MSR, op0 = 3 */
+        uint32_t sr = (op >> 5) & 0xffff;
+        return sr == A64_SYSREG(3, 3, 4, 4, 0) || sr == A64_SYSREG(3, 3, 4, 4, 1);
+    }
+    return false;
+}
+
+/*
+ * A save or load sequence starting at op (Rn its base register), checked
+ * against the instructions that follow in memory. Returns its kind, and in
+ * *len the bytes up to the instruction after it.
+ */
+static uint8_t a64_seq_at(uint64_t vaddr, uint32_t op, unsigned *rn, unsigned *len)
+{
+    uint32_t next[16];
+    unsigned n = (op >> 5) & 31;
+    g_autoptr(GByteArray) buf = g_byte_array_new();
+
+    *rn = n;
+    if (op == a64_pair_q(A64_STP_Q_OFF, 0, n, 0) || op == a64_pair_q(A64_LDP_Q_OFF, 0, n, 0)) {
+        bool save = op == a64_pair_q(A64_STP_Q_OFF, 0, n, 0);
+        /* stp/ldp q2k, q2k+1, [xN, #32k] for k = 1..14, then k = 15 with writeback. */
+        if (!qemu_plugin_read_memory_vaddr(vaddr + 4, buf, sizeof(next)) ||
+            buf->len < sizeof(next)) {
+            return 0;
+        }
+        memcpy(next, buf->data, sizeof(next));
+        for (unsigned k = 1; k < 16; k++) {
+            uint32_t form = save ? (k < 15 ? A64_STP_Q_OFF : A64_STP_Q_PRE)
+                                 : (k < 15 ? A64_LDP_Q_OFF : A64_LDP_Q_PRE);
+            if (next[k - 1] != a64_pair_q(form, 2 * k, n, 2 * k)) {
+                return 0;
+            }
+        }
+        /*
+         * fpsimd_save: 16 pairs, mrs/str FPSR, mrs/str FPCR. fpsimd_restore:
+         * 16 pairs, ldr/msr FPSR, ldr FPCR and fpsimd_restore_fpcr (mrs, cmp,
+         * b.eq over the msr).
+         */
+        *len = 4 * (save ? 20 : 23);
+        return save ? FTR_KIND_FPSIMD_SAVE : FTR_KIND_FPSIMD_LOAD;
+    }
+    if (op == a64_sve_z(A64_SVE_STR_Z, 0, n, -34) || op == a64_sve_z(A64_SVE_LDR_Z, 0, n, -34)) {
+        bool save = op == a64_sve_z(A64_SVE_STR_Z, 0, n, -34);
+        if (!qemu_plugin_read_memory_vaddr(vaddr + 4, buf, sizeof(next)) ||
+            buf->len < sizeof(next)) {
+            return 0;
+        }
+        memcpy(next, buf->data, sizeof(next));
+        for (unsigned k = 1; k < 16; k++) {
+            if (next[k - 1] != a64_sve_z(save ? A64_SVE_STR_Z : A64_SVE_LDR_Z, k, n, k - 34)) {
+                return 0;
+            }
+        }
+        /*
+         * sve_save: 32 Z and 16 P stores, then FFR behind a branch; the Z
+         * and P registers are all stored at the branch. sve_load: 32 Z
+         * loads, FFR and 16 P loads, FPSR and FPCR: the loads are done when
+         * it returns (its caller's next instruction is not known here).
+         */
+        *len = 4 * (save ? 48 : 0);
+        return save ? FTR_KIND_SVE_SAVE : FTR_KIND_SVE_LOAD;
+    }
+    return 0;
+}
+
+static const struct fpu_insn *a64_intern(const struct fpu_insn *fi, uint32_t op)
+{
+    uint8_t keybuf[sizeof(fi->vaddr) + 2 + sizeof(op)];
+    g_autoptr(GBytes) key = NULL;
+    struct fpu_insn *found;
+
+    memcpy(keybuf, &fi->vaddr, sizeof(fi->vaddr));
+    keybuf[sizeof(fi->vaddr)] = 0xa6;                   /* not an x86 mode */
+    keybuf[sizeof(fi->vaddr) + 1] = fi->ea.mode;        /* the EL */
+    memcpy(keybuf + sizeof(fi->vaddr) + 2, &op, sizeof(op));
+    key = g_bytes_new(keybuf, sizeof(keybuf));
+    g_mutex_lock(&insn_lock);
+    found = g_hash_table_lookup(insn_table, key);
+    if (!found) {
+        found = g_memdup2(fi, sizeof(*fi));
+        g_hash_table_insert(insn_table, g_bytes_ref(key), found);
+    }
+    g_mutex_unlock(&insn_lock);
+    return found;
+}
+
+static bool a64_is_fp_sysreg(unsigned sr)
+{
+    switch (sr) {
+    case SYSREG_CPACR_EL1: case SYSREG_CPACR_EL12: case SYSREG_CPTR_EL2:
+    case SYSREG_ZCR_EL1: case SYSREG_ZCR_EL2: case SYSREG_ZCR_EL12:
+    case SYSREG_SMCR_EL1: case SYSREG_SMCR_EL2: case SYSREG_SMCR_EL12:
+    case SYSREG_SVCR:
+        return true;
+    }
+    return false;
+}
+
+static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32_t op,
+                           unsigned el, bool hyp)
+{
+    struct fpu_insn fi = { .vaddr = vaddr, .len = 4, .hyp = hyp };
+    const struct fpu_insn *shared;
+    unsigned rn, len;
+
+    fi.ea.mode = el;
+    if (op == A64_INSN_ERET || op == A64_INSN_ERETAA || op == A64_INSN_ERETAB) {
+        shared = a64_intern(&fi, op);
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_eret_exec, QEMU_PLUGIN_CB_R_REGS,
+                                               (void *)shared);
+        return;
+    }
+    if ((op & 0xfff00000u) == 0xd5100000u) {            /* MSR (register), op0 = 3 */
+        unsigned sr = (op >> 5) & 0xffff;
+        fi.ea.base = op & 31;
+        fi.ea.disp = sr;
+        if (sr == SYSREG_SP_EL0) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_sp_el0_exec, QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)(uintptr_t)fi.ea.base);
+        } else if (a64_is_fp_sysreg(sr)) {
+            shared = a64_intern(&fi, op);
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_msr_exec, QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)shared);
+        }
+        return;
+    }
+    if ((op & 0xfffff0ffu) == 0xd503407fu && ((op >> 9) & 3) != 0) {
+        /* MSR SVCRSM/SVCRZA/SVCRSMZA, #imm: op1 3, CRn 4, CRm 0b0xx?, op2 3. */
+        fi.ea.disp = SYSREG_SVCR;
+        fi.ea.index = (op >> 8) & 0xf;
+        fi.is_save = true;              /* the immediate form */
+        shared = a64_intern(&fi, op);
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_msr_exec, QEMU_PLUGIN_CB_R_REGS,
+                                               (void *)shared);
+        return;
+    }
+    fi.kind = a64_seq_at(vaddr, op, &rn, &len);
+    if (!fi.kind) {
+        return;
+    }
+    fi.ea.base = rn;
+    fi.is_save = fi.kind == FTR_KIND_FPSIMD_SAVE || fi.kind == FTR_KIND_SVE_SAVE;
+    fi.is_restore = !fi.is_save;
+    shared = a64_intern(&fi, op);
+    g_mutex_lock(&insn_lock);
+    fp_code_add(vaddr, vaddr + (len ? len : 4 * 64));
+    if (len) {
+        site_add(vaddr + len, SITE_SEQ_END);
+    }
+    g_mutex_unlock(&insn_lock);
+    qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_state_op_exec, QEMU_PLUGIN_CB_R_REGS,
+                                           (void *)shared);
+    qemu_plugin_register_vcpu_mem_cb(insn, a64_state_mem, QEMU_PLUGIN_CB_NO_REGS,
+                                     fi.is_save ? QEMU_PLUGIN_MEM_W : QEMU_PLUGIN_MEM_R,
+                                     (void *)shared);
+}
+
+static void a64_tb_trans(struct qemu_plugin_tb *tb)
+{
+    size_t n = qemu_plugin_tb_n_insns(tb);
+    unsigned el = (translation_reg_u64(a64.cpsr) >> 2) & 3;
+    uint64_t vbar = 0, hcr = 0;
+    bool host_kernel;
+
+    if (el == 0) {
+        /* User code: only whether it may change the FP/SIMD registers. */
+        for (size_t i = 0; i < n && cfg.derive_regs; i++) {
+            struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+            uint32_t op = 0;
+            qemu_plugin_insn_data(insn, &op, sizeof(op));
+            if (a64_is_fp_simd(op)) {
+                qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+                    insn, QEMU_PLUGIN_INLINE_STORE_U64, regs_dirty_entry, 1);
+            }
+        }
+        return;
+    }
+    hcr = translation_reg_u64(a64.hcr_el2);
+    vbar = translation_reg_u64(el == 2 ? a64.vbar_el2 : a64.vbar_el1);
+    /* The host kernel: EL1 outside a guest, or EL2 with E2H (VHE); not nVHE's hypervisor. */
+    host_kernel = el == 1 ? !(hcr & HCR_VM) || (hcr & HCR_TGE) : (hcr & HCR_E2H) != 0;
+    for (size_t i = 0; i < n; i++) {
+        struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        uint64_t vaddr = qemu_plugin_insn_vaddr(insn);
+        uint32_t op = 0;
+        uint32_t site = site_lookup(vaddr);
+
+        qemu_plugin_insn_data(insn, &op, sizeof(op));
+        if (site & SITE_SEQ_END) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_seq_end_exec,
+                                                   QEMU_PLUGIN_CB_R_REGS, NULL);
+        }
+        if (vbar && vaddr - vbar < 0x800 && !((vaddr - vbar) & 0x7f)) {
+            struct fpu_insn fi = { .vaddr = vaddr, .len = 4 };
+            fi.ea.mode = el;
+            fi.ea.disp = vaddr - vbar;
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_vector_exec, QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)a64_intern(&fi, op));
+        }
+        if (cfg.n_probes && host_kernel) {
+            const struct probe *pr = probe_lookup(vaddr);
+            if (pr) {
+                qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_probe_exec,
+                                                       QEMU_PLUGIN_CB_R_REGS, (void *)pr);
+            }
+        }
+        if (a64_is_fp_simd(op) && !fp_code_has(vaddr)) {
+            if (cfg.derive_regs) {
+                qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+                    insn, QEMU_PLUGIN_INLINE_STORE_U64, regs_dirty_entry, 1);
+            }
+            if (host_kernel) {
+                if (cfg.boundaries) {
+                    qemu_plugin_register_vcpu_insn_exec_cond_cb(
+                        insn, vcpu_simd_after_entry_exec, QEMU_PLUGIN_CB_R_REGS,
+                        QEMU_PLUGIN_COND_EQ, entry_pending_entry, 1, NULL);
+                }
+                qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+                    insn, QEMU_PLUGIN_INLINE_STORE_U64, kernel_simd_entry, vaddr);
+            }
+        }
+        a64_instrument(insn, vaddr, op, el, el == 2 && !(hcr & HCR_E2H));
+    }
+}
+
+static void a64_regs_resolve(void)
+{
+    static const struct {
+        const char *name;
+        struct qemu_plugin_register **handle;
+    } named[] = {
+        { "cpsr", &a64.cpsr }, { "fpsr", &a64.fpsr }, { "fpcr", &a64.fpcr },
+        { "vg", &a64.vg }, { "HCR_EL2", &a64.hcr_el2 }, { "ESR_EL1", &a64.esr_el1 },
+        { "ESR_EL2", &a64.esr_el2 }, { "ELR_EL1", &a64.elr_el1 }, { "ELR_EL2", &a64.elr_el2 },
+        { "SPSR_EL1", &a64.spsr_el1 }, { "SPSR_EL2", &a64.spsr_el2 },
+        { "VBAR", &a64.vbar_el1 }, { "VBAR_EL2", &a64.vbar_el2 },
+        { "VTTBR_EL2", &a64.vttbr_el2 }, { "VMPIDR_EL2", &a64.vmpidr_el2 },
+        { "SVCR", &a64.svcr }, { "CPACR", &a64.cpacr_el1 }, { "CPTR_EL2", &a64.cptr_el2 },
+        { "ZCR_EL1", &a64.zcr_el1 }, { "ZCR_EL2", &a64.zcr_el2 },
+        { "SMCR_EL1", &a64.smcr_el1 }, { "SMCR_EL2", &a64.smcr_el2 },
+    };
+    g_autoptr(GArray) list = qemu_plugin_get_registers();
+
+    for (guint i = 0; i < list->len; i++) {
+        qemu_plugin_reg_descriptor *rd = &g_array_index(list, qemu_plugin_reg_descriptor, i);
+        const char *nm = rd->name;
+        int k;
+        char tail;
+
+        for (k = 0; k < (int)G_N_ELEMENTS(named); k++) {
+            if (!g_ascii_strcasecmp(nm, named[k].name)) {
+                *named[k].handle = rd->handle;
+            }
+        }
+        if (sscanf(nm, "x%d%c", &k, &tail) == 1 && k >= 0 && k < 31) {
+            a64.x[k] = rd->handle;
+        } else if (sscanf(nm, "z%d%c", &k, &tail) == 1 && k >= 0 && k < 32) {
+            a64.z[k] = rd->handle;
+        }
+    }
+}
+
+/* AAPCS64: x0, x1, x2. */
+static void a64_probe_args(struct vcpu_state *vs, uint64_t args[3])
+{
+    for (unsigned i = 0; i < 3; i++) {
+        args[i] = a64_xreg(vs, i);
+    }
+}
+
+static const struct arch_ops a64_ops = {
+    .user_pl = 0,
+    .privilege = a64_el,
+    .current_task = a64_current_task,
+    .current_ptr = a64_current_ptr,
+    .regs_hash = a64_regs_hash,
+    .finish_pending = a64_finish_pending,
+    .probe_args = a64_probe_args,
+    .tb_trans = a64_tb_trans,
+    .regs_resolve = a64_regs_resolve,
+};
+
+/* ---- callbacks -------------------------------------------------------- */
+
+static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_tb *tb)
+{
+    arch->tb_trans(tb);
 }
 
 static void vcpu_init(qemu_plugin_id_t id G_GNUC_UNUSED, unsigned int vcpu_index)
@@ -2046,10 +3039,12 @@ static void vcpu_init(qemu_plugin_id_t id G_GNUC_UNUSED, unsigned int vcpu_index
 
     g_mutex_lock(&insn_lock);
     if (!regs.resolved) {
-        regs_resolve();
+        arch->regs_resolve();
+        regs.resolved = true;
     }
     g_mutex_unlock(&insn_lock);
-    vs->xcr0 = 1;               /* architectural reset value: x87 only */
+    /* x86: XCR0's reset value, x87 only; arm64: FP/SIMD and SVE (a save's `value`). */
+    vs->xcr0 = arch == &a64_ops ? 3 : 1;
     vs->events = g_new0(struct ftr_event, cfg.block_events);
     vs->tasks = g_new0(struct ftr_task, cfg.block_events);
     vs->scratch = g_byte_array_new();
@@ -2066,7 +3061,7 @@ static void plugin_exit(qemu_plugin_id_t id G_GNUC_UNUSED, void *udata G_GNUC_UN
         if (!vs->events) {
             continue;
         }
-        vcpu_finish_pending(vs, i);
+        arch->finish_pending(vs, i);
         vcpu_flush_tasks(vs, i);
         vcpu_flush_events(vs, i);
         for (int k = 0; k < FTR_KIND_MAX; k++) {
@@ -2170,6 +3165,16 @@ static bool parse_arg(const char *arg)
         cfg.derive_regs = !strcmp(v, "derive");
         return true;
     }
+    if (!strcmp(k, "fpcode")) {
+        g_auto(GStrv) parts = g_strsplit(v, ":", 2);
+        uint64_t start, len;
+        if (!parts[1] || !parse_u64(parts[0], &start) || !parse_u64(parts[1], &len) ||
+            !len || len > 0x100000 || n_fp_code == MAX_FP_CODE) {
+            return false;
+        }
+        fp_code_add(start, start + len);
+        return true;
+    }
     if (!strcmp(k, "block_events")) {
         if (!parse_u64(v, &n) || n < 1 || n > 65536) {
             return false;
@@ -2184,8 +3189,12 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
                                            const qemu_info_t *info,
                                            int argc, char **argv)
 {
-    if (strcmp(info->target_name, "x86_64") != 0) {
-        fprintf(stderr, "fputrace: target %s is not supported (x86_64 only)\n",
+    if (!strcmp(info->target_name, "x86_64")) {
+        arch = &x86_ops;
+    } else if (!strcmp(info->target_name, "aarch64")) {
+        arch = &a64_ops;
+    } else {
+        fprintf(stderr, "fputrace: target %s is not supported (x86_64, aarch64)\n",
                 info->target_name);
         return -1;
     }

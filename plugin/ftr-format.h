@@ -69,6 +69,8 @@ enum ftr_kind {
     FTR_KIND_FPSIMD_LOAD = 37,
     FTR_KIND_SVE_SAVE = 38,
     FTR_KIND_SVE_LOAD = 39,
+    FTR_KIND_SMCR_WRITE = 40,
+    FTR_KIND_SVCR_WRITE = 41,       /* MSR SVCR / SMSTART / SMSTOP */
     FTR_KIND_MAX = 64,
 };
 
@@ -112,6 +114,10 @@ enum ftr_probe {
 /* How the save/restore's effective address was formed (version 3). */
 #define FTR_FLAG_ADDR_SIZE_MASK 0x6000
 #define FTR_FLAG_ADDR_SIZE_SHIFT 13
+#define FTR_FLAG_ADDR_HYP       0x8000  /* arm64: an nVHE hypervisor address, given as the
+                                         * kernel address of the same memory */
+#define FTR_FLAG_GUEST_FP_TRAPPED 0x10000 /* arm64 VM entry/exit: the guest ran with its FP/SIMD
+                                         * access trapped to EL2: the registers were not its */
 enum ftr_addr_size {
     FTR_ADDR_64 = 0,            /* 64-bit mode */
     FTR_ADDR_32 = 1,            /* 32-bit addressing: protected or compatibility mode, or 0x67 */

@@ -26,9 +26,11 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 qemu_version_ok() {
-	# QEMU 9.0 is the first with qemu_plugin_read_register().
+	# QEMU 9.0 is the first with qemu_plugin_read_register(). Both targets:
+	# x86_64 and aarch64 (--arch arm64) come from the same QEMU build.
 	local v
 	command -v qemu-system-x86_64 >/dev/null || return 1
+	command -v qemu-system-aarch64 >/dev/null || return 1
 	v=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
 	[ -n "$v" ] || return 1
 	set -- $v
@@ -63,8 +65,10 @@ apt_update() {
 install_system_packages() {
 	# libelf1: objtool of the kernels' kbuild, for the fputrace-seed test module.
 	# gcc-multilib: the 32-bit (gcc -m32 -static) compat32 workload.
+	# gcc-aarch64-linux-gnu: the arm64 workloads (static, cross-compiled).
 	local pkgs=(gcc gcc-multilib libc6-dev binutils make meson ninja-build pkg-config
-		libglib2.0-dev busybox-static cpio xz-utils zstd dpkg-dev python3-venv libelf1)
+		libglib2.0-dev busybox-static cpio xz-utils zstd dpkg-dev python3-venv libelf1
+		gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 	local missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -96,10 +100,10 @@ install_system_packages() {
 			apt_update
 			log "installing QEMU from bookworm-backports"
 			DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq \
-				-t bookworm-backports qemu-system-x86 >/dev/null
+				-t bookworm-backports qemu-system-x86 qemu-system-arm >/dev/null
 		fi
 	elif ! qemu_version_ok; then
-		die "QEMU >= 9.0 with TCG plugin support is required: install qemu-system-x86 9.0 or newer"
+		die "QEMU >= 9.0 with TCG plugin support is required: install qemu-system-x86 and qemu-system-arm 9.0 or newer"
 	fi
 	qemu_version_ok || die "QEMU >= 9.0 is required but qemu-system-x86_64 reports $(qemu-system-x86_64 --version | head -n 1)"
 }

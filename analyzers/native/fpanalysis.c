@@ -1179,6 +1179,15 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
             if (e->kind == KIND_VM_ENTRY && (e->flags & FLAG_L2)) {
                 break;
             }
+            /*
+             * arm64's lazy switch: a guest that runs with FP/SIMD trapped
+             * to EL2 neither sees nor leaves its registers; they are the
+             * host's. Its state is checked at the next entry that gives it
+             * the registers, against the last exit that took them back.
+             */
+            if (e->flags & FTR_FLAG_GUEST_FP_TRAPPED) {
+                break;
+            }
             uint64_t vk = (e->addr & ((1ull << 48) - 1)) |
                           (uint64_t)(key_of(ident, key_of_ident, i) + 1) << 48;
             uint32_t slot;

@@ -26,9 +26,10 @@ def add_parser(sub: Any) -> None:
 def run_fetch(args: argparse.Namespace) -> int:
     info = debian.fetch_kernel(args.version, args.arch, refresh=args.refresh)
     print(f"{info.package}: {info.root}")
-    if not args.no_symbols and args.arch == "amd64":
+    if not args.no_symbols:
         layout = kernel_layout(resolve_kernel(args.version, args.arch))
-        print(f"current task: %gs:{layout.current_addr:#x} ({layout.current_symbol}); "
-              f"task_struct pid@{layout.task_pid} tgid@{layout.task_tgid} "
-              f"comm@{layout.task_comm}")
+        where = (f"%gs:{layout.current_addr:#x} ({layout.current_symbol})"
+                 if layout.current_addr else layout.current_symbol)
+        print(f"current task: {where}; task_struct pid@{layout.task_pid} "
+              f"tgid@{layout.task_tgid} comm@{layout.task_comm}")
     return 0

@@ -11,7 +11,8 @@ from rich.markup import escape
 
 from fputrace.errors import FputraceError
 from fputrace.foreign import busybox_applets, check_commands, prepare_added
-from fputrace.kernel.layout import BUSYBOX, resolve_kernel
+from fputrace.kernel.busybox import DEBIAN_ARCH, applets_busybox, busybox_for
+from fputrace.kernel.layout import KVM_MODES, resolve_kernel
 from fputrace.output import check_output, estimated_trace_bytes
 from fputrace.record import record
 from fputrace.run import sidecar
@@ -24,9 +25,14 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("record", help="record the FPU traffic of a kernel running workloads",
                        description="Boot a Linux kernel under QEMU TCG with the fputrace "
                                    "plugin, run workloads in it, and write a trace.")
+    p.add_argument("--arch", default="x86_64", choices=("x86_64", "arm64"),
+                   help="the guest's architecture (default x86_64)")
+    p.add_argument("--kvm-mode", default="vhe", choices=KVM_MODES,
+                   help="arm64: run KVM with the host at EL2 (vhe, the default) or with "
+                        "the host at EL1 and KVM's world switch at EL2 (nvhe)")
     p.add_argument("--kernel", default="6.1",
-                   help="Debian series (5.10, 6.1, 6.12) or the path of a bzImage "
-                        "(default: 6.1)")
+                   help="Debian series (5.10, 6.1, 6.12) or the path of a kernel image "
+                        "(bzImage, arm64 Image) (default: 6.1)")
     p.add_argument("--modules", type=Path, help="modules directory of a --kernel PATH build "
                                                 "(lib/modules/RELEASE)")
     p.add_argument("--vmlinux", type=Path,
@@ -66,15 +72,17 @@ def run(args: argparse.Namespace) -> int:
     spec = args.workload
     if spec is None:
         spec = "" if args.commands else DEFAULT_WORKLOAD
-    runs = parse_workloads(spec) if spec else []
+    arch = "aarch64" if args.arch == "arm64" else "x86_64"
+    if args.kvm_mode != "vhe" and arch != "aarch64":
+        raise FputraceError(f"--kvm-mode {args.kvm_mode} is an arm64 mode: add --arch arm64, "
+                            "or leave --kvm-mode out")
+    runs = parse_workloads(spec, arch) if spec else []
     foreign = []
     added = []
     if args.commands or args.add:
-        if not BUSYBOX.exists():
-            raise FputraceError(f"{BUSYBOX} not found: run 'make setup' (installs "
-                                "busybox-static)")
-        applets = busybox_applets(BUSYBOX)
-        added = prepare_added(args.add, "x86_64", applets)
+        busybox_for(arch)
+        applets = busybox_applets(applets_busybox())
+        added = prepare_added(args.add, arch, applets)
         foreign = check_commands(args.commands, added, applets)
     msrs = [_parse_msr(m) for m in args.msr]
     if args.smp < 1 or args.smp > 64:
@@ -84,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         raise FputraceError(f"--timeout {args.timeout}: give a positive number of seconds")
     check_output(args.output, estimated_trace_bytes(runs, len(foreign)))
-    target = resolve_kernel(args.kernel, "amd64", args.modules, args.vmlinux)
+    target = resolve_kernel(args.kernel, DEBIAN_ARCH[arch], args.modules, args.vmlinux)
     labels = ", ".join([*(r.label for r in runs), *(f"'{f.command}'" for f in foreign)])
     with console.status(f"recording {labels} on {target.identity}") as status:
 
@@ -94,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
         result = record(target, runs, args.output, smp=args.smp, timeout_s=args.timeout,
                         memory_mb=args.memory, extra_msrs=msrs, tick=tick, added=added,
-                        foreign=foreign)
+                        foreign=foreign, kvm_mode=args.kvm_mode)
     for w in result.workloads:
         summary = " ".join(f"{k}={v}" for k, v in w.summary.items()) or "no summary printed"
         console.print(escape(f"  {w.label}: exit {w.exit_status}, {summary}"))

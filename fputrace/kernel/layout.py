@@ -8,11 +8,11 @@ per-cpu address of the current task pointer and task_struct offsets.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import shutil
 import struct
+import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,14 +20,26 @@ from fputrace.errors import FputraceError
 from fputrace.initramfs import busybox_initramfs
 from fputrace.kernel import debian
 from fputrace.kernel.btf import Btf
+from fputrace.kernel.busybox import busybox_for
 from fputrace.kernel.dwarf import struct_offsets
 from fputrace.kernel.symbols import Symbols
 from fputrace.machine import MachineSpec, run_machine
 from fputrace.paths import cache_dir
 
-BUSYBOX = Path("/bin/busybox")
 COLLECT_TIMEOUT_S = 300
-KERNEL_CMDLINE = "console=ttyS0 nokaslr panic=-1 rdinit=/init"
+# The serial ports' device names: QEMU's x86 PC has 16550s, arm64 virt PL011s.
+SERIAL_DEVICE = {"x86_64": "ttyS", "aarch64": "ttyAMA"}
+KVM_MODES = ("vhe", "nvhe")
+
+
+def kernel_cmdline(arch: str, kvm_mode: str = "vhe") -> str:
+    """The command line every recording boots with. nokaslr: the symbols
+    collected once are the runtime addresses. On arm64, kvm-arm.mode=nvhe
+    runs the host at EL1 and KVM's world switch at EL2."""
+    line = f"console={SERIAL_DEVICE[arch]}0 nokaslr panic=-1 rdinit=/init"
+    if arch == "aarch64" and kvm_mode == "nvhe":
+        line += " kvm-arm.mode=nvhe"
+    return line
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,9 @@ class KernelTarget:
 
 @dataclass(frozen=True)
 class Layout:
-    current_addr: int  # %gs:current_addr holds the current task_struct pointer
+    # x86: %gs:current_addr holds the current task_struct pointer; arm64: 0,
+    # the plugin follows the kernel's writes of SP_EL0.
+    current_addr: int
     current_symbol: str
     task_pid: int
     task_tgid: int
@@ -53,8 +67,9 @@ class Layout:
     release: str
 
     def plugin_args(self) -> list[str]:
-        return [f"current={self.current_addr:#x}", f"task_pid={self.task_pid}",
-                f"task_tgid={self.task_tgid}", f"task_comm={self.task_comm}"]
+        current = [f"current={self.current_addr:#x}"] if self.current_addr else []
+        return [*current, f"task_pid={self.task_pid}", f"task_tgid={self.task_tgid}",
+                f"task_comm={self.task_comm}"]
 
 
 def _bzimage_release(path: Path) -> str | None:
@@ -96,42 +111,53 @@ def resolve_kernel(kernel: str, arch: str = "amd64", modules: Path | None = None
 
 
 def _collect(target: KernelTarget) -> None:
-    """Boot the kernel once and save its kallsyms and BTF into state_dir."""
-    init = """#!/bin/sh
+    """Boot the kernel once and save its kallsyms and BTF into state_dir.
+
+    They come back as one tar stream on the second serial port (arm64's
+    virt machine has two UARTs)."""
+    tty = SERIAL_DEVICE[target.arch]
+    init = f"""#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-stty -F /dev/ttyS1 raw -echo
-stty -F /dev/ttyS2 raw -echo
-gzip -1 < /proc/kallsyms > /dev/ttyS1
-[ -e /sys/kernel/btf/vmlinux ] && gzip -1 < /sys/kernel/btf/vmlinux > /dev/ttyS2
-uname -r > /dev/ttyS3
+mkdir -p /tmp/out
+cat /proc/kallsyms > /tmp/out/kallsyms
+[ -e /sys/kernel/btf/vmlinux ] && cat /sys/kernel/btf/vmlinux > /tmp/out/btf
+uname -r > /tmp/out/release
+stty -F /dev/{tty}1 raw -echo
+tar -c -f - -C /tmp/out . | gzip -1 > /dev/{tty}1
 poweroff -f
 """
-    if not BUSYBOX.exists():
-        raise FputraceError(f"{BUSYBOX} not found: run 'make setup' (installs busybox-static)")
+    busybox = busybox_for(target.arch)
     tmp = target.state_dir.with_name(target.state_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    busybox_initramfs(BUSYBOX, init).write(tmp / "initramfs.gz")
-    files = [tmp / "console.log", tmp / "kallsyms.gz", tmp / "btf.gz", tmp / "release"]
-    spec = MachineSpec(target.arch, target.vmlinuz, tmp / "initramfs.gz", KERNEL_CMDLINE,
-                       serial_files=files)
+    busybox_initramfs(busybox, init).write(tmp / "initramfs.gz")
+    stream = tmp / "collected.tar.gz"
+    spec = MachineSpec(target.arch, target.vmlinuz, tmp / "initramfs.gz",
+                       kernel_cmdline(target.arch), serial_files=[tmp / "console.log", stream])
     result = run_machine(spec, COLLECT_TIMEOUT_S)
     if result.status != "shutdown":
         raise FputraceError(f"the symbol-collection boot of {target.identity} failed "
                             f"({result.status}: {result.detail}); console log: "
                             f"{tmp / 'console.log'}")
     try:
-        kallsyms = gzip.decompress((tmp / "kallsyms.gz").read_bytes())
-    except (OSError, EOFError):
-        raise FputraceError(f"the kernel's /proc/kallsyms did not arrive whole; console log: "
+        with tarfile.open(stream, "r:gz") as tar:
+            for name in ("kallsyms", "btf", "release"):
+                try:
+                    member = tar.getmember(f"./{name}")
+                except KeyError:
+                    continue
+                data = tar.extractfile(member)
+                if data is not None:
+                    (tmp / name).write_bytes(data.read())
+    except (OSError, EOFError, tarfile.TarError):
+        raise FputraceError(f"the kernel's symbols did not arrive whole; console log: "
                             f"{tmp / 'console.log'}") from None
-    (tmp / "kallsyms").write_bytes(kallsyms)
-    btf_gz = tmp / "btf.gz"
-    if btf_gz.stat().st_size:
-        (tmp / "btf").write_bytes(gzip.decompress(btf_gz.read_bytes()))
-    for f in (btf_gz, tmp / "kallsyms.gz", tmp / "initramfs.gz"):
+    if not (tmp / "kallsyms").exists():
+        raise FputraceError(f"the kernel sent no /proc/kallsyms; console log: "
+                            f"{tmp / 'console.log'}")
+    for f in (stream, tmp / "initramfs.gz"):
         f.unlink()
     shutil.rmtree(target.state_dir, ignore_errors=True)
     tmp.rename(target.state_dir)
@@ -182,7 +208,11 @@ def kernel_layout(target: KernelTarget) -> Layout:
             raise FputraceError(f"task_struct.{member} not found: the kernel has no BTF "
                                 "(CONFIG_DEBUG_INFO_BTF); pass --vmlinux with debug info")
         offsets[member] = off
-    addr, sym = _current_task_address(symbols, btf, dwarf_offsets)
+    if target.arch == "aarch64":
+        # arm64 keeps `current` in SP_EL0 (arch/arm64/include/asm/current.h).
+        addr, sym = 0, "sp_el0"
+    else:
+        addr, sym = _current_task_address(symbols, btf, dwarf_offsets)
     release = (target.state_dir / "release").read_text().strip() if (
         target.state_dir / "release").exists() else ""
     layout = Layout(addr, sym, offsets["pid"], offsets["tgid"], offsets["comm"], release)

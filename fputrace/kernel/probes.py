@@ -1,7 +1,7 @@
 """Which kernel functions the plugin probes, found by symbol.
 
 A probe is an exec callback on a function's first instruction that records
-its first three arguments (rdi, rsi, rdx) as a PROBE event whose `index`
+its first three arguments (rdi, rsi, rdx; x0, x1, x2) as a PROBE event whose `index`
 says what the function does to FPU state (fputrace.trace.format.Probe).
 The analyzers use them to tell purposeful changes of a task's or a guest's
 FP registers (a signal frame, exec, a fork copy, KVM_SET_XSAVE) from lost
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from fputrace.kernel.symbols import Symbols
 from fputrace.trace.format import Probe
 
@@ -30,7 +32,7 @@ class ProbeDef:
     why: str
 
 
-PROBES: tuple[ProbeDef, ...] = (
+X86_PROBES: tuple[ProbeDef, ...] = (
     # fpu_clone() since the v5.14 FPU rework, fpu__copy() before: the child's
     # fpstate is written by a save of the parent's live registers (or a
     # memcpy when TIF_NEED_FPU_LOAD is set, 5.10). arg0: the child task_struct.
@@ -82,6 +84,61 @@ PROBES: tuple[ProbeDef, ...] = (
 )
 
 
+# arm64 (arch/arm64/kernel/fpsimd.c, process.c, signal.c, ptrace.c).
+AARCH64_PROBES: tuple[ProbeDef, ...] = (
+    # copy_process() -> arch_dup_task_struct(dst, src): fpsimd_preserve_current_state()
+    # saves the parent's registers into its own buffer, then *dst = *src copies it.
+    ProbeDef(Probe.FORK_COPY, ("arch_dup_task_struct",), False,
+             "fork/clone copies the parent's FPU state into the child"),
+    # flush_thread() -> fpsimd_flush_thread(): the state is zeroed by memset.
+    ProbeDef(Probe.EXEC_RESET, ("fpsimd_flush_thread",), False,
+             "exec resets the task's FPU state to the init state"),
+    # setup_sigframe() -> preserve_fpsimd_context() (and preserve_sve_context()):
+    # the state goes to the signal frame by copy_to_user.
+    ProbeDef(Probe.SIGFRAME_SAVE, ("preserve_fpsimd_context",), False,
+             "signal delivery: the state goes to the signal frame"),
+    # rt_sigreturn -> restore_sigframe() -> restore_fpsimd_context() / restore_sve_fpsimd_context().
+    ProbeDef(Probe.SIGRETURN, ("restore_fpsimd_context", "restore_sve_fpsimd_context"), True,
+             "sigreturn loads the state from the signal frame"),
+    ProbeDef(Probe.REGSET_SET, ("fpr_set", "sve_set", "ssve_set", "za_set"), True,
+             "a ptrace regset write replaces the task's FPU state"),
+    ProbeDef(Probe.KFPU_BEGIN, ("kernel_neon_begin",), False,
+             "in-kernel FP/SIMD (NEON) section begins"),
+    ProbeDef(Probe.KFPU_END, ("kernel_neon_end",), False,
+             "in-kernel FP/SIMD (NEON) section ends"),
+)
+
+PROBES = {"x86_64": X86_PROBES, "aarch64": AARCH64_PROBES}
+
+# arm64 code whose FP/SIMD instructions handle the state itself: the
+# routines of arch/arm64/kernel/entry-fpsimd.S and, for VHE, KVM's copies in
+# arch/arm64/kvm/hyp/fpsimd.S. Kernel-mode NEON is everything else.
+AARCH64_FP_CORE = (
+    "fpsimd_save_state", "fpsimd_load_state", "sve_get_vl", "sve_set_vq",
+    "sve_save_state", "sve_load_state", "sve_flush_live", "sme_get_vl", "sme_set_vq",
+    "sme_save_state", "sme_load_state", "za_save_state", "za_load_state",
+    "__fpsimd_save_state", "__fpsimd_restore_state", "__sve_save_state",
+    "__sve_restore_state",
+)
+
+
+def fp_core_code(symbols: Symbols, arch: str) -> list[tuple[int, int]]:
+    """(start, size) of the FP core's functions this kernel has (arm64; the
+    x86 plugin recognises its FPU core by instruction instead). A function
+    ends where the next text symbol starts."""
+    if arch != "aarch64":
+        return []
+    out: list[tuple[int, int]] = []
+    for name in AARCH64_FP_CORE:
+        addr = symbols.values.get(name)
+        if not addr:
+            continue
+        i = int(np.searchsorted(symbols.addrs, np.uint64(addr), side="right"))
+        if i < len(symbols.addrs):
+            out.append((addr, min(int(symbols.addrs[i]) - addr, 0x1000)))
+    return out
+
+
 @dataclass(frozen=True)
 class ResolvedProbe:
     probe: Probe
@@ -89,10 +146,10 @@ class ResolvedProbe:
     addr: int
 
 
-def resolve_probes(symbols: Symbols) -> list[ResolvedProbe]:
+def resolve_probes(symbols: Symbols, arch: str = "x86_64") -> list[ResolvedProbe]:
     """The probes this kernel has, with the addresses of their functions."""
     out: list[ResolvedProbe] = []
-    for d in PROBES:
+    for d in PROBES[arch]:
         present = [s for s in d.symbols if symbols.values.get(s)]
         for name in present if d.all_of else present[:1]:
             out.append(ResolvedProbe(d.probe, name, symbols.values[name]))

@@ -74,7 +74,7 @@ class Kind(enum.IntEnum):
     USER_ENTRY = 15
     USER_RETURN = 16
     PROBE = 17
-    # arm64, defined now (not yet written).
+    # arm64.
     FP_TRAP = 32
     CPACR_WRITE = 33
     CPTR_WRITE = 34
@@ -83,6 +83,8 @@ class Kind(enum.IntEnum):
     FPSIMD_LOAD = 37
     SVE_SAVE = 38
     SVE_LOAD = 39
+    SMCR_WRITE = 40
+    SVCR_WRITE = 41  # MSR SVCR, SMSTART, SMSTOP
 
 
 KIND_MAX = 64
@@ -126,6 +128,9 @@ class Flag(enum.IntFlag):
     PRIOR_VALID = 0x800  # save: aux is the buffer's content hash before the save
     ADDR_UNVERIFIED = 0x1000  # no memory access fell in the area at addr: hashes invalid
     ADDR_SIZE_MASK = 0x6000  # how addr was formed: AddrSize << ADDR_SIZE_SHIFT
+    ADDR_HYP = 0x8000  # arm64: an nVHE hypervisor address, given as the kernel's address
+    # arm64 VM entry/exit: the guest ran with FP/SIMD access trapped to EL2.
+    GUEST_FP_TRAPPED = 0x10000
 
 
 ADDR_SIZE_SHIFT = 13
