@@ -1,0 +1,182 @@
+"""End to end on Debian's arm64 6.1 kernel, KVM in VHE and in nVHE mode:
+`fputrace record --arch arm64` with the arm64 kvm-pingpong workload, checked
+against what the workload itself says it did and against the save/load/trap
+pattern that the kernel's KVM code implies for each KVM_RUN.
+
+The kernel and an arm64 busybox are downloaded once into ~/.cache/fputrace.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require
+from test_e2e_kernel import events_of, fputrace, workload_line
+
+from fputrace.kernel import debian
+from fputrace.kernel.symbols import Symbols
+from fputrace.paths import build_dir
+from fputrace.run import sidecar
+from fputrace.trace import format as fmt
+from fputrace.trace.reader import Trace, read_trace
+
+K = fmt.Kind
+F = fmt.Flag
+N_RUNS = 100
+EC_FP = 0x07            # FP/SIMD access trapped (ESR_ELx.EC)
+EC_DABT_LOWER = 0x24    # data abort from a lower EL: the workload's MMIO store
+
+
+@pytest.fixture(scope="module", params=["vhe", "nvhe"])
+def arm64_pingpong(request: pytest.FixtureRequest, qemu_plugin: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    require(shutil.which("qemu-system-aarch64") is not None,
+            "qemu-system-aarch64 not installed (make setup)")
+    require((build_dir() / "workloads" / "aarch64" / "kvm-pingpong").exists(),
+            "arm64 workloads not built: gcc-aarch64-linux-gnu missing (make setup)")
+    if debian.cached_kernel("6.1", "arm64") is None:
+        p = fputrace("kernel", "fetch", "6.1", "--arch", "arm64")
+        require(p.returncode == 0, f"Debian 6.1 arm64 kernel not fetchable: {p.stderr.strip()}")
+    mode = request.param
+    out = tmp_path_factory.mktemp(f"arm64-{mode}") / "run.ftr"
+    p = fputrace("record", "--arch", "arm64", "--kvm-mode", mode, "--kernel", "6.1",
+                 "--workload", f"kvm-pingpong:{N_RUNS}", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    return mode, out
+
+
+def ec(e: np.void) -> int:
+    return (int(e["value"]) >> 26) & 0x3F
+
+
+def test_kvm_mode_is_the_one_asked_for(arm64_pingpong: tuple[str, Path]) -> None:
+    mode, out = arm64_pingpong
+    console = sidecar(out, "console.log").read_text(errors="replace")
+    banner = "VHE mode initialized successfully" if mode == "vhe" else \
+        "Hyp mode initialized successfully"
+    assert banner in console
+    ev = read_trace(out).events
+    host_el = {int(f) & int(F.PL_MASK) for f in ev["flags"][ev["kind"] == K.USER_ENTRY]}
+    # The host kernel takes its user entries at EL2 with VHE, at EL1 without.
+    assert host_el == ({2} if mode == "vhe" else {1})
+
+
+def test_vm_exits_match_the_workloads_own_counts(arm64_pingpong: tuple[str, Path]) -> None:
+    # The workload counts its KVM_RUN calls and the MMIO exits they returned
+    # with. Each MMIO exit is a data abort from the guest taken to EL2 (ESR EC
+    # 0x24), so those exits equal the count exactly. The guest's first FP
+    # instruction of each run traps (EC 0x07) unless it already owns the
+    # registers; KVM handles that exit at EL2 and re-enters: so the FP-trap
+    # exits are at least one per run, and every exit has its entry.
+    _, out = arm64_pingpong
+    own = workload_line(sidecar(out, "console.log"), "kvm-pingpong")
+    assert own["kvm_run"] == own["mmio_exits"] == str(N_RUNS)
+    assert own["fpu_mismatches"] == "0"
+    ev = read_trace(out).events
+    exits = ev[ev["kind"] == K.VM_EXIT]
+    entries = ev[ev["kind"] == K.VM_ENTRY]
+    ecs = np.array([ec(e) for e in exits])
+    assert int(np.sum(ecs == EC_DABT_LOWER)) == N_RUNS
+    fp_exits = int(np.sum(ecs == EC_FP))
+    assert N_RUNS <= fp_exits <= N_RUNS + N_RUNS // 10 + 5
+    assert len(entries) == len(exits)
+    # Every FP-trap exit comes from an entry made with the guest's FP trapped.
+    trapped_exits = exits[(exits["flags"] & F.GUEST_FP_TRAPPED) != 0]
+    assert {ec(e) for e in trapped_exits} <= {EC_FP, 0x20, 0x00}  # FP, first fetch, IRQ
+
+
+def _symbols(out: Path) -> Symbols:
+    with gzip.open(sidecar(out, "kallsyms.gz"), "rt", errors="replace") as f:
+        return Symbols.parse(f.read())
+
+
+def _runs(trace: Trace) -> list[np.ndarray]:
+    """The kvm-pingpong task's events, cut into KVM_RUN calls: from a user
+    entry to the next user return, keeping the calls that entered the guest."""
+    mine = events_of(trace, "kvm-pingpong")
+    out: list[np.ndarray] = []
+    start = None
+    for i, k in enumerate(mine["kind"]):
+        if k == K.USER_ENTRY:
+            start = i
+        elif k == K.USER_RETURN and start is not None:
+            window = mine[start:i + 1]
+            if np.any(window["kind"] == K.VM_ENTRY):
+                out.append(window)
+            start = None
+    return out
+
+
+def test_each_kvm_run_shows_the_lazy_switch_of_its_mode(arm64_pingpong: tuple[str, Path]
+                                                        ) -> None:
+    """The pattern per KVM_RUN, derived from Debian 6.1's arch/arm64/kvm:
+
+    1. kvm_arch_vcpu_load_fp() saves the host task's registers and flushes
+       the CPU (fpsimd_save_and_flush_cpu_state() -> fpsimd_save_state, in
+       the kernel: EL2 with VHE, EL1 with nVHE);
+    2. __activate_traps() sees !guest_owns_fp_regs(): the entry is made with
+       FP trapped (CPTR_EL2), and the guest's first FP instruction traps;
+    3. kvm_hyp_handle_fpsimd() enables FP and loads the guest's registers at
+       EL2: __fpsimd_restore_state, kernel code with VHE; with nVHE its copy
+       in the hypervisor's own mapping, whose buffer address the trace gives
+       as the kernel's (ADDR_HYP); then re-enters, FP not trapped;
+    4. after the MMIO exit, kvm_arch_vcpu_put_fp() saves the guest's
+       registers into the same buffer (fpsimd_save_state), and the return to
+       user space loads the host task's from where step 1 saved them.
+    """
+    mode, out = arm64_pingpong
+    trace = read_trace(out)
+    symbols = _symbols(out)
+    runs = _runs(trace)
+    assert len(runs) >= N_RUNS - 1         # the first may have begun before the vCPU
+    host_el = 2 if mode == "vhe" else 1
+    checked = 0
+    for w in runs[1:]:
+        kinds = w["kind"]
+        saves = w[kinds == K.FPSIMD_SAVE]
+        loads = w[kinds == K.FPSIMD_LOAD]
+        entries = w[kinds == K.VM_ENTRY]
+        traps = w[(kinds == K.FP_TRAP) & ((w["flags"] & F.L2) != 0)]
+        assert len(saves) == 2 and len(loads) == 2, [fmt.kind_name(int(k)) for k in kinds]
+        host_save, guest_save = saves
+        guest_load, host_load = loads
+        # 1. and 4.: the host's buffer, saved and loaded by the kernel.
+        for e in (host_save, guest_save, host_load):
+            assert symbols.function(int(e["pc"])).split(" ")[0] in (
+                "fpsimd_save_state", "fpsimd_load_state")
+            assert int(e["flags"]) & int(F.PL_MASK) == host_el
+        assert int(host_save["addr"]) == int(host_load["addr"])
+        assert int(host_load["regs_after_hash"]) == int(host_save["mem_hash"])
+        # 2.: the first entry trapped, and the guest trapped exactly once.
+        assert int(entries[0]["flags"]) & F.GUEST_FP_TRAPPED
+        assert len(traps) >= 1 and all(ec(t) == EC_FP for t in traps)
+        # 3.: the guest's load at EL2, then an entry that gives it the registers.
+        assert int(guest_load["flags"]) & int(F.PL_MASK) == 2
+        if mode == "vhe":
+            assert symbols.function(int(guest_load["pc"])).startswith("__fpsimd_restore_state")
+            assert not int(guest_load["flags"]) & F.ADDR_HYP
+        else:
+            assert int(guest_load["pc"]) >> 48 == 0       # a hypervisor address
+            assert int(guest_load["flags"]) & F.ADDR_HYP
+        assert not int(entries[-1]["flags"]) & F.GUEST_FP_TRAPPED
+        # 4.: the guest's registers go back where they came from.
+        assert int(guest_save["addr"]) == int(guest_load["addr"]) != int(host_save["addr"])
+        checked += 1
+    assert checked >= N_RUNS - 2
+
+
+def test_no_findings_and_every_entry_checked(arm64_pingpong: tuple[str, Path]) -> None:
+    _, out = arm64_pingpong
+    p = fputrace("report", "--json", str(out))
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr
+    data = json.loads(p.stdout)
+    assert data["findings_total"] == 0 and data["findings"] == []
+    assert data["boundary_checks"]["violations"] == 0
+    vm = data["boundary_checks"]["by_kind"]["vm_entry"]
+    # The entries that give the guest its registers: one per KVM_RUN.
+    assert vm["checked"] >= N_RUNS - 1
