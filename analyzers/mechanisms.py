@@ -20,6 +20,17 @@ class Mechanism:
 def kernel_mechanisms(symbols: Symbols) -> list[Mechanism]:
     has = symbols.values.__contains__
     out: list[Mechanism] = []
+    if has("fpsimd_save_state"):
+        # arm64. KVM's lazy FPSIMD switch ("KVM: arm64: Optimise FPSIMD
+        # handling to reduce guest/host thrashing", v4.17): the guest runs with
+        # FP trapped until its first use, and the host takes the guest's
+        # registers over with fpsimd_bind_state_to_cpu() in
+        # kvm_arch_vcpu_ctxsync_fp().
+        out.append(Mechanism("kvm_lazy_fpsimd", has("kvm_arch_vcpu_ctxsync_fp"),
+                             "kvm_arch_vcpu_ctxsync_fp",
+                             "the guest's FP/SIMD registers are loaded on its first FP trap "
+                             "after each vcpu_load, and saved by the host after the run"))
+        return out
     # KVM and the FPU: one guest fpstate swapped into the vCPU thread's FPU
     # around vcpu_run() (series "x86/fpu/kvm: Sanitize the FPU guest/user
     # handling", v5.16), or the older pair of user_fpu/guest_fpu structs copied

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from analyzers.arm64 import trap_costs
 from analyzers.boundaries import BoundaryCheck
 from analyzers.costs import Costs, Row
 from analyzers.counts import Counts, Group, task_identity, task_label
@@ -263,6 +264,8 @@ def analysis_json(run: Run, own: Ownership, verdict: Verdict, costs: Costs,
         "per_level": _row_json(costs.per_level),
         "per_component": costs.per_component,
         "per_operation": costs.per_operation,
+        **({"arm64_traps": trap_costs(run.trace.events, ident).as_json()}
+           if run.trace.header.arch == fmt.Arch.AARCH64 else {}),
     }
 
 
@@ -331,9 +334,12 @@ def render_analysis(console: Console, run: Run, own: Ownership, verdict: Verdict
         for u in verdict.unconfirmed[:top]:
             console.print(escape(f"  {u.kind} at seq {int(run.trace.events['seq'][u.event])} "
                                  f"({task_label(run.trace.tasks, u.task)}): {u.reason}"))
+    arm64 = run.trace.header.arch == fmt.Arch.AARCH64
     for m in kernel_mechanisms(run.symbols):
         console.print(escape(f"kernel: {m.name}={'yes' if m.present else 'no'} "
                              f"({m.evidence}): {m.description}"))
+    if arm64:
+        _render_traps(console, trap_costs(run.trace.events, _ident(run, own)))
     c = costs.classes
     pct = costs.redundant_pct
     console.print(
@@ -343,12 +349,14 @@ def render_analysis(console: Console, run: Run, own: Ownership, verdict: Verdict
         f"redundant bytes {pct['bytes']}% of bytes moved")
     for reason, n in costs.unknown_reasons.items():
         console.print(escape(f"  unknown: {n} x {reason}"))
-    comp = Table(title="bytes moved per XSAVE component", title_justify="left", show_edge=False)
-    for name in ("component", "saved", "restored", "redundant"):
-        comp.add_column(name, justify="right" if name != "component" else "left")
-    for name, b in costs.per_component.items():
-        comp.add_row(name, str(b["saved"]), str(b["restored"]), str(b["redundant"]))
-    console.print(comp)
+    if not arm64:
+        comp = Table(title="bytes moved per XSAVE component", title_justify="left",
+                     show_edge=False)
+        for name in ("component", "saved", "restored", "redundant"):
+            comp.add_column(name, justify="right" if name != "component" else "left")
+        for name, b in costs.per_component.items():
+            comp.add_row(name, str(b["saved"]), str(b["restored"]), str(b["redundant"]))
+        console.print(comp)
     console.print(_class_table("top call sites by redundant bytes", "site", costs.per_callsite,
                                top))
     console.print(_class_table("per task", "task", costs.per_task, top))
@@ -361,6 +369,23 @@ def render_analysis(console: Console, run: Run, own: Ownership, verdict: Verdict
     for name, o in costs.per_operation.items():
         ops.add_row(name, str(o["count"]), str(o["saves"]), str(o["restores"]), str(o["bytes"]))
     console.print(ops)
+
+
+def _render_traps(console: Console, t: Any) -> None:
+    j = t.as_json()
+    table = Table(title="FP access traps (ESR_ELx.EC)", title_justify="left", show_edge=False)
+    table.add_column("trapped in")
+    for name in ("fp", "sve", "sme"):
+        table.add_column(name, justify="right")
+    for context, row in sorted(t.traps.items()):
+        table.add_row(context, *(str(row.get(n, "")) for n in ("fp", "sve", "sme")))
+    console.print(table)
+    console.print(escape(
+        f"traps: {j['guest_traps_per_kvm_run']} guest traps per KVM_RUN ({t.kvm_runs} runs), "
+        f"{j['host_traps_per_context_switch']} host traps per context switch "
+        f"({t.context_switches} switches); {t.save_undone} traps whose state was saved just "
+        f"before and loaded back just after; {t.sve_retraps} SVE traps after an SVE-to-FPSIMD "
+        f"downgrade ({t.sve_downgrades} downgrades)"))
 
 
 def timeline_json(timeline: Any, limit: int) -> list[dict[str, Any]]:

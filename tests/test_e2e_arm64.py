@@ -180,3 +180,7 @@ def test_no_findings_and_every_entry_checked(arm64_pingpong: tuple[str, Path]) -
     vm = data["boundary_checks"]["by_kind"]["vm_entry"]
     # The entries that give the guest its registers: one per KVM_RUN.
     assert vm["checked"] >= N_RUNS - 1
+    # Trap costs: one KVM_RUN per workload call, each with its guest FP trap.
+    traps = data["arm64_traps"]
+    assert traps["kvm_runs"] == N_RUNS
+    assert 1.0 <= traps["guest_traps_per_kvm_run"] <= 1.1
