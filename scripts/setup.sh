@@ -64,11 +64,13 @@ apt_update() {
 
 install_system_packages() {
 	# libelf1: objtool of the kernels' kbuild, for the fputrace-seed test module.
-	# gcc-multilib: the 32-bit (gcc -m32 -static) compat32 workload.
+	# lib32gcc-12-dev, libc6-dev-i386: the 32-bit (gcc -m32 -static) compat32
+	# workload. Not gcc-multilib: Debian 12 does not let it be installed together
+	# with gcc-aarch64-linux-gnu (each removes the other); gcc -m32 needs only these.
 	# gcc-aarch64-linux-gnu: the arm64 workloads (static, cross-compiled).
-	local pkgs=(gcc gcc-multilib libc6-dev binutils make meson ninja-build pkg-config
-		libglib2.0-dev busybox-static cpio xz-utils zstd dpkg-dev python3-venv libelf1
-		gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+	local pkgs=(gcc lib32gcc-12-dev libc6-dev-i386 libc6-dev binutils make meson ninja-build
+		pkg-config libglib2.0-dev busybox-static cpio xz-utils zstd dpkg-dev python3-venv
+		libelf1 gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 	local missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
