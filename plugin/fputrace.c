@@ -1070,6 +1070,24 @@ static void event_begin(struct vcpu_state *vs, unsigned int vcpu_index,
     }
 }
 
+/*
+ * Read the register file's hash into an event; remember: it is also what
+ * the registers hold from here on, until something changes them.
+ */
+static void event_read_regs(struct vcpu_state *vs, struct ftr_event *ev, bool remember)
+{
+    bool ok;
+
+    ev->regs_hash = arch->regs_hash(vs, &ok);
+    if (ok) {
+        ev->flags |= FTR_FLAG_REGS_VALID;
+    }
+    if (remember) {
+        vs->last_regs = ev->regs_hash;
+        vs->last_regs_ok = ok;
+    }
+}
+
 /* ---- x86 decoding (translation time) ---------------------------------- */
 
 static const char *const x86_gpr_names[16] = {
@@ -1709,16 +1727,12 @@ static void vcpu_vmrun_exec(unsigned int vcpu_index, void *udata)
     const struct fpu_insn *fi = udata;
     struct vcpu_state *vs = vcpu_get(vcpu_index);
     struct ftr_event ev;
-    bool ok;
 
     vcpu_finish_pending(vs, vcpu_index);
     event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_ENTRY, fi->vaddr, 0);
     ev.addr = reg_read_u64(vs, regs.gpr[0]);    /* VMCB physical address */
     /* SVM's VMRUN leaves the FP registers alone: these are the guest's. */
-    ev.regs_hash = x86_regs_hash(vs, &ok);
-    if (ok) {
-        ev.flags |= FTR_FLAG_REGS_VALID;
-    }
+    event_read_regs(vs, &ev, false);
     vs->vmcb = ev.addr;
     vs->last_regs_ok = false;   /* the guest runs */
     vcpu_commit_event(vs, vcpu_index, &ev);
@@ -1731,7 +1745,6 @@ static void vcpu_vmexit_exec(unsigned int vcpu_index, void *udata)
 {
     struct vcpu_state *vs = vcpu_get(vcpu_index);
     struct ftr_event ev;
-    bool ok;
 
     if (!vs->in_l2) {
         return;
@@ -1745,13 +1758,7 @@ static void vcpu_vmexit_exec(unsigned int vcpu_index, void *udata)
     vs->in_l2 = false;
     ev.flags &= ~FTR_FLAG_L2;
     ev.addr = vs->vmcb;
-    /* The guest's registers as it left them. */
-    ev.regs_hash = x86_regs_hash(vs, &ok);
-    if (ok) {
-        ev.flags |= FTR_FLAG_REGS_VALID;
-    }
-    vs->last_regs = ev.regs_hash;
-    vs->last_regs_ok = ok;
+    event_read_regs(vs, &ev, true);     /* the guest's registers as it left them */
     vcpu_commit_event(vs, vcpu_index, &ev);
 }
 
@@ -2563,7 +2570,6 @@ static void a64_vm_exit(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t
                         uint64_t esr, unsigned vector)
 {
     struct ftr_event ev;
-    bool ok;
 
     event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_EXIT, pc, 2);
     vs->in_l2 = false;
@@ -2574,12 +2580,7 @@ static void a64_vm_exit(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t
     ev.addr = vs->vmcb;
     ev.value = esr;
     ev.index = vector;
-    ev.regs_hash = a64_regs_hash(vs, &ok);
-    if (ok) {
-        ev.flags |= FTR_FLAG_REGS_VALID;
-    }
-    vs->last_regs = ev.regs_hash;
-    vs->last_regs_ok = ok;
+    event_read_regs(vs, &ev, true);
     vcpu_commit_event(vs, vcpu_index, &ev);
 }
 
@@ -2653,7 +2654,6 @@ static void a64_eret_exec(unsigned int vcpu_index, void *udata)
     target = (spsr >> 2) & 3;
     if (el == 2 && guest_regime && target < 2) {
         struct ftr_event ev;
-        bool ok;
         a64_finish_pending(vs, vcpu_index);
         event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_ENTRY, fi->vaddr, 2);
         ev.addr = vs->vmcb = a64_guest_id(vs);
@@ -2672,10 +2672,7 @@ static void a64_eret_exec(unsigned int vcpu_index, void *udata)
             ev.flags |= FTR_FLAG_GUEST_FP_TRAPPED;
         }
         /* The registers the guest starts with: its own unless trapped. */
-        ev.regs_hash = a64_regs_hash(vs, &ok);
-        if (ok) {
-            ev.flags |= FTR_FLAG_REGS_VALID;
-        }
+        event_read_regs(vs, &ev, false);
         vs->last_regs_ok = false;
         vcpu_commit_event(vs, vcpu_index, &ev);
         vs->l1_task_at_entry = ev.task;
