@@ -132,7 +132,16 @@ struct fpu_insn {
     bool is_restore;
     bool has_alt;               /* ea_alt: the other CS.L/CS.D reading */
     bool prefer_alt;            /* the accesses chose ea_alt last time (a benign race) */
-    bool hyp;                   /* arm64: nVHE hypervisor code (EL2 without E2H) */
+    /* arm64: what an instrumented A64 instruction names (ea is x86's). */
+    struct a64_operands {
+        uint8_t el;             /* the EL it was translated at */
+        uint8_t reg;            /* Rt of an MSR, Rn of a save/load sequence */
+        uint8_t crm;            /* MSR (immediate): CRm */
+        bool imm;               /* MSR (immediate): SMSTART/SMSTOP */
+        bool hyp;               /* nVHE hypervisor code (EL2 without E2H) */
+        uint16_t sysreg;        /* MSR: the register named */
+        uint16_t vector;        /* exception vector: the offset from VBAR */
+    } a64;
     struct x86_modrm_addr ea, ea_alt;
 };
 
@@ -2403,7 +2412,7 @@ static void a64_state_op_exec(unsigned int vcpu_index, void *udata)
     struct ftr_event ev;
     bool sve = fi->kind == FTR_KIND_SVE_SAVE || fi->kind == FTR_KIND_SVE_LOAD;
     unsigned vl = sve ? 8 * reg_read_u64(vs, a64.vg) : 16;
-    uint64_t base = a64_xreg(vs, fi->ea.base), regs_hash = 0;
+    uint64_t base = a64_xreg(vs, fi->a64.reg), regs_hash = 0;
     bool ok = false;
 
     a64_finish_pending(vs, vcpu_index);
@@ -2417,7 +2426,7 @@ static void a64_state_op_exec(unsigned int vcpu_index, void *udata)
     if (vs->entry_pending) {
         vcpu_materialize_entry(vs, vcpu_index, ok ? &regs_hash : NULL, false);
     }
-    event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr, fi->ea.mode);
+    event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr, fi->a64.el);
     /* sve_save/sve_load address Z0 at -34 vector lengths from their base register. */
     vs->a64_va = sve ? base - 34ull * vl : base;
     ev.addr = vs->a64_va;
@@ -2429,7 +2438,7 @@ static void a64_state_op_exec(unsigned int vcpu_index, void *udata)
         ev.flags |= FTR_FLAG_REGS_VALID;
     }
     vs->a64_save = fi->is_save;
-    vs->a64_hyp = fi->hyp;
+    vs->a64_hyp = fi->a64.hyp;
     vs->a64_placed = false;
     if (fi->is_save) {
         uint64_t ext;
@@ -2513,7 +2522,7 @@ static void a64_msr_exec(unsigned int vcpu_index, void *udata)
 {
     const struct fpu_insn *fi = udata;
     struct vcpu_state *vs = vcpu_get(vcpu_index);
-    unsigned named = fi->ea.disp, el = fi->ea.mode, reached = named;
+    unsigned named = fi->a64.sysreg, el = fi->a64.el, reached = named;
     uint64_t hcr = reg_read_u64(vs, a64.hcr_el2), old, new;
     struct qemu_plugin_register *reg;
     struct ftr_event ev;
@@ -2541,12 +2550,12 @@ static void a64_msr_exec(unsigned int vcpu_index, void *udata)
     default: return;            /* an EL12 name without E2H: UNDEFINED, it traps */
     }
     old = reg_read_u64(vs, reg);
-    if (fi->is_save) {
+    if (fi->a64.imm) {
         /* MSR SVCRSM/SVCRZA/SVCRSMZA, #imm (SMSTART, SMSTOP): CRm bit 0 is the value. */
-        uint64_t bits = (fi->ea.index >> 1) & 3, set = fi->ea.index & 1;
+        uint64_t bits = (fi->a64.crm >> 1) & 3, set = fi->a64.crm & 1;
         new = set ? old | bits : old & ~bits;
     } else {
-        new = a64_xreg(vs, fi->ea.base);
+        new = a64_xreg(vs, fi->a64.reg);
     }
     a64_finish_pending(vs, vcpu_index);
     event_begin(vs, vcpu_index, &ev, kind, fi->vaddr, el);
@@ -2585,7 +2594,7 @@ static void a64_vm_exit(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t
 }
 
 /*
- * An exception vector's first instruction (fi->ea: its EL and offset): an
+ * An exception vector's first instruction (fi->a64: its EL and offset): an
  * FP/SIMD, SVE or SME access trap (a synchronous exception with ESR_ELx.EC
  * 0x07, 0x19 or 0x1d), a VM exit (to EL2 from the guest: HCR_EL2.VM
  * without TGE), or an entry from the host's user mode (to EL1, or to EL2
@@ -2595,7 +2604,7 @@ static void a64_vector_exec(unsigned int vcpu_index, void *udata)
 {
     const struct fpu_insn *fi = udata;
     struct vcpu_state *vs = vcpu_get(vcpu_index);
-    unsigned offset = fi->ea.disp, el = fi->ea.mode, ec = 0;
+    unsigned offset = fi->a64.vector, el = fi->a64.el, ec = 0;
     bool sync = ((offset >> 7) & 3) == 0, from_lower = offset >= 0x400;
     uint64_t hcr = reg_read_u64(vs, a64.hcr_el2), esr = 0;
     bool guest_regime = (hcr & HCR_VM) && !(hcr & HCR_TGE);
@@ -2635,14 +2644,14 @@ static void a64_vector_exec(unsigned int vcpu_index, void *udata)
 }
 
 /*
- * ERET (fi->ea.mode: the EL it runs at): into the guest (from EL2 with HCR_EL2.VM
+ * ERET (fi->a64.el: the EL it runs at): into the guest (from EL2 with HCR_EL2.VM
  * and not TGE, to EL1 or EL0), or back to the host's user mode.
  */
 static void a64_eret_exec(unsigned int vcpu_index, void *udata)
 {
     const struct fpu_insn *fi = udata;
     struct vcpu_state *vs = vcpu_get(vcpu_index);
-    unsigned el = fi->ea.mode;
+    unsigned el = fi->a64.el;
     uint64_t hcr = reg_read_u64(vs, a64.hcr_el2);
     bool guest_regime = (hcr & HCR_VM) && !(hcr & HCR_TGE);
     uint64_t spsr, target;
@@ -2814,7 +2823,7 @@ static const struct fpu_insn *a64_intern(const struct fpu_insn *fi, uint32_t op)
 
     memcpy(keybuf, &fi->vaddr, sizeof(fi->vaddr));
     keybuf[sizeof(fi->vaddr)] = 0xa6;                   /* not an x86 mode */
-    keybuf[sizeof(fi->vaddr) + 1] = fi->ea.mode;        /* the EL */
+    keybuf[sizeof(fi->vaddr) + 1] = fi->a64.el;        /* the EL */
     memcpy(keybuf + sizeof(fi->vaddr) + 2, &op, sizeof(op));
     key = g_bytes_new(keybuf, sizeof(keybuf));
     g_mutex_lock(&insn_lock);
@@ -2842,11 +2851,11 @@ static bool a64_is_fp_sysreg(unsigned sr)
 static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32_t op,
                            unsigned el, bool hyp)
 {
-    struct fpu_insn fi = { .vaddr = vaddr, .len = 4, .hyp = hyp };
+    struct fpu_insn fi = { .vaddr = vaddr, .len = 4, .a64.hyp = hyp };
     const struct fpu_insn *shared;
     unsigned rn, len;
 
-    fi.ea.mode = el;
+    fi.a64.el = el;
     if (op == A64_INSN_ERET || op == A64_INSN_ERETAA || op == A64_INSN_ERETAB) {
         shared = a64_intern(&fi, op);
         qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_eret_exec, QEMU_PLUGIN_CB_R_REGS,
@@ -2855,11 +2864,11 @@ static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32
     }
     if ((op & 0xfff00000u) == 0xd5100000u) {            /* MSR (register), op0 = 3 */
         unsigned sr = (op >> 5) & 0xffff;
-        fi.ea.base = op & 31;
-        fi.ea.disp = sr;
+        fi.a64.reg = op & 31;
+        fi.a64.sysreg = sr;
         if (sr == SYSREG_SP_EL0) {
             qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_sp_el0_exec, QEMU_PLUGIN_CB_R_REGS,
-                                                   (void *)(uintptr_t)fi.ea.base);
+                                                   (void *)(uintptr_t)fi.a64.reg);
         } else if (a64_is_fp_sysreg(sr)) {
             shared = a64_intern(&fi, op);
             qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_msr_exec, QEMU_PLUGIN_CB_R_REGS,
@@ -2869,9 +2878,9 @@ static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32
     }
     if ((op & 0xfffff0ffu) == 0xd503407fu && ((op >> 9) & 3) != 0) {
         /* MSR SVCRSM/SVCRZA/SVCRSMZA, #imm: op1 3, CRn 4, CRm 0b0xx?, op2 3. */
-        fi.ea.disp = SYSREG_SVCR;
-        fi.ea.index = (op >> 8) & 0xf;
-        fi.is_save = true;              /* the immediate form */
+        fi.a64.sysreg = SYSREG_SVCR;
+        fi.a64.crm = (op >> 8) & 0xf;
+        fi.a64.imm = true;
         shared = a64_intern(&fi, op);
         qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_msr_exec, QEMU_PLUGIN_CB_R_REGS,
                                                (void *)shared);
@@ -2881,7 +2890,7 @@ static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32
     if (!fi.kind) {
         return;
     }
-    fi.ea.base = rn;
+    fi.a64.reg = rn;
     fi.is_save = fi.kind == FTR_KIND_FPSIMD_SAVE || fi.kind == FTR_KIND_SVE_SAVE;
     fi.is_restore = !fi.is_save;
     shared = a64_intern(&fi, op);
@@ -2935,8 +2944,8 @@ static void a64_tb_trans(struct qemu_plugin_tb *tb)
         }
         if (vbar && vaddr - vbar < 0x800 && !((vaddr - vbar) & 0x7f)) {
             struct fpu_insn fi = { .vaddr = vaddr, .len = 4 };
-            fi.ea.mode = el;
-            fi.ea.disp = vaddr - vbar;
+            fi.a64.el = el;
+            fi.a64.vector = vaddr - vbar;
             qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_vector_exec, QEMU_PLUGIN_CB_R_REGS,
                                                    (void *)a64_intern(&fi, op));
         }

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from fputrace.errors import FputraceError
 from fputrace.foreign import busybox_applets, check_commands, prepare_added
-from fputrace.kernel.busybox import DEBIAN_ARCH, applets_busybox, busybox_for
+from fputrace.kernel.busybox import DEBIAN_ARCH, applets_busybox
 from fputrace.kernel.layout import KVM_MODES, resolve_kernel
 from fputrace.output import check_output, estimated_trace_bytes
 from fputrace.record import record
@@ -80,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
     foreign = []
     added = []
     if args.commands or args.add:
-        busybox_for(arch)
         applets = busybox_applets(applets_busybox())
         added = prepare_added(args.add, arch, applets)
         foreign = check_commands(args.commands, added, applets)
