@@ -2354,12 +2354,11 @@ static bool a64_buffer_hash(struct vcpu_state *vs, bool sve, uint64_t va, unsign
             *ext += a64_word_hash(A64_WORD_EXT + 32 * n + w, v);
         }
     }
-    for (unsigned p = 0; p < 16; p++) {
-        for (unsigned w = 0; w < vl / 64; w++) {
-            uint64_t v;
-            memcpy(&v, b + 32 * vl + (vl / 8) * p + 8 * w, 8);
-            *ext += a64_word_hash(A64_WORD_EXT + 1024 + 4 * p + w, v);
-        }
+    /* P0-P15, vl / 8 bytes each: 2 * vl bytes, hashed as one run of words. */
+    for (unsigned w = 0; w < 2 * vl / 8; w++) {
+        uint64_t v;
+        memcpy(&v, b + 32 * vl + 8 * w, 8);
+        *ext += a64_word_hash(A64_WORD_EXT + 1024 + w, v);
     }
     *h += a64_fpsr_fpcr_hash(sve_fpsr_fpcr[0], sve_fpsr_fpcr[1]);
     *bytes = len + 8;
