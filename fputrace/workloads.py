@@ -49,10 +49,16 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     "a KVM guest using FP/SIMD (x87/SSE; arm64 FP) that exits to user "
                     "space N times", events_per_count=30, aarch64_modules=()),
         WorkloadDef("fpu-switch", 200, (),
-                    "two tasks on one CPU holding AVX state, N round trips through pipes"),
-        WorkloadDef("signal", 100, (), "FPU state across N signal deliveries and sigreturns"),
+                    "two tasks on one CPU holding AVX (arm64: NEON) state, N round trips "
+                    "through pipes; on arm64 then SVE state across preemptions",
+                    aarch64_modules=()),
+        WorkloadDef("signal", 100, (),
+                    "FPU state across N signal deliveries and sigreturns (arm64: also the "
+                    "SVE state across N SIGTRAPs)", aarch64_modules=()),
         WorkloadDef("kernel-fpu", 50, ("algif_hash", "sha256_ssse3"),
-                    "in-kernel FPU use: N SHA-256 hashes through AF_ALG (sha256-ssse3.ko)"),
+                    "in-kernel FPU use: N SHA-256 hashes through AF_ALG (sha256-ssse3.ko; "
+                    "arm64: sha2-ce.ko under kernel_neon_begin)",
+                    aarch64_modules=("algif_hash", "sha2_ce")),
         WorkloadDef("kvm-hog", 100, ("kvm_amd",),
                     "kvm-pingpong with a CPU-bound task holding SSE state on the same CPU: "
                     "the vCPU thread is preempted inside KVM_RUN",

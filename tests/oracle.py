@@ -55,6 +55,7 @@ class Cpu:
     live_vmcb: int = 0
     fork_parent: int = 0
     fork_child: int = 0
+    sigreturn: bool = False  # the live task's sigreturn replaces its registers
 
 
 @dataclass
@@ -146,6 +147,8 @@ def classify(ev: npt.NDArray[np.void], init_fpstate: int | None,
                     and c.owner_known:
                 if c.owner in bufs:
                     bufs[c.owner].pending = -1
+            elif probe == fmt.Probe.SIGRETURN and c.live == "task" and c.live_task == task:
+                c.sigreturn = True
             elif probe == fmt.Probe.EXEC_RESET and c.live == "task" and c.live_task == task:
                 c.live, c.live_vmcb = "nobody", 0
                 if c.owner_known:
@@ -183,6 +186,7 @@ def classify(ev: npt.NDArray[np.void], init_fpstate: int | None,
             # The parent's first save after the probe is the copy, or none was.
             fork_copy = fpu_offset != 0 and addr == c.fork_child + fpu_offset
             c.fork_parent = 0
+        if fork_copy:
             b.last_op = b.pending = -1
         if b.pending >= 0:
             if not save and after_ok and after == b.pending_sync:
@@ -219,10 +223,11 @@ def classify(ev: npt.NDArray[np.void], init_fpstate: int | None,
             buffer_unchanged = after_ok and has_p and c.sync_ok and after == c.sync
             if owner_same and known and not modified and unchanged:
                 cl = Class.REDUNDANT_RESTORE
-            if owner_same and owner_dirty and buffer_unchanged and ctx != ContextKind.INIT:
+            if owner_same and owner_dirty and buffer_unchanged and ctx != ContextKind.INIT \
+                    and not c.sigreturn:
                 cl = Class.STALE_RESTORE
             if has_p and c.owner_known and not owner_same and owner_dirty and \
-                    c.owner_ctx != ContextKind.INIT and c.sync_ok:
+                    c.owner_ctx != ContextKind.INIT and c.sync_ok and not c.sigreturn:
                 victim = bufs.get(c.owner)
                 if victim is not None and victim.last_op == p:
                     victim.pending, victim.pending_last_sync, victim.pending_sync = i, p, c.sync
@@ -238,6 +243,7 @@ def classify(ev: npt.NDArray[np.void], init_fpstate: int | None,
         c.last_op = i
         c.sync, c.sync_ok = (regs, regs_ok) if save else (after, after_ok)
         c.kernel_simd = False
+        c.sigreturn = False
         b.last_op = i
     for i in range(n):
         if r.ctx[i] == ContextKind.TASK and int(ev["addr"][i]) in r.guest:

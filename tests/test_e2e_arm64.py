@@ -184,3 +184,67 @@ def test_no_findings_and_every_entry_checked(arm64_pingpong: tuple[str, Path]) -
     traps = data["arm64_traps"]
     assert traps["kvm_runs"] == N_RUNS
     assert 1.0 <= traps["guest_traps_per_kvm_run"] <= 1.1
+
+
+@pytest.fixture(scope="module")
+def arm64_workloads(qemu_plugin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require(shutil.which("qemu-system-aarch64") is not None,
+            "qemu-system-aarch64 not installed (make setup)")
+    if debian.cached_kernel("6.1", "arm64") is None:
+        p = fputrace("kernel", "fetch", "6.1", "--arch", "arm64")
+        require(p.returncode == 0, f"Debian 6.1 arm64 kernel not fetchable: {p.stderr.strip()}")
+    out = tmp_path_factory.mktemp("arm64-workloads") / "run.ftr"
+    p = fputrace("record", "--arch", "arm64", "--kernel", "6.1", "--workload",
+                 "fpu-switch:100,signal:50,kernel-fpu:20", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def test_arm64_workloads_check_their_own_registers(arm64_workloads: Path) -> None:
+    # Each workload checks its registers across every system call, signal,
+    # preemption or kernel hash it causes: the kernel kept them all.
+    console = sidecar(arm64_workloads, "console.log")
+    switch = workload_line(console, "fpu-switch")
+    assert switch["mismatches"] == switch["sve_mismatches"] == "0"
+    signal = workload_line(console, "signal")
+    assert signal["handled"] == signal["sve_signals"] == "50"
+    assert signal["mismatches"] == signal["sve_mismatches"] == "0"
+    kfpu = workload_line(console, "kernel-fpu")
+    assert kfpu["ok"] == "20" and kfpu["mismatches"] == "0"
+    # -cpu max has the SHA-2 instructions: the kernel's fastest sha256 is
+    # sha2-ce's NEON code.
+    assert kfpu["driver"] == "sha256-ce"
+
+
+def test_arm64_workloads_move_the_state_they_say(arm64_workloads: Path) -> None:
+    trace = read_trace(arm64_workloads)
+    console = sidecar(arm64_workloads, "console.log")
+    # signal: each SIGTRAP is taken with the SVE state live (a BRK is no
+    # system call), so delivery saves it whole (fpsimd_signal_preserve_
+    # current_state() -> sve_save_state()) and its sigreturn loads it back.
+    sig = events_of(trace, "signal")
+    assert (sig["kind"] == K.SVE_SAVE).sum() >= 50
+    assert (sig["kind"] == K.SVE_LOAD).sum() >= 50
+    # fpu-switch: every preemption during the SVE spins switches a task
+    # with live SVE state away, which saves it whole.
+    preempted = int(workload_line(console, "fpu-switch")["sve_preempted"])
+    switch = events_of(trace, "fpu-switch")
+    assert (switch["kind"] == K.SVE_SAVE).sum() >= preempted
+    # kernel-fpu: each hash runs inside kernel_neon_begin()/end(), which the
+    # probes see, with the task's own state saved first.
+    kfpu = events_of(trace, "kernel-fpu")
+    begins = ((kfpu["kind"] == K.PROBE) & (kfpu["index"] == fmt.Probe.KFPU_BEGIN)).sum()
+    assert begins >= 20
+
+
+def test_arm64_workloads_have_no_findings(arm64_workloads: Path) -> None:
+    p = fputrace("report", "--json", str(arm64_workloads))
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["findings_total"] == 0 and data["findings"] == []
+    user = data["boundary_checks"]["by_kind"]["user_return"]
+    assert user["checked"] > 0 and user["violations"] == 0
+    # Every sigreturn (50 after kill(), 50 after a BRK) set the registers on
+    # purpose, and the loads after it are not taken for stale ones.
+    assert user["changed_on_purpose"]["sigreturn"] == 100
+    assert data["unconfirmed_total"] == 0

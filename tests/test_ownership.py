@@ -25,6 +25,7 @@ from tracebuilder import (
     F_TASK,
     P_EXEC_RESET,
     P_FORK_COPY,
+    P_SIGRETURN,
     PROBE,
     VM_ENTRY,
     VM_EXIT,
@@ -345,6 +346,23 @@ def test_timeline_marks_a_buffer_left_stale(tmp_path: Path) -> None:
             for r in tl]
     assert rows == [(0, BU, End.OVERWRITE, True), (1, BT, End.OVERWRITE, False),
                     (2, BU, End.OVERWRITE, True), (3, BT, End.END_OF_TRACE, True)]
+
+
+def test_sigreturn_replaces_the_registers_on_purpose(tmp_path: Path) -> None:
+    # test_stale_restore's sequence with a sigreturn in between: T's handler
+    # left L3 in the registers, and sigreturn loads T's buffer, rewritten in
+    # memory from the signal frame (arm64: restore_fpsimd_context() ->
+    # fpsimd_update_current_state()), which here holds L1 again. The
+    # handler's registers are dropped by design: nothing is stale or lost.
+    b = TraceBuilder()
+    save(b, BT, regs=L2)
+    restore(b, BT, before=L2, loads=L1)
+    probe(b, P_SIGRETURN)
+    restore(b, BT, before=L3, loads=L1)
+    restore(b, BT, before=L3, loads=L1)   # the next one is judged again
+    got, own = classes(tmp_path, b)
+    assert got == [UNK, N, N, STALE]
+    assert findings_of(own) == [(FindingKind.STALE_RESTORE, 4)]
 
 
 # ---- the kernel's ownership model: copies, life cycle, foreign saves ----

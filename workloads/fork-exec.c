@@ -33,7 +33,7 @@ static void exec_stage(const char *stage, long round, long n, long counts[2], un
 {
     char a[5][32];
     char *argv[] = { "fork-exec", a[0], a[1], a[2], a[3], a[4], NULL };
-    struct xmm_file in, out;
+    struct fp_file in, out;
 
     snprintf(a[0], sizeof(a[0]), "%ld", n);
     snprintf(a[1], sizeof(a[1]), "%s", stage);
@@ -41,7 +41,7 @@ static void exec_stage(const char *stage, long round, long n, long counts[2], un
     for (int i = 0; i < 2; i++)
         snprintf(a[3 + i], sizeof(a[3 + i]), "%ld", counts[i]);
     /* execve with every XMM register loaded: the kernel must drop them. */
-    xmm_pattern(&in, seed);
+    fp_pattern(&in, seed);
     syscall3_checked(SYS_execve, (long)SELF, (long)argv, (long)environment, &in, &out);
     perror("fork-exec: execve");
     exit(1);
@@ -55,7 +55,7 @@ int main(int argc, char **argv, char **envp)
     /* child and syscall mismatches so far */
     long counts[2] = { argc > 4 ? strtol(argv[4], NULL, 0) : 0,
                        argc > 5 ? strtol(argv[5], NULL, 0) : 0 };
-    struct xmm_file in, out;
+    struct fp_file in, out;
     int status;
 
     environment = envp;
@@ -64,25 +64,25 @@ int main(int argc, char **argv, char **envp)
     if (strcmp(stage, "reap") == 0) {
         if (wait(&status) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
             counts[0]++;
-        xmm_pattern(&in, 300 + (unsigned)round);
+        fp_pattern(&in, 300 + (unsigned)round);
         syscall3_checked(SYS_getpid, 0, 0, 0, &in, &out);
-        if (!xmm_equal(&in, &out))
+        if (!fp_equal(&in, &out))
             counts[1]++;
         round++;
     }
     if (round < n) {
         long pid;
 
-        xmm_pattern(&in, 100 + (unsigned)round);
+        fp_pattern(&in, 100 + (unsigned)round);
         /* Parent and child both come back here: each checks its registers. */
         pid = syscall3_checked(SYS_fork, 0, 0, 0, &in, &out);
         if (pid == 0)
-            _exit(xmm_equal(&in, &out) ? 0 : 1);
+            _exit(fp_equal(&in, &out) ? 0 : 1);
         if (pid < 0) {
             perror("fork-exec: fork");
             return 1;
         }
-        if (!xmm_equal(&in, &out))
+        if (!fp_equal(&in, &out))
             counts[1]++;
         exec_stage("again", round, n, counts, 150 + (unsigned)round);
     }

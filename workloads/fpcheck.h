@@ -1,16 +1,25 @@
 /*
- * Helpers shared by the workloads: fill the SSE registers with a pattern,
- * make one system call, and check that the pattern survived it. Everything
- * happens in one asm block, so the compiler cannot touch the registers in
- * between; a mismatch is the kernel's doing.
+ * Helpers shared by the workloads (x86_64): fill the SSE registers with a
+ * pattern, make one system call, and check that the pattern survived it.
+ * Everything happens in one asm block, so the compiler cannot touch the
+ * registers in between; a mismatch is the kernel's doing.
+ *
+ * The names without "xmm"/"ymm" (struct fp_file, fp_pattern(), fp_equal(),
+ * fp_load_all(), syscall3_checked(), and struct wide_file with its *_wide
+ * forms) are the ones aarch64/fpcheck.h defines too: workloads written with
+ * them build for both architectures.
  */
 #ifndef FPCHECK_H
 #define FPCHECK_H
 
+#ifdef __aarch64__
+#include "aarch64/fpcheck.h"
+#else
+
 #include <stdint.h>
 #include <string.h>
 
-struct xmm_file {
+struct fp_file {
     uint8_t r[16][16];
 } __attribute__((aligned(16)));
 
@@ -22,7 +31,7 @@ static inline void reg_pattern(uint8_t *regs, int width, unsigned seed)
             regs[i * width + j] = (uint8_t)(seed * 131 + i * 17 + j);
 }
 
-static inline void xmm_pattern(struct xmm_file *f, unsigned seed)
+static inline void fp_pattern(struct fp_file *f, unsigned seed)
 {
     reg_pattern(&f->r[0][0], 16, seed);
 }
@@ -52,7 +61,7 @@ static inline void xmm_pattern(struct xmm_file *f, unsigned seed)
  * on return go to *out. Returns the syscall's return value.
  */
 static inline long syscall3_checked(long nr, long a1, long a2, long a3,
-                                    const struct xmm_file *in, struct xmm_file *out)
+                                    const struct fp_file *in, struct fp_file *out)
 {
     long ret;
     register long r10 __asm__("r10") = 0;
@@ -68,17 +77,26 @@ static inline long syscall3_checked(long nr, long a1, long a2, long a3,
     return ret;
 }
 
-static inline int xmm_equal(const struct xmm_file *a, const struct xmm_file *b)
+static inline int fp_equal(const struct fp_file *a, const struct fp_file *b)
 {
     return memcmp(a, b, sizeof(*a)) == 0;
 }
 
-/* The same for the 256-bit AVX registers (ymm0-15), for workloads that use AVX. */
-struct ymm_file {
+/* Every register of xmm0-15, loaded from *f (a signal handler's clobber). */
+static inline void fp_load_all(const struct fp_file *f)
+{
+    __asm__ volatile(XMM_LOAD_ALL("%0")
+                     : : "r"(f)
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+                       "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+}
+
+/* The widest registers a workload checks: here the 256-bit AVX ymm0-15. */
+struct wide_file {
     uint8_t r[16][32];
 } __attribute__((aligned(32)));
 
-static inline void ymm_pattern(struct ymm_file *f, unsigned seed)
+static inline void wide_pattern(struct wide_file *f, unsigned seed)
 {
     reg_pattern(&f->r[0][0], 32, seed);
 }
@@ -91,8 +109,8 @@ static inline void ymm_pattern(struct ymm_file *f, unsigned seed)
 #define YMM_LOAD_ONE(src, _, n, off) "vmovdqa " #off "(" src "), %%ymm" #n "\n"
 #define YMM_STORE_ONE(dst, _, n, off) "vmovdqa %%ymm" #n ", " #off "(" dst ")\n"
 
-static inline long syscall3_checked_avx(long nr, long a1, long a2, long a3,
-                                        const struct ymm_file *in, struct ymm_file *out)
+static inline long syscall3_checked_wide(long nr, long a1, long a2, long a3,
+                                         const struct wide_file *in, struct wide_file *out)
 {
     long ret;
     register long r10 __asm__("r10") = 0;
@@ -108,5 +126,7 @@ static inline long syscall3_checked_avx(long nr, long a1, long a2, long a3,
                        "xmm12", "xmm13", "xmm14", "xmm15");
     return ret;
 }
+
+#endif /* __aarch64__ */
 
 #endif

@@ -21,14 +21,14 @@
 
 static long run(int fd, unsigned long cmd, long n, unsigned seed, long *failed)
 {
-    struct xmm_file in, out;
+    struct fp_file in, out;
     long changed = 0;
 
     for (long i = 0; i < n; i++) {
-        xmm_pattern(&in, seed + (unsigned)i);
+        fp_pattern(&in, seed + (unsigned)i);
         if (syscall3_checked(SYS_ioctl, fd, (long)cmd, 0, &in, &out) != 0)
             (*failed)++;
-        if (!xmm_equal(&in, &out))
+        if (!fp_equal(&in, &out))
             changed++;
     }
     return changed;

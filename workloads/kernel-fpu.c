@@ -1,9 +1,11 @@
 /*
- * kernel-fpu: in-kernel FPU use. Hashes a buffer with SHA-256 through AF_ALG
- * N times; the kernel picks its fastest sha256 (the SSSE3/AVX/AVX2 code of
- * sha256-ssse3.ko), which runs between kernel_fpu_begin() and
- * kernel_fpu_end(). Each digest is checked against the known SHA-256 of the
- * input, and the caller's own SSE registers are checked across every read().
+ * kernel-fpu: in-kernel FP/SIMD use. Hashes a buffer with SHA-256 through
+ * AF_ALG N times; the kernel picks its fastest sha256, which runs between
+ * kernel_fpu_begin() and kernel_fpu_end() on x86_64 (the SSSE3/AVX/AVX2
+ * code of sha256-ssse3.ko) and between kernel_neon_begin() and
+ * kernel_neon_end() on arm64 (the NEON/crypto-extension code of
+ * sha2-ce.ko). Each digest is checked against the known SHA-256 of the
+ * input, and the caller's own registers are checked across every read().
  *
  * usage: kernel-fpu [N]    (default 50 hashes)
  * prints: kernel-fpu: hashes=N ok=N mismatches=0 driver=NAME
@@ -57,7 +59,7 @@ int main(int argc, char **argv)
     struct sockaddr_alg sa = { .salg_family = AF_ALG, .salg_type = "hash", .salg_name = "sha256" };
     static uint8_t buf[4096];
     uint8_t digest[32];
-    struct xmm_file in, out;
+    struct fp_file in, out;
     long ok = 0, mismatches = 0;
     char driver[64];
 
@@ -67,7 +69,7 @@ int main(int argc, char **argv)
         perror("kernel-fpu: AF_ALG sha256");
         return 1;
     }
-    xmm_pattern(&in, 5);
+    fp_pattern(&in, 5);
     for (long i = 0; i < n; i++) {
         int op = accept(tfm, NULL, 0);
         if (op < 0 || write(op, buf, sizeof(buf)) != (ssize_t)sizeof(buf)) {
@@ -75,7 +77,7 @@ int main(int argc, char **argv)
             return 1;
         }
         long got = syscall3_checked(SYS_read, op, (long)digest, sizeof(digest), &in, &out);
-        if (!xmm_equal(&in, &out))
+        if (!fp_equal(&in, &out))
             mismatches++;
         if (got == (long)sizeof(digest) && !memcmp(digest, expected, sizeof(digest)))
             ok++;

@@ -67,10 +67,10 @@ static const uint8_t guest_code[] = {
  */
 static void hog(volatile long *rounds, volatile long *mismatches)
 {
-    struct xmm_file in, out;
+    struct fp_file in, out;
 
     for (unsigned seed = 1;; seed++) {
-        xmm_pattern(&in, seed);
+        fp_pattern(&in, seed);
         __asm__ volatile(XMM_LOAD_ALL("%[in]")
                          "mov %[spin], %%ecx\n"
                          "1: dec %%ecx\n jnz 1b\n"
@@ -79,7 +79,7 @@ static void hog(volatile long *rounds, volatile long *mismatches)
                          : "rcx", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5",
                            "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
                            "xmm13", "xmm14", "xmm15");
-        if (!xmm_equal(&in, &out))
+        if (!fp_equal(&in, &out))
             (*mismatches)++;
         (*rounds)++;
     }
@@ -103,7 +103,7 @@ int main(int argc, char **argv)
     struct kvm_regs regs = { .rip = GUEST_CODE, .rflags = 0x2 };
     struct kvm_run *run;
     uint8_t *mem;
-    struct xmm_file in, out;
+    struct fp_file in, out;
 
     kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm < 0)
@@ -153,7 +153,7 @@ int main(int argc, char **argv)
         if (hog_pid == 0)
             hog(&shared[0], &shared[1]);
     }
-    xmm_pattern(&in, 7);
+    fp_pattern(&in, 7);
     for (long i = 0; i < n; i++) {
         long ret = syscall3_checked(SYS_ioctl, vcpu, KVM_RUN, 0, &in, &out);
         runs++;
@@ -161,7 +161,7 @@ int main(int argc, char **argv)
             errno = -ret;
             die("KVM_RUN");
         }
-        if (!xmm_equal(&in, &out))
+        if (!fp_equal(&in, &out))
             mismatches++;
         if (run->exit_reason == KVM_EXIT_IO && run->io.port == PORT_EXIT)
             io_exits++;

@@ -1,42 +1,102 @@
 /*
- * signal: FPU state across signal delivery and sigreturn. The main flow holds
- * a pattern in xmm0-15 and sends itself SIGUSR1 with kill(); the handler
- * loads a different pattern into every register before returning. After
- * sigreturn the main flow's registers must be exactly as before: the kernel
- * saved them to the signal frame and restored them from it.
+ * signal: FP/SIMD state across signal delivery and sigreturn. The main flow
+ * holds a pattern in its registers (xmm0-15 on x86_64, V0-V31 on arm64)
+ * and sends itself SIGUSR1 with kill(); the handler loads a different
+ * pattern into every register before returning. After sigreturn the main
+ * flow's registers must be exactly as before: the kernel saved them to the
+ * signal frame and restored them from it.
+ *
+ * On arm64 with SVE it then does the same with the whole SVE state (Z0-Z31
+ * and P0-P15 at the task's vector length) across a BRK: a system call
+ * would discard it, an exception does not, so the kernel must put it in
+ * the frame's SVE record and load it back.
  *
  * usage: signal [N]    (default 100 signals)
  * prints: signal: signals=N handled=N mismatches=0
+ *         (arm64 with SVE also: sve_signals=N sve_vl=BYTES sve_mismatches=0)
  */
+#define _GNU_SOURCE
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include "fpcheck.h"
 
 static volatile sig_atomic_t handled;
-static struct xmm_file clobber;
+static struct fp_file clobber;
 
 static void on_usr1(int sig)
 {
     (void)sig;
-    __asm__ volatile(XMM_LOAD_ALL("%0")
-                     : : "r"(&clobber)
-                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
-                       "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+    fp_load_all(&clobber);
     handled++;
 }
+
+#ifdef __aarch64__
+static struct sve_packed sve_clobber;
+static unsigned sve_len;
+static volatile sig_atomic_t sve_handled;
+
+static void on_trap(int sig, siginfo_t *info, void *context)
+{
+    ucontext_t *uc = context;
+
+    (void)sig;
+    (void)info;
+    sve_load_all(&sve_clobber, sve_len);
+    uc->uc_mcontext.pc += 4;    /* resume after the BRK */
+    sve_handled++;
+}
+
+/* The SVE round: n BRKs with Z and P live. Prints its part of the summary. */
+static int sve_round(long n)
+{
+    static struct sve_packed in, out;
+    struct sigaction sa;
+    long mismatches = 0;
+
+    if (!sve_supported())
+        return 0;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_trap;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTRAP, &sa, NULL) < 0) {
+        perror("signal: sigaction SIGTRAP");
+        return -1;
+    }
+    sve_len = sve_vl();
+    sve_pattern(&in, 4);
+    sve_pattern(&sve_clobber, 98);
+    for (long i = 0; i < n; i++) {
+        sve_checked(&in, &out, sve_len, 0);
+        if (!sve_equal(&in, &out, sve_len))
+            mismatches++;
+    }
+    printf(" sve_signals=%ld sve_vl=%u sve_mismatches=%ld", (long)sve_handled, sve_len,
+           mismatches);
+    return sve_handled == n && mismatches == 0 ? 0 : -1;
+}
+#else
+static int sve_round(long n)
+{
+    (void)n;
+    return 0;
+}
+#endif
 
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? strtol(argv[1], NULL, 0) : 100;
     struct sigaction sa;
-    struct xmm_file in, out;
+    struct fp_file in, out;
     long mismatches = 0;
     pid_t self = getpid();
+    int sve_failed;
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_usr1;
@@ -45,14 +105,16 @@ int main(int argc, char **argv)
         perror("signal: sigaction");
         return 1;
     }
-    xmm_pattern(&in, 3);
-    xmm_pattern(&clobber, 99);
+    fp_pattern(&in, 3);
+    fp_pattern(&clobber, 99);
     for (long i = 0; i < n; i++) {
         /* The signal is delivered on the way out of this very syscall. */
         syscall3_checked(SYS_kill, self, SIGUSR1, 0, &in, &out);
-        if (!xmm_equal(&in, &out))
+        if (!fp_equal(&in, &out))
             mismatches++;
     }
-    printf("signal: signals=%ld handled=%ld mismatches=%ld\n", n, (long)handled, mismatches);
-    return (handled == n && mismatches == 0) ? 0 : 1;
+    printf("signal: signals=%ld handled=%ld mismatches=%ld", n, (long)handled, mismatches);
+    sve_failed = sve_round(n);
+    printf("\n");
+    return (handled == n && mismatches == 0 && !sve_failed) ? 0 : 1;
 }

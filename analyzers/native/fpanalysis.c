@@ -215,6 +215,7 @@ struct cpu_state {
     int64_t live_since;         /* the event that made it live */
     uint64_t live_vmcb;         /* the live state is this vCPU's guest state, or 0 */
     uint64_t fork_parent, fork_child;   /* an fpu_clone() in progress */
+    int sigreturn;              /* the live task's sigreturn replaces its registers */
 };
 
 struct buf_state {
@@ -833,6 +834,17 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
                 if (os != UINT32_MAX) {
                     bufs[os].pending_overwrite = -1;
                 }
+            } else if (e->index == FTR_PROBE_SIGRETURN && cs->live == LIVE_TASK &&
+                       cs->live_task == e->task) {
+                /*
+                 * sigreturn sets the task's state from its signal frame on
+                 * purpose: the registers' newer content (the handler's) is
+                 * dropped, and the buffer rewritten in memory is loaded
+                 * (arm64: restore_fpsimd_context() -> fpsimd_update_current_state();
+                 * x86: __fpu_restore_sig()'s copy into the task's fpstate).
+                 * That load neither is stale nor loses anything.
+                 */
+                cs->sigreturn = 1;
             } else if (e->index == FTR_PROBE_EXEC_RESET && cs->live == LIVE_TASK &&
                        cs->live_task == e->task) {
                 /*
@@ -1014,11 +1026,12 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
             if (owner_same && known && !modified && unchanged) {
                 c = REDUNDANT_RESTORE;
             }
-            if (owner_same && owner_dirty && buffer_unchanged && my_ctx != CTX_INIT) {
+            if (owner_same && owner_dirty && buffer_unchanged && my_ctx != CTX_INIT &&
+                !cs->sigreturn) {
                 c = STALE_RESTORE;
             }
             if (has_p && cs->owner_known && !owner_same && owner_dirty &&
-                cs->owner_ctx != CTX_INIT && cs->sync_ok) {
+                cs->owner_ctx != CTX_INIT && cs->sync_ok && !cs->sigreturn) {
                 /* Another context's newer registers are overwritten without a
                  * save. It is lost if that context's next operation, none
                  * having happened since its last sync, reloads that sync. */
@@ -1052,6 +1065,7 @@ int fpa_classify(const struct ftr_event *ev, size_t n,
         cs->sync = my_sync;
         cs->sync_ok = my_sync_ok;
         cs->kernel_simd = 0;
+        cs->sigreturn = 0;
         bs->last_op = (int64_t)i;
     }
     /*

@@ -65,7 +65,7 @@ int main(int argc, char **argv)
     long runs = 0, mmio_exits = 0, mismatches = 0;
     struct kvm_vcpu_init init;
     struct kvm_run *run;
-    struct v_file in, out;
+    struct fp_file in, out;
     double result = 0;
     int kvm, vm, vcpu;
     uint8_t *mem;
@@ -107,7 +107,7 @@ int main(int argc, char **argv)
     if (run == MAP_FAILED)
         die("mmap kvm_run");
 
-    v_pattern(&in, 7);
+    fp_pattern(&in, 7);
     for (long i = 0; i < n; i++) {
         long ret = syscall3_checked(SYS_ioctl, vcpu, KVM_RUN, 0, &in, &out);
         runs++;
@@ -115,7 +115,7 @@ int main(int argc, char **argv)
             errno = -ret;
             die("KVM_RUN");
         }
-        if (!v_equal(&in, &out))
+        if (!fp_equal(&in, &out))
             mismatches++;
         if (run->exit_reason == KVM_EXIT_MMIO && run->mmio.phys_addr == GUEST_MMIO &&
             run->mmio.is_write) {
