@@ -15,7 +15,10 @@ and the cost per recorded event: the extra wall time over the plugin-free
 run divided by the trace's events. The last line is the worst scenario's
 ratio, `ratio=X.XX` (target <= 1.10).
 
-usage: bench/overhead [--kernel 6.1] [--rounds 3] [--compare]
+With `--arch arm64` the same runs on the arm64 kernel (VHE), where the
+execlog filter is the arm64 ERET and the FP control register writes.
+
+usage: bench/overhead [--arch x86_64|arm64] [--kernel 6.1] [--rounds 3] [--compare]
                       [--scenario NAME=WORKLOAD ...] [--variant NAME=ARGS ...]
 """
 
@@ -41,7 +44,10 @@ from fputrace.workloads import parse_workloads
 DEFAULT_SCENARIOS = ("demo=kvm-pingpong:200", "dense=fpu-switch:50000")
 
 # execlog matches mnemonics by prefix: "xsave" covers xsaveopt/xsavec/xsaves.
-EXECLOG_FILTERS = ("xsave", "xrstor", "fxsave", "fxrstor", "xsetbv", "wrmsr", "vmrun")
+EXECLOG_FILTERS = {
+    "x86_64": ("xsave", "xrstor", "fxsave", "fxrstor", "xsetbv", "wrmsr", "vmrun"),
+    "arm64": ("eret", "msr", "stp", "ldp"),
+}
 
 
 @dataclass
@@ -82,6 +88,7 @@ def parse_scenario(text: str) -> tuple[str, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", choices=("x86_64", "arm64"), default="x86_64")
     ap.add_argument("--kernel", default="6.1")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scenario", action="append", metavar="NAME=WORKLOAD",
@@ -96,7 +103,7 @@ def main() -> int:
     if args.rounds < 1:
         raise FputraceError(f"--rounds {args.rounds}: give at least 1")
 
-    target = resolve_kernel(args.kernel)
+    target = resolve_kernel(args.kernel, "arm64" if args.arch == "arm64" else "amd64")
     kernel_layout(target)
     with tempfile.TemporaryDirectory(prefix="fputrace-bench-") as tmp_s:
         tmp = Path(tmp_s)
@@ -116,14 +123,14 @@ def main() -> int:
             execlog = build_execlog()
             variants["empty"] = (str(build_dir() / "libemptyplugin.so"), [])
             variants["execlog"] = (
-                ",".join([str(execlog), *(f"ifilter={f}" for f in EXECLOG_FILTERS)]),
+                ",".join([str(execlog), *(f"ifilter={f}" for f in EXECLOG_FILTERS[args.arch])]),
                 ["-d", "plugin", "-D", str(tmp / "execlog.log")])
 
         scenarios: list[Scenario] = []
         for text in args.scenario or DEFAULT_SCENARIOS:
             name, workload = parse_scenario(text)
             initramfs = tmp / f"initramfs-{name}.gz"
-            build_initramfs(target, parse_workloads(workload), initramfs)
+            build_initramfs(target, parse_workloads(workload, target.arch), initramfs)
             scenarios.append(Scenario(name, workload, initramfs,
                                       {v: [] for v in variants}, {v: [] for v in variants}))
 

@@ -2155,8 +2155,14 @@ static const struct arch_ops x86_ops = {
 #define A64_INSN_ERETAB         0xd69f0fffu
 #define A64_INSN_RET            0xd65f03c0u
 
-/* The kernel's linear map with 48-bit VAs: [0xffff000000000000, 0xffff800000000000). */
-#define A64_LINEAR_START        0xffff000000000000ull
+/*
+ * The kernel's linear map: [PAGE_OFFSET, PAGE_END). PAGE_OFFSET is
+ * -(1 << VA_BITS): 0xffff000000000000 with 48-bit VAs, 0xfff0000000000000
+ * with 52-bit ones (Debian's 6.12); PAGE_END is -(1 << 47) with either
+ * (VA_BITS_MIN, arch/arm64/include/asm/memory.h). Below 0xffff000000000000
+ * a 48-bit kernel has no valid address, so the wider range serves both.
+ */
+#define A64_LINEAR_START        0xfff0000000000000ull
 #define A64_LINEAR_END          0xffff800000000000ull
 
 /*

@@ -55,6 +55,8 @@ static long relay(unsigned seed, long n, int from, int to, int first_writes)
 }
 
 #ifdef __aarch64__
+/* 20 spins of about 10 ms under QEMU each: some timer ticks, whatever N is. */
+#define SVE_SPINS 20
 #define SVE_SPIN_ITERATIONS 2000000ul
 
 /* spins rounds of an SVE-live busy loop; into out[0..1]: mismatches, preemptions. */
@@ -102,7 +104,7 @@ int main(int argc, char **argv)
     long spins = 0, sve_mine[2] = { 0, 0 };
 #ifdef __aarch64__
     if (sve_supported())
-        spins = n / 10 + 1;
+        spins = SVE_SPINS;
 #endif
     if (child == 0) {
         shared[0] = relay(2, n, ping[0], pong[1], 0);

@@ -78,7 +78,7 @@
 #define VMID            7ull
 #define VCPU_AFF0       3ull
 #define TASK_A          0xffff0000c0de0000ull
-#define TASK_B          0xffff0000c0de4000ull
+#define TASK_B          0xfff00000c0de4000ull     /* 52-bit VA linear map */
 
 struct frame {
     uint64_t x[31];
