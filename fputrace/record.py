@@ -272,7 +272,10 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
         raise FputraceError(f"QEMU wrote no trace ({result.status}: {result.detail}); "
                             f"QEMU said: {result.stderr.strip()[-300:] or 'nothing'}")
     status, detail = "ok", "all workloads finished"
-    if result.status == "timeout":
+    mode_problem = _kvm_mode_problem(text, kvm_mode) if target.arch == "aarch64" else None
+    if mode_problem and seen.done:
+        status, detail = "kvm-mode-unsupported", mode_problem
+    elif result.status == "timeout":
         status, detail = "timeout", result.detail
     elif seen.panic or result.status == "reset":
         status, detail = "kernel-panic", "the kernel panicked (see the console log)"
@@ -288,11 +291,31 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
                    for r in seen.runs if r.exit_status != 0]
         if failed:
             status, detail = "workload-failed", f"workload {', '.join(failed)} failed"
-    rec = RecordResult(str(out), status, detail, status not in ("ok", "workload-failed"),
+    rec = RecordResult(str(out), status, detail,
+                       status not in ("ok", "workload-failed", "kvm-mode-unsupported"),
                        target.identity, qemu, smp, round(wall, 2), seen.workloads, names,
                        seen.runs)
     rec.save(sidecar(out, "meta.json"))
     return rec
+
+
+# What arm64 KVM prints once it runs (kvm_arm_init(), arch/arm64/kvm/arm.c).
+KVM_MODE_BANNERS = {"vhe": "VHE mode initialized successfully",
+                    "nvhe": "Hyp mode initialized successfully"}
+
+
+def _kvm_mode_problem(console: str, asked: str) -> str | None:
+    """Why the arm64 kernel did not run KVM in the mode asked for, or None."""
+    ran = [mode for mode, banner in KVM_MODE_BANNERS.items() if banner in console]
+    if asked in ran:
+        return None
+    if ran:
+        # e.g. a kernel without kvm-arm.mode=nvhe (before 5.12) stays in VHE.
+        return (f"this kernel ran KVM in {ran[0]} mode, not the {asked} mode asked for: "
+                f"use --kvm-mode {ran[0]}")
+    return ("this kernel did not initialize KVM (no 'kvm [...]: ... initialized "
+            "successfully' on its console): see the console log; recording needs a kernel "
+            "built with CONFIG_KVM booted at EL2")
 
 
 def _last_line(path: Path) -> str:

@@ -204,3 +204,20 @@ def test_struct_offsets_from_dwarf(tmp_path: Path) -> None:
     subprocess.run(["gcc", "-c", "-o", str(plain), str(src)], check=True)
     with pytest.raises(FputraceError, match="no DWARF debug info"):
         struct_offsets(plain, {"task_struct": ["pid"]})
+
+
+def test_kvm_mode_the_arm64_kernel_ran_is_checked() -> None:
+    # Console lines as arm64 kernels print them (kvm_arm_init()): the mode
+    # asked for is confirmed, another one names the option that works, and
+    # no KVM at all says so.
+    from fputrace.record import _kvm_mode_problem
+
+    vhe = "[    1.2] kvm [1]: VHE mode initialized successfully\n"
+    nvhe = "[    1.2] kvm [1]: Hyp mode initialized successfully\n"
+    assert _kvm_mode_problem(vhe, "vhe") is None
+    assert _kvm_mode_problem(nvhe, "nvhe") is None
+    problem = _kvm_mode_problem(vhe, "nvhe")
+    assert problem is not None and problem.endswith("use --kvm-mode vhe")
+    assert "\n" not in problem
+    problem = _kvm_mode_problem("[    1.2] kvm [1]: HYP mode not available\n", "vhe")
+    assert problem is not None and "did not initialize KVM" in problem
