@@ -15,8 +15,9 @@ and the cost per recorded event: the extra wall time over the plugin-free
 run divided by the trace's events. The last line is the worst scenario's
 ratio, `ratio=X.XX` (target <= 1.10).
 
-With `--arch arm64` the same runs on the arm64 kernel (VHE), where the
-execlog filter is the arm64 ERET and the FP control register writes.
+With `--arch arm64` the same runs on the arm64 kernel (VHE); execlog's
+filter there is ERET, every MSR and the STP/LDP pairs that the save and
+load sequences are made of (execlog matches mnemonics only).
 
 usage: bench/overhead [--arch x86_64|arm64] [--kernel 6.1] [--rounds 3] [--compare]
                       [--scenario NAME=WORKLOAD ...] [--variant NAME=ARGS ...]

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "fpcheck.h"
+#include "../kvmvm.h"
 
 #define GUEST_MEM_BASE  0x10000
 #define GUEST_MEM_SIZE  0x10000
@@ -53,12 +54,6 @@ static const uint32_t guest_code[] = {
     0x17fffffd,     /* b loop */
 };
 
-static void die(const char *what)
-{
-    fprintf(stderr, "kvm-pingpong: %s: %s\n", what, strerror(errno));
-    exit(1);
-}
-
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? strtol(argv[1], NULL, 0) : 200;
@@ -70,23 +65,8 @@ int main(int argc, char **argv)
     int kvm, vm, vcpu;
     uint8_t *mem;
 
-    kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (kvm < 0)
-        die("open /dev/kvm");
-    vm = ioctl(kvm, KVM_CREATE_VM, 0);
-    if (vm < 0)
-        die("KVM_CREATE_VM");
-    mem = mmap(NULL, GUEST_MEM_SIZE, PROT_READ | PROT_WRITE,
-               MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED)
-        die("mmap guest memory");
+    mem = kvm_vm_with_memory(GUEST_MEM_BASE, GUEST_MEM_SIZE, &kvm, &vm);
     memcpy(mem, guest_code, sizeof(guest_code));
-    struct kvm_userspace_memory_region region = {
-        .slot = 0, .guest_phys_addr = GUEST_MEM_BASE, .memory_size = GUEST_MEM_SIZE,
-        .userspace_addr = (uintptr_t)mem,
-    };
-    if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0)
-        die("KVM_SET_USER_MEMORY_REGION");
     vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
     if (vcpu < 0)
         die("KVM_CREATE_VCPU");
@@ -109,13 +89,8 @@ int main(int argc, char **argv)
 
     fp_pattern(&in, 7);
     for (long i = 0; i < n; i++) {
-        long ret = syscall3_checked(SYS_ioctl, vcpu, KVM_RUN, 0, &in, &out);
         runs++;
-        if (ret < 0) {
-            errno = -ret;
-            die("KVM_RUN");
-        }
-        if (!fp_equal(&in, &out))
+        if (!kvm_run_checked(vcpu, &in, &out))
             mismatches++;
         if (run->exit_reason == KVM_EXIT_MMIO && run->mmio.phys_addr == GUEST_MMIO &&
             run->mmio.is_write) {

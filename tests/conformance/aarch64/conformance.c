@@ -93,7 +93,7 @@ ACCESSORS(cptr_el2); ACCESSORS(cpacr_el1); ACCESSORS(cpacr_el12);
 ACCESSORS(zcr_el1); ACCESSORS(zcr_el2); ACCESSORS(zcr_el12);
 ACCESSORS(smcr_el1); ACCESSORS(smcr_el2); ACCESSORS(smcr_el12);
 ACCESSORS(svcr); ACCESSORS(hcr_el2); ACCESSORS(vttbr_el2); ACCESSORS(vtcr_el2);
-ACCESSORS(vmpidr_el2); ACCESSORS(vbar_el1); ACCESSORS(sp_el1); ACCESSORS(fpcr);
+ACCESSORS(vmpidr_el2); ACCESSORS(vbar_el1); ACCESSORS(sp_el1);
 void write_sp_el0(uint64_t v);
 void sm_start(void);
 void sm_stop(void);
@@ -322,6 +322,16 @@ static void sve_load(const struct sve_image *buf, const uint32_t *ctl)
     sve_load_state(buf->z[0] + 34 * VL_BYTES, ctl);
 }
 
+/* SMSTART (value 3: PSTATE.SM and ZA set) or SMSTOP (0): the immediate forms. */
+static void sm_set(uint64_t value)
+{
+    if (value) {
+        sm_start();
+    } else {
+        sm_stop();
+    }
+}
+
 /* ---- exceptions -------------------------------------------------------------- */
 
 static volatile uint64_t last_esr;
@@ -524,19 +534,9 @@ static void part_el2(void)
                   VL_BYTES / 16 - 1);
     control_write("smcr_write", SR_SMCR_EL2, SR_SMCR_EL2, read_smcr_el2, write_smcr_el2, 0);
 
-    /* SMSTART and SMSTOP (MSR SVCRSMZA, #imm), then MSR SVCR, xN. */
-    op_begin("svcr_write", 2);
-    put_kv("index", SR_SVCR | (uint64_t)SR_SVCR << 16);
-    put_kv("value", 3);
-    put_kv("old", read_svcr());
-    op_end();
-    sm_start();
-    op_begin("svcr_write", 2);
-    put_kv("index", SR_SVCR | (uint64_t)SR_SVCR << 16);
-    put_kv("value", 0);
-    put_kv("old", read_svcr());
-    op_end();
-    sm_stop();
+    /* SMSTART and SMSTOP (MSR SVCRSMZA, #imm: SM and ZA together), then MSR SVCR, xN. */
+    control_write("svcr_write", SR_SVCR, SR_SVCR, read_svcr, sm_set, 3);
+    control_write("svcr_write", SR_SVCR, SR_SVCR, read_svcr, sm_set, 0);
     control_write("svcr_write", SR_SVCR, SR_SVCR, read_svcr, write_svcr, 2);
     control_write("svcr_write", SR_SVCR, SR_SVCR, read_svcr, write_svcr, 0);
 
@@ -603,11 +603,6 @@ static void host_el1(void)
     fpsimd_save(&save_5);
     current_task = 0;
     __asm__ volatile("hvc #0");
-}
-
-static void host_el1_entry(void)
-{
-    host_el1();
 }
 
 /* A guest vCPU: stage 2 maps IPA = PA for the first 4 GiB. */
@@ -697,7 +692,7 @@ int conformance_main(void)
 
     put_str("PART el1\n");
     write_sp_el1((uint64_t)(stack_el1 + sizeof(stack_el1)));
-    drop_to_el2(host_el1_entry, SPSR_EL1H, 0);
+    drop_to_el2(host_el1, SPSR_EL1H, 0);
 
     part_guest_nvhe();
     part_vhe();

@@ -106,8 +106,6 @@ exception_common_el\el:
         ldr     x30, [sp, #240]
         ldp     x0, x1, [sp]
         add     sp, sp, #FRAME_SIZE
-        .globl  eret_el\el
-eret_el\el:
         eret
 2:      /* Back to drop_to_el\el's caller, with the lower EL's x0. */
         ldr     x0, [sp]
@@ -140,8 +138,6 @@ drop_to_el\el:
         msr     elr_el\el, x0
         msr     spsr_el\el, x1
         mov     x0, x2
-        .globl  drop_eret_el\el
-drop_eret_el\el:
         eret
 .endm
 
@@ -179,7 +175,6 @@ write_\name:
         accessors vmpidr_el2, vmpidr_el2
         accessors vbar_el1, vbar_el1
         accessors sp_el1, sp_el1
-        accessors fpcr, fpcr
 
 /* SP_EL0: at EL1 the kernel names its current task with it. */
         .globl  write_sp_el0
