@@ -128,24 +128,53 @@ def prepare_added(paths: list[Path], arch: str, applets: frozenset[str]) -> list
     return out
 
 
+# Shell builtins a --run command may use between programs: they name no file.
+SHELL_BUILTINS = frozenset({"cd", "export", "set", "ulimit", "umask", "wait", "exit", ":",
+                            "true", "false"})
+SHELL_SEPARATORS = frozenset({"&&", "||", ";", "|", "&", "(", ")"})
+
+
+def programs_of(cmd: str) -> list[str]:
+    """The first word of each simple command in a shell line ('cd fp &&
+    ./fp-stress -t 5' -> ['cd', './fp-stress'])."""
+    lexer = shlex.shlex(cmd, posix=True, punctuation_chars=";&|()<>")
+    lexer.whitespace_split = True
+    programs: list[str] = []
+    expect = True
+    redirect = False
+    for token in lexer:
+        if token in SHELL_SEPARATORS:
+            expect = True
+        elif "<" in token or ">" in token:
+            redirect = True  # the next word is a file or descriptor
+        elif redirect:
+            redirect = False
+        elif expect and "=" not in token.split("/")[0]:  # not a VAR=value prefix
+            programs.append(token)
+            expect = False
+    return programs
+
+
 def check_commands(commands: list[str], added: list[AddedFile],
                    applets: frozenset[str]) -> list[ForeignRun]:
-    """Each --run command, checked: its program must be an added file (by
-    name or path under /added) or a busybox applet."""
+    """Each --run command, checked: every program it runs must be an added
+    file (by name or path under /added) or a busybox applet."""
     names = ({f.guest for f in added} | {PurePosixPath(f.guest).name for f in added}
              | {f.guest.removeprefix(GUEST_DIR + "/") for f in added})
     runs = []
     for cmd in commands:
         try:
-            words = shlex.split(cmd)
+            programs = programs_of(cmd)
         except ValueError as e:
             raise FputraceError(f"--run {cmd!r}: {e}") from None
-        if not words:
+        if not programs:
             raise FputraceError("--run needs a command, e.g. --run './repro 100'")
-        prog = words[0]
-        plain = prog.removeprefix("./")
-        if not (plain in names or _found_in_guest(prog, names, applets)):
-            raise FputraceError(f"--run {cmd!r}: {prog} is neither an added file nor a "
-                                "busybox command in the guest: add it with --add PATH")
+        for prog in programs:
+            if prog in SHELL_BUILTINS:
+                continue
+            plain = prog.removeprefix("./")
+            if not (plain in names or _found_in_guest(prog, names, applets)):
+                raise FputraceError(f"--run {cmd!r}: {prog} is neither an added file nor a "
+                                    "busybox command in the guest: add it with --add PATH")
         runs.append(ForeignRun(cmd))
     return runs

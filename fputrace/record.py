@@ -168,10 +168,11 @@ def _parse_console(text: str, runs: list[WorkloadRun], foreign: list[ForeignRun]
 
 def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
                     added: list[AddedFile] | None = None,
-                    foreign: list[ForeignRun] | None = None) -> list[str]:
-    """Write the initramfs that loads the modules the workloads need and runs
-    them, then the --run commands with the --add files under /added; return
-    the module names in load order."""
+                    foreign: list[ForeignRun] | None = None,
+                    extra_modules: list[str] | None = None) -> list[str]:
+    """Write the initramfs that loads the modules the workloads need (and
+    extra_modules, --module) and runs them, then the --run commands with the
+    --add files under /added; return the module names in load order."""
     added = added or []
     foreign = foreign or []
     busybox = busybox_for(target.arch)
@@ -179,7 +180,7 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
         if not r.binary.exists():
             raise FputraceError(f"workload {r.workload.name} not built ({r.binary} missing): "
                                 "run 'make setup'")
-    wanted = sorted({m for r in runs for m in r.modules})
+    wanted = sorted({m for r in runs for m in r.modules} | set(extra_modules or []))
     kvm_modules = FOREIGN_MODULES[target.arch]
     if foreign and kvm_modules and target.modules_dir is not None and \
             ModuleTree(target.modules_dir).has(kvm_modules[0]):
@@ -188,7 +189,7 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
     module_files: list[Path] = []
     if wanted:
         if target.modules_dir is None:
-            raise FputraceError(f"workloads need kernel modules {', '.join(wanted)}: pass "
+            raise FputraceError(f"kernel modules {', '.join(wanted)} are wanted: pass "
                                 "--modules DIR with the kernel's modules")
         module_files = ModuleTree(target.modules_dir).load_order(wanted)
     names = [module_name(p) for p in module_files]
@@ -225,7 +226,8 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
            timeout_s: float = 600, memory_mb: int = 1024, extra_msrs: list[int] | None = None,
            tick: Callable[[str, float], None] | None = None,
            added: list[AddedFile] | None = None,
-           foreign: list[ForeignRun] | None = None, kvm_mode: str = "vhe") -> RecordResult:
+           foreign: list[ForeignRun] | None = None, kvm_mode: str = "vhe",
+           extra_modules: list[str] | None = None) -> RecordResult:
     """Boot, run the workloads, and leave the trace and its sidecars at `out`."""
     plugin = plugin_path()
     if not 1 <= smp <= 16:
@@ -241,7 +243,8 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     qemu = qemu_version(target.arch)
     with tempfile.TemporaryDirectory(prefix="fputrace-rec-") as tmp_s:
         tmp = Path(tmp_s)
-        names = build_initramfs(target, runs, tmp / "initramfs.gz", added, foreign)
+        names = build_initramfs(target, runs, tmp / "initramfs.gz", added, foreign,
+                                extra_modules)
         plugin_args = [*plugin_arguments(target, out.resolve()),
                        f"kernel={target.identity.replace(',', ';')}", f"qemu={qemu}"]
         plugin_args += [f"msr={m:#x}" for m in extra_msrs or []]

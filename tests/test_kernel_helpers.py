@@ -13,8 +13,9 @@ import pytest
 from conftest import require
 
 from fputrace.errors import FputraceError
+from fputrace.foreign import programs_of
 from fputrace.initramfs import Initramfs
-from fputrace.kernel import debian
+from fputrace.kernel import debian, selftests
 from fputrace.kernel.btf import Btf
 from fputrace.kernel.layout import _bzimage_release, _current_task_address
 from fputrace.kernel.modules import ModuleTree
@@ -221,3 +222,88 @@ def test_kvm_mode_the_arm64_kernel_ran_is_checked() -> None:
     assert "\n" not in problem
     problem = _kvm_mode_problem("[    1.2] kvm [1]: HYP mode not available\n", "vhe")
     assert problem is not None and "did not initialize KVM" in problem
+
+
+def test_a_kernel_the_archive_does_not_serve_falls_back_to_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The indices name 6.1.99-1 first, but its .deb is a 404; 6.1.90-1 is
+    # served. The fetch takes 6.1.90-1, says so once, and does not ask for
+    # 6.1.99-1 again until --refresh.
+    monkeypatch.setenv("FPUTRACE_CACHE", str(tmp_path))
+    tried: list[str] = []
+
+    def unpack(apt: debian.PrivateApt, package: str, version: str, release: str,
+               root: Path) -> None:
+        tried.append(version)
+        if version == "6.1.99-1":
+            raise debian.NotServed("404")
+        root.mkdir(parents=True)
+        (root / "vmlinuz").write_bytes(b"MZ")
+
+    monkeypatch.setattr(debian.PrivateApt, "update", lambda self, force=False: None)
+    monkeypatch.setattr(debian.PrivateApt, "versions",
+                        lambda self, package: ["6.1.99-1", "6.1.90-1"])
+    monkeypatch.setattr(debian.PrivateApt, "exact_depends",
+                        lambda self, p, v, prefix: (f"linux-image-6.1.0-{v[4:6]}-arm64", v))
+    monkeypatch.setattr(debian, "_unpack", unpack)
+    info = debian.fetch_kernel("6.1", "arm64")
+    assert (info.package, info.version) == ("linux-image-6.1.0-90-arm64", "6.1.90-1")
+    assert tried == ["6.1.99-1", "6.1.90-1"]
+    err = capsys.readouterr().err
+    assert "does not serve linux-image-6.1.0-99-arm64 6.1.99-1" in err
+    assert "using linux-image-6.1.0-90-arm64 6.1.90-1" in err
+    assert debian.fetch_kernel("6.1", "arm64") == info
+    assert tried == ["6.1.99-1", "6.1.90-1"] and capsys.readouterr().err == ""
+    debian.fetch_kernel("6.1", "arm64", refresh=True)
+    assert tried[2:] == ["6.1.99-1"]
+
+
+def test_debian_versions_newest_first() -> None:
+    assert debian.version_sorted(["6.1.8-1", "6.1.10-1", "6.1.10-1~bpo12+1", "6.1.10-2"]) == \
+        ["6.1.10-2", "6.1.10-1", "6.1.10-1~bpo12+1", "6.1.8-1"]
+
+
+PATCH = """\
+From: someone
+Subject: a change to the kernel and one to a selftest
+
+--- a/drivers/x/y.c
++++ b/drivers/x/y.c
+@@ -1,3 +1,3 @@
+ int a;
+--- this removed line looks like a file header
++++ and this added one too
+ int b;
+--- a/tools/testing/selftests/arm64/fp/t.c
++++ b/tools/testing/selftests/arm64/fp/t.c
+@@ -1,2 +1,2 @@
+-int x = 1;
++int x = 2;
+ int y;
+"""
+
+
+def test_only_the_parts_of_a_patch_under_the_prefixes_are_applied(tmp_path: Path) -> None:
+    part = selftests.patch_parts(PATCH, ("tools/testing/selftests/",))
+    # The first file's hunk is skipped by its counted length, so its body
+    # lines are not taken for the header of another file.
+    assert part.startswith("--- a/tools/testing/selftests/arm64/fp/t.c\n")
+    assert "drivers" not in part and "looks like" not in part
+    tree = tmp_path / "src"
+    (tree / "tools/testing/selftests/arm64/fp").mkdir(parents=True)
+    (tree / "tools/testing/selftests/arm64/fp/t.c").write_text("int x = 1;\nint y;\n")
+    subprocess.run(["patch", "-p1", "--silent"], cwd=tree, input=part, text=True, check=True)
+    assert (tree / "tools/testing/selftests/arm64/fp/t.c").read_text() == "int x = 2;\nint y;\n"
+    assert selftests.patch_parts(PATCH, ("include/uapi/",)) == ""
+
+
+@pytest.mark.parametrize(("line", "programs"), [
+    ("cd fp && ./fp-stress -t 5", ["cd", "./fp-stress"]),
+    ("A=1 ./x; timeout 3 ./y | tail -2", ["./x", "timeout", "tail"]),
+    ("./x 2>&1 >/tmp/out", ["./x"]),
+    ("echo 'a && b'", ["echo"]),
+    ("(cd a; ./b) && ./c", ["cd", "./b", "./c"]),
+])
+def test_the_programs_a_run_line_starts(line: str, programs: list[str]) -> None:
+    assert programs_of(line) == programs

@@ -46,6 +46,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--add", action="append", default=[], type=Path, metavar="PATH",
                    help="copy a static binary, script or directory into the guest's /added "
                         "(may repeat)")
+    p.add_argument("--module", action="append", default=[], metavar="NAME", dest="modules_load",
+                   help="also load this kernel module, with what it depends on, before the "
+                        "workloads (may repeat): e.g. sha2_ce for AF_ALG users")
     p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
     p.add_argument("--memory", type=int, default=1024, help="guest memory in MiB (default 1024)")
     p.add_argument("--timeout", type=float, default=600, help="seconds before giving up "
@@ -101,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
         result = record(target, runs, args.output, smp=args.smp, timeout_s=args.timeout,
                         memory_mb=args.memory, extra_msrs=msrs, tick=tick, added=added,
-                        foreign=foreign, kvm_mode=args.kvm_mode)
+                        foreign=foreign, kvm_mode=args.kvm_mode,
+                        extra_modules=args.modules_load)
     for w in result.workloads:
         summary = " ".join(f"{k}={v}" for k, v in w.summary.items()) or "no summary printed"
         console.print(escape(f"  {w.label}: exit {w.exit_status}, {summary}"))

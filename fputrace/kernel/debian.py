@@ -8,11 +8,13 @@ machine's own apt sources.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +38,7 @@ class KernelInfo:
     package: str  # "linux-image-6.1.0-56-amd64"
     release: str  # "6.1.0-56-amd64", the uname -r of the kernel
     root: str  # directory holding vmlinuz, config, System.map, modules/
+    version: str = ""  # Debian version of the package, "6.1.192-2" (older caches: "")
 
     @property
     def path(self) -> Path:
@@ -90,13 +93,35 @@ def archive_uris(etc: Path = APT_ETC) -> tuple[str, str | None]:
     return main, security
 
 
-class PrivateApt:
-    """apt-get/apt-cache with their own sources, lists and cache."""
+class NotServed(FputraceError):
+    """The package index names a file that the archive does not serve (HTTP 404):
+    the index and the pool are out of step, and an older version may be there."""
 
-    def __init__(self, codename: str, arch: str) -> None:
+
+def _say(message: str) -> None:
+    print(f"fputrace: {message}", file=sys.stderr)
+
+
+def version_sorted(versions: list[str]) -> list[str]:
+    """Debian versions, newest first, as dpkg orders them."""
+    def compare(a: str, b: str) -> int:
+        if a == b:
+            return 0
+        newer = subprocess.run(["dpkg", "--compare-versions", a, "gt", b]).returncode == 0
+        return -1 if newer else 1
+    return sorted(set(versions), key=functools.cmp_to_key(compare))
+
+
+class PrivateApt:
+    """apt-get/apt-cache with their own sources, lists and cache. With
+    sources=True it reads the source package indices (deb-src) instead."""
+
+    def __init__(self, codename: str, arch: str, sources: bool = False) -> None:
         self.codename = codename
         self.arch = arch
-        self.root = cache_dir() / "apt" / f"{codename}-{arch}"
+        self.kind = "deb-src" if sources else "deb"
+        self.root = cache_dir() / "apt" / (f"{codename}-source" if sources
+                                           else f"{codename}-{arch}")
         self.lists = self.root / "lists"
         self.sources = self.root / "sources.list"
 
@@ -115,18 +140,20 @@ class PrivateApt:
         cmd = [tool, *self._options(), *args]
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
         if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
-            raise FputraceError(f"{tool} {' '.join(args)} failed for {self.codename}/"
-                                f"{self.arch}: {last}")
+            errors = [e for e in proc.stderr.strip().splitlines() if e.startswith("E:")]
+            first = (errors or proc.stderr.strip().splitlines() or ["(no message)"])[0]
+            error = NotServed if " 404 " in proc.stderr else FputraceError
+            raise error(f"{tool} {' '.join(args)} failed for {self.codename}/"
+                        f"{self.arch}: {first}")
         return proc.stdout
 
     def update(self, force: bool = False) -> None:
         main, security = archive_uris()
-        lines = [f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-                 f"{main} {self.codename} {self.codename}-updates main"]
+        signed = "[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]"
+        lines = [f"{self.kind} {signed} {main} {self.codename} main",
+                 f"{self.kind} {signed} {main} {self.codename}-updates main"]
         if security:
-            lines.append(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-                         f"{security} {self.codename}-security main")
+            lines.append(f"{self.kind} {signed} {security} {self.codename}-security main")
         (self.lists / "partial").mkdir(parents=True, exist_ok=True)
         (self.root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
         text = "\n".join(lines) + "\n"
@@ -142,14 +169,48 @@ class PrivateApt:
         out = self._run("apt-cache", ["depends", "--important", package])
         return [m.group(1) for m in re.finditer(r"^\s*Depends:\s*(\S+)", out, re.M)]
 
-    def download(self, package: str, dest: Path) -> Path:
+    def versions(self, package: str) -> list[str]:
+        """Every version of a binary (or, with sources, source) package in the
+        indices, newest first."""
+        index = "Sources" if self.kind == "deb-src" else "Packages"
+        out = self._run("apt-cache", ["madison", package])
+        found = [cols[1].strip() for line in out.splitlines()
+                 if len(cols := line.split("|")) == 3 and cols[0].strip() == package
+                 and cols[2].strip().endswith(index)]
+        return version_sorted(found)
+
+    def exact_depends(self, package: str, version: str, prefix: str) -> tuple[str, str]:
+        """The (name, version) a package version depends on exactly, among the
+        names starting with prefix: linux-image-arm64 5.10.223-1 depends on
+        linux-image-5.10.0-32-arm64 (= 5.10.223-1)."""
+        out = self._run("apt-cache", ["show", f"{package}={version}"])
+        for m in re.finditer(r"^Depends:(.*)$", out, re.M):
+            for dep in m.group(1).split(","):
+                d = re.match(r"\s*(\S+)\s*\(=\s*([^)\s]+)\)", dep)
+                if d and d.group(1).startswith(prefix):
+                    return d.group(1), d.group(2)
+        raise FputraceError(f"{package} {version} in {self.codename} depends on no "
+                            f"{prefix}* package of an exact version")
+
+    def download(self, package: str, dest: Path, version: str | None = None) -> Path:
         dest.mkdir(parents=True, exist_ok=True)
         # _apt cannot write into root-only directories: apt then downloads unsandboxed.
-        self._run("apt-get", ["download", "-qq", package], cwd=dest)
+        self._run("apt-get", ["download", "-qq", f"{package}={version}" if version else package],
+                  cwd=dest)
         debs = sorted(dest.glob(f"{package}_*.deb"))
         if not debs:
             raise FputraceError(f"apt-get download {package} left no .deb in {dest}")
         return debs[-1]
+
+    def download_source(self, package: str, version: str, dest: Path) -> Path:
+        """The .dsc, with its tarballs next to it, of one source package version."""
+        dest.mkdir(parents=True, exist_ok=True)
+        self._run("apt-get", ["source", "--download-only", "-qq", f"{package}={version}"],
+                  cwd=dest)
+        dsc = sorted(dest.glob(f"{package}_*.dsc"))
+        if not dsc:
+            raise FputraceError(f"apt-get source {package}={version} left no .dsc in {dest}")
+        return dsc[-1]
 
 
 def _kernels_root() -> Path:
@@ -179,7 +240,11 @@ def _check_series(series: str, arch: str) -> str:
 
 
 def fetch_kernel(series: str, arch: str = "amd64", refresh: bool = False) -> KernelInfo:
-    """Download (once) and unpack the Debian kernel of a series; return it."""
+    """Download (once) and unpack the Debian kernel of a series; return it.
+
+    The newest kernel the indices name comes first. Where the archive does not
+    serve it (the indices and the pool out of step: HTTP 404), the next older
+    version of the series is taken, and a note says so."""
     codename = _check_series(series, arch)
     cached = cached_kernel(series, arch)
     apt = PrivateApt(codename, arch)
@@ -190,25 +255,58 @@ def fetch_kernel(series: str, arch: str = "amd64", refresh: bool = False) -> Ker
             return cached  # offline: the cached kernel is what we have
         raise
     flavour = f"linux-image-{arch}"
-    deps = [d for d in apt.depends(flavour) if d.startswith("linux-image-")]
-    if not deps:
-        raise FputraceError(f"{flavour} in {codename} depends on no linux-image package")
-    package = deps[0]
-    release = package.removeprefix("linux-image-")
-    root = _series_dir(series, arch) / release
-    info = KernelInfo(series, arch, package, release, str(root))
-    if not info.vmlinuz.exists():
-        _unpack(apt, package, release, root)
-    (root.parent / "current.json").write_text(json.dumps(asdict(info), indent=1))
-    return info
+    versions = apt.versions(flavour)
+    if not versions:
+        raise FputraceError(f"{flavour} is not in the {codename} package indices")
+    # Packages found missing before are retried only with --refresh.
+    known_missing = _series_dir(series, arch) / "not-served.json"
+    skip = set() if refresh or not known_missing.exists() else \
+        set(json.loads(known_missing.read_text()))
+    not_served: list[str] = []
+    for meta_version in versions:
+        package, version = apt.exact_depends(flavour, meta_version, "linux-image-")
+        release = package.removeprefix("linux-image-")
+        root = _series_dir(series, arch) / release
+        info = KernelInfo(series, arch, package, release, str(root), version)
+        if f"{package} {version}" in skip:
+            continue
+        if not info.vmlinuz.exists():
+            try:
+                _unpack(apt, package, version, release, root)
+            except NotServed:
+                not_served.append(f"{package} {version}")
+                continue
+        if not_served:
+            _say(f"the archive does not serve {', '.join(not_served)} (HTTP 404), which its "
+                 f"indices name: using {package} {version}")
+            known_missing.write_text(json.dumps(sorted(skip | set(not_served))))
+        (root.parent / "current.json").write_text(json.dumps(asdict(info), indent=1))
+        return info
+    raise FputraceError(f"the archive serves none of the {codename} {arch} kernels its indices "
+                        f"name ({', '.join(not_served)}: HTTP 404): try again later, or give "
+                        "--kernel PATH")
 
 
-def _unpack(apt: PrivateApt, package: str, release: str, root: Path) -> None:
+def kernel_version(info: KernelInfo) -> str:
+    """The Debian version of a kernel package, from the indices for caches that
+    predate the version field."""
+    if info.version:
+        return info.version
+    apt = PrivateApt(_check_series(info.series, info.arch), info.arch)
+    apt.update()
+    versions = apt.versions(info.package)
+    if not versions:
+        raise FputraceError(f"{info.package} is no longer in the package indices: run "
+                            f"'fputrace kernel fetch {info.series} --arch {info.arch}'")
+    return versions[0]
+
+
+def _unpack(apt: PrivateApt, package: str, version: str, release: str, root: Path) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root.parent) as tmp_s:
         tmp = Path(tmp_s)
         os.chmod(tmp, 0o755)
-        deb = apt.download(package, tmp / "deb")
+        deb = apt.download(package, tmp / "deb", version)
         tree = tmp / "tree"
         subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
         out = tmp / "out"

@@ -1,0 +1,303 @@
+"""The kernel's own FP selftests, built from the Debian source of a kernel.
+
+`fputrace kernel selftests 6.1 --arch arm64` builds
+tools/testing/selftests/arm64/fp (fpsimd-test, sve-test, ssve-test, za-test,
+fp-stress, ...) from the Debian `linux` source package of the version of the
+cached kernel, statically linked with the cross compiler, so that `record
+--add DIR --run 'cd fp && ./fp-stress -t 5'` runs them in the guest.
+
+The source comes through a private apt configuration (deb-src lines built
+from the machine's own archive URIs) and is cached under
+~/.cache/fputrace/sources. Of Debian's patch series, the parts that touch
+what the build reads (the selftests, the UAPI headers, tools/include) are
+applied; the rest changes the kernel, not its tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fputrace.errors import FputraceError
+from fputrace.kernel import debian
+from fputrace.paths import cache_dir
+
+SOURCE_PACKAGE = "linux"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Selftest directories built for one architecture."""
+
+    karch: str  # the kernel's ARCH= name
+    cross_prefix: str  # CROSS_COMPILE
+    dirs: tuple[str, ...]  # under the source tree
+    required: tuple[str, ...]  # programs every version has: the build fails without them
+
+
+SUITES = {"arm64": Suite("arm64", "aarch64-linux-gnu-", ("tools/testing/selftests/arm64/fp",),
+                         ("fpsimd-test", "sve-test"))}
+
+# Given to a second build of the programs that failed the first.
+COMPAT_DEFINES = "'-DARRAY_SIZE(a)=(sizeof(a)/sizeof((a)[0]))'"
+
+# Top-level directories the build never reads: left out of the unpacked tree.
+UNREAD = ("Documentation", "drivers", "fs", "net", "sound", "samples", "LICENSES")
+
+
+@dataclass(frozen=True)
+class SelftestBuild:
+    """What `kernel selftests` built, written to build.json next to it."""
+
+    kernel: str  # the kernel package the tests are for
+    kernel_version: str  # its Debian version
+    source_version: str  # the linux source version they were built from
+    patches: list[str]  # Debian patches (or parts of them) applied
+    dirs: dict[str, str]  # selftest directory in the source -> built directory
+    programs: dict[str, list[str]]  # built directory -> its programs
+    # built directory -> programs of that version that do not build
+    failed: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return self.kernel_version == self.source_version
+
+
+def _suite(arch: str) -> Suite:
+    suite = SUITES.get(arch)
+    if suite is None:
+        raise FputraceError(f"no FP selftests are built for {arch}: the arm64 FP selftests "
+                            "are (add --arch arm64)")
+    compiler = f"{suite.cross_prefix}gcc"
+    if shutil.which(compiler) is None:
+        raise FputraceError(f"{compiler} not found: install gcc-aarch64-linux-gnu "
+                            "(make setup)")
+    return suite
+
+
+def _series_of(version: str) -> str:
+    """"6.1" for "6.1.192-2", "6.12" for "6.12.57-1"."""
+    return ".".join(version.split(".")[:2])
+
+
+def fetch_source(kernel_version: str, codename: str) -> tuple[str, Path]:
+    """(version, .dsc path) of the linux source for a kernel version, downloaded
+    once. The kernel's own version comes first; where the archive does not
+    serve it, the newest served version of the same series is taken."""
+    apt = debian.PrivateApt(codename, "source", sources=True)
+    apt.update()
+    root = cache_dir() / "sources"
+    for cached in sorted(root.glob(f"{SOURCE_PACKAGE}_{kernel_version}/*.dsc")):
+        return kernel_version, cached
+    series = _series_of(kernel_version)
+    versions = [v for v in apt.versions(SOURCE_PACKAGE) if _series_of(v) == series]
+    order = [kernel_version] + [v for v in versions if v != kernel_version]
+    not_served = []
+    for version in order:
+        dest = root / f"{SOURCE_PACKAGE}_{version}"
+        cached_dsc = sorted(dest.glob("*.dsc"))
+        if cached_dsc:
+            dsc = cached_dsc[0]
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=root) as tmp_s:
+                tmp = Path(tmp_s)
+                tmp.chmod(0o755)
+                try:
+                    apt.download_source(SOURCE_PACKAGE, version, tmp / "dl")
+                except debian.NotServed:
+                    not_served.append(version)
+                    continue
+                (tmp / "dl").rename(dest)
+            dsc = sorted(dest.glob("*.dsc"))[0]
+        if not_served:
+            debian._say(f"the archive does not serve linux source {', '.join(not_served)} "
+                        f"(HTTP 404): building from linux {version}")
+        return version, dsc
+    raise FputraceError(f"the archive serves no linux {series} source ({', '.join(order)}: "
+                        "HTTP 404): try again later")
+
+
+def _dsc_files(dsc: Path) -> tuple[Path, Path]:
+    """The upstream tarball and Debian's tarball named by a .dsc."""
+    names = re.findall(r"^ [0-9a-f]{32} \d+ (\S+)$", dsc.read_text(), re.M)
+    orig = [n for n in names if ".orig.tar." in n]
+    deb = [n for n in names if ".debian.tar." in n]
+    if len(orig) != 1 or len(deb) != 1:
+        raise FputraceError(f"{dsc.name}: expected one .orig and one .debian tarball")
+    return dsc.parent / orig[0], dsc.parent / deb[0]
+
+
+def patch_parts(patch: str, prefixes: tuple[str, ...]) -> str:
+    """The per-file parts of a unified diff whose target lies under one of the
+    prefixes (paths taken after the diff's first component, as patch -p1
+    does). Hunk lengths are counted, so a removed line that starts with
+    '-- ' is not taken for a new file header."""
+    kept: list[str] = []
+    lines = patch.splitlines(keepends=True)
+    i = 0
+    keep = False
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
+            target = lines[i + 1][4:].split("\t")[0].strip()
+            path = target.split("/", 1)[1] if "/" in target else target
+            keep = path.startswith(prefixes)
+            if keep:
+                kept += lines[i:i + 2]
+            i += 2
+            continue
+        hunk = re.match(r"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@", line)
+        if hunk:
+            old = int(hunk.group(1) or 1)
+            new = int(hunk.group(2) or 1)
+            body = [line]
+            i += 1
+            while (old > 0 or new > 0) and i < len(lines):
+                tag = lines[i][:1]
+                if tag in (" ", "\n"):
+                    old -= 1
+                    new -= 1
+                elif tag == "-":
+                    old -= 1
+                elif tag == "+":
+                    new -= 1
+                body.append(lines[i])
+                i += 1
+            while i < len(lines) and lines[i].startswith("\\"):  # "\ No newline"
+                body.append(lines[i])
+                i += 1
+            if keep:
+                kept += body
+            continue
+        i += 1
+    return "".join(kept)
+
+
+def _apply_debian_patches(tree: Path, debian_dir: Path, prefixes: tuple[str, ...]) -> list[str]:
+    series = debian_dir / "patches" / "series"
+    applied: list[str] = []
+    if not series.exists():
+        return applied
+    for name in series.read_text().splitlines():
+        name = name.split("#", 1)[0].strip()
+        if not name:
+            continue
+        part = patch_parts((debian_dir / "patches" / name.split()[0]).read_text(
+            errors="surrogateescape"), prefixes)
+        if not part:
+            continue
+        proc = subprocess.run(["patch", "-p1", "--forward", "--silent"], cwd=tree,
+                              input=part, text=True, errors="surrogateescape",
+                              capture_output=True)
+        if proc.returncode != 0:
+            raise FputraceError(f"Debian patch {name} does not apply to its own source: "
+                                f"{(proc.stdout + proc.stderr).strip().splitlines()[0]}")
+        applied.append(name)
+    return applied
+
+
+MAKE_ERROR = re.compile(r"^make(?:\[\d+\])?: \*\*\* \[[^\]]*?:\d+: (\S+)\] Error", re.M)
+
+
+def _run_make(args: list[str], cwd: Path, log: Path) -> list[str]:
+    """Run make, keeping going past a target that fails; return the failed
+    targets' names."""
+    start = log.stat().st_size if log.exists() else 0
+    jobs = str(os.cpu_count() or 1)
+    with open(log, "a") as f:
+        subprocess.run(["make", "-k", f"-j{jobs}", *args], cwd=cwd, stdout=f,
+                       stderr=subprocess.STDOUT)
+    with open(log, errors="replace") as f:
+        f.seek(start)
+        return sorted({Path(m).name for m in MAKE_ERROR.findall(f.read())})
+
+
+def _collect_programs(build_dir: Path, out: Path) -> list[str]:
+    """The programs the build linked, in out. Before v5.11 the fp Makefile
+    links its programs in the source directory instead of $(OUTPUT): they are
+    moved over. Objects, and the scripts that were there already, are not
+    programs."""
+    for p in build_dir.iterdir():
+        if p.is_file() and p.suffix != ".o" and os.access(p, os.X_OK) and \
+                p.read_bytes()[:4] == b"\x7fELF" and not (out / p.name).exists():
+            shutil.move(str(p), out / p.name)
+    for obj in out.glob("*.o"):
+        obj.unlink()
+    return sorted(p.name for p in out.iterdir() if p.is_file() and os.access(p, os.X_OK))
+
+
+def build_selftests(series: str, arch: str, refresh: bool = False) -> tuple[Path, SelftestBuild]:
+    """Build (once) the FP selftests for the Debian kernel of a series; return
+    the directory holding one subdirectory per selftest directory, and what
+    was built."""
+    suite = _suite(arch)
+    info = debian.cached_kernel(series, arch) or debian.fetch_kernel(series, arch)
+    kernel_version = debian.kernel_version(info)
+    root = cache_dir() / "selftests" / f"{series}-{arch}" / info.release
+    record = root / "build.json"
+    if record.exists() and not refresh:
+        return root, SelftestBuild(**json.loads(record.read_text()))
+    codename = debian.RELEASES[series]
+    source_version, dsc = fetch_source(kernel_version, codename)
+    orig, debian_tar = _dsc_files(dsc)
+    shutil.rmtree(root, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    log = root.parent / f"{info.release}.build.log"
+    log.write_text("")
+    with tempfile.TemporaryDirectory(dir=root.parent) as tmp_s:
+        tmp = Path(tmp_s)
+        src = tmp / "src"
+        src.mkdir()
+        # The tarball has one top directory, linux-VERSION: strip it, and leave
+        # out what is under it and never read (anchored: tools/.../drivers stays).
+        subprocess.run(["tar", "-xf", str(orig), "-C", str(src), "--strip-components=1",
+                        "--anchored", "--no-wildcards-match-slash",
+                        *[f"--exclude=*/{d}" for d in UNREAD]], check=True)
+        subprocess.run(["tar", "-xf", str(debian_tar), "-C", str(src)], check=True)
+        prefixes = ("tools/testing/selftests/", "tools/include/", "include/uapi/",
+                    f"arch/{suite.karch}/include/uapi/")
+        patches = _apply_debian_patches(src, src / "debian", prefixes)
+        cross = [f"ARCH={suite.karch}", f"CROSS_COMPILE={suite.cross_prefix}"]
+        # The UAPI headers the selftests include (KHDR_INCLUDES: usr/include).
+        if _run_make([*cross, "headers"], src, log):
+            raise FputraceError(f"installing the UAPI headers of linux {source_version} "
+                                f"failed (log: {log})")
+        staging = tmp / "out"
+        dirs: dict[str, str] = {}
+        programs: dict[str, list[str]] = {}
+        failed: dict[str, list[str]] = {}
+        for d in suite.dirs:
+            name = Path(d).name
+            out = staging / name
+            out.mkdir(parents=True)
+            # -static in CC, not LDFLAGS: the -nostdlib tests link with $(CC) alone,
+            # and the guest has no dynamic loader. 'all' by name: the Makefile's
+            # first rule is one program's.
+            # Some versions carry a test that does not build: 6.12's kernel-test
+            # takes ARRAY_SIZE() from <linux/kernel.h>, which the UAPI header does
+            # not define; it is built again with the definition given. What still
+            # fails (5.10's sve-ptrace into $(OUTPUT): an unresolved symbol) is named.
+            cc = f"CC={suite.cross_prefix}gcc -static"
+            broken = _run_make([*cross, cc, f"OUTPUT={out}", "-C", d, "all"], src, log)
+            if broken:
+                broken = _run_make([*cross, f"{cc} {COMPAT_DEFINES}", f"OUTPUT={out}",
+                                    "-C", d, *[str(out / t) for t in broken]], src, log)
+            dirs[d] = name
+            programs[name] = _collect_programs(src / d, out)
+            failed[name] = [t for t in broken if t not in programs[name]]
+            missing = [t for t in suite.required if t not in programs[name]]
+            if missing:
+                raise FputraceError(f"{d} of linux {source_version}: {', '.join(missing)} did "
+                                    f"not build (log: {log})")
+        build = SelftestBuild(info.package, kernel_version, source_version, patches, dirs,
+                              programs, failed)
+        (staging / "build.json").write_text(json.dumps(asdict(build), indent=1))
+        staging.rename(root)
+    return root, build
