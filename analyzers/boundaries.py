@@ -211,7 +211,21 @@ class _Explainer:
                            f"{int(ev['seq'][s])}) with registers holding another task's state "
                            f"(loaded at {self.symbols.describe(int(ev['pc'][r]))}, seq "
                            f"{int(ev['seq'][r])}), then restored into this context")
-            if int(ev["mem_hash"][s]) != int(ev["mem_hash"][last_restore]):
+            loaded = int(ev["mem_hash"][last_restore])
+            if int(ev["mem_hash"][s]) != loaded:
+                # An older state of this very context, copied over the newer
+                # save (arm64: sve_to_fpsimd() from a stale SVE buffer)?
+                older = np.flatnonzero(self.saves[:s] & (ev["mem_hash"][:s] == loaded))
+                older = older[self.keys.at(older) == key] if len(older) else older
+                if len(older):
+                    o = int(older[-1])
+                    return last_restore, (
+                        f"buffer {buf:#x} was overwritten after its save at "
+                        f"{self.symbols.describe(int(ev['pc'][s]))} (seq {int(ev['seq'][s])}) "
+                        "with an older state of this context, saved at "
+                        f"{self.symbols.describe(int(ev['pc'][o]))} (seq {int(ev['seq'][o])}) "
+                        f"to {int(ev['addr'][o]):#x}, and the restore at "
+                        f"{self.symbols.describe(int(ev['pc'][last_restore]))} loaded that")
                 return last_restore, (
                     f"buffer {buf:#x} changed in memory between its save at "
                     f"{self.symbols.describe(int(ev['pc'][s]))} (seq {int(ev['seq'][s])}) "

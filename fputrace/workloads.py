@@ -30,13 +30,16 @@ class WorkloadDef:
     # Built for arm64 too (workloads/aarch64/), with the modules it needs
     # there; None: x86_64 only.
     aarch64_modules: tuple[str, ...] | None = None
+    x86_64: bool = True  # False: arm64 only
+
 
     @property
     def binary_name(self) -> str:
         return self.program or self.name
 
     def runs_on(self, arch: str) -> bool:
-        return arch == "x86_64" or (arch == "aarch64" and self.aarch64_modules is not None)
+        return (arch == "x86_64" and self.x86_64) or \
+            (arch == "aarch64" and self.aarch64_modules is not None)
 
     def modules_for(self, arch: str) -> tuple[str, ...]:
         return self.modules if arch == "x86_64" else self.aarch64_modules or ()
@@ -70,6 +73,10 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     "a 32-bit process (compatibility mode) running XSAVE, FXSAVE, XRSTOR "
                     "and FXRSTOR itself with absolute and register operands, N rounds, "
                     "checking XMM0-7 across int $0x80 system calls", events_per_count=30),
+        WorkloadDef("vl-change", 20, (),
+                    "arm64: V0-V31 across N prctl(PR_SVE_SET_VL) vector length changes, "
+                    "with the task's SVE state saved by a SIGTRAP before each",
+                    events_per_count=40, aarch64_modules=(), x86_64=False),
         WorkloadDef("fpu-seed", 5, (),
                     "deliberate FPU bugs of a test module: N calls each of a correct "
                     "kernel_fpu section, XMM use without one, and a corrupted saved state",

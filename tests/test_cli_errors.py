@@ -70,6 +70,9 @@ def test_missing_kernel_file(tmp_path: Path) -> None:
     (["record", "--workload", "kvm-pingpong:zero"], ["not a whole number"]),
     (["record", "--msr", "xfd"], ["not a number"]),
     (["kernel", "fetch", "4.19"], ["unknown kernel series '4.19'"]),
+    (["kernel", "selftests", "6.1", "--arch", "amd64"], ["no FP selftests are built for amd64",
+                                                         "--arch arm64"]),
+    (["record", "--workload", "vl-change"], ["vl-change is not built for x86_64"]),
 ])
 def test_bad_arguments(tmp_path: Path, args: list[str], words: list[str]) -> None:
     assert_one_line_error(fputrace(*args, *(["-o", str(tmp_path / "x.ftr")]
@@ -92,6 +95,7 @@ def static_and_dynamic(tmp_path: Path) -> tuple[Path, Path]:
         ("dynamic", ("dynamically linked", "-static")),
         ("interpreter", ("/usr/bin/python3", "not in the guest")),
         ("unknown-command", ("frobnicate", "neither an added file nor a busybox command")),
+        ("unknown-after-cd", ("frobnicate", "neither an added file nor a busybox command")),
         ("empty-command", ("--run needs a command",)),
         ("bad-quoting", ("--run", "No closing quotation")),
     ],
@@ -108,6 +112,8 @@ def test_foreign_workload_checked_before_boot(tmp_path: Path, case: str,
         "dynamic": ["--add", str(dynamic), "--run", "dynamic"],
         "interpreter": ["--add", str(script), "--run", "tool.py"],
         "unknown-command": ["--add", str(static), "--run", "frobnicate 1"],
+        # A shell builtin is allowed; each program of the line is checked.
+        "unknown-after-cd": ["--add", str(static), "--run", "cd /added && ./static; frobnicate"],
         "empty-command": ["--run", "  "],
         "bad-quoting": ["--add", str(static), "--run", "static 'x"],
     }[case]
