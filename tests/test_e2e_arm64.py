@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require
-from test_e2e_kernel import events_of, fputrace, workload_line
+from e2e import events_of, fputrace, kernel_available, workload_line
 
 from fputrace.kernel import debian
 from fputrace.kernel.symbols import Symbols
@@ -39,9 +39,7 @@ def arm64_pingpong(request: pytest.FixtureRequest, qemu_plugin: Path,
             "qemu-system-aarch64 not installed (make setup)")
     require((build_dir() / "workloads" / "aarch64" / "kvm-pingpong").exists(),
             "arm64 workloads not built: gcc-aarch64-linux-gnu missing (make setup)")
-    if debian.cached_kernel("6.1", "arm64") is None:
-        p = fputrace("kernel", "fetch", "6.1", "--arch", "arm64")
-        require(p.returncode == 0, f"Debian 6.1 arm64 kernel not fetchable: {p.stderr.strip()}")
+    kernel_available("6.1", "arm64")
     mode = request.param
     out = tmp_path_factory.mktemp(f"arm64-{mode}") / "run.ftr"
     p = fputrace("record", "--arch", "arm64", "--kvm-mode", mode, "--kernel", "6.1",
@@ -188,16 +186,15 @@ def test_no_findings_and_every_entry_checked(arm64_pingpong: tuple[str, Path]) -
 
 # 6.12 is Debian's with 52-bit virtual addresses: its linear map, where
 # task_structs live, starts at 0xfff0000000000000 instead of 0xffff000000000000.
-@pytest.fixture(scope="module", params=["6.1", "6.12"])
+# 5.10 discards the SVE state at every system call and reloads it whole
+# after each SVE trap (do_sve_acc()).
+@pytest.fixture(scope="module", params=["5.10", "6.1", "6.12"])
 def arm64_workloads(request: pytest.FixtureRequest, qemu_plugin: Path,
                     tmp_path_factory: pytest.TempPathFactory) -> Path:
     require(shutil.which("qemu-system-aarch64") is not None,
             "qemu-system-aarch64 not installed (make setup)")
     series = request.param
-    if debian.cached_kernel(series, "arm64") is None:
-        p = fputrace("kernel", "fetch", series, "--arch", "arm64")
-        require(p.returncode == 0,
-                f"Debian {series} arm64 kernel not fetchable: {p.stderr.strip()}")
+    kernel_available(series, "arm64")
     out = tmp_path_factory.mktemp(f"arm64-workloads-{series}") / "run.ftr"
     p = fputrace("record", "--arch", "arm64", "--kernel", series, "--workload",
                  "fpu-switch:100,signal:50,kernel-fpu:20", "-o", str(out))
@@ -253,3 +250,62 @@ def test_arm64_workloads_have_no_findings(arm64_workloads: Path) -> None:
     # purpose, and the loads after it are not taken for stale ones.
     assert user["changed_on_purpose"]["sigreturn"] == 100
     assert data["unconfirmed_total"] == 0
+
+
+# Debian kernels in which vl-change shows V0-V31 replaced across the vector
+# length change (its own check), as described below.
+VL_CHANGE_LOSES_STATE = {("6.12", "6.12.117-1")}
+N_VL_CHANGES = 20
+
+
+@pytest.mark.parametrize("series", ["5.10", "6.1", "6.12"])
+def test_vl_change_findings_are_the_workloads_own_mismatches(
+        series: str, qemu_plugin: Path, tmp_path: Path) -> None:
+    """prctl(PR_SVE_SET_VL) must keep V0-V31 (Documentation/arch/arm64/
+    sve.rst). The workload checks that itself, after saving its SVE state
+    through a SIGTRAP first, so that the task's SVE buffer holds an older
+    state. The report's corrupted_state findings must be exactly its
+    mismatches, each at the prctl() call.
+
+    5.10 and 6.1 discard SVE at syscall entry by clearing TIF_SVE
+    (sve_user_discard(), fp_user_discard()), so vec_set_vector_length()
+    converts nothing: no mismatches. Debian's 6.12.117 discards lazily
+    (fpsimd_syscall_enter() keeps TIF_SVE and sets to_save to FP_STATE_FPSIMD,
+    so fpsimd_save_user_state() stores V0-V31 only), and then
+    vec_set_vector_length() sees TIF_SVE and runs sve_to_fpsimd(), which
+    copies the stale SVE buffer over that save: each change returns with
+    the registers of the SIGTRAP's save."""
+    kernel_available(series, "arm64")
+    out = tmp_path / "run.ftr"
+    p = fputrace("record", "--arch", "arm64", "--kernel", series, "--workload",
+                 f"vl-change:{N_VL_CHANGES}", "-o", str(out))
+    console = sidecar(out, "console.log")
+    own = workload_line(console, "vl-change")
+    assert own["changes"] == str(N_VL_CHANGES) and own["sve_mismatches"] == "0"
+    mismatches = int(own["mismatches"])
+    # The workload fails (exit 1) exactly when it saw its registers change.
+    assert (p.returncode == 0) == (mismatches == 0), p.stderr
+    version = debian.kernel_version(debian.cached_kernel(series, "arm64"))  # type: ignore[arg-type]
+    assert (mismatches > 0) == ((series, version) in VL_CHANGE_LOSES_STATE)
+    r = fputrace("report", "--json", str(out))
+    data = json.loads(r.stdout)
+    assert r.returncode == (3 if mismatches else 0), r.stderr
+    assert data["findings_total"] == mismatches
+    for f in data["findings"]:
+        assert f["kind"] == "corrupted_state" and f["task"].endswith(" vl-change")
+        # The cause is the load after the conversion, in the prctl() call.
+        assert f["events"]["cause"]["site"].startswith("fpsimd_load_state")
+        assert "an older state of this context" in f["description"]
+
+
+def test_510_says_it_cannot_run_nvhe(qemu_plugin: Path, tmp_path: Path) -> None:
+    # 5.10's arch/arm64/kvm/arm.c has no kvm-arm.mode parameter (no
+    # early_param at all; v5.11 added it): on a CPU with VHE, its KVM runs in
+    # VHE mode whatever the command line says.
+    kernel_available("5.10", "arm64")
+    out = tmp_path / "run.ftr"
+    p = fputrace("record", "--arch", "arm64", "--kvm-mode", "nvhe", "--kernel", "5.10",
+                 "--workload", "kvm-pingpong:5", "-o", str(out))
+    assert p.returncode == 1
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("kvm-mode-unsupported:") and "use --kvm-mode vhe" in last

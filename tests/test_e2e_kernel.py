@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,42 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
+from e2e import events_of, fputrace, kernel_available, workload_line
 
 from analyzers.counts import task_identity, task_label
 from fputrace.kernel import debian
 from fputrace.run import sidecar
 from fputrace.trace import format as fmt
-from fputrace.trace.reader import Trace, describe_incomplete, read_trace
+from fputrace.trace.reader import describe_incomplete, read_trace
 
 N_RUNS = 200
-
-
-def fputrace(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fputrace", *args], capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def kernel_available(series: str) -> None:
-    if debian.cached_kernel(series, "amd64") is None:
-        p = fputrace("kernel", "fetch", series)
-        require(p.returncode == 0, f"Debian {series} kernel not fetchable: {p.stderr.strip()}")
-
-
-def workload_line(console: Path, name: str) -> dict[str, str]:
-    """The workload's own summary line, straight from the guest console."""
-    for line in console.read_text(errors="replace").splitlines():
-        m = re.match(rf"^{name}: ((?:\w+=\S+ ?)+)$", line.strip())
-        if m:
-            return dict(kv.split("=", 1) for kv in m.group(1).split())
-    raise AssertionError(f"{name} printed no summary line in {console}")
-
-
-def events_of(trace: Trace, comm: str) -> np.ndarray:
-    ident = task_identity(trace.events, trace.tasks)
-    names = np.array([task_label(trace.tasks, int(i)).split(" ", 1)[-1] for i in ident])
-    selected: np.ndarray = trace.events[names == comm]
-    return selected
 
 
 @pytest.fixture(scope="module", params=["6.1", "5.10"])
