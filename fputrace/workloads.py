@@ -73,6 +73,11 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     "a 32-bit process (compatibility mode) running XSAVE, FXSAVE, XRSTOR "
                     "and FXRSTOR itself with absolute and register operands, N rounds, "
                     "checking XMM0-7 across int $0x80 system calls", events_per_count=30),
+        WorkloadDef("kvm-sve", 200, (),
+                    "arm64: kvm-pingpong with an SVE guest (KVM_ARM_VCPU_SVE) that adds to "
+                    "every lane of z2 at its longest vector length before each exit",
+                    program="kvm-pingpong", args=("sve",), events_per_count=30,
+                    aarch64_modules=(), x86_64=False),
         WorkloadDef("vl-change", 20, (),
                     "arm64: V0-V31 across N prctl(PR_SVE_SET_VL) vector length changes, "
                     "with the task's SVE state saved by a SIGTRAP before each",

@@ -21,7 +21,7 @@ from e2e import events_of, fputrace, kernel_available, workload_line
 from fputrace.kernel import debian
 from fputrace.kernel.symbols import Symbols
 from fputrace.paths import build_dir
-from fputrace.run import sidecar
+from fputrace.run import load_run, sidecar
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import Trace, read_trace
 
@@ -309,3 +309,70 @@ def test_510_says_it_cannot_run_nvhe(qemu_plugin: Path, tmp_path: Path) -> None:
     assert p.returncode == 1
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("kvm-mode-unsupported:") and "use --kvm-mode vhe" in last
+
+
+N_SVE_RUNS = 50
+
+
+@pytest.fixture(scope="module", params=["vhe", "nvhe"])
+def arm64_sve_guest(request: pytest.FixtureRequest, qemu_plugin: Path,
+                    tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    kernel_available("6.1", "arm64")
+    mode = request.param
+    out = tmp_path_factory.mktemp(f"arm64-sve-{mode}") / "run.ftr"
+    p = fputrace("record", "--arch", "arm64", "--kvm-mode", mode, "--kernel", "6.1",
+                 "--workload", f"kvm-sve:{N_SVE_RUNS}", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    return mode, out
+
+
+def test_sve_guest_state_round_trips_every_kvm_run(arm64_sve_guest: tuple[str, Path]) -> None:
+    """An SVE vCPU on Debian 6.1, per KVM_RUN:
+
+    1. kvm_arch_vcpu_load_fp(): the host task's registers saved
+       (fpsimd_save_state; the vCPU thread's own state is FPSIMD: its last
+       system call discarded the rest);
+    2. the guest's first FP instruction traps; kvm_hyp_handle_fpsimd() sees
+       vcpu_has_sve() and __hyp_sve_restore_guest() loads the whole SVE state
+       at EL2 (__sve_restore_state), then the guest's ZCR_EL1;
+    3. kvm_arch_vcpu_ctxsync_fp() bound the guest's sve_state with TIF_SVE,
+       so kvm_arch_vcpu_put_fp() -> fpsimd_save_and_flush_cpu_state() saves
+       it whole (sve_save_state) into the buffer step 2 loaded from;
+    4. the return to user space loads the host task's FPSIMD state.
+    So the guest's SVE state goes out of the registers and back once per
+    run, and each load must bring back exactly what the save before wrote.
+    The guest checks it too: z2's last lane counts the runs."""
+    mode, out = arm64_sve_guest
+    own = workload_line(sidecar(out, "console.log"), "kvm-pingpong")
+    assert own["kvm_run"] == own["mmio_exits"] == str(N_SVE_RUNS)
+    assert own["fpu_mismatches"] == own["guest_sve_mismatches"] == "0"
+    run = load_run(out)
+    runs = _runs(run.trace)
+    assert len(runs) >= N_SVE_RUNS - 1
+    host_el = 2 if mode == "vhe" else 1
+    previous_save = None
+    for w in runs[1:]:
+        kinds = w["kind"]
+        sve_loads, sve_saves = w[kinds == K.SVE_LOAD], w[kinds == K.SVE_SAVE]
+        host_saves, host_loads = w[kinds == K.FPSIMD_SAVE], w[kinds == K.FPSIMD_LOAD]
+        assert len(sve_loads) == len(sve_saves) == len(host_saves) == len(host_loads) == 1, \
+            [fmt.kind_name(int(k)) for k in kinds]
+        load, save = sve_loads[0], sve_saves[0]
+        assert int(load["flags"]) & int(F.PL_MASK) == 2
+        assert int(save["flags"]) & int(F.PL_MASK) == host_el
+        # The nVHE hypervisor's copy runs in its own mapping, and is named
+        # through it; its buffer is given as the kernel's address.
+        site = run.symbols.describe(int(load["pc"]))
+        assert site.startswith("__sve_restore_state+")
+        assert site.endswith(" [nvhe]") == (mode == "nvhe")
+        assert bool(int(load["flags"]) & F.ADDR_HYP) == (mode == "nvhe")
+        assert int(load["addr"]) == int(save["addr"]) != int(host_saves[0]["addr"])
+        assert int(host_saves[0]["addr"]) == int(host_loads[0]["addr"])
+        if previous_save is not None:
+            assert int(load["mem_hash"]) == int(previous_save["mem_hash"])
+        previous_save = save
+    p = fputrace("report", "--json", str(out))
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["findings_total"] == 0 and data["unconfirmed_total"] == 0
+    assert data["boundary_checks"]["by_kind"]["vm_entry"]["checked"] >= N_SVE_RUNS - 1

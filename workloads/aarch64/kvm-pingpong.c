@@ -6,8 +6,16 @@
  * show; the program counts them itself and checks that its own V registers
  * survive every KVM_RUN.
  *
- * usage: kvm-pingpong [N]    (default 200 round trips)
+ * With "sve" the vCPU has SVE (KVM_ARM_VCPU_SVE, finalized), and the guest
+ * also enables SVE (CPACR_EL1.ZEN), asks for its longest vector length
+ * (ZCR_EL1.LEN) and adds 1 to every 64-bit lane of z2 each round. It exits
+ * with z2's last lane in the low half of the stored value and d1 in the
+ * high half: both must count the rounds, so the guest's whole Z register
+ * (its last lane is beyond 128 bits whenever the VL is) survives every exit.
+ *
+ * usage: kvm-pingpong [N] [sve]   (default 200 round trips)
  * prints: kvm-pingpong: kvm_run=N mmio_exits=N fpu_mismatches=0 guest_result=N
+ *         (sve also: guest_sve_mismatches=0)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -42,7 +50,7 @@
  * The store is of a general register: a data abort of an FP/SIMD register
  * store carries no syndrome KVM can emulate from (KVM_RUN fails ENOSYS).
  */
-static const uint32_t guest_code[] = {
+static const uint32_t guest_fp_code[] = {
     0xd2a00600,     /* mov x0, #0x300000 */
     0xd5181040,     /* msr cpacr_el1, x0 */
     0xd5033fdf,     /* isb */
@@ -54,10 +62,40 @@ static const uint32_t guest_code[] = {
     0x17fffffd,     /* b loop */
 };
 
+/*
+ * The SVE guest: as above, and
+ *   mov x0, #0x1ff; msr zcr_el1, x0; isb           LEN: the longest VL
+ *   ptrue p0.d; mov z3.d, #1
+ * loop:
+ *   fadd d1, d1, d0; add z2.d, z2.d, z3.d
+ *   fcvtzu x5, d1; lastb x2, p0, z2.d; add x2, x2, x5, lsl #32
+ *   str x2, [x1]; b loop
+ */
+static const uint32_t guest_sve_code[] = {
+    0xd2a00660,     /* mov x0, #0x330000: FPEN and ZEN */
+    0xd5181040,     /* msr cpacr_el1, x0 */
+    0xd5033fdf,     /* isb */
+    0xd2803fe0,     /* mov x0, #0x1ff */
+    0xd5181200,     /* msr zcr_el1, x0 */
+    0xd5033fdf,     /* isb */
+    0x1e6e1000,     /* fmov d0, #1.0 */
+    0x25d8e3e0,     /* ptrue p0.d */
+    0x25f8c023,     /* mov z3.d, #1 */
+    0xd2a00201,     /* mov x1, #0x100000 */
+    0x1e602821,     /* loop: fadd d1, d1, d0 */
+    0x04e30042,     /* add z2.d, z2.d, z3.d */
+    0x9e790025,     /* fcvtzu x5, d1 */
+    0x05e1a042,     /* lastb x2, p0, z2.d */
+    0x8b058042,     /* add x2, x2, x5, lsl #32 */
+    0xf9000022,     /* str x2, [x1] */
+    0x17fffffa,     /* b loop */
+};
+
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? strtol(argv[1], NULL, 0) : 200;
-    long runs = 0, mmio_exits = 0, mismatches = 0;
+    int sve = argc > 2 && strcmp(argv[2], "sve") == 0;
+    long runs = 0, mmio_exits = 0, mismatches = 0, sve_mismatches = 0;
     struct kvm_vcpu_init init;
     struct kvm_run *run;
     struct fp_file in, out;
@@ -66,14 +104,29 @@ int main(int argc, char **argv)
     uint8_t *mem;
 
     mem = kvm_vm_with_memory(GUEST_MEM_BASE, GUEST_MEM_SIZE, &kvm, &vm);
-    memcpy(mem, guest_code, sizeof(guest_code));
+    if (sve && ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_ARM_SVE) <= 0) {
+        fprintf(stderr, "kvm-pingpong: this KVM gives no SVE to guests (KVM_CAP_ARM_SVE)\n");
+        return 1;
+    }
+    if (sve)
+        memcpy(mem, guest_sve_code, sizeof(guest_sve_code));
+    else
+        memcpy(mem, guest_fp_code, sizeof(guest_fp_code));
     vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
     if (vcpu < 0)
         die("KVM_CREATE_VCPU");
     if (ioctl(vm, KVM_ARM_PREFERRED_TARGET, &init) < 0)
         die("KVM_ARM_PREFERRED_TARGET");
+    if (sve)
+        init.features[0] |= 1u << KVM_ARM_VCPU_SVE;
     if (ioctl(vcpu, KVM_ARM_VCPU_INIT, &init) < 0)
         die("KVM_ARM_VCPU_INIT");
+    if (sve) {
+        int feature = KVM_ARM_VCPU_SVE;     /* the vector lengths: the default, all */
+
+        if (ioctl(vcpu, KVM_ARM_VCPU_FINALIZE, &feature) < 0)
+            die("KVM_ARM_VCPU_FINALIZE SVE");
+    }
     uint64_t pc = GUEST_MEM_BASE;
     struct kvm_one_reg reg = {
         .id = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE |
@@ -95,13 +148,26 @@ int main(int argc, char **argv)
         if (run->exit_reason == KVM_EXIT_MMIO && run->mmio.phys_addr == GUEST_MMIO &&
             run->mmio.is_write) {
             mmio_exits++;
-            memcpy(&result, run->mmio.data, sizeof(result));
+            if (sve) {
+                uint64_t value;
+
+                memcpy(&value, run->mmio.data, sizeof(value));
+                result = (double)(value >> 32);
+                if ((value & 0xffffffffu) != (uint64_t)mmio_exits)
+                    sve_mismatches++;
+            } else {
+                memcpy(&result, run->mmio.data, sizeof(result));
+            }
         } else {
             fprintf(stderr, "kvm-pingpong: unexpected exit reason %u\n", run->exit_reason);
         }
     }
-    printf("kvm-pingpong: kvm_run=%ld mmio_exits=%ld fpu_mismatches=%ld guest_result=%g\n",
+    printf("kvm-pingpong: kvm_run=%ld mmio_exits=%ld fpu_mismatches=%ld guest_result=%g",
            runs, mmio_exits, mismatches, result);
-    /* d1 counts the guest's loop iterations: one per exit. */
-    return (mmio_exits == n && mismatches == 0 && result == (double)n) ? 0 : 1;
+    if (sve)
+        printf(" guest_sve_mismatches=%ld", sve_mismatches);
+    printf("\n");
+    /* d1 (and z2's lanes) count the guest's loop iterations: one per exit. */
+    return (mmio_exits == n && mismatches == 0 && sve_mismatches == 0 &&
+            result == (double)n) ? 0 : 1;
 }
