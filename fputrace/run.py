@@ -11,8 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from fputrace.kernel.symbols import Symbols
+from fputrace.trace import format as fmt
 from fputrace.trace.reader import Trace, read_trace
+
+NVHE_PREFIX = "__kvm_nvhe_"
+# The nVHE hypervisor's exception vectors (arch/arm64/kvm/hyp/nvhe/host.S is
+# the host's; hyp-entry.S's __kvm_hyp_vector takes the guest's exits).
+NVHE_GUEST_VECTOR = NVHE_PREFIX + "__kvm_hyp_vector"
+VECTOR_ALIGN = 0x800  # VBAR_ELx: a 2 KiB aligned table
 
 
 def sidecar(trace: Path, what: str) -> Path:
@@ -28,6 +38,24 @@ class Run:
     meta: dict[str, Any] | None
 
 
+def nvhe_hyp_offset(ev: npt.NDArray[np.void], symbols: Symbols) -> int | None:
+    """Kernel address minus hypervisor address of the nVHE hypervisor's code,
+    from the VM exits: each is taken at an entry of __kvm_hyp_vector, whose
+    kernel address the symbols give. None without nVHE exits, or if they
+    disagree."""
+    kva = symbols.values.get(NVHE_GUEST_VECTOR)
+    if kva is None:
+        return None
+    exits = ev[(ev["kind"] == fmt.Kind.VM_EXIT)
+               & ((ev["flags"] & np.uint32(fmt.Flag.PL_MASK)) == 2)]
+    pcs = exits["pc"].astype(np.uint64)
+    hyp = pcs[(pcs >> np.uint64(48)) == 0]  # not a kernel address: the hypervisor's
+    bases = np.unique(hyp & ~np.uint64(VECTOR_ALIGN - 1))
+    if len(bases) != 1:
+        return None
+    return (kva - int(bases[0])) % (1 << 64)
+
+
 def load_run(path: Path) -> Run:
     trace = read_trace(path)
     syms_file = sidecar(path, "kallsyms.gz")
@@ -39,6 +67,9 @@ def load_run(path: Path) -> Run:
             symbols = Symbols.parse("")
     else:
         symbols = Symbols.parse("")
+    offset = nvhe_hyp_offset(trace.events, symbols)
+    if offset is not None:
+        symbols = symbols.with_alias(NVHE_PREFIX, offset, "nvhe")
     meta_file = sidecar(path, "meta.json")
     meta = None
     if meta_file.exists():

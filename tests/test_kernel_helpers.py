@@ -3,6 +3,7 @@ with a .modinfo section, apt sources, kallsyms text, a bzImage header."""
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import struct
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require
+from tracebuilder import VM_EXIT, TraceBuilder
 
 from fputrace.errors import FputraceError
 from fputrace.foreign import programs_of
@@ -20,6 +22,7 @@ from fputrace.kernel.btf import Btf
 from fputrace.kernel.layout import _bzimage_release, _current_task_address
 from fputrace.kernel.modules import ModuleTree
 from fputrace.kernel.symbols import Symbols
+from fputrace.run import load_run
 
 
 def btf_blob(types: list[bytes], strings: bytes) -> bytes:
@@ -307,3 +310,36 @@ def test_only_the_parts_of_a_patch_under_the_prefixes_are_applied(tmp_path: Path
 ])
 def test_the_programs_a_run_line_starts(line: str, programs: list[str]) -> None:
     assert programs_of(line) == programs
+
+
+NVHE_KALLSYMS = """\
+ffff800008000000 T _stext
+ffff800009100000 T __kvm_nvhe___kvm_hyp_vector
+ffff800009100800 T __kvm_nvhe___fpsimd_restore_state
+ffff800009100900 T __kvm_nvhe_kvm_update_va_mask
+ffff800009100900 T kvm_update_va_mask
+ffff800009100a00 T kvm_other
+"""
+HYP_VECTOR = 0x95AB_C0EF_8800  # where the hypervisor maps __kvm_hyp_vector
+
+
+@pytest.mark.parametrize("exit_pc", [HYP_VECTOR + 0x400, 0xFFFF800009100400])
+def test_nvhe_hypervisor_code_is_named_through_its_vector(tmp_path: Path, exit_pc: int) -> None:
+    # An nVHE VM exit is taken at __kvm_hyp_vector+0x400 at the hypervisor's
+    # address; from it, hypervisor pcs get the names of their __kvm_nvhe_
+    # symbols. A VHE exit (a kernel address) gives no such offset.
+    b = TraceBuilder()
+    b.event(VM_EXIT, pc=exit_pc, flags=2)
+    path = b.write(tmp_path / "t.ftr")
+    (tmp_path / "t.kallsyms.gz").write_bytes(gzip.compress(NVHE_KALLSYMS.encode()))
+    symbols = load_run(path).symbols
+    hyp = exit_pc >> 48 == 0
+    restore = HYP_VECTOR + 0x808
+    assert symbols.describe(restore) == ("__fpsimd_restore_state+0x8 [nvhe]" if hyp
+                                         else f"{restore:#x}")
+    # kvm_update_va_mask shares its address with the kernel's symbol of that
+    # name: its alias still ends where the next kernel symbol begins.
+    assert symbols.describe(HYP_VECTOR + 0x9F0) == ("kvm_update_va_mask+0xf0 [nvhe]" if hyp
+                                                    else f"{HYP_VECTOR + 0x9F0:#x}")
+    assert symbols.describe(HYP_VECTOR + 0xA10) == f"{HYP_VECTOR + 0xA10:#x}"
+    assert symbols.describe(0xFFFF800009100808) == "__kvm_nvhe___fpsimd_restore_state+0x8"

@@ -55,12 +55,37 @@ class Symbols:
         idx = np.searchsorted(self.addrs, pcs, side="right").astype(np.int64) - 1
         return np.where(pcs >= (self.addrs[0] if len(self.addrs) else 0), idx, -1)
 
+    def with_alias(self, prefix: str, offset: int, label: str) -> Symbols:
+        """These symbols plus, for every text symbol named prefix+NAME, NAME at
+        its address minus offset, shown as 'NAME+0x.. [label]': the nVHE
+        hypervisor's code runs at its own virtual addresses, offset from the
+        kernel's by a constant (kern_hyp_va()). Each alias ends where the
+        next kernel symbol begins, with a nameless mark that keeps other
+        addresses bare."""
+        picked = [i for i, n in enumerate(self.names) if n.startswith(prefix)]
+        if not picked:
+            return self
+        # (address, 0 for an end mark or 1 for a name, name, module): at one
+        # address a name wins over an end mark, since lookups take the last row.
+        rows = [(int(a), 1, n, m) for a, n, m in zip(self.addrs, self.names, self.modules,
+                                                       strict=True)]
+        for i in picked:
+            start = (int(self.addrs[i]) - offset) % (1 << 64)
+            after = int(np.searchsorted(self.addrs, self.addrs[i], side="right"))
+            end = int(self.addrs[after]) if after < len(self.addrs) else \
+                int(self.addrs[i]) + 0x1000
+            rows.append((start, 1, self.names[i].removeprefix(prefix), label))
+            rows.append(((end - offset) % (1 << 64), 0, "", ""))
+        rows.sort()
+        return Symbols(np.array([r[0] for r in rows], dtype=np.uint64), [r[2] for r in rows],
+                       [r[3] for r in rows], self.values)
+
     def describe(self, pc: int) -> str:
         """function+0xoff [module], or the bare address."""
         if not len(self.addrs):
             return f"{pc:#x}"
         i = int(self.locate(np.array([pc], dtype=np.uint64))[0])
-        if i < 0:
+        if i < 0 or not self.names[i]:
             return f"{pc:#x}"
         off = pc - int(self.addrs[i])
         mod = f" [{self.modules[i]}]" if self.modules[i] else ""
