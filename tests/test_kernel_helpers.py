@@ -343,3 +343,23 @@ def test_nvhe_hypervisor_code_is_named_through_its_vector(tmp_path: Path, exit_p
                                                     else f"{HYP_VECTOR + 0x9F0:#x}")
     assert symbols.describe(HYP_VECTOR + 0xA10) == f"{HYP_VECTOR + 0xA10:#x}"
     assert symbols.describe(0xFFFF800009100808) == "__kvm_nvhe___fpsimd_restore_state+0x8"
+
+
+def test_a_cached_source_of_the_series_is_used_without_the_network(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel's own version was not served, 6.1.187-1 was taken in its
+    # place before: it is used again, and apt is not asked (offline works).
+    monkeypatch.setenv("FPUTRACE_CACHE", str(tmp_path))
+    for version in ("6.1.187-1", "6.1.170-3", "6.12.57-1"):
+        d = tmp_path / "sources" / f"linux_{version}"
+        d.mkdir(parents=True)
+        (d / f"linux_{version}.dsc").write_text("")
+
+    def offline(self: debian.PrivateApt, force: bool = False) -> None:
+        raise AssertionError("apt asked although the source is cached")
+
+    monkeypatch.setattr(debian.PrivateApt, "update", offline)
+    version, dsc = selftests.fetch_source("6.1.192-2", "bookworm")
+    assert version == "6.1.187-1" and dsc.name == "linux_6.1.187-1.dsc"
+    version, _ = selftests.fetch_source("6.1.170-3", "bookworm")
+    assert version == "6.1.170-3"

@@ -21,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include "fpcheck.h"
@@ -43,12 +42,10 @@ static volatile sig_atomic_t sve_handled;
 
 static void on_trap(int sig, siginfo_t *info, void *context)
 {
-    ucontext_t *uc = context;
-
     (void)sig;
     (void)info;
     sve_load_all(&sve_clobber, sve_len);
-    uc->uc_mcontext.pc += 4;    /* resume after the BRK */
+    brk_skip(context);
     sve_handled++;
 }
 
@@ -56,16 +53,11 @@ static void on_trap(int sig, siginfo_t *info, void *context)
 static int sve_round(long n)
 {
     static struct sve_packed in, out;
-    struct sigaction sa;
     long mismatches = 0;
 
     if (!sve_supported())
         return 0;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = on_trap;
-    sa.sa_flags = SA_SIGINFO;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGTRAP, &sa, NULL) < 0) {
+    if (brk_catch(on_trap) < 0) {
         perror("signal: sigaction SIGTRAP");
         return -1;
     }

@@ -98,7 +98,8 @@ class NotServed(FputraceError):
     the index and the pool are out of step, and an older version may be there."""
 
 
-def _say(message: str) -> None:
+def note(message: str) -> None:
+    """One line on stderr about a choice the command made for the user."""
     print(f"fputrace: {message}", file=sys.stderr)
 
 
@@ -277,7 +278,7 @@ def fetch_kernel(series: str, arch: str = "amd64", refresh: bool = False) -> Ker
                 not_served.append(f"{package} {version}")
                 continue
         if not_served:
-            _say(f"the archive does not serve {', '.join(not_served)} (HTTP 404), which its "
+            note(f"the archive does not serve {', '.join(not_served)} (HTTP 404), which its "
                  f"indices name: using {package} {version}")
             known_missing.write_text(json.dumps(sorted(skip | set(not_served))))
         (root.parent / "current.json").write_text(json.dumps(asdict(info), indent=1))

@@ -90,34 +90,35 @@ def fetch_source(kernel_version: str, codename: str) -> tuple[str, Path]:
     """(version, .dsc path) of the linux source for a kernel version, downloaded
     once. The kernel's own version comes first; where the archive does not
     serve it, the newest served version of the same series is taken."""
+    root = cache_dir() / "sources"
+    series = _series_of(kernel_version)
+    # Downloaded before (the kernel's own, or the one taken in its place)?
+    cached = {d.name.split("_", 1)[1]: d for d in root.glob(f"{SOURCE_PACKAGE}_{series}.*")
+              if any(d.glob("*.dsc"))}
+    if cached:
+        version = kernel_version if kernel_version in cached else \
+            debian.version_sorted(list(cached))[0]
+        return version, sorted(cached[version].glob("*.dsc"))[0]
     apt = debian.PrivateApt(codename, "source", sources=True)
     apt.update()
-    root = cache_dir() / "sources"
-    for cached in sorted(root.glob(f"{SOURCE_PACKAGE}_{kernel_version}/*.dsc")):
-        return kernel_version, cached
-    series = _series_of(kernel_version)
     versions = [v for v in apt.versions(SOURCE_PACKAGE) if _series_of(v) == series]
     order = [kernel_version] + [v for v in versions if v != kernel_version]
     not_served = []
     for version in order:
         dest = root / f"{SOURCE_PACKAGE}_{version}"
-        cached_dsc = sorted(dest.glob("*.dsc"))
-        if cached_dsc:
-            dsc = cached_dsc[0]
-        else:
-            root.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=root) as tmp_s:
-                tmp = Path(tmp_s)
-                tmp.chmod(0o755)
-                try:
-                    apt.download_source(SOURCE_PACKAGE, version, tmp / "dl")
-                except debian.NotServed:
-                    not_served.append(version)
-                    continue
-                (tmp / "dl").rename(dest)
-            dsc = sorted(dest.glob("*.dsc"))[0]
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root) as tmp_s:
+            tmp = Path(tmp_s)
+            tmp.chmod(0o755)
+            try:
+                apt.download_source(SOURCE_PACKAGE, version, tmp / "dl")
+            except debian.NotServed:
+                not_served.append(version)
+                continue
+            (tmp / "dl").rename(dest)
+        dsc = sorted(dest.glob("*.dsc"))[0]
         if not_served:
-            debian._say(f"the archive does not serve linux source {', '.join(not_served)} "
+            debian.note(f"the archive does not serve linux source {', '.join(not_served)} "
                         f"(HTTP 404): building from linux {version}")
         return version, dsc
     raise FputraceError(f"the archive serves no linux {series} source ({', '.join(order)}: "

@@ -8,9 +8,11 @@
 #ifndef FPCHECK_A64_H
 #define FPCHECK_A64_H
 
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <ucontext.h>
 
 struct fp_file {
     uint8_t v[32][16];
@@ -174,6 +176,26 @@ static inline void sve_load_all(const struct sve_packed *in, unsigned vl)
                      SVE_ALL("ldr")
                      : : [z] "r"(z), [p] "r"(p)
                      : "memory", SVE_CLOBBERS);
+}
+
+/*
+ * SIGTRAP, which the BRK of sve_checked(..., 0) raises, to handler, with
+ * the signal's context; the handler steps over the BRK with brk_skip().
+ */
+static inline int brk_catch(void (*handler)(int, siginfo_t *, void *))
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = handler;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGTRAP, &sa, NULL);
+}
+
+static inline void brk_skip(void *context)
+{
+    ((ucontext_t *)context)->uc_mcontext.pc += 4;
 }
 
 #endif

@@ -24,18 +24,15 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include "fpcheck.h"
 
 static void on_trap(int sig, siginfo_t *info, void *context)
 {
-    ucontext_t *uc = context;
-
     (void)sig;
     (void)info;
-    uc->uc_mcontext.pc += 4;    /* resume after the BRK */
+    brk_skip(context);
 }
 
 int main(int argc, char **argv)
@@ -43,7 +40,6 @@ int main(int argc, char **argv)
     long n = argc > 1 ? strtol(argv[1], NULL, 0) : 20;
     static struct sve_packed sve_in, sve_out;
     struct fp_file in, out;
-    struct sigaction sa;
     long changes = 0, mismatches = 0, sve_mismatches = 0;
     unsigned vls[2];
 
@@ -51,11 +47,7 @@ int main(int argc, char **argv)
         printf("vl-change: changes=0 mismatches=0 (no SVE)\n");
         return 0;
     }
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = on_trap;
-    sa.sa_flags = SA_SIGINFO;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGTRAP, &sa, NULL) < 0) {
+    if (brk_catch(on_trap) < 0) {
         perror("vl-change: sigaction SIGTRAP");
         return 1;
     }
