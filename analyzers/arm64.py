@@ -120,10 +120,8 @@ def trap_costs(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64]) -> TrapCo
                 out.guest_traps += 1
             else:
                 out.host_traps += 1
-                if ec == 0x19 and downgraded.get(task):
-                    out.sve_retraps += 1
                 if ec == 0x19:
-                    downgraded[task] = False
+                    out.sve_retraps += downgraded.pop(task, False)
             p = last_state.get(cpu)
             if p is not None and fmt.SAVE_TABLE[kinds[p]]:
                 pending_trap.setdefault(cpu, []).append(p)

@@ -6,11 +6,11 @@ configuration into the cache (the machine's package set is not touched)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from fputrace.errors import FputraceError
+from fputrace.kernel.debian import PrivateApt
 from fputrace.paths import cache_dir
 
 HOST_BUSYBOX = Path("/bin/busybox")
@@ -29,16 +29,13 @@ def busybox_for(arch: str) -> Path:
     path = cache_dir() / "busybox" / deb_arch / "busybox"
     if path.exists():
         return path
-    from fputrace.kernel.debian import PrivateApt
-
     apt = PrivateApt("bookworm", deb_arch)
     apt.update()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp_s:
         tmp = Path(tmp_s)
         tmp.chmod(0o755)
-        deb = apt.download("busybox-static", tmp / "deb")
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "tree")], check=True)
+        deb = apt.unpack("busybox-static", tmp / "tree")
         found = tmp / "tree" / "bin" / "busybox"
         if not found.exists():
             raise FputraceError(f"{deb.name} holds no bin/busybox")

@@ -203,6 +203,13 @@ class PrivateApt:
             raise FputraceError(f"apt-get download {package} left no .deb in {dest}")
         return debs[-1]
 
+    def unpack(self, package: str, tree: Path, version: str | None = None) -> Path:
+        """Download a package into tree's parent and unpack its files into
+        tree (several packages may share one tree); return the .deb."""
+        deb = self.download(package, tree.parent / "deb", version)
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+        return deb
+
     def download_source(self, package: str, version: str, dest: Path) -> Path:
         """The .dsc, with its tarballs next to it, of one source package version."""
         dest.mkdir(parents=True, exist_ok=True)
@@ -307,9 +314,8 @@ def _unpack(apt: PrivateApt, package: str, version: str, release: str, root: Pat
     with tempfile.TemporaryDirectory(dir=root.parent) as tmp_s:
         tmp = Path(tmp_s)
         os.chmod(tmp, 0o755)
-        deb = apt.download(package, tmp / "deb", version)
         tree = tmp / "tree"
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+        apt.unpack(package, tree, version)
         out = tmp / "out"
         out.mkdir()
         boot = tree / "boot"

@@ -55,8 +55,7 @@ def _debian_headers(info: debian.KernelInfo) -> Path:
         tmp.chmod(0o755)
         staging = tmp / "tree"
         for p in packages:
-            deb = apt.download(p, tmp / "deb")
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], check=True)
+            apt.unpack(p, staging)
         staged = staging / "usr" / "src" / f"linux-headers-{info.release}"
         makefile = staged / "Makefile"
         if not makefile.exists():
