@@ -21,7 +21,8 @@ from fputrace.run import Run
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import Trace
 
-TRACE_KINDS_WITH_MEMORY = fmt.SAVE_KINDS | fmt.RESTORE_KINDS
+TRACE_KINDS_WITH_MEMORY = (fmt.SAVE_KINDS | fmt.RESTORE_KINDS
+                           | {fmt.Kind.SME_SAVE, fmt.Kind.SME_LOAD})
 
 
 def header_lines(trace: Trace) -> list[str]:

@@ -136,6 +136,8 @@ struct fpu_insn {
     struct a64_operands {
         uint8_t el;             /* the EL it was translated at */
         uint8_t reg;            /* Rt of an MSR, Rn of a save/load sequence */
+        uint8_t vl_reg;         /* ZA save/load: the register RDSVL set to SVL in bytes */
+        uint8_t zt_reg;         /* ... the one that says whether ZT0 is moved (32: never) */
         uint8_t crm;            /* MSR (immediate): CRm */
         bool imm;               /* MSR (immediate): SMSTART/SMSTOP */
         bool hyp;               /* nVHE hypervisor code (EL2 without E2H) */
@@ -208,6 +210,7 @@ struct vcpu_state {
     bool a64_save;              /* the pending operation is a save */
     bool a64_hyp;               /* ... run by nVHE hypervisor code */
     bool a64_placed;            /* ... its first access gave the physical address */
+    const struct fpu_insn *a64_za_insn; /* the pending operation is a ZA save or load */
     bool guest_fp_trapped;      /* the guest runs with FP/SIMD access trapped to EL2 */
     struct ftr_event *events;
     size_t n_events;
@@ -2175,6 +2178,10 @@ static const struct arch_ops x86_ops = {
 #define A64_FPSIMD_BYTES        520     /* struct user_fpsimd_state less padding */
 #define A64_WORD_EXT            1024
 #define A64_VL_MAX              256     /* bytes: SVE's 2048-bit maximum */
+/* ZA (SVL x SVL bytes) and ZT0 (64 bytes) hash as words of their own. */
+#define A64_WORD_ZA             16384
+#define A64_WORD_ZT0            (A64_WORD_ZA + A64_VL_MAX * A64_VL_MAX / 8)
+#define A64_ZT0_BYTES           64
 
 /* The kernel's save/load sequences (arch/arm64/include/asm/fpsimdmacros.h). */
 enum a64_seq {
@@ -2192,6 +2199,25 @@ enum a64_seq {
 #define A64_LDP_Q_PRE           0xadc00000u
 #define A64_SVE_STR_Z           0xe5804000u     /* STR (vector), imm9 MUL VL */
 #define A64_SVE_LDR_Z           0x85804000u
+/*
+ * sme_save_za/sme_load_za, with RDSVL before them and the ZT0 store or
+ * load after them where the kernel has ZT0 (sme_save_state, 6.4 on;
+ * za_save_state before): rdsvl xV, #1; mov wW, #0; 1: str za[wW, 0], [xN];
+ * add xN, xN, xV; add xW, xW, #1; cmp xV, xW; b.ne 1b [; cbz wZ, 2f;
+ * str zt0, [xN]; 2:].
+ */
+#define A64_SME_RDSVL_1         0x04bf5820u     /* RDSVL Xd, #1 */
+#define A64_MOVZ_W_0            0x52800000u     /* MOV Wd, #0 */
+#define A64_SME_STR_ZA          0xe1200000u     /* STR ZA[Wv, #0], [Xn] */
+#define A64_SME_LDR_ZA          0xe1000000u
+#define A64_ADD_X_REG           0x8b000000u     /* ADD Xd, Xn, Xm */
+#define A64_ADD_X_1             0x91000400u     /* ADD Xd, Xn, #1 */
+#define A64_CMP_X_REG           0xeb00001fu     /* CMP Xn, Xm */
+#define A64_BNE_BACK_4          0x54ffff81u     /* B.NE, four instructions back */
+#define A64_CBZ_W_FWD_2         0x34000040u     /* CBZ Wt, two instructions on */
+#define A64_SME_STR_ZT0         0xe13f8000u     /* STR ZT0, [Xn] */
+#define A64_SME_LDR_ZT0         0xe11f8000u
+#define A64_ZT_NONE             32
 
 static inline uint32_t a64_pair_q(uint32_t base, unsigned rt, unsigned rn, int imm16)
 {
@@ -2372,6 +2398,41 @@ static bool a64_buffer_hash(struct vcpu_state *vs, bool sve, uint64_t va, unsign
 }
 
 /*
+ * A ZA save or load is done: hash its buffer, SVL rows of SVL bytes from
+ * where the sequence began, then ZT0 where the sequence moved it. The
+ * registers still hold SVL and the ZT0 count.
+ */
+static void a64_za_finish(struct vcpu_state *vs, struct ftr_event *ev)
+{
+    const struct fpu_insn *fi = vs->a64_za_insn;
+    uint64_t svl = a64_xreg(vs, fi->a64.vl_reg);
+    bool zt0 = fi->a64.zt_reg != A64_ZT_NONE && (uint32_t)a64_xreg(vs, fi->a64.zt_reg) != 0;
+    size_t za_bytes, len;
+    g_autofree uint8_t *b = NULL;
+
+    vs->a64_za_insn = NULL;
+    if (svl < 16 || svl > A64_VL_MAX || svl % 16) {
+        return;
+    }
+    za_bytes = svl * svl;
+    len = za_bytes + (zt0 ? A64_ZT0_BYTES : 0);
+    b = g_malloc(len);
+    if (!mem_read(vs, vs->a64_va, b, len)) {
+        return;
+    }
+    ev->index = svl;
+    ev->value = zt0 ? 4 | 8 : 4;        /* ZA, and ZT0 */
+    for (size_t w = 0; w < len / 8; w++) {
+        uint64_t v;
+        memcpy(&v, b + 8 * w, 8);
+        ev->mem_hash += a64_word_hash(w < za_bytes / 8 ? A64_WORD_ZA + w
+                                                       : A64_WORD_ZT0 + w - za_bytes / 8, v);
+    }
+    ev->mem_bytes = len;
+    ev->flags |= FTR_FLAG_MEM_VALID;
+}
+
+/*
  * The pending save or load is done: a save's content hash comes from what
  * its buffer holds now (FPSR and FPCR of an SVE save, stored after the Z
  * and P registers behind a branch, from the registers, which still hold
@@ -2387,6 +2448,11 @@ static void a64_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
         return;
     }
     vs->pending = false;
+    if (vs->a64_za_insn) {
+        a64_za_finish(vs, ev);
+        vcpu_commit_event(vs, vcpu_index, ev);
+        return;
+    }
     if (vs->a64_save &&
         (!sve || (reg_read(vs, a64.fpsr, (uint8_t *)&regs[0], 4) &&
                   reg_read(vs, a64.fpcr, (uint8_t *)&regs[1], 4))) &&
@@ -2474,6 +2540,32 @@ static void a64_state_op_exec(unsigned int vcpu_index, void *udata)
 }
 
 /*
+ * The first instruction of a ZA save or load (RDSVL): its buffer. The ZA
+ * array and ZT0 are state of their own, outside the register hash; the
+ * content is hashed when the sequence is done (a64_za_finish()).
+ */
+static void a64_za_op_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event ev;
+
+    a64_finish_pending(vs, vcpu_index);
+    if (vs->entry_pending) {
+        bool ok;
+        uint64_t regs_hash = a64_regs_hash(vs, &ok);
+        vcpu_materialize_entry(vs, vcpu_index, ok ? &regs_hash : NULL, false);
+    }
+    event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr, fi->a64.el);
+    ev.addr = vs->a64_va = a64_xreg(vs, fi->a64.reg);
+    vs->a64_save = fi->kind == FTR_KIND_SME_SAVE;
+    vs->a64_hyp = fi->a64.hyp;
+    vs->a64_za_insn = fi;
+    vs->pending_event = ev;
+    vs->pending = true;
+}
+
+/*
  * The first memory access of a save or load sequence: its physical address.
  * nVHE hypervisor code (EL2 without HCR_EL2.E2H) names buffers by its own
  * mapping of the kernel's linear map; they are given the kernel's address,
@@ -2515,7 +2607,7 @@ static void a64_seq_end_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
     if (!vs->pending) {
         return;
     }
-    if (!vs->a64_save) {
+    if (!vs->a64_save && !vs->a64_za_insn) {
         vs->regs_dirty = 0;
         vs->last_regs_ok = (vs->pending_event.flags & FTR_FLAG_REGS_AFTER_VALID) != 0;
     }
@@ -2615,7 +2707,10 @@ static void a64_vector_exec(unsigned int vcpu_index, void *udata)
     bool guest_regime = (hcr & HCR_VM) && !(hcr & HCR_TGE);
     bool from_guest = guest_regime && (el < 2 || from_lower);
 
-    a64_finish_pending(vs, vcpu_index);
+    /* The ZA loop branches back per row: an interrupt can come in between. */
+    if (!vs->a64_za_insn) {
+        a64_finish_pending(vs, vcpu_index);
+    }
     if (sync) {
         esr = reg_read_u64(vs, el == 2 ? a64.esr_el2 : a64.esr_el1);
         ec = (esr >> 26) & 0x3f;
@@ -2762,17 +2857,64 @@ static bool a64_is_fp_simd(uint32_t op)
 }
 
 /*
- * A save or load sequence starting at op (Rn its base register), checked
- * against the instructions that follow in memory. Returns its kind, and in
- * *len the bytes up to the instruction after it.
+ * A ZA save or load sequence starting at op, RDSVL (see A64_SME_RDSVL_1).
+ * Its base register is the one the first ZA store or load names.
  */
-static uint8_t a64_seq_at(uint64_t vaddr, uint32_t op, unsigned *rn, unsigned *len)
+static uint8_t a64_za_seq_at(uint64_t vaddr, uint32_t op, struct a64_operands *ops,
+                             unsigned *len)
+{
+    uint32_t next[8];
+    unsigned v = op & 31, w, n;
+    bool save;
+    g_autoptr(GByteArray) buf = g_byte_array_new();
+
+    if (!qemu_plugin_read_memory_vaddr(vaddr + 4, buf, sizeof(next)) ||
+        buf->len < sizeof(next)) {
+        return 0;
+    }
+    memcpy(next, buf->data, sizeof(next));
+    w = next[0] & 31;
+    n = (next[1] >> 5) & 31;
+    if ((next[0] & ~31u) != A64_MOVZ_W_0 || w < 12 || w > 15) {
+        return 0;
+    }
+    save = next[1] == (A64_SME_STR_ZA | (w & 3) << 13 | n << 5);
+    if ((!save && next[1] != (A64_SME_LDR_ZA | (w & 3) << 13 | n << 5)) ||
+        next[2] != (A64_ADD_X_REG | v << 16 | n << 5 | n) ||
+        next[3] != (A64_ADD_X_1 | w << 5 | w) ||
+        next[4] != (A64_CMP_X_REG | w << 16 | v << 5) ||
+        next[5] != A64_BNE_BACK_4) {
+        return 0;
+    }
+    ops->reg = n;
+    ops->vl_reg = v;
+    ops->zt_reg = A64_ZT_NONE;
+    *len = 4 * 7;
+    if ((next[6] & ~31u) == A64_CBZ_W_FWD_2 &&
+        next[7] == ((save ? A64_SME_STR_ZT0 : A64_SME_LDR_ZT0) | n << 5)) {
+        ops->zt_reg = next[6] & 31;
+        *len = 4 * 9;
+    }
+    return save ? FTR_KIND_SME_SAVE : FTR_KIND_SME_LOAD;
+}
+
+/*
+ * A save or load sequence starting at op, checked against the instructions
+ * that follow in memory. Returns its kind, in ops its base register (and
+ * for ZA its other registers), and in *len the bytes up to the instruction
+ * after it.
+ */
+static uint8_t a64_seq_at(uint64_t vaddr, uint32_t op, struct a64_operands *ops,
+                          unsigned *len)
 {
     uint32_t next[16];
     unsigned n = (op >> 5) & 31;
     g_autoptr(GByteArray) buf = g_byte_array_new();
 
-    *rn = n;
+    if ((op & ~31u) == A64_SME_RDSVL_1) {
+        return a64_za_seq_at(vaddr, op, ops, len);
+    }
+    ops->reg = n;
     if (op == a64_pair_q(A64_STP_Q_OFF, 0, n, 0) || op == a64_pair_q(A64_LDP_Q_OFF, 0, n, 0)) {
         bool save = op == a64_pair_q(A64_STP_Q_OFF, 0, n, 0);
         /* stp/ldp q2k, q2k+1, [xN, #32k] for k = 1..14, then k = 15 with writeback. */
@@ -2858,7 +3000,7 @@ static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32
 {
     struct fpu_insn fi = { .vaddr = vaddr, .len = 4, .a64.hyp = hyp };
     const struct fpu_insn *shared;
-    unsigned rn, len;
+    unsigned len;
 
     fi.a64.el = el;
     if (op == A64_INSN_ERET || op == A64_INSN_ERETAA || op == A64_INSN_ERETAB) {
@@ -2891,11 +3033,20 @@ static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32
                                                (void *)shared);
         return;
     }
-    fi.kind = a64_seq_at(vaddr, op, &rn, &len);
+    fi.kind = a64_seq_at(vaddr, op, &fi.a64, &len);
     if (!fi.kind) {
         return;
     }
-    fi.a64.reg = rn;
+    if (fi.kind == FTR_KIND_SME_SAVE || fi.kind == FTR_KIND_SME_LOAD) {
+        shared = a64_intern(&fi, op);
+        g_mutex_lock(&insn_lock);
+        fp_code_add(vaddr, vaddr + len);
+        site_add(vaddr + len, SITE_SEQ_END);
+        g_mutex_unlock(&insn_lock);
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_za_op_exec, QEMU_PLUGIN_CB_R_REGS,
+                                               (void *)shared);
+        return;
+    }
     fi.is_save = fi.kind == FTR_KIND_FPSIMD_SAVE || fi.kind == FTR_KIND_SVE_SAVE;
     fi.is_restore = !fi.is_save;
     shared = a64_intern(&fi, op);

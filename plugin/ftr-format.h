@@ -71,6 +71,8 @@ enum ftr_kind {
     FTR_KIND_SVE_LOAD = 39,
     FTR_KIND_SMCR_WRITE = 40,
     FTR_KIND_SVCR_WRITE = 41,       /* MSR SVCR / SMSTART / SMSTOP */
+    FTR_KIND_SME_SAVE = 42,         /* ZA (and ZT0): the kernel's sme_save_za sequence */
+    FTR_KIND_SME_LOAD = 43,
     FTR_KIND_MAX = 64,
 };
 

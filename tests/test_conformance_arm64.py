@@ -6,9 +6,10 @@ record by record.
 The image covers FP/SIMD, SVE and SME access traps with FP disabled in
 CPTR_EL2 (at EL2), in CPACR_EL1 (at EL1 and for EL0) and in CPTR_EL2 with
 E2H (VHE); every FP control register write, by each name and with E2H's
-redirections; FPSIMD and SVE saves and loads through routines at known
-addresses; user returns and entries at EL0/EL1; and ERETs into a guest at
-EL1 with HCR_EL2.VM set, with FP/SIMD trapped and not, and back.
+redirections; FPSIMD, SVE and ZA (SME, with ZT0 on SME2) saves and loads
+through routines at known addresses, each the kernel's own sequence; user
+returns and entries at EL0/EL1; and ERETs into a guest at EL1 with
+HCR_EL2.VM set, with FP/SIMD trapped and not, and back.
 
 Its own checksums of the bytes each save stored or each load read ("sum",
 and "ext" for the rest of an SVE state) are the independent truth for
@@ -34,7 +35,7 @@ from fputrace.paths import build_dir
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
 
-SAVES_LOADS = ("fpsimd_save", "fpsimd_load", "sve_save", "sve_load")
+SAVES_LOADS = ("fpsimd_save", "fpsimd_load", "sve_save", "sve_load", "sme_save", "sme_load")
 CONTROL_WRITES = ("cpacr_write", "cptr_write", "zcr_write", "smcr_write", "svcr_write")
 
 
@@ -115,6 +116,9 @@ def test_fields_match_record_by_record(run: Run) -> None:
             assert (int(ev["pc"]), int(ev["addr"]), int(ev["index"])) == \
                 (h(op, "pc"), h(op, "addr"), h(op, "vl")), where
             assert flags & fmt.Flag.MEM_VALID, where
+        if kind in ("sme_save", "sme_load"):
+            # value: the components moved, ZA (4) and ZT0 (8).
+            assert int(ev["value"]) == 4 | (8 if op["zt"] == "0x1" else 0), where
         if kind in ("vm_entry", "vm_exit"):
             # The vCPU: VTTBR_EL2 (stage-2 base, VMID) | VMPIDR_EL2.Aff0 << 1 | 1.
             assert int(ev["addr"]) == h(op, "addr"), where

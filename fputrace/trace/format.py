@@ -85,6 +85,10 @@ class Kind(enum.IntEnum):
     SVE_LOAD = 39
     SMCR_WRITE = 40
     SVCR_WRITE = 41  # MSR SVCR, SMSTART, SMSTOP
+    # ZA and ZT0 (SME): their own state, outside the FP/SIMD content model
+    # (not in SAVE_KINDS/RESTORE_KINDS).
+    SME_SAVE = 42
+    SME_LOAD = 43
 
 
 KIND_MAX = 64

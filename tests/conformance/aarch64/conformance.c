@@ -75,6 +75,10 @@
 #define EC_SME          0x1d
 
 #define VL_BYTES        32              /* ZCR_ELx.LEN = 1: 256-bit vectors */
+#define SMCR_LEN_256    1ull            /* SMCR_ELx.LEN = 1: 256-bit streaming vectors */
+#define SMCR_EZT0       (1ull << 30)
+#define SVL_MAX         64              /* bytes: what za_image holds */
+#define ZT0_BYTES       64
 #define VMID            7ull
 #define VCPU_AFF0       3ull
 #define TASK_A          0xffff0000c0de0000ull
@@ -105,6 +109,11 @@ void fpsimd_save_state(void *buf);
 void fpsimd_load_state(const void *buf);
 void sve_save_state(void *base, uint32_t *fpsr_fpcr);
 void sve_load_state(const void *base, const uint32_t *fpsr_fpcr);
+uint64_t sme_vl(void);
+uint64_t read_id_aa64smfr0(void);
+void sme_save_state(void *buf, uint32_t zt_count);
+void sme_load_state(const void *buf, uint32_t zt_count);
+void za_save_state(void *buf);
 void user_main(void);
 void guest_main(void);
 void guest_quiet(void);
@@ -238,6 +247,18 @@ static void fill_pattern(struct fpsimd_image *im, uint8_t seed, uint32_t fpcr)
     im->fpcr = fpcr;
 }
 
+/* A ZA buffer as the kernel lays it out: SVL rows of SVL bytes, then ZT0. */
+struct za_image {
+    uint8_t b[SVL_MAX * SVL_MAX + ZT0_BYTES];
+} __attribute__((aligned(16)));
+
+static struct za_image za_src, za_1, za_2, za_3, za_4;
+
+static uint64_t za_sum(const struct za_image *im, uint64_t svl, uint32_t zt)
+{
+    return fnv_bytes(FNV_INIT, im->b, svl * svl + (zt ? ZT0_BYTES : 0));
+}
+
 /* ---- operations, each with its OP line ----------------------------------- */
 
 static unsigned current_el(void)
@@ -320,6 +341,38 @@ static void sve_load(const struct sve_image *buf, const uint32_t *ctl)
     put_kv("ext", sve_ext_sum(buf));
     op_end();
     sve_load_state(buf->z[0] + 34 * VL_BYTES, ctl);
+}
+
+/*
+ * ZA (and ZT0 when zt is set) saved or loaded through sme_save_state/
+ * sme_load_state; old_form: za_save_state, the form before ZT0.
+ */
+static void za_save(struct za_image *buf, uint64_t svl, uint32_t zt, int old_form)
+{
+    op_begin("sme_save", current_el());
+    put_kv("pc", old_form ? (uint64_t)za_save_state : (uint64_t)sme_save_state);
+    put_kv("addr", (uint64_t)buf);
+    put_kv("vl", svl);
+    put_kv("zt", zt);
+    if (old_form) {
+        za_save_state(buf);
+    } else {
+        sme_save_state(buf, zt);
+    }
+    put_kv("sum", za_sum(buf, svl, zt));
+    op_end();
+}
+
+static void za_load(const struct za_image *buf, uint64_t svl, uint32_t zt)
+{
+    op_begin("sme_load", current_el());
+    put_kv("pc", (uint64_t)sme_load_state);
+    put_kv("addr", (uint64_t)buf);
+    put_kv("vl", svl);
+    put_kv("zt", zt);
+    put_kv("sum", za_sum(buf, svl, zt));
+    op_end();
+    sme_load_state(buf, zt);
 }
 
 /* SMSTART (value 3: PSTATE.SM and ZA set) or SMSTOP (0): the immediate forms. */
@@ -567,6 +620,36 @@ static void part_el2(void)
     sve_load(&sve_2, sve_ctl_3);
     sve_save(&sve_3, sve_ctl_1);
     fpsimd_save(&save_4);
+
+    /*
+     * ZA (and ZT0 with SME2): a pattern loaded and saved, a last ZA byte
+     * changed, then a last ZT0 byte, and ZA saved in the form before ZT0.
+     * Enabling ZA zeroes it; ZT0 needs SMCR_EL2.EZT0.
+     */
+    uint32_t zt = ((read_id_aa64smfr0() >> 56) & 0xf) != 0;
+    control_write("smcr_write", SR_SMCR_EL2, SR_SMCR_EL2, read_smcr_el2, write_smcr_el2,
+                  SMCR_LEN_256 | (zt ? SMCR_EZT0 : 0));
+    control_write("svcr_write", SR_SVCR, SR_SVCR, read_svcr, write_svcr, 2);
+    uint64_t svl = sme_vl();
+    if (svl > SVL_MAX) {
+        put_str("FAIL streaming vector length too long for za_image\n");
+        return;
+    }
+    for (unsigned i = 0; i < sizeof(za_src.b); i++) {
+        za_src.b[i] = (uint8_t)(0x3c + 11 * i + (i >> 8));
+    }
+    za_load(&za_src, svl, zt);
+    za_save(&za_1, svl, zt, 0);
+    za_src.b[svl * svl - 1] ^= 0x40;
+    za_load(&za_src, svl, zt);
+    za_save(&za_2, svl, zt, 0);
+    if (zt) {
+        za_src.b[svl * svl + ZT0_BYTES - 1] ^= 0x02;
+        za_load(&za_src, svl, zt);
+        za_save(&za_3, svl, zt, 0);
+    }
+    za_save(&za_4, svl, 0, 1);
+    control_write("svcr_write", SR_SVCR, SR_SVCR, read_svcr, write_svcr, 0);
 }
 
 /* EL1 as a host kernel (HCR_EL2.VM clear), and EL0 under it. */

@@ -204,6 +204,15 @@ touch_sme:
         rdsvl   x0, #1
         ret
 
+/* The streaming vector length in bytes, and ID_AA64SMFR0_EL1 (SMEver: SME2). */
+        .globl  sme_vl, read_id_aa64smfr0
+sme_vl:
+        rdsvl   x0, #1
+        ret
+read_id_aa64smfr0:
+        mrs     x0, id_aa64smfr0_el1
+        ret
+
 /* fill_regs(p): V0-V31 from p[0..511], FPSR and FPCR from p[512..519]. */
         .globl  fill_regs
 fill_regs:
@@ -318,6 +327,53 @@ sve_load_state:
         msr     fpsr, x2
         ldr     w2, [x1, #4]
         msr     fpcr, x2
+        ret
+
+/*
+ * ZA saves and loads in both of the kernel's forms (entry-fpsimd.S and the
+ * sme_save_za/sme_load_za macros): sme_save_state(buf, zt_count) as since
+ * 6.4, with ZT0 after ZA, and za_save_state(buf) as before, ZA alone. SVL
+ * rows of SVL bytes, then ZT0's 64 bytes. ZT0 (SME2) by encoding, as the
+ * kernel writes it.
+ */
+        .balign 16
+        .globl  sme_save_state
+sme_save_state:
+        rdsvl   x2, #1
+        mov     w12, #0
+1:      str     za[w12, 0], [x0]
+        add     x0, x0, x2
+        add     x12, x12, #1
+        cmp     x2, x12
+        b.ne    1b
+        cbz     w1, 2f
+        .inst   0xe13f8000              /* str zt0, [x0] */
+2:      ret
+
+        .balign 16
+        .globl  sme_load_state
+sme_load_state:
+        rdsvl   x2, #1
+        mov     w12, #0
+1:      ldr     za[w12, 0], [x0]
+        add     x0, x0, x2
+        add     x12, x12, #1
+        cmp     x2, x12
+        b.ne    1b
+        cbz     w1, 2f
+        .inst   0xe11f8000              /* ldr zt0, [x0] */
+2:      ret
+
+        .balign 16
+        .globl  za_save_state
+za_save_state:
+        rdsvl   x1, #1
+        mov     w12, #0
+1:      str     za[w12, 0], [x0]
+        add     x0, x0, x1
+        add     x12, x12, #1
+        cmp     x1, x12
+        b.ne    1b
         ret
 
 /* ---- code run below EL2 ------------------------------------------------- */
