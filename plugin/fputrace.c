@@ -2468,6 +2468,14 @@ static void a64_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
         vs->last_regs = ev->regs_hash;
         vs->last_regs_ok = !vs->regs_dirty;
     }
+    if (vs->pending_entry) {
+        vs->pending_entry = false;
+        if (ev->flags & FTR_FLAG_REGS_VALID) {
+            vs->entry_event.regs_hash = ev->regs_hash;
+            vs->entry_event.flags |= FTR_FLAG_REGS_VALID;
+        }
+        vcpu_commit_event(vs, vcpu_index, &vs->entry_event);
+    }
     vcpu_commit_event(vs, vcpu_index, ev);
 }
 
@@ -2491,11 +2499,17 @@ static void a64_state_op_exec(unsigned int vcpu_index, void *udata)
     if (fi->is_restore && vs->last_regs_ok && !vs->regs_dirty) {
         regs_hash = vs->last_regs;
         ok = true;
-    } else if (fi->is_restore || !cfg.derive_regs || vs->entry_pending) {
+    } else if (fi->is_restore || !cfg.derive_regs) {
         regs_hash = a64_regs_hash(vs, &ok);
     }
     if (vs->entry_pending) {
-        vcpu_materialize_entry(vs, vcpu_index, ok ? &regs_hash : NULL, false);
+        /*
+         * No kernel FP/SIMD code ran since the entry (it would have written
+         * the entry already): a save stores the registers the task entered
+         * with, and the entry takes its hash (a64_finish_pending()).
+         */
+        bool defer = fi->is_save && cfg.derive_regs;
+        vcpu_materialize_entry(vs, vcpu_index, ok ? &regs_hash : NULL, defer);
     }
     event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr, fi->a64.el);
     /* sve_save/sve_load address Z0 at -34 vector lengths from their base register. */
