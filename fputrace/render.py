@@ -306,8 +306,8 @@ def render_boundaries(console: Console, verdict: Verdict) -> None:
             console.print(escape(f"  not checked: {n} x {why}"))
 
 
-def render_analysis(console: Console, run: Run, own: Ownership, verdict: Verdict,
-                    costs: Costs, top: int, max_findings: int = 50) -> None:
+def render_findings(console: Console, run: Run, own: Ownership, verdict: Verdict,
+                    max_findings: int = 50) -> None:
     ident = _ident(run, own)
     findings = findings_json(run, verdict, ident, max_findings)
     if findings:
@@ -327,6 +327,49 @@ def render_analysis(console: Console, run: Run, own: Ownership, verdict: Verdict
                 _render_event(console, "confirmed", f["confirmed_by"])
     else:
         console.print("[green]no lost or corrupted FPU state[/]")
+
+
+def operation_line(name: str, o: dict[str, float | int]) -> str:
+    """'per VM entry: 1.0 saves, 1.0 restores, 1032.0 bytes (200 of them)'"""
+    return (f"per {name.replace('_', ' ').replace('vm', 'VM')}: {o['saves']} saves, "
+            f"{o['restores']} restores, {o['bytes']} bytes ({o['count']} of them)")
+
+
+def render_summary(console: Console, run: Run, own: Ownership, verdict: Verdict,
+                   costs: Costs, max_findings: int) -> None:
+    """The short report: findings, boundary checks, and the redundancy and
+    cost headline per operation."""
+    ev = run.trace.events
+    h = run.trace.header
+    console.print(escape(f"{run.trace.path}: {h.arch.name.lower()}, kernel {h.kernel or '-'}, "
+                         f"{len(ev)} events"))
+    render_findings(console, run, own, verdict, max_findings)
+    render_boundaries(console, verdict)
+    _render_redundancy(console, costs)
+    for name, o in costs.per_operation.items():
+        if o["count"]:
+            console.print(escape("  " + operation_line(name, o)))
+    if h.arch == fmt.Arch.AARCH64:
+        t = trap_costs(ev, _ident(run, own)).as_json()
+        console.print(escape(
+            f"  FP access traps: {t['guest_traps_per_kvm_run']} per KVM_RUN, "
+            f"{t['host_traps_per_context_switch']} per context switch"))
+    console.print("[dim]tables per call site, task, vCPU and kind: --full[/]")
+
+
+def _render_redundancy(console: Console, costs: Costs) -> None:
+    c = costs.classes
+    pct = costs.redundant_pct
+    console.print(
+        f"saves and restores: {sum(c.values())}; necessary {c['necessary']}, redundant saves "
+        f"{c['redundant_save']} ({pct['saves']}% of saves), redundant restores "
+        f"{c['redundant_restore']} ({pct['restores']}% of restores), unknown {c['unknown']}; "
+        f"redundant bytes {pct['bytes']}% of bytes moved")
+
+
+def render_analysis(console: Console, run: Run, own: Ownership, verdict: Verdict,
+                    costs: Costs, top: int, max_findings: int = 50) -> None:
+    render_findings(console, run, own, verdict, max_findings)
     render_boundaries(console, verdict)
     if verdict.unconfirmed:
         console.print(escape(
@@ -341,13 +384,7 @@ def render_analysis(console: Console, run: Run, own: Ownership, verdict: Verdict
                              f"({m.evidence}): {m.description}"))
     if arm64:
         _render_traps(console, trap_costs(run.trace.events, _ident(run, own)))
-    c = costs.classes
-    pct = costs.redundant_pct
-    console.print(
-        f"saves and restores: {sum(c.values())}; necessary {c['necessary']}, redundant saves "
-        f"{c['redundant_save']} ({pct['saves']}% of saves), redundant restores "
-        f"{c['redundant_restore']} ({pct['restores']}% of restores), unknown {c['unknown']}; "
-        f"redundant bytes {pct['bytes']}% of bytes moved")
+    _render_redundancy(console, costs)
     for reason, n in costs.unknown_reasons.items():
         console.print(escape(f"  unknown: {n} x {reason}"))
     if not arm64:

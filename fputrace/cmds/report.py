@@ -1,6 +1,8 @@
-"""fputrace report FILE: what the trace holds, who owned the FPU registers,
-which saves and restores were needed, and whether any state was lost or
-corrupted.
+"""fputrace report FILE: whether any FPU state was lost or corrupted, and
+how much of the saving and restoring was needed. By default a short summary:
+the findings, the boundary checks, and the redundancy and cost per
+operation; --full adds the tables (per call site, task, vCPU, kind,
+component); --json prints everything as one object.
 
 Exit status: 0; 3 when there is a finding (FPU state lost or corrupted, so
 CI can gate on it); 4 when the trace is incomplete or damaged (the report
@@ -16,17 +18,13 @@ from typing import Any
 
 from rich.console import Console
 
-from analyzers.boundaries import check_boundaries
-from analyzers.costs import costs_from_aggregates
-from analyzers.counts import counts_from_aggregates
-from analyzers.ownership import analyze
-from analyzers.timeline import cpu_timeline
-from analyzers.verdict import combine
+from fputrace.analysis import analyze_run
 from fputrace.render import (
     analysis_json,
     counts_json,
     render_analysis,
     render_counts,
+    render_summary,
     render_timeline,
     timeline_json,
 )
@@ -43,6 +41,8 @@ def add_parser(sub: Any) -> None:
                        description=__doc__)
     p.add_argument("trace", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--full", action="store_true",
+                   help="the full report: every table after the summary's lines")
     p.add_argument("--top", type=int, default=15, help="rows per table (default 15)")
     p.add_argument("--max-findings", type=int, default=50,
                    help="list at most N findings, in trace order (default 50; "
@@ -57,17 +57,9 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     r = load_run(args.trace)
-    events, tasks = r.trace.events, r.trace.tasks
-    own = analyze(events, r.symbols.values.get("init_fpstate"), tasks, tables=True)
-    assert own.tables is not None and own.task_ident is not None
-    # Classes and every table from one compiled pass.
-    counts = counts_from_aggregates(own.tables, len(events), tasks, r.symbols)
-    costs = costs_from_aggregates(own.tables, own, tasks, r.symbols)
-    ident = own.task_ident
-    bounds = check_boundaries(events, tasks, ident, r.symbols,
-                              "fpu_copy_uabi_to_guest_fpstate" in r.symbols.values)
-    verdict = combine(events, ident, own, bounds)
-    timeline = cpu_timeline(events, own) if args.timeline > 0 else None
+    a = analyze_run(r)
+    own, counts, costs, verdict = a.own, a.counts, a.costs, a.verdict
+    timeline = a.timeline() if args.timeline > 0 else None
     if args.json:
         extra = {"timeline": timeline_json(timeline, args.timeline)} if timeline is not None \
             else {}
@@ -80,10 +72,14 @@ def run(args: argparse.Namespace) -> int:
         console = Console(emoji=False, highlight=False)
         if not console.is_terminal:
             console = Console(emoji=False, highlight=False, width=200)
-        render_analysis(console, r, own, verdict, costs, args.top, args.max_findings)
+        if args.full:
+            render_analysis(console, r, own, verdict, costs, args.top, args.max_findings)
+        else:
+            render_summary(console, r, own, verdict, costs, args.max_findings)
         if timeline is not None:
             render_timeline(console, timeline, args.timeline)
-        render_counts(console, r, counts, args.top)
+        if args.full:
+            render_counts(console, r, counts, args.top)
     if not r.trace.complete:
         print(f"fputrace: warning: {describe_incomplete(r.trace)}", file=sys.stderr)
         if not args.allow_partial:

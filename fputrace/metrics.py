@@ -1,0 +1,166 @@
+"""Flat, named numbers from an analysis, for comparing two runs, and the
+--fail-if expressions that gate on them.
+
+Metric names (all in `fputrace compare --json` under "metrics"):
+  events, events.KIND                      events in the trace, per kind
+  findings, findings.KIND                  findings (lost or corrupted state)
+  saves_restores, necessary, redundant_save, redundant_restore, unknown, ...
+                                           saves and restores per class
+  redundant_save_pct, redundant_restore_pct, redundant_bytes_pct
+  bytes_moved, redundant_bytes             bytes saved and restored
+  bytes.COMPONENT.{saved,restored,redundant}   per XSAVE component (x86)
+  OP.count, saves_per_OP, restores_per_OP, bytes_per_OP
+                                           OP: vm_entry, context_switch, signal
+  redundant_save_per_vm_entry, redundant_restore_per_vm_entry
+                                           all redundant saves (restores) of
+                                           the trace divided by its VM entries
+  arm64: kvm_runs, traps, guest_traps_per_kvm_run,
+         host_traps_per_context_switch, traps_after_own_save,
+         sve_downgrades, sve_traps_after_downgrade
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from analyzers.verdict import KINDS as FINDING_KINDS
+from fputrace.analysis import Analysis
+from fputrace.errors import FputraceError
+from fputrace.trace import format as fmt
+
+Metrics = dict[str, float]
+
+
+def _per(n: float, d: float) -> float:
+    return round(n / d, 4) if d else 0.0
+
+
+def metrics_of(a: Analysis) -> Metrics:
+    ev = a.run.trace.events
+    m: Metrics = {"events": float(len(ev))}
+    kinds, n = _unique(ev["kind"].tolist())
+    for k, c in zip(kinds, n, strict=True):
+        m[f"events.{fmt.kind_name(k)}"] = float(c)
+    m["findings"] = float(len(a.verdict.findings))
+    for kind, c in a.verdict.by_kind.items():
+        m[f"findings.{kind}"] = float(c)
+    costs = a.costs
+    m["saves_restores"] = float(sum(costs.classes.values()))
+    for name, c in costs.classes.items():
+        m[name] = float(c)
+    for what, pct in costs.redundant_pct.items():
+        m[f"redundant_{what.rstrip('s')}_pct" if what != "bytes" else "redundant_bytes_pct"] = \
+            float(pct)
+    m["bytes_moved"] = float(sum(costs.class_bytes.values()))
+    m["redundant_bytes"] = float(costs.class_bytes.get("redundant_save", 0)
+                                 + costs.class_bytes.get("redundant_restore", 0))
+    for comp, b in costs.per_component.items():
+        for what, v in b.items():
+            m[f"bytes.{comp}.{what}"] = float(v)
+    for op, o in costs.per_operation.items():
+        m[f"{op}.count"] = float(o["count"])
+        for what in ("saves", "restores", "bytes"):
+            m[f"{what}_per_{op}"] = float(o[what])
+    entries = float(costs.per_operation.get("vm_entry", {}).get("count", 0))
+    m["redundant_save_per_vm_entry"] = _per(costs.classes.get("redundant_save", 0), entries)
+    m["redundant_restore_per_vm_entry"] = _per(costs.classes.get("redundant_restore", 0),
+                                               entries)
+    if a.traps is not None:
+        t = a.traps
+        m["kvm_runs"] = float(t.kvm_runs)
+        m["traps"] = float(sum(sum(row.values()) for row in t.traps.values()))
+        m["guest_traps_per_kvm_run"] = float(t.per(t.guest_traps, t.kvm_runs))
+        m["host_traps_per_context_switch"] = float(t.per(t.host_traps, t.context_switches))
+        m["traps_after_own_save"] = float(t.save_undone)
+        m["sve_downgrades"] = float(t.sve_downgrades)
+        m["sve_traps_after_downgrade"] = float(t.sve_retraps)
+    return m
+
+
+def _unique(values: list[int]) -> tuple[list[int], list[int]]:
+    counts: dict[int, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    keys = sorted(counts)
+    return keys, [counts[k] for k in keys]
+
+
+def callsite_events(a: Analysis) -> dict[str, dict[str, int]]:
+    """Per kernel function (call sites merged, offsets dropped): classified
+    operations and redundant bytes; offsets differ between kernels."""
+    out: dict[str, dict[str, int]] = {}
+    for row in a.costs.per_callsite:
+        fn = re.sub(r"\+0x[0-9a-f]+", "", row.label)
+        d = out.setdefault(fn, {"events": 0, "redundant": 0, "redundant_bytes": 0})
+        d["events"] += row.events
+        d["redundant"] += row.by_class.get("redundant_save", 0) + \
+            row.by_class.get("redundant_restore", 0)
+        d["redundant_bytes"] += row.redundant_bytes
+    return out
+
+
+def change_pct(a: float, b: float) -> float:
+    """100 * (b - a) / a; +inf when a is 0 and b is not."""
+    if a == 0:
+        return 0.0 if b == 0 else math.copysign(math.inf, b)
+    return 100.0 * (b - a) / abs(a)
+
+
+# ---- --fail-if ---------------------------------------------------------------
+
+FAIL_IF_HELP = """\
+--fail-if EXPR (repeatable): exit 1 if EXPR holds. EXPR is METRIC OP VALUE
+with OP one of > >= < <= == != and VALUE one of:
+  N       B's own value, e.g. findings>0
+  +N, -N  the change B - A, e.g. events.xsave>+100
+  N%, +N%, -N%
+          the relative change 100 * (B - A) / A, e.g.
+          redundant_save_per_vm_entry>+10%  (from A at 0: infinite)
+METRIC is a name from `compare --json` ("metrics"); a metric that one run
+lacks is 0 there. Spaces are allowed around OP."""
+
+_EXPR = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*(>=|<=|==|!=|>|<)\s*([+-]?)(\d+(?:\.\d+)?)(%?)\s*$")
+_OPS = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__,
+        "==": float.__eq__, "!=": float.__ne__}
+
+
+@dataclass
+class Gate:
+    expr: str
+    metric: str
+    op: str
+    value: float
+    mode: str  # "value" (B's), "delta" (B - A) or "pct" (relative change)
+
+    def measure(self, a: float, b: float) -> float:
+        if self.mode == "pct":
+            return change_pct(a, b)
+        return b - a if self.mode == "delta" else b
+
+    def holds(self, a: float, b: float) -> bool:
+        return bool(_OPS[self.op](float(self.measure(a, b)), self.value))
+
+
+def parse_gate(expr: str) -> Gate:
+    m = _EXPR.match(expr)
+    if not m:
+        raise FputraceError(f"--fail-if {expr!r}: write METRIC OP VALUE, e.g. findings>0 or "
+                            "redundant_save_per_vm_entry>+10% (see compare --help)")
+    metric, op, sign, number, pct = m.groups()
+    value = float(number) * (-1 if sign == "-" else 1)
+    mode = "pct" if pct else ("delta" if sign else "value")
+    return Gate(expr.strip(), metric, op, value, mode)
+
+
+def check_gate(gate: Gate, a: Metrics, b: Metrics) -> bool:
+    if gate.metric not in a and gate.metric not in b and gate.metric not in _ALWAYS:
+        raise FputraceError(f"--fail-if {gate.expr!r}: no metric {gate.metric!r} in either "
+                            "run; `fputrace compare A B --json` lists them")
+    return gate.holds(a.get(gate.metric, 0.0), b.get(gate.metric, 0.0))
+
+
+# Metrics every run has by name, even where a kind never occurred.
+_ALWAYS = {f"findings.{k}" for k in FINDING_KINDS} | {
+    f"events.{fmt.kind_name(int(k))}" for k in fmt.Kind}
