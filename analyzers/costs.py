@@ -76,6 +76,13 @@ def _rows_from(keys: list[int], counts: npt.NDArray[np.generic], sums: npt.NDArr
     return sorted(merged.values(), key=lambda r: (-r.redundant_bytes, -r.events, r.label))
 
 
+def vcpu_instance(vmcb: int, ident: int) -> int:
+    """A vCPU instance from a VM entry's vCPU address (VMCB, or arm64's
+    guest id) and the announcement of the thread that entered it: the
+    compiled pass's vcpu_id()."""
+    return (ident & 0xFFFFFF) << 40 | ((vmcb >> 12) & 0xFFFFFFFFFF)
+
+
 def vcpu_vmcb(vcpu: int) -> int:
     """The VMCB of a vCPU instance (fpa_classify's vcpu_id())."""
     return (vcpu & 0xFFFFFFFFFF) << 12

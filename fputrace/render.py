@@ -341,8 +341,6 @@ def render_summary(console: Console, run: Run, own: Ownership, verdict: Verdict,
     cost headline per operation."""
     ev = run.trace.events
     h = run.trace.header
-    console.print(escape(f"{run.trace.path}: {h.arch.name.lower()}, kernel {h.kernel or '-'}, "
-                         f"{len(ev)} events"))
     render_findings(console, run, own, verdict, max_findings)
     render_boundaries(console, verdict)
     _render_redundancy(console, costs)
@@ -354,7 +352,8 @@ def render_summary(console: Console, run: Run, own: Ownership, verdict: Verdict,
         console.print(escape(
             f"  FP access traps: {t['guest_traps_per_kvm_run']} per KVM_RUN, "
             f"{t['host_traps_per_context_switch']} per context switch"))
-    console.print("[dim]tables per call site, task, vCPU and kind: --full[/]")
+    console.print(escape(f"{run.trace.path}: {h.arch.name.lower()}, kernel {h.kernel or '-'}, "
+                         f"{len(ev)} events; tables per call site, task, vCPU and kind: --full"))
 
 
 def _render_redundancy(console: Console, costs: Costs) -> None:

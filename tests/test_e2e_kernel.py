@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,28 @@ def test_vm_entries_match_the_workloads_kvm_run_count(pingpong: tuple[str, Path]
     exits = int(np.count_nonzero(kinds == fmt.Kind.VM_EXIT))
     assert n <= entries <= n + n // 10 + 10
     assert exits == entries
+
+
+def test_perfetto_export_of_a_real_run(pingpong: tuple[str, Path], tmp_path: Path) -> None:
+    # Every VM entry has its exit on the same CPU: one vCPU slice each, all
+    # on the one vCPU lane, ending where the next begins at the earliest.
+    # Every save, restore and XSETBV is an instant; the ownership slices of
+    # each CPU follow each other without overlap.
+    _, out = pingpong
+    p = fputrace("export", str(out), "--format", "perfetto", "-o", str(tmp_path / "p.json"))
+    assert p.returncode == 0, p.stderr
+    evs = json.loads((tmp_path / "p.json").read_text())["traceEvents"]
+    kinds = read_trace(out).events["kind"]
+    vm = [e for e in evs if e.get("cat") == "vm"]
+    assert len(vm) == int(np.count_nonzero(kinds == fmt.Kind.VM_ENTRY)) >= N_RUNS
+    assert len({e["tid"] for e in vm}) == 1
+    assert all(a["ts"] + a["dur"] <= b["ts"] for a, b in pairwise(vm))
+    marked = fmt.SAVE_KINDS | fmt.RESTORE_KINDS | {fmt.Kind.XSETBV}
+    assert len([e for e in evs if e.get("cat") == "event"]) == \
+        int(np.isin(kinds, [int(k) for k in marked]).sum())
+    for cpu in {e["tid"] for e in evs if e.get("cat") == "ownership"}:
+        lane = [e for e in evs if e.get("cat") == "ownership" and e["tid"] == cpu]
+        assert all(a["ts"] + a["dur"] <= b["ts"] for a, b in pairwise(lane))
 
 
 def test_fpu_traffic_is_attributed_to_the_vcpu_task(pingpong: tuple[str, Path]) -> None:

@@ -1,0 +1,247 @@
+"""Exports of an analysed run for other tools: a Chrome JSON trace that the
+Perfetto UI opens, and CSV with one row per event.
+
+Perfetto (Chrome JSON trace format). The time axis is the trace's global
+event order: event seq N is at N microseconds.
+  pid 1 "CPUs", one thread per CPU: the ownership intervals as complete
+      ("X") slices named after the owner; they follow each other on a CPU
+      and never overlap, so nothing is nested. Saves, restores, traps and
+      control register writes are instant ("i") events on the CPU with the
+      event's fields as args.
+  pid 2 "vCPUs", one thread per vCPU: VM entry to exit as slices.
+  Findings: global instants in category "finding", named after their kind.
+  Metadata events name the processes and threads; "metadata" at the top
+  names the trace, kernel, tasks and vCPUs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from analyzers.costs import vcpu_instance, vcpu_label
+from analyzers.counts import task_label
+from analyzers.ownership import Class, ContextKind, Unknown
+from analyzers.timeline import Begin, End
+from fputrace.analysis import Analysis
+from fputrace.errors import FputraceError
+from fputrace.trace import format as fmt
+
+K = fmt.Kind
+PID_CPUS, PID_VCPUS = 1, 2
+
+# Events shown as instants on the CPU lanes (the rest are implied by slices).
+MARKED_KINDS = frozenset(fmt.SAVE_KINDS | fmt.RESTORE_KINDS | {
+    K.XSETBV, K.WRMSR_XFD, K.WRMSR_XFD_ERR, K.WRMSR, K.FP_TRAP, K.CPACR_WRITE, K.CPTR_WRITE,
+    K.ZCR_WRITE, K.SMCR_WRITE, K.SVCR_WRITE, K.SME_SAVE, K.SME_LOAD})
+
+
+def owner_labels(a: Analysis, owners: npt.NDArray[np.uint64]) -> dict[int, str]:
+    """A name for each owner buffer: the task whose events move it most,
+    'vcpu N' for a guest buffer, 'init state', or 'signal frame'."""
+    ev = a.run.trace.events
+    tasks = a.run.trace.tasks
+    is_op = a.own.cls != Class.NOT_CLASSIFIED
+    addr, kind_of = ev["addr"][is_op], a.own.context_kind[is_op]
+    ident = a.ident[is_op]
+    out: dict[int, str] = {0: "unknown"}
+    for buf in np.unique(owners).tolist():
+        if buf == 0:
+            continue
+        mine = addr == np.uint64(buf)
+        kinds = kind_of[mine]
+        ck = int(kinds[0]) if len(kinds) else -1
+        if ck == ContextKind.INIT:
+            out[buf] = "init state"
+        elif ck == ContextKind.GUEST:
+            out[buf] = "guest of " + vcpu_label(a.own.guest_buffers.get(buf, 0), tasks)
+        elif ck == ContextKind.SIGNAL_FRAME:
+            out[buf] = "signal frame"
+        else:
+            ids = ident[mine]
+            ids = ids[ids >= 0]
+            who = int(np.bincount(ids).argmax()) if len(ids) else -1
+            out[buf] = task_label(tasks, who) if who >= 0 else f"buffer {buf:#x}"
+    return out
+
+
+class Sites:
+    """Symbolised call sites, each pc looked up once."""
+
+    def __init__(self, a: Analysis) -> None:
+        self.symbols = a.run.symbols
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, pc: int) -> str:
+        s = self.cache.get(pc)
+        if s is None:
+            s = self.cache[pc] = self.symbols.describe(pc)
+        return s
+
+
+def event_args(a: Analysis, i: int, sites: Sites) -> dict[str, Any]:
+    ev = a.run.trace.events[i]
+    kind = int(ev["kind"])
+    args: dict[str, Any] = {
+        "seq": int(ev["seq"]), "site": sites(int(ev["pc"])),
+        "task": task_label(a.run.trace.tasks, int(a.ident[i])),
+        "level": "L2" if int(ev["flags"]) & fmt.Flag.L2 else "L1",
+        "pl": int(ev["flags"]) & fmt.Flag.PL_MASK,
+    }
+    if kind in fmt.SAVE_KINDS | fmt.RESTORE_KINDS | {K.SME_SAVE, K.SME_LOAD}:
+        args.update(buffer=f"{int(ev['addr']):#x}", bytes=int(ev["mem_bytes"]),
+                    mem_hash=f"{int(ev['mem_hash']):016x}")
+        cls = int(a.own.cls[i])
+        if cls != Class.NOT_CLASSIFIED:
+            args["class"] = Class(cls).name.lower()
+            if cls == Class.UNKNOWN:
+                args["why"] = Unknown(int(a.own.unknown_reason[i])).name.lower()
+    else:
+        args.update(value=f"{int(ev['value']):#x}", index=f"{int(ev['index']):#x}",
+                    aux=f"{int(ev['aux']):#x}")
+    return args
+
+
+def _cpu_slices(a: Analysis, timeline: npt.NDArray[np.void]) -> Iterator[dict[str, Any]]:
+    labels = owner_labels(a, timeline["owner"])
+    for r in timeline:
+        start, end = int(r["start_seq"]), int(r["end_seq"])
+        ok = int(r["owner_kind"])
+        yield {"ph": "X", "pid": PID_CPUS, "tid": int(r["cpu"]), "ts": start,
+               "dur": max(end - start, 0), "name": labels.get(int(r["owner"]), "unknown"),
+               "cat": "ownership",
+               "args": {"owner": f"{int(r['owner']):#x}",
+                        "owner_kind": ContextKind(ok).name.lower() if ok >= 0 else "unknown",
+                        "content": f"{int(r['content']):016x}",
+                        "began": Begin(int(r["begin"])).name.lower(),
+                        "ended": End(int(r["end"])).name.lower(),
+                        "modified": bool(r["modified"]), "kernel_use": bool(r["kernel_use"]),
+                        "in_guest": bool(r["in_guest"]),
+                        "buffer_current": bool(r["buffer_current"])}}
+
+
+def vm_runs(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64]
+            ) -> list[tuple[int, int, int, int]]:
+    """(vCPU instance, CPU, entry index, exit index) for every L1 VM entry
+    that an exit on the same CPU ends; an entry the trace does not see end is
+    left out."""
+    l1 = (ev["flags"] & np.uint32(fmt.Flag.L2)) == 0
+    idx = np.flatnonzero(l1 & ((ev["kind"] == K.VM_ENTRY) | (ev["kind"] == K.VM_EXIT)))
+    open_entry: dict[int, int] = {}
+    out = []
+    for i in idx.tolist():
+        cpu = int(ev["vcpu"][i])
+        if ev["kind"][i] == K.VM_ENTRY:
+            open_entry[cpu] = i
+        elif cpu in open_entry:
+            e = open_entry.pop(cpu)
+            out.append((vcpu_instance(int(ev["addr"][e]), int(ident[e])), cpu, e, i))
+    return out
+
+
+def perfetto_events(a: Analysis) -> Iterator[dict[str, Any]]:
+    ev = a.run.trace.events
+    sites = Sites(a)
+    cpus = sorted({int(c) for c in np.unique(ev["vcpu"]).tolist()})
+    runs = vm_runs(ev, a.ident)
+    vcpu_ids = sorted({r[0] for r in runs})
+    vcpu_tid = {v: n for n, v in enumerate(vcpu_ids)}
+    yield {"ph": "M", "pid": PID_CPUS, "name": "process_name", "args": {"name": "CPUs"}}
+    for c in cpus:
+        yield {"ph": "M", "pid": PID_CPUS, "tid": c, "name": "thread_name",
+               "args": {"name": f"cpu{c}"}}
+    if vcpu_ids:
+        yield {"ph": "M", "pid": PID_VCPUS, "name": "process_name", "args": {"name": "vCPUs"}}
+        for v, tid in vcpu_tid.items():
+            yield {"ph": "M", "pid": PID_VCPUS, "tid": tid, "name": "thread_name",
+                   "args": {"name": vcpu_label(v, a.run.trace.tasks)}}
+    yield from _cpu_slices(a, a.timeline())
+    for vid, cpu, e, x in runs:
+        yield {"ph": "X", "pid": PID_VCPUS, "tid": vcpu_tid[vid], "ts": int(ev["seq"][e]),
+               "dur": int(ev["seq"][x]) - int(ev["seq"][e]), "name": f"in guest on cpu{cpu}",
+               "cat": "vm", "args": {"entry": sites(int(ev["pc"][e])),
+                                     "exit_value": f"{int(ev['value'][x]):#x}"}}
+    marked = np.flatnonzero(np.isin(ev["kind"], [int(k) for k in MARKED_KINDS]))
+    for i in marked.tolist():
+        yield {"ph": "i", "s": "t", "pid": PID_CPUS, "tid": int(ev["vcpu"][i]),
+               "ts": int(ev["seq"][i]), "name": fmt.kind_name(int(ev["kind"][i])),
+               "cat": "event", "args": event_args(a, i, sites)}
+    for f in a.verdict.findings:
+        yield {"ph": "i", "s": "g", "pid": PID_CPUS, "tid": int(ev["vcpu"][f.event]),
+               "ts": int(ev["seq"][f.event]), "name": f"FINDING {f.kind}", "cat": "finding",
+               "args": {"description": f.description,
+                        "task": task_label(a.run.trace.tasks, f.task),
+                        **{role: int(ev["seq"][j]) for role, j in f.events.items()}}}
+
+
+def write_perfetto(a: Analysis, out: IO[str]) -> None:
+    tasks = a.run.trace.tasks
+    h = a.run.trace.header
+    out.write('{"displayTimeUnit": "ms", "metadata": ')
+    json.dump({"trace": str(a.run.trace.path), "arch": h.arch.name.lower(),
+               "kernel": h.kernel, "time_axis": "event seq (1 us per event)",
+               "tasks": sorted({task_label(tasks, i) for i in range(len(tasks))}),
+               "vcpus": [vcpu_label(v, tasks) for v in sorted({r[0] for r in vm_runs(
+                   a.run.trace.events, a.ident)})]}, out)
+    out.write(', "traceEvents": [\n')
+    first = True
+    for e in perfetto_events(a):
+        if not first:
+            out.write(",\n")
+        json.dump(e, out, separators=(",", ":"))
+        first = False
+    out.write("\n]}\n")
+
+
+CSV_COLUMNS = ("seq", "cpu", "level", "pl", "kind", "class", "unknown_reason", "task", "site",
+               "pc", "addr", "value", "index", "aux", "mem_bytes", "mem_hash", "regs_hash",
+               "regs_after_hash", "flags", "finding")
+
+
+def write_csv(a: Analysis, out: IO[str]) -> None:
+    ev = a.run.trace.events
+    tasks = a.run.trace.tasks
+    sites = Sites(a)
+    finding_at = {f.event: f.kind for f in a.verdict.findings}
+    labels = {i: task_label(tasks, i) for i in range(-1, len(tasks))}
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for i, e in enumerate(ev):
+        flags = int(e["flags"])
+        cls = int(a.own.cls[i])
+        w.writerow((
+            int(e["seq"]), int(e["vcpu"]), "L2" if flags & fmt.Flag.L2 else "L1",
+            flags & fmt.Flag.PL_MASK, fmt.kind_name(int(e["kind"])),
+            "" if cls == Class.NOT_CLASSIFIED else Class(cls).name.lower(),
+            Unknown(int(a.own.unknown_reason[i])).name.lower() if cls == Class.UNKNOWN else "",
+            labels.get(int(a.ident[i]), ""), sites(int(e["pc"])), f"{int(e['pc']):#x}",
+            f"{int(e['addr']):#x}", f"{int(e['value']):#x}", int(e["index"]),
+            f"{int(e['aux']):#x}", int(e["mem_bytes"]), f"{int(e['mem_hash']):016x}",
+            f"{int(e['regs_hash']):016x}", f"{int(e['regs_after_hash']):016x}",
+            f"{flags:#x}", finding_at.get(i, "")))
+
+
+WRITERS = {"perfetto": write_perfetto, "csv": write_csv}
+
+
+def export(a: Analysis, fmt_name: str, path: Path) -> None:
+    """Write the export to path through a temporary file: a failure leaves
+    no partial file behind under the name asked for."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with tmp.open("w", newline="") as f:
+            WRITERS[fmt_name](a, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FputraceError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
