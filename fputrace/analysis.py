@@ -11,13 +11,15 @@ import numpy.typing as npt
 
 from analyzers.arm64 import TrapCosts, trap_costs
 from analyzers.boundaries import check_boundaries
-from analyzers.costs import Costs, costs_from_aggregates
-from analyzers.counts import Counts, counts_from_aggregates
-from analyzers.ownership import Ownership, analyze
+from analyzers.costs import Costs, costs_from_aggregates, vcpu_instance, vcpu_label
+from analyzers.counts import Counts, counts_from_aggregates, task_label
+from analyzers.ownership import Class, ContextKind, Ownership, analyze
 from analyzers.timeline import cpu_timeline
 from analyzers.verdict import Verdict, combine
 from fputrace.run import Run
 from fputrace.trace import format as fmt
+
+K = fmt.Kind
 
 
 @dataclass
@@ -37,6 +39,71 @@ class Analysis:
     def timeline(self) -> npt.NDArray[np.void]:
         """Per-CPU ownership intervals (analyzers.timeline)."""
         return cpu_timeline(self.run.trace.events, self.own)
+
+
+def _main_task(addr: npt.NDArray[np.uint64], ident: npt.NDArray[np.int64]
+               ) -> dict[int, tuple[int, int]]:
+    """Per buffer: the task that moves it most often (not the first: a fork
+    saves the parent's registers into the child's buffer, fpu_clone()), and
+    the position of one of its operations."""
+    order = np.lexsort((ident, addr))
+    a_s, i_s = addr[order], ident[order]
+    n = len(order)
+    if not n:
+        return {}
+    change = np.r_[True, (a_s[1:] != a_s[:-1]) | (i_s[1:] != i_s[:-1])]
+    starts = np.flatnonzero(change)
+    lengths = np.diff(np.r_[starts, n])
+    # Per buffer the longest run, known tasks before unknown ones.
+    known = (i_s[starts] >= 0).astype(np.int64)
+    best = np.lexsort((-lengths, -known, a_s[starts]))
+    first = np.r_[True, a_s[starts][best][1:] != a_s[starts][best][:-1]]
+    chosen = starts[best][first]
+    return {int(a_s[j]): (int(i_s[j]), int(order[j])) for j in chosen.tolist()}
+
+
+def owner_labels(a: Analysis, owners: npt.NDArray[np.uint64]) -> dict[int, str]:
+    """A name for each owner buffer: its task ('pid comm', the one whose
+    saves and restores move it most), 'guest of vcpu ...', 'init state' or
+    'signal frame'; 0 is 'unknown'."""
+    ev = a.run.trace.events
+    tasks = a.run.trace.tasks
+    is_op = np.flatnonzero(a.own.cls != Class.NOT_CLASSIFIED)
+    main = _main_task(ev["addr"][is_op], a.ident[is_op])
+    out: dict[int, str] = {0: "unknown"}
+    for buf in np.unique(owners).tolist():
+        if buf == 0 or buf not in main:
+            continue
+        who, pos = main[buf]
+        ck = int(a.own.context_kind[is_op[pos]])
+        if ck == ContextKind.INIT:
+            out[buf] = "init state"
+        elif ck == ContextKind.GUEST:
+            out[buf] = "guest of " + vcpu_label(a.own.guest_buffers.get(buf, 0), tasks)
+        elif ck == ContextKind.SIGNAL_FRAME:
+            out[buf] = "signal frame"
+        else:
+            out[buf] = task_label(tasks, who) if who >= 0 else f"buffer {buf:#x}"
+    return out
+
+
+def vm_runs(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64]
+            ) -> list[tuple[int, int, int, int]]:
+    """(vCPU instance, CPU, entry index, exit index) for every L1 VM entry
+    that an exit on the same CPU ends; an entry the trace does not see end is
+    left out."""
+    l1 = (ev["flags"] & np.uint32(fmt.Flag.L2)) == 0
+    idx = np.flatnonzero(l1 & ((ev["kind"] == K.VM_ENTRY) | (ev["kind"] == K.VM_EXIT)))
+    open_entry: dict[int, int] = {}
+    out = []
+    for i in idx.tolist():
+        cpu = int(ev["vcpu"][i])
+        if ev["kind"][i] == K.VM_ENTRY:
+            open_entry[cpu] = i
+        elif cpu in open_entry:
+            e = open_entry.pop(cpu)
+            out.append((vcpu_instance(int(ev["addr"][e]), int(ident[e])), cpu, e, i))
+    return out
 
 
 def analyze_run(r: Run) -> Analysis:

@@ -26,11 +26,11 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
-from analyzers.costs import vcpu_instance, vcpu_label
+from analyzers.costs import vcpu_label
 from analyzers.counts import task_label
 from analyzers.ownership import Class, ContextKind, Unknown
 from analyzers.timeline import Begin, End
-from fputrace.analysis import Analysis
+from fputrace.analysis import Analysis, owner_labels, vm_runs
 from fputrace.errors import FputraceError
 from fputrace.trace import format as fmt
 
@@ -41,35 +41,6 @@ PID_CPUS, PID_VCPUS = 1, 2
 MARKED_KINDS = frozenset(fmt.SAVE_KINDS | fmt.RESTORE_KINDS | {
     K.XSETBV, K.WRMSR_XFD, K.WRMSR_XFD_ERR, K.WRMSR, K.FP_TRAP, K.CPACR_WRITE, K.CPTR_WRITE,
     K.ZCR_WRITE, K.SMCR_WRITE, K.SVCR_WRITE, K.SME_SAVE, K.SME_LOAD})
-
-
-def owner_labels(a: Analysis, owners: npt.NDArray[np.uint64]) -> dict[int, str]:
-    """A name for each owner buffer: the task whose events move it most,
-    'vcpu N' for a guest buffer, 'init state', or 'signal frame'."""
-    ev = a.run.trace.events
-    tasks = a.run.trace.tasks
-    is_op = a.own.cls != Class.NOT_CLASSIFIED
-    addr, kind_of = ev["addr"][is_op], a.own.context_kind[is_op]
-    ident = a.ident[is_op]
-    out: dict[int, str] = {0: "unknown"}
-    for buf in np.unique(owners).tolist():
-        if buf == 0:
-            continue
-        mine = addr == np.uint64(buf)
-        kinds = kind_of[mine]
-        ck = int(kinds[0]) if len(kinds) else -1
-        if ck == ContextKind.INIT:
-            out[buf] = "init state"
-        elif ck == ContextKind.GUEST:
-            out[buf] = "guest of " + vcpu_label(a.own.guest_buffers.get(buf, 0), tasks)
-        elif ck == ContextKind.SIGNAL_FRAME:
-            out[buf] = "signal frame"
-        else:
-            ids = ident[mine]
-            ids = ids[ids >= 0]
-            who = int(np.bincount(ids).argmax()) if len(ids) else -1
-            out[buf] = task_label(tasks, who) if who >= 0 else f"buffer {buf:#x}"
-    return out
 
 
 class Sites:
@@ -125,25 +96,6 @@ def _cpu_slices(a: Analysis, timeline: npt.NDArray[np.void]) -> Iterator[dict[st
                         "modified": bool(r["modified"]), "kernel_use": bool(r["kernel_use"]),
                         "in_guest": bool(r["in_guest"]),
                         "buffer_current": bool(r["buffer_current"])}}
-
-
-def vm_runs(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64]
-            ) -> list[tuple[int, int, int, int]]:
-    """(vCPU instance, CPU, entry index, exit index) for every L1 VM entry
-    that an exit on the same CPU ends; an entry the trace does not see end is
-    left out."""
-    l1 = (ev["flags"] & np.uint32(fmt.Flag.L2)) == 0
-    idx = np.flatnonzero(l1 & ((ev["kind"] == K.VM_ENTRY) | (ev["kind"] == K.VM_EXIT)))
-    open_entry: dict[int, int] = {}
-    out = []
-    for i in idx.tolist():
-        cpu = int(ev["vcpu"][i])
-        if ev["kind"][i] == K.VM_ENTRY:
-            open_entry[cpu] = i
-        elif cpu in open_entry:
-            e = open_entry.pop(cpu)
-            out.append((vcpu_instance(int(ev["addr"][e]), int(ident[e])), cpu, e, i))
-    return out
 
 
 def perfetto_events(a: Analysis) -> Iterator[dict[str, Any]]:

@@ -70,6 +70,7 @@ class RecordResult:
     workloads: list[WorkloadOutcome]
     modules: list[str]
     runs: list[RunOutcome] = field(default_factory=list)
+    vmlinuz: str = ""  # the kernel image booted (the viewer disassembles from it)
     fputrace_version: str = __version__
 
     def save(self, path: Path) -> None:
@@ -297,7 +298,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     rec = RecordResult(str(out), status, detail,
                        status not in ("ok", "workload-failed", "kvm-mode-unsupported"),
                        target.identity, qemu, smp, round(wall, 2), seen.workloads, names,
-                       seen.runs)
+                       seen.runs, str(target.vmlinuz))
     rec.save(sidecar(out, "meta.json"))
     return rec
 

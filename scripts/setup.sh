@@ -68,9 +68,10 @@ install_system_packages() {
 	# workload. Not gcc-multilib: Debian 12 does not let it be installed together
 	# with gcc-aarch64-linux-gnu (each removes the other); gcc -m32 needs only these.
 	# gcc-aarch64-linux-gnu: the arm64 workloads (static, cross-compiled).
+	# tmux: the viewer's tests drive it in a terminal.
 	local pkgs=(gcc lib32gcc-12-dev libc6-dev-i386 libc6-dev binutils make meson ninja-build
 		pkg-config libglib2.0-dev busybox-static cpio xz-utils zstd dpkg-dev python3-venv
-		libelf1 gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+		libelf1 gcc-aarch64-linux-gnu libc6-dev-arm64-cross tmux)
 	local missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

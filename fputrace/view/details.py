@@ -1,0 +1,188 @@
+"""The viewer's details pane: one event with all its fields, its call site,
+its instruction disassembled with capstone from the kernel image the run
+booted, and for a finding the events that explain it; or the ownership
+interval under the cursor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rich.text import Text
+
+from analyzers.counts import task_label
+from analyzers.ownership import Class, ContextKind, Unknown
+from analyzers.timeline import Begin, End
+from fputrace.errors import FputraceError
+from fputrace.kernel.text import KernelText, load_kernel_text
+from fputrace.paths import cache_dir
+from fputrace.trace import format as fmt
+from fputrace.view.model import Lane, Model
+
+INSN_BYTES = 16
+DEBIAN_PREFIX = "debian-linux-image-"
+
+
+def _cached_image(identity: str) -> str | None:
+    """The cached Debian kernel a trace names (recordings before the
+    metadata named the image)."""
+    if not identity.startswith(DEBIAN_PREFIX):
+        return None
+    release = identity[len(DEBIAN_PREFIX):]
+    for p in sorted((cache_dir() / "kernels").glob(f"*/{release}/vmlinuz")):
+        return str(p)
+    return None
+
+
+class Details:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.a = model.analysis
+        self.sites: dict[int, str] = {}
+        self._text: KernelText | None = None
+        self._text_problem: str | None = None
+        self._site_pcs: tuple[np.ndarray, list[str]] | None = None
+        self.findings = {f.event: f for f in self.a.verdict.findings}
+
+    def site(self, pc: int) -> str:
+        s = self.sites.get(pc)
+        if s is None:
+            s = self.sites[pc] = self.a.run.symbols.describe(pc)
+        return s
+
+    # ---- instructions ------------------------------------------------
+
+    def kernel_text(self) -> KernelText | None:
+        if self._text is None and self._text_problem is None:
+            meta = self.a.run.meta or {}
+            path = meta.get("vmlinuz") or _cached_image(self.a.run.trace.header.kernel)
+            if not path:
+                self._text_problem = "the recording does not name its kernel image"
+            else:
+                arch = self.a.run.trace.header.arch.name.lower()
+                try:
+                    self._text = load_kernel_text(Path(path), arch,
+                                                  self.a.run.symbols.values.get("_text"))
+                except FputraceError as e:
+                    self._text_problem = str(e)
+        return self._text
+
+    def disassemble(self, pc: int, kind: int = 0) -> str:
+        import capstone
+
+        text = self.kernel_text()
+        if text is None:
+            return f"(not disassembled: {self._text_problem})"
+        code = text.read(pc, INSN_BYTES)
+        if not code:
+            return "(not disassembled: not in the kernel image, e.g. module code)"
+        if self.a.arm64:
+            cs = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+        else:
+            cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        for insn in cs.disasm(code, pc, 1):
+            out = f"{insn.mnemonic} {insn.op_str}".strip() + f"   ({insn.bytes.hex()})"
+            executed = fmt.kind_name(kind)
+            if (kind in fmt.SAVE_KINDS | fmt.RESTORE_KINDS and not self.a.arm64
+                    and insn.mnemonic.removesuffix("64") != executed):
+                # The kernel patches its XSAVE sites at boot (alternatives):
+                # the image holds the instruction before that.
+                out += f"   [the image's; the CPU executed {executed}]"
+            return out
+        return f"(capstone cannot decode {code[:4].hex()})"
+
+    # ---- panes -----------------------------------------------------------
+
+    def _line(self, i: int) -> str:
+        ev = self.a.run.trace.events
+        return (f"seq {int(ev['seq'][i])} cpu{int(ev['vcpu'][i])} "
+                f"{fmt.kind_name(int(ev['kind'][i]))} at {self.site(int(ev['pc'][i]))} "
+                f"({task_label(self.a.run.trace.tasks, int(self.a.ident[i]))})")
+
+    def event(self, i: int, in_column: int = 1) -> Text:
+        ev = self.a.run.trace.events[i]
+        flags = int(ev["flags"])
+        names = [f.name for f in fmt.Flag if f.name and f.value & flags and
+                 f.value & (f.value - 1) == 0]
+        pc = int(ev["pc"])
+        out = Text()
+        out.append(f"{fmt.kind_name(int(ev['kind']))}", style="bold")
+        out.append(f"  seq {int(ev['seq'])}  cpu{int(ev['vcpu'])}  "
+                   f"{'L2' if flags & fmt.Flag.L2 else 'L1'}  pl{flags & fmt.Flag.PL_MASK}  "
+                   f"task {task_label(self.a.run.trace.tasks, int(self.a.ident[i]))}\n")
+        out.append(f"site   {self.site(pc)}  (pc {pc:#x})\n")
+        out.append(f"insn   {self.disassemble(pc, int(ev['kind']))}\n")
+        cls = int(self.a.own.cls[i])
+        if cls != Class.NOT_CLASSIFIED:
+            why = f" ({Unknown(int(self.a.own.unknown_reason[i])).name.lower()})" \
+                if cls == Class.UNKNOWN else ""
+            style = "bold yellow" if cls in (Class.REDUNDANT_SAVE, Class.REDUNDANT_RESTORE) \
+                else ""
+            out.append("class  ")
+            out.append(Class(cls).name.lower() + why, style=style)
+            ck = int(self.a.own.context_kind[i])
+            out.append(f"  context {ContextKind(ck).name.lower() if ck >= 0 else '-'}\n")
+        fields = [f"{name}={int(ev[name]):#x}" for name in ev.dtype.names or ()
+                  if name not in ("seq", "vcpu", "kind", "flags", "reserved8")]
+        out.append("fields " + "  ".join(fields) + "\n", style="dim")
+        out.append(f"flags  {flags:#x} {' '.join(names)}\n", style="dim")
+        f = self.findings.get(i)
+        if f is not None:
+            out.append(f"FINDING {f.kind}: ", style="bold white on red")
+            out.append(f.description + "\n")
+            for role, j in f.events.items():
+                out.append(f"  {role.replace('_', ' '):<12} {self._line(j)}\n")
+            if f.confirmed_by >= 0:
+                out.append(f"  {'confirmed by':<12} {self._line(f.confirmed_by)}\n")
+        if in_column > 1:
+            out.append(f"(+{in_column - 1} more event(s) in this column: zoom in with +)",
+                       style="dim")
+        return out
+
+    def interval(self, lane: Lane, seq: int) -> Text:
+        i = int(np.searchsorted(lane.seg_start, seq, side="right")) - 1
+        if i < 0 or seq > int(lane.seg_end[i]):
+            return Text(f"{lane.name}: no owner known at seq {seq}", style="dim")
+        owner = self.model.owners[int(lane.seg_owner[i])]
+        out = Text()
+        out.append(owner, style=f"bold {self.model.colours[int(lane.seg_owner[i])]}")
+        out.append(f"  on {lane.name} from seq {int(lane.seg_start[i])} to "
+                   f"{int(lane.seg_end[i])}\n")
+        if lane.kind == "cpu":
+            tl = self._timeline_row(lane, i)
+            if tl is not None:
+                out.append(f"began  {Begin(int(tl['begin'])).name.lower()}, ended "
+                           f"{End(int(tl['end'])).name.lower()}; "
+                           f"registers {'changed' if tl['modified'] else 'unchanged'}; "
+                           f"kernel-mode use {'yes' if tl['kernel_use'] else 'no'}; "
+                           f"guest ran {'yes' if tl['in_guest'] else 'no'}; buffer "
+                           f"{'current' if tl['buffer_current'] else 'STALE'} at the end\n")
+        return out
+
+    def _timeline_row(self, lane: Lane, i: int) -> np.void | None:
+        if not hasattr(self, "_tl"):
+            self._tl = self.a.timeline()
+        cpu = int(lane.name[3:])
+        rows = self._tl[self._tl["cpu"] == cpu]
+        return rows[i] if i < len(rows) else None
+
+    # ---- search --------------------------------------------------------
+
+    def next_event_in(self, text: str, after_seq: int) -> tuple[int, int] | None:
+        """(seq, cpu) of the first event at or after after_seq whose call
+        site's function name contains text (case-insensitive)."""
+        ev = self.a.run.trace.events
+        if self._site_pcs is None:
+            pcs = np.unique(ev["pc"])
+            self._site_pcs = (pcs, [self.a.run.symbols.function(int(p)).lower()
+                                    for p in pcs.tolist()])
+        pcs, names = self._site_pcs
+        low = text.lower()
+        hit_pcs = pcs[[low in n for n in names]]
+        if not len(hit_pcs):
+            return None
+        cand = np.flatnonzero(np.isin(ev["pc"], hit_pcs) & (ev["seq"] >= after_seq))
+        if not len(cand):
+            return None
+        j = int(cand[0])
+        return int(ev["seq"][j]), int(ev["vcpu"][j])
