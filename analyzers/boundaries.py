@@ -303,10 +303,20 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         row[0] += 1
         row[1] += int(violation)
 
+    # The loop below visits every return with FP activity since its entry
+    # (a quarter to a half of all returns): plain ints and lists, not numpy
+    # scalars and enum members, keep it at a microsecond or two each.
+    regs_hash = ev["regs_hash"].tolist()
+    all_flags = ev["flags"].tolist()
+    regs_valid, no_entry = int(F.REGS_VALID), int(F.NO_ENTRY)
+    k_entry, k_probe, k_return = int(K.USER_ENTRY), int(K.PROBE), int(K.USER_RETURN)
+    p_fork, p_regset = int(P.FORK_COPY), int(P.REGSET_SET)
+    purposeful = {int(p_): why for p_, why in TASK_PURPOSEFUL.items()}
+
     def judge(i: int, k: int, before: int, window: list[str], what: str) -> None:
         """Return i of task k against the register hash of event `before`."""
-        want = int(ev["regs_hash"][before])
-        if int(ev["regs_hash"][i]) == want:
+        want = regs_hash[before]
+        if regs_hash[i] == want:
             user.checked += 1
             count(k, False)
         elif window:
@@ -324,53 +334,56 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     fork_probe: dict[tuple[int, int], int] = {}  # (vcpu, parent key) -> probe event
     fork_copy: dict[int, int] = {}  # child task pointer -> the save that copied its state
     key_of_ptr: dict[int, int] = {}
-    rel_keys = keys.at(bp.rel)
-    for i, k, p in zip(bp.rel.tolist(), rel_keys.tolist(), bp.rel_prev_return.tolist(),
-                       strict=True):
-        kind = int(ev["kind"][i])
-        flags = int(ev["flags"][i])
+    rel = bp.rel
+    rel_keys = keys.at(rel)
+    values = ev["value"].tolist()
+    for i, k, p, kind, task, cpu, index, addr in zip(
+            rel.tolist(), rel_keys.tolist(), bp.rel_prev_return.tolist(),
+            ev["kind"][rel].tolist(), ev["task"][rel].tolist(), ev["vcpu"][rel].tolist(),
+            ev["index"][rel].tolist(), ev["addr"][rel].tolist(), strict=True):
+        flags = all_flags[i]
         if k >= 0:
-            key_of_ptr[int(ev["task"][i])] = k
-        if kind == K.USER_ENTRY:
+            key_of_ptr[task] = k
+        if kind == k_entry:
             entry[k] = i
-        elif kind == K.PROBE:
-            probe = int(ev["index"][i])
-            if probe == P.FORK_COPY:
-                fork_probe[(int(ev["vcpu"][i]), k)] = i
-            elif probe == P.REGSET_SET:
-                target = key_of_ptr.get(int(ev["value"][i]))
+        elif kind == k_probe:
+            probe = index
+            if probe == p_fork:
+                fork_probe[(cpu, k)] = i
+            elif probe == p_regset:
+                target = key_of_ptr.get(values[i])
                 if target is not None:
                     reasons.setdefault(target, []).append((i, "ptrace regset write"))
-            elif P(probe) in TASK_PURPOSEFUL:
-                reasons.setdefault(k, []).append((i, TASK_PURPOSEFUL[P(probe)]))
-        elif kind != K.USER_RETURN:
+            elif probe in purposeful:
+                reasons.setdefault(k, []).append((i, purposeful[probe]))
+        elif kind != k_return:
             # The parent's first save on its CPU after a fork probe:
             # fpu_clone() / fpu__copy() save its live registers into the
             # child's buffer, at the child's task pointer plus the kernel's
             # buffer offset. If the save lands elsewhere there was none:
             # 5.10's fpu__copy() copies memory when TIF_NEED_FPU_LOAD is set,
             # and the child's first return is left unchecked.
-            fp = fork_probe.pop((int(ev["vcpu"][i]), k), None)
+            fp = fork_probe.pop((cpu, k), None)
             if fp is not None and bp.fpu_offset:
-                child = int(ev["value"][fp])
-                if int(ev["addr"][i]) == child + bp.fpu_offset:
+                child = values[fp]
+                if addr == child + bp.fpu_offset:
                     fork_copy[child] = i
         else:  # a return that needs its entry
             window = [r for j, r in reasons.pop(k, []) if j > p]
             e = entry.get(k, -1)
             if e <= p:
                 e = -1
-            copy = fork_copy.pop(int(ev["task"][i]), -1) if p < 0 and e < 0 else -1
+            copy = fork_copy.pop(task, -1) if p < 0 and e < 0 else -1
             before = e if e >= 0 else copy
             if before < 0:
-                if flags & F.NO_ENTRY:
+                if flags & no_entry:
                     user.unchecked["the trace began while the task was in the kernel"] += 1
                 elif p < 0:
                     user.unchecked["first return of a task whose fork copy the trace did "
                                    "not show (a memory copy, or a fork before the trace)"] += 1
                 else:
                     user.unchecked["the register file at the entry was not read"] += 1
-            elif not (flags & F.REGS_VALID and ev["flags"][before] & F.REGS_VALID):
+            elif not (flags & regs_valid and all_flags[before] & regs_valid):
                 user.unchecked["a register file could not be read"] += 1
             else:
                 judge(i, k, before, window, "" if e >= 0 else
