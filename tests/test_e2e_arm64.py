@@ -199,6 +199,27 @@ def test_each_kvm_run_shows_the_lazy_switch_of_its_mode(arm64_pingpong: tuple[st
     assert checked >= N_RUNS - 2 and preempted <= 5
 
 
+def test_viewer_disassembles_the_save_and_load_sequences(arm64_pingpong: tuple[str, Path]
+                                                         ) -> None:
+    # The plugin recognised the sequences by their instructions; capstone
+    # on the booted Image's bytes at each event's pc must read the same:
+    # stp q0, q1 (fpsimd_save) and ldp q0, q1 (fpsimd_restore).
+    from fputrace.analysis import analyze_run
+    from fputrace.view.details import Details
+    from fputrace.view.model import build_model
+
+    _, out = arm64_pingpong
+    details = Details(build_model(analyze_run(load_run(out))))
+    ev = details.a.run.trace.events
+    checked = 0
+    for kind, want in ((K.FPSIMD_SAVE, "stp q0, q1, [x"), (K.FPSIMD_LOAD, "ldp q0, q1, [x")):
+        for i in np.flatnonzero((ev["kind"] == kind)
+                                & ((ev["flags"] & F.ADDR_HYP) == 0))[:10].tolist():
+            assert details.disassemble(int(ev["pc"][i]), int(kind)).startswith(want)
+            checked += 1
+    assert checked >= 10
+
+
 def test_no_findings_and_every_entry_checked(arm64_pingpong: tuple[str, Path]) -> None:
     _, out = arm64_pingpong
     p = fputrace("report", "--json", str(out))

@@ -79,6 +79,26 @@ def test_perfetto_export_of_a_real_run(pingpong: tuple[str, Path], tmp_path: Pat
         assert all(a["ts"] + a["dur"] <= b["ts"] for a, b in pairwise(lane))
 
 
+def test_viewer_disassembles_the_recorded_instructions(pingpong: tuple[str, Path]) -> None:
+    # capstone on the booted image's bytes at each save's pc must decode an
+    # XSAVE: xsaveopt as the kernel ran it, or the xsave the image holds
+    # before the boot-time alternatives patched the site (then said so).
+    from fputrace.analysis import analyze_run
+    from fputrace.run import load_run
+    from fputrace.view.details import Details
+    from fputrace.view.model import build_model
+
+    _, out = pingpong
+    details = Details(build_model(analyze_run(load_run(out))))
+    ev = details.a.run.trace.events
+    saves = np.flatnonzero(ev["kind"] == fmt.Kind.XSAVEOPT)[:20]
+    assert len(saves)
+    for i in saves.tolist():
+        text = details.disassemble(int(ev["pc"][i]), int(ev["kind"][i]))
+        assert text.startswith(("xsaveopt64 ptr [", "xsave64 ptr [")), text
+        assert text.startswith("xsaveopt") or "the CPU executed xsaveopt" in text, text
+
+
 def test_fpu_traffic_is_attributed_to_the_vcpu_task(pingpong: tuple[str, Path]) -> None:
     # Reading the kernels: each KVM_RUN swaps the FPU twice.
     #  6.1  kvm_load_guest_fpu -> fpu_swap_kvm_fpstate(guest, true): save the

@@ -193,3 +193,21 @@ def test_zoom_and_pan_change_the_window(viewer: Tmux) -> None:
     viewer.keys("]")
     s = viewer.wait_for("seq 1")
     assert "xsaveopt  seq 1" in s or "xrstor  seq 1" in s
+
+
+def test_arm64_image_placed_by_its_first_branch(tmp_path: Path) -> None:
+    # An Image with the EFI header: "MZ", then at offset 4 a branch of
+    # +0xffc to primary_entry at 0x1000, where an stp q0, q1, [x0] lies.
+    # kallsyms has no _text: the image is placed at primary_entry - 0x1000.
+    from fputrace.kernel.text import load_kernel_text
+
+    base = 0xFFFF800008000000
+    image = bytearray(0x2000)
+    image[0:2] = b"MZ"
+    image[4:8] = (0x14000000 | (0xFFC // 4)).to_bytes(4, "little")
+    image[0x1000:0x1004] = (0xAD000400).to_bytes(4, "little")
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(gzip.compress(bytes(image)))
+    text = load_kernel_text(path, "aarch64", {"primary_entry": base + 0x1000})
+    assert text.read(base + 0x1000, 4) == (0xAD000400).to_bytes(4, "little")
+    assert text.read(base - 4, 4) is None

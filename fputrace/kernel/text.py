@@ -4,8 +4,11 @@ view can disassemble the instruction of an event.
 x86: a bzImage carries vmlinux (ELF) compressed behind its setup code; the
 setup header gives the payload's place (payload_offset at 0x248, length at
 0x24c, from the protected-mode code after setup_sects + 1 sectors). Its
-PT_LOAD segments map addresses to file offsets. arm64: vmlinuz is the Image,
-gzip-compressed, loaded at _text. Recordings boot with nokaslr, so the
+PT_LOAD segments map addresses to file offsets. arm64: vmlinuz is the Image
+(gzip-compressed or not), loaded at _text. kallsyms need not list _text: the
+Image's first branch (at offset 4 after the EFI "MZ" header, else at 0)
+jumps to primary_entry (stext before 5.8), which kallsyms does list, so
+_text is that symbol less the branch's target. Recordings boot with nokaslr, so the
 addresses the trace holds are the image's own. Module code is not in the
 image: it is not disassembled.
 """
@@ -79,20 +82,32 @@ def _x86_text(image: bytes) -> KernelText:
     return KernelText(vmlinux, ranges)
 
 
-def _arm64_text(image: bytes, text_start: int) -> KernelText:
+A64_B_MASK, A64_B = 0xFC000000, 0x14000000
+
+
+def _arm64_text(image: bytes, symbols: dict[str, int]) -> KernelText:
     raw = gzip.decompress(image) if image.startswith(GZIP_MAGIC) else image
-    return KernelText(raw, [(text_start, len(raw), 0)])
+    start = symbols.get("_text")
+    if start is None:
+        at = 4 if raw[:2] == b"MZ" else 0
+        (insn,) = struct.unpack_from("<I", raw, at)
+        entry = symbols.get("primary_entry", symbols.get("stext"))
+        if insn & A64_B_MASK != A64_B or entry is None:
+            raise FputraceError("cannot place the arm64 Image: no _text symbol and no "
+                                "branch to primary_entry at its start")
+        offset = insn & 0x3FFFFFF
+        offset -= (offset & 0x2000000) << 1          # imm26, signed
+        start = entry - (at + 4 * offset)
+    return KernelText(raw, [(start, len(raw), 0)])
 
 
-def load_kernel_text(vmlinuz: Path, arch: str, text_start: int | None) -> KernelText:
-    """arch: the trace's ("x86_64" or "aarch64"); text_start: _text from the
-    run's symbols (arm64)."""
+def load_kernel_text(vmlinuz: Path, arch: str, symbols: dict[str, int]) -> KernelText:
+    """arch: the trace's ("x86_64" or "aarch64"); symbols: the run's, by
+    name (arm64 places its Image by them)."""
     try:
         image = vmlinuz.read_bytes()
     except OSError as e:
         raise FputraceError(f"cannot read the kernel image {vmlinuz}: {e.strerror}") from None
     if arch == "aarch64":
-        if text_start is None:
-            raise FputraceError("no _text symbol to place the arm64 Image")
-        return _arm64_text(image, text_start)
+        return _arm64_text(image, symbols)
     return _x86_text(image)

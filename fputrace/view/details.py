@@ -62,7 +62,7 @@ class Details:
                 arch = self.a.run.trace.header.arch.name.lower()
                 try:
                     self._text = load_kernel_text(Path(path), arch,
-                                                  self.a.run.symbols.values.get("_text"))
+                                                  self.a.run.symbols.values)
                 except FputraceError as e:
                     self._text_problem = str(e)
         return self._text
