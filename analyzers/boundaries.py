@@ -135,6 +135,14 @@ class TaskKeys:
         return int(self.key_of_ident[a]) if a >= 0 and len(self.key_of_ident) else -1
 
 
+def kernel_text_high(symbols: Symbols) -> int:
+    """The high 32 bits of kernel text addresses, to complete an event's
+    simd_pc (its low half): from _stext where the symbols have it (arm64's
+    kernel text is at 0xffff8000xxxxxxxx), else x86's top 2 GiB."""
+    stext = symbols.values.get("_stext")
+    return stext & ~0xFFFFFFFF if stext else fmt.KERNEL_TEXT_HIGH
+
+
 class _Explainer:
     """Finds, between two boundaries of a context, the operation that
     explains a difference of its registers."""
@@ -146,6 +154,7 @@ class _Explainer:
         self.keys = keys
         self.misuse = misuse_events
         self.symbols = symbols
+        self.text_high = kernel_text_high(symbols)
         self._saves: npt.NDArray[np.bool_] | None = None
         self._restores: npt.NDArray[np.bool_] | None = None
 
@@ -172,12 +181,12 @@ class _Explainer:
         mine = window[self.keys.at(window) == key]
         for i in mine.tolist():
             if i in self.misuse:
-                pc = int(ev["simd_pc"][i]) | fmt.KERNEL_TEXT_HIGH
+                pc = int(ev["simd_pc"][i]) | self.text_high
                 return i, ("kernel SIMD use outside kernel_fpu_begin()/kernel_fpu_end() at "
                            f"{self.symbols.describe(pc)} overwrote the registers")
             if not self.sections and int(ev["flags"][i]) & F.KERNEL_SIMD and \
                     not (self.saves[i] or self.restores[i]):
-                pc = int(ev["simd_pc"][i]) | fmt.KERNEL_TEXT_HIGH
+                pc = int(ev["simd_pc"][i]) | self.text_high
                 return i, (f"kernel SIMD use at {self.symbols.describe(pc)} between the entry "
                            "and the return (the trace has no kernel_fpu section probes to "
                            "tell whether a section was open)")
@@ -253,12 +262,13 @@ def kfpu_misuse(ev: npt.NDArray[np.void], symbols: Symbols
     open_on: dict[int, bool] = {}
     out: list[int] = []
     allowed: dict[int, bool] = {}
+    high = kernel_text_high(symbols)
     for i in np.flatnonzero(begin | end | simd).tolist():
         cpu = int(ev["vcpu"][i])
         if simd[i] and not open_on.get(cpu, False) and not end[i]:
             pc = int(ev["simd_pc"][i])
             if pc not in allowed:
-                name = symbols.function(pc | fmt.KERNEL_TEXT_HIGH).split(" ", 1)[0]
+                name = symbols.function(pc | high).split(" ", 1)[0]
                 allowed[pc] = name in FPU_CORE_SIMD
             if not allowed[pc]:
                 out.append(i)
@@ -285,7 +295,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     explainer = _Explainer(ev, keys, set(misuse_list), symbols, sections)
     findings: list[BoundaryFinding] = []
     for i in misuse_list:
-        pc = int(ev["simd_pc"][i]) | fmt.KERNEL_TEXT_HIGH
+        pc = int(ev["simd_pc"][i]) | explainer.text_high
         findings.append(BoundaryFinding(
             "kernel_fpu_misuse", "task", int(ident[i]), 0, -1, i, i,
             f"kernel SIMD instruction at {symbols.describe(pc)} ran outside "

@@ -25,6 +25,8 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from analyzers.verdict import KINDS as FINDING_KINDS
 from fputrace.analysis import Analysis
 from fputrace.errors import FputraceError
@@ -40,8 +42,8 @@ def _per(n: float, d: float) -> float:
 def metrics_of(a: Analysis) -> Metrics:
     ev = a.run.trace.events
     m: Metrics = {"events": float(len(ev))}
-    kinds, n = _unique(ev["kind"].tolist())
-    for k, c in zip(kinds, n, strict=True):
+    kinds, n = np.unique(ev["kind"], return_counts=True)
+    for k, c in zip(kinds.tolist(), n.tolist(), strict=True):
         m[f"events.{fmt.kind_name(k)}"] = float(c)
     m["findings"] = float(len(a.verdict.findings))
     for kind, c in a.verdict.by_kind.items():
@@ -77,14 +79,6 @@ def metrics_of(a: Analysis) -> Metrics:
         m["sve_downgrades"] = float(t.sve_downgrades)
         m["sve_traps_after_downgrade"] = float(t.sve_retraps)
     return m
-
-
-def _unique(values: list[int]) -> tuple[list[int], list[int]]:
-    counts: dict[int, int] = {}
-    for v in values:
-        counts[v] = counts.get(v, 0) + 1
-    keys = sorted(counts)
-    return keys, [counts[k] for k in keys]
 
 
 def callsite_events(a: Analysis) -> dict[str, dict[str, int]]:

@@ -704,6 +704,25 @@ static void vcpu_confirm_64bit(struct vcpu_state *vs)
 }
 
 /*
+ * Commit a save, after the user entry that waited for its register hash
+ * (vcpu_materialize_entry(..., defer)): the save stored the registers the
+ * task entered with, and the entry comes first in sequence.
+ */
+static void vcpu_commit_after_entry(struct vcpu_state *vs, unsigned int vcpu_index,
+                                    struct ftr_event *ev)
+{
+    if (vs->pending_entry) {
+        vs->pending_entry = false;
+        if (ev->flags & FTR_FLAG_REGS_VALID) {
+            vs->entry_event.regs_hash = ev->regs_hash;
+            vs->entry_event.flags |= FTR_FLAG_REGS_VALID;
+        }
+        vcpu_commit_event(vs, vcpu_index, &vs->entry_event);
+    }
+    vcpu_commit_event(vs, vcpu_index, ev);
+}
+
+/*
  * A save or restore whose memory accesses are all in. A save's register
  * hash is the bytes it stored (regs=derive); a user entry waiting for it
  * goes out first, in order of sequence.
@@ -748,15 +767,7 @@ static void vcpu_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
         vs->last_regs = ev->regs_hash;
         vs->last_regs_ok = (ev->flags & FTR_FLAG_REGS_VALID) != 0 && !vs->regs_dirty;
     }
-    if (vs->pending_entry) {
-        vs->pending_entry = false;
-        if (ev->flags & FTR_FLAG_REGS_VALID) {
-            vs->entry_event.regs_hash = ev->regs_hash;
-            vs->entry_event.flags |= FTR_FLAG_REGS_VALID;
-        }
-        vcpu_commit_event(vs, vcpu_index, &vs->entry_event);
-    }
-    vcpu_commit_event(vs, vcpu_index, ev);
+    vcpu_commit_after_entry(vs, vcpu_index, ev);
 }
 
 /* ---- helpers: guest state ------------------------------------------- */
@@ -2468,15 +2479,7 @@ static void a64_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
         vs->last_regs = ev->regs_hash;
         vs->last_regs_ok = !vs->regs_dirty;
     }
-    if (vs->pending_entry) {
-        vs->pending_entry = false;
-        if (ev->flags & FTR_FLAG_REGS_VALID) {
-            vs->entry_event.regs_hash = ev->regs_hash;
-            vs->entry_event.flags |= FTR_FLAG_REGS_VALID;
-        }
-        vcpu_commit_event(vs, vcpu_index, &vs->entry_event);
-    }
-    vcpu_commit_event(vs, vcpu_index, ev);
+    vcpu_commit_after_entry(vs, vcpu_index, ev);
 }
 
 /*

@@ -452,3 +452,15 @@ def test_init_state_after_a_faulting_restore_is_purposeful(tmp_path: Path) -> No
     assert code == 0 and rep["findings"] == []
     assert rep["boundary_checks"]["by_kind"]["user_return"]["changed_on_purpose"] == {
         "init state after a faulting restore": 1}
+
+
+def test_simd_pc_completed_by_the_kernels_own_text_address() -> None:
+    # An event keeps the low 32 bits of the kernel SIMD instruction's pc; the
+    # high half is the kernel text's: arm64's from _stext, x86's top 2 GiB.
+    from analyzers.boundaries import kernel_text_high
+    from fputrace.kernel.symbols import Symbols
+
+    arm64 = Symbols.parse("ffff800008010000 T _stext\nffff800008020000 T do_neon\n")
+    assert kernel_text_high(arm64) == 0xFFFF800000000000
+    assert arm64.function(0x08020010 | kernel_text_high(arm64)).startswith("do_neon")
+    assert kernel_text_high(Symbols.parse("")) == 0xFFFFFFFF00000000

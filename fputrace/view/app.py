@@ -139,7 +139,7 @@ class ViewerApp(App[None]):
         model = self.model
         shown_model = Model(model.analysis, [model.lanes[n] for n in lanes], model.owners,
                             model.colours, model.first_seq, model.last_seq,
-                            model.finding_events, model.finding_of)
+                            model.finding_events)
         rows = lane_rows(shown_model, win, lanes.index(self.lane) if lanes else None,
                          self.cursor, self.shown)
         status = Text(self.message or "? help  q quit", style="dim")

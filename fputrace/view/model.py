@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -93,7 +93,6 @@ class Model:
     first_seq: int
     last_seq: int
     finding_events: npt.NDArray[np.int64]   # event index of each finding, by seq
-    finding_of: dict[int, int] = field(default_factory=dict)  # event -> index in findings
 
     @property
     def seq(self) -> npt.NDArray[np.uint64]:
@@ -174,5 +173,4 @@ def build_model(a: Analysis) -> Model:
             seq[idx], idx.astype(np.int64), marks[idx]))
     return Model(a, lanes, owners, [owner_colour(o) for o in owners],
                  int(seq[0]) if len(seq) else 0, int(seq[-1]) if len(seq) else 0,
-                 finding_events,
-                 {int(i): n for n, i in enumerate(finding_events.tolist())})
+                 finding_events)
