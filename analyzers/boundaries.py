@@ -407,6 +407,10 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                       per_vcpu, findings, sections, keys)
 
 
+# A vCPU's registers set by user space, or reset (KVM_ARM_VCPU_INIT).
+VCPU_SET_ON_PURPOSE = "set by user space (KVM_SET_XSAVE, KVM_SET_FPU, KVM_SET_ONE_REG) or reset"
+
+
 def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
                  ident: npt.NDArray[np.int64], uabi_probed: bool
                  ) -> tuple[BoundaryCheck, dict[tuple[int, int], tuple[int, int]],
@@ -428,8 +432,10 @@ def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
         key = keys.of(i)
         between = np.arange(x + 1, i)
         mine = between[keys.at(between) == key]
-        if np.any((kinds[mine] == K.PROBE) & (ev["index"][mine] == P.KVM_UABI_SET)):
-            check.changed_on_purpose["KVM_SET_XSAVE/KVM_SET_FPU"] += 1
+        set_on_purpose = (kinds[mine] == K.PROBE) & np.isin(
+            ev["index"][mine], [int(P.KVM_UABI_SET), int(P.KVM_VCPU_RESET)])
+        if np.any(set_on_purpose):
+            check.changed_on_purpose[VCPU_SET_ON_PURPOSE] += 1
             continue
         if not uabi_probed and np.any(kinds[mine] == K.USER_RETURN):
             check.unchecked["changed while KVM_RUN had returned to user space, on a kernel "

@@ -97,6 +97,8 @@ enum ftr_probe {
     FTR_PROBE_KVM_EMULATE_SSE = 14, /* instruction emulation writing guest SSE registers */
     FTR_PROBE_FPSTATE_FREE = 15,    /* fpstate_free */
     FTR_PROBE_RESTORE_FAULT = 16,   /* a faulting restore: the init state is loaded instead */
+    FTR_PROBE_KVM_LOAD_FP = 17,     /* arm64 kvm_arch_vcpu_load_fp: a vCPU is loaded */
+    FTR_PROBE_KVM_PUT_FP = 18,      /* arm64 kvm_arch_vcpu_put_fp: a vCPU is put */
     FTR_PROBE_MAX = 32,
 };
 

@@ -54,7 +54,7 @@ from tracebuilder import (
     TraceBuilder,
 )
 
-from analyzers.boundaries import check_boundaries
+from analyzers.boundaries import VCPU_SET_ON_PURPOSE, check_boundaries
 from analyzers.counts import task_identity
 from fputrace.kernel.symbols import Symbols
 from fputrace.trace.reader import read_trace
@@ -373,7 +373,7 @@ def test_guest_registers_across_exits(tmp_path: Path) -> None:
     vm(VM_ENTRY, LG1)
     got = bounds(tmp_path, b)
     assert (got.vcpu.checked, got.vcpu.violations) == (2, 1)
-    assert dict(got.vcpu.changed_on_purpose) == {"KVM_SET_XSAVE/KVM_SET_FPU": 1}
+    assert dict(got.vcpu.changed_on_purpose) == {VCPU_SET_ON_PURPOSE: 1}
     (f,) = got.findings
     assert (f.kind, f.context, f.vmcb) == ("corrupted_state", "vcpu", VMCB)
     assert list(got.per_vcpu.values()) == [(2, 1)]

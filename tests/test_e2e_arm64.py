@@ -220,6 +220,38 @@ def test_viewer_disassembles_the_save_and_load_sequences(arm64_pingpong: tuple[s
     assert checked >= 10
 
 
+def test_kvm_fp_hooks_bracket_every_kvm_run(arm64_pingpong: tuple[str, Path]) -> None:
+    """kvm_arch_vcpu_load() and _put() (arch/arm64/kvm/arm.c) call
+    kvm_arch_vcpu_load_fp() and kvm_arch_vcpu_put_fp() at every vcpu_load()
+    and vcpu_put(): each vCPU ioctl, and each preemption inside KVM_RUN. So
+    every KVM_RUN window of the vCPU thread has a load before its first VM
+    entry and a put after its last exit, and loads and puts pair up. The
+    set-up's KVM_SET_ONE_REG (the entry pc) and KVM_ARM_VCPU_INIT's reset
+    show as their probes."""
+    _, out = arm64_pingpong
+    trace = read_trace(out)
+    mine = events_of(trace, "kvm-pingpong")
+    probe = mine[mine["kind"] == K.PROBE]
+    loads = int(np.count_nonzero(probe["index"] == fmt.Probe.KVM_LOAD_FP))
+    puts = int(np.count_nonzero(probe["index"] == fmt.Probe.KVM_PUT_FP))
+    assert loads == puts >= N_RUNS
+    assert np.count_nonzero(probe["index"] == fmt.Probe.KVM_UABI_SET) >= 1
+    assert np.count_nonzero(probe["index"] == fmt.Probe.KVM_VCPU_RESET) >= 1
+    # A user entry is written when something needs it (the save that
+    # follows kvm_arch_vcpu_load_fp()'s probe, here), so the load probe can
+    # precede it: look from the previous return to user space instead.
+    load_seqs = probe["seq"][probe["index"] == fmt.Probe.KVM_LOAD_FP]
+    put_seqs = probe["seq"][probe["index"] == fmt.Probe.KVM_PUT_FP]
+    returns = mine["seq"][mine["kind"] == K.USER_RETURN]
+    for w in _runs(trace)[1:]:
+        first_entry = w["seq"][w["kind"] == K.VM_ENTRY][0]
+        last_exit = w["seq"][w["kind"] == K.VM_EXIT][-1]
+        back = w["seq"][-1]                          # the window's return to user space
+        since = returns[returns < first_entry].max()
+        assert np.any((load_seqs > since) & (load_seqs < first_entry))
+        assert np.any((put_seqs > last_exit) & (put_seqs < back))
+
+
 def test_no_findings_and_every_entry_checked(arm64_pingpong: tuple[str, Path]) -> None:
     _, out = arm64_pingpong
     p = fputrace("report", "--json", str(out))

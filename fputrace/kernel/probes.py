@@ -106,6 +106,23 @@ AARCH64_PROBES: tuple[ProbeDef, ...] = (
              "in-kernel FP/SIMD (NEON) section begins"),
     ProbeDef(Probe.KFPU_END, ("kernel_neon_end",), False,
              "in-kernel FP/SIMD (NEON) section ends"),
+    # KVM (arch/arm64/kvm, built in): kvm_arch_vcpu_load() and _put() call
+    # these on every vcpu_load()/vcpu_put() (each vCPU ioctl, and each
+    # preemption inside KVM_RUN): the host's state is saved and the CPU's
+    # registers given up to the vCPU's lazy switch, then the guest's saved.
+    # arg0: the vcpu.
+    ProbeDef(Probe.KVM_LOAD_FP, ("kvm_arch_vcpu_load_fp",), False,
+             "KVM loads a vCPU: the host task's FP state goes out for the guest's"),
+    ProbeDef(Probe.KVM_PUT_FP, ("kvm_arch_vcpu_put_fp",), False,
+             "KVM puts a vCPU: the guest's FP state is saved if it was loaded"),
+    # KVM_SET_ONE_REG (any register, the V, FPSR/FPCR and SVE ones among
+    # them: the probe sits on kvm_arm_set_reg(), as set_core_reg() and
+    # set_sve_reg() are inlined) and KVM_ARM_VCPU_INIT's kvm_reset_vcpu():
+    # user space sets the guest's registers on purpose.
+    ProbeDef(Probe.KVM_UABI_SET, ("kvm_arm_set_reg",), False,
+             "KVM_SET_ONE_REG sets a vCPU register"),
+    ProbeDef(Probe.KVM_VCPU_RESET, ("kvm_reset_vcpu",), False,
+             "KVM resets a vCPU: its FP registers are zeroed"),
 )
 
 PROBES = {"x86_64": X86_PROBES, "aarch64": AARCH64_PROBES}

@@ -167,6 +167,8 @@ class Probe(enum.IntEnum):
     KVM_EMULATE_SSE = 14
     FPSTATE_FREE = 15
     RESTORE_FAULT = 16
+    KVM_LOAD_FP = 17  # arm64: kvm_arch_vcpu_load_fp()
+    KVM_PUT_FP = 18  # arm64: kvm_arch_vcpu_put_fp()
 
 
 PROBE_MAX = 32
