@@ -38,9 +38,9 @@ K = fmt.Kind
 PID_CPUS, PID_VCPUS = 1, 2
 
 # Events shown as instants on the CPU lanes (the rest are implied by slices).
-MARKED_KINDS = frozenset(fmt.SAVE_KINDS | fmt.RESTORE_KINDS | {
+MARKED_KINDS = frozenset(fmt.BUFFER_KINDS | {
     K.XSETBV, K.WRMSR_XFD, K.WRMSR_XFD_ERR, K.WRMSR, K.FP_TRAP, K.CPACR_WRITE, K.CPTR_WRITE,
-    K.ZCR_WRITE, K.SMCR_WRITE, K.SVCR_WRITE, K.SME_SAVE, K.SME_LOAD})
+    K.ZCR_WRITE, K.SMCR_WRITE, K.SVCR_WRITE})
 
 
 class Sites:
@@ -66,7 +66,7 @@ def event_args(a: Analysis, i: int, sites: Sites) -> dict[str, Any]:
         "level": "L2" if int(ev["flags"]) & fmt.Flag.L2 else "L1",
         "pl": int(ev["flags"]) & fmt.Flag.PL_MASK,
     }
-    if kind in fmt.SAVE_KINDS | fmt.RESTORE_KINDS | {K.SME_SAVE, K.SME_LOAD}:
+    if kind in fmt.BUFFER_KINDS:
         args.update(buffer=f"{int(ev['addr']):#x}", bytes=int(ev["mem_bytes"]),
                     mem_hash=f"{int(ev['mem_hash']):016x}")
         cls = int(a.own.cls[i])
@@ -98,11 +98,12 @@ def _cpu_slices(a: Analysis, timeline: npt.NDArray[np.void]) -> Iterator[dict[st
                         "buffer_current": bool(r["buffer_current"])}}
 
 
-def perfetto_events(a: Analysis) -> Iterator[dict[str, Any]]:
+def perfetto_events(a: Analysis, runs: list[tuple[int, int, int, int]]
+                    ) -> Iterator[dict[str, Any]]:
+    """runs: vm_runs() of the trace."""
     ev = a.run.trace.events
     sites = Sites(a)
     cpus = sorted({int(c) for c in np.unique(ev["vcpu"]).tolist()})
-    runs = vm_runs(ev, a.ident)
     vcpu_ids = sorted({r[0] for r in runs})
     vcpu_tid = {v: n for n, v in enumerate(vcpu_ids)}
     yield {"ph": "M", "pid": PID_CPUS, "name": "process_name", "args": {"name": "CPUs"}}
@@ -136,15 +137,15 @@ def perfetto_events(a: Analysis) -> Iterator[dict[str, Any]]:
 def write_perfetto(a: Analysis, out: IO[str]) -> None:
     tasks = a.run.trace.tasks
     h = a.run.trace.header
+    runs = vm_runs(a.run.trace.events, a.ident)
     out.write('{"displayTimeUnit": "ms", "metadata": ')
     json.dump({"trace": str(a.run.trace.path), "arch": h.arch.name.lower(),
                "kernel": h.kernel, "time_axis": "event seq (1 us per event)",
                "tasks": sorted({task_label(tasks, i) for i in range(len(tasks))}),
-               "vcpus": [vcpu_label(v, tasks) for v in sorted({r[0] for r in vm_runs(
-                   a.run.trace.events, a.ident)})]}, out)
+               "vcpus": [vcpu_label(v, tasks) for v in sorted({r[0] for r in runs})]}, out)
     out.write(', "traceEvents": [\n')
     first = True
-    for e in perfetto_events(a):
+    for e in perfetto_events(a, runs):
         if not first:
             out.write(",\n")
         json.dump(e, out, separators=(",", ":"))

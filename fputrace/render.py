@@ -10,19 +10,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from analyzers.arm64 import trap_costs
+from analyzers.arm64 import TrapCosts
 from analyzers.boundaries import BoundaryCheck
 from analyzers.costs import Costs, Row
 from analyzers.counts import Counts, Group, task_identity, task_label
 from analyzers.mechanisms import kernel_mechanisms
 from analyzers.ownership import ContextKind, Ownership
 from analyzers.verdict import Verdict
+from fputrace.analysis import Analysis
 from fputrace.run import Run
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import Trace
 
-TRACE_KINDS_WITH_MEMORY = (fmt.SAVE_KINDS | fmt.RESTORE_KINDS
-                           | {fmt.Kind.SME_SAVE, fmt.Kind.SME_LOAD})
+TRACE_KINDS_WITH_MEMORY = fmt.BUFFER_KINDS
 
 
 def header_lines(trace: Trace) -> list[str]:
@@ -240,9 +240,8 @@ def _ident(run: Run, own: Ownership) -> Any:
     return task_identity(run.trace.events, run.trace.tasks)
 
 
-def analysis_json(run: Run, own: Ownership, verdict: Verdict, costs: Costs,
-                  max_findings: int = 50) -> dict[str, Any]:
-    ident = _ident(run, own)
+def analysis_json(a: Analysis, max_findings: int = 50) -> dict[str, Any]:
+    run, verdict, costs, ident = a.run, a.verdict, a.costs, a.ident
     return {
         "findings_total": len(verdict.findings),
         "findings": findings_json(run, verdict, ident, max_findings),
@@ -265,8 +264,7 @@ def analysis_json(run: Run, own: Ownership, verdict: Verdict, costs: Costs,
         "per_level": _row_json(costs.per_level),
         "per_component": costs.per_component,
         "per_operation": costs.per_operation,
-        **({"arm64_traps": trap_costs(run.trace.events, ident).as_json()}
-           if run.trace.header.arch == fmt.Arch.AARCH64 else {}),
+        **({"arm64_traps": a.traps.as_json()} if a.traps is not None else {}),
     }
 
 
@@ -335,20 +333,20 @@ def operation_line(name: str, o: dict[str, float | int]) -> str:
             f"{o['restores']} restores, {o['bytes']} bytes ({o['count']} of them)")
 
 
-def render_summary(console: Console, run: Run, own: Ownership, verdict: Verdict,
-                   costs: Costs, max_findings: int) -> None:
+def render_summary(console: Console, a: Analysis, max_findings: int) -> None:
     """The short report: findings, boundary checks, and the redundancy and
     cost headline per operation."""
+    run, costs = a.run, a.costs
     ev = run.trace.events
     h = run.trace.header
-    render_findings(console, run, own, verdict, max_findings)
-    render_boundaries(console, verdict)
+    render_findings(console, run, a.own, a.verdict, max_findings)
+    render_boundaries(console, a.verdict)
     _render_redundancy(console, costs)
     for name, o in costs.per_operation.items():
         if o["count"]:
             console.print(escape("  " + operation_line(name, o)))
-    if h.arch == fmt.Arch.AARCH64:
-        t = trap_costs(ev, _ident(run, own)).as_json()
+    if a.traps is not None:
+        t = a.traps.as_json()
         console.print(escape(
             f"  FP access traps: {t['guest_traps_per_kvm_run']} per KVM_RUN, "
             f"{t['host_traps_per_context_switch']} per context switch"))
@@ -366,8 +364,8 @@ def _render_redundancy(console: Console, costs: Costs) -> None:
         f"redundant bytes {pct['bytes']}% of bytes moved")
 
 
-def render_analysis(console: Console, run: Run, own: Ownership, verdict: Verdict,
-                    costs: Costs, top: int, max_findings: int = 50) -> None:
+def render_analysis(console: Console, a: Analysis, top: int, max_findings: int = 50) -> None:
+    run, own, verdict, costs = a.run, a.own, a.verdict, a.costs
     render_findings(console, run, own, verdict, max_findings)
     render_boundaries(console, verdict)
     if verdict.unconfirmed:
@@ -377,16 +375,15 @@ def render_analysis(console: Console, run: Run, own: Ownership, verdict: Verdict
         for u in verdict.unconfirmed[:top]:
             console.print(escape(f"  {u.kind} at seq {int(run.trace.events['seq'][u.event])} "
                                  f"({task_label(run.trace.tasks, u.task)}): {u.reason}"))
-    arm64 = run.trace.header.arch == fmt.Arch.AARCH64
     for m in kernel_mechanisms(run.symbols):
         console.print(escape(f"kernel: {m.name}={'yes' if m.present else 'no'} "
                              f"({m.evidence}): {m.description}"))
-    if arm64:
-        _render_traps(console, trap_costs(run.trace.events, _ident(run, own)))
+    if a.traps is not None:
+        _render_traps(console, a.traps)
     _render_redundancy(console, costs)
     for reason, n in costs.unknown_reasons.items():
         console.print(escape(f"  unknown: {n} x {reason}"))
-    if not arm64:
+    if not a.arm64:
         comp = Table(title="bytes moved per XSAVE component", title_justify="left",
                      show_edge=False)
         for name in ("component", "saved", "restored", "redundant"):
@@ -408,7 +405,7 @@ def render_analysis(console: Console, run: Run, own: Ownership, verdict: Verdict
     console.print(ops)
 
 
-def _render_traps(console: Console, t: Any) -> None:
+def _render_traps(console: Console, t: TrapCosts) -> None:
     j = t.as_json()
     table = Table(title="FP access traps (ESR_ELx.EC)", title_justify="left", show_edge=False)
     table.add_column("trapped in")

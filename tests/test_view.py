@@ -18,6 +18,7 @@ import pytest
 from conftest import require
 from test_boundaries import lost_state_with_boundaries
 from test_export import kvm_run_trace
+from test_ownership import BT, L1, T, save
 from tracebuilder import TraceBuilder
 
 from fputrace.run import sidecar
@@ -184,15 +185,39 @@ def test_keys_walk_the_findings_and_search(viewer: Tmux) -> None:
     assert "cpu0" not in viewer.screen()
 
 
-def test_zoom_and_pan_change_the_window(viewer: Tmux) -> None:
-    viewer.wait_for("seq 0-6 of 0-6")
-    # The whole trace is 7 seqs: zooming in cannot show fewer seqs than
-    # columns, so the window stays; the cursor moves by columns.
-    viewer.keys("+")
-    viewer.wait_for("seq 0-6 of 0-6")
-    viewer.keys("]")
-    s = viewer.wait_for("seq 1")
-    assert "xsaveopt  seq 1" in s or "xrstor  seq 1" in s
+def test_zoom_and_pan_change_the_window(tmp_path: Path) -> None:
+    # 600 saves of T's unchanging registers, seq 0..599; the cursor starts
+    # at column 0 (seq 0). + halves the span around it: seq 0-299. right
+    # pans by a quarter of the span: 75-374. - doubles it around the
+    # cursor's seq (75), which the trace's start then bounds: 0-599 again
+    # (the cursor stays on seq 75).
+    # ] moves the cursor to the next column with an event: seq 0's save is
+    # under it, so the next is seq 1.
+    require(shutil.which("tmux") is not None, "tmux not installed (make setup)")
+    b = TraceBuilder()
+    b.task(T, 10, "t")
+    for _ in range(600):
+        save(b, BT, regs=L1)
+    t = Tmux(f"fputrace-zoom-{os.getpid()}",
+             [sys.executable, "-m", "fputrace", "view", str(b.write(tmp_path / "z.ftr"))],
+             140, 40)
+    try:
+        t.wait_for("seq 0-599 of 0-599")
+        t.keys("+")
+        t.wait_for("seq 0-299 of 0-599")
+        t.keys("Right")
+        t.wait_for("seq 75-374 of 0-599")
+        t.keys("-")
+        t.wait_for("seq 0-599 of 0-599")
+        # 0 puts the cursor back on seq 0; three halvings would leave 75
+        # seqs, but a window shows at least one seq per column: the 117
+        # columns of a 140-column pane.
+        t.keys("0", "+", "+", "+")
+        t.wait_for("seq 0-116 of 0-599")
+        t.keys("]")
+        t.wait_for("xsaveopt  seq 1  cpu0")
+    finally:
+        t.close()
 
 
 def test_arm64_image_placed_by_its_first_branch(tmp_path: Path) -> None:

@@ -58,13 +58,11 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     r = load_run(args.trace)
     a = analyze_run(r)
-    own, counts, costs, verdict = a.own, a.counts, a.costs, a.verdict
     timeline = a.timeline() if args.timeline > 0 else None
     if args.json:
         extra = {"timeline": timeline_json(timeline, args.timeline)} if timeline is not None \
             else {}
-        json.dump({**counts_json(r, counts),
-                   **analysis_json(r, own, verdict, costs, args.max_findings), **extra},
+        json.dump({**counts_json(r, a.counts), **analysis_json(a, args.max_findings), **extra},
                   sys.stdout,
                   indent=1)
         sys.stdout.write("\n")
@@ -73,15 +71,15 @@ def run(args: argparse.Namespace) -> int:
         if not console.is_terminal:
             console = Console(emoji=False, highlight=False, width=200)
         if args.full:
-            render_analysis(console, r, own, verdict, costs, args.top, args.max_findings)
+            render_analysis(console, a, args.top, args.max_findings)
         else:
-            render_summary(console, r, own, verdict, costs, args.max_findings)
+            render_summary(console, a, args.max_findings)
         if timeline is not None:
             render_timeline(console, timeline, args.timeline)
         if args.full:
-            render_counts(console, r, counts, args.top)
+            render_counts(console, r, a.counts, args.top)
     if not r.trace.complete:
         print(f"fputrace: warning: {describe_incomplete(r.trace)}", file=sys.stderr)
         if not args.allow_partial:
             return EXIT_PARTIAL
-    return EXIT_FINDINGS if verdict.findings else 0
+    return EXIT_FINDINGS if a.verdict.findings else 0

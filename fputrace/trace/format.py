@@ -97,6 +97,8 @@ SAVE_KINDS = frozenset({Kind.XSAVE, Kind.XSAVEOPT, Kind.XSAVEC, Kind.XSAVES, Kin
                         Kind.FPSIMD_SAVE, Kind.SVE_SAVE})
 RESTORE_KINDS = frozenset({Kind.XRSTOR, Kind.XRSTORS, Kind.FXRSTOR, Kind.FPSIMD_LOAD,
                            Kind.SVE_LOAD})
+# Every kind that moves state between registers and a buffer, ZA's too.
+BUFFER_KINDS = SAVE_KINDS | RESTORE_KINDS | {Kind.SME_SAVE, Kind.SME_LOAD}
 
 
 def _kind_table(kinds: frozenset[Kind]) -> np.ndarray:

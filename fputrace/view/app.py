@@ -137,14 +137,10 @@ class ViewerApp(App[None]):
         if self.lane not in lanes:
             self.lane = lanes[0] if lanes else 0
         model = self.model
-        shown_model = Model(model.analysis, [model.lanes[n] for n in lanes], model.owners,
-                            model.colours, model.first_seq, model.last_seq,
-                            model.finding_events)
-        rows = lane_rows(shown_model, win, lanes.index(self.lane) if lanes else None,
-                         self.cursor, self.shown)
+        rows = lane_rows(model, win, lanes, self.lane, self.cursor, self.shown)
         status = Text(self.message or "? help  q quit", style="dim")
         self.query_one("#timeline", Static).update(
-            Group(title(model, win), *rows, axis(win), *legend(shown_model, win, 8), status))
+            Group(title(model, win), *rows, axis(win), *legend(model, win, lanes, 8), status))
         self.query_one("#details", Static).update(self.details_text())
 
     def details_text(self) -> Text:
@@ -245,8 +241,7 @@ class ViewerApp(App[None]):
             self.refresh_view()
             return
         ev = int(model.finding_events[i])
-        cpu = int(model.analysis.run.trace.events["vcpu"][ev])
-        lane = next((n for n, ln in enumerate(model.lanes) if ln.name == f"cpu{cpu}"), 0)
+        lane = model.cpu_lane(int(model.analysis.run.trace.events["vcpu"][ev]))
         if self.span > 400:
             self.span = 400
             self.clamp()
@@ -286,17 +281,14 @@ class ViewerApp(App[None]):
         self.message = f"filter {text!r}: {len(self.shown)} owner(s)"
 
     def find_function(self, text: str) -> None:
-        lane = self.model.lanes[self.lane]
         here = self.window().seq_range(self.cursor)[1]
         hit = self.details.next_event_in(text, here)
         if hit is None:
             self.message = f"no event in a function matching {text!r} after seq {here}"
             return
         seq, cpu = hit
-        lane_n = next((n for n, ln in enumerate(self.model.lanes) if ln.name == f"cpu{cpu}"),
-                      self.model.lanes.index(lane))
         self.message = f"search {text!r}: seq {seq}"
-        self.go_to(seq, lane_n)
+        self.go_to(seq, self.model.cpu_lane(cpu))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

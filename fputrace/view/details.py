@@ -148,23 +148,15 @@ class Details:
         out.append(owner, style=f"bold {self.model.colours[int(lane.seg_owner[i])]}")
         out.append(f"  on {lane.name} from seq {int(lane.seg_start[i])} to "
                    f"{int(lane.seg_end[i])}\n")
-        if lane.kind == "cpu":
-            tl = self._timeline_row(lane, i)
-            if tl is not None:
-                out.append(f"began  {Begin(int(tl['begin'])).name.lower()}, ended "
-                           f"{End(int(tl['end'])).name.lower()}; "
-                           f"registers {'changed' if tl['modified'] else 'unchanged'}; "
-                           f"kernel-mode use {'yes' if tl['kernel_use'] else 'no'}; "
-                           f"guest ran {'yes' if tl['in_guest'] else 'no'}; buffer "
-                           f"{'current' if tl['buffer_current'] else 'STALE'} at the end\n")
+        if lane.seg_row[i] >= 0:
+            tl = self.model.timeline[int(lane.seg_row[i])]
+            out.append(f"began  {Begin(int(tl['begin'])).name.lower()}, ended "
+                       f"{End(int(tl['end'])).name.lower()}; "
+                       f"registers {'changed' if tl['modified'] else 'unchanged'}; "
+                       f"kernel-mode use {'yes' if tl['kernel_use'] else 'no'}; "
+                       f"guest ran {'yes' if tl['in_guest'] else 'no'}; buffer "
+                       f"{'current' if tl['buffer_current'] else 'STALE'} at the end\n")
         return out
-
-    def _timeline_row(self, lane: Lane, i: int) -> np.void | None:
-        if not hasattr(self, "_tl"):
-            self._tl = self.a.timeline()
-        cpu = int(lane.name[3:])
-        rows = self._tl[self._tl["cpu"] == cpu]
-        return rows[i] if i < len(rows) else None
 
     # ---- search --------------------------------------------------------
 

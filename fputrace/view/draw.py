@@ -26,6 +26,7 @@ from fputrace.view.model import (
 )
 
 LABEL_WIDTH = 22
+AXIS_STEP = 20          # columns between seq numbers under the lanes
 HOST_GLYPH, GUEST_GLYPH = "█", "▒"
 
 
@@ -67,18 +68,14 @@ def whole(model: Model, width: int) -> Window:
 def lane_owner_cells(lane: Lane, win: Window) -> tuple[npt.NDArray[np.int32],
                                                      npt.NDArray[np.uint8]]:
     """Per column: the owner index (-1: no segment) and the segment flags."""
+    if not len(lane.seg_start):
+        return np.full(win.width, -1, dtype=np.int32), np.zeros(win.width, dtype=np.uint8)
     cs = win.column_starts()
     i = np.searchsorted(lane.seg_start, cs, side="right") - 1
-    ok = i >= 0
-    j = np.where(ok, i, 0)
-    ok &= len(lane.seg_start) > 0
-    if len(lane.seg_start):
-        ok &= cs <= lane.seg_end[j]
-        owner = np.where(ok, lane.seg_owner[j], -1).astype(np.int32)
-        flags = np.where(ok, lane.seg_flags[j], 0).astype(np.uint8)
-    else:
-        owner = np.full(win.width, -1, dtype=np.int32)
-        flags = np.zeros(win.width, dtype=np.uint8)
+    j = np.maximum(i, 0)
+    ok = (i >= 0) & (cs <= lane.seg_end[j])
+    owner = np.where(ok, lane.seg_owner[j], -1).astype(np.int32)
+    flags = np.where(ok, lane.seg_flags[j], 0).astype(np.uint8)
     return owner, flags
 
 
@@ -134,20 +131,22 @@ def _mark_row(lane: Lane, win: Window, cursor: int | None) -> Text:
 def axis(win: Window) -> Text:
     """Seq numbers under the lanes, one every 20 columns or so."""
     line = [" "] * win.width
-    step = max(20, 1)
-    for col in range(0, win.width, step):
+    for col in range(0, win.width, AXIS_STEP):
         label = f"|{win.start + (col * win.span) // win.width}"
         if col + len(label) <= win.width:
             line[col:col + len(label)] = list(label)
     return Text(" " * LABEL_WIDTH + "".join(line), style="dim")
 
 
-def lane_rows(model: Model, win: Window, selected: int | None = None,
-              cursor: int | None = None, shown: set[int] | None = None) -> list[Text]:
-    """Two rows per lane, label first. shown: owner indices to colour (the
+def lane_rows(model: Model, win: Window, lanes: list[int] | None = None,
+              selected: int | None = None, cursor: int | None = None,
+              shown: set[int] | None = None) -> list[Text]:
+    """Two rows per lane (lanes: which, by index; None for all), label first.
+    selected: the lane with the cursor; shown: owner indices to colour (the
     rest dimmed), None for all."""
     rows: list[Text] = []
-    for n, lane in enumerate(model.lanes):
+    for n in range(len(model.lanes)) if lanes is None else lanes:
+        lane = model.lanes[n]
         label = lane.name if len(lane.name) < LABEL_WIDTH else lane.name[:LABEL_WIDTH - 2] + "…"
         mark = "▶" if n == selected else " "
         head = Text(f"{mark}{label:<{LABEL_WIDTH - 1}}",
@@ -158,10 +157,13 @@ def lane_rows(model: Model, win: Window, selected: int | None = None,
     return rows
 
 
-def legend(model: Model, win: Window, limit: int = 16) -> list[Text]:
-    """The owners seen in the window (by columns covered), then the markers."""
+def legend(model: Model, win: Window, lanes: list[int] | None = None,
+           limit: int = 16) -> list[Text]:
+    """The owners seen in the window's lanes (by columns covered), then the
+    markers."""
     counts: dict[int, int] = {}
-    for lane in model.lanes:
+    for n in range(len(model.lanes)) if lanes is None else lanes:
+        lane = model.lanes[n]
         owner, _ = lane_owner_cells(lane, win)
         for o, c in zip(*np.unique(owner[owner >= 0], return_counts=True), strict=True):
             counts[int(o)] = counts.get(int(o), 0) + int(c)

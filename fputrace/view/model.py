@@ -75,6 +75,7 @@ def owner_colour(label: str) -> str:
 class Lane:
     name: str
     kind: str                            # "cpu" or "vcpu"
+    cpu: int                             # a CPU lane's CPU, -1 for a vCPU
     seg_start: npt.NDArray[np.int64]     # seq each segment begins at, ascending
     seg_end: npt.NDArray[np.int64]
     seg_owner: npt.NDArray[np.int32]     # index into Model.owners
@@ -82,6 +83,7 @@ class Lane:
     mark_seq: npt.NDArray[np.int64]      # ascending
     mark_event: npt.NDArray[np.int64]    # event index
     mark_kind: npt.NDArray[np.uint8]     # Mark
+    seg_row: npt.NDArray[np.int64]       # a CPU segment's row in Model.timeline, -1
 
 
 @dataclass
@@ -93,6 +95,11 @@ class Model:
     first_seq: int
     last_seq: int
     finding_events: npt.NDArray[np.int64]   # event index of each finding, by seq
+    timeline: npt.NDArray[np.void]          # analyzers.timeline.cpu_timeline()
+
+    def cpu_lane(self, cpu: int) -> int:
+        """The index of a CPU's lane (0 if the CPU has none)."""
+        return next((n for n, lane in enumerate(self.lanes) if lane.cpu == cpu), 0)
 
     @property
     def seq(self) -> npt.NDArray[np.uint64]:
@@ -125,7 +132,12 @@ def build_model(a: Analysis) -> Model:
     labels = owner_labels(a, tl["owner"])
     owners = sorted(set(labels.values()))
     owner_index = {name: i for i, name in enumerate(owners)}
-    by_buffer = {buf: owner_index[name] for buf, name in labels.items()}
+    # Each interval's owner index, by buffer (labels has every owner buffer).
+    buffers = np.array(sorted(labels), dtype=np.uint64)
+    index_of = np.array([owner_index[labels[int(b)]] for b in buffers], dtype=np.int32)
+    pos = np.minimum(np.searchsorted(buffers, tl["owner"]), len(buffers) - 1)
+    tl_owner = np.where(buffers[pos] == tl["owner"], index_of[pos],
+                        owner_index["unknown"]).astype(np.int32)
     lanes: list[Lane] = []
     finding_events = np.array(sorted({f.event for f in a.verdict.findings},
                                      key=lambda i: int(seq[i])), dtype=np.int64)
@@ -134,16 +146,15 @@ def build_model(a: Analysis) -> Model:
     drawn = marks != Mark.NONE
     cpus = np.unique(ev["vcpu"]).tolist()
     for cpu in cpus:
-        rows = tl[tl["cpu"] == cpu]
+        row_idx = np.flatnonzero(tl["cpu"] == cpu)
+        rows = tl[row_idx]
         on_cpu = np.flatnonzero(drawn & (ev["vcpu"] == cpu))
         flags = (rows["kernel_use"].astype(np.uint8) * SEG_KERNEL_USE
                  | rows["in_guest"].astype(np.uint8) * SEG_IN_GUEST)
         lanes.append(Lane(
-            f"cpu{cpu}", "cpu", rows["start_seq"].astype(np.int64),
-            rows["end_seq"].astype(np.int64),
-            np.array([by_buffer.get(int(o), owner_index["unknown"]) for o in rows["owner"]],
-                     dtype=np.int32),
-            flags, seq[on_cpu], on_cpu.astype(np.int64), marks[on_cpu]))
+            f"cpu{cpu}", "cpu", int(cpu), rows["start_seq"].astype(np.int64),
+            rows["end_seq"].astype(np.int64), tl_owner[row_idx], flags, seq[on_cpu],
+            on_cpu.astype(np.int64), marks[on_cpu], row_idx.astype(np.int64)))
     # vCPU lanes: when each vCPU instance ran in the guest (entry to exit),
     # coloured as the guest state it owns; its markers are the entries, the
     # exits and what the guest did (events flagged L2).
@@ -167,10 +178,10 @@ def build_model(a: Analysis) -> Model:
             mine[e:x][inside] = True
         idx = np.flatnonzero(mine & drawn)
         lanes.append(Lane(
-            name, "vcpu", seq[entries], seq[exits],
+            name, "vcpu", -1, seq[entries], seq[exits],
             np.full(len(rs), owner_index[owner_name], dtype=np.int32),
             np.full(len(rs), SEG_IN_GUEST, dtype=np.uint8),
-            seq[idx], idx.astype(np.int64), marks[idx]))
+            seq[idx], idx.astype(np.int64), marks[idx], np.full(len(rs), -1, dtype=np.int64)))
     return Model(a, lanes, owners, [owner_colour(o) for o in owners],
                  int(seq[0]) if len(seq) else 0, int(seq[-1]) if len(seq) else 0,
-                 finding_events)
+                 finding_events, tl)
