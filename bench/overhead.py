@@ -15,12 +15,18 @@ and the cost per recorded event: the extra wall time over the plugin-free
 run divided by the trace's events. The last line is the worst scenario's
 ratio, `ratio=X.XX` (target <= 1.10).
 
+`--variant deterministic` adds fputrace on a deterministic machine (what
+`record` runs by default: instruction-counted time, fputrace.machine), and
+`--variant deterministic-none` the same machine without a plugin; each such
+variant's line also gives its ratio to its non-deterministic counterpart.
+
 With `--arch arm64` the same runs on the arm64 kernel (VHE); execlog's
 filter there is ERET, every MSR and the STP/LDP pairs that the save and
 load sequences are made of (execlog matches mnemonics only).
 
 usage: bench/overhead [--arch x86_64|arm64] [--kernel 6.1] [--rounds 3] [--compare]
-                      [--scenario NAME=WORKLOAD ...] [--variant NAME=ARGS ...]
+                      [--scenario NAME=WORKLOAD ...]
+                      [--variant NAME=ARGS | deterministic | deterministic-none ...]
 """
 
 from __future__ import annotations
@@ -49,6 +55,19 @@ EXECLOG_FILTERS = {
     "x86_64": ("xsave", "xrstor", "fxsave", "fxrstor", "xsetbv", "wrmsr", "vmrun"),
     "arm64": ("eret", "msr", "stp", "ldp"),
 }
+
+
+@dataclass
+class Variant:
+    plugin: str | None  # the -plugin argument, or None for no plugin
+    extra: list[str] = field(default_factory=list)  # more QEMU arguments
+    deterministic: bool = False
+    baseline: str = "none"  # the variant its own ratio is taken against
+
+
+# The deterministic machine's variants, by name: the same plugin (or none) as
+# the variant named second, on a machine that counts instructions.
+DETERMINISTIC_VARIANTS = {"deterministic": "fputrace", "deterministic-none": "none"}
 
 
 @dataclass
@@ -99,7 +118,9 @@ def main() -> int:
                     help="also run an empty plugin and QEMU's execlog")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARG[,ARG...]",
                     help="also run fputrace with these extra plugin arguments "
-                         "(repeatable), e.g. no-bounds=boundaries=off")
+                         "(repeatable), e.g. no-bounds=boundaries=off; or "
+                         + " / ".join(DETERMINISTIC_VARIANTS)
+                         + ": fputrace / no plugin on a deterministic machine")
     args = ap.parse_args()
     if args.rounds < 1:
         raise FputraceError(f"--rounds {args.rounds}: give at least 1")
@@ -110,20 +131,24 @@ def main() -> int:
         tmp = Path(tmp_s)
         trace = tmp / "bench.ftr"
         fputrace_plugin = ",".join([str(plugin_path()), *plugin_arguments(target, trace)])
-        variants: dict[str, tuple[str | None, list[str]]] = {
-            "none": (None, []),
-            "fputrace": (fputrace_plugin, []),
-        }
+        variants: dict[str, Variant] = {"none": Variant(None),
+                                        "fputrace": Variant(fputrace_plugin)}
         for text in args.variant:
             name, sep, extra_args = text.partition("=")
+            if name in DETERMINISTIC_VARIANTS and not sep:
+                like = DETERMINISTIC_VARIANTS[name]
+                variants[name] = Variant(variants[like].plugin, deterministic=True,
+                                         baseline=like)
+                continue
             if not sep or not name or name in variants:
                 raise FputraceError(f"--variant {text!r}: write NAME=ARG[,ARG...] "
-                                    "with a new name")
-            variants[name] = (f"{fputrace_plugin},{extra_args}", [])
+                                    "with a new name, or one of "
+                                    + ", ".join(DETERMINISTIC_VARIANTS))
+            variants[name] = Variant(f"{fputrace_plugin},{extra_args}")
         if args.compare:
             execlog = build_execlog()
-            variants["empty"] = (str(build_dir() / "libemptyplugin.so"), [])
-            variants["execlog"] = (
+            variants["empty"] = Variant(str(build_dir() / "libemptyplugin.so"))
+            variants["execlog"] = Variant(
                 ",".join([str(execlog), *(f"ifilter={f}" for f in EXECLOG_FILTERS[args.arch])]),
                 ["-d", "plugin", "-D", str(tmp / "execlog.log")])
 
@@ -141,11 +166,12 @@ def main() -> int:
         for i in range(args.rounds):
             shift = i % len(runs)  # rotate so that no variant always runs first
             for scenario, variant in runs[shift:] + runs[:shift]:
-                plugin, extra = variants[variant]
+                v = variants[variant]
                 console = tmp / f"console-{scenario.name}-{variant}.log"
                 spec = MachineSpec(target.arch, target.vmlinuz, scenario.initramfs,
-                                   kernel_cmdline(target.arch), plugin=plugin,
-                                   serial_files=[console, tmp / "syms"], extra_args=extra)
+                                   kernel_cmdline(target.arch), plugin=v.plugin,
+                                   serial_files=[console, tmp / "syms"], extra_args=v.extra,
+                                   deterministic=v.deterministic)
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = run_machine(spec, 900)
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -158,7 +184,7 @@ def main() -> int:
                     scenario.events = len(read_trace(trace).events)
                 scenario.wall[variant].append(result.wall_s)
                 scenario.cpu[variant].append(cpu_s)
-                print(f"round {i + 1} {scenario.name:6s} {variant:9s} "
+                print(f"round {i + 1} {scenario.name:6s} {variant:18s} "
                       f"wall {result.wall_s:7.2f} s  cpu {cpu_s:7.2f} s", flush=True)
 
         worst = 0.0
@@ -166,9 +192,11 @@ def main() -> int:
             wall = {k: statistics.median(v) for k, v in s.wall.items()}
             cpu = {k: statistics.median(v) for k, v in s.cpu.items()}
             print(f"{s.name} ({s.workload}, {s.events} events):")
-            for variant in variants:
-                print(f"  median {variant:9s} wall {wall[variant]:7.2f} s  "
-                      f"cpu {cpu[variant]:7.2f} s  x{wall[variant] / wall['none']:.2f}")
+            for variant, v in variants.items():
+                own = "" if not v.deterministic else \
+                    f"  {variant}/{v.baseline}={wall[variant] / wall[v.baseline]:.2f}"
+                print(f"  median {variant:18s} wall {wall[variant]:7.2f} s  "
+                      f"cpu {cpu[variant]:7.2f} s  x{wall[variant] / wall['none']:.2f}{own}")
             ratio = wall["fputrace"] / wall["none"]
             per_event_us = (wall["fputrace"] - wall["none"]) / max(s.events, 1) * 1e6
             print(f"  {s.name}: ratio={ratio:.2f} "

@@ -57,7 +57,8 @@ class Initramfs:
             out += e.data
             out += b"\0" * (-len(out) % 4)
             ino += 1
-        return gzip.compress(bytes(out), compresslevel=1)
+        # mtime=0: the same files give the same bytes (a deterministic run).
+        return gzip.compress(bytes(out), compresslevel=1, mtime=0)
 
     def write(self, path: Path) -> None:
         path.write_bytes(self.pack())

@@ -24,6 +24,47 @@ from fputrace.errors import FputraceError
 
 QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 
+# What a deterministic machine adds to QEMU's command line. Everything the
+# guest could draw from the host is pinned:
+#   -icount shift=0,sleep=off  virtual time counts instructions (one ns each)
+#                              instead of following the host clock, so timer
+#                              interrupts land on the same instruction every
+#                              run; sleep=off lets an idle guest skip ahead
+#                              instead of waiting in real time. icount also
+#                              makes TCG run the vCPUs in turn on one thread
+#                              (no MTTCG), in a fixed order.
+#   -rtc clock=vm,base=...     the RTC reads that fixed date plus virtual time.
+#   -seed N                    qemu_guest_getrandom() draws from a seeded PRNG:
+#                              RDRAND/RDSEED (x86), RNDR/RNDRRS (arm64) and the
+#                              virt board's kaslr-seed and rng-seed in the DTB.
+# The guest's files are already fixed: the initramfs is written with fixed
+# mtimes in a fixed order (fputrace.initramfs).
+DETERMINISTIC_ICOUNT = "shift=0,sleep=off"
+DETERMINISTIC_RTC_BASE = "2024-01-01T00:00:00"
+DETERMINISTIC_SEED = 1
+
+
+def deterministic_refusal(smp: int) -> str | None:
+    """Why a machine of `smp` vCPUs cannot record deterministically, or None.
+
+    With -icount, TCG runs all vCPUs in turn on one thread, and translated
+    code is shared between them. QEMU 10.0 then binds a plugin's per-vCPU
+    inline operations (qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu,
+    the conditional callbacks) to the vCPU that translated the block
+    (accel/tcg/plugin-gen.c, gen_cpu_index(): a constant unless CF_PARALLEL),
+    so another vCPU running that block updates the wrong vCPU's state: seen
+    here as a crash of QEMU in generated code with --smp 2."""
+    if smp == 1:
+        return None
+    return (f"--smp {smp}: QEMU runs a deterministic machine's vCPUs on one thread, where "
+            "the plugin's per-vCPU state is not kept apart; recording with the host clock "
+            "(not reproducible)")
+
+
+def deterministic_args() -> list[str]:
+    return ["-icount", DETERMINISTIC_ICOUNT, "-rtc", f"clock=vm,base={DETERMINISTIC_RTC_BASE}",
+            "-seed", str(DETERMINISTIC_SEED)]
+
 
 @dataclass
 class MachineSpec:
@@ -36,6 +77,7 @@ class MachineSpec:
     plugin: str | None = None  # the -plugin argument: path,key=value,...
     serial_files: list[Path] = field(default_factory=list)  # ttyS0 (console), ttyS1, ...
     extra_args: list[str] = field(default_factory=list)
+    deterministic: bool = False  # deterministic_args(): the same run every time
 
 
 @dataclass
@@ -79,6 +121,8 @@ def command_line(spec: MachineSpec, qmp_socket: Path) -> list[str]:
         cmd += ["-chardev", f"file,id=serial{i},path={f}", "-serial", f"chardev:serial{i}"]
     if spec.plugin:
         cmd += ["-plugin", spec.plugin]
+    if spec.deterministic:
+        cmd += deterministic_args()
     return cmd + spec.extra_args
 
 

@@ -31,7 +31,7 @@ from fputrace.kernel.probes import plugin_args as probe_args
 from fputrace.kernel.seedmod import MODULE_NAME as SEED_MODULE
 from fputrace.kernel.seedmod import seed_module_for
 from fputrace.kernel.symbols import Symbols
-from fputrace.machine import MachineSpec, qemu_version, run_machine
+from fputrace.machine import MachineSpec, deterministic_args, qemu_version, run_machine
 from fputrace.paths import build_dir
 from fputrace.run import sidecar
 from fputrace.workloads import WorkloadRun, parse_summary
@@ -71,6 +71,8 @@ class RecordResult:
     modules: list[str]
     runs: list[RunOutcome] = field(default_factory=list)
     vmlinuz: str = ""  # the kernel image booted (the viewer disassembles from it)
+    deterministic: bool = False  # the same inputs give the same trace
+    deterministic_options: list[str] = field(default_factory=list)  # what QEMU was given
     fputrace_version: str = __version__
 
     def save(self, path: Path) -> None:
@@ -228,8 +230,10 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
            tick: Callable[[str, float], None] | None = None,
            added: list[AddedFile] | None = None,
            foreign: list[ForeignRun] | None = None, kvm_mode: str = "vhe",
-           extra_modules: list[str] | None = None) -> RecordResult:
-    """Boot, run the workloads, and leave the trace and its sidecars at `out`."""
+           extra_modules: list[str] | None = None, deterministic: bool = True) -> RecordResult:
+    """Boot, run the workloads, and leave the trace and its sidecars at `out`.
+    deterministic: pin what the guest draws from the host (machine.py), so
+    that the same inputs give the same trace event for event."""
     plugin = plugin_path()
     if not 1 <= smp <= 16:
         raise FputraceError(f"--smp {smp}: choose 1 to 16 CPUs")
@@ -253,7 +257,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
                            kernel_cmdline(target.arch, kvm_mode),
                            smp=smp, memory_mb=memory_mb,
                            plugin=",".join([str(plugin), *plugin_args]),
-                           serial_files=[console, modsyms_tmp])
+                           serial_files=[console, modsyms_tmp], deterministic=deterministic)
 
         def machine_tick(elapsed: float) -> None:
             if tick:
@@ -298,7 +302,8 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     rec = RecordResult(str(out), status, detail,
                        status not in ("ok", "workload-failed", "kvm-mode-unsupported"),
                        target.identity, qemu, smp, round(wall, 2), seen.workloads, names,
-                       seen.runs, str(target.vmlinuz))
+                       seen.runs, str(target.vmlinuz), deterministic,
+                       deterministic_args() if deterministic else [])
     rec.save(sidecar(out, "meta.json"))
     return rec
 

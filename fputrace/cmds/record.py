@@ -13,6 +13,7 @@ from fputrace.errors import FputraceError
 from fputrace.foreign import busybox_applets, check_commands, prepare_added
 from fputrace.kernel.busybox import DEBIAN_ARCH, applets_busybox
 from fputrace.kernel.layout import KVM_MODES, resolve_kernel
+from fputrace.machine import deterministic_refusal
 from fputrace.output import check_output, estimated_trace_bytes
 from fputrace.record import record
 from fputrace.run import sidecar
@@ -49,6 +50,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--module", action="append", default=[], metavar="NAME", dest="modules_load",
                    help="also load this kernel module, with what it depends on, before the "
                         "workloads (may repeat): e.g. sha2_ce for AF_ALG users")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="pin what the guest draws from the host (instruction-counted "
+                        "time, a fixed RTC date, seeded guest randomness), so that the same "
+                        "kernel, workloads and QEMU give the same trace event for event "
+                        "(default with one CPU; --no-deterministic follows the host clock "
+                        "and runs about 1.8x faster)")
     p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
     p.add_argument("--memory", type=int, default=1024, help="guest memory in MiB (default 1024)")
     p.add_argument("--timeout", type=float, default=600, help="seconds before giving up "
@@ -93,6 +100,13 @@ def run(args: argparse.Namespace) -> int:
         raise FputraceError(f"--memory {args.memory}: the guest needs at least 256 MiB")
     if not args.timeout > 0:
         raise FputraceError(f"--timeout {args.timeout}: give a positive number of seconds")
+    deterministic = args.deterministic is not False
+    if deterministic and (refusal := deterministic_refusal(args.smp)) is not None:
+        if args.deterministic:
+            raise FputraceError(f"{refusal.split(';')[0]}: leave out --deterministic, or "
+                                "use --smp 1")
+        console.print(escape(f"note: {refusal}"))
+        deterministic = False
     check_output(args.output, estimated_trace_bytes(runs, len(foreign)))
     target = resolve_kernel(args.kernel, DEBIAN_ARCH[arch], args.modules, args.vmlinux)
     labels = ", ".join([*(r.label for r in runs), *(f"'{f.command}'" for f in foreign)])
@@ -105,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         result = record(target, runs, args.output, smp=args.smp, timeout_s=args.timeout,
                         memory_mb=args.memory, extra_msrs=msrs, tick=tick, added=added,
                         foreign=foreign, kvm_mode=args.kvm_mode,
-                        extra_modules=args.modules_load)
+                        extra_modules=args.modules_load, deterministic=deterministic)
     for w in result.workloads:
         summary = " ".join(f"{k}={v}" for k, v in w.summary.items()) or "no summary printed"
         console.print(escape(f"  {w.label}: exit {w.exit_status}, {summary}"))
