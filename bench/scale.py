@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,10 @@ import numpy as np
 
 from fputrace.trace import format as fmt
 from fputrace.trace.checksum import crc32c
+
+# The tests' trace writer: one writer of the format for tests and benchmark.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tracebuilder import block_bytes, footer_block, header
 
 BLOCK = 512
 # One pattern per round: user save, guest restore, VM entry, VM exit, guest
@@ -91,37 +94,24 @@ def synthesize(n: int) -> np.ndarray:
 
 
 def write_trace(path: Path, ev: np.ndarray) -> None:
-    strings = b"".join(struct.pack("<H", len(s)) + s for s in (b"synthetic", b"scale", b""))
-    size = fmt.HEADER_FIXED_SIZE + len(strings)
-    size += -size % 8
-    header = struct.pack(fmt.HEADER_FIXED, fmt.MAGIC, fmt.FORMAT_VERSION, fmt.FORMAT_VERSION,
-                         size, 7, 1, 128, 48, 0, 4, 0)
+    rec = fmt.EVENT_DTYPE.itemsize
+    raw = ev.view(np.uint8).reshape(-1)
     with open(path, "wb") as f:
-        f.write((header + strings).ljust(size, b"\0"))
+        f.write(header(qemu="synthetic", kernel="scale", args="", crc=crc32c))
         tasks = np.zeros(TASKS, dtype=fmt.TASK_DTYPE)
         tasks["task"] = 0xFFFF888100000000 + np.arange(TASKS, dtype=np.uint64) * 0x4000
         tasks["pid"] = 100 + np.arange(TASKS)
         tasks["comm"] = [f"vcpu{i}".encode() for i in range(TASKS)]
-        payload = tasks.tobytes()
-        f.write(struct.pack(fmt.BLOCK_HEADER, fmt.BLOCK_MAGIC, 2, 0, TASKS, len(payload),
-                            crc32c(payload), 0) + payload)
-        raw = memoryview(ev.view(np.uint8).reshape(-1))
-        rec = fmt.EVENT_DTYPE.itemsize
+        f.write(block_bytes(2, 0, TASKS, tasks.tobytes(), crc=crc32c))
         for start in range(0, len(ev), BLOCK):
             count = min(BLOCK, len(ev) - start)
-            payload_v = raw[start * rec:(start + count) * rec]
-            f.write(struct.pack(fmt.BLOCK_HEADER, fmt.BLOCK_MAGIC, 1, 0, count, len(payload_v),
-                                crc32c(payload_v), 0))
-            f.write(payload_v)
-        footer = np.zeros(1, dtype=fmt.FOOTER_DTYPE)
-        footer["events_total"] = len(ev)
-        footer["tasks_total"] = TASKS
-        footer["blocks_total"] = 1 + (len(ev) + BLOCK - 1) // BLOCK
+            f.write(block_bytes(1, 0, count, raw[start * rec:(start + count) * rec].tobytes(),
+                                crc=crc32c))
+        by_kind = [0] * 64
         for k, c in zip(*np.unique(ev["kind"], return_counts=True), strict=True):
-            footer["events_by_kind"][0][int(k)] = c
-        payload = footer.tobytes()
-        f.write(struct.pack(fmt.BLOCK_HEADER, fmt.BLOCK_MAGIC, 3, 0, 1, len(payload),
-                            crc32c(payload), 0) + payload)
+            by_kind[int(k)] = int(c)
+        f.write(footer_block(len(ev), TASKS, 1 + (len(ev) + BLOCK - 1) // BLOCK, by_kind,
+                             crc=crc32c))
 
 
 def main() -> int:
