@@ -336,12 +336,15 @@ def test_ownership_on_real_kvm_runs(pingpong: tuple[str, Path]) -> None:
 def test_two_cpus(qemu_plugin: Path, tmp_path: Path) -> None:
     # Two vCPU threads (MTTCG) write their blocks concurrently: the trace must
     # still be whole, in one sequence order with no number used twice, with
-    # events on both CPUs and nothing judged lost.
+    # events on both CPUs and nothing judged lost. Two CPUs record with the
+    # host clock (fputrace.machine.deterministic_refusal), and say so.
     kernel_available("6.1")
     out = tmp_path / "smp.ftr"
     p = fputrace("record", "--kernel", "6.1", "--smp", "2", "--workload",
                  "kvm-pingpong:100,fpu-switch:100", "-o", str(out))
     assert p.returncode == 0, p.stderr
+    assert "--smp 2: " in p.stderr and "not reproducible" in p.stderr
+    assert json.loads(sidecar(out, "meta.json").read_text())["deterministic"] is False
     trace = read_trace(out)
     assert trace.complete, trace.problems
     seq = trace.events["seq"].astype(np.int64)
