@@ -74,18 +74,25 @@ def test_arm64_vhe_against_nvhe(qemu_plugin: Path, tmp_path: Path) -> None:
     kernel_available("6.1", "arm64")
     a = record(tmp_path / "vhe.ftr", "--arch", "arm64")
     b = record(tmp_path / "nvhe.ftr", "--arch", "arm64", "--kvm-mode", "nvhe")
-    status, data = compare(a, b, "guest_traps_per_kvm_run!=+0", "findings>0")
+    status, data = compare(a, b, "guest_traps_per_kvm_run>+10%", "findings>0")
     assert status == 0, data["fail_if"]
     m = {k: (v["a"], v["b"]) for k, v in data["metrics"].items()}
-    # The same lazy switch: one guest FP trap and two entries per KVM_RUN.
+    # The same lazy switch (kvm_arch_vcpu_load_fp() leaves the guest's
+    # registers unloaded, kvm_hyp_handle_fpsimd() loads them at its first FP
+    # use): one guest FP trap per KVM_RUN, and two entries, the second after
+    # the trap. A trap more needs an entry more: the host must have taken the
+    # registers back in between (an interrupt that the host handled), and
+    # where timer interrupts land depends on the kernel build, not the mode.
     assert m["kvm_runs"] == (N_RUNS, N_RUNS)
-    assert m["guest_traps_per_kvm_run"] == (1.0, 1.0)
+    traps = tuple(round(per * N_RUNS) for per in m["guest_traps_per_kvm_run"])
+    for n_traps, n_entries in zip(traps, m["vm_entry.count"], strict=True):
+        assert N_RUNS <= n_traps <= N_RUNS + (n_entries - 2 * N_RUNS), (traps, n_entries)
     assert all(2 * N_RUNS <= n <= 2 * N_RUNS + 10 for n in m["vm_entry.count"])
-    # The guest's load: the kernel's __fpsimd_restore_state (VHE) or the
-    # hypervisor's copy of it (nVHE), once per KVM_RUN.
+    # Each trap loads the guest's state: the kernel's __fpsimd_restore_state
+    # (VHE) or the hypervisor's copy of it (nVHE).
     f = functions(data)
-    assert f["__fpsimd_restore_state"] == (N_RUNS, 0)
-    assert f["__fpsimd_restore_state [nvhe]"] == (0, N_RUNS)
+    assert f["__fpsimd_restore_state"] == (traps[0], 0)
+    assert f["__fpsimd_restore_state [nvhe]"] == (0, traps[1])
     # The host kernel's CPACR_EL1 writes reach CPTR_EL2 under VHE's E2H.
     cpacr, cptr = m["events.cpacr_write"], m["events.cptr_write"]
     assert cptr[0] > cpacr[0] and cpacr[1] > cptr[1]

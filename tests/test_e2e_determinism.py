@@ -53,7 +53,7 @@ def differences(a: Trace, b: Trace) -> list[str]:
         if len(x) != len(y):
             out.append(f"{what}: {len(x)} against {len(y)}")
             continue
-        for f in x.dtype.names:
+        for f in x.dtype.names or ():
             if not np.array_equal(x[f], y[f]):
                 first = int(np.flatnonzero(x[f] != y[f])[0])
                 out.append(f"{what}[{first}].{f}")
