@@ -143,7 +143,9 @@ def render_counts(console: Console, run: Run, counts: Counts, top: int) -> None:
     if run.meta:
         wl = ", ".join(f"{w['label']} {' '.join(f'{k}={v}' for k, v in w['summary'].items())}"
                        for w in run.meta.get("workloads", []))
-        console.print(f"recording: [bold]{escape(str(run.meta.get('status')))}[/] ({escape(wl)})")
+        clock = "deterministic" if run.meta.get("deterministic") else "host clock"
+        console.print(f"recording: [bold]{escape(str(run.meta.get('status')))}[/] "
+                      f"({escape(wl)}; {clock})")
     if not t.complete:
         console.print("[red]incomplete trace:[/] " + escape("; ".join(t.problems)))
     kinds = list(counts.events_by_kind)
