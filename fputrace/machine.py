@@ -57,8 +57,17 @@ def deterministic_refusal(smp: int) -> str | None:
     if smp == 1:
         return None
     return (f"--smp {smp}: QEMU runs a deterministic machine's vCPUs on one thread, where "
-            "the plugin's per-vCPU state is not kept apart; recording with the host clock "
-            "(not reproducible)")
+            "the plugin's per-vCPU state is not kept apart")
+
+
+def resolve_deterministic(asked: bool | None, smp: int) -> bool:
+    """Whether to run deterministically: `asked` True or False is the
+    user's word (True refused where it cannot be kept), None means
+    wherever the machine allows it."""
+    refusal = deterministic_refusal(smp)
+    if asked and refusal is not None:
+        raise FputraceError(f"{refusal}: leave out --deterministic, or use --smp 1")
+    return asked is not False and refusal is None
 
 
 def deterministic_args() -> list[str]:

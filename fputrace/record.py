@@ -31,7 +31,13 @@ from fputrace.kernel.probes import plugin_args as probe_args
 from fputrace.kernel.seedmod import MODULE_NAME as SEED_MODULE
 from fputrace.kernel.seedmod import seed_module_for
 from fputrace.kernel.symbols import Symbols
-from fputrace.machine import MachineSpec, deterministic_args, qemu_version, run_machine
+from fputrace.machine import (
+    MachineSpec,
+    deterministic_args,
+    qemu_version,
+    resolve_deterministic,
+    run_machine,
+)
 from fputrace.paths import build_dir
 from fputrace.run import sidecar
 from fputrace.workloads import WorkloadRun, parse_summary
@@ -230,13 +236,16 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
            tick: Callable[[str, float], None] | None = None,
            added: list[AddedFile] | None = None,
            foreign: list[ForeignRun] | None = None, kvm_mode: str = "vhe",
-           extra_modules: list[str] | None = None, deterministic: bool = True) -> RecordResult:
+           extra_modules: list[str] | None = None,
+           deterministic: bool | None = None) -> RecordResult:
     """Boot, run the workloads, and leave the trace and its sidecars at `out`.
     deterministic: pin what the guest draws from the host (machine.py), so
-    that the same inputs give the same trace event for event."""
+    that the same inputs give the same trace event for event; None: where
+    the machine allows it (resolve_deterministic)."""
     plugin = plugin_path()
     if not 1 <= smp <= 16:
         raise FputraceError(f"--smp {smp}: choose 1 to 16 CPUs")
+    deterministic = resolve_deterministic(deterministic, smp)
     if tick:
         tick("collecting kernel symbols (first use of this kernel only)", 0.0)
     kernel_layout(target)

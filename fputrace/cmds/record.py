@@ -13,7 +13,7 @@ from fputrace.errors import FputraceError
 from fputrace.foreign import busybox_applets, check_commands, prepare_added
 from fputrace.kernel.busybox import DEBIAN_ARCH, applets_busybox
 from fputrace.kernel.layout import KVM_MODES, resolve_kernel
-from fputrace.machine import deterministic_refusal
+from fputrace.machine import deterministic_refusal, resolve_deterministic
 from fputrace.output import check_output, estimated_trace_bytes
 from fputrace.record import record
 from fputrace.run import sidecar
@@ -100,13 +100,10 @@ def run(args: argparse.Namespace) -> int:
         raise FputraceError(f"--memory {args.memory}: the guest needs at least 256 MiB")
     if not args.timeout > 0:
         raise FputraceError(f"--timeout {args.timeout}: give a positive number of seconds")
-    deterministic = args.deterministic is not False
-    if deterministic and (refusal := deterministic_refusal(args.smp)) is not None:
-        if args.deterministic:
-            raise FputraceError(f"{refusal.split(';')[0]}: leave out --deterministic, or "
-                                "use --smp 1")
-        console.print(escape(f"note: {refusal}"))
-        deterministic = False
+    deterministic = resolve_deterministic(args.deterministic, args.smp)
+    if args.deterministic is None and not deterministic:
+        console.print(escape(f"note: {deterministic_refusal(args.smp)}; recording with the "
+                             "host clock (not reproducible)"))
     check_output(args.output, estimated_trace_bytes(runs, len(foreign)))
     target = resolve_kernel(args.kernel, DEBIAN_ARCH[arch], args.modules, args.vmlinux)
     labels = ", ".join([*(r.label for r in runs), *(f"'{f.command}'" for f in foreign)])
