@@ -55,7 +55,7 @@ def add_parser(sub: Any) -> None:
                         "time, a fixed RTC date, seeded guest randomness), so that the same "
                         "kernel, workloads and QEMU give the same trace event for event "
                         "(default with one CPU; --no-deterministic follows the host clock "
-                        "and runs about 1.8x faster)")
+                        "and runs 1.5-1.8x faster)")
     p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
     p.add_argument("--memory", type=int, default=1024, help="guest memory in MiB (default 1024)")
     p.add_argument("--timeout", type=float, default=600, help="seconds before giving up "
