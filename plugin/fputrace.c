@@ -72,6 +72,7 @@
 
 #include "ftr-crc32c.h"
 #include "ftr-format.h"
+#include "ftr-hash.h"
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
@@ -318,51 +319,11 @@ static struct {
 
 /* ---- helpers: hashing --------------------------------------------------- */
 
-static inline uint64_t hash_mix64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 /*
- * The content hash of an XSAVE-layout image (standard, non-compacted
- * offsets) is a sum over its 8-byte words of mix(word index, which bytes
- * of the word are present, their value): docs/trace-format.md. A sum does
- * not depend on the order or width of the accesses QEMU's helpers make,
- * and the register file hashes to the same value as a buffer that holds
- * it, so the analyzers can compare registers, saves and restores directly.
- * Per word rather than per byte: the memory callback runs for every access
- * of every save and restore, and only copies the value.
- *
- * Only architectural register contents count: FTW, FOP, FIP/FDP,
- * MXCSR_MASK, reserved bytes and the XSAVE header are left out because
- * saves and restores do not touch them symmetrically. No two components
- * share a word, so hashes of components add up.
+ * The content hash (ftr-hash.h) of an XSAVE-layout image is summed word by
+ * word once an instruction is done: the memory callback runs for every
+ * access of every save and restore, and only copies the value.
  */
-static inline bool xsave_offset_is_content(uint64_t off)
-{
-    if (off < 4) {
-        return true;                            /* FCW, FSW */
-    }
-    if (off < 24) {
-        return false;                           /* FTW, FOP, FIP, FDP */
-    }
-    if (off < 28) {
-        return true;                            /* MXCSR */
-    }
-    if (off < 32) {
-        return false;                           /* MXCSR_MASK */
-    }
-    if (off < 160) {
-        return ((off - 32) & 15) < 10;          /* ST0-7: 80 bits per 16 */
-    }
-    if (off < 416) {
-        return true;                            /* XMM0-15 */
-    }
-    return off >= 576;                          /* extended components */
-}
 
 /*
  * Standard-format offsets of the XSAVE components (CPUID 0xd, as QEMU).
@@ -396,20 +357,13 @@ static uint32_t xsave_feature_of_offset(uint64_t off)
 /* Per word: which of its bytes are content, and the component it belongs to. */
 static uint8_t xsave_word_content[XSAVE_WORDS];
 static uint16_t xsave_word_feature[XSAVE_WORDS];
-/* A byte mask (bit i: byte i) as a 64-bit mask of those bytes. */
-static uint64_t byte_mask64[256];
 
 static void xsave_tables_init(void)
 {
     for (uint32_t w = 0; w < XSAVE_WORDS; w++) {
+        xsave_word_content[w] = ftr_xsave_word_content(w);
         for (uint32_t b = 0; b < 8; b++) {
-            xsave_word_content[w] |= xsave_offset_is_content(8 * w + b) << b;
             xsave_word_feature[w] |= xsave_feature_of_offset(8 * w + b);
-        }
-    }
-    for (uint32_t m = 0; m < 256; m++) {
-        for (uint32_t b = 0; b < 8; b++) {
-            byte_mask64[m] |= m & (1u << b) ? 0xffull << (8 * b) : 0;
         }
     }
 }
@@ -417,12 +371,7 @@ static void xsave_tables_init(void)
 /* One word's share of a content hash: present says which bytes hold a value. */
 static inline uint64_t xsave_word_hash(uint32_t w, uint64_t value, uint32_t present)
 {
-    uint32_t m = present & xsave_word_content[w];
-
-    if (!m) {
-        return 0;
-    }
-    return hash_mix64(hash_mix64((uint64_t)w << 8 | m) ^ (value & byte_mask64[m]));
+    return ftr_hash_word(w, value, present & xsave_word_content[w]);
 }
 
 /* The hash of len bytes at an 8-aligned offset, the only ones present in their words. */
@@ -669,7 +618,7 @@ static void vcpu_seal_pending(struct vcpu_state *vs)
         ev->mem_features |= xsave_word_feature[w];
         vs->pending_xmm_hi |= w >= 288 / 8 && w < 416 / 8;
         if (w == XSAVE_WORD_XSTATE_BV && !fx) {
-            ev->xstate_bv = im->word[w] & byte_mask64[im->present[w]];
+            ev->xstate_bv = im->word[w] & ftr_hash_bytes_of_mask(im->present[w]);
         }
         if (w >= XSAVE_WORD_EXT) {
             ev->mem_ext_hash += h;
@@ -889,7 +838,7 @@ static uint64_t x86_effective_address(struct vcpu_state *vs, const struct fpu_in
  */
 static bool seen_set_add(uint64_t *table, uint32_t size, uint64_t key, bool when_full)
 {
-    uint32_t slot = hash_mix64(key) & (size - 1);
+    uint32_t slot = ftr_hash_mix64(key) & (size - 1);
 
     for (uint32_t probe = 0; probe < size; probe++) {
         uint64_t *p = &table[(slot + probe) & (size - 1)];
@@ -995,8 +944,8 @@ static void task_announce(struct vcpu_state *vs, unsigned int vcpu_index, uint64
     vs->identity_task = task;
     vs->identity_generation = generation;
     memcpy(comm_words, t.comm, sizeof(comm_words));
-    key = hash_mix64(task ^ hash_mix64(t.pid)) ^
-          hash_mix64(comm_words[0] ^ hash_mix64(comm_words[1]));
+    key = ftr_hash_mix64(task ^ ftr_hash_mix64(t.pid)) ^
+          ftr_hash_mix64(comm_words[0] ^ ftr_hash_mix64(comm_words[1]));
     if (seen_set_add(task_seen, TASK_TABLE_SIZE, key | 1, true)) {
         t.seq = seq;
         t.task = task;
@@ -1494,8 +1443,8 @@ static void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
 static bool buffer_first_save(uint64_t addr)
 {
     uint64_t generation = __atomic_load_n(&probe_generation, __ATOMIC_ACQUIRE);
-    uint64_t key = hash_mix64(addr ^ hash_mix64(generation)) | 1;
-    uint64_t *slot = &buffer_seen[hash_mix64(addr) & (BUFFER_TABLE_SIZE - 1)];
+    uint64_t key = ftr_hash_mix64(addr ^ ftr_hash_mix64(generation)) | 1;
+    uint64_t *slot = &buffer_seen[ftr_hash_mix64(addr) & (BUFFER_TABLE_SIZE - 1)];
 
     if (__atomic_load_n(slot, __ATOMIC_RELAXED) == key) {
         return false;
@@ -1814,7 +1763,7 @@ static const struct fpu_insn *insn_intern(const struct fpu_insn *fi,
 static uint32_t site_lookup(uint64_t pc)
 {
     for (uint32_t i = 0; i < SITE_TABLE_SIZE; i++) {
-        uint32_t slot = (hash_mix64(pc) + i) & (SITE_TABLE_SIZE - 1);
+        uint32_t slot = (ftr_hash_mix64(pc) + i) & (SITE_TABLE_SIZE - 1);
         uint64_t p = __atomic_load_n(&site_pc[slot], __ATOMIC_ACQUIRE);
 
         if (p == 0) {
@@ -1830,7 +1779,7 @@ static uint32_t site_lookup(uint64_t pc)
 static void site_add(uint64_t pc, uint32_t type)
 {
     for (uint32_t i = 0; i < SITE_TABLE_SIZE; i++) {
-        uint32_t slot = (hash_mix64(pc) + i) & (SITE_TABLE_SIZE - 1);
+        uint32_t slot = (ftr_hash_mix64(pc) + i) & (SITE_TABLE_SIZE - 1);
 
         if (site_pc[slot] == pc) {
             __atomic_fetch_or(&site_types[slot], type, __ATOMIC_RELAXED);
@@ -2185,7 +2134,6 @@ static const struct arch_ops x86_ops = {
  * each Z register, the P registers and FFR from word A64_WORD_EXT on
  * (mem_ext_hash). The register file hashes like a buffer that holds it.
  */
-#define A64_WORD_FPSR_FPCR      64
 #define A64_FPSIMD_BYTES        520     /* struct user_fpsimd_state less padding */
 #define A64_WORD_EXT            1024
 #define A64_VL_MAX              256     /* bytes: SVE's 2048-bit maximum */
@@ -2269,11 +2217,6 @@ static uint64_t a64_xreg(struct vcpu_state *vs, unsigned r)
     return r < 31 ? reg_read_u64(vs, a64.x[r]) : 0;     /* 31: XZR */
 }
 
-static inline uint64_t a64_word_hash(uint32_t w, uint64_t value)
-{
-    return hash_mix64(hash_mix64((uint64_t)w << 8 | 0xff) ^ value);
-}
-
 /* The hash of 16-byte vector registers (V0-V31 order) and of FPSR/FPCR. */
 static uint64_t a64_v_hash(unsigned n, const uint8_t *v16)
 {
@@ -2281,12 +2224,12 @@ static uint64_t a64_v_hash(unsigned n, const uint8_t *v16)
 
     memcpy(&lo, v16, 8);
     memcpy(&hi, v16 + 8, 8);
-    return a64_word_hash(2 * n, lo) + a64_word_hash(2 * n + 1, hi);
+    return ftr_a64_word_hash(2 * n, lo) + ftr_a64_word_hash(2 * n + 1, hi);
 }
 
 static uint64_t a64_fpsr_fpcr_hash(uint32_t fpsr, uint32_t fpcr)
 {
-    return a64_word_hash(A64_WORD_FPSR_FPCR, fpsr | (uint64_t)fpcr << 32);
+    return ftr_a64_word_hash(FTR_A64_WORD_FPSR_FPCR, fpsr | (uint64_t)fpcr << 32);
 }
 
 /* Z0-Z31 (their low 128 bits), FPSR and FPCR, register by register. */
@@ -2394,14 +2337,14 @@ static bool a64_buffer_hash(struct vcpu_state *vs, bool sve, uint64_t va, unsign
         for (unsigned w = 2; w < vl / 8; w++) {
             uint64_t v;
             memcpy(&v, b + vl * n + 8 * w, 8);
-            *ext += a64_word_hash(A64_WORD_EXT + 32 * n + w, v);
+            *ext += ftr_a64_word_hash(A64_WORD_EXT + 32 * n + w, v);
         }
     }
     /* P0-P15, vl / 8 bytes each: 2 * vl bytes, hashed as one run of words. */
     for (unsigned w = 0; w < 2 * vl / 8; w++) {
         uint64_t v;
         memcpy(&v, b + 32 * vl + 8 * w, 8);
-        *ext += a64_word_hash(A64_WORD_EXT + 1024 + w, v);
+        *ext += ftr_a64_word_hash(A64_WORD_EXT + 1024 + w, v);
     }
     *h += a64_fpsr_fpcr_hash(sve_fpsr_fpcr[0], sve_fpsr_fpcr[1]);
     *bytes = len + 8;
@@ -2436,7 +2379,7 @@ static void a64_za_finish(struct vcpu_state *vs, struct ftr_event *ev)
     for (size_t w = 0; w < len / 8; w++) {
         uint64_t v;
         memcpy(&v, b + 8 * w, 8);
-        ev->mem_hash += a64_word_hash(w < za_bytes / 8 ? A64_WORD_ZA + w
+        ev->mem_hash += ftr_a64_word_hash(w < za_bytes / 8 ? A64_WORD_ZA + w
                                                        : A64_WORD_ZT0 + w - za_bytes / 8, v);
     }
     ev->mem_bytes = len;
