@@ -142,15 +142,13 @@ def costs_from_aggregates(agg: Aggregates, own: Ownership, tasks: npt.NDArray[np
                           symbols: Symbols) -> Costs:
     """The costs from the tables the compiled pass filled (Ownership.tables).
     `own` is the classification they came with."""
-    from analyzers.native import (
-        NCLS,
-        NKIND,
-        OP_AROUND_SIG,
-        OP_ENTRIES,
-        OP_SIGNALS,
-        OP_SWITCHES,
-        OP_TASKBUF,
-    )
+    from analyzers.native import layout
+
+    lay = layout()  # fpanalysis.h, enum fpa_tables
+    NKIND, NCLS = lay.FPA_NKIND, lay.FPA_NCLS
+    OP_ENTRIES, OP_SWITCHES = lay.FPA_OP_ENTRIES, lay.FPA_OP_SWITCHES
+    OP_SIGNALS, OP_TASKBUF, OP_AROUND_SIG = lay.FPA_OP_SIGNALS, lay.FPA_OP_TASKBUF, \
+        lay.FPA_OP_AROUND_SIG
 
     by_cls = agg.cls.astype(np.int64)
     bytes_cls = agg.cls_bytes.astype(np.int64)

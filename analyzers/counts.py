@@ -128,7 +128,9 @@ def _counts_from_tables(n_events: int, by_kind: npt.NDArray[np.generic],
 def counts_from_aggregates(agg: Aggregates, n_events: int, tasks: npt.NDArray[np.void],
                            symbols: Symbols) -> Counts:
     """The counts, from the tables the compiled pass filled (Ownership.tables)."""
-    from analyzers.native import NKIND
+    from analyzers.native import layout
+
+    NKIND = layout().FPA_NKIND  # fpanalysis.h, enum fpa_tables
 
     t_keys, t_rows = agg.task
     pcs, p_rows = agg.pc

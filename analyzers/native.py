@@ -1,5 +1,6 @@
-"""ctypes bindings of analyzers/native/fpanalysis.c (built by meson as
-build/libfpanalysis.so): the per-event passes for large traces.
+"""The analyzers' compiled passes (analyzers/native/fpanalysis.c, declared in
+fpanalysis.h), called through the trace layer's loader with the header's own
+structs and constants: the per-event passes for large traces.
 
 The rules are implemented there once; tests/oracle.py restates them as the
 oracle the tests compare against.
@@ -7,40 +8,31 @@ oracle the tests compare against.
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fputrace.errors import FputraceError
-from fputrace.native import library
 from fputrace.trace import format as fmt
+from fputrace.trace.errors import FputraceError
+from fputrace.trace.native import ffi, library, pointer
 
 GUEST_CAP = 1 << 16
 FINDINGS_CAP = 1 << 16
 
-def _ptr(a: npt.NDArray[np.generic]) -> int:
-    return int(a.ctypes.data)
+
+def _lib() -> Any:
+    lib = library()
+    if lib is None:
+        raise FputraceError("the analysis library is not built (build/libfpanalysis.so): "
+                            "run 'make setup'")
+    return lib
 
 
-# Layout of the tables' fixed-size part (see fpanalysis.c, S_*).
-NKIND, NCLS, NCPU = 64, 6, 256
-S_KIND = 0
-S_KIND64 = S_KIND + NKIND
-S_KIND_BYTES = S_KIND64 + NKIND
-S_CPU_KIND = S_KIND_BYTES + NKIND
-S_LEVEL_KIND = S_CPU_KIND + NCPU * NKIND
-S_CLS = S_LEVEL_KIND + 2 * NKIND
-S_CLS_BYTES = S_CLS + NCLS
-S_WHY = S_CLS_BYTES + NCLS
-S_LEVEL_CLS = S_WHY + 8
-S_LEVEL_CLS_B = S_LEVEL_CLS + 2 * NCLS
-S_OPS = S_LEVEL_CLS_B + 2 * NCLS
-S_SIZE = S_OPS + 16
-OP_ENTRIES, OP_SWITCHES, OP_TASKBUF, OP_SIGNALS, OP_AROUND_SIG = 0, 1, 2, 5, 6
-ROW = NKIND + 2 * NCLS
-VCPU_ROW = 2 * NCLS + 3  # classes, class bytes, saves, restores, bytes
+def layout() -> Any:
+    """The library's enumerations (fpanalysis.h), e.g. the tables' layout."""
+    return _lib()
 
 
 @dataclass
@@ -73,6 +65,8 @@ class Classified:
     ctx: npt.NDArray[np.int8]
     ident: npt.NDArray[np.int64]
     guest_of: npt.NDArray[np.uint64]
+    owner: npt.NDArray[np.uint64]
+    owner_ctx: npt.NDArray[np.int8]
     guest: dict[int, int]
     # findings, in the order they were decided: (event, last_sync, resumed, buffer, cls)
     findings: list[tuple[int, int, int, int, int]]
@@ -81,23 +75,20 @@ class Classified:
 
 
 def classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: int, init_hi: int,
-             avx_init_hash: int, tables: bool = False) -> Classified:
+             tables: bool = False) -> Classified:
     """Classify every event; with tables, also fill every table of the report
     in the same pass."""
     cap = 1 << 12
     while True:
-        result, needed = _classify(ev, tasks, init_lo, init_hi, avx_init_hash, tables, cap)
+        result, needed = _classify(ev, tasks, init_lo, init_hi, tables, cap)
         if result is not None:
             return result
         cap = needed
 
 
 def _classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: int, init_hi: int,
-              avx_init_hash: int, tables: bool, cap: int) -> tuple[Classified | None, int]:
-    lib = library()
-    if lib is None:
-        raise FputraceError("the analysis library is not built (build/libfpanalysis.so): "
-                            "run 'make setup'")
+              tables: bool, cap: int) -> tuple[Classified | None, int]:
+    lib = _lib()
     ev = np.ascontiguousarray(ev)
     n_tasks = len(tasks)
     tasks = np.ascontiguousarray(tasks) if n_tasks else np.zeros(1, dtype=fmt.TASK_DTYPE)
@@ -107,6 +98,8 @@ def _classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: in
     ctx = np.empty(n, dtype=np.int8)
     ident = np.empty(n, dtype=np.int64)
     guest_of = np.empty(n, dtype=np.uint64)
+    owner = np.empty(n, dtype=np.uint64)
+    owner_ctx = np.empty(n, dtype=np.int8)
     g_buf = np.empty(GUEST_CAP, dtype=np.uint64)
     g_vmcb = np.empty(GUEST_CAP, dtype=np.uint64)
     f_event = np.empty(FINDINGS_CAP, dtype=np.int64)
@@ -114,53 +107,64 @@ def _classify(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], init_lo: in
     f_resumed = np.empty(FINDINGS_CAP, dtype=np.int64)
     f_buffer = np.empty(FINDINGS_CAP, dtype=np.uint64)
     f_cls = np.empty(FINDINGS_CAP, dtype=np.uint8)
-    n_guest, f_len, f_total = ctypes.c_size_t(0), ctypes.c_size_t(0), ctypes.c_size_t(0)
-    small = np.empty(S_SIZE, dtype=np.uint64)
-    n_out = np.zeros(6, dtype=np.int64)
-    widths = (ROW, ROW, VCPU_ROW, 4, 4, 1)
+    small = np.empty(lib.FPA_S_SIZE, dtype=np.uint64)
+    n_out = np.zeros(lib.FPA_N_KEYED, dtype=np.int64)
+    widths = (lib.FPA_ROW, lib.FPA_ROW, lib.FPA_VCPU_ROW, 4, 4, 1)
     keys = [np.empty(cap if tables else 0, dtype=np.uint64) for _ in widths]
     rows = [np.empty((cap if tables else 0, w), dtype=np.uint64) for w in widths]
-    ptrs = (ctypes.c_void_p * 12)(*(_ptr(a) for pair in zip(keys, rows, strict=True)
-                                    for a in pair))
-    rc = lib.fpa_classify(_ptr(ev), n, _ptr(tasks), n_tasks,
-                          init_lo, init_hi, avx_init_hash, _ptr(cls), _ptr(why), _ptr(ctx),
-                          _ptr(ident), _ptr(guest_of), _ptr(g_buf), _ptr(g_vmcb), GUEST_CAP,
-                          ctypes.byref(n_guest),
-                          _ptr(f_event), _ptr(f_last), _ptr(f_resumed), _ptr(f_buffer),
-                          _ptr(f_cls), FINDINGS_CAP, ctypes.byref(f_len), ctypes.byref(f_total),
-                          _ptr(small) if tables else None, ptrs, cap, _ptr(n_out))
+    ptrs = ffi().new("uint64_t *[]", [pointer("uint64_t *", x) for pair in
+                                      zip(keys, rows, strict=True) for x in pair])
+    a = ffi().new("struct fpa_classify_args *")
+    a.ev = pointer("struct ftr_event *", ev)
+    a.n = n
+    a.tasks = pointer("struct ftr_task *", tasks)
+    a.n_tasks = n_tasks
+    a.init_lo, a.init_hi = init_lo, init_hi
+    a.cls, a.why, a.ctx = pointer("uint8_t *", cls), pointer("uint8_t *", why), \
+        pointer("int8_t *", ctx)
+    a.ident, a.guest_of = pointer("int64_t *", ident), pointer("uint64_t *", guest_of)
+    a.owner, a.owner_ctx = pointer("uint64_t *", owner), pointer("int8_t *", owner_ctx)
+    a.guest_buf, a.guest_vmcb = pointer("uint64_t *", g_buf), pointer("uint64_t *", g_vmcb)
+    a.guest_cap = GUEST_CAP
+    a.f_event, a.f_last = pointer("int64_t *", f_event), pointer("int64_t *", f_last)
+    a.f_resumed, a.f_buffer = pointer("int64_t *", f_resumed), pointer("uint64_t *", f_buffer)
+    a.f_cls, a.f_cap = pointer("uint8_t *", f_cls), FINDINGS_CAP
+    a.agg_small = pointer("uint64_t *", small) if tables else ffi().NULL
+    a.agg_ptrs, a.agg_cap, a.agg_n_out = ptrs, cap, pointer("int64_t *", n_out)
+    rc = lib.fpa_classify(a)
     if rc < 0:
         raise MemoryError("fpanalysis: out of memory")
     if rc == 1:
         return None, int(n_out.max())
-    k = f_len.value
+    k = a.f_len
     findings = list(zip(f_event[:k].tolist(), f_last[:k].tolist(), f_resumed[:k].tolist(),
                         f_buffer[:k].tolist(), f_cls[:k].tolist(), strict=True))
-    guest = {int(b): int(v) for b, v in zip(g_buf[:n_guest.value].tolist(),
-                                            g_vmcb[:n_guest.value].tolist(), strict=True)}
-    agg = None
-    if tables:
-        parts = [(k[:m], r[:m]) for k, r, m in zip(keys, rows, n_out.tolist(), strict=True)]
-        agg = Aggregates(
-            small[S_KIND:S_KIND64], small[S_KIND64:S_KIND_BYTES],
-            small[S_KIND_BYTES:S_CPU_KIND], small[S_CPU_KIND:S_LEVEL_KIND].reshape(NCPU, NKIND),
-            small[S_LEVEL_KIND:S_CLS].reshape(2, NKIND), small[S_CLS:S_CLS_BYTES],
-            small[S_CLS_BYTES:S_WHY], small[S_WHY:S_LEVEL_CLS],
-            small[S_LEVEL_CLS:S_LEVEL_CLS_B].reshape(2, NCLS),
-            small[S_LEVEL_CLS_B:S_OPS].reshape(2, NCLS), small[S_OPS:S_SIZE], *parts)
-    return Classified(cls, why, ctx, ident, guest_of, guest, findings, f_total.value, agg), 0
+    guest = {int(b): int(v) for b, v in zip(g_buf[:a.n_guest].tolist(),
+                                            g_vmcb[:a.n_guest].tolist(), strict=True)}
+    agg = _aggregates(lib, small, [(k[:m], r[:m]) for k, r, m in
+                                   zip(keys, rows, n_out.tolist(), strict=True)]) \
+        if tables else None
+    return Classified(cls, why, ctx, ident, guest_of, owner, owner_ctx, guest, findings,
+                      int(a.f_total), agg), 0
 
 
-class _BoundsOut(ctypes.Structure):
-    _fields_ = [("rel", ctypes.c_void_p), ("rel_prev_return", ctypes.c_void_p),
-                ("rel_cap", ctypes.c_size_t), ("rel_len", ctypes.c_size_t),
-                ("quiet_per_key", ctypes.c_void_p),
-                ("vcpu_keys", ctypes.c_void_p), ("vcpu_equal", ctypes.c_void_p),
-                ("vcpu_cap", ctypes.c_size_t), ("vcpu_len", ctypes.c_size_t),
-                ("diff_entry", ctypes.c_void_p), ("diff_exit", ctypes.c_void_p),
-                ("diff_cap", ctypes.c_size_t), ("diff_len", ctypes.c_size_t),
-                ("first_entries", ctypes.c_uint64), ("unreadable", ctypes.c_uint64),
-                ("kfpu_begins", ctypes.c_uint64)]
+def _aggregates(lib: Any, small: npt.NDArray[np.uint64],
+                keyed: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]]
+                ) -> Aggregates:
+    """The tables, cut out of the fixed-size array by the header's layout."""
+    def part(start: str, end: str) -> npt.NDArray[np.uint64]:
+        return small[getattr(lib, start):getattr(lib, end)]
+    nkind, ncls = lib.FPA_NKIND, lib.FPA_NCLS
+    return Aggregates(
+        part("FPA_S_KIND", "FPA_S_KIND64"), part("FPA_S_KIND64", "FPA_S_KIND_BYTES"),
+        part("FPA_S_KIND_BYTES", "FPA_S_CPU_KIND"),
+        part("FPA_S_CPU_KIND", "FPA_S_LEVEL_KIND").reshape(lib.FPA_NCPU, nkind),
+        part("FPA_S_LEVEL_KIND", "FPA_S_CLS").reshape(2, nkind),
+        part("FPA_S_CLS", "FPA_S_CLS_BYTES"), part("FPA_S_CLS_BYTES", "FPA_S_WHY"),
+        part("FPA_S_WHY", "FPA_S_LEVEL_CLS"),
+        part("FPA_S_LEVEL_CLS", "FPA_S_LEVEL_CLS_BYTES").reshape(2, ncls),
+        part("FPA_S_LEVEL_CLS_BYTES", "FPA_S_OPS").reshape(2, ncls),
+        part("FPA_S_OPS", "FPA_S_SIZE"), *keyed)
 
 
 @dataclass
@@ -182,10 +186,7 @@ class BoundaryPass:
 
 def boundary_pass(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64],
                   key_of_ident: npt.NDArray[np.int64], probes: list[int]) -> BoundaryPass:
-    lib = library()
-    if lib is None:
-        raise FputraceError("the analysis library is not built (build/libfpanalysis.so): "
-                            "run 'make setup'")
+    lib = _lib()
     ev = np.ascontiguousarray(ev)
     ident = np.ascontiguousarray(ident, dtype=np.int64)
     key_of_ident = np.ascontiguousarray(key_of_ident, dtype=np.int64)
@@ -204,10 +205,15 @@ def boundary_pass(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64],
         veq = np.empty(vcpu_cap, dtype=np.uint64)
         de = np.empty(diff_cap, dtype=np.int64)
         dx = np.empty(diff_cap, dtype=np.int64)
-        out = _BoundsOut(_ptr(rel), _ptr(prev), rel_cap, 0, _ptr(quiet), _ptr(vk), _ptr(veq),
-                         vcpu_cap, 0, _ptr(de), _ptr(dx), diff_cap, 0, 0, 0, 0)
-        rc = lib.fpa_boundaries(_ptr(ev), len(ev), _ptr(ident), _ptr(key_of_ident), n_keys,
-                                ctypes.c_uint64(mask), ctypes.byref(out))
+        out = ffi().new("struct fpa_bounds_out *", {
+            "rel": pointer("int64_t *", rel), "rel_prev_return": pointer("int64_t *", prev),
+            "rel_cap": rel_cap, "quiet_per_key": pointer("int64_t *", quiet),
+            "vcpu_keys": pointer("uint64_t *", vk), "vcpu_equal": pointer("uint64_t *", veq),
+            "vcpu_cap": vcpu_cap, "diff_entry": pointer("int64_t *", de),
+            "diff_exit": pointer("int64_t *", dx), "diff_cap": diff_cap})
+        rc = lib.fpa_boundaries(pointer("struct ftr_event *", ev), len(ev),
+                                pointer("int64_t *", ident), pointer("int64_t *", key_of_ident),
+                                n_keys, mask, out)
         if rc < 0:
             raise MemoryError("fpanalysis: out of memory")
         if rc == 0:
@@ -218,4 +224,4 @@ def boundary_pass(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64],
     return BoundaryPass(rel[:out.rel_len], prev[:out.rel_len], quiet, vk[:out.vcpu_len],
                         veq[:out.vcpu_len], de[:out.diff_len], dx[:out.diff_len],
                         int(out.first_entries), int(out.unreadable), int(out.kfpu_begins),
-                        int(lib.fpa_fpu_buffer_offset(_ptr(ev), len(ev))))
+                        int(lib.fpa_fpu_buffer_offset(pointer("struct ftr_event *", ev), len(ev))))

@@ -39,18 +39,6 @@ INIT_FPSTATE_SPAN = 0x3000  # bytes of init_fpstate an address may fall into
 MASK64 = (1 << 64) - 1
 
 
-def _mix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
-    return x ^ (x >> 31)
-
-
-# Hash of the AVX upper halves in their init state (all zero), as the plugin
-# would compute it over offsets 576..831 (docs/trace-format.md).
-AVX_INIT_HASH = sum(_mix64(off << 8) for off in range(576, 832)) & MASK64
-
-
 class Class(enum.IntEnum):
     NECESSARY = 0
     REDUNDANT_SAVE = 1
@@ -130,6 +118,10 @@ class Ownership:
     context_kind: npt.NDArray[np.int8]  # of the event's buffer, -1 for non save/restore
     guest_buffers: dict[int, int]  # buffer -> VMCB of the vCPU it holds the state of
     guest_of: npt.NDArray[np.uint64]  # the vCPU whose guest state an operation moved, or 0
+    # The owner of the registers of the event's CPU after it (fpu_fpregs_owner_ctx as the
+    # pass rebuilds it): the buffer, 0 while unknown, and its ContextKind (-1 unknown).
+    owner: npt.NDArray[np.uint64]
+    owner_kind: npt.NDArray[np.int8]
     findings: list[Finding] = field(default_factory=list)  # in trace order
     findings_total: int = -1  # all of them, if more than are listed
     task_ident: npt.NDArray[np.int64] | None = None  # task_identity(), when computed on the way
@@ -167,11 +159,11 @@ def analyze(ev: npt.NDArray[np.void], init_fpstate: int | None = None,
     init_hi = init_lo + INIT_FPSTATE_SPAN if init_fpstate is not None else 0
     empty_tasks = np.empty(0, dtype=fmt.TASK_DTYPE)
     r = native.classify(ev, tasks if tasks is not None else empty_tasks, init_lo, init_hi,
-                        AVX_INIT_HASH, tables)
+                        tables)
     findings = []
     for event, last, resumed, buffer, c in sorted(r.findings):
         kind = FindingKind(c)
         findings.append(Finding(kind, event, buffer, last, resumed,
                                 describe(kind, buffer, int(ev["addr"][event]))))
-    return Ownership(r.cls, r.why, r.ctx, r.guest, r.guest_of, findings, r.findings_total,
-                     r.ident if tasks is not None else None, r.tables)
+    return Ownership(r.cls, r.why, r.ctx, r.guest, r.guest_of, r.owner, r.owner_ctx, findings,
+                     r.findings_total, r.ident if tasks is not None else None, r.tables)

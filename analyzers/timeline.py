@@ -3,8 +3,10 @@ global sequence order, each with how it began and how it ended; per context
 (buffer), where its live state was and whether its buffer was current.
 
 Boundaries are the L1 saves and restores that moved state and the VM entries
-and exits. A VM entry or exit does not change the owner (the guest buffer was
-loaded before entry): its interval carries the owner and content on.
+and exits. The owner after each boundary is the classification pass's
+(Ownership.owner): this module only groups it. A VM entry or exit does not
+change the owner (the guest buffer was loaded before entry): its interval
+carries the owner and content on.
 """
 
 from __future__ import annotations
@@ -69,19 +71,18 @@ def cpu_timeline(ev: npt.NDArray[np.void], own: Ownership) -> npt.NDArray[np.voi
     b_restore = b_op & ~b_save
     b_save &= b_op
     content = np.where(b_save, ev["regs_hash"][bounds], ev["regs_after_hash"][bounds])
-    owner = np.where(b_op, ev["addr"][bounds], np.uint64(0))
-    owner_kind = np.where(b_op, own.context_kind[bounds], -1).astype(np.int8)
+    # The owner is the classifier's (Ownership.owner: the buffer last
+    # restored, fpu_fpregs_owner_ctx), so the timeline names who report does.
+    owner = own.owner[bounds]
+    owner_kind = own.owner_kind[bounds]
 
-    # VM entries and exits carry the previous boundary's owner and content on
-    # (within the same CPU).
+    # VM entries and exits carry the previous boundary's content on (within
+    # the same CPU).
     first = np.r_[True, b_cpu[1:] != b_cpu[:-1]]
     src = np.where(b_op | first, np.arange(len(bounds)), 0)
     src = np.maximum.accumulate(src)
-    owner, content, owner_kind = owner[src], content[src], owner_kind[src]
     known = b_op[src]
-    owner = np.where(known, owner, np.uint64(0))
-    content = np.where(known, content, np.uint64(0))
-    owner_kind = np.where(known, owner_kind, -1).astype(np.int8)
+    content = np.where(known, content[src], np.uint64(0))
 
     n = len(bounds)
     last = np.r_[b_cpu[1:] != b_cpu[:-1], True]

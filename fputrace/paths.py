@@ -1,11 +1,16 @@
-"""Where fputrace keeps its cache and finds its built parts."""
+"""Where fputrace keeps its cache and finds its built parts (the build
+directory is the trace layer's, which loads the compiled library)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from fputrace.trace.native import SOURCE_ROOT, build_dir
+
+PROJECT_ROOT = SOURCE_ROOT
+
+__all__ = ["PROJECT_ROOT", "build_dir", "cache_dir"]
 
 
 def cache_dir() -> Path:
@@ -14,9 +19,3 @@ def cache_dir() -> Path:
     base = Path(env) if env else Path.home() / ".cache" / "fputrace"
     base.mkdir(parents=True, exist_ok=True)
     return base
-
-
-def build_dir() -> Path:
-    """The meson build directory: $FPUTRACE_BUILD or build/ in the source tree."""
-    env = os.environ.get("FPUTRACE_BUILD")
-    return Path(env) if env else PROJECT_ROOT / "build"

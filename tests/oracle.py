@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from contenthash import AVX_INIT_HASH
 
 from analyzers.costs import CLASSES, Costs, _component_bytes, _pct, _per, _rows_from, vcpu_rows
 from analyzers.counts import Counts, _counts_from_tables, task_identity, task_label
 from analyzers.ownership import (
-    AVX_INIT_HASH,
     INIT_FPSTATE_SPAN,
     UNKNOWN_REASONS,
     Class,
@@ -74,6 +74,8 @@ class Result:
     ctx: list[int]
     guest_of: list[int]
     guest: dict[int, int]
+    owner: list[int]
+    owner_ctx: list[int]
     findings: list[tuple[int, int, int, int, int]] = field(default_factory=list)
 
 
@@ -109,7 +111,7 @@ def classify(ev: npt.NDArray[np.void], init_fpstate: int | None,
              tasks: npt.NDArray[np.void] | None = None) -> Result:
     n = len(ev)
     fpu_offset = fpu_buffer_offset(ev)
-    r = Result([Class.NOT_CLASSIFIED] * n, [0] * n, [-1] * n, [0] * n, {})
+    r = Result([Class.NOT_CLASSIFIED] * n, [0] * n, [-1] * n, [0] * n, {}, [0] * n, [-1] * n)
     cpus: dict[int, Cpu] = {}
     bufs: dict[int, Buf] = {}
     init_lo = init_fpstate or 0
@@ -117,135 +119,144 @@ def classify(ev: npt.NDArray[np.void], init_fpstate: int | None,
     ident = task_identity(ev, tasks if tasks is not None else
                           np.empty(0, dtype=fmt.TASK_DTYPE)).tolist()
     for i in range(n):
-        e = ev[i]
-        kind, flags, addr, task = int(e["kind"]), int(e["flags"]), int(e["addr"]), int(e["task"])
-        c = cpus.setdefault(int(e["vcpu"]), Cpu())
-        is_op = kind in SAVES or kind in RESTORES
-        if flags & F.L2:
-            if is_op:
-                r.cls[i], r.why[i] = Class.UNKNOWN, Unknown.NESTED_GUEST
-            continue
-        if flags & F.KERNEL_SIMD:
-            c.kernel_simd, c.live_vmcb = True, 0
-            if c.live != "unknown":
-                c.live = "nobody"
-        if kind == fmt.Kind.VM_ENTRY:
-            if not c.live_vmcb and c.owner_known:
-                r.guest[c.owner] = vcpu_id(addr, ident[i])
-            c.live_vmcb = vcpu_id(addr, ident[i])
-            continue
-        if kind in (fmt.Kind.USER_ENTRY, fmt.Kind.USER_RETURN):
-            c.live_vmcb = 0
-            if flags & F.TASK_VALID:
-                c.live, c.live_task, c.live_since = "task", task, i
-            continue
-        if kind == fmt.Kind.PROBE:
-            probe = int(e["index"])
-            if probe == fmt.Probe.FORK_COPY:
-                c.fork_parent, c.fork_child = task, int(e["value"])
-            elif probe == fmt.Probe.TASK_EXIT and c.live == "task" and c.live_task == task \
-                    and c.owner_known:
-                if c.owner in bufs:
-                    bufs[c.owner].pending = -1
-            elif probe == fmt.Probe.SIGRETURN and c.live == "task" and c.live_task == task:
-                c.sigreturn = True
-            elif probe == fmt.Probe.EXEC_RESET and c.live == "task" and c.live_task == task:
-                c.live, c.live_vmcb = "nobody", 0
-                if c.owner_known:
+        try:
+            e = ev[i]
+            kind, flags = int(e["kind"]), int(e["flags"])
+            addr, task = int(e["addr"]), int(e["task"])
+            c = cpus.setdefault(int(e["vcpu"]), Cpu())
+            is_op = kind in SAVES or kind in RESTORES
+            if flags & F.L2:
+                if is_op:
+                    r.cls[i], r.why[i] = Class.UNKNOWN, Unknown.NESTED_GUEST
+                continue
+            if flags & F.KERNEL_SIMD:
+                c.kernel_simd, c.live_vmcb = True, 0
+                if c.live != "unknown":
+                    c.live = "nobody"
+            if kind == fmt.Kind.VM_ENTRY:
+                if not c.live_vmcb and c.owner_known:
+                    r.guest[c.owner] = vcpu_id(addr, ident[i])
+                c.live_vmcb = vcpu_id(addr, ident[i])
+                continue
+            if kind in (fmt.Kind.USER_ENTRY, fmt.Kind.USER_RETURN):
+                c.live_vmcb = 0
+                if flags & F.TASK_VALID:
+                    c.live, c.live_task, c.live_since = "task", task, i
+                continue
+            if kind == fmt.Kind.PROBE:
+                probe = int(e["index"])
+                if probe == fmt.Probe.FORK_COPY:
+                    c.fork_parent, c.fork_child = task, int(e["value"])
+                elif probe == fmt.Probe.TASK_EXIT and c.live == "task" and c.live_task == task \
+                        and c.owner_known:
                     if c.owner in bufs:
-                        bufs[c.owner].last_op = bufs[c.owner].pending = -1
-                    c.owner_known = False
-            continue
-        if not is_op:
-            continue
-        if flags & F.PL_MASK == 3:
-            r.cls[i], r.why[i] = Class.UNKNOWN, Unknown.USER_MODE
-            continue
-        if not flags & F.MEM_VALID:
-            r.cls[i], r.why[i] = Class.UNKNOWN, Unknown.NO_MEMORY_ACCESS
-            continue
+                        bufs[c.owner].pending = -1
+                elif probe == fmt.Probe.SIGRETURN and c.live == "task" and c.live_task == task:
+                    c.sigreturn = True
+                elif probe == fmt.Probe.EXEC_RESET and c.live == "task" and c.live_task == task:
+                    c.live, c.live_vmcb = "nobody", 0
+                    if c.owner_known:
+                        if c.owner in bufs:
+                            bufs[c.owner].last_op = bufs[c.owner].pending = -1
+                        c.owner_known = False
+                continue
+            if not is_op:
+                continue
+            if flags & F.PL_MASK == 3:
+                r.cls[i], r.why[i] = Class.UNKNOWN, Unknown.USER_MODE
+                continue
+            if not flags & F.MEM_VALID:
+                r.cls[i], r.why[i] = Class.UNKNOWN, Unknown.NO_MEMORY_ACCESS
+                continue
 
-        save = kind in SAVES
-        regs_ok, after_ok = bool(flags & F.REGS_VALID), bool(flags & F.REGS_AFTER_VALID)
-        regs, after = int(e["regs_hash"]), int(e["regs_after_hash"])
-        ctx = ContextKind.TASK
-        if addr < USER_LIMIT and flags & F.TASK_VALID:
-            ctx = ContextKind.SIGNAL_FRAME
-        if init_hi and init_lo <= addr < init_hi:
-            ctx = ContextKind.INIT
-        r.ctx[i] = ctx
-        p = c.last_op
-        has_p = p >= 0
-        known = has_p and c.sync_ok and regs_ok
-        modified = known and regs != c.sync
-        owner_same = has_p and c.owner_known and c.owner == addr
-        owner_dirty = modified and not (has_p and c.kernel_simd)
-        b = bufs.setdefault(addr, Buf())
-        fork_copy = False
-        if save and c.fork_parent != 0 and c.fork_parent == task:
-            # The parent's first save after the probe is the copy, or none was.
-            fork_copy = fpu_offset != 0 and addr == c.fork_child + fpu_offset
-            c.fork_parent = 0
-        if fork_copy:
-            b.last_op = b.pending = -1
-        if b.pending >= 0:
-            if not save and after_ok and after == b.pending_sync:
-                r.cls[b.pending] = Class.LOST_STATE
-                r.findings.append((b.pending, b.pending_last_sync, i, addr,
-                                   FindingKind.LOST_STATE))
-            b.pending = -1
-        q = b.last_op
+            save = kind in SAVES
+            regs_ok, after_ok = bool(flags & F.REGS_VALID), bool(flags & F.REGS_AFTER_VALID)
+            regs, after = int(e["regs_hash"]), int(e["regs_after_hash"])
+            ctx = ContextKind.TASK
+            if addr < USER_LIMIT and flags & F.TASK_VALID:
+                ctx = ContextKind.SIGNAL_FRAME
+            if init_hi and init_lo <= addr < init_hi:
+                ctx = ContextKind.INIT
+            r.ctx[i] = ctx
+            p = c.last_op
+            has_p = p >= 0
+            known = has_p and c.sync_ok and regs_ok
+            modified = known and regs != c.sync
+            owner_same = has_p and c.owner_known and c.owner == addr
+            owner_dirty = modified and not (has_p and c.kernel_simd)
+            b = bufs.setdefault(addr, Buf())
+            fork_copy = False
+            if save and c.fork_parent != 0 and c.fork_parent == task:
+                # The parent's first save after the probe is the copy, or none was.
+                fork_copy = fpu_offset != 0 and addr == c.fork_child + fpu_offset
+                c.fork_parent = 0
+            if fork_copy:
+                b.last_op = b.pending = -1
+            if b.pending >= 0:
+                if not save and after_ok and after == b.pending_sync:
+                    r.cls[b.pending] = Class.LOST_STATE
+                    r.findings.append((b.pending, b.pending_last_sync, i, addr,
+                                       FindingKind.LOST_STATE))
+                b.pending = -1
+            q = b.last_op
 
-        if save and not fork_copy and ctx != ContextKind.INIT and flags & F.TASK_VALID:
-            if c.live == "task" and c.live_task != task:
-                r.findings.append((i, c.live_since, -1, addr, FindingKind.FOREIGN_SAVE))
-            elif c.live == "nobody":
-                r.findings.append((i, c.live_since, -1, addr, FindingKind.DROPPED_SAVE))
-        if save:
-            r.guest_of[i] = c.live_vmcb if c.live == "task" else 0
-            b.holds_vmcb = r.guest_of[i]
-            if not c.owner_known:
+            if save and not fork_copy and ctx != ContextKind.INIT and flags & F.TASK_VALID:
+                if c.live == "task" and c.live_task != task:
+                    r.findings.append((i, c.live_since, -1, addr, FindingKind.FOREIGN_SAVE))
+                elif c.live == "nobody":
+                    r.findings.append((i, c.live_since, -1, addr, FindingKind.DROPPED_SAVE))
+            if save:
+                r.guest_of[i] = c.live_vmcb if c.live == "task" else 0
+                b.holds_vmcb = r.guest_of[i]
+                if not c.owner_known:
+                    c.owner, c.owner_known, c.owner_ctx = addr, True, ctx
+                    c.live, c.live_task, c.live_since = "task", task, i
+            else:
+                registered = r.guest.get(addr, 0)
+                if registered >> 40 != ident[i] & 0xFFFFFF:
+                    registered = 0
+                r.guest_of[i] = b.holds_vmcb or registered
+
+            if fork_copy:
+                r.cls[i] = Class.NECESSARY
+            elif save:
+                r.cls[i], r.why[i] = _save_class(e, ev[q] if q >= 0 else None)
+            else:
+                cl = Class.NECESSARY
+                unchanged = after_ok and regs_ok and after == regs
+                buffer_unchanged = after_ok and has_p and c.sync_ok and after == c.sync
+                if owner_same and known and not modified and unchanged:
+                    cl = Class.REDUNDANT_RESTORE
+                if owner_same and owner_dirty and buffer_unchanged and ctx != ContextKind.INIT \
+                        and not c.sigreturn:
+                    cl = Class.STALE_RESTORE
+                if has_p and c.owner_known and not owner_same and owner_dirty and \
+                        c.owner_ctx != ContextKind.INIT and c.sync_ok and not c.sigreturn:
+                    victim = bufs.get(c.owner)
+                    if victim is not None and victim.last_op == p:
+                        victim.pending, victim.pending_last_sync, victim.pending_sync = i, p, c.sync
+                if not has_p:
+                    cl, r.why[i] = Class.UNKNOWN, Unknown.NO_PREVIOUS_OWNER
+                elif not known and cl == Class.NECESSARY:
+                    cl, r.why[i] = Class.UNKNOWN, Unknown.REGISTERS_NOT_READ
+                r.cls[i] = cl
+                if cl == Class.STALE_RESTORE:
+                    r.findings.append((i, p, -1, addr, FindingKind.STALE_RESTORE))
                 c.owner, c.owner_known, c.owner_ctx = addr, True, ctx
-                c.live, c.live_task, c.live_since = "task", task, i
-        else:
-            registered = r.guest.get(addr, 0)
-            if registered >> 40 != ident[i] & 0xFFFFFF:
-                registered = 0
-            r.guest_of[i] = b.holds_vmcb or registered
-
-        if fork_copy:
-            r.cls[i] = Class.NECESSARY
-        elif save:
-            r.cls[i], r.why[i] = _save_class(e, ev[q] if q >= 0 else None)
-        else:
-            cl = Class.NECESSARY
-            unchanged = after_ok and regs_ok and after == regs
-            buffer_unchanged = after_ok and has_p and c.sync_ok and after == c.sync
-            if owner_same and known and not modified and unchanged:
-                cl = Class.REDUNDANT_RESTORE
-            if owner_same and owner_dirty and buffer_unchanged and ctx != ContextKind.INIT \
-                    and not c.sigreturn:
-                cl = Class.STALE_RESTORE
-            if has_p and c.owner_known and not owner_same and owner_dirty and \
-                    c.owner_ctx != ContextKind.INIT and c.sync_ok and not c.sigreturn:
-                victim = bufs.get(c.owner)
-                if victim is not None and victim.last_op == p:
-                    victim.pending, victim.pending_last_sync, victim.pending_sync = i, p, c.sync
-            if not has_p:
-                cl, r.why[i] = Class.UNKNOWN, Unknown.NO_PREVIOUS_OWNER
-            elif not known and cl == Class.NECESSARY:
-                cl, r.why[i] = Class.UNKNOWN, Unknown.REGISTERS_NOT_READ
-            r.cls[i] = cl
-            if cl == Class.STALE_RESTORE:
-                r.findings.append((i, p, -1, addr, FindingKind.STALE_RESTORE))
-            c.owner, c.owner_known, c.owner_ctx = addr, True, ctx
-            c.live, c.live_task, c.live_since, c.live_vmcb = "task", task, i, r.guest_of[i]
-        c.last_op = i
-        c.sync, c.sync_ok = (regs, regs_ok) if save else (after, after_ok)
-        c.kernel_simd = False
-        c.sigreturn = False
-        b.last_op = i
+                c.live, c.live_task, c.live_since, c.live_vmcb = "task", task, i, r.guest_of[i]
+            c.last_op = i
+            c.sync, c.sync_ok = (regs, regs_ok) if save else (after, after_ok)
+            c.kernel_simd = False
+            c.sigreturn = False
+            b.last_op = i
+        finally:
+            # the registers' owner after the event (fpanalysis.h: owner, owner_ctx)
+            c = cpus.setdefault(int(ev["vcpu"][i]), Cpu())
+            r.owner[i] = c.owner if c.owner_known else 0
+            r.owner_ctx[i] = c.owner_ctx if c.owner_known else -1
     for i in range(n):
+        if r.owner_ctx[i] == ContextKind.TASK and r.owner[i] in r.guest:
+            r.owner_ctx[i] = ContextKind.GUEST
         if r.ctx[i] == ContextKind.TASK and int(ev["addr"][i]) in r.guest:
             r.ctx[i] = ContextKind.GUEST
             r.guest_of[i] = r.guest_of[i] or r.guest[int(ev["addr"][i])]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from contenthash import word_hash
 from e2e import events_of, fputrace, kernel_available, workload_line
 
 from analyzers.counts import task_identity, task_label
@@ -375,6 +376,8 @@ def test_compiled_pass_and_oracle_agree_on_a_real_trace(pingpong: tuple[str, Pat
     assert fast.context_kind.tolist() == want.ctx
     assert fast.guest_of.tolist() == want.guest_of
     assert fast.guest_buffers == want.guest and len(fast.guest_buffers) == 1
+    assert fast.owner.tolist() == want.owner
+    assert fast.owner_kind.tolist() == want.owner_ctx
     assert fast.task_ident is not None
     assert fast.task_ident.tolist() == task_identity(ev, tasks).tolist()
     agg = fast.tables
@@ -450,18 +453,8 @@ def test_foreign_workload_with_added_files(qemu_plugin: Path, tmp_path: Path) ->
 
 # ---- a 32-bit process (compatibility mode) ----------------------------------
 #
-# The content hash as docs/trace-format.md defines it, written again here as
-# the test's own oracle: a sum over 8-byte words of
-# mix64(mix64(word << 8 | mask) ^ (value & mask)), counting only the bytes
-# that hold register contents.
-
-def mix64(x: int) -> int:
-    m = (1 << 64) - 1
-    x = (x + 0x9E3779B97F4A7C15) & m
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
-    return x ^ (x >> 31)
-
+# The content hash as docs/trace-format.md defines it (tests/contenthash.py),
+# over the bytes a save in 32-bit code stores.
 
 def legacy_hash_32bit(legacy: bytes) -> int:
     """What a save in 32-bit code stores of x87 and SSE, hashed: FCW and FSW,
@@ -472,12 +465,8 @@ def legacy_hash_32bit(legacy: bytes) -> int:
         masks[4 + 2 * r], masks[5 + 2 * r] = 0xFF, 0x03  # ST0-7: 10 of 16 bytes
     for w in range(160 // 8, 288 // 8):
         masks[w] = 0xFF                               # XMM0-7
-    h = 0
-    for w, m in masks.items():
-        value = int.from_bytes(legacy[8 * w:8 * w + 8], "little")
-        keep = sum(0xFF << (8 * b) for b in range(8) if m >> b & 1)
-        h = (h + mix64(mix64(w << 8 | m) ^ (value & keep))) % (1 << 64)
-    return h
+    return sum(word_hash(w, int.from_bytes(legacy[8 * w:8 * w + 8], "little"), m)
+               for w, m in masks.items()) % (1 << 64)
 
 
 def test_32bit_process_addresses_and_hashes(qemu_plugin: Path, tmp_path: Path) -> None:

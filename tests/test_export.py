@@ -14,8 +14,23 @@ from typing import Any
 
 import pytest
 from test_boundaries import lost_state_with_boundaries
-from test_ownership import BG, BT, GARBAGE, L1, LG1, LG2, VMCB, XG, T, restore, save
-from tracebuilder import F_TASK, VM_ENTRY, VM_EXIT, TraceBuilder
+from test_ownership import (
+    BC,
+    BG,
+    BT,
+    CHILD,
+    GARBAGE,
+    L1,
+    LG1,
+    LG2,
+    VMCB,
+    XG,
+    T,
+    probe,
+    restore,
+    save,
+)
+from tracebuilder import F_TASK, P_FORK_COPY, VM_ENTRY, VM_EXIT, TraceBuilder
 
 
 def fputrace(*args: str) -> subprocess.CompletedProcess[str]:
@@ -124,3 +139,25 @@ def test_unwritable_output_is_one_line_and_leaves_nothing(tmp_path: Path, fmt_na
     p = fputrace("export", str(trace), "--format", fmt_name, "-o", str(out))
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "cannot write" in p.stderr
     assert sorted(x.name for x in tmp_path.iterdir()) == ["t.ftr", "taken"]
+
+
+def test_the_owner_after_a_fork_copy_is_the_parent_in_export_as_in_report(
+        tmp_path: Path) -> None:
+    # test_ownership's fork copy: T's state loaded from BT (0), fpu_clone()
+    # saves it into the child's buffer BC (2). A save copies the registers
+    # and gives them to nobody (switch_fpu_prepare() and fpu_clone() leave
+    # fpu_fpregs_owner_ctx alone), so after the copy T still owns them: the
+    # slice from the copy on is T's, not the child's, as the classification
+    # that report uses has it. The child's own restore (5) makes it the owner.
+    b = TraceBuilder()
+    b.task(T, 10, "t")
+    b.task(CHILD, 11, "child")
+    restore(b, BT, before=GARBAGE, loads=L1)  # 0
+    probe(b, P_FORK_COPY, arg0=CHILD)  # 1
+    save(b, BC, regs=L1)  # 2: the fork copy
+    restore(b, BT, before=L1, loads=L1)  # 3
+    restore(b, BC, before=L1, loads=L1, task=CHILD)  # 4: the child runs
+    data = perfetto(tmp_path, b.write(tmp_path / "fork.ftr"))
+    own = [(e["ts"], e["args"]["owner"]) for e in data["traceEvents"]
+           if e.get("cat") == "ownership"]
+    assert own == [(0, f"{BT:#x}"), (2, f"{BT:#x}"), (3, f"{BT:#x}"), (4, f"{BC:#x}")]

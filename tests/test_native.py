@@ -29,9 +29,11 @@ BUFFERS = [TASKS[0] + 0x1640, TASKS[1] + 0x1640, 0xFFFF888003000040, INIT + 0x40
 KINDS = [fmt.Kind.XSAVEOPT, fmt.Kind.XSAVEOPT, fmt.Kind.XRSTOR, fmt.Kind.XRSTOR,
          fmt.Kind.XRSTOR, fmt.Kind.FXSAVE, fmt.Kind.FXRSTOR, fmt.Kind.VM_ENTRY,
          fmt.Kind.VM_EXIT, fmt.Kind.XSETBV, fmt.Kind.XSAVEC, fmt.Kind.PROBE,
-         fmt.Kind.USER_RETURN, fmt.Kind.USER_ENTRY]
+         fmt.Kind.USER_RETURN, fmt.Kind.USER_ENTRY,
+         # arm64's saves and loads go through the same rules
+         fmt.Kind.FPSIMD_SAVE, fmt.Kind.FPSIMD_LOAD, fmt.Kind.SVE_SAVE, fmt.Kind.SVE_LOAD]
 PROBES = [fmt.Probe.FORK_COPY, fmt.Probe.EXEC_RESET, fmt.Probe.TASK_EXIT,
-          fmt.Probe.KFPU_BEGIN]
+          fmt.Probe.KFPU_BEGIN, fmt.Probe.SIGRETURN]
 
 event = st.fixed_dictionaries({
     "kind": st.sampled_from(KINDS),
@@ -65,7 +67,7 @@ def build(rows: list[dict[str, object]]) -> np.ndarray:
                          | fmt.Flag.TASK_VALID)
         kind = int(r["kind"])  # type: ignore[call-overload]
         regs, after, avx = int(r["regs"]), int(r["after"]), int(r["avx"])  # type: ignore[call-overload]
-        restore = kind in (fmt.Kind.XRSTOR, fmt.Kind.FXRSTOR)
+        restore = kind in {int(k) for k in fmt.RESTORE_KINDS}
         value, index = r["value"], 0
         if kind == fmt.Kind.PROBE:
             value, index = r["probe_arg"], int(r["probe"])  # type: ignore[call-overload]
@@ -88,6 +90,8 @@ def test_compiled_pass_equals_oracle(rows: list[dict[str, object]]) -> None:
     assert got.context_kind.tolist() == want.ctx
     assert got.guest_of.tolist() == want.guest_of
     assert got.guest_buffers == want.guest
+    assert got.owner.tolist() == want.owner
+    assert got.owner_kind.tolist() == want.owner_ctx
     assert sorted((int(f.event), int(f.last_sync), int(f.resumed), int(f.context_buffer),
                    int(f.kind)) for f in got.findings) == sorted(want.findings)
 
@@ -125,3 +129,22 @@ def test_tables_filled_during_the_pass_equal_the_oracle(
         count_events(ev, tasks, symbols)
     assert costs_from_aggregates(own.tables, own, tasks, symbols) == \
         compute_costs(ev, tasks, own, symbols)
+
+
+def test_python_names_of_the_pass_results_are_the_headers() -> None:
+    # analyzers.ownership names the numbers the compiled pass writes; the
+    # numbers are fpanalysis.h's (read by cffi from the header itself).
+    from analyzers.native import layout
+    from analyzers.ownership import Class, ContextKind, FindingKind, Unknown
+
+    lib = layout()
+    assert {c.name: int(c) for c in Class} == {
+        c.name: getattr(lib, f"FPA_{c.name}") for c in Class}
+    assert {u.name: int(u) for u in Unknown if u} == {
+        u.name: getattr(lib, f"FPA_{u.name}") for u in Unknown if u}
+    assert int(Unknown.NONE) == lib.FPA_WHY_NONE
+    assert {k.name: int(k) for k in ContextKind} == {
+        k.name: getattr(lib, f"FPA_CTX_{k.name}") for k in ContextKind}
+    assert [int(k) for k in FindingKind] == [
+        lib.FPA_FINDING_LOST, lib.FPA_FINDING_STALE, lib.FPA_FINDING_FOREIGN_SAVE,
+        lib.FPA_FINDING_DROPPED_SAVE]

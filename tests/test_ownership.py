@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contenthash import AVX_INIT_HASH
 from tracebuilder import (
     F_AFTER,
     F_FORM64,
@@ -37,7 +38,6 @@ from tracebuilder import (
 
 from analyzers.costs import vcpu_vmcb
 from analyzers.ownership import (
-    AVX_INIT_HASH,
     Class,
     ContextKind,
     FindingKind,

@@ -1,6 +1,7 @@
 /*
  * fpanalysis: the per-event passes of fputrace's analyzers, in C, for traces
- * of tens of millions of events. Loaded by analyzers/native.py with ctypes.
+ * of tens of millions of events. Declared in fpanalysis.h, loaded by
+ * fputrace/trace/native.py with cffi.
  *
  * fpa_classify() is the one implementation of the ownership rules
  * (docs/analysis.md): one linear pass with per-CPU and per-buffer state that
@@ -19,6 +20,11 @@
 
 #include "../../plugin/ftr-crc32c.h"
 #include "../../plugin/ftr-format.h"
+#include "../../plugin/ftr-hash.h"
+#include "fpanalysis.h"
+
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
 
 enum {
     KIND_PROBE = FTR_KIND_PROBE, KIND_USER_ENTRY = FTR_KIND_USER_ENTRY,
@@ -38,12 +44,6 @@ enum {
 #define FLAG_KERNEL_SIMD    FTR_FLAG_KERNEL_SIMD
 #define FLAG_AFTER_VALID    FTR_FLAG_REGS_AFTER_VALID
 
-/* analyzers/ownership.py: Class, Unknown, ContextKind, FindingKind */
-enum { NECESSARY, REDUNDANT_SAVE, REDUNDANT_RESTORE, LOST_STATE, STALE_RESTORE, UNKNOWN,
-       NOT_CLASSIFIED = 255 };
-/* A finding's kind: the first two are also classes. */
-enum { FINDING_LOST = LOST_STATE, FINDING_STALE = STALE_RESTORE, FINDING_FOREIGN_SAVE = 6,
-       FINDING_DROPPED_SAVE = 7 };
 /*
  * A task's fpstate lies inside its task_struct allocation (struct fpu ends
  * thread_struct, which ends task_struct; the fpstate is embedded or follows).
@@ -59,9 +59,6 @@ static inline uint64_t vcpu_id(uint64_t vmcb, int64_t ident)
 {
     return ((uint64_t)ident & 0xffffffull) << 40 | ((vmcb >> 12) & 0xffffffffffull);
 }
-enum { WHY_NONE, NO_MEMORY_ACCESS, FIRST_SIGHT, NO_PREVIOUS_OWNER, REGISTERS_NOT_READ,
-       MASKS_DIFFER, NESTED_GUEST, USER_MODE };
-enum { CTX_TASK, CTX_GUEST, CTX_SIGNAL_FRAME, CTX_INIT };
 
 #define USER_LIMIT (1ull << 47)
 
@@ -256,36 +253,13 @@ static inline uint64_t covers(const struct ftr_event *e)
 
 /* ---- the report's tables, filled during classification ---- */
 
-#define NKIND   64
-#define NCLS    6
-#define NCPU    256
-/* out_small layout (u64 each), mirrored in analyzers/native.py */
-#define S_KIND          0                       /* [NKIND] events per kind */
-#define S_KIND64        (S_KIND + NKIND)        /* [NKIND] of them REX.W forms */
-#define S_KIND_BYTES    (S_KIND64 + NKIND)      /* [NKIND] bytes moved */
-#define S_CPU_KIND      (S_KIND_BYTES + NKIND)  /* [NCPU][NKIND] */
-#define S_LEVEL_KIND    (S_CPU_KIND + NCPU * NKIND)     /* [2][NKIND] */
-#define S_CLS           (S_LEVEL_KIND + 2 * NKIND)      /* [NCLS] */
-#define S_CLS_BYTES     (S_CLS + NCLS)                  /* [NCLS] */
-#define S_WHY           (S_CLS_BYTES + NCLS)            /* [8] unknown reasons */
-#define S_LEVEL_CLS     (S_WHY + 8)                     /* [2][NCLS] */
-#define S_LEVEL_CLS_B   (S_LEVEL_CLS + 2 * NCLS)        /* [2][NCLS] */
-#define S_OPS           (S_LEVEL_CLS_B + 2 * NCLS)      /* see OP_* */
-#define OP_ENTRIES      0
-#define OP_SWITCHES     1
-#define OP_TASKBUF      2       /* [3] saves, restores, bytes on task buffers */
-#define OP_SIGNALS      5
-#define OP_AROUND_SIG   6       /* [3] saves, restores, bytes on signal frames and init */
-#define S_SIZE          (S_OPS + 16)
-
-/* Per pc and per task: kinds [NKIND], classes [NCLS], class bytes [NCLS]. */
-#define ROW (NKIND + 2 * NCLS)
 /*
- * Per buffer, of the operations classified as on a task buffer (the only
- * ones that turn out guest buffers'): classes, class bytes, then saves,
- * restores, bytes.
+ * The layout of the fixed-size tables and the keyed tables' rows: enum
+ * fpa_tables (fpanalysis.h). Per buffer, of the operations classified as on
+ * a task buffer (the only ones that turn out guest buffers'): classes, class
+ * bytes, then saves, restores, bytes.
  */
-#define BUF_ROW (2 * NCLS + 3)
+#define BUF_ROW FPA_VCPU_ROW
 
 struct keyed {
     struct map map;
@@ -354,16 +328,16 @@ static int64_t keyed_out(const struct keyed *k, uint64_t *keys, uint64_t *rows, 
 struct agg {
     uint64_t *small;
     struct keyed pcs, tasks, bufs, feats, optasks, vmcbs, vcpus;
-    uint64_t last_task[NCPU];
-    uint8_t have_last[NCPU];
+    uint64_t last_task[FPA_NCPU];
+    uint8_t have_last[FPA_NCPU];
 };
 
 static int agg_init(struct agg *a, uint64_t *small)
 {
     memset(a, 0, sizeof(*a));
     a->small = small;
-    memset(small, 0, S_SIZE * sizeof(uint64_t));
-    return keyed_init(&a->pcs, ROW) || keyed_init(&a->tasks, ROW) ||
+    memset(small, 0, FPA_S_SIZE * sizeof(uint64_t));
+    return keyed_init(&a->pcs, FPA_ROW) || keyed_init(&a->tasks, FPA_ROW) ||
            keyed_init(&a->bufs, BUF_ROW) || keyed_init(&a->feats, 4) ||
            keyed_init(&a->optasks, 4) || keyed_init(&a->vmcbs, 1) ||
            keyed_init(&a->vcpus, BUF_ROW) ? -1 : 0;
@@ -387,7 +361,7 @@ static void agg_free(struct agg *a)
 static int agg_event(struct agg *a, const struct ftr_event *e, int64_t ident,
                      uint64_t **pc_row, uint64_t **task_row)
 {
-    uint8_t k = e->kind < NKIND ? e->kind : 0;
+    uint8_t k = e->kind < FPA_NKIND ? e->kind : 0;
     int l2 = !!(e->flags & FLAG_L2);
     uint64_t *pr = keyed_row(&a->pcs, e->pc), *tr = keyed_row(&a->tasks, (uint64_t)ident);
 
@@ -396,13 +370,13 @@ static int agg_event(struct agg *a, const struct ftr_event *e, int64_t ident,
     }
     *pc_row = pr;
     *task_row = tr;
-    a->small[S_KIND + k]++;
+    a->small[FPA_S_KIND + k]++;
     if (e->flags & 0x008) {
-        a->small[S_KIND64 + k]++;
+        a->small[FPA_S_KIND64 + k]++;
     }
-    a->small[S_KIND_BYTES + k] += e->mem_bytes;
-    a->small[S_CPU_KIND + (e->vcpu % NCPU) * NKIND + k]++;
-    a->small[S_LEVEL_KIND + l2 * NKIND + k]++;
+    a->small[FPA_S_KIND_BYTES + k] += e->mem_bytes;
+    a->small[FPA_S_CPU_KIND + (e->vcpu % FPA_NCPU) * FPA_NKIND + k]++;
+    a->small[FPA_S_LEVEL_KIND + l2 * FPA_NKIND + k]++;
     pr[k]++;
     tr[k]++;
     if (k == KIND_VM_ENTRY && !l2) {
@@ -414,7 +388,7 @@ static int agg_event(struct agg *a, const struct ftr_event *e, int64_t ident,
         }
         orow[3] = 1;
         vrow[0]++;
-        a->small[S_OPS + OP_ENTRIES]++;
+        a->small[FPA_S_OPS + FPA_OP_ENTRIES]++;
     }
     return 0;
 }
@@ -429,9 +403,9 @@ static void buf_row_add(uint64_t *row, const uint64_t *add)
 static void buf_row_count(uint64_t *row, const struct ftr_event *e, uint8_t c)
 {
     row[c]++;
-    row[NCLS + c] += e->mem_bytes;
-    row[2 * NCLS + (is_save(e->kind) ? 0 : 1)]++;
-    row[2 * NCLS + 2] += e->mem_bytes;
+    row[FPA_NCLS + c] += e->mem_bytes;
+    row[2 * FPA_NCLS + (is_save(e->kind) ? 0 : 1)]++;
+    row[2 * FPA_NCLS + 2] += e->mem_bytes;
 }
 
 /*
@@ -446,23 +420,23 @@ static int agg_classified(struct agg *a, const struct ftr_event *e, int64_t iden
 {
     int l2 = !!(e->flags & FLAG_L2);
     int save = is_save(e->kind);
-    int redundant = c == REDUNDANT_SAVE || c == REDUNDANT_RESTORE;
+    int redundant = c == FPA_REDUNDANT_SAVE || c == FPA_REDUNDANT_RESTORE;
     uint64_t *fr = keyed_row(&a->feats, e->mem_features);
 
     if (!fr) {
         return -1;
     }
-    a->small[S_CLS + c]++;
-    a->small[S_CLS_BYTES + c] += e->mem_bytes;
-    if (c == UNKNOWN) {
-        a->small[S_WHY + (why & 7)]++;
+    a->small[FPA_S_CLS + c]++;
+    a->small[FPA_S_CLS_BYTES + c] += e->mem_bytes;
+    if (c == FPA_UNKNOWN) {
+        a->small[FPA_S_WHY + (why & 7)]++;
     }
-    a->small[S_LEVEL_CLS + l2 * NCLS + c]++;
-    a->small[S_LEVEL_CLS_B + l2 * NCLS + c] += e->mem_bytes;
-    pr[NKIND + c]++;
-    pr[NKIND + NCLS + c] += e->mem_bytes;
-    tr[NKIND + c]++;
-    tr[NKIND + NCLS + c] += e->mem_bytes;
+    a->small[FPA_S_LEVEL_CLS + l2 * FPA_NCLS + c]++;
+    a->small[FPA_S_LEVEL_CLS_BYTES + l2 * FPA_NCLS + c] += e->mem_bytes;
+    pr[FPA_NKIND + c]++;
+    pr[FPA_NKIND + FPA_NCLS + c] += e->mem_bytes;
+    tr[FPA_NKIND + c]++;
+    tr[FPA_NKIND + FPA_NCLS + c] += e->mem_bytes;
     fr[save + 2 * redundant]++;
     if (ctx < 0) {
         return 0;       /* not an L1 operation that moved state */
@@ -478,7 +452,7 @@ static int agg_classified(struct agg *a, const struct ftr_event *e, int64_t iden
             return -1;
         }
         buf_row_count(vr, e, c);
-    } else if (ctx == CTX_TASK) {
+    } else if (ctx == FPA_CTX_TASK) {
         uint64_t *br = keyed_row(&a->bufs, e->addr);
         if (!br) {
             return -1;
@@ -487,21 +461,21 @@ static int agg_classified(struct agg *a, const struct ftr_event *e, int64_t iden
     }
     orow[save ? 0 : 1]++;
     orow[2] += e->mem_bytes;
-    unsigned cpu = e->vcpu % NCPU;
+    unsigned cpu = e->vcpu % FPA_NCPU;
     if (a->have_last[cpu] && a->last_task[cpu] != e->task) {
-        a->small[S_OPS + OP_SWITCHES]++;
+        a->small[FPA_S_OPS + FPA_OP_SWITCHES]++;
     }
     a->have_last[cpu] = 1;
     a->last_task[cpu] = e->task;
-    if (ctx == CTX_TASK && !vmcb) {
-        a->small[S_OPS + OP_TASKBUF + (save ? 0 : 1)]++;
-        a->small[S_OPS + OP_TASKBUF + 2] += e->mem_bytes;
+    if (ctx == FPA_CTX_TASK && !vmcb) {
+        a->small[FPA_S_OPS + FPA_OP_TASKBUF + (save ? 0 : 1)]++;
+        a->small[FPA_S_OPS + FPA_OP_TASKBUF + 2] += e->mem_bytes;
     }
-    if (ctx == CTX_SIGNAL_FRAME || ctx == CTX_INIT) {
-        a->small[S_OPS + OP_AROUND_SIG + (save ? 0 : 1)]++;
-        a->small[S_OPS + OP_AROUND_SIG + 2] += e->mem_bytes;
-        if (ctx == CTX_SIGNAL_FRAME && save) {
-            a->small[S_OPS + OP_SIGNALS]++;
+    if (ctx == FPA_CTX_SIGNAL_FRAME || ctx == FPA_CTX_INIT) {
+        a->small[FPA_S_OPS + FPA_OP_AROUND_SIG + (save ? 0 : 1)]++;
+        a->small[FPA_S_OPS + FPA_OP_AROUND_SIG + 2] += e->mem_bytes;
+        if (ctx == FPA_CTX_SIGNAL_FRAME && save) {
+            a->small[FPA_S_OPS + FPA_OP_SIGNALS]++;
         }
     }
     return 0;
@@ -517,38 +491,38 @@ static int agg_relabel_lost(struct agg *a, const struct ftr_event *e, int64_t id
     if (!pr || !tr) {
         return -1;
     }
-    a->small[S_CLS + NECESSARY]--;
-    a->small[S_CLS + LOST_STATE]++;
-    a->small[S_CLS_BYTES + NECESSARY] -= b;
-    a->small[S_CLS_BYTES + LOST_STATE] += b;
-    a->small[S_LEVEL_CLS + NECESSARY]--;
-    a->small[S_LEVEL_CLS + LOST_STATE]++;
-    a->small[S_LEVEL_CLS_B + NECESSARY] -= b;
-    a->small[S_LEVEL_CLS_B + LOST_STATE] += b;
-    pr[NKIND + NECESSARY]--;
-    pr[NKIND + LOST_STATE]++;
-    pr[NKIND + NCLS + NECESSARY] -= b;
-    pr[NKIND + NCLS + LOST_STATE] += b;
-    tr[NKIND + NECESSARY]--;
-    tr[NKIND + LOST_STATE]++;
-    tr[NKIND + NCLS + NECESSARY] -= b;
-    tr[NKIND + NCLS + LOST_STATE] += b;
-    if (vmcb || ctx == CTX_TASK) {
+    a->small[FPA_S_CLS + FPA_NECESSARY]--;
+    a->small[FPA_S_CLS + FPA_LOST_STATE]++;
+    a->small[FPA_S_CLS_BYTES + FPA_NECESSARY] -= b;
+    a->small[FPA_S_CLS_BYTES + FPA_LOST_STATE] += b;
+    a->small[FPA_S_LEVEL_CLS + FPA_NECESSARY]--;
+    a->small[FPA_S_LEVEL_CLS + FPA_LOST_STATE]++;
+    a->small[FPA_S_LEVEL_CLS_BYTES + FPA_NECESSARY] -= b;
+    a->small[FPA_S_LEVEL_CLS_BYTES + FPA_LOST_STATE] += b;
+    pr[FPA_NKIND + FPA_NECESSARY]--;
+    pr[FPA_NKIND + FPA_LOST_STATE]++;
+    pr[FPA_NKIND + FPA_NCLS + FPA_NECESSARY] -= b;
+    pr[FPA_NKIND + FPA_NCLS + FPA_LOST_STATE] += b;
+    tr[FPA_NKIND + FPA_NECESSARY]--;
+    tr[FPA_NKIND + FPA_LOST_STATE]++;
+    tr[FPA_NKIND + FPA_NCLS + FPA_NECESSARY] -= b;
+    tr[FPA_NKIND + FPA_NCLS + FPA_LOST_STATE] += b;
+    if (vmcb || ctx == FPA_CTX_TASK) {
         uint64_t *br = vmcb ? keyed_row(&a->vcpus, vmcb) : keyed_row(&a->bufs, e->addr);
         if (!br) {
             return -1;
         }
-        br[NECESSARY]--;
-        br[LOST_STATE]++;
-        br[NCLS + NECESSARY] -= b;
-        br[NCLS + LOST_STATE] += b;
+        br[FPA_NECESSARY]--;
+        br[FPA_LOST_STATE]++;
+        br[FPA_NCLS + FPA_NECESSARY] -= b;
+        br[FPA_NCLS + FPA_LOST_STATE] += b;
     }
     return 0;
 }
 
 /*
- * Output of the tables. out: S_SIZE u64, then for each keyed table (per pc
- * ROW, per task announcement ROW, per vCPU (VMCB) BUF_ROW, per feature set
+ * Output of the tables. out: FPA_S_SIZE u64, then for each keyed table (per pc
+ * FPA_ROW, per task announcement FPA_ROW, per vCPU (VMCB) BUF_ROW, per feature set
  * 4, per task announcement 4, per VMCB 1) a keys and a rows pointer in
  * ptrs[], each with capacity cap. Guest buffers' operations were counted as
  * task buffers' while they were not yet known to be guest buffers: moved
@@ -571,9 +545,9 @@ static int agg_output(struct agg *a, struct map *guest_map, const uint64_t *gues
             return -1;
         }
         buf_row_add(vr, row);
-        a->small[S_OPS + OP_TASKBUF] -= row[2 * NCLS];
-        a->small[S_OPS + OP_TASKBUF + 1] -= row[2 * NCLS + 1];
-        a->small[S_OPS + OP_TASKBUF + 2] -= row[2 * NCLS + 2];
+        a->small[FPA_S_OPS + FPA_OP_TASKBUF] -= row[2 * FPA_NCLS];
+        a->small[FPA_S_OPS + FPA_OP_TASKBUF + 1] -= row[2 * FPA_NCLS + 1];
+        a->small[FPA_S_OPS + FPA_OP_TASKBUF + 2] -= row[2 * FPA_NCLS + 2];
     }
     n_out[0] = keyed_out(&a->pcs, ptrs[0], ptrs[1], cap);
     n_out[1] = keyed_out(&a->tasks, ptrs[2], ptrs[3], cap);
@@ -651,477 +625,613 @@ uint64_t fpa_fpu_buffer_offset(const struct ftr_event *ev, size_t n)
 }
 
 /*
- * Returns 0; 1 if a table did not fit agg_cap (agg_n_out says how much is
- * needed: call again); -1 when memory ran out. Outputs, all of length n:
- * cls, why, ctx (-1 for events that are not L1 saves/restores), ident (task
- * announcement index or -1), guest_of (the vCPU, vcpu_id(), whose guest
- * state a save or restore moved, or 0). Guest buffers go to guest_buf/guest_vmcb (*n_guest
- * of them, at most guest_cap); findings to the f_* arrays. With agg_small
- * non-NULL, the report's tables are filled on the way (agg_output).
+ * The classification pass: one walk over the events in seq order with
+ * per-CPU and per-buffer state. Each event goes to the handler of its kind;
+ * the handlers come in the order of docs/analysis.md ("The kernel's
+ * ownership model": VM entries, user boundaries, probes, then every save
+ * and restore, "Classes" and "Findings").
  */
-int fpa_classify(const struct ftr_event *ev, size_t n,
-                 const struct ftr_task *tasks, size_t n_tasks,
-                 uint64_t init_lo, uint64_t init_hi, uint64_t avx_init_hash,
-                 uint8_t *cls, uint8_t *why, int8_t *ctx, int64_t *ident, uint64_t *guest_of,
-                 uint64_t *guest_buf, uint64_t *guest_vmcb, size_t guest_cap, size_t *n_guest,
-                 int64_t *f_event, int64_t *f_last, int64_t *f_resumed, uint64_t *f_buffer,
-                 uint8_t *f_cls, size_t f_cap, size_t *f_len, size_t *f_total,
-                 uint64_t *agg_small, uint64_t **agg_ptrs, size_t agg_cap, int64_t *agg_n_out)
-{
-    struct agg aggregate, *A = NULL;
-    struct map task_map = { 0 }, buf_map = { 0 }, guest_map = { 0 };
+struct classify {
+    struct fpa_classify_args *a;
+    const struct ftr_event *ev;
+    struct agg aggregate, *A;
+    struct map task_map, buf_map, guest_map;
     /* The registered guest buffers lie in [guest_lo, guest_hi]: a quick "no". */
-    uint64_t guest_lo = UINT64_MAX, guest_hi = 0;
-    struct buf_state *bufs = NULL;
-    size_t bufs_cap = 1024;
-    int64_t *task_announcement = malloc((n_tasks + 1) * sizeof(int64_t));
-    struct cpu_state cpus[65536 / 256];         /* vCPU indices < 256 in practice */
-    struct cpu_state *cs_big = NULL;
-    uint32_t max_cpu = 0;
-    size_t ti = 0;
-    struct fpa_findings f = { f_event, f_last, f_resumed, f_buffer, f_cls, f_cap, 0, 0 };
-    uint64_t fpu_offset = fpa_fpu_buffer_offset(ev, n);
-    int rc = -1;
+    uint64_t guest_lo, guest_hi;
+    struct buf_state *bufs;
+    size_t bufs_cap;
+    int64_t *task_announcement;
+    struct cpu_state *cpus;
+    struct fpa_findings f;
+    uint64_t fpu_offset;        /* fpa_fpu_buffer_offset() */
+    uint64_t avx_init_hash;     /* AVX upper halves in their init state */
+    uint64_t *pc_row, *task_row;        /* the event's rows of the tables */
+};
 
-    for (size_t i = 0; i < n; i++) {
-        if (ev[i].vcpu > max_cpu) {
-            max_cpu = ev[i].vcpu;
-        }
+/*
+ * The registers' owner after event i on its CPU, for the timelines: the
+ * buffer and its context kind, or 0 and -1 while no owner is known.
+ */
+static void classify_owner_out(struct classify *c, const struct cpu_state *cs, size_t i)
+{
+    c->a->owner[i] = cs->owner_known ? cs->owner : 0;
+    c->a->owner_ctx[i] = cs->owner_known ? cs->owner_ctx : -1;
+}
+
+/*
+ * __cpu_invalidate_fpregs_state(): kernel scratch, nobody's state (before
+ * any owner is known, e.g. the boot's own FPU probing, there was nobody's
+ * state to lose).
+ */
+static void on_kernel_simd(struct cpu_state *cs)
+{
+    cs->kernel_simd = 1;
+    if (cs->live != LIVE_UNKNOWN) {
+        cs->live = LIVE_NOBODY;
     }
-    struct cpu_state *cpu_states = cpus;
-    if (max_cpu >= sizeof(cpus) / sizeof(cpus[0])) {
-        cs_big = calloc(max_cpu + 1, sizeof(*cs_big));
-        if (!cs_big) {
-            free(task_announcement);
+    cs->live_vmcb = 0;
+}
+
+/*
+ * The state live at a VM entry is a guest's. The buffer it came from is
+ * that vCPU's guest buffer, unless it is a buffer that only holds guest
+ * state saved there on a preemption inside KVM_RUN (5.10: the vCPU
+ * thread's own thread.fpu).
+ */
+static int on_vm_entry(struct classify *c, struct cpu_state *cs, size_t i)
+{
+    struct fpa_classify_args *a = c->a;
+    const struct ftr_event *e = &c->ev[i];
+    uint64_t vcpu = vcpu_id(e->addr, a->ident[i]);
+    uint32_t slot;
+    int created;
+
+    if (!cs->live_vmcb && cs->owner_known) {
+        if (map_put(&c->guest_map, cs->owner, &slot, &created) < 0) {
             return -1;
         }
-        cpu_states = cs_big;
-    }
-    for (uint32_t c = 0; c <= max_cpu; c++) {
-        memset(&cpu_states[c], 0, sizeof(cpu_states[c]));
-        cpu_states[c].last_op = -1;
-        cpu_states[c].live_since = -1;
-    }
-    if (map_init(&task_map, 1024) < 0 || map_init(&buf_map, 4096) < 0 ||
-        map_init(&guest_map, 64) < 0) {
-        goto out;
-    }
-    bufs = malloc(bufs_cap * sizeof(*bufs));
-    if (!bufs || !task_announcement) {
-        goto out;
-    }
-    if (agg_small) {
-        A = &aggregate;
-        if (agg_init(A, agg_small) < 0) {
-            goto out;
+        c->guest_lo = MIN(c->guest_lo, cs->owner);
+        c->guest_hi = MAX(c->guest_hi, cs->owner);
+        if (created && a->n_guest < a->guest_cap) {
+            a->guest_buf[a->n_guest] = cs->owner;
+            a->guest_vmcb[a->n_guest] = vcpu;
+            a->n_guest++;
+        } else if (!created && slot < a->n_guest) {
+            a->guest_vmcb[slot] = vcpu;                 /* reused by a new VM */
         }
     }
-    *n_guest = 0;
+    cs->live_vmcb = vcpu;
+    return 0;
+}
 
-    for (size_t i = 0; i < n; i++) {
-        const struct ftr_event *e = &ev[i];
-        struct cpu_state *cs = &cpu_states[e->vcpu];
-        uint32_t slot;
-        int created;
+/*
+ * In user mode the registers are the task's user state, whatever they hold
+ * (whether they hold the right thing is the boundary check's question,
+ * analyzers/boundaries.py).
+ */
+static void on_user_boundary(struct cpu_state *cs, const struct ftr_event *e, size_t i)
+{
+    cs->live_vmcb = 0;
+    if (e->flags & FLAG_TASK_VALID) {
+        cs->live = LIVE_TASK;
+        cs->live_task = e->task;
+        cs->live_since = (int64_t)i;
+    }
+}
 
-        /* The task announcement in force: the latest for this pointer so far. */
-        while (ti < n_tasks && tasks[ti].seq <= e->seq) {
-            if (map_put(&task_map, tasks[ti].task, &slot, &created) < 0) {
-                goto out;
-            }
-            task_announcement[slot] = (int64_t)ti++;
-        }
-        ident[i] = -1;
-        if (e->flags & FLAG_TASK_VALID) {
-            uint32_t ts = map_get(&task_map, e->task);
-            if (ts != UINT32_MAX) {
-                ident[i] = task_announcement[ts];
-            }
-        }
-        cls[i] = NOT_CLASSIFIED;
-        why[i] = WHY_NONE;
-        ctx[i] = -1;
-        guest_of[i] = 0;
-        uint64_t *pc_row = NULL, *task_row = NULL;
-        if (A && agg_event(A, e, ident[i], &pc_row, &task_row) < 0) {
-            goto out;
-        }
+static struct buf_state *classify_owner_buf(struct classify *c, const struct cpu_state *cs)
+{
+    uint32_t os = cs->owner_known ? map_get(&c->buf_map, cs->owner) : UINT32_MAX;
+
+    return os != UINT32_MAX ? &c->bufs[os] : NULL;
+}
+
+static void on_probe(struct classify *c, struct cpu_state *cs, const struct ftr_event *e)
+{
+    int live_is_caller = cs->live == LIVE_TASK && cs->live_task == e->task;
+    struct buf_state *owner;
+
+    switch (e->index) {
+    case FTR_PROBE_FORK_COPY:
+        cs->fork_parent = e->task;
+        cs->fork_child = e->value;
+        break;
+    case FTR_PROBE_TASK_EXIT:
         /*
-         * Operations that cannot be judged: the nested guest's own (its
-         * kernel's contexts), user-mode code's own (an XSAVE in a program
-         * changes no kernel state: the registers are the task's either way),
-         * and those that moved nothing.
+         * exit_thread(): the task's context ends and never resumes (the
+         * last switch away may still save its registers).
          */
-        uint8_t unjudged = (e->flags & FLAG_L2) ? NESTED_GUEST
-                         : (e->flags & FTR_FLAG_PL_MASK) == 3 ? USER_MODE
-                         : !(e->flags & FLAG_MEM_VALID) ? NO_MEMORY_ACCESS : WHY_NONE;
-        if (unjudged && (is_save(e->kind) || is_restore(e->kind))) {
-            cls[i] = UNKNOWN;
-            why[i] = unjudged;
-            if (A && agg_classified(A, e, ident[i], pc_row, task_row, UNKNOWN, unjudged, -1,
-                                    0) < 0) {
-                goto out;
-            }
+        if (live_is_caller && (owner = classify_owner_buf(c, cs))) {
+            owner->pending_overwrite = -1;
         }
-        if (e->flags & FLAG_L2) {
-            continue;
+        break;
+    case FTR_PROBE_SIGRETURN:
+        /*
+         * sigreturn sets the task's state from its signal frame on purpose:
+         * the registers' newer content (the handler's) is dropped, and the
+         * buffer rewritten in memory is loaded (arm64:
+         * restore_fpsimd_context() -> fpsimd_update_current_state(); x86:
+         * __fpu_restore_sig()'s copy into the task's fpstate). That load
+         * neither is stale nor loses anything.
+         */
+        if (live_is_caller) {
+            cs->sigreturn = 1;
         }
+        break;
+    case FTR_PROBE_EXEC_RESET:
+        /*
+         * exec: fpu__drop() leaves the registers nobody's, and the task's
+         * buffer is rewritten in memory (init_fpstate).
+         */
+        if (!live_is_caller) {
+            break;
+        }
+        cs->live = LIVE_NOBODY;
+        cs->live_vmcb = 0;
+        if ((owner = classify_owner_buf(c, cs))) {
+            owner->last_op = -1;
+            owner->pending_overwrite = -1;
+        }
+        cs->owner_known = 0;
+        break;
+    default:
+        break;
+    }
+}
+
+/* The context kind of a save or restore's buffer (docs/analysis.md's table). */
+static int8_t op_context(const struct classify *c, const struct ftr_event *e)
+{
+    const struct fpa_classify_args *a = c->a;
+
+    if (a->init_hi && e->addr >= a->init_lo && e->addr < a->init_hi) {
+        return FPA_CTX_INIT;
+    }
+    if (e->addr < USER_LIMIT && (e->flags & FLAG_TASK_VALID)) {
+        return FPA_CTX_SIGNAL_FRAME;
+    }
+    return FPA_CTX_TASK;
+}
+
+static struct buf_state *classify_buf(struct classify *c, uint64_t addr)
+{
+    uint32_t slot;
+    int created;
+
+    if (map_put(&c->buf_map, addr, &slot, &created) < 0) {
+        return NULL;
+    }
+    if (slot >= c->bufs_cap) {
+        struct buf_state *more = realloc(c->bufs, c->bufs_cap * 2 * sizeof(*more));
+        if (!more) {
+            return NULL;
+        }
+        c->bufs = more;
+        c->bufs_cap *= 2;
+    }
+    struct buf_state *bs = &c->bufs[slot];
+    if (created) {
+        bs->last_op = -1;
+        bs->pending_overwrite = -1;
+        bs->holds_vmcb = 0;
+    }
+    return bs;
+}
+
+/*
+ * fpu_clone() / fpu__copy(): the parent saves its live registers into the
+ * child's new buffer, inside the child's task_struct. A new context begins
+ * there: what the address held before is gone. It is the parent's first
+ * save after the probe, or there is none: with TIF_NEED_FPU_LOAD set,
+ * 5.10's fpu__copy() copies the parent's buffer with memcpy() (6.x's
+ * fpu_clone() restores it first and then saves).
+ */
+static int op_is_fork_copy(const struct classify *c, struct cpu_state *cs,
+                           const struct ftr_event *e)
+{
+    int fork_copy = 0;
+
+    if (is_save(e->kind) && cs->fork_parent != 0 && cs->fork_parent == e->task) {
+        fork_copy = c->fpu_offset != 0 && e->addr == cs->fork_child + c->fpu_offset;
+        cs->fork_parent = 0;
+    }
+    return fork_copy;
+}
+
+/*
+ * The next operation on a context that was overwritten: a lost state if it
+ * resumes with exactly the bytes of its last sync.
+ */
+static int op_confirm_overwrite(struct classify *c, struct buf_state *bs, size_t i)
+{
+    struct fpa_classify_args *a = c->a;
+    const struct ftr_event *e = &c->ev[i];
+    int64_t r = bs->pending_overwrite;
+
+    if (r < 0) {
+        return 0;
+    }
+    bs->pending_overwrite = -1;
+    if (is_save(e->kind) || !(e->flags & FLAG_AFTER_VALID) ||
+        e->regs_after_hash != bs->pending_sync) {
+        return 0;
+    }
+    a->cls[r] = FPA_LOST_STATE;
+    finding_add(&c->f, r, bs->pending_last_sync, (int64_t)i, e->addr, FPA_LOST_STATE);
+    return c->A ? agg_relabel_lost(c->A, &c->ev[r], a->ident[r], a->ctx[r], a->guest_of[r]) : 0;
+}
+
+/*
+ * The kernel saves only current's registers (switch_fpu_prepare() runs as
+ * the outgoing task, kernel_fpu_begin(), fpu_clone(),
+ * fpu_swap_kvm_fpstate(), the signal frame): a save by a task whose state
+ * is not live writes another context's registers, or nobody's, into its
+ * buffer. A fork copy is sanctioned; what the child got is checked at its
+ * first return.
+ */
+static void save_check_foreign(struct classify *c, const struct cpu_state *cs,
+                               const struct ftr_event *e, size_t i)
+{
+    if (cs->live == LIVE_TASK && cs->live_task != e->task) {
+        finding_add(&c->f, (int64_t)i, cs->live_since, -1, e->addr, FPA_FINDING_FOREIGN_SAVE);
+    } else if (cs->live == LIVE_NOBODY) {
+        finding_add(&c->f, (int64_t)i, cs->live_since, -1, e->addr, FPA_FINDING_DROPPED_SAVE);
+    }
+}
+
+/* A save: redundant when it wrote what the buffer already held ("Classes"). */
+static void save_classify(struct classify *c, const struct buf_state *bs, size_t i)
+{
+    struct fpa_classify_args *a = c->a;
+    const struct ftr_event *e = &c->ev[i];
+    int64_t q = bs->last_op;
+
+    if (q < 0) {
+        if ((e->flags & FTR_FLAG_PRIOR_VALID) && (e->flags & FLAG_MEM_VALID)) {
+            /* The plugin read the buffer before this first save to it. */
+            a->cls[i] = e->aux == e->mem_hash ? FPA_REDUNDANT_SAVE : FPA_NECESSARY;
+        } else {
+            a->cls[i] = FPA_UNKNOWN;
+            a->why[i] = FPA_FIRST_SIGHT;
+        }
+        return;
+    }
+    const struct ftr_event *eq = &c->ev[q];
+    uint64_t mask_s = covers(e), mask_q = covers(eq);
+    int redundant, undecidable;
+    uint8_t why = FPA_MASKS_DIFFER;
+
+    if (is_save(eq->kind)) {
+        redundant = e->mem_hash == eq->mem_hash && mask_s == mask_q;
+        undecidable = !redundant && mask_s != mask_q;
+    } else {
+        /*
+         * After a restore the buffer holds what the registers got, AVX
+         * halves included: a restore whose XSTATE_BV leaves AVX out loaded
+         * them in their init state.
+         */
+        int both_read = (e->flags & FLAG_REGS_VALID) && (eq->flags & FLAG_AFTER_VALID);
+        uint64_t avx = e->mem_hash - e->mem_legacy_hash;
+        uint64_t avx_q = (eq->xstate_bv & 4) ? eq->mem_hash - eq->mem_legacy_hash
+                                             : c->avx_init_hash;
+        int wants_avx = (mask_s & 4) != 0;
+        redundant = both_read && e->regs_hash == eq->regs_after_hash &&
+                    (!wants_avx || avx == avx_q);
+        undecidable = !redundant && (!both_read || (wants_avx && !(mask_q & 4)));
+        if (!both_read) {
+            why = FPA_REGISTERS_NOT_READ;
+        }
+    }
+    if (redundant) {
+        a->cls[i] = FPA_REDUNDANT_SAVE;
+    } else if (undecidable) {
+        a->cls[i] = FPA_UNKNOWN;
+        a->why[i] = why;
+    } else {
+        a->cls[i] = FPA_NECESSARY;
+    }
+}
+
+/*
+ * A restore: redundant when the buffer already owned unchanged registers,
+ * stale when it went over its own newer registers; one that overwrites
+ * another context's newer registers is remembered on that context's buffer
+ * (op_confirm_overwrite() decides at its next operation).
+ */
+static void restore_classify(struct classify *c, struct cpu_state *cs, int8_t my_ctx, size_t i)
+{
+    struct fpa_classify_args *a = c->a;
+    const struct ftr_event *e = &c->ev[i];
+    int64_t p = cs->last_op;
+    int has_p = p >= 0;
+    int regs_ok = !!(e->flags & FLAG_REGS_VALID), after_ok = !!(e->flags & FLAG_AFTER_VALID);
+    int known = has_p && cs->sync_ok && regs_ok;
+    int modified = known && e->regs_hash != cs->sync;
+    int owner_same = has_p && cs->owner_known && cs->owner == e->addr;
+    /* modified by the owner, not discarded by kernel SIMD use */
+    int owner_dirty = modified && !(has_p && cs->kernel_simd);
+    int unchanged = after_ok && regs_ok && e->regs_after_hash == e->regs_hash;
+    int buffer_unchanged = after_ok && has_p && cs->sync_ok && e->regs_after_hash == cs->sync;
+    uint8_t cls = FPA_NECESSARY;
+
+    if (owner_same && known && !modified && unchanged) {
+        cls = FPA_REDUNDANT_RESTORE;
+    }
+    if (owner_same && owner_dirty && buffer_unchanged && my_ctx != FPA_CTX_INIT &&
+        !cs->sigreturn) {
+        cls = FPA_STALE_RESTORE;
+    }
+    if (has_p && cs->owner_known && !owner_same && owner_dirty &&
+        cs->owner_ctx != FPA_CTX_INIT && cs->sync_ok && !cs->sigreturn) {
+        /*
+         * Another context's newer registers are overwritten without a
+         * save. It is lost if that context's next operation, none having
+         * happened since its last sync, reloads that sync.
+         */
+        struct buf_state *victim = classify_owner_buf(c, cs);
+        if (victim && victim->last_op == p) {
+            victim->pending_overwrite = (int64_t)i;
+            victim->pending_last_sync = p;
+            victim->pending_sync = cs->sync;
+        }
+    }
+    if (!has_p) {
+        cls = FPA_UNKNOWN;
+        a->why[i] = FPA_NO_PREVIOUS_OWNER;
+    } else if (!known && cls == FPA_NECESSARY) {
+        cls = FPA_UNKNOWN;
+        a->why[i] = FPA_REGISTERS_NOT_READ;
+    }
+    a->cls[i] = cls;
+    if (cls == FPA_STALE_RESTORE) {
+        finding_add(&c->f, (int64_t)i, p, -1, e->addr, FPA_STALE_RESTORE);
+    }
+}
+
+/* A save or restore executed in L1 by the kernel that moved state. */
+static int on_operation(struct classify *c, struct cpu_state *cs, size_t i)
+{
+    struct fpa_classify_args *a = c->a;
+    const struct ftr_event *e = &c->ev[i];
+    int save = is_save(e->kind);
+    int8_t my_ctx = op_context(c, e);
+    struct buf_state *bs = classify_buf(c, e->addr);
+
+    if (!bs) {
+        return -1;
+    }
+    a->ctx[i] = my_ctx;
+    int fork_copy = op_is_fork_copy(c, cs, e);
+    if (fork_copy) {
+        bs->last_op = -1;
+        bs->pending_overwrite = -1;
+    }
+    if (op_confirm_overwrite(c, bs, i) < 0) {
+        return -1;
+    }
+    if (save) {
+        if (!fork_copy && my_ctx != FPA_CTX_INIT && (e->flags & FLAG_TASK_VALID)) {
+            save_check_foreign(c, cs, e, i);
+        }
+        a->guest_of[i] = cs->live == LIVE_TASK ? cs->live_vmcb : 0;
+        bs->holds_vmcb = a->guest_of[i];
+        if (!cs->owner_known) {
+            /* No restore seen on this CPU: the saving task's state was live. */
+            cpu_take(cs, e, my_ctx, (int64_t)i);
+        }
+        if (fork_copy) {
+            a->cls[i] = FPA_NECESSARY;
+        } else {
+            save_classify(c, bs, i);
+        }
+    } else {
+        /* A guest buffer of one of this thread's vCPUs (not of an old VM's). */
+        uint32_t gs = e->addr >= c->guest_lo && e->addr <= c->guest_hi
+                    ? map_get(&c->guest_map, e->addr) : UINT32_MAX;
+        uint64_t registered = gs != UINT32_MAX && gs < a->n_guest ? a->guest_vmcb[gs] : 0;
+        if (registered >> 40 != ((uint64_t)a->ident[i] & 0xffffffull)) {
+            registered = 0;
+        }
+        a->guest_of[i] = bs->holds_vmcb ? bs->holds_vmcb : registered;
+        restore_classify(c, cs, my_ctx, i);
+        /* The kernel loads only current's state: it owns the registers now. */
+        cpu_take(cs, e, my_ctx, (int64_t)i);
+        cs->live_vmcb = a->guest_of[i];
+    }
+    if (c->A && agg_classified(c->A, e, a->ident[i], c->pc_row, c->task_row, a->cls[i],
+                               a->why[i], my_ctx, a->guest_of[i]) < 0) {
+        return -1;
+    }
+    cs->last_op = (int64_t)i;
+    cs->sync = save ? e->regs_hash : e->regs_after_hash;
+    cs->sync_ok = !!(e->flags & (save ? FLAG_REGS_VALID : FLAG_AFTER_VALID));
+    cs->kernel_simd = 0;
+    cs->sigreturn = 0;
+    bs->last_op = (int64_t)i;
+    return 0;
+}
+
+/* The task announcement in force at event i: the latest for its pointer so far. */
+static int classify_ident(struct classify *c, size_t *ti, size_t i)
+{
+    struct fpa_classify_args *a = c->a;
+    const struct ftr_event *e = &c->ev[i];
+    uint32_t slot;
+    int created;
+
+    while (*ti < a->n_tasks && a->tasks[*ti].seq <= e->seq) {
+        if (map_put(&c->task_map, a->tasks[*ti].task, &slot, &created) < 0) {
+            return -1;
+        }
+        c->task_announcement[slot] = (int64_t)(*ti)++;
+    }
+    a->ident[i] = -1;
+    if (e->flags & FLAG_TASK_VALID) {
+        uint32_t ts = map_get(&c->task_map, e->task);
+        if (ts != UINT32_MAX) {
+            a->ident[i] = c->task_announcement[ts];
+        }
+    }
+    return 0;
+}
+
+/*
+ * Operations that cannot be judged: the nested guest's own (its kernel's
+ * contexts), user-mode code's own (an XSAVE in a program changes no kernel
+ * state: the registers are the task's either way), and those that moved
+ * nothing.
+ */
+static uint8_t op_unjudged(const struct ftr_event *e)
+{
+    if (!is_save(e->kind) && !is_restore(e->kind)) {
+        return FPA_WHY_NONE;
+    }
+    return (e->flags & FLAG_L2) ? FPA_NESTED_GUEST
+         : (e->flags & FTR_FLAG_PL_MASK) == 3 ? FPA_USER_MODE
+         : !(e->flags & FLAG_MEM_VALID) ? FPA_NO_MEMORY_ACCESS : FPA_WHY_NONE;
+}
+
+static int classify_event(struct classify *c, size_t *ti, size_t i)
+{
+    struct fpa_classify_args *a = c->a;
+    const struct ftr_event *e = &c->ev[i];
+    struct cpu_state *cs = &c->cpus[e->vcpu];
+
+    if (classify_ident(c, ti, i) < 0) {
+        return -1;
+    }
+    a->cls[i] = FPA_NOT_CLASSIFIED;
+    a->why[i] = FPA_WHY_NONE;
+    a->ctx[i] = -1;
+    a->guest_of[i] = 0;
+    if (c->A && agg_event(c->A, e, a->ident[i], &c->pc_row, &c->task_row) < 0) {
+        return -1;
+    }
+    uint8_t unjudged = op_unjudged(e);
+    if (unjudged) {
+        a->cls[i] = FPA_UNKNOWN;
+        a->why[i] = unjudged;
+        if (c->A && agg_classified(c->A, e, a->ident[i], c->pc_row, c->task_row, FPA_UNKNOWN,
+                                   unjudged, -1, 0) < 0) {
+            return -1;
+        }
+    }
+    if (!(e->flags & FLAG_L2)) {
         if (e->flags & FLAG_KERNEL_SIMD) {
-            /*
-             * __cpu_invalidate_fpregs_state(): kernel scratch, nobody's state
-             * (before any owner is known, e.g. the boot's own FPU probing,
-             * there was nobody's state to lose).
-             */
-            cs->kernel_simd = 1;
-            if (cs->live != LIVE_UNKNOWN) {
-                cs->live = LIVE_NOBODY;
-            }
-            cs->live_vmcb = 0;
+            on_kernel_simd(cs);
         }
         switch (e->kind) {
         case KIND_VM_ENTRY:
-            /*
-             * The state live at a VM entry is a guest's. The buffer it came
-             * from is that vCPU's guest buffer, unless it is a buffer that
-             * only holds guest state saved there on a preemption inside
-             * KVM_RUN (5.10: the vCPU thread's own thread.fpu).
-             */
-            if (!cs->live_vmcb && cs->owner_known) {
-                if (map_put(&guest_map, cs->owner, &slot, &created) < 0) {
-                    goto out;
-                }
-                if (cs->owner < guest_lo) {
-                    guest_lo = cs->owner;
-                }
-                if (cs->owner > guest_hi) {
-                    guest_hi = cs->owner;
-                }
-                if (created && *n_guest < guest_cap) {
-                    guest_buf[*n_guest] = cs->owner;
-                    guest_vmcb[*n_guest] = vcpu_id(e->addr, ident[i]);
-                    (*n_guest)++;
-                } else if (!created && slot < *n_guest) {
-                    guest_vmcb[slot] = vcpu_id(e->addr, ident[i]);    /* reused by a new VM */
-                }
+            if (on_vm_entry(c, cs, i) < 0) {
+                return -1;
             }
-            cs->live_vmcb = vcpu_id(e->addr, ident[i]);
-            continue;
+            break;
         case KIND_USER_ENTRY:
         case KIND_USER_RETURN:
-            /*
-             * In user mode the registers are the task's user state, whatever
-             * they hold (whether they hold the right thing is the boundary
-             * check's question, analyzers/boundaries.py).
-             */
-            cs->live_vmcb = 0;
-            if (e->flags & FLAG_TASK_VALID) {
-                cs->live = LIVE_TASK;
-                cs->live_task = e->task;
-                cs->live_since = (int64_t)i;
-            }
-            continue;
+            on_user_boundary(cs, e, i);
+            break;
         case KIND_PROBE:
-            if (e->index == FTR_PROBE_FORK_COPY) {
-                cs->fork_parent = e->task;
-                cs->fork_child = e->value;
-            } else if (e->index == FTR_PROBE_TASK_EXIT && cs->live == LIVE_TASK &&
-                       cs->live_task == e->task && cs->owner_known) {
-                /*
-                 * exit_thread(): the task's context ends and never resumes
-                 * (the last switch away may still save its registers).
-                 */
-                uint32_t os = map_get(&buf_map, cs->owner);
-                if (os != UINT32_MAX) {
-                    bufs[os].pending_overwrite = -1;
-                }
-            } else if (e->index == FTR_PROBE_SIGRETURN && cs->live == LIVE_TASK &&
-                       cs->live_task == e->task) {
-                /*
-                 * sigreturn sets the task's state from its signal frame on
-                 * purpose: the registers' newer content (the handler's) is
-                 * dropped, and the buffer rewritten in memory is loaded
-                 * (arm64: restore_fpsimd_context() -> fpsimd_update_current_state();
-                 * x86: __fpu_restore_sig()'s copy into the task's fpstate).
-                 * That load neither is stale nor loses anything.
-                 */
-                cs->sigreturn = 1;
-            } else if (e->index == FTR_PROBE_EXEC_RESET && cs->live == LIVE_TASK &&
-                       cs->live_task == e->task) {
-                /*
-                 * exec: fpu__drop() leaves the registers nobody's, and the
-                 * task's buffer is rewritten in memory (init_fpstate).
-                 */
-                cs->live = LIVE_NOBODY;
-                cs->live_vmcb = 0;
-                if (cs->owner_known) {
-                    uint32_t os = map_get(&buf_map, cs->owner);
-                    if (os != UINT32_MAX) {
-                        bufs[os].last_op = -1;
-                        bufs[os].pending_overwrite = -1;
-                    }
-                    cs->owner_known = 0;
-                }
-            }
-            continue;
+            on_probe(c, cs, e);
+            break;
         default:
+            if (!unjudged && (is_save(e->kind) || is_restore(e->kind)) &&
+                on_operation(c, cs, i) < 0) {
+                return -1;
+            }
             break;
         }
-        if (unjudged || (!is_save(e->kind) && !is_restore(e->kind))) {
+    }
+    classify_owner_out(c, cs, i);
+    return 0;
+}
+
+/*
+ * Guest buffers are known once their VM entries are seen: label their
+ * operations (where no other kind, signal frame or init, took precedence)
+ * and the guest state they moved; so too the owners.
+ */
+static void classify_label_guests(struct classify *c)
+{
+    struct fpa_classify_args *a = c->a;
+
+    for (size_t i = 0; i < a->n; i++) {
+        if (a->owner_ctx[i] == FPA_CTX_TASK && a->owner[i] >= c->guest_lo &&
+            a->owner[i] <= c->guest_hi && map_get(&c->guest_map, a->owner[i]) != UINT32_MAX) {
+            a->owner_ctx[i] = FPA_CTX_GUEST;
+        }
+        if (a->ctx[i] < 0) {
             continue;
         }
-
-        int save = is_save(e->kind);
-        int regs_ok = !!(e->flags & FLAG_REGS_VALID);
-        int after_ok = !!(e->flags & FLAG_AFTER_VALID);
-        int8_t my_ctx = CTX_TASK;
-        if (e->addr < USER_LIMIT && (e->flags & FLAG_TASK_VALID)) {
-            my_ctx = CTX_SIGNAL_FRAME;
-        }
-        if (init_hi && e->addr >= init_lo && e->addr < init_hi) {
-            my_ctx = CTX_INIT;
-        }
-        ctx[i] = my_ctx;
-
-        int64_t p = cs->last_op;
-        int has_p = p >= 0;
-        int known = has_p && cs->sync_ok && regs_ok;
-        int modified = known && e->regs_hash != cs->sync;
-        int kernel_use = has_p && cs->kernel_simd;
-        int owner_same = has_p && cs->owner_known && cs->owner == e->addr;
-        int owner_dirty = modified && !kernel_use;
-        uint64_t my_sync = save ? e->regs_hash : e->regs_after_hash;
-        int my_sync_ok = save ? regs_ok : after_ok;
-
-        if (map_put(&buf_map, e->addr, &slot, &created) < 0) {
-            goto out;
-        }
-        if (slot >= bufs_cap) {
-            struct buf_state *more = realloc(bufs, bufs_cap * 2 * sizeof(*bufs));
-            if (!more) {
-                goto out;
+        uint32_t gs = c->ev[i].addr >= c->guest_lo && c->ev[i].addr <= c->guest_hi
+                    ? map_get(&c->guest_map, c->ev[i].addr) : UINT32_MAX;
+        if (a->ctx[i] == FPA_CTX_TASK && gs != UINT32_MAX) {
+            a->ctx[i] = FPA_CTX_GUEST;
+            if (!a->guest_of[i] && gs < a->n_guest) {
+                a->guest_of[i] = a->guest_vmcb[gs];
             }
-            bufs = more;
-            bufs_cap *= 2;
-        }
-        struct buf_state *bs = &bufs[slot];
-        if (created) {
-            bs->last_op = -1;
-            bs->pending_overwrite = -1;
-            bs->holds_vmcb = 0;
-        }
-        /*
-         * fpu_clone() / fpu__copy(): the parent saves its live registers
-         * into the child's new buffer, inside the child's task_struct. A
-         * new context begins there: what the address held before is gone.
-         */
-        int fork_copy = 0;
-        if (save && cs->fork_parent != 0 && cs->fork_parent == e->task) {
-            /*
-             * It is the parent's first save after the probe, or there is
-             * none: with TIF_NEED_FPU_LOAD set, 5.10's fpu__copy() copies
-             * the parent's buffer with memcpy() (6.x's fpu_clone() restores
-             * it first and then saves).
-             */
-            fork_copy = fpu_offset != 0 && e->addr == cs->fork_child + fpu_offset;
-            cs->fork_parent = 0;
-        }
-        if (fork_copy) {
-            bs->last_op = -1;
-            bs->pending_overwrite = -1;
-        }
-        /* This is the next operation on a context that was overwritten: a lost
-         * state if it resumes with exactly the bytes of its last sync. */
-        if (bs->pending_overwrite >= 0) {
-            if (!save && after_ok && e->regs_after_hash == bs->pending_sync) {
-                int64_t r = bs->pending_overwrite;
-                cls[r] = LOST_STATE;
-                if (A && agg_relabel_lost(A, &ev[r], ident[r], ctx[r], guest_of[r]) < 0) {
-                    goto out;
-                }
-                finding_add(&f, bs->pending_overwrite, bs->pending_last_sync, (int64_t)i,
-                            e->addr, LOST_STATE);
-            }
-            bs->pending_overwrite = -1;
-        }
-        int64_t q = bs->last_op;
-
-        if (save && !fork_copy && my_ctx != CTX_INIT && (e->flags & FLAG_TASK_VALID)) {
-            /*
-             * The kernel saves only current's registers (switch_fpu_prepare()
-             * runs as the outgoing task, kernel_fpu_begin(), fpu_clone(),
-             * fpu_swap_kvm_fpstate(), the signal frame): a save by a task
-             * whose state is not live writes another context's registers, or
-             * nobody's, into its buffer. A fork copy is sanctioned; what the
-             * child got is checked at its first return.
-             */
-            if (cs->live == LIVE_TASK && cs->live_task != e->task) {
-                finding_add(&f, (int64_t)i, cs->live_since, -1, e->addr, FINDING_FOREIGN_SAVE);
-            } else if (cs->live == LIVE_NOBODY) {
-                finding_add(&f, (int64_t)i, cs->live_since, -1, e->addr, FINDING_DROPPED_SAVE);
-            }
-        }
-        if (save) {
-            guest_of[i] = cs->live == LIVE_TASK ? cs->live_vmcb : 0;
-            bs->holds_vmcb = guest_of[i];
-            if (!cs->owner_known) {
-                /* No restore seen on this CPU: the saving task's state was live. */
-                cpu_take(cs, e, my_ctx, (int64_t)i);
-            }
-        } else {
-            /* A guest buffer of one of this thread's vCPUs (not of an old VM's). */
-            uint32_t gs = e->addr >= guest_lo && e->addr <= guest_hi
-                        ? map_get(&guest_map, e->addr) : UINT32_MAX;
-            uint64_t registered = gs != UINT32_MAX && gs < *n_guest ? guest_vmcb[gs] : 0;
-            if (registered >> 40 != ((uint64_t)ident[i] & 0xffffffull)) {
-                registered = 0;
-            }
-            guest_of[i] = bs->holds_vmcb ? bs->holds_vmcb : registered;
-        }
-        if (fork_copy) {
-            cls[i] = NECESSARY;
-        } else if (save) {
-            if (q < 0 && (e->flags & FTR_FLAG_PRIOR_VALID) && (e->flags & FLAG_MEM_VALID)) {
-                /* The plugin read the buffer before this first save to it. */
-                cls[i] = e->aux == e->mem_hash ? REDUNDANT_SAVE : NECESSARY;
-            } else if (q < 0) {
-                cls[i] = UNKNOWN;
-                why[i] = FIRST_SIGHT;
-            } else {
-                const struct ftr_event *eq = &ev[q];
-                int q_save = is_save(eq->kind);
-                uint64_t mask_s = covers(e), mask_q = covers(eq);
-                int redundant, undecidable;
-                if (q_save) {
-                    redundant = e->mem_hash == eq->mem_hash && mask_s == mask_q;
-                    undecidable = !redundant && mask_s != mask_q;
-                } else {
-                    int both_read = regs_ok && (eq->flags & FLAG_AFTER_VALID);
-                    uint64_t avx = e->mem_hash - e->mem_legacy_hash;
-                    uint64_t avx_q = (eq->xstate_bv & 4) ? eq->mem_hash - eq->mem_legacy_hash
-                                                         : avx_init_hash;
-                    int wants_avx = (mask_s & 4) != 0;
-                    redundant = both_read && e->regs_hash == eq->regs_after_hash &&
-                                (!wants_avx || avx == avx_q);
-                    undecidable = !redundant && (!both_read || (wants_avx && !(mask_q & 4)));
-                    if (undecidable) {
-                        why[i] = !both_read ? REGISTERS_NOT_READ : MASKS_DIFFER;
-                    }
-                }
-                if (redundant) {
-                    cls[i] = REDUNDANT_SAVE;
-                } else if (undecidable) {
-                    cls[i] = UNKNOWN;
-                    if (q_save) {
-                        why[i] = MASKS_DIFFER;
-                    }
-                } else {
-                    cls[i] = NECESSARY;
-                }
-            }
-        } else {
-            int unchanged = after_ok && regs_ok && e->regs_after_hash == e->regs_hash;
-            int buffer_unchanged = after_ok && has_p && cs->sync_ok &&
-                                   e->regs_after_hash == cs->sync;
-            uint8_t c = NECESSARY;
-            if (owner_same && known && !modified && unchanged) {
-                c = REDUNDANT_RESTORE;
-            }
-            if (owner_same && owner_dirty && buffer_unchanged && my_ctx != CTX_INIT &&
-                !cs->sigreturn) {
-                c = STALE_RESTORE;
-            }
-            if (has_p && cs->owner_known && !owner_same && owner_dirty &&
-                cs->owner_ctx != CTX_INIT && cs->sync_ok && !cs->sigreturn) {
-                /* Another context's newer registers are overwritten without a
-                 * save. It is lost if that context's next operation, none
-                 * having happened since its last sync, reloads that sync. */
-                uint32_t vslot = map_get(&buf_map, cs->owner);
-                if (vslot != UINT32_MAX && bufs[vslot].last_op == p) {
-                    bufs[vslot].pending_overwrite = (int64_t)i;
-                    bufs[vslot].pending_last_sync = p;
-                    bufs[vslot].pending_sync = cs->sync;
-                }
-            }
-            if (!has_p) {
-                c = UNKNOWN;
-                why[i] = NO_PREVIOUS_OWNER;
-            } else if (!known && c == NECESSARY) {
-                c = UNKNOWN;
-                why[i] = REGISTERS_NOT_READ;
-            }
-            cls[i] = c;
-            if (c == STALE_RESTORE) {
-                finding_add(&f, (int64_t)i, p, -1, e->addr, STALE_RESTORE);
-            }
-            /* The kernel loads only current's state: it owns the registers now. */
-            cpu_take(cs, e, my_ctx, (int64_t)i);
-            cs->live_vmcb = guest_of[i];
-        }
-        if (A && agg_classified(A, e, ident[i], pc_row, task_row, cls[i], why[i], my_ctx,
-                                guest_of[i]) < 0) {
-            goto out;
-        }
-        cs->last_op = (int64_t)i;
-        cs->sync = my_sync;
-        cs->sync_ok = my_sync_ok;
-        cs->kernel_simd = 0;
-        cs->sigreturn = 0;
-        bs->last_op = (int64_t)i;
-    }
-    /*
-     * Guest buffers are known once their VM entries are seen: label their
-     * operations (where no other kind, signal frame or init, took
-     * precedence) and the guest state they moved.
-     */
-    for (size_t i = 0; i < n; i++) {
-        if (ctx[i] < 0) {
-            continue;
-        }
-        uint32_t gs = ev[i].addr >= guest_lo && ev[i].addr <= guest_hi
-                    ? map_get(&guest_map, ev[i].addr) : UINT32_MAX;
-        if (ctx[i] == CTX_TASK && gs != UINT32_MAX) {
-            ctx[i] = CTX_GUEST;
-            if (!guest_of[i] && gs < *n_guest) {
-                guest_of[i] = guest_vmcb[gs];
-            }
-        } else if (guest_of[i] && ctx[i] == CTX_TASK) {
-            ctx[i] = CTX_GUEST;
+        } else if (a->guest_of[i] && a->ctx[i] == FPA_CTX_TASK) {
+            a->ctx[i] = FPA_CTX_GUEST;
         }
     }
-    rc = A ? agg_output(A, &guest_map, guest_vmcb, *n_guest, agg_ptrs, agg_cap, agg_n_out) : 0;
+}
+
+int fpa_classify(struct fpa_classify_args *a)
+{
+    struct classify c = {
+        .a = a, .ev = a->ev, .guest_lo = UINT64_MAX, .bufs_cap = 1024,
+        .f = { a->f_event, a->f_last, a->f_resumed, a->f_buffer, a->f_cls, a->f_cap, 0, 0 },
+        .avx_init_hash = ftr_xsave_zero_hash(FTR_XSAVE_AVX_START, FTR_XSAVE_AVX_END),
+    };
+    uint32_t max_cpu = 0;
+    size_t ti = 0;
+    int rc = -1;
+
+    for (size_t i = 0; i < a->n; i++) {
+        max_cpu = MAX(max_cpu, a->ev[i].vcpu);
+    }
+    a->n_guest = 0;
+    c.cpus = calloc(max_cpu + 1, sizeof(*c.cpus));
+    c.task_announcement = malloc((a->n_tasks + 1) * sizeof(int64_t));
+    c.bufs = malloc(c.bufs_cap * sizeof(*c.bufs));
+    if (!c.cpus || !c.task_announcement || !c.bufs || map_init(&c.task_map, 1024) < 0 ||
+        map_init(&c.buf_map, 4096) < 0 || map_init(&c.guest_map, 64) < 0) {
+        goto out;
+    }
+    for (uint32_t cpu = 0; cpu <= max_cpu; cpu++) {
+        c.cpus[cpu].last_op = -1;
+        c.cpus[cpu].live_since = -1;
+    }
+    c.fpu_offset = fpa_fpu_buffer_offset(a->ev, a->n);
+    if (a->agg_small) {
+        c.A = &c.aggregate;
+        if (agg_init(c.A, a->agg_small) < 0) {
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < a->n; i++) {
+        if (classify_event(&c, &ti, i) < 0) {
+            goto out;
+        }
+    }
+    classify_label_guests(&c);
+    rc = c.A ? agg_output(c.A, &c.guest_map, a->guest_vmcb, a->n_guest, a->agg_ptrs,
+                          a->agg_cap, a->agg_n_out) : 0;
 out:
-    if (A) {
-        agg_free(A);
+    if (c.A) {
+        agg_free(c.A);
     }
-    *f_len = f.len;
-    *f_total = f.total;
-    map_free(&task_map);
-    map_free(&buf_map);
-    map_free(&guest_map);
-    free(bufs);
-    free(cs_big);
-    free(task_announcement);
+    a->f_len = c.f.len;
+    a->f_total = c.f.total;
+    map_free(&c.task_map);
+    map_free(&c.buf_map);
+    map_free(&c.guest_map);
+    free(c.bufs);
+    free(c.cpus);
+    free(c.task_announcement);
     return rc;
 }
 
 /* ---- the boundary checks' linear part (analyzers/boundaries.py) ---- */
-
-struct fpa_bounds_out {
-    /* Events the checks look at one by one: user entries, returns that are
-     * not QUIET, probes whose index is in probe_mask, and the first saves on
-     * a CPU after a fork probe there; with, for returns, the previous return
-     * of the same task key (QUIET ones included), else -1. */
-    int64_t *rel, *rel_prev_return;
-    size_t rel_cap, rel_len;
-    int64_t *quiet_per_key;     /* [n_keys + 1]: QUIET returns per task key (0: unknown) */
-    /* VM entries against their vCPU's previous VM exit (a vCPU: VMCB and task key). */
-    uint64_t *vcpu_keys, *vcpu_equal;
-    size_t vcpu_cap, vcpu_len;
-    int64_t *diff_entry, *diff_exit;
-    size_t diff_cap, diff_len;
-    uint64_t first_entries, unreadable;
-    uint64_t kfpu_begins;       /* kernel_fpu_begin probes */
-};
 
 #define FORK_COPY_WINDOW 16
 
@@ -1142,13 +1252,13 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
     int64_t *last_return = malloc((n_keys + 1) * sizeof(int64_t));
     int64_t *last_vm = NULL;            /* per vCPU slot: its last VM event */
     size_t last_vm_cap = 64;
-    uint32_t saves_since_fork[NCPU];
+    uint32_t saves_since_fork[FPA_NCPU];
     int rc = -1;
 
     o->rel_len = o->vcpu_len = o->diff_len = 0;
     o->first_entries = o->unreadable = o->kfpu_begins = 0;
     memset(o->quiet_per_key, 0, (n_keys + 1) * sizeof(int64_t));
-    for (size_t c = 0; c < NCPU; c++) {
+    for (size_t c = 0; c < FPA_NCPU; c++) {
         saves_since_fork[c] = FORK_COPY_WINDOW;
     }
     last_vm = malloc(last_vm_cap * sizeof(int64_t));
@@ -1161,7 +1271,7 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
     for (size_t i = 0; i < n; i++) {
         const struct ftr_event *e = &ev[i];
         int rel = 0;
-        unsigned cpu = e->vcpu % NCPU;
+        unsigned cpu = e->vcpu % FPA_NCPU;
 
         switch (e->kind) {
         case KIND_USER_ENTRY:
@@ -1285,8 +1395,8 @@ uint32_t fpa_crc32c(const void *data, size_t len)
  * Copy block payloads out of a mapped trace file into one array, checking
  * each block's CRC-32C on the way (one read of the source). Mapped source
  * pages already copied are released every 64 MiB, so the file is never
- * resident twice. Returns how many blocks were copied before the first
- * whose checksum failed (all of them if none).
+ * resident twice. A damaged block is left out (ok[b] = 0); returns how many
+ * blocks were copied.
  */
 #include <sys/mman.h>
 

@@ -7,10 +7,9 @@ Python version gives the same values, slowly (fine for small traces).
 
 from __future__ import annotations
 
-import ctypes
 from functools import cache
 
-from fputrace.native import library
+from fputrace.trace.native import ffi, library
 
 POLY = 0x82F63B78  # reflected Castagnoli polynomial
 
@@ -38,10 +37,5 @@ def crc32c(data: memoryview | bytes) -> int:
     lib = library()
     if lib is None:
         return crc32c_python(data)
-    fn = lib.fpa_crc32c
     view = memoryview(data).cast("B")
-    if not len(view):
-        return int(fn(b"", 0))
-    buf = (ctypes.c_char * len(view)).from_buffer_copy(view) if view.readonly else \
-        (ctypes.c_char * len(view)).from_buffer(view)
-    return int(fn(buf, len(view)))
+    return int(lib.fpa_crc32c(ffi().from_buffer(view), len(view)))

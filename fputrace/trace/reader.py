@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from fputrace.errors import FputraceError
-from fputrace.native import library
 from fputrace.trace import format as fmt
 from fputrace.trace.checksum import crc32c
+from fputrace.trace.errors import FputraceError
+from fputrace.trace.native import library, pointer
 
 
 class TraceError(FputraceError):
@@ -320,9 +320,10 @@ def _copy_payloads(data: mmap.mmap, blocks: list[_Block], dest: npt.NDArray[np.v
         # A read-only view: its address for C; dropped before the mapping closes.
         source = np.frombuffer(data, dtype=np.uint8)
         try:
-            lib.fpa_copy_blocks(source.ctypes.data, len(data), offsets.ctypes.data,
-                                sizes.ctypes.data, crcs.ctypes.data, len(blocks),
-                                raw.ctypes.data, ok.ctypes.data)
+            lib.fpa_copy_blocks(pointer("uint8_t *", source), len(data),
+                                pointer("uint64_t *", offsets), pointer("uint32_t *", sizes),
+                                pointer("uint32_t *", crcs), len(blocks),
+                                pointer("uint8_t *", raw), pointer("uint8_t *", ok))
         finally:
             del source
         return ok.astype(bool)
