@@ -102,12 +102,12 @@ def write_trace(path: Path, ev: np.ndarray) -> None:
         tasks["task"] = 0xFFFF888100000000 + np.arange(TASKS, dtype=np.uint64) * 0x4000
         tasks["pid"] = 100 + np.arange(TASKS)
         tasks["comm"] = [f"vcpu{i}".encode() for i in range(TASKS)]
-        f.write(block_bytes(2, 0, TASKS, tasks.tobytes(), crc=crc32c))
+        f.write(block_bytes(fmt.BlockType.TASKS, 0, TASKS, tasks.tobytes(), crc=crc32c))
         for start in range(0, len(ev), BLOCK):
             count = min(BLOCK, len(ev) - start)
-            f.write(block_bytes(1, 0, count, raw[start * rec:(start + count) * rec].tobytes(),
-                                crc=crc32c))
-        by_kind = [0] * 64
+            payload = raw[start * rec:(start + count) * rec].tobytes()
+            f.write(block_bytes(fmt.BlockType.EVENTS, 0, count, payload, crc=crc32c))
+        by_kind = [0] * fmt.KIND_MAX
         for k, c in zip(*np.unique(ev["kind"], return_counts=True), strict=True):
             by_kind[int(k)] = int(c)
         f.write(footer_block(len(ev), TASKS, 1 + (len(ev) + BLOCK - 1) // BLOCK, by_kind,

@@ -3007,7 +3007,7 @@ static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32
                                                (void *)shared);
         return;
     }
-    fi.is_save = fi.kind == FTR_KIND_FPSIMD_SAVE || fi.kind == FTR_KIND_SVE_SAVE;
+    fi.is_save = ftr_kind_role(fi.kind) == FTR_ROLE_SAVE;
     fi.is_restore = !fi.is_save;
     shared = a64_intern(&fi, op);
     g_mutex_lock(&insn_lock);

@@ -4,8 +4,8 @@
  * Included by the plugin (plugin/fputrace.c, the writer) and by the
  * analyzers' compiled pass (analyzers/native/fpanalysis.c). The Python
  * reader mirrors it in fputrace/trace/format.py, and tests/test_format_abi.py
- * checks the mirror against a program compiled from this header.
- * docs/trace-format.md explains every field.
+ * checks the mirror, entry for entry, against what tests/format_abi.c prints
+ * from the lists below. docs/trace-format.md explains every field.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -24,184 +24,241 @@
 #define FTR_MIN_READER_VERSION  2
 #define FTR_BLOCK_MAGIC         0x4b425446u     /* "FTBK" */
 
-#define FTR_FEAT_MEM_HASH       (1u << 0)
-#define FTR_FEAT_REGS_HASH      (1u << 1)
-#define FTR_FEAT_TASKS          (1u << 2)
-#define FTR_FEAT_BOUNDARIES     (1u << 3)       /* user entry/return events */
-#define FTR_FEAT_PROBES         (1u << 4)       /* kernel function probes */
+/*
+ * The format's numbers and records are defined once, as X-macro lists:
+ * each list below expands to the C declarations after it, and
+ * tests/format_abi.c expands the same lists to print them all, so that the
+ * Python mirror (fputrace/trace/format.py) is checked against every entry.
+ * Numbers are part of the format: never reuse one.
+ */
 
-enum ftr_arch {
-    FTR_ARCH_X86_64 = 1,
-    FTR_ARCH_AARCH64 = 2,
-};
+/* Header feature bits: X(name, bit) */
+#define FTR_FEATURES(X) \
+    X(MEM_HASH, 0)              /* content hashes of memory */ \
+    X(REGS_HASH, 1)             /* register-file hashes */ \
+    X(TASKS, 2)                 /* task tracking */ \
+    X(BOUNDARIES, 3)            /* user entry/return events */ \
+    X(PROBES, 4)                /* kernel function probes */
 
-enum ftr_block_type {
-    FTR_BLOCK_EVENTS = 1,
-    FTR_BLOCK_TASKS = 2,
-    FTR_BLOCK_FOOTER = 3,
-};
+#define FTR_DEFINE_FEATURE(name, bit) FTR_FEAT_##name = 1u << (bit),
+enum ftr_feature { FTR_FEATURES(FTR_DEFINE_FEATURE) };
 
-/* Event kinds. Numbers are part of the format: never reuse one. */
-enum ftr_kind {
-    FTR_KIND_XSAVE = 1,
-    FTR_KIND_XSAVEOPT = 2,
-    FTR_KIND_XSAVEC = 3,
-    FTR_KIND_XSAVES = 4,
-    FTR_KIND_XRSTOR = 5,
-    FTR_KIND_XRSTORS = 6,
-    FTR_KIND_FXSAVE = 7,
-    FTR_KIND_FXRSTOR = 8,
-    FTR_KIND_XSETBV = 9,
-    FTR_KIND_WRMSR_XFD = 10,
-    FTR_KIND_WRMSR_XFD_ERR = 11,
-    FTR_KIND_WRMSR = 12,
-    FTR_KIND_VM_ENTRY = 13,
-    FTR_KIND_VM_EXIT = 14,
-    FTR_KIND_USER_ENTRY = 15,
-    FTR_KIND_USER_RETURN = 16,
-    FTR_KIND_PROBE = 17,
-    /* 32..63 are reserved for arm64. */
-    FTR_KIND_FP_TRAP = 32,
-    FTR_KIND_CPACR_WRITE = 33,
-    FTR_KIND_CPTR_WRITE = 34,
-    FTR_KIND_ZCR_WRITE = 35,
-    FTR_KIND_FPSIMD_SAVE = 36,
-    FTR_KIND_FPSIMD_LOAD = 37,
-    FTR_KIND_SVE_SAVE = 38,
-    FTR_KIND_SVE_LOAD = 39,
-    FTR_KIND_SMCR_WRITE = 40,
-    FTR_KIND_SVCR_WRITE = 41,       /* MSR SVCR / SMSTART / SMSTOP */
-    FTR_KIND_SME_SAVE = 42,         /* ZA (and ZT0): the kernel's sme_save_za sequence */
-    FTR_KIND_SME_LOAD = 43,
-    FTR_KIND_MAX = 64,
-};
+/* X(name, number) */
+#define FTR_ARCHES(X) \
+    X(X86_64, 1) \
+    X(AARCH64, 2)
+
+#define FTR_DEFINE_ARCH(name, number) FTR_ARCH_##name = number,
+enum ftr_arch { FTR_ARCHES(FTR_DEFINE_ARCH) };
+
+/* X(name, number) */
+#define FTR_BLOCK_TYPES(X) \
+    X(EVENTS, 1) \
+    X(TASKS, 2) \
+    X(FOOTER, 3)
+
+#define FTR_DEFINE_BLOCK(name, number) FTR_BLOCK_##name = number,
+enum ftr_block_type { FTR_BLOCK_TYPES(FTR_DEFINE_BLOCK) };
 
 /*
- * What a probe event's function does to FPU state (event field `index`).
- * The recorder maps kernel symbols to these (fputrace/kernel/probes.py).
+ * Event kinds: X(name, number, role). The role says what the analysis
+ * makes of it: SAVE and RESTORE move FP/SIMD register state to or from a
+ * buffer (the content model, docs/analysis.md), BUFFER moves other state
+ * (SME's ZA) between registers and a buffer, OTHER moves none.
+ * 32..63 are arm64's.
  */
-enum ftr_probe {
-    FTR_PROBE_FORK_COPY = 1,        /* fpu_clone / fpu__copy: arg0 = child task */
-    FTR_PROBE_EXEC_RESET = 2,       /* fpu_flush_thread / fpu__clear_all */
-    FTR_PROBE_TASK_EXIT = 3,        /* exit_thread: the task's FPU context ends */
-    FTR_PROBE_SIGFRAME_SAVE = 4,    /* copy_fpstate_to_sigframe */
-    FTR_PROBE_SIGRETURN = 5,        /* fpu__restore_sig */
-    FTR_PROBE_REGSET_SET = 6,       /* xstateregs_set, xfpregs_set, fpregs_set */
-    FTR_PROBE_KVM_FPSTATE_ALLOC = 7,/* fpu_alloc_guest_fpstate */
-    FTR_PROBE_KVM_FPSTATE_FREE = 8, /* fpu_free_guest_fpstate */
-    FTR_PROBE_KVM_UABI_SET = 9,     /* KVM_SET_XSAVE(2)/KVM_SET_FPU copies into guest state */
-    FTR_PROBE_KVM_UABI_GET = 10,    /* KVM_GET_XSAVE(2)/KVM_GET_FPU copies out of it */
-    FTR_PROBE_KFPU_BEGIN = 11,      /* kernel_fpu_begin_mask / kernel_fpu_begin */
-    FTR_PROBE_KFPU_END = 12,        /* kernel_fpu_end */
-    FTR_PROBE_KVM_VCPU_RESET = 13,  /* kvm_vcpu_reset: guest FPU state reset */
-    FTR_PROBE_KVM_EMULATE_SSE = 14, /* instruction emulation writing guest SSE registers */
-    FTR_PROBE_FPSTATE_FREE = 15,    /* fpstate_free */
-    FTR_PROBE_RESTORE_FAULT = 16,   /* a faulting restore: the init state is loaded instead */
-    FTR_PROBE_KVM_LOAD_FP = 17,     /* arm64 kvm_arch_vcpu_load_fp: a vCPU is loaded */
-    FTR_PROBE_KVM_PUT_FP = 18,      /* arm64 kvm_arch_vcpu_put_fp: a vCPU is put */
-    FTR_PROBE_MAX = 32,
-};
+#define FTR_KINDS(X) \
+    X(XSAVE, 1, SAVE) \
+    X(XSAVEOPT, 2, SAVE) \
+    X(XSAVEC, 3, SAVE) \
+    X(XSAVES, 4, SAVE) \
+    X(XRSTOR, 5, RESTORE) \
+    X(XRSTORS, 6, RESTORE) \
+    X(FXSAVE, 7, SAVE) \
+    X(FXRSTOR, 8, RESTORE) \
+    X(XSETBV, 9, OTHER) \
+    X(WRMSR_XFD, 10, OTHER) \
+    X(WRMSR_XFD_ERR, 11, OTHER) \
+    X(WRMSR, 12, OTHER) \
+    X(VM_ENTRY, 13, OTHER) \
+    X(VM_EXIT, 14, OTHER) \
+    X(USER_ENTRY, 15, OTHER) \
+    X(USER_RETURN, 16, OTHER) \
+    X(PROBE, 17, OTHER) \
+    X(FP_TRAP, 32, OTHER) \
+    X(CPACR_WRITE, 33, OTHER) \
+    X(CPTR_WRITE, 34, OTHER) \
+    X(ZCR_WRITE, 35, OTHER) \
+    X(FPSIMD_SAVE, 36, SAVE) \
+    X(FPSIMD_LOAD, 37, RESTORE) \
+    X(SVE_SAVE, 38, SAVE) \
+    X(SVE_LOAD, 39, RESTORE) \
+    X(SMCR_WRITE, 40, OTHER) \
+    X(SVCR_WRITE, 41, OTHER)    /* MSR SVCR / SMSTART / SMSTOP */ \
+    X(SME_SAVE, 42, BUFFER)     /* ZA (and ZT0): the kernel's sme_save_za sequence */ \
+    X(SME_LOAD, 43, BUFFER)
 
-#define FTR_FLAG_PL_MASK        0x003   /* CPL (x86) or EL (arm64) */
-#define FTR_FLAG_L2             0x004   /* executed inside the nested guest */
-#define FTR_FLAG_FORM64         0x008   /* REX.W form (xsave64, ...) */
-#define FTR_FLAG_TASK_VALID     0x010
-#define FTR_FLAG_MEM_VALID      0x020   /* memory accesses were observed */
-#define FTR_FLAG_REGS_VALID     0x040
-#define FTR_FLAG_KERNEL_SIMD    0x080   /* kernel code used FP/SIMD since the last event */
-#define FTR_FLAG_REGS_AFTER_VALID 0x100 /* regs_after_hash was read */
-#define FTR_FLAG_QUIET          0x200   /* user return: no FP activity since the entry */
-#define FTR_FLAG_NO_ENTRY       0x400   /* user return: no entry seen on this vCPU before */
-#define FTR_FLAG_PRIOR_VALID    0x800   /* save: aux holds the buffer's content hash before it */
-#define FTR_FLAG_ADDR_UNVERIFIED 0x1000 /* no memory access fell in the area at addr: the
-                                         * content hashes and byte counts are not valid */
-/* How the save/restore's effective address was formed (version 3). */
-#define FTR_FLAG_ADDR_SIZE_MASK 0x6000
+#define FTR_KIND_MAX 64
+
+#define FTR_DEFINE_KIND(name, number, role) FTR_KIND_##name = number,
+enum ftr_kind { FTR_KINDS(FTR_DEFINE_KIND) };
+
+enum ftr_kind_role { FTR_ROLE_OTHER, FTR_ROLE_SAVE, FTR_ROLE_RESTORE, FTR_ROLE_BUFFER };
+
+#define FTR_KIND_ROLE_CASE(name, number, role) case number: return FTR_ROLE_##role;
+static inline enum ftr_kind_role ftr_kind_role(unsigned int kind)
+{
+    switch (kind) {
+    FTR_KINDS(FTR_KIND_ROLE_CASE)
+    default:
+        return FTR_ROLE_OTHER;
+    }
+}
+
+/*
+ * What a probe event's function does to FPU state (event field `index`):
+ * X(name, number). The recorder maps kernel symbols to these
+ * (fputrace/kernel/probes.py).
+ */
+#define FTR_PROBES(X) \
+    X(FORK_COPY, 1)             /* fpu_clone / fpu__copy: arg0 = child task */ \
+    X(EXEC_RESET, 2)            /* fpu_flush_thread / fpu__clear_all */ \
+    X(TASK_EXIT, 3)             /* exit_thread: the task's FPU context ends */ \
+    X(SIGFRAME_SAVE, 4)         /* copy_fpstate_to_sigframe */ \
+    X(SIGRETURN, 5)             /* fpu__restore_sig */ \
+    X(REGSET_SET, 6)            /* xstateregs_set, xfpregs_set, fpregs_set */ \
+    X(KVM_FPSTATE_ALLOC, 7)     /* fpu_alloc_guest_fpstate */ \
+    X(KVM_FPSTATE_FREE, 8)      /* fpu_free_guest_fpstate */ \
+    X(KVM_UABI_SET, 9)          /* KVM_SET_XSAVE(2)/KVM_SET_FPU copies into guest state */ \
+    X(KVM_UABI_GET, 10)         /* KVM_GET_XSAVE(2)/KVM_GET_FPU copies out of it */ \
+    X(KFPU_BEGIN, 11)           /* kernel_fpu_begin_mask / kernel_fpu_begin */ \
+    X(KFPU_END, 12)             /* kernel_fpu_end */ \
+    X(KVM_VCPU_RESET, 13)       /* kvm_vcpu_reset: guest FPU state reset */ \
+    X(KVM_EMULATE_SSE, 14)      /* instruction emulation writing guest SSE registers */ \
+    X(FPSTATE_FREE, 15)         /* fpstate_free */ \
+    X(RESTORE_FAULT, 16)        /* a faulting restore: the init state is loaded instead */ \
+    X(KVM_LOAD_FP, 17)          /* arm64 kvm_arch_vcpu_load_fp: a vCPU is loaded */ \
+    X(KVM_PUT_FP, 18)           /* arm64 kvm_arch_vcpu_put_fp: a vCPU is put */
+
+#define FTR_PROBE_MAX 32
+
+#define FTR_DEFINE_PROBE(name, number) FTR_PROBE_##name = number,
+enum ftr_probe { FTR_PROBES(FTR_DEFINE_PROBE) };
+
+/* Event flags: X(name, value) */
+#define FTR_FLAGS(X) \
+    X(PL_MASK, 0x003)           /* CPL (x86) or EL (arm64) */ \
+    X(L2, 0x004)                /* executed inside the nested guest */ \
+    X(FORM64, 0x008)            /* REX.W form (xsave64, ...) */ \
+    X(TASK_VALID, 0x010) \
+    X(MEM_VALID, 0x020)         /* memory accesses were observed */ \
+    X(REGS_VALID, 0x040) \
+    X(KERNEL_SIMD, 0x080)       /* kernel code used FP/SIMD since the last event */ \
+    X(REGS_AFTER_VALID, 0x100)  /* regs_after_hash was read */ \
+    X(QUIET, 0x200)             /* user return: no FP activity since the entry */ \
+    X(NO_ENTRY, 0x400)          /* user return: no entry seen on this vCPU before */ \
+    X(PRIOR_VALID, 0x800)       /* save: aux holds the buffer's content hash before it */ \
+    X(ADDR_UNVERIFIED, 0x1000)  /* no memory access fell in the area at addr: the \
+                                 * content hashes and byte counts are not valid */ \
+    X(ADDR_SIZE_MASK, 0x6000)   /* how the effective address was formed (version 3): \
+                                 * enum ftr_addr_size, from bit 13 */ \
+    X(ADDR_HYP, 0x8000)         /* arm64: an nVHE hypervisor address, given as the \
+                                 * kernel address of the same memory */ \
+    X(GUEST_FP_TRAPPED, 0x10000) /* arm64 VM entry/exit: the guest ran with its FP/SIMD \
+                                  * access trapped to EL2: the registers were not its */
+
+#define FTR_DEFINE_FLAG(name, value) FTR_FLAG_##name = value,
+enum ftr_flag { FTR_FLAGS(FTR_DEFINE_FLAG) };
+
 #define FTR_FLAG_ADDR_SIZE_SHIFT 13
-#define FTR_FLAG_ADDR_HYP       0x8000  /* arm64: an nVHE hypervisor address, given as the
-                                         * kernel address of the same memory */
-#define FTR_FLAG_GUEST_FP_TRAPPED 0x10000 /* arm64 VM entry/exit: the guest ran with its FP/SIMD
-                                         * access trapped to EL2: the registers were not its */
-enum ftr_addr_size {
-    FTR_ADDR_64 = 0,            /* 64-bit mode */
-    FTR_ADDR_32 = 1,            /* 32-bit addressing: protected or compatibility mode, or 0x67 */
-    FTR_ADDR_16 = 2,            /* 16-bit addressing: real, virtual-8086, 16-bit segments */
-};
+
+/* X(name, number) */
+#define FTR_ADDR_SIZES(X) \
+    X(64, 0)                    /* 64-bit mode */ \
+    X(32, 1)                    /* 32-bit addressing: protected or compatibility mode, or 0x67 */ \
+    X(16, 2)                    /* 16-bit addressing: real, virtual-8086, 16-bit segments */
+
+#define FTR_DEFINE_ADDR_SIZE(name, number) FTR_ADDR_##name = number,
+enum ftr_addr_size { FTR_ADDR_SIZES(FTR_DEFINE_ADDR_SIZE) };
 
 /* Kernel text lies in the top 2 GiB: a SIMD pc is stored as its low half. */
 #define FTR_KERNEL_TEXT_HIGH    0xffffffff00000000ull
 
-struct ftr_event {
-    uint64_t seq;
-    uint64_t pc;
-    uint64_t task;
-    uint64_t addr;
-    uint64_t value;
-    uint64_t xcr0;
-    uint64_t mem_hash;          /* content bytes below 832: x87, SSE, AVX */
-    uint64_t mem_legacy_hash;   /* content bytes below 512: x87, SSE */
-    uint64_t mem_ext_hash;      /* content bytes from 832: MPX, AVX-512, PKRU... */
-    uint64_t regs_hash;         /* register file before the instruction */
-    uint64_t regs_after_hash;   /* restores: register file right after it */
-    uint64_t xstate_bv;         /* XSTATE_BV stored (save) or loaded (restore) */
-    uint64_t aux;
-    uint32_t index;
-    uint32_t mem_bytes;
-    uint32_t mem_features;
-    uint32_t flags;
-    uint16_t vcpu;
-    uint8_t kind;
-    uint8_t reserved8;
-    uint32_t simd_pc;           /* KERNEL_SIMD: low half of the last such pc */
-};
+/* The records: X(type, name, array dimension or nothing) */
+#define FTR_EVENT_FIELDS(X) \
+    X(uint64_t, seq, ) \
+    X(uint64_t, pc, ) \
+    X(uint64_t, task, ) \
+    X(uint64_t, addr, ) \
+    X(uint64_t, value, ) \
+    X(uint64_t, xcr0, ) \
+    X(uint64_t, mem_hash, )             /* content bytes below 832: x87, SSE, AVX */ \
+    X(uint64_t, mem_legacy_hash, )      /* content bytes below 512: x87, SSE */ \
+    X(uint64_t, mem_ext_hash, )         /* content bytes from 832: MPX, AVX-512, PKRU... */ \
+    X(uint64_t, regs_hash, )            /* register file before the instruction */ \
+    X(uint64_t, regs_after_hash, )      /* restores: register file right after it */ \
+    X(uint64_t, xstate_bv, )            /* XSTATE_BV stored (save) or loaded (restore) */ \
+    X(uint64_t, aux, ) \
+    X(uint32_t, index, ) \
+    X(uint32_t, mem_bytes, ) \
+    X(uint32_t, mem_features, ) \
+    X(uint32_t, flags, ) \
+    X(uint16_t, vcpu, ) \
+    X(uint8_t, kind, ) \
+    X(uint8_t, reserved8, ) \
+    X(uint32_t, simd_pc, )              /* KERNEL_SIMD: low half of the last such pc */
 
-struct ftr_task {
-    uint64_t seq;
-    uint64_t task;
-    uint32_t pid;
-    uint32_t tgid;
-    char comm[16];
-    uint16_t vcpu;
-    uint16_t flags;
-    uint32_t reserved;
-};
+#define FTR_TASK_FIELDS(X) \
+    X(uint64_t, seq, ) \
+    X(uint64_t, task, ) \
+    X(uint32_t, pid, ) \
+    X(uint32_t, tgid, ) \
+    X(char, comm, [16]) \
+    X(uint16_t, vcpu, ) \
+    X(uint16_t, flags, ) \
+    X(uint32_t, reserved, )
 
-struct ftr_block_header {
-    uint32_t magic;
-    uint16_t type;
-    uint16_t vcpu;
-    uint32_t count;
-    uint32_t payload_size;
-    uint32_t crc32;             /* CRC-32C of the payload */
-    uint32_t header_crc32;      /* CRC-32C of the 20 bytes above (version 3) */
-};
+#define FTR_BLOCK_HEADER_FIELDS(X) \
+    X(uint32_t, magic, ) \
+    X(uint16_t, type, ) \
+    X(uint16_t, vcpu, ) \
+    X(uint32_t, count, ) \
+    X(uint32_t, payload_size, ) \
+    X(uint32_t, crc32, )                /* CRC-32C of the payload */ \
+    X(uint32_t, header_crc32, )         /* CRC-32C of the 20 bytes above (version 3) */
 
 /*
  * The file header's fixed part; identity strings follow it. header_crc32 is
  * the CRC-32C of the whole header (header_size bytes, padding included) with
  * this field taken as zero (version 3; 0 in version 2).
  */
-struct ftr_file_header {
-    char magic[8];
-    uint16_t version;
-    uint16_t min_reader_version;
-    uint32_t header_size;
-    uint64_t features;
-    uint16_t arch;
-    uint16_t event_size;
-    uint16_t task_size;
-    uint16_t reserved;
-    uint32_t plugin_api;
-    uint32_t header_crc32;
-};
+#define FTR_FILE_HEADER_FIELDS(X) \
+    X(char, magic, [8]) \
+    X(uint16_t, version, ) \
+    X(uint16_t, min_reader_version, ) \
+    X(uint32_t, header_size, ) \
+    X(uint64_t, features, ) \
+    X(uint16_t, arch, ) \
+    X(uint16_t, event_size, ) \
+    X(uint16_t, task_size, ) \
+    X(uint16_t, reserved, ) \
+    X(uint32_t, plugin_api, ) \
+    X(uint32_t, header_crc32, )
 
-struct ftr_footer {
-    uint64_t events_total;
-    uint64_t tasks_total;
-    uint64_t blocks_total;
-    uint64_t write_errors;
-    uint64_t events_by_kind[FTR_KIND_MAX];
-};
+#define FTR_FOOTER_FIELDS(X) \
+    X(uint64_t, events_total, ) \
+    X(uint64_t, tasks_total, ) \
+    X(uint64_t, blocks_total, ) \
+    X(uint64_t, write_errors, ) \
+    X(uint64_t, events_by_kind, [FTR_KIND_MAX])
+
+#define FTR_DECLARE_FIELD(type, name, dim) type name dim;
+
+struct ftr_event { FTR_EVENT_FIELDS(FTR_DECLARE_FIELD) };
+struct ftr_task { FTR_TASK_FIELDS(FTR_DECLARE_FIELD) };
+struct ftr_block_header { FTR_BLOCK_HEADER_FIELDS(FTR_DECLARE_FIELD) };
+struct ftr_file_header { FTR_FILE_HEADER_FIELDS(FTR_DECLARE_FIELD) };
+struct ftr_footer { FTR_FOOTER_FIELDS(FTR_DECLARE_FIELD) };
 
 _Static_assert(sizeof(struct ftr_event) == 128, "event record is 128 bytes");
 _Static_assert(sizeof(struct ftr_task) == 48, "task record is 48 bytes");

@@ -1,10 +1,12 @@
-"""Writes synthetic traces in the real binary format (docs/trace-format.md).
+"""Writes synthetic traces in the real binary format (docs/trace-format.md):
+the one trace writer in Python, for the tests and the benchmarks.
 
-The layouts are spelled out here with struct format strings, independently of
-the reader's numpy dtypes, so that a mistake on either side shows up as a
-test failure rather than agreeing with itself. Blocks are laid out the way
-the plugin writes them: per-vCPU buffers flushed when full (task block
-first), the rest at exit, then the footer.
+The records, numbers and flags are fputrace.trace.format's, which
+tests/test_format_abi.py checks entry for entry against plugin/ftr-format.h,
+the plugin's own definition. Only the CRC-32C is written out again here, as
+an oracle of the reader's. Blocks are laid out the way the plugin writes
+them: per-vCPU buffers flushed when full (task block first), the rest at
+exit, then the footer.
 
 bench/scale writes its large traces with the same functions (header(),
 block_bytes(), footer_block()), passing a fast CRC-32C: a format change that
@@ -18,10 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-EVENT_STRUCT = struct.Struct("<QQQQQQQQQQQQQIIIIHBBI")  # 128 bytes
-TASK_STRUCT = struct.Struct("<QQII16sHHI")  # 48 bytes
-FOOTER_STRUCT = struct.Struct("<QQQQ64Q")  # 544 bytes
-BLOCK_MAGIC = 0x4B425446
+from fputrace.trace import format as fmt
 
 
 def _crc32c_table() -> list[int]:
@@ -47,18 +46,23 @@ def crc32c(data: bytes) -> int:
 
 Crc = Callable[[bytes], int]
 
-# Kind numbers as docs/trace-format.md lists them.
-XSAVE, XSAVEOPT, XSAVEC, XSAVES, XRSTOR, XRSTORS, FXSAVE, FXRSTOR = 1, 2, 3, 4, 5, 6, 7, 8
-XSETBV, WRMSR_XFD, WRMSR_XFD_ERR, WRMSR, VM_ENTRY, VM_EXIT = 9, 10, 11, 12, 13, 14
-USER_ENTRY, USER_RETURN, PROBE = 15, 16, 17
-F_L2, F_FORM64, F_TASK, F_MEM, F_REGS = 0x04, 0x08, 0x10, 0x20, 0x40
-F_KSIMD, F_AFTER, F_QUIET, F_NO_ENTRY = 0x80, 0x100, 0x200, 0x400
-F_PRIOR, F_ADDR_UNVERIFIED = 0x800, 0x1000
-# Probe numbers (a PROBE event's index), as docs/trace-format.md lists them.
-P_FORK_COPY, P_EXEC_RESET, P_TASK_EXIT, P_SIGFRAME_SAVE, P_SIGRETURN, P_REGSET_SET = range(1, 7)
-P_KVM_FPSTATE_ALLOC, P_KVM_FPSTATE_FREE, P_KVM_UABI_SET, P_KVM_UABI_GET = 7, 8, 9, 10
-P_KFPU_BEGIN, P_KFPU_END, P_KVM_VCPU_RESET, P_KVM_EMULATE_SSE, P_FPSTATE_FREE = range(11, 16)
-P_RESTORE_FAULT = 16
+# Short names for the tests' scenarios.
+K, F, P = fmt.Kind, fmt.Flag, fmt.Probe
+XSAVE, XSAVEOPT, XSAVEC, XSAVES = K.XSAVE, K.XSAVEOPT, K.XSAVEC, K.XSAVES
+XRSTOR, XRSTORS, FXSAVE, FXRSTOR = K.XRSTOR, K.XRSTORS, K.FXSAVE, K.FXRSTOR
+XSETBV, WRMSR_XFD, WRMSR_XFD_ERR, WRMSR = K.XSETBV, K.WRMSR_XFD, K.WRMSR_XFD_ERR, K.WRMSR
+VM_ENTRY, VM_EXIT, USER_ENTRY, USER_RETURN, PROBE = (K.VM_ENTRY, K.VM_EXIT, K.USER_ENTRY,
+                                                     K.USER_RETURN, K.PROBE)
+F_L2, F_FORM64, F_TASK, F_MEM, F_REGS = F.L2, F.FORM64, F.TASK_VALID, F.MEM_VALID, F.REGS_VALID
+F_KSIMD, F_AFTER, F_QUIET, F_NO_ENTRY = F.KERNEL_SIMD, F.REGS_AFTER_VALID, F.QUIET, F.NO_ENTRY
+F_PRIOR, F_ADDR_UNVERIFIED = F.PRIOR_VALID, F.ADDR_UNVERIFIED
+P_FORK_COPY, P_EXEC_RESET, P_TASK_EXIT = P.FORK_COPY, P.EXEC_RESET, P.TASK_EXIT
+P_SIGFRAME_SAVE, P_SIGRETURN, P_REGSET_SET = P.SIGFRAME_SAVE, P.SIGRETURN, P.REGSET_SET
+P_KVM_FPSTATE_ALLOC, P_KVM_FPSTATE_FREE = P.KVM_FPSTATE_ALLOC, P.KVM_FPSTATE_FREE
+P_KVM_UABI_SET, P_KVM_UABI_GET = P.KVM_UABI_SET, P.KVM_UABI_GET
+P_KFPU_BEGIN, P_KFPU_END, P_KVM_VCPU_RESET = P.KFPU_BEGIN, P.KFPU_END, P.KVM_VCPU_RESET
+P_KVM_EMULATE_SSE, P_FPSTATE_FREE, P_RESTORE_FAULT = (P.KVM_EMULATE_SSE, P.FPSTATE_FREE,
+                                                      P.RESTORE_FAULT)
 
 
 @dataclass
@@ -85,7 +89,7 @@ class Ev:
     simd_pc: int = 0
 
     def pack(self) -> bytes:
-        return EVENT_STRUCT.pack(self.seq, self.pc, self.task, self.addr, self.value, self.xcr0,
+        return fmt.EVENT_STRUCT.pack(self.seq, self.pc, self.task, self.addr, self.value, self.xcr0,
                                  self.mem_hash, self.mem_legacy_hash, self.mem_ext_hash,
                                  self.regs_hash, self.regs_after_hash, self.xstate_bv, self.aux,
                                  self.index, self.mem_bytes, self.mem_features, self.flags,
@@ -102,7 +106,7 @@ class Task:
     vcpu: int = 0
 
     def pack(self) -> bytes:
-        return TASK_STRUCT.pack(self.seq, self.task, self.pid, self.tgid,
+        return fmt.TASK_STRUCT.pack(self.seq, self.task, self.pid, self.tgid,
                                 self.comm.encode()[:15], self.vcpu, 0, 0)
 
 
@@ -110,16 +114,17 @@ def block_bytes(btype: int, vcpu: int, count: int, payload: bytes, version: int 
                 crc: Crc = crc32c) -> bytes:
     """A block: its header (from version 3 with its own checksum over its
     first 20 bytes) and payload."""
-    head = struct.pack("<IHHIII", BLOCK_MAGIC, btype, vcpu, count, len(payload), crc(payload))
+    head = fmt.BLOCK_HEADER_STRUCT.pack(fmt.BLOCK_MAGIC, btype, vcpu, count, len(payload),
+                                        crc(payload), 0)[:fmt.BLOCK_HEADER_CRC_COVERS]
     return head + struct.pack("<I", crc(head) if version >= 3 else 0) + payload
 
 
 def footer_block(events_total: int, tasks_total: int, blocks_total: int,
                  events_by_kind: Sequence[int], version: int = 3, crc: Crc = crc32c) -> bytes:
-    """The footer block: totals and events per kind (64 counters)."""
-    payload = FOOTER_STRUCT.pack(events_total, tasks_total, blocks_total, 0,
-                                 *events_by_kind, *[0] * (64 - len(events_by_kind)))
-    return block_bytes(3, 0, 1, payload, version, crc)
+    """The footer block: totals and events per kind (KIND_MAX counters)."""
+    payload = fmt.FOOTER_STRUCT.pack(events_total, tasks_total, blocks_total, 0, *events_by_kind,
+                                     *[0] * (fmt.KIND_MAX - len(events_by_kind)))
+    return block_bytes(fmt.BlockType.FOOTER, 0, 1, payload, version, crc)
 
 
 def block(btype: int, vcpu: int, records: list[bytes], version: int = 3) -> bytes:
@@ -131,14 +136,16 @@ def header(version: int = 3, min_reader: int = 2, arch: int = 1, features: int =
            magic: bytes = b"FPUTRACE", crc: Crc = crc32c) -> bytes:
     strings = b"".join(struct.pack("<H", len(s.encode())) + s.encode()
                        for s in (qemu, kernel, args))
-    size = 40 + len(strings)
+    size = fmt.HEADER_FIXED_SIZE + len(strings)
     size += -size % 8
-    fixed = struct.pack("<8sHHIQHHHHII", magic, version, min_reader, size, features, arch, 128,
-                        48, 0, 4, 0)
+    fixed = fmt.FILE_HEADER_STRUCT.pack(magic, version, min_reader, size, features, arch,
+                                        fmt.EVENT_DTYPE.itemsize, fmt.TASK_DTYPE.itemsize, 0, 4,
+                                        0)
     whole = (fixed + strings).ljust(size, b"\0")
     if version >= 3:
         # The checksum of the whole header, taken while its own field is zero.
-        whole = whole[:36] + struct.pack("<I", crc(whole)) + whole[40:]
+        at = fmt.HEADER_CRC_OFFSET
+        whole = whole[:at] + struct.pack("<I", crc(whole)) + whole[at + 4:]
     return whole
 
 
@@ -176,11 +183,13 @@ class TraceBuilder:
         def flush(vcpu: int) -> None:
             nonlocal blocks
             if task_buf.get(vcpu):
-                out.extend(block(2, vcpu, [t.pack() for t in task_buf[vcpu]], version))
+                out.extend(block(fmt.BlockType.TASKS, vcpu, [t.pack() for t in task_buf[vcpu]],
+                                 version))
                 task_buf[vcpu] = []
                 blocks += 1
             if ev_buf.get(vcpu):
-                out.extend(block(1, vcpu, [e.pack() for e in ev_buf[vcpu]], version))
+                out.extend(block(fmt.BlockType.EVENTS, vcpu, [e.pack() for e in ev_buf[vcpu]],
+                                 version))
                 ev_buf[vcpu] = []
                 blocks += 1
 
@@ -196,7 +205,7 @@ class TraceBuilder:
         for vcpu in sorted(set(ev_buf) | set(task_buf)):
             flush(vcpu)
         if footer:
-            by_kind = [0] * 64
+            by_kind = [0] * fmt.KIND_MAX
             for e in self.events:
                 by_kind[e.kind] += 1
             total = len(self.events) if footer_events_total is None else footer_events_total

@@ -26,23 +26,8 @@
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
 
-enum {
-    KIND_PROBE = FTR_KIND_PROBE, KIND_USER_ENTRY = FTR_KIND_USER_ENTRY,
-    KIND_USER_RETURN = FTR_KIND_USER_RETURN,
-    KIND_XSAVE = FTR_KIND_XSAVE, KIND_XSAVEOPT = FTR_KIND_XSAVEOPT, KIND_XSAVEC = FTR_KIND_XSAVEC,
-    KIND_XSAVES = FTR_KIND_XSAVES, KIND_XRSTOR = FTR_KIND_XRSTOR, KIND_XRSTORS = FTR_KIND_XRSTORS,
-    KIND_FXSAVE = FTR_KIND_FXSAVE, KIND_FXRSTOR = FTR_KIND_FXRSTOR,
-    KIND_VM_ENTRY = FTR_KIND_VM_ENTRY, KIND_VM_EXIT = FTR_KIND_VM_EXIT,
-    KIND_FPSIMD_SAVE = FTR_KIND_FPSIMD_SAVE, KIND_FPSIMD_LOAD = FTR_KIND_FPSIMD_LOAD,
-    KIND_SVE_SAVE = FTR_KIND_SVE_SAVE, KIND_SVE_LOAD = FTR_KIND_SVE_LOAD,
-};
+_Static_assert(FPA_NKIND == FTR_KIND_MAX, "a table row per kind number");
 
-#define FLAG_L2             FTR_FLAG_L2
-#define FLAG_TASK_VALID     FTR_FLAG_TASK_VALID
-#define FLAG_MEM_VALID      FTR_FLAG_MEM_VALID
-#define FLAG_REGS_VALID     FTR_FLAG_REGS_VALID
-#define FLAG_KERNEL_SIMD    FTR_FLAG_KERNEL_SIMD
-#define FLAG_AFTER_VALID    FTR_FLAG_REGS_AFTER_VALID
 
 /*
  * A task's fpstate lies inside its task_struct allocation (struct fpu ends
@@ -234,21 +219,20 @@ static void cpu_take(struct cpu_state *cs, const struct ftr_event *e, int8_t ctx
     cs->live_since = i;
 }
 
+/* The kinds' roles are ftr-format.h's (FTR_KINDS). */
 static inline int is_save(uint8_t k)
 {
-    return k == KIND_XSAVE || k == KIND_XSAVEOPT || k == KIND_XSAVEC || k == KIND_XSAVES ||
-           k == KIND_FXSAVE || k == KIND_FPSIMD_SAVE || k == KIND_SVE_SAVE;
+    return ftr_kind_role(k) == FTR_ROLE_SAVE;
 }
 
 static inline int is_restore(uint8_t k)
 {
-    return k == KIND_XRSTOR || k == KIND_XRSTORS || k == KIND_FXRSTOR ||
-           k == KIND_FPSIMD_LOAD || k == KIND_SVE_LOAD;
+    return ftr_kind_role(k) == FTR_ROLE_RESTORE;
 }
 
 static inline uint64_t covers(const struct ftr_event *e)
 {
-    return (e->kind == KIND_FXSAVE || e->kind == KIND_FXRSTOR) ? 3 : e->value & e->xcr0;
+    return (e->kind == FTR_KIND_FXSAVE || e->kind == FTR_KIND_FXRSTOR) ? 3 : e->value & e->xcr0;
 }
 
 /* ---- the report's tables, filled during classification ---- */
@@ -362,7 +346,7 @@ static int agg_event(struct agg *a, const struct ftr_event *e, int64_t ident,
                      uint64_t **pc_row, uint64_t **task_row)
 {
     uint8_t k = e->kind < FPA_NKIND ? e->kind : 0;
-    int l2 = !!(e->flags & FLAG_L2);
+    int l2 = !!(e->flags & FTR_FLAG_L2);
     uint64_t *pr = keyed_row(&a->pcs, e->pc), *tr = keyed_row(&a->tasks, (uint64_t)ident);
 
     if (!pr || !tr) {
@@ -379,7 +363,7 @@ static int agg_event(struct agg *a, const struct ftr_event *e, int64_t ident,
     a->small[FPA_S_LEVEL_KIND + l2 * FPA_NKIND + k]++;
     pr[k]++;
     tr[k]++;
-    if (k == KIND_VM_ENTRY && !l2) {
+    if (k == FTR_KIND_VM_ENTRY && !l2) {
         /* By task announcement: a task_struct is reused once its task exits. */
         uint64_t *orow = keyed_row(&a->optasks, (uint64_t)ident);
         uint64_t *vrow = keyed_row(&a->vmcbs, vcpu_id(e->addr, ident));
@@ -418,7 +402,7 @@ static int agg_classified(struct agg *a, const struct ftr_event *e, int64_t iden
                           uint64_t *pr, uint64_t *tr, uint8_t c, uint8_t why, int8_t ctx,
                           uint64_t vmcb)
 {
-    int l2 = !!(e->flags & FLAG_L2);
+    int l2 = !!(e->flags & FTR_FLAG_L2);
     int save = is_save(e->kind);
     int redundant = c == FPA_REDUNDANT_SAVE || c == FPA_REDUNDANT_RESTORE;
     uint64_t *fr = keyed_row(&a->feats, e->mem_features);
@@ -605,8 +589,8 @@ uint64_t fpa_fpu_buffer_offset(const struct ftr_event *ev, size_t n)
             const struct ftr_event *e = &ev[i];
             uint64_t off = e->addr - e->task;
 
-            if (!(is_save(e->kind) || is_restore(e->kind)) || !(e->flags & FLAG_TASK_VALID) ||
-                (e->flags & FLAG_L2) ||
+            if (!(is_save(e->kind) || is_restore(e->kind)) || !(e->flags & FTR_FLAG_TASK_VALID) ||
+                (e->flags & FTR_FLAG_L2) ||
                 e->addr <= e->task || off >= TASK_STRUCT_SPAN) {
                 continue;
             }
@@ -712,7 +696,7 @@ static int on_vm_entry(struct classify *c, struct cpu_state *cs, size_t i)
 static void on_user_boundary(struct cpu_state *cs, const struct ftr_event *e, size_t i)
 {
     cs->live_vmcb = 0;
-    if (e->flags & FLAG_TASK_VALID) {
+    if (e->flags & FTR_FLAG_TASK_VALID) {
         cs->live = LIVE_TASK;
         cs->live_task = e->task;
         cs->live_since = (int64_t)i;
@@ -787,7 +771,7 @@ static int8_t op_context(const struct classify *c, const struct ftr_event *e)
     if (a->init_hi && e->addr >= a->init_lo && e->addr < a->init_hi) {
         return FPA_CTX_INIT;
     }
-    if (e->addr < USER_LIMIT && (e->flags & FLAG_TASK_VALID)) {
+    if (e->addr < USER_LIMIT && (e->flags & FTR_FLAG_TASK_VALID)) {
         return FPA_CTX_SIGNAL_FRAME;
     }
     return FPA_CTX_TASK;
@@ -852,7 +836,7 @@ static int op_confirm_overwrite(struct classify *c, struct buf_state *bs, size_t
         return 0;
     }
     bs->pending_overwrite = -1;
-    if (is_save(e->kind) || !(e->flags & FLAG_AFTER_VALID) ||
+    if (is_save(e->kind) || !(e->flags & FTR_FLAG_REGS_AFTER_VALID) ||
         e->regs_after_hash != bs->pending_sync) {
         return 0;
     }
@@ -887,7 +871,7 @@ static void save_classify(struct classify *c, const struct buf_state *bs, size_t
     int64_t q = bs->last_op;
 
     if (q < 0) {
-        if ((e->flags & FTR_FLAG_PRIOR_VALID) && (e->flags & FLAG_MEM_VALID)) {
+        if ((e->flags & FTR_FLAG_PRIOR_VALID) && (e->flags & FTR_FLAG_MEM_VALID)) {
             /* The plugin read the buffer before this first save to it. */
             a->cls[i] = e->aux == e->mem_hash ? FPA_REDUNDANT_SAVE : FPA_NECESSARY;
         } else {
@@ -910,7 +894,7 @@ static void save_classify(struct classify *c, const struct buf_state *bs, size_t
          * halves included: a restore whose XSTATE_BV leaves AVX out loaded
          * them in their init state.
          */
-        int both_read = (e->flags & FLAG_REGS_VALID) && (eq->flags & FLAG_AFTER_VALID);
+        int both_read = (e->flags & FTR_FLAG_REGS_VALID) && (eq->flags & FTR_FLAG_REGS_AFTER_VALID);
         uint64_t avx = e->mem_hash - e->mem_legacy_hash;
         uint64_t avx_q = (eq->xstate_bv & 4) ? eq->mem_hash - eq->mem_legacy_hash
                                              : c->avx_init_hash;
@@ -944,7 +928,7 @@ static void restore_classify(struct classify *c, struct cpu_state *cs, int8_t my
     const struct ftr_event *e = &c->ev[i];
     int64_t p = cs->last_op;
     int has_p = p >= 0;
-    int regs_ok = !!(e->flags & FLAG_REGS_VALID), after_ok = !!(e->flags & FLAG_AFTER_VALID);
+    int regs_ok = !!(e->flags & FTR_FLAG_REGS_VALID), after_ok = !!(e->flags & FTR_FLAG_REGS_AFTER_VALID);
     int known = has_p && cs->sync_ok && regs_ok;
     int modified = known && e->regs_hash != cs->sync;
     int owner_same = has_p && cs->owner_known && cs->owner == e->addr;
@@ -1010,7 +994,7 @@ static int on_operation(struct classify *c, struct cpu_state *cs, size_t i)
         return -1;
     }
     if (save) {
-        if (!fork_copy && my_ctx != FPA_CTX_INIT && (e->flags & FLAG_TASK_VALID)) {
+        if (!fork_copy && my_ctx != FPA_CTX_INIT && (e->flags & FTR_FLAG_TASK_VALID)) {
             save_check_foreign(c, cs, e, i);
         }
         a->guest_of[i] = cs->live == LIVE_TASK ? cs->live_vmcb : 0;
@@ -1044,7 +1028,7 @@ static int on_operation(struct classify *c, struct cpu_state *cs, size_t i)
     }
     cs->last_op = (int64_t)i;
     cs->sync = save ? e->regs_hash : e->regs_after_hash;
-    cs->sync_ok = !!(e->flags & (save ? FLAG_REGS_VALID : FLAG_AFTER_VALID));
+    cs->sync_ok = !!(e->flags & (save ? FTR_FLAG_REGS_VALID : FTR_FLAG_REGS_AFTER_VALID));
     cs->kernel_simd = 0;
     cs->sigreturn = 0;
     bs->last_op = (int64_t)i;
@@ -1066,7 +1050,7 @@ static int classify_ident(struct classify *c, size_t *ti, size_t i)
         c->task_announcement[slot] = (int64_t)(*ti)++;
     }
     a->ident[i] = -1;
-    if (e->flags & FLAG_TASK_VALID) {
+    if (e->flags & FTR_FLAG_TASK_VALID) {
         uint32_t ts = map_get(&c->task_map, e->task);
         if (ts != UINT32_MAX) {
             a->ident[i] = c->task_announcement[ts];
@@ -1086,9 +1070,9 @@ static uint8_t op_unjudged(const struct ftr_event *e)
     if (!is_save(e->kind) && !is_restore(e->kind)) {
         return FPA_WHY_NONE;
     }
-    return (e->flags & FLAG_L2) ? FPA_NESTED_GUEST
+    return (e->flags & FTR_FLAG_L2) ? FPA_NESTED_GUEST
          : (e->flags & FTR_FLAG_PL_MASK) == 3 ? FPA_USER_MODE
-         : !(e->flags & FLAG_MEM_VALID) ? FPA_NO_MEMORY_ACCESS : FPA_WHY_NONE;
+         : !(e->flags & FTR_FLAG_MEM_VALID) ? FPA_NO_MEMORY_ACCESS : FPA_WHY_NONE;
 }
 
 static int classify_event(struct classify *c, size_t *ti, size_t i)
@@ -1116,21 +1100,21 @@ static int classify_event(struct classify *c, size_t *ti, size_t i)
             return -1;
         }
     }
-    if (!(e->flags & FLAG_L2)) {
-        if (e->flags & FLAG_KERNEL_SIMD) {
+    if (!(e->flags & FTR_FLAG_L2)) {
+        if (e->flags & FTR_FLAG_KERNEL_SIMD) {
             on_kernel_simd(cs);
         }
         switch (e->kind) {
-        case KIND_VM_ENTRY:
+        case FTR_KIND_VM_ENTRY:
             if (on_vm_entry(c, cs, i) < 0) {
                 return -1;
             }
             break;
-        case KIND_USER_ENTRY:
-        case KIND_USER_RETURN:
+        case FTR_KIND_USER_ENTRY:
+        case FTR_KIND_USER_RETURN:
             on_user_boundary(cs, e, i);
             break;
-        case KIND_PROBE:
+        case FTR_KIND_PROBE:
             on_probe(c, cs, e);
             break;
         default:
@@ -1274,10 +1258,10 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
         unsigned cpu = e->vcpu % FPA_NCPU;
 
         switch (e->kind) {
-        case KIND_USER_ENTRY:
+        case FTR_KIND_USER_ENTRY:
             rel = 1;
             break;
-        case KIND_USER_RETURN: {
+        case FTR_KIND_USER_RETURN: {
             int64_t k = key_of(ident, key_of_ident, i) + 1;
             if (e->flags & FTR_FLAG_QUIET) {
                 o->quiet_per_key[k]++;
@@ -1290,7 +1274,7 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
             last_return[k] = (int64_t)i;
             break;
         }
-        case KIND_PROBE:
+        case FTR_KIND_PROBE:
             if (e->index == FTR_PROBE_FORK_COPY) {
                 saves_since_fork[cpu] = 0;
             } else if (e->index == FTR_PROBE_KFPU_BEGIN) {
@@ -1298,9 +1282,9 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
             }
             rel = e->index < 64 && (probe_mask >> e->index & 1);
             break;
-        case KIND_VM_ENTRY:
-        case KIND_VM_EXIT: {
-            if (e->kind == KIND_VM_ENTRY && (e->flags & FLAG_L2)) {
+        case FTR_KIND_VM_ENTRY:
+        case FTR_KIND_VM_EXIT: {
+            if (e->kind == FTR_KIND_VM_ENTRY && (e->flags & FTR_FLAG_L2)) {
                 break;
             }
             /*
@@ -1337,13 +1321,13 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
             }
             int64_t x = last_vm[slot];
             last_vm[slot] = (int64_t)i;
-            if (e->kind != KIND_VM_ENTRY) {
+            if (e->kind != FTR_KIND_VM_ENTRY) {
                 break;
             }
             if (x < 0) {
                 o->first_entries++;
-            } else if (ev[x].kind == KIND_VM_EXIT) {
-                if (!(e->flags & FLAG_REGS_VALID) || !(ev[x].flags & FLAG_REGS_VALID)) {
+            } else if (ev[x].kind == FTR_KIND_VM_EXIT) {
+                if (!(e->flags & FTR_FLAG_REGS_VALID) || !(ev[x].flags & FTR_FLAG_REGS_VALID)) {
                     o->unreadable++;
                 } else if (e->regs_hash == ev[x].regs_hash) {
                     if (slot < o->vcpu_cap) {
@@ -1369,7 +1353,7 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
         if (rel) {
             if (o->rel_len < o->rel_cap) {
                 o->rel[o->rel_len] = (int64_t)i;
-                if (e->kind != KIND_USER_RETURN) {
+                if (e->kind != FTR_KIND_USER_RETURN) {
                     o->rel_prev_return[o->rel_len] = -1;
                 }
             }

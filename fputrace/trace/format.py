@@ -8,6 +8,7 @@ and tests/test_format_abi.py checks that they agree.
 from __future__ import annotations
 
 import enum
+import struct
 
 import numpy as np
 
@@ -21,18 +22,6 @@ MIN_READER_VERSION = 2
 READER_VERSION = 3
 # The first version with header and block-header checksums.
 CHECKSUMS_SINCE = 3
-
-# magic, version, min_reader_version, header_size, features, arch,
-# event_size, task_size, reserved, plugin_api, header_crc32
-HEADER_FIXED = "<8sHHIQHHHHII"
-HEADER_FIXED_SIZE = 40
-HEADER_CRC_OFFSET = 36
-
-# magic, type, vcpu, count, payload_size, crc32, header_crc32
-BLOCK_HEADER = "<IHHIIII"
-BLOCK_HEADER_SIZE = 24
-# The block header's own checksum covers the bytes before it.
-BLOCK_HEADER_CRC_COVERS = 20
 
 
 class Feature(enum.IntFlag):
@@ -242,7 +231,6 @@ BLOCK_HEADER_DTYPE = np.dtype(
         ("header_crc32", "<u4"),
     ]
 )
-assert BLOCK_HEADER_DTYPE.itemsize == BLOCK_HEADER_SIZE
 
 FILE_HEADER_DTYPE = np.dtype(
     [
@@ -259,4 +247,43 @@ FILE_HEADER_DTYPE = np.dtype(
         ("header_crc32", "<u4"),
     ]
 )
-assert FILE_HEADER_DTYPE.itemsize == HEADER_FIXED_SIZE
+
+
+def field_type(dtype: np.dtype, name: str) -> np.dtype:
+    fields = dtype.fields
+    assert fields is not None
+    return fields[name][0]
+
+
+def field_offset(dtype: np.dtype, name: str) -> int:
+    fields = dtype.fields
+    assert fields is not None
+    return int(fields[name][1])
+
+
+def _struct_of(dtype: np.dtype) -> struct.Struct:
+    """The struct module's layout of a record dtype (no padding: the records
+    are packed as the header's _Static_asserts say), for decoding single
+    records where a numpy view is overkill."""
+    codes = {"u8": "Q", "u4": "I", "u2": "H", "u1": "B"}
+    out = "<"
+    for name in dtype.names or ():
+        t = field_type(dtype, name)
+        base, count = (t.base, int(np.prod(t.shape))) if t.shape else (t, 1)
+        code = f"{base.itemsize}s" if base.kind == "S" else codes[f"{base.kind}{base.itemsize}"]
+        out += code if count == 1 else f"{count}{code}"
+    layout = struct.Struct(out)
+    assert layout.size == dtype.itemsize
+    return layout
+
+
+EVENT_STRUCT = _struct_of(EVENT_DTYPE)
+TASK_STRUCT = _struct_of(TASK_DTYPE)
+FOOTER_STRUCT = _struct_of(FOOTER_DTYPE)
+BLOCK_HEADER_STRUCT = _struct_of(BLOCK_HEADER_DTYPE)
+FILE_HEADER_STRUCT = _struct_of(FILE_HEADER_DTYPE)
+HEADER_FIXED_SIZE = FILE_HEADER_DTYPE.itemsize
+HEADER_CRC_OFFSET = field_offset(FILE_HEADER_DTYPE, "header_crc32")
+BLOCK_HEADER_SIZE = BLOCK_HEADER_DTYPE.itemsize
+# The block header's own checksum covers the bytes before it.
+BLOCK_HEADER_CRC_COVERS = field_offset(BLOCK_HEADER_DTYPE, "header_crc32")

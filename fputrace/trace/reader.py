@@ -102,7 +102,7 @@ def _parse_header(path: Path, data: mmap.mmap, size: int) -> tuple[Header, bool]
             return _guessed_header(size, damaged=False), True
         return _guessed_header(first_block, damaged=True), False
     (_, version, min_reader, header_size, features, arch, event_size, task_size, _,
-     plugin_api, header_crc) = struct.unpack_from(fmt.HEADER_FIXED, fixed, 0)
+     plugin_api, header_crc) = fmt.FILE_HEADER_STRUCT.unpack_from(fixed, 0)
     if magic_ok and size < header_size <= 1 << 20 and first_block is None:
         return _guessed_header(size, damaged=False), True
     sane_size = fmt.HEADER_FIXED_SIZE <= header_size <= size
@@ -195,8 +195,8 @@ def _block_at(data: mmap.mmap, pos: int, size: int, version: int) -> _Block | No
     (format 3 on) and a known type whose record count matches its size."""
     if size - pos < fmt.BLOCK_HEADER_SIZE:
         return None
-    magic, btype, _vcpu, count, psize, crc, header_crc = struct.unpack_from(
-        fmt.BLOCK_HEADER, data, pos)
+    magic, btype, _vcpu, count, psize, crc, header_crc = fmt.BLOCK_HEADER_STRUCT.unpack_from(
+        data, pos)
     if magic != fmt.BLOCK_MAGIC:
         return None
     if version >= fmt.CHECKSUMS_SINCE and \
