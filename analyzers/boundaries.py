@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from fputrace.kernel.symbols import Symbols
 from fputrace.trace import format as fmt
+from fputrace.trace.symbols import Symbols
 
 if TYPE_CHECKING:
     from analyzers.native import BoundaryPass

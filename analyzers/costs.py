@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from analyzers.counts import task_label
 from analyzers.ownership import UNKNOWN_REASONS, Class, Ownership, Unknown
-from fputrace.kernel.symbols import Symbols
+from fputrace.trace.symbols import Symbols
 
 if TYPE_CHECKING:
     from analyzers.native import Aggregates

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fputrace.kernel.symbols import Symbols
+from fputrace.trace.symbols import Symbols
 
 
 @dataclass(frozen=True)

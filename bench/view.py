@@ -44,8 +44,8 @@ from tracebuilder import (  # noqa: E402
 )
 
 from fputrace.analysis import analyze_run  # noqa: E402
-from fputrace.run import load_run  # noqa: E402
 from fputrace.trace.checksum import crc32c  # noqa: E402
+from fputrace.trace.run import load_run  # noqa: E402
 from fputrace.view.draw import static_lines  # noqa: E402
 from fputrace.view.model import build_model  # noqa: E402
 

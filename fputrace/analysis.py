@@ -16,8 +16,8 @@ from analyzers.counts import Counts, counts_from_aggregates, task_label
 from analyzers.ownership import Class, ContextKind, Ownership, analyze
 from analyzers.timeline import cpu_timeline
 from analyzers.verdict import Verdict, combine
-from fputrace.run import Run
 from fputrace.trace import format as fmt
+from fputrace.trace.run import Run
 
 K = fmt.Kind
 

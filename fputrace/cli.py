@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from fputrace import __version__
-from fputrace.cmds import compare, dump, export, kernel, record, report, view
+from fputrace.cmds import compare, dump, export, kernel, record, report, runs, view
 from fputrace.errors import FputraceError
 
 COMMANDS = (record, report, view, compare, export, dump, kernel)
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.run(args)
-        return status
+        return runs.exit_status(args, status)
     except FputraceError as e:
         print(f"fputrace: {e}", file=sys.stderr)
         return 2

@@ -141,6 +141,8 @@ def write_perfetto(a: Analysis, out: IO[str]) -> None:
     out.write('{"displayTimeUnit": "ms", "metadata": ')
     json.dump({"trace": str(a.run.trace.path), "arch": h.arch.name.lower(),
                "kernel": h.kernel, "time_axis": "event seq (1 us per event)",
+               # false: a cut-short or damaged trace, exported as far as it was read
+               "complete": a.run.trace.complete,
                "tasks": sorted({task_label(tasks, i) for i in range(len(tasks))}),
                "vcpus": [vcpu_label(v, tasks) for v in sorted({r[0] for r in runs})]}, out)
     out.write(', "traceEvents": [\n')

@@ -30,7 +30,6 @@ from fputrace.kernel.probes import fp_core_code, resolve_probes
 from fputrace.kernel.probes import plugin_args as probe_args
 from fputrace.kernel.seedmod import MODULE_NAME as SEED_MODULE
 from fputrace.kernel.seedmod import seed_module_for
-from fputrace.kernel.symbols import Symbols
 from fputrace.machine import (
     MachineSpec,
     deterministic_args,
@@ -39,7 +38,8 @@ from fputrace.machine import (
     run_machine,
 )
 from fputrace.paths import build_dir
-from fputrace.run import sidecar
+from fputrace.trace.run import sidecar
+from fputrace.trace.symbols import Symbols
 from fputrace.workloads import WorkloadRun, parse_summary
 
 MARK = "FPUTRACE"

@@ -18,9 +18,9 @@ from analyzers.mechanisms import kernel_mechanisms
 from analyzers.ownership import ContextKind, Ownership
 from analyzers.verdict import Verdict
 from fputrace.analysis import Analysis
-from fputrace.run import Run
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import Trace
+from fputrace.trace.run import Run
 
 TRACE_KINDS_WITH_MEMORY = fmt.BUFFER_KINDS
 

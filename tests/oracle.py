@@ -29,8 +29,8 @@ from analyzers.ownership import (
     Ownership,
     Unknown,
 )
-from fputrace.kernel.symbols import Symbols
 from fputrace.trace import format as fmt
+from fputrace.trace.symbols import Symbols
 
 M64 = (1 << 64) - 1
 USER_LIMIT = 1 << 47

@@ -56,8 +56,8 @@ from tracebuilder import (
 
 from analyzers.boundaries import VCPU_SET_ON_PURPOSE, check_boundaries
 from analyzers.counts import task_identity
-from fputrace.kernel.symbols import Symbols
 from fputrace.trace.reader import read_trace
+from fputrace.trace.symbols import Symbols
 
 CHILD = 0xFFFF888000300000  # task_struct of a forked child
 BC = CHILD + FPU_OFFSET  # the child's fpstate buffer, where T's is in its task_struct
@@ -458,7 +458,7 @@ def test_simd_pc_completed_by_the_kernels_own_text_address() -> None:
     # An event keeps the low 32 bits of the kernel SIMD instruction's pc; the
     # high half is the kernel text's: arm64's from _stext, x86's top 2 GiB.
     from analyzers.boundaries import kernel_text_high
-    from fputrace.kernel.symbols import Symbols
+    from fputrace.trace.symbols import Symbols
 
     arm64 = Symbols.parse("ffff800008010000 T _stext\nffff800008020000 T do_neon\n")
     assert kernel_text_high(arm64) == 0xFFFF800000000000

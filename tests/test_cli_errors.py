@@ -159,3 +159,65 @@ def test_too_little_free_space_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
     err = capsys.readouterr().err
     assert status == 2 and "100 MiB free" in err and f"about {need >> 20} MiB" in err
     assert not (tmp_path / "t.ftr").exists()
+
+
+# ---- one policy for a partial trace, in every command that loads a run ----
+#
+# A trace cut to a third of its size: every command works on what was read,
+# warns once naming the trace, and exits 4 unless --allow-partial, whatever
+# it would have returned otherwise. compare's gate does not hold here (no
+# findings at all), so without the policy it would exit 0 and a CI job would
+# pass on a third of the data.
+
+def whole_and_cut(tmp_path: Path) -> tuple[Path, Path]:
+    b = TraceBuilder()
+    for _ in range(30):
+        b.event(XRSTOR)
+    data = b.build(block_events=4)
+    whole, cut = tmp_path / "whole.ftr", tmp_path / "cut.ftr"
+    whole.write_bytes(data)
+    cut.write_bytes(data[: len(data) // 3])
+    return whole, cut
+
+
+def partial_commands(tmp_path: Path, whole: Path, cut: Path) -> dict[str, list[str]]:
+    return {
+        "report": ["report", str(cut)],
+        "compare": ["compare", str(whole), str(cut), "--fail-if", "findings>1000"],
+        "compare (A cut)": ["compare", str(cut), str(whole)],
+        "export perfetto": ["export", str(cut), "--format", "perfetto",
+                            "-o", str(tmp_path / "out.json")],
+        "export csv": ["export", str(cut), "--format", "csv", "-o", str(tmp_path / "out.csv")],
+        "view": ["view", "--static", "--width", "80", str(cut)],
+        "dump": ["dump", str(cut)],
+    }
+
+
+@pytest.mark.parametrize("command", ["report", "compare", "compare (A cut)", "export perfetto",
+                                     "export csv", "view", "dump"])
+def test_partial_trace_exits_4_unless_allowed(tmp_path: Path, command: str) -> None:
+    whole, cut = whole_and_cut(tmp_path)
+    argv = partial_commands(tmp_path, whole, cut)[command]
+    r = fputrace(*argv)
+    assert r.returncode == 4, (command, r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    warn = r.stderr.strip().splitlines()
+    assert len(warn) == 1 and warn[0].startswith(f"fputrace: warning: {cut}: ")
+    assert "--allow-partial" in warn[0]
+    allowed = fputrace(*argv, "--allow-partial")
+    assert allowed.returncode == 0, (command, allowed.stderr)
+    assert len(allowed.stderr.strip().splitlines()) == 1
+    # The same command on the whole trace: no warning, the usual status.
+    whole_argv = [str(whole) if a == str(cut) else a for a in argv]
+    w = fputrace(*whole_argv)
+    assert w.returncode == 0 and w.stderr == "", (command, w.stderr)
+
+
+def test_partial_export_says_so_in_its_metadata(tmp_path: Path) -> None:
+    import json
+
+    whole, cut = whole_and_cut(tmp_path)
+    for trace, complete in ((whole, True), (cut, False)):
+        out = tmp_path / f"{trace.stem}.json"
+        fputrace("export", str(trace), "--format", "perfetto", "-o", str(out))
+        assert json.loads(out.read_text())["metadata"]["complete"] is complete

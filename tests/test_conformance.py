@@ -303,7 +303,7 @@ def test_user_mode_boundaries(conformance_run: ConformanceRun) -> None:
     # The boundary checks: the two calls that changed the registers are the
     # violations, each explained.
     from analyzers.boundaries import check_boundaries
-    from fputrace.kernel.symbols import Symbols
+    from fputrace.trace.symbols import Symbols
 
     b = check_boundaries(events, np.empty(0, dtype=fmt.TASK_DTYPE),
                          np.full(len(events), -1, dtype=np.int64), Symbols.parse(""), False)

@@ -30,10 +30,10 @@ from conftest import require
 
 from analyzers.boundaries import check_boundaries
 from analyzers.ownership import FindingKind, analyze
-from fputrace.kernel.symbols import Symbols
 from fputrace.paths import build_dir
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
+from fputrace.trace.symbols import Symbols
 
 SAVES_LOADS = ("fpsimd_save", "fpsimd_load", "sve_save", "sve_load", "sme_save", "sme_load")
 CONTROL_WRITES = ("cpacr_write", "cptr_write", "zcr_write", "smcr_write", "svcr_write")

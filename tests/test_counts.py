@@ -20,8 +20,8 @@ from tracebuilder import (
 
 from analyzers.counts import Counts, counts_from_aggregates
 from analyzers.ownership import analyze
-from fputrace.kernel.symbols import Symbols
 from fputrace.trace.reader import Trace, read_trace
+from fputrace.trace.symbols import Symbols
 
 SH = 0xFFFF888000010000
 OTHER = 0xFFFF888000020000

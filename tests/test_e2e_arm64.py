@@ -18,11 +18,11 @@ import pytest
 from conftest import require
 from e2e import events_of, fputrace, kernel_available, workload_line
 
-from fputrace.kernel.symbols import Symbols
 from fputrace.paths import build_dir
-from fputrace.run import load_run, sidecar
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import Trace, read_trace
+from fputrace.trace.run import load_run, sidecar
+from fputrace.trace.symbols import Symbols
 
 K = fmt.Kind
 F = fmt.Flag

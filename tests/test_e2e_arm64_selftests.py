@@ -22,7 +22,7 @@ from conftest import require
 from e2e import fputrace, kernel_available
 from elftools.elf.elffile import ELFFile
 
-from fputrace.run import sidecar
+from fputrace.trace.run import sidecar
 
 SECONDS = 5
 

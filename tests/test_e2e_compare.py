@@ -15,7 +15,7 @@ import pytest
 from conftest import require
 from e2e import fputrace, kernel_available, workload_line
 
-from fputrace.run import sidecar
+from fputrace.trace.run import sidecar
 
 N_RUNS = 200
 

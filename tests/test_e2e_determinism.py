@@ -21,8 +21,8 @@ from conftest import require
 from e2e import fputrace, kernel_available, workload_line
 
 from fputrace.machine import deterministic_args
-from fputrace.run import sidecar
 from fputrace.trace.reader import Trace, read_trace
+from fputrace.trace.run import sidecar
 
 pytestmark = [pytest.mark.qemu, pytest.mark.kernel]
 

@@ -22,9 +22,9 @@ from e2e import events_of, fputrace, kernel_available, workload_line
 
 from analyzers.counts import task_identity, task_label
 from fputrace.kernel import debian
-from fputrace.run import sidecar
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import describe_incomplete, read_trace
+from fputrace.trace.run import sidecar
 
 N_RUNS = 200
 
@@ -85,7 +85,7 @@ def test_viewer_disassembles_the_recorded_instructions(pingpong: tuple[str, Path
     # XSAVE: xsaveopt as the kernel ran it, or the xsave the image holds
     # before the boot-time alternatives patched the site (then said so).
     from fputrace.analysis import analyze_run
-    from fputrace.run import load_run
+    from fputrace.trace.run import load_run
     from fputrace.view.details import Details
     from fputrace.view.model import build_model
 
@@ -364,7 +364,7 @@ def test_compiled_pass_and_oracle_agree_on_a_real_trace(pingpong: tuple[str, Pat
     from analyzers.costs import costs_from_aggregates
     from analyzers.counts import counts_from_aggregates
     from analyzers.ownership import analyze
-    from fputrace.run import load_run
+    from fputrace.trace.run import load_run
 
     _, out = pingpong
     r = load_run(out)

@@ -21,8 +21,8 @@ from fputrace.kernel import debian, selftests
 from fputrace.kernel.btf import Btf
 from fputrace.kernel.layout import _bzimage_release, _current_task_address
 from fputrace.kernel.modules import ModuleTree
-from fputrace.kernel.symbols import Symbols
-from fputrace.run import load_run
+from fputrace.trace.run import load_run
+from fputrace.trace.symbols import Symbols
 
 
 def btf_blob(types: list[bytes], strings: bytes) -> bytes:

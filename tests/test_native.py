@@ -14,8 +14,8 @@ from oracle import classify, compute_costs, count_events
 from analyzers.costs import costs_from_aggregates
 from analyzers.counts import counts_from_aggregates, task_identity
 from analyzers.ownership import analyze
-from fputrace.kernel.symbols import Symbols
 from fputrace.trace import format as fmt
+from fputrace.trace.symbols import Symbols
 
 INIT = 0xFFFFFFFF8241B5C0
 TASKS = [0xFFFF888100000000, 0xFFFF888100004000]

@@ -21,7 +21,7 @@ from test_export import kvm_run_trace
 from test_ownership import BT, L1, T, save
 from tracebuilder import TraceBuilder
 
-from fputrace.run import sidecar
+from fputrace.trace.run import sidecar
 from fputrace.view.draw import LABEL_WIDTH
 
 SEQS = 7            # kvm_run_trace: seq 0..6

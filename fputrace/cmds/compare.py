@@ -4,7 +4,9 @@ and findings, bytes per component, costs per operation (per VM entry,
 context switch, signal; traps per KVM_RUN on arm64), and the kernel
 functions whose saves and restores changed most.
 
-Exit status: 0; 1 when a --fail-if expression holds; 2 for bad input."""
+Exit status: 0; 1 when a --fail-if expression holds; 4 when A or B is
+incomplete or damaged (the comparison covers only what could be read), unless
+--allow-partial; 2 for bad input."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fputrace.analysis import analyze_run
+from fputrace.cmds.runs import add_run_options, load
 from fputrace.metrics import (
     FAIL_IF_HELP,
     Metrics,
@@ -29,8 +32,6 @@ from fputrace.metrics import (
     metrics_of,
     parse_gate,
 )
-from fputrace.run import load_run
-from fputrace.trace.reader import describe_incomplete
 
 EXIT_GATE = 1
 
@@ -64,6 +65,7 @@ def add_parser(sub: Any) -> None:
                    help="kernel functions that changed most (default 10)")
     p.add_argument("--all", action="store_true",
                    help="also rows that are equal in both runs")
+    add_run_options(p)
     p.set_defaults(run=run)
 
 
@@ -122,7 +124,7 @@ def callsite_rows(a: dict[str, dict[str, int]], b: dict[str, dict[str, int]], to
 
 def run(args: argparse.Namespace) -> int:
     gates = [parse_gate(e) for e in args.fail_if]     # bad expressions before any work
-    ra, rb = load_run(args.a), load_run(args.b)
+    ra, rb = load(args, args.a), load(args, args.b)
     aa, ab = analyze_run(ra), analyze_run(rb)
     ma, mb = metrics_of(aa), metrics_of(ab)
     results = [(g, check_gate(g, ma, mb)) for g in gates]
@@ -139,10 +141,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         _render(args, ra.trace.header.kernel, rb.trace.header.kernel, rows, sites, results)
-    for r in (ra, rb):
-        if not r.trace.complete:
-            print(f"fputrace: warning: {r.trace.path}: {describe_incomplete(r.trace)}",
-                  file=sys.stderr)
     return EXIT_GATE if any(held for _, held in results) else 0
 
 

@@ -7,15 +7,13 @@ and pandas. docs/export.md describes both."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from fputrace.analysis import analyze_run
+from fputrace.cmds.runs import add_run_options, load
 from fputrace.errors import FputraceError
 from fputrace.export import WRITERS, export
-from fputrace.run import load_run
-from fputrace.trace.reader import describe_incomplete
 
 
 def add_parser(sub: Any) -> None:
@@ -24,16 +22,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("trace", type=Path)
     p.add_argument("--format", choices=sorted(WRITERS), required=True)
     p.add_argument("-o", "--output", type=Path, required=True)
+    add_run_options(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.output.parent.is_dir():
         raise FputraceError(f"-o {args.output}: no directory {args.output.parent}")
-    r = load_run(args.trace)
+    r = load(args, args.trace)
     export(analyze_run(r), args.format, args.output)
-    if not r.trace.complete:
-        print(f"fputrace: warning: exported what could be read: {describe_incomplete(r.trace)}",
-              file=sys.stderr)
     print(f"wrote {args.output} ({args.format}, {len(r.trace.events)} events)")
     return 0

@@ -16,7 +16,7 @@ from fputrace.kernel.layout import KVM_MODES, resolve_kernel
 from fputrace.machine import deterministic_refusal, resolve_deterministic
 from fputrace.output import check_output, estimated_trace_bytes
 from fputrace.record import record
-from fputrace.run import sidecar
+from fputrace.trace.run import sidecar
 from fputrace.workloads import WORKLOADS, parse_workloads
 
 DEFAULT_WORKLOAD = "kvm-pingpong:200"

@@ -6,7 +6,8 @@ component); --json prints everything as one object.
 
 Exit status: 0; 3 when there is a finding (FPU state lost or corrupted, so
 CI can gate on it); 4 when the trace is incomplete or damaged (the report
-covers only what could be read), unless --allow-partial; 2 for bad input."""
+covers only what could be read), unless --allow-partial (fputrace.cmds.runs);
+2 for bad input."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from fputrace.analysis import analyze_run
+from fputrace.cmds.runs import add_run_options, load
 from fputrace.render import (
     analysis_json,
     counts_json,
@@ -28,11 +30,8 @@ from fputrace.render import (
     render_timeline,
     timeline_json,
 )
-from fputrace.run import load_run
-from fputrace.trace.reader import describe_incomplete
 
 EXIT_FINDINGS = 3
-EXIT_PARTIAL = 4
 
 
 def add_parser(sub: Any) -> None:
@@ -47,16 +46,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-findings", type=int, default=50,
                    help="list at most N findings, in trace order (default 50; "
                         "0: all); the counts always cover all")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="report an incomplete or damaged trace with the usual exit status "
-                        "(0 or 3) instead of 4")
     p.add_argument("--timeline", type=int, default=0, metavar="N",
                    help="also show the first N intervals of the per-CPU ownership timeline")
+    add_run_options(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    r = load_run(args.trace)
+    r = load(args, args.trace)
     a = analyze_run(r)
     timeline = a.timeline() if args.timeline > 0 else None
     if args.json:
@@ -78,8 +75,4 @@ def run(args: argparse.Namespace) -> int:
             render_timeline(console, timeline, args.timeline)
         if args.full:
             render_counts(console, r, a.counts, args.top)
-    if not r.trace.complete:
-        print(f"fputrace: warning: {describe_incomplete(r.trace)}", file=sys.stderr)
-        if not args.allow_partial:
-            return EXIT_PARTIAL
     return EXIT_FINDINGS if a.verdict.findings else 0

@@ -17,9 +17,8 @@ from typing import Any
 from rich.console import Console
 
 from fputrace.analysis import analyze_run
+from fputrace.cmds.runs import add_run_options, load
 from fputrace.errors import FputraceError
-from fputrace.run import load_run
-from fputrace.trace.reader import describe_incomplete
 from fputrace.view.draw import static_lines
 from fputrace.view.model import build_model
 
@@ -34,15 +33,14 @@ def add_parser(sub: Any) -> None:
                    help="save the static picture as SVG")
     p.add_argument("--width", type=int, default=0,
                    help="columns for --static/--svg (default: the terminal's)")
+    add_run_options(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.svg is not None and not args.svg.parent.is_dir():
         raise FputraceError(f"--svg {args.svg}: no directory {args.svg.parent}")
-    r = load_run(args.trace)
-    if not r.trace.complete:
-        print(f"fputrace: warning: {describe_incomplete(r.trace)}", file=sys.stderr)
+    r = load(args, args.trace)
     model = build_model(analyze_run(r))
     if args.static or args.svg is not None:
         width = args.width or shutil.get_terminal_size((160, 40)).columns

@@ -22,9 +22,9 @@ from fputrace.kernel import debian
 from fputrace.kernel.btf import Btf
 from fputrace.kernel.busybox import busybox_for
 from fputrace.kernel.dwarf import struct_offsets
-from fputrace.kernel.symbols import Symbols
 from fputrace.machine import MachineSpec, run_machine
 from fputrace.paths import cache_dir
+from fputrace.trace.symbols import Symbols
 
 COLLECT_TIMEOUT_S = 300
 # The serial ports' device names: QEMU's x86 PC has 16550s, arm64 virt PL011s.

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fputrace.kernel.symbols import Symbols
 from fputrace.trace.format import Probe
+from fputrace.trace.symbols import Symbols
 
 
 @dataclass(frozen=True)

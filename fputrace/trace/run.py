@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fputrace.kernel.symbols import Symbols
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import Trace, read_trace
+from fputrace.trace.symbols import Symbols
 
 NVHE_PREFIX = "__kvm_nvhe_"
 # The nVHE hypervisor's exception vectors (arch/arm64/kvm/hyp/nvhe/host.S is

@@ -1,0 +1,50 @@
+"""How every command loads a run, with the one policy for a trace that is
+cut short or damaged.
+
+Such a trace is read up to what survived (fputrace.trace.reader). The
+command works on that and says so on stderr, one line per trace; its exit
+status is then 4, whatever it would have been, unless --allow-partial was
+given: a CI gate (report's findings, compare --fail-if) never passes on
+partial data unnoticed. fputrace.cli applies the status, so that no command
+decides it on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from fputrace.trace.reader import describe_incomplete
+from fputrace.trace.run import Run, load_run
+
+EXIT_PARTIAL = 4
+
+ALLOW_PARTIAL_HELP = ("work on what could be read of an incomplete or damaged trace and exit "
+                      "with the usual status, instead of 4")
+
+
+def add_run_options(p: Any) -> None:
+    """The options of every command that loads a run."""
+    p.add_argument("--allow-partial", action="store_true", help=ALLOW_PARTIAL_HELP)
+
+
+def load(args: argparse.Namespace, path: Path) -> Run:
+    """Load a run for a command, noting whether it is whole."""
+    r = load_run(path)
+    if not r.trace.complete:
+        hint = "" if getattr(args, "allow_partial", False) else \
+            " (exit status 4; --allow-partial accepts what was read)"
+        print(f"fputrace: warning: {path}: {describe_incomplete(r.trace)}{hint}",
+              file=sys.stderr)
+        args.partial_runs = [*getattr(args, "partial_runs", []), path]
+    return r
+
+
+def exit_status(args: argparse.Namespace, status: int) -> int:
+    """A command's status under the policy: 4 if it used a partial run,
+    unless --allow-partial."""
+    if getattr(args, "partial_runs", None) and not getattr(args, "allow_partial", False):
+        return EXIT_PARTIAL
+    return status
