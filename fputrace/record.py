@@ -231,6 +231,15 @@ def plugin_arguments(target: KernelTarget, out: Path) -> list[str]:
     return [f"out={out}", *layout.plugin_args(), *probe_args(probes), *fpcode]
 
 
+MAX_SMP = 16  # guest CPUs; the report's per-CPU tables hold far more
+
+
+def check_smp(smp: int) -> None:
+    """The one range of guest CPUs, for the command and the library."""
+    if not 1 <= smp <= MAX_SMP:
+        raise FputraceError(f"--smp {smp}: give 1 to {MAX_SMP} guest CPUs")
+
+
 def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 1,
            timeout_s: float = 600, memory_mb: int = 1024, extra_msrs: list[int] | None = None,
            tick: Callable[[str, float], None] | None = None,
@@ -243,8 +252,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     that the same inputs give the same trace event for event; None: where
     the machine allows it (resolve_deterministic)."""
     plugin = plugin_path()
-    if not 1 <= smp <= 16:
-        raise FputraceError(f"--smp {smp}: choose 1 to 16 CPUs")
+    check_smp(smp)
     deterministic = resolve_deterministic(deterministic, smp)
     if tick:
         tick("collecting kernel symbols (first use of this kernel only)", 0.0)

@@ -221,3 +221,11 @@ def test_partial_export_says_so_in_its_metadata(tmp_path: Path) -> None:
         out = tmp_path / f"{trace.stem}.json"
         fputrace("export", str(trace), "--format", "perfetto", "-o", str(out))
         assert json.loads(out.read_text())["metadata"]["complete"] is complete
+
+
+@pytest.mark.parametrize("smp", ["0", "17"])
+def test_smp_out_of_range_is_refused_with_the_one_range(smp: str) -> None:
+    # One range (fputrace.record.MAX_SMP) for the command and the library;
+    # the command said 1 to 64 and the library then refused 17.
+    assert_one_line_error(fputrace("record", "--smp", smp, "--kernel", "/nonexistent/Image"),
+                          f"--smp {smp}", "1 to 16")

@@ -15,7 +15,7 @@ from fputrace.kernel.busybox import DEBIAN_ARCH, applets_busybox
 from fputrace.kernel.layout import KVM_MODES, resolve_kernel
 from fputrace.machine import deterministic_refusal, resolve_deterministic
 from fputrace.output import check_output, estimated_trace_bytes
-from fputrace.record import record
+from fputrace.record import check_smp, record
 from fputrace.trace.run import sidecar
 from fputrace.workloads import WORKLOADS, parse_workloads
 
@@ -94,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
         added = prepare_added(args.add, arch, applets)
         foreign = check_commands(args.commands, added, applets)
     msrs = [_parse_msr(m) for m in args.msr]
-    if args.smp < 1 or args.smp > 64:
-        raise FputraceError(f"--smp {args.smp}: give 1 to 64 guest CPUs")
+    check_smp(args.smp)                       # before any preparation
     if args.memory < 256:
         raise FputraceError(f"--memory {args.memory}: the guest needs at least 256 MiB")
     if not args.timeout > 0:
