@@ -363,3 +363,38 @@ def test_a_cached_source_of_the_series_is_used_without_the_network(
     assert version == "6.1.187-1" and dsc.name == "linux_6.1.187-1.dsc"
     version, _ = selftests.fetch_source("6.1.170-3", "bookworm")
     assert version == "6.1.170-3"
+
+
+APT_SHOW = """\
+Package: linux-image-arm64
+Version: 6.1.158-1
+Depends: linux-image-6.1.0-57-arm64-unsigned (= 6.1.158-1)
+ | linux-image-6.1.0-57-arm64 (= 6.1.158-1), initramfs-tools (>= 0.120)
+Description: Linux for 64-bit ARMv8 machines (meta-package)
+
+"""
+
+
+def test_exact_depends_reads_the_alternatives(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As apt-cache show prints a meta package: the exact dependency with the
+    # prefix, even as the second of two alternatives; none without one.
+    monkeypatch.setattr(debian.PrivateApt, "_run", lambda self, tool, args, cwd=None: APT_SHOW)
+    apt = debian.PrivateApt.__new__(debian.PrivateApt)
+    apt.codename = "bookworm"
+    assert apt.exact_depends("linux-image-arm64", "6.1.158-1", "linux-image-6.1.0-57-arm64") == \
+        ("linux-image-6.1.0-57-arm64-unsigned", "6.1.158-1")
+    with pytest.raises(FputraceError, match="depends on no initramfs"):
+        apt.exact_depends("linux-image-arm64", "6.1.158-1", "initramfs")
+
+
+def test_dsc_names_its_two_tarballs(tmp_path: Path) -> None:
+    dsc = tmp_path / "linux_6.1.158-1.dsc"
+    dsc.write_text(
+        "Format: 3.0 (quilt)\nSource: linux\nVersion: 6.1.158-1\n"
+        "Checksums-Sha256:\n"
+        " " + "a" * 64 + " 140 linux_6.1.158.orig.tar.xz\n"
+        "Files:\n"
+        " " + "0" * 32 + " 140 linux_6.1.158.orig.tar.xz\n"
+        " " + "1" * 32 + " 1580 linux_6.1.158-1.debian.tar.xz\n")
+    assert selftests._dsc_files(dsc) == (tmp_path / "linux_6.1.158.orig.tar.xz",
+                                         tmp_path / "linux_6.1.158-1.debian.tar.xz")

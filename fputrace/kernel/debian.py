@@ -8,7 +8,6 @@ machine's own apt sources.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -19,6 +18,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from debian import deb822
+from debian.debian_support import Version
 
 from fputrace.errors import FputraceError
 from fputrace.paths import cache_dir
@@ -61,14 +63,10 @@ def _sources_entries(etc: Path) -> list[tuple[str, list[str]]]:
     entries: list[tuple[str, list[str]]] = []
     d = etc / "sources.list.d"
     for f in sorted(d.glob("*.sources")) if d.is_dir() else []:
-        for stanza in re.split(r"\n\s*\n", f.read_text(errors="replace")):
-            fields: dict[str, str] = {}
-            for line in stanza.splitlines():
-                if ":" in line and not line.lstrip().startswith("#"):
-                    k, v = line.split(":", 1)
-                    fields[k.strip().lower()] = v.strip()
-            if "uris" in fields and "suites" in fields:
-                entries.append((fields["uris"].split()[0], fields["suites"].split()))
+        for stanza in deb822.Deb822.iter_paragraphs(
+                f.read_text(errors="replace").splitlines(), use_apt_pkg=False):
+            if "URIs" in stanza and "Suites" in stanza:       # field names are case-blind
+                entries.append((stanza["URIs"].split()[0], stanza["Suites"].split()))
     legacy = etc / "sources.list"
     if legacy.is_file():
         for line in legacy.read_text(errors="replace").splitlines():
@@ -105,12 +103,7 @@ def note(message: str) -> None:
 
 def version_sorted(versions: list[str]) -> list[str]:
     """Debian versions, newest first, as dpkg orders them."""
-    def compare(a: str, b: str) -> int:
-        if a == b:
-            return 0
-        newer = subprocess.run(["dpkg", "--compare-versions", a, "gt", b]).returncode == 0
-        return -1 if newer else 1
-    return sorted(set(versions), key=functools.cmp_to_key(compare))
+    return sorted(set(versions), key=Version, reverse=True)
 
 
 class PrivateApt:
@@ -185,11 +178,12 @@ class PrivateApt:
         names starting with prefix: linux-image-arm64 5.10.223-1 depends on
         linux-image-5.10.0-32-arm64 (= 5.10.223-1)."""
         out = self._run("apt-cache", ["show", f"{package}={version}"])
-        for m in re.finditer(r"^Depends:(.*)$", out, re.M):
-            for dep in m.group(1).split(","):
-                d = re.match(r"\s*(\S+)\s*\(=\s*([^)\s]+)\)", dep)
-                if d and d.group(1).startswith(prefix):
-                    return d.group(1), d.group(2)
+        for stanza in deb822.Packages.iter_paragraphs(out.splitlines(), use_apt_pkg=False):
+            for alternatives in stanza.relations["depends"] or []:
+                for dep in alternatives:
+                    exact = dep.get("version")
+                    if dep["name"].startswith(prefix) and exact and exact[0] == "=":
+                        return dep["name"], exact[1]
         raise FputraceError(f"{package} {version} in {self.codename} depends on no "
                             f"{prefix}* package of an exact version")
 

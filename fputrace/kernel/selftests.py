@@ -24,6 +24,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from debian import deb822
+from unidiff.errors import UnidiffParseError
+from unidiff.patch import PatchSet
+
 from fputrace.errors import FputraceError
 from fputrace.kernel import debian
 from fputrace.paths import cache_dir
@@ -127,7 +131,7 @@ def fetch_source(kernel_version: str, codename: str) -> tuple[str, Path]:
 
 def _dsc_files(dsc: Path) -> tuple[Path, Path]:
     """The upstream tarball and Debian's tarball named by a .dsc."""
-    names = re.findall(r"^ [0-9a-f]{32} \d+ (\S+)$", dsc.read_text(), re.M)
+    names = [f["name"] for f in deb822.Dsc(dsc.read_text()).get("Files", [])]
     orig = [n for n in names if ".orig.tar." in n]
     deb = [n for n in names if ".debian.tar." in n]
     if len(orig) != 1 or len(deb) != 1:
@@ -138,46 +142,22 @@ def _dsc_files(dsc: Path) -> tuple[Path, Path]:
 def patch_parts(patch: str, prefixes: tuple[str, ...]) -> str:
     """The per-file parts of a unified diff whose target lies under one of the
     prefixes (paths taken after the diff's first component, as patch -p1
-    does). Hunk lengths are counted, so a removed line that starts with
+    does). unidiff counts hunk lengths, so a removed line that starts with
     '-- ' is not taken for a new file header."""
-    kept: list[str] = []
-    lines = patch.splitlines(keepends=True)
-    i = 0
-    keep = False
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
-            target = lines[i + 1][4:].split("\t")[0].strip()
-            path = target.split("/", 1)[1] if "/" in target else target
-            keep = path.startswith(prefixes)
-            if keep:
-                kept += lines[i:i + 2]
-            i += 2
-            continue
-        hunk = re.match(r"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@", line)
-        if hunk:
-            old = int(hunk.group(1) or 1)
-            new = int(hunk.group(2) or 1)
-            body = [line]
-            i += 1
-            while (old > 0 or new > 0) and i < len(lines):
-                tag = lines[i][:1]
-                if tag in (" ", "\n"):
-                    old -= 1
-                    new -= 1
-                elif tag == "-":
-                    old -= 1
-                elif tag == "+":
-                    new -= 1
-                body.append(lines[i])
-                i += 1
-            while i < len(lines) and lines[i].startswith("\\"):  # "\ No newline"
-                body.append(lines[i])
-                i += 1
-            if keep:
-                kept += body
-            continue
-        i += 1
+    try:
+        files = PatchSet(patch)
+    except UnidiffParseError as e:
+        raise FputraceError(f"a Debian patch is not a unified diff ({e}): run with "
+                            "--refresh to fetch the source again") from None
+    kept = []
+    for f in files:
+        target = f.target_file if f.target_file != "/dev/null" else f.source_file
+        path = target.split("/", 1)[1] if "/" in target else target
+        if path.startswith(prefixes):
+            # The file's headers and hunks, without what came before them
+            # (the patch's description, git's extended headers).
+            kept.append(f"--- {f.source_file}\n+++ {f.target_file}\n" +
+                        "".join(str(h) for h in f))
     return "".join(kept)
 
 
