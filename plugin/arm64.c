@@ -1,0 +1,1101 @@
+/*
+ * arm64.c: the aarch64 side of fputrace (struct arch_ops a64_ops).
+ *
+ * FP/SIMD and SVE access traps, CPACR_EL1/CPTR_EL2/ZCR/SMCR writes, the
+ * kernel's FPSIMD, SVE and ZA save/load sequences (recognised from their
+ * instructions at translation time), VM entries and exits at EL2 (VHE and
+ * nVHE), and the current task from SP_EL0.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fputrace.h"
+
+/* ---- arm64 ------------------------------------------------------------ */
+
+/*
+ * A system register as an MSR/MRS instruction names it: op0:op1:CRn:CRm:op2,
+ * the 16 bits 20:5 of the instruction.
+ */
+#define A64_SYSREG(op0, op1, crn, crm, op2) \
+    ((op0) << 14 | (op1) << 11 | (crn) << 7 | (crm) << 3 | (op2))
+
+#define SYSREG_CPACR_EL1        A64_SYSREG(3, 0, 1, 0, 2)
+#define SYSREG_CPACR_EL12       A64_SYSREG(3, 5, 1, 0, 2)
+#define SYSREG_CPTR_EL2         A64_SYSREG(3, 4, 1, 1, 2)
+#define SYSREG_ZCR_EL1          A64_SYSREG(3, 0, 1, 2, 0)
+#define SYSREG_ZCR_EL2          A64_SYSREG(3, 4, 1, 2, 0)
+#define SYSREG_ZCR_EL12         A64_SYSREG(3, 5, 1, 2, 0)
+#define SYSREG_SMCR_EL1         A64_SYSREG(3, 0, 1, 2, 6)
+#define SYSREG_SMCR_EL2         A64_SYSREG(3, 4, 1, 2, 6)
+#define SYSREG_SMCR_EL12        A64_SYSREG(3, 5, 1, 2, 6)
+#define SYSREG_SVCR             A64_SYSREG(3, 3, 4, 2, 2)
+#define SYSREG_SP_EL0           A64_SYSREG(3, 0, 4, 1, 0)
+
+#define HCR_VM                  (1ull << 0)
+#define HCR_TGE                 (1ull << 27)
+#define HCR_E2H                 (1ull << 34)
+
+#define ESR_EC_FP               0x07    /* FP/SIMD access trapped (CPACR/CPTR) */
+#define ESR_EC_SVE              0x19
+#define ESR_EC_SME              0x1d
+
+#define A64_INSN_ERET           0xd69f03e0u
+#define A64_INSN_ERETAA         0xd69f0bffu
+#define A64_INSN_ERETAB         0xd69f0fffu
+#define A64_INSN_RET            0xd65f03c0u
+
+/*
+ * The kernel's linear map: [PAGE_OFFSET, PAGE_END). PAGE_OFFSET is
+ * -(1 << VA_BITS): 0xffff000000000000 with 48-bit VAs, 0xfff0000000000000
+ * with 52-bit ones (Debian's 6.12); PAGE_END is -(1 << 47) with either
+ * (VA_BITS_MIN, arch/arm64/include/asm/memory.h). Below 0xffff000000000000
+ * a 48-bit kernel has no valid address, so the wider range serves both.
+ */
+#define A64_LINEAR_START        0xfff0000000000000ull
+#define A64_LINEAR_END          0xffff800000000000ull
+
+/*
+ * The FP/SIMD content image of the hashes: V0-V31 (the low 128 bits of
+ * Z0-Z31) in words 0-63, FPSR | FPCR << 32 in word 64; with SVE the rest of
+ * each Z register, the P registers and FFR from word A64_WORD_EXT on
+ * (mem_ext_hash). The register file hashes like a buffer that holds it.
+ */
+#define A64_FPSIMD_BYTES        520     /* struct user_fpsimd_state less padding */
+#define A64_WORD_EXT            1024
+#define A64_VL_MAX              256     /* bytes: SVE's 2048-bit maximum */
+/* ZA (SVL x SVL bytes) and ZT0 (64 bytes) hash as words of their own. */
+#define A64_WORD_ZA             16384
+#define A64_WORD_ZT0            (A64_WORD_ZA + A64_VL_MAX * A64_VL_MAX / 8)
+#define A64_ZT0_BYTES           64
+
+/* The kernel's save/load sequences (arch/arm64/include/asm/fpsimdmacros.h). */
+enum a64_seq {
+    SEQ_NONE,
+    SEQ_FPSIMD_SAVE,            /* fpsimd_save: stp q0, q1, [xN] ... */
+    SEQ_FPSIMD_LOAD,            /* fpsimd_restore: ldp q0, q1, [xN] ... */
+    SEQ_SVE_SAVE,               /* sve_save: str z0, [xN, #-34, MUL VL] ... */
+    SEQ_SVE_LOAD,               /* sve_load: ldr z0, [xN, #-34, MUL VL] ... */
+};
+
+/* Instructions the sequences are made of, bits of Rn (and Rt) cleared. */
+#define A64_STP_Q_OFF           0xad000000u     /* STP (SIMD&FP) 128-bit, signed offset */
+#define A64_LDP_Q_OFF           0xad400000u
+#define A64_STP_Q_PRE           0xad800000u     /* ... pre-index */
+#define A64_LDP_Q_PRE           0xadc00000u
+#define A64_SVE_STR_Z           0xe5804000u     /* STR (vector), imm9 MUL VL */
+#define A64_SVE_LDR_Z           0x85804000u
+/*
+ * sme_save_za/sme_load_za, with RDSVL before them and the ZT0 store or
+ * load after them where the kernel has ZT0 (sme_save_state, 6.4 on;
+ * za_save_state before): rdsvl xV, #1; mov wW, #0; 1: str za[wW, 0], [xN];
+ * add xN, xN, xV; add xW, xW, #1; cmp xV, xW; b.ne 1b [; cbz wZ, 2f;
+ * str zt0, [xN]; 2:].
+ */
+#define A64_SME_RDSVL_1         0x04bf5820u     /* RDSVL Xd, #1 */
+#define A64_MOVZ_W_0            0x52800000u     /* MOV Wd, #0 */
+#define A64_SME_STR_ZA          0xe1200000u     /* STR ZA[Wv, #0], [Xn] */
+#define A64_SME_LDR_ZA          0xe1000000u
+#define A64_ADD_X_REG           0x8b000000u     /* ADD Xd, Xn, Xm */
+#define A64_ADD_X_1             0x91000400u     /* ADD Xd, Xn, #1 */
+#define A64_CMP_X_REG           0xeb00001fu     /* CMP Xn, Xm */
+#define A64_BNE_BACK_4          0x54ffff81u     /* B.NE, four instructions back */
+#define A64_CBZ_W_FWD_2         0x34000040u     /* CBZ Wt, two instructions on */
+#define A64_SME_STR_ZT0         0xe13f8000u     /* STR ZT0, [Xn] */
+#define A64_SME_LDR_ZT0         0xe11f8000u
+#define A64_ZT_NONE             32
+
+static inline uint32_t a64_pair_q(uint32_t base, unsigned rt, unsigned rn, int imm16)
+{
+    return base | (uint32_t)(imm16 & 0x7f) << 15 | (rt + 1) << 10 | rn << 5 | rt;
+}
+
+static inline uint32_t a64_sve_z(uint32_t base, unsigned zt, unsigned rn, int imm9)
+{
+    uint32_t u = (uint32_t)imm9 & 0x1ff;
+    return base | (u >> 3) << 16 | (u & 7) << 10 | rn << 5 | zt;
+}
+
+/* Register handles, resolved once by name (QEMU's own system register names). */
+static struct {
+    struct qemu_plugin_register *x[31];
+    struct qemu_plugin_register *cpsr, *z[32], *fpsr, *fpcr, *vg;
+    struct qemu_plugin_register *hcr_el2, *esr_el1, *esr_el2, *elr_el1, *elr_el2;
+    struct qemu_plugin_register *spsr_el1, *spsr_el2, *vbar_el1, *vbar_el2;
+    struct qemu_plugin_register *vttbr_el2, *vmpidr_el2, *svcr;
+    struct qemu_plugin_register *cpacr_el1, *cptr_el2, *zcr_el1, *zcr_el2;
+    struct qemu_plugin_register *smcr_el1, *smcr_el2;
+} a64;
+
+/*
+ * The kernel address of physical address 0 in the linear map, learnt from
+ * the first state operation on a linear-map buffer (atomic; 0: not yet):
+ * nVHE hypervisor code names the same buffers by its own addresses.
+ */
+static uint64_t a64_linear_offset;
+
+static unsigned a64_el(struct vcpu_state *vs)
+{
+    return (reg_read_u64(vs, a64.cpsr) >> 2) & 3;
+}
+
+static uint64_t a64_xreg(struct vcpu_state *vs, unsigned r)
+{
+    return r < 31 ? reg_read_u64(vs, a64.x[r]) : 0;     /* 31: XZR */
+}
+
+/* The hash of 16-byte vector registers (V0-V31 order) and of FPSR/FPCR. */
+static uint64_t a64_v_hash(unsigned n, const uint8_t *v16)
+{
+    uint64_t lo, hi;
+
+    memcpy(&lo, v16, 8);
+    memcpy(&hi, v16 + 8, 8);
+    return ftr_a64_word_hash(2 * n, lo) + ftr_a64_word_hash(2 * n + 1, hi);
+}
+
+static uint64_t a64_fpsr_fpcr_hash(uint32_t fpsr, uint32_t fpcr)
+{
+    return ftr_a64_word_hash(FTR_A64_WORD_FPSR_FPCR, fpsr | (uint64_t)fpcr << 32);
+}
+
+/* Z0-Z31 (their low 128 bits), FPSR and FPCR, register by register. */
+static uint64_t a64_regs_hash(struct vcpu_state *vs, bool *ok)
+{
+    uint8_t v[16];
+    uint32_t fpsr = 0, fpcr = 0;
+    uint64_t h = 0;
+
+    *ok = true;
+    for (unsigned n = 0; n < 32; n++) {
+        if (!reg_read(vs, a64.z[n], v, sizeof(v))) {
+            *ok = false;
+            return 0;
+        }
+        h += a64_v_hash(n, v);
+    }
+    *ok = reg_read(vs, a64.fpsr, (uint8_t *)&fpsr, 4) && reg_read(vs, a64.fpcr, (uint8_t *)&fpcr, 4);
+    return h + a64_fpsr_fpcr_hash(fpsr, fpcr);
+}
+
+/*
+ * The current task is what the kernel last wrote to SP_EL0 while the host
+ * ran (vcpu_state.a64.host_task, a64_sp_el0_exec()): kernel_entry sets it from
+ * __entry_task at every entry from EL0 and cpu_switch_to() at every switch
+ * (arch/arm64/kernel/entry.S). Reading SP_EL0 would not do: it holds the
+ * user stack pointer from kernel_exit's `msr sp_el0` to the next entry, and
+ * KVM's world switch loads the guest's value into it.
+ */
+static uint64_t a64_current_ptr(struct vcpu_state *vs)
+{
+    return vs->a64.host_task;
+}
+
+static uint64_t a64_current_task(struct vcpu_state *vs, unsigned int vcpu_index,
+                                 unsigned pl G_GNUC_UNUSED, bool use_cached G_GNUC_UNUSED,
+                                 uint64_t seq, bool *valid)
+{
+    uint64_t task = vs->a64.host_task;
+
+    *valid = task != 0;
+    if (task) {
+        task_announce(vs, vcpu_index, task, seq);
+    }
+    return task;
+}
+
+
+/* `msr sp_el0, xN`: the host kernel names its current task (see a64_current_ptr()). */
+static void a64_sp_el0_exec(unsigned int vcpu_index, void *udata)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    uint64_t v = a64_xreg(vs, (uintptr_t)udata);
+
+    /* A user stack pointer (kernel_exit) or the guest's value (HCR_EL2.VM: KVM's switch). */
+    if (v < A64_LINEAR_START || (reg_read_u64(vs, a64.hcr_el2) & HCR_VM)) {
+        return;
+    }
+    vs->a64.host_task = v;
+}
+
+/*
+ * The pending save or load is done: hash the FP/SIMD content of its buffer
+ * (what a save stored, or what a load read) and commit it. fpsr/fpcr of an
+ * SVE save are stored after the Z and P registers, behind a branch: the
+ * registers still hold them.
+ */
+/*
+ * The FP/SIMD content hash of a buffer: FPSIMD (struct user_fpsimd_state:
+ * V0-V31, FPSR, FPCR), or SVE (Z0-Z31 and P0-P15 at vector length vl, as
+ * sve_save lays them out; FPSR and FPCR live elsewhere and are given).
+ */
+static bool a64_buffer_hash(struct vcpu_state *vs, bool sve, uint64_t va, unsigned vl,
+                            const uint32_t *sve_fpsr_fpcr, uint64_t *h, uint64_t *ext,
+                            uint32_t *bytes)
+{
+    g_autofree uint8_t *b = NULL;
+    uint32_t fpsr_fpcr[2];
+    size_t len;
+
+    *h = *ext = 0;
+    if (!sve) {
+        uint8_t v[A64_FPSIMD_BYTES];
+        if (!mem_read(vs, va, v, sizeof(v))) {
+            return false;
+        }
+        for (unsigned n = 0; n < 32; n++) {
+            *h += a64_v_hash(n, v + 16 * n);
+        }
+        memcpy(fpsr_fpcr, v + 512, 8);
+        *h += a64_fpsr_fpcr_hash(fpsr_fpcr[0], fpsr_fpcr[1]);
+        *bytes = A64_FPSIMD_BYTES;
+        return true;
+    }
+    if (vl < 16 || vl > A64_VL_MAX || vl % 16) {
+        return false;
+    }
+    len = 32 * vl + 16 * (vl / 8);
+    b = g_malloc(len);
+    if (!mem_read(vs, va, b, len)) {
+        return false;
+    }
+    for (unsigned n = 0; n < 32; n++) {
+        *h += a64_v_hash(n, b + vl * n);
+        for (unsigned w = 2; w < vl / 8; w++) {
+            uint64_t v;
+            memcpy(&v, b + vl * n + 8 * w, 8);
+            *ext += ftr_a64_word_hash(A64_WORD_EXT + 32 * n + w, v);
+        }
+    }
+    /* P0-P15, vl / 8 bytes each: 2 * vl bytes, hashed as one run of words. */
+    for (unsigned w = 0; w < 2 * vl / 8; w++) {
+        uint64_t v;
+        memcpy(&v, b + 32 * vl + 8 * w, 8);
+        *ext += ftr_a64_word_hash(A64_WORD_EXT + 1024 + w, v);
+    }
+    *h += a64_fpsr_fpcr_hash(sve_fpsr_fpcr[0], sve_fpsr_fpcr[1]);
+    *bytes = len + 8;
+    return true;
+}
+
+/*
+ * A ZA save or load is done: hash its buffer, SVL rows of SVL bytes from
+ * where the sequence began, then ZT0 where the sequence moved it. The
+ * registers still hold SVL and the ZT0 count.
+ */
+static void a64_za_finish(struct vcpu_state *vs, struct ftr_event *ev)
+{
+    const struct fpu_insn *fi = vs->a64.za_insn;
+    uint64_t svl = a64_xreg(vs, fi->a64.vl_reg);
+    bool zt0 = fi->a64.zt_reg != A64_ZT_NONE && (uint32_t)a64_xreg(vs, fi->a64.zt_reg) != 0;
+    size_t za_bytes, len;
+    g_autofree uint8_t *b = NULL;
+
+    vs->a64.za_insn = NULL;
+    if (svl < 16 || svl > A64_VL_MAX || svl % 16) {
+        return;
+    }
+    za_bytes = svl * svl;
+    len = za_bytes + (zt0 ? A64_ZT0_BYTES : 0);
+    b = g_malloc(len);
+    if (!mem_read(vs, vs->a64.va, b, len)) {
+        return;
+    }
+    ev->index = svl;
+    ev->value = zt0 ? 4 | 8 : 4;        /* ZA, and ZT0 */
+    for (size_t w = 0; w < len / 8; w++) {
+        uint64_t v;
+        memcpy(&v, b + 8 * w, 8);
+        ev->mem_hash += ftr_a64_word_hash(w < za_bytes / 8 ? A64_WORD_ZA + w
+                                                       : A64_WORD_ZT0 + w - za_bytes / 8, v);
+    }
+    ev->mem_bytes = len;
+    ev->flags |= FTR_FLAG_MEM_VALID;
+}
+
+/*
+ * The pending save or load is done: a save's content hash comes from what
+ * its buffer holds now (FPSR and FPCR of an SVE save, stored after the Z
+ * and P registers behind a branch, from the registers, which still hold
+ * them); then the event is committed.
+ */
+static void a64_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
+{
+    struct ftr_event *ev = &vs->pending_event;
+    bool sve = ev->kind == FTR_KIND_SVE_SAVE;
+    uint32_t regs[2] = { 0, 0 };
+
+    if (!vs->pending) {
+        return;
+    }
+    vs->pending = false;
+    if (vs->a64.za_insn) {
+        a64_za_finish(vs, ev);
+        vcpu_commit_event(vs, vcpu_index, ev);
+        return;
+    }
+    if (vs->a64.save &&
+        (!sve || (reg_read(vs, a64.fpsr, (uint8_t *)&regs[0], 4) &&
+                  reg_read(vs, a64.fpcr, (uint8_t *)&regs[1], 4))) &&
+        a64_buffer_hash(vs, sve, vs->a64.va, ev->index, regs, &ev->mem_hash,
+                        &ev->mem_ext_hash, &ev->mem_bytes)) {
+        ev->mem_legacy_hash = ev->mem_hash;
+        ev->flags |= FTR_FLAG_MEM_VALID;
+        if (!(ev->flags & FTR_FLAG_REGS_VALID)) {
+            /* regs=derive: a save stores the registers as they are. */
+            ev->regs_hash = ev->mem_hash;
+            ev->flags |= FTR_FLAG_REGS_VALID;
+        }
+        vs->last_regs = ev->regs_hash;
+        vs->last_regs_ok = !vs->regs_dirty;
+    }
+    vcpu_commit_after_entry(vs, vcpu_index, ev);
+}
+
+/*
+ * The first instruction of a save or load sequence (a64_seq_at()): its
+ * buffer, and for a load the content it is about to read. A save is
+ * hashed once its stores are done (a64_seq_end_exec()), from memory.
+ */
+static void a64_state_op_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event ev;
+    bool sve = fi->kind == FTR_KIND_SVE_SAVE || fi->kind == FTR_KIND_SVE_LOAD;
+    unsigned vl = sve ? 8 * reg_read_u64(vs, a64.vg) : 16;
+    uint64_t base = a64_xreg(vs, fi->a64.reg), regs_hash = 0;
+    bool ok = false;
+
+    a64_finish_pending(vs, vcpu_index);
+    /* Before a load, or with regs=read, the registers as they are now. */
+    if (fi->is_restore && vs->last_regs_ok && !vs->regs_dirty) {
+        regs_hash = vs->last_regs;
+        ok = true;
+    } else if (fi->is_restore || !cfg.derive_regs) {
+        regs_hash = a64_regs_hash(vs, &ok);
+    }
+    if (vs->entry_pending) {
+        /*
+         * No kernel FP/SIMD code ran since the entry (it would have written
+         * the entry already): a save stores the registers the task entered
+         * with, and the entry takes its hash (a64_finish_pending()).
+         */
+        bool defer = fi->is_save && cfg.derive_regs;
+        vcpu_materialize_entry(vs, vcpu_index, ok ? &regs_hash : NULL, defer);
+    }
+    event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr, fi->a64.el);
+    /* sve_save/sve_load address Z0 at -34 vector lengths from their base register. */
+    vs->a64.va = sve ? base - 34ull * vl : base;
+    ev.addr = vs->a64.va;
+    ev.index = vl;
+    ev.value = sve ? 3 : 1;     /* FP/SIMD, and the SVE extension */
+    ev.xcr0 = 3;
+    if (ok) {
+        ev.regs_hash = regs_hash;
+        ev.flags |= FTR_FLAG_REGS_VALID;
+    }
+    vs->a64.save = fi->is_save;
+    vs->a64.hyp = fi->a64.hyp;
+    vs->a64.placed = false;
+    if (fi->is_save) {
+        uint64_t ext;
+        uint32_t bytes;
+        /* What it held before the first save to it (an SVE buffer's FPSR/FPCR are elsewhere). */
+        if (!sve && buffer_first_save(ev.addr) &&
+            a64_buffer_hash(vs, false, ev.addr, 0, NULL, &ev.aux, &ext, &bytes)) {
+            ev.flags |= FTR_FLAG_PRIOR_VALID;
+        }
+        vs->regs_dirty = 0;
+    } else {
+        uint32_t fpsr_fpcr[2];
+        /* sve_load takes FPSR and FPCR from where its second argument points. */
+        if ((!sve || mem_read(vs, a64_xreg(vs, 1), fpsr_fpcr, sizeof(fpsr_fpcr))) &&
+            a64_buffer_hash(vs, sve, ev.addr, vl, fpsr_fpcr, &ev.mem_hash,
+                            &ev.mem_ext_hash, &ev.mem_bytes)) {
+            ev.mem_legacy_hash = ev.mem_hash;
+            ev.flags |= FTR_FLAG_MEM_VALID;
+            /* What a load reads is what the registers hold after it. */
+            ev.regs_after_hash = ev.mem_hash;
+            ev.flags |= FTR_FLAG_REGS_AFTER_VALID;
+        }
+        vs->last_regs = ev.regs_after_hash;
+        vs->last_regs_ok = false;       /* until its last instruction (a64_seq_end_exec()) */
+    }
+    vs->pending_event = ev;
+    vs->pending = true;
+}
+
+/*
+ * The first instruction of a ZA save or load (RDSVL): its buffer. The ZA
+ * array and ZT0 are state of their own, outside the register hash; the
+ * content is hashed when the sequence is done (a64_za_finish()).
+ */
+static void a64_za_op_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event ev;
+
+    a64_finish_pending(vs, vcpu_index);
+    if (vs->entry_pending) {
+        bool ok;
+        uint64_t regs_hash = a64_regs_hash(vs, &ok);
+        vcpu_materialize_entry(vs, vcpu_index, ok ? &regs_hash : NULL, false);
+    }
+    event_begin(vs, vcpu_index, &ev, fi->kind, fi->vaddr, fi->a64.el);
+    ev.addr = vs->a64.va = a64_xreg(vs, fi->a64.reg);
+    vs->a64.save = fi->kind == FTR_KIND_SME_SAVE;
+    vs->a64.hyp = fi->a64.hyp;
+    vs->a64.za_insn = fi;
+    vs->pending_event = ev;
+    vs->pending = true;
+}
+
+/*
+ * The first memory access of a save or load sequence: its physical address.
+ * nVHE hypervisor code (EL2 without HCR_EL2.E2H) names buffers by its own
+ * mapping of the kernel's linear map; they are given the kernel's address,
+ * learnt from the linear-map buffers the kernel itself saves and loads.
+ */
+static void a64_state_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
+                          uint64_t vaddr, void *udata G_GNUC_UNUSED)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct ftr_event *ev = &vs->pending_event;
+    struct qemu_plugin_hwaddr *hw = qemu_plugin_get_hwaddr(info, vaddr);
+    uint64_t phys, off, linear;
+
+    if (!vs->pending || vs->a64.placed || !hw || qemu_plugin_hwaddr_is_io(hw)) {
+        return;
+    }
+    vs->a64.placed = true;
+    off = vaddr - vs->a64.va;
+    phys = qemu_plugin_hwaddr_phys_addr(hw) - off;
+    if (vs->a64.hyp) {
+        linear = __atomic_load_n(&a64_linear_offset, __ATOMIC_RELAXED);
+        if (linear) {
+            ev->addr = phys + linear;
+            ev->flags |= FTR_FLAG_ADDR_HYP;
+        }
+    } else if (ev->addr >= A64_LINEAR_START && ev->addr < A64_LINEAR_END) {
+        __atomic_store_n(&a64_linear_offset, ev->addr - phys, __ATOMIC_RELAXED);
+    }
+}
+
+/*
+ * The instruction after a sequence: a save's stores are all done; after a
+ * load the registers hold what it read.
+ */
+static void a64_seq_end_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+
+    if (!vs->pending) {
+        return;
+    }
+    if (!vs->a64.save && !vs->a64.za_insn) {
+        vs->regs_dirty = 0;
+        vs->last_regs_ok = (vs->pending_event.flags & FTR_FLAG_REGS_AFTER_VALID) != 0;
+    }
+    a64_finish_pending(vs, vcpu_index);
+}
+
+/* A write of an FP control register: which one it reaches, and old and new value. */
+static void a64_msr_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    unsigned named = fi->a64.sysreg, el = fi->a64.el, reached = named;
+    uint64_t hcr = reg_read_u64(vs, a64.hcr_el2), old, new;
+    struct qemu_plugin_register *reg;
+    struct ftr_event ev;
+    uint8_t kind;
+
+    /* With HCR_EL2.E2H, EL2 reaches the EL2 register by the EL1 name, EL1's by EL12. */
+    if (el == 2 && (hcr & HCR_E2H)) {
+        switch (named) {
+        case SYSREG_CPACR_EL1: reached = SYSREG_CPTR_EL2; break;
+        case SYSREG_ZCR_EL1: reached = SYSREG_ZCR_EL2; break;
+        case SYSREG_SMCR_EL1: reached = SYSREG_SMCR_EL2; break;
+        case SYSREG_CPACR_EL12: reached = SYSREG_CPACR_EL1; break;
+        case SYSREG_ZCR_EL12: reached = SYSREG_ZCR_EL1; break;
+        case SYSREG_SMCR_EL12: reached = SYSREG_SMCR_EL1; break;
+        }
+    }
+    switch (reached) {
+    case SYSREG_CPACR_EL1: kind = FTR_KIND_CPACR_WRITE; reg = a64.cpacr_el1; break;
+    case SYSREG_CPTR_EL2: kind = FTR_KIND_CPTR_WRITE; reg = a64.cptr_el2; break;
+    case SYSREG_ZCR_EL1: kind = FTR_KIND_ZCR_WRITE; reg = a64.zcr_el1; break;
+    case SYSREG_ZCR_EL2: kind = FTR_KIND_ZCR_WRITE; reg = a64.zcr_el2; break;
+    case SYSREG_SMCR_EL1: kind = FTR_KIND_SMCR_WRITE; reg = a64.smcr_el1; break;
+    case SYSREG_SMCR_EL2: kind = FTR_KIND_SMCR_WRITE; reg = a64.smcr_el2; break;
+    case SYSREG_SVCR: kind = FTR_KIND_SVCR_WRITE; reg = a64.svcr; break;
+    default: return;            /* an EL12 name without E2H: UNDEFINED, it traps */
+    }
+    old = reg_read_u64(vs, reg);
+    if (fi->a64.imm) {
+        /* MSR SVCRSM/SVCRZA/SVCRSMZA, #imm (SMSTART, SMSTOP): CRm bit 0 is the value. */
+        uint64_t bits = (fi->a64.crm >> 1) & 3, set = fi->a64.crm & 1;
+        new = set ? old | bits : old & ~bits;
+    } else {
+        new = a64_xreg(vs, fi->a64.reg);
+    }
+    a64_finish_pending(vs, vcpu_index);
+    event_begin(vs, vcpu_index, &ev, kind, fi->vaddr, el);
+    if ((hcr & HCR_VM) && !(hcr & HCR_TGE) && el < 2) {
+        ev.flags |= FTR_FLAG_L2;
+    }
+    ev.index = named | reached << 16;
+    ev.value = new;
+    ev.aux = old;
+    vcpu_commit_event(vs, vcpu_index, &ev);
+}
+
+/* An identity for the guest vCPU that runs: stage-2 base and VMID, vCPU affinity. */
+static uint64_t a64_guest_id(struct vcpu_state *vs)
+{
+    return (reg_read_u64(vs, a64.vttbr_el2) & ~0xfffull) |
+           (reg_read_u64(vs, a64.vmpidr_el2) & 0xff) << 1 | 1;
+}
+
+static void a64_vm_exit(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t pc,
+                        uint64_t esr, unsigned vector)
+{
+    struct ftr_event ev;
+
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_EXIT, pc, 2);
+    vs->in_l2 = false;
+    ev.flags &= ~FTR_FLAG_L2;
+    if (vs->a64.guest_fp_trapped) {
+        ev.flags |= FTR_FLAG_GUEST_FP_TRAPPED;
+    }
+    ev.addr = vs->vmcb;
+    ev.value = esr;
+    ev.index = vector;
+    event_read_regs(vs, &ev, true);
+    vcpu_commit_event(vs, vcpu_index, &ev);
+}
+
+/*
+ * An exception vector's first instruction (fi->a64: its EL and offset): an
+ * FP/SIMD, SVE or SME access trap (a synchronous exception with ESR_ELx.EC
+ * 0x07, 0x19 or 0x1d), a VM exit (to EL2 from the guest: HCR_EL2.VM
+ * without TGE), or an entry from the host's user mode (to EL1, or to EL2
+ * with HCR_EL2.TGE, i.e. VHE).
+ */
+static void a64_vector_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    unsigned offset = fi->a64.vector, el = fi->a64.el, ec = 0;
+    bool sync = ((offset >> 7) & 3) == 0, from_lower = offset >= 0x400;
+    uint64_t hcr = reg_read_u64(vs, a64.hcr_el2), esr = 0;
+    bool guest_regime = (hcr & HCR_VM) && !(hcr & HCR_TGE);
+    bool from_guest = guest_regime && (el < 2 || from_lower);
+
+    /* The ZA loop branches back per row: an interrupt can come in between. */
+    if (!vs->a64.za_insn) {
+        a64_finish_pending(vs, vcpu_index);
+    }
+    if (sync) {
+        esr = reg_read_u64(vs, el == 2 ? a64.esr_el2 : a64.esr_el1);
+        ec = (esr >> 26) & 0x3f;
+    }
+    if (el == 2 && from_lower && guest_regime) {
+        a64_vm_exit(vs, vcpu_index, fi->vaddr, esr, offset);
+    }
+    if (ec == ESR_EC_FP || ec == ESR_EC_SVE || ec == ESR_EC_SME) {
+        struct ftr_event ev;
+        event_begin(vs, vcpu_index, &ev, FTR_KIND_FP_TRAP,
+                    reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1), el);
+        if (from_guest) {
+            ev.flags |= FTR_FLAG_L2;
+            ev.addr = vs->vmcb;
+        }
+        ev.value = esr;
+        ev.index = offset;
+        vcpu_commit_event(vs, vcpu_index, &ev);
+    }
+    if (from_lower && !guest_regime && (el == 1 || (hcr & HCR_TGE)) && vs->in_user) {
+        /* An entry from the host's user mode (as x86_swapgs_exec() on x86). */
+        vs->in_user = false;
+        vs->last_regs_ok = false;
+        vs->entry_seen = true;
+        vs->entry_materialized = false;
+        vs->entry_pc = reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1);
+        vs->entry_pl = el;
+        vs->entry_task = vs->a64.host_task;
+        vs->entry_pending = 1;
+    }
+}
+
+/*
+ * ERET (fi->a64.el: the EL it runs at): into the guest (from EL2 with HCR_EL2.VM
+ * and not TGE, to EL1 or EL0), or back to the host's user mode.
+ */
+static void a64_eret_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct fpu_insn *fi = udata;
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    unsigned el = fi->a64.el;
+    uint64_t hcr = reg_read_u64(vs, a64.hcr_el2);
+    bool guest_regime = (hcr & HCR_VM) && !(hcr & HCR_TGE);
+    uint64_t spsr, target;
+
+    if (el == 1 && guest_regime) {
+        return;                 /* the guest's own return */
+    }
+    spsr = reg_read_u64(vs, el == 2 ? a64.spsr_el2 : a64.spsr_el1);
+    target = (spsr >> 2) & 3;
+    if (el == 2 && guest_regime && target < 2) {
+        struct ftr_event ev;
+        a64_finish_pending(vs, vcpu_index);
+        event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_ENTRY, fi->vaddr, 2);
+        ev.addr = vs->vmcb = a64_guest_id(vs);
+        /*
+         * Whether the guest may use the FP/SIMD registers, or traps to EL2
+         * first (KVM's lazy switch: __activate_traps() clears FPEN unless
+         * guest_owns_fp_regs()). With HCR_EL2.E2H, CPTR_EL2 has CPACR's
+         * layout (FPEN, bits 21:20, 0b11: no trap); without, TFP (bit 10).
+         */
+        {
+            uint64_t cptr = reg_read_u64(vs, a64.cptr_el2);
+            vs->a64.guest_fp_trapped = (hcr & HCR_E2H) ? ((cptr >> 20) & 3) != 3
+                                                   : (cptr >> 10) & 1;
+        }
+        if (vs->a64.guest_fp_trapped) {
+            ev.flags |= FTR_FLAG_GUEST_FP_TRAPPED;
+        }
+        /* The registers the guest starts with: its own unless trapped. */
+        event_read_regs(vs, &ev, false);
+        vs->last_regs_ok = false;
+        vcpu_commit_event(vs, vcpu_index, &ev);
+        vs->l1_task_at_entry = ev.task;
+        vs->in_l2 = true;
+        return;
+    }
+    if (target == 0 && !guest_regime && (el == 1 || (hcr & HCR_TGE))) {
+        a64_finish_pending(vs, vcpu_index);
+        vcpu_user_return(vs, vcpu_index, reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1));
+    }
+}
+
+/* ---- arm64 translation ------------------------------------------------ */
+
+/*
+ * Code ranges whose FP/SIMD instructions are the state handling itself:
+ * the sequences recognised here, and the kernel's FP core functions the
+ * recorder names (fpcode=ADDR:LEN). Their instructions are not kernel
+ * SIMD use. Appended under insn_lock, read without it (a stale count only
+ * misses the newest range).
+ */
+#define MAX_FP_CODE             64
+static struct { uint64_t start, end; } fp_code[MAX_FP_CODE];
+static unsigned n_fp_code;              /* atomic */
+
+static bool fp_code_has(uint64_t pc)
+{
+    unsigned n = __atomic_load_n(&n_fp_code, __ATOMIC_ACQUIRE);
+
+    for (unsigned i = 0; i < n; i++) {
+        if (pc >= fp_code[i].start && pc < fp_code[i].end) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* False when the table is full (the range is not recorded). */
+bool a64_fp_code_add(uint64_t start, uint64_t end)
+{
+    unsigned n = n_fp_code;
+
+    if (fp_code_has(start)) {
+        return true;
+    }
+    if (n == MAX_FP_CODE) {
+        return false;
+    }
+    fp_code[n].start = start;
+    fp_code[n].end = end;
+    __atomic_store_n(&n_fp_code, n + 1, __ATOMIC_RELEASE);
+    return true;
+}
+
+/*
+ * Whether an A64 instruction reads or writes FP/SIMD or SVE registers: the
+ * "Data Processing -- Scalar Floating-Point and Advanced SIMD" group
+ * (op0 x111), loads and stores with V set (op0 x1x0, bit 26), SVE (op0
+ * 0010), and MSR to FPCR and FPSR. The kernel is built with
+ * -mgeneral-regs-only: these appear only in kernel_neon_begin() sections
+ * and in the FP core.
+ */
+static bool a64_is_fp_simd(uint32_t op)
+{
+    uint32_t op0 = (op >> 25) & 0xf;
+
+    if ((op0 & 7) == 7 || op0 == 2) {
+        return true;
+    }
+    if ((op0 & 5) == 4 && (op & (1u << 26))) {
+        return true;
+    }
+    if ((op & 0xfff00000u) == 0xd5100000u) {        /* MSR, op0 = 3 */
+        uint32_t sr = (op >> 5) & 0xffff;
+        return sr == A64_SYSREG(3, 3, 4, 4, 0) || sr == A64_SYSREG(3, 3, 4, 4, 1);
+    }
+    return false;
+}
+
+/*
+ * A ZA save or load sequence starting at op, RDSVL (see A64_SME_RDSVL_1).
+ * Its base register is the one the first ZA store or load names.
+ */
+static uint8_t a64_za_seq_at(uint64_t vaddr, uint32_t op, struct a64_operands *ops,
+                             unsigned *len)
+{
+    uint32_t next[8];
+    unsigned v = op & 31, w, n;
+    bool save;
+    g_autoptr(GByteArray) buf = g_byte_array_new();
+
+    if (!qemu_plugin_read_memory_vaddr(vaddr + 4, buf, sizeof(next)) ||
+        buf->len < sizeof(next)) {
+        return 0;
+    }
+    memcpy(next, buf->data, sizeof(next));
+    w = next[0] & 31;
+    n = (next[1] >> 5) & 31;
+    if ((next[0] & ~31u) != A64_MOVZ_W_0 || w < 12 || w > 15) {
+        return 0;
+    }
+    save = next[1] == (A64_SME_STR_ZA | (w & 3) << 13 | n << 5);
+    if ((!save && next[1] != (A64_SME_LDR_ZA | (w & 3) << 13 | n << 5)) ||
+        next[2] != (A64_ADD_X_REG | v << 16 | n << 5 | n) ||
+        next[3] != (A64_ADD_X_1 | w << 5 | w) ||
+        next[4] != (A64_CMP_X_REG | w << 16 | v << 5) ||
+        next[5] != A64_BNE_BACK_4) {
+        return 0;
+    }
+    ops->reg = n;
+    ops->vl_reg = v;
+    ops->zt_reg = A64_ZT_NONE;
+    *len = 4 * 7;
+    if ((next[6] & ~31u) == A64_CBZ_W_FWD_2 &&
+        next[7] == ((save ? A64_SME_STR_ZT0 : A64_SME_LDR_ZT0) | n << 5)) {
+        ops->zt_reg = next[6] & 31;
+        *len = 4 * 9;
+    }
+    return save ? FTR_KIND_SME_SAVE : FTR_KIND_SME_LOAD;
+}
+
+/*
+ * A save or load sequence starting at op, checked against the instructions
+ * that follow in memory. Returns its kind, in ops its base register (and
+ * for ZA its other registers), and in *len the bytes up to the instruction
+ * after it.
+ */
+static uint8_t a64_seq_at(uint64_t vaddr, uint32_t op, struct a64_operands *ops,
+                          unsigned *len)
+{
+    uint32_t next[16];
+    unsigned n = (op >> 5) & 31;
+    g_autoptr(GByteArray) buf = g_byte_array_new();
+
+    if ((op & ~31u) == A64_SME_RDSVL_1) {
+        return a64_za_seq_at(vaddr, op, ops, len);
+    }
+    ops->reg = n;
+    if (op == a64_pair_q(A64_STP_Q_OFF, 0, n, 0) || op == a64_pair_q(A64_LDP_Q_OFF, 0, n, 0)) {
+        bool save = op == a64_pair_q(A64_STP_Q_OFF, 0, n, 0);
+        /* stp/ldp q2k, q2k+1, [xN, #32k] for k = 1..14, then k = 15 with writeback. */
+        if (!qemu_plugin_read_memory_vaddr(vaddr + 4, buf, sizeof(next)) ||
+            buf->len < sizeof(next)) {
+            return 0;
+        }
+        memcpy(next, buf->data, sizeof(next));
+        for (unsigned k = 1; k < 16; k++) {
+            uint32_t form = save ? (k < 15 ? A64_STP_Q_OFF : A64_STP_Q_PRE)
+                                 : (k < 15 ? A64_LDP_Q_OFF : A64_LDP_Q_PRE);
+            if (next[k - 1] != a64_pair_q(form, 2 * k, n, 2 * k)) {
+                return 0;
+            }
+        }
+        /*
+         * fpsimd_save: 16 pairs, mrs/str FPSR, mrs/str FPCR. fpsimd_restore:
+         * 16 pairs, ldr/msr FPSR, ldr FPCR and fpsimd_restore_fpcr (mrs, cmp,
+         * b.eq over the msr).
+         */
+        *len = 4 * (save ? 20 : 23);
+        return save ? FTR_KIND_FPSIMD_SAVE : FTR_KIND_FPSIMD_LOAD;
+    }
+    if (op == a64_sve_z(A64_SVE_STR_Z, 0, n, -34) || op == a64_sve_z(A64_SVE_LDR_Z, 0, n, -34)) {
+        bool save = op == a64_sve_z(A64_SVE_STR_Z, 0, n, -34);
+        if (!qemu_plugin_read_memory_vaddr(vaddr + 4, buf, sizeof(next)) ||
+            buf->len < sizeof(next)) {
+            return 0;
+        }
+        memcpy(next, buf->data, sizeof(next));
+        for (unsigned k = 1; k < 16; k++) {
+            if (next[k - 1] != a64_sve_z(save ? A64_SVE_STR_Z : A64_SVE_LDR_Z, k, n, k - 34)) {
+                return 0;
+            }
+        }
+        /*
+         * sve_save: 32 Z and 16 P stores, then FFR behind a branch; the Z
+         * and P registers are all stored at the branch. sve_load: 32 Z
+         * loads, FFR and 16 P loads, FPSR and FPCR: the loads are done when
+         * it returns (its caller's next instruction is not known here).
+         */
+        *len = 4 * (save ? 48 : 0);
+        return save ? FTR_KIND_SVE_SAVE : FTR_KIND_SVE_LOAD;
+    }
+    return 0;
+}
+
+static const struct fpu_insn *a64_intern(const struct fpu_insn *fi, uint32_t op)
+{
+    uint8_t keybuf[sizeof(fi->vaddr) + 2 + sizeof(op)];
+    g_autoptr(GBytes) key = NULL;
+    struct fpu_insn *found;
+
+    memcpy(keybuf, &fi->vaddr, sizeof(fi->vaddr));
+    keybuf[sizeof(fi->vaddr)] = 0xa6;                   /* not an x86 mode */
+    keybuf[sizeof(fi->vaddr) + 1] = fi->a64.el;        /* the EL */
+    memcpy(keybuf + sizeof(fi->vaddr) + 2, &op, sizeof(op));
+    key = g_bytes_new(keybuf, sizeof(keybuf));
+    g_mutex_lock(&insn_lock);
+    found = g_hash_table_lookup(insn_table, key);
+    if (!found) {
+        found = g_memdup2(fi, sizeof(*fi));
+        g_hash_table_insert(insn_table, g_bytes_ref(key), found);
+    }
+    g_mutex_unlock(&insn_lock);
+    return found;
+}
+
+static bool a64_is_fp_sysreg(unsigned sr)
+{
+    switch (sr) {
+    case SYSREG_CPACR_EL1: case SYSREG_CPACR_EL12: case SYSREG_CPTR_EL2:
+    case SYSREG_ZCR_EL1: case SYSREG_ZCR_EL2: case SYSREG_ZCR_EL12:
+    case SYSREG_SMCR_EL1: case SYSREG_SMCR_EL2: case SYSREG_SMCR_EL12:
+    case SYSREG_SVCR:
+        return true;
+    }
+    return false;
+}
+
+static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32_t op,
+                           unsigned el, bool hyp)
+{
+    struct fpu_insn fi = { .vaddr = vaddr, .len = 4, .a64.hyp = hyp };
+    const struct fpu_insn *shared;
+    unsigned len;
+
+    fi.a64.el = el;
+    if (op == A64_INSN_ERET || op == A64_INSN_ERETAA || op == A64_INSN_ERETAB) {
+        shared = a64_intern(&fi, op);
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_eret_exec, QEMU_PLUGIN_CB_R_REGS,
+                                               (void *)shared);
+        return;
+    }
+    if ((op & 0xfff00000u) == 0xd5100000u) {            /* MSR (register), op0 = 3 */
+        unsigned sr = (op >> 5) & 0xffff;
+        fi.a64.reg = op & 31;
+        fi.a64.sysreg = sr;
+        if (sr == SYSREG_SP_EL0) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_sp_el0_exec, QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)(uintptr_t)fi.a64.reg);
+        } else if (a64_is_fp_sysreg(sr)) {
+            shared = a64_intern(&fi, op);
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_msr_exec, QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)shared);
+        }
+        return;
+    }
+    if ((op & 0xfffff0ffu) == 0xd503407fu && ((op >> 9) & 3) != 0) {
+        /* MSR SVCRSM/SVCRZA/SVCRSMZA, #imm: op1 3, CRn 4, CRm 0b0xx?, op2 3. */
+        fi.a64.sysreg = SYSREG_SVCR;
+        fi.a64.crm = (op >> 8) & 0xf;
+        fi.a64.imm = true;
+        shared = a64_intern(&fi, op);
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_msr_exec, QEMU_PLUGIN_CB_R_REGS,
+                                               (void *)shared);
+        return;
+    }
+    fi.kind = a64_seq_at(vaddr, op, &fi.a64, &len);
+    if (!fi.kind) {
+        return;
+    }
+    if (fi.kind == FTR_KIND_SME_SAVE || fi.kind == FTR_KIND_SME_LOAD) {
+        shared = a64_intern(&fi, op);
+        g_mutex_lock(&insn_lock);
+        a64_fp_code_add(vaddr, vaddr + len);
+        site_add(vaddr + len, SITE_SEQ_END);
+        g_mutex_unlock(&insn_lock);
+        qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_za_op_exec, QEMU_PLUGIN_CB_R_REGS,
+                                               (void *)shared);
+        return;
+    }
+    fi.is_save = ftr_kind_role(fi.kind) == FTR_ROLE_SAVE;
+    fi.is_restore = !fi.is_save;
+    shared = a64_intern(&fi, op);
+    g_mutex_lock(&insn_lock);
+    a64_fp_code_add(vaddr, vaddr + (len ? len : 4 * 64));
+    if (len) {
+        site_add(vaddr + len, SITE_SEQ_END);
+    }
+    g_mutex_unlock(&insn_lock);
+    qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_state_op_exec, QEMU_PLUGIN_CB_R_REGS,
+                                           (void *)shared);
+    qemu_plugin_register_vcpu_mem_cb(insn, a64_state_mem, QEMU_PLUGIN_CB_NO_REGS,
+                                     fi.is_save ? QEMU_PLUGIN_MEM_W : QEMU_PLUGIN_MEM_R,
+                                     (void *)shared);
+}
+
+static void a64_tb_trans(struct qemu_plugin_tb *tb)
+{
+    size_t n = qemu_plugin_tb_n_insns(tb);
+    unsigned el = (translation_reg_u64(a64.cpsr) >> 2) & 3;
+    uint64_t vbar = 0, hcr = 0;
+    bool host_kernel;
+
+    if (el == 0) {
+        /* User code: only whether it may change the FP/SIMD registers. */
+        for (size_t i = 0; i < n && cfg.derive_regs; i++) {
+            struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+            uint32_t op = 0;
+            qemu_plugin_insn_data(insn, &op, sizeof(op));
+            if (a64_is_fp_simd(op)) {
+                qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+                    insn, QEMU_PLUGIN_INLINE_STORE_U64, regs_dirty_entry, 1);
+            }
+        }
+        return;
+    }
+    hcr = translation_reg_u64(a64.hcr_el2);
+    vbar = translation_reg_u64(el == 2 ? a64.vbar_el2 : a64.vbar_el1);
+    /* The host kernel: EL1 outside a guest, or EL2 with E2H (VHE); not nVHE's hypervisor. */
+    host_kernel = el == 1 ? !(hcr & HCR_VM) || (hcr & HCR_TGE) : (hcr & HCR_E2H) != 0;
+    for (size_t i = 0; i < n; i++) {
+        struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        uint64_t vaddr = qemu_plugin_insn_vaddr(insn);
+        uint32_t op = 0;
+        uint32_t site = site_lookup(vaddr);
+
+        qemu_plugin_insn_data(insn, &op, sizeof(op));
+        if (site & SITE_SEQ_END) {
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_seq_end_exec,
+                                                   QEMU_PLUGIN_CB_R_REGS, NULL);
+        }
+        if (vbar && vaddr - vbar < 0x800 && !((vaddr - vbar) & 0x7f)) {
+            struct fpu_insn fi = { .vaddr = vaddr, .len = 4 };
+            fi.a64.el = el;
+            fi.a64.vector = vaddr - vbar;
+            qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_vector_exec, QEMU_PLUGIN_CB_R_REGS,
+                                                   (void *)a64_intern(&fi, op));
+        }
+        if (cfg.n_probes && host_kernel) {
+            const struct probe *pr = probe_lookup(vaddr);
+            if (pr) {
+                qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_probe_exec,
+                                                       QEMU_PLUGIN_CB_R_REGS, (void *)pr);
+            }
+        }
+        if (a64_is_fp_simd(op) && !fp_code_has(vaddr)) {
+            if (cfg.derive_regs) {
+                qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+                    insn, QEMU_PLUGIN_INLINE_STORE_U64, regs_dirty_entry, 1);
+            }
+            if (host_kernel) {
+                if (cfg.boundaries) {
+                    qemu_plugin_register_vcpu_insn_exec_cond_cb(
+                        insn, vcpu_simd_after_entry_exec, QEMU_PLUGIN_CB_R_REGS,
+                        QEMU_PLUGIN_COND_EQ, entry_pending_entry, 1, NULL);
+                }
+                qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+                    insn, QEMU_PLUGIN_INLINE_STORE_U64, kernel_simd_entry, vaddr);
+            }
+        }
+        a64_instrument(insn, vaddr, op, el, el == 2 && !(hcr & HCR_E2H));
+    }
+}
+
+static void a64_regs_resolve(void)
+{
+    static const struct {
+        const char *name;
+        struct qemu_plugin_register **handle;
+    } named[] = {
+        { "cpsr", &a64.cpsr }, { "fpsr", &a64.fpsr }, { "fpcr", &a64.fpcr },
+        { "vg", &a64.vg }, { "HCR_EL2", &a64.hcr_el2 }, { "ESR_EL1", &a64.esr_el1 },
+        { "ESR_EL2", &a64.esr_el2 }, { "ELR_EL1", &a64.elr_el1 }, { "ELR_EL2", &a64.elr_el2 },
+        { "SPSR_EL1", &a64.spsr_el1 }, { "SPSR_EL2", &a64.spsr_el2 },
+        { "VBAR", &a64.vbar_el1 }, { "VBAR_EL2", &a64.vbar_el2 },
+        { "VTTBR_EL2", &a64.vttbr_el2 }, { "VMPIDR_EL2", &a64.vmpidr_el2 },
+        { "SVCR", &a64.svcr }, { "CPACR", &a64.cpacr_el1 }, { "CPTR_EL2", &a64.cptr_el2 },
+        { "ZCR_EL1", &a64.zcr_el1 }, { "ZCR_EL2", &a64.zcr_el2 },
+        { "SMCR_EL1", &a64.smcr_el1 }, { "SMCR_EL2", &a64.smcr_el2 },
+    };
+    g_autoptr(GArray) list = qemu_plugin_get_registers();
+
+    for (guint i = 0; i < list->len; i++) {
+        qemu_plugin_reg_descriptor *rd = &g_array_index(list, qemu_plugin_reg_descriptor, i);
+        const char *nm = rd->name;
+        int k;
+        char tail;
+
+        for (k = 0; k < (int)G_N_ELEMENTS(named); k++) {
+            if (!g_ascii_strcasecmp(nm, named[k].name)) {
+                *named[k].handle = rd->handle;
+            }
+        }
+        if (sscanf(nm, "x%d%c", &k, &tail) == 1 && k >= 0 && k < 31) {
+            a64.x[k] = rd->handle;
+        } else if (sscanf(nm, "z%d%c", &k, &tail) == 1 && k >= 0 && k < 32) {
+            a64.z[k] = rd->handle;
+        }
+    }
+}
+
+/* AAPCS64: x0, x1, x2. */
+static void a64_probe_args(struct vcpu_state *vs, uint64_t args[3])
+{
+    for (unsigned i = 0; i < 3; i++) {
+        args[i] = a64_xreg(vs, i);
+    }
+}
+
+/* Nothing to prepare at install. */
+static void a64_init(void)
+{
+}
+
+static void a64_vcpu_init(struct vcpu_state *vs)
+{
+    vs->xcr0 = 3;                       /* FP/SIMD and SVE: a save's `value` */
+}
+
+const struct arch_ops a64_ops = {
+    .user_pl = 0,
+    .privilege = a64_el,
+    .current_task = a64_current_task,
+    .current_ptr = a64_current_ptr,
+    .regs_hash = a64_regs_hash,
+    .finish_pending = a64_finish_pending,
+    .probe_args = a64_probe_args,
+    .tb_trans = a64_tb_trans,
+    .regs_resolve = a64_regs_resolve,
+    .init = a64_init,
+    .vcpu_init = a64_vcpu_init,
+};

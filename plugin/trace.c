@@ -1,0 +1,143 @@
+/*
+ * trace.c: the trace writer.
+ *
+ * Per-vCPU buffers of fixed-size records, written as self-checking blocks
+ * with one write(2) each on an O_APPEND descriptor, so the exec path takes
+ * no lock and a trace cut short stays readable up to its last whole block.
+ * docs/trace-format.md describes every byte; ftr-format.h defines them.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ftr-crc32c.h"
+#include "fputrace.h"
+
+static bool trace_write_all(const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+
+    while (len > 0) {
+        ssize_t n = write(cfg.fd, p, len);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            __atomic_fetch_add(&write_errors, 1, __ATOMIC_RELAXED);
+            return false;
+        }
+        p += n;
+        len -= n;
+    }
+    return true;
+}
+
+/*
+ * One block, one write(2): with O_APPEND the kernel places it whole at the
+ * end of the file, so vCPU threads need no lock between them.
+ */
+void trace_write_block(uint16_t type, uint16_t vcpu, const void *payload,
+                       uint32_t count, uint32_t payload_size)
+{
+    size_t total = sizeof(struct ftr_block_header) + payload_size;
+    g_autofree uint8_t *buf = g_malloc(total);
+    struct ftr_block_header hdr = {
+        .magic = FTR_BLOCK_MAGIC,
+        .type = type,
+        .vcpu = vcpu,
+        .count = count,
+        .payload_size = payload_size,
+        .crc32 = ftr_crc32c(payload, payload_size),
+    };
+
+    /* Its own checksum lets a reader tell a damaged header from a block. */
+    hdr.header_crc32 = ftr_crc32c(&hdr, offsetof(struct ftr_block_header, header_crc32));
+    memcpy(buf, &hdr, sizeof(hdr));
+    memcpy(buf + sizeof(hdr), payload, payload_size);
+    if (trace_write_all(buf, total)) {
+        __atomic_fetch_add(&blocks_written, 1, __ATOMIC_RELAXED);
+    }
+}
+
+static void header_put_string(GByteArray *out, const char *s)
+{
+    uint16_t len = s ? strlen(s) : 0;
+
+    g_byte_array_append(out, (const guint8 *)&len, sizeof(len));
+    if (len) {
+        g_byte_array_append(out, (const guint8 *)s, len);
+    }
+}
+
+bool trace_write_header(uint32_t api_version)
+{
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    struct ftr_file_header fh = {
+        .version = FTR_VERSION,
+        .min_reader_version = FTR_MIN_READER_VERSION,
+        .features = FTR_FEAT_MEM_HASH | FTR_FEAT_REGS_HASH |
+                    (cfg.current_addr ? FTR_FEAT_TASKS : 0) |
+                    (cfg.boundaries ? FTR_FEAT_BOUNDARIES : 0) |
+                    (cfg.n_probes ? FTR_FEAT_PROBES : 0),
+        .arch = strcmp(cfg.target, "aarch64") == 0 ? FTR_ARCH_AARCH64 : FTR_ARCH_X86_64,
+        .event_size = sizeof(struct ftr_event),
+        .task_size = sizeof(struct ftr_task),
+        .plugin_api = api_version,
+    };
+    uint32_t header_crc;
+
+    memcpy(fh.magic, FTR_MAGIC, sizeof(fh.magic));
+    g_byte_array_append(out, (const guint8 *)&fh, sizeof(fh));
+    header_put_string(out, cfg.qemu_id);
+    header_put_string(out, cfg.kernel_id);
+    header_put_string(out, cfg.args);
+    /* Pad to 8 so that blocks are aligned in the file. */
+    while (out->len % 8) {
+        g_byte_array_append(out, (const guint8 *)"", 1);
+    }
+    fh.header_size = out->len;
+    memcpy(out->data + offsetof(struct ftr_file_header, header_size), &fh.header_size,
+           sizeof(fh.header_size));
+    /* Over the whole header, this field still zero. */
+    header_crc = ftr_crc32c(out->data, out->len);
+    memcpy(out->data + offsetof(struct ftr_file_header, header_crc32), &header_crc,
+           sizeof(header_crc));
+    return trace_write_all(out->data, out->len);
+}
+
+void vcpu_flush_events(struct vcpu_state *vs, unsigned int vcpu_index)
+{
+    if (vs->n_events) {
+        trace_write_block(FTR_BLOCK_EVENTS, vcpu_index, vs->events, vs->n_events,
+                          vs->n_events * sizeof(struct ftr_event));
+        vs->n_events = 0;
+    }
+}
+
+void vcpu_flush_tasks(struct vcpu_state *vs, unsigned int vcpu_index)
+{
+    if (vs->n_tasks) {
+        trace_write_block(FTR_BLOCK_TASKS, vcpu_index, vs->tasks, vs->n_tasks,
+                          vs->n_tasks * sizeof(struct ftr_task));
+        vs->n_tasks = 0;
+    }
+}
+
+/*
+ * Task announcements go out before the events that name them: a reader that
+ * stops at the last whole block then never sees an event with an unknown task
+ * that the trace could have told it about.
+ */
+void vcpu_commit_event(struct vcpu_state *vs, unsigned int vcpu_index,
+                       const struct ftr_event *ev)
+{
+    vs->events[vs->n_events++] = *ev;
+    vs->events_by_kind[ev->kind]++;
+    if (vs->n_events == cfg.block_events) {
+        vcpu_flush_tasks(vs, vcpu_index);
+        vcpu_flush_events(vs, vcpu_index);
+    }
+}
