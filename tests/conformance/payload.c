@@ -641,7 +641,7 @@ void payload_main(void)
         f0 = fault_count;
         __asm__ volatile("lea 1f(%%rip), %%r11\n mov %%r11, fault_resume(%%rip)\n"
                          "xrstor64 0x20(%%rbx,%%rcx,4)\n1:\n"
-                         : : "a"(all), "d"(0), "b"(buf_gs.bytes - 0x60), "c"(0x10)
+                         : : "a"(all), "d"(0), "b"((uintptr_t)buf_gs.bytes - 0x60), "c"(0x10)
                          : "r11", "memory");
         /* buf_gs was saved into, never loaded: loading it changes the owner. */
         EXPECT("necessary");

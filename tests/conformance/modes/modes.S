@@ -102,3 +102,6 @@ stack_top:
 
         .section .payload, "a"
         .incbin PAYLOAD_BIN
+
+        /* no executable stack: this image has no stack segment of its own */
+        .section .note.GNU-stack, "", @progbits
