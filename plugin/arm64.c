@@ -1013,19 +1013,7 @@ static void a64_tb_trans(struct qemu_plugin_tb *tb)
             }
         }
         if (a64_is_fp_simd(op) && !fp_code_has(vaddr)) {
-            if (cfg.derive_regs) {
-                qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
-                    insn, QEMU_PLUGIN_INLINE_STORE_U64, regs_dirty_entry, 1);
-            }
-            if (host_kernel) {
-                if (cfg.boundaries) {
-                    qemu_plugin_register_vcpu_insn_exec_cond_cb(
-                        insn, vcpu_simd_after_entry_exec, QEMU_PLUGIN_CB_R_REGS,
-                        QEMU_PLUGIN_COND_EQ, entry_pending_entry, 1, NULL);
-                }
-                qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
-                    insn, QEMU_PLUGIN_INLINE_STORE_U64, kernel_simd_entry, vaddr);
-            }
+            simd_instrument(insn, vaddr, host_kernel);
         }
         a64_instrument(insn, vaddr, op, el, el == 2 && !(hcr & HCR_E2H));
     }

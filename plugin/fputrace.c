@@ -88,8 +88,8 @@ struct ftr_config cfg = {
 };
 
 static struct qemu_plugin_scoreboard *vcpus;
-qemu_plugin_u64 kernel_simd_entry;       /* vcpu_state.kernel_simd */
-qemu_plugin_u64 entry_pending_entry;     /* vcpu_state.entry_pending */
+static qemu_plugin_u64 kernel_simd_entry;       /* vcpu_state.kernel_simd */
+static qemu_plugin_u64 entry_pending_entry;     /* vcpu_state.entry_pending */
 qemu_plugin_u64 regs_dirty_entry;        /* vcpu_state.regs_dirty */
 static uint64_t next_seq;               /* atomic */
 /*
@@ -450,7 +450,7 @@ void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index,
 }
 
 /* The first kernel FP/SIMD instruction after an entry, before it runs. */
-void vcpu_simd_after_entry_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
+static void vcpu_simd_after_entry_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
 {
     struct vcpu_state *vs = vcpu_get(vcpu_index);
 
@@ -580,6 +580,31 @@ const struct probe *probe_lookup(uint64_t pc)
         }
     }
     return NULL;
+}
+
+/*
+ * A translated FP/SIMD instruction outside the state handling code: it may
+ * change the registers (regs_dirty, for regs=derive), and in the host
+ * kernel it is kernel SIMD use. Inline stores, no callback, so that SIMD
+ * loops stay at full speed; only the first one after a user entry calls
+ * back, to read the registers the task entered with.
+ */
+void simd_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, bool host_kernel)
+{
+    if (cfg.derive_regs) {
+        qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+            insn, QEMU_PLUGIN_INLINE_STORE_U64, regs_dirty_entry, 1);
+    }
+    if (!host_kernel) {
+        return;
+    }
+    if (cfg.boundaries) {
+        qemu_plugin_register_vcpu_insn_exec_cond_cb(
+            insn, vcpu_simd_after_entry_exec, QEMU_PLUGIN_CB_R_REGS,
+            QEMU_PLUGIN_COND_EQ, entry_pending_entry, 1, NULL);
+    }
+    qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+        insn, QEMU_PLUGIN_INLINE_STORE_U64, kernel_simd_entry, vaddr);
 }
 
 /* ---- callbacks -------------------------------------------------------- */

@@ -257,9 +257,7 @@ struct ftr_config {
 };
 extern struct ftr_config cfg;
 
-/* Scoreboard words of struct vcpu_state that inline operations touch. */
-extern qemu_plugin_u64 kernel_simd_entry;       /* vcpu_state.kernel_simd */
-extern qemu_plugin_u64 entry_pending_entry;     /* vcpu_state.entry_pending */
+/* A scoreboard word of struct vcpu_state that inline operations touch. */
 extern qemu_plugin_u64 regs_dirty_entry;        /* vcpu_state.regs_dirty */
 extern uint64_t blocks_written;                 /* atomic */
 extern uint64_t write_errors;                   /* atomic */
@@ -292,7 +290,6 @@ void event_read_regs(struct vcpu_state *vs, struct ftr_event *ev, bool remember)
 void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_index,
                             const uint64_t *regs_hash, bool defer);
 void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t user_pc);
-void vcpu_simd_after_entry_exec(unsigned int vcpu_index, void *udata);
 void vcpu_probe_exec(unsigned int vcpu_index, void *udata);
 bool buffer_first_save(uint64_t addr);
 const struct fpu_insn *insn_intern(const struct fpu_insn *fi, const uint8_t *bytes, size_t len,
@@ -301,6 +298,7 @@ uint32_t site_lookup(uint64_t pc);
 void site_add(uint64_t pc, uint32_t type);
 uint64_t translation_reg_u64(struct qemu_plugin_register *reg);
 const struct probe *probe_lookup(uint64_t pc);
+void simd_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, bool host_kernel);
 
 /* ---- trace.c ----------------------------------------------------------- */
 

@@ -1005,20 +1005,8 @@ static void x86_tb_trans(struct qemu_plugin_tb *tb)
                                                        QEMU_PLUGIN_CB_R_REGS, (void *)pr);
             }
         }
-        if (cfg.derive_regs && x86_is_fp_simd(bytes, len)) {
-            qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
-                insn, QEMU_PLUGIN_INLINE_STORE_U64, regs_dirty_entry, 1);
-        }
-        if ((vaddr >> 63) && x86_is_fp_simd(bytes, len)) {
-            if (cfg.boundaries) {
-                /* Before the first one after a user entry, the entry's registers. */
-                qemu_plugin_register_vcpu_insn_exec_cond_cb(
-                    insn, vcpu_simd_after_entry_exec, QEMU_PLUGIN_CB_R_REGS,
-                    QEMU_PLUGIN_COND_EQ, entry_pending_entry, 1, NULL);
-            }
-            /* An inline store of its pc, no callback: SIMD loops stay at full speed. */
-            qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
-                insn, QEMU_PLUGIN_INLINE_STORE_U64, kernel_simd_entry, vaddr);
+        if (x86_is_fp_simd(bytes, len)) {
+            simd_instrument(insn, vaddr, vaddr >> 63);
         }
         if (x86_maybe_traced(bytes, len)) {
             x86_instrument(insn, vaddr, bytes, len);
