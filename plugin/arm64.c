@@ -182,7 +182,8 @@ static uint64_t a64_regs_hash(struct vcpu_state *vs, bool *ok)
         }
         h += a64_v_hash(n, v);
     }
-    *ok = reg_read(vs, a64.fpsr, (uint8_t *)&fpsr, 4) && reg_read(vs, a64.fpcr, (uint8_t *)&fpcr, 4);
+    *ok = reg_read(vs, a64.fpsr, (uint8_t *)&fpsr, 4) &&
+          reg_read(vs, a64.fpcr, (uint8_t *)&fpcr, 4);
     return h + a64_fpsr_fpcr_hash(fpsr, fpcr);
 }
 
