@@ -1,8 +1,9 @@
 """The user's own programs as workloads: `record --add PATH --run 'CMD ARGS'`.
 
-Added files and directories are copied into the guest under /added, which
-comes first on the PATH of every command, so `--run` finds an added program
-by its name. The guest is a busybox initramfs: it has busybox's applets and
+Added files and directories are copied into the guest under /added. /added
+and each directory added there come first on the PATH of every command
+(guest_path()), so `--run` finds an added program by its bare name, as the
+check here resolves it. The guest is a busybox initramfs: it has busybox's applets and
 no dynamic loader, so everything is checked before anything boots: a missing
 file, a dynamically linked or foreign-architecture binary, a script whose
 interpreter the guest lacks, or a command that names nothing in the guest.
@@ -155,12 +156,31 @@ def programs_of(cmd: str) -> list[str]:
     return programs
 
 
+def added_dirs(added: list[AddedFile]) -> list[str]:
+    """/added and the directories --add put directly under it, in order."""
+    dirs = [f"/{GUEST_DIR}"]
+    for f in added:
+        parts = PurePosixPath(f.guest).parts
+        if len(parts) > 2 and f"/{GUEST_DIR}/{parts[1]}" not in dirs:
+            dirs.append(f"/{GUEST_DIR}/{parts[1]}")
+    return dirs
+
+
+def guest_path(added: list[AddedFile]) -> str:
+    """The PATH of every command in the guest."""
+    return ":".join([*added_dirs(added), "/bin", "/sbin", "/usr/bin", "/usr/sbin"])
+
+
 def check_commands(commands: list[str], added: list[AddedFile],
                    applets: frozenset[str]) -> list[ForeignRun]:
-    """Each --run command, checked: every program it runs must be an added
-    file (by name or path under /added) or a busybox applet."""
-    names = ({f.guest for f in added} | {PurePosixPath(f.guest).name for f in added}
-             | {f.guest.removeprefix(GUEST_DIR + "/") for f in added})
+    """Each --run command, checked as the guest will resolve it: every
+    program it runs must be an added file (a bare name found in a directory
+    of guest_path(), or a path from /added, where commands run) or a busybox
+    applet."""
+    on_path = set(added_dirs(added))
+    names = ({f.guest for f in added} | {f.guest.removeprefix(GUEST_DIR + "/") for f in added}
+             | {PurePosixPath(f.guest).name for f in added
+                if str(PurePosixPath("/" + f.guest).parent) in on_path})
     runs = []
     for cmd in commands:
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fputrace import __version__
 from fputrace.errors import FputraceError
-from fputrace.foreign import AddedFile, ForeignRun, busybox_applets
+from fputrace.foreign import AddedFile, ForeignRun, busybox_applets, guest_path
 from fputrace.initramfs import busybox_initramfs
 from fputrace.kernel.busybox import applets_busybox, busybox_for
 from fputrace.kernel.layout import SERIAL_DEVICE, KernelTarget, kernel_cmdline, kernel_layout
@@ -93,13 +93,14 @@ def plugin_path() -> Path:
 
 
 def _init_script(modules: list[str], runs: list[WorkloadRun],
-                 foreign: list[ForeignRun], tty: str = "ttyS") -> str:
+                 foreign: list[ForeignRun], tty: str = "ttyS",
+                 added: list[AddedFile] | None = None) -> str:
     lines = [
         "#!/bin/sh",
         "mount -t proc proc /proc",
         "mount -t sysfs sys /sys",
         "mount -t devtmpfs dev /dev",
-        "export PATH=/added:/bin:/sbin:/usr/bin:/usr/sbin",
+        f"export PATH={guest_path(added or [])}",
         f"echo {MARK}-BOOTED",
     ]
     for m in modules:
@@ -207,7 +208,7 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
                                             target.state_dir))
         names.append(SEED_MODULE)
     ramfs = busybox_initramfs(busybox, _init_script(names, runs, foreign,
-                                                    SERIAL_DEVICE[target.arch]),
+                                                    SERIAL_DEVICE[target.arch], added),
                               busybox_applets(applets_busybox()) if foreign else None)
     for p, n in zip(module_files, names, strict=True):
         # Decompressed here, so busybox insmod needs no xz/zstd support.

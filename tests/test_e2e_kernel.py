@@ -513,3 +513,23 @@ def test_32bit_process_addresses_and_hashes(qemu_plugin: Path, tmp_path: Path) -
     assert int(first[4]["mem_hash"]) == int(first[2]["mem_hash"])  # fxrstor of fxsave (reg)
     rep = json.loads(fputrace("report", "--json", str(out)).stdout)
     assert rep["findings"] == [], report_head(out)
+
+
+def test_a_program_in_an_added_directory_runs_by_its_bare_name(qemu_plugin: Path,
+                                                               tmp_path: Path) -> None:
+    # --add DIR puts DIR's programs on the guest's PATH, as the check before
+    # the boot resolves them: `--run 'hello 7'` runs DIR/hello (the guest's
+    # shell said "hello: not found" when only /added was on PATH).
+    kernel_available("6.1")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    src = tmp_path / "hello.c"
+    src.write_text('#include <stdio.h>\nint main(int c, char **v) '
+                   '{ printf("hello: %s\\n", c > 1 ? v[1] : "-"); return 0; }\n')
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(tools / "hello"), str(src)], check=True)
+    out = tmp_path / "dir.ftr"
+    p = fputrace("record", "--kernel", "6.1", "--add", str(tools), "--run", "hello 7",
+                 "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    meta = json.loads(sidecar(out, "meta.json").read_text())
+    assert meta["runs"] == [{"command": "hello 7", "exit_status": 0, "last_line": "hello: 7"}]

@@ -398,3 +398,18 @@ def test_dsc_names_its_two_tarballs(tmp_path: Path) -> None:
         " " + "1" * 32 + " 1580 linux_6.1.158-1.debian.tar.xz\n")
     assert selftests._dsc_files(dsc) == (tmp_path / "linux_6.1.158.orig.tar.xz",
                                          tmp_path / "linux_6.1.158-1.debian.tar.xz")
+
+
+def test_bare_names_resolve_as_in_the_guest(tmp_path: Path) -> None:
+    # /added and the directories directly under it are on the guest's PATH;
+    # a program deeper down needs its path.
+    from fputrace.foreign import AddedFile, check_commands, guest_path
+
+    added = [AddedFile(tmp_path / "a", "added/top"), AddedFile(tmp_path / "b", "added/d/prog"),
+             AddedFile(tmp_path / "c", "added/d/sub/deep")]
+    assert guest_path(added).split(":")[:2] == ["/added", "/added/d"]
+    applets = frozenset({"bin/sh"})
+    assert [r.command for r in check_commands(["top", "prog 1", "d/sub/deep"], added,
+                                              applets)] == ["top", "prog 1", "d/sub/deep"]
+    with pytest.raises(FputraceError, match="deep is neither an added file"):
+        check_commands(["deep"], added, applets)
