@@ -4,7 +4,8 @@ plugin, and save the trace with what belongs beside it.
 For a trace run.ftr the recording writes:
   run.ftr             the trace (docs/trace-format.md)
   run.console.log     the guest console
-  run.kallsyms.gz     kernel symbols plus module symbols as loaded in this run
+  run.kallsyms.gz     kernel symbols, plus the guest's /proc/modules and module
+                      symbols after the boot and after every workload and command
   run.meta.json       what was run and how it ended (status, partial, workloads)
 """
 
@@ -39,7 +40,7 @@ from fputrace.machine import (
 )
 from fputrace.paths import build_dir
 from fputrace.trace.run import sidecar
-from fputrace.trace.symbols import Symbols
+from fputrace.trace.symbols import MODULE_LINE, Symbols
 from fputrace.workloads import WorkloadRun, parse_summary
 
 MARK = "FPUTRACE"
@@ -105,11 +106,12 @@ def _init_script(modules: list[str], runs: list[WorkloadRun],
     ]
     for m in modules:
         lines.append(f"insmod /modules/{m}.ko || echo {MARK}-INSMOD-FAILED {m}")
-    lines += [
-        f"stty -F /dev/{tty}1 raw -echo",
-        # Module symbols as loaded in this run, for symbolizing module code.
-        f"grep '\\[' /proc/kallsyms > /dev/{tty}1",
-    ]
+    # Where modules lie and their symbols, for symbolizing module code: after
+    # the boot's own loads, and again after every workload and command, since
+    # a command may load (or unload) modules (fputrace.trace.symbols).
+    dump_modules = (f"{{ sed 's/^/{MODULE_LINE}/' /proc/modules; grep '\\[' /proc/kallsyms; }}"
+                    f" >> /dev/{tty}1")
+    lines += [f"stty -F /dev/{tty}1 raw -echo", dump_modules]
     for r in runs:
         lines += [
             f"echo {MARK}-WORKLOAD-BEGIN {r.label}",
@@ -117,8 +119,11 @@ def _init_script(modules: list[str], runs: list[WorkloadRun],
                       *r.workload.args]),
             f"echo {MARK}-WORKLOAD-END {r.label} $?",
         ]
+    if runs:
+        lines.append(dump_modules)
     for i, f in enumerate(foreign):
-        lines += [f"echo {MARK}-RUN-BEGIN {i}", f.script, f"echo {MARK}-RUN-END {i} $?"]
+        lines += [f"echo {MARK}-RUN-BEGIN {i}", f.script, f"echo {MARK}-RUN-END {i} $?",
+                  dump_modules]
     lines += [f"echo {MARK}-DONE", "poweroff -f", ""]
     return "\n".join(lines)
 

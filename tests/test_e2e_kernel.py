@@ -533,3 +533,35 @@ def test_a_program_in_an_added_directory_runs_by_its_bare_name(qemu_plugin: Path
     assert p.returncode == 0, p.stderr
     meta = json.loads(sidecar(out, "meta.json").read_text())
     assert meta["runs"] == [{"command": "hello 7", "exit_status": 0, "last_line": "hello: 7"}]
+
+
+def test_a_module_loaded_by_a_command_is_named_by_its_symbols(qemu_plugin: Path,
+                                                              tmp_path: Path) -> None:
+    # A module that a --run command loads (here the project's seed module,
+    # loaded by hand rather than by the fpu-seed workload) was missing from
+    # run.kallsyms.gz, whose module symbols were taken right after the boot:
+    # its code was then named after the nearest earlier function of another
+    # module. The symbols are taken again after every command, with where
+    # each module lies.
+    import shutil
+
+    from fputrace.kernel.seedmod import seed_module_for
+    from fputrace.trace.run import load_run
+
+    kernel_available("6.1")
+    ko = seed_module_for(debian.fetch_kernel("6.1"), None, tmp_path)
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    shutil.copy(ko, mods / "seed.ko")
+    out = tmp_path / "mod.ftr"
+    p = fputrace("record", "--kernel", "6.1", "--add", str(mods),
+                 "--run", "insmod mods/seed.ko && grep -c fputrace_seed /proc/modules",
+                 "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    meta = json.loads(sidecar(out, "meta.json").read_text())
+    assert meta["runs"][0]["exit_status"] == 0 and meta["runs"][0]["last_line"] == "1"
+    syms = load_run(out).symbols
+    addr = syms.values["seed_clobber_xmm"]
+    module = syms.module_at(addr)
+    assert module is not None and module.name == "fputrace_seed"
+    assert syms.describe(addr + 4) == "seed_clobber_xmm+0x4 [fputrace_seed]"

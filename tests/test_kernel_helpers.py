@@ -413,3 +413,32 @@ def test_bare_names_resolve_as_in_the_guest(tmp_path: Path) -> None:
                                               applets)] == ["top", "prog 1", "d/sub/deep"]
     with pytest.raises(FputraceError, match="deep is neither an added file"):
         check_commands(["deep"], added, applets)
+
+
+MODULES_TEXT = """\
+ffffffff81000000 T _stext
+ffffffff81001000 T kernel_fpu_begin_mask
+ffffffff81ff0000 T _etext
+ffffffffc0a00000 t svm_vcpu_run\t[kvm_amd]
+ffffffffc0a01000 t __svm_sev_es_vcpu_run\t[kvm_amd]
+@module kvm_amd 155648 0 - Live 0xffffffffc0a00000
+@module mymod 16384 0 - Live 0xffffffffc0c00000
+@module nosyms 8192 0 - Live 0xffffffffc0d00000
+ffffffffc0c00000 t mymod_clobber\t[mymod]
+ffffffffc0c00100 t mymod_exit\t[mymod]
+"""
+
+
+def test_a_symbol_never_stretches_past_its_module() -> None:
+    # kvm_amd's last function must not name code beyond kvm_amd's memory
+    # (the 0x14c89 blame of the issue), nor code of a module whose symbols
+    # are unknown; a module's own function is named.
+    syms = Symbols.parse(MODULES_TEXT)
+    assert syms.describe(0xFFFFFFFFC0A00010) == "svm_vcpu_run+0x10 [kvm_amd]"
+    assert syms.describe(0xFFFFFFFFC0C00010) == "mymod_clobber+0x10 [mymod]"
+    past_kvm = 0xFFFFFFFFC0A01000 + 0x14C89 + 155648
+    assert syms.describe(past_kvm) == f"{past_kvm:#x}"
+    assert syms.describe(0xFFFFFFFFC0D00040) == "0xffffffffc0d00040 (in module nosyms, no symbol)"
+    assert syms.describe(0xFFFFFFFF81001010) == "kernel_fpu_begin_mask+0x10"
+    # Dumped twice (after each command), the same rows are kept once.
+    assert len(Symbols.parse(MODULES_TEXT + MODULES_TEXT)) == len(syms)

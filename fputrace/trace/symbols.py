@@ -1,5 +1,11 @@
 """Kernel symbols from /proc/kallsyms text (kernel and modules) and the
-lookups the recorder and the reports need."""
+lookups the recorder and the reports need.
+
+A recording's symbols may also hold the guest's /proc/modules, each line
+prefixed with MODULE_LINE ("name size refs deps state address"): where each
+module lies. A symbol then never stretches past the end of its module's
+memory, and an address in a module no symbol covers is shown bare with the
+module it falls in, never as the nearest earlier function plus an offset."""
 
 from __future__ import annotations
 
@@ -10,6 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 TEXT_TYPES = frozenset("tTwW")
+MODULE_LINE = "@module "
+
+
+@dataclass(frozen=True)
+class ModuleRange:
+    name: str
+    start: int
+    end: int  # exclusive: start + the size /proc/modules gives
 
 
 @dataclass
@@ -20,13 +34,24 @@ class Symbols:
     names: list[str]
     modules: list[str]
     values: dict[str, int]
+    module_ranges: tuple[ModuleRange, ...] = ()
 
     @classmethod
     def parse(cls, *texts: str) -> Symbols:
         rows: list[tuple[int, str, str]] = []
         values: dict[str, int] = {}
+        ranges: dict[tuple[str, int], ModuleRange] = {}
         for text in texts:
             for line in text.splitlines():
+                if line.startswith(MODULE_LINE):
+                    m = line[len(MODULE_LINE):].split()
+                    try:
+                        start, size = int(m[5], 16), int(m[1])
+                    except (IndexError, ValueError):
+                        continue
+                    if start:
+                        ranges[(m[0], start)] = ModuleRange(m[0], start, start + size)
+                    continue
                 parts = line.split()
                 if len(parts) < 3:
                     continue
@@ -39,9 +64,10 @@ class Symbols:
                 values.setdefault(name, addr)
                 if parts[1] in TEXT_TYPES and addr:
                     rows.append((addr, name, module))
-        rows.sort()
+        rows = sorted(set(rows))  # dumped again after each command: the same rows
         return cls(np.array([r[0] for r in rows], dtype=np.uint64), [r[1] for r in rows],
-                   [r[2] for r in rows], values)
+                   [r[2] for r in rows], values,
+                   tuple(sorted(ranges.values(), key=lambda r: r.start)))
 
     @classmethod
     def load(cls, *paths: Path) -> Symbols:
@@ -78,15 +104,37 @@ class Symbols:
             rows.append(((end - offset) % (1 << 64), 0, "", ""))
         rows.sort()
         return Symbols(np.array([r[0] for r in rows], dtype=np.uint64), [r[2] for r in rows],
-                       [r[3] for r in rows], self.values)
+                       [r[3] for r in rows], self.values, self.module_ranges)
+
+    def module_at(self, pc: int) -> ModuleRange | None:
+        """The module whose memory holds pc, when the recording knows where
+        modules lie."""
+        for r in self.module_ranges:
+            if r.start <= pc < r.end:
+                return r
+        return None
 
     def describe(self, pc: int) -> str:
-        """function+0xoff [module], or the bare address."""
+        """function+0xoff [module], or the bare address (with the module it
+        falls in, when known): a symbol covers the addresses up to the next
+        symbol and, in a module, not past the module's memory."""
+        bare = f"{pc:#x}"
+        inside = self.module_at(pc)
+        if inside is not None:
+            bare += f" (in module {inside.name}, no symbol)"
         if not len(self.addrs):
-            return f"{pc:#x}"
+            return bare
         i = int(self.locate(np.array([pc], dtype=np.uint64))[0])
         if i < 0 or not self.names[i]:
-            return f"{pc:#x}"
+            return bare
+        module = self.modules[i]
+        # In module memory, or past a module's symbol, the symbol must be of
+        # the module that holds pc, or it would stretch over code it does not
+        # name.
+        in_modules = inside is not None or any(r.name == module for r in self.module_ranges)
+        if in_modules and (inside is None or module != inside.name
+                           or int(self.addrs[i]) < inside.start):
+            return bare
         off = pc - int(self.addrs[i])
         mod = f" [{self.modules[i]}]" if self.modules[i] else ""
         return f"{self.names[i]}+{off:#x}{mod}"
