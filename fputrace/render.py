@@ -343,6 +343,7 @@ def render_summary(console: Console, a: Analysis, max_findings: int) -> None:
     h = run.trace.header
     render_findings(console, run, a.own, a.verdict, max_findings)
     render_boundaries(console, a.verdict)
+    _render_unconfirmed(console, run, a.verdict, max_findings)
     _render_redundancy(console, costs)
     for name, o in costs.per_operation.items():
         if o["count"]:
@@ -356,13 +357,31 @@ def render_summary(console: Console, a: Analysis, max_findings: int) -> None:
                          f"{len(ev)} events; tables per call site, task, vCPU and kind: --full"))
 
 
+def _render_unconfirmed(console: Console, run: Run, verdict: Verdict, limit: int) -> None:
+    """The operations that looked like lost, stale or foreign state but that
+    no boundary confirmed: not findings, and said so, one line each."""
+    if not verdict.unconfirmed:
+        return
+    console.print(escape(
+        f"{len(verdict.unconfirmed)} operation(s) looked like lost or stale state but "
+        "their contexts' boundaries did not confirm it (not findings):"))
+    shown = verdict.unconfirmed if limit <= 0 else verdict.unconfirmed[:limit]
+    for u in shown:
+        console.print(escape(f"  {u.kind} at seq {int(run.trace.events['seq'][u.event])} "
+                             f"({task_label(run.trace.tasks, u.task)}): {u.reason}"))
+    if len(shown) < len(verdict.unconfirmed):
+        console.print(escape(f"  ... {len(verdict.unconfirmed) - len(shown)} more (--json)"))
+
+
 def _render_redundancy(console: Console, costs: Costs) -> None:
     c = costs.classes
     pct = costs.redundant_pct
+    # Every class, lost and stale ones included (whether confirmed or not).
     console.print(
         f"saves and restores: {sum(c.values())}; necessary {c['necessary']}, redundant saves "
         f"{c['redundant_save']} ({pct['saves']}% of saves), redundant restores "
-        f"{c['redundant_restore']} ({pct['restores']}% of restores), unknown {c['unknown']}; "
+        f"{c['redundant_restore']} ({pct['restores']}% of restores), lost_state "
+        f"{c['lost_state']}, stale_restore {c['stale_restore']}, unknown {c['unknown']}; "
         f"redundant bytes {pct['bytes']}% of bytes moved")
 
 
@@ -370,13 +389,7 @@ def render_analysis(console: Console, a: Analysis, top: int, max_findings: int =
     run, own, verdict, costs = a.run, a.own, a.verdict, a.costs
     render_findings(console, run, own, verdict, max_findings)
     render_boundaries(console, verdict)
-    if verdict.unconfirmed:
-        console.print(escape(
-            f"{len(verdict.unconfirmed)} operation(s) looked like lost or stale state but "
-            "their contexts' boundaries did not confirm it (not findings):"))
-        for u in verdict.unconfirmed[:top]:
-            console.print(escape(f"  {u.kind} at seq {int(run.trace.events['seq'][u.event])} "
-                                 f"({task_label(run.trace.tasks, u.task)}): {u.reason}"))
+    _render_unconfirmed(console, run, verdict, top)
     for m in kernel_mechanisms(run.symbols):
         console.print(escape(f"kernel: {m.name}={'yes' if m.present else 'no'} "
                              f"({m.evidence}): {m.description}"))

@@ -193,6 +193,15 @@ def test_lost_state_not_confirmed_is_not_a_finding(tmp_path: Path) -> None:
     assert code == 0 and rep["findings"] == []
     assert [(u["kind"], u["reason"]) for u in rep["unconfirmed"]] == [
         ("lost_state", "the context reached no boundary after it in the trace")]
+    # The short report says so too, one line with the reason, and its class
+    # line counts the lost_state operation (it left it out).
+    short = subprocess.run([sys.executable, "-m", "fputrace", "report",
+                            str(tmp_path / "t.ftr")], capture_output=True, text=True).stdout
+    assert "no lost or corrupted FPU state" in short
+    assert "1 operation(s) looked like lost or stale state" in short
+    assert "  lost_state at seq 2 " in short and \
+        "the context reached no boundary after it in the trace" in short
+    assert ", lost_state 1, stale_restore 0, " in short
 
     b = TraceBuilder()
     tasks(b)
