@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from fputrace import __version__
-from fputrace.cmds import compare, dump, export, kernel, record, report, runs, view
+from fputrace.cmds import check, compare, dump, export, kernel, record, report, runs, view
 from fputrace.errors import FputraceError
 
-COMMANDS = (record, report, view, compare, export, dump, kernel)
+COMMANDS = (record, check, report, view, compare, export, dump, kernel)
 
 
 def build_parser() -> argparse.ArgumentParser:

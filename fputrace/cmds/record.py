@@ -15,7 +15,7 @@ from fputrace.kernel.busybox import DEBIAN_ARCH, applets_busybox
 from fputrace.kernel.layout import KVM_MODES, resolve_kernel
 from fputrace.machine import deterministic_refusal, resolve_deterministic
 from fputrace.output import check_output, estimated_trace_bytes
-from fputrace.record import check_smp, record
+from fputrace.record import RecordResult, check_smp, record
 from fputrace.trace.run import sidecar
 from fputrace.workloads import WORKLOADS, parse_workloads
 
@@ -26,6 +26,12 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("record", help="record the FPU traffic of a kernel running workloads",
                        description="Boot a Linux kernel under QEMU TCG with the fputrace "
                                    "plugin, run workloads in it, and write a trace.")
+    add_record_options(p, Path("fputrace.ftr"))
+    p.set_defaults(run=run)
+
+
+def add_record_options(p: Any, default_output: Path) -> None:
+    """What to record and how: record's options, which check shares."""
     p.add_argument("--arch", default="x86_64", choices=("x86_64", "arm64"),
                    help="the guest's architecture (default x86_64)")
     p.add_argument("--kvm-mode", default="vhe", choices=KVM_MODES,
@@ -62,9 +68,8 @@ def add_parser(sub: Any) -> None:
                                                               "(default 600)")
     p.add_argument("--msr", action="append", default=[], metavar="INDEX",
                    help="also record WRMSR to this MSR (IA32_XFD/XFD_ERR always are)")
-    p.add_argument("-o", "--output", type=Path, default=Path("fputrace.ftr"),
-                   help="trace file (default fputrace.ftr); sidecars go beside it")
-    p.set_defaults(run=run)
+    p.add_argument("-o", "--output", type=Path, default=default_output,
+                   help=f"trace file (default {default_output}); sidecars go beside it")
 
 
 def _parse_msr(text: str) -> int:
@@ -78,6 +83,12 @@ def _parse_msr(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    result = record_from_args(args)
+    return 0 if result.status == "ok" else 1
+
+
+def record_from_args(args: argparse.Namespace) -> RecordResult:
+    """Record as the options say, telling the user on stderr how it went."""
     console = Console(stderr=True, emoji=False, highlight=False, soft_wrap=True)
     spec = args.workload
     if spec is None:
@@ -126,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
     if result.status == "ok":
         console.print("[green]recorded[/] "
                       + escape(f"{args.output} in {result.wall_s:.1f}s (console: {log})"))
-        return 0
+        return result
     label = "partial trace" if result.partial else "trace"
     console.print(f"[red]{result.status}[/]: "
                   + escape(f"{result.detail}; {label} kept at {args.output} (console: {log})"))
-    return 1
+    return result

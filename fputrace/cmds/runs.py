@@ -35,7 +35,8 @@ def load(args: argparse.Namespace, path: Path) -> Run:
     r = load_run(path)
     if not r.trace.complete:
         hint = "" if getattr(args, "allow_partial", False) else \
-            " (exit status 4; --allow-partial accepts what was read)"
+            (f" (exit status {getattr(args, 'partial_status', EXIT_PARTIAL)}; "
+             "--allow-partial accepts what was read)")
         print(f"fputrace: warning: {path}: {describe_incomplete(r.trace)}{hint}",
               file=sys.stderr)
         args.partial_runs = [*getattr(args, "partial_runs", []), path]
@@ -44,7 +45,7 @@ def load(args: argparse.Namespace, path: Path) -> Run:
 
 def exit_status(args: argparse.Namespace, status: int) -> int:
     """A command's status under the policy: 4 if it used a partial run,
-    unless --allow-partial."""
+    unless --allow-partial (check says 125, skip, as git bisect reads it)."""
     if getattr(args, "partial_runs", None) and not getattr(args, "allow_partial", False):
-        return EXIT_PARTIAL
+        return int(getattr(args, "partial_status", EXIT_PARTIAL))
     return status
