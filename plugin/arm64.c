@@ -949,7 +949,7 @@ static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32
         return;
     }
     fi.is_save = ftr_kind_role(fi.kind) == FTR_ROLE_SAVE;
-    fi.is_restore = !fi.is_save;
+    fi.is_restore = ftr_kind_role(fi.kind) == FTR_ROLE_RESTORE;
     shared = a64_intern(&fi, op);
     g_mutex_lock(&insn_lock);
     a64_fp_code_add(vaddr, vaddr + (len ? len : 4 * 64));

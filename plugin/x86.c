@@ -470,11 +470,11 @@ static bool x86_decode(const uint8_t *p, size_t n, bool cs64, bool default16,
             return false;
         }
         switch (reg) {
-        case 0: fi->kind = FTR_KIND_FXSAVE; fi->is_save = true; return true;
-        case 1: fi->kind = FTR_KIND_FXRSTOR; fi->is_restore = true; return true;
-        case 4: fi->kind = FTR_KIND_XSAVE; fi->is_save = true; return true;
-        case 5: fi->kind = FTR_KIND_XRSTOR; fi->is_restore = true; return true;
-        case 6: fi->kind = FTR_KIND_XSAVEOPT; fi->is_save = true; return true;
+        case 0: fi->kind = FTR_KIND_FXSAVE; return true;
+        case 1: fi->kind = FTR_KIND_FXRSTOR; return true;
+        case 4: fi->kind = FTR_KIND_XSAVE; return true;
+        case 5: fi->kind = FTR_KIND_XRSTOR; return true;
+        case 6: fi->kind = FTR_KIND_XSAVEOPT; return true;
         default: return false;                  /* LDMXCSR, STMXCSR, CLFLUSH */
         }
     case 0xc7:
@@ -484,9 +484,9 @@ static bool x86_decode(const uint8_t *p, size_t n, bool cs64, bool default16,
             return false;
         }
         switch (reg) {
-        case 3: fi->kind = FTR_KIND_XRSTORS; fi->is_restore = true; return true;
-        case 4: fi->kind = FTR_KIND_XSAVEC; fi->is_save = true; return true;
-        case 5: fi->kind = FTR_KIND_XSAVES; fi->is_save = true; return true;
+        case 3: fi->kind = FTR_KIND_XRSTORS; return true;
+        case 4: fi->kind = FTR_KIND_XSAVEC; return true;
+        case 5: fi->kind = FTR_KIND_XSAVES; return true;
         default: return false;                  /* CMPXCHG8B/16B, VMPTRLD... */
         }
     default:
@@ -921,6 +921,9 @@ static void x86_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
     if (!x86_decode(bytes, len, mode == MODE_LONG, mode == MODE_REAL, &fi, &fi.ea)) {
         return;
     }
+    /* Which kinds save and which restore is the format's (FTR_KINDS). */
+    fi.is_save = ftr_kind_role(fi.kind) == FTR_ROLE_SAVE;
+    fi.is_restore = ftr_kind_role(fi.kind) == FTR_ROLE_RESTORE;
     if (mode != MODE_REAL && (fi.is_save || fi.is_restore)) {
         fi.has_alt = x86_decode(bytes, len, false, mode == MODE_LONG ? false : true,
                                 &other, &fi.ea_alt) &&

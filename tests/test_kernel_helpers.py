@@ -365,12 +365,14 @@ def test_a_cached_source_of_the_series_is_used_without_the_network(
     assert version == "6.1.170-3"
 
 
+# Synthetic names and versions: the parsers' inputs, in apt-cache's and the
+# .dsc's formats, not anything the archive serves.
 APT_SHOW = """\
-Package: linux-image-arm64
-Version: 6.1.158-1
-Depends: linux-image-6.1.0-57-arm64-unsigned (= 6.1.158-1)
- | linux-image-6.1.0-57-arm64 (= 6.1.158-1), initramfs-tools (>= 0.120)
-Description: Linux for 64-bit ARMv8 machines (meta-package)
+Package: linux-image-meta
+Version: 1.2-3
+Depends: linux-image-abi-unsigned (= 1.2-3)
+ | linux-image-abi (= 1.2-3), initramfs-tools (>= 0.120)
+Description: a meta package
 
 """
 
@@ -381,23 +383,23 @@ def test_exact_depends_reads_the_alternatives(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(debian.PrivateApt, "_run", lambda self, tool, args, cwd=None: APT_SHOW)
     apt = debian.PrivateApt.__new__(debian.PrivateApt)
     apt.codename = "bookworm"
-    assert apt.exact_depends("linux-image-arm64", "6.1.158-1", "linux-image-6.1.0-57-arm64") == \
-        ("linux-image-6.1.0-57-arm64-unsigned", "6.1.158-1")
+    assert apt.exact_depends("linux-image-meta", "1.2-3", "linux-image-abi") == \
+        ("linux-image-abi-unsigned", "1.2-3")
     with pytest.raises(FputraceError, match="depends on no initramfs"):
-        apt.exact_depends("linux-image-arm64", "6.1.158-1", "initramfs")
+        apt.exact_depends("linux-image-meta", "1.2-3", "initramfs")
 
 
 def test_dsc_names_its_two_tarballs(tmp_path: Path) -> None:
-    dsc = tmp_path / "linux_6.1.158-1.dsc"
+    dsc = tmp_path / "linux_1.2-3.dsc"
     dsc.write_text(
-        "Format: 3.0 (quilt)\nSource: linux\nVersion: 6.1.158-1\n"
+        "Format: 3.0 (quilt)\nSource: linux\nVersion: 1.2-3\n"
         "Checksums-Sha256:\n"
-        " " + "a" * 64 + " 140 linux_6.1.158.orig.tar.xz\n"
+        " " + "a" * 64 + " 140 linux_1.2.orig.tar.xz\n"
         "Files:\n"
-        " " + "0" * 32 + " 140 linux_6.1.158.orig.tar.xz\n"
-        " " + "1" * 32 + " 1580 linux_6.1.158-1.debian.tar.xz\n")
-    assert selftests._dsc_files(dsc) == (tmp_path / "linux_6.1.158.orig.tar.xz",
-                                         tmp_path / "linux_6.1.158-1.debian.tar.xz")
+        " " + "0" * 32 + " 140 linux_1.2.orig.tar.xz\n"
+        " " + "1" * 32 + " 1580 linux_1.2-3.debian.tar.xz\n")
+    assert selftests._dsc_files(dsc) == (tmp_path / "linux_1.2.orig.tar.xz",
+                                         tmp_path / "linux_1.2-3.debian.tar.xz")
 
 
 def test_bare_names_resolve_as_in_the_guest(tmp_path: Path) -> None:
