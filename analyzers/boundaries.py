@@ -11,7 +11,9 @@ registers back as it left them?
   and KVM_SET_FPU through fpu_copy_uabi_to_guest_fpstate()).
 
 A difference with no purposeful change is a `corrupted_state` finding, with
-the first operation in between that explains it. Kernel SIMD use outside a
+the operation in between that explains it and the events that tell how
+(where the state was saved, which kernel FPU section and which SIMD code,
+which restore), each with its site. Kernel SIMD use outside a
 kernel_fpu_begin()/kernel_fpu_end() section is a `kernel_fpu_misuse`
 finding, whether or not it changed a task's registers.
 
@@ -74,6 +76,8 @@ class BoundaryFinding:
     cause: int  # event index of the operation that explains it, -1
     explanation: str
     simd_pc: int = 0  # kernel_fpu_misuse: the SIMD instruction's address
+    # corrupted_state: the events that explain it (Explanation.trail)
+    trail: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -143,9 +147,20 @@ def kernel_text_high(symbols: Symbols) -> int:
     return stext & ~0xFFFFFFFF if stext else fmt.KERNEL_TEXT_HIGH
 
 
+@dataclass
+class Explanation:
+    """Why a context's registers differ at a boundary: the event that
+    explains it, what happened, and the events that tell it, in trace order
+    (role, event index; a "simd" role's site is the event's simd_pc)."""
+
+    cause: int
+    text: str
+    trail: list[tuple[str, int]] = field(default_factory=list)
+
+
 class _Explainer:
-    """Finds, between two boundaries of a context, the operation that
-    explains a difference of its registers."""
+    """Finds, between two boundaries of a context, the operations that
+    explain a difference of its registers."""
 
     def __init__(self, ev: npt.NDArray[np.void], keys: TaskKeys,
                  misuse_events: set[int], symbols: Symbols, sections: int) -> None:
@@ -171,78 +186,174 @@ class _Explainer:
             self._restores = fmt.RESTORE_TABLE[self.ev["kind"]]
         return self._restores
 
-    def explain(self, lo: int, hi: int, key: int, want: int, vcpu: int) -> tuple[int, str]:
+    # How the events are named in the text.
+    def site(self, i: int) -> str:
+        return self.symbols.describe(int(self.ev["pc"][i]))
+
+    def simd_site(self, i: int) -> str:
+        return self.symbols.describe(int(self.ev["simd_pc"][i]) | self.text_high)
+
+    def call(self, i: int) -> str:
+        """A probe event as 'kernel_fpu_begin_mask() called from f+0x1c
+        (seq N)': its caller from the return address at its entry."""
+        fn = self.site(i).split("+", 1)[0]
+        caller = int(self.ev[fmt.PROBE_CALLER][i])
+        by = f" called from {self.symbols.describe(caller)}" if caller else ""
+        return f"{fn}(){by} (seq {int(self.ev['seq'][i])})"
+
+    def _probes(self, events: list[int], probe: int) -> list[int]:
+        ev = self.ev
+        return [i for i in events if int(ev["kind"][i]) == K.PROBE and
+                int(ev["index"][i]) == probe]
+
+    def section_around(self, mine: list[int], i: int) -> tuple[int, int]:
+        """(begin, end) probe events of the context's kernel_fpu section open
+        at event i (end -1 if it did not end before the window's end), or
+        (-1, -1)."""
+        begins = [b for b in self._probes(mine, P.KFPU_BEGIN) if b < i]
+        if not begins:
+            return -1, -1
+        b = begins[-1]
+        ends = self._probes(mine, P.KFPU_END)
+        if any(b < e < i for e in ends):
+            return -1, -1
+        return b, next((e for e in ends if e > i), -1)
+
+    def sections_between(self, mine: list[int], lo: int, hi: int) -> list[tuple[int, int]]:
+        """The context's kernel_fpu sections with a part between events lo and
+        hi: (begin, end) probe events, end -1 if the window holds none."""
+        out = []
+        ends = self._probes(mine, P.KFPU_END)
+        for b in self._probes(mine, P.KFPU_BEGIN):
+            e = next((x for x in ends if x > b), -1)
+            if b < hi and (e < 0 or e > lo):
+                out.append((b, e))
+        return out
+
+    def explain(self, lo: int, hi: int, key: int, want: int, vcpu: int) -> Explanation:
         """Events lo+1..hi (indices: the earlier boundary excluded, the later
         one included, since it may carry the KERNEL_SIMD flag) of the task
-        `key`; `want` the hash the registers should have held. Returns (event
-        index or -1, explanation)."""
+        `key`; `want` the hash the registers should have held."""
         ev = self.ev
         window = np.arange(lo + 1, hi + 1)
-        mine = window[self.keys.at(window) == key]
-        for i in mine.tolist():
+        mine = window[self.keys.at(window) == key].tolist()
+        for i in mine:
             if i in self.misuse:
-                pc = int(ev["simd_pc"][i]) | self.text_high
-                return i, ("kernel SIMD use outside kernel_fpu_begin()/kernel_fpu_end() at "
-                           f"{self.symbols.describe(pc)} overwrote the registers")
+                return Explanation(i, "kernel SIMD use outside kernel_fpu_begin()/"
+                                   f"kernel_fpu_end() at {self.simd_site(i)} overwrote the "
+                                   "registers", [("simd", i)])
             if not self.sections and int(ev["flags"][i]) & F.KERNEL_SIMD and \
                     not (self.saves[i] or self.restores[i]):
-                pc = int(ev["simd_pc"][i]) | self.text_high
-                return i, (f"kernel SIMD use at {self.symbols.describe(pc)} between the entry "
-                           "and the return (the trace has no kernel_fpu section probes to "
-                           "tell whether a section was open)")
-        last_restore = next((i for i in reversed(mine.tolist()) if self.restores[i]), -1)
+                return Explanation(i, f"kernel SIMD use at {self.simd_site(i)} between the "
+                                   "entry and the return (the trace has no kernel_fpu section "
+                                   "probes to tell whether a section was open)", [("simd", i)])
+        last_restore = next((i for i in reversed(mine) if self.restores[i]), -1)
         if last_restore < 0:
-            # Nothing loaded this task's state: whatever is in the registers is
-            # someone else's.
-            on_cpu = window[ev["vcpu"][window] == vcpu]
-            other = next((i for i in reversed(on_cpu.tolist())
-                          if (self.saves[i] or self.restores[i]) and self.keys.of(i) != key),
-                         -1)
-            if other >= 0:
-                return other, ("missed restore: no restore of this context's state before the "
-                               "return; the registers were last synced by another task at "
-                               f"{self.symbols.describe(int(ev['pc'][other]))}")
-            return -1, "missed restore: no restore of this context's state before the return"
+            return self._missed_restore(window, mine, key, vcpu)
+        return self._bad_restore(mine, key, want, last_restore)
+
+    def _missed_restore(self, window: npt.NDArray[np.int64], mine: list[int], key: int,
+                        vcpu: int) -> Explanation:
+        """Nothing loaded this context's state before its return: whatever is
+        in the registers is not its own. Where did its state go, and what
+        changed the registers after it left?"""
+        ev = self.ev
+        tail = "no restore of this context's state followed before the return"
+        on_cpu = window[ev["vcpu"][window] == vcpu].tolist()
+        saves = [i for i in mine if self.saves[i]]
+        s = saves[-1] if saves else -1
+        # Who held the registers last: another task's save or restore on
+        # the CPU of the return, after this context's own save.
+        other = next((i for i in reversed(on_cpu) if i > s and
+                      (self.saves[i] or self.restores[i]) and self.keys.of(i) != key), -1)
+        synced = f"; the registers were last synced by another task at {self.site(other)} " \
+            f"(seq {int(ev['seq'][other])})" if other >= 0 else ""
+        trail: list[tuple[str, int]] = [("other_task", other)] if other >= 0 else []
+        if s < 0:
+            return Explanation(other, f"missed restore: {tail}{synced}", trail)
+        begin, end = self.section_around(mine, s)
+        took = (f"its registers were saved to {int(ev['addr'][s]):#x} at {self.site(s)} "
+                f"(seq {int(ev['seq'][s])})")
+        if begin >= 0:
+            took += f" when {self.call(begin)} began a kernel FPU section"
+            trail.append(("section_begin", begin))
+        trail.append(("save", s))
+        # The first kernel SIMD code after the save: it changed the
+        # registers the return then handed back.
+        simd = next((i for i in mine if i > s and int(ev["flags"][i]) & F.KERNEL_SIMD), -1)
+        what = ""
+        if simd >= 0:
+            what = f"; kernel SIMD code at {self.simd_site(simd)} then changed them"
+            trail.append(("simd", simd))
+        if end >= 0:
+            what += f"; the section ended at {self.call(end)}"
+            trail.append(("section_end", end))
+        trail.sort(key=lambda t: t[1])
+        cause = simd if simd >= 0 else other if other >= 0 else s
+        return Explanation(cause, f"missed restore: {took}{what}{synced}; {tail}", trail)
+
+    def _bad_restore(self, mine: list[int], key: int, want: int,
+                     last_restore: int) -> Explanation:
+        """The context's state was restored, and what was loaded is wrong."""
+        ev = self.ev
+        r_site = self.site(last_restore)
         buf = int(ev["addr"][last_restore])
         before = np.flatnonzero(self.saves[:last_restore] & (ev["addr"][:last_restore] == buf))
-        if len(before):
-            s = int(before[-1])
-            # Whose registers did that save write? Those of the last restore
-            # on its CPU, if another task's restore left them there.
-            cpu = int(ev["vcpu"][s])
-            earlier = np.flatnonzero(self.restores[:s] & (ev["vcpu"][:s] == cpu))
-            r = int(earlier[-1]) if len(earlier) else -1
-            if r >= 0 and self.keys.of(r) != self.keys.of(s) and \
-                    (ev["flags"][s] & F.REGS_VALID) and int(ev["regs_hash"][s]) != want and \
-                    int(ev["regs_hash"][s]) == int(ev["regs_after_hash"][r]):
-                return s, (f"foreign save: buffer {buf:#x} was written at "
-                           f"{self.symbols.describe(int(ev['pc'][s]))} (seq "
-                           f"{int(ev['seq'][s])}) with registers holding another task's state "
-                           f"(loaded at {self.symbols.describe(int(ev['pc'][r]))}, seq "
-                           f"{int(ev['seq'][r])}), then restored into this context")
-            loaded = int(ev["mem_hash"][last_restore])
-            if int(ev["mem_hash"][s]) != loaded:
-                # An older state of this very context, copied over the newer
-                # save (arm64: sve_to_fpsimd() from a stale SVE buffer)?
-                older = np.flatnonzero(self.saves[:s] & (ev["mem_hash"][:s] == loaded))
-                older = older[self.keys.at(older) == key] if len(older) else older
-                if len(older):
-                    o = int(older[-1])
-                    return last_restore, (
-                        f"buffer {buf:#x} was overwritten after its save at "
-                        f"{self.symbols.describe(int(ev['pc'][s]))} (seq {int(ev['seq'][s])}) "
-                        "with an older state of this context, saved at "
-                        f"{self.symbols.describe(int(ev['pc'][o]))} (seq {int(ev['seq'][o])}) "
-                        f"to {int(ev['addr'][o]):#x}, and the restore at "
-                        f"{self.symbols.describe(int(ev['pc'][last_restore]))} loaded that")
-                return last_restore, (
-                    f"buffer {buf:#x} changed in memory between its save at "
-                    f"{self.symbols.describe(int(ev['pc'][s]))} (seq {int(ev['seq'][s])}) "
-                    f"and its restore at {self.symbols.describe(int(ev['pc'][last_restore]))}:"
-                    " the restore loaded state the context never had")
-        return last_restore, (f"the restore from {buf:#x} at "
-                              f"{self.symbols.describe(int(ev['pc'][last_restore]))} loaded "
-                              "state that differs from what the context entered with")
+        if not len(before):
+            return Explanation(last_restore, f"the restore from {buf:#x} at {r_site} loaded "
+                               "state that differs from what the context entered with",
+                               [("restore", last_restore)])
+        s = int(before[-1])
+        s_at = f"{self.site(s)} (seq {int(ev['seq'][s])})"
+        # Whose registers did that save write? Those of the last restore
+        # on its CPU, if another task's restore left them there.
+        cpu = int(ev["vcpu"][s])
+        earlier = np.flatnonzero(self.restores[:s] & (ev["vcpu"][:s] == cpu))
+        r = int(earlier[-1]) if len(earlier) else -1
+        if r >= 0 and self.keys.of(r) != self.keys.of(s) and \
+                (ev["flags"][s] & F.REGS_VALID) and int(ev["regs_hash"][s]) != want and \
+                int(ev["regs_hash"][s]) == int(ev["regs_after_hash"][r]):
+            return Explanation(s, f"foreign save: buffer {buf:#x} was written at {s_at} with "
+                               "registers holding another task's state (loaded at "
+                               f"{self.site(r)}, seq {int(ev['seq'][r])}), then restored into "
+                               "this context",
+                               [("foreign_restore", r), ("save", s), ("restore", last_restore)])
+        loaded = int(ev["mem_hash"][last_restore])
+        if int(ev["mem_hash"][s]) != loaded:
+            # An older state of this very context, copied over the newer
+            # save (arm64: sve_to_fpsimd() from a stale SVE buffer)?
+            older = np.flatnonzero(self.saves[:s] & (ev["mem_hash"][:s] == loaded))
+            older = older[self.keys.at(older) == key] if len(older) else older
+            if len(older):
+                o = int(older[-1])
+                return Explanation(last_restore, (
+                    f"buffer {buf:#x} was overwritten after its save at {s_at} with an older "
+                    f"state of this context, saved at {self.site(o)} (seq "
+                    f"{int(ev['seq'][o])}) to {int(ev['addr'][o]):#x}, and the restore at "
+                    f"{r_site} loaded that"),
+                    [("older_save", o), ("save", s), ("restore", last_restore)])
+            # Memory changed under the saved state: name the kernel FPU
+            # sections this context had open meanwhile, where code may
+            # legitimately reach the buffer (kernel_fpu_begin() saved it).
+            trail = [("save", s), ("restore", last_restore)]
+            inside = ""
+            sections = self.sections_between(mine, s, last_restore)
+            if sections:
+                b, e = sections[-1]
+                inside = f"; meanwhile {self.call(b)} began a kernel FPU section"
+                trail.append(("section_begin", b))
+                if e >= 0:
+                    inside += f", which ended at {self.call(e)}"
+                    trail.append(("section_end", e))
+                trail.sort(key=lambda t: t[1])
+            return Explanation(last_restore, (
+                f"buffer {buf:#x} changed in memory between its save at {s_at} and its "
+                f"restore at {r_site}{inside}: the restore loaded state the context never "
+                "had"), trail)
+        return Explanation(last_restore, f"the restore from {buf:#x} at {r_site} loaded state "
+                           "that differs from what the context entered with; it was saved at "
+                           f"{s_at} with the same contents", [("save", s), ("restore",
+                                                                            last_restore)])
 
 
 def kfpu_misuse(ev: npt.NDArray[np.void], symbols: Symbols
@@ -335,9 +446,10 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             user.checked += 1
             user.violations += 1
             count(k, True)
-            c, why = explainer.explain(before, i, k, want, int(ev["vcpu"][i]))
+            x = explainer.explain(before, i, k, want, int(ev["vcpu"][i]))
             findings.append(BoundaryFinding("corrupted_state", "task", int(ident[i]), 0,
-                                            before, i, c, what + why))
+                                            before, i, x.cause, what + x.text,
+                                            trail=x.trail))
 
     entry: dict[int, int] = {}  # key -> its latest USER_ENTRY event
     reasons: dict[int, list[tuple[int, str]]] = {}  # key -> (event index, reason)

@@ -35,7 +35,9 @@ class Finding:
     event: int  # the event where it is seen
     task: int  # announcement index of the context's task (or vCPU thread), -1
     description: str
-    events: dict[str, int] = field(default_factory=dict)  # role -> event index
+    # role -> event index, in trace order after the first boundary; the
+    # "simd" role stands for the kernel SIMD code that ran before its event
+    events: dict[str, int] = field(default_factory=dict)
     buffer: int = 0  # the context's buffer, for operation findings
     vmcb: int = 0  # a guest context's vCPU
     confirmed_by: int = -1  # the boundary event that confirms an operation finding
@@ -66,8 +68,9 @@ class Verdict:
 def _boundary_finding(b: BoundaryFinding) -> Finding:
     if b.kind == "kernel_fpu_misuse":
         return Finding(b.kind, b.after, b.task, b.explanation, {"event": b.after})
-    roles = {"entry" if b.context == "task" else "vm_exit": b.before,
-             "return" if b.context == "task" else "vm_entry": b.after}
+    roles = {"entry" if b.context == "task" else "vm_exit": b.before}
+    roles.update(b.trail)
+    roles["return" if b.context == "task" else "vm_entry"] = b.after
     if b.cause >= 0:
         roles["cause"] = b.cause
     return Finding(b.kind, b.after, b.task, b.explanation, roles, vmcb=b.vmcb)

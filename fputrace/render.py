@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from analyzers.arm64 import TrapCosts
-from analyzers.boundaries import BoundaryCheck
+from analyzers.boundaries import BoundaryCheck, kernel_text_high
 from analyzers.costs import Costs, Row
 from analyzers.counts import Counts, Group, task_identity, task_label
 from analyzers.mechanisms import kernel_mechanisms
@@ -39,7 +39,7 @@ def header_lines(trace: Trace) -> list[str]:
     ]
 
 
-def _event_line(ev: Any, who: str, where: str) -> str:
+def _event_line(ev: Any, who: str, where: str, caller: str = "") -> str:
     kind = int(ev["kind"])
     flags = int(ev["flags"])
     name = fmt.kind_name(kind) + ("64" if flags & fmt.Flag.FORM64 else "")
@@ -64,6 +64,13 @@ def _event_line(ev: Any, who: str, where: str) -> str:
         parts += [f"index={int(ev['index']):#x}", f"value={int(ev['value']):#x}"]
     elif kind == fmt.Kind.VM_ENTRY:
         parts.append(f"vmcb={int(ev['addr']):#x}")
+    elif kind == fmt.Kind.PROBE:
+        index = int(ev["index"])
+        name = fmt.Probe(index).name.lower() if index in fmt.Probe._value2member_map_ \
+            else str(index)
+        parts += [f"probe={name}", f"arg0={int(ev['value']):#x}"]
+        if caller:
+            parts.append(f"caller={caller}")
     if flags & fmt.Flag.KERNEL_SIMD:
         parts.append("kernel-simd-before")
     parts.append(f"pc={where}")
@@ -84,7 +91,9 @@ def dump_lines(run: Run, limit: int = 0) -> Iterator[str]:
     for i in range(n):
         ev = trace.events[i]
         who = task_label(trace.tasks, int(ident[i])).replace(" ", ":")
-        yield _event_line(ev, who, run.symbols.describe(int(ev["pc"])))
+        caller = int(ev[fmt.PROBE_CALLER]) if int(ev["kind"]) == fmt.Kind.PROBE else 0
+        yield _event_line(ev, who, run.symbols.describe(int(ev["pc"])),
+                          run.symbols.describe(caller) if caller else "")
     if trace.footer is not None:
         f = trace.footer
         by_kind = ", ".join(f"{fmt.kind_name(k)}={n}" for k, n in sorted(f.events_by_kind.items()))
@@ -166,19 +175,26 @@ def render_counts(console: Console, run: Run, counts: Counts, top: int) -> None:
 
 # ---- ownership analysis ------------------------------------------------
 
-def _event_json(run: Run, ident: Any, i: int) -> dict[str, Any]:
+def _event_json(run: Run, ident: Any, i: int, role: str = "") -> dict[str, Any]:
     ev = run.trace.events[i]
+    kind = int(ev["kind"])
     out = {
         "seq": int(ev["seq"]),
         "cpu": int(ev["vcpu"]),
-        "kind": fmt.kind_name(int(ev["kind"])),
+        "kind": fmt.kind_name(kind),
         "task": task_label(run.trace.tasks, int(ident[i])),
         "site": run.symbols.describe(int(ev["pc"])),
     }
-    if int(ev["kind"]) in TRACE_KINDS_WITH_MEMORY:
+    if role == "simd":
+        # The kernel SIMD code that ran just before this event.
+        out["kind"] = f"kernel SIMD before {out['kind']}"
+        out["site"] = run.symbols.describe(int(ev["simd_pc"]) | kernel_text_high(run.symbols))
+    elif kind in TRACE_KINDS_WITH_MEMORY:
         out["buffer"] = f"{int(ev['addr']):#x}"
-    elif int(ev["kind"]) == fmt.Kind.USER_RETURN and ev["addr"]:
+    elif kind == fmt.Kind.USER_RETURN and ev["addr"]:
         out["entry_site"] = run.symbols.describe(int(ev["addr"]))
+    elif kind == fmt.Kind.PROBE and int(ev[fmt.PROBE_CALLER]):
+        out["caller"] = run.symbols.describe(int(ev[fmt.PROBE_CALLER]))
     return out
 
 
@@ -192,7 +208,7 @@ def findings_json(run: Run, verdict: Verdict, ident: Any, limit: int = 0
             "description": f.description,
             "task": task_label(run.trace.tasks, f.task),
             "event": _event_json(run, ident, f.event),
-            "events": {role: _event_json(run, ident, i) for role, i in f.events.items()
+            "events": {role: _event_json(run, ident, i, role) for role, i in f.events.items()
                        if i >= 0 and role != "event"},
         }
         if f.buffer:
@@ -290,8 +306,9 @@ def _class_table(title: str, what: str, rows: list[Row], top: int) -> Table:
 
 def _render_event(console: Console, role: str, e: dict[str, Any]) -> None:
     where = f" {e['buffer']}" if "buffer" in e else ""
-    console.print(escape(f"    {role:<11} seq {e['seq']} cpu{e['cpu']} {e['kind']}{where} "
-                         f"at {e['site']} ({e['task']})"))
+    caller = f", called from {e['caller']}" if "caller" in e else ""
+    console.print(escape(f"    {role:<13} seq {e['seq']} cpu{e['cpu']} {e['kind']}{where} "
+                         f"at {e['site']}{caller} ({e['task']})"))
 
 
 def render_boundaries(console: Console, verdict: Verdict) -> None:
@@ -321,8 +338,12 @@ def render_findings(console: Console, run: Run, own: Ownership, verdict: Verdict
             console.print(f"[red]{f['kind']}[/] " + escape(f"{f['task']}: {f['description']}"))
             if all(e["seq"] != f["event"]["seq"] for e in f["events"].values()):
                 _render_event(console, "seen at", f["event"])
+            shown_events: set[tuple[int, str]] = set()
             for role, e in f["events"].items():
-                _render_event(console, role.replace("_", " "), e)
+                # The cause is often one of the events already told.
+                if (e["seq"], e["site"]) not in shown_events:
+                    _render_event(console, role.replace("_", " "), e)
+                    shown_events.add((e["seq"], e["site"]))
             if "confirmed_by" in f:
                 _render_event(console, "confirmed", f["confirmed_by"])
     else:

@@ -1057,12 +1057,16 @@ static void a64_regs_resolve(void)
     }
 }
 
-/* AAPCS64: x0, x1, x2. */
-static void a64_probe_args(struct vcpu_state *vs, uint64_t args[3])
+/*
+ * AAPCS64: x0, x1, x2; the return address is in the link register, x30,
+ * still unsigned at the first instruction (before any PACIASP).
+ */
+static void a64_probe_args(struct vcpu_state *vs, uint64_t args[4])
 {
     for (unsigned i = 0; i < 3; i++) {
         args[i] = a64_xreg(vs, i);
     }
+    args[3] = a64_xreg(vs, 30);
 }
 
 /* Nothing to prepare at install. */

@@ -458,15 +458,24 @@ static void vcpu_simd_after_entry_exec(unsigned int vcpu_index, void *udata G_GN
     vcpu_materialize_entry(vs, vcpu_index, NULL, false);
 }
 
-/* The first instruction of a probed kernel function: its first arguments. */
+/*
+ * The first instruction of a probed kernel function: its first arguments,
+ * and who called it (the analysis names the caller of kernel_fpu_begin()).
+ */
 void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
 {
     const struct probe *pr = udata;
     struct vcpu_state *vs = vcpu_get(vcpu_index);
     struct ftr_event ev;
-    uint64_t args[3];
+    uint64_t args[4];
 
     arch->finish_pending(vs, vcpu_index);
+    /*
+     * The entry this probe follows comes first in sequence: a finding's
+     * window (entry to return) must hold the probes inside it, such as the
+     * kernel_fpu_begin() whose save took the task's state.
+     */
+    vcpu_materialize_entry(vs, vcpu_index, NULL, false);
     __atomic_fetch_add(&probe_generation, 1, __ATOMIC_RELEASE);
     event_begin(vs, vcpu_index, &ev, FTR_KIND_PROBE, pr->pc, 0);
     ev.index = pr->id;
@@ -474,6 +483,7 @@ void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
     ev.value = args[0];
     ev.addr = args[1];
     ev.aux = args[2];
+    ev.xstate_bv = args[3];
     vcpu_commit_event(vs, vcpu_index, &ev);
 }
 

@@ -198,8 +198,11 @@ struct arch_ops {
     uint64_t (*regs_hash)(struct vcpu_state *vs, bool *ok);
     /* Commit the save or restore in progress, if any. */
     void (*finish_pending)(struct vcpu_state *vs, unsigned int vcpu_index);
-    /* A probed function's first three arguments. */
-    void (*probe_args)(struct vcpu_state *vs, uint64_t args[3]);
+    /*
+     * A probed function's first three arguments, and its return address
+     * (args[3], 0 if unreadable), read at its first instruction.
+     */
+    void (*probe_args)(struct vcpu_state *vs, uint64_t args[4]);
     void (*tb_trans)(struct qemu_plugin_tb *tb);
     void (*regs_resolve)(void);
     void (*init)(void);                         /* at install, after the arguments */

@@ -197,7 +197,8 @@ enum ftr_addr_size { FTR_ADDR_SIZES(FTR_DEFINE_ADDR_SIZE) };
     X(uint64_t, mem_ext_hash, )         /* content bytes from 832: MPX, AVX-512, PKRU... */ \
     X(uint64_t, regs_hash, )            /* register file before the instruction */ \
     X(uint64_t, regs_after_hash, )      /* restores: register file right after it */ \
-    X(uint64_t, xstate_bv, )            /* XSTATE_BV stored (save) or loaded (restore) */ \
+    X(uint64_t, xstate_bv, )            /* XSTATE_BV stored (save) or loaded (restore); \
+                                         * probe: the return address (the caller) */ \
     X(uint64_t, aux, ) \
     X(uint32_t, index, ) \
     X(uint32_t, mem_bytes, ) \

@@ -1060,12 +1060,18 @@ static void x86_regs_resolve(void)
     }
 }
 
-/* The System V calling convention: rdi, rsi, rdx. */
-static void x86_probe_args(struct vcpu_state *vs, uint64_t args[3])
+/*
+ * The System V calling convention: rdi, rsi, rdx; at a function's first
+ * instruction the CALL's return address is at [rsp].
+ */
+static void x86_probe_args(struct vcpu_state *vs, uint64_t args[4])
 {
     args[0] = reg_read_u64(vs, x86_regs.gpr[7]);
     args[1] = reg_read_u64(vs, x86_regs.gpr[6]);
     args[2] = reg_read_u64(vs, x86_regs.gpr[2]);
+    if (!mem_read(vs, reg_read_u64(vs, x86_regs.gpr[4]), &args[3], sizeof(args[3]))) {
+        args[3] = 0;
+    }
 }
 
 /* At install: the tables and hashes of the XSAVE layout. */

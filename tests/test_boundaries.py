@@ -56,6 +56,7 @@ from tracebuilder import (
 
 from analyzers.boundaries import VCPU_SET_ON_PURPOSE, check_boundaries
 from analyzers.counts import task_identity
+from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
 from fputrace.trace.symbols import Symbols
 
@@ -73,6 +74,8 @@ KALLSYMS = f"""\
 {FPU_INIT_FN:x} T fpu__init_cpu
 {FPU_INIT_FN + 0x100:x} T some_other_function
 {SEED_FN:x} t seed_clobber_xmm\t[fputrace_seed]
+{SEED_FN + 0x100:x} t seed_missed_restore\t[fputrace_seed]
+{SEED_FN + 0x200:x} t seed_ioctl\t[fputrace_seed]
 {CRYPTO_FN:x} t sha256_transform\t[sha256_ssse3]
 """
 
@@ -94,9 +97,10 @@ def ret(b: TraceBuilder, regs: int | None, task: int = T, cpu: int = 0, flags: i
 
 
 def probe(b: TraceBuilder, which: int, task: int = T, arg0: int = 0, cpu: int = 0,
-          pc: int = 0, flags: int = 0, simd_pc: int = 0) -> None:
+          pc: int = 0, flags: int = 0, simd_pc: int = 0, caller: int = 0) -> None:
+    """caller: the return address at the function's entry."""
     b.event(PROBE, vcpu=cpu, task=task, index=which, value=arg0, pc=pc,
-            flags=F_TASK | flags, simd_pc=simd_pc & 0xFFFFFFFF)
+            flags=F_TASK | flags, simd_pc=simd_pc & 0xFFFFFFFF, **{fmt.PROBE_CALLER: caller})
 
 
 def tasks(b: TraceBuilder) -> None:
@@ -316,8 +320,45 @@ def test_missed_restore(tmp_path: Path) -> None:
     assert code == 3
     (f,) = rep["findings"]
     assert f["kind"] == "corrupted_state" and f["task"] == "10 t"
-    assert f["description"].startswith("missed restore")
+    assert f["description"].startswith(f"missed restore: its registers were saved to {BT:#x}")
+    assert "the registers were last synced by another task" in f["description"]
     assert f["events"]["cause"]["task"] == "20 u"
+    assert f["events"]["other_task"]["buffer"] == f"{BU:#x}"  # U's save, last on the CPU
+
+
+def test_missed_restore_names_the_save_the_section_and_the_simd_code(tmp_path: Path) -> None:
+    # The seed module's MISSED ioctl, as the kernel runs it: T enters with
+    # L1; seed_missed_restore() calls kernel_fpu_begin_mask(), which saves
+    # L1 to T's buffer and sets TIF_NEED_FPU_LOAD; the module clears the
+    # flag and seed_clobber_xmm() writes XMM0/1 (L2); kernel_fpu_end(),
+    # tail-called, returns to seed_ioctl(). No restore follows: T returns
+    # with L2. The finding must tell all of it, each event with its site.
+    b = TraceBuilder()
+    tasks(b)
+    entry(b, L1)
+    probe(b, P_KFPU_BEGIN, pc=KFPU_BEGIN_FN, arg0=3, caller=SEED_FN + 0x10f)
+    save(b, BT, regs=L1)
+    probe(b, P_KFPU_END, pc=KFPU_END_FN, flags=F_KSIMD, simd_pc=SEED_FN + 9,
+          caller=SEED_FN + 0x238)
+    ret(b, L2)
+    code, rep = report(tmp_path, b)
+    (f,) = rep["findings"]
+    assert code == 3 and f["kind"] == "corrupted_state" and f["task"] == "10 t"
+    why = f["description"]
+    assert why.startswith("missed restore: its registers were saved to "
+                          f"{BT:#x} at ")
+    assert "when kernel_fpu_begin_mask() called from seed_missed_restore+0xf " \
+           "[fputrace_seed] (seq 1) began a kernel FPU section" in why
+    assert "kernel SIMD code at seed_clobber_xmm+0x9 [fputrace_seed] then changed them" in why
+    assert "the section ended at kernel_fpu_end() called from seed_ioctl+0x38" in why
+    assert why.endswith("no restore of this context's state followed before the return")
+    ev = f["events"]
+    assert list(ev) == ["entry", "section_begin", "save", "simd", "section_end", "return",
+                        "cause"]
+    assert ev["section_begin"]["caller"] == "seed_missed_restore+0xf [fputrace_seed]"
+    assert ev["simd"]["site"] == "seed_clobber_xmm+0x9 [fputrace_seed]"
+    assert ev["save"]["buffer"] == f"{BT:#x}" and ev["save"]["seq"] == 2
+    assert ev["cause"]["seq"] == 3  # the event the SIMD code ran before
 
 
 def test_corrupted_saved_buffer(tmp_path: Path) -> None:
@@ -326,15 +367,20 @@ def test_corrupted_saved_buffer(tmp_path: Path) -> None:
     b = TraceBuilder()
     tasks(b)
     entry(b, L1)
-    probe(b, P_KFPU_BEGIN, pc=KFPU_BEGIN_FN)
+    probe(b, P_KFPU_BEGIN, pc=KFPU_BEGIN_FN, caller=SEED_FN + 0x26b)
     save(b, BT, regs=L1)
-    probe(b, P_KFPU_END, pc=KFPU_END_FN, flags=F_KSIMD, simd_pc=CRYPTO_FN)
+    probe(b, P_KFPU_END, pc=KFPU_END_FN, flags=F_KSIMD, simd_pc=CRYPTO_FN,
+          caller=SEED_FN + 0x28a)
     restore(b, BT, before=L2, loads=L3)
     ret(b, L3)
     code, rep = report(tmp_path, b)
     (f,) = rep["findings"]
     assert code == 3 and f["kind"] == "corrupted_state"
     assert "changed in memory between its save" in f["description"]
+    # The section open meanwhile, where code could reach the saved buffer.
+    assert "meanwhile kernel_fpu_begin_mask() called from seed_ioctl+0x6b [fputrace_seed] " \
+           "(seq 1) began a kernel FPU section, which ended at kernel_fpu_end() called from " \
+           "seed_ioctl+0x8a [fputrace_seed] (seq 3)" in f["description"]
     assert f["events"]["cause"]["seq"] == 4  # the restore that loaded it
 
 

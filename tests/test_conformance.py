@@ -319,7 +319,8 @@ def test_probe_records_function_entry_and_arguments(qemu_plugin: Path, conforman
     # A probe on the image's kernel_side(request): one event per system call
     # that reaches it, with its first argument, in the order the user-mode
     # part makes them (nothing, save/load, load other, kernel SSE; the exit
-    # request returns before calling it).
+    # request returns before calling it), and the return address its CALL
+    # pushed.
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
 
@@ -329,6 +330,7 @@ def test_probe_records_function_entry_and_arguments(qemu_plugin: Path, conforman
         assert isinstance(symtab, SymbolTableSection)
         (sym,) = symtab.get_symbol_by_name("kernel_side") or []
         addr = int(sym["st_value"])
+        (back,) = symtab.get_symbol_by_name("kernel_side_return") or []
     out = tmp_path / "p.ftr"
     p = run_image(qemu_plugin, conformance_image, out,
                   f"probe={addr:#x}:{int(fmt.Probe.FORK_COPY)}")
@@ -338,4 +340,6 @@ def test_probe_records_function_entry_and_arguments(qemu_plugin: Path, conforman
     assert [int(v) for v in probes["value"]] == [0, 1, 2, 3]
     assert all(int(i) == fmt.Probe.FORK_COPY for i in probes["index"])
     assert all(int(pc) == addr for pc in probes["pc"])
+    # Each names its caller: the address after the image's CALL, by its label.
+    assert all(int(c) == int(back["st_value"]) for c in probes[fmt.PROBE_CALLER])
     assert t.header.features & fmt.Feature.PROBES

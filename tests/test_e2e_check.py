@@ -24,7 +24,8 @@ def test_findings_exit_1_and_gates_decide_when_given(qemu_plugin: Path, tmp_path
     bad = tmp_path / "bad.ftr"
     p = fputrace("check", "--kernel", "6.1", "--workload", "fpu-seed:2", "-o", str(bad))
     assert p.returncode == 1, p.stderr
-    assert "check: 6 finding(s)" in p.stderr   # 2 misuses, 4 corrupted returns
+    # 2 misuses, 6 corrupted returns: 2 each of (a), (b), (d) in fputrace_seed.c
+    assert "check: 8 finding(s)" in p.stderr
     # A gate replaces "any finding": 2 kernel_fpu_misuse findings do not
     # exceed 5, and do exceed 1.
     quiet = fputrace("check", "--kernel", "6.1", "--workload", "fpu-seed:2",

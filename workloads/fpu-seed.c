@@ -6,7 +6,7 @@
  *
  * usage: fpu-seed [N]    (default 5 calls of each ioctl)
  * prints: fpu-seed: correct=N correct_changed=0 clobber=N clobber_changed=N
- *                   corrupt=N corrupt_changed=N
+ *                   corrupt=N corrupt_changed=N missed=N missed_changed=N failed=0
  * Exit status 0 when the module answered every call (changed registers are
  * the expected outcome of the buggy ioctls, not a failure of the workload).
  */
@@ -37,7 +37,7 @@ static long run(int fd, unsigned long cmd, long n, unsigned seed, long *failed)
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? strtol(argv[1], NULL, 0) : 5;
-    long failed = 0, correct, clobber, corrupt;
+    long failed = 0, correct, clobber, corrupt, missed;
     int fd = open(FPUTRACE_SEED_DEVICE, O_RDWR);
 
     if (fd < 0) {
@@ -47,8 +47,9 @@ int main(int argc, char **argv)
     correct = run(fd, FPUTRACE_SEED_CORRECT, n, 10, &failed);
     clobber = run(fd, FPUTRACE_SEED_CLOBBER, n, 40, &failed);
     corrupt = run(fd, FPUTRACE_SEED_CORRUPT, n, 70, &failed);
+    missed = run(fd, FPUTRACE_SEED_MISSED, n, 100, &failed);
     printf("fpu-seed: correct=%ld correct_changed=%ld clobber=%ld clobber_changed=%ld "
-           "corrupt=%ld corrupt_changed=%ld failed=%ld\n",
-           n, correct, n, clobber, n, corrupt, failed);
+           "corrupt=%ld corrupt_changed=%ld missed=%ld missed_changed=%ld failed=%ld\n",
+           n, correct, n, clobber, n, corrupt, n, missed, failed);
     return failed ? 1 : 0;
 }

@@ -195,6 +195,10 @@ EVENT_DTYPE = np.dtype(
 )
 assert EVENT_DTYPE.itemsize == 128
 
+# A probe event's field holding the function's return address at its first
+# instruction: who called it (ftr-format.h, FTR_EVENT_FIELDS).
+PROBE_CALLER = "xstate_bv"
+
 TASK_DTYPE = np.dtype(
     [
         ("seq", "<u8"),

@@ -139,6 +139,9 @@ __asm__(
     "  push %rcx\n push %r11\n"
     "  mov %rax, %rdi\n"
     "  call kernel_side\n"
+    /* Where kernel_side returns to: its probe's caller. */
+    ".globl kernel_side_return\n"
+    "kernel_side_return:\n"
     "  pop %r11\n pop %rcx\n"
     "  mov %rbp, %rsp\n pop %rbp\n"
     "  swapgs\n"

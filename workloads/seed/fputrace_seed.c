@@ -12,7 +12,11 @@
  *   CORRUPT  kernel_fpu_begin() (which saves the task's registers into its
  *            fpstate and sets TIF_NEED_FPU_LOAD); flip bits of XMM0 in that
  *            saved buffer; kernel_fpu_end() - the return to user mode
- *            restores the corrupted buffer.
+ *            restores the corrupted buffer;
+ *   MISSED   kernel_fpu_begin() (the save, and TIF_NEED_FPU_LOAD set);
+ *            clear TIF_NEED_FPU_LOAD; clobber XMM0/XMM1; kernel_fpu_end()
+ *            - exit_to_user_mode_prepare() sees no flag, so nothing
+ *            restores the task's state: it returns with the kernel's values.
  *
  * Built out of tree against the Debian kernel's own headers by
  * fputrace/kernel/seedmod.py.
@@ -51,6 +55,19 @@ static void seed_corrupt_saved(void)
 	kernel_fpu_end();
 }
 
+/*
+ * The flag that tells the return to user mode to load the task's saved
+ * state (arch_exit_to_user_mode_prepare() in arch/x86/include/asm/entry-common.h),
+ * wrongly cleared while the registers hold the kernel's values.
+ */
+static noinline void seed_missed_restore(void)
+{
+	kernel_fpu_begin();
+	clear_thread_flag(TIF_NEED_FPU_LOAD);
+	seed_clobber_xmm();
+	kernel_fpu_end();
+}
+
 static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	switch (cmd) {
@@ -64,6 +81,9 @@ static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return 0;
 	case FPUTRACE_SEED_CORRUPT:
 		seed_corrupt_saved();
+		return 0;
+	case FPUTRACE_SEED_MISSED:
+		seed_missed_restore();
 		return 0;
 	}
 	return -ENOTTY;

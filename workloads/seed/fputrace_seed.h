@@ -16,5 +16,11 @@
 #define FPUTRACE_SEED_CLOBBER   _IO('F', 2)
 /* (b) bug: inside a kernel_fpu section, overwrite the task's saved XMM0. */
 #define FPUTRACE_SEED_CORRUPT   _IO('F', 3)
+/*
+ * (d) bug: inside a kernel_fpu section, clear TIF_NEED_FPU_LOAD after
+ * kernel_fpu_begin() saved the task's registers, then use SIMD: no restore
+ * follows, the task returns with the kernel's values (x86 only).
+ */
+#define FPUTRACE_SEED_MISSED    _IO('F', 4)
 
 #endif
