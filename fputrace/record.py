@@ -26,7 +26,7 @@ from fputrace.foreign import AddedFile, ForeignRun, busybox_applets, guest_path
 from fputrace.initramfs import busybox_initramfs
 from fputrace.kernel.busybox import applets_busybox, busybox_for
 from fputrace.kernel.layout import SERIAL_DEVICE, KernelTarget, kernel_cmdline, kernel_layout
-from fputrace.kernel.modules import ModuleTree, module_bytes, module_name
+from fputrace.kernel.modules import MODULE_SUFFIXES, ModuleTree, module_bytes, module_name
 from fputrace.kernel.probes import fp_core_code, resolve_probes
 from fputrace.kernel.probes import plugin_args as probe_args
 from fputrace.kernel.seedmod import MODULE_NAME as SEED_MODULE
@@ -78,6 +78,10 @@ class RecordResult:
     modules: list[str]
     runs: list[RunOutcome] = field(default_factory=list)
     vmlinuz: str = ""  # the kernel image booted (the viewer disassembles from it)
+    # module name -> the file it was loaded from, at boot or from --add (the
+    # viewer disassembles module code from it)
+    module_files: dict[str, str] = field(default_factory=dict)
+    modules_dir: str = ""  # the kernel's modules directory, if it has one
     deterministic: bool = False  # the same inputs give the same trace
     deterministic_options: list[str] = field(default_factory=list)  # what QEMU was given
     fputrace_version: str = __version__
@@ -184,10 +188,11 @@ def _parse_console(text: str, runs: list[WorkloadRun], foreign: list[ForeignRun]
 def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
                     added: list[AddedFile] | None = None,
                     foreign: list[ForeignRun] | None = None,
-                    extra_modules: list[str] | None = None) -> list[str]:
+                    extra_modules: list[str] | None = None) -> dict[str, Path]:
     """Write the initramfs that loads the modules the workloads need (and
     extra_modules, --module) and runs them, then the --run commands with the
-    --add files under /added; return the module names in load order."""
+    --add files under /added; return the modules loaded at boot, by name in
+    load order, with the files they came from."""
     added = added or []
     foreign = foreign or []
     busybox = busybox_for(target.arch)
@@ -223,7 +228,13 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
     for f in added:
         ramfs.copy(f.guest, f.src)
     ramfs.write(path)
-    return names
+    return dict(zip(names, module_files, strict=True))
+
+
+def added_modules(added: list[AddedFile]) -> dict[str, Path]:
+    """The kernel modules among the --add files, by module name: a command
+    may load them."""
+    return {module_name(f.src): f.src for f in added if f.src.name.endswith(MODULE_SUFFIXES)}
 
 
 def plugin_arguments(target: KernelTarget, out: Path) -> list[str]:
@@ -271,8 +282,8 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     qemu = qemu_version(target.arch)
     with tempfile.TemporaryDirectory(prefix="fputrace-rec-") as tmp_s:
         tmp = Path(tmp_s)
-        names = build_initramfs(target, runs, tmp / "initramfs.gz", added, foreign,
-                                extra_modules)
+        loaded = build_initramfs(target, runs, tmp / "initramfs.gz", added, foreign,
+                                 extra_modules)
         plugin_args = [*plugin_arguments(target, out.resolve()),
                        f"kernel={target.identity.replace(',', ';')}", f"qemu={qemu}"]
         plugin_args += [f"msr={m:#x}" for m in extra_msrs or []]
@@ -324,9 +335,12 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
             status, detail = "workload-failed", f"workload {', '.join(failed)} failed"
     rec = RecordResult(str(out), status, detail,
                        status not in ("ok", "workload-failed", "kvm-mode-unsupported"),
-                       target.identity, qemu, smp, round(wall, 2), seen.workloads, names,
-                       seen.runs, str(target.vmlinuz), deterministic,
-                       deterministic_args() if deterministic else [])
+                       target.identity, qemu, smp, round(wall, 2), seen.workloads, list(loaded),
+                       seen.runs, str(target.vmlinuz),
+                       {n: str(p.resolve()) for n, p in
+                        {**added_modules(added or []), **loaded}.items()},
+                       str(target.modules_dir.resolve()) if target.modules_dir else "",
+                       deterministic, deterministic_args() if deterministic else [])
     rec.save(sidecar(out, "meta.json"))
     return rec
 

@@ -98,6 +98,13 @@ def test_viewer_disassembles_the_recorded_instructions(pingpong: tuple[str, Path
         text = details.disassemble(int(ev["pc"][i]), int(ev["kind"][i]))
         assert text.startswith(("xsaveopt64 ptr [", "xsave64 ptr [")), text
         assert text.startswith("xsaveopt") or "the CPU executed xsaveopt" in text, text
+    # VM entries run KVM's VMRUN, in kvm-amd.ko: module code is read from
+    # the module the recording loaded.
+    entries = np.flatnonzero(ev["kind"] == fmt.Kind.VM_ENTRY)[:5]
+    assert len(entries)
+    for i in entries.tolist():
+        text = details.disassemble(int(ev["pc"][i]), int(ev["kind"][i]))
+        assert text.startswith("vmrun") and "[from kvm_amd.ko" in text, text
 
 
 def test_fpu_traffic_is_attributed_to_the_vcpu_task(pingpong: tuple[str, Path]) -> None:
@@ -392,8 +399,10 @@ def test_compiled_pass_and_oracle_agree_on_a_real_trace(pingpong: tuple[str, Pat
 def test_seeded_bugs_are_found(qemu_plugin: Path, tmp_path: Path, series: str) -> None:
     # The fputrace-seed module, built against the kernel's own headers, does
     # (a) XMM writes without kernel_fpu_begin(), (b) a corrupted saved buffer
-    # inside a kernel_fpu section, (c) correct SIMD inside a section; the
-    # workload says what it saw in its own registers.
+    # inside a kernel_fpu section, (c) correct SIMD inside a section, (d) a
+    # section in which seed_missed_restore() clears TIF_NEED_FPU_LOAD before
+    # seed_clobber_xmm() runs (workloads/seed/fputrace_seed.c); the workload
+    # says what it saw in its own registers.
     kernel_available(series)
     out = tmp_path / "seed.ftr"
     n = 4
@@ -402,7 +411,7 @@ def test_seeded_bugs_are_found(qemu_plugin: Path, tmp_path: Path, series: str) -
     own = workload_line(sidecar(out, "console.log"), "fpu-seed")
     assert own == {"correct": str(n), "correct_changed": "0", "clobber": str(n),
                    "clobber_changed": str(n), "corrupt": str(n), "corrupt_changed": str(n),
-                   "failed": "0"}
+                   "missed": str(n), "missed_changed": str(n), "failed": "0"}
     rep_p = fputrace("report", "--json", "--max-findings", "0", str(out))
     assert rep_p.returncode == 3, report_head(out)
     rep = json.loads(rep_p.stdout)
@@ -411,14 +420,42 @@ def test_seeded_bugs_are_found(qemu_plugin: Path, tmp_path: Path, series: str) -
     corrupted = [f for f in findings if f["kind"] == "corrupted_state"]
     # (a): each call is a misuse at seed_clobber_xmm, and a corrupted return
     # explained by it; (b): each call a corrupted return explained by the
-    # buffer changed in memory; (c): nothing.
+    # buffer changed in memory while the module's section was open; (d):
+    # each call a missed restore that names the save, the section the
+    # module began, and the module's SIMD code; (c): nothing.
     assert len(misuse) == n and all("seed_clobber_xmm" in f["description"] and
                                     "[fputrace_seed]" in f["description"] for f in misuse)
-    by_clobber = [f for f in corrupted if "seed_clobber_xmm" in f["description"]]
-    by_buffer = [f for f in corrupted if "changed in memory" in f["description"]]
-    assert (len(by_clobber), len(by_buffer), len(corrupted)) == (n, n, 2 * n), report_head(out)
-    assert len(findings) == 3 * n, report_head(out)
+    by_clobber = [f for f in corrupted if "outside kernel_fpu_begin()" in f["description"]]
+    assert all(f["events"]["simd"]["site"].startswith("seed_clobber_xmm+") for f in by_clobber)
+    by_buffer = [f for f in corrupted if "changed in memory" in f["description"] and
+                 f["events"]["section_begin"]["caller"].endswith(" [fputrace_seed]")]
+    by_missed = [f for f in corrupted if f["description"].startswith("missed restore") and
+                 f["events"]["section_begin"]["caller"].startswith("seed_missed_restore+") and
+                 f["events"]["simd"]["site"].startswith("seed_clobber_xmm+") and
+                 f["description"].endswith("no restore of this context's state followed "
+                                           "before the return")]
+    assert (len(by_clobber), len(by_buffer), len(by_missed), len(corrupted)) == \
+        (n, n, n, 3 * n), report_head(out)
+    # The save that took the task's state, inside the section, to its buffer.
+    for f in by_missed:
+        e = f["events"]
+        assert e["section_begin"]["seq"] < e["save"]["seq"] < e["section_end"]["seq"]
+        assert e["save"]["site"].split("+")[0] in ("save_fpregs_to_fpstate",
+                                                   "copy_fpregs_to_fpstate")
+    assert len(findings) == 4 * n, report_head(out)
     assert all(f["task"].endswith(" fpu-seed") for f in findings)
+    # The viewer shows the module's SIMD instruction, read from the seed
+    # module's .ko: seed_clobber_xmm()'s last one is its pcmpeqd.
+    from fputrace.analysis import analyze_run
+    from fputrace.trace.run import load_run
+    from fputrace.view.details import Details
+    from fputrace.view.model import build_model
+
+    details = Details(build_model(analyze_run(load_run(out))))
+    i = next(j for j, f in details.findings.items() if f.kind == "kernel_fpu_misuse")
+    pane = details.event(i).plain
+    assert "simd   seed_clobber_xmm+0x" in pane and "pcmpeqd xmm1, xmm1" in pane and \
+        "[from fputrace_seed.ko" in pane, pane
 
 
 def test_foreign_workload_with_added_files(qemu_plugin: Path, tmp_path: Path) -> None:

@@ -444,3 +444,25 @@ def test_a_symbol_never_stretches_past_its_module() -> None:
     assert syms.describe(0xFFFFFFFF81001010) == "kernel_fpu_begin_mask+0x10"
     # Dumped twice (after each command), the same rows are kept once.
     assert len(Symbols.parse(MODULES_TEXT + MODULES_TEXT)) == len(syms)
+
+
+def test_module_code_is_read_from_the_functions_own_section(tmp_path: Path) -> None:
+    # A relocatable object like a .ko: two functions in two sections, each
+    # symbol's value an offset in its own section. The bytes are the ones the
+    # assembler was given.
+    from fputrace.kernel.text import module_code
+
+    src = tmp_path / "m.s"
+    src.write_text(
+        ".section .text.a,\"ax\"\n.globl first\n.type first,@function\n"
+        "first: nop\n nop\n ret\n.size first,.-first\n"
+        ".section .text.b,\"ax\"\n.byte 0xcc, 0xcc\n.globl second\n.type second,@function\n"
+        "second: .byte 0x90, 0x66, 0x0f, 0x76, 0xc9, 0xc3\n.size second,.-second\n")
+    obj = tmp_path / "m.o"
+    require(shutil.which("as") is not None, "no assembler")
+    subprocess.run(["as", "-o", str(obj), str(src)], check=True)
+    ko = obj.read_bytes()
+    assert module_code(ko, "second", 1, 16) == bytes([0x66, 0x0F, 0x76, 0xC9, 0xC3])
+    assert module_code(ko, "first", 0, 2) == bytes([0x90, 0x90])
+    assert module_code(ko, "third", 0, 4) == b""
+    assert module_code(b"not an ELF", "first", 0, 4) == b""

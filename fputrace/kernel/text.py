@@ -9,8 +9,14 @@ PT_LOAD segments map addresses to file offsets. arm64: vmlinuz is the Image
 Image's first branch (at offset 4 after the EFI "MZ" header, else at 0)
 jumps to primary_entry (stext before 5.8), which kallsyms does list, so
 _text is that symbol less the branch's target. Recordings boot with nokaslr, so the
-addresses the trace holds are the image's own. Module code is not in the
-image: it is not disassembled.
+addresses the trace holds are the image's own.
+
+Module code is not in the image: it is read from the module's own .ko, by
+the function's symbol in the module's symbol table (a relocatable object:
+a symbol's value is its offset in its section). Relocations are not
+applied, so the bytes are those of the file: an instruction decodes as it
+ran, but a call's or a RIP-relative operand's target is not the one the
+loaded module used.
 """
 
 from __future__ import annotations
@@ -111,3 +117,23 @@ def load_kernel_text(vmlinuz: Path, arch: str, symbols: dict[str, int]) -> Kerne
     if arch == "aarch64":
         return _arm64_text(image, symbols)
     return _x86_text(image)
+
+
+def module_code(ko: bytes, function: str, offset: int, length: int) -> bytes:
+    """`length` bytes (fewer at the section's end) at function+offset in a
+    module's ELF image, or b"" where the module has no such function."""
+    try:
+        elf = ELFFile(io.BytesIO(ko))
+        symtab = elf.get_section_by_name(".symtab")
+        if symtab is None:
+            return b""
+        for sym in symtab.iter_symbols():  # type: ignore[attr-defined]
+            if sym.name != function or sym["st_info"]["type"] != "STT_FUNC" or \
+                    not isinstance(sym["st_shndx"], int):
+                continue
+            data = elf.get_section(sym["st_shndx"]).data()
+            start = int(sym["st_value"]) + offset
+            return bytes(data[start:start + length])
+    except ELFError:
+        return b""
+    return b""

@@ -114,30 +114,35 @@ class Symbols:
                 return r
         return None
 
-    def describe(self, pc: int) -> str:
-        """function+0xoff [module], or the bare address (with the module it
-        falls in, when known): a symbol covers the addresses up to the next
-        symbol and, in a module, not past the module's memory."""
-        bare = f"{pc:#x}"
-        inside = self.module_at(pc)
-        if inside is not None:
-            bare += f" (in module {inside.name}, no symbol)"
+    def symbol_at(self, pc: int) -> tuple[str, int, str] | None:
+        """(function, offset, module or "") of pc, or None where no symbol
+        covers it: a symbol covers the addresses up to the next symbol and,
+        in a module, not past the module's memory."""
         if not len(self.addrs):
-            return bare
+            return None
         i = int(self.locate(np.array([pc], dtype=np.uint64))[0])
         if i < 0 or not self.names[i]:
-            return bare
+            return None
         module = self.modules[i]
+        inside = self.module_at(pc)
         # In module memory, or past a module's symbol, the symbol must be of
         # the module that holds pc, or it would stretch over code it does not
         # name.
         in_modules = inside is not None or any(r.name == module for r in self.module_ranges)
         if in_modules and (inside is None or module != inside.name
                            or int(self.addrs[i]) < inside.start):
-            return bare
-        off = pc - int(self.addrs[i])
-        mod = f" [{self.modules[i]}]" if self.modules[i] else ""
-        return f"{self.names[i]}+{off:#x}{mod}"
+            return None
+        return self.names[i], pc - int(self.addrs[i]), module
+
+    def describe(self, pc: int) -> str:
+        """function+0xoff [module], or the bare address (with the module it
+        falls in, when known)."""
+        found = self.symbol_at(pc)
+        if found is None:
+            inside = self.module_at(pc)
+            return f"{pc:#x}" + (f" (in module {inside.name}, no symbol)" if inside else "")
+        name, off, module = found
+        return f"{name}+{off:#x}" + (f" [{module}]" if module else "")
 
     def function(self, pc: int) -> str:
         """function [module] without the offset."""

@@ -1,7 +1,7 @@
 """The viewer's details pane: one event with all its fields, its call site,
 its instruction disassembled with capstone from the kernel image the run
-booted, and for a finding the events that explain it; or the ownership
-interval under the cursor."""
+booted (module code from the module's own .ko), and for a finding the
+events that explain it; or the ownership interval under the cursor."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 from rich.text import Text
 
+from analyzers.boundaries import kernel_text_high
 from analyzers.counts import task_label
 from analyzers.ownership import Class, ContextKind, Unknown
 from analyzers.timeline import Begin, End
 from fputrace.errors import FputraceError
-from fputrace.kernel.text import KernelText, load_kernel_text
+from fputrace.kernel.modules import ModuleTree, module_bytes
+from fputrace.kernel.text import KernelText, load_kernel_text, module_code
 from fputrace.paths import cache_dir
 from fputrace.trace import format as fmt
 from fputrace.view.model import Lane, Model
@@ -42,6 +44,7 @@ class Details:
         self._text: KernelText | None = None
         self._text_problem: str | None = None
         self._site_pcs: tuple[np.ndarray, list[str]] | None = None
+        self._modules: dict[str, bytes | str] = {}  # name -> ELF image, or why none
         self.findings = {f.event: f for f in self.a.verdict.findings}
 
     def site(self, pc: int) -> str:
@@ -67,15 +70,52 @@ class Details:
                     self._text_problem = str(e)
         return self._text
 
+    def module_image(self, name: str) -> bytes | str:
+        """A module's ELF image, from the file the recording loaded it from
+        or the kernel's modules directory; or why there is none."""
+        if name not in self._modules:
+            meta = self.a.run.meta or {}
+            path = (meta.get("module_files") or {}).get(name)
+            why = f"module {name}: the recording names no .ko for it"
+            if path is None and meta.get("modules_dir"):
+                try:
+                    path = str(ModuleTree(Path(meta["modules_dir"])).path_of(name))
+                except FputraceError as e:
+                    why = str(e)
+            try:
+                self._modules[name] = module_bytes(Path(path)) if path else why
+            except OSError as e:
+                self._modules[name] = f"cannot read {path}: {e.strerror}"
+        return self._modules[name]
+
+    def code_at(self, pc: int) -> tuple[bytes, str]:
+        """The instruction bytes at pc and where they came from, or (b"",
+        why not)."""
+        found = self.a.run.symbols.symbol_at(pc)
+        if found is not None and found[2]:
+            function, offset, module = found
+            image = self.module_image(module)
+            if isinstance(image, str):
+                return b"", image
+            code = module_code(image, function, offset, INSN_BYTES)
+            return (code, f"{module}.ko, relocations not applied") if code else \
+                (b"", f"{function} is not in {module}.ko: is it the module that ran?")
+        text = self.kernel_text()
+        if text is None:
+            return b"", str(self._text_problem)
+        code = text.read(pc, INSN_BYTES) or b""
+        if not code:
+            where = self.a.run.symbols.module_at(pc)
+            return b"", (f"in module {where.name}, at no symbol of it" if where else
+                         "not in the kernel image or any module the recording knows")
+        return code, ""
+
     def disassemble(self, pc: int, kind: int = 0) -> str:
         import capstone
 
-        text = self.kernel_text()
-        if text is None:
-            return f"(not disassembled: {self._text_problem})"
-        code = text.read(pc, INSN_BYTES)
+        code, source = self.code_at(pc)
         if not code:
-            return "(not disassembled: not in the kernel image, e.g. module code)"
+            return f"(not disassembled: {source})"
         if self.a.arm64:
             cs = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
         else:
@@ -88,7 +128,7 @@ class Details:
                 # The kernel patches its XSAVE sites at boot (alternatives):
                 # the image holds the instruction before that.
                 out += f"   [the image's; the CPU executed {executed}]"
-            return out
+            return out + (f"   [from {source}]" if source else "")
         return f"(capstone cannot decode {code[:4].hex()})"
 
     # ---- panes -----------------------------------------------------------
@@ -112,6 +152,10 @@ class Details:
                    f"task {task_label(self.a.run.trace.tasks, int(self.a.ident[i]))}\n")
         out.append(f"site   {self.site(pc)}  (pc {pc:#x})\n")
         out.append(f"insn   {self.disassemble(pc, int(ev['kind']))}\n")
+        if flags & fmt.Flag.KERNEL_SIMD:
+            # The kernel SIMD code that ran since the previous event.
+            simd = int(ev["simd_pc"]) | kernel_text_high(self.a.run.symbols)
+            out.append(f"simd   {self.site(simd)}: {self.disassemble(simd)}\n")
         cls = int(self.a.own.cls[i])
         if cls != Class.NOT_CLASSIFIED:
             why = f" ({Unknown(int(self.a.own.unknown_reason[i])).name.lower()})" \
