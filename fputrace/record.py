@@ -25,7 +25,13 @@ from fputrace.errors import FputraceError
 from fputrace.foreign import AddedFile, ForeignRun, busybox_applets, guest_path
 from fputrace.initramfs import busybox_initramfs
 from fputrace.kernel.busybox import applets_busybox, busybox_for
-from fputrace.kernel.layout import SERIAL_DEVICE, KernelTarget, kernel_cmdline, kernel_layout
+from fputrace.kernel.layout import (
+    SERIAL_DEVICE,
+    KernelTarget,
+    builtin_modules,
+    kernel_cmdline,
+    kernel_layout,
+)
 from fputrace.kernel.modules import MODULE_SUFFIXES, ModuleTree, module_bytes, module_name
 from fputrace.kernel.probes import fp_core_code, resolve_probes
 from fputrace.kernel.probes import plugin_args as probe_args
@@ -200,8 +206,11 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
         if not r.binary.exists():
             raise FputraceError(f"workload {r.workload.name} not built ({r.binary} missing): "
                                 "run 'make setup'")
+    # What the kernel has built in needs no loading (CONFIG_KVM_AMD=y).
+    builtin = builtin_modules(target)
     wanted = sorted({m for r in runs for m in r.modules} | set(extra_modules or []))
-    kvm_modules = FOREIGN_MODULES[target.arch]
+    wanted = [m for m in wanted if m.replace("-", "_") not in builtin]
+    kvm_modules = [m for m in FOREIGN_MODULES[target.arch] if m not in builtin]
     if foreign and kvm_modules and target.modules_dir is not None and \
             ModuleTree(target.modules_dir).has(kvm_modules[0]):
         # The user's programs may be KVM users: give them /dev/kvm.

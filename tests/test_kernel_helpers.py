@@ -117,6 +117,24 @@ def test_module_load_order_from_modinfo(tmp_path: Path) -> None:
         tree.load_order(["nope"])
 
 
+def test_built_in_modules_are_not_loaded(tmp_path: Path) -> None:
+    require(shutil.which("gcc") is not None, "gcc not installed")
+    # KVM=y, KVM_AMD=m: kvm-amd.ko's depends= names no built-in (modpost
+    # leaves them out), but a user may still ask for kvm; ccp is a module.
+    # modules.builtin as modules_install writes it, with a '-' in a name.
+    release = tmp_path / "lib" / "modules" / "6.1.0-test"
+    release.mkdir(parents=True)
+    (release / "modules.builtin").write_text("kernel/arch/x86/kvm/kvm.ko\n"
+                                             "kernel/virt/lib/irqbypass.ko\n"
+                                             "kernel/drivers/char/hw_random/rng-core.ko\n")
+    fake_module(release, "kvm_amd", "ccp")
+    fake_module(release, "ccp", "")
+    tree = ModuleTree(tmp_path)
+    assert tree.builtin == {"kvm", "irqbypass", "rng_core"}
+    assert tree.is_builtin("rng-core") and not tree.is_builtin("kvm_amd")
+    assert [p.name for p in tree.load_order(["kvm", "kvm_amd"])] == ["ccp.ko", "kvm-amd.ko"]
+
+
 def test_module_dependency_cycle_is_an_error(tmp_path: Path) -> None:
     require(shutil.which("gcc") is not None, "gcc not installed")
     fake_module(tmp_path, "a", "b")

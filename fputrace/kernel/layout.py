@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import struct
 import tarfile
@@ -22,6 +23,7 @@ from fputrace.kernel import debian
 from fputrace.kernel.btf import Btf
 from fputrace.kernel.busybox import busybox_for
 from fputrace.kernel.dwarf import struct_offsets
+from fputrace.kernel.modules import ModuleTree
 from fputrace.machine import MachineSpec, run_machine
 from fputrace.paths import cache_dir
 from fputrace.trace.symbols import Symbols
@@ -124,6 +126,7 @@ mkdir -p /tmp/out
 cat /proc/kallsyms > /tmp/out/kallsyms
 [ -e /sys/kernel/btf/vmlinux ] && cat /sys/kernel/btf/vmlinux > /tmp/out/btf
 uname -r > /tmp/out/release
+ls /sys/module > /tmp/out/sysmodule
 stty -F /dev/{tty}1 raw -echo
 tar -c -f - -C /tmp/out . | gzip -1 > /dev/{tty}1
 poweroff -f
@@ -143,7 +146,7 @@ poweroff -f
                             f"{tmp / 'console.log'}")
     try:
         with tarfile.open(stream, "r:gz") as tar:
-            for name in ("kallsyms", "btf", "release"):
+            for name in ("kallsyms", "btf", "release", "sysmodule"):
                 try:
                     member = tar.getmember(f"./{name}")
                 except KeyError:
@@ -161,6 +164,36 @@ poweroff -f
         f.unlink()
     shutil.rmtree(target.state_dir, ignore_errors=True)
     tmp.rename(target.state_dir)
+
+
+# A built-in module's initcall, named after its KBUILD_MODNAME since v5.15
+# ("init: lto: ensure initcall ordering", __initcall__kmod_<modname>__<id>_<line>_<fn>).
+INITCALL_MODNAME = re.compile(r"__initcall__kmod_(\w+?)__\d+_\d+_")
+
+
+def builtin_modules(target: KernelTarget) -> set[str]:
+    """The modules compiled into the kernel image: those its modules
+    directory's modules.builtin lists; those the kernel lists in /sys/module
+    at the collection boot, when nothing is loaded yet (a built-in module
+    with parameters has its directory there: kvm, kvm_amd); and those the
+    image's initcall symbols name (not a module's name when the modules
+    directory has it as a .ko). A kernel collected before the
+    /sys/module list was taken is collected again."""
+    listing = target.state_dir / "sysmodule"
+    if not listing.exists():
+        _collect(target)
+    found = set(listing.read_text().split()) if listing.exists() else set()
+    initcalls: set[str] = set()
+    kallsyms = target.state_dir / "kallsyms"
+    if kallsyms.exists():
+        initcalls = set(INITCALL_MODNAME.findall(kallsyms.read_text(errors="replace")))
+    if target.modules_dir is None:
+        return found | initcalls
+    # A built-in object that is no module is named after its file: Debian's
+    # arch/x86/kernel/kvm.o (the guest side) is "kvm" beside kvm.ko. Where
+    # the modules are known, a name with a .ko is a module.
+    tree = ModuleTree(target.modules_dir)
+    return found | tree.builtin | {m for m in initcalls if not tree.has(m)}
 
 
 def _current_task_address(symbols: Symbols, btf: Btf | None,

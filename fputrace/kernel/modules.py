@@ -52,17 +52,26 @@ def modinfo(elf_image: bytes) -> dict[str, list[str]]:
 
 
 class ModuleTree:
-    """All modules below a kernel's modules directory."""
+    """All modules below a kernel's modules directory, and the ones its
+    modules.builtin lists (`make modules_install` writes it: one path per
+    module compiled into the image, as kernel/arch/x86/kvm/kvm-amd.ko)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.by_name: dict[str, Path] = {}
+        self.builtin: set[str] = set()
         for p in root.rglob("*.ko*"):
             if p.name.endswith(MODULE_SUFFIXES):
                 self.by_name.setdefault(module_name(p), p)
+        for listing in root.rglob("modules.builtin"):
+            self.builtin |= {module_name(Path(line.strip())) for line in
+                             listing.read_text(errors="replace").splitlines() if line.strip()}
 
     def has(self, name: str) -> bool:
         return name.replace("-", "_") in self.by_name
+
+    def is_builtin(self, name: str) -> bool:
+        return name.replace("-", "_") in self.builtin
 
     def path_of(self, name: str) -> Path:
         key = name.replace("-", "_")
@@ -72,13 +81,14 @@ class ModuleTree:
         return self.by_name[key]
 
     def load_order(self, wanted: list[str]) -> list[Path]:
-        """The modules named and everything they depend on, dependencies first."""
+        """The modules named and everything they depend on, dependencies
+        first; built-in ones are left out."""
         order: list[Path] = []
         state: dict[str, str] = {}
 
         def visit(name: str, chain: tuple[str, ...]) -> None:
             key = name.replace("-", "_")
-            if state.get(key) == "done":
+            if state.get(key) == "done" or key in self.builtin:
                 return
             if state.get(key) == "visiting":
                 raise FputraceError(f"module dependency cycle: {' -> '.join((*chain, key))}")
