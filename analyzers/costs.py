@@ -146,8 +146,7 @@ def costs_from_aggregates(agg: Aggregates, own: Ownership, tasks: npt.NDArray[np
 
     lay = layout()  # fpanalysis.h, enum fpa_tables
     NKIND, NCLS = lay.FPA_NKIND, lay.FPA_NCLS
-    OP_ENTRIES, OP_SWITCHES = lay.FPA_OP_ENTRIES, lay.FPA_OP_SWITCHES
-    OP_SIGNALS, OP_TASKBUF, OP_AROUND_SIG = lay.FPA_OP_SIGNALS, lay.FPA_OP_TASKBUF, \
+    OP_ENTRIES, OP_SIGNALS, OP_AROUND_SIG = lay.FPA_OP_ENTRIES, lay.FPA_OP_SIGNALS, \
         lay.FPA_OP_AROUND_SIG
 
     by_cls = agg.cls.astype(np.int64)
@@ -200,8 +199,6 @@ def costs_from_aggregates(agg: Aggregates, own: Ownership, tasks: npt.NDArray[np
     per_operation = {
         "vm_entry": _per(int(o_rows[entered, 0].sum()), int(o_rows[entered, 1].sum()),
                          int(o_rows[entered, 2].sum()), int(ops[OP_ENTRIES])),
-        "context_switch": _per(int(ops[OP_TASKBUF]), int(ops[OP_TASKBUF + 1]),
-                               int(ops[OP_TASKBUF + 2]), int(ops[OP_SWITCHES])),
         "signal": _per(int(ops[OP_AROUND_SIG]), int(ops[OP_AROUND_SIG + 1]),
                        int(ops[OP_AROUND_SIG + 2]), int(ops[OP_SIGNALS])),
     }

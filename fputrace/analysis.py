@@ -14,6 +14,7 @@ from analyzers.boundaries import check_boundaries
 from analyzers.costs import Costs, costs_from_aggregates, vcpu_instance, vcpu_label
 from analyzers.counts import Counts, counts_from_aggregates, task_label
 from analyzers.ownership import Class, ContextKind, Ownership, analyze
+from analyzers.switches import SwitchCosts, switch_costs
 from analyzers.timeline import cpu_timeline
 from analyzers.verdict import Verdict, combine
 from fputrace.trace import format as fmt
@@ -31,6 +32,7 @@ class Analysis:
     costs: Costs
     verdict: Verdict
     traps: TrapCosts | None  # arm64 only
+    switches: SwitchCosts | None  # None: the trace has no context switch probes
 
     @property
     def arm64(self) -> bool:
@@ -118,4 +120,9 @@ def analyze_run(r: Run) -> Analysis:
                               "fpu_copy_uabi_to_guest_fpstate" in r.symbols.values)
     verdict = combine(events, ident, own, bounds)
     traps = trap_costs(events, ident) if r.trace.header.arch == fmt.Arch.AARCH64 else None
-    return Analysis(r, own, ident, counts, costs, verdict, traps)
+    switches = switch_costs(events)
+    if traps is not None and switches is not None:
+        # Host traps per real context switch (__switch_to calls), where the
+        # trace has them.
+        traps.context_switches = switches.switches
+    return Analysis(r, own, ident, counts, costs, verdict, traps, switches)

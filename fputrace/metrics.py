@@ -10,6 +10,8 @@ Metric names (all in `fputrace compare --json` under "metrics"):
   bytes_moved, redundant_bytes             bytes saved and restored
   bytes.COMPONENT.{saved,restored,redundant}   per XSAVE component (x86)
   OP.count, saves_per_OP, restores_per_OP, bytes_per_OP
+                                           (context_switch: also
+                                           skipped_restores_per_context_switch)
                                            OP: vm_entry, context_switch, signal
   redundant_save_per_vm_entry, redundant_restore_per_vm_entry
                                            all redundant saves (restores) of
@@ -65,6 +67,11 @@ def metrics_of(a: Analysis) -> Metrics:
         m[f"{op}.count"] = float(o["count"])
         for what in ("saves", "restores", "bytes"):
             m[f"{what}_per_{op}"] = float(o[what])
+    if a.switches is not None:
+        o = a.switches.per_switch()
+        m["context_switch.count"] = float(o["count"])
+        for what in ("saves", "restores", "bytes", "skipped_restores"):
+            m[f"{what}_per_context_switch"] = float(o[what])
     entries = float(costs.per_operation.get("vm_entry", {}).get("count", 0))
     m["redundant_save_per_vm_entry"] = _per(costs.classes.get("redundant_save", 0), entries)
     m["redundant_restore_per_vm_entry"] = _per(costs.classes.get("redundant_restore", 0),

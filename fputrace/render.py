@@ -16,6 +16,7 @@ from analyzers.costs import Costs, Row
 from analyzers.counts import Counts, Group, task_identity, task_label
 from analyzers.mechanisms import kernel_mechanisms
 from analyzers.ownership import ContextKind, Ownership
+from analyzers.switches import SwitchCosts
 from analyzers.verdict import Verdict
 from fputrace.analysis import Analysis
 from fputrace.trace import format as fmt
@@ -283,6 +284,7 @@ def analysis_json(a: Analysis, max_findings: int = 50) -> dict[str, Any]:
         "per_component": costs.per_component,
         "per_operation": costs.per_operation,
         **({"arm64_traps": a.traps.as_json()} if a.traps is not None else {}),
+        **({"context_switches": a.switches.as_json()} if a.switches is not None else {}),
     }
 
 
@@ -356,6 +358,16 @@ def operation_line(name: str, o: dict[str, float | int]) -> str:
             f"{o['restores']} restores, {o['bytes']} bytes ({o['count']} of them)")
 
 
+def switch_line(s: SwitchCosts) -> str:
+    """'per context switch: 0.9 saves, 0.4 restores, 0.5 restores skipped
+    (registers still valid), 800.0 bytes (1200 of them; ...)'"""
+    p = s.per_switch()
+    return (f"per context switch: {p['saves']} saves, {p['restores']} restores at the next "
+            f"return to user mode, {p['skipped_restores']} restores skipped (registers still "
+            f"valid), {p['bytes']} bytes ({s.switches} switches; {s.not_judged} with no return "
+            "to user mode before the next switch, or through a guest)")
+
+
 def render_summary(console: Console, a: Analysis, max_findings: int) -> None:
     """The short report: findings, boundary checks, and the redundancy and
     cost headline per operation."""
@@ -369,6 +381,8 @@ def render_summary(console: Console, a: Analysis, max_findings: int) -> None:
     for name, o in costs.per_operation.items():
         if o["count"]:
             console.print(escape("  " + operation_line(name, o)))
+    if a.switches is not None and a.switches.switches:
+        console.print(escape("  " + switch_line(a.switches)))
     if a.traps is not None:
         t = a.traps.as_json()
         console.print(escape(
@@ -438,6 +452,10 @@ def render_analysis(console: Console, a: Analysis, top: int, max_findings: int =
         ops.add_column(name, justify="right" if name != "operation" else "left")
     for name, o in costs.per_operation.items():
         ops.add_row(name, str(o["count"]), str(o["saves"]), str(o["restores"]), str(o["bytes"]))
+    if a.switches is not None:
+        o = a.switches.per_switch()
+        ops.add_row("context_switch", str(o["count"]), str(o["saves"]), str(o["restores"]),
+                    str(o["bytes"]))
     console.print(ops)
 
 

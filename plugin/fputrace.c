@@ -470,13 +470,22 @@ void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
     uint64_t args[4];
 
     arch->finish_pending(vs, vcpu_index);
+    if (pr->id != FTR_PROBE_CONTEXT_SWITCH) {
+        /*
+         * The entry this probe follows comes first in sequence: a finding's
+         * window (entry to return) must hold the probes inside it, such as
+         * the kernel_fpu_begin() whose save took the task's state.
+         */
+        vcpu_materialize_entry(vs, vcpu_index, NULL, false);
+        __atomic_fetch_add(&probe_generation, 1, __ATOMIC_RELEASE);
+    }
     /*
-     * The entry this probe follows comes first in sequence: a finding's
-     * window (entry to return) must hold the probes inside it, such as the
-     * kernel_fpu_begin() whose save took the task's state.
+     * A context switch is left out of both: it rewrites no buffer and
+     * renames no task (another task is seen by its pointer), so the saves
+     * and identities after it need not be read again; and the save that
+     * follows it (switch_fpu_prepare()) gives the pending entry its
+     * registers without a read.
      */
-    vcpu_materialize_entry(vs, vcpu_index, NULL, false);
-    __atomic_fetch_add(&probe_generation, 1, __ATOMIC_RELEASE);
     event_begin(vs, vcpu_index, &ev, FTR_KIND_PROBE, pr->pc, 0);
     ev.index = pr->id;
     arch->probe_args(vs, args);

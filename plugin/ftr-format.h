@@ -138,7 +138,8 @@ static inline enum ftr_kind_role ftr_kind_role(unsigned int kind)
     X(FPSTATE_FREE, 15)         /* fpstate_free */ \
     X(RESTORE_FAULT, 16)        /* a faulting restore: the init state is loaded instead */ \
     X(KVM_LOAD_FP, 17)          /* arm64 kvm_arch_vcpu_load_fp: a vCPU is loaded */ \
-    X(KVM_PUT_FP, 18)           /* arm64 kvm_arch_vcpu_put_fp: a vCPU is put */
+    X(KVM_PUT_FP, 18)           /* arm64 kvm_arch_vcpu_put_fp: a vCPU is put */ \
+    X(CONTEXT_SWITCH, 19)       /* __switch_to: arg0 = prev task, arg1 = next */
 
 #define FTR_PROBE_MAX 32
 

@@ -405,12 +405,6 @@ def compute_costs(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], own: Ow
         (own.unknown_reason != Unknown.USER_MODE)
     vcpu_threads = np.unique(ident[entries])
     by_vcpu_thread = ops & np.isin(ident, vcpu_threads)
-    idx = np.flatnonzero(ops & (own.context_kind >= 0))
-    cpus = ev["vcpu"][idx]
-    order = np.argsort(cpus, kind="stable")
-    t, c = ev["task"][idx][order], cpus[order]
-    switches = int(np.count_nonzero((t[1:] != t[:-1]) & (c[1:] == c[:-1])))
-    on_task_buffers = ops & (ctx == ContextKind.TASK)
     frames = ctx == ContextKind.SIGNAL_FRAME
     signals = int(np.count_nonzero(frames & is_save & ops))
     around_signals = ops & (frames | (ctx == ContextKind.INIT))
@@ -421,7 +415,6 @@ def compute_costs(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], own: Ow
 
     per_operation = {
         "vm_entry": per(by_vcpu_thread, int(np.count_nonzero(entries))),
-        "context_switch": per(on_task_buffers, switches),
         "signal": per(around_signals, signals),
     }
     return Costs(classes, class_bytes, unknown_reasons, redundant_pct, per_callsite, per_task,

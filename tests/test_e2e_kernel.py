@@ -212,6 +212,21 @@ def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, serie
     assert rep_p.returncode == 0, report_head(out)
     rep = json.loads(rep_p.stdout)
     assert rep["findings"] == [] and rep["unconfirmed"] == []
+    # Real context switches (the __switch_to probes): each of fpu-switch's
+    # hand-offs is one, from one of its tasks to the other. In each,
+    # switch_fpu_prepare() saves the outgoing task's live AVX state, and the
+    # incoming one, whose registers the other overwrote (fpregs_state_valid()
+    # is false), has its state restored at its return to user mode.
+    ptrs = {int(t["task"]) for t in trace.tasks
+            if bytes(t["comm"]).split(b"\0")[0] == b"fpu-switch"}
+    ev = trace.events
+    probes = ev[(ev["kind"] == fmt.Kind.PROBE) & (ev["index"] == fmt.Probe.CONTEXT_SWITCH)]
+    pairs = sum(int(a) in ptrs and int(b) in ptrs for a, b in zip(
+        probes["value"].tolist(), probes["addr"].tolist(), strict=True))
+    assert switches <= pairs <= switches + 8, (switches, pairs)
+    cs = rep["context_switches"]
+    assert cs["switches"] == len(probes)
+    assert cs["saves"] >= switches and cs["restores"] >= switches, cs
     checks = rep["boundary_checks"]
     assert checks["violations"] == 0
     # Every task that returned to user mode had its returns checked.

@@ -312,8 +312,6 @@ static int64_t keyed_out(const struct keyed *k, uint64_t *keys, uint64_t *rows, 
 struct agg {
     uint64_t *small;
     struct keyed pcs, tasks, bufs, feats, optasks, vmcbs, vcpus;
-    uint64_t last_task[FPA_NCPU];
-    uint8_t have_last[FPA_NCPU];
 };
 
 static int agg_init(struct agg *a, uint64_t *small)
@@ -445,16 +443,6 @@ static int agg_classified(struct agg *a, const struct ftr_event *e, int64_t iden
     }
     orow[save ? 0 : 1]++;
     orow[2] += e->mem_bytes;
-    unsigned cpu = e->vcpu % FPA_NCPU;
-    if (a->have_last[cpu] && a->last_task[cpu] != e->task) {
-        a->small[FPA_S_OPS + FPA_OP_SWITCHES]++;
-    }
-    a->have_last[cpu] = 1;
-    a->last_task[cpu] = e->task;
-    if (ctx == FPA_CTX_TASK && !vmcb) {
-        a->small[FPA_S_OPS + FPA_OP_TASKBUF + (save ? 0 : 1)]++;
-        a->small[FPA_S_OPS + FPA_OP_TASKBUF + 2] += e->mem_bytes;
-    }
     if (ctx == FPA_CTX_SIGNAL_FRAME || ctx == FPA_CTX_INIT) {
         a->small[FPA_S_OPS + FPA_OP_AROUND_SIG + (save ? 0 : 1)]++;
         a->small[FPA_S_OPS + FPA_OP_AROUND_SIG + 2] += e->mem_bytes;
@@ -529,9 +517,6 @@ static int agg_output(struct agg *a, struct map *guest_map, const uint64_t *gues
             return -1;
         }
         buf_row_add(vr, row);
-        a->small[FPA_S_OPS + FPA_OP_TASKBUF] -= row[2 * FPA_NCLS];
-        a->small[FPA_S_OPS + FPA_OP_TASKBUF + 1] -= row[2 * FPA_NCLS + 1];
-        a->small[FPA_S_OPS + FPA_OP_TASKBUF + 2] -= row[2 * FPA_NCLS + 2];
     }
     n_out[0] = keyed_out(&a->pcs, ptrs[0], ptrs[1], cap);
     n_out[1] = keyed_out(&a->tasks, ptrs[2], ptrs[3], cap);

@@ -63,10 +63,9 @@ enum fpa_tables {
     FPA_S_OPS = FPA_S_LEVEL_CLS_BYTES + 2 * FPA_NCLS,   /* [NOPS], FPA_OP_* */
     FPA_S_SIZE = FPA_S_OPS + FPA_NOPS,
     /* FPA_S_OPS entries */
-    FPA_OP_ENTRIES = 0, FPA_OP_SWITCHES = 1,
-    FPA_OP_TASKBUF = 2,         /* [3] saves, restores, bytes on task buffers */
-    FPA_OP_SIGNALS = 5,
-    FPA_OP_AROUND_SIG = 6,      /* [3] saves, restores, bytes on signal frames and init */
+    FPA_OP_ENTRIES = 0,
+    FPA_OP_SIGNALS = 1,
+    FPA_OP_AROUND_SIG = 2,      /* [3] saves, restores, bytes on signal frames and init */
     /*
      * The keyed tables (agg_ptrs: keys, rows for each, in this order): per
      * pc and per task announcement (rows of FPA_ROW: kind counts, class

@@ -81,6 +81,13 @@ X86_PROBES: tuple[ProbeDef, ...] = (
     # v5.14 rework, ex_handler_fprestore() loading init_fpstate itself in 5.10.
     ProbeDef(Probe.RESTORE_FAULT, ("fpu_reset_from_exception_fixup", "ex_handler_fprestore"),
              False, "a faulting restore: the task gets the init state"),
+    # Every context switch: context_switch() -> switch_to() -> __switch_to(prev,
+    # next), which saves prev's registers in switch_fpu_prepare() (if it
+    # still owns them: no TIF_NEED_FPU_LOAD), marks next's to be loaded at
+    # its return to user mode (switch_fpu_finish(), switch_fpu_return()) and
+    # writes the per-cpu current task pointer.
+    ProbeDef(Probe.CONTEXT_SWITCH, ("__switch_to",), False,
+             "a context switch from arg0 to arg1"),
 )
 
 
@@ -123,6 +130,13 @@ AARCH64_PROBES: tuple[ProbeDef, ...] = (
              "KVM_SET_ONE_REG sets a vCPU register"),
     ProbeDef(Probe.KVM_VCPU_RESET, ("kvm_reset_vcpu",), False,
              "KVM resets a vCPU: its FP registers are zeroed"),
+    # __switch_to(prev, next) (arch/arm64/kernel/process.c):
+    # fpsimd_thread_switch(next) saves prev's live state (fpsimd_save()) and
+    # sets TIF_FOREIGN_FPSTATE on next unless its state is still in this
+    # CPU's registers; do_notify_resume() -> fpsimd_restore_current_state()
+    # loads it on the way to user mode; cpu_switch_to() writes SP_EL0.
+    ProbeDef(Probe.CONTEXT_SWITCH, ("__switch_to",), False,
+             "a context switch from arg0 to arg1"),
 )
 
 PROBES = {"x86_64": X86_PROBES, "aarch64": AARCH64_PROBES}

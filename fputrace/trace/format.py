@@ -160,6 +160,7 @@ class Probe(enum.IntEnum):
     RESTORE_FAULT = 16
     KVM_LOAD_FP = 17  # arm64: kvm_arch_vcpu_load_fp()
     KVM_PUT_FP = 18  # arm64: kvm_arch_vcpu_put_fp()
+    CONTEXT_SWITCH = 19
 
 
 PROBE_MAX = 32
