@@ -84,7 +84,8 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     events_per_count=40, aarch64_modules=(), x86_64=False),
         WorkloadDef("fpu-seed", 5, (),
                     "deliberate FPU bugs of a test module: N calls each of a correct "
-                    "kernel_fpu section, XMM use without one, and a corrupted saved state",
+                    "kernel_fpu section, XMM use without one, a corrupted saved state, and "
+                    "TIF_NEED_FPU_LOAD cleared inside a section (a missed restore)",
                     seed_module=True),
     )
 }
