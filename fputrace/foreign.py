@@ -135,21 +135,39 @@ SHELL_BUILTINS = frozenset({"cd", "export", "set", "ulimit", "umask", "wait", "e
 SHELL_SEPARATORS = frozenset({"&&", "||", ";", "|", "&", "(", ")"})
 
 
+# Reserved words after which a command comes (if, while, do, ...), and those
+# that end a compound command (done, fi, ...): no program either way.
+SHELL_BEFORE_COMMAND = frozenset({"if", "then", "else", "elif", "while", "until", "do", "!",
+                                  "{"})
+SHELL_AFTER_COMMAND = frozenset({"done", "fi", "}"})
+
+
 def programs_of(cmd: str) -> list[str]:
     """The first word of each simple command in a shell line ('cd fp &&
-    ./fp-stress -t 5' -> ['cd', './fp-stress'])."""
+    ./fp-stress -t 5' -> ['cd', './fp-stress']). The words of a `for`
+    header and of a `case` are no commands."""
     lexer = shlex.shlex(cmd, posix=True, punctuation_chars=";&|()<>")
     lexer.whitespace_split = True
     programs: list[str] = []
     expect = True
     redirect = False
+    skip_until = ""  # inside `for NAME in WORDS;` (until do) or a case (until esac)
     for token in lexer:
-        if token in SHELL_SEPARATORS:
+        if skip_until:
+            if token == skip_until:
+                skip_until, expect = "", True
+        elif token in SHELL_SEPARATORS:
             expect = True
         elif "<" in token or ">" in token:
             redirect = True  # the next word is a file or descriptor
         elif redirect:
             redirect = False
+        elif expect and token in ("for", "case"):
+            skip_until = "do" if token == "for" else "esac"
+        elif expect and token in SHELL_BEFORE_COMMAND:
+            continue
+        elif token in SHELL_AFTER_COMMAND:
+            expect = False
         elif expect and "=" not in token.split("/")[0]:  # not a VAR=value prefix
             programs.append(token)
             expect = False
@@ -190,7 +208,8 @@ def check_commands(commands: list[str], added: list[AddedFile],
         if not programs:
             raise FputraceError("--run needs a command, e.g. --run './repro 100'")
         for prog in programs:
-            if prog in SHELL_BUILTINS:
+            # A name made by an expansion is known only when the shell runs it.
+            if prog in SHELL_BUILTINS or "$" in prog or "`" in prog:
                 continue
             plain = prog.removeprefix("./")
             if not (plain in names or _found_in_guest(prog, names, applets)):

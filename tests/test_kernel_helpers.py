@@ -325,6 +325,10 @@ def test_only_the_parts_of_a_patch_under_the_prefixes_are_applied(tmp_path: Path
     ("./x 2>&1 >/tmp/out", ["./x"]),
     ("echo 'a && b'", ["echo"]),
     ("(cd a; ./b) && ./c", ["cd", "./b", "./c"]),
+    ("for t in a b; do ./$t; echo \"$t: $?\"; done; ./z", ["./$t", "echo", "./z"]),
+    ("if ./x; then ./y; else ./w; fi && while ./v; do sleep 1; done",
+     ["./x", "./y", "./w", "./v", "sleep"]),
+    ("case $1 in a) ./a;; esac; ./b", ["./b"]),
 ])
 def test_the_programs_a_run_line_starts(line: str, programs: list[str]) -> None:
     assert programs_of(line) == programs
