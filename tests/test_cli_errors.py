@@ -70,8 +70,7 @@ def test_missing_kernel_file(tmp_path: Path) -> None:
     (["record", "--workload", "kvm-pingpong:zero"], ["not a whole number"]),
     (["record", "--msr", "xfd"], ["not a number"]),
     (["kernel", "fetch", "4.19"], ["unknown kernel series '4.19'"]),
-    (["kernel", "selftests", "6.1", "--arch", "amd64"], ["no FP selftests are built for amd64",
-                                                         "--arch arm64"]),
+    (["kernel", "selftests", "4.19"], ["unknown kernel series '4.19'"]),
     (["record", "--workload", "vl-change"], ["vl-change is not built for x86_64"]),
 ])
 def test_bad_arguments(tmp_path: Path, args: list[str], words: list[str]) -> None:

@@ -1,5 +1,5 @@
 """fputrace kernel fetch VERSION [--arch amd64|arm64]
-fputrace kernel selftests VERSION --arch arm64"""
+fputrace kernel selftests VERSION [--arch amd64|arm64]"""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def add_parser(sub: Any) -> None:
     s = ksub.add_parser("selftests", help="build the kernel's own FP selftests from the Debian "
                                           "source of a fetched kernel, for record --run")
     s.add_argument("version", help=f"kernel series: {', '.join(debian.RELEASES)}")
-    s.add_argument("--arch", default="arm64", choices=debian.ARCHES)
+    s.add_argument("--arch", default="amd64", choices=debian.ARCHES)
     s.add_argument("--refresh", action="store_true", help="build again even if built before")
     s.set_defaults(run=run_selftests)
 
@@ -54,11 +54,19 @@ def run_selftests(args: argparse.Namespace) -> int:
         if build.failed.get(name):
             print(f"  not built (they do not build in this version): "
                   f"{' '.join(build.failed[name])}")
-    first = next(iter(build.programs))
-    # fp-stress (v6.1) starts every test per CPU and vector length; without it,
-    # one test at a time runs until a timeout stops it.
-    command = ("./fp-stress -t 5" if "fp-stress" in build.programs[first]
-               else "timeout -s TERM 5 ./sve-test")
-    print(f"run them with: fputrace record --arch {args.arch} --kernel {args.version} "
-          f"--add {root / first} --run 'cd {first} && {command}'")
+    if args.arch == "arm64":
+        first = next(iter(build.programs))
+        # fp-stress (v6.1) starts every test per CPU and vector length; without
+        # it, one test at a time runs until a timeout stops it.
+        command = ("./fp-stress -t 5" if "fp-stress" in build.programs[first]
+                   else "timeout -s TERM 5 ./sve-test")
+        print(f"run them with: fputrace record --arch {args.arch} --kernel {args.version} "
+              f"--add {root / first} --run 'cd {first} && {command}'")
+        return 0
+    # Each program prints its own verdict; KVM's need /dev/kvm, which --run
+    # commands get (kvm_amd is loaded for them).
+    adds = " ".join(f"--add {root / name}" for name in build.programs)
+    runs = " ".join(f"--run 'cd {name} && ./{p}'" for name, progs in build.programs.items()
+                    for p in progs[:1])
+    print(f"run one of them with: fputrace record --kernel {args.version} {adds} {runs}")
     return 0

@@ -6,6 +6,15 @@ fp-stress, ...) from the Debian `linux` source package of the version of the
 cached kernel, statically linked with the cross compiler, so that `record
 --add DIR --run 'cd fp && ./fp-stress -t 5'` runs them in the guest.
 
+`--arch amd64` builds, with the machine's gcc, the x86 selftests that move
+FP state (tools/testing/selftests/x86: corrupt_xstate_header, sigreturn,
+xstate and avx where the version has them, amx, and the 32-bit x87 tests
+test_FCMOV, test_FCOMI, test_FISTTP) and the KVM selftests that do
+(tools/testing/selftests/kvm: state_test, cr4_cpuid_sync_test,
+xcr0_cpuid_test, amx_test and the nested SVM tests), each where the
+version's Makefile has it. A selftest that needs what QEMU's TCG lacks (AMX,
+XFD, XSAVES, AVX-512, VMX) says so itself when it runs (KSFT_SKIP, "SKIP").
+
 The source comes through a private apt configuration (deb-src lines built
 from the machine's own archive URIs) and is cached under
 ~/.cache/fputrace/sources. Of Debian's patch series, the parts that touch
@@ -36,17 +45,56 @@ SOURCE_PACKAGE = "linux"
 
 
 @dataclass(frozen=True)
+class SuiteDir:
+    """One selftest directory and what is built of it."""
+
+    path: str  # under the source tree
+    # Programs wanted (paths below the output directory), each built where
+    # the directory's Makefile names it (its name less a _32/_64 suffix);
+    # empty: the Makefile's `all`.
+    wanted: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()  # programs every version has: the build fails without them
+
+
+@dataclass(frozen=True)
 class Suite:
     """Selftest directories built for one architecture."""
 
     karch: str  # the kernel's ARCH= name
-    cross_prefix: str  # CROSS_COMPILE
-    dirs: tuple[str, ...]  # under the source tree
-    required: tuple[str, ...]  # programs every version has: the build fails without them
+    cross_prefix: str  # CROSS_COMPILE ("" for the machine's own compiler)
+    dirs: tuple[SuiteDir, ...]
+    # The tree's own UAPI headers before the compiler's: before v5.18
+    # (KHDR_INCLUDES) the x86 Makefile gives none, and its -m32 programs
+    # would look for the machine's i386 <asm/unistd.h>.
+    uapi_first: bool = False
 
 
-SUITES = {"arm64": Suite("arm64", "aarch64-linux-gnu-", ("tools/testing/selftests/arm64/fp",),
-                         ("fpsimd-test", "sve-test"))}
+SUITES = {
+    "arm64": Suite("arm64", "aarch64-linux-gnu-", (
+        SuiteDir("tools/testing/selftests/arm64/fp", (), ("fpsimd-test", "sve-test")),)),
+    "amd64": Suite("x86", "", (
+        SuiteDir("tools/testing/selftests/x86", (
+            "corrupt_xstate_header_64", "sigreturn_64", "sigreturn_32", "xstate_64",
+            "avx_64", "amx_64", "test_FCMOV_32", "test_FCOMI_32", "test_FISTTP_32")),
+        SuiteDir("tools/testing/selftests/kvm", (
+            "x86_64/state_test", "x86_64/cr4_cpuid_sync_test", "x86_64/xcr0_cpuid_test",
+            "x86_64/amx_test", "x86_64/svm_vmcall_test", "x86_64/svm_int_ctl_test",
+            "x86_64/svm_nested_shutdown_test", "x86_64/svm_nested_soft_inject_test"),
+            ("x86_64/state_test",)),
+    ), uapi_first=True),
+}
+
+
+def wanted_in(makefile: str, wanted: tuple[str, ...]) -> list[str]:
+    """The wanted programs a selftest Makefile names ("sigreturn" for
+    sigreturn_64; "x86_64/state_test" as written)."""
+    out = []
+    for w in wanted:
+        base = re.sub(r"_(32|64)$", "", w) if "/" not in w else w
+        if re.search(rf"(?<![\w/]){re.escape(base)}(?!\w)", makefile):
+            out.append(w)
+    return out
+
 
 # Given to a second build of the programs that failed the first.
 COMPAT_DEFINES = "'-DARRAY_SIZE(a)=(sizeof(a)/sizeof((a)[0]))'"
@@ -76,11 +124,12 @@ class SelftestBuild:
 def _suite(arch: str) -> Suite:
     suite = SUITES.get(arch)
     if suite is None:
-        raise FputraceError(f"no FP selftests are built for {arch}: the arm64 FP selftests "
-                            "are (add --arch arm64)")
+        raise FputraceError(f"no FP selftests are built for {arch}: give --arch "
+                            f"{' or '.join(SUITES)}")
     compiler = f"{suite.cross_prefix}gcc"
     if shutil.which(compiler) is None:
-        raise FputraceError(f"{compiler} not found: install gcc-aarch64-linux-gnu "
+        raise FputraceError(f"{compiler} not found: install "
+                            f"{'gcc-aarch64-linux-gnu' if suite.cross_prefix else 'gcc'} "
                             "(make setup)")
     return suite
 
@@ -201,17 +250,19 @@ def _run_make(args: list[str], cwd: Path, log: Path) -> list[str]:
 
 
 def _collect_programs(build_dir: Path, out: Path) -> list[str]:
-    """The programs the build linked, in out. Before v5.11 the fp Makefile
-    links its programs in the source directory instead of $(OUTPUT): they are
-    moved over. Objects, and the scripts that were there already, are not
+    """The programs the build linked, in out (paths below it: the KVM tests
+    link into $(OUTPUT)/x86_64). Before v5.11 the arm64 fp Makefile links its
+    programs in the source directory instead of $(OUTPUT): they are moved
+    over. Objects, libraries and the scripts that were there already are not
     programs."""
     for p in build_dir.iterdir():
         if p.is_file() and p.suffix != ".o" and os.access(p, os.X_OK) and \
                 p.read_bytes()[:4] == b"\x7fELF" and not (out / p.name).exists():
             shutil.move(str(p), out / p.name)
-    for obj in out.glob("*.o"):
+    for obj in [*out.rglob("*.o"), *out.rglob("*.a"), *out.rglob("*.d")]:
         obj.unlink()
-    return sorted(p.name for p in out.iterdir() if p.is_file() and os.access(p, os.X_OK))
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                  if p.is_file() and os.access(p, os.X_OK))
 
 
 def build_selftests(series: str, arch: str, refresh: bool = False) -> tuple[Path, SelftestBuild]:
@@ -242,8 +293,8 @@ def build_selftests(series: str, arch: str, refresh: bool = False) -> tuple[Path
                         "--anchored", "--no-wildcards-match-slash",
                         *[f"--exclude=*/{d}" for d in UNREAD]], check=True)
         subprocess.run(["tar", "-xf", str(debian_tar), "-C", str(src)], check=True)
-        prefixes = ("tools/testing/selftests/", "tools/include/", "include/uapi/",
-                    f"arch/{suite.karch}/include/uapi/")
+        prefixes = ("tools/testing/selftests/", "tools/include/", "tools/arch/",
+                    "tools/lib/", "include/uapi/", f"arch/{suite.karch}/include/uapi/")
         patches = _apply_debian_patches(src, src / "debian", prefixes)
         cross = [f"ARCH={suite.karch}", f"CROSS_COMPILE={suite.cross_prefix}"]
         # The UAPI headers the selftests include (KHDR_INCLUDES: usr/include).
@@ -254,7 +305,8 @@ def build_selftests(series: str, arch: str, refresh: bool = False) -> tuple[Path
         dirs: dict[str, str] = {}
         programs: dict[str, list[str]] = {}
         failed: dict[str, list[str]] = {}
-        for d in suite.dirs:
+        for sd in suite.dirs:
+            d = sd.path
             name = Path(d).name
             out = staging / name
             out.mkdir(parents=True)
@@ -264,16 +316,26 @@ def build_selftests(series: str, arch: str, refresh: bool = False) -> tuple[Path
             # Some versions carry a test that does not build: 6.12's kernel-test
             # takes ARRAY_SIZE() from <linux/kernel.h>, which the UAPI header does
             # not define; it is built again with the definition given. What still
-            # fails (5.10's sve-ptrace into $(OUTPUT): an unresolved symbol) is named.
-            cc = f"CC={suite.cross_prefix}gcc -static"
-            broken = _run_make([*cross, cc, f"OUTPUT={out}", "-C", d, "all"], src, log)
+            # fails is named: 5.10's sve-ptrace into $(OUTPUT) (an unresolved
+            # symbol); 5.10's x86 sigreturn, whose altstack_data[SIGSTKSZ] is no
+            # constant since glibc 2.34.
+            cc = f"CC={suite.cross_prefix}gcc -static" + (
+                f" -isystem {src / 'usr/include'}" if suite.uapi_first else "")
+            targets = [str(out / t) for t in wanted_in((src / d / "Makefile").read_text(),
+                                                       sd.wanted)] if sd.wanted else ["all"]
+            broken = _run_make([*cross, cc, f"OUTPUT={out}", "-C", d, *targets], src, log)
             if broken:
+                # What a failed link left behind would pass for built.
+                for t in broken:
+                    for stale in out.rglob(t):
+                        stale.unlink()
                 broken = _run_make([*cross, f"{cc} {COMPAT_DEFINES}", f"OUTPUT={out}",
                                     "-C", d, *[str(out / t) for t in broken]], src, log)
             dirs[d] = name
             programs[name] = _collect_programs(src / d, out)
-            failed[name] = [t for t in broken if t not in programs[name]]
-            missing = [t for t in suite.required if t not in programs[name]]
+            failed[name] = [t for t in broken if Path(t).name not in
+                            {Path(p).name for p in programs[name]}]
+            missing = [t for t in sd.required if t not in programs[name]]
             if missing:
                 raise FputraceError(f"{d} of linux {source_version}: {', '.join(missing)} did "
                                     f"not build (log: {log})")
