@@ -512,11 +512,43 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                       "a forked child's first return does not hold the parent's registers "
                       "of the fork copy: ")
 
-    vcpu, per_vcpu, vfind = _check_vcpus(ev, bp, keys, ident, uabi_probed)
+    vcpu, per_vcpu, vfind = _check_vcpus(ev, bp, keys, ident, uabi_probed, explainer)
     findings += vfind
     findings.sort(key=lambda f: (f.after, f.kind))
     return Boundaries(user, vcpu, {k_: (v[0], v[1]) for k_, v in per_task.items()},
                       per_vcpu, findings, sections, keys)
+
+
+def _guest_moves(x: _Explainer, mine: list[int]) -> tuple[int, str, list[tuple[str, int]]]:
+    """Where the vCPU thread moved state between a VM exit and the entry
+    that found the guest's registers changed: its last save and the restore
+    after it, each with its site (the guest's state goes out at the exit's
+    fpu_swap_kvm_fpstate() or a preemption, and comes back before the
+    entry)."""
+    ev = x.ev
+    saves = [i for i in mine if x.saves[i]]
+    restores = [i for i in mine if x.restores[i]]
+    if not saves and not restores:
+        return -1, "; the vCPU thread saved and restored nothing in between", []
+    trail: list[tuple[str, int]] = []
+    parts = []
+    if saves:
+        s = saves[-1]
+        trail.append(("save", s))
+        parts.append(f"its last save was to {int(ev['addr'][s]):#x} at {x.site(s)} "
+                     f"(seq {int(ev['seq'][s])})")
+    after = [r for r in restores if not saves or r > saves[-1]]
+    if after:
+        r = after[-1]
+        trail.append(("restore", r))
+        parts.append(f"the restore before the entry loaded {int(ev['addr'][r]):#x} at "
+                     f"{x.site(r)} (seq {int(ev['seq'][r])})")
+        if saves and int(ev["addr"][r]) == int(ev["addr"][saves[-1]]) and \
+                int(ev["mem_hash"][r]) != int(ev["mem_hash"][saves[-1]]):
+            parts.append("the buffer changed in memory between them")
+    else:
+        parts.append("no restore followed it before the entry")
+    return (trail[-1][1], "; in between, " + ", ".join(parts), trail)
 
 
 # A vCPU's registers set by user space, or reset (KVM_ARM_VCPU_INIT).
@@ -524,7 +556,7 @@ VCPU_SET_ON_PURPOSE = "set by user space (KVM_SET_XSAVE, KVM_SET_FPU, KVM_SET_ON
 
 
 def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
-                 ident: npt.NDArray[np.int64], uabi_probed: bool
+                 ident: npt.NDArray[np.int64], uabi_probed: bool, explainer: _Explainer
                  ) -> tuple[BoundaryCheck, dict[tuple[int, int], tuple[int, int]],
                             list[BoundaryFinding]]:
     """A vCPU is its VMCB with the thread that runs it: a VMCB is freed with
@@ -559,10 +591,11 @@ def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
         row = per.setdefault(vk, [0, 0])
         row[0] += 1
         row[1] += 1
+        cause, why, trail = _guest_moves(explainer, mine.tolist())
         findings.append(BoundaryFinding(
-            "corrupted_state", "vcpu", int(ident[i]), int(ev["addr"][i]), x, i, -1,
+            "corrupted_state", "vcpu", int(ident[i]), int(ev["addr"][i]), x, i, cause,
             "the guest's FP registers at this VM entry differ from those at its previous VM "
-            "exit, and KVM did not set them on purpose in between"))
+            "exit, and KVM did not set them on purpose in between" + why, trail=trail))
     mask = (1 << 48) - 1
     return check, {(k_ & mask, (k_ >> 48) - 1): (r[0], r[1]) for k_, r in per.items()
                    if r[0]}, findings

@@ -435,6 +435,26 @@ def test_guest_registers_across_exits(tmp_path: Path) -> None:
     assert [vmcb for vmcb, _ in got.per_vcpu] == [VMCB]
 
 
+def test_guest_corruption_names_the_save_and_the_restore_between(tmp_path: Path) -> None:
+    # At the exit KVM saves the guest's LG1 to its buffer BG; before the next
+    # entry it restores BG, which now holds LG2: nothing set it on purpose.
+    # The finding names both, with their sites, and that BG changed.
+    b = TraceBuilder()
+    tasks(b)
+    b.event(VM_EXIT, task=T, addr=VMCB, regs_hash=LG1, flags=F_TASK | F_REGS)
+    save(b, BG, regs=LG1)
+    restore(b, BG, before=L1, loads=LG2)
+    b.event(VM_ENTRY, task=T, addr=VMCB, regs_hash=LG2, flags=F_TASK | F_REGS)
+    code, rep = report(tmp_path, b)
+    (f,) = rep["findings"]
+    assert code == 3 and f["kind"] == "corrupted_state"
+    assert f["description"].endswith(
+        f"; in between, its last save was to {BG:#x} at 0x0 (seq 1), the restore before the "
+        f"entry loaded {BG:#x} at 0x0 (seq 2), the buffer changed in memory between them")
+    assert (f["events"]["save"]["seq"], f["events"]["restore"]["seq"]) == (1, 2)
+    assert f["events"]["cause"]["seq"] == 2
+
+
 def test_guest_change_while_in_user_space_unverifiable_without_uabi_probe(
         tmp_path: Path) -> None:
     # 5.10 copies KVM_SET_XSAVE inside kvm.ko, which is not probed: a guest
