@@ -212,7 +212,9 @@ def check_commands(commands: list[str], added: list[AddedFile],
             if prog in SHELL_BUILTINS or "$" in prog or "`" in prog:
                 continue
             plain = prog.removeprefix("./")
-            if not (plain in names or _found_in_guest(prog, names, applets)):
+            # ./name after a cd into an added directory: some added file is it.
+            below = prog.startswith("./") and any(f.guest.endswith("/" + plain) for f in added)
+            if not (plain in names or below or _found_in_guest(prog, names, applets)):
                 raise FputraceError(f"--run {cmd!r}: {prog} is neither an added file nor a "
                                     "busybox command in the guest: add it with --add PATH")
         runs.append(ForeignRun(cmd))

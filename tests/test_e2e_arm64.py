@@ -321,8 +321,14 @@ def test_arm64_workloads_move_the_state_they_say(arm64_workloads: Path) -> None:
     # kernel-fpu: each hash runs inside kernel_neon_begin()/end(), which the
     # probes see, with the task's own state saved first.
     kfpu = events_of(trace, "kernel-fpu")
-    begins = ((kfpu["kind"] == K.PROBE) & (kfpu["index"] == fmt.Probe.KFPU_BEGIN)).sum()
-    assert begins >= 20
+    begin = (kfpu["kind"] == K.PROBE) & (kfpu["index"] == fmt.Probe.KFPU_BEGIN)
+    assert begin.sum() >= 20
+    # Each names its caller, from X30 at kernel_neon_begin()'s entry: the
+    # hashing is sha2-ce's (the driver the workload reported), so most of
+    # them are called from that module's code.
+    syms = load_run(arm64_workloads).symbols
+    callers = [syms.describe(int(c)) for c in kfpu[fmt.PROBE_CALLER][begin].tolist()]
+    assert sum(c.endswith("[sha2_ce]") for c in callers) >= 20, callers[:10]
 
 
 def test_arm64_workloads_have_no_findings(arm64_workloads: Path) -> None:

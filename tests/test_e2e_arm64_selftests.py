@@ -112,3 +112,34 @@ def test_the_report_finds_nothing_the_selftests_disprove(
         assert f["kind"] == "corrupted_state", f
         assert f["task"].endswith(" fp-stress"), f
         assert low <= int(f["events"]["entry"]["site"], 16) < high, f
+
+
+def test_kvm_get_reg_list_passes_and_nothing_is_found(
+        selftests: tuple[str, Path, Path], tmp_path: Path) -> None:
+    # KVM's get-reg-list lists a vCPU's registers with KVM_GET_REG_LIST in
+    # each configuration (vregs: the FP/SIMD V registers; sve: the Z, P and
+    # FFR registers), checking them against what it expects; each prints
+    # PASS or FAIL.
+    series, built, _ = selftests
+    kvm = built.parent / "kvm"
+    programs = json.loads((built.parent / "build.json").read_text())["programs"].get("kvm", [])
+    # aarch64/get-reg-list; from 6.12 built at the directory's top.
+    found = [p for p in programs if p.endswith("get-reg-list")]
+    assert len(found) == 1, programs
+    where = str(Path("kvm", found[0]).parent)
+    out = tmp_path / "regs.ftr"
+    p = fputrace("record", "--arch", "arm64", "--kernel", series, "--add", str(kvm),
+                 "--run", f'cd {where} && ./get-reg-list; echo "get-reg-list: exit $?"',
+                 "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    console = sidecar(out, "console.log").read_text(errors="replace")
+    assert "get-reg-list: exit 0" in console and not re.search(r": FAIL$", console, re.M)
+    if series == "5.10":
+        # One list, the blessed one: it says how many it checked (a newer
+        # firmware register of 5.10.y's KVM is only reported as new).
+        assert re.search(r"^Number blessed registers: +\d+", console, re.M), console[-2000:]
+    else:
+        verdicts = re.findall(r"^(\S+): (PASS|FAIL)$", console, re.M)
+        assert ("vregs", "PASS") in verdicts and ("sve", "PASS") in verdicts, verdicts
+    r = fputrace("report", "--json", str(out))
+    assert r.returncode == 0 and json.loads(r.stdout)["findings"] == [], r.stdout[:2000]

@@ -24,7 +24,7 @@ from analyzers.counts import task_identity, task_label
 from fputrace.kernel import debian
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import describe_incomplete, read_trace
-from fputrace.trace.run import sidecar
+from fputrace.trace.run import load_run, sidecar
 
 N_RUNS = 200
 
@@ -207,6 +207,15 @@ def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, serie
                        [int(k) for k in fmt.SAVE_KINDS]).sum()) >= int(kfpu["hashes"])
     assert int(np.count_nonzero(trace.events["flags"] & fmt.Flag.KERNEL_SIMD)) >= int(
         kfpu["hashes"])
+    # Each kernel_fpu_begin_mask() names its caller, from the return address
+    # at its entry: the hashing code of sha256-ssse3.ko, which kernel-fpu
+    # loads for its AF_ALG hashes.
+    kf = events_of(trace, "kernel-fpu")
+    begin = (kf["kind"] == fmt.Kind.PROBE) & (kf["index"] == fmt.Probe.KFPU_BEGIN)
+    syms = load_run(out).symbols
+    callers = [syms.describe(int(c)) for c in kf[fmt.PROBE_CALLER][begin].tolist()]
+    assert sum(c.endswith("[sha256_ssse3]") for c in callers) >= int(kfpu["hashes"]), \
+        callers[:10]
 
     rep_p = fputrace("report", "--json", str(out))
     assert rep_p.returncode == 0, report_head(out)

@@ -437,6 +437,12 @@ def test_bare_names_resolve_as_in_the_guest(tmp_path: Path) -> None:
                                               applets)] == ["top", "prog 1", "d/sub/deep"]
     with pytest.raises(FputraceError, match="deep is neither an added file"):
         check_commands(["deep"], added, applets)
+    # After a cd the shell finds ./deep; a name no added file has is still
+    # refused.
+    assert check_commands(["cd d/sub && ./deep"], added, applets)[0].command == \
+        "cd d/sub && ./deep"
+    with pytest.raises(FputraceError, match=r"\./nope is neither"):
+        check_commands(["cd d/sub && ./nope"], added, applets)
 
 
 MODULES_TEXT = """\

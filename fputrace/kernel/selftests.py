@@ -12,7 +12,8 @@ xstate and avx where the version has them, amx, and the 32-bit x87 tests
 test_FCMOV, test_FCOMI, test_FISTTP) and the KVM selftests that do
 (tools/testing/selftests/kvm: state_test, cr4_cpuid_sync_test,
 xcr0_cpuid_test, amx_test and the nested SVM tests), each where the
-version's Makefile has it. A selftest that needs what QEMU's TCG lacks (AMX,
+version's Makefile has it; on arm64 also KVM's get-reg-list (and host_sve
+where the version has it). A selftest that needs what QEMU's TCG lacks (AMX,
 XFD, XSAVES, AVX-512, VMX) says so itself when it runs (KSFT_SKIP, "SKIP").
 
 The source comes through a private apt configuration (deb-src lines built
@@ -24,6 +25,7 @@ applied; the rest changes the kernel, not its tests.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -71,7 +73,14 @@ class Suite:
 
 SUITES = {
     "arm64": Suite("arm64", "aarch64-linux-gnu-", (
-        SuiteDir("tools/testing/selftests/arm64/fp", (), ("fpsimd-test", "sve-test")),)),
+        SuiteDir("tools/testing/selftests/arm64/fp", (), ("fpsimd-test", "sve-test")),
+        # KVM_GET_REG_LIST with and without SVE: the FP/SIMD and SVE registers
+        # a vCPU exposes (host_sve is newer than 6.12).
+        # (6.12 builds it at the top of the directory, from get-reg-list.c
+        # and aarch64/get-reg-list.c.)
+        SuiteDir("tools/testing/selftests/kvm", ("aarch64/get-reg-list", "get-reg-list",
+                                                 "arm64/host_sve")),
+    )),
     "amd64": Suite("x86", "", (
         SuiteDir("tools/testing/selftests/x86", (
             "corrupt_xstate_header_64", "sigreturn_64", "sigreturn_32", "xstate_64",
@@ -115,6 +124,7 @@ class SelftestBuild:
     programs: dict[str, list[str]]  # built directory -> its programs
     # built directory -> programs of that version that do not build
     failed: dict[str, list[str]] = field(default_factory=dict)
+    suite: str = ""  # digest of the Suite it was built for: a changed one is built again
 
     @property
     def exact(self) -> bool:
@@ -274,8 +284,11 @@ def build_selftests(series: str, arch: str, refresh: bool = False) -> tuple[Path
     kernel_version = debian.kernel_version(info)
     root = cache_dir() / "selftests" / f"{series}-{arch}" / info.release
     record = root / "build.json"
+    digest = hashlib.sha256(repr(suite).encode()).hexdigest()[:12]
     if record.exists() and not refresh:
-        return root, SelftestBuild(**json.loads(record.read_text()))
+        built = SelftestBuild(**json.loads(record.read_text()))
+        if built.suite == digest:
+            return root, built
     codename = debian.RELEASES[series]
     source_version, dsc = fetch_source(kernel_version, codename)
     orig, debian_tar = _dsc_files(dsc)
@@ -323,6 +336,8 @@ def build_selftests(series: str, arch: str, refresh: bool = False) -> tuple[Path
                 f" -isystem {src / 'usr/include'}" if suite.uapi_first else "")
             targets = [str(out / t) for t in wanted_in((src / d / "Makefile").read_text(),
                                                        sd.wanted)] if sd.wanted else ["all"]
+            if not targets:
+                continue  # the version has none of them
             broken = _run_make([*cross, cc, f"OUTPUT={out}", "-C", d, *targets], src, log)
             if broken:
                 # What a failed link left behind would pass for built.
@@ -340,7 +355,7 @@ def build_selftests(series: str, arch: str, refresh: bool = False) -> tuple[Path
                 raise FputraceError(f"{d} of linux {source_version}: {', '.join(missing)} did "
                                     f"not build (log: {log})")
         build = SelftestBuild(info.package, kernel_version, source_version, patches, dirs,
-                              programs, failed)
+                              programs, failed, digest)
         (staging / "build.json").write_text(json.dumps(asdict(build), indent=1))
         staging.rename(root)
     return root, build
