@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient
+from qemu.qmp import ConnectError, QMPClient
 
 from fputrace.errors import FputraceError
 
@@ -140,7 +140,10 @@ async def _connect(client: QMPClient, sock: Path, proc: asyncio.subprocess.Proce
         if proc.returncode is not None:
             return
         if sock.exists():
-            with contextlib.suppress(OSError, ConnectionError):
+            # ConnectError: QEMU closed the socket during the greeting, as one
+            # that exits at once does (a kernel it cannot load); the loop then
+            # sees it gone.
+            with contextlib.suppress(OSError, ConnectionError, ConnectError):
                 await client.connect(str(sock))
                 return
         await asyncio.sleep(0.05)
