@@ -52,10 +52,6 @@ class SwitchCosts:
     skipped_restores: int = 0  # next returned with no restore: its registers were still valid
     not_judged: int = 0  # next did not return to user mode before the next switch, or ran a guest
 
-    @property
-    def judged(self) -> int:
-        return self.restores + self.skipped_restores
-
     def per_switch(self) -> dict[str, float | int]:
         n = self.switches
 

@@ -420,7 +420,7 @@ def test_dsc_names_its_two_tarballs(tmp_path: Path) -> None:
         "Files:\n"
         " " + "0" * 32 + " 140 linux_1.2.orig.tar.xz\n"
         " " + "1" * 32 + " 1580 linux_1.2-3.debian.tar.xz\n")
-    assert selftests._dsc_files(dsc) == (tmp_path / "linux_1.2.orig.tar.xz",
+    assert selftests.dsc_files(dsc) == (tmp_path / "linux_1.2.orig.tar.xz",
                                          tmp_path / "linux_1.2-3.debian.tar.xz")
 
 

@@ -117,7 +117,7 @@ def _source_tree(root: Path, series: str) -> tuple[str, Path]:
     if (tree / ".fputrace-ready").exists():
         return version, tree
     shutil.rmtree(tree, ignore_errors=True)
-    orig, debian_tar = selftests._dsc_files(dsc)
+    orig, debian_tar = selftests.dsc_files(dsc)
     tmp = Path(tempfile.mkdtemp(dir=root))
     subprocess.run(["tar", "-xf", str(orig), "-C", str(tmp), "--strip-components=1"],
                    check=True)

@@ -188,7 +188,7 @@ def fetch_source(kernel_version: str, codename: str) -> tuple[str, Path]:
                         "HTTP 404): try again later")
 
 
-def _dsc_files(dsc: Path) -> tuple[Path, Path]:
+def dsc_files(dsc: Path) -> tuple[Path, Path]:
     """The upstream tarball and Debian's tarball named by a .dsc."""
     names = [f["name"] for f in deb822.Dsc(dsc.read_text()).get("Files", [])]
     orig = [n for n in names if ".orig.tar." in n]
@@ -291,7 +291,7 @@ def build_selftests(series: str, arch: str, refresh: bool = False) -> tuple[Path
             return root, built
     codename = debian.RELEASES[series]
     source_version, dsc = fetch_source(kernel_version, codename)
-    orig, debian_tar = _dsc_files(dsc)
+    orig, debian_tar = dsc_files(dsc)
     shutil.rmtree(root, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)
     log = root.parent / f"{info.release}.build.log"
