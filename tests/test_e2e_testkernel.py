@@ -21,6 +21,7 @@ from e2e import fputrace, kernel_available, workload_line
 from testkernel import BuiltKernel, build_test_kernel
 
 from fputrace.errors import FputraceError
+from fputrace.kernel.layout import resolve_kernel
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
 from fputrace.trace.run import sidecar
@@ -97,6 +98,10 @@ def test_kvm_modules_and_dwarf_only(modular: BuiltKernel, qemu_plugin: Path,
                                     tmp_path: Path) -> None:
     mods = modular.modules / "lib" / "modules" / modular.release
     # Without BTF the task layout needs the vmlinux: one clear line says so.
+    # A layout derived once with --vmlinux is kept for that same image (by
+    # its digest), so a cache that outlived an earlier run must forget it.
+    state = resolve_kernel(str(modular.bzimage), modules=mods).state_dir
+    (state / "layout.json").unlink(missing_ok=True)
     p = fputrace("record", "--kernel", str(modular.bzimage), "--modules", str(mods),
                  "--workload", "fpu-switch:5", "-o", str(tmp_path / "nodwarf.ftr"))
     assert p.returncode != 0
