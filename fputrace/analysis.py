@@ -13,6 +13,7 @@ from analyzers.arm64 import TrapCosts, trap_costs
 from analyzers.boundaries import check_boundaries
 from analyzers.costs import Costs, costs_from_aggregates, vcpu_instance, vcpu_label
 from analyzers.counts import Counts, counts_from_aggregates, task_label
+from analyzers.instructions import InstructionCosts, instruction_costs, machine_time
 from analyzers.ownership import Class, ContextKind, Ownership, analyze
 from analyzers.switches import SwitchCosts, switch_costs
 from analyzers.timeline import cpu_timeline
@@ -21,6 +22,34 @@ from fputrace.trace import format as fmt
 from fputrace.trace.run import Run
 
 K = fmt.Kind
+
+
+# The units of a TimeAxis.
+AXIS_INSTRUCTIONS = "instructions (all CPUs)"
+AXIS_SEQ = "event seq"
+
+
+@dataclass
+class TimeAxis:
+    """The time the viewer and the exports draw on: instructions when the
+    events carry them (format 4: analyzers.instructions.machine_time()),
+    else the event order."""
+
+    time: npt.NDArray[np.int64]  # each event's time, never decreasing
+    seqs: npt.NDArray[np.uint64]  # each event's seq
+    instructions: bool
+
+    @property
+    def unit(self) -> str:
+        return AXIS_INSTRUCTIONS if self.instructions else AXIS_SEQ
+
+    def of_seq(self, seqs: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The time of the events with these seqs (or of the next one there is)."""
+        if not len(self.seqs):
+            return seqs
+        at = np.minimum(np.searchsorted(self.seqs.astype(np.int64), seqs), len(self.seqs) - 1)
+        out: npt.NDArray[np.int64] = self.time[at]
+        return out
 
 
 @dataclass
@@ -33,10 +62,17 @@ class Analysis:
     verdict: Verdict
     traps: TrapCosts | None  # arm64 only
     switches: SwitchCosts | None  # None: the trace has no context switch probes
+    instructions: InstructionCosts | None  # None: no instruction counts (format < 4)
 
     @property
     def arm64(self) -> bool:
         return self.run.trace.header.arch == fmt.Arch.AARCH64
+
+    def time_axis(self) -> TimeAxis:
+        ev = self.run.trace.events
+        if self.run.trace.header.features & fmt.Feature.ICOUNT:
+            return TimeAxis(machine_time(ev), ev["seq"], True)
+        return TimeAxis(ev["seq"].astype(np.int64), ev["seq"], False)
 
     def timeline(self) -> npt.NDArray[np.void]:
         """Per-CPU ownership intervals (analyzers.timeline)."""
@@ -125,4 +161,6 @@ def analyze_run(r: Run) -> Analysis:
         # Host traps per real context switch (__switch_to calls), where the
         # trace has them.
         traps.context_switches = switches.switches
-    return Analysis(r, own, ident, counts, costs, verdict, traps, switches)
+    instructions = instruction_costs(events, r.symbols,
+                                     bool(r.trace.header.features & fmt.Feature.ICOUNT))
+    return Analysis(r, own, ident, counts, costs, verdict, traps, switches, instructions)

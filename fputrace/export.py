@@ -1,8 +1,11 @@
 """Exports of an analysed run for other tools: a Chrome JSON trace that the
 Perfetto UI opens, and CSV with one row per event.
 
-Perfetto (Chrome JSON trace format). The time axis is the trace's global
-event order: event seq N is at N microseconds.
+Perfetto (Chrome JSON trace format). The time axis is instructions
+(fputrace.analysis.TimeAxis: all CPUs' retired instructions, from the
+trace's first event), one instruction drawn as one nanosecond; a trace
+without instruction counts (before format 4) is drawn in event order, event
+seq N at N microseconds. "metadata" names which ("time_axis").
   pid 1 "CPUs", one thread per CPU: the ownership intervals as complete
       ("X") slices named after the owner; they follow each other on a CPU
       and never overlap, so nothing is nested. Saves, restores, traps and
@@ -61,7 +64,7 @@ def event_args(a: Analysis, i: int, sites: Sites) -> dict[str, Any]:
     ev = a.run.trace.events[i]
     kind = int(ev["kind"])
     args: dict[str, Any] = {
-        "seq": int(ev["seq"]), "site": sites(int(ev["pc"])),
+        "seq": int(ev["seq"]), "icount": int(ev["icount"]), "site": sites(int(ev["pc"])),
         "task": task_label(a.run.trace.tasks, int(a.ident[i])),
         "level": "L2" if int(ev["flags"]) & fmt.Flag.L2 else "L1",
         "pl": int(ev["flags"]) & fmt.Flag.PL_MASK,
@@ -80,13 +83,38 @@ def event_args(a: Analysis, i: int, sites: Sites) -> dict[str, Any]:
     return args
 
 
-def _cpu_slices(a: Analysis, timeline: npt.NDArray[np.void]) -> Iterator[dict[str, Any]]:
+class Clock:
+    """Event times as Chrome JSON microseconds."""
+
+    def __init__(self, a: Analysis) -> None:
+        self.axis = a.time_axis()
+        self.origin = int(self.axis.time[0]) if len(self.axis.time) else 0
+        # One instruction per nanosecond; one event seq per microsecond.
+        self.scale = 1000 if self.axis.instructions else 1
+
+    def ts(self, t: int) -> float | int:
+        d = t - self.origin
+        return d / self.scale if self.scale != 1 else d
+
+    def of_event(self, i: int) -> float | int:
+        return self.ts(int(self.axis.time[i]))
+
+    def label(self) -> str:
+        return ("instructions (all CPUs' retired instructions since the first event; "
+                "1 ns per instruction)" if self.axis.instructions
+                else "event seq (1 us per event)")
+
+
+def _cpu_slices(a: Analysis, timeline: npt.NDArray[np.void], clock: Clock
+                ) -> Iterator[dict[str, Any]]:
     labels = owner_labels(a, timeline["owner"])
-    for r in timeline:
-        start, end = int(r["start_seq"]), int(r["end_seq"])
+    starts = clock.axis.of_seq(timeline["start_seq"].astype(np.int64))
+    ends = clock.axis.of_seq(timeline["end_seq"].astype(np.int64))
+    for r, t0, t1 in zip(timeline, starts.tolist(), ends.tolist(), strict=True):
         ok = int(r["owner_kind"])
-        yield {"ph": "X", "pid": PID_CPUS, "tid": int(r["cpu"]), "ts": start,
-               "dur": max(end - start, 0), "name": labels.get(int(r["owner"]), "unknown"),
+        yield {"ph": "X", "pid": PID_CPUS, "tid": int(r["cpu"]), "ts": clock.ts(t0),
+               "dur": max(clock.ts(t1) - clock.ts(t0), 0),
+               "name": labels.get(int(r["owner"]), "unknown"),
                "cat": "ownership",
                "args": {"owner": f"{int(r['owner']):#x}",
                         "owner_kind": ContextKind(ok).name.lower() if ok >= 0 else "unknown",
@@ -98,10 +126,11 @@ def _cpu_slices(a: Analysis, timeline: npt.NDArray[np.void]) -> Iterator[dict[st
                         "buffer_current": bool(r["buffer_current"])}}
 
 
-def perfetto_events(a: Analysis, runs: list[tuple[int, int, int, int]]
+def perfetto_events(a: Analysis, runs: list[tuple[int, int, int, int]], clock: Clock
                     ) -> Iterator[dict[str, Any]]:
     """runs: vm_runs() of the trace."""
     ev = a.run.trace.events
+    at = clock.of_event
     sites = Sites(a)
     cpus = sorted({int(c) for c in np.unique(ev["vcpu"]).tolist()})
     vcpu_ids = sorted({r[0] for r in runs})
@@ -115,20 +144,20 @@ def perfetto_events(a: Analysis, runs: list[tuple[int, int, int, int]]
         for v, tid in vcpu_tid.items():
             yield {"ph": "M", "pid": PID_VCPUS, "tid": tid, "name": "thread_name",
                    "args": {"name": vcpu_label(v, a.run.trace.tasks)}}
-    yield from _cpu_slices(a, a.timeline())
+    yield from _cpu_slices(a, a.timeline(), clock)
     for vid, cpu, e, x in runs:
-        yield {"ph": "X", "pid": PID_VCPUS, "tid": vcpu_tid[vid], "ts": int(ev["seq"][e]),
-               "dur": int(ev["seq"][x]) - int(ev["seq"][e]), "name": f"in guest on cpu{cpu}",
+        yield {"ph": "X", "pid": PID_VCPUS, "tid": vcpu_tid[vid], "ts": at(e),
+               "dur": at(x) - at(e), "name": f"in guest on cpu{cpu}",
                "cat": "vm", "args": {"entry": sites(int(ev["pc"][e])),
                                      "exit_value": f"{int(ev['value'][x]):#x}"}}
     marked = np.flatnonzero(np.isin(ev["kind"], [int(k) for k in MARKED_KINDS]))
     for i in marked.tolist():
         yield {"ph": "i", "s": "t", "pid": PID_CPUS, "tid": int(ev["vcpu"][i]),
-               "ts": int(ev["seq"][i]), "name": fmt.kind_name(int(ev["kind"][i])),
+               "ts": at(i), "name": fmt.kind_name(int(ev["kind"][i])),
                "cat": "event", "args": event_args(a, i, sites)}
     for f in a.verdict.findings:
         yield {"ph": "i", "s": "g", "pid": PID_CPUS, "tid": int(ev["vcpu"][f.event]),
-               "ts": int(ev["seq"][f.event]), "name": f"FINDING {f.kind}", "cat": "finding",
+               "ts": at(f.event), "name": f"FINDING {f.kind}", "cat": "finding",
                "args": {"description": f.description,
                         "task": task_label(a.run.trace.tasks, f.task),
                         **{role: int(ev["seq"][j]) for role, j in f.events.items()}}}
@@ -138,16 +167,18 @@ def write_perfetto(a: Analysis, out: IO[str]) -> None:
     tasks = a.run.trace.tasks
     h = a.run.trace.header
     runs = vm_runs(a.run.trace.events, a.ident)
-    out.write('{"displayTimeUnit": "ms", "metadata": ')
+    clock = Clock(a)
+    out.write('{"displayTimeUnit": "%s", "metadata": ' % ("ns" if clock.axis.instructions
+                                                            else "ms"))
     json.dump({"trace": str(a.run.trace.path), "arch": h.arch.name.lower(),
-               "kernel": h.kernel, "time_axis": "event seq (1 us per event)",
+               "kernel": h.kernel, "time_axis": clock.label(),
                # false: a cut-short or damaged trace, exported as far as it was read
                "complete": a.run.trace.complete,
                "tasks": sorted({task_label(tasks, i) for i in range(len(tasks))}),
                "vcpus": [vcpu_label(v, tasks) for v in sorted({r[0] for r in runs})]}, out)
     out.write(', "traceEvents": [\n')
     first = True
-    for e in perfetto_events(a, runs):
+    for e in perfetto_events(a, runs, clock):
         if not first:
             out.write(",\n")
         json.dump(e, out, separators=(",", ":"))

@@ -16,6 +16,10 @@ Metric names (all in `fputrace compare --json` under "metrics"):
   redundant_save_per_vm_entry, redundant_restore_per_vm_entry
                                            all redundant saves (restores) of
                                            the trace divided by its VM entries
+  [in_kernel_|via_user_]instructions_per_vm_exit,
+  [in_kernel_|via_user_]fpu_path_instructions_per_vm_exit,
+  instructions_per_context_switch          time in instructions (format 4)
+  fpu_path.FUNCTION.calls, fpu_path.FUNCTION.instructions_per_call
   arm64: kvm_runs, traps, guest_traps_per_kvm_run,
          host_traps_per_context_switch, traps_after_own_save,
          sve_downgrades, sve_traps_after_downgrade
@@ -72,6 +76,18 @@ def metrics_of(a: Analysis) -> Metrics:
         m["context_switch.count"] = float(o["count"])
         for what in ("saves", "restores", "bytes", "skipped_restores"):
             m[f"{what}_per_context_switch"] = float(o[what])
+    if a.instructions is not None:
+        ic = a.instructions
+        for prefix, w in (("", ic.all_exits()), ("in_kernel_", ic.in_kernel),
+                          ("via_user_", ic.via_user)):
+            j = w.as_json()
+            m[f"{prefix}instructions_per_vm_exit"] = float(j["instructions"])
+            m[f"{prefix}fpu_path_instructions_per_vm_exit"] = float(j["fpu_path_instructions"])
+        m["instructions_per_context_switch"] = float(ic.per_switch())
+        for p in ic.paths:
+            key = p.name.replace(" ", "")
+            m[f"fpu_path.{key}.calls"] = float(p.calls)
+            m[f"fpu_path.{key}.instructions_per_call"] = float(p.mean)
     entries = float(costs.per_operation.get("vm_entry", {}).get("count", 0))
     m["redundant_save_per_vm_entry"] = _per(costs.classes.get("redundant_save", 0), entries)
     m["redundant_restore_per_vm_entry"] = _per(costs.classes.get("redundant_restore", 0),

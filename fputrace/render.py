@@ -14,6 +14,7 @@ from analyzers.arm64 import TrapCosts
 from analyzers.boundaries import BoundaryCheck, kernel_text_high
 from analyzers.costs import Costs, Row
 from analyzers.counts import Counts, Group, task_identity, task_label
+from analyzers.instructions import InstructionCosts
 from analyzers.mechanisms import kernel_mechanisms
 from analyzers.ownership import ContextKind, Ownership
 from analyzers.switches import SwitchCosts
@@ -40,13 +41,15 @@ def header_lines(trace: Trace) -> list[str]:
     ]
 
 
-def _event_line(ev: Any, who: str, where: str, caller: str = "") -> str:
+def _event_line(ev: Any, who: str, where: str, caller: str = "", icount: bool = False) -> str:
     kind = int(ev["kind"])
     flags = int(ev["flags"])
     name = fmt.kind_name(kind) + ("64" if flags & fmt.Flag.FORM64 else "")
     level = "L2" if flags & fmt.Flag.L2 else "L1"
     parts = [f"{int(ev['seq']):>8}", f"cpu{int(ev['vcpu'])}", level, f"pl{flags & 3}",
              f"{name:<14}", f"task={who}"]
+    if icount:
+        parts.insert(2, f"i={int(ev['icount'])}")
     if kind in TRACE_KINDS_WITH_MEMORY:
         parts += [f"addr={int(ev['addr']):#x}", f"rfbm={int(ev['value']):#x}",
                   f"xcr0={int(ev['xcr0']):#x}"]
@@ -72,6 +75,10 @@ def _event_line(ev: Any, who: str, where: str, caller: str = "") -> str:
         parts += [f"probe={name}", f"arg0={int(ev['value']):#x}"]
         if caller:
             parts.append(f"caller={caller}")
+    elif kind == fmt.Kind.PROBE_RETURN:
+        parts.append(f"to={caller}")
+        if icount:
+            parts.append(f"insns={int(ev['icount']) - int(ev['aux'])}")
     if flags & fmt.Flag.KERNEL_SIMD:
         parts.append("kernel-simd-before")
     parts.append(f"pc={where}")
@@ -88,13 +95,16 @@ def dump_lines(run: Run, limit: int = 0) -> Iterator[str]:
                f"tgid={int(t['tgid'])} comm={comm}")
     yield f"events     {len(trace.events)}"
     ident = task_identity(trace.events, trace.tasks)
+    icount = bool(trace.header.features & fmt.Feature.ICOUNT)
     n = len(trace.events) if limit <= 0 else min(limit, len(trace.events))
     for i in range(n):
         ev = trace.events[i]
         who = task_label(trace.tasks, int(ident[i])).replace(" ", ":")
-        caller = int(ev[fmt.PROBE_CALLER]) if int(ev["kind"]) == fmt.Kind.PROBE else 0
+        kind = int(ev["kind"])
+        caller = int(ev[fmt.PROBE_CALLER]) if kind == fmt.Kind.PROBE else \
+            int(ev["addr"]) if kind == fmt.Kind.PROBE_RETURN else 0
         yield _event_line(ev, who, run.symbols.describe(int(ev["pc"])),
-                          run.symbols.describe(caller) if caller else "")
+                          run.symbols.describe(caller) if caller else "", icount)
     if trace.footer is not None:
         f = trace.footer
         by_kind = ", ".join(f"{fmt.kind_name(k)}={n}" for k, n in sorted(f.events_by_kind.items()))
@@ -186,6 +196,8 @@ def _event_json(run: Run, ident: Any, i: int, role: str = "") -> dict[str, Any]:
         "task": task_label(run.trace.tasks, int(ident[i])),
         "site": run.symbols.describe(int(ev["pc"])),
     }
+    if run.trace.header.features & fmt.Feature.ICOUNT:
+        out["icount"] = int(ev["icount"])
     if role == "simd":
         # The kernel SIMD code that ran just before this event.
         out["kind"] = f"kernel SIMD before {out['kind']}"
@@ -285,6 +297,7 @@ def analysis_json(a: Analysis, max_findings: int = 50) -> dict[str, Any]:
         "per_operation": costs.per_operation,
         **({"arm64_traps": a.traps.as_json()} if a.traps is not None else {}),
         **({"context_switches": a.switches.as_json()} if a.switches is not None else {}),
+        **({"instructions": a.instructions.as_json()} if a.instructions is not None else {}),
     }
 
 
@@ -368,6 +381,29 @@ def switch_line(s: SwitchCosts) -> str:
             "to user mode before the next switch, or through a guest)")
 
 
+def instruction_lines(ic: InstructionCosts) -> list[str]:
+    """The short report's instruction figures (analyzers.instructions)."""
+    out = []
+    if ic.in_kernel.count or ic.via_user.count:
+        parts = []
+        for what, w in (("handled in the kernel", ic.in_kernel),
+                        ("through the VMM in user mode", ic.via_user)):
+            j = w.as_json()
+            if w.count:
+                parts.append(f"{j['instructions']} for the {w.count} {what}, "
+                             f"{j['fpu_path_instructions']} of them in FPU paths")
+        out.append(f"instructions per VM exit, to the same task's next entry: "
+                   f"{'; '.join(parts)} ({ic.preempted_exits} more with a context switch "
+                   "between, not counted)")
+    if ic.switches:
+        out.append(f"instructions per context switch: {ic.per_switch()} in __switch_to "
+                   f"({ic.switches} switches)")
+    if ic.paths:
+        out.append("instructions in FPU paths: " + "; ".join(
+            f"{p.name} {p.calls} calls, {p.mean} each (max {p.most})" for p in ic.paths))
+    return out
+
+
 def render_summary(console: Console, a: Analysis, max_findings: int) -> None:
     """The short report: findings, boundary checks, and the redundancy and
     cost headline per operation."""
@@ -383,6 +419,8 @@ def render_summary(console: Console, a: Analysis, max_findings: int) -> None:
             console.print(escape("  " + operation_line(name, o)))
     if a.switches is not None and a.switches.switches:
         console.print(escape("  " + switch_line(a.switches)))
+    for line in instruction_lines(a.instructions) if a.instructions is not None else []:
+        console.print(escape("  " + line))
     if a.traps is not None:
         t = a.traps.as_json()
         console.print(escape(
@@ -447,16 +485,29 @@ def render_analysis(console: Console, a: Analysis, top: int, max_findings: int =
     if costs.per_vcpu:
         console.print(_class_table("per vCPU (guest state buffers)", "vcpu", costs.per_vcpu,
                                    top))
+    ic = a.instructions
     ops = Table(title="per operation", title_justify="left", show_edge=False)
-    for name in ("operation", "count", "saves", "restores", "bytes"):
+    for name in ("operation", "count", "saves", "restores", "bytes", "instructions"):
         ops.add_column(name, justify="right" if name != "operation" else "left")
     for name, o in costs.per_operation.items():
-        ops.add_row(name, str(o["count"]), str(o["saves"]), str(o["restores"]), str(o["bytes"]))
+        insns = str(ic.all_exits().as_json()["instructions"]) if ic is not None and \
+            name == "vm_entry" \
+            else ""  # per VM exit to the next entry
+        ops.add_row(name, str(o["count"]), str(o["saves"]), str(o["restores"]), str(o["bytes"]),
+                    insns)
     if a.switches is not None:
         o = a.switches.per_switch()
         ops.add_row("context_switch", str(o["count"]), str(o["saves"]), str(o["restores"]),
-                    str(o["bytes"]))
+                    str(o["bytes"]), str(ic.per_switch()) if ic is not None else "")
     console.print(ops)
+    if ic is not None and ic.paths:
+        paths = Table(title="FPU paths in instructions (entry to return, callees included)",
+                      title_justify="left", show_edge=False)
+        for name in ("function", "calls", "instructions", "mean", "max"):
+            paths.add_column(name, justify="right" if name != "function" else "left")
+        for p in ic.paths:
+            paths.add_row(p.name, str(p.calls), str(p.instructions), str(p.mean), str(p.most))
+        console.print(paths)
 
 
 def _render_traps(console: Console, t: TrapCosts) -> None:

@@ -634,6 +634,7 @@ static void a64_vector_exec(unsigned int vcpu_index, void *udata)
         vs->entry_materialized = false;
         vs->entry_pc = reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1);
         vs->entry_pl = el;
+        vs->entry_icount = vs->insns - vs->insn_tail;
         vs->entry_task = vs->a64.host_task;
         vs->entry_pending = 1;
     }
@@ -906,8 +907,7 @@ static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32
     fi.a64.el = el;
     if (op == A64_INSN_ERET || op == A64_INSN_ERETAA || op == A64_INSN_ERETAB) {
         shared = a64_intern(&fi, op);
-        qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_eret_exec, QEMU_PLUGIN_CB_R_REGS,
-                                               (void *)shared);
+        insn_exec_cb(insn, a64_eret_exec, (void *)shared);
         return;
     }
     if ((op & 0xfff00000u) == 0xd5100000u) {            /* MSR (register), op0 = 3 */
@@ -915,12 +915,10 @@ static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32
         fi.a64.reg = op & 31;
         fi.a64.sysreg = sr;
         if (sr == SYSREG_SP_EL0) {
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_sp_el0_exec, QEMU_PLUGIN_CB_R_REGS,
-                                                   (void *)(uintptr_t)fi.a64.reg);
+            insn_exec_cb(insn, a64_sp_el0_exec, (void *)(uintptr_t)fi.a64.reg);
         } else if (a64_is_fp_sysreg(sr)) {
             shared = a64_intern(&fi, op);
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_msr_exec, QEMU_PLUGIN_CB_R_REGS,
-                                                   (void *)shared);
+            insn_exec_cb(insn, a64_msr_exec, (void *)shared);
         }
         return;
     }
@@ -930,8 +928,7 @@ static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32
         fi.a64.crm = (op >> 8) & 0xf;
         fi.a64.imm = true;
         shared = a64_intern(&fi, op);
-        qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_msr_exec, QEMU_PLUGIN_CB_R_REGS,
-                                               (void *)shared);
+        insn_exec_cb(insn, a64_msr_exec, (void *)shared);
         return;
     }
     fi.kind = a64_seq_at(vaddr, op, &fi.a64, &len);
@@ -944,8 +941,7 @@ static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32
         a64_fp_code_add(vaddr, vaddr + len);
         site_add(vaddr + len, SITE_SEQ_END);
         g_mutex_unlock(&insn_lock);
-        qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_za_op_exec, QEMU_PLUGIN_CB_R_REGS,
-                                               (void *)shared);
+        insn_exec_cb(insn, a64_za_op_exec, (void *)shared);
         return;
     }
     fi.is_save = ftr_kind_role(fi.kind) == FTR_ROLE_SAVE;
@@ -957,8 +953,7 @@ static void a64_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, uint32
         site_add(vaddr + len, SITE_SEQ_END);
     }
     g_mutex_unlock(&insn_lock);
-    qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_state_op_exec, QEMU_PLUGIN_CB_R_REGS,
-                                           (void *)shared);
+    insn_exec_cb(insn, a64_state_op_exec, (void *)shared);
     qemu_plugin_register_vcpu_mem_cb(insn, a64_state_mem, QEMU_PLUGIN_CB_NO_REGS,
                                      fi.is_save ? QEMU_PLUGIN_MEM_W : QEMU_PLUGIN_MEM_R,
                                      (void *)shared);
@@ -994,23 +989,21 @@ static void a64_tb_trans(struct qemu_plugin_tb *tb)
         uint32_t op = 0;
         uint32_t site = site_lookup(vaddr);
 
+        insn_begin(i, n);
         qemu_plugin_insn_data(insn, &op, sizeof(op));
         if (site & SITE_SEQ_END) {
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_seq_end_exec,
-                                                   QEMU_PLUGIN_CB_R_REGS, NULL);
+            insn_exec_cb(insn, a64_seq_end_exec, NULL);
         }
         if (vbar && vaddr - vbar < 0x800 && !((vaddr - vbar) & 0x7f)) {
             struct fpu_insn fi = { .vaddr = vaddr, .len = 4 };
             fi.a64.el = el;
             fi.a64.vector = vaddr - vbar;
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_vector_exec, QEMU_PLUGIN_CB_R_REGS,
-                                                   (void *)a64_intern(&fi, op));
+            insn_exec_cb(insn, a64_vector_exec, (void *)a64_intern(&fi, op));
         }
         if (cfg.n_probes && host_kernel) {
             const struct probe *pr = probe_lookup(vaddr);
             if (pr) {
-                qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_probe_exec,
-                                                       QEMU_PLUGIN_CB_R_REGS, (void *)pr);
+                insn_exec_cb(insn, vcpu_probe_exec, (void *)pr);
             }
         }
         if (a64_is_fp_simd(op) && !fp_code_has(vaddr)) {

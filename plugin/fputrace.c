@@ -50,8 +50,12 @@
  *   kernel=STR, qemu=STR
  *                       identity strings copied into the trace header
  *   block_events=N      events per block (default 512)
- *   probe=ADDR:ID       record entry to the kernel function at ADDR as a
- *                       probe event of kind ID (enum ftr_probe; may repeat)
+ *   probe=ADDR:ID[:FLAGS]
+ *                       record entry to the kernel function at ADDR as a
+ *                       probe event of kind ID (enum ftr_probe; may repeat).
+ *                       FLAGS: t (timed: its return is a PROBE_RETURN event),
+ *                       q (quiet: it renames no task and rewrites no buffer)
+ *   icount=on|off       events carry the vCPU's instruction count (default on)
  *   boundaries=on|off   record user entry/return boundaries (default on)
  *   regs=derive|read    register hashes at 64-bit saves and restores from the
  *                       bytes they move (default), or read register by register
@@ -85,11 +89,15 @@ struct ftr_config cfg = {
     .task_comm_off = -1,
     .boundaries = true,
     .derive_regs = true,
+    .icount = true,
 };
 
 static struct qemu_plugin_scoreboard *vcpus;
 static qemu_plugin_u64 kernel_simd_entry;       /* vcpu_state.kernel_simd */
 static qemu_plugin_u64 entry_pending_entry;     /* vcpu_state.entry_pending */
+static qemu_plugin_u64 insns_entry;             /* vcpu_state.insns */
+static qemu_plugin_u64 insn_tail_entry;         /* vcpu_state.insn_tail */
+static qemu_plugin_u64 n_returns_entry;         /* vcpu_state.n_returns */
 qemu_plugin_u64 regs_dirty_entry;        /* vcpu_state.regs_dirty */
 static uint64_t next_seq;               /* atomic */
 /*
@@ -318,6 +326,9 @@ void event_begin(struct vcpu_state *vs, unsigned int vcpu_index,
     ev->kind = kind;
     ev->vcpu = vcpu_index;
     ev->xcr0 = vs->xcr0;
+    if (cfg.icount) {
+        ev->icount = vs->insns - vs->insn_tail;
+    }
     ev->flags = cpl;
     if (vs->kernel_simd) {
         ev->flags |= FTR_FLAG_KERNEL_SIMD;
@@ -385,6 +396,9 @@ void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_index,
         return;
     }
     event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_ENTRY, vs->entry_pc, vs->entry_pl);
+    if (cfg.icount) {
+        ev.icount = vs->entry_icount;   /* when it entered, not now */
+    }
     if (defer) {
         /* A save comes next: its bytes are the registers (x86_finish_pending()). */
         vs->entry_event = ev;
@@ -458,6 +472,9 @@ static void vcpu_simd_after_entry_exec(unsigned int vcpu_index, void *udata G_GN
     vcpu_materialize_entry(vs, vcpu_index, NULL, false);
 }
 
+static void probe_await_return(struct vcpu_state *vs, const struct probe *pr,
+                               uint64_t return_pc, uint64_t icount);
+
 /*
  * The first instruction of a probed kernel function: its first arguments,
  * and who called it (the analysis names the caller of kernel_fpu_begin()).
@@ -470,7 +487,7 @@ void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
     uint64_t args[4];
 
     arch->finish_pending(vs, vcpu_index);
-    if (pr->id != FTR_PROBE_CONTEXT_SWITCH) {
+    if (!pr->quiet) {
         /*
          * The entry this probe follows comes first in sequence: a finding's
          * window (entry to return) must hold the probes inside it, such as
@@ -480,10 +497,10 @@ void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
         __atomic_fetch_add(&probe_generation, 1, __ATOMIC_RELEASE);
     }
     /*
-     * A context switch is left out of both: it rewrites no buffer and
-     * renames no task (another task is seen by its pointer), so the saves
-     * and identities after it need not be read again; and the save that
-     * follows it (switch_fpu_prepare()) gives the pending entry its
+     * A quiet probe (a context switch, a timed FPU path) is left out of
+     * both: it rewrites no buffer and renames no task (another task is seen
+     * by its pointer), so the saves and identities after it need not be
+     * read again; and the save that follows it gives the pending entry its
      * registers without a read.
      */
     event_begin(vs, vcpu_index, &ev, FTR_KIND_PROBE, pr->pc, 0);
@@ -494,6 +511,68 @@ void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
     ev.aux = args[2];
     ev.xstate_bv = args[3];
     vcpu_commit_event(vs, vcpu_index, &ev);
+    if (pr->timed && args[3]) {
+        probe_await_return(vs, pr, args[3], ev.icount);
+    }
+}
+
+/*
+ * A timed probe's function is entered: watch for its return address. A
+ * slot of the same probe still waiting lost its return (the function left
+ * some other way), and is taken over; when all are taken the oldest goes.
+ */
+static void probe_await_return(struct vcpu_state *vs, const struct probe *pr,
+                               uint64_t return_pc, uint64_t icount)
+{
+    unsigned slot = vs->n_returns;
+
+    for (unsigned i = 0; i < vs->n_returns; i++) {
+        if (vs->returns[i].id == pr->id) {
+            slot = i;
+        }
+    }
+    if (slot == MAX_PENDING_RETURNS) {
+        memmove(&vs->returns[0], &vs->returns[1], sizeof(vs->returns[0]) * (slot - 1));
+        slot--;
+    }
+    vs->returns[slot] = (struct pending_return){
+        .return_pc = return_pc, .entry_pc = pr->pc, .entry_icount = icount, .id = pr->id,
+    };
+    if (slot == vs->n_returns) {
+        vs->n_returns++;
+    }
+}
+
+/*
+ * The first instruction of a block of kernel code while a timed probe's
+ * function has not returned. A return is a jump, so the instruction at a
+ * return address always starts a block. udata packs the block's address
+ * (a kernel address: its top 17 bits are ones) above its length.
+ */
+static void vcpu_return_exec(unsigned int vcpu_index, void *udata)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    uint64_t pc = (uint64_t)((int64_t)(uintptr_t)udata >> 16);
+    uint64_t n_insns = (uintptr_t)udata & 0xffff;
+    struct ftr_event ev;
+
+    for (unsigned i = vs->n_returns; i-- > 0;) {
+        const struct pending_return *r = &vs->returns[i];
+        if (r->return_pc != pc) {
+            continue;
+        }
+        arch->finish_pending(vs, vcpu_index);
+        event_begin(vs, vcpu_index, &ev, FTR_KIND_PROBE_RETURN, r->entry_pc, 0);
+        ev.icount = cfg.icount ? vs->insns - n_insns : 0;
+        ev.index = r->id;
+        ev.addr = pc;
+        ev.aux = r->entry_icount;
+        vcpu_commit_event(vs, vcpu_index, &ev);
+        memmove(&vs->returns[i], &vs->returns[i + 1],
+                sizeof(vs->returns[0]) * (vs->n_returns - i - 1));
+        vs->n_returns--;
+        return;
+    }
 }
 
 /*
@@ -626,10 +705,55 @@ void simd_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, bool host_ke
         insn, QEMU_PLUGIN_INLINE_STORE_U64, kernel_simd_entry, vaddr);
 }
 
+/*
+ * The instruction being instrumented, as its distance from its block's end
+ * (the block's inline add counted it and those after it ahead). A block is
+ * translated by one thread: thread-local, no lock.
+ */
+static __thread uint64_t insn_tail_now;
+static __thread const struct qemu_plugin_insn *insn_tail_marked;
+
+void insn_begin(size_t index, size_t n_insns)
+{
+    insn_tail_now = n_insns - index;
+    insn_tail_marked = NULL;
+}
+
+/*
+ * Every instruction callback that may begin an event is registered here:
+ * first an inline store of the instruction's distance from its block's end
+ * (once per instruction), so event_begin() knows its instruction count.
+ */
+void insn_exec_cb(struct qemu_plugin_insn *insn, qemu_plugin_vcpu_udata_cb_t cb, void *udata)
+{
+    if (cfg.icount && insn_tail_marked != insn) {
+        qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+            insn, QEMU_PLUGIN_INLINE_STORE_U64, insn_tail_entry, insn_tail_now);
+        insn_tail_marked = insn;
+    }
+    qemu_plugin_register_vcpu_insn_exec_cb(insn, cb, QEMU_PLUGIN_CB_R_REGS, udata);
+}
+
 /* ---- callbacks -------------------------------------------------------- */
 
 static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_tb *tb)
 {
+    size_t n = qemu_plugin_tb_n_insns(tb);
+    uint64_t vaddr = qemu_plugin_tb_vaddr(tb);
+
+    if (cfg.icount) {
+        /* Counted inline when the block starts: no callback (see vcpu_state.insns). */
+        qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(tb, QEMU_PLUGIN_INLINE_ADD_U64,
+                                                          insns_entry, n);
+    }
+    /* Kernel blocks, whose address and length pack into udata (vcpu_return_exec()). */
+    if (cfg.timed_probes && n && n < 0x10000 &&
+        (uint64_t)((int64_t)(vaddr << 16) >> 16) == vaddr && (vaddr >> 63)) {
+        qemu_plugin_register_vcpu_insn_exec_cond_cb(
+            qemu_plugin_tb_get_insn(tb, 0), vcpu_return_exec, QEMU_PLUGIN_CB_NO_REGS,
+            QEMU_PLUGIN_COND_NE, n_returns_entry, 0,
+            (void *)(uintptr_t)((vaddr << 16) | n));
+    }
     arch->tb_trans(tb);
 }
 
@@ -744,17 +868,32 @@ static bool parse_arg(const char *arg)
         return true;
     }
     if (!strcmp(k, "probe")) {
-        g_auto(GStrv) parts = g_strsplit(v, ":", 2);
+        g_auto(GStrv) parts = g_strsplit(v, ":", 3);
         uint64_t pc, pid;
+        struct probe pr;
         if (!parts[1] || !parse_u64(parts[0], &pc) || !parse_u64(parts[1], &pid) ||
             pid == 0 || pid >= FTR_PROBE_MAX || cfg.n_probes == MAX_PROBES) {
             return false;
         }
-        cfg.probes[cfg.n_probes++] = (struct probe){ .pc = pc, .id = pid };
+        pr = (struct probe){ .pc = pc, .id = pid };
+        for (const char *f = parts[2] ? parts[2] : ""; *f; f++) {
+            if (*f == 't') {
+                pr.timed = true;
+            } else if (*f == 'q') {
+                pr.quiet = true;
+            } else {
+                return false;
+            }
+        }
+        cfg.timed_probes |= pr.timed;
+        cfg.probes[cfg.n_probes++] = pr;
         return true;
     }
     if (!strcmp(k, "boundaries")) {
         return qemu_plugin_bool_parse(k, v, &cfg.boundaries);
+    }
+    if (!strcmp(k, "icount")) {
+        return qemu_plugin_bool_parse(k, v, &cfg.icount);
     }
     if (!strcmp(k, "regs")) {
         if (strcmp(v, "derive") && strcmp(v, "read")) {
@@ -833,6 +972,11 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
                                                                entry_pending);
     regs_dirty_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
                                                             regs_dirty);
+    insns_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state, insns);
+    insn_tail_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
+                                                           insn_tail);
+    n_returns_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
+                                                           n_returns);
     qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
     qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
     qemu_plugin_register_atexit_cb(id, plugin_exit, NULL);

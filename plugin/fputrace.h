@@ -31,6 +31,7 @@
 #define TASK_TABLE_SIZE         (1u << 16)
 #define BUFFER_TABLE_SIZE       (1u << 16)
 #define MAX_PROBES              64
+#define MAX_PENDING_RETURNS     4       /* timed probes awaiting their return, per vCPU */
 
 /* ---- x86 ------------------------------------------------------------- */
 
@@ -120,6 +121,14 @@ struct a64_vcpu {
  * while running, and the exit callback after all vCPUs stopped.
  */
 struct vcpu_state {
+    /*
+     * Instructions retired: an inline add of each block's length when the
+     * block starts, so an instruction's own count is insns - insn_tail, its
+     * distance from the block's end stored inline before its callback
+     * (insn_exec_cb()). Scoreboard words, like entry_pending below.
+     */
+    uint64_t insns;
+    uint64_t insn_tail;
     uint64_t entry_pending;     /* a user entry awaits its register hash (scoreboard word
                                  * tested by a conditional callback on kernel SIMD) */
     bool in_user;               /* returned to user mode, no entry since */
@@ -127,6 +136,7 @@ struct vcpu_state {
     bool entry_seen;
     bool entry_materialized;    /* its USER_ENTRY event was written */
     uint64_t entry_pc;
+    uint64_t entry_icount;
     uint64_t entry_task;
     unsigned entry_pl;          /* the kernel's privilege level at the entry */
     bool in_l2;
@@ -168,6 +178,18 @@ struct vcpu_state {
     bool pending_sealed;        /* its bytes are hashed (x86_seal_pending()) */
     bool pending_entry;         /* entry_event awaits the register hash of this save */
     struct ftr_event entry_event;
+    /*
+     * Timed probes whose function has not returned yet, oldest first; the
+     * number is a scoreboard word that the blocks of kernel code test
+     * inline (vcpu_return_exec() runs only while it is not zero).
+     */
+    uint64_t n_returns;
+    struct pending_return {
+        uint64_t return_pc;     /* the return address read at the entry */
+        uint64_t entry_pc;
+        uint64_t entry_icount;
+        uint32_t id;
+    } returns[MAX_PENDING_RETURNS];
     /* What only one architecture's code keeps (x86.c, arm64.c). */
     union {
         struct x86_vcpu x86;
@@ -241,6 +263,8 @@ extern uint16_t xsave_word_feature[XSAVE_WORDS];
 struct probe {
     uint64_t pc;
     uint32_t id;                /* enum ftr_probe */
+    bool timed;                 /* its return is recorded too (PROBE_RETURN) */
+    bool quiet;                 /* it neither renames tasks nor rewrites buffers */
 };
 
 struct ftr_config {
@@ -255,6 +279,8 @@ struct ftr_config {
     unsigned n_probes;
     bool boundaries;
     bool derive_regs;           /* regs=derive (default) or regs=read */
+    bool icount;                /* events carry the instruction count (default on) */
+    bool timed_probes;          /* some probe is timed: returns are watched */
     char *kernel_id, *qemu_id, *args;
     const char *target;
 };
@@ -302,6 +328,8 @@ void site_add(uint64_t pc, uint32_t type);
 uint64_t translation_reg_u64(struct qemu_plugin_register *reg);
 const struct probe *probe_lookup(uint64_t pc);
 void simd_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, bool host_kernel);
+void insn_begin(size_t index, size_t n_insns);
+void insn_exec_cb(struct qemu_plugin_insn *insn, qemu_plugin_vcpu_udata_cb_t cb, void *udata);
 
 /* ---- trace.c ----------------------------------------------------------- */
 

@@ -19,9 +19,11 @@
 /*
  * Version 3 added the header and block-header checksums (fields that were
  * reserved zeros in version 2), so a version 2 reader still decodes it.
+ * Version 4 appended the event's instruction count (icount): its event
+ * record is 136 bytes, which no earlier reader decodes.
  */
-#define FTR_VERSION             3
-#define FTR_MIN_READER_VERSION  2
+#define FTR_VERSION             4
+#define FTR_MIN_READER_VERSION  4
 #define FTR_BLOCK_MAGIC         0x4b425446u     /* "FTBK" */
 
 /*
@@ -38,7 +40,8 @@
     X(REGS_HASH, 1)             /* register-file hashes */ \
     X(TASKS, 2)                 /* task tracking */ \
     X(BOUNDARIES, 3)            /* user entry/return events */ \
-    X(PROBES, 4)                /* kernel function probes */
+    X(PROBES, 4)                /* kernel function probes */ \
+    X(ICOUNT, 5)                /* events carry the vCPU's instruction count (version 4) */
 
 #define FTR_DEFINE_FEATURE(name, bit) FTR_FEAT_##name = 1u << (bit),
 enum ftr_feature { FTR_FEATURES(FTR_DEFINE_FEATURE) };
@@ -85,6 +88,7 @@ enum ftr_block_type { FTR_BLOCK_TYPES(FTR_DEFINE_BLOCK) };
     X(USER_ENTRY, 15, OTHER) \
     X(USER_RETURN, 16, OTHER) \
     X(PROBE, 17, OTHER) \
+    X(PROBE_RETURN, 18, OTHER)  /* a timed probe's function returned (version 4) */ \
     X(FP_TRAP, 32, OTHER) \
     X(CPACR_WRITE, 33, OTHER) \
     X(CPTR_WRITE, 34, OTHER) \
@@ -139,7 +143,9 @@ static inline enum ftr_kind_role ftr_kind_role(unsigned int kind)
     X(RESTORE_FAULT, 16)        /* a faulting restore: the init state is loaded instead */ \
     X(KVM_LOAD_FP, 17)          /* arm64 kvm_arch_vcpu_load_fp: a vCPU is loaded */ \
     X(KVM_PUT_FP, 18)           /* arm64 kvm_arch_vcpu_put_fp: a vCPU is put */ \
-    X(CONTEXT_SWITCH, 19)       /* __switch_to: arg0 = prev task, arg1 = next */
+    X(CONTEXT_SWITCH, 19)       /* __switch_to: arg0 = prev task, arg1 = next */ \
+    X(FPU_PATH, 20)             /* a timed FPU path: fpu_swap_kvm_fpstate, switch_fpu_return, \
+                                 * arm64's FP access traps and KVM's FP flush/sync */
 
 #define FTR_PROBE_MAX 32
 
@@ -208,7 +214,9 @@ enum ftr_addr_size { FTR_ADDR_SIZES(FTR_DEFINE_ADDR_SIZE) };
     X(uint16_t, vcpu, ) \
     X(uint8_t, kind, ) \
     X(uint8_t, reserved8, ) \
-    X(uint32_t, simd_pc, )              /* KERNEL_SIMD: low half of the last such pc */
+    X(uint32_t, simd_pc, )              /* KERNEL_SIMD: low half of the last such pc */ \
+    X(uint64_t, icount, )               /* instructions the vCPU retired before the \
+                                         * event's instruction (version 4, FTR_FEAT_ICOUNT) */
 
 #define FTR_TASK_FIELDS(X) \
     X(uint64_t, seq, ) \
@@ -262,7 +270,7 @@ struct ftr_block_header { FTR_BLOCK_HEADER_FIELDS(FTR_DECLARE_FIELD) };
 struct ftr_file_header { FTR_FILE_HEADER_FIELDS(FTR_DECLARE_FIELD) };
 struct ftr_footer { FTR_FOOTER_FIELDS(FTR_DECLARE_FIELD) };
 
-_Static_assert(sizeof(struct ftr_event) == 128, "event record is 128 bytes");
+_Static_assert(sizeof(struct ftr_event) == 136, "event record is 136 bytes");
 _Static_assert(sizeof(struct ftr_task) == 48, "task record is 48 bytes");
 _Static_assert(sizeof(struct ftr_block_header) == 24, "block header is 24 bytes");
 _Static_assert(sizeof(struct ftr_file_header) == 40, "fixed file header is 40 bytes");

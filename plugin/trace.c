@@ -81,7 +81,8 @@ bool trace_write_header(uint32_t api_version)
         .features = FTR_FEAT_MEM_HASH | FTR_FEAT_REGS_HASH |
                     (cfg.current_addr ? FTR_FEAT_TASKS : 0) |
                     (cfg.boundaries ? FTR_FEAT_BOUNDARIES : 0) |
-                    (cfg.n_probes ? FTR_FEAT_PROBES : 0),
+                    (cfg.n_probes ? FTR_FEAT_PROBES : 0) |
+                    (cfg.icount ? FTR_FEAT_ICOUNT : 0),
         .arch = strcmp(cfg.target, "aarch64") == 0 ? FTR_ARCH_AARCH64 : FTR_ARCH_X86_64,
         .event_size = sizeof(struct ftr_event),
         .task_size = sizeof(struct ftr_task),

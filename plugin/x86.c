@@ -515,6 +515,7 @@ static void x86_swapgs_exec(unsigned int vcpu_index, void *udata)
     vs->entry_materialized = false;
     vs->entry_pc = (uintptr_t)udata;
     vs->entry_task = x86_current_ptr(vs);
+    vs->entry_icount = vs->insns - vs->insn_tail;
     vs->entry_pending = 1;
 }
 
@@ -939,9 +940,7 @@ static void x86_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
             [BOUNDARY_IRET] = x86_iret_exec,
         };
         if (cfg.boundaries) {
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, boundary_cb[fi.boundary],
-                                                   QEMU_PLUGIN_CB_R_REGS,
-                                                   (void *)(uintptr_t)vaddr);
+            insn_exec_cb(insn, boundary_cb[fi.boundary], (void *)(uintptr_t)vaddr);
         }
         return;
     }
@@ -957,20 +956,16 @@ static void x86_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
 
     switch (fi.kind) {
     case FTR_KIND_XSETBV:
-        qemu_plugin_register_vcpu_insn_exec_cb(insn, x86_xsetbv_exec,
-                                               QEMU_PLUGIN_CB_R_REGS, (void *)shared);
+        insn_exec_cb(insn, x86_xsetbv_exec, (void *)shared);
         break;
     case FTR_KIND_WRMSR:
-        qemu_plugin_register_vcpu_insn_exec_cb(insn, x86_wrmsr_exec,
-                                               QEMU_PLUGIN_CB_R_REGS, (void *)shared);
+        insn_exec_cb(insn, x86_wrmsr_exec, (void *)shared);
         break;
     case FTR_KIND_VM_ENTRY:
-        qemu_plugin_register_vcpu_insn_exec_cb(insn, x86_vmrun_exec,
-                                               QEMU_PLUGIN_CB_R_REGS, (void *)shared);
+        insn_exec_cb(insn, x86_vmrun_exec, (void *)shared);
         break;
     default:
-        qemu_plugin_register_vcpu_insn_exec_cb(insn, x86_fpu_op_exec,
-                                               QEMU_PLUGIN_CB_R_REGS, (void *)shared);
+        insn_exec_cb(insn, x86_fpu_op_exec, (void *)shared);
         /* Only the stores of a save and the loads of a restore (XSAVE reads its header). */
         qemu_plugin_register_vcpu_mem_cb(insn, x86_fpu_mem, QEMU_PLUGIN_CB_NO_REGS,
                                          shared->is_save ? QEMU_PLUGIN_MEM_W : QEMU_PLUGIN_MEM_R,
@@ -990,22 +985,18 @@ static void x86_tb_trans(struct qemu_plugin_tb *tb)
         size_t len = qemu_plugin_insn_data(insn, bytes, sizeof(bytes));
         uint32_t site = site_lookup(vaddr);
 
+        insn_begin(i, n);
         /* Registered first: they must run before this instruction's own callback. */
         if (site & SITE_AFTER_RESTORE) {
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, x86_after_restore_exec,
-                                                   QEMU_PLUGIN_CB_R_REGS,
-                                                   (void *)(uintptr_t)vaddr);
+            insn_exec_cb(insn, x86_after_restore_exec, (void *)(uintptr_t)vaddr);
         }
         if (site & SITE_VM_EXIT) {
-            qemu_plugin_register_vcpu_insn_exec_cb(insn, x86_vmexit_exec,
-                                                   QEMU_PLUGIN_CB_R_REGS,
-                                                   (void *)(uintptr_t)vaddr);
+            insn_exec_cb(insn, x86_vmexit_exec, (void *)(uintptr_t)vaddr);
         }
         if (cfg.n_probes) {
             const struct probe *pr = probe_lookup(vaddr);
             if (pr) {
-                qemu_plugin_register_vcpu_insn_exec_cb(insn, vcpu_probe_exec,
-                                                       QEMU_PLUGIN_CB_R_REGS, (void *)pr);
+                insn_exec_cb(insn, vcpu_probe_exec, (void *)pr);
             }
         }
         if (x86_is_fp_simd(bytes, len)) {

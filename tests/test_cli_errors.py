@@ -38,8 +38,8 @@ def test_garbage_trace(tmp_path: Path) -> None:
 
 
 def test_wrong_version(tmp_path: Path) -> None:
-    p = TraceBuilder(version=4, min_reader=4).write(tmp_path / "v4.ftr")
-    assert_one_line_error(fputrace("report", str(p)), "version 4", "reads format versions 1 to 3")
+    p = TraceBuilder(version=5, min_reader=5).write(tmp_path / "v5.ftr")
+    assert_one_line_error(fputrace("report", str(p)), "version 5", "reads format versions 1 to 4")
 
 
 def test_truncated_trace_is_read_with_one_warning(tmp_path: Path) -> None:

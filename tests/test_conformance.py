@@ -343,3 +343,67 @@ def test_probe_records_function_entry_and_arguments(qemu_plugin: Path, conforman
     # Each names its caller: the address after the image's CALL, by its label.
     assert all(int(c) == int(back["st_value"]) for c in probes[fmt.PROBE_CALLER])
     assert t.header.features & fmt.Feature.PROBES
+
+
+def _image_symbol(conformance_image: Path, name: str) -> int:
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    with open(conformance_image.parent / "conformance-payload.elf", "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        assert isinstance(symtab, SymbolTableSection)
+        (sym,) = symtab.get_symbol_by_name(name) or []
+        return int(sym["st_value"])
+
+
+KERNEL_HALF_ALIAS = 0xFFFFFF8000000000  # the image's second mapping of its first GiB
+
+
+def test_instruction_count_between_two_events(conformance_run: ConformanceRun) -> None:
+    # counted_run(): XSETBV, MOV, 1000 x (DEC, JNZ), XSETBV. By the image's
+    # own instructions, the second XSETBV comes 2 + 2 * 1000 instructions
+    # after the first, whatever blocks QEMU cut them into.
+    ops, events = conformance_run.ops, conformance_run.events
+    first = next(i for i, o in enumerate(ops) if o.get("counted") == "first")
+    second = next(i for i, o in enumerate(ops) if o.get("counted") == "second")
+    assert second == first + 1
+    loops = int(ops[second]["loops"], 16)
+    assert [int(events["kind"][i]) for i in (first, second)] == [fmt.Kind.XSETBV] * 2
+    assert int(events["icount"][second]) - int(events["icount"][first]) == 2 + 2 * loops
+    # Every event's count only grows on the one vCPU, and is not all zeros.
+    icount = events["icount"].astype(np.int64)
+    assert np.all(np.diff(icount) > 0) and icount[0] > 0
+
+
+def test_timed_probe_returns_with_its_instruction_count(
+        qemu_plugin: Path, conformance_image: Path, tmp_path: Path) -> None:
+    # A timed probe on counted_leaf (NOP, NOP, RET, run at its kernel-half
+    # alias): a probe at its entry, then a probe_return at the instruction
+    # its RET went to, 3 instructions later, naming that address.
+    leaf = _image_symbol(conformance_image, "counted_leaf") + KERNEL_HALF_ALIAS
+    back = _image_symbol(conformance_image, "counted_leaf_return") + KERNEL_HALF_ALIAS
+    out = tmp_path / "timed.ftr"
+    p = run_image(qemu_plugin, conformance_image, out,
+                  f"probe={leaf:#x}:{int(fmt.Probe.FPU_PATH)}:tq")
+    assert p.returncode == EXIT_PASS, p.stderr
+    t = read_trace(out)
+    assert t.header.features & fmt.Feature.ICOUNT
+    ev = t.events
+    (entry,) = np.flatnonzero(ev["kind"] == fmt.Kind.PROBE)
+    (ret,) = np.flatnonzero(ev["kind"] == fmt.Kind.PROBE_RETURN)
+    assert ret == entry + 1
+    assert int(ev["pc"][ret]) == leaf and int(ev["addr"][ret]) == back
+    assert int(ev[fmt.PROBE_CALLER][entry]) == back
+    assert int(ev["icount"][ret]) - int(ev["icount"][entry]) == 3
+    assert int(ev["aux"][ret]) == int(ev["icount"][entry])
+    assert int(ev["index"][ret]) == fmt.Probe.FPU_PATH
+
+
+def test_instruction_count_off(qemu_plugin: Path, conformance_image: Path,
+                               tmp_path: Path) -> None:
+    out = tmp_path / "off.ftr"
+    p = run_image(qemu_plugin, conformance_image, out, "icount=off")
+    assert p.returncode == EXIT_PASS, p.stderr
+    t = read_trace(out)
+    assert not t.header.features & fmt.Feature.ICOUNT
+    assert not np.any(t.events["icount"])

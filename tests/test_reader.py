@@ -36,7 +36,8 @@ def test_round_trip_fields(tmp_path: Path) -> None:
     t = read_trace(b.write(tmp_path / "t.ftr"))
 
     assert t.complete and t.problems == []
-    assert (t.header.version, t.header.kernel, t.header.qemu) == (3, "6.1.0-test", "10.0.2")
+    assert (t.header.version, t.header.kernel, t.header.qemu) == \
+        (fmt.FORMAT_VERSION, "6.1.0-test", "10.0.2")
     assert t.header.plugin_args == "out=x,current=0x1fb80"
     assert t.header.arch is fmt.Arch.X86_64
     assert list(t.events["seq"]) == [0, 1]
@@ -69,7 +70,7 @@ def test_truncated_trace_reads_up_to_last_whole_block(tmp_path: Path) -> None:
         b.event(XRSTOR)
     data = b.build(block_events=4)
     hdr = len(header())
-    one_block = 24 + 4 * 128
+    one_block = 24 + 4 * 136
     cut = tmp_path / "cut.ftr"
     cut.write_bytes(data[: hdr + one_block + 100])
     t = read_trace(cut)
@@ -78,7 +79,7 @@ def test_truncated_trace_reads_up_to_last_whole_block(tmp_path: Path) -> None:
     assert list(t.events["seq"]) == [0, 1, 2, 3]
     assert t.problems == [
         f"truncated: the file ends inside a block at byte {hdr + one_block} "
-        "(76 of 512 payload bytes)",
+        "(76 of 544 payload bytes)",
         "no footer: the recording did not end cleanly"]
     line = describe_incomplete(t)
     assert line.startswith(f"{cut}: incomplete trace: truncated")
@@ -94,7 +95,7 @@ def test_file_cut_right_after_a_block_has_no_partial_block(tmp_path: Path) -> No
         b.event(XRSTOR)
     data = b.build(block_events=4)
     cut = tmp_path / "cut.ftr"
-    cut.write_bytes(data[: len(header()) + 2 * (24 + 4 * 128)])
+    cut.write_bytes(data[: len(header()) + 2 * (24 + 4 * 136)])
     t = read_trace(cut)
     assert len(t.events) == 8 and t.problems == ["no footer: the recording did not end cleanly"]
     assert t.truncated and not t.damaged
@@ -120,7 +121,7 @@ def test_corrupted_block_payload_costs_that_block_only(tmp_path: Path) -> None:
     for _ in range(12):
         b.event(XRSTOR)
     data = bytearray(b.build(block_events=4))
-    second = len(header()) + (24 + 4 * 128)
+    second = len(header()) + (24 + 4 * 136)
     data[second + 24 + 10] ^= 0xFF
     p = tmp_path / "t.ftr"
     p.write_bytes(bytes(data))
@@ -140,13 +141,13 @@ def test_damaged_block_header_resynchronises_on_the_next_block(tmp_path: Path) -
     for _ in range(12):
         b.event(XRSTOR)
     data = bytearray(b.build(block_events=4))
-    second = len(header()) + (24 + 4 * 128)
+    second = len(header()) + (24 + 4 * 136)
     data[second + 8] ^= 0x01
     p = tmp_path / "t.ftr"
     p.write_bytes(bytes(data))
     t = read_trace(p)
     assert list(t.events["seq"]) == [0, 1, 2, 3, 8, 9, 10, 11]
-    third = second + 24 + 4 * 128
+    third = second + 24 + 4 * 136
     assert t.problems[0] == (f"damaged: bytes {second}-{third - 1} are not a block "
                              "(a damaged block header or garbage)")
     assert t.events_lost == 4
@@ -181,7 +182,7 @@ def test_file_cut_inside_the_header_is_a_truncated_trace(tmp_path: Path) -> None
     [
         (b"", "empty file"),
         (b"NOTATRACE" + b"\0" * 100, "not an fputrace trace (bad magic)"),
-        (header(min_reader=4, version=4), "format version 4"),
+        (header(min_reader=5, version=5), "format version 5"),
         (header(version=0), "format version 0"),
         (header(arch=9), "unknown architecture code 9"),
     ],
@@ -196,8 +197,8 @@ def test_bad_files_give_one_line_errors(tmp_path: Path, data: bytes, message: st
 
 
 def test_newer_version_readable_by_this_reader_is_read(tmp_path: Path) -> None:
-    # Version 4 that declares reader version 3 sufficient: read, not refused.
-    b = TraceBuilder(version=4, min_reader=3)
+    # Version 5 that declares reader version 4 sufficient: read, not refused.
+    b = TraceBuilder(version=5, min_reader=4)
     b.event(XRSTOR)
     assert len(read_trace(b.write(tmp_path / "t.ftr")).events) == 1
 
@@ -236,6 +237,35 @@ def test_version_2_trace_without_checksums_is_read(tmp_path: Path) -> None:
     assert t.complete and len(t.events) == 1
 
 
+def test_version_3_trace_reads_with_no_instruction_count(tmp_path: Path) -> None:
+    # 128-byte events, before icount: every field read where it was, icount 0.
+    b = TraceBuilder(version=3, features=7)
+    b.event(XRSTOR, pc=0xFFFFFFFF81000010, simd_pc=0x81000020, icount=999)
+    b.event(XSAVEOPT, aux=5)
+    data = b.build()
+    assert len(data) == len(header(version=3)) + 24 + 2 * 128 + 24 + 544
+    (tmp_path / "v3.ftr").write_bytes(data)
+    t = read_trace(tmp_path / "v3.ftr")
+    assert t.complete and not t.header.features & fmt.Feature.ICOUNT
+    assert t.events.dtype == fmt.EVENT_DTYPE
+    assert [int(x) for x in t.events["kind"]] == [XRSTOR, XSAVEOPT]
+    assert int(t.events["pc"][0]) == 0xFFFFFFFF81000010
+    assert int(t.events["simd_pc"][0]) == 0x81000020 and int(t.events["aux"][1]) == 5
+    assert [int(x) for x in t.events["icount"]] == [0, 0]
+
+
+def test_version_4_events_carry_their_instruction_count(tmp_path: Path) -> None:
+    b = TraceBuilder(features=7 | fmt.Feature.ICOUNT)
+    b.event(XRSTOR, icount=1234)
+    b.event(XSAVEOPT, icount=1 << 40, simd_pc=7)
+    data = b.build()
+    assert len(data) == len(header()) + 24 + 2 * 136 + 24 + 544
+    (tmp_path / "v4.ftr").write_bytes(data)
+    t = read_trace(tmp_path / "v4.ftr")
+    assert [int(x) for x in t.events["icount"]] == [1234, 1 << 40]
+    assert int(t.events["simd_pc"][1]) == 7
+
+
 def test_l2_flag_survives(tmp_path: Path) -> None:
     b = TraceBuilder()
     b.event(XSAVEOPT, flags=F_L2)
@@ -268,7 +298,7 @@ def test_python_fallback_reads_the_same(tmp_path: Path, monkeypatch: pytest.Monk
     data = bytearray(b.build(block_events=3))
     whole = tmp_path / "whole.ftr"
     whole.write_bytes(bytes(data))
-    data[len(header()) + 2 * (24 + 3 * 128) + 30] ^= 0xFF  # inside the third block
+    data[len(header()) + 2 * (24 + 3 * 136) + 30] ^= 0xFF  # inside the third block
     broken = tmp_path / "broken.ftr"
     broken.write_bytes(bytes(data))
     compiled = [read_trace(p) for p in (whole, broken)]

@@ -87,13 +87,17 @@ class Ev:
     mem_features: int = 0
     flags: int = 0
     simd_pc: int = 0
+    icount: int = 0
 
-    def pack(self) -> bytes:
-        return fmt.EVENT_STRUCT.pack(self.seq, self.pc, self.task, self.addr, self.value, self.xcr0,
-                                 self.mem_hash, self.mem_legacy_hash, self.mem_ext_hash,
-                                 self.regs_hash, self.regs_after_hash, self.xstate_bv, self.aux,
-                                 self.index, self.mem_bytes, self.mem_features, self.flags,
-                                 self.vcpu, self.kind, 0, self.simd_pc)
+    def pack(self, version: int = fmt.FORMAT_VERSION) -> bytes:
+        fields = (self.seq, self.pc, self.task, self.addr, self.value, self.xcr0,
+                  self.mem_hash, self.mem_legacy_hash, self.mem_ext_hash,
+                  self.regs_hash, self.regs_after_hash, self.xstate_bv, self.aux,
+                  self.index, self.mem_bytes, self.mem_features, self.flags,
+                  self.vcpu, self.kind, 0, self.simd_pc)
+        if version < fmt.ICOUNT_SINCE:
+            return fmt.EVENT_STRUCT_V3.pack(*fields)
+        return fmt.EVENT_STRUCT.pack(*fields, self.icount)
 
 
 @dataclass
@@ -110,7 +114,10 @@ class Task:
                                 self.comm.encode()[:15], self.vcpu, 0, 0)
 
 
-def block_bytes(btype: int, vcpu: int, count: int, payload: bytes, version: int = 3,
+V = fmt.FORMAT_VERSION
+
+
+def block_bytes(btype: int, vcpu: int, count: int, payload: bytes, version: int = V,
                 crc: Crc = crc32c) -> bytes:
     """A block: its header (from version 3 with its own checksum over its
     first 20 bytes) and payload."""
@@ -120,27 +127,29 @@ def block_bytes(btype: int, vcpu: int, count: int, payload: bytes, version: int 
 
 
 def footer_block(events_total: int, tasks_total: int, blocks_total: int,
-                 events_by_kind: Sequence[int], version: int = 3, crc: Crc = crc32c) -> bytes:
+                 events_by_kind: Sequence[int], version: int = V, crc: Crc = crc32c) -> bytes:
     """The footer block: totals and events per kind (KIND_MAX counters)."""
     payload = fmt.FOOTER_STRUCT.pack(events_total, tasks_total, blocks_total, 0, *events_by_kind,
                                      *[0] * (fmt.KIND_MAX - len(events_by_kind)))
     return block_bytes(fmt.BlockType.FOOTER, 0, 1, payload, version, crc)
 
 
-def block(btype: int, vcpu: int, records: list[bytes], version: int = 3) -> bytes:
+def block(btype: int, vcpu: int, records: list[bytes], version: int = V) -> bytes:
     return block_bytes(btype, vcpu, len(records), b"".join(records), version)
 
 
-def header(version: int = 3, min_reader: int = 2, arch: int = 1, features: int = 7,
+def header(version: int = V, min_reader: int | None = None, arch: int = 1, features: int = 7,
            qemu: str = "10.0.2", kernel: str = "synthetic", args: str = "out=test.ftr",
            magic: bytes = b"FPUTRACE", crc: Crc = crc32c) -> bytes:
     strings = b"".join(struct.pack("<H", len(s.encode())) + s.encode()
                        for s in (qemu, kernel, args))
     size = fmt.HEADER_FIXED_SIZE + len(strings)
     size += -size % 8
+    if min_reader is None:
+        min_reader = fmt.MIN_READER_VERSION if version >= fmt.ICOUNT_SINCE else min(version, 2)
     fixed = fmt.FILE_HEADER_STRUCT.pack(magic, version, min_reader, size, features, arch,
-                                        fmt.EVENT_DTYPE.itemsize, fmt.TASK_DTYPE.itemsize, 0, 4,
-                                        0)
+                                        fmt.event_dtype(version).itemsize,
+                                        fmt.TASK_DTYPE.itemsize, 0, 4, 0)
     whole = (fixed + strings).ljust(size, b"\0")
     if version >= 3:
         # The checksum of the whole header, taken while its own field is zero.
@@ -174,7 +183,7 @@ class TraceBuilder:
     def build(self, block_events: int = 512, footer: bool = True,
               footer_events_total: int | None = None) -> bytes:
         out = bytearray(header(**self.header_args))  # type: ignore[arg-type]
-        version = int(self.header_args.get("version", 3))  # type: ignore[call-overload]
+        version = int(self.header_args.get("version", V))  # type: ignore[call-overload]
         ev_buf: dict[int, list[Ev]] = {}
         task_buf: dict[int, list[Task]] = {}
         blocks = 0
@@ -188,8 +197,8 @@ class TraceBuilder:
                 task_buf[vcpu] = []
                 blocks += 1
             if ev_buf.get(vcpu):
-                out.extend(block(fmt.BlockType.EVENTS, vcpu, [e.pack() for e in ev_buf[vcpu]],
-                                 version))
+                out.extend(block(fmt.BlockType.EVENTS, vcpu,
+                                 [e.pack(version) for e in ev_buf[vcpu]], version))
                 ev_buf[vcpu] = []
                 blocks += 1
 

@@ -30,6 +30,12 @@ class ProbeDef:
     symbols: tuple[str, ...]
     all_of: bool  # probe every symbol present (else the first one present)
     why: str
+    # Its return is recorded too (a PROBE_RETURN event), so the instructions
+    # spent inside it are known.
+    timed: bool = False
+    # It renames no task and rewrites no buffer: the plugin reads no
+    # identity or buffer again after it, nor the pending user entry.
+    quiet: bool = False
 
 
 X86_PROBES: tuple[ProbeDef, ...] = (
@@ -87,7 +93,14 @@ X86_PROBES: tuple[ProbeDef, ...] = (
     # its return to user mode (switch_fpu_finish(), switch_fpu_return()) and
     # writes the per-cpu current task pointer.
     ProbeDef(Probe.CONTEXT_SWITCH, ("__switch_to",), False,
-             "a context switch from arg0 to arg1"),
+             "a context switch from arg0 to arg1", timed=True, quiet=True),
+    # The FPU paths timed in instructions (arch/x86/kernel/fpu/core.c):
+    # fpu_swap_kvm_fpstate() (v5.16 on; 5.10 swaps inside kvm.ko, not
+    # probed) saves the host's registers and loads the guest's around
+    # vcpu_run(), and back; switch_fpu_return() loads a task's registers on
+    # its way to user mode (exit_to_user_mode_prepare(), TIF_NEED_FPU_LOAD).
+    ProbeDef(Probe.FPU_PATH, ("fpu_swap_kvm_fpstate", "switch_fpu_return"), True,
+             "an FPU path, timed in instructions", timed=True, quiet=True),
 )
 
 
@@ -119,9 +132,10 @@ AARCH64_PROBES: tuple[ProbeDef, ...] = (
     # registers given up to the vCPU's lazy switch, then the guest's saved.
     # arg0: the vcpu.
     ProbeDef(Probe.KVM_LOAD_FP, ("kvm_arch_vcpu_load_fp",), False,
-             "KVM loads a vCPU: the host task's FP state goes out for the guest's"),
+             "KVM loads a vCPU: the host task's FP state goes out for the guest's",
+             timed=True),
     ProbeDef(Probe.KVM_PUT_FP, ("kvm_arch_vcpu_put_fp",), False,
-             "KVM puts a vCPU: the guest's FP state is saved if it was loaded"),
+             "KVM puts a vCPU: the guest's FP state is saved if it was loaded", timed=True),
     # KVM_SET_ONE_REG (any register, the V, FPSR/FPCR and SVE ones among
     # them: the probe sits on kvm_arm_set_reg(), as set_core_reg() and
     # set_sve_reg() are inlined) and KVM_ARM_VCPU_INIT's kvm_reset_vcpu():
@@ -136,7 +150,16 @@ AARCH64_PROBES: tuple[ProbeDef, ...] = (
     # CPU's registers; do_notify_resume() -> fpsimd_restore_current_state()
     # loads it on the way to user mode; cpu_switch_to() writes SP_EL0.
     ProbeDef(Probe.CONTEXT_SWITCH, ("__switch_to",), False,
-             "a context switch from arg0 to arg1"),
+             "a context switch from arg0 to arg1", timed=True, quiet=True),
+    # The FPU paths timed in instructions (arch/arm64/kernel/fpsimd.c,
+    # arch/arm64/kvm/fpsimd.c): the host's FP/SIMD and SVE access traps
+    # (do_fpsimd_acc(), do_sve_acc()), the load of a task's registers on its
+    # way to user mode (do_notify_resume() -> fpsimd_restore_current_state()),
+    # and KVM's around each guest run (kvm_arch_vcpu_ctxflush_fp() before,
+    # kvm_arch_vcpu_ctxsync_fp() after).
+    ProbeDef(Probe.FPU_PATH, ("do_fpsimd_acc", "do_sve_acc", "fpsimd_restore_current_state",
+                              "kvm_arch_vcpu_ctxflush_fp", "kvm_arch_vcpu_ctxsync_fp"), True,
+             "an FPU path, timed in instructions", timed=True, quiet=True),
 )
 
 PROBES = {"x86_64": X86_PROBES, "aarch64": AARCH64_PROBES}
@@ -175,6 +198,8 @@ class ResolvedProbe:
     probe: Probe
     symbol: str
     addr: int
+    timed: bool = False
+    quiet: bool = False
 
 
 def resolve_probes(symbols: Symbols, arch: str = "x86_64") -> list[ResolvedProbe]:
@@ -183,9 +208,14 @@ def resolve_probes(symbols: Symbols, arch: str = "x86_64") -> list[ResolvedProbe
     for d in PROBES[arch]:
         present = [s for s in d.symbols if symbols.values.get(s)]
         for name in present if d.all_of else present[:1]:
-            out.append(ResolvedProbe(d.probe, name, symbols.values[name]))
+            out.append(ResolvedProbe(d.probe, name, symbols.values[name], d.timed, d.quiet))
     return out
 
 
 def plugin_args(probes: list[ResolvedProbe]) -> list[str]:
-    return [f"probe={p.addr:#x}:{int(p.probe)}" for p in probes]
+    """probe=ADDR:ID[:FLAGS] (plugin/fputrace.c): t timed, q quiet."""
+    out = []
+    for p in probes:
+        flags = ("t" if p.timed else "") + ("q" if p.quiet else "")
+        out.append(f"probe={p.addr:#x}:{int(p.probe)}" + (f":{flags}" if flags else ""))
+    return out

@@ -1,4 +1,4 @@
-"""Trace format v3: the constants and record layouts of docs/trace-format.md.
+"""Trace format v4: the constants and record layouts of docs/trace-format.md.
 
 The bytes are defined once, in plugin/ftr-format.h (shared by the plugin and
 the compiled analysis pass); every number here mirrors a definition there,
@@ -14,14 +14,18 @@ import numpy as np
 
 MAGIC = b"FPUTRACE"
 BLOCK_MAGIC = 0x4B425446  # "FTBK"
-FORMAT_VERSION = 3
-# Version 3 only filled two checksum fields that version 2 wrote as zeros.
-MIN_READER_VERSION = 2
+FORMAT_VERSION = 4
+# Version 4 appended the event's instruction count: no earlier reader
+# decodes its 136-byte events.
+MIN_READER_VERSION = 4
 # The newest format version this reader understands. A trace whose minimum
 # reader version is above this is refused by number.
-READER_VERSION = 3
+READER_VERSION = 4
 # The first version with header and block-header checksums.
 CHECKSUMS_SINCE = 3
+# The first version whose events carry icount (EVENT_DTYPE); older ones are
+# read with EVENT_DTYPE_V3 and get icount 0, without Feature.ICOUNT.
+ICOUNT_SINCE = 4
 
 
 class Feature(enum.IntFlag):
@@ -30,6 +34,7 @@ class Feature(enum.IntFlag):
     TASKS = 1 << 2
     BOUNDARIES = 1 << 3  # user entry/return events
     PROBES = 1 << 4  # kernel function probe events
+    ICOUNT = 1 << 5  # events carry the vCPU's instruction count (version 4)
 
 
 class Arch(enum.IntEnum):
@@ -63,6 +68,7 @@ class Kind(enum.IntEnum):
     USER_ENTRY = 15
     USER_RETURN = 16
     PROBE = 17
+    PROBE_RETURN = 18  # a timed probe's function returned (version 4)
     # arm64.
     FP_TRAP = 32
     CPACR_WRITE = 33
@@ -161,6 +167,7 @@ class Probe(enum.IntEnum):
     KVM_LOAD_FP = 17  # arm64: kvm_arch_vcpu_load_fp()
     KVM_PUT_FP = 18  # arm64: kvm_arch_vcpu_put_fp()
     CONTEXT_SWITCH = 19
+    FPU_PATH = 20  # a timed FPU path function, named by its pc
 
 
 PROBE_MAX = 32
@@ -169,32 +176,39 @@ PROBE_MAX = 32
 KERNEL_TEXT_HIGH = 0xFFFFFFFF00000000
 
 
-EVENT_DTYPE = np.dtype(
-    [
-        ("seq", "<u8"),
-        ("pc", "<u8"),
-        ("task", "<u8"),
-        ("addr", "<u8"),
-        ("value", "<u8"),
-        ("xcr0", "<u8"),
-        ("mem_hash", "<u8"),
-        ("mem_legacy_hash", "<u8"),
-        ("mem_ext_hash", "<u8"),
-        ("regs_hash", "<u8"),
-        ("regs_after_hash", "<u8"),
-        ("xstate_bv", "<u8"),
-        ("aux", "<u8"),
-        ("index", "<u4"),
-        ("mem_bytes", "<u4"),
-        ("mem_features", "<u4"),
-        ("flags", "<u4"),
-        ("vcpu", "<u2"),
-        ("kind", "u1"),
-        ("reserved8", "u1"),
-        ("simd_pc", "<u4"),
-    ]
-)
-assert EVENT_DTYPE.itemsize == 128
+_EVENT_FIELDS_V3 = [
+    ("seq", "<u8"),
+    ("pc", "<u8"),
+    ("task", "<u8"),
+    ("addr", "<u8"),
+    ("value", "<u8"),
+    ("xcr0", "<u8"),
+    ("mem_hash", "<u8"),
+    ("mem_legacy_hash", "<u8"),
+    ("mem_ext_hash", "<u8"),
+    ("regs_hash", "<u8"),
+    ("regs_after_hash", "<u8"),
+    ("xstate_bv", "<u8"),
+    ("aux", "<u8"),
+    ("index", "<u4"),
+    ("mem_bytes", "<u4"),
+    ("mem_features", "<u4"),
+    ("flags", "<u4"),
+    ("vcpu", "<u2"),
+    ("kind", "u1"),
+    ("reserved8", "u1"),
+    ("simd_pc", "<u4"),
+]
+# Versions 1 to 3: the event without its instruction count.
+EVENT_DTYPE_V3 = np.dtype(_EVENT_FIELDS_V3)
+assert EVENT_DTYPE_V3.itemsize == 128
+EVENT_DTYPE = np.dtype([*_EVENT_FIELDS_V3, ("icount", "<u8")])
+assert EVENT_DTYPE.itemsize == 136
+
+
+def event_dtype(version: int) -> np.dtype:
+    """The event record of a format version."""
+    return EVENT_DTYPE if version >= ICOUNT_SINCE else EVENT_DTYPE_V3
 
 # A probe event's field holding the function's return address at its first
 # instruction: who called it (ftr-format.h, FTR_EVENT_FIELDS).
@@ -283,6 +297,7 @@ def _struct_of(dtype: np.dtype) -> struct.Struct:
 
 
 EVENT_STRUCT = _struct_of(EVENT_DTYPE)
+EVENT_STRUCT_V3 = _struct_of(EVENT_DTYPE_V3)
 TASK_STRUCT = _struct_of(TASK_DTYPE)
 FOOTER_STRUCT = _struct_of(FOOTER_DTYPE)
 BLOCK_HEADER_STRUCT = _struct_of(BLOCK_HEADER_DTYPE)

@@ -93,7 +93,7 @@ def _parse_header(path: Path, data: mmap.mmap, size: int) -> tuple[Header, bool]
     block is refused."""
     fixed = bytes(data[: min(size, fmt.HEADER_FIXED_SIZE)])
     magic_ok = fixed[: len(fmt.MAGIC)] == fmt.MAGIC[: len(fixed)]
-    first_block = _find_block(data, 0, size, fmt.CHECKSUMS_SINCE)
+    first_block = _find_block(data, 0, size, fmt.FORMAT_VERSION)
     if not magic_ok and first_block is None:
         raise TraceError(f"{path}: not an fputrace trace (bad magic): give a file written by "
                          "'fputrace record'")
@@ -118,13 +118,14 @@ def _parse_header(path: Path, data: mmap.mmap, size: int) -> tuple[Header, bool]
         if not sane_size:
             raise TraceError(f"{path}: header size {header_size} does not fit the file "
                              f"({size} bytes): the file is corrupt")
-        if event_size != fmt.EVENT_DTYPE.itemsize or task_size != fmt.TASK_DTYPE.itemsize:
+        if event_size != fmt.event_dtype(version).itemsize or \
+                task_size != fmt.TASK_DTYPE.itemsize:
             raise TraceError(f"{path}: record sizes {event_size}/{task_size} do not match "
                              f"format version {version}: the file is corrupt")
     strings = _header_strings(data, header_size) if sane_size else None
     if damaged:
         # Nothing in it can be trusted: decode the rest as this reader's format.
-        first = _find_block(data, fmt.HEADER_FIXED_SIZE, size, fmt.CHECKSUMS_SINCE)
+        first = _find_block(data, fmt.HEADER_FIXED_SIZE, size, fmt.FORMAT_VERSION)
         return _guessed_header(first if first is not None else size, damaged=True), False
     if strings is None:
         raise TraceError(f"{path}: header strings run past the header: the file is corrupt")
@@ -182,9 +183,13 @@ class _Block:
     crc: int
 
 
-RECORD_SIZES = {int(fmt.BlockType.EVENTS): fmt.EVENT_DTYPE.itemsize,
-                int(fmt.BlockType.TASKS): fmt.TASK_DTYPE.itemsize,
-                int(fmt.BlockType.FOOTER): fmt.FOOTER_DTYPE.itemsize}
+def _record_sizes(version: int) -> dict[int, int]:
+    return {int(fmt.BlockType.EVENTS): fmt.event_dtype(version).itemsize,
+            int(fmt.BlockType.TASKS): fmt.TASK_DTYPE.itemsize,
+            int(fmt.BlockType.FOOTER): fmt.FOOTER_DTYPE.itemsize}
+
+
+RECORD_SIZES = {version: _record_sizes(version) for version in range(1, fmt.READER_VERSION + 1)}
 RECORD_NAMES = {int(fmt.BlockType.EVENTS): "events", int(fmt.BlockType.TASKS): "task records",
                 int(fmt.BlockType.FOOTER): "footer"}
 _BLOCK_MAGIC_BYTES = struct.pack("<I", fmt.BLOCK_MAGIC)
@@ -202,7 +207,7 @@ def _block_at(data: mmap.mmap, pos: int, size: int, version: int) -> _Block | No
     if version >= fmt.CHECKSUMS_SINCE and \
             crc32c(data[pos : pos + fmt.BLOCK_HEADER_CRC_COVERS]) != header_crc:
         return None
-    record_size = RECORD_SIZES.get(btype)
+    record_size = RECORD_SIZES[min(version, fmt.READER_VERSION)].get(btype)
     if record_size is None or count * record_size != psize or \
             (btype == fmt.BlockType.FOOTER and count != 1):
         return None
@@ -347,7 +352,7 @@ def _load(p: Path, data: mmap.mmap, header: Header, scan: _Scan, size: int) -> T
     kept: dict[int, list[_Block]] = {}
     arrays: dict[int, npt.NDArray[np.void]] = {}
     lost_in_bad_blocks = {int(fmt.BlockType.EVENTS): 0, int(fmt.BlockType.TASKS): 0}
-    for btype, dtype in ((int(fmt.BlockType.EVENTS), fmt.EVENT_DTYPE),
+    for btype, dtype in ((int(fmt.BlockType.EVENTS), fmt.event_dtype(header.version)),
                          (int(fmt.BlockType.TASKS), fmt.TASK_DTYPE)):
         blocks = [b for b in scan.blocks if b.btype == btype]
         dest = np.empty(sum(b.count for b in blocks), dtype=dtype)
@@ -362,6 +367,12 @@ def _load(p: Path, data: mmap.mmap, header: Header, scan: _Scan, size: int) -> T
         arrays[btype] = _sort_by_seq(dest[: sum(counts)],
                                      list(np.cumsum([0, *counts])[:-1]))
     ev, tk = arrays[int(fmt.BlockType.EVENTS)], arrays[int(fmt.BlockType.TASKS)]
+    if ev.dtype != fmt.EVENT_DTYPE:
+        # An older format: the same fields, icount 0 (no Feature.ICOUNT says so).
+        widened = np.zeros(len(ev), dtype=fmt.EVENT_DTYPE)
+        for name in ev.dtype.names or ():
+            widened[name] = ev[name]
+        ev = widened
     footer: Footer | None = None
     if scan.footer is not None:
         start = scan.footer.pos + fmt.BLOCK_HEADER_SIZE

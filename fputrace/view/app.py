@@ -98,8 +98,8 @@ class ViewerApp(App[None]):
         self.model = model
         self.details = Details(model)
         self.width = 80
-        self.start = model.first_seq
-        self.span = max(model.last_seq - model.first_seq + 1, 1)
+        self.start = model.first
+        self.span = max(model.last - model.first + 1, 1)
         self.cursor = 0
         self.lane = 0
         self.shown: set[int] | None = None
@@ -140,7 +140,8 @@ class ViewerApp(App[None]):
         rows = lane_rows(model, win, lanes, self.lane, self.cursor, self.shown)
         status = Text(self.message or "? help  q quit", style="dim")
         self.query_one("#timeline", Static).update(
-            Group(title(model, win), *rows, axis(win), *legend(model, win, lanes, 8), status))
+            Group(title(model, win), *rows, axis(model, win), *legend(model, win, lanes, 8),
+                  status))
         self.query_one("#details", Static).update(self.details_text())
 
     def details_text(self) -> Text:
@@ -152,15 +153,15 @@ class ViewerApp(App[None]):
         if len(events):
             kinds = lane.mark_kind[np.searchsorted(lane.mark_event, events)]
             return self.details.event(int(events[int(np.argmax(kinds))]), len(events))
-        return self.details.interval(lane, win.seq_range(self.cursor)[0])
+        return self.details.interval(lane, win.time_range(self.cursor)[0])
 
     # ---- actions ------------------------------------------------------
 
     def clamp(self) -> None:
-        total = self.model.last_seq - self.model.first_seq + 1
+        total = self.model.last - self.model.first + 1
         self.span = int(min(max(self.span, min(self.width, total), 1), max(total, 1)))
-        self.start = int(min(max(self.start, self.model.first_seq),
-                             self.model.first_seq + total - self.span))
+        self.start = int(min(max(self.start, self.model.first),
+                             self.model.first + total - self.span))
 
     def action_pan(self, direction: int) -> None:
         self.start += direction * max(self.span // 4, 1)
@@ -169,7 +170,7 @@ class ViewerApp(App[None]):
         self.refresh_view()
 
     def action_zoom(self, factor: float) -> None:
-        at = self.window().seq_range(self.cursor)[0]
+        at = self.window().time_range(self.cursor)[0]
         self.span = int(self.span * factor)
         self.clamp()
         self.start = at - (self.cursor * self.span) // self.width
@@ -178,7 +179,7 @@ class ViewerApp(App[None]):
         self.refresh_view()
 
     def action_whole(self) -> None:
-        self.start, self.span = self.model.first_seq, self.model.last_seq + 1
+        self.start, self.span = self.model.first, self.model.last - self.model.first + 1
         self.cursor = 0
         self.clamp()
         self.refresh_view()
@@ -201,11 +202,11 @@ class ViewerApp(App[None]):
             self.refresh_view()
             return
         # Off the window: the lane's next event, brought into view.
-        here = self.window().seq_range(self.cursor)
-        i = np.searchsorted(lane.mark_seq, here[1] if direction > 0 else here[0])
+        here = self.window().time_range(self.cursor)
+        i = np.searchsorted(lane.mark_time, here[1] if direction > 0 else here[0])
         i = i if direction > 0 else i - 1
-        if 0 <= i < len(lane.mark_seq):
-            self.go_to(int(lane.mark_seq[i]), self.lane)
+        if 0 <= i < len(lane.mark_time):
+            self.go_to(int(lane.mark_time[i]), self.lane)
         else:
             self.message = "no further event in this lane"
             self.refresh_view()
@@ -217,23 +218,23 @@ class ViewerApp(App[None]):
             self.lane = lanes[min(max(i + delta, 0), len(lanes) - 1)]
         self.refresh_view()
 
-    def go_to(self, seq: int, lane: int) -> None:
-        """Show seq in the middle of the window, cursor on it."""
+    def go_to(self, time: int, lane: int) -> None:
+        """Show a time in the middle of the window, cursor on it."""
         self.lane = lane
-        if seq < self.start or seq >= self.start + self.span:
-            self.start = seq - self.span // 2
+        if time < self.start or time >= self.start + self.span:
+            self.start = time - self.span // 2
             self.clamp()
-        self.cursor = self.window().column_of(seq)
+        self.cursor = self.window().column_of(time)
         self.refresh_view()
 
     def action_finding(self, direction: int) -> None:
         model = self.model
-        seqs = model.seq[model.finding_events].astype(np.int64)
+        seqs = model.time[model.finding_events]
         if not len(seqs):
             self.message = "no findings in this trace"
             self.refresh_view()
             return
-        here = self.window().seq_range(self.cursor)
+        here = self.window().time_range(self.cursor)
         i = np.searchsorted(seqs, here[1]) if direction > 0 else \
             np.searchsorted(seqs, here[0]) - 1
         if not 0 <= i < len(seqs):
@@ -281,14 +282,18 @@ class ViewerApp(App[None]):
         self.message = f"filter {text!r}: {len(self.shown)} owner(s)"
 
     def find_function(self, text: str) -> None:
-        here = self.window().seq_range(self.cursor)[1]
+        here = self.window().time_range(self.cursor)[1]
         hit = self.details.next_event_in(text, here)
         if hit is None:
-            self.message = f"no event in a function matching {text!r} after seq {here}"
+            ev_seq = self.model.analysis.run.trace.events["seq"]
+            at = int(np.searchsorted(self.model.time, here))
+            seq = int(ev_seq[at]) if at < len(ev_seq) else int(ev_seq[-1]) + 1 if len(ev_seq) \
+                else 0
+            self.message = f"no event in a function matching {text!r} after seq {seq}"
             return
-        seq, cpu = hit
-        self.message = f"search {text!r}: seq {seq}"
-        self.go_to(seq, self.model.cpu_lane(cpu))
+        i, cpu = hit
+        self.message = f"search {text!r}: seq {int(self.model.analysis.run.trace.events['seq'][i])}"
+        self.go_to(int(self.model.time[i]), self.model.cpu_lane(cpu))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

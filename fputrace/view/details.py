@@ -14,6 +14,7 @@ from analyzers.boundaries import kernel_text_high
 from analyzers.counts import task_label
 from analyzers.ownership import Class, ContextKind, Unknown
 from analyzers.timeline import Begin, End
+from fputrace.analysis import AXIS_SEQ
 from fputrace.errors import FputraceError
 from fputrace.kernel.modules import ModuleTree, module_bytes
 from fputrace.kernel.text import KernelText, load_kernel_text, module_code
@@ -147,7 +148,8 @@ class Details:
         pc = int(ev["pc"])
         out = Text()
         out.append(f"{fmt.kind_name(int(ev['kind']))}", style="bold")
-        out.append(f"  seq {int(ev['seq'])}  cpu{int(ev['vcpu'])}  "
+        icount = f"  i={int(ev['icount'])}" if self.model.axis != AXIS_SEQ else ""
+        out.append(f"  seq {int(ev['seq'])}{icount}  cpu{int(ev['vcpu'])}  "
                    f"{'L2' if flags & fmt.Flag.L2 else 'L1'}  pl{flags & fmt.Flag.PL_MASK}  "
                    f"task {task_label(self.a.run.trace.tasks, int(self.a.ident[i]))}\n")
         out.append(f"site   {self.site(pc)}  (pc {pc:#x})\n")
@@ -183,15 +185,19 @@ class Details:
                        style="dim")
         return out
 
-    def interval(self, lane: Lane, seq: int) -> Text:
-        i = int(np.searchsorted(lane.seg_start, seq, side="right")) - 1
-        if i < 0 or seq > int(lane.seg_end[i]):
-            return Text(f"{lane.name}: no owner known at seq {seq}", style="dim")
+    def interval(self, lane: Lane, time: int) -> Text:
+        i = int(np.searchsorted(lane.seg_start, time, side="right")) - 1
+        if i < 0 or time > int(lane.seg_end[i]):
+            return Text(f"{lane.name}: no owner known here", style="dim")
         owner = self.model.owners[int(lane.seg_owner[i])]
         out = Text()
         out.append(owner, style=f"bold {self.model.colours[int(lane.seg_owner[i])]}")
-        out.append(f"  on {lane.name} from seq {int(lane.seg_start[i])} to "
-                   f"{int(lane.seg_end[i])}\n")
+        start, end = int(lane.seg_start[i]), int(lane.seg_end[i])
+        if self.model.axis == AXIS_SEQ:
+            out.append(f"  on {lane.name} from seq {start} to {end}\n")
+        else:
+            out.append(f"  on {lane.name} for {end - start} {self.model.axis}, from "
+                       f"+{start - self.model.first}\n")
         if lane.seg_row[i] >= 0:
             tl = self.model.timeline[int(lane.seg_row[i])]
             out.append(f"began  {Begin(int(tl['begin'])).name.lower()}, ended "
@@ -204,9 +210,9 @@ class Details:
 
     # ---- search --------------------------------------------------------
 
-    def next_event_in(self, text: str, after_seq: int) -> tuple[int, int] | None:
-        """(seq, cpu) of the first event at or after after_seq whose call
-        site's function name contains text (case-insensitive)."""
+    def next_event_in(self, text: str, after: int) -> tuple[int, int] | None:
+        """(event index, cpu) of the first event at or after the time after
+        whose call site's function name contains text (case-insensitive)."""
         ev = self.a.run.trace.events
         if self._site_pcs is None:
             pcs = np.unique(ev["pc"])
@@ -217,8 +223,8 @@ class Details:
         hit_pcs = pcs[[low in n for n in names]]
         if not len(hit_pcs):
             return None
-        cand = np.flatnonzero(np.isin(ev["pc"], hit_pcs) & (ev["seq"] >= after_seq))
+        cand = np.flatnonzero(np.isin(ev["pc"], hit_pcs) & (self.model.time >= after))
         if not len(cand):
             return None
         j = int(cand[0])
-        return int(ev["seq"][j]), int(ev["vcpu"][j])
+        return j, int(ev["vcpu"][j])

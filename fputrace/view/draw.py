@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from rich.text import Text
 
+from fputrace.analysis import AXIS_SEQ
 from fputrace.view.model import (
     GLYPH,
     KERNEL_COLOUR,
@@ -26,14 +27,14 @@ from fputrace.view.model import (
 )
 
 LABEL_WIDTH = 22
-AXIS_STEP = 20          # columns between seq numbers under the lanes
+AXIS_STEP = 20          # columns between times under the lanes
 HOST_GLYPH, GUEST_GLYPH = "█", "▒"
 
 
 @dataclass
 class Window:
-    start: int      # first seq shown
-    span: int       # seqs shown, at least 1
+    start: int      # first time shown (Model.axis: instructions or event seq)
+    span: int       # times shown, at least 1
     width: int      # columns for the lanes
 
     def column_starts(self) -> npt.NDArray[np.int64]:
@@ -41,28 +42,28 @@ class Window:
         out: npt.NDArray[np.int64] = self.start + (cols * self.span) // self.width
         return out
 
-    def column_of(self, seq: int) -> int:
-        return int(self.columns_of(np.array([seq], dtype=np.int64))[0])
+    def column_of(self, time: int) -> int:
+        return int(self.columns_of(np.array([time], dtype=np.int64))[0])
 
-    def columns_of(self, seqs: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """The column showing each seq: column c shows the seqs from
-        c * span // width on (seq_range()); zoomed in, a seq spans several
+    def columns_of(self, times: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The column showing each time: column c shows the times from
+        c * span // width on (time_range()); zoomed in, a time spans several
         columns and is marked at the first of them."""
-        d = seqs - self.start
+        d = times - self.start
         first = (d * self.width + self.span - 1) // self.span
         last = ((d + 1) * self.width - 1) // self.span
         out: npt.NDArray[np.int64] = np.minimum(first, last)
         return out
 
-    def seq_range(self, col: int) -> tuple[int, int]:
-        """[first, last) seqs of a column."""
+    def time_range(self, col: int) -> tuple[int, int]:
+        """[first, last) times of a column."""
         lo = self.start + (col * self.span) // self.width
         hi = self.start + ((col + 1) * self.span) // self.width
         return lo, max(hi, lo + 1)
 
 
 def whole(model: Model, width: int) -> Window:
-    return Window(model.first_seq, max(model.last_seq - model.first_seq + 1, 1), max(width, 1))
+    return Window(model.first, max(model.last - model.first + 1, 1), max(width, 1))
 
 
 def lane_owner_cells(lane: Lane, win: Window) -> tuple[npt.NDArray[np.int32],
@@ -81,17 +82,17 @@ def lane_owner_cells(lane: Lane, win: Window) -> tuple[npt.NDArray[np.int32],
 
 def lane_mark_cells(lane: Lane, win: Window) -> npt.NDArray[np.uint8]:
     """Per column: the highest-priority marker among its events."""
-    lo, hi = np.searchsorted(lane.mark_seq, [win.start, win.start + win.span])
+    lo, hi = np.searchsorted(lane.mark_time, [win.start, win.start + win.span])
     out = np.zeros(win.width, dtype=np.uint8)
     if hi > lo:
-        cols = win.columns_of(lane.mark_seq[lo:hi])
+        cols = win.columns_of(lane.mark_time[lo:hi])
         np.maximum.at(out, cols, lane.mark_kind[lo:hi])
     return out
 
 
 def events_in_column(lane: Lane, win: Window, col: int) -> npt.NDArray[np.int64]:
-    lo_seq, hi_seq = win.seq_range(col)
-    lo, hi = np.searchsorted(lane.mark_seq, [lo_seq, hi_seq])
+    lo_seq, hi_seq = win.time_range(col)
+    lo, hi = np.searchsorted(lane.mark_time, [lo_seq, hi_seq])
     out: npt.NDArray[np.int64] = lane.mark_event[lo:hi]
     return out
 
@@ -128,11 +129,21 @@ def _mark_row(lane: Lane, win: Window, cursor: int | None) -> Text:
     return text
 
 
-def axis(win: Window) -> Text:
-    """Seq numbers under the lanes, one every 20 columns or so."""
+def short_count(n: int) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def axis(model: Model, win: Window) -> Text:
+    """Times under the lanes, one every 20 columns or so: event seqs, or
+    instructions since the trace's first event."""
     line = [" "] * win.width
     for col in range(0, win.width, AXIS_STEP):
-        label = f"|{win.start + (col * win.span) // win.width}"
+        t = win.start + (col * win.span) // win.width
+        label = f"|{t}" if model.axis == AXIS_SEQ else f"|+{short_count(t - model.first)}"
         if col + len(label) <= win.width:
             line[col:col + len(label)] = list(label)
     return Text(" " * LABEL_WIDTH + "".join(line), style="dim")
@@ -190,11 +201,19 @@ def title(model: Model, win: Window) -> Text:
     n = len(run.trace.events)
     return Text(f"{run.trace.path.name}  {h.arch.name.lower()}  {h.kernel or '-'}  "
                 f"{n} events, {len(model.finding_events)} findings  "
-                f"seq {win.start}-{win.start + win.span - 1} of "
-                f"{model.first_seq}-{model.last_seq}", style="bold")
+                f"{_span_text(model, win)}", style="bold")
+
+
+def _span_text(model: Model, win: Window) -> str:
+    if model.axis == AXIS_SEQ:
+        return (f"seq {win.start}-{win.start + win.span - 1} of "
+                f"{model.first}-{model.last}")
+    lo, hi = win.start - model.first, win.start + win.span - 1 - model.first
+    return (f"{model.axis} +{short_count(lo)} to +{short_count(hi)} of "
+            f"{short_count(model.last - model.first)}")
 
 
 def static_lines(model: Model, width: int) -> list[Text]:
     """The whole trace at a width of terminal columns (--static, --svg)."""
     win = whole(model, max(width - LABEL_WIDTH, 10))
-    return [title(model, win), *lane_rows(model, win), axis(win), *legend(model, win)]
+    return [title(model, win), *lane_rows(model, win), axis(model, win), *legend(model, win)]

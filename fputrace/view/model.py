@@ -76,11 +76,11 @@ class Lane:
     name: str
     kind: str                            # "cpu" or "vcpu"
     cpu: int                             # a CPU lane's CPU, -1 for a vCPU
-    seg_start: npt.NDArray[np.int64]     # seq each segment begins at, ascending
+    seg_start: npt.NDArray[np.int64]     # time each segment begins at, ascending
     seg_end: npt.NDArray[np.int64]
     seg_owner: npt.NDArray[np.int32]     # index into Model.owners
     seg_flags: npt.NDArray[np.uint8]     # SEG_*
-    mark_seq: npt.NDArray[np.int64]      # ascending
+    mark_time: npt.NDArray[np.int64]     # ascending
     mark_event: npt.NDArray[np.int64]    # event index
     mark_kind: npt.NDArray[np.uint8]     # Mark
     seg_row: npt.NDArray[np.int64]       # a CPU segment's row in Model.timeline, -1
@@ -92,19 +92,18 @@ class Model:
     lanes: list[Lane]
     owners: list[str]
     colours: list[str]
-    first_seq: int
-    last_seq: int
+    first: int                              # the time axis: its first and last time
+    last: int
     finding_events: npt.NDArray[np.int64]   # event index of each finding, by seq
     timeline: npt.NDArray[np.void]          # analyzers.timeline.cpu_timeline()
+    time: npt.NDArray[np.int64]             # each event's time on the axis
+    axis: str                               # the time's unit: AXIS_SEQ or instructions
 
     def cpu_lane(self, cpu: int) -> int:
         """The index of a CPU's lane (0 if the CPU has none)."""
         return next((n for n, lane in enumerate(self.lanes) if lane.cpu == cpu), 0)
 
-    @property
-    def seq(self) -> npt.NDArray[np.uint64]:
-        ev: npt.NDArray[np.uint64] = self.analysis.run.trace.events["seq"]
-        return ev
+
 
 
 def _marks(a: Analysis, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
@@ -128,6 +127,8 @@ def _marks(a: Analysis, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
 def build_model(a: Analysis) -> Model:
     ev = a.run.trace.events
     seq = ev["seq"].astype(np.int64)
+    axis = a.time_axis()
+    time, at = axis.time, axis.of_seq
     tl = a.timeline()
     labels = owner_labels(a, tl["owner"])
     owners = sorted(set(labels.values()))
@@ -152,8 +153,8 @@ def build_model(a: Analysis) -> Model:
         flags = (rows["kernel_use"].astype(np.uint8) * SEG_KERNEL_USE
                  | rows["in_guest"].astype(np.uint8) * SEG_IN_GUEST)
         lanes.append(Lane(
-            f"cpu{cpu}", "cpu", int(cpu), rows["start_seq"].astype(np.int64),
-            rows["end_seq"].astype(np.int64), tl_owner[row_idx], flags, seq[on_cpu],
+            f"cpu{cpu}", "cpu", int(cpu), at(rows["start_seq"].astype(np.int64)),
+            at(rows["end_seq"].astype(np.int64)), tl_owner[row_idx], flags, time[on_cpu],
             on_cpu.astype(np.int64), marks[on_cpu], row_idx.astype(np.int64)))
     # vCPU lanes: when each vCPU instance ran in the guest (entry to exit),
     # coloured as the guest state it owns; its markers are the entries, the
@@ -178,10 +179,10 @@ def build_model(a: Analysis) -> Model:
             mine[e:x][inside] = True
         idx = np.flatnonzero(mine & drawn)
         lanes.append(Lane(
-            name, "vcpu", -1, seq[entries], seq[exits],
+            name, "vcpu", -1, time[entries], time[exits],
             np.full(len(rs), owner_index[owner_name], dtype=np.int32),
             np.full(len(rs), SEG_IN_GUEST, dtype=np.uint8),
-            seq[idx], idx.astype(np.int64), marks[idx], np.full(len(rs), -1, dtype=np.int64)))
+            time[idx], idx.astype(np.int64), marks[idx], np.full(len(rs), -1, dtype=np.int64)))
     return Model(a, lanes, owners, [owner_colour(o) for o in owners],
-                 int(seq[0]) if len(seq) else 0, int(seq[-1]) if len(seq) else 0,
-                 finding_events, tl)
+                 int(time[0]) if len(time) else 0, int(time[-1]) if len(time) else 0,
+                 finding_events, tl, time, axis.unit)

@@ -79,6 +79,7 @@ void syscall_entry(void);
 void enter_user(void (*fn)(void), void *stack);
 void kernel_side(uint64_t request);
 void sse_leaf(void);
+void counted_run(uint64_t xcr0);
 uint64_t kernel_rsp;
 /* The boot maps the first GiB here too: code run through it is kernel-half. */
 #define KERNEL_HALF_ALIAS 0xffffff8000000000ull
@@ -154,6 +155,34 @@ __asm__(
     ".globl sse_leaf\n"
     "sse_leaf:\n"
     "  pcmpeqd %xmm3, %xmm3\n"
+    "  ret\n"
+    /*
+     * counted_run(xcr0), called through its kernel-half alias: two XSETBVs
+     * with a known number of instructions between them, for the events'
+     * instruction counts. The first XSETBV, the MOV, COUNTED_LOOPS times DEC
+     * and JNZ, then the second: 2 + 2 * COUNTED_LOOPS instructions from one
+     * to the other, across blocks and a loop that QEMU chains. Then a call
+     * of counted_leaf (relative: to its alias too), three instructions from
+     * its entry to its return address, for the return of a timed probe.
+     */
+    ".globl counted_run\n"
+    "counted_run:\n"
+    "  mov %rdi, %rax\n"
+    "  xor %edx, %edx\n"
+    "  xor %ecx, %ecx\n"
+    "  xsetbv\n"
+    "  mov $1000, %ecx\n"
+    "5: dec %ecx\n"
+    "  jnz 5b\n"
+    "  xsetbv\n"
+    "  call counted_leaf\n"
+    ".globl counted_leaf_return\n"
+    "counted_leaf_return:\n"
+    "  ret\n"
+    ".globl counted_leaf\n"
+    "counted_leaf:\n"
+    "  nop\n"
+    "  nop\n"
     "  ret\n"
     ".globl l2_guest\n"
     "l2_guest:\n"
@@ -589,6 +618,10 @@ void payload_main(void)
     /* XCR0 = x87 | SSE | AVX */
     __asm__ volatile("xsetbv" : : "c"(0), "a"(all), "d"(0));
     puts_serial("OP kind=xsetbv index=0x0 value=0x7 faulted=0x0\n");
+    /* Kernel-half code, as the timed probes' returns are watched there. */
+    ((void (*)(uint64_t))((uint64_t)counted_run + KERNEL_HALF_ALIAS))(all);
+    puts_serial("OP kind=xsetbv index=0x0 value=0x7 faulted=0x0 counted=first\n");
+    puts_serial("OP kind=xsetbv index=0x0 value=0x7 faulted=0x0 counted=second loops=0x3e8\n");
 
     load_registers(1);
     /* Saving the same registers three times: three equal sums. Each buffer is

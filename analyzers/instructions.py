@@ -1,0 +1,203 @@
+"""Time in instructions: what the FPU paths cost, from the events' icount
+(format version 4, Feature.ICOUNT: the instructions the vCPU retired before
+the event's instruction).
+
+Three figures, each from events of one CPU (docs/analysis.md, "Time in
+instructions"):
+
+- Per timed function (a `probe` and its `probe_return`): its calls and the
+  instructions from its first instruction to the one it returned to, all it
+  called and any interrupt it took included. The timed functions are the
+  FPU paths (fputrace.kernel.probes: x86 fpu_swap_kvm_fpstate(), which
+  swaps the host's and the guest's fpstate around vcpu_run(), and
+  switch_fpu_return(); arm64 kvm_arch_vcpu_load_fp()/_put_fp(),
+  kvm_arch_vcpu_ctxflush_fp()/_ctxsync_fp(), do_fpsimd_acc()/do_sve_acc()
+  and fpsimd_restore_current_state()) and __switch_to().
+- Per VM exit: the host's instructions from an L1 VM exit to the same task's
+  next VM entry on that CPU, and of them those inside the FPU paths; apart
+  for the exits KVM handles in the kernel (the KVM_RUN loop goes round:
+  vcpu_run() on x86, kvm_arch_vcpu_ioctl_run() on arm64) and those that
+  return to the VMM in user mode first (KVM_RUN returns and is called
+  again: the fpstate swap happens twice, kvm_put_guest_fpu() and
+  kvm_load_guest_fpu()). A window in which the CPU switched tasks (the vCPU
+  thread was preempted) is counted apart: its instructions are other
+  tasks'.
+- Per context switch: the instructions of __switch_to(), which saves prev's
+  registers (switch_fpu_prepare(), fpsimd_thread_switch()).
+
+Arrays and symbols in, results out; nothing is printed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from fputrace.trace import format as fmt
+from fputrace.trace.symbols import Symbols
+
+K, P = fmt.Kind, fmt.Probe
+
+# The probes whose functions are FPU paths (the rest timed: __switch_to).
+FPU_PATH_PROBES = (P.FPU_PATH, P.KVM_LOAD_FP, P.KVM_PUT_FP)
+
+
+@dataclass
+class PathCost:
+    name: str
+    calls: int = 0
+    instructions: int = 0
+    most: int = 0
+
+    @property
+    def mean(self) -> float:
+        return round(self.instructions / self.calls, 1) if self.calls else 0.0
+
+    def as_json(self) -> dict[str, int | float | str]:
+        return {"function": self.name, "calls": self.calls, "instructions": self.instructions,
+                "mean": self.mean, "max": self.most}
+
+
+@dataclass
+class ExitCost:
+    """VM exit to the same task's next entry, one kind of window."""
+
+    count: int = 0
+    instructions: int = 0
+    fpu_path_instructions: int = 0  # ... of them inside FPU paths
+
+    def as_json(self) -> dict[str, float | int]:
+        n = self.count
+        return {"count": n, "instructions": round(self.instructions / n, 1) if n else 0.0,
+                "fpu_path_instructions":
+                    round(self.fpu_path_instructions / n, 1) if n else 0.0}
+
+
+@dataclass
+class InstructionCosts:
+    paths: list[PathCost] = field(default_factory=list)  # FPU paths, most instructions first
+    in_kernel: ExitCost = field(default_factory=ExitCost)  # exits KVM handled in the kernel
+    via_user: ExitCost = field(default_factory=ExitCost)  # ... that returned to the VMM first
+    preempted_exits: int = 0  # the CPU switched tasks between the exit and the entry
+    switches: int = 0  # __switch_to calls seen returning
+    switch_instructions: int = 0
+
+    def all_exits(self) -> ExitCost:
+        return ExitCost(self.in_kernel.count + self.via_user.count,
+                        self.in_kernel.instructions + self.via_user.instructions,
+                        self.in_kernel.fpu_path_instructions
+                        + self.via_user.fpu_path_instructions)
+
+    def per_exit(self) -> dict[str, object]:
+        return {**self.all_exits().as_json(), "in_kernel": self.in_kernel.as_json(),
+                "via_user_mode": self.via_user.as_json(), "preempted": self.preempted_exits}
+
+    def per_switch(self) -> float:
+        return round(self.switch_instructions / self.switches, 1) if self.switches else 0.0
+
+    def as_json(self) -> dict[str, object]:
+        return {"fpu_paths": [p.as_json() for p in self.paths],
+                "per_vm_exit": self.per_exit(),
+                "per_context_switch": {"count": self.switches,
+                                       "instructions": self.per_switch()}}
+
+
+def _outermost(starts: npt.NDArray[np.uint64], ends: npt.NDArray[np.uint64]
+               ) -> npt.NDArray[np.bool_]:
+    """Which spans no earlier span contains (nested timed functions count once)."""
+    keep = np.ones(len(starts), dtype=bool)
+    reach = -1
+    for j in np.argsort(starts, kind="stable").tolist():
+        if int(ends[j]) <= reach:
+            keep[j] = False
+        reach = max(reach, int(ends[j]))
+    return keep
+
+
+def instruction_costs(ev: npt.NDArray[np.void], symbols: Symbols, has_icount: bool
+                      ) -> InstructionCosts | None:
+    """None when the events carry no instruction count (before format 4)."""
+    if not has_icount:
+        return None
+    out = InstructionCosts()
+    kinds, cpus, icount = ev["kind"], ev["vcpu"], ev["icount"]
+    l1 = (ev["flags"] & np.uint32(fmt.Flag.L2)) == 0
+    ret = (kinds == K.PROBE_RETURN) & l1
+    spent = icount - ev["aux"]
+    fpu_path = ret & np.isin(ev["index"], [int(p) for p in FPU_PATH_PROBES])
+    by_name: dict[str, PathCost] = {}
+    for pc, n in zip(ev["pc"][fpu_path].tolist(), spent[fpu_path].tolist(), strict=True):
+        name = symbols.function(pc)
+        p = by_name.setdefault(name, PathCost(name))
+        p.calls += 1
+        p.instructions += n
+        p.most = max(p.most, n)
+    out.paths = sorted(by_name.values(), key=lambda p: (-p.instructions, p.name))
+    sw = ret & (ev["index"] == P.CONTEXT_SWITCH)
+    out.switches = int(np.count_nonzero(sw))
+    out.switch_instructions = int(spent[sw].sum())
+
+    switch = (kinds == K.PROBE) & (ev["index"] == P.CONTEXT_SWITCH) & l1
+    vm = ((kinds == K.VM_EXIT) | (kinds == K.VM_ENTRY)) & l1
+    user_return = (kinds == K.USER_RETURN) & l1
+    for cpu in np.unique(cpus[vm]).tolist():
+        on_cpu = cpus == cpu
+        idx = np.flatnonzero(on_cpu & (vm | switch | user_return))
+        path_idx = np.flatnonzero(on_cpu & fpu_path)
+        p_start, p_end = ev["aux"][path_idx], icount[path_idx]
+        keep = _outermost(p_start, p_end)
+        p_start, p_end = p_start[keep], p_end[keep]
+        p_spent = (p_end - p_start).astype(np.int64)
+        order = np.argsort(p_start, kind="stable")
+        p_start, p_end, p_spent = p_start[order], p_end[order], p_spent[order]
+        cum = np.r_[0, np.cumsum(p_spent)]
+        exit_at = exit_task = -1
+        preempted = via_user = False
+        for i in idx.tolist():
+            k = int(kinds[i])
+            if k == K.VM_EXIT:
+                exit_at, exit_task = int(icount[i]), int(ev["task"][i])
+                preempted = via_user = False
+            elif k == K.PROBE:
+                preempted = True
+            elif k == K.USER_RETURN:
+                via_user = True
+            elif exit_at >= 0 and int(ev["task"][i]) == exit_task:
+                entry_at = int(icount[i])
+                if preempted:
+                    out.preempted_exits += 1
+                else:
+                    window = out.via_user if via_user else out.in_kernel
+                    window.count += 1
+                    window.instructions += entry_at - exit_at
+                    # The outermost FPU paths wholly inside [exit, entry].
+                    lo = int(np.searchsorted(p_start, np.uint64(exit_at), side="left"))
+                    hi = int(np.searchsorted(p_start, np.uint64(entry_at), side="right"))
+                    inside = p_end[lo:hi] <= np.uint64(entry_at)
+                    window.fpu_path_instructions += int(cum[hi] - cum[lo]) if np.all(inside) \
+                        else int(p_spent[lo:hi][inside].sum())
+                exit_at = -1
+            else:
+                exit_at = -1  # another task's entry: this exit's window is not one
+    return out
+
+
+def machine_time(ev: npt.NDArray[np.void]) -> npt.NDArray[np.int64]:
+    """Each event's time in instructions, for one axis across CPUs: the
+    instructions all CPUs retired up to it, each other CPU's as of its last
+    event before it (their counts are only known at their events). Never
+    decreasing in trace order; with one CPU, exactly that CPU's count.
+    A user entry, written when it is first needed, carries the count of
+    the entry itself and may be older than the event before it: a CPU's
+    count here is the largest it has shown."""
+    cpus = ev["vcpu"]
+    icount = ev["icount"].astype(np.int64)
+    step = np.zeros(len(ev), dtype=np.int64)
+    for cpu in np.unique(cpus).tolist():
+        idx = np.flatnonzero(cpus == cpu)
+        seen = np.maximum.accumulate(icount[idx])
+        step[idx] = np.diff(seen, prepend=0)
+    out: npt.NDArray[np.int64] = np.cumsum(step)
+    return out
