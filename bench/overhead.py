@@ -15,6 +15,10 @@ and the cost per recorded event: the extra wall time over the plugin-free
 run divided by the trace's events. The last line is the worst scenario's
 ratio, `ratio=X.XX` (target <= 1.10).
 
+`--variant no-icount` adds fputrace without the events' instruction count
+(`icount=off`); its line gives the count's cost, fputrace's ratio minus its
+own (target <= 0.02 on the demo).
+
 `--variant deterministic` adds fputrace on a deterministic machine (what
 `record` runs by default: instruction-counted time, fputrace.machine), and
 `--variant deterministic-none` the same machine without a plugin; each such
@@ -26,7 +30,7 @@ load sequences are made of (execlog matches mnemonics only).
 
 usage: bench/overhead [--arch x86_64|arm64] [--kernel 6.1] [--rounds 3] [--compare]
                       [--scenario NAME=WORKLOAD ...]
-                      [--variant NAME=ARGS | deterministic | deterministic-none ...]
+                      [--variant NAME=ARGS | no-icount | deterministic | deterministic-none ...]
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ class Variant:
 # The deterministic machine's variants, by name: the same plugin (or none) as
 # the variant named second, on a machine that counts instructions.
 DETERMINISTIC_VARIANTS = {"deterministic": "fputrace", "deterministic-none": "none"}
+# Variants of fputrace by name: its plugin arguments.
+NAMED_VARIANTS = {"no-icount": "icount=off"}
 
 
 @dataclass
@@ -118,7 +124,8 @@ def main() -> int:
                     help="also run an empty plugin and QEMU's execlog")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARG[,ARG...]",
                     help="also run fputrace with these extra plugin arguments "
-                         "(repeatable), e.g. no-bounds=boundaries=off; or "
+                         "(repeatable), e.g. no-bounds=boundaries=off; no-icount "
+                         "(icount=off); or "
                          + " / ".join(DETERMINISTIC_VARIANTS)
                          + ": fputrace / no plugin on a deterministic machine")
     args = ap.parse_args()
@@ -135,6 +142,9 @@ def main() -> int:
                                         "fputrace": Variant(fputrace_plugin)}
         for text in args.variant:
             name, sep, extra_args = text.partition("=")
+            if name in NAMED_VARIANTS and not sep:
+                variants[name] = Variant(f"{fputrace_plugin},{NAMED_VARIANTS[name]}")
+                continue
             if name in DETERMINISTIC_VARIANTS and not sep:
                 like = DETERMINISTIC_VARIANTS[name]
                 variants[name] = Variant(variants[like].plugin, deterministic=True,
@@ -143,7 +153,7 @@ def main() -> int:
             if not sep or not name or name in variants:
                 raise FputraceError(f"--variant {text!r}: write NAME=ARG[,ARG...] "
                                     "with a new name, or one of "
-                                    + ", ".join(DETERMINISTIC_VARIANTS))
+                                    + ", ".join([*NAMED_VARIANTS, *DETERMINISTIC_VARIANTS]))
             variants[name] = Variant(f"{fputrace_plugin},{extra_args}")
         if args.compare:
             execlog = build_execlog()
@@ -195,6 +205,9 @@ def main() -> int:
             for variant, v in variants.items():
                 own = "" if not v.deterministic else \
                     f"  {variant}/{v.baseline}={wall[variant] / wall[v.baseline]:.2f}"
+                if variant in NAMED_VARIANTS:
+                    extra = (wall["fputrace"] - wall[variant]) / wall["none"]
+                    own = f"  fputrace costs {extra:+.2f} over it"
                 print(f"  median {variant:18s} wall {wall[variant]:7.2f} s  "
                       f"cpu {cpu[variant]:7.2f} s  x{wall[variant] / wall['none']:.2f}{own}")
             ratio = wall["fputrace"] / wall["none"]
