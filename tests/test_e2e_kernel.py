@@ -58,6 +58,42 @@ def test_vm_entries_match_the_workloads_kvm_run_count(pingpong: tuple[str, Path]
     assert exits == entries
 
 
+def test_instructions_of_the_fpstate_swap(pingpong: tuple[str, Path]) -> None:
+    # Each KVM_RUN ioctl swaps the host's and the guest's fpstate twice:
+    # kvm_arch_vcpu_ioctl_run() -> kvm_load_guest_fpu() and, before it
+    # returns, kvm_put_guest_fpu(), each fpu_swap_kvm_fpstate() (v5.16 on; in
+    # 5.10 the swap is inside kvm.ko, which is not probed). The workload
+    # counts its own KVM_RUN calls. Every exit of kvm-pingpong is an I/O exit
+    # handled by the VMM: each window from an exit to the next entry returns
+    # to user mode and holds the two swaps.
+    series, out = pingpong
+    own = workload_line(sidecar(out, "console.log"), "kvm-pingpong")
+    n = int(own["kvm_run"])
+    trace = read_trace(out)
+    ev = trace.events
+    assert trace.header.features & fmt.Feature.ICOUNT
+    # Per vCPU, the counts grow along the trace (a user entry carries its own,
+    # older count: it is written when first needed).
+    for cpu in np.unique(ev["vcpu"]).tolist():
+        mine = ev[(ev["vcpu"] == cpu) & (ev["kind"] != fmt.Kind.USER_ENTRY)]
+        assert np.all(np.diff(mine["icount"].astype(np.int64)) >= 0)
+    rep = json.loads(fputrace("report", "--json", str(out)).stdout)["instructions"]
+    paths = {p["function"]: p for p in rep["fpu_paths"]}
+    via_user = rep["per_vm_exit"]["via_user_mode"]
+    assert n - 2 <= via_user["count"] <= n
+    assert 500 < via_user["instructions"] < 200_000, via_user
+    if series == "5.10":
+        assert "fpu_swap_kvm_fpstate" not in paths
+        return
+    swap = paths["fpu_swap_kvm_fpstate"]
+    assert swap["calls"] == 2 * n, swap
+    assert 20 < swap["mean"] < 2000 and swap["max"] < 20_000, swap
+    # Two swaps in every window through the VMM (the instructions of both,
+    # for all but a window cut by the trace's end).
+    assert via_user["fpu_path_instructions"] >= 2 * swap["mean"] * 0.9, (via_user, swap)
+    assert "switch_fpu_return" in paths
+
+
 def test_perfetto_export_of_a_real_run(pingpong: tuple[str, Path], tmp_path: Path) -> None:
     # Every VM entry has its exit on the same CPU: one vCPU slice each, all
     # on the one vCPU lane, ending where the next begins at the earliest.
