@@ -19,9 +19,12 @@ instructions"):
   vcpu_run() on x86, kvm_arch_vcpu_ioctl_run() on arm64) and those that
   return to the VMM in user mode first (KVM_RUN returns and is called
   again: the fpstate swap happens twice, kvm_put_guest_fpu() and
-  kvm_load_guest_fpu()). A window in which the CPU switched tasks (the vCPU
-  thread was preempted) is counted apart: its instructions are other
-  tasks'.
+  kvm_load_guest_fpu()); on arm64 apart also the exits for a guest FP/SIMD
+  or SVE access trap that the world switch handles itself and re-enters
+  (kvm_hyp_handle_fpsimd() from fixup_guest_exit(), inlined in the
+  __kvm_vcpu_run() loop at EL2): their whole window is that trap handler's.
+  A window in which the CPU switched tasks (the vCPU thread was preempted)
+  is counted apart: its instructions are other tasks'.
 - Per context switch: the instructions of __switch_to(), which saves prev's
   registers (switch_fpu_prepare(), fpsimd_thread_switch()).
 
@@ -80,19 +83,23 @@ class InstructionCosts:
     paths: list[PathCost] = field(default_factory=list)  # FPU paths, most instructions first
     in_kernel: ExitCost = field(default_factory=ExitCost)  # exits KVM handled in the kernel
     via_user: ExitCost = field(default_factory=ExitCost)  # ... that returned to the VMM first
+    fp_trap: ExitCost = field(default_factory=ExitCost)  # arm64: a guest FP trap, at EL2
     preempted_exits: int = 0  # the CPU switched tasks between the exit and the entry
     switches: int = 0  # __switch_to calls seen returning
     switch_instructions: int = 0
 
+    def windows(self) -> tuple[ExitCost, ExitCost, ExitCost]:
+        return self.in_kernel, self.via_user, self.fp_trap
+
     def all_exits(self) -> ExitCost:
-        return ExitCost(self.in_kernel.count + self.via_user.count,
-                        self.in_kernel.instructions + self.via_user.instructions,
-                        self.in_kernel.fpu_path_instructions
-                        + self.via_user.fpu_path_instructions)
+        return ExitCost(sum(w.count for w in self.windows()),
+                        sum(w.instructions for w in self.windows()),
+                        sum(w.fpu_path_instructions for w in self.windows()))
 
     def per_exit(self) -> dict[str, object]:
         return {**self.all_exits().as_json(), "in_kernel": self.in_kernel.as_json(),
-                "via_user_mode": self.via_user.as_json(), "preempted": self.preempted_exits}
+                "via_user_mode": self.via_user.as_json(),
+                "guest_fp_trap": self.fp_trap.as_json(), "preempted": self.preempted_exits}
 
     def per_switch(self) -> float:
         return round(self.switch_instructions / self.switches, 1) if self.switches else 0.0
@@ -142,9 +149,10 @@ def instruction_costs(ev: npt.NDArray[np.void], symbols: Symbols, has_icount: bo
     switch = (kinds == K.PROBE) & (ev["index"] == P.CONTEXT_SWITCH) & l1
     vm = ((kinds == K.VM_EXIT) | (kinds == K.VM_ENTRY)) & l1
     user_return = (kinds == K.USER_RETURN) & l1
+    trap = kinds == K.FP_TRAP
     for cpu in np.unique(cpus[vm]).tolist():
         on_cpu = cpus == cpu
-        idx = np.flatnonzero(on_cpu & (vm | switch | user_return))
+        idx = np.flatnonzero(on_cpu & (vm | switch | user_return | trap))
         path_idx = np.flatnonzero(on_cpu & fpu_path)
         p_start, p_end = ev["aux"][path_idx], icount[path_idx]
         keep = _outermost(p_start, p_end)
@@ -154,22 +162,27 @@ def instruction_costs(ev: npt.NDArray[np.void], symbols: Symbols, has_icount: bo
         p_start, p_end, p_spent = p_start[order], p_end[order], p_spent[order]
         cum = np.r_[0, np.cumsum(p_spent)]
         exit_at = exit_task = -1
-        preempted = via_user = False
+        preempted = via_user = trapped = False
         for i in idx.tolist():
             k = int(kinds[i])
             if k == K.VM_EXIT:
                 exit_at, exit_task = int(icount[i]), int(ev["task"][i])
-                preempted = via_user = False
+                preempted = via_user = trapped = False
             elif k == K.PROBE:
                 preempted = True
             elif k == K.USER_RETURN:
                 via_user = True
+            elif k == K.FP_TRAP:
+                # The guest's own trap (the host's are from its user mode,
+                # which a window through user mode counts already).
+                trapped = trapped or exit_at >= 0
             elif exit_at >= 0 and int(ev["task"][i]) == exit_task:
                 entry_at = int(icount[i])
                 if preempted:
                     out.preempted_exits += 1
                 else:
-                    window = out.via_user if via_user else out.in_kernel
+                    window = out.via_user if via_user else out.fp_trap if trapped \
+                        else out.in_kernel
                     window.count += 1
                     window.instructions += entry_at - exit_at
                     # The outermost FPU paths wholly inside [exit, entry].

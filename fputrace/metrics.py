@@ -16,8 +16,8 @@ Metric names (all in `fputrace compare --json` under "metrics"):
   redundant_save_per_vm_entry, redundant_restore_per_vm_entry
                                            all redundant saves (restores) of
                                            the trace divided by its VM entries
-  [in_kernel_|via_user_]instructions_per_vm_exit,
-  [in_kernel_|via_user_]fpu_path_instructions_per_vm_exit,
+  [in_kernel_|via_user_|guest_fp_trap_]instructions_per_vm_exit,
+  [in_kernel_|via_user_|guest_fp_trap_]fpu_path_instructions_per_vm_exit,
   instructions_per_context_switch          time in instructions (format 4)
   fpu_path.FUNCTION.calls, fpu_path.FUNCTION.instructions_per_call
   arm64: kvm_runs, traps, guest_traps_per_kvm_run,
@@ -79,7 +79,7 @@ def metrics_of(a: Analysis) -> Metrics:
     if a.instructions is not None:
         ic = a.instructions
         for prefix, w in (("", ic.all_exits()), ("in_kernel_", ic.in_kernel),
-                          ("via_user_", ic.via_user)):
+                          ("via_user_", ic.via_user), ("guest_fp_trap_", ic.fp_trap)):
             j = w.as_json()
             m[f"{prefix}instructions_per_vm_exit"] = float(j["instructions"])
             m[f"{prefix}fpu_path_instructions_per_vm_exit"] = float(j["fpu_path_instructions"])

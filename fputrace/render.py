@@ -384,10 +384,11 @@ def switch_line(s: SwitchCosts) -> str:
 def instruction_lines(ic: InstructionCosts) -> list[str]:
     """The short report's instruction figures (analyzers.instructions)."""
     out = []
-    if ic.in_kernel.count or ic.via_user.count:
+    if ic.all_exits().count:
         parts = []
         for what, w in (("handled in the kernel", ic.in_kernel),
-                        ("through the VMM in user mode", ic.via_user)):
+                        ("through the VMM in user mode", ic.via_user),
+                        ("guest FP traps handled in the world switch", ic.fp_trap)):
             j = w.as_json()
             if w.count:
                 parts.append(f"{j['instructions']} for the {w.count} {what}, "

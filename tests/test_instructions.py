@@ -210,3 +210,23 @@ def test_export_and_viewer_draw_instruction_time(tmp_path: Path) -> None:
     assert v.returncode == 0, v.stderr
     assert "instructions (all CPUs) +0 to +9k of 9k" in v.stdout
     assert "|+0" in v.stdout and "|+" in v.stdout.split("|+0", 1)[1]
+
+
+def test_a_guest_fp_trap_handled_in_the_world_switch_is_apart(tmp_path: Path) -> None:
+    # arm64 VHE: the guest's first FP instruction traps to EL2 (VM exit and
+    # FP_TRAP at 100), kvm_hyp_handle_fpsimd() loads its registers and the
+    # world switch re-enters at 296: the whole window, 196 instructions, is
+    # the trap's; then an exit the run loop handles, 400 instructions.
+    b = TraceBuilder(arch=fmt.Arch.AARCH64, features=ICOUNT)
+    b.task(A, 10, "vcpu0")
+    b.event(VM_EXIT, task=A, flags=F_TASK | 2, icount=100)
+    b.event(int(fmt.Kind.FP_TRAP), task=A, flags=F_TASK | 2, icount=100)
+    b.event(int(fmt.Kind.FPSIMD_LOAD), task=A, flags=F_TASK | 2, icount=200)
+    b.event(VM_ENTRY, task=A, flags=F_TASK | 2, icount=296)
+    b.event(VM_EXIT, task=A, flags=F_TASK | 2, icount=1000)
+    b.event(VM_ENTRY, task=A, flags=F_TASK | 2, icount=1400)
+    ic = instruction_costs(read_trace(b.write(tmp_path / "t.ftr")).events, SYMS, True)
+    assert ic is not None
+    assert (ic.fp_trap.count, ic.fp_trap.instructions) == (1, 196)
+    assert (ic.in_kernel.count, ic.in_kernel.instructions) == (1, 400)
+    assert ic.via_user.count == 0
