@@ -111,16 +111,19 @@ class Boundaries:
 
 
 class TaskKeys:
-    """A key per task lifetime: its task_struct pointer and pid (pointers are
-    reused after a task exits; pids are not reused that soon), found from an
-    event's task announcement; -1 where the task is unknown. Computed for the
-    events asked about, never for the whole trace."""
+    """A key per task lifetime: its task_struct pointer, pid and tgid
+    (pointers are reused after a task exits; pids are not reused that soon;
+    a nested guest's tasks, known without pids, are told apart by their
+    lifetime in tgid, fputrace.analysis.guest_view()), found from an event's
+    task announcement; -1 where the task is unknown. Computed for the events
+    asked about, never for the whole trace."""
 
     def __init__(self, tasks: npt.NDArray[np.void], ident: npt.NDArray[np.int64]) -> None:
         self.ident = ident
         self.latest: dict[int, int] = {}  # key -> its latest announcement (after exec)
         if len(tasks):
-            pairs = np.stack([tasks["task"], tasks["pid"].astype(np.uint64)], axis=1)
+            pairs = np.stack([tasks["task"], tasks["pid"].astype(np.uint64),
+                              tasks["tgid"].astype(np.uint64)], axis=1)
             inv = np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1)
             self.key_of_ident = inv.astype(np.int64)
             for a in np.argsort(tasks["seq"], kind="stable").tolist():
@@ -369,7 +372,8 @@ def kfpu_misuse(ev: npt.NDArray[np.void], symbols: Symbols
     is_probe = kinds == K.PROBE
     begin = is_probe & (ev["index"] == P.KFPU_BEGIN)
     end = is_probe & (ev["index"] == P.KFPU_END)
-    simd = (ev["flags"] & F.KERNEL_SIMD) != 0
+    # The nested guest's kernel SIMD is its own model's to judge.
+    simd = ((ev["flags"] & F.KERNEL_SIMD) != 0) & ((ev["flags"] & F.L2) == 0)
     open_on: dict[int, bool] = {}
     out: list[int] = []
     allowed: dict[int, bool] = {}

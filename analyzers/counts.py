@@ -69,6 +69,9 @@ def task_label(tasks: npt.NDArray[np.void], i: int) -> str:
     if i < 0:
         return "(unknown task)"
     comm = bytes(tasks["comm"][i]).split(b"\0", 1)[0].decode(errors="replace")
+    if not comm and not int(tasks["pid"][i]):
+        # A nested guest's task, known by its pointer alone (guest_view()).
+        return f"task {int(tasks['task'][i]):#x}"
     return f"{int(tasks['pid'][i])} {comm}"
 
 

@@ -94,7 +94,8 @@ def combine(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64], own: Ownersh
         while start < len(ev):
             idx = np.arange(start, min(start + step, len(ev)))
             k = ev["kind"][idx]
-            hit = idx[((k == fmt.Kind.USER_RETURN) | (k == fmt.Kind.VM_ENTRY)) &
+            l1 = (ev["flags"][idx] & fmt.Flag.L2) == 0  # not the nested guest's own
+            hit = idx[((k == fmt.Kind.USER_RETURN) | (k == fmt.Kind.VM_ENTRY)) & l1 &
                       (keys.at(idx) == key)]
             if len(hit):
                 return int(hit[0])

@@ -4,6 +4,9 @@ counts, costs, boundary checks and the findings that combine them."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import gzip
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +22,8 @@ from analyzers.switches import SwitchCosts, switch_costs
 from analyzers.timeline import cpu_timeline
 from analyzers.verdict import Verdict, combine
 from fputrace.trace import format as fmt
-from fputrace.trace.run import Run
+from fputrace.trace.run import Run, sidecar
+from fputrace.trace.symbols import Symbols
 
 K = fmt.Kind
 
@@ -63,6 +67,9 @@ class Analysis:
     traps: TrapCosts | None  # arm64 only
     switches: SwitchCosts | None  # None: the trace has no context switch probes
     instructions: InstructionCosts | None  # None: no instruction counts (format < 4)
+    # The nested guest's own kernel, analysed alike (guest_view()), when the
+    # trace follows its tasks (record --guest-kernel).
+    guest: Analysis | None = None
 
     @property
     def arm64(self) -> bool:
@@ -144,7 +151,62 @@ def vm_runs(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64]
     return out
 
 
+def host_view(r: Run) -> Run:
+    """The run as the L1 kernel's model sees it: without the nested guest's
+    task records (the two kernels' task pointers may coincide)."""
+    tasks = r.trace.tasks
+    l2 = (tasks["flags"] & np.uint16(fmt.TaskFlag.L2)) != 0
+    if not np.any(l2):
+        return r
+    return dataclasses.replace(r, trace=dataclasses.replace(r.trace, tasks=tasks[~l2]))
+
+
+def guest_view(r: Run) -> Run | None:
+    """The nested guest's own run: its events (L2), each with the guest's
+    task, as if its kernel had been recorded alone; None when the trace does
+    not follow the guest's tasks. Its symbols are the guest kernel's
+    (run.guest.kallsyms.gz), else the host's."""
+    tasks = r.trace.tasks
+    l2_tasks = (tasks["flags"] & np.uint16(fmt.TaskFlag.L2)) != 0
+    if not np.any(l2_tasks):
+        return None
+    ev = r.trace.events
+    mine = (ev["flags"] & np.uint32(fmt.Flag.L2)) != 0
+    gev = ev[mine].copy()
+    gev["task"] = gev["guest_task"]
+    flags = gev["flags"] & ~np.uint32(fmt.Flag.L2 | fmt.Flag.TASK_VALID)
+    gev["flags"] = flags | np.where(gev["guest_task"] != 0, np.uint32(fmt.Flag.TASK_VALID),
+                                    np.uint32(0))
+    gtasks = tasks[l2_tasks].copy()
+    gtasks["flags"] &= ~np.uint16(fmt.TaskFlag.L2)
+    # A task_struct is reused after its task exits: each fork's child (the
+    # guest's fork probe, arg0) is a new lifetime, numbered in tgid, as
+    # the guest's pids are not known.
+    forks = gev[(gev["kind"] == fmt.Kind.PROBE) & (gev["index"] == fmt.Probe.FORK_COPY)]
+    born = np.zeros(len(forks), dtype=fmt.TASK_DTYPE)
+    born["seq"], born["task"], born["vcpu"] = forks["seq"], forks["value"], forks["vcpu"]
+    born["tgid"] = np.arange(1, len(forks) + 1, dtype=np.uint32)
+    gtasks = np.sort(np.concatenate([gtasks, born]), order="seq", kind="stable")
+    symbols = r.symbols
+    syms_file = sidecar(r.trace.path, "guest.kallsyms.gz")
+    if syms_file.exists():
+        with contextlib.suppress(OSError, EOFError):
+            symbols = Symbols.parse(gzip.decompress(syms_file.read_bytes()).decode(
+                errors="replace"))
+    trace = dataclasses.replace(r.trace, events=gev, tasks=gtasks)
+    return Run(trace, symbols, r.meta)
+
+
 def analyze_run(r: Run) -> Analysis:
+    """The L1 kernel's analysis and, nested, the guest kernel's."""
+    guest = guest_view(r)
+    a = _analyze_level(host_view(r))
+    if guest is not None:
+        a.guest = _analyze_level(guest)
+    return a
+
+
+def _analyze_level(r: Run) -> Analysis:
     events, tasks = r.trace.events, r.trace.tasks
     own = analyze(events, r.symbols.values.get("init_fpstate"), tasks, tables=True)
     assert own.tables is not None and own.task_ident is not None

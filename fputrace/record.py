@@ -23,6 +23,7 @@ from pathlib import Path
 from fputrace import __version__
 from fputrace.errors import FputraceError
 from fputrace.foreign import AddedFile, ForeignRun, busybox_applets, guest_path
+from fputrace.guest import GUEST_MARK, HOST_MEMORY_MB, SHARE_MODULES, GuestPlan, guest_console
 from fputrace.initramfs import busybox_initramfs
 from fputrace.kernel.busybox import applets_busybox, busybox_for
 from fputrace.kernel.layout import (
@@ -45,6 +46,7 @@ from fputrace.machine import (
     run_machine,
 )
 from fputrace.paths import build_dir
+from fputrace.trace.format import Probe
 from fputrace.trace.run import sidecar
 from fputrace.trace.symbols import MODULE_LINE, Symbols
 from fputrace.workloads import WorkloadRun, parse_summary
@@ -90,6 +92,8 @@ class RecordResult:
     modules_dir: str = ""  # the kernel's modules directory, if it has one
     deterministic: bool = False  # the same inputs give the same trace
     deterministic_options: list[str] = field(default_factory=list)  # what QEMU was given
+    guest_kernel: str = ""  # the L2 guest's kernel (--guest-kernel), if any
+    guest_workloads: list[WorkloadOutcome] = field(default_factory=list)
     fputrace_version: str = __version__
 
     def save(self, path: Path) -> None:
@@ -105,7 +109,8 @@ def plugin_path() -> Path:
 
 def _init_script(modules: list[str], runs: list[WorkloadRun],
                  foreign: list[ForeignRun], tty: str = "ttyS",
-                 added: list[AddedFile] | None = None) -> str:
+                 added: list[AddedFile] | None = None,
+                 guest: GuestPlan | None = None) -> str:
     lines = [
         "#!/bin/sh",
         "mount -t proc proc /proc",
@@ -134,6 +139,8 @@ def _init_script(modules: list[str], runs: list[WorkloadRun],
     for i, f in enumerate(foreign):
         lines += [f"echo {MARK}-RUN-BEGIN {i}", f.script, f"echo {MARK}-RUN-END {i} $?",
                   dump_modules]
+    if guest is not None:
+        lines += [*guest.script(), dump_modules]
     lines += [f"echo {MARK}-DONE", "poweroff -f", ""]
     return "\n".join(lines)
 
@@ -160,6 +167,8 @@ def _parse_console(text: str, runs: list[WorkloadRun], foreign: list[ForeignRun]
     insmod_failed: list[str] = []
     for line in text.splitlines():
         s = line.strip()
+        if GUEST_MARK in s:
+            continue  # the L2 guest's console (guest_outcome())
         if "Kernel panic" in s:
             panic = True
         if s.startswith(f"{MARK}-RUN-BEGIN "):
@@ -194,7 +203,8 @@ def _parse_console(text: str, runs: list[WorkloadRun], foreign: list[ForeignRun]
 def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
                     added: list[AddedFile] | None = None,
                     foreign: list[ForeignRun] | None = None,
-                    extra_modules: list[str] | None = None) -> dict[str, Path]:
+                    extra_modules: list[str] | None = None,
+                    guest: GuestPlan | None = None) -> dict[str, Path]:
     """Write the initramfs that loads the modules the workloads need (and
     extra_modules, --module) and runs them, then the --run commands with the
     --add files under /added; return the modules loaded at boot, by name in
@@ -211,10 +221,13 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
     wanted = sorted({m for r in runs for m in r.modules} | set(extra_modules or []))
     wanted = [m for m in wanted if m.replace("-", "_") not in builtin]
     kvm_modules = [m for m in FOREIGN_MODULES[target.arch] if m not in builtin]
-    if foreign and kvm_modules and target.modules_dir is not None and \
+    if (foreign or guest) and kvm_modules and target.modules_dir is not None and \
             ModuleTree(target.modules_dir).has(kvm_modules[0]):
-        # The user's programs may be KVM users: give them /dev/kvm.
+        # The user's programs may be KVM users, the guest's VMM is: /dev/kvm.
         wanted = sorted({*wanted, *kvm_modules})
+    if guest is not None:
+        wanted = sorted({*wanted, *(m for m in SHARE_MODULES[target.arch]
+                                    if m not in builtin)})
     module_files: list[Path] = []
     if wanted:
         if target.modules_dir is None:
@@ -227,7 +240,7 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
                                             target.state_dir))
         names.append(SEED_MODULE)
     ramfs = busybox_initramfs(busybox, _init_script(names, runs, foreign,
-                                                    SERIAL_DEVICE[target.arch], added),
+                                                    SERIAL_DEVICE[target.arch], added, guest),
                               busybox_applets(applets_busybox()) if foreign else None)
     for p, n in zip(module_files, names, strict=True):
         # Decompressed here, so busybox insmod needs no xz/zstd support.
@@ -260,6 +273,20 @@ def plugin_arguments(target: KernelTarget, out: Path) -> list[str]:
 MAX_SMP = 16  # guest CPUs; the report's per-CPU tables hold far more
 
 
+def guest_plugin_arguments(guest: KernelTarget) -> list[str]:
+    """The nested guest kernel's probes, as L1's (fputrace.kernel.probes), so
+    that its model sees its purposeful changes (fork, exec, signals) too.
+    Its context switch, __switch_to(prev, next), names its current task from
+    then on: L2's events carry it and its user boundaries are recorded
+    (plugin/fputrace.c, gprobe=)."""
+    symbols = Symbols.load(guest.state_dir / "kallsyms")
+    probes = resolve_probes(symbols, guest.arch)
+    if not any(p.probe == Probe.CONTEXT_SWITCH for p in probes):
+        raise FputraceError(f"guest kernel {guest.identity} has no __switch_to symbol: "
+                            "its tasks cannot be followed")
+    return [f"gprobe={p.addr:#x}:{int(p.probe)}" + (":q" if p.quiet else "") for p in probes]
+
+
 def check_smp(smp: int) -> None:
     """The one range of guest CPUs, for the command and the library."""
     if not 1 <= smp <= MAX_SMP:
@@ -272,35 +299,50 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
            added: list[AddedFile] | None = None,
            foreign: list[ForeignRun] | None = None, kvm_mode: str = "vhe",
            extra_modules: list[str] | None = None,
-           deterministic: bool | None = None) -> RecordResult:
+           deterministic: bool | None = None,
+           guest_target: KernelTarget | None = None,
+           guest_runs: list[WorkloadRun] | None = None) -> RecordResult:
     """Boot, run the workloads, and leave the trace and its sidecars at `out`.
     deterministic: pin what the guest draws from the host (machine.py), so
     that the same inputs give the same trace event for event; None: where
-    the machine allows it (resolve_deterministic)."""
+    the machine allows it (resolve_deterministic). guest_target: an L2
+    Linux guest to boot inside, under a VMM in L1 (fputrace.guest), running
+    guest_runs."""
     plugin = plugin_path()
     check_smp(smp)
     deterministic = resolve_deterministic(deterministic, smp)
     if tick:
         tick("collecting kernel symbols (first use of this kernel only)", 0.0)
     kernel_layout(target)
+    if guest_target is not None:
+        kernel_layout(guest_target)
     out.parent.mkdir(parents=True, exist_ok=True)
     console = sidecar(out, "console.log")
     modsyms_tmp = sidecar(out, "modsyms.tmp")
-    for stale in (out, console, sidecar(out, "meta.json"), sidecar(out, "kallsyms.gz")):
+    for stale in (out, console, sidecar(out, "meta.json"), sidecar(out, "kallsyms.gz"),
+                  sidecar(out, "guest.kallsyms.gz")):
         stale.unlink(missing_ok=True)
     qemu = qemu_version(target.arch)
     with tempfile.TemporaryDirectory(prefix="fputrace-rec-") as tmp_s:
         tmp = Path(tmp_s)
+        guest = None
+        if guest_target is not None:
+            guest = GuestPlan(guest_target, tmp / "guest-initramfs.gz", target.arch)
+            build_initramfs(guest_target, guest_runs or [], guest.initramfs)
+            memory_mb = max(memory_mb, HOST_MEMORY_MB)
         loaded = build_initramfs(target, runs, tmp / "initramfs.gz", added, foreign,
-                                 extra_modules)
+                                 extra_modules, guest)
         plugin_args = [*plugin_arguments(target, out.resolve()),
                        f"kernel={target.identity.replace(',', ';')}", f"qemu={qemu}"]
+        if guest_target is not None and target.arch == "x86_64":
+            plugin_args += guest_plugin_arguments(guest_target)
         plugin_args += [f"msr={m:#x}" for m in extra_msrs or []]
         spec = MachineSpec(target.arch, target.vmlinuz, tmp / "initramfs.gz",
                            kernel_cmdline(target.arch, kvm_mode),
                            smp=smp, memory_mb=memory_mb,
                            plugin=",".join([str(plugin), *plugin_args]),
-                           serial_files=[console, modsyms_tmp], deterministic=deterministic)
+                           serial_files=[console, modsyms_tmp], deterministic=deterministic,
+                           extra_args=guest.qemu_args() if guest else [])
 
         def machine_tick(elapsed: float) -> None:
             if tick:
@@ -312,12 +354,18 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
 
     text = console.read_text(errors="replace") if console.exists() else ""
     seen = _parse_console(text, runs, foreign or [])
+    guest_seen = _parse_console(guest_console(text), guest_runs or [], []) \
+        if guest_target is not None else None
     base_syms = target.state_dir / "kallsyms"
     with gzip.open(sidecar(out, "kallsyms.gz"), "wb", compresslevel=6) as z:
         z.write(base_syms.read_bytes())
         if modsyms_tmp.exists():
             z.write(modsyms_tmp.read_bytes())
     modsyms_tmp.unlink(missing_ok=True)
+    if guest_target is not None:
+        # The guest kernel's own symbols, for its analysis (fputrace.analysis.guest_view).
+        with gzip.open(sidecar(out, "guest.kallsyms.gz"), "wb", compresslevel=6) as z:
+            z.write((guest_target.state_dir / "kallsyms").read_bytes())
 
     if not out.exists():
         raise FputraceError(f"QEMU wrote no trace ({result.status}: {result.detail}); "
@@ -340,6 +388,10 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
         failed = [o.label for o in seen.workloads if o.exit_status != 0]
         failed += [f"--run {r.command!r} (exit {r.exit_status})"
                    for r in seen.runs if r.exit_status != 0]
+        if guest_seen is not None:
+            failed += [f"L2 {o.label}" for o in guest_seen.workloads if o.exit_status != 0]
+            if not guest_seen.done:
+                failed.append("the L2 guest (it stopped before its workloads finished)")
         if failed:
             status, detail = "workload-failed", f"workload {', '.join(failed)} failed"
     rec = RecordResult(str(out), status, detail,
@@ -349,7 +401,9 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
                        {n: str(p.resolve()) for n, p in
                         {**added_modules(added or []), **loaded}.items()},
                        str(target.modules_dir.resolve()) if target.modules_dir else "",
-                       deterministic, deterministic_args() if deterministic else [])
+                       deterministic, deterministic_args() if deterministic else [],
+                       guest_target.identity if guest_target else "",
+                       guest_seen.workloads if guest_seen else [])
     rec.save(sidecar(out, "meta.json"))
     return rec
 

@@ -298,6 +298,7 @@ def analysis_json(a: Analysis, max_findings: int = 50) -> dict[str, Any]:
         **({"arm64_traps": a.traps.as_json()} if a.traps is not None else {}),
         **({"context_switches": a.switches.as_json()} if a.switches is not None else {}),
         **({"instructions": a.instructions.as_json()} if a.instructions is not None else {}),
+        **({"guest": analysis_json(a.guest, max_findings)} if a.guest is not None else {}),
     }
 
 
@@ -429,6 +430,10 @@ def render_summary(console: Console, a: Analysis, max_findings: int) -> None:
             f"{t['host_traps_per_context_switch']} per context switch"))
     console.print(escape(f"{run.trace.path}: {h.arch.name.lower()}, kernel {h.kernel or '-'}, "
                          f"{len(ev)} events; tables per call site, task, vCPU and kind: --full"))
+    if a.guest is not None:
+        console.print(escape(f"L2 guest: its own kernel's model, {len(a.guest.run.trace.events)} "
+                             f"events, {len(a.guest.run.trace.tasks)} task announcements:"))
+        render_summary(console, a.guest, max_findings)
 
 
 def _render_unconfirmed(console: Console, run: Run, verdict: Verdict, limit: int) -> None:

@@ -99,6 +99,7 @@ static qemu_plugin_u64 insns_entry;             /* vcpu_state.insns */
 static qemu_plugin_u64 insn_tail_entry;         /* vcpu_state.insn_tail */
 static qemu_plugin_u64 n_returns_entry;         /* vcpu_state.n_returns */
 qemu_plugin_u64 regs_dirty_entry;        /* vcpu_state.regs_dirty */
+qemu_plugin_u64 l2_iret_entry;           /* vcpu_state.l2_iret_pending */
 static uint64_t next_seq;               /* atomic */
 /*
  * Bumped by every probe hit (atomic). The probes include exec and task
@@ -175,8 +176,17 @@ uint64_t reg_read_u64(struct vcpu_state *vs, struct qemu_plugin_register *reg)
     return v;
 }
 
+/*
+ * Read guest memory at a virtual address of the running level. Not in the
+ * nested guest: QEMU 10.0 translates a plugin's read without the nested
+ * page tables, so it would return L1's memory at the guest's physical
+ * address (the guest's per-cpu current pointer read back as garbage).
+ */
 bool mem_read(struct vcpu_state *vs, uint64_t vaddr, void *out, size_t len)
 {
+    if (vs->in_l2) {
+        return false;
+    }
     g_byte_array_set_size(vs->scratch, 0);
     if (!qemu_plugin_read_memory_vaddr(vaddr, vs->scratch, len) ||
         vs->scratch->len < len) {
@@ -341,6 +351,16 @@ void event_begin(struct vcpu_state *vs, unsigned int vcpu_index,
         ev->flags |= FTR_FLAG_L2;
         ev->task = vs->l1_task_at_entry;
         task_valid = ev->task != 0;
+        /*
+         * __switch_to() saves prev's registers (switch_fpu_prepare()) before
+         * it writes current_task: a save right after the guest's switch
+         * probe is still prev's; anything else runs as next.
+         */
+        if (vs->guest_next && ftr_kind_role(kind) != FTR_ROLE_SAVE) {
+            vs->guest_current = vs->guest_next;
+            vs->guest_next = 0;
+        }
+        ev->guest_task = vs->guest_current;
     } else {
         ev->task = arch->current_task(vs, vcpu_index, cpl, kind == FTR_KIND_VM_ENTRY,
                                     ev->seq, &task_valid);
@@ -476,16 +496,87 @@ static void probe_await_return(struct vcpu_state *vs, const struct probe *pr,
                                uint64_t return_pc, uint64_t icount);
 
 /*
+ * Entering or leaving the nested guest: each level's user boundaries are
+ * its own (an L2 task in user mode when the guest exits is not L1's, and
+ * L1's pending entry waits while L2 runs).
+ */
+void vcpu_switch_level(struct vcpu_state *vs, bool to_l2)
+{
+    struct user_boundary now = {
+        .in_user = vs->in_user, .entry_seen = vs->entry_seen,
+        .entry_materialized = vs->entry_materialized, .entry_pending = vs->entry_pending,
+        .entry_pc = vs->entry_pc, .entry_icount = vs->entry_icount,
+        .entry_task = vs->entry_task, .entry_pl = vs->entry_pl,
+    };
+    const struct user_boundary *o = &vs->other_level;
+
+    vs->in_user = o->in_user;
+    vs->entry_seen = o->entry_seen;
+    vs->entry_materialized = o->entry_materialized;
+    vs->entry_pending = o->entry_pending;
+    vs->entry_pc = o->entry_pc;
+    vs->entry_icount = o->entry_icount;
+    vs->entry_task = o->entry_task;
+    vs->entry_pl = o->entry_pl;
+    vs->other_level = now;
+    vs->in_l2 = to_l2;
+}
+
+/* The probe of this level at a probed pc (both kernels may be the same image). */
+static const struct probe *probe_of_level(const struct probe *pr, bool l2)
+{
+    if (pr->guest == l2) {
+        return pr;
+    }
+    for (unsigned i = 0; i < cfg.n_probes; i++) {
+        if (cfg.probes[i].pc == pr->pc && cfg.probes[i].guest == l2) {
+            return &cfg.probes[i];
+        }
+    }
+    return NULL;
+}
+
+/*
+ * A context switch in the nested guest's kernel: __switch_to(prev, next)
+ * makes next its current task. The pointer comes from the argument
+ * register, as the guest's memory is not readable here (mem_read()); the
+ * task is announced with it alone, without pid or comm.
+ */
+static void guest_task_switch(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t next)
+{
+    if (!(next >> 63)) {
+        return;
+    }
+    if (next != vs->guest_current) {
+        struct ftr_task t = { .task = next, .vcpu = vcpu_index, .flags = FTR_TASK_FLAG_L2 };
+        uint64_t key = ftr_hash_mix64(next ^ 0x4c32) | 1;       /* "L2" */
+
+        if (seen_set_add(task_seen, TASK_TABLE_SIZE, key, true)) {
+            t.seq = __atomic_load_n(&next_seq, __ATOMIC_RELAXED);
+            vs->tasks[vs->n_tasks++] = t;
+            vs->tasks_total++;
+            if (vs->n_tasks == cfg.block_events) {
+                vcpu_flush_tasks(vs, vcpu_index);
+            }
+        }
+    }
+    vs->guest_next = next;      /* current from the next event that is not prev's save */
+}
+
+/*
  * The first instruction of a probed kernel function: its first arguments,
  * and who called it (the analysis names the caller of kernel_fpu_begin()).
  */
 void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
 {
-    const struct probe *pr = udata;
     struct vcpu_state *vs = vcpu_get(vcpu_index);
+    const struct probe *pr = probe_of_level(udata, vs->in_l2);
     struct ftr_event ev;
     uint64_t args[4];
 
+    if (!pr) {
+        return;                 /* the other kernel's function: not one here */
+    }
     arch->finish_pending(vs, vcpu_index);
     if (!pr->quiet) {
         /*
@@ -509,9 +600,12 @@ void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
     ev.value = args[0];
     ev.addr = args[1];
     ev.aux = args[2];
-    ev.xstate_bv = args[3];
+    ev.xstate_bv = args[3];     /* 0 in the guest: its stack is not readable */
     vcpu_commit_event(vs, vcpu_index, &ev);
-    if (pr->timed && args[3]) {
+    if (pr->guest && pr->id == FTR_PROBE_CONTEXT_SWITCH) {
+        guest_task_switch(vs, vcpu_index, ev.addr);
+    }
+    if (pr->timed && !pr->guest && args[3]) {
         probe_await_return(vs, pr, args[3], ev.icount);
     }
 }
@@ -556,6 +650,9 @@ static void vcpu_return_exec(unsigned int vcpu_index, void *udata)
     uint64_t n_insns = (uintptr_t)udata & 0xffff;
     struct ftr_event ev;
 
+    if (vs->in_l2) {
+        return;                 /* L1's return addresses */
+    }
     for (unsigned i = vs->n_returns; i-- > 0;) {
         const struct pending_return *r = &vs->returns[i];
         if (r->return_pc != pc) {
@@ -724,13 +821,18 @@ void insn_begin(size_t index, size_t n_insns)
  * first an inline store of the instruction's distance from its block's end
  * (once per instruction), so event_begin() knows its instruction count.
  */
-void insn_exec_cb(struct qemu_plugin_insn *insn, qemu_plugin_vcpu_udata_cb_t cb, void *udata)
+void insn_mark(struct qemu_plugin_insn *insn)
 {
     if (cfg.icount && insn_tail_marked != insn) {
         qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
             insn, QEMU_PLUGIN_INLINE_STORE_U64, insn_tail_entry, insn_tail_now);
         insn_tail_marked = insn;
     }
+}
+
+void insn_exec_cb(struct qemu_plugin_insn *insn, qemu_plugin_vcpu_udata_cb_t cb, void *udata)
+{
+    insn_mark(insn);
     qemu_plugin_register_vcpu_insn_exec_cb(insn, cb, QEMU_PLUGIN_CB_R_REGS, udata);
 }
 
@@ -867,7 +969,7 @@ static bool parse_arg(const char *arg)
         cfg.qemu_id = g_strdup(v);
         return true;
     }
-    if (!strcmp(k, "probe")) {
+    if (!strcmp(k, "probe") || !strcmp(k, "gprobe")) {
         g_auto(GStrv) parts = g_strsplit(v, ":", 3);
         uint64_t pc, pid;
         struct probe pr;
@@ -875,7 +977,7 @@ static bool parse_arg(const char *arg)
             pid == 0 || pid >= FTR_PROBE_MAX || cfg.n_probes == MAX_PROBES) {
             return false;
         }
-        pr = (struct probe){ .pc = pc, .id = pid };
+        pr = (struct probe){ .pc = pc, .id = pid, .guest = k[0] == 'g' };
         for (const char *f = parts[2] ? parts[2] : ""; *f; f++) {
             if (*f == 't') {
                 pr.timed = true;
@@ -885,7 +987,8 @@ static bool parse_arg(const char *arg)
                 return false;
             }
         }
-        cfg.timed_probes |= pr.timed;
+        cfg.timed_probes |= pr.timed && !pr.guest;
+        cfg.guest_tasks |= pr.guest && pid == FTR_PROBE_CONTEXT_SWITCH;
         cfg.probes[cfg.n_probes++] = pr;
         return true;
     }
@@ -972,6 +1075,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
                                                                entry_pending);
     regs_dirty_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
                                                             regs_dirty);
+    l2_iret_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
+                                                         l2_iret_pending);
     insns_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state, insns);
     insn_tail_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
                                                            insn_tail);

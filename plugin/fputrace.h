@@ -116,6 +116,13 @@ struct a64_vcpu {
     bool guest_fp_trapped;      /* the guest runs with FP/SIMD access trapped to EL2 */
 };
 
+/* A level's user-mode boundary state: L1's and L2's are kept apart. */
+struct user_boundary {
+    bool in_user, entry_seen, entry_materialized;
+    uint64_t entry_pending, entry_pc, entry_icount, entry_task;
+    unsigned entry_pl;
+};
+
 /*
  * Per-vCPU state, in a scoreboard: only its own vCPU thread touches it
  * while running, and the exit callback after all vCPUs stopped.
@@ -140,7 +147,19 @@ struct vcpu_state {
     uint64_t entry_task;
     unsigned entry_pl;          /* the kernel's privilege level at the entry */
     bool in_l2;
+    struct user_boundary other_level;  /* the level not running now: L2's while in L1 */
     uint64_t l1_task_at_entry;
+    /*
+     * The nested guest's current task: the next task of its kernel's last
+     * __switch_to() on this vCPU (a guest probe), 0 before the first.
+     */
+    uint64_t guest_current;
+    uint64_t guest_next;        /* switched to, but prev's save may still come */
+    /*
+     * The nested guest ran an IRET (scoreboard word): its frame cannot be
+     * read here, so the first user-mode block after it is the return.
+     */
+    uint64_t l2_iret_pending;
     uint64_t vmcb;              /* of the last VM entry */
     /*
      * The register file's hash as last read (at a save, after a restore, at
@@ -263,6 +282,7 @@ extern uint16_t xsave_word_feature[XSAVE_WORDS];
 struct probe {
     uint64_t pc;
     uint32_t id;                /* enum ftr_probe */
+    bool guest;                 /* a function of the nested guest's kernel (gprobe=) */
     bool timed;                 /* its return is recorded too (PROBE_RETURN) */
     bool quiet;                 /* it neither renames tasks nor rewrites buffers */
 };
@@ -278,6 +298,7 @@ struct ftr_config {
     struct probe probes[MAX_PROBES];
     unsigned n_probes;
     bool boundaries;
+    bool guest_tasks;           /* a guest context switch probe: L2's tasks are followed */
     bool derive_regs;           /* regs=derive (default) or regs=read */
     bool icount;                /* events carry the instruction count (default on) */
     bool timed_probes;          /* some probe is timed: returns are watched */
@@ -288,6 +309,7 @@ extern struct ftr_config cfg;
 
 /* A scoreboard word of struct vcpu_state that inline operations touch. */
 extern qemu_plugin_u64 regs_dirty_entry;        /* vcpu_state.regs_dirty */
+extern qemu_plugin_u64 l2_iret_entry;           /* vcpu_state.l2_iret_pending */
 extern uint64_t blocks_written;                 /* atomic */
 extern uint64_t write_errors;                   /* atomic */
 /* Translation-time tables, touched only under insn_lock. */
@@ -320,6 +342,7 @@ void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_index,
                             const uint64_t *regs_hash, bool defer);
 void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t user_pc);
 void vcpu_probe_exec(unsigned int vcpu_index, void *udata);
+void vcpu_switch_level(struct vcpu_state *vs, bool to_l2);
 bool buffer_first_save(uint64_t addr);
 const struct fpu_insn *insn_intern(const struct fpu_insn *fi, const uint8_t *bytes, size_t len,
                                    uint8_t mode);
@@ -329,6 +352,7 @@ uint64_t translation_reg_u64(struct qemu_plugin_register *reg);
 const struct probe *probe_lookup(uint64_t pc);
 void simd_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr, bool host_kernel);
 void insn_begin(size_t index, size_t n_insns);
+void insn_mark(struct qemu_plugin_insn *insn);
 void insn_exec_cb(struct qemu_plugin_insn *insn, qemu_plugin_vcpu_udata_cb_t cb, void *udata);
 
 /* ---- trace.c ----------------------------------------------------------- */

@@ -19,8 +19,9 @@
 /*
  * Version 3 added the header and block-header checksums (fields that were
  * reserved zeros in version 2), so a version 2 reader still decodes it.
- * Version 4 appended the event's instruction count (icount): its event
- * record is 136 bytes, which no earlier reader decodes.
+ * Version 4 appended the event's instruction count (icount) and the nested
+ * guest's current task (guest_task): its event record is 144 bytes, which no
+ * earlier reader decodes.
  */
 #define FTR_VERSION             4
 #define FTR_MIN_READER_VERSION  4
@@ -216,7 +217,16 @@ enum ftr_addr_size { FTR_ADDR_SIZES(FTR_DEFINE_ADDR_SIZE) };
     X(uint8_t, reserved8, ) \
     X(uint32_t, simd_pc, )              /* KERNEL_SIMD: low half of the last such pc */ \
     X(uint64_t, icount, )               /* instructions the vCPU retired before the \
-                                         * event's instruction (version 4, FTR_FEAT_ICOUNT) */
+                                         * event's instruction (version 4, FTR_FEAT_ICOUNT) */ \
+    X(uint64_t, guest_task, )           /* L2 events: the nested guest kernel's current \
+                                         * task (version 4, guest_current=; 0: unknown) */
+
+/* Task record flags: X(name, value) */
+#define FTR_TASK_FLAGS(X) \
+    X(L2, 0x1)                  /* a task of the nested guest's kernel (version 4) */
+
+#define FTR_DEFINE_TASK_FLAG(name, value) FTR_TASK_FLAG_##name = value,
+enum ftr_task_flag { FTR_TASK_FLAGS(FTR_DEFINE_TASK_FLAG) };
 
 #define FTR_TASK_FIELDS(X) \
     X(uint64_t, seq, ) \
@@ -270,7 +280,7 @@ struct ftr_block_header { FTR_BLOCK_HEADER_FIELDS(FTR_DECLARE_FIELD) };
 struct ftr_file_header { FTR_FILE_HEADER_FIELDS(FTR_DECLARE_FIELD) };
 struct ftr_footer { FTR_FOOTER_FIELDS(FTR_DECLARE_FIELD) };
 
-_Static_assert(sizeof(struct ftr_event) == 136, "event record is 136 bytes");
+_Static_assert(sizeof(struct ftr_event) == 144, "event record is 144 bytes");
 _Static_assert(sizeof(struct ftr_task) == 48, "task record is 48 bytes");
 _Static_assert(sizeof(struct ftr_block_header) == 24, "block header is 24 bytes");
 _Static_assert(sizeof(struct ftr_file_header) == 40, "fixed file header is 40 bytes");

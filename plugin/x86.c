@@ -283,6 +283,10 @@ static uint64_t x86_current_ptr(struct vcpu_state *vs)
 {
     uint64_t task = 0;
 
+    if (vs->in_l2) {
+        /* The guest's own, from its switches (a boundary is never prev's save). */
+        return vs->guest_next ? vs->guest_next : vs->guest_current;
+    }
     if (!cfg.current_addr || !vs->x86.kernel_gs_base ||
         !mem_read(vs, vs->x86.kernel_gs_base + cfg.current_addr, &task, sizeof(task))) {
         return 0;
@@ -506,8 +510,8 @@ static void x86_swapgs_exec(unsigned int vcpu_index, void *udata)
 {
     struct vcpu_state *vs = vcpu_get(vcpu_index);
 
-    if (!vs->in_user || vs->in_l2) {
-        return;                 /* the nested guest's own entries are its kernel's */
+    if (!vs->in_user || (vs->in_l2 && !cfg.guest_tasks)) {
+        return;                 /* the nested guest's own, untracked without its tasks */
     }
     vs->in_user = false;
     vs->last_regs_ok = false;   /* user code ran since anything was read */
@@ -524,7 +528,7 @@ static void x86_sysret_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
 {
     struct vcpu_state *vs = vcpu_get(vcpu_index);
 
-    if (!vs->in_l2) {
+    if (!vs->in_l2 || cfg.guest_tasks) {
         vcpu_user_return(vs, vcpu_index, reg_read_u64(vs, x86_regs.gpr[1]));
     }
 }
@@ -535,12 +539,30 @@ static void x86_iret_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
     struct vcpu_state *vs = vcpu_get(vcpu_index);
     uint64_t frame[2];
 
-    if (vs->in_l2 ||
-        !mem_read(vs, reg_read_u64(vs, x86_regs.gpr[4]), frame, sizeof(frame)) ||
+    if (vs->in_l2) {
+        /* The guest's memory is not readable through its nested page tables. */
+        vs->l2_iret_pending = cfg.guest_tasks;
+        return;
+    }
+    if (!mem_read(vs, reg_read_u64(vs, x86_regs.gpr[4]), frame, sizeof(frame)) ||
         (frame[1] & 3) != 3) {
         return;
     }
     vcpu_user_return(vs, vcpu_index, frame[0]);
+}
+
+/*
+ * The first instruction of a user-mode block after the nested guest's IRET:
+ * the IRET returned to user mode (udata: where).
+ */
+static void x86_l2_user_block_exec(unsigned int vcpu_index, void *udata)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+
+    vs->l2_iret_pending = 0;
+    if (vs->in_l2 && !vs->in_user) {
+        vcpu_user_return(vs, vcpu_index, (uintptr_t)udata);
+    }
 }
 
 /*
@@ -799,7 +821,7 @@ static void x86_vmrun_exec(unsigned int vcpu_index, void *udata)
     vs->last_regs_ok = false;   /* the guest runs */
     vcpu_commit_event(vs, vcpu_index, &ev);
     vs->l1_task_at_entry = ev.task;
-    vs->in_l2 = true;
+    vcpu_switch_level(vs, true);
 }
 
 /* The instruction after a VMRUN runs when the nested guest has exited. */
@@ -817,8 +839,11 @@ static void x86_vmexit_exec(unsigned int vcpu_index, void *udata)
      * is the one that entered, which cannot have been switched out between.
      */
     event_begin(vs, vcpu_index, &ev, FTR_KIND_VM_EXIT, (uintptr_t)udata, 0);
-    vs->in_l2 = false;
-    ev.flags &= ~FTR_FLAG_L2;
+    vcpu_switch_level(vs, false);
+    /* Kernel SIMD since the last event ran in the guest's kernel: not L1's to judge. */
+    ev.flags &= ~(FTR_FLAG_L2 | FTR_FLAG_KERNEL_SIMD);
+    ev.simd_pc = 0;
+    ev.guest_task = 0;
     ev.addr = vs->vmcb;
     event_read_regs(vs, &ev, true);     /* the guest's registers as it left them */
     vcpu_commit_event(vs, vcpu_index, &ev);
@@ -977,6 +1002,15 @@ static void x86_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
 static void x86_tb_trans(struct qemu_plugin_tb *tb)
 {
     size_t n = qemu_plugin_tb_n_insns(tb);
+
+    if (cfg.guest_tasks && cfg.boundaries && n && !(qemu_plugin_tb_vaddr(tb) >> 63)) {
+        /* User code, L1's or L2's: tested inline, called only after L2's IRET. */
+        insn_begin(0, n);
+        insn_mark(qemu_plugin_tb_get_insn(tb, 0));
+        qemu_plugin_register_vcpu_insn_exec_cond_cb(
+            qemu_plugin_tb_get_insn(tb, 0), x86_l2_user_block_exec, QEMU_PLUGIN_CB_R_REGS,
+            QEMU_PLUGIN_COND_EQ, l2_iret_entry, 1, (void *)(uintptr_t)qemu_plugin_tb_vaddr(tb));
+    }
 
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);

@@ -50,6 +50,7 @@ static void field(const char *name, size_t offset, size_t size)
     printf("%s\"%s\": \"%s\"", first++ ? ", " : "", #name, #role);
 #define PROBE(name, number) item(#name, FTR_PROBE_##name);
 #define FLAG(name, value) item(#name, FTR_FLAG_##name);
+#define TASK_FLAG(name, value) item(#name, FTR_TASK_FLAG_##name);
 #define ADDR_SIZE(name, number) item(#name, FTR_ADDR_##name);
 
 int main(void)
@@ -111,6 +112,9 @@ int main(void)
     close_object();
     open_object("addr_sizes");
     FTR_ADDR_SIZES(ADDR_SIZE)
+    close_object();
+    open_object("task_flags");
+    FTR_TASK_FLAGS(TASK_FLAG)
     close_object();
 
     /*

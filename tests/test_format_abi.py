@@ -62,6 +62,7 @@ def test_numbers(header: dict[str, Any]) -> None:
     assert header["flags"] == {name: int(f) for name, f in fmt.Flag.__members__.items()}
     assert header["features"] == {name: int(f) for name, f in fmt.Feature.__members__.items()}
     assert header["probes"] == {p.name: int(p) for p in fmt.Probe}
+    assert header["task_flags"] == {f.name: int(f) for f in fmt.TaskFlag}
     assert header["blocks"] == {b.name: int(b) for b in fmt.BlockType}
     assert header["arches"] == {a.name: int(a) for a in fmt.Arch}
     assert header["addr_sizes"] == {a.name[1:]: int(a) for a in fmt.AddrSize}

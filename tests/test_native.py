@@ -74,7 +74,7 @@ def build(rows: list[dict[str, object]]) -> np.ndarray:
         ev[i] = (i, 0xFFFFFFFF81000000 + i, r["task"], r["addr"], value, 7,
                  (after if restore else regs) + avx, after if restore else regs,
                  0, regs, after, r["xstate_bv"], 0 if kind == fmt.Kind.PROBE else r["prior"],
-                 index, 64, 7, flags, r["vcpu"], kind, 0, 0, 100 * i)
+                 index, 64, 7, flags, r["vcpu"], kind, 0, 0, 100 * i, 0)
     ev["addr"][ev["kind"] == fmt.Kind.VM_ENTRY] = 0x6370000
     return ev
 

@@ -70,7 +70,7 @@ def test_truncated_trace_reads_up_to_last_whole_block(tmp_path: Path) -> None:
         b.event(XRSTOR)
     data = b.build(block_events=4)
     hdr = len(header())
-    one_block = 24 + 4 * 136
+    one_block = 24 + 4 * 144
     cut = tmp_path / "cut.ftr"
     cut.write_bytes(data[: hdr + one_block + 100])
     t = read_trace(cut)
@@ -79,7 +79,7 @@ def test_truncated_trace_reads_up_to_last_whole_block(tmp_path: Path) -> None:
     assert list(t.events["seq"]) == [0, 1, 2, 3]
     assert t.problems == [
         f"truncated: the file ends inside a block at byte {hdr + one_block} "
-        "(76 of 544 payload bytes)",
+        "(76 of 576 payload bytes)",
         "no footer: the recording did not end cleanly"]
     line = describe_incomplete(t)
     assert line.startswith(f"{cut}: incomplete trace: truncated")
@@ -95,7 +95,7 @@ def test_file_cut_right_after_a_block_has_no_partial_block(tmp_path: Path) -> No
         b.event(XRSTOR)
     data = b.build(block_events=4)
     cut = tmp_path / "cut.ftr"
-    cut.write_bytes(data[: len(header()) + 2 * (24 + 4 * 136)])
+    cut.write_bytes(data[: len(header()) + 2 * (24 + 4 * 144)])
     t = read_trace(cut)
     assert len(t.events) == 8 and t.problems == ["no footer: the recording did not end cleanly"]
     assert t.truncated and not t.damaged
@@ -121,7 +121,7 @@ def test_corrupted_block_payload_costs_that_block_only(tmp_path: Path) -> None:
     for _ in range(12):
         b.event(XRSTOR)
     data = bytearray(b.build(block_events=4))
-    second = len(header()) + (24 + 4 * 136)
+    second = len(header()) + (24 + 4 * 144)
     data[second + 24 + 10] ^= 0xFF
     p = tmp_path / "t.ftr"
     p.write_bytes(bytes(data))
@@ -141,13 +141,13 @@ def test_damaged_block_header_resynchronises_on_the_next_block(tmp_path: Path) -
     for _ in range(12):
         b.event(XRSTOR)
     data = bytearray(b.build(block_events=4))
-    second = len(header()) + (24 + 4 * 136)
+    second = len(header()) + (24 + 4 * 144)
     data[second + 8] ^= 0x01
     p = tmp_path / "t.ftr"
     p.write_bytes(bytes(data))
     t = read_trace(p)
     assert list(t.events["seq"]) == [0, 1, 2, 3, 8, 9, 10, 11]
-    third = second + 24 + 4 * 136
+    third = second + 24 + 4 * 144
     assert t.problems[0] == (f"damaged: bytes {second}-{third - 1} are not a block "
                              "(a damaged block header or garbage)")
     assert t.events_lost == 4
@@ -259,7 +259,7 @@ def test_version_4_events_carry_their_instruction_count(tmp_path: Path) -> None:
     b.event(XRSTOR, icount=1234)
     b.event(XSAVEOPT, icount=1 << 40, simd_pc=7)
     data = b.build()
-    assert len(data) == len(header()) + 24 + 2 * 136 + 24 + 544
+    assert len(data) == len(header()) + 24 + 2 * 144 + 24 + 544
     (tmp_path / "v4.ftr").write_bytes(data)
     t = read_trace(tmp_path / "v4.ftr")
     assert [int(x) for x in t.events["icount"]] == [1234, 1 << 40]
@@ -298,7 +298,7 @@ def test_python_fallback_reads_the_same(tmp_path: Path, monkeypatch: pytest.Monk
     data = bytearray(b.build(block_events=3))
     whole = tmp_path / "whole.ftr"
     whole.write_bytes(bytes(data))
-    data[len(header()) + 2 * (24 + 3 * 136) + 30] ^= 0xFF  # inside the third block
+    data[len(header()) + 2 * (24 + 3 * 144) + 30] ^= 0xFF  # inside the third block
     broken = tmp_path / "broken.ftr"
     broken.write_bytes(bytes(data))
     compiled = [read_trace(p) for p in (whole, broken)]

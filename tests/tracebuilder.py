@@ -88,6 +88,7 @@ class Ev:
     flags: int = 0
     simd_pc: int = 0
     icount: int = 0
+    guest_task: int = 0
 
     def pack(self, version: int = fmt.FORMAT_VERSION) -> bytes:
         fields = (self.seq, self.pc, self.task, self.addr, self.value, self.xcr0,
@@ -97,7 +98,7 @@ class Ev:
                   self.vcpu, self.kind, 0, self.simd_pc)
         if version < fmt.ICOUNT_SINCE:
             return fmt.EVENT_STRUCT_V3.pack(*fields)
-        return fmt.EVENT_STRUCT.pack(*fields, self.icount)
+        return fmt.EVENT_STRUCT.pack(*fields, self.icount, self.guest_task)
 
 
 @dataclass
@@ -108,10 +109,11 @@ class Task:
     tgid: int
     comm: str
     vcpu: int = 0
+    flags: int = 0
 
     def pack(self) -> bytes:
         return fmt.TASK_STRUCT.pack(self.seq, self.task, self.pid, self.tgid,
-                                self.comm.encode()[:15], self.vcpu, 0, 0)
+                                self.comm.encode()[:15], self.vcpu, self.flags, 0)
 
 
 V = fmt.FORMAT_VERSION
@@ -173,10 +175,10 @@ class TraceBuilder:
         self.events.append(ev)
         return ev
 
-    def task(self, task: int, pid: int, comm: str, vcpu: int = 0, tgid: int | None = None
-             ) -> Task:
+    def task(self, task: int, pid: int, comm: str, vcpu: int = 0, tgid: int | None = None,
+             flags: int = 0) -> Task:
         """Announce a task at the seq of the next event (as the plugin does)."""
-        t = Task(self.next_seq, task, pid, pid if tgid is None else tgid, comm, vcpu)
+        t = Task(self.next_seq, task, pid, pid if tgid is None else tgid, comm, vcpu, flags)
         self.tasks.append(t)
         return t
 

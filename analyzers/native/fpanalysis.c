@@ -1242,6 +1242,10 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
         int rel = 0;
         unsigned cpu = e->vcpu % FPA_NCPU;
 
+        if ((e->kind == FTR_KIND_USER_ENTRY || e->kind == FTR_KIND_USER_RETURN) &&
+            (e->flags & FTR_FLAG_L2)) {
+            continue;           /* the nested guest's own boundaries: its model's */
+        }
         switch (e->kind) {
         case FTR_KIND_USER_ENTRY:
             rel = 1;

@@ -20,6 +20,8 @@ from fputrace.trace.run import sidecar
 from fputrace.workloads import WORKLOADS, parse_workloads
 
 DEFAULT_WORKLOAD = "kvm-pingpong:200"
+# Inside an L2 guest: the workloads that need no KVM of their own.
+GUEST_DEFAULT_WORKLOAD = "fpu-switch:200,signal:50,fork-exec:5"
 
 
 def add_parser(sub: Any) -> None:
@@ -62,6 +64,12 @@ def add_record_options(p: Any, default_output: Path) -> None:
                         "kernel, workloads and QEMU give the same trace event for event "
                         "(default with one CPU; --no-deterministic follows the host clock "
                         "and runs 1.5-1.8x faster)")
+    p.add_argument("--guest-kernel", metavar="SERIES|PATH",
+                   help="also boot this kernel as an L2 Linux guest of the recorded host, "
+                        "under this machine's QEMU run with KVM inside it (fputrace/guest.py)")
+    p.add_argument("--guest-workload", metavar="SPEC",
+                   help="the L2 guest's workloads, in --workload's syntax (default "
+                        f"{GUEST_DEFAULT_WORKLOAD})")
     p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
     p.add_argument("--memory", type=int, default=1024, help="guest memory in MiB (default 1024)")
     p.add_argument("--timeout", type=float, default=600, help="seconds before giving up "
@@ -98,6 +106,11 @@ def record_from_args(args: argparse.Namespace) -> RecordResult:
         raise FputraceError(f"--kvm-mode {args.kvm_mode} is an arm64 mode: add --arch arm64, "
                             "or leave --kvm-mode out")
     runs = parse_workloads(spec, arch) if spec else []
+    if args.guest_workload is not None and args.guest_kernel is None:
+        raise FputraceError("--guest-workload needs --guest-kernel: name the L2 guest's kernel, "
+                            "e.g. --guest-kernel 6.1")
+    guest_runs = parse_workloads(args.guest_workload or GUEST_DEFAULT_WORKLOAD, arch) \
+        if args.guest_kernel is not None else []
     foreign = []
     added = []
     if args.commands or args.add:
@@ -116,6 +129,8 @@ def record_from_args(args: argparse.Namespace) -> RecordResult:
                              "host clock (not reproducible)"))
     check_output(args.output, estimated_trace_bytes(runs, len(foreign)))
     target = resolve_kernel(args.kernel, DEBIAN_ARCH[arch], args.modules, args.vmlinux)
+    guest_target = resolve_kernel(args.guest_kernel, DEBIAN_ARCH[arch]) \
+        if args.guest_kernel is not None else None
     labels = ", ".join([*(r.label for r in runs), *(f"'{f.command}'" for f in foreign)])
     with console.status(f"recording {labels} on {target.identity}") as status:
 
@@ -126,10 +141,14 @@ def record_from_args(args: argparse.Namespace) -> RecordResult:
         result = record(target, runs, args.output, smp=args.smp, timeout_s=args.timeout,
                         memory_mb=args.memory, extra_msrs=msrs, tick=tick, added=added,
                         foreign=foreign, kvm_mode=args.kvm_mode,
-                        extra_modules=args.modules_load, deterministic=deterministic)
+                        extra_modules=args.modules_load, deterministic=deterministic,
+                        guest_target=guest_target, guest_runs=guest_runs)
     for w in result.workloads:
         summary = " ".join(f"{k}={v}" for k, v in w.summary.items()) or "no summary printed"
         console.print(escape(f"  {w.label}: exit {w.exit_status}, {summary}"))
+    for w in result.guest_workloads:
+        summary = " ".join(f"{k}={v}" for k, v in w.summary.items()) or "no summary printed"
+        console.print(escape(f"  L2 {w.label}: exit {w.exit_status}, {summary}"))
     for f in result.runs:
         console.print(escape(f"  --run {f.command!r}: exit {f.exit_status}, last line: "
                              f"{f.last_line or '(none)'}"))

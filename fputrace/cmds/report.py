@@ -75,4 +75,5 @@ def run(args: argparse.Namespace) -> int:
             render_timeline(console, timeline, args.timeline)
         if args.full:
             render_counts(console, r, a.counts, args.top)
-    return EXIT_FINDINGS if a.verdict.findings else 0
+    found = a.verdict.findings or (a.guest is not None and a.guest.verdict.findings)
+    return EXIT_FINDINGS if found else 0

@@ -15,8 +15,8 @@ import numpy as np
 MAGIC = b"FPUTRACE"
 BLOCK_MAGIC = 0x4B425446  # "FTBK"
 FORMAT_VERSION = 4
-# Version 4 appended the event's instruction count: no earlier reader
-# decodes its 136-byte events.
+# Version 4 appended the event's instruction count and the nested guest's
+# task: no earlier reader decodes its 144-byte events.
 MIN_READER_VERSION = 4
 # The newest format version this reader understands. A trace whose minimum
 # reader version is above this is refused by number.
@@ -202,8 +202,8 @@ _EVENT_FIELDS_V3 = [
 # Versions 1 to 3: the event without its instruction count.
 EVENT_DTYPE_V3 = np.dtype(_EVENT_FIELDS_V3)
 assert EVENT_DTYPE_V3.itemsize == 128
-EVENT_DTYPE = np.dtype([*_EVENT_FIELDS_V3, ("icount", "<u8")])
-assert EVENT_DTYPE.itemsize == 136
+EVENT_DTYPE = np.dtype([*_EVENT_FIELDS_V3, ("icount", "<u8"), ("guest_task", "<u8")])
+assert EVENT_DTYPE.itemsize == 144
 
 
 def event_dtype(version: int) -> np.dtype:
@@ -213,6 +213,10 @@ def event_dtype(version: int) -> np.dtype:
 # A probe event's field holding the function's return address at its first
 # instruction: who called it (ftr-format.h, FTR_EVENT_FIELDS).
 PROBE_CALLER = "xstate_bv"
+
+class TaskFlag(enum.IntFlag):
+    L2 = 0x1  # a task of the nested guest's kernel (version 4)
+
 
 TASK_DTYPE = np.dtype(
     [

@@ -1,0 +1,77 @@
+"""An L2 Linux guest inside the recorded L1 host (record --guest-kernel).
+
+The L2 guest runs under a real VMM in L1: this machine's own
+qemu-system-* with `-accel kvm`, so the L1 kernel's KVM (the code being
+recorded) runs a real Linux kernel with its own tasks, context switches
+and FPU state handling. No VMM is put in the initramfs: QEMU shares this
+machine's root file system into L1 read-only over 9p (`-virtfs`, a
+virtio-9p device), and L1 runs the VMM in a chroot of it, with its own
+/dev (for /dev/kvm), /proc and /sys bound in. The VMM is then the very
+binary and libraries this machine runs, without a copy; it needs only the
+9p and virtio-pci modules in L1, which Debian's kernels have.
+
+The guest boots a Debian kernel (fetched as for --kernel) with an
+initramfs of the same kind as L1's, running the guest workloads, which
+check their own registers. Its console comes back through the VMM's
+stdout, each line prefixed with GUEST_MARK on L1's console, so that the
+recorder reads the guest's own workload results from it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from fputrace.kernel.layout import KernelTarget, kernel_cmdline
+
+GUEST_MARK = "FPUTRACE-L2 "
+# The 9p share's tag and where L1 mounts it.
+SHARE_TAG = "fputrace-root"
+HOST_ROOT = "/host"
+# The L1 modules the share needs (their dependencies come with them).
+SHARE_MODULES = {"x86_64": ["virtio_pci", "9pnet_virtio", "9p"],
+                 "aarch64": ["virtio_pci", "9pnet_virtio", "9p"]}
+# The VMM in L1, by architecture, and its machine.
+VMM = {"x86_64": ["qemu-system-x86_64", "-cpu", "host"],
+       "aarch64": ["qemu-system-aarch64", "-M", "virt,gic-version=3", "-cpu", "host"]}
+GUEST_MEMORY_MB = 256
+# L1 needs room for the guest's memory and the VMM besides its own.
+HOST_MEMORY_MB = 1536
+
+
+@dataclass(frozen=True)
+class GuestPlan:
+    target: KernelTarget  # the L2 kernel
+    initramfs: Path  # on this machine, seen by L1 at the same path under HOST_ROOT
+    host_arch: str
+
+    def qemu_args(self) -> list[str]:
+        """The share, for L1's QEMU command line: this machine's / read-only."""
+        return ["-virtfs", f"local,path=/,mount_tag={SHARE_TAG},security_model=none,"
+                           f"readonly=on,id={SHARE_TAG}"]
+
+    def script(self) -> list[str]:
+        """The L1 shell lines that boot the guest and relay its console."""
+        vmm = [*VMM[self.host_arch], "-accel", "kvm", "-m", str(GUEST_MEMORY_MB), "-smp", "1",
+               "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none",
+               "-kernel", str(self.target.vmlinuz.resolve()),
+               "-initrd", str(self.initramfs.resolve()),
+               "-append", kernel_cmdline(self.target.arch),
+               "-serial", "stdio", "-serial", "null"]
+        return [
+            f"mkdir -p {HOST_ROOT}",
+            f"mount -t 9p -o trans=virtio,version=9p2000.L,ro {SHARE_TAG} {HOST_ROOT} "
+            f"|| echo FPUTRACE-GUEST-FAILED cannot mount the 9p share",
+            f"for d in dev proc sys; do mount --bind /$d {HOST_ROOT}/$d; done",
+            "echo FPUTRACE-GUEST-BEGIN",
+            f"chroot {HOST_ROOT} {' '.join(shlex.quote(a) for a in vmm)} </dev/null 2>&1 "
+            f"| while IFS= read -r line; do echo \"{GUEST_MARK}$line\"; done",
+            "echo FPUTRACE-GUEST-END",
+        ]
+
+
+def guest_console(text: str) -> str:
+    """The guest's own console lines out of L1's."""
+    return "\n".join(line.split(GUEST_MARK, 1)[1] for line in text.splitlines()
+                     if GUEST_MARK in line)
