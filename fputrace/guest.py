@@ -20,12 +20,14 @@ recorder reads the guest's own workload results from it.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fputrace.kernel.layout import KernelTarget, kernel_cmdline
+from fputrace.workloads import WorkloadRun
 
-GUEST_MARK = "FPUTRACE-L2 "
+MARK = "FPUTRACE"
+GUEST_MARK = f"{MARK}-L2 "
 # The 9p share's tag and where L1 mounts it.
 SHARE_TAG = "fputrace-root"
 HOST_ROOT = "/host"
@@ -45,6 +47,9 @@ class GuestPlan:
     target: KernelTarget  # the L2 kernel
     initramfs: Path  # on this machine, seen by L1 at the same path under HOST_ROOT
     host_arch: str
+    # L1 workloads run in the background while the guest runs (--alongside),
+    # stopped with SIGTERM when it ends: a hog preempts the vCPU thread.
+    alongside: list[WorkloadRun] = field(default_factory=list)
 
     def qemu_args(self) -> list[str]:
         """The share, for L1's QEMU command line: this machine's / read-only."""
@@ -59,15 +64,26 @@ class GuestPlan:
                "-initrd", str(self.initramfs.resolve()),
                "-append", kernel_cmdline(self.target.arch),
                "-serial", "stdio", "-serial", "null"]
+        start, finish = [], []
+        for i, r in enumerate(self.alongside):
+            log = f"/alongside-{i}.log"
+            start.append(f"( exec /workloads/{r.workload.binary_name} {r.count} "
+                         f"{' '.join(r.workload.args)} >{log} 2>&1 ) & along{i}=$!")
+            # Its output after the guest's, in the recorder's usual frame.
+            finish += [f"kill -TERM $along{i} 2>/dev/null; wait $along{i}; rc=$?",
+                       f"echo {MARK}-WORKLOAD-BEGIN {r.label}", f"cat {log}",
+                       f"echo {MARK}-WORKLOAD-END {r.label} $rc"]
         return [
             f"mkdir -p {HOST_ROOT}",
             f"mount -t 9p -o trans=virtio,version=9p2000.L,ro {SHARE_TAG} {HOST_ROOT} "
             f"|| echo FPUTRACE-GUEST-FAILED cannot mount the 9p share",
             f"for d in dev proc sys; do mount --bind /$d {HOST_ROOT}/$d; done",
+            *start,
             "echo FPUTRACE-GUEST-BEGIN",
             f"chroot {HOST_ROOT} {' '.join(shlex.quote(a) for a in vmm)} </dev/null 2>&1 "
             f"| while IFS= read -r line; do echo \"{GUEST_MARK}$line\"; done",
             "echo FPUTRACE-GUEST-END",
+            *finish,
         ]
 
 

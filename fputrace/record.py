@@ -204,7 +204,8 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
                     added: list[AddedFile] | None = None,
                     foreign: list[ForeignRun] | None = None,
                     extra_modules: list[str] | None = None,
-                    guest: GuestPlan | None = None) -> dict[str, Path]:
+                    guest: GuestPlan | None = None,
+                    alongside: list[WorkloadRun] | None = None) -> dict[str, Path]:
     """Write the initramfs that loads the modules the workloads need (and
     extra_modules, --module) and runs them, then the --run commands with the
     --add files under /added; return the modules loaded at boot, by name in
@@ -212,7 +213,7 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
     added = added or []
     foreign = foreign or []
     busybox = busybox_for(target.arch)
-    for r in runs:
+    for r in [*runs, *(alongside or [])]:
         if not r.binary.exists():
             raise FputraceError(f"workload {r.workload.name} not built ({r.binary} missing): "
                                 "run 'make setup'")
@@ -245,7 +246,7 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
     for p, n in zip(module_files, names, strict=True):
         # Decompressed here, so busybox insmod needs no xz/zstd support.
         ramfs.file(f"modules/{n}.ko", module_bytes(p))
-    for r in runs:
+    for r in [*runs, *(alongside or [])]:
         ramfs.copy(f"workloads/{r.workload.binary_name}", r.binary, 0o755)
     for f in added:
         ramfs.copy(f.guest, f.src)
@@ -301,13 +302,14 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
            extra_modules: list[str] | None = None,
            deterministic: bool | None = None,
            guest_target: KernelTarget | None = None,
-           guest_runs: list[WorkloadRun] | None = None) -> RecordResult:
+           guest_runs: list[WorkloadRun] | None = None,
+           alongside: list[WorkloadRun] | None = None) -> RecordResult:
     """Boot, run the workloads, and leave the trace and its sidecars at `out`.
     deterministic: pin what the guest draws from the host (machine.py), so
     that the same inputs give the same trace event for event; None: where
     the machine allows it (resolve_deterministic). guest_target: an L2
     Linux guest to boot inside, under a VMM in L1 (fputrace.guest), running
-    guest_runs."""
+    guest_runs, with the host's `alongside` workloads in the background."""
     plugin = plugin_path()
     check_smp(smp)
     deterministic = resolve_deterministic(deterministic, smp)
@@ -327,11 +329,12 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
         tmp = Path(tmp_s)
         guest = None
         if guest_target is not None:
-            guest = GuestPlan(guest_target, tmp / "guest-initramfs.gz", target.arch)
+            guest = GuestPlan(guest_target, tmp / "guest-initramfs.gz", target.arch,
+                              alongside or [])
             build_initramfs(guest_target, guest_runs or [], guest.initramfs)
             memory_mb = max(memory_mb, HOST_MEMORY_MB)
         loaded = build_initramfs(target, runs, tmp / "initramfs.gz", added, foreign,
-                                 extra_modules, guest)
+                                 extra_modules, guest, alongside or [])
         plugin_args = [*plugin_arguments(target, out.resolve()),
                        f"kernel={target.identity.replace(',', ';')}", f"qemu={qemu}"]
         if guest_target is not None and target.arch == "x86_64":
@@ -353,7 +356,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     wall = time.monotonic() - started
 
     text = console.read_text(errors="replace") if console.exists() else ""
-    seen = _parse_console(text, runs, foreign or [])
+    seen = _parse_console(text, [*runs, *(alongside or [])], foreign or [])
     guest_seen = _parse_console(guest_console(text), guest_runs or [], []) \
         if guest_target is not None else None
     base_syms = target.state_dir / "kallsyms"

@@ -66,6 +66,11 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     "kvm-pingpong with a CPU-bound task holding SSE state on the same CPU: "
                     "the vCPU thread is preempted inside KVM_RUN",
                     program="kvm-pingpong", args=("hog",)),
+        WorkloadDef("fpu-hog", 0, (),
+                    "a CPU-bound task holding SSE state through long spins, checking it "
+                    "after each: N rounds, or with 0 (the default) until the recording "
+                    "stops it (record --alongside: it preempts the L2 guest's vCPU thread)",
+                    events_per_count=2),
         WorkloadDef("fork-exec", 20, (),
                     "N rounds of fork, then exec twice before the child runs, checking the "
                     "child's, the exec'd and the parent's registers", events_per_count=400),
@@ -111,7 +116,10 @@ class WorkloadRun:
         return f"{self.workload.name}:{self.count}"
 
 
-def parse_workloads(spec: str, arch: str = "x86_64") -> list[WorkloadRun]:
+def parse_workloads(spec: str, arch: str = "x86_64", alongside: bool = False
+                    ) -> list[WorkloadRun]:
+    """alongside: they run in the background while an L2 guest runs
+    (record --alongside), so one that runs until stopped (count 0) may."""
     runs: list[WorkloadRun] = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, count_s = item.partition(":")
@@ -119,7 +127,7 @@ def parse_workloads(spec: str, arch: str = "x86_64") -> list[WorkloadRun]:
             if count_s:
                 raise FputraceError("'all' takes no count: name the workloads one by one")
             runs += [WorkloadRun(w, w.default_count, arch) for w in WORKLOADS.values()
-                     if not w.seed_module and w.runs_on(arch)]
+                     if not w.seed_module and w.default_count and w.runs_on(arch)]
             continue
         if name not in WORKLOADS:
             raise FputraceError(f"unknown workload '{name}': choose from "
@@ -132,7 +140,11 @@ def parse_workloads(spec: str, arch: str = "x86_64") -> list[WorkloadRun]:
             ours = [n for n, d in WORKLOADS.items() if d.runs_on(arch)]
             raise FputraceError(f"workload {name} is not built for {arch}: choose from "
                                 f"{', '.join([*ours, 'all'])}")
-        runs.append(WorkloadRun(w, int(count_s) if count_s else w.default_count, arch))
+        run = WorkloadRun(w, int(count_s) if count_s else w.default_count, arch)
+        if not run.count and not alongside:
+            raise FputraceError(f"{name} runs until it is stopped: give it a count "
+                                f"({name}:1000), or run it with --alongside next to a guest")
+        runs.append(run)
     if not runs:
         raise FputraceError("no workload given: try --workload kvm-pingpong:200, or --run")
     return runs

@@ -18,7 +18,7 @@ from e2e import fputrace, kernel_available, workload_line
 
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
-from fputrace.trace.run import sidecar
+from fputrace.trace.run import load_run, sidecar
 
 GUEST_WORKLOADS = "fpu-switch:200,signal:30,fork-exec:3"
 
@@ -27,8 +27,11 @@ GUEST_WORKLOADS = "fpu-switch:200,signal:30,fork-exec:3"
 def nested(qemu_plugin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     kernel_available("6.1")
     out = tmp_path_factory.mktemp("l2") / "l2.ftr"
+    # fpu-hog, in L1 alongside the guest on its one CPU, preempts the vCPU
+    # thread of L1's VMM inside KVM_RUN (test_..._preempts_the_vcpu_thread).
     p = fputrace("record", "--kernel", "6.1", "--workload", "kvm-pingpong:20",
-                 "--guest-kernel", "6.1", "--guest-workload", GUEST_WORKLOADS, "-o", str(out))
+                 "--guest-kernel", "6.1", "--guest-workload", GUEST_WORKLOADS,
+                 "--alongside", "fpu-hog", "-o", str(out))
     assert p.returncode == 0, p.stderr
     assert "L2 fpu-switch:200: exit 0" in p.stderr
     return out
@@ -86,10 +89,87 @@ def test_guest_events_belong_to_guest_tasks(nested: Path) -> None:
     after = l2 & (np.arange(len(ev)) > first + 1)
     assert np.all(ev["guest_task"][after] != 0)
     guest_tasks = t.tasks[(t.tasks["flags"] & fmt.TaskFlag.L2) != 0]
-    assert len(guest_tasks) >= 10
+    assert len(guest_tasks) >= 10 and int(np.count_nonzero(l2)) > 5000
     # fpu-switch's 2 tasks hand the CPU to each other 400 times (its own
     # count): the guest's most frequent switch pair is theirs.
     pairs = Counter(frozenset((int(a), int(b))) for a, b in
                     zip(ev["value"][switch].tolist(), ev["addr"][switch].tolist(), strict=True))
     (_, n), = pairs.most_common(1)
     assert 400 <= n <= 400 + 8, pairs.most_common(3)
+
+
+def test_guest_switches_while_a_host_hog_preempts_the_vcpu_thread(nested: Path) -> None:
+    preempted = nested
+    # fpu-switch runs inside L2 while fpu-hog, on L1's one CPU, preempts the
+    # vCPU thread of L1's VMM inside KVM_RUN. Each checks its own registers
+    # (the guest's: test_the_guest_boots_...).
+    hog = workload_line(sidecar(preempted, "console.log"), "fpu-hog")
+    assert hog["mismatches"] == "0" and int(hog["rounds"]) > 100
+    rep = json.loads(fputrace("report", "--json", str(preempted)).stdout)
+
+    t = read_trace(preempted)
+    ev = t.events
+    kinds, task = ev["kind"], ev["task"]
+    l1 = (ev["flags"] & fmt.Flag.L2) == 0
+    save = l1 & fmt.SAVE_TABLE[kinds]
+    restore = l1 & fmt.RESTORE_TABLE[kinds]
+    probe = l1 & (kinds == fmt.Kind.PROBE)
+    switch = probe & (ev["index"] == fmt.Probe.CONTEXT_SWITCH)
+    vm_entry = kinds == fmt.Kind.VM_ENTRY
+    vcpu_thread = Counter(task[vm_entry].tolist()).most_common(1)[0][0]
+    # The host's swap, fpu_swap_kvm_fpstate() (arch/x86/kernel/fpu/core.c):
+    # it saves the current registers unless TIF_NEED_FPU_LOAD says they are
+    # not live (save_fpregs_to_fpstate()), swaps fpstate, and loads the other
+    # (restore_fpregs_from_fpstate()): in each call one restore, at most one save.
+    swap_pc = load_run(preempted).symbols.values["fpu_swap_kvm_fpstate"]
+    at_swap = l1 & (ev["pc"] == swap_pc)
+    begins = np.flatnonzero(at_swap & (kinds == fmt.Kind.PROBE))
+    ends = np.flatnonzero(at_swap & (kinds == fmt.Kind.PROBE_RETURN))
+    swaps = 0
+    for r in ends.tolist():
+        i = int(np.searchsorted(begins, r)) - 1
+        begin = int(begins[i])
+        assert int(np.count_nonzero(restore[begin:r])) == 1, (begin, r)
+        assert int(np.count_nonzero(save[begin:r])) <= 1, (begin, r)
+        swaps += 1
+    assert swaps > 100
+    # Preemption inside KVM_RUN: between a VM exit and the vCPU thread's next
+    # entry, a switch away from it and back. __switch_to(): switch_fpu_prepare()
+    # saves the live guest fpstate, switch_fpu_finish() sets TIF_NEED_FPU_LOAD;
+    # before the entry vcpu_enter_guest() calls switch_fpu_return(), whose
+    # fpregs_restore_userregs() restores the fpstate unless fpregs_state_valid():
+    # unless no other context's state was loaded on the CPU meanwhile (a
+    # kernel thread that ran in between leaves the registers the guest's).
+    exits = np.flatnonzero(l1 & (kinds == fmt.Kind.VM_EXIT) & (task == vcpu_thread))
+    sfr_pc = load_run(preempted).symbols.values["switch_fpu_return"]
+    thread_entries = np.flatnonzero(vm_entry & (task == vcpu_thread))
+    judged = restored_after_hog = 0
+    for x in exits.tolist():
+        at = int(np.searchsorted(thread_entries, x))
+        if at == len(thread_entries):
+            continue
+        e = int(thread_entries[at])
+        if not np.any(switch[x + 1:e]):
+            continue  # not preempted: nothing to look at
+        window = np.arange(x + 1, e)
+        away = window[switch[window] & (ev["value"][window] == vcpu_thread)]
+        user = window[(kinds[window] == fmt.Kind.USER_RETURN) & l1[window]
+                      & (task[window] == vcpu_thread)]
+        if not len(away) or len(user):
+            continue  # not preempted, or KVM_RUN returned to the VMM first
+        back = window[switch[window] & (ev["addr"][window] == vcpu_thread)]
+        assert len(back) and back[-1] > away[0], (x, e)
+        gone, came = int(away[0]), int(back[-1])
+        assert np.any(save[gone:came] & (task[gone:came] == vcpu_thread)), (x, e)
+        assert np.any(probe[came:e] & (ev["pc"][came:e] == sfr_pc)), (x, e)
+        others_loaded = bool(np.any(restore[gone:came] & (task[gone:came] != vcpu_thread)))
+        restored = bool(np.any(restore[came:e] & (task[came:e] == vcpu_thread)))
+        assert restored == others_loaded, (x, e, restored)
+        judged += 1
+        restored_after_hog += restored
+    assert judged >= 10 and restored_after_hog >= 5, (judged, restored_after_hog)
+    # Per guest context switch, the guest's own model: fpu-switch's 400
+    # hand-offs each save the outgoing task's registers and restore the
+    # incoming one's at its return to user mode.
+    cs = rep["guest"]["context_switches"]
+    assert cs["saves"] >= 400 and cs["restores"] >= 400, cs

@@ -82,6 +82,27 @@ static inline int fp_equal(const struct fp_file *a, const struct fp_file *b)
     return memcmp(a, b, sizeof(*a)) == 0;
 }
 
+/*
+ * One round of a CPU hog: hold a pattern in xmm0-15 through an integer spin
+ * of `spin` iterations (where the task gets preempted), then compare them.
+ * Returns 1 when the registers did not survive.
+ */
+static inline int xmm_hold_round(unsigned seed, unsigned spin)
+{
+    struct fp_file in, out;
+
+    fp_pattern(&in, seed);
+    __asm__ volatile(XMM_LOAD_ALL("%[in]")
+                     "mov %[spin], %%ecx\n"
+                     "1: dec %%ecx\n jnz 1b\n"
+                     XMM_STORE_ALL("%[out]")
+                     : : [in] "r"(&in), [out] "r"(&out), [spin] "r"(spin)
+                     : "rcx", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5",
+                       "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
+                       "xmm13", "xmm14", "xmm15");
+    return !fp_equal(&in, &out);
+}
+
 /* Every register of xmm0-15, loaded from *f (a signal handler's clobber). */
 static inline void fp_load_all(const struct fp_file *f)
 {

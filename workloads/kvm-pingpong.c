@@ -68,20 +68,8 @@ static const uint8_t guest_code[] = {
  */
 static void hog(volatile long *rounds, volatile long *mismatches)
 {
-    struct fp_file in, out;
-
     for (unsigned seed = 1;; seed++) {
-        fp_pattern(&in, seed);
-        __asm__ volatile(XMM_LOAD_ALL("%[in]")
-                         "mov %[spin], %%ecx\n"
-                         "1: dec %%ecx\n jnz 1b\n"
-                         XMM_STORE_ALL("%[out]")
-                         : : [in] "r"(&in), [out] "r"(&out), [spin] "i"(HOG_SPIN)
-                         : "rcx", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5",
-                           "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
-                           "xmm13", "xmm14", "xmm15");
-        if (!fp_equal(&in, &out))
-            (*mismatches)++;
+        *mismatches += xmm_hold_round(seed, HOG_SPIN);
         (*rounds)++;
     }
 }

@@ -70,6 +70,9 @@ def add_record_options(p: Any, default_output: Path) -> None:
     p.add_argument("--guest-workload", metavar="SPEC",
                    help="the L2 guest's workloads, in --workload's syntax (default "
                         f"{GUEST_DEFAULT_WORKLOAD})")
+    p.add_argument("--alongside", metavar="SPEC",
+                   help="host workloads run in the background while the L2 guest runs, "
+                        "stopped when it ends (e.g. fpu-hog: it preempts the vCPU thread)")
     p.add_argument("--smp", type=int, default=1, help="guest CPUs (default 1)")
     p.add_argument("--memory", type=int, default=1024, help="guest memory in MiB (default 1024)")
     p.add_argument("--timeout", type=float, default=600, help="seconds before giving up "
@@ -111,6 +114,11 @@ def record_from_args(args: argparse.Namespace) -> RecordResult:
                             "e.g. --guest-kernel 6.1")
     guest_runs = parse_workloads(args.guest_workload or GUEST_DEFAULT_WORKLOAD, arch) \
         if args.guest_kernel is not None else []
+    if args.alongside is not None and args.guest_kernel is None:
+        raise FputraceError("--alongside runs next to an L2 guest: add --guest-kernel, "
+                            "e.g. --guest-kernel 6.1")
+    alongside = parse_workloads(args.alongside, arch, alongside=True) \
+        if args.alongside is not None else []
     foreign = []
     added = []
     if args.commands or args.add:
@@ -142,7 +150,8 @@ def record_from_args(args: argparse.Namespace) -> RecordResult:
                         memory_mb=args.memory, extra_msrs=msrs, tick=tick, added=added,
                         foreign=foreign, kvm_mode=args.kvm_mode,
                         extra_modules=args.modules_load, deterministic=deterministic,
-                        guest_target=guest_target, guest_runs=guest_runs)
+                        guest_target=guest_target, guest_runs=guest_runs,
+                        alongside=alongside)
     for w in result.workloads:
         summary = " ".join(f"{k}={v}" for k, v in w.summary.items()) or "no summary printed"
         console.print(escape(f"  {w.label}: exit {w.exit_status}, {summary}"))
