@@ -34,7 +34,10 @@ HOST_ROOT = "/host"
 # The L1 modules the share needs (their dependencies come with them).
 SHARE_MODULES = {"x86_64": ["virtio_pci", "9pnet_virtio", "9p"],
                  "aarch64": ["virtio_pci", "9pnet_virtio", "9p"]}
-# The VMM in L1, by architecture, and its machine.
+# The VMM in L1, by architecture, and its machine. L1 must be of this
+# machine's architecture, whose binaries the share holds (an arm64 L1 on an
+# x86-64 machine would need an arm64 root file system: fputrace.cmds.record
+# refuses it).
 VMM = {"x86_64": ["qemu-system-x86_64", "-cpu", "host"],
        "aarch64": ["qemu-system-aarch64", "-M", "virt,gic-version=3", "-cpu", "host"]}
 GUEST_MEMORY_MB = 256

@@ -4,6 +4,7 @@ presented as complete."""
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 import time
@@ -228,3 +229,18 @@ def test_smp_out_of_range_is_refused_with_the_one_range(smp: str) -> None:
     # the command said 1 to 64 and the library then refused 17.
     assert_one_line_error(fputrace("record", "--smp", smp, "--kernel", "/nonexistent/Image"),
                           f"--smp {smp}", "1 to 16")
+
+
+@pytest.mark.parametrize(("argv", "what"), [
+    (["--guest-workload", "fpu-switch:10"], "--guest-workload needs --guest-kernel"),
+    (["--alongside", "fpu-hog"], "--alongside runs next to an L2 guest"),
+    (["--workload", "fpu-hog"], "fpu-hog runs until it is stopped"),
+    # The architecture this machine is not (L1 runs this machine's own QEMU).
+    (["--arch", "arm64" if platform.machine() == "x86_64" else "x86_64", "--guest-kernel",
+      "6.1"], "needs an L1 of this machine's"),
+], ids=["guest-workload", "alongside", "until-stopped", "arm64-guest"])
+def test_guest_options_refused_with_one_line(tmp_path: Path, argv: list[str], what: str
+                                             ) -> None:
+    p = fputrace("record", *argv, "-o", str(tmp_path / "g.ftr"))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and what in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr

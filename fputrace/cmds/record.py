@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,11 @@ def record_from_args(args: argparse.Namespace) -> RecordResult:
         raise FputraceError(f"--kvm-mode {args.kvm_mode} is an arm64 mode: add --arch arm64, "
                             "or leave --kvm-mode out")
     runs = parse_workloads(spec, arch) if spec else []
+    if args.guest_kernel is not None and arch != platform.machine():
+        # The VMM that L1 runs is this machine's own (fputrace/guest.py).
+        raise FputraceError(f"--guest-kernel needs an L1 of this machine's architecture "
+                            f"({platform.machine()}): L1 runs this machine's own QEMU as "
+                            f"the guest's VMM, and {arch} cannot run its binaries")
     if args.guest_workload is not None and args.guest_kernel is None:
         raise FputraceError("--guest-workload needs --guest-kernel: name the L2 guest's kernel, "
                             "e.g. --guest-kernel 6.1")
