@@ -116,10 +116,17 @@ class WorkloadRun:
         return f"{self.workload.name}:{self.count}"
 
 
-def parse_workloads(spec: str, arch: str = "x86_64", alongside: bool = False
-                    ) -> list[WorkloadRun]:
+# The workloads that run a KVM guest of their own: inside an L2 guest they
+# would need an L3, which made no progress in 10 minutes under TCG.
+KVM_WORKLOADS = frozenset({"kvm-pingpong", "kvm-hog", "kvm-sve"})
+
+
+def parse_workloads(spec: str, arch: str = "x86_64", alongside: bool = False,
+                    in_guest: bool = False) -> list[WorkloadRun]:
     """alongside: they run in the background while an L2 guest runs
-    (record --alongside), so one that runs until stopped (count 0) may."""
+    (record --alongside), so one that runs until stopped (count 0) may.
+    in_guest: they run inside the L2 guest, where 'all' leaves out the KVM
+    ones (KVM_WORKLOADS) and naming one is refused."""
     runs: list[WorkloadRun] = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, count_s = item.partition(":")
@@ -127,7 +134,8 @@ def parse_workloads(spec: str, arch: str = "x86_64", alongside: bool = False
             if count_s:
                 raise FputraceError("'all' takes no count: name the workloads one by one")
             runs += [WorkloadRun(w, w.default_count, arch) for w in WORKLOADS.values()
-                     if not w.seed_module and w.default_count and w.runs_on(arch)]
+                     if not w.seed_module and w.default_count and w.runs_on(arch)
+                     and not (in_guest and w.name in KVM_WORKLOADS)]
             continue
         if name not in WORKLOADS:
             raise FputraceError(f"unknown workload '{name}': choose from "
@@ -136,6 +144,10 @@ def parse_workloads(spec: str, arch: str = "x86_64", alongside: bool = False
             raise FputraceError(f"workload count '{count_s}' of {name} is not a whole "
                                 "number from 1 to 10000000")
         w = WORKLOADS[name]
+        if in_guest and name in KVM_WORKLOADS:
+            raise FputraceError(f"{name} runs a KVM guest of its own: inside the L2 guest "
+                                "that is an L3, which makes no progress under TCG; run it "
+                                "in the host (--workload)")
         if not w.runs_on(arch):
             ours = [n for n, d in WORKLOADS.items() if d.runs_on(arch)]
             raise FputraceError(f"workload {name} is not built for {arch}: choose from "

@@ -235,10 +235,12 @@ def test_smp_out_of_range_is_refused_with_the_one_range(smp: str) -> None:
     (["--guest-workload", "fpu-switch:10"], "--guest-workload needs --guest-kernel"),
     (["--alongside", "fpu-hog"], "--alongside runs next to an L2 guest"),
     (["--workload", "fpu-hog"], "fpu-hog runs until it is stopped"),
+    (["--guest-kernel", "6.1", "--guest-workload", "kvm-pingpong:5"],
+     "kvm-pingpong runs a KVM guest of its own"),
     # The architecture this machine is not (L1 runs this machine's own QEMU).
     (["--arch", "arm64" if platform.machine() == "x86_64" else "x86_64", "--guest-kernel",
       "6.1"], "needs an L1 of this machine's"),
-], ids=["guest-workload", "alongside", "until-stopped", "arm64-guest"])
+], ids=["guest-workload", "alongside", "until-stopped", "kvm-in-guest", "arm64-guest"])
 def test_guest_options_refused_with_one_line(tmp_path: Path, argv: list[str], what: str
                                              ) -> None:
     p = fputrace("record", *argv, "-o", str(tmp_path / "g.ftr"))

@@ -19,8 +19,12 @@ from e2e import fputrace, kernel_available, workload_line
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
 from fputrace.trace.run import load_run, sidecar
+from fputrace.workloads import parse_workloads
 
-GUEST_WORKLOADS = "fpu-switch:200,signal:30,fork-exec:3"
+# Every workload that 'all' runs in the guest (all but the KVM ones, which
+# inside L2 would need an L3), with small counts: fpu-hog alongside takes
+# half of L1's CPU.
+GUEST_WORKLOADS = "fpu-switch:200,signal:30,kernel-fpu:10,fork-exec:3,compat32:5"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +35,7 @@ def nested(qemu_plugin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # thread of L1's VMM inside KVM_RUN (test_..._preempts_the_vcpu_thread).
     p = fputrace("record", "--kernel", "6.1", "--workload", "kvm-pingpong:20",
                  "--guest-kernel", "6.1", "--guest-workload", GUEST_WORKLOADS,
-                 "--alongside", "fpu-hog", "-o", str(out))
+                 "--alongside", "fpu-hog", "--timeout", "900", "-o", str(out))
     assert p.returncode == 0, p.stderr
     assert "L2 fpu-switch:200: exit 0" in p.stderr
     return out
@@ -49,11 +53,16 @@ def test_the_guest_boots_and_its_workloads_pass_their_own_checks(nested: Path) -
     sw = _guest_summary(nested, "fpu-switch:200")
     sig = _guest_summary(nested, "signal:30")
     fe = _guest_summary(nested, "fork-exec:3")
-    assert sw["mismatches"] == sig["mismatches"] == "0" and sig["handled"] == "30"
-    assert fe["child_mismatches"] == fe["syscall_mismatches"] == "0"
+    kf = _guest_summary(nested, "kernel-fpu:10")
+    c32 = _guest_summary(nested, "compat32:5")
+    assert sw["mismatches"] == sig["mismatches"] == kf["mismatches"] == "0"
+    assert sig["handled"] == "30" and kf["ok"] == "10"
+    assert fe["child_mismatches"] == fe["syscall_mismatches"] == c32["mismatches"] == "0"
+    meta = json.loads(sidecar(nested, "meta.json").read_text())
+    assert {w["label"].split(":")[0] for w in meta["guest_workloads"]} == {
+        r.workload.name for r in parse_workloads("all", in_guest=True)}
     pp = workload_line(sidecar(nested, "console.log"), "kvm-pingpong")
     assert pp["fpu_mismatches"] == "0"
-    meta = json.loads(sidecar(nested, "meta.json").read_text())
     assert meta["guest_kernel"].startswith("debian-linux-image-6.1")
 
 
@@ -91,11 +100,13 @@ def test_guest_events_belong_to_guest_tasks(nested: Path) -> None:
     guest_tasks = t.tasks[(t.tasks["flags"] & fmt.TaskFlag.L2) != 0]
     assert len(guest_tasks) >= 10 and int(np.count_nonzero(l2)) > 5000
     # fpu-switch's 2 tasks hand the CPU to each other 400 times (its own
-    # count): the guest's most frequent switch pair is theirs.
+    # count): the guest's most frequent switch pair is theirs. The guest's
+    # timer preempts one for the other now and then too (more often than in
+    # L1, as the host hog slows the guest down): up to a tenth more.
     pairs = Counter(frozenset((int(a), int(b))) for a, b in
                     zip(ev["value"][switch].tolist(), ev["addr"][switch].tolist(), strict=True))
     (_, n), = pairs.most_common(1)
-    assert 400 <= n <= 400 + 8, pairs.most_common(3)
+    assert 400 <= n <= 440, pairs.most_common(3)
 
 
 def test_guest_switches_while_a_host_hog_preempts_the_vcpu_thread(nested: Path) -> None:

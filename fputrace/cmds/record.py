@@ -69,8 +69,8 @@ def add_record_options(p: Any, default_output: Path) -> None:
                    help="also boot this kernel as an L2 Linux guest of the recorded host, "
                         "under this machine's QEMU run with KVM inside it (fputrace/guest.py)")
     p.add_argument("--guest-workload", metavar="SPEC",
-                   help="the L2 guest's workloads, in --workload's syntax (default "
-                        f"{GUEST_DEFAULT_WORKLOAD})")
+                   help="the L2 guest's workloads, in --workload's syntax, less the KVM "
+                        f"ones ('all': the rest; default {GUEST_DEFAULT_WORKLOAD})")
     p.add_argument("--alongside", metavar="SPEC",
                    help="host workloads run in the background while the L2 guest runs, "
                         "stopped when it ends (e.g. fpu-hog: it preempts the vCPU thread)")
@@ -118,8 +118,8 @@ def record_from_args(args: argparse.Namespace) -> RecordResult:
     if args.guest_workload is not None and args.guest_kernel is None:
         raise FputraceError("--guest-workload needs --guest-kernel: name the L2 guest's kernel, "
                             "e.g. --guest-kernel 6.1")
-    guest_runs = parse_workloads(args.guest_workload or GUEST_DEFAULT_WORKLOAD, arch) \
-        if args.guest_kernel is not None else []
+    guest_runs = parse_workloads(args.guest_workload or GUEST_DEFAULT_WORKLOAD, arch,
+                                 in_guest=True) if args.guest_kernel is not None else []
     if args.alongside is not None and args.guest_kernel is None:
         raise FputraceError("--alongside runs next to an L2 guest: add --guest-kernel, "
                             "e.g. --guest-kernel 6.1")
