@@ -4,9 +4,7 @@ counts, costs, boundary checks and the findings that combine them."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gzip
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +20,7 @@ from analyzers.switches import SwitchCosts, switch_costs
 from analyzers.timeline import cpu_timeline
 from analyzers.verdict import Verdict, combine
 from fputrace.trace import format as fmt
-from fputrace.trace.run import Run, sidecar
-from fputrace.trace.symbols import Symbols
+from fputrace.trace.run import Run, load_symbols
 
 K = fmt.Kind
 
@@ -179,20 +176,17 @@ def guest_view(r: Run) -> Run | None:
                                     np.uint32(0))
     gtasks = tasks[l2_tasks].copy()
     gtasks["flags"] &= ~np.uint16(fmt.TaskFlag.L2)
-    # A task_struct is reused after its task exits: each fork's child (the
-    # guest's fork probe, arg0) is a new lifetime, numbered in tgid, as
-    # the guest's pids are not known.
-    forks = gev[(gev["kind"] == fmt.Kind.PROBE) & (gev["index"] == fmt.Probe.FORK_COPY)]
-    born = np.zeros(len(forks), dtype=fmt.TASK_DTYPE)
-    born["seq"], born["task"], born["vcpu"] = forks["seq"], forks["value"], forks["vcpu"]
-    born["tgid"] = np.arange(1, len(forks) + 1, dtype=np.uint32)
-    gtasks = np.sort(np.concatenate([gtasks, born]), order="seq", kind="stable")
-    symbols = r.symbols
-    syms_file = sidecar(r.trace.path, "guest.kallsyms.gz")
-    if syms_file.exists():
-        with contextlib.suppress(OSError, EOFError):
-            symbols = Symbols.parse(gzip.decompress(syms_file.read_bytes()).decode(
-                errors="replace"))
+    if not np.any(gtasks["pid"]):
+        # The guest's tasks known by pointer alone (a trace whose plugin
+        # could not read the guest's memory): a task_struct is reused after
+        # its task exits, so each fork's child (the guest's fork probe,
+        # arg0) is a new lifetime, numbered in tgid.
+        forks = gev[(gev["kind"] == fmt.Kind.PROBE) & (gev["index"] == fmt.Probe.FORK_COPY)]
+        born = np.zeros(len(forks), dtype=fmt.TASK_DTYPE)
+        born["seq"], born["task"], born["vcpu"] = forks["seq"], forks["value"], forks["vcpu"]
+        born["tgid"] = np.arange(1, len(forks) + 1, dtype=np.uint32)
+        gtasks = np.sort(np.concatenate([gtasks, born]), order="seq", kind="stable")
+    symbols = load_symbols(r.trace.path, "guest.kallsyms.gz") or r.symbols
     trace = dataclasses.replace(r.trace, events=gev, tasks=gtasks)
     return Run(trace, symbols, r.meta)
 

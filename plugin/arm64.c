@@ -384,7 +384,7 @@ static void a64_state_op_exec(unsigned int vcpu_index, void *udata)
     } else if (fi->is_restore || !cfg.derive_regs) {
         regs_hash = a64_regs_hash(vs, &ok);
     }
-    if (vs->entry_pending) {
+    if (vs->ub.entry_pending) {
         /*
          * No kernel FP/SIMD code ran since the entry (it would have written
          * the entry already): a save stores the registers the task entered
@@ -447,7 +447,7 @@ static void a64_za_op_exec(unsigned int vcpu_index, void *udata)
     struct ftr_event ev;
 
     a64_finish_pending(vs, vcpu_index);
-    if (vs->entry_pending) {
+    if (vs->ub.entry_pending) {
         bool ok;
         uint64_t regs_hash = a64_regs_hash(vs, &ok);
         vcpu_materialize_entry(vs, vcpu_index, ok ? &regs_hash : NULL, false);
@@ -626,17 +626,17 @@ static void a64_vector_exec(unsigned int vcpu_index, void *udata)
         ev.index = offset;
         vcpu_commit_event(vs, vcpu_index, &ev);
     }
-    if (from_lower && !guest_regime && (el == 1 || (hcr & HCR_TGE)) && vs->in_user) {
+    if (from_lower && !guest_regime && (el == 1 || (hcr & HCR_TGE)) && vs->ub.in_user) {
         /* An entry from the host's user mode (as x86_swapgs_exec() on x86). */
-        vs->in_user = false;
+        vs->ub.in_user = false;
         vs->last_regs_ok = false;
-        vs->entry_seen = true;
-        vs->entry_materialized = false;
-        vs->entry_pc = reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1);
-        vs->entry_pl = el;
-        vs->entry_icount = vs->insns - vs->insn_tail;
-        vs->entry_task = vs->a64.host_task;
-        vs->entry_pending = 1;
+        vs->ub.entry_seen = true;
+        vs->ub.entry_materialized = false;
+        vs->ub.entry_pc = reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1);
+        vs->ub.entry_pl = el;
+        vs->ub.entry_icount = vs->insns - vs->insn_tail;
+        vs->ub.entry_task = vs->a64.host_task;
+        vs->ub.entry_pending = 1;
     }
 }
 

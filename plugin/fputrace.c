@@ -45,6 +45,12 @@
  *                       (read through GS base, i.e. %gs:ADDR)
  *   task_pid=OFF, task_tgid=OFF, task_comm=OFF
  *                       offsets in struct task_struct
+ *   gtask_pid=OFF, gtask_tgid=OFF, gtask_comm=OFF
+ *                       the same in the nested guest kernel's task_struct
+ *   dmap=ADDR, dmap_var=ADDR
+ *                       x86: where L1's direct map of physical memory begins,
+ *                       or the address of L1's variable holding it; the
+ *                       guest's tasks are named through it (x86_guest_read())
  *   msr=INDEX           also record WRMSR to INDEX (may repeat); IA32_XFD
  *                       and IA32_XFD_ERR are always recorded
  *   kernel=STR, qemu=STR
@@ -84,9 +90,8 @@ const struct arch_ops *arch;
 struct ftr_config cfg = {
     .fd = -1,
     .block_events = 512,
-    .task_pid_off = -1,
-    .task_tgid_off = -1,
-    .task_comm_off = -1,
+    .task = { .pid_off = -1, .tgid_off = -1, .comm_off = -1 },
+    .gtask = { .pid_off = -1, .tgid_off = -1, .comm_off = -1 },
     .boundaries = true,
     .derive_regs = true,
     .icount = true,
@@ -245,38 +250,66 @@ static bool seen_set_add(uint64_t *table, uint32_t size, uint64_t key, bool when
  */
 #define TASK_SPAN_MAX           1024
 
-static void task_identity(struct vcpu_state *vs, uint64_t task, struct ftr_task *t)
-{
-    int64_t lo = cfg.task_pid_off, hi = cfg.task_pid_off + (int64_t)sizeof(t->pid);
-    uint8_t span[TASK_SPAN_MAX];
+typedef bool (*mem_reader)(struct vcpu_state *vs, uint64_t vaddr, void *out, size_t len);
 
-    if (cfg.task_tgid_off >= 0) {
-        lo = MIN(lo, cfg.task_tgid_off);
-        hi = MAX(hi, cfg.task_tgid_off + (int64_t)sizeof(t->tgid));
+static bool task_identity(struct vcpu_state *vs, const struct task_layout *lay,
+                          mem_reader read, uint64_t task, struct ftr_task *t)
+{
+    int64_t lo = lay->pid_off, hi = lay->pid_off + (int64_t)sizeof(t->pid);
+    uint8_t span[TASK_SPAN_MAX];
+    bool ok;
+
+    if (lay->tgid_off >= 0) {
+        lo = MIN(lo, lay->tgid_off);
+        hi = MAX(hi, lay->tgid_off + (int64_t)sizeof(t->tgid));
     }
-    if (cfg.task_comm_off >= 0) {
-        lo = MIN(lo, cfg.task_comm_off);
-        hi = MAX(hi, cfg.task_comm_off + (int64_t)sizeof(t->comm) - 1);
+    if (lay->comm_off >= 0) {
+        lo = MIN(lo, lay->comm_off);
+        hi = MAX(hi, lay->comm_off + (int64_t)sizeof(t->comm) - 1);
     }
     if (hi - lo <= TASK_SPAN_MAX) {
-        if (!mem_read(vs, task + lo, span, hi - lo)) {
-            return;
+        if (!read(vs, task + lo, span, hi - lo)) {
+            return false;
         }
-        memcpy(&t->pid, span + cfg.task_pid_off - lo, sizeof(t->pid));
-        if (cfg.task_tgid_off >= 0) {
-            memcpy(&t->tgid, span + cfg.task_tgid_off - lo, sizeof(t->tgid));
+        memcpy(&t->pid, span + lay->pid_off - lo, sizeof(t->pid));
+        if (lay->tgid_off >= 0) {
+            memcpy(&t->tgid, span + lay->tgid_off - lo, sizeof(t->tgid));
         }
-        if (cfg.task_comm_off >= 0) {
-            memcpy(t->comm, span + cfg.task_comm_off - lo, sizeof(t->comm) - 1);
+        if (lay->comm_off >= 0) {
+            memcpy(t->comm, span + lay->comm_off - lo, sizeof(t->comm) - 1);
         }
-        return;
+        return true;
     }
-    mem_read(vs, task + cfg.task_pid_off, &t->pid, sizeof(t->pid));
-    if (cfg.task_tgid_off >= 0) {
-        mem_read(vs, task + cfg.task_tgid_off, &t->tgid, sizeof(t->tgid));
+    ok = read(vs, task + lay->pid_off, &t->pid, sizeof(t->pid));
+    if (lay->tgid_off >= 0) {
+        ok &= read(vs, task + lay->tgid_off, &t->tgid, sizeof(t->tgid));
     }
-    if (cfg.task_comm_off >= 0) {
-        mem_read(vs, task + cfg.task_comm_off, t->comm, sizeof(t->comm) - 1);
+    if (lay->comm_off >= 0) {
+        ok &= read(vs, task + lay->comm_off, t->comm, sizeof(t->comm) - 1);
+    }
+    return ok;
+}
+
+/* An identity's key in task_seen: its pointer, pid and comm, and its level. */
+static uint64_t task_key(const struct ftr_task *t)
+{
+    uint64_t comm_words[2];
+
+    memcpy(comm_words, t->comm, sizeof(comm_words));
+    return (ftr_hash_mix64(t->task ^ ftr_hash_mix64(t->pid ^ ((uint64_t)t->flags << 32))) ^
+            ftr_hash_mix64(comm_words[0] ^ ftr_hash_mix64(comm_words[1]))) | 1;
+}
+
+/* Write a task record once per identity (task_key()). */
+static void task_record(struct vcpu_state *vs, unsigned int vcpu_index, struct ftr_task *t)
+{
+    if (seen_set_add(task_seen, TASK_TABLE_SIZE, task_key(t), true)) {
+        t->vcpu = vcpu_index;
+        vs->tasks[vs->n_tasks++] = *t;
+        vs->tasks_total++;
+        if (vs->n_tasks == cfg.block_events) {
+            vcpu_flush_tasks(vs, vcpu_index);
+        }
     }
 }
 
@@ -294,10 +327,10 @@ static void task_identity(struct vcpu_state *vs, uint64_t task, struct ftr_task 
 void task_announce(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t task,
                    uint64_t seq)
 {
-    struct ftr_task t = { 0 };
-    uint64_t key, generation, comm_words[2];
+    struct ftr_task t = { .task = task, .seq = seq };
+    uint64_t generation;
 
-    if (cfg.task_pid_off < 0) {
+    if (cfg.task.pid_off < 0) {
         return;
     }
     generation = __atomic_load_n(&probe_generation, __ATOMIC_ACQUIRE);
@@ -305,22 +338,10 @@ void task_announce(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t task
         generation == vs->identity_generation) {
         return;
     }
-    task_identity(vs, task, &t);
+    task_identity(vs, &cfg.task, mem_read, task, &t);
     vs->identity_task = task;
     vs->identity_generation = generation;
-    memcpy(comm_words, t.comm, sizeof(comm_words));
-    key = ftr_hash_mix64(task ^ ftr_hash_mix64(t.pid)) ^
-          ftr_hash_mix64(comm_words[0] ^ ftr_hash_mix64(comm_words[1]));
-    if (seen_set_add(task_seen, TASK_TABLE_SIZE, key | 1, true)) {
-        t.seq = seq;
-        t.task = task;
-        t.vcpu = vcpu_index;
-        vs->tasks[vs->n_tasks++] = t;
-        vs->tasks_total++;
-        if (vs->n_tasks == cfg.block_events) {
-            vcpu_flush_tasks(vs, vcpu_index);
-        }
-    }
+    task_record(vs, vcpu_index, &t);
 }
 
 /* Fill the fields every event has; known_cpl < 0: read it from CS. */
@@ -401,23 +422,23 @@ void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_index,
     struct ftr_event ev;
     bool ok = true;
 
-    if (!vs->entry_pending) {
+    if (!vs->ub.entry_pending) {
         return;
     }
-    vs->entry_pending = 0;
-    vs->entry_materialized = true;
+    vs->ub.entry_pending = 0;
+    vs->ub.entry_materialized = true;
     /*
      * A task can leave the CPU with no FP event at all: when its registers
      * are not live (TIF_NEED_FPU_LOAD, e.g. after exec dropped them), the
      * switch saves nothing. Its entry state is then unknown, and what the
      * registers hold now is not it.
      */
-    if (arch->current_ptr(vs) != vs->entry_task) {
+    if (arch->current_ptr(vs) != vs->ub.entry_task) {
         return;
     }
-    event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_ENTRY, vs->entry_pc, vs->entry_pl);
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_ENTRY, vs->ub.entry_pc, vs->ub.entry_pl);
     if (cfg.icount) {
-        ev.icount = vs->entry_icount;   /* when it entered, not now */
+        ev.icount = vs->ub.entry_icount;   /* when it entered, not now */
     }
     if (defer) {
         /* A save comes next: its bytes are the registers (x86_finish_pending()). */
@@ -447,7 +468,7 @@ void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index,
     uint64_t task, generation;
     bool quiet, ok;
 
-    vs->in_user = true;
+    vs->ub.in_user = true;
     arch->finish_pending(vs, vcpu_index);
     /* Without task tracking (no current=), a switch is not seen: same task assumed. */
     generation = __atomic_load_n(&probe_generation, __ATOMIC_ACQUIRE);
@@ -456,12 +477,17 @@ void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index,
         vs->return_generation = generation;
     }
     task = arch->current_ptr(vs);
-    quiet = vs->entry_seen && !vs->entry_materialized &&
-            (!cfg.current_addr || (vs->entry_task != 0 && task == vs->entry_task));
-    vs->known_task = task;      /* event_begin() need not read it again */
+    quiet = vs->ub.entry_seen && !vs->ub.entry_materialized &&
+            (!cfg.current_addr || (vs->ub.entry_task != 0 && task == vs->ub.entry_task));
+    /*
+     * event_begin() need not read it again. Not in L2: there the event
+     * carries L1's task, and the guest's pointer left here would name L1's
+     * next event (KVM's XSETBV after the exit).
+     */
+    vs->known_task = vs->in_l2 ? 0 : task;
     event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_RETURN, user_pc, arch->user_pl);
-    ev.addr = vs->entry_seen ? vs->entry_pc : 0;
-    if (!vs->entry_seen) {
+    ev.addr = vs->ub.entry_seen ? vs->ub.entry_pc : 0;
+    if (!vs->ub.entry_seen) {
         ev.flags |= FTR_FLAG_NO_ENTRY;
     }
     if (quiet) {
@@ -478,8 +504,8 @@ void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index,
         vs->last_regs = ev.regs_hash;
         vs->last_regs_ok = ok;
     }
-    vs->entry_seen = false;
-    vs->entry_pending = 0;
+    vs->ub.entry_seen = false;
+    vs->ub.entry_pending = 0;
     vcpu_commit_event(vs, vcpu_index, &ev);
 }
 
@@ -502,22 +528,9 @@ static void probe_await_return(struct vcpu_state *vs, const struct probe *pr,
  */
 void vcpu_switch_level(struct vcpu_state *vs, bool to_l2)
 {
-    struct user_boundary now = {
-        .in_user = vs->in_user, .entry_seen = vs->entry_seen,
-        .entry_materialized = vs->entry_materialized, .entry_pending = vs->entry_pending,
-        .entry_pc = vs->entry_pc, .entry_icount = vs->entry_icount,
-        .entry_task = vs->entry_task, .entry_pl = vs->entry_pl,
-    };
-    const struct user_boundary *o = &vs->other_level;
+    struct user_boundary now = vs->ub;
 
-    vs->in_user = o->in_user;
-    vs->entry_seen = o->entry_seen;
-    vs->entry_materialized = o->entry_materialized;
-    vs->entry_pending = o->entry_pending;
-    vs->entry_pc = o->entry_pc;
-    vs->entry_icount = o->entry_icount;
-    vs->entry_task = o->entry_task;
-    vs->entry_pl = o->entry_pl;
+    vs->ub = vs->other_level;
     vs->other_level = now;
     vs->in_l2 = to_l2;
 }
@@ -539,28 +552,59 @@ static const struct probe *probe_of_level(const struct probe *pr, bool l2)
 /*
  * A context switch in the nested guest's kernel: __switch_to(prev, next)
  * makes next its current task. The pointer comes from the argument
- * register, as the guest's memory is not readable here (mem_read()); the
- * task is announced with it alone, without pid or comm.
+ * register. Its pid and comm wait for the next VM exit, where the guest's
+ * memory can be read (mem_read(), guest_tasks_name()); the task record
+ * takes this point's sequence number all the same. Where the guest cannot
+ * be read, or too many tasks ran since the last exit, the task is
+ * announced by its pointer alone.
  */
 static void guest_task_switch(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t next)
 {
+    uint64_t seq = __atomic_load_n(&next_seq, __ATOMIC_RELAXED);
+    bool named = arch->guest_read && cfg.gtask.pid_off >= 0;
+
     if (!(next >> 63)) {
         return;
     }
     if (next != vs->guest_current) {
-        struct ftr_task t = { .task = next, .vcpu = vcpu_index, .flags = FTR_TASK_FLAG_L2 };
-        uint64_t key = ftr_hash_mix64(next ^ 0x4c32) | 1;       /* "L2" */
+        struct ftr_task t = { .task = next, .seq = seq, .flags = FTR_TASK_FLAG_L2 };
+        unsigned i;
 
-        if (seen_set_add(task_seen, TASK_TABLE_SIZE, key, true)) {
-            t.seq = __atomic_load_n(&next_seq, __ATOMIC_RELAXED);
-            vs->tasks[vs->n_tasks++] = t;
-            vs->tasks_total++;
-            if (vs->n_tasks == cfg.block_events) {
-                vcpu_flush_tasks(vs, vcpu_index);
+        for (i = 0; named && i < vs->n_guest_unnamed; i++) {
+            if (vs->guest_unnamed[i].task == next) {
+                break;
             }
+        }
+        if (named && i == vs->n_guest_unnamed && i < GUEST_UNNAMED_MAX) {
+            vs->guest_unnamed[vs->n_guest_unnamed].task = next;
+            vs->guest_unnamed[vs->n_guest_unnamed++].seq = seq;
+        } else if (!named || i == GUEST_UNNAMED_MAX) {
+            task_record(vs, vcpu_index, &t);
         }
     }
     vs->guest_next = next;      /* current from the next event that is not prev's save */
+}
+
+/*
+ * After a VM exit: the pid, tgid and comm of the guest's tasks switched to
+ * while it ran, read through its page tables (arch_ops.guest_read). When
+ * the recording ends in the guest (readable false), by pointer alone.
+ */
+void guest_tasks_name(struct vcpu_state *vs, unsigned int vcpu_index, bool readable)
+{
+    for (unsigned i = 0; i < vs->n_guest_unnamed; i++) {
+        struct ftr_task t = { .task = vs->guest_unnamed[i].task,
+                              .seq = vs->guest_unnamed[i].seq, .flags = FTR_TASK_FLAG_L2 };
+
+        if (!readable || !task_identity(vs, &cfg.gtask, arch->guest_read, t.task, &t)) {
+            memset(&t, 0, sizeof(t));
+            t.task = vs->guest_unnamed[i].task;
+            t.seq = vs->guest_unnamed[i].seq;
+            t.flags = FTR_TASK_FLAG_L2;
+        }
+        task_record(vs, vcpu_index, &t);
+    }
+    vs->n_guest_unnamed = 0;
 }
 
 /*
@@ -886,6 +930,7 @@ static void plugin_exit(qemu_plugin_id_t id G_GNUC_UNUSED, void *udata G_GNUC_UN
             continue;
         }
         arch->finish_pending(vs, i);
+        guest_tasks_name(vs, i, false);
         vcpu_flush_tasks(vs, i);
         vcpu_flush_events(vs, i);
         for (int k = 0; k < FTR_KIND_MAX; k++) {
@@ -942,14 +987,25 @@ static bool parse_arg(const char *arg)
     if (!strcmp(k, "current")) {
         return parse_u64(v, &cfg.current_addr);
     }
-    if (!strcmp(k, "task_pid")) {
-        return parse_offset(v, &cfg.task_pid_off);
+    if (g_str_has_prefix(k, "task_") || g_str_has_prefix(k, "gtask_")) {
+        struct task_layout *lay = k[0] == 'g' ? &cfg.gtask : &cfg.task;
+        const char *member = strchr(k, '_') + 1;
+        if (!strcmp(member, "pid")) {
+            return parse_offset(v, &lay->pid_off);
+        }
+        if (!strcmp(member, "tgid")) {
+            return parse_offset(v, &lay->tgid_off);
+        }
+        if (!strcmp(member, "comm")) {
+            return parse_offset(v, &lay->comm_off);
+        }
+        return false;
     }
-    if (!strcmp(k, "task_tgid")) {
-        return parse_offset(v, &cfg.task_tgid_off);
+    if (!strcmp(k, "dmap")) {
+        return parse_u64(v, &cfg.dmap);
     }
-    if (!strcmp(k, "task_comm")) {
-        return parse_offset(v, &cfg.task_comm_off);
+    if (!strcmp(k, "dmap_var")) {
+        return parse_u64(v, &cfg.dmap_var);
     }
     if (!strcmp(k, "msr")) {
         if (!parse_u64(v, &n) || n > 0xffffffffull ||
@@ -1072,7 +1128,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
     kernel_simd_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
                                                              kernel_simd);
     entry_pending_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
-                                                               entry_pending);
+                                                               ub.entry_pending);
     regs_dirty_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
                                                             regs_dirty);
     l2_iret_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,

@@ -32,6 +32,7 @@
 #define BUFFER_TABLE_SIZE       (1u << 16)
 #define MAX_PROBES              64
 #define MAX_PENDING_RETURNS     4       /* timed probes awaiting their return, per vCPU */
+#define GUEST_UNNAMED_MAX       16      /* guest tasks named at the next VM exit, per vCPU */
 
 /* ---- x86 ------------------------------------------------------------- */
 
@@ -116,11 +117,25 @@ struct a64_vcpu {
     bool guest_fp_trapped;      /* the guest runs with FP/SIMD access trapped to EL2 */
 };
 
-/* A level's user-mode boundary state: L1's and L2's are kept apart. */
+/*
+ * A level's user-mode boundary state: L1's and L2's are kept apart, the
+ * running level's in vcpu_state.ub (entry_pending is a scoreboard word:
+ * its offset is fixed, so the levels swap contents, not places).
+ */
 struct user_boundary {
-    bool in_user, entry_seen, entry_materialized;
-    uint64_t entry_pending, entry_pc, entry_icount, entry_task;
-    unsigned entry_pl;
+    /*
+     * A user entry awaits its register hash (tested by a conditional
+     * callback on kernel SIMD).
+     */
+    uint64_t entry_pending;
+    bool in_user;               /* returned to user mode, no entry since */
+    /* The last entry from user mode on this vCPU. */
+    bool entry_seen;
+    bool entry_materialized;    /* its USER_ENTRY event was written */
+    uint64_t entry_pc;
+    uint64_t entry_icount;
+    uint64_t entry_task;
+    unsigned entry_pl;          /* the kernel's privilege level at the entry */
 };
 
 /*
@@ -136,18 +151,9 @@ struct vcpu_state {
      */
     uint64_t insns;
     uint64_t insn_tail;
-    uint64_t entry_pending;     /* a user entry awaits its register hash (scoreboard word
-                                 * tested by a conditional callback on kernel SIMD) */
-    bool in_user;               /* returned to user mode, no entry since */
-    /* The last entry from user mode on this vCPU. */
-    bool entry_seen;
-    bool entry_materialized;    /* its USER_ENTRY event was written */
-    uint64_t entry_pc;
-    uint64_t entry_icount;
-    uint64_t entry_task;
-    unsigned entry_pl;          /* the kernel's privilege level at the entry */
+    struct user_boundary ub;            /* the running level's */
     bool in_l2;
-    struct user_boundary other_level;  /* the level not running now: L2's while in L1 */
+    struct user_boundary other_level;   /* the level not running now: L2's while in L1 */
     uint64_t l1_task_at_entry;
     /*
      * The nested guest's current task: the next task of its kernel's last
@@ -155,6 +161,13 @@ struct vcpu_state {
      */
     uint64_t guest_current;
     uint64_t guest_next;        /* switched to, but prev's save may still come */
+    /*
+     * The guest's tasks switched to since the last VM exit, each with the
+     * sequence number its announcement takes: named at the exit, when the
+     * guest's memory can be read (guest_tasks_name()).
+     */
+    struct { uint64_t task, seq; } guest_unnamed[GUEST_UNNAMED_MAX];
+    unsigned n_guest_unnamed;
     /*
      * The nested guest ran an IRET (scoreboard word): its frame cannot be
      * read here, so the first user-mode block after it is the return.
@@ -235,6 +248,11 @@ struct arch_ops {
                              bool use_cached, uint64_t seq, bool *valid);
     /* The current task pointer alone (0: not known). */
     uint64_t (*current_ptr)(struct vcpu_state *vs);
+    /*
+     * Read the nested guest's memory at one of its virtual addresses, in L1
+     * after a VM exit (NULL: the architecture cannot).
+     */
+    bool (*guest_read)(struct vcpu_state *vs, uint64_t vaddr, void *out, size_t len);
     /* The register file's content hash, read register by register. */
     uint64_t (*regs_hash)(struct vcpu_state *vs, bool *ok);
     /* Commit the save or restore in progress, if any. */
@@ -287,12 +305,20 @@ struct probe {
     bool quiet;                 /* it neither renames tasks nor rewrites buffers */
 };
 
+/* Where a kernel keeps a task's pid, tgid and comm in its task_struct (-1: not known). */
+struct task_layout {
+    int64_t pid_off, tgid_off, comm_off;
+};
+
 struct ftr_config {
     int fd;
     char *path;
     size_t block_events;
     uint64_t current_addr;      /* 0: task tracking off */
-    int64_t task_pid_off, task_tgid_off, task_comm_off;
+    struct task_layout task;    /* L1's kernel */
+    struct task_layout gtask;   /* the nested guest's kernel (gtask_*=) */
+    uint64_t dmap;              /* x86: where L1's direct map of physical memory begins */
+    uint64_t dmap_var;          /* ... or L1's variable that holds it (page_offset_base) */
     uint32_t extra_msrs[MAX_EXTRA_MSRS];
     unsigned n_extra_msrs;
     struct probe probes[MAX_PROBES];
@@ -335,6 +361,7 @@ bool reg_read(struct vcpu_state *vs, struct qemu_plugin_register *reg, uint8_t *
 uint64_t reg_read_u64(struct vcpu_state *vs, struct qemu_plugin_register *reg);
 bool mem_read(struct vcpu_state *vs, uint64_t vaddr, void *out, size_t len);
 void task_announce(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t task, uint64_t seq);
+void guest_tasks_name(struct vcpu_state *vs, unsigned int vcpu_index, bool readable);
 void event_begin(struct vcpu_state *vs, unsigned int vcpu_index, struct ftr_event *ev,
                  uint8_t kind, uint64_t pc, int known_cpl);
 void event_read_regs(struct vcpu_state *vs, struct ftr_event *ev, bool remember);

@@ -29,7 +29,7 @@ static struct {
     struct qemu_plugin_register *gpr[16];
     struct qemu_plugin_register *cs, *fs_base, *gs_base, *k_gs_base;
     struct qemu_plugin_register *sreg[6];       /* selectors, enum x86_sreg order */
-    struct qemu_plugin_register *cr0, *efer, *eflags;
+    struct qemu_plugin_register *cr0, *cr4, *efer, *eflags;
     struct qemu_plugin_register *fctrl, *fstat, *mxcsr;
     struct qemu_plugin_register *st[8], *xmm[16];
 } x86_regs;
@@ -510,17 +510,17 @@ static void x86_swapgs_exec(unsigned int vcpu_index, void *udata)
 {
     struct vcpu_state *vs = vcpu_get(vcpu_index);
 
-    if (!vs->in_user || (vs->in_l2 && !cfg.guest_tasks)) {
+    if (!vs->ub.in_user || (vs->in_l2 && !cfg.guest_tasks)) {
         return;                 /* the nested guest's own, untracked without its tasks */
     }
-    vs->in_user = false;
+    vs->ub.in_user = false;
     vs->last_regs_ok = false;   /* user code ran since anything was read */
-    vs->entry_seen = true;
-    vs->entry_materialized = false;
-    vs->entry_pc = (uintptr_t)udata;
-    vs->entry_task = x86_current_ptr(vs);
-    vs->entry_icount = vs->insns - vs->insn_tail;
-    vs->entry_pending = 1;
+    vs->ub.entry_seen = true;
+    vs->ub.entry_materialized = false;
+    vs->ub.entry_pc = (uintptr_t)udata;
+    vs->ub.entry_task = x86_current_ptr(vs);
+    vs->ub.entry_icount = vs->insns - vs->insn_tail;
+    vs->ub.entry_pending = 1;
 }
 
 /* SYSRET always returns to user mode, to RCX. */
@@ -560,7 +560,7 @@ static void x86_l2_user_block_exec(unsigned int vcpu_index, void *udata)
     struct vcpu_state *vs = vcpu_get(vcpu_index);
 
     vs->l2_iret_pending = 0;
-    if (vs->in_l2 && !vs->in_user) {
+    if (vs->in_l2 && !vs->ub.in_user) {
         vcpu_user_return(vs, vcpu_index, (uintptr_t)udata);
     }
 }
@@ -627,9 +627,9 @@ static void x86_fpu_op_exec(unsigned int vcpu_index, void *udata)
         regs_hash = vs->last_regs;
         ok = true;
     }
-    if (derive && fi->is_save && vs->entry_pending) {
+    if (derive && fi->is_save && vs->ub.entry_pending) {
         vcpu_materialize_entry(vs, vcpu_index, NULL, true);
-    } else if (vs->entry_pending) {
+    } else if (vs->ub.entry_pending) {
         if (!ok && !derive) {
             regs_hash = x86_regs_hash(vs, &ok);
         }
@@ -824,6 +824,128 @@ static void x86_vmrun_exec(unsigned int vcpu_index, void *udata)
     vcpu_switch_level(vs, true);
 }
 
+/*
+ * The nested guest's memory, read in L1 after a VM exit. QEMU 10.0's
+ * plugin reads translate without the nested page tables (mem_read()), so
+ * the walk is done here: the guest's page tables map its virtual address
+ * to a guest-physical one, KVM's nested page tables (NPT) map that and
+ * every table the walk reads to L1-physical, and L1's direct map makes an
+ * L1-physical address readable. The VMCB, where the CPU stored the guest's
+ * CR3 and CR4 at the exit, gives the roots (AMD APM vol. 2, appendix B;
+ * Linux's struct vmcb_control_area and vmcb_save_area).
+ */
+#define VMCB_NESTED_CTL         0x090   /* bit 0: nested paging enabled */
+#define VMCB_NESTED_CR3         0x0b0
+#define VMCB_SAVE_CR4           0x548   /* the save area (0x400) + 0x148 */
+#define VMCB_SAVE_CR3           0x550
+#define X86_CR4_LA57            (1ull << 12)
+#define X86_PTE_PRESENT         (1ull << 0)
+#define X86_PTE_LARGE           (1ull << 7)     /* a 1 GiB or 2 MiB page (PS) */
+#define X86_PTE_ADDR            0x000ffffffffff000ull
+#define X86_PAGE_SIZE           4096u
+
+struct x86_guest_mmu {
+    uint64_t dmap;              /* L1's direct map */
+    bool npt;                   /* nested paging: the guest's tables are guest-physical */
+    uint64_t ncr3;
+    unsigned nlevels;           /* 5 when L1 runs with LA57: NPT follows the host's mode */
+    uint64_t cr3;               /* without NPT: KVM's shadow tables, L1-physical */
+    unsigned levels;
+};
+
+static bool x86_l1_phys_read(struct vcpu_state *vs, const struct x86_guest_mmu *m, uint64_t pa,
+                             void *out, size_t len)
+{
+    return mem_read(vs, m->dmap + pa, out, len);
+}
+
+static bool x86_npt_translate(struct vcpu_state *vs, const struct x86_guest_mmu *m,
+                              uint64_t gpa, uint64_t *pa);
+
+/*
+ * A 4- or 5-level walk from root of va; guest_tables: the tables are at
+ * guest-physical addresses, each translated through the NPT first.
+ */
+static bool x86_pt_walk(struct vcpu_state *vs, const struct x86_guest_mmu *m, bool guest_tables,
+                        uint64_t root, unsigned levels, uint64_t va, uint64_t *out)
+{
+    uint64_t table = root & X86_PTE_ADDR;
+
+    for (unsigned level = levels; level >= 1; level--) {
+        unsigned shift = 12 + 9 * (level - 1);
+        uint64_t slot = table + ((va >> shift) & 511) * 8, where = slot, entry;
+
+        if ((guest_tables && !x86_npt_translate(vs, m, slot, &where)) ||
+            !x86_l1_phys_read(vs, m, where, &entry, sizeof(entry)) ||
+            !(entry & X86_PTE_PRESENT)) {
+            return false;
+        }
+        if (level == 1 || (level <= 3 && (entry & X86_PTE_LARGE))) {
+            uint64_t offset_mask = (1ull << shift) - 1;
+            *out = (entry & X86_PTE_ADDR & ~offset_mask) | (va & offset_mask);
+            return true;
+        }
+        table = entry & X86_PTE_ADDR;
+    }
+    return false;
+}
+
+static bool x86_npt_translate(struct vcpu_state *vs, const struct x86_guest_mmu *m,
+                              uint64_t gpa, uint64_t *pa)
+{
+    if (!m->npt) {
+        *pa = gpa;
+        return true;
+    }
+    return x86_pt_walk(vs, m, false, m->ncr3, m->nlevels, gpa, pa);
+}
+
+/* The roots of the last VM entry's guest, as the exit left them. */
+static bool x86_guest_mmu(struct vcpu_state *vs, struct x86_guest_mmu *m)
+{
+    uint64_t vmcb = vs->vmcb, nested_ctl, cr4;
+
+    m->dmap = cfg.dmap;
+    if (cfg.dmap_var && !mem_read(vs, cfg.dmap_var, &m->dmap, sizeof(m->dmap))) {
+        return false;
+    }
+    if (!m->dmap || !vmcb ||
+        !x86_l1_phys_read(vs, m, vmcb + VMCB_NESTED_CTL, &nested_ctl, sizeof(nested_ctl)) ||
+        !x86_l1_phys_read(vs, m, vmcb + VMCB_NESTED_CR3, &m->ncr3, sizeof(m->ncr3)) ||
+        !x86_l1_phys_read(vs, m, vmcb + VMCB_SAVE_CR4, &cr4, sizeof(cr4)) ||
+        !x86_l1_phys_read(vs, m, vmcb + VMCB_SAVE_CR3, &m->cr3, sizeof(m->cr3))) {
+        return false;
+    }
+    m->npt = nested_ctl & 1;
+    m->levels = cr4 & X86_CR4_LA57 ? 5 : 4;
+    m->nlevels = reg_read_u64(vs, x86_regs.cr4) & X86_CR4_LA57 ? 5 : 4;
+    return true;
+}
+
+static bool x86_guest_read(struct vcpu_state *vs, uint64_t vaddr, void *out, size_t len)
+{
+    struct x86_guest_mmu m;
+    uint8_t *dst = out;
+
+    if (vs->in_l2 || !x86_guest_mmu(vs, &m)) {
+        return false;
+    }
+    while (len) {
+        size_t n = MIN(len, X86_PAGE_SIZE - (vaddr & (X86_PAGE_SIZE - 1)));
+        uint64_t gpa, pa;
+
+        if (!x86_pt_walk(vs, &m, m.npt, m.cr3, m.levels, vaddr, &gpa) ||
+            !x86_npt_translate(vs, &m, gpa, &pa) ||
+            !x86_l1_phys_read(vs, &m, pa, dst, n)) {
+            return false;
+        }
+        vaddr += n;
+        dst += n;
+        len -= n;
+    }
+    return true;
+}
+
 /* The instruction after a VMRUN runs when the nested guest has exited. */
 static void x86_vmexit_exec(unsigned int vcpu_index, void *udata)
 {
@@ -847,6 +969,7 @@ static void x86_vmexit_exec(unsigned int vcpu_index, void *udata)
     ev.addr = vs->vmcb;
     event_read_regs(vs, &ev, true);     /* the guest's registers as it left them */
     vcpu_commit_event(vs, vcpu_index, &ev);
+    guest_tasks_name(vs, vcpu_index, true);
 }
 
 /*
@@ -1048,7 +1171,8 @@ static void x86_regs_resolve(void)
         const char *name;
         struct qemu_plugin_register **handle;
     } named[] = {
-        { "cs", &x86_regs.cs }, { "cr0", &x86_regs.cr0 }, { "efer", &x86_regs.efer },
+        { "cs", &x86_regs.cs }, { "cr0", &x86_regs.cr0 }, { "cr4", &x86_regs.cr4 },
+        { "efer", &x86_regs.efer },
         { "eflags", &x86_regs.eflags }, { "fs_base", &x86_regs.fs_base },
         { "gs_base", &x86_regs.gs_base }, { "k_gs_base", &x86_regs.k_gs_base },
         { "fctrl", &x86_regs.fctrl }, { "fstat", &x86_regs.fstat }, { "mxcsr", &x86_regs.mxcsr },
@@ -1126,6 +1250,7 @@ const struct arch_ops x86_ops = {
     .privilege = x86_cpl,
     .current_task = x86_current_task,
     .current_ptr = x86_current_ptr,
+    .guest_read = x86_guest_read,
     .regs_hash = x86_regs_hash,
     .finish_pending = x86_finish_pending,
     .probe_args = x86_probe_args,

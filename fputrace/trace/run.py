@@ -56,17 +56,19 @@ def nvhe_hyp_offset(ev: npt.NDArray[np.void], symbols: Symbols) -> int | None:
     return (kva - int(bases[0])) % (1 << 64)
 
 
+def load_symbols(trace: Path, what: str = "kallsyms.gz") -> Symbols | None:
+    """A run's symbol sidecar (run.kallsyms.gz; the nested guest kernel's is
+    run.guest.kallsyms.gz); None when it is missing or unreadable."""
+    syms_file = sidecar(trace, what)
+    try:
+        return Symbols.parse(gzip.decompress(syms_file.read_bytes()).decode(errors="replace"))
+    except (OSError, EOFError):
+        return None
+
+
 def load_run(path: Path) -> Run:
     trace = read_trace(path)
-    syms_file = sidecar(path, "kallsyms.gz")
-    if syms_file.exists():
-        try:
-            symbols = Symbols.parse(gzip.decompress(syms_file.read_bytes()).decode(
-                errors="replace"))
-        except (OSError, EOFError):
-            symbols = Symbols.parse("")
-    else:
-        symbols = Symbols.parse("")
+    symbols = load_symbols(path) or Symbols.parse("")
     offset = nvhe_hyp_offset(trace.events, symbols)
     if offset is not None:
         symbols = symbols.with_alias(NVHE_PREFIX, offset, "nvhe")
