@@ -104,6 +104,17 @@ class InstructionCosts:
     def per_switch(self) -> float:
         return round(self.switch_instructions / self.switches, 1) if self.switches else 0.0
 
+    def per_operation(self, operation: str) -> float | None:
+        """Instructions per operation of the report's per-operation table
+        (Costs.per_operation and "context_switch"): a VM entry's are those
+        from the exit before it to it; None for the operations they are not
+        measured for."""
+        if operation == "vm_entry":
+            return self.all_exits().as_json()["instructions"]
+        if operation == "context_switch":
+            return self.per_switch()
+        return None
+
     def as_json(self) -> dict[str, object]:
         return {"fpu_paths": [p.as_json() for p in self.paths],
                 "per_vm_exit": self.per_exit(),

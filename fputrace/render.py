@@ -495,16 +495,13 @@ def render_analysis(console: Console, a: Analysis, top: int, max_findings: int =
     ops = Table(title="per operation", title_justify="left", show_edge=False)
     for name in ("operation", "count", "saves", "restores", "bytes", "instructions"):
         ops.add_column(name, justify="right" if name != "operation" else "left")
-    for name, o in costs.per_operation.items():
-        insns = str(ic.all_exits().as_json()["instructions"]) if ic is not None and \
-            name == "vm_entry" \
-            else ""  # per VM exit to the next entry
-        ops.add_row(name, str(o["count"]), str(o["saves"]), str(o["restores"]), str(o["bytes"]),
-                    insns)
+    rows = dict(costs.per_operation)
     if a.switches is not None:
-        o = a.switches.per_switch()
-        ops.add_row("context_switch", str(o["count"]), str(o["saves"]), str(o["restores"]),
-                    str(o["bytes"]), str(ic.per_switch()) if ic is not None else "")
+        rows["context_switch"] = a.switches.per_switch()
+    for name, o in rows.items():
+        insns = ic.per_operation(name) if ic is not None else None
+        ops.add_row(name, str(o["count"]), str(o["saves"]), str(o["restores"]), str(o["bytes"]),
+                    "" if insns is None else str(insns))
     console.print(ops)
     if ic is not None and ic.paths:
         paths = Table(title="FPU paths in instructions (entry to return, callees included)",
