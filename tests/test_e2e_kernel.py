@@ -348,16 +348,23 @@ def test_timeout_keeps_a_labelled_partial_trace(qemu_plugin: Path, tmp_path: Pat
     assert read_trace(out).footer is not None
 
 
-def test_qemu_killed_mid_run(qemu_plugin: Path, tmp_path: Path) -> None:
+def _long_record(out: Path, size: int) -> subprocess.Popen[str]:
+    """A record that runs until stopped, once `size` bytes of its trace are
+    on disk."""
     kernel_available("6.1")
-    out = (tmp_path / "k.ftr").resolve()
     proc = subprocess.Popen([sys.executable, "-m", "fputrace", "record", "--kernel", "6.1",
                              "--workload", "kvm-pingpong:10000000", "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    # Wait until several blocks are on disk, then SIGKILL QEMU.
-    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 300_000):
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < size):
         time.sleep(0.2)
+    return proc
+
+
+def test_qemu_killed_mid_run(qemu_plugin: Path, tmp_path: Path) -> None:
+    out = (tmp_path / "k.ftr").resolve()
+    # Once several blocks are on disk, SIGKILL QEMU.
+    proc = _long_record(out, 300_000)
     pids = subprocess.run(["pgrep", "-f", f"out={out}"], capture_output=True, text=True).stdout
     assert pids.split(), "QEMU not found"
     for pid in pids.split():
@@ -373,6 +380,19 @@ def test_qemu_killed_mid_run(qemu_plugin: Path, tmp_path: Path) -> None:
     r = fputrace("report", str(out))
     # Exit 4: the report covers only what was read.
     assert r.returncode == 4 and "incomplete trace" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_stops_the_machine_it_runs(qemu_plugin: Path, tmp_path: Path) -> None:
+    # A record stopped by SIGTERM (a CI job's timeout, kill) stops its QEMU
+    # too, and says so in one line: a QEMU left behind would run on alone.
+    out = (tmp_path / "s.ftr").resolve()
+    proc = _long_record(out, 100_000)
+    assert subprocess.run(["pgrep", "-f", f"out={out}"], capture_output=True).returncode == 0
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated" in err and "Traceback" not in err
+    assert subprocess.run(["pgrep", "-f", f"out={out}"], capture_output=True).returncode == 1
 
 
 def test_ownership_on_real_kvm_runs(pingpong: tuple[str, Path]) -> None:
