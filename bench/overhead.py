@@ -17,20 +17,31 @@ ratio, `ratio=X.XX` (target <= 1.10).
 
 `--variant no-icount` adds fputrace without the events' instruction count
 (`icount=off`); its line gives the count's cost, fputrace's ratio minus its
-own (target <= 0.02 on the demo).
+own (target <= 0.02 on the demo). `--variant count-floor` adds the empty
+plugin with and without the same count (`count=on`: an inline add per
+block, the least an exact count costs through the plugin API); its line
+gives the count's cost there, the floor for fputrace's.
 
 `--variant deterministic` adds fputrace on a deterministic machine (what
 `record` runs by default: instruction-counted time, fputrace.machine), and
 `--variant deterministic-none` the same machine without a plugin; each such
 variant's line also gives its ratio to its non-deterministic counterpart.
 
+`--deterministic` runs every variant on the deterministic machine: the
+guest then does the same work in every run (its time is its instruction
+count), so what is left between runs is the host's noise alone. That is
+the machine `record` uses by default, and the way to resolve a difference
+of a few percent, such as the instruction count's.
+
 With `--arch arm64` the same runs on the arm64 kernel (VHE); execlog's
 filter there is ERET, every MSR and the STP/LDP pairs that the save and
 load sequences are made of (execlog matches mnemonics only).
 
 usage: bench/overhead [--arch x86_64|arm64] [--kernel 6.1] [--rounds 3] [--compare]
+                      [--deterministic]
                       [--scenario NAME=WORKLOAD ...]
-                      [--variant NAME=ARGS | no-icount | deterministic | deterministic-none ...]
+                      [--variant NAME=ARGS | no-icount | count-floor | deterministic
+                                 | deterministic-none ...]
 """
 
 from __future__ import annotations
@@ -120,12 +131,15 @@ def main() -> int:
     ap.add_argument("--scenario", action="append", metavar="NAME=WORKLOAD",
                     help="replace the default scenarios (repeatable): "
                          + ", ".join(DEFAULT_SCENARIOS))
+    ap.add_argument("--deterministic", action="store_true",
+                    help="run every variant on the deterministic machine")
     ap.add_argument("--compare", action="store_true",
                     help="also run an empty plugin and QEMU's execlog")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARG[,ARG...]",
                     help="also run fputrace with these extra plugin arguments "
                          "(repeatable), e.g. no-bounds=boundaries=off; no-icount "
-                         "(icount=off); or "
+                         "(icount=off); count-floor (the empty plugin counting "
+                         "instructions as fputrace does, beside the empty plugin); or "
                          + " / ".join(DETERMINISTIC_VARIANTS)
                          + ": fputrace / no plugin on a deterministic machine")
     args = ap.parse_args()
@@ -145,6 +159,12 @@ def main() -> int:
             if name in NAMED_VARIANTS and not sep:
                 variants[name] = Variant(f"{fputrace_plugin},{NAMED_VARIANTS[name]}")
                 continue
+            if name == "count-floor" and not sep:
+                variants[name] = Variant(None)  # placed beside the empty plugin below
+                continue
+            if name in DETERMINISTIC_VARIANTS and not sep and args.deterministic:
+                raise FputraceError(f"--variant {name}: with --deterministic every "
+                                    "variant runs on the deterministic machine already")
             if name in DETERMINISTIC_VARIANTS and not sep:
                 like = DETERMINISTIC_VARIANTS[name]
                 variants[name] = Variant(variants[like].plugin, deterministic=True,
@@ -153,11 +173,16 @@ def main() -> int:
             if not sep or not name or name in variants:
                 raise FputraceError(f"--variant {text!r}: write NAME=ARG[,ARG...] "
                                     "with a new name, or one of "
-                                    + ", ".join([*NAMED_VARIANTS, *DETERMINISTIC_VARIANTS]))
+                                    + ", ".join([*NAMED_VARIANTS, "count-floor",
+                                                 *DETERMINISTIC_VARIANTS]))
             variants[name] = Variant(f"{fputrace_plugin},{extra_args}")
+        empty = str(build_dir() / "libemptyplugin.so")
+        if args.compare or "count-floor" in variants:
+            variants["empty"] = Variant(empty)
+        if "count-floor" in variants:
+            variants["count-floor"] = Variant(f"{empty},count=on", baseline="empty")
         if args.compare:
             execlog = build_execlog()
-            variants["empty"] = Variant(str(build_dir() / "libemptyplugin.so"))
             variants["execlog"] = Variant(
                 ",".join([str(execlog), *(f"ifilter={f}" for f in EXECLOG_FILTERS[args.arch])]),
                 ["-d", "plugin", "-D", str(tmp / "execlog.log")])
@@ -181,7 +206,7 @@ def main() -> int:
                 spec = MachineSpec(target.arch, target.vmlinuz, scenario.initramfs,
                                    kernel_cmdline(target.arch), plugin=v.plugin,
                                    serial_files=[console, tmp / "syms"], extra_args=v.extra,
-                                   deterministic=v.deterministic)
+                                   deterministic=v.deterministic or args.deterministic)
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = run_machine(spec, 900)
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -208,6 +233,9 @@ def main() -> int:
                 if variant in NAMED_VARIANTS:
                     extra = (wall["fputrace"] - wall[variant]) / wall["none"]
                     own = f"  fputrace costs {extra:+.2f} over it"
+                elif variant == "count-floor":
+                    extra = (wall[variant] - wall["empty"]) / wall["none"]
+                    own = f"  costs {extra:+.2f} over the empty plugin"
                 print(f"  median {variant:18s} wall {wall[variant]:7.2f} s  "
                       f"cpu {cpu[variant]:7.2f} s  x{wall[variant] / wall['none']:.2f}{own}")
             ratio = wall["fputrace"] / wall["none"]
