@@ -431,8 +431,7 @@ def render_summary(console: Console, a: Analysis, max_findings: int) -> None:
     console.print(escape(f"{run.trace.path}: {h.arch.name.lower()}, kernel {h.kernel or '-'}, "
                          f"{len(ev)} events; tables per call site, task, vCPU and kind: --full"))
     if a.guest is not None:
-        console.print(escape(f"L2 guest: its own kernel's model, {len(a.guest.run.trace.events)} "
-                             f"events, {len(a.guest.run.trace.tasks)} task announcements:"))
+        console.print(escape(_guest_heading(a.guest)))
         render_summary(console, a.guest, max_findings)
 
 
@@ -511,6 +510,14 @@ def render_analysis(console: Console, a: Analysis, top: int, max_findings: int =
         for p in ic.paths:
             paths.add_row(p.name, str(p.calls), str(p.instructions), str(p.mean), str(p.most))
         console.print(paths)
+    if a.guest is not None:
+        console.print(escape(_guest_heading(a.guest)))
+        render_analysis(console, a.guest, top, max_findings)
+
+
+def _guest_heading(guest: Analysis) -> str:
+    return (f"L2 guest: its own kernel's model, {len(guest.run.trace.events)} events, "
+            f"{len(guest.run.trace.tasks)} task announcements:")
 
 
 def _render_traps(console: Console, t: TrapCosts) -> None:

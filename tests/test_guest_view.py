@@ -5,12 +5,15 @@ probes where it could not.
 
 The scene: L1's vCPU thread (pid 50) enters the guest. Inside, the guest
 kernel switches to a task at G (pid 10, "fpu-switch"); that task forks a
-child whose task_struct is at C, which runs, exits, and whose task_struct
-is reused by the next fork's child (pid 12, "sh").
+child whose task_struct is at C, which runs (its registers restored before
+its return to user mode), exits, and whose task_struct is reused by the
+next fork's child (pid 12, "sh").
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,8 @@ def _scene(tmp_path: Path, named: bool) -> Path:
     for child_pid, comm in ((11, "fpu-switch"), (12, "sh")):
         b.event(K.PROBE, index=fmt.Probe.FORK_COPY, value=C, guest_task=G, **guest)
         switch(C, child_pid, comm)
+        # Its registers restored from its buffer before it returns to user mode.
+        b.event(K.XRSTOR, pc=0xFFFFFFFF81040C05, addr=C + 0x1000, guest_task=C, **guest)
         b.event(K.USER_RETURN, pc=0x401000, guest_task=C, **guest)
     b.event(K.VM_EXIT, task=VCPU_THREAD, flags=VALID, addr=0x5000)
     return b.write(tmp_path / "g.ftr")
@@ -88,3 +93,17 @@ def test_guest_tasks_known_by_pointer_take_their_lifetimes_from_the_forks(
     # Without pids, each fork probe's child starts a lifetime of C.
     assert lifetimes == 2
     assert n_tasks == 2 + 2
+
+
+def test_the_full_report_has_the_guests_model_with_its_named_tasks(tmp_path: Path) -> None:
+    path = _scene(tmp_path, named=True)
+    for full in ([], ["--full"]):
+        p = subprocess.run([sys.executable, "-m", "fputrace", "report", *full, str(path)],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        head, sep, guest = p.stdout.partition("L2 guest: its own kernel's model")
+        assert sep and "3 task announcements" in guest
+        if full:
+            # The guest's per-task table names its tasks as the guest does.
+            assert "11 fpu-switch" in guest and "12 sh" in guest
+            assert "fpu-switch" not in head
