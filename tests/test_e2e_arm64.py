@@ -267,6 +267,32 @@ def test_no_findings_and_every_entry_checked(arm64_pingpong: tuple[str, Path]) -
     assert 1.0 <= traps["guest_traps_per_kvm_run"] <= 1.1
 
 
+def test_instructions_of_the_kvm_fp_hooks(arm64_pingpong: tuple[str, Path]) -> None:
+    """Each timed FP hook's calls are its returns (a PROBE_RETURN naming
+    the function): kvm_arch_vcpu_load_fp() and _put_fp() return once for
+    every probe of their entry, at least once per KVM_RUN (the workload's
+    own count, as in test_kvm_fp_hooks_bracket_every_kvm_run), and each is
+    a short function. The guest's FP trap, one per KVM_RUN
+    (arm64_traps), is a VM exit window of its own, measured once for each."""
+    _, out = arm64_pingpong
+    trace = read_trace(out)
+    ev = trace.events
+    probe = ev[ev["kind"] == K.PROBE]
+    p = fputrace("report", "--json", str(out))
+    data = json.loads(p.stdout)
+    paths = {x["function"]: x for x in data["instructions"]["fpu_paths"]}
+    for name, pid in (("kvm_arch_vcpu_load_fp", fmt.Probe.KVM_LOAD_FP),
+                      ("kvm_arch_vcpu_put_fp", fmt.Probe.KVM_PUT_FP)):
+        entries = int(np.count_nonzero(probe["index"] == pid))
+        assert paths[name]["calls"] == entries >= N_RUNS, (name, paths[name], entries)
+        assert 10 <= paths[name]["mean"] <= 2000, paths[name]
+    traps = data["arm64_traps"]
+    fp_trap = data["instructions"]["per_vm_exit"]["guest_fp_trap"]
+    guest_traps = round(traps["guest_traps_per_kvm_run"] * traps["kvm_runs"])
+    assert N_RUNS - 1 <= fp_trap["count"] <= guest_traps, (fp_trap, traps)
+    assert fp_trap["instructions"] > 0
+
+
 # 6.12 is Debian's with 52-bit virtual addresses: its linear map, where
 # task_structs live, starts at 0xfff0000000000000 instead of 0xffff000000000000.
 # 5.10 discards the SVE state at every system call and reloads it whole
