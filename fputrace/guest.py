@@ -12,9 +12,14 @@ binary and libraries this machine runs, without a copy; it needs only the
 
 The guest boots a Debian kernel (fetched as for --kernel) with an
 initramfs of the same kind as L1's, running the guest workloads, which
-check their own registers. Its console comes back through the VMM's
-stdout, each line prefixed with GUEST_MARK on L1's console, so that the
-recorder reads the guest's own workload results from it.
+check their own registers. Its console goes to a file in L1's memory
+(GUEST_CONSOLE), and once the VMM has exited each of its lines is printed
+on L1's console prefixed with GUEST_MARK, so that the recorder reads the
+guest's own workload results from it. The file never blocks: a pipe to a
+relay in L1 did, and the guest's serial driver then polled its UART for
+room, each poll a VM exit to the VMM, while the relay waited for CPU
+behind them (two guest recordings of nine hung so, at boot and at the
+end).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ SHARE_MODULES = {"x86_64": ["virtio_pci", "9pnet_virtio", "9p"],
 VMM = {"x86_64": ["qemu-system-x86_64", "-cpu", "host"],
        "aarch64": ["qemu-system-aarch64", "-M", "virt,gic-version=3", "-cpu", "host"]}
 GUEST_MEMORY_MB = 256
+# Where L1 keeps the guest's console: on L1's /dev (a devtmpfs, in memory),
+# which the VMM's chroot binds at the same path (the share is read-only).
+GUEST_CONSOLE = "/dev/fputrace-l2-console"
 # L1 needs room for the guest's memory and the VMM besides its own.
 HOST_MEMORY_MB = 1536
 
@@ -66,7 +74,7 @@ class GuestPlan:
                "-kernel", str(self.target.vmlinuz.resolve()),
                "-initrd", str(self.initramfs.resolve()),
                "-append", kernel_cmdline(self.target.arch),
-               "-serial", "stdio", "-serial", "null"]
+               "-serial", f"file:{GUEST_CONSOLE}", "-serial", "null"]
         start, finish = [], []
         for i, r in enumerate(self.alongside):
             log = f"/alongside-{i}.log"
@@ -83,8 +91,9 @@ class GuestPlan:
             f"for d in dev proc sys; do mount --bind /$d {HOST_ROOT}/$d; done",
             *start,
             "echo FPUTRACE-GUEST-BEGIN",
-            f"chroot {HOST_ROOT} {' '.join(shlex.quote(a) for a in vmm)} </dev/null 2>&1 "
-            f"| while IFS= read -r line; do echo \"{GUEST_MARK}$line\"; done",
+            # The VMM's own messages go to L1's console as they come.
+            f"chroot {HOST_ROOT} {' '.join(shlex.quote(a) for a in vmm)} </dev/null 2>&1",
+            f"while IFS= read -r line; do echo \"{GUEST_MARK}$line\"; done <{GUEST_CONSOLE}",
             "echo FPUTRACE-GUEST-END",
             *finish,
         ]
