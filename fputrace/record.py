@@ -274,22 +274,33 @@ def plugin_arguments(target: KernelTarget, out: Path) -> list[str]:
 MAX_SMP = 16  # guest CPUs; the report's per-CPU tables hold far more
 
 
-def guest_plugin_arguments(guest: KernelTarget) -> list[str]:
+# arch/x86/include/asm/page_64_types.h: __PAGE_OFFSET_BASE_L4, the direct
+# map's base when the kernel has no page_offset_base variable
+# (CONFIG_DYNAMIC_MEMORY_LAYOUT unset) and so no 5-level paging either.
+X86_DIRECT_MAP_L4 = 0xFFFF888000000000
+
+
+def guest_plugin_arguments(target: KernelTarget, guest: KernelTarget) -> list[str]:
     """The nested guest kernel's probes, as L1's (fputrace.kernel.probes), so
     that its model sees its purposeful changes (fork, exec, signals) too.
     Its context switch, __switch_to(prev, next), names its current task from
     then on: L2's events carry it and its user boundaries are recorded
-    (plugin/fputrace.c, gprobe=). The guest's tasks are known by pointer:
-    the plugin can read their pid and comm through the guest's page tables
-    (gtask_*= and dmap_var=), but with those reads some guest recordings ran
-    five times slower, for a reason not found yet, so record leaves them
-    off."""
+    (plugin/fputrace.c, gprobe=). Its task layout and L1's direct map let
+    the plugin read each task's pid and comm at the next VM exit: the
+    direct map's base is L1's page_offset_base (arch/x86/mm/kaslr.c leaves
+    it at its initial value under nokaslr; it differs with 5-level paging),
+    read by the plugin where the kernel has that variable."""
     symbols = Symbols.load(guest.state_dir / "kallsyms")
     probes = resolve_probes(symbols, guest.arch)
     if not any(p.probe == Probe.CONTEXT_SWITCH for p in probes):
         raise FputraceError(f"guest kernel {guest.identity} has no __switch_to symbol: "
                             "its tasks cannot be followed")
-    return [f"gprobe={p.addr:#x}:{int(p.probe)}" + (":q" if p.quiet else "") for p in probes]
+    layout = kernel_layout(guest)
+    dmap_var = Symbols.load(target.state_dir / "kallsyms").values.get("page_offset_base")
+    dmap = f"dmap_var={dmap_var:#x}" if dmap_var else f"dmap={X86_DIRECT_MAP_L4:#x}"
+    return [f"gprobe={p.addr:#x}:{int(p.probe)}" + (":q" if p.quiet else "") for p in probes] + [
+        f"gtask_pid={layout.task_pid}", f"gtask_tgid={layout.task_tgid}",
+        f"gtask_comm={layout.task_comm}", dmap]
 
 
 def check_smp(smp: int) -> None:
@@ -342,7 +353,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
         plugin_args = [*plugin_arguments(target, out.resolve()),
                        f"kernel={target.identity.replace(',', ';')}", f"qemu={qemu}"]
         if guest_target is not None and target.arch == "x86_64":
-            plugin_args += guest_plugin_arguments(guest_target)
+            plugin_args += guest_plugin_arguments(target, guest_target)
         plugin_args += [f"msr={m:#x}" for m in extra_msrs or []]
         spec = MachineSpec(target.arch, target.vmlinuz, tmp / "initramfs.gz",
                            kernel_cmdline(target.arch, kvm_mode),

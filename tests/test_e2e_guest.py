@@ -102,11 +102,28 @@ def test_guest_events_belong_to_guest_tasks(nested: Path) -> None:
     # fpu-switch's 2 tasks hand the CPU to each other 400 times (its own
     # count): the guest's most frequent switch pair is theirs. The guest's
     # timer preempts one for the other now and then too (more often than in
-    # L1, as the host hog slows the guest down): up to a tenth more.
-    pairs = Counter(frozenset((int(a), int(b))) for a, b in
-                    zip(ev["value"][switch].tolist(), ev["addr"][switch].tolist(), strict=True))
-    (_, n), = pairs.most_common(1)
+    # L1, as the host hog slows the guest down): up to a tenth more. The
+    # guest's tasks are named, read through its page tables at the VM exits:
+    # the pair is two fpu-switch processes (its program's name, two pids).
+    # A task_struct is reused after its task exits, so a switch's tasks are
+    # the latest records of their pointers up to it; next's record takes
+    # the sequence number after the switch's own (one CPU).
+    def named_at(ptr: int, seq: int) -> tuple[int, str]:
+        mine = guest_tasks[(guest_tasks["task"] == ptr) & (guest_tasks["seq"] <= seq + 1)]
+        if not len(mine):
+            return 0, ""        # prev of the first switch: the guest's boot task
+        x = mine[np.argmax(mine["seq"])]
+        return int(x["pid"]), bytes(x["comm"]).split(b"\0")[0].decode()
+
+    pairs = Counter(frozenset((named_at(int(a), q), named_at(int(b), q))) for a, b, q in
+                    zip(ev["value"][switch].tolist(), ev["addr"][switch].tolist(),
+                        ev["seq"][switch].tolist(), strict=True))
+    (pair, n), = pairs.most_common(1)
     assert 400 <= n <= 440, pairs.most_common(3)
+    assert {c for _, c in pair} == {"fpu-switch"} and len(pair) == 2, pair
+    assert all(pid > 1 for pid, _ in pair)
+    comms = {bytes(c).split(b"\0")[0].decode() for c in guest_tasks["comm"].tolist()}
+    assert {"fork-exec", "signal", "kernel-fpu", "fpu-switch"} <= comms, comms
     # L1's own events name L1's tasks: a task record of L1 always has a
     # name (a guest's pointer taken for L1's task would have none).
     host = t.tasks[(t.tasks["flags"] & fmt.TaskFlag.L2) == 0]
