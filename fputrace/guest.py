@@ -15,11 +15,8 @@ initramfs of the same kind as L1's, running the guest workloads, which
 check their own registers. Its console goes to a file in L1's memory
 (GUEST_CONSOLE), and once the VMM has exited each of its lines is printed
 on L1's console prefixed with GUEST_MARK, so that the recorder reads the
-guest's own workload results from it. The file never blocks: a pipe to a
-relay in L1 did, and the guest's serial driver then polled its UART for
-room, each poll a VM exit to the VMM, while the relay waited for CPU
-behind them (two guest recordings of nine hung so, at boot and at the
-end).
+guest's own workload results from it. The file never blocks; a pipe to a
+relay shell in L1 makes the guest's UART wait whenever the relay does.
 """
 
 from __future__ import annotations
