@@ -549,6 +549,22 @@ static const struct probe *probe_of_level(const struct probe *pr, bool l2)
     return NULL;
 }
 
+/* Queue a guest task for naming at the next VM exit; false when the queue is full. */
+static bool guest_unnamed_add(struct vcpu_state *vs, uint64_t task, uint64_t seq)
+{
+    for (unsigned i = 0; i < vs->n_guest_unnamed; i++) {
+        if (vs->guest_unnamed[i].task == task) {
+            return true;        /* queued already, at its first switch */
+        }
+    }
+    if (vs->n_guest_unnamed == GUEST_UNNAMED_MAX) {
+        return false;
+    }
+    vs->guest_unnamed[vs->n_guest_unnamed].task = task;
+    vs->guest_unnamed[vs->n_guest_unnamed++].seq = seq;
+    return true;
+}
+
 /*
  * A context switch in the nested guest's kernel: __switch_to(prev, next)
  * makes next its current task. The pointer comes from the argument
@@ -561,26 +577,15 @@ static const struct probe *probe_of_level(const struct probe *pr, bool l2)
 static void guest_task_switch(struct vcpu_state *vs, unsigned int vcpu_index, uint64_t next)
 {
     uint64_t seq = __atomic_load_n(&next_seq, __ATOMIC_RELAXED);
-    bool named = arch->guest_read && cfg.gtask.pid_off >= 0;
+    bool nameable = arch->guest_read && cfg.gtask.pid_off >= 0;
 
     if (!(next >> 63)) {
         return;
     }
-    if (next != vs->guest_current) {
+    if (next != vs->guest_current && !(nameable && guest_unnamed_add(vs, next, seq))) {
         struct ftr_task t = { .task = next, .seq = seq, .flags = FTR_TASK_FLAG_L2 };
-        unsigned i;
 
-        for (i = 0; named && i < vs->n_guest_unnamed; i++) {
-            if (vs->guest_unnamed[i].task == next) {
-                break;
-            }
-        }
-        if (named && i == vs->n_guest_unnamed && i < GUEST_UNNAMED_MAX) {
-            vs->guest_unnamed[vs->n_guest_unnamed].task = next;
-            vs->guest_unnamed[vs->n_guest_unnamed++].seq = seq;
-        } else if (!named || i == GUEST_UNNAMED_MAX) {
-            task_record(vs, vcpu_index, &t);
-        }
+        task_record(vs, vcpu_index, &t);
     }
     vs->guest_next = next;      /* current from the next event that is not prev's save */
 }
@@ -588,19 +593,19 @@ static void guest_task_switch(struct vcpu_state *vs, unsigned int vcpu_index, ui
 /*
  * After a VM exit: the pid, tgid and comm of the guest's tasks switched to
  * while it ran, read through its page tables (arch_ops.guest_read). When
- * the recording ends in the guest (readable false), by pointer alone.
+ * the recording ends in the guest (readable false), or a read fails, by
+ * pointer alone.
  */
 void guest_tasks_name(struct vcpu_state *vs, unsigned int vcpu_index, bool readable)
 {
     for (unsigned i = 0; i < vs->n_guest_unnamed; i++) {
-        struct ftr_task t = { .task = vs->guest_unnamed[i].task,
-                              .seq = vs->guest_unnamed[i].seq, .flags = FTR_TASK_FLAG_L2 };
+        const struct ftr_task bare = { .task = vs->guest_unnamed[i].task,
+                                       .seq = vs->guest_unnamed[i].seq,
+                                       .flags = FTR_TASK_FLAG_L2 };
+        struct ftr_task t = bare;
 
         if (!readable || !task_identity(vs, &cfg.gtask, arch->guest_read, t.task, &t)) {
-            memset(&t, 0, sizeof(t));
-            t.task = vs->guest_unnamed[i].task;
-            t.seq = vs->guest_unnamed[i].seq;
-            t.flags = FTR_TASK_FLAG_L2;
+            t = bare;           /* a failed read may have filled some fields */
         }
         task_record(vs, vcpu_index, &t);
     }

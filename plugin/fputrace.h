@@ -98,12 +98,24 @@ struct fpu_insn {
     struct x86_modrm_addr ea, ea_alt;
 };
 
+/* Where the nested guest's memory is, as a VM exit left it (x86_guest_mmu()). */
+struct x86_guest_mmu {
+    uint64_t dmap;              /* L1's direct map */
+    bool npt;                   /* nested paging: the guest's tables are guest-physical */
+    uint64_t ncr3;
+    unsigned nlevels;           /* 5 when L1 runs with LA57: NPT follows the host's mode */
+    uint64_t cr3;               /* without NPT: KVM's shadow tables, L1-physical */
+    unsigned levels;
+};
+
 /* x86.c's part of a vCPU's state. */
 struct x86_vcpu {
     uint64_t kernel_gs_base;    /* last per-cpu base seen; see x86_current_task() */
     uint64_t pending_alt_addr;  /* the other reading's address (fpu_insn.has_alt) */
     bool pending_xmm_hi;        /* XMM8-15 moved: the instruction ran in 64-bit mode */
     struct xsave_image *image;  /* the bytes the pending save/restore moved so far */
+    struct x86_guest_mmu guest_mmu;     /* for the reads after a VM exit */
+    bool guest_mmu_ok;
 };
 
 /* arm64.c's part of a vCPU's state. */
