@@ -268,7 +268,20 @@ def plugin_arguments(target: KernelTarget, out: Path) -> list[str]:
     symbols = Symbols.load(target.state_dir / "kallsyms")
     probes = resolve_probes(symbols, target.arch)
     fpcode = [f"fpcode={start:#x}:{size:#x}" for start, size in fp_core_code(symbols, target.arch)]
-    return [f"out={out}", *layout.plugin_args(), *probe_args(probes), *fpcode]
+    return [f"out={out}", *layout.plugin_args(), *probe_args(probes), *fpcode,
+            *x86_direct_map(target.arch, symbols)]
+
+
+def x86_direct_map(arch: str, symbols: Symbols) -> list[str]:
+    """Where L1's direct map begins, for the plugin's reads of the VMCB (a VM
+    exit's code and RIP) and of a guest's memory: page_offset_base where the
+    kernel has that variable (arch/x86/mm/kaslr.c leaves it at its initial
+    value under nokaslr; it differs with 5-level paging), else the fixed
+    4-level base of kernels without it."""
+    if arch != "x86_64":
+        return []
+    dmap_var = symbols.values.get("page_offset_base")
+    return [f"dmap_var={dmap_var:#x}" if dmap_var else f"dmap={X86_DIRECT_MAP_L4:#x}"]
 
 
 MAX_SMP = 16  # guest CPUs; the report's per-CPU tables hold far more
@@ -285,22 +298,18 @@ def guest_plugin_arguments(target: KernelTarget, guest: KernelTarget) -> list[st
     that its model sees its purposeful changes (fork, exec, signals) too.
     Its context switch, __switch_to(prev, next), names its current task from
     then on: L2's events carry it and its user boundaries are recorded
-    (plugin/fputrace.c, gprobe=). Its task layout and L1's direct map let
-    the plugin read each task's pid and comm at the next VM exit: the
-    direct map's base is L1's page_offset_base (arch/x86/mm/kaslr.c leaves
-    it at its initial value under nokaslr; it differs with 5-level paging),
-    read by the plugin where the kernel has that variable."""
+    (plugin/fputrace.c, gprobe=). Its task layout and L1's direct map
+    (x86_direct_map()) let the plugin read each task's pid and comm at the
+    next VM exit."""
     symbols = Symbols.load(guest.state_dir / "kallsyms")
     probes = resolve_probes(symbols, guest.arch)
     if not any(p.probe == Probe.CONTEXT_SWITCH for p in probes):
         raise FputraceError(f"guest kernel {guest.identity} has no __switch_to symbol: "
                             "its tasks cannot be followed")
     layout = kernel_layout(guest)
-    dmap_var = Symbols.load(target.state_dir / "kallsyms").values.get("page_offset_base")
-    dmap = f"dmap_var={dmap_var:#x}" if dmap_var else f"dmap={X86_DIRECT_MAP_L4:#x}"
     return [f"gprobe={p.addr:#x}:{int(p.probe)}" + (":q" if p.quiet else "") for p in probes] + [
         f"gtask_pid={layout.task_pid}", f"gtask_tgid={layout.task_tgid}",
-        f"gtask_comm={layout.task_comm}", dmap]
+        f"gtask_comm={layout.task_comm}"]
 
 
 def check_smp(smp: int) -> None:

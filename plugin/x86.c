@@ -834,24 +834,17 @@ static void x86_vmrun_exec(unsigned int vcpu_index, void *udata)
  * CR3 and CR4 at the exit, gives the roots (AMD APM vol. 2, appendix B;
  * Linux's struct vmcb_control_area and vmcb_save_area).
  */
+#define VMCB_EXITCODE           0x070
 #define VMCB_NESTED_CTL         0x090   /* bit 0: nested paging enabled */
 #define VMCB_NESTED_CR3         0x0b0
 #define VMCB_SAVE_CR4           0x548   /* the save area (0x400) + 0x148 */
 #define VMCB_SAVE_CR3           0x550
+#define VMCB_SAVE_RIP           0x578
 #define X86_CR4_LA57            (1ull << 12)
 #define X86_PTE_PRESENT         (1ull << 0)
 #define X86_PTE_LARGE           (1ull << 7)     /* a 1 GiB or 2 MiB page (PS) */
 #define X86_PTE_ADDR            0x000ffffffffff000ull
 #define X86_PAGE_SIZE           4096u
-
-struct x86_guest_mmu {
-    uint64_t dmap;              /* L1's direct map */
-    bool npt;                   /* nested paging: the guest's tables are guest-physical */
-    uint64_t ncr3;
-    unsigned nlevels;           /* 5 when L1 runs with LA57: NPT follows the host's mode */
-    uint64_t cr3;               /* without NPT: KVM's shadow tables, L1-physical */
-    unsigned levels;
-};
 
 static bool x86_l1_phys_read(struct vcpu_state *vs, const struct x86_guest_mmu *m, uint64_t pa,
                              void *out, size_t len)
@@ -922,21 +915,22 @@ static bool x86_guest_mmu(struct vcpu_state *vs, struct x86_guest_mmu *m)
     return true;
 }
 
+/* Through the roots that x86_vmexit_exec() found for this exit's reads. */
 static bool x86_guest_read(struct vcpu_state *vs, uint64_t vaddr, void *out, size_t len)
 {
-    struct x86_guest_mmu m;
+    const struct x86_guest_mmu *m = &vs->x86.guest_mmu;
     uint8_t *dst = out;
 
-    if (vs->in_l2 || !x86_guest_mmu(vs, &m)) {
+    if (vs->in_l2 || !vs->x86.guest_mmu_ok) {
         return false;
     }
     while (len) {
         size_t n = MIN(len, X86_PAGE_SIZE - (vaddr & (X86_PAGE_SIZE - 1)));
         uint64_t gpa, pa;
 
-        if (!x86_pt_walk(vs, &m, m.npt, m.cr3, m.levels, vaddr, &gpa) ||
-            !x86_npt_translate(vs, &m, gpa, &pa) ||
-            !x86_l1_phys_read(vs, &m, pa, dst, n)) {
+        if (!x86_pt_walk(vs, m, m->npt, m->cr3, m->levels, vaddr, &gpa) ||
+            !x86_npt_translate(vs, m, gpa, &pa) ||
+            !x86_l1_phys_read(vs, m, pa, dst, n)) {
             return false;
         }
         vaddr += n;
@@ -967,9 +961,23 @@ static void x86_vmexit_exec(unsigned int vcpu_index, void *udata)
     ev.simd_pc = 0;
     ev.guest_task = 0;
     ev.addr = vs->vmcb;
+    /*
+     * Why and where the guest left, from the VMCB that #VMEXIT wrote; and
+     * the guest's roots, once for all the names this exit reads.
+     */
+    vs->x86.guest_mmu_ok = x86_guest_mmu(vs, &vs->x86.guest_mmu);
+    if (vs->x86.guest_mmu_ok) {
+        const struct x86_guest_mmu *m = &vs->x86.guest_mmu;
+
+        if (!x86_l1_phys_read(vs, m, vs->vmcb + VMCB_EXITCODE, &ev.value, sizeof(ev.value)) ||
+            !x86_l1_phys_read(vs, m, vs->vmcb + VMCB_SAVE_RIP, &ev.aux, sizeof(ev.aux))) {
+            ev.value = ev.aux = 0;
+        }
+    }
     event_read_regs(vs, &ev, true);     /* the guest's registers as it left them */
     vcpu_commit_event(vs, vcpu_index, &ev);
     guest_tasks_name(vs, vcpu_index, true);
+    vs->x86.guest_mmu_ok = false;
 }
 
 /*

@@ -58,6 +58,21 @@ def test_vm_entries_match_the_workloads_kvm_run_count(pingpong: tuple[str, Path]
     assert exits == entries
 
 
+def test_vm_exits_carry_the_exit_code_and_the_guests_rip(pingpong: tuple[str, Path]) -> None:
+    # The workload's guest leaves by one OUT per round trip, at byte 24 of its
+    # code (loaded at 0x1000, see workloads/kvm-pingpong.c): each is an
+    # SVM_EXIT_IOIO (0x7b, AMD APM vol. 2, appendix C) at RIP 0x1018, and there
+    # are as many as the workload counted io_exits. Any other exit (interrupts,
+    # nested page faults) is not an I/O exit.
+    _, out = pingpong
+    own = workload_line(sidecar(out, "console.log"), "kvm-pingpong")
+    ev = read_trace(out).events
+    exits = ev[ev["kind"] == fmt.Kind.VM_EXIT]
+    io = exits[exits["value"] == 0x7b]
+    assert len(io) == int(own["io_exits"])
+    assert set(io["aux"].tolist()) == {0x1018}
+
+
 def test_instructions_of_the_fpstate_swap(pingpong: tuple[str, Path]) -> None:
     # Each KVM_RUN ioctl swaps the host's and the guest's fpstate twice:
     # kvm_arch_vcpu_ioctl_run() -> kvm_load_guest_fpu() and, before it
