@@ -168,11 +168,17 @@ def test_guest_switches_while_a_host_hog_preempts_the_vcpu_thread(nested: Path) 
     assert swaps > 100
     # Preemption inside KVM_RUN: between a VM exit and the vCPU thread's next
     # entry, a switch away from it and back. __switch_to(): switch_fpu_prepare()
-    # saves the live guest fpstate, switch_fpu_finish() sets TIF_NEED_FPU_LOAD;
-    # before the entry vcpu_enter_guest() calls switch_fpu_return(), whose
+    # saves the guest fpstate if its registers are still live (no
+    # TIF_NEED_FPU_LOAD), switch_fpu_finish() sets TIF_NEED_FPU_LOAD; before
+    # the entry vcpu_enter_guest() calls switch_fpu_return(), whose
     # fpregs_restore_userregs() restores the fpstate unless fpregs_state_valid():
     # unless no other context's state was loaded on the CPU meanwhile (a
     # kernel thread that ran in between leaves the registers the guest's).
+    # kernel_fpu_begin_mask() after the exit does both first: it saves the
+    # live registers, sets TIF_NEED_FPU_LOAD (the switch then saves nothing)
+    # and invalidates the CPU's registers (__cpu_invalidate_fpregs_state():
+    # the restore before the entry then always comes).
+    kfpu_begin = probe & (ev["index"] == fmt.Probe.KFPU_BEGIN)
     exits = np.flatnonzero(l1 & (kinds == fmt.Kind.VM_EXIT) & (task == vcpu_thread))
     sfr_pc = load_run(preempted).symbols.values["switch_fpu_return"]
     thread_entries = np.flatnonzero(vm_entry & (task == vcpu_thread))
@@ -193,11 +199,15 @@ def test_guest_switches_while_a_host_hog_preempts_the_vcpu_thread(nested: Path) 
         back = window[switch[window] & (ev["addr"][window] == vcpu_thread)]
         assert len(back) and back[-1] > away[0], (x, e)
         gone, came = int(away[0]), int(back[-1])
-        assert np.any(save[gone:came] & (task[gone:came] == vcpu_thread)), (x, e)
+        own_save = save & (task == vcpu_thread)
+        saved_by_kfpu = bool(np.any(kfpu_begin[x + 1:gone] & (task[x + 1:gone] == vcpu_thread))
+                             and np.any(own_save[x + 1:gone]))
+        assert bool(np.any(own_save[gone:came])) != saved_by_kfpu, (x, e)
         assert np.any(probe[came:e] & (ev["pc"][came:e] == sfr_pc)), (x, e)
         others_loaded = bool(np.any(restore[gone:came] & (task[gone:came] != vcpu_thread)))
+        invalidated = bool(np.any(kfpu_begin[x + 1:e]))
         restored = bool(np.any(restore[came:e] & (task[came:e] == vcpu_thread)))
-        assert restored == others_loaded, (x, e, restored)
+        assert restored == (others_loaded or invalidated), (x, e, restored)
         judged += 1
         restored_after_hog += restored
     assert judged >= 10 and restored_after_hog >= 5, (judged, restored_after_hog)
