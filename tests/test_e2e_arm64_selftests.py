@@ -45,9 +45,12 @@ def selftests(request: pytest.FixtureRequest, qemu_plugin: Path,
         command = f"cd fp && ./fp-stress -t {SECONDS}"
     else:
         # 5.10: the two stress programs side by side on one CPU, stopped by
-        # SIGTERM, which each answers with its verdict.
-        command = (f"cd fp && (timeout -s TERM {SECONDS} ./fpsimd-test & "
-                   f"timeout -s TERM {SECONDS} ./sve-test & wait)")
+        # SIGTERM, which each answers with its verdict. Each writes its
+        # verdict in pieces, so the two share no console: their outputs are
+        # printed one after the other once both have stopped.
+        command = (f"cd fp && (timeout -s TERM {SECONDS} ./fpsimd-test > fpsimd.out 2>&1 & "
+                   f"timeout -s TERM {SECONDS} ./sve-test > sve.out 2>&1 & wait); "
+                   "cat fpsimd.out sve.out")
     out = tmp_path_factory.mktemp(f"selftests-{series}") / "run.ftr"
     p = fputrace("record", "--arch", "arm64", "--kernel", series, "--smp", "2",
                  "--module", "algif_hash", "--module", "sha2_ce", "--add", str(built),
