@@ -19,7 +19,8 @@ last line is the worst scenario's ratio, `ratio=X.XX` (target <= 1.10).
 
 `--variant no-icount` adds fputrace without the events' instruction count
 (`icount=off`); its line gives the count's cost, fputrace's ratio minus its
-own (target <= 0.02 on the demo). `--variant count-floor` adds the empty
+own (target <= 0.02 on the demo), from the medians, from the fastest runs,
+and as the median of the differences within each round. `--variant count-floor` adds the empty
 plugin with and without the same count (`count=on`: an inline add per
 block, the least an exact count costs through the plugin API); its line
 gives the count's cost there, the floor for fputrace's.
@@ -119,6 +120,14 @@ def build_execlog() -> Path:
 def _cost(wall: dict[str, float], variant: str, without: str) -> float:
     """What variant adds over without, in units of the plugin-free run."""
     return (wall[variant] - wall[without]) / wall["none"]
+
+
+def _paired_cost(runs: dict[str, list[float]], variant: str, without: str) -> float:
+    """The median of _cost() taken within each round: the runs of one round
+    follow each other, so a slow spell of the machine lasting a round or
+    more falls on both sides of the difference."""
+    return statistics.median((a - b) / n for a, b, n in
+                             zip(runs[variant], runs[without], runs["none"], strict=True))
 
 
 def parse_scenario(text: str) -> tuple[str, str]:
@@ -240,11 +249,13 @@ def main() -> int:
                     f"  {variant}/{v.baseline}={wall[variant] / wall[v.baseline]:.2f}"
                 if variant in NAMED_VARIANTS:
                     own = ("  fputrace costs "
-                           f"{_cost(wall, 'fputrace', variant):+.2f} over it "
-                           f"(fastest runs: {_cost(fastest, 'fputrace', variant):+.2f})")
+                           f"{_cost(wall, 'fputrace', variant):+.3f} over it "
+                           f"(fastest runs: {_cost(fastest, 'fputrace', variant):+.3f}, "
+                           f"by round: {_paired_cost(s.wall, 'fputrace', variant):+.3f})")
                 elif variant == "count-floor":
-                    own = (f"  costs {_cost(wall, variant, 'empty'):+.2f} over the empty plugin "
-                           f"(fastest runs: {_cost(fastest, variant, 'empty'):+.2f})")
+                    own = (f"  costs {_cost(wall, variant, 'empty'):+.3f} over the empty plugin "
+                           f"(fastest runs: {_cost(fastest, variant, 'empty'):+.3f}, "
+                           f"by round: {_paired_cost(s.wall, variant, 'empty'):+.3f})")
                 print(f"  median {variant:18s} wall {wall[variant]:7.2f} s  "
                       f"fastest {fastest[variant]:7.2f} s  "
                       f"cpu {cpu[variant]:7.2f} s  x{wall[variant] / wall['none']:.2f}{own}")
