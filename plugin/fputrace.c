@@ -598,6 +598,10 @@ static void guest_task_switch(struct vcpu_state *vs, unsigned int vcpu_index, ui
  */
 void guest_tasks_name(struct vcpu_state *vs, unsigned int vcpu_index, bool readable)
 {
+    struct ftr_task cur = { .task = vs->guest_current,
+                            .seq = __atomic_load_n(&next_seq, __ATOMIC_RELAXED),
+                            .flags = FTR_TASK_FLAG_L2 };
+
     for (unsigned i = 0; i < vs->n_guest_unnamed; i++) {
         const struct ftr_task bare = { .task = vs->guest_unnamed[i].task,
                                        .seq = vs->guest_unnamed[i].seq,
@@ -610,6 +614,16 @@ void guest_tasks_name(struct vcpu_state *vs, unsigned int vcpu_index, bool reada
         task_record(vs, vcpu_index, &t);
     }
     vs->n_guest_unnamed = 0;
+    /*
+     * The current task again, at every exit: exec() renames a task without
+     * a switch (begin_new_exec(): __set_task_comm()), so one named at its
+     * first switch, before its exec, would keep its parent's comm. A new
+     * identity only is written (task_record()), from this point on.
+     */
+    if (readable && (cur.task >> 63) && cfg.gtask.pid_off >= 0 && arch->guest_read &&
+        task_identity(vs, &cfg.gtask, arch->guest_read, cur.task, &cur)) {
+        task_record(vs, vcpu_index, &cur);
+    }
 }
 
 /*
