@@ -20,10 +20,11 @@ last line is the worst scenario's ratio, `ratio=X.XX` (target <= 1.10).
 `--variant no-icount` adds fputrace without the events' instruction count
 (`icount=off`); its line gives the count's cost, fputrace's ratio minus its
 own (target <= 0.02 on the demo), from the medians, from the fastest runs,
-and as the median of the differences within each round. `--variant count-floor` adds the empty
-plugin with and without the same count (`count=on`: an inline add per
-block, the least an exact count costs through the plugin API); its line
-gives the count's cost there, the floor for fputrace's.
+and as the median of the differences within each round. `--variant
+count-floor` adds the empty plugin with and without the same count
+(`count=on`: an inline add per block, the least an exact count costs
+through the plugin API); its line gives the count's cost there, the floor
+for fputrace's.
 
 `--variant deterministic` adds fputrace on a deterministic machine (what
 `record` runs by default: instruction-counted time, fputrace.machine), and
