@@ -1,8 +1,13 @@
 """Run one QEMU machine to completion, driven through QMP.
 
-QEMU is started with a QMP socket; we wait for the guest's SHUTDOWN event (or
-a timeout, after which we ask QEMU to quit so that the plugin still flushes
-its trace) and for the process to exit.
+QEMU is started with a QMP socket, in a session of its own (a terminal's
+SIGINT is ours to handle, not QEMU's), and with -no-shutdown: when the
+guest powers off or resets, QEMU stops it and waits. Whatever ends the
+run (that SHUTDOWN event, the time limit, SIGINT or SIGTERM to us), we
+write how it ended into the plugin's end file (MachineSpec.end_file) and
+then ask QEMU to quit, so that the plugin flushes its trace and records
+that end in its footer. A QEMU that exits on its own leaves the file
+unwritten: the footer says EXITED.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -21,6 +27,7 @@ from typing import Any
 from qemu.qmp import ConnectError, QMPClient
 
 from fputrace.errors import FputraceError
+from fputrace.trace.format import End
 
 QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 
@@ -87,15 +94,22 @@ class MachineSpec:
     serial_files: list[Path] = field(default_factory=list)  # ttyS0 (console), ttyS1, ...
     extra_args: list[str] = field(default_factory=list)
     deterministic: bool = False  # deterministic_args(): the same run every time
+    # The plugin's end= file: how the run ended (fputrace.trace.format.End),
+    # written before QEMU is asked to quit.
+    end_file: Path | None = None
+    # At the guest's shutdown: whether it had finished its work (DONE) or
+    # stopped before (GUEST_STOPPED).
+    finished: Callable[[], bool] | None = None
 
 
 @dataclass
 class MachineResult:
-    status: str  # "shutdown", "reset", "timeout", "crashed"
+    status: str  # "shutdown", "reset", "timeout", "interrupted", "crashed"
     detail: str
     wall_s: float
     returncode: int | None
     stderr: str
+    signal: str = ""  # "interrupted": the signal that stopped us (SIGINT, SIGTERM)
 
 
 def qemu_binary(arch: str) -> str:
@@ -115,7 +129,8 @@ def qemu_version(arch: str = "x86_64") -> str:
 
 def command_line(spec: MachineSpec, qmp_socket: Path) -> list[str]:
     cmd = [qemu_binary(spec.arch), "-accel", "tcg", "-m", str(spec.memory_mb),
-           "-smp", str(spec.smp), "-display", "none", "-no-reboot", "-nodefaults",
+           "-smp", str(spec.smp), "-display", "none", "-no-reboot", "-no-shutdown",
+           "-nodefaults",
            "-monitor", "none", "-qmp", f"unix:{qmp_socket},server=on,wait=off",
            "-kernel", str(spec.kernel), "-append", spec.append]
     if spec.arch == "x86_64":
@@ -149,8 +164,38 @@ async def _connect(client: QMPClient, sock: Path, proc: asyncio.subprocess.Proce
         await asyncio.sleep(0.05)
 
 
+def _write_end(spec: MachineSpec, end: End) -> None:
+    """Tell the plugin how the run ended, before QEMU is asked to quit."""
+    if spec.end_file is not None:
+        spec.end_file.write_text(end.name + "\n")
+
+
+def _stderr_reason(stderr: str) -> str:
+    """QEMU's own last words, for a QEMU that failed."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "nothing on its stderr"
+
+
 async def _run(spec: MachineSpec, timeout_s: float,
                tick: Callable[[float], None] | None) -> MachineResult:
+    loop = asyncio.get_running_loop()
+    signalled: asyncio.Future[int] = loop.create_future()
+
+    def on_signal(signum: int) -> None:
+        if not signalled.done():
+            signalled.set_result(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, int(signum))
+    try:
+        return await _drive(spec, timeout_s, tick, signalled)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def _drive(spec: MachineSpec, timeout_s: float, tick: Callable[[float], None] | None,
+                 signalled: asyncio.Future[int]) -> MachineResult:
     with tempfile.TemporaryDirectory(prefix="fputrace-qmp-") as tmp:
         sock = Path(tmp) / "qmp.sock"
         errlog = Path(tmp) / "stderr"
@@ -158,10 +203,10 @@ async def _run(spec: MachineSpec, timeout_s: float,
         with open(errlog, "wb") as err:
             proc = await asyncio.create_subprocess_exec(
                 *command_line(spec, sock), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=err)
+                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         client = QMPClient("fputrace")
-        shutdown: dict[str, Any] | None = None
-        status, detail = "crashed", ""
+        status, detail, signame = "crashed", "", ""
+        stop: End | None = None
         try:
             await _connect(client, sock, proc)
             connected = client.runstate.name == "RUNNING"
@@ -182,28 +227,39 @@ async def _run(spec: MachineSpec, timeout_s: float,
                 elapsed = time.monotonic() - start
                 if tick:
                     tick(elapsed)
-                done, _ = await asyncio.wait({waiter, exited}, timeout=0.5,
+                pending: set[asyncio.Future[Any]] = {waiter, exited, signalled}
+                done, _ = await asyncio.wait(pending, timeout=0.5,
                                              return_when=asyncio.FIRST_COMPLETED)
-                if waiter in done:
-                    shutdown = waiter.result()
+                if waiter in done and (shutdown := waiter.result()) is not None:
+                    # -no-shutdown: the guest has stopped and QEMU waits for us.
+                    reason = str(shutdown.get("reason", ""))
+                    status = "reset" if reason in ("guest-reset", "guest-panic") else "shutdown"
+                    detail = reason
+                    finished = status == "shutdown" and (spec.finished is None or
+                                                         spec.finished())
+                    stop = End.DONE if finished else End.GUEST_STOPPED
                     break
-                if exited in done:
+                if exited in done or waiter in done:
+                    break
+                if signalled in done:
+                    signame = signal.Signals(signalled.result()).name
+                    status, detail = "interrupted", f"{signame} to the recorder"
+                    stop = End.INTERRUPTED
                     break
                 if elapsed > timeout_s:
                     status, detail = "timeout", f"no guest shutdown after {timeout_s:.0f} s"
-                    with contextlib.suppress(Exception):
-                        await client.execute("quit")
+                    stop = End.TIMEOUT
                     break
-            if shutdown is not None:
-                reason = str(shutdown.get("reason", ""))
-                status = "reset" if reason in ("guest-reset", "guest-panic") else "shutdown"
-                detail = reason
+            if stop is not None and proc.returncode is None:
+                _write_end(spec, stop)
+                with contextlib.suppress(Exception):
+                    await client.execute("quit")
             try:
                 await asyncio.wait_for(proc.wait(), timeout=60)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-                status, detail = "crashed", "QEMU did not exit after the guest stopped"
+                status, detail = "crashed", "QEMU did not exit when asked to quit"
             waiter.cancel()
         finally:
             with contextlib.suppress(Exception):
@@ -212,12 +268,15 @@ async def _run(spec: MachineSpec, timeout_s: float,
                 proc.kill()
                 await proc.wait()
         stderr = errlog.read_text(errors="replace")
-        if shutdown is None and status == "crashed":
-            detail = f"QEMU exited with status {proc.returncode} before the guest shut down"
-        return MachineResult(status, detail, time.monotonic() - start, proc.returncode, stderr)
+        if status == "crashed" and not detail:
+            detail = (f"QEMU exited with status {proc.returncode} before the guest shut down; "
+                      f"QEMU said: {_stderr_reason(stderr)}")
+        return MachineResult(status, detail, time.monotonic() - start, proc.returncode, stderr,
+                             signame)
 
 
 def run_machine(spec: MachineSpec, timeout_s: float,
                 tick: Callable[[float], None] | None = None) -> MachineResult:
-    """Boot the machine and wait until it has stopped. Never raises for guest trouble."""
+    """Boot the machine and wait until it has stopped. Never raises for guest
+    trouble; SIGINT and SIGTERM stop it cleanly (status "interrupted")."""
     return asyncio.run(_run(spec, timeout_s, tick))

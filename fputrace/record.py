@@ -94,6 +94,7 @@ class RecordResult:
     deterministic_options: list[str] = field(default_factory=list)  # what QEMU was given
     guest_kernel: str = ""  # the L2 guest's kernel (--guest-kernel), if any
     guest_workloads: list[WorkloadOutcome] = field(default_factory=list)
+    signal: str = ""  # status "interrupted": the signal (SIGINT, SIGTERM)
     fputrace_version: str = __version__
 
     def save(self, path: Path) -> None:
@@ -359,7 +360,8 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
             memory_mb = max(memory_mb, HOST_MEMORY_MB)
         loaded = build_initramfs(target, runs, tmp / "initramfs.gz", added, foreign,
                                  extra_modules, guest, alongside or [])
-        plugin_args = [*plugin_arguments(target, out.resolve()),
+        end_file = tmp / "end"
+        plugin_args = [*plugin_arguments(target, out.resolve()), f"end={end_file}",
                        f"kernel={target.identity.replace(',', ';')}", f"qemu={qemu}"]
         if guest_target is not None and target.arch == "x86_64":
             plugin_args += guest_plugin_arguments(target, guest_target)
@@ -369,7 +371,8 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
                            smp=smp, memory_mb=memory_mb,
                            plugin=",".join([str(plugin), *plugin_args]),
                            serial_files=[console, modsyms_tmp], deterministic=deterministic,
-                           extra_args=guest.qemu_args() if guest else [])
+                           extra_args=guest.qemu_args() if guest else [],
+                           end_file=end_file, finished=lambda: _console_done(console))
 
         def machine_tick(elapsed: float) -> None:
             if tick:
@@ -401,8 +404,8 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     mode_problem = _kvm_mode_problem(text, kvm_mode) if target.arch == "aarch64" else None
     if mode_problem and seen.done:
         status, detail = "kvm-mode-unsupported", mode_problem
-    elif result.status == "timeout":
-        status, detail = "timeout", result.detail
+    elif result.status in ("timeout", "interrupted"):
+        status, detail = result.status, result.detail
     elif seen.panic or result.status == "reset":
         status, detail = "kernel-panic", "the kernel panicked (see the console log)"
     elif result.status == "crashed":
@@ -430,7 +433,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
                        str(target.modules_dir.resolve()) if target.modules_dir else "",
                        deterministic, deterministic_args() if deterministic else [],
                        guest_target.identity if guest_target else "",
-                       guest_seen.workloads if guest_seen else [])
+                       guest_seen.workloads if guest_seen else [], result.signal)
     rec.save(sidecar(out, "meta.json"))
     return rec
 
@@ -452,6 +455,16 @@ def _kvm_mode_problem(console: str, asked: str) -> str | None:
     return ("this kernel did not initialize KVM (no 'kvm [...]: ... initialized "
             "successfully' on its console): see the console log; recording needs a kernel "
             "built with CONFIG_KVM booted at EL2")
+
+
+def _console_done(console: Path) -> bool:
+    """Whether the guest's init got to the end of its script: the guest's
+    shutdown is then the end of the run (fputrace.machine)."""
+    try:
+        text = console.read_text(errors="replace")
+    except OSError:
+        return False
+    return _parse_console(text, [], []).done
 
 
 def _last_line(path: Path) -> str:

@@ -37,8 +37,22 @@ def header_lines(trace: Trace) -> list[str]:
         f"qemu       {h.qemu or '-'} (plugin API {h.plugin_api})",
         f"kernel     {h.kernel or '-'}",
         f"plugin     {h.plugin_args}",
-        f"complete   {'yes' if trace.complete else 'no: ' + '; '.join(trace.problems)}",
+        f"ended      {_run_end(trace)}",
+        f"complete   {'yes' if trace.complete else 'no'}",
+        *(f"problem    {p}" for p in trace.problems),
     ]
+
+
+def _run_end(trace: Trace) -> str:
+    """How the run ended, as its footer says."""
+    end = trace.footer.end if trace.footer is not None else None
+    if trace.footer is None:
+        return "unknown (no intact footer)"
+    if end is None:
+        return f"not recorded (format version {trace.header.version})"
+    if isinstance(end, fmt.End):
+        return f"{end.name.lower()}: {fmt.END_DESCRIPTIONS[end]}"
+    return f"unknown end {end}"
 
 
 def _event_line(ev: Any, who: str, where: str, caller: str = "", icount: bool = False) -> str:

@@ -41,6 +41,8 @@
  *
  * Arguments (key=value, comma separated by QEMU):
  *   out=PATH            trace file to create (required)
+ *   end=PATH            a file that says how the run ended (an FTR_ENDS name),
+ *                       read when QEMU exits; without it the footer says EXITED
  *   current=ADDR        per-cpu address of the kernel's current task pointer
  *                       (read through GS base, i.e. %gs:ADDR)
  *   task_pid=OFF, task_tgid=OFF, task_comm=OFF
@@ -958,10 +960,7 @@ static void plugin_exit(qemu_plugin_id_t id G_GNUC_UNUSED, void *udata G_GNUC_UN
         }
         footer->tasks_total += vs->tasks_total;
     }
-    /* The footer block counts the blocks before it. */
-    footer->blocks_total = __atomic_load_n(&blocks_written, __ATOMIC_RELAXED);
-    footer->write_errors = __atomic_load_n(&write_errors, __ATOMIC_RELAXED);
-    trace_write_block(FTR_BLOCK_FOOTER, 0, footer, 1, sizeof(*footer));
+    trace_write_footer(footer);
     fsync(cfg.fd);
     close(cfg.fd);
     cfg.fd = -1;
@@ -1001,6 +1000,11 @@ static bool parse_arg(const char *arg)
     if (!strcmp(k, "out")) {
         g_free(cfg.path);
         cfg.path = g_strdup(v);
+        return true;
+    }
+    if (!strcmp(k, "end")) {
+        g_free(cfg.end_path);
+        cfg.end_path = g_strdup(v);
         return true;
     }
     if (!strcmp(k, "current")) {

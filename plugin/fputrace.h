@@ -325,6 +325,7 @@ struct task_layout {
 struct ftr_config {
     int fd;
     char *path;
+    char *end_path;             /* end=: where the recorder says how the run ended */
     size_t block_events;
     uint64_t current_addr;      /* 0: task tracking off */
     struct task_layout task;    /* L1's kernel */
@@ -399,6 +400,7 @@ void insn_exec_cb(struct qemu_plugin_insn *insn, qemu_plugin_vcpu_udata_cb_t cb,
 void trace_write_block(uint16_t type, uint16_t vcpu, const void *payload, uint32_t count,
                        uint32_t payload_size);
 bool trace_write_header(uint32_t api_version);
+void trace_write_footer(struct ftr_footer *footer);
 void vcpu_flush_events(struct vcpu_state *vs, unsigned int vcpu_index);
 void vcpu_flush_tasks(struct vcpu_state *vs, unsigned int vcpu_index);
 void vcpu_commit_event(struct vcpu_state *vs, unsigned int vcpu_index, const struct ftr_event *ev);

@@ -22,9 +22,12 @@
  * Version 4 appended the event's instruction count (icount) and the nested
  * guest's current task (guest_task): its event record is 144 bytes, which no
  * earlier reader decodes.
+ * Version 5 appended to the footer how the run ended (enum ftr_end) and a
+ * copy of the header's arch and features, from which a reader recovers a
+ * damaged header: its 560-byte footer is no block to an earlier reader.
  */
-#define FTR_VERSION             4
-#define FTR_MIN_READER_VERSION  4
+#define FTR_VERSION             5
+#define FTR_MIN_READER_VERSION  5
 #define FTR_BLOCK_MAGIC         0x4b425446u     /* "FTBK" */
 
 /*
@@ -265,12 +268,34 @@ enum ftr_task_flag { FTR_TASK_FLAGS(FTR_DEFINE_TASK_FLAG) };
     X(uint32_t, plugin_api, ) \
     X(uint32_t, header_crc32, )
 
+/*
+ * How the run ended, as the footer records it (version 5): X(name, number).
+ * The recorder says why it stops QEMU, in the file named by the plugin's
+ * end= argument (one of these names), before it stops it; the plugin reads
+ * that file when QEMU exits. Only DONE is a finished run.
+ */
+#define FTR_ENDS(X) \
+    X(EXITED, 0)                /* QEMU exited with no word from the recorder: it failed, \
+                                 * crashed, or its machine ended itself */ \
+    X(DONE, 1)                  /* the workloads finished and the guest powered off */ \
+    X(GUEST_STOPPED, 2)         /* the guest shut down, reset or panicked before the end */ \
+    X(TIMEOUT, 3)               /* the recorder stopped QEMU at its time limit */ \
+    X(INTERRUPTED, 4)           /* the recorder was interrupted (SIGINT, SIGTERM) */
+
+#define FTR_DEFINE_END(name, number) FTR_END_##name = number,
+enum ftr_end { FTR_ENDS(FTR_DEFINE_END) };
+
 #define FTR_FOOTER_FIELDS(X) \
     X(uint64_t, events_total, ) \
     X(uint64_t, tasks_total, ) \
     X(uint64_t, blocks_total, ) \
     X(uint64_t, write_errors, ) \
-    X(uint64_t, events_by_kind, [FTR_KIND_MAX])
+    X(uint64_t, events_by_kind, [FTR_KIND_MAX]) \
+    X(uint32_t, end, )                  /* enum ftr_end (version 5) */ \
+    X(uint16_t, arch, )                 /* the file header's arch and features, again \
+                                         * (version 5) */ \
+    X(uint16_t, reserved, ) \
+    X(uint64_t, features, )
 
 #define FTR_DECLARE_FIELD(type, name, dim) type name dim;
 
@@ -284,6 +309,6 @@ _Static_assert(sizeof(struct ftr_event) == 144, "event record is 144 bytes");
 _Static_assert(sizeof(struct ftr_task) == 48, "task record is 48 bytes");
 _Static_assert(sizeof(struct ftr_block_header) == 24, "block header is 24 bytes");
 _Static_assert(sizeof(struct ftr_file_header) == 40, "fixed file header is 40 bytes");
-_Static_assert(sizeof(struct ftr_footer) == 544, "footer is 544 bytes");
+_Static_assert(sizeof(struct ftr_footer) == 560, "footer is 560 bytes");
 
 #endif /* FTR_FORMAT_H */

@@ -10,6 +10,7 @@
  */
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -72,18 +73,29 @@ static void header_put_string(GByteArray *out, const char *s)
     }
 }
 
+/* The header's features and arch; the footer repeats them. */
+static uint64_t trace_features(void)
+{
+    return FTR_FEAT_MEM_HASH | FTR_FEAT_REGS_HASH |
+           (cfg.current_addr ? FTR_FEAT_TASKS : 0) |
+           (cfg.boundaries ? FTR_FEAT_BOUNDARIES : 0) |
+           (cfg.n_probes ? FTR_FEAT_PROBES : 0) |
+           (cfg.icount ? FTR_FEAT_ICOUNT : 0);
+}
+
+static uint16_t trace_arch(void)
+{
+    return strcmp(cfg.target, "aarch64") == 0 ? FTR_ARCH_AARCH64 : FTR_ARCH_X86_64;
+}
+
 bool trace_write_header(uint32_t api_version)
 {
     g_autoptr(GByteArray) out = g_byte_array_new();
     struct ftr_file_header fh = {
         .version = FTR_VERSION,
         .min_reader_version = FTR_MIN_READER_VERSION,
-        .features = FTR_FEAT_MEM_HASH | FTR_FEAT_REGS_HASH |
-                    (cfg.current_addr ? FTR_FEAT_TASKS : 0) |
-                    (cfg.boundaries ? FTR_FEAT_BOUNDARIES : 0) |
-                    (cfg.n_probes ? FTR_FEAT_PROBES : 0) |
-                    (cfg.icount ? FTR_FEAT_ICOUNT : 0),
-        .arch = strcmp(cfg.target, "aarch64") == 0 ? FTR_ARCH_AARCH64 : FTR_ARCH_X86_64,
+        .features = trace_features(),
+        .arch = trace_arch(),
         .event_size = sizeof(struct ftr_event),
         .task_size = sizeof(struct ftr_task),
         .plugin_api = api_version,
@@ -107,6 +119,49 @@ bool trace_write_header(uint32_t api_version)
     memcpy(out->data + offsetof(struct ftr_file_header, header_crc32), &header_crc,
            sizeof(header_crc));
     return trace_write_all(out->data, out->len);
+}
+
+/*
+ * How the run ended: the name the recorder wrote into the end= file before
+ * it stopped QEMU. With no such word QEMU ended on its own (EXITED): a
+ * failure, a crash, or a machine that powered itself off, which no one has
+ * said was the end of its work.
+ */
+static uint32_t trace_run_end(void)
+{
+    static const struct {
+        const char *name;
+        uint32_t end;
+    } ends[] = {
+#define FTR_END_ENTRY(name, number) { #name, number },
+        FTR_ENDS(FTR_END_ENTRY)
+#undef FTR_END_ENTRY
+    };
+    g_autofree char *word = NULL;
+
+    if (!cfg.end_path || !g_file_get_contents(cfg.end_path, &word, NULL, NULL)) {
+        return FTR_END_EXITED;
+    }
+    g_strstrip(word);
+    for (size_t i = 0; i < G_N_ELEMENTS(ends); i++) {
+        if (!strcmp(word, ends[i].name)) {
+            return ends[i].end;
+        }
+    }
+    fprintf(stderr, "fputrace: %s: '%s' is no run end the trace knows: recorded as EXITED\n",
+            cfg.end_path, word);
+    return FTR_END_EXITED;
+}
+
+/* The footer block, which counts the blocks before it, and says how the run ended. */
+void trace_write_footer(struct ftr_footer *footer)
+{
+    footer->blocks_total = __atomic_load_n(&blocks_written, __ATOMIC_RELAXED);
+    footer->write_errors = __atomic_load_n(&write_errors, __ATOMIC_RELAXED);
+    footer->end = trace_run_end();
+    footer->arch = trace_arch();
+    footer->features = trace_features();
+    trace_write_block(FTR_BLOCK_FOOTER, 0, footer, 1, sizeof(*footer));
 }
 
 void vcpu_flush_events(struct vcpu_state *vs, unsigned int vcpu_index)

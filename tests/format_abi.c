@@ -52,6 +52,7 @@ static void field(const char *name, size_t offset, size_t size)
 #define FLAG(name, value) item(#name, FTR_FLAG_##name);
 #define TASK_FLAG(name, value) item(#name, FTR_TASK_FLAG_##name);
 #define ADDR_SIZE(name, number) item(#name, FTR_ADDR_##name);
+#define END(name, number) item(#name, FTR_END_##name);
 
 int main(void)
 {
@@ -115,6 +116,9 @@ int main(void)
     close_object();
     open_object("task_flags");
     FTR_TASK_FLAGS(TASK_FLAG)
+    close_object();
+    open_object("ends");
+    FTR_ENDS(END)
     close_object();
 
     /*

@@ -39,8 +39,8 @@ def test_garbage_trace(tmp_path: Path) -> None:
 
 
 def test_wrong_version(tmp_path: Path) -> None:
-    p = TraceBuilder(version=5, min_reader=5).write(tmp_path / "v5.ftr")
-    assert_one_line_error(fputrace("report", str(p)), "version 5", "reads format versions 1 to 4")
+    p = TraceBuilder(version=6, min_reader=6).write(tmp_path / "v6.ftr")
+    assert_one_line_error(fputrace("report", str(p)), "version 6", "reads format versions 1 to 5")
 
 
 def test_truncated_trace_is_read_with_one_warning(tmp_path: Path) -> None:

@@ -70,7 +70,9 @@ def conformance_run(qemu_plugin: Path, conformance_image: Path,
     assert p.returncode == EXIT_PASS, f"image failed ({p.returncode}): {serial}{p.stderr}"
     assert "SELFTEST ud2 faulted=0x1" in serial  # the fault fix-up path works
     trace = read_trace(out)
-    assert trace.complete, trace.problems
+    # The image ended QEMU itself, with no recorder to say so: EXITED.
+    assert trace.intact and trace.footer is not None and trace.footer.end == fmt.End.EXITED, \
+        trace.problems
     # The untraced WRMSR (not in msr=) must not appear; everything else must.
     ops = [o for o in parse_ops(serial) if o["kind"] != "wrmsr_untraced"]
     return ConformanceRun(ops, trace.events, serial)
@@ -223,11 +225,31 @@ def test_derived_register_hashes_equal_the_registers_read(
         assert list(read[field]) == list(derived[field]), field
 
 
+@pytest.mark.parametrize(("word", "end"), [("DONE", fmt.End.DONE), ("TIMEOUT\n", fmt.End.TIMEOUT),
+                                           ("INTERRUPTED", fmt.End.INTERRUPTED),
+                                           ("finished", fmt.End.EXITED), (None, fmt.End.EXITED)])
+def test_the_footer_says_how_the_run_ended(qemu_plugin: Path, conformance_image: Path,
+                                           tmp_path: Path, word: str | None,
+                                           end: fmt.End) -> None:
+    # The plugin takes the end from its end= file as QEMU exits: a name it
+    # knows, else EXITED (and a word it does not know is said on stderr), as
+    # is a file that was never written.
+    out, end_file = tmp_path / "c.ftr", tmp_path / "end"
+    if word is not None:
+        end_file.write_text(word)
+    p = run_image(qemu_plugin, conformance_image, out, f"end={end_file}")
+    assert p.returncode == EXIT_PASS
+    t = read_trace(out)
+    assert t.intact and t.footer is not None and t.footer.end == end
+    assert t.complete == (end == fmt.End.DONE)
+    assert ("no run end the trace knows" in p.stderr) == (word == "finished")
+
+
 def test_footer_counts_match(qemu_plugin: Path, conformance_image: Path, tmp_path: Path) -> None:
     out = tmp_path / "c.ftr"
     assert run_image(qemu_plugin, conformance_image, out, "block_events=3").returncode == EXIT_PASS
     t = read_trace(out)
-    assert t.complete and t.footer is not None
+    assert t.intact and t.footer is not None
     counted = dict(zip(*np.unique(t.events["kind"], return_counts=True), strict=True))
     assert t.footer.events_by_kind == {int(k): int(n) for k, n in counted.items()}
     assert t.blocks_read > 8  # small blocks: many of them, all read

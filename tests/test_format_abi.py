@@ -66,6 +66,7 @@ def test_numbers(header: dict[str, Any]) -> None:
     assert header["blocks"] == {b.name: int(b) for b in fmt.BlockType}
     assert header["arches"] == {a.name: int(a) for a in fmt.Arch}
     assert header["addr_sizes"] == {a.name[1:]: int(a) for a in fmt.AddrSize}
+    assert header["ends"] == {e.name: int(e) for e in fmt.End}
 
 
 def test_kind_roles(header: dict[str, Any]) -> None:

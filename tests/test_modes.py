@@ -37,7 +37,9 @@ def run(plugin: Path, out: Path, *args: str) -> tuple[list[dict[str, str]], np.n
     ops = [dict(kv.split("=", 1) for kv in line.split()[1:])
            for line in text.splitlines() if line.startswith("OP ")]
     trace = read_trace(out)
-    assert trace.complete, trace.problems
+    # The image ended QEMU itself, with no recorder to say so: EXITED.
+    assert trace.intact and trace.footer is not None and trace.footer.end == fmt.End.EXITED, \
+        trace.problems
     ev = trace.events
     return ops, ev[np.isin(ev["kind"], [int(k) for k in KINDS.values()])]
 

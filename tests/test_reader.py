@@ -5,6 +5,7 @@ out by hand."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -12,18 +13,33 @@ from tracebuilder import (
     F_FORM64,
     F_L2,
     F_MEM,
+    F_TASK,
+    USER_ENTRY,
+    USER_RETURN,
     VM_ENTRY,
     VM_EXIT,
     XRSTOR,
     XSAVEOPT,
     XSETBV,
+    K,
     TraceBuilder,
     block,
+    crc32c,
     header,
 )
 
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import TraceError, describe_incomplete, read_trace
+
+
+def with_version(head: bytes, version: int) -> bytes:
+    """A file header with another version number and its checksum made
+    good again: what a writer of that version would have written."""
+    at = fmt.field_offset(fmt.FILE_HEADER_DTYPE, "version")
+    crc_at = fmt.HEADER_CRC_OFFSET
+    out = head[:at] + struct.pack("<H", version) + head[at + 2:]
+    zeroed = out[:crc_at] + b"\0" * 4 + out[crc_at + 4:]
+    return zeroed[:crc_at] + struct.pack("<I", crc32c(zeroed)) + zeroed[crc_at + 4:]
 
 
 def test_round_trip_fields(tmp_path: Path) -> None:
@@ -84,7 +100,7 @@ def test_truncated_trace_reads_up_to_last_whole_block(tmp_path: Path) -> None:
     line = describe_incomplete(t)
     assert line.startswith(f"{cut}: incomplete trace: truncated")
     assert "read 4 events" in line and "100 trailing bytes unread" in line
-    assert "how many records were lost is unknown" in line
+    assert "an unknown number lost" in line
     assert "\n" not in line
 
 
@@ -165,8 +181,8 @@ def test_damaged_header_is_reported_and_blocks_still_read(tmp_path: Path) -> Non
     p.write_bytes(bytes(data))
     t = read_trace(p)
     assert t.header.damaged and t.damaged and len(t.events) == 3
-    assert t.problems == ["damaged: the file header failed its checksum (its identity strings "
-                          "and features may be wrong)"]
+    assert t.problems == ["damaged: the file header failed its checksum: its identity strings "
+                          "are lost, its arch and features are the footer's copy"]
 
 
 def test_file_cut_inside_the_header_is_a_truncated_trace(tmp_path: Path) -> None:
@@ -182,8 +198,8 @@ def test_file_cut_inside_the_header_is_a_truncated_trace(tmp_path: Path) -> None
     [
         (b"", "empty file"),
         (b"NOTATRACE" + b"\0" * 100, "not an fputrace trace (bad magic)"),
-        (header(min_reader=5, version=5), "format version 5"),
-        (header(version=0), "format version 0"),
+        (header(min_reader=6, version=6), "format version 6"),
+        (with_version(header(), 0), "format version 0"),
         (header(arch=9), "unknown architecture code 9"),
     ],
     ids=["empty", "magic", "newer-version", "version-zero", "arch"],
@@ -197,10 +213,16 @@ def test_bad_files_give_one_line_errors(tmp_path: Path, data: bytes, message: st
 
 
 def test_newer_version_readable_by_this_reader_is_read(tmp_path: Path) -> None:
-    # Version 5 that declares reader version 4 sufficient: read, not refused.
-    b = TraceBuilder(version=5, min_reader=4)
+    # Version 6 that declares reader version 5 sufficient: read, not refused.
+    b = TraceBuilder()
     b.event(XRSTOR)
-    assert len(read_trace(b.write(tmp_path / "t.ftr")).events) == 1
+    data = bytearray(b.build())
+    n = len(header())
+    data[:n] = with_version(bytes(data[:n]), 6)
+    p = tmp_path / "t.ftr"
+    p.write_bytes(bytes(data))
+    t = read_trace(p)
+    assert t.header.version == 6 and len(t.events) == 1 and not t.header.damaged
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -231,10 +253,15 @@ def test_unknown_block_type_is_skipped(tmp_path: Path) -> None:
 
 
 def test_version_2_trace_without_checksums_is_read(tmp_path: Path) -> None:
+    # Read whole, but not complete: a footer before version 5 does not say
+    # whether its run finished.
     b = TraceBuilder(version=2, min_reader=2)
     b.event(XRSTOR)
     t = read_trace(b.write(tmp_path / "t.ftr"))
-    assert t.complete and len(t.events) == 1
+    assert len(t.events) == 1 and not t.damaged and not t.truncated
+    assert t.footer is not None and t.footer.end is None and not t.complete
+    assert t.problems == ["the footer of format version 2 does not say how the run ended: "
+                          "its run is not known to have finished"]
 
 
 def test_version_3_trace_reads_with_no_instruction_count(tmp_path: Path) -> None:
@@ -246,7 +273,7 @@ def test_version_3_trace_reads_with_no_instruction_count(tmp_path: Path) -> None
     assert len(data) == len(header(version=3)) + 24 + 2 * 128 + 24 + 544
     (tmp_path / "v3.ftr").write_bytes(data)
     t = read_trace(tmp_path / "v3.ftr")
-    assert t.complete and not t.header.features & fmt.Feature.ICOUNT
+    assert not t.damaged and not t.header.features & fmt.Feature.ICOUNT
     assert t.events.dtype == fmt.EVENT_DTYPE
     assert [int(x) for x in t.events["kind"]] == [XRSTOR, XSAVEOPT]
     assert int(t.events["pc"][0]) == 0xFFFFFFFF81000010
@@ -255,11 +282,11 @@ def test_version_3_trace_reads_with_no_instruction_count(tmp_path: Path) -> None
 
 
 def test_version_4_events_carry_their_instruction_count(tmp_path: Path) -> None:
-    b = TraceBuilder(features=7 | fmt.Feature.ICOUNT)
+    b = TraceBuilder(version=4, features=7 | fmt.Feature.ICOUNT)
     b.event(XRSTOR, icount=1234)
     b.event(XSAVEOPT, icount=1 << 40, simd_pc=7)
     data = b.build()
-    assert len(data) == len(header()) + 24 + 2 * 144 + 24 + 544
+    assert len(data) == len(header(version=4)) + 24 + 2 * 144 + 24 + 544
     (tmp_path / "v4.ftr").write_bytes(data)
     t = read_trace(tmp_path / "v4.ftr")
     assert [int(x) for x in t.events["icount"]] == [1234, 1 << 40]
@@ -309,3 +336,82 @@ def test_python_fallback_reads_the_same(tmp_path: Path, monkeypatch: pytest.Monk
         assert c.events.tobytes() == py.events.tobytes() and c.problems == py.problems
     assert len(python[1].events) == 10 - python[1].events_lost == 8
     assert "failed its checksum" in python[1].problems[0]
+
+
+@pytest.mark.parametrize("end", [e for e in fmt.End if e != fmt.End.DONE])
+def test_a_run_that_did_not_finish_is_not_complete(tmp_path: Path, end: fmt.End) -> None:
+    # Every byte intact, the footer there: the footer's end alone says that
+    # the run was cut short (by its time limit, a signal, QEMU failing).
+    b = TraceBuilder()
+    b.event(XRSTOR)
+    t = read_trace(b.write(tmp_path / "t.ftr", end=end))
+    assert t.footer is not None and t.footer.end == end
+    assert not t.damaged and not t.truncated and not t.complete and not t.finished
+    assert t.problems == [f"the run did not finish: {fmt.END_DESCRIPTIONS[end]}"]
+    assert "the run did not finish" in describe_incomplete(t)
+
+
+def test_a_finished_run_is_complete(tmp_path: Path) -> None:
+    b = TraceBuilder()
+    b.event(XRSTOR)
+    t = read_trace(b.write(tmp_path / "t.ftr"))
+    assert t.complete and t.finished and t.footer is not None and t.footer.end == fmt.End.DONE
+
+
+def test_an_unknown_end_is_not_a_finished_run(tmp_path: Path) -> None:
+    b = TraceBuilder()
+    b.event(XRSTOR)
+    t = read_trace(b.write(tmp_path / "t.ftr", end=77))
+    assert not t.complete and t.problems == [
+        "the run did not finish: its footer gives the unknown end 77"]
+
+
+@pytest.mark.parametrize("bit", range(16))
+def test_a_flipped_version_bit_is_damage_not_a_refusal(tmp_path: Path, bit: int) -> None:
+    # The version lies under the header's checksum like every other byte:
+    # whatever version a flipped bit makes of it, the header is damaged and
+    # recovered, and the blocks are read.
+    b = TraceBuilder(arch=int(fmt.Arch.AARCH64), features=7 | int(fmt.Feature.ICOUNT))
+    for _ in range(3):
+        b.event(K.FPSIMD_SAVE, icount=5)
+    data = bytearray(b.build())
+    at = fmt.field_offset(fmt.FILE_HEADER_DTYPE, "version")
+    data[at + bit // 8] ^= 1 << (bit % 8)
+    p = tmp_path / "t.ftr"
+    p.write_bytes(bytes(data))
+    t = read_trace(p)
+    assert t.header.damaged and t.header.recovered_from == "footer"
+    assert t.header.arch == fmt.Arch.AARCH64
+    assert t.header.features == 7 | fmt.Feature.ICOUNT
+    assert len(t.events) == 3 and t.finished
+
+
+def test_a_damaged_header_without_footer_is_recovered_from_the_events(tmp_path: Path) -> None:
+    # No footer to copy from: the events show an arm64 trace (kinds from 32)
+    # with instruction counts and boundaries.
+    b = TraceBuilder(arch=int(fmt.Arch.AARCH64), features=0x3F)
+    b.event(USER_ENTRY, icount=10)
+    b.event(K.FPSIMD_SAVE, icount=20, flags=F_TASK)
+    b.event(USER_RETURN, icount=30)
+    data = bytearray(b.build(footer=False))
+    data[fmt.field_offset(fmt.FILE_HEADER_DTYPE, "arch")] ^= 0x03
+    p = tmp_path / "t.ftr"
+    p.write_bytes(bytes(data))
+    t = read_trace(p)
+    assert t.header.damaged and t.header.recovered_from == "events"
+    assert t.header.arch == fmt.Arch.AARCH64
+    assert t.header.features & fmt.Feature.ICOUNT and t.header.features & fmt.Feature.TASKS
+    assert t.header.features & fmt.Feature.BOUNDARIES
+    assert "its arch and features are what the events show" in t.problems[0]
+
+
+def test_more_records_than_the_footer_counts_is_damage(tmp_path: Path) -> None:
+    # Records of another run in the file (two writers): never a negative loss.
+    b = TraceBuilder()
+    for _ in range(5):
+        b.event(XRSTOR)
+    t = read_trace(b.write(tmp_path / "t.ftr", footer_events_total=3))
+    assert t.damaged and not t.complete and t.events_lost == 0 and not t.lost_exact
+    assert t.problems[0] == ("damaged: the footer counts 3 events and 0 task records, but 5 "
+                             "and 0 were read: the file holds records that are not its run's")
+    assert "-2" not in describe_incomplete(t)

@@ -129,10 +129,14 @@ def block_bytes(btype: int, vcpu: int, count: int, payload: bytes, version: int 
 
 
 def footer_block(events_total: int, tasks_total: int, blocks_total: int,
-                 events_by_kind: Sequence[int], version: int = V, crc: Crc = crc32c) -> bytes:
-    """The footer block: totals and events per kind (KIND_MAX counters)."""
-    payload = fmt.FOOTER_STRUCT.pack(events_total, tasks_total, blocks_total, 0, *events_by_kind,
-                                     *[0] * (fmt.KIND_MAX - len(events_by_kind)))
+                 events_by_kind: Sequence[int], version: int = V, crc: Crc = crc32c,
+                 end: int = fmt.End.DONE, arch: int = 1, features: int = 7) -> bytes:
+    """The footer block: totals, events per kind (KIND_MAX counters) and,
+    from version 5, how the run ended and the header's arch and features."""
+    fields = (events_total, tasks_total, blocks_total, 0, *events_by_kind,
+              *[0] * (fmt.KIND_MAX - len(events_by_kind)))
+    payload = fmt.FOOTER_STRUCT.pack(*fields, end, arch, 0, features) \
+        if version >= fmt.END_SINCE else fmt.FOOTER_STRUCT_V4.pack(*fields)
     return block_bytes(fmt.BlockType.FOOTER, 0, 1, payload, version, crc)
 
 
@@ -148,7 +152,7 @@ def header(version: int = V, min_reader: int | None = None, arch: int = 1, featu
     size = fmt.HEADER_FIXED_SIZE + len(strings)
     size += -size % 8
     if min_reader is None:
-        min_reader = fmt.MIN_READER_VERSION if version >= fmt.ICOUNT_SINCE else min(version, 2)
+        min_reader = version if version >= fmt.ICOUNT_SINCE else min(version, 2)
     fixed = fmt.FILE_HEADER_STRUCT.pack(magic, version, min_reader, size, features, arch,
                                         fmt.event_dtype(version).itemsize,
                                         fmt.TASK_DTYPE.itemsize, 0, 4, 0)
@@ -183,7 +187,7 @@ class TraceBuilder:
         return t
 
     def build(self, block_events: int = 512, footer: bool = True,
-              footer_events_total: int | None = None) -> bytes:
+              footer_events_total: int | None = None, end: int = fmt.End.DONE) -> bytes:
         out = bytearray(header(**self.header_args))  # type: ignore[arg-type]
         version = int(self.header_args.get("version", V))  # type: ignore[call-overload]
         ev_buf: dict[int, list[Ev]] = {}
@@ -220,7 +224,10 @@ class TraceBuilder:
             for e in self.events:
                 by_kind[e.kind] += 1
             total = len(self.events) if footer_events_total is None else footer_events_total
-            out.extend(footer_block(total, len(self.tasks), blocks, by_kind, version))
+            out.extend(footer_block(
+                total, len(self.tasks), blocks, by_kind, version, end=end,
+                arch=int(self.header_args.get("arch", 1)),  # type: ignore[call-overload]
+                features=int(self.header_args.get("features", 7))))  # type: ignore[call-overload]
         return bytes(out)
 
     def write(self, path: Path, **kw: object) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from fputrace.kernel.layout import KVM_MODES, resolve_kernel
 from fputrace.machine import deterministic_refusal, resolve_deterministic
 from fputrace.output import check_output, estimated_trace_bytes
 from fputrace.record import RecordResult, check_smp, record
+from fputrace.trace.reader import read_trace
 from fputrace.trace.run import sidecar
 from fputrace.workloads import WORKLOADS, parse_workloads
 
@@ -96,6 +98,8 @@ def _parse_msr(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     result = record_from_args(args)
+    if result.signal:
+        return 128 + signal.Signals[result.signal].value  # 130, 143: as the shell says
     return 0 if result.status == "ok" else 1
 
 
@@ -174,5 +178,15 @@ def record_from_args(args: argparse.Namespace) -> RecordResult:
         return result
     label = "partial trace" if result.partial else "trace"
     console.print(f"[red]{result.status}[/]: "
-                  + escape(f"{result.detail}; {label} kept at {args.output} (console: {log})"))
+                  + escape(f"{result.detail}; {label} kept at {args.output} "
+                           f"({_holds(args.output)}; console: {log})"))
     return result
+
+
+def _holds(path: Path) -> str:
+    """How much a kept trace holds, in a few words."""
+    try:
+        trace = read_trace(path)
+    except FputraceError as e:
+        return f"unreadable: {e}"
+    return f"{len(trace.events)} events, {len(trace.tasks)} task records"

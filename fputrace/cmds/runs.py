@@ -37,8 +37,7 @@ def load(args: argparse.Namespace, path: Path) -> Run:
         hint = "" if getattr(args, "allow_partial", False) else \
             (f" (exit status {getattr(args, 'partial_status', EXIT_PARTIAL)}; "
              "--allow-partial accepts what was read)")
-        print(f"fputrace: warning: {path}: {describe_incomplete(r.trace)}{hint}",
-              file=sys.stderr)
+        print(f"fputrace: warning: {describe_incomplete(r.trace)}{hint}", file=sys.stderr)
         args.partial_runs = [*getattr(args, "partial_runs", []), path]
     return r
 

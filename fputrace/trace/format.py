@@ -1,4 +1,4 @@
-"""Trace format v4: the constants and record layouts of docs/trace-format.md.
+"""Trace format v5: the constants and record layouts of docs/trace-format.md.
 
 The bytes are defined once, in plugin/ftr-format.h (shared by the plugin and
 the compiled analysis pass); every number here mirrors a definition there,
@@ -14,18 +14,23 @@ import numpy as np
 
 MAGIC = b"FPUTRACE"
 BLOCK_MAGIC = 0x4B425446  # "FTBK"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # Version 4 appended the event's instruction count and the nested guest's
-# task: no earlier reader decodes its 144-byte events.
-MIN_READER_VERSION = 4
+# task: no earlier reader decodes its 144-byte events. Version 5 appended
+# the run's end and the header's arch and features to the footer, which no
+# earlier reader takes for a block.
+MIN_READER_VERSION = 5
 # The newest format version this reader understands. A trace whose minimum
 # reader version is above this is refused by number.
-READER_VERSION = 4
+READER_VERSION = 5
 # The first version with header and block-header checksums.
 CHECKSUMS_SINCE = 3
 # The first version whose events carry icount (EVENT_DTYPE); older ones are
 # read with EVENT_DTYPE_V3 and get icount 0, without Feature.ICOUNT.
 ICOUNT_SINCE = 4
+# The first version whose footer says how the run ended (FOOTER_DTYPE); an
+# older footer (FOOTER_DTYPE_V4) does not, and its run is not known finished.
+END_SINCE = 5
 
 
 class Feature(enum.IntFlag):
@@ -40,6 +45,28 @@ class Feature(enum.IntFlag):
 class Arch(enum.IntEnum):
     X86_64 = 1
     AARCH64 = 2
+
+
+class End(enum.IntEnum):
+    """How the run ended (the footer's end, version 5). Only DONE is a
+    finished run; the recorder says which it was (ftr-format.h, FTR_ENDS)."""
+
+    EXITED = 0  # QEMU exited with no word from the recorder: failed, crashed, or ended itself
+    DONE = 1  # the workloads finished and the guest powered off
+    GUEST_STOPPED = 2  # the guest shut down, reset or panicked before the end
+    TIMEOUT = 3  # the recorder stopped QEMU at its time limit
+    INTERRUPTED = 4  # the recorder was interrupted (SIGINT, SIGTERM)
+
+
+END_DESCRIPTIONS = {
+    End.EXITED: "QEMU exited before the recorder stopped it (it failed or crashed, or its "
+                "machine ended itself)",
+    End.DONE: "the workloads finished",
+    End.GUEST_STOPPED: "the guest stopped (shut down, reset or panicked) before its "
+                       "workloads finished",
+    End.TIMEOUT: "the recorder stopped QEMU at its time limit (--timeout)",
+    End.INTERRUPTED: "the recorder was interrupted (SIGINT or SIGTERM) and stopped QEMU",
+}
 
 
 class BlockType(enum.IntEnum):
@@ -232,16 +259,24 @@ TASK_DTYPE = np.dtype(
 )
 assert TASK_DTYPE.itemsize == 48
 
-FOOTER_DTYPE = np.dtype(
-    [
-        ("events_total", "<u8"),
-        ("tasks_total", "<u8"),
-        ("blocks_total", "<u8"),
-        ("write_errors", "<u8"),
-        ("events_by_kind", "<u8", (KIND_MAX,)),
-    ]
-)
-assert FOOTER_DTYPE.itemsize == 544
+_FOOTER_FIELDS_V4 = [
+    ("events_total", "<u8"),
+    ("tasks_total", "<u8"),
+    ("blocks_total", "<u8"),
+    ("write_errors", "<u8"),
+    ("events_by_kind", "<u8", (KIND_MAX,)),
+]
+# Versions 1 to 4: the footer without the run's end.
+FOOTER_DTYPE_V4 = np.dtype(_FOOTER_FIELDS_V4)
+assert FOOTER_DTYPE_V4.itemsize == 544
+FOOTER_DTYPE = np.dtype([*_FOOTER_FIELDS_V4, ("end", "<u4"), ("arch", "<u2"),
+                         ("reserved", "<u2"), ("features", "<u8")])
+assert FOOTER_DTYPE.itemsize == 560
+
+
+def footer_dtype(version: int) -> np.dtype:
+    """The footer record of a format version."""
+    return FOOTER_DTYPE if version >= END_SINCE else FOOTER_DTYPE_V4
 
 BLOCK_HEADER_DTYPE = np.dtype(
     [
@@ -304,6 +339,7 @@ EVENT_STRUCT = _struct_of(EVENT_DTYPE)
 EVENT_STRUCT_V3 = _struct_of(EVENT_DTYPE_V3)
 TASK_STRUCT = _struct_of(TASK_DTYPE)
 FOOTER_STRUCT = _struct_of(FOOTER_DTYPE)
+FOOTER_STRUCT_V4 = _struct_of(FOOTER_DTYPE_V4)
 BLOCK_HEADER_STRUCT = _struct_of(BLOCK_HEADER_DTYPE)
 FILE_HEADER_STRUCT = _struct_of(FILE_HEADER_DTYPE)
 HEADER_FIXED_SIZE = FILE_HEADER_DTYPE.itemsize

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,10 @@ class Header:
     qemu: str
     kernel: str
     plugin_args: str
-    damaged: bool = False  # its checksum failed: every field above is a guess
+    damaged: bool = False  # its checksum failed: the fields above are recovered or guessed
+    # Where a damaged header's arch and features came from: "footer" (its
+    # copy of them), "events" (what the events show), or "" (a guess).
+    recovered_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class Footer:
     blocks_total: int
     write_errors: int
     events_by_kind: dict[int, int]
+    # How the run ended (version 5): an fmt.End, or its unknown number; None
+    # for an older footer, which does not say.
+    end: fmt.End | int | None = None
+    arch: int = 0  # the file header's arch and features, again (version 5)
+    features: int = 0
 
 
 @dataclass
@@ -68,10 +76,24 @@ class Trace:
     events_lost: int = 0
     tasks_lost: int = 0
     lost_exact: bool = True
+    # Why the footer does not show a finished run (also the first problem).
+    end_problem: str | None = None
 
     @property
     def complete(self) -> bool:
+        """Whole, undamaged, and its run finished (the footer says DONE)."""
         return self.footer is not None and not self.problems
+
+    @property
+    def intact(self) -> bool:
+        """Every record read as written, whatever the run's end."""
+        return self.footer is not None and \
+            self.problems == ([self.end_problem] if self.end_problem else [])
+
+    @property
+    def finished(self) -> bool:
+        """The footer says the run finished, whatever else is wrong."""
+        return self.footer is not None and self.footer.end == fmt.End.DONE
 
 
 def _crc_with_zeroed(data: bytes | memoryview, offset: int) -> int:
@@ -106,9 +128,14 @@ def _parse_header(path: Path, data: mmap.mmap, size: int) -> tuple[Header, bool]
     if magic_ok and size < header_size <= 1 << 20 and first_block is None:
         return _guessed_header(size, damaged=False), True
     sane_size = fmt.HEADER_FIXED_SIZE <= header_size <= size
-    checked = magic_ok and version >= fmt.CHECKSUMS_SINCE and sane_size
-    crc_ok = checked and _crc_with_zeroed(data[:header_size], fmt.HEADER_CRC_OFFSET) == header_crc
-    damaged = not magic_ok or (version >= fmt.CHECKSUMS_SINCE and not crc_ok)
+    crc_ok = magic_ok and sane_size and \
+        _crc_with_zeroed(data[:header_size], fmt.HEADER_CRC_OFFSET) == header_crc
+    # The checksum covers every header byte, the version too: a header that
+    # claims a version from before checksums (3) is taken as one only with
+    # the zero checksum such a writer left, else a flipped version bit would
+    # turn a damaged header into a refused one.
+    unchecked_old = magic_ok and 1 <= version < fmt.CHECKSUMS_SINCE and header_crc == 0
+    damaged = not (crc_ok or unchecked_old)
     if not damaged:
         if min_reader > fmt.READER_VERSION or version < 1:
             raise TraceError(f"{path}: trace format version {version} (readable from reader "
@@ -154,11 +181,60 @@ def _header_strings(data: mmap.mmap, header_size: int) -> list[str] | None:
     return strings
 
 
-def _parse_footer(payload: bytes | memoryview) -> Footer:
-    rec = np.frombuffer(payload, dtype=fmt.FOOTER_DTYPE, count=1)[0]
+def _parse_footer(payload: bytes | memoryview, version: int) -> Footer:
+    dtype = fmt.footer_dtype(version)
+    rec = np.frombuffer(payload, dtype=dtype, count=1)[0]
     by_kind = {k: int(n) for k, n in enumerate(rec["events_by_kind"]) if n}
-    return Footer(int(rec["events_total"]), int(rec["tasks_total"]),
-                  int(rec["blocks_total"]), int(rec["write_errors"]), by_kind)
+    footer = Footer(int(rec["events_total"]), int(rec["tasks_total"]),
+                    int(rec["blocks_total"]), int(rec["write_errors"]), by_kind)
+    if version < fmt.END_SINCE:
+        return footer
+    end = int(rec["end"])
+    return replace(footer, end=fmt.End(end) if end in fmt.End._value2member_map_ else end,
+                   arch=int(rec["arch"]), features=int(rec["features"]))
+
+
+def _end_problem(footer: Footer, version: int) -> str | None:
+    """Why the footer does not show a finished run, or None."""
+    if footer.end is None:
+        return (f"the footer of format version {version} does not say how the run ended: "
+                "its run is not known to have finished")
+    if footer.end == fmt.End.DONE:
+        return None
+    if isinstance(footer.end, fmt.End):
+        return f"the run did not finish: {fmt.END_DESCRIPTIONS[footer.end]}"
+    return f"the run did not finish: its footer gives the unknown end {footer.end}"
+
+
+def _recovered_header(header: Header, footer: Footer | None,
+                      events: npt.NDArray[np.void]) -> Header:
+    """A damaged header's arch and features, from the footer's copy of them
+    (version 5) or else from what the events show; the identity strings
+    are lost either way."""
+    if footer is not None and footer.end is not None and \
+            footer.arch in fmt.Arch._value2member_map_:
+        return replace(header, arch=fmt.Arch(footer.arch),
+                       features=fmt.Feature(footer.features), recovered_from="footer")
+    if not len(events):
+        return header
+    kinds = events["kind"]
+    flags = events["flags"]
+    features = fmt.Feature.MEM_HASH | fmt.Feature.REGS_HASH
+    shown = ((fmt.Feature.TASKS, bool(np.any(flags & np.uint32(fmt.Flag.TASK_VALID)))),
+             (fmt.Feature.BOUNDARIES, bool(np.any((kinds == fmt.Kind.USER_ENTRY)
+                                                  | (kinds == fmt.Kind.USER_RETURN)))),
+             (fmt.Feature.PROBES, bool(np.any(kinds == fmt.Kind.PROBE))),
+             (fmt.Feature.ICOUNT, bool(np.any(events["icount"] != 0))))
+    for feature, present in shown:
+        if present:
+            features |= feature
+    # Kinds 32..63 are arm64's, 1..12 (the XSAVE family, XSETBV, WRMSR) x86's.
+    arm64 = bool(np.any(kinds >= 32))
+    x86 = bool(np.any((kinds >= 1) & (kinds <= fmt.Kind.WRMSR)))
+    if arm64 == x86:
+        return replace(header, features=features, recovered_from="events")
+    return replace(header, arch=fmt.Arch.AARCH64 if arm64 else fmt.Arch.X86_64,
+                   features=features, recovered_from="events")
 
 
 def _sort_by_seq(arr: npt.NDArray[np.void], block_starts: list[int]) -> npt.NDArray[np.void]:
@@ -186,7 +262,7 @@ class _Block:
 def _record_sizes(version: int) -> dict[int, int]:
     return {int(fmt.BlockType.EVENTS): fmt.event_dtype(version).itemsize,
             int(fmt.BlockType.TASKS): fmt.TASK_DTYPE.itemsize,
-            int(fmt.BlockType.FOOTER): fmt.FOOTER_DTYPE.itemsize}
+            int(fmt.BlockType.FOOTER): fmt.footer_dtype(version).itemsize}
 
 
 RECORD_SIZES = {version: _record_sizes(version) for version in range(1, fmt.READER_VERSION + 1)}
@@ -346,9 +422,6 @@ def _copy_payloads(data: mmap.mmap, blocks: list[_Block], dest: npt.NDArray[np.v
 
 def _load(p: Path, data: mmap.mmap, header: Header, scan: _Scan, size: int) -> Trace:
     damage = list(scan.damage)
-    if header.damaged:
-        damage.insert(0, "the file header failed its checksum (its identity strings and "
-                         "features may be wrong)")
     kept: dict[int, list[_Block]] = {}
     arrays: dict[int, npt.NDArray[np.void]] = {}
     lost_in_bad_blocks = {int(fmt.BlockType.EVENTS): 0, int(fmt.BlockType.TASKS): 0}
@@ -380,7 +453,13 @@ def _load(p: Path, data: mmap.mmap, header: Header, scan: _Scan, size: int) -> T
         if crc32c(payload) != scan.footer.crc:
             damage.append(f"the footer at byte {scan.footer.pos} failed its checksum")
         else:
-            footer = _parse_footer(payload)
+            footer = _parse_footer(payload, header.version)
+    if header.damaged:
+        header = _recovered_header(header, footer, ev)
+        source = {"footer": "the footer's copy", "events": "what the events show",
+                  "": "guesses"}[header.recovered_from]
+        damage.insert(0, "the file header failed its checksum: its identity strings are "
+                         f"lost, its arch and features are {source}")
     problems = [f"damaged: {d}" for d in damage]
     problems += [f"truncated: {t}" for t in scan.truncation]
     # A footer may have been among damaged bytes at the end: not a truncation.
@@ -396,34 +475,49 @@ def _load(p: Path, data: mmap.mmap, header: Header, scan: _Scan, size: int) -> T
         events_lost = max(footer.events_total - len(ev), 0)
         tasks_lost = max(footer.tasks_total - len(tk), 0)
         lost_exact = True
-        if footer.events_total != len(ev) or footer.tasks_total != len(tk):
+        if footer.events_total < len(ev) or footer.tasks_total < len(tk):
+            # Two writers into one file (fputrace.output locks it against that).
+            lost_exact = False
+            damage.append(f"the footer counts {footer.events_total} events and "
+                          f"{footer.tasks_total} task records, but {len(ev)} and {len(tk)} "
+                          "were read: the file holds records that are not its run's")
+            problems.insert(0, f"damaged: {damage[-1]}")
+        elif footer.events_total != len(ev) or footer.tasks_total != len(tk):
             problems.append(f"the footer counts {footer.events_total} events and "
                             f"{footer.tasks_total} task records; {len(ev)} and {len(tk)} "
-                            f"were read: {footer.events_total - len(ev)} events and "
-                            f"{footer.tasks_total - len(tk)} task records lost")
+                            f"were read: {events_lost} events and {tasks_lost} task "
+                            "records lost")
         if footer.write_errors:
             problems.append(f"the plugin failed {footer.write_errors} writes")
+        end_problem = _end_problem(footer, header.version)
+        if end_problem is not None:
+            problems.insert(0, end_problem)
+    else:
+        end_problem = None
     read_blocks = len(kept[int(fmt.BlockType.EVENTS)]) + len(kept[int(fmt.BlockType.TASKS)]) \
         + (1 if footer is not None else 0)
     unread = size - scan.end if cut_short else 0
     return Trace(p, header, ev, tk, footer, read_blocks, unread, problems,
                  damaged=bool(damage), truncated=cut_short,
-                 events_lost=events_lost, tasks_lost=tasks_lost, lost_exact=lost_exact)
+                 events_lost=events_lost, tasks_lost=tasks_lost, lost_exact=lost_exact,
+                 end_problem=end_problem)
 
 
 def describe_incomplete(trace: Trace) -> str:
-    """One line for a trace that is not complete: what is missing, what was read."""
+    """One line for a trace that is not complete: its first problem, how
+    many more it has, and what was read."""
     state = ("damaged and truncated" if trace.damaged and trace.truncated else
              "damaged" if trace.damaged else "incomplete")
-    what = "; ".join(trace.problems)
-    tail = f", {trace.bytes_unread} trailing bytes unread" if trace.bytes_unread else ""
+    what = trace.problems[0] if trace.problems else "no footer"
+    if len(trace.problems) > 1:
+        what += f" (and {len(trace.problems) - 1} more: fputrace dump --header)"
     if trace.events_lost or trace.tasks_lost:
         bound = "" if trace.lost_exact else "at least "
-        lost = (f"; {bound}{trace.events_lost} events and {trace.tasks_lost} task records "
-                "lost")
+        lost = f", {bound}{trace.events_lost} events and {trace.tasks_lost} task records lost"
     elif not trace.lost_exact:
-        lost = "; how many records were lost is unknown (no intact footer)"
+        lost = ", an unknown number lost"
     else:
         lost = ""
+    tail = f", {trace.bytes_unread} trailing bytes unread" if trace.bytes_unread else ""
     return (f"{trace.path}: {state} trace: {what}; read {len(trace.events)} events and "
-            f"{len(trace.tasks)} task records in {trace.blocks_read} whole blocks{tail}{lost}")
+            f"{len(trace.tasks)} task records{tail}{lost}")
