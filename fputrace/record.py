@@ -196,7 +196,7 @@ def _parse_console(text: str, runs: list[WorkloadRun], foreign: list[ForeignRun]
             insmod_failed.append(s.split()[1])
         elif s == f"{MARK}-DONE":
             done = True
-        elif current is not None and (parsed := parse_summary(s)) is not None:
+        elif current in outcomes and (parsed := parse_summary(s)) is not None:
             outcomes[current].summary = parsed[1]
     return ConsoleSummary(list(outcomes.values()), run_outcomes, done, panic, insmod_failed)
 

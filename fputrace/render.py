@@ -376,6 +376,12 @@ def render_findings(console: Console, run: Run, own: Ownership, verdict: Verdict
                     shown_events.add((e["seq"], e["site"]))
             if "confirmed_by" in f:
                 _render_event(console, "confirmed", f["confirmed_by"])
+    elif not run.trace.complete:
+        # Never a clean verdict on a run that did not finish or was not read whole.
+        why = run.trace.problems[0] if run.trace.problems else "no footer"
+        console.print("[yellow]" + escape(f"no lost or corrupted FPU state in what was read, "
+                                          f"but the trace is not complete ({why}): this "
+                                          "is not a clean run") + "[/]")
     else:
         console.print("[green]no lost or corrupted FPU state[/]")
 

@@ -359,8 +359,31 @@ def test_timeout_keeps_a_labelled_partial_trace(qemu_plugin: Path, tmp_path: Pat
     assert "timeout" in p.stderr and "partial trace kept" in p.stderr
     meta = json.loads(sidecar(out, "meta.json").read_text())
     assert meta["status"] == "timeout" and meta["partial"] is True
-    # QEMU was asked to quit: the plugin still wrote its footer.
-    assert read_trace(out).footer is not None
+    # QEMU was asked to quit: the plugin still wrote its footer, which says
+    # that the run did not finish, so that no command takes it for whole.
+    trace = read_trace(out)
+    assert trace.footer is not None and trace.footer.end == fmt.End.TIMEOUT
+    assert trace.intact and not trace.complete
+    r = fputrace("report", str(out))
+    assert r.returncode == 4 and "the run did not finish" in r.stderr
+    assert r.stdout.splitlines()[0] != "no lost or corrupted FPU state"
+    r = fputrace("report", "--allow-partial", str(out))
+    assert r.returncode == 0 and "this is not a clean run" in r.stdout.splitlines()[0]
+
+
+def test_qemu_that_cannot_start_says_why(qemu_plugin: Path, tmp_path: Path) -> None:
+    # QEMU fails at once (no memory that large): its own reason is shown, and
+    # the empty trace it leaves says EXITED, never a clean run.
+    kernel_available("6.1")
+    out = tmp_path / "m.ftr"
+    p = fputrace("record", "--kernel", "6.1", "--memory", str(1 << 26), "-o", str(out))
+    assert p.returncode == 1
+    assert "qemu-crashed" in p.stderr and "Cannot allocate memory" in p.stderr
+    trace = read_trace(out)
+    assert trace.footer is not None and trace.footer.end == fmt.End.EXITED
+    assert not trace.complete and len(trace.events) == 0
+    r = fputrace("report", str(out))
+    assert r.returncode == 4 and "QEMU exited before the recorder stopped it" in r.stderr
 
 
 def _long_record(out: Path, size: int) -> subprocess.Popen[str]:
@@ -397,17 +420,32 @@ def test_qemu_killed_mid_run(qemu_plugin: Path, tmp_path: Path) -> None:
     assert r.returncode == 4 and "incomplete trace" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_sigterm_stops_the_machine_it_runs(qemu_plugin: Path, tmp_path: Path) -> None:
-    # A record stopped by SIGTERM (a CI job's timeout, kill) stops its QEMU
-    # too, and says so in one line: a QEMU left behind would run on alone.
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_the_machine_cleanly(qemu_plugin: Path, tmp_path: Path,
+                                            signum: signal.Signals, status: int) -> None:
+    # A record stopped by SIGTERM (a CI job's timeout, kill) or SIGINT (^C)
+    # asks its QEMU to quit, so that the plugin writes its last blocks and a
+    # footer that says INTERRUPTED; the sidecars are written, nothing is left
+    # behind, and the partial trace is named with what it holds.
     out = (tmp_path / "s.ftr").resolve()
     proc = _long_record(out, 100_000)
     assert subprocess.run(["pgrep", "-f", f"out={out}"], capture_output=True).returncode == 0
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-2000:]
-    assert "terminated" in err and "Traceback" not in err
+    assert proc.returncode == status, err[-2000:]
+    assert f"interrupted: {signum.name}" in err and "partial trace kept" in err
+    assert "Traceback" not in err
     assert subprocess.run(["pgrep", "-f", f"out={out}"], capture_output=True).returncode == 1
+    trace = read_trace(out)
+    assert trace.intact and trace.footer is not None
+    assert trace.footer.end == fmt.End.INTERRUPTED
+    assert f"({len(trace.events)} events, " in err
+    assert sidecar(out, "kallsyms.gz").exists() and not sidecar(out, "modsyms.tmp").exists()
+    meta = json.loads(sidecar(out, "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["partial"] is True
+    assert meta["signal"] == signum.name
+    r = fputrace("report", str(out))
+    assert r.returncode == 4 and "interrupted" in r.stderr
 
 
 def test_ownership_on_real_kvm_runs(pingpong: tuple[str, Path]) -> None:
