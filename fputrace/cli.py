@@ -7,10 +7,14 @@ the program with one line on stderr and status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import NoReturn
+
+from rich.console import Console
 
 from fputrace import __version__
 from fputrace.cmds import check, compare, dump, export, kernel, record, report, runs, view
@@ -28,8 +32,19 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (what was wrong, where to look),
+    as every other error of fputrace; its subcommands' parsers are of this
+    class too."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        self.exit(2, f"fputrace: {where}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fputrace",
         description="Record and analyze the FPU/SIMD state handling of a Linux KVM host "
                     "running under QEMU.")
@@ -41,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    Console.on_broken_pipe = _broken_pipe  # type: ignore[method-assign, assignment]
     parser = build_parser()
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -49,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runs.exit_status(args, status)
     except FputraceError as e:
         print(f"fputrace: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(args, "error_status", 2))  # check: 128, which stops a bisect
     except KeyboardInterrupt:
         print("fputrace: interrupted", file=sys.stderr)
         return 130
@@ -57,7 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fputrace: terminated (SIGTERM)", file=sys.stderr)
         return 143
     except BrokenPipeError:
+        # The reader went away (report | head): what it read was whole. Later
+        # writes, Python's last flush among them, go nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _broken_pipe(console: Console) -> None:
+    """rich's Console ends the program with status 1 when its reader goes
+    away; fputrace ends it as for any other broken pipe (main())."""
+    console.quiet = True
+    raise BrokenPipeError
 
 
 if __name__ == "__main__":

@@ -197,6 +197,13 @@ def write_csv(a: Analysis, out: IO[str]) -> None:
     sites = Sites(a)
     finding_at = {f.event: f.kind for f in a.verdict.findings}
     labels = {i: task_label(tasks, i) for i in range(-1, len(tasks))}
+    if not a.run.trace.complete:
+        # The one mark a CSV can carry: a comment line before the header
+        # (read_csv(comment="#") and the like skip it; a reader that does
+        # not still sees that this is not a whole run).
+        problem = a.run.trace.problems[0] if a.run.trace.problems else "no footer"
+        out.write(f"# fputrace: incomplete trace, these rows cover only what was read: "
+                  f"{problem.replace(chr(10), ' ')}\n")
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for i, e in enumerate(ev):

@@ -122,6 +122,9 @@ def prepare_added(paths: list[Path], arch: str, applets: frozenset[str]) -> list
     guest_paths = {f.guest for f in out} | {PurePosixPath(f.guest).name for f in out} | names
     for f in out:
         shown = f.src
+        if not f.src.is_file():
+            raise FputraceError(f"--add {shown}: not a regular file (a device, a pipe or a "
+                                "socket): add the program or data file itself")
         if not os.access(f.src, os.R_OK):
             raise FputraceError(f"--add {shown}: not readable")
         if not _check_elf(f.src, shown, arch):
@@ -196,9 +199,12 @@ def check_commands(commands: list[str], added: list[AddedFile],
     of guest_path(), or a path from /added, where commands run) or a busybox
     applet."""
     on_path = set(added_dirs(added))
-    names = ({f.guest for f in added} | {f.guest.removeprefix(GUEST_DIR + "/") for f in added}
-             | {PurePosixPath(f.guest).name for f in added
-                if str(PurePosixPath("/" + f.guest).parent) in on_path})
+    # Every name a command may run an added file by.
+    by_name = {name: f for f in added
+               for name in (f.guest, f.guest.removeprefix(GUEST_DIR + "/"),
+                            *([PurePosixPath(f.guest).name]
+                              if str(PurePosixPath("/" + f.guest).parent) in on_path else []))}
+    names = set(by_name)
     runs = []
     for cmd in commands:
         try:
@@ -217,5 +223,10 @@ def check_commands(commands: list[str], added: list[AddedFile],
             if not (plain in names or below or _found_in_guest(prog, names, applets)):
                 raise FputraceError(f"--run {cmd!r}: {prog} is neither an added file nor a "
                                     "busybox command in the guest: add it with --add PATH")
+            program = by_name.get(plain)
+            if program is not None and not program.src.stat().st_mode & 0o111:
+                # The guest would refuse it with 126, after the whole boot.
+                raise FputraceError(f"--run {cmd!r}: {program.src} is not executable: "
+                                    f"chmod +x {program.src}")
         runs.append(ForeignRun(cmd))
     return runs

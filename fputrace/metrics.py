@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from analyzers.costs import CLASSES
 from analyzers.verdict import KINDS as FINDING_KINDS
 from fputrace.analysis import Analysis
 from fputrace.errors import FputraceError
@@ -168,6 +169,11 @@ def parse_gate(expr: str) -> Gate:
     metric, op, sign, number, pct = m.groups()
     value = float(number) * (-1 if sign == "-" else 1)
     mode = "pct" if pct else ("delta" if sign else "value")
+    if not is_metric_name(metric):
+        # Said before any run is read or recorded: check tells the user's
+        # mistake from the commit's by it.
+        raise FputraceError(f"--fail-if {expr.strip()!r}: {metric!r} is no metric: "
+                            "`fputrace compare A B --json` lists them (see compare --help)")
     return Gate(expr.strip(), metric, op, value, mode)
 
 
@@ -181,3 +187,27 @@ def check_gate(gate: Gate, a: Metrics, b: Metrics) -> bool:
 # Metrics every run has by name, even where a kind never occurred.
 _ALWAYS = {f"findings.{k}" for k in FINDING_KINDS} | {
     f"events.{fmt.kind_name(int(k))}" for k in fmt.Kind}
+
+# The names metrics_of() can give, to judge a --fail-if before a run exists
+# (check tells the user's mistake from the commit's before it records): the
+# names every run has, and families with a part that a run names (a
+# component, an operation, an FPU path function).
+_OPERATIONS = r"(vm_entry|context_switch|signal)"
+_FIXED = _ALWAYS | {"events", "findings", "saves_restores", "bytes_moved", "redundant_bytes",
+                    "redundant_save_pct", "redundant_restore_pct", "redundant_bytes_pct",
+                    "redundant_save_per_vm_entry", "redundant_restore_per_vm_entry",
+                    "instructions_per_context_switch", "kvm_runs", "traps",
+                    "guest_traps_per_kvm_run", "host_traps_per_context_switch",
+                    "traps_after_own_save", "sve_downgrades", "sve_traps_after_downgrade"} | {
+    c.name.lower() for c in CLASSES}
+_FAMILIES = re.compile(
+    r"bytes\.[A-Za-z0-9_]+\.(saved|restored|redundant)"
+    rf"|{_OPERATIONS}\.count|(saves|restores|bytes|skipped_restores)_per_{_OPERATIONS}"
+    r"|(in_kernel_|via_user_|guest_fp_trap_)?(fpu_path_)?instructions_per_vm_exit"
+    r"|fpu_path\.[A-Za-z0-9_]+\.(calls|instructions_per_call)")
+
+
+def is_metric_name(name: str) -> bool:
+    """Whether some run can have a metric of this name."""
+    return name in _FIXED or _FAMILIES.fullmatch(name) is not None
+

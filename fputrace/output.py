@@ -4,6 +4,7 @@ a second, not a whole recording."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from fputrace.errors import FputraceError
 from fputrace.trace import format as fmt
+from fputrace.trace.run import sidecar
 from fputrace.workloads import WorkloadRun
 
 # Events a boot with the KVM modules loaded records before any workload
@@ -36,11 +38,10 @@ def check_output(out: Path, need_bytes: int) -> None:
         raise FputraceError(f"-o {out}: is a directory: give a file name such as "
                             f"{out / 'run.ftr'}")
     parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FputraceError(f"-o {out}: cannot create the directory {parent}: "
-                            f"{e.strerror}: choose another output path") from None
+    if not parent.is_dir():
+        # Not made here: a failed recording would leave it behind.
+        raise FputraceError(f"-o {out}: the directory {parent} does not exist: create it "
+                            "first, or choose another output path")
     # Write a real file beside it: permissions, read-only mounts and
     # pseudo-filesystems (/proc, /sys) all show up here.
     try:
@@ -60,3 +61,49 @@ def check_output(out: Path, need_bytes: int) -> None:
         raise FputraceError(f"-o {out}: {free >> 20} MiB free in {parent}, the recording "
                             f"needs about {need_bytes >> 20} MiB: free some space or choose "
                             "another output path")
+
+
+class OutputLock:
+    """run.lock beside a trace, locked while a recording writes it: a second
+    record to the same -o refuses at once, where it would interleave its
+    blocks with the first one's in the file. The lock is the kernel's
+    (flock), so a recorder that dies leaves none held."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = sidecar(out, "lock")
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise FputraceError(f"-o {out}: cannot create {self.path}: {e.strerror}: "
+                                    "choose another output path") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise FputraceError(f"-o {out}: another fputrace record (pid {holder}) is "
+                                    "writing it: wait for it to end, or choose another "
+                                    "output path") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # locked a file that its holder removed on leaving: again
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -140,7 +140,9 @@ def parse_workloads(spec: str, arch: str = "x86_64", alongside: bool = False,
         if name not in WORKLOADS:
             raise FputraceError(f"unknown workload '{name}': choose from "
                                 f"{', '.join([*WORKLOADS, 'all'])}")
-        if count_s and not (count_s.isdigit() and 0 < int(count_s) <= 10_000_000):
+        # isascii(): str.isdigit() takes '²' and other digits int() refuses.
+        if count_s and not (count_s.isascii() and count_s.isdigit()
+                            and 0 < int(count_s) <= 10_000_000):
             raise FputraceError(f"workload count '{count_s}' of {name} is not a whole "
                                 "number from 1 to 10000000")
         w = WORKLOADS[name]

@@ -4,6 +4,7 @@ presented as complete."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -12,6 +13,10 @@ from pathlib import Path
 
 import pytest
 from tracebuilder import XRSTOR, TraceBuilder
+
+from fputrace.output import OutputLock
+from fputrace.trace import format as fmt
+from fputrace.trace.run import sidecar
 
 
 def fputrace(*args: str) -> subprocess.CompletedProcess[str]:
@@ -73,6 +78,17 @@ def test_missing_kernel_file(tmp_path: Path) -> None:
     (["kernel", "fetch", "4.19"], ["unknown kernel series '4.19'"]),
     (["kernel", "selftests", "4.19"], ["unknown kernel series '4.19'"]),
     (["record", "--workload", "vl-change"], ["vl-change is not built for x86_64"]),
+    (["record", "--workload", "kvm-pingpong:\u00b2"], ["not a whole number"]),
+    (["record", "--workload", ""], ["--workload ''", "name a workload"]),
+    (["record", "--workload", " , "], ["no workload given"]),
+    (["record", "--vmlinux", "/bin/true"], ["--vmlinux", "Debian's 6.1 brings its own"]),
+    (["record", "--kernel", "6.12", "--modules", "/tmp"], ["--modules", "--kernel PATH"]),
+    (["report", "--top", "-1", "x.ftr"], ["--top", "-1 is negative"]),
+    (["report", "--timeline", "-3", "x.ftr"], ["--timeline", "negative"]),
+    (["report", "--max-findings", "many", "x.ftr"], ["'many' is not a whole number"]),
+    (["dump", "--limit", "-1", "x.ftr"], ["--limit", "negative"]),
+    (["view", "--width", "-80", "x.ftr"], ["--width", "negative"]),
+    (["compare", "--top", "-2", "a.ftr", "b.ftr"], ["--top", "negative"]),
 ])
 def test_bad_arguments(tmp_path: Path, args: list[str], words: list[str]) -> None:
     assert_one_line_error(fputrace(*args, *(["-o", str(tmp_path / "x.ftr")]
@@ -98,6 +114,8 @@ def static_and_dynamic(tmp_path: Path) -> tuple[Path, Path]:
         ("unknown-after-cd", ("frobnicate", "neither an added file nor a busybox command")),
         ("empty-command", ("--run needs a command",)),
         ("bad-quoting", ("--run", "No closing quotation")),
+        ("device", ("/dev/null", "not a regular file")),
+        ("not-executable", ("is not executable", "chmod +x")),
     ],
 )
 def test_foreign_workload_checked_before_boot(tmp_path: Path, case: str,
@@ -107,6 +125,9 @@ def test_foreign_workload_checked_before_boot(tmp_path: Path, case: str,
     static, dynamic = static_and_dynamic(tmp_path)
     script = tmp_path / "tool.py"
     script.write_text("#!/usr/bin/python3\nprint(1)\n")
+    unexecutable = tmp_path / "plain"
+    unexecutable.write_bytes(static.read_bytes())
+    unexecutable.chmod(0o644)
     args = {
         "missing": ["--add", str(tmp_path / "nope"), "--run", "nope"],
         "dynamic": ["--add", str(dynamic), "--run", "dynamic"],
@@ -116,6 +137,8 @@ def test_foreign_workload_checked_before_boot(tmp_path: Path, case: str,
         "unknown-after-cd": ["--add", str(static), "--run", "cd /added && ./static; frobnicate"],
         "empty-command": ["--run", "  "],
         "bad-quoting": ["--add", str(static), "--run", "static 'x"],
+        "device": ["--add", "/dev/null", "--run", "null"],
+        "not-executable": ["--add", str(unexecutable), "--run", "./plain 5"],
     }[case]
     out = tmp_path / "t.ftr"
     p = fputrace("record", "--kernel", str(tmp_path / "no-such-kernel"), *args, "-o", str(out))
@@ -126,7 +149,7 @@ def test_foreign_workload_checked_before_boot(tmp_path: Path, case: str,
 @pytest.mark.parametrize(("where", "words"), [
     ("/proc/x.ftr", ["-o /proc/x.ftr: cannot write in /proc"]),
     ("DIR", ["is a directory"]),
-    ("/proc/nope/x.ftr", ["cannot create the directory /proc/nope"]),
+    ("/proc/nope/x.ftr", ["the directory /proc/nope does not exist"]),
 ])
 def test_bad_output_path_fails_before_recording(tmp_path: Path, where: str,
                                                 words: list[str]) -> None:
@@ -137,6 +160,55 @@ def test_bad_output_path_fails_before_recording(tmp_path: Path, where: str,
     p = fputrace("record", "--kernel", str(tmp_path / "no-such-kernel"), "-o", out)
     assert_one_line_error(p, *words)
     assert time.monotonic() - t0 < 30
+
+
+def test_output_into_a_missing_directory_is_refused_and_not_made(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "x.ftr"
+    p = fputrace("record", "--kernel", str(tmp_path / "no-such-kernel"), "-o", str(out))
+    assert_one_line_error(p, "does not exist", "create it first")
+    assert not out.parent.exists()
+
+
+def test_a_second_record_to_the_same_output_is_refused(tmp_path: Path) -> None:
+    # While one recording holds the output's lock, another to the same -o
+    # refuses at once, naming the holder, and leaves the file alone.
+    out = tmp_path / "x.ftr"
+    with OutputLock(out):
+        p = fputrace("record", "--kernel", str(tmp_path / "no-such-kernel"), "-o", str(out))
+        assert_one_line_error(p, "another fputrace record", f"pid {os.getpid()}")
+    assert not sidecar(out, "lock").exists()
+    # Released: the next one gets past the lock (to the missing kernel).
+    p = fputrace("record", "--kernel", str(tmp_path / "no-such-kernel"), "-o", str(out))
+    assert_one_line_error(p, "neither a file nor a known Debian series")
+
+
+def test_report_into_a_pipe_closed_early_exits_0(tmp_path: Path) -> None:
+    b = TraceBuilder()
+    for _ in range(3000):
+        b.event(XRSTOR)
+    p = b.write(tmp_path / "t.ftr")
+    for command in (["report", "--full"], ["dump"]):
+        line = " ".join([sys.executable, "-m", "fputrace", *command, str(p)])
+        r = subprocess.run(["bash", "-c", f"set -o pipefail; {line} | head -1"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "Error" not in r.stderr, r.stderr
+
+
+def test_a_warning_is_one_line_naming_the_trace_once(tmp_path: Path) -> None:
+    b = TraceBuilder()
+    for _ in range(10):
+        b.event(XRSTOR)
+    data = bytearray(b.build(block_events=2))
+    for at in range(200, len(data) - 700, 400):  # many damaged blocks
+        data[at] ^= 0xFF
+    p = tmp_path / "d.ftr"
+    p.write_bytes(bytes(data))
+    r = fputrace("report", str(p))
+    assert r.returncode == 4
+    warn = [line for line in r.stderr.splitlines() if line]
+    assert len(warn) == 1 and warn[0].count(str(p)) == 1, warn
+    assert len(warn[0]) - len(str(p)) < 250, warn
+    assert "more: fputrace dump --header" in warn[0]
 
 
 def test_too_little_free_space_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -205,7 +277,9 @@ def test_partial_trace_exits_4_unless_allowed(tmp_path: Path, command: str) -> N
     assert len(warn) == 1 and warn[0].startswith(f"fputrace: warning: {cut}: ")
     assert "--allow-partial" in warn[0]
     allowed = fputrace(*argv, "--allow-partial")
-    assert allowed.returncode == 0, (command, allowed.stderr)
+    # What was read is shown; but a gate (--fail-if) never passes on it.
+    gated = "--fail-if" in argv
+    assert allowed.returncode == (4 if gated else 0), (command, allowed.stderr)
     assert len(allowed.stderr.strip().splitlines()) == 1
     # The same command on the whole trace: no warning, the usual status.
     whole_argv = [str(whole) if a == str(cut) else a for a in argv]
@@ -221,6 +295,11 @@ def test_partial_export_says_so_in_its_metadata(tmp_path: Path) -> None:
         out = tmp_path / f"{trace.stem}.json"
         fputrace("export", str(trace), "--format", "perfetto", "-o", str(out))
         assert json.loads(out.read_text())["metadata"]["complete"] is complete
+        csv_out = tmp_path / f"{trace.stem}.csv"
+        fputrace("export", str(trace), "--format", "csv", "-o", str(csv_out), "--allow-partial")
+        first = csv_out.read_text().splitlines()[0]
+        assert first.startswith("# fputrace: incomplete trace") is not complete
+        assert first.startswith("seq,") is complete
 
 
 @pytest.mark.parametrize("smp", ["0", "17"])
@@ -246,3 +325,48 @@ def test_guest_options_refused_with_one_line(tmp_path: Path, argv: list[str], wh
     p = fputrace("record", *argv, "-o", str(tmp_path / "g.ftr"))
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and what in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--fail-if", "findings>+0"], ["--baseline"]),
+    (["--fail-if", "findings>>1"], ["write METRIC OP VALUE"]),
+    (["--fail-if", "no_such_metric>0"], ["'no_such_metric' is no metric"]),
+    (["--workload", "nope"], ["unknown workload 'nope'"]),
+    (["--workload", "kvm-pingpong:\u00b2"], ["not a whole number"]),
+    (["--baseline", "MISSING"], ["no such trace file"]),
+    (["--baseline", "DAMAGED", "--fail-if", "findings>+0"], ["--baseline", "damaged trace"]),
+    (["--baseline", "UNFINISHED", "--fail-if", "findings>+0"],
+     ["--baseline", "the run did not finish", "complete recording"]),
+])
+def test_check_stops_a_bisect_on_the_users_mistake(tmp_path: Path, args: list[str],
+                                                   words: list[str]) -> None:
+    # git bisect run takes 1-127 (but 125) as "bad" and 125 as "skip": a
+    # mistake in the command would blame or skip every commit. check finds
+    # each before anything boots (the kernel named does not exist) and exits
+    # 128, which stops the bisect.
+    b = TraceBuilder()
+    b.event(XRSTOR)
+    data = bytearray(b.build())
+    data[len(data) - 100] ^= 0xFF  # in the footer
+    (tmp_path / "damaged.ftr").write_bytes(bytes(data))
+    b.write(tmp_path / "unfinished.ftr", end=fmt.End.TIMEOUT)
+    paths = {"MISSING": tmp_path / "missing.ftr", "DAMAGED": tmp_path / "damaged.ftr",
+             "UNFINISHED": tmp_path / "unfinished.ftr"}
+    argv = [str(paths.get(a, a)) for a in args]
+    t0 = time.monotonic()
+    p = fputrace("check", "--kernel", str(tmp_path / "no-such-kernel"), *argv,
+                 "-o", str(tmp_path / "x.ftr"))
+    assert p.returncode == 128, p.stderr
+    assert time.monotonic() - t0 < 30
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr and "the bisect stops" in lines[0]
+    for w in words:
+        assert w in lines[0]
+
+
+def test_check_skips_a_commit_whose_kernel_cannot_be_had(tmp_path: Path) -> None:
+    # The command is right; this commit's kernel image is missing (its build
+    # failed): skip the commit, 125.
+    p = fputrace("check", "--kernel", str(tmp_path / "no-such-kernel"),
+                 "-o", str(tmp_path / "x.ftr"))
+    assert p.returncode == 125 and "not judged, skipping" in p.stderr

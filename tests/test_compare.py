@@ -13,6 +13,8 @@ import pytest
 from test_ownership import BT, GARBAGE, L1, L2, restore, save
 from tracebuilder import TraceBuilder
 
+from fputrace.metrics import is_metric_name
+
 BYTES = 576 + 64  # each save and restore of test_ownership's builders
 
 
@@ -99,9 +101,19 @@ def test_any_holding_gate_fails(pair: tuple[Path, Path]) -> None:
 
 @pytest.mark.parametrize(("expr", "words"), [
     ("redundant_save>>1", "write METRIC OP VALUE"),
-    ("no_such_metric>0", "no metric 'no_such_metric'"),
+    ("no_such_metric>0", "'no_such_metric' is no metric"),
 ])
 def test_bad_gate_is_one_line(pair: tuple[Path, Path], expr: str, words: str) -> None:
     p = fputrace("compare", str(pair[0]), str(pair[1]), "--fail-if", expr)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and words in p.stderr, p.stderr
+
+
+def test_every_metric_a_run_gives_is_a_metric_name(pair: tuple[Path, Path]) -> None:
+    # check refuses a --fail-if on a name no run can have before it records
+    # (fputrace.metrics.is_metric_name): the names runs do give must pass.
+    p = fputrace("compare", "--json", "--all", str(pair[0]), str(pair[1]))
+    names = json.loads(p.stdout)["metrics"]
+    assert len(names) >= 30
+    assert [n for n in names if not is_metric_name(n)] == []
+    assert not is_metric_name("no_such_metric") and not is_metric_name("events.nope")

@@ -45,8 +45,3 @@ def test_a_kernel_that_does_not_boot_is_skipped(qemu_plugin: Path, tmp_path: Pat
                  "--timeout", "60", "-o", str(tmp_path / "junk.ftr"))
     assert p.returncode == 125, p.stderr
     assert "not judged" in p.stderr and "Traceback" not in p.stderr
-
-
-def test_relative_gates_need_a_baseline(tmp_path: Path) -> None:
-    p = fputrace("check", "--fail-if", "findings>+0", "-o", str(tmp_path / "x.ftr"))
-    assert p.returncode == 2 and "--baseline" in p.stderr

@@ -15,6 +15,7 @@ import pytest
 from conftest import require
 from e2e import fputrace, kernel_available, workload_line
 
+from fputrace.metrics import is_metric_name
 from fputrace.trace.run import sidecar
 
 N_RUNS = 200
@@ -34,6 +35,9 @@ def compare(a: Path, b: Path, *gates: str) -> tuple[int, dict[str, Any]]:
     p = fputrace("compare", "--json", str(a), str(b), *(f"--fail-if={g}" for g in gates))
     assert p.returncode in (0, 1), p.stderr
     data: dict[str, Any] = json.loads(p.stdout)
+    # check judges a --fail-if's metric before any run exists: every name a
+    # real run gives must pass that judgement.
+    assert [m for m in data["metrics"] if not is_metric_name(m)] == []
     return p.returncode, data
 
 

@@ -431,6 +431,9 @@ def test_bare_names_resolve_as_in_the_guest(tmp_path: Path) -> None:
 
     added = [AddedFile(tmp_path / "a", "added/top"), AddedFile(tmp_path / "b", "added/d/prog"),
              AddedFile(tmp_path / "c", "added/d/sub/deep")]
+    for f in added:
+        f.src.write_bytes(b"\x7fELF")
+        f.src.chmod(0o755)
     assert guest_path(added).split(":")[:2] == ["/added", "/added/d"]
     applets = frozenset({"bin/sh"})
     assert [r.command for r in check_commands(["top", "prog 1", "d/sub/deep"], added,

@@ -1,29 +1,38 @@
 """fputrace check: record and judge in one step, for `git bisect run`.
 
 It records as `record` does (the same options), reports, and exits with
-what git bisect reads: 0 when the run is clean, 1 when it has a finding (or
-a --fail-if gate holds), 125 (skip this commit) when the run could not be
-judged: the kernel did not boot or panicked, the recording timed out or
-failed, or the trace is incomplete (unless --allow-partial). A workload
-that reports a mismatch in its own registers is judged: that is what a
-lost-state regression looks like.
+what git bisect reads:
+  0    the run is clean;
+  1    it has a finding, a --fail-if gate holds, or a workload or --run
+       command failed its own check (a lost-state regression looks so);
+  125  this commit's kernel could not be recorded or judged (skip it): it
+       did not boot or panicked, the recording timed out or failed, or the
+       trace is incomplete (unless --allow-partial, and then still never 0);
+  128  the command itself is wrong (a bad option, --fail-if, metric or
+       --baseline), found before anything boots: git bisect run stops on a
+       status above 127, instead of blaming or skipping every commit.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from fputrace.analysis import analyze_run
-from fputrace.cmds.record import add_record_options, record_from_args
+from fputrace.cmds.record import add_record_options, plan_from_args, record_from_args
 from fputrace.cmds.runs import add_run_options, load
 from fputrace.errors import FputraceError
-from fputrace.metrics import FAIL_IF_HELP, check_gate, metrics_of, parse_gate
+from fputrace.metrics import FAIL_IF_HELP, Metrics, check_gate, metrics_of, parse_gate
+from fputrace.trace.reader import describe_incomplete
+from fputrace.trace.run import load_run
 
 EXIT_BAD = 1
 EXIT_SKIP = 125
+# git bisect run: a status above 127 aborts the bisect.
+EXIT_ABORT = 128
 JUDGED = ("ok", "workload-failed")
 
 
@@ -38,26 +47,45 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--baseline", type=Path, metavar="A.ftr",
                    help="the run that +N and N%% gates compare against")
     add_run_options(p)
-    # An incomplete trace cannot be judged: skip the commit.
-    p.set_defaults(run=run, partial_status=EXIT_SKIP)
+    # An incomplete trace cannot be judged: skip the commit. A mistake of
+    # the user's that only shows later still stops the bisect.
+    p.set_defaults(run=run, partial_status=EXIT_SKIP, error_status=EXIT_ABORT)
+
+
+def _baseline(path: Path) -> Metrics:
+    """The baseline's metrics; a baseline that is not whole is the user's
+    mistake: gates against it would judge by numbers that are not its own."""
+    r = load_run(path)
+    if not r.trace.complete:
+        raise FputraceError(f"--baseline {describe_incomplete(r.trace)}: give a complete "
+                            "recording as the baseline")
+    return metrics_of(analyze_run(r))
 
 
 def run(args: argparse.Namespace) -> int:
-    gates = [parse_gate(e) for e in args.fail_if]     # bad expressions before any work
-    if args.baseline is None and any(g.mode != "value" for g in gates):
-        raise FputraceError("--fail-if with +N or N% compares with a baseline: add "
-                            "--baseline A.ftr")
-    baseline = metrics_of(analyze_run(load(args, args.baseline))) if args.baseline else {}
     try:
-        result = record_from_args(args)
+        gates = [parse_gate(e) for e in args.fail_if]
+        if args.baseline is None and any(g.mode != "value" for g in gates):
+            raise FputraceError("--fail-if with +N or N% compares with a baseline: add "
+                                "--baseline A.ftr")
+        baseline = _baseline(args.baseline) if args.baseline else {}
+        plan = plan_from_args(args)
+    except FputraceError as e:
+        print(f"fputrace: check: {e} (the bisect stops: exit {EXIT_ABORT})", file=sys.stderr)
+        return EXIT_ABORT
+    try:
+        result = record_from_args(args, plan)
     except FputraceError as e:
         print(f"fputrace: check: not judged, skipping: {e}", file=sys.stderr)
         return EXIT_SKIP
+    if result.signal:
+        return 128 + signal.Signals[result.signal].value
     if result.status not in JUDGED:
         print(f"fputrace: check: not judged ({result.status}: {result.detail}), skipping",
               file=sys.stderr)
         return EXIT_SKIP
-    a = analyze_run(load(args, args.output))
+    r = load(args, args.output)
+    a = analyze_run(r)
     if gates:
         metrics = metrics_of(a)
         held = [g.expr for g in gates if check_gate(g, baseline, metrics)]
@@ -65,5 +93,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         held = [f.kind for f in a.verdict.findings]
         verdict = f"{len(held)} finding(s)" if held else "no finding"
+    if result.status == "workload-failed":
+        held.append(result.detail)
+        verdict += f"; {result.detail} (its own check)"
     print(f"fputrace: check: {verdict} ({args.output})", file=sys.stderr)
-    return EXIT_BAD if held else 0
+    if held:
+        return EXIT_BAD
+    # --allow-partial judges what was read, but a clean verdict needs all of it.
+    return 0 if r.trace.complete else EXIT_SKIP

@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fputrace.analysis import analyze_run
-from fputrace.cmds.runs import add_run_options, load
+from fputrace.cmds.runs import EXIT_PARTIAL, add_run_options, count, load
 from fputrace.metrics import (
     FAIL_IF_HELP,
     Metrics,
@@ -61,7 +61,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--fail-if", action="append", default=[], metavar="EXPR",
                    help="exit 1 if EXPR holds (repeatable); grammar below")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--top", type=int, default=10,
+    p.add_argument("--top", type=count, default=10,
                    help="kernel functions that changed most (default 10)")
     p.add_argument("--all", action="store_true",
                    help="also rows that are equal in both runs")
@@ -141,7 +141,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         _render(args, ra.trace.header.kernel, rb.trace.header.kernel, rows, sites, results)
-    return EXIT_GATE if any(held for _, held in results) else 0
+    if any(held for _, held in results):
+        return EXIT_GATE
+    # --allow-partial shows what was read; a gate still never passes on it.
+    if gates and not (ra.trace.complete and rb.trace.complete):
+        return EXIT_PARTIAL
+    return 0
 
 
 def _render(args: argparse.Namespace, kernel_a: str, kernel_b: str, rows: list[dict[str, Any]],

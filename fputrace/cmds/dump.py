@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fputrace.cmds.runs import add_run_options, load
+from fputrace.cmds.runs import add_run_options, count, load
 from fputrace.render import dump_lines, header_lines
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("dump", help="print a trace's header and records as text")
     p.add_argument("trace", type=Path)
-    p.add_argument("--limit", type=int, default=0, help="print at most N events")
+    p.add_argument("--limit", type=count, default=0, help="print at most N events")
     p.add_argument("--header", action="store_true",
                    help="print only the header: the trace's identity, how its run ended "
                         "and every problem found in it")

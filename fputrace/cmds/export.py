@@ -31,5 +31,6 @@ def run(args: argparse.Namespace) -> int:
         raise FputraceError(f"-o {args.output}: no directory {args.output.parent}")
     r = load(args, args.trace)
     export(analyze_run(r), args.format, args.output)
-    print(f"wrote {args.output} ({args.format}, {len(r.trace.events)} events)")
+    partial = "" if r.trace.complete else ", of an incomplete trace: partial"
+    print(f"wrote {args.output} ({args.format}, {len(r.trace.events)} events{partial})")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import platform
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +13,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from fputrace.errors import FputraceError
-from fputrace.foreign import busybox_applets, check_commands, prepare_added
+from fputrace.foreign import AddedFile, ForeignRun, busybox_applets, check_commands, prepare_added
 from fputrace.kernel.busybox import DEBIAN_ARCH, applets_busybox
+from fputrace.kernel.debian import RELEASES
 from fputrace.kernel.layout import KVM_MODES, resolve_kernel
 from fputrace.machine import deterministic_refusal, resolve_deterministic
-from fputrace.output import check_output, estimated_trace_bytes
+from fputrace.output import OutputLock, check_output, estimated_trace_bytes
 from fputrace.record import RecordResult, check_smp, record
 from fputrace.trace.reader import read_trace
 from fputrace.trace.run import sidecar
-from fputrace.workloads import WORKLOADS, parse_workloads
+from fputrace.workloads import WORKLOADS, WorkloadRun, parse_workloads
 
 DEFAULT_WORKLOAD = "kvm-pingpong:200"
 # Inside an L2 guest: the workloads that need no KVM of their own.
@@ -103,9 +105,28 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.status == "ok" else 1
 
 
-def record_from_args(args: argparse.Namespace) -> RecordResult:
-    """Record as the options say, telling the user on stderr how it went."""
-    console = Console(stderr=True, emoji=False, highlight=False, soft_wrap=True)
+@dataclass
+class RecordPlan:
+    """What record_from_args() will record: the options, checked."""
+
+    arch: str
+    runs: list[WorkloadRun]
+    guest_runs: list[WorkloadRun]
+    alongside: list[WorkloadRun]
+    added: list[AddedFile]
+    foreign: list[ForeignRun]
+    msrs: list[int]
+    deterministic: bool
+    lock: OutputLock
+
+
+def plan_from_args(args: argparse.Namespace) -> RecordPlan:
+    """Every check of the user's options, before anything is fetched or
+    booted: a mistake here is the user's (check aborts a bisect on it), and
+    costs a second, not a recording. Takes the output's lock."""
+    if args.workload is not None and not args.workload.strip():
+        raise FputraceError("--workload '': name a workload (e.g. kvm-pingpong:200), or leave "
+                            "--workload out")
     spec = args.workload
     if spec is None:
         spec = "" if args.commands else DEFAULT_WORKLOAD
@@ -113,6 +134,12 @@ def record_from_args(args: argparse.Namespace) -> RecordResult:
     if args.kvm_mode != "vhe" and arch != "aarch64":
         raise FputraceError(f"--kvm-mode {args.kvm_mode} is an arm64 mode: add --arch arm64, "
                             "or leave --kvm-mode out")
+    if args.kernel in RELEASES:
+        for given, option in ((args.modules, "--modules"), (args.vmlinux, "--vmlinux")):
+            if given is not None:
+                raise FputraceError(f"{option} {given} belongs to a kernel you built "
+                                    f"(--kernel PATH): Debian's {args.kernel} brings its own; "
+                                    f"leave {option} out")
     runs = parse_workloads(spec, arch) if spec else []
     if args.guest_kernel is not None and arch != platform.machine():
         # The VMM that L1 runs is this machine's own (fputrace/guest.py).
@@ -142,10 +169,26 @@ def record_from_args(args: argparse.Namespace) -> RecordResult:
     if not args.timeout > 0:
         raise FputraceError(f"--timeout {args.timeout}: give a positive number of seconds")
     deterministic = resolve_deterministic(args.deterministic, args.smp)
-    if args.deterministic is None and not deterministic:
+    check_output(args.output, estimated_trace_bytes(runs, len(foreign)))
+    return RecordPlan(arch, runs, guest_runs, alongside, added, foreign, msrs, deterministic,
+                      OutputLock(args.output))
+
+
+def record_from_args(args: argparse.Namespace, plan: RecordPlan | None = None
+                     ) -> RecordResult:
+    """Record as the options say (checked by plan_from_args() unless `plan`
+    is given), telling the user on stderr how it went."""
+    plan = plan or plan_from_args(args)
+    with plan.lock:
+        return _record(args, plan)
+
+
+def _record(args: argparse.Namespace, plan: RecordPlan) -> RecordResult:
+    console = Console(stderr=True, emoji=False, highlight=False, soft_wrap=True)
+    arch, runs, foreign = plan.arch, plan.runs, plan.foreign
+    if args.deterministic is None and not plan.deterministic:
         console.print(escape(f"note: {deterministic_refusal(args.smp)}; recording with the "
                              "host clock (not reproducible)"))
-    check_output(args.output, estimated_trace_bytes(runs, len(foreign)))
     target = resolve_kernel(args.kernel, DEBIAN_ARCH[arch], args.modules, args.vmlinux)
     guest_target = resolve_kernel(args.guest_kernel, DEBIAN_ARCH[arch]) \
         if args.guest_kernel is not None else None
@@ -157,11 +200,11 @@ def record_from_args(args: argparse.Namespace) -> RecordResult:
                           f"{escape(target.identity)}  [dim]{escape(line)}[/]")
 
         result = record(target, runs, args.output, smp=args.smp, timeout_s=args.timeout,
-                        memory_mb=args.memory, extra_msrs=msrs, tick=tick, added=added,
-                        foreign=foreign, kvm_mode=args.kvm_mode,
-                        extra_modules=args.modules_load, deterministic=deterministic,
-                        guest_target=guest_target, guest_runs=guest_runs,
-                        alongside=alongside)
+                        memory_mb=args.memory, extra_msrs=plan.msrs, tick=tick,
+                        added=plan.added, foreign=foreign, kvm_mode=args.kvm_mode,
+                        extra_modules=args.modules_load, deterministic=plan.deterministic,
+                        guest_target=guest_target, guest_runs=plan.guest_runs,
+                        alongside=plan.alongside)
     for w in result.workloads:
         summary = " ".join(f"{k}={v}" for k, v in w.summary.items()) or "no summary printed"
         console.print(escape(f"  {w.label}: exit {w.exit_status}, {summary}"))

@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from fputrace.analysis import analyze_run
-from fputrace.cmds.runs import add_run_options, load
+from fputrace.cmds.runs import add_run_options, count, load
 from fputrace.render import (
     analysis_json,
     counts_json,
@@ -42,11 +42,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--full", action="store_true",
                    help="the full report: every table after the summary's lines")
-    p.add_argument("--top", type=int, default=15, help="rows per table (default 15)")
-    p.add_argument("--max-findings", type=int, default=50,
+    p.add_argument("--top", type=count, default=15, help="rows per table (default 15)")
+    p.add_argument("--max-findings", type=count, default=50,
                    help="list at most N findings, in trace order (default 50; "
                         "0: all); the counts always cover all")
-    p.add_argument("--timeline", type=int, default=0, metavar="N",
+    p.add_argument("--timeline", type=count, default=0, metavar="N",
                    help="also show the first N intervals of the per-CPU ownership timeline")
     add_run_options(p)
     p.set_defaults(run=run)

@@ -25,6 +25,17 @@ ALLOW_PARTIAL_HELP = ("work on what could be read of an incomplete or damaged tr
                       "with the usual status, instead of 4")
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more (rows, findings, events)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative: give 0 or more")
+    return n
+
+
 def add_run_options(p: Any) -> None:
     """The options of every command that loads a run."""
     p.add_argument("--allow-partial", action="store_true", help=ALLOW_PARTIAL_HELP)

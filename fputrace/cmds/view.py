@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from fputrace.analysis import analyze_run
-from fputrace.cmds.runs import add_run_options, load
+from fputrace.cmds.runs import add_run_options, count, load
 from fputrace.errors import FputraceError
 from fputrace.view.draw import static_lines
 from fputrace.view.model import build_model
@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
                    help="print the whole trace once, for logs and CI (no keys)")
     p.add_argument("--svg", type=Path, metavar="OUT.svg",
                    help="save the static picture as SVG")
-    p.add_argument("--width", type=int, default=0,
+    p.add_argument("--width", type=count, default=0,
                    help="columns for --static/--svg (default: the terminal's)")
     add_run_options(p)
     p.set_defaults(run=run)

@@ -509,6 +509,8 @@ def describe_incomplete(trace: Trace) -> str:
     state = ("damaged and truncated" if trace.damaged and trace.truncated else
              "damaged" if trace.damaged else "incomplete")
     what = trace.problems[0] if trace.problems else "no footer"
+    if trace.damaged:
+        what = what.removeprefix("damaged: ")  # the state says it already
     if len(trace.problems) > 1:
         what += f" (and {len(trace.problems) - 1} more: fputrace dump --header)"
     if trace.events_lost or trace.tasks_lost:
