@@ -406,7 +406,11 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     keys = TaskKeys(tasks, ident)
     probe_kinds = [int(p) for p in (*TASK_PURPOSEFUL, P.REGSET_SET, P.FORK_COPY)]
     bp = native.boundary_pass(ev, ident, keys.key_of_ident, probe_kinds)
-    misuse_list, sections = kfpu_misuse(ev, symbols) if bp.kfpu_begins else ([], 0)
+    # Whether a kernel SIMD instruction lies in the FPU core's own code is
+    # told by its function's name: without the kernel's symbols it is not
+    # judged, rather than every such instruction taken for a misuse.
+    misuse_list, sections = kfpu_misuse(ev, symbols) \
+        if bp.kfpu_begins and symbols.values else ([], 0)
     explainer = _Explainer(ev, keys, set(misuse_list), symbols, sections)
     findings: list[BoundaryFinding] = []
     for i in misuse_list:

@@ -29,7 +29,7 @@ from fputrace.trace.checksum import crc32c
 
 # The tests' trace writer: one writer of the format for tests and benchmark.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from tracebuilder import block_bytes, footer_block, header
+from tracebuilder import block_bytes, footer_block, header, write_sidecars
 
 BLOCK = 512
 # One pattern per round: user save, guest restore, VM entry, VM exit, guest
@@ -112,6 +112,7 @@ def write_trace(path: Path, ev: np.ndarray) -> None:
             by_kind[int(k)] = int(c)
         f.write(footer_block(len(ev), TASKS, 1 + (len(ev) + BLOCK - 1) // BLOCK, by_kind,
                              crc=crc32c))
+    write_sidecars(path)  # as a recording leaves them: a run is whole with them
 
 
 def main() -> int:

@@ -173,7 +173,7 @@ def write_perfetto(a: Analysis, out: IO[str]) -> None:
     json.dump({"trace": str(a.run.trace.path), "arch": h.arch.name.lower(),
                "kernel": h.kernel, "time_axis": clock.label(),
                # false: a cut-short or damaged trace, exported as far as it was read
-               "complete": a.run.trace.complete,
+               "complete": a.run.complete,
                "tasks": sorted({task_label(tasks, i) for i in range(len(tasks))}),
                "vcpus": [vcpu_label(v, tasks) for v in sorted({r[0] for r in runs})]}, out)
     out.write(', "traceEvents": [\n')
@@ -197,11 +197,11 @@ def write_csv(a: Analysis, out: IO[str]) -> None:
     sites = Sites(a)
     finding_at = {f.event: f.kind for f in a.verdict.findings}
     labels = {i: task_label(tasks, i) for i in range(-1, len(tasks))}
-    if not a.run.trace.complete:
+    if not a.run.complete:
         # The one mark a CSV can carry: a comment line before the header
         # (read_csv(comment="#") and the like skip it; a reader that does
         # not still sees that this is not a whole run).
-        problem = a.run.trace.problems[0] if a.run.trace.problems else "no footer"
+        problem = a.run.problems[0] if a.run.problems else "no footer"
         out.write(f"# fputrace: incomplete trace, these rows cover only what was read: "
                   f"{problem.replace(chr(10), ' ')}\n")
     w = csv.writer(out, lineterminator="\n")

@@ -27,7 +27,8 @@ from fputrace.trace.run import Run
 TRACE_KINDS_WITH_MEMORY = fmt.BUFFER_KINDS
 
 
-def header_lines(trace: Trace) -> list[str]:
+def header_lines(run: Run) -> list[str]:
+    trace = run.trace
     h = trace.header
     return [
         f"trace      {trace.path}",
@@ -38,8 +39,8 @@ def header_lines(trace: Trace) -> list[str]:
         f"kernel     {h.kernel or '-'}",
         f"plugin     {h.plugin_args}",
         f"ended      {_run_end(trace)}",
-        f"complete   {'yes' if trace.complete else 'no'}",
-        *(f"problem    {p}" for p in trace.problems),
+        f"complete   {'yes' if run.complete else 'no'}",
+        *(f"problem    {p}" for p in run.problems),
     ]
 
 
@@ -101,7 +102,7 @@ def _event_line(ev: Any, who: str, where: str, caller: str = "", icount: bool = 
 
 def dump_lines(run: Run, limit: int = 0) -> Iterator[str]:
     trace = run.trace
-    yield from header_lines(trace)
+    yield from header_lines(run)
     yield f"tasks      {len(trace.tasks)} announcements"
     for t in trace.tasks:
         comm = bytes(t["comm"]).split(b"\0", 1)[0].decode(errors="replace")
@@ -376,11 +377,12 @@ def render_findings(console: Console, run: Run, own: Ownership, verdict: Verdict
                     shown_events.add((e["seq"], e["site"]))
             if "confirmed_by" in f:
                 _render_event(console, "confirmed", f["confirmed_by"])
-    elif not run.trace.complete:
-        # Never a clean verdict on a run that did not finish or was not read whole.
-        why = run.trace.problems[0] if run.trace.problems else "no footer"
+    elif not run.complete:
+        # Never a clean verdict on a run that did not finish, was not read
+        # whole, or whose symbols or metadata are missing.
+        why = run.problems[0] if run.problems else "no footer"
         console.print("[yellow]" + escape(f"no lost or corrupted FPU state in what was read, "
-                                          f"but the trace is not complete ({why}): this "
+                                          f"but the run is not complete ({why}): this "
                                           "is not a clean run") + "[/]")
     else:
         console.print("[green]no lost or corrupted FPU state[/]")

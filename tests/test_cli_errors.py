@@ -4,6 +4,8 @@ presented as complete."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import platform
 import subprocess
@@ -12,7 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
-from tracebuilder import XRSTOR, TraceBuilder
+from tracebuilder import (
+    F_KSIMD,
+    KALLSYMS,
+    P_KFPU_BEGIN,
+    P_KFPU_END,
+    PROBE,
+    XRSTOR,
+    XSAVEOPT,
+    TraceBuilder,
+    write_sidecars,
+)
 
 from fputrace.output import OutputLock
 from fputrace.trace import format as fmt
@@ -201,7 +213,7 @@ def test_a_warning_is_one_line_naming_the_trace_once(tmp_path: Path) -> None:
     data = bytearray(b.build(block_events=2))
     for at in range(200, len(data) - 700, 400):  # many damaged blocks
         data[at] ^= 0xFF
-    p = tmp_path / "d.ftr"
+    p = b.write(tmp_path / "d.ftr")
     p.write_bytes(bytes(data))
     r = fputrace("report", str(p))
     assert r.returncode == 4
@@ -246,8 +258,8 @@ def whole_and_cut(tmp_path: Path) -> tuple[Path, Path]:
     for _ in range(30):
         b.event(XRSTOR)
     data = b.build(block_events=4)
-    whole, cut = tmp_path / "whole.ftr", tmp_path / "cut.ftr"
-    whole.write_bytes(data)
+    whole = b.write(tmp_path / "whole.ftr", block_events=4)
+    cut = b.write(tmp_path / "cut.ftr", block_events=4)
     cut.write_bytes(data[: len(data) // 3])
     return whole, cut
 
@@ -370,3 +382,68 @@ def test_check_skips_a_commit_whose_kernel_cannot_be_had(tmp_path: Path) -> None
     p = fputrace("check", "--kernel", str(tmp_path / "no-such-kernel"),
                  "-o", str(tmp_path / "x.ftr"))
     assert p.returncode == 125 and "not judged, skipping" in p.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "plain-text", "truncated", "corrupt", "zlib",
+                                  "empty", "directory"])
+def test_damaged_symbols_are_one_warning_never_a_finding(tmp_path: Path, case: str) -> None:
+    # Kernel SIMD outside kernel_fpu_begin()/end() is judged by its
+    # function's name: without the symbols it must not become a finding, and
+    # the run is not complete (attribution unknown): exit 4, one line.
+    b = TraceBuilder(features=0x1F)
+    b.event(PROBE, index=P_KFPU_BEGIN)
+    b.event(PROBE, index=P_KFPU_END)
+    b.event(XSAVEOPT, flags=F_KSIMD, simd_pc=0x81000100)
+    p = b.write(tmp_path / "t.ftr")
+    syms = sidecar(p, "kallsyms.gz")
+    good = syms.read_bytes()
+    if case == "missing":
+        syms.unlink()
+    elif case == "plain-text":
+        syms.write_text(KALLSYMS)
+    elif case == "truncated":
+        syms.write_bytes(good[: len(good) // 2])
+    elif case == "corrupt":
+        syms.write_bytes(good[:-8] + bytes(8))  # the CRC and size trailer
+    elif case == "zlib":
+        syms.write_bytes(good[:10] + b"\xff" * 8 + good[18:])  # bad deflate data
+    elif case == "empty":
+        syms.write_bytes(gzip.compress(b""))
+    else:
+        syms.unlink()
+        syms.mkdir()
+    r = fputrace("report", str(p))
+    assert r.returncode == 4, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "t.kallsyms.gz" in lines[0] and "attribution is unknown" in lines[0]
+    allowed = fputrace("report", "--json", "--allow-partial", str(p))
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["findings"] == []
+    # With its symbols the same trace has its one misuse (the oracle that
+    # the check is made at all).
+    if syms.is_dir():
+        syms.rmdir()
+    write_sidecars(p)
+    whole = fputrace("report", "--json", str(p))
+    assert whole.returncode == 3 and [f["kind"] for f in json.loads(whole.stdout)["findings"]] \
+        == ["kernel_fpu_misuse"]
+
+
+@pytest.mark.parametrize("case", ["missing", "not-json", "directory", "list"])
+def test_damaged_metadata_is_one_warning(tmp_path: Path, case: str) -> None:
+    b = TraceBuilder()
+    b.event(XRSTOR)
+    p = b.write(tmp_path / "t.ftr")
+    meta = sidecar(p, "meta.json")
+    meta.unlink()
+    if case == "not-json":
+        meta.write_text("{status: ok")
+    elif case == "directory":
+        meta.mkdir()
+    elif case == "list":
+        meta.write_text("[]")
+    r = fputrace("report", str(p))
+    assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "t.meta.json" in lines[0], r.stderr

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tracebuilder import F_MEM, VM_ENTRY, XRSTOR, XSAVEOPT, TraceBuilder, header
+from tracebuilder import F_MEM, VM_ENTRY, XRSTOR, XSAVEOPT, TraceBuilder, header, write_sidecars
 
 from fputrace.cli import main
 
@@ -78,7 +78,7 @@ def pristine() -> bytes:
 
 
 def test_the_pristine_trace_is_whole(pristine: bytes, tmp_path: Path) -> None:
-    p = tmp_path / "t.ftr"
+    p = write_sidecars(tmp_path / "t.ftr")
     p.write_bytes(pristine)
     assert report(p) == (0, EVENTS, "")
     spans = layout(pristine)
@@ -87,7 +87,7 @@ def test_the_pristine_trace_is_whole(pristine: bytes, tmp_path: Path) -> None:
 
 def test_every_byte_flipped(pristine: bytes, tmp_path: Path) -> None:
     spans = layout(pristine)
-    p = tmp_path / "t.ftr"
+    p = write_sidecars(tmp_path / "t.ftr")
     for offset in range(len(pristine)):
         damaged = bytearray(pristine)
         damaged[offset] ^= 0xFF
@@ -100,7 +100,7 @@ def test_every_byte_flipped(pristine: bytes, tmp_path: Path) -> None:
 
 def test_cut_at_every_offset(pristine: bytes, tmp_path: Path) -> None:
     spans = layout(pristine)
-    p = tmp_path / "t.ftr"
+    p = write_sidecars(tmp_path / "t.ftr")
     for cut in range(1, len(pristine)):
         p.write_bytes(pristine[:cut])
         whole_before = sum(s.events for s in spans if s.end <= cut)
@@ -110,7 +110,7 @@ def test_cut_at_every_offset(pristine: bytes, tmp_path: Path) -> None:
 
 
 def test_allow_partial_gives_the_usual_status(pristine: bytes, tmp_path: Path) -> None:
-    p = tmp_path / "t.ftr"
+    p = write_sidecars(tmp_path / "t.ftr")
     p.write_bytes(pristine[:-10])
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -138,7 +138,8 @@ def test_unwritable_output_is_one_line_and_leaves_nothing(tmp_path: Path, fmt_na
     (out / "inside").write_text("")
     p = fputrace("export", str(trace), "--format", fmt_name, "-o", str(out))
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "cannot write" in p.stderr
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["t.ftr", "taken"]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["t.ftr", "t.kallsyms.gz",
+                                                          "t.meta.json", "taken"]
 
 
 def test_the_owner_after_a_fork_copy_is_the_parent_in_export_as_in_report(

@@ -15,12 +15,15 @@ the tests follow reaches the benchmark too.
 
 from __future__ import annotations
 
+import gzip
+import json
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fputrace.trace import format as fmt
+from fputrace.trace.run import sidecar
 
 
 def _crc32c_table() -> list[int]:
@@ -164,6 +167,24 @@ def header(version: int = V, min_reader: int | None = None, arch: int = 1, featu
     return whole
 
 
+# The sidecars write() leaves by default: a kernel's text bounds, and a
+# recording that finished with no workload of its own.
+KALLSYMS = ("ffffffff81000000 T _stext\n"
+            "ffffffff81000100 T synthetic_kernel_function\n"
+            "ffffffff82000000 T _etext\n")
+META: dict[str, object] = {"status": "ok", "partial": False, "workloads": [], "runs": []}
+
+
+def write_sidecars(path: Path, symbols: str | None = KALLSYMS,
+                   meta: dict[str, object] | None = META) -> Path:
+    """The sidecars of the trace at path (None: leave that one out)."""
+    if symbols is not None:
+        sidecar(path, "kallsyms.gz").write_bytes(gzip.compress(symbols.encode()))
+    if meta is not None:
+        sidecar(path, "meta.json").write_text(json.dumps(meta))
+    return path
+
+
 class TraceBuilder:
     """Collect events and task announcements; seq numbers are handed out in order."""
 
@@ -230,6 +251,10 @@ class TraceBuilder:
                 features=int(self.header_args.get("features", 7))))  # type: ignore[call-overload]
         return bytes(out)
 
-    def write(self, path: Path, **kw: object) -> Path:
+    def write(self, path: Path, symbols: str | None = KALLSYMS,
+              meta: dict[str, object] | None = META, **kw: object) -> Path:
+        """The trace and, as fputrace record leaves them, its sidecars: the
+        kernel's symbols (run.kallsyms.gz) and the recording's metadata
+        (run.meta.json); None leaves one out."""
         path.write_bytes(self.build(**kw))  # type: ignore[arg-type]
-        return path
+        return write_sidecars(path, symbols, meta)

@@ -56,9 +56,10 @@ def _baseline(path: Path) -> Metrics:
     """The baseline's metrics; a baseline that is not whole is the user's
     mistake: gates against it would judge by numbers that are not its own."""
     r = load_run(path)
-    if not r.trace.complete:
-        raise FputraceError(f"--baseline {describe_incomplete(r.trace)}: give a complete "
-                            "recording as the baseline")
+    if not r.complete:
+        what = describe_incomplete(r.trace) if not r.trace.complete else \
+            f"{path}: {r.context_problems[0]}"
+        raise FputraceError(f"--baseline {what}: give a complete recording as the baseline")
     return metrics_of(analyze_run(r))
 
 
@@ -100,4 +101,4 @@ def run(args: argparse.Namespace) -> int:
     if held:
         return EXIT_BAD
     # --allow-partial judges what was read, but a clean verdict needs all of it.
-    return 0 if r.trace.complete else EXIT_SKIP
+    return 0 if r.complete else EXIT_SKIP

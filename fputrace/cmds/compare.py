@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if any(held for _, held in results):
         return EXIT_GATE
     # --allow-partial shows what was read; a gate still never passes on it.
-    if gates and not (ra.trace.complete and rb.trace.complete):
+    if gates and not (ra.complete and rb.complete):
         return EXIT_PARTIAL
     return 0
 

@@ -25,6 +25,6 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     r = load(args, args.trace)
     out = sys.stdout
-    for line in header_lines(r.trace) if args.header else dump_lines(r, args.limit):
+    for line in header_lines(r) if args.header else dump_lines(r, args.limit):
         out.write(line + "\n")
     return 0

@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
         raise FputraceError(f"-o {args.output}: no directory {args.output.parent}")
     r = load(args, args.trace)
     export(analyze_run(r), args.format, args.output)
-    partial = "" if r.trace.complete else ", of an incomplete trace: partial"
+    partial = "" if r.complete else ", of an incomplete run: partial"
     print(f"wrote {args.output} ({args.format}, {len(r.trace.events)} events{partial})")
     return 0

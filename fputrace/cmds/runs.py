@@ -44,11 +44,14 @@ def add_run_options(p: Any) -> None:
 def load(args: argparse.Namespace, path: Path) -> Run:
     """Load a run for a command, noting whether it is whole."""
     r = load_run(path)
-    if not r.trace.complete:
+    if not r.complete:
         hint = "" if getattr(args, "allow_partial", False) else \
             (f" (exit status {getattr(args, 'partial_status', EXIT_PARTIAL)}; "
              "--allow-partial accepts what was read)")
-        print(f"fputrace: warning: {describe_incomplete(r.trace)}{hint}", file=sys.stderr)
+        what = [describe_incomplete(r.trace)] if not r.trace.complete else []
+        what += [f"{path}: {p}" for p in r.context_problems]
+        more = f" (and {len(what) - 1} more: fputrace dump --header)" if len(what) > 1 else ""
+        print(f"fputrace: warning: {what[0]}{more}{hint}", file=sys.stderr)
         args.partial_runs = [*getattr(args, "partial_runs", []), path]
     return r
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import gzip
 import json
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,18 @@ class Run:
     trace: Trace
     symbols: Symbols
     meta: dict[str, Any] | None
+    # Sidecars missing or damaged: what the run cannot say (attribution,
+    # how its recording went).
+    context_problems: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """The trace is complete and its symbols and metadata are there."""
+        return self.trace.complete and not self.context_problems
+
+    @property
+    def problems(self) -> list[str]:
+        return [*self.trace.problems, *self.context_problems]
 
 
 def nvhe_hyp_offset(ev: npt.NDArray[np.void], symbols: Symbols) -> int | None:
@@ -56,27 +69,61 @@ def nvhe_hyp_offset(ev: npt.NDArray[np.void], symbols: Symbols) -> int | None:
     return (kva - int(bases[0])) % (1 << 64)
 
 
-def load_symbols(trace: Path, what: str = "kallsyms.gz") -> Symbols | None:
+def read_symbols(trace: Path, what: str = "kallsyms.gz") -> tuple[Symbols | None, str]:
     """A run's symbol sidecar (run.kallsyms.gz; the nested guest kernel's is
-    run.guest.kallsyms.gz); None when it is missing or unreadable."""
+    run.guest.kallsyms.gz), or None and why it cannot be used."""
     syms_file = sidecar(trace, what)
     try:
-        return Symbols.parse(gzip.decompress(syms_file.read_bytes()).decode(errors="replace"))
-    except (OSError, EOFError):
-        return None
+        text = gzip.decompress(syms_file.read_bytes()).decode(errors="replace")
+    except FileNotFoundError:
+        return None, f"{syms_file.name} is missing"
+    except (OSError, EOFError, zlib.error) as e:
+        # OSError: gzip's BadGzipFile (not gzip, a bad CRC), a directory, no
+        # permission; EOFError: cut short; zlib.error: bad compressed data.
+        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        return None, f"{syms_file.name} is damaged or unreadable ({why})"
+    symbols = Symbols.parse(text)
+    if not symbols.values:
+        return None, f"{syms_file.name} holds no kernel symbols"
+    return symbols, ""
+
+
+def load_symbols(trace: Path, what: str = "kallsyms.gz") -> Symbols | None:
+    """read_symbols(), without the reason."""
+    return read_symbols(trace, what)[0]
+
+
+def _read_meta(trace: Path) -> tuple[dict[str, Any] | None, str]:
+    meta_file = sidecar(trace, "meta.json")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except FileNotFoundError:
+        return None, f"{meta_file.name} is missing"
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        why = getattr(e, "strerror", None) or type(e).__name__
+        return None, f"{meta_file.name} is damaged or unreadable ({why})"
+    if not isinstance(meta, dict):
+        return None, f"{meta_file.name} is damaged (not a JSON object)"
+    return meta, ""
 
 
 def load_run(path: Path) -> Run:
+    """The trace and its sidecars. A sidecar that is missing or damaged is a
+    context problem of the run: functions cannot be named (attribution
+    unknown), or how the recording went and its workloads' own checks are
+    unknown; the run is then not complete."""
     trace = read_trace(path)
-    symbols = load_symbols(path) or Symbols.parse("")
+    problems = []
+    symbols, why = read_symbols(path)
+    if symbols is None:
+        problems.append(f"{why}: functions cannot be named, attribution is unknown and "
+                        "the kernel SIMD check is not made; record the run again")
+        symbols = Symbols.parse("")
     offset = nvhe_hyp_offset(trace.events, symbols)
     if offset is not None:
         symbols = symbols.with_alias(NVHE_PREFIX, offset, "nvhe")
-    meta_file = sidecar(path, "meta.json")
-    meta = None
-    if meta_file.exists():
-        try:
-            meta = json.loads(meta_file.read_text())
-        except ValueError:
-            meta = None
-    return Run(trace, symbols, meta)
+    meta, why = _read_meta(path)
+    if meta is None:
+        problems.append(f"{why}: how the recording went and its workloads' own checks are "
+                        "unknown; record the run again")
+    return Run(trace, symbols, meta, problems)
