@@ -394,14 +394,32 @@ def kfpu_misuse(ev: npt.NDArray[np.void], symbols: Symbols
     return out, int(begin.sum())
 
 
+# A boundary whose registers differ from those it is checked against, with
+# records of the trace missing in between: what happened there is unknown
+# (the context may have been renamed, its state moved on purpose), so it is
+# neither a violation nor a check.
+GAP_UNCHECKED = "records of the trace are missing in between (a damaged or lost block)"
+
+
+def spans_gap(gaps: npt.NDArray[np.uint64], lo_seq: int, hi_seq: int) -> bool:
+    """Whether a gap of the trace (Trace.gaps: inclusive seq ranges) lies
+    anywhere from lo_seq to hi_seq."""
+    return bool(len(gaps)) and bool(np.any((gaps[:, 0] <= hi_seq) & (gaps[:, 1] >= lo_seq)))
+
+
 def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                      ident: npt.NDArray[np.int64], symbols: Symbols,
-                     uabi_probed: bool) -> Boundaries:
+                     uabi_probed: bool,
+                     gaps: npt.NDArray[np.uint64] | None = None) -> Boundaries:
     """Check every user return and VM entry of a trace (events in seq order).
     `uabi_probed`: KVM's KVM_SET_XSAVE/KVM_SET_FPU copies were probed (kernels
-    with fpu_copy_uabi_to_guest_fpstate()). The linear part runs in the
-    compiled pass (fpa_boundaries); the events that need a look, one by one."""
+    with fpu_copy_uabi_to_guest_fpstate()). `gaps`: where the trace lost
+    records (Trace.gaps). The linear part runs in the compiled pass
+    (fpa_boundaries); the events that need a look, one by one."""
     from analyzers import native
+
+    gaps = np.zeros((0, 2), dtype=np.uint64) if gaps is None else gaps
+    seqs = ev["seq"]
 
     keys = TaskKeys(tasks, ident)
     probe_kinds = [int(p) for p in (*TASK_PURPOSEFUL, P.REGSET_SET, P.FORK_COPY)]
@@ -450,6 +468,8 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             count(k, False)
         elif window:
             user.changed_on_purpose[window[0]] += 1
+        elif spans_gap(gaps, int(seqs[before]), int(seqs[i])):
+            user.unchecked[GAP_UNCHECKED] += 1
         else:
             user.checked += 1
             user.violations += 1
@@ -520,7 +540,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                       "a forked child's first return does not hold the parent's registers "
                       "of the fork copy: ")
 
-    vcpu, per_vcpu, vfind = _check_vcpus(ev, bp, keys, ident, uabi_probed, explainer)
+    vcpu, per_vcpu, vfind = _check_vcpus(ev, bp, keys, ident, uabi_probed, explainer, gaps)
     findings += vfind
     findings.sort(key=lambda f: (f.after, f.kind))
     return Boundaries(user, vcpu, {k_: (v[0], v[1]) for k_, v in per_task.items()},
@@ -564,7 +584,8 @@ VCPU_SET_ON_PURPOSE = "set by user space (KVM_SET_XSAVE, KVM_SET_FPU, KVM_SET_ON
 
 
 def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
-                 ident: npt.NDArray[np.int64], uabi_probed: bool, explainer: _Explainer
+                 ident: npt.NDArray[np.int64], uabi_probed: bool, explainer: _Explainer,
+                 gaps: npt.NDArray[np.uint64]
                  ) -> tuple[BoundaryCheck, dict[tuple[int, int], tuple[int, int]],
                             list[BoundaryFinding]]:
     """A vCPU is its VMCB with the thread that runs it: a VMCB is freed with
@@ -592,6 +613,9 @@ def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
         if not uabi_probed and np.any(kinds[mine] == K.USER_RETURN):
             check.unchecked["changed while KVM_RUN had returned to user space, on a kernel "
                             "whose KVM_SET_XSAVE copies are not observable"] += 1
+            continue
+        if spans_gap(gaps, int(ev["seq"][x]), int(ev["seq"][i])):
+            check.unchecked[GAP_UNCHECKED] += 1
             continue
         vk = (int(ev["addr"][i]) & ((1 << 48) - 1)) | ((key + 1) << 48)
         check.checked += 1

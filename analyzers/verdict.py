@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from analyzers.boundaries import Boundaries, BoundaryFinding
+from analyzers.boundaries import GAP_UNCHECKED, Boundaries, BoundaryFinding, spans_gap
 from analyzers.ownership import FindingKind, Ownership
 from fputrace.trace import format as fmt
 
@@ -77,8 +77,9 @@ def _boundary_finding(b: BoundaryFinding) -> Finding:
 
 
 def combine(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64], own: Ownership,
-            bounds: Boundaries) -> Verdict:
-    """Boundary findings, plus the operation findings a boundary confirms."""
+            bounds: Boundaries, gaps: npt.NDArray[np.uint64] | None = None) -> Verdict:
+    """Boundary findings, plus the operation findings a boundary confirms;
+    none whose events have a gap of the trace (Trace.gaps) between them."""
     keys = bounds.keys
     findings = [_boundary_finding(b) for b in bounds.findings]
     # The windows (earlier boundary, later boundary) in which each task key
@@ -114,6 +115,11 @@ def combine(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64], own: Ownersh
         # found it corrupted.
         first = first_boundary_after(key, f.event)
         hit = next(((lo, hi) for lo, hi in corrupted.get(key, []) if hi == first), None)
+        if hit is not None and gaps is not None and \
+                spans_gap(gaps, int(ev["seq"][min(x for x in (f.event, f.last_sync, hit[0])
+                                                  if x >= 0)]), int(ev["seq"][hit[1]])):
+            unconfirmed.append(Unconfirmed(kind, f.event, task, GAP_UNCHECKED))
+            continue
         if hit is not None:
             roles = {"event": f.event}
             if f.last_sync >= 0:

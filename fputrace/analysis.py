@@ -209,8 +209,9 @@ def _analyze_level(r: Run) -> Analysis:
     costs = costs_from_aggregates(own.tables, own, tasks, r.symbols)
     ident = own.task_ident
     bounds = check_boundaries(events, tasks, ident, r.symbols,
-                              "fpu_copy_uabi_to_guest_fpstate" in r.symbols.values)
-    verdict = combine(events, ident, own, bounds)
+                              "fpu_copy_uabi_to_guest_fpstate" in r.symbols.values,
+                              r.trace.gaps)
+    verdict = combine(events, ident, own, bounds, r.trace.gaps)
     traps = trap_costs(events, ident) if r.trace.header.arch == fmt.Arch.AARCH64 else None
     switches = switch_costs(events)
     if traps is not None and switches is not None:

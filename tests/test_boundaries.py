@@ -46,6 +46,7 @@ from tracebuilder import (
     P_RESTORE_FAULT,
     P_SIGFRAME_SAVE,
     P_SIGRETURN,
+    P_TASK_EXIT,
     PROBE,
     USER_ENTRY,
     USER_RETURN,
@@ -54,7 +55,7 @@ from tracebuilder import (
     TraceBuilder,
 )
 
-from analyzers.boundaries import VCPU_SET_ON_PURPOSE, check_boundaries
+from analyzers.boundaries import GAP_UNCHECKED, VCPU_SET_ON_PURPOSE, check_boundaries
 from analyzers.counts import task_identity
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
@@ -539,3 +540,81 @@ def test_simd_pc_completed_by_the_kernels_own_text_address() -> None:
     assert kernel_text_high(arm64) == 0xFFFF800000000000
     assert arm64.function(0x08020010 | kernel_text_high(arm64)).startswith("do_neon")
     assert kernel_text_high(Symbols.parse("")) == 0xFFFFFFFF00000000
+
+
+def damaged_report(tmp_path: Path, b: TraceBuilder, block: int, block_events: int = 4
+                   ) -> tuple[int, dict[str, Any]]:
+    """report --json --allow-partial of b's trace with one byte of the
+    payload of its block number `block` (0: the first after the header)
+    flipped: that block's checksum fails and it is lost."""
+    p = b.write(tmp_path / "t.ftr", block_events=block_events)
+    (tmp_path / "t.kallsyms.gz").write_bytes(gzip.compress(KALLSYMS.encode()))
+    data = bytearray(p.read_bytes())
+    pos = len(p.read_bytes()) - len(b.build(block_events=block_events)) + \
+        read_trace(p).header.header_size
+    for _ in range(block):
+        pos += 24 + int.from_bytes(data[pos + 12:pos + 16], "little")
+    data[pos + 24 + 3] ^= 0xFF
+    p.write_bytes(bytes(data))
+    r = subprocess.run([sys.executable, "-m", "fputrace", "report", "--json",
+                        "--allow-partial", str(p)], capture_output=True, text=True)
+    assert r.returncode in (0, 3), r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+def test_a_check_across_lost_events_is_not_judged(tmp_path: Path) -> None:
+    # T enters at seq 0 with L1; a signal is delivered (its sigframe probe
+    # changes the registers on purpose) and T returns with L2. The block
+    # holding the probe is lost: the return seems to give T registers it did
+    # not leave, but records are missing between entry and return, so it is
+    # not judged. The same trace whole shows the signal, and is clean.
+    b = TraceBuilder()
+    tasks(b)
+    entry(b, L1)                          # seq 0
+    for _ in range(3):
+        probe(b, P_KFPU_END, task=U)      # seq 1-3
+    probe(b, P_SIGFRAME_SAVE)             # seq 4
+    for _ in range(3):
+        probe(b, P_KFPU_END, task=U)      # seq 5-7
+    ret(b, L2)                            # seq 8
+    status, rep = report(tmp_path, b)
+    assert status == 0 and rep["findings"] == []
+    user = rep["boundary_checks"]["by_kind"]["user_return"]
+    assert user["changed_on_purpose"] == {"signal delivery": 1}
+    # Blocks: tasks, events 0-3, events 4-7 (lost), events 8.
+    status, rep = damaged_report(tmp_path, b, block=2)
+    assert status == 0 and rep["findings"] == [], rep["findings"]
+    user = rep["boundary_checks"]["by_kind"]["user_return"]
+    assert user["unchecked"] == {GAP_UNCHECKED: 1} and user["violations"] == 0
+    # The oracle: with the gap rule's window missed (the same registers
+    # changed with no reason in a whole trace), it is a violation.
+    b2 = TraceBuilder()
+    tasks(b2)
+    entry(b2, L1)
+    ret(b2, L2)
+    status, rep = report(tmp_path, b2)
+    assert status == 3 and [f["kind"] for f in rep["findings"]] == ["corrupted_state"]
+
+
+def test_a_lost_task_block_renames_no_one(tmp_path: Path) -> None:
+    # Process A (pid 10) on task_struct T enters the kernel with L1 and
+    # exits; T's memory is reused by process B (pid 30), announced at seq 5,
+    # whose first return holds its own registers L2. With B's announcement
+    # lost, B's return looks like A's return from A's entry with registers
+    # A never had: the announcement's window is a gap, and nothing is found.
+    b = TraceBuilder()
+    b.task(T, 10, "a")
+    entry(b, L1)                          # seq 0
+    probe(b, P_TASK_EXIT)                 # seq 1
+    probe(b, P_KFPU_END, task=U)          # seq 2, 3
+    probe(b, P_KFPU_END, task=U)
+    probe(b, P_KFPU_END, task=U)          # seq 4
+    b.task(T, 30, "b")                    # announced at seq 5: the second task block
+    ret(b, L2, flags=F_NO_ENTRY)          # seq 5: B's first return
+    for _ in range(2):
+        probe(b, P_KFPU_END, task=U)
+    status, rep = report(tmp_path, b)
+    assert status == 0 and rep["findings"] == []
+    # Blocks: tasks (A), events 0-3, tasks (B), events 4-7.
+    status, rep = damaged_report(tmp_path, b, block=2)
+    assert status == 0 and rep["findings"] == [], rep["findings"]

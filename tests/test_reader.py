@@ -415,3 +415,33 @@ def test_more_records_than_the_footer_counts_is_damage(tmp_path: Path) -> None:
     assert t.problems[0] == ("damaged: the footer counts 3 events and 0 task records, but 5 "
                              "and 0 were read: the file holds records that are not its run's")
     assert " -2 " not in describe_incomplete(t).split(": ", 1)[1]
+
+
+def test_gaps_are_the_missing_seqs_and_a_lost_task_blocks_window(tmp_path: Path) -> None:
+    # 12 events of one vCPU in blocks of 4, a task announced at seq 5 (so in
+    # the task block flushed with events 4-7). Losing events 4-7 leaves the
+    # gap 4-7; losing the task block leaves its window, from after events
+    # 0-3 to the end of the events it was flushed with: 4-7 again.
+    b = TraceBuilder()
+    b.task(0x1000, 1, "a")
+    for i in range(12):
+        if i == 5:
+            b.task(0x1000, 2, "b")
+        b.event(XRSTOR, task=0x1000)
+    data = b.build(block_events=4)
+    n = len(header())
+    # tasks(a) | events 0-3 | tasks(b) | events 4-7 | events 8-11 | footer
+    first_tasks = 24 + 48
+    events_block = 24 + 4 * 144
+    lost_tasks_at = n + first_tasks + events_block
+    lost_events_at = lost_tasks_at + 24 + 48
+    for at, missing in ((lost_events_at, 4), (lost_tasks_at, 0)):
+        damaged = bytearray(data)
+        damaged[at + 24 + 1] ^= 0xFF
+        p = tmp_path / "t.ftr"
+        p.write_bytes(bytes(damaged))
+        t = read_trace(p)
+        assert len(t.events) == 12 - missing and t.damaged
+        assert t.gaps.tolist() == [[4, 7]], (at, t.gaps.tolist())
+    t = read_trace(b.write(tmp_path / "whole.ftr", block_events=4))
+    assert t.gaps.tolist() == []

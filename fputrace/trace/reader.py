@@ -78,6 +78,11 @@ class Trace:
     lost_exact: bool = True
     # Why the footer does not show a finished run (also the first problem).
     end_problem: str | None = None
+    # Where records are missing, as inclusive seq ranges (shape (n, 2)): the
+    # seqs of lost events, and the windows in which lost task records were
+    # announced (gaps()). What a context did there is unknown.
+    gaps: npt.NDArray[np.uint64] = field(
+        default_factory=lambda: np.zeros((0, 2), dtype=np.uint64))
 
     @property
     def complete(self) -> bool:
@@ -257,6 +262,7 @@ class _Block:
     count: int
     payload_size: int
     crc: int
+    vcpu: int
 
 
 def _record_sizes(version: int) -> dict[int, int]:
@@ -276,7 +282,7 @@ def _block_at(data: mmap.mmap, pos: int, size: int, version: int) -> _Block | No
     (format 3 on) and a known type whose record count matches its size."""
     if size - pos < fmt.BLOCK_HEADER_SIZE:
         return None
-    magic, btype, _vcpu, count, psize, crc, header_crc = fmt.BLOCK_HEADER_STRUCT.unpack_from(
+    magic, btype, vcpu, count, psize, crc, header_crc = fmt.BLOCK_HEADER_STRUCT.unpack_from(
         data, pos)
     if magic != fmt.BLOCK_MAGIC:
         return None
@@ -287,7 +293,7 @@ def _block_at(data: mmap.mmap, pos: int, size: int, version: int) -> _Block | No
     if record_size is None or count * record_size != psize or \
             (btype == fmt.BlockType.FOOTER and count != 1):
         return None
-    return _Block(pos, btype, count, psize, crc)
+    return _Block(pos, btype, count, psize, crc, vcpu)
 
 
 def _find_block(data: mmap.mmap, start: int, size: int, version: int) -> int | None:
@@ -344,6 +350,7 @@ class _Scan:
     truncation: list[str] = field(default_factory=list)
     end: int = 0  # where whole blocks end
     damaged_to_end: bool = False  # the file ends in bytes that are not a block
+    bad_regions: list[int] = field(default_factory=list)  # where bytes were not a block
 
 
 def _scan_blocks(data: mmap.mmap, header: Header, size: int) -> _Scan:
@@ -361,6 +368,7 @@ def _scan_blocks(data: mmap.mmap, header: Header, size: int) -> _Scan:
                 break
             nxt = _find_block(data, pos + 1, size, version)
             stop = size if nxt is None else nxt
+            scan.bad_regions.append(pos)
             scan.damage.append(f"bytes {pos}-{stop - 1} are not a block (a damaged block "
                                "header or garbage)")
             if nxt is None:
@@ -424,6 +432,7 @@ def _load(p: Path, data: mmap.mmap, header: Header, scan: _Scan, size: int) -> T
     damage = list(scan.damage)
     kept: dict[int, list[_Block]] = {}
     arrays: dict[int, npt.NDArray[np.void]] = {}
+    block_seqs: dict[int, tuple[int, int]] = {}  # event block's position -> its seq range
     lost_in_bad_blocks = {int(fmt.BlockType.EVENTS): 0, int(fmt.BlockType.TASKS): 0}
     for btype, dtype in ((int(fmt.BlockType.EVENTS), fmt.event_dtype(header.version)),
                          (int(fmt.BlockType.TASKS), fmt.TASK_DTYPE)):
@@ -437,8 +446,11 @@ def _load(p: Path, data: mmap.mmap, header: Header, scan: _Scan, size: int) -> T
                 lost_in_bad_blocks[btype] += b.count
         kept[btype] = [b for b, good in zip(blocks, ok, strict=True) if good]
         counts = [b.count for b in kept[btype]]
-        arrays[btype] = _sort_by_seq(dest[: sum(counts)],
-                                     list(np.cumsum([0, *counts])[:-1]))
+        starts = list(np.cumsum([0, *counts])[:-1])
+        if btype == fmt.BlockType.EVENTS:
+            block_seqs = {b.pos: (int(dest["seq"][s]), int(dest["seq"][s + b.count - 1]))
+                          for b, s in zip(kept[btype], starts, strict=True) if b.count}
+        arrays[btype] = _sort_by_seq(dest[: sum(counts)], starts)
     ev, tk = arrays[int(fmt.BlockType.EVENTS)], arrays[int(fmt.BlockType.TASKS)]
     if ev.dtype != fmt.EVENT_DTYPE:
         # An older format: the same fields, icount 0 (no Feature.ICOUNT says so).
@@ -494,13 +506,60 @@ def _load(p: Path, data: mmap.mmap, header: Header, scan: _Scan, size: int) -> T
             problems.insert(0, end_problem)
     else:
         end_problem = None
+    good_tasks = {b.pos for b in kept[int(fmt.BlockType.TASKS)]}
+    lost_tasks: list[tuple[int, int | None]] = [
+        (b.pos, b.vcpu) for b in scan.blocks
+        if b.btype == fmt.BlockType.TASKS and b.pos not in good_tasks]
+    gaps = _gaps(ev["seq"], scan.blocks, block_seqs,
+                 [*lost_tasks, *((pos, None) for pos in scan.bad_regions)])
     read_blocks = len(kept[int(fmt.BlockType.EVENTS)]) + len(kept[int(fmt.BlockType.TASKS)]) \
         + (1 if footer is not None else 0)
     unread = size - scan.end if cut_short else 0
     return Trace(p, header, ev, tk, footer, read_blocks, unread, problems,
                  damaged=bool(damage), truncated=cut_short,
                  events_lost=events_lost, tasks_lost=tasks_lost, lost_exact=lost_exact,
-                 end_problem=end_problem)
+                 end_problem=end_problem, gaps=gaps)
+
+
+def _gaps(seqs: npt.NDArray[np.uint64], blocks: list[_Block],
+          block_seqs: dict[int, tuple[int, int]],
+          lost: list[tuple[int, int | None]]) -> npt.NDArray[np.uint64]:
+    """Where records are missing, as inclusive seq ranges.
+
+    Lost events show as missing seqs (the plugin numbers every event, all
+    vCPUs together). A lost task block is placed by the plugin's order of
+    writing: a vCPU's task block goes out just before its event block of
+    the same flush (plugin/trace.c, vcpu_commit_event()), so its records
+    were announced after that vCPU's previous event block and by the end of
+    its next one. Bytes that were not a block may have been any vCPU's: the
+    window then spans every vCPU's previous and next event block."""
+    out: list[tuple[int, int]] = []
+    if len(seqs):
+        s = seqs.astype(np.int64)
+        at = np.flatnonzero(np.diff(s) > 1)
+        out += [(int(s[i]) + 1, int(s[i + 1]) - 1) for i in at.tolist()]
+    events = [b for b in blocks if b.btype == fmt.BlockType.EVENTS and b.pos in block_seqs]
+    for pos, vcpu in lost:
+        mine = [b for b in events if vcpu is None or b.vcpu == vcpu]
+        before = [block_seqs[b.pos][1] for b in mine if b.pos < pos]
+        after = [block_seqs[b.pos][1] for b in mine if b.pos > pos]
+        if vcpu is None:
+            # The latest block before of each vCPU, the first after of each.
+            lo_by: dict[int, int] = {}
+            hi_by: dict[int, int] = {}
+            for b in mine:
+                if b.pos < pos:
+                    lo_by[b.vcpu] = block_seqs[b.pos][1]
+                elif b.vcpu not in hi_by:
+                    hi_by[b.vcpu] = block_seqs[b.pos][1]
+            before, after = list(lo_by.values()), list(hi_by.values())
+        lo = min(before) + 1 if before and vcpu is None else (before[-1] + 1 if before else 0)
+        if after:
+            hi = max(after) if vcpu is None else after[0]
+        else:
+            hi = int(seqs.max()) if len(seqs) else 0
+        out.append((lo, max(lo, hi)))
+    return np.array(sorted(out), dtype=np.uint64).reshape(-1, 2)
 
 
 def describe_incomplete(trace: Trace) -> str:
