@@ -68,7 +68,7 @@ FPU_CORE_SIMD = frozenset({
 @dataclass
 class BoundaryFinding:
     kind: str  # "corrupted_state" or "kernel_fpu_misuse"
-    context: str  # "task" or "vcpu"
+    context: str  # "task", "signal_frame" (after: the frame's save) or "vcpu"
     task: int  # announcement index of the task (or the vCPU thread), -1
     vmcb: int  # vcpu findings: the VMCB, else 0
     before: int  # event index: the entry / VM exit the state is compared with, -1
@@ -89,6 +89,8 @@ class BoundaryCheck:
     violations: int = 0
     changed_on_purpose: Counter[str] = field(default_factory=Counter)
     unchecked: Counter[str] = field(default_factory=Counter)
+    # Of checked: purposeful changes checked against their purpose, by what.
+    purpose_checked: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -398,6 +400,9 @@ def kfpu_misuse(ev: npt.NDArray[np.void], symbols: Symbols
 # records of the trace missing in between: what happened there is unknown
 # (the context may have been renamed, its state moved on purpose), so it is
 # neither a violation nor a check.
+# x86-64 user addresses lie below the canonical hole.
+USER_TOP = 1 << 47
+
 GAP_UNCHECKED = "records of the trace are missing in between (a damaged or lost block)"
 
 
@@ -457,8 +462,40 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     all_flags = ev["flags"].tolist()
     regs_valid, no_entry = int(F.REGS_VALID), int(F.NO_ENTRY)
     k_entry, k_probe, k_return = int(K.USER_ENTRY), int(K.PROBE), int(K.USER_RETURN)
-    p_fork, p_regset = int(P.FORK_COPY), int(P.REGSET_SET)
+    p_fork, p_regset, p_sigframe = int(P.FORK_COPY), int(P.REGSET_SET), int(P.SIGFRAME_SAVE)
     purposeful = {int(p_): why for p_, why in TASK_PURPOSEFUL.items()}
+
+    def judge_frame(i: int, k: int, cpu: int) -> None:
+        """Save i into the signal frame, against the registers task k
+        entered the kernel with. copy_fpstate_to_sigframe() (6.1
+        arch/x86/kernel/fpu/signal.c) first reloads the task's own state
+        when it is not in the registers (TIF_NEED_FPU_LOAD), then saves the
+        registers into the frame: what the frame gets must be what the
+        task left user mode with. (Linux 5.2's Go/AVX corruption wrote
+        another task's registers here.)"""
+        e = entry.get(k, -1)
+        if e < 0 or not (all_flags[i] & regs_valid and all_flags[e] & regs_valid):
+            user.unchecked["a signal frame save whose task's registers at the entry were "
+                           "not read"] += 1
+            return
+        want = regs_hash[e]
+        if regs_hash[i] == want:
+            user.checked += 1
+            user.purpose_checked["signal frame"] += 1
+            count(k, False)
+        elif spans_gap(gaps, int(seqs[e]), int(seqs[i])):
+            user.unchecked[GAP_UNCHECKED] += 1
+        else:
+            user.checked += 1
+            user.violations += 1
+            user.purpose_checked["signal frame"] += 1
+            count(k, True)
+            x = explainer.explain(e, i, k, want, cpu)
+            findings.append(BoundaryFinding(
+                "corrupted_state", "signal_frame", int(ident[i]), 0, e, i, x.cause,
+                f"the signal frame at {int(ev['addr'][i]):#x} got FP registers that are not "
+                f"those the task entered the kernel with (saved at {explainer.site(i)})"
+                + x.text, trail=x.trail))
 
     def judge(i: int, k: int, before: int, window: list[str], what: str) -> None:
         """Return i of task k against the register hash of event `before`."""
@@ -483,6 +520,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     reasons: dict[int, list[tuple[int, str]]] = {}  # key -> (event index, reason)
     fork_probe: dict[tuple[int, int], int] = {}  # (vcpu, parent key) -> probe event
     fork_copy: dict[int, int] = {}  # child task pointer -> the save that copied its state
+    sigframe_probe: set[tuple[int, int]] = set()  # (vcpu, key): a frame save is due
     key_of_ptr: dict[int, int] = {}
     rel = bp.rel
     rel_keys = keys.at(rel)
@@ -506,7 +544,13 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                     reasons.setdefault(target, []).append((i, "ptrace regset write"))
             elif probe in purposeful:
                 reasons.setdefault(k, []).append((i, purposeful[probe]))
+                if probe == p_sigframe:
+                    sigframe_probe.add((cpu, k))
         elif kind != k_return:
+            if (cpu, k) in sigframe_probe and addr < USER_TOP:
+                # The first save into user memory after the probe: the frame's.
+                sigframe_probe.discard((cpu, k))
+                judge_frame(i, k, cpu)
             # The parent's first save on its CPU after a fork probe:
             # fpu_clone() / fpu__copy() save its live registers into the
             # child's buffer, at the child's task pointer plus the kernel's

@@ -68,9 +68,11 @@ class Verdict:
 def _boundary_finding(b: BoundaryFinding) -> Finding:
     if b.kind == "kernel_fpu_misuse":
         return Finding(b.kind, b.after, b.task, b.explanation, {"event": b.after})
-    roles = {"entry" if b.context == "task" else "vm_exit": b.before}
+    first, last = {"task": ("entry", "return"), "signal_frame": ("entry", "frame_save"),
+                   "vcpu": ("vm_exit", "vm_entry")}[b.context]
+    roles = {first: b.before}
     roles.update(b.trail)
-    roles["return" if b.context == "task" else "vm_entry"] = b.after
+    roles[last] = b.after
     if b.cause >= 0:
         roles["cause"] = b.cause
     return Finding(b.kind, b.after, b.task, b.explanation, roles, vmcb=b.vmcb)

@@ -255,6 +255,7 @@ def boundary_json(run: Run, verdict: Verdict) -> dict[str, Any]:
     def one(c: BoundaryCheck) -> dict[str, Any]:
         return {"checked": c.checked, "quiet": c.quiet, "violations": c.violations,
                 "changed_on_purpose": dict(c.changed_on_purpose),
+                "purpose_checked": dict(c.purpose_checked),
                 "unchecked": dict(c.unchecked)}
 
     return {
@@ -347,9 +348,12 @@ def render_boundaries(console: Console, verdict: Verdict) -> None:
     for name, c in (("user returns", b.user), ("VM entries", b.vcpu)):
         purposeful = ", ".join(f"{n} {why}" for why, n in c.changed_on_purpose.items())
         quiet = f" ({c.quiet} with no FP activity in between)" if c is b.user else ""
+        against = ", ".join(f"{n} {what}" for what, n in c.purpose_checked.items())
+        against = f"; checked against their purpose: {against}" if against else ""
         console.print(escape(
             f"boundary checks, {name}: {c.checked} checked{quiet}, {c.violations} violations"
-            + (f"; changed on purpose: {purposeful}" if purposeful else "")))
+            + against + (f"; changed on purpose, unchecked: {purposeful}" if purposeful
+                         else "")))
         for why, n in c.unchecked.items():
             console.print(escape(f"  not checked: {n} x {why}"))
 

@@ -251,8 +251,43 @@ def test_purposeful_changes_are_not_findings(tmp_path: Path) -> None:
     ret(b, L3)
     code, rep = report(tmp_path, b)
     assert code == 0 and rep["findings"] == []
-    assert rep["boundary_checks"]["by_kind"]["user_return"]["changed_on_purpose"] == {
+    user = rep["boundary_checks"]["by_kind"]["user_return"]
+    assert user["changed_on_purpose"] == {
         "signal delivery": 1, "sigreturn": 1, "exec": 1, "ptrace regset write": 1}
+    # The frame's save is checked against its purpose: it holds L1, what T
+    # entered the kernel with.
+    assert user["purpose_checked"] == {"signal frame": 1}
+
+
+def test_a_signal_frame_with_another_tasks_registers_is_corrupted_state(
+        tmp_path: Path) -> None:
+    # Linux 5.2's Go/AVX bug class: T enters with L1 and a signal is due;
+    # copy_fpstate_to_sigframe() takes T's registers for live, but U ran in
+    # between (its L2 is in the registers), and the frame gets L2. The
+    # handler's return and the sigreturn look purposeful; the frame's save
+    # is where the damage shows, and it names the frame and the save.
+    b = TraceBuilder()
+    tasks(b)
+    ret(b, L1, flags=F_NO_ENTRY)
+    entry(b, L1)
+    save(b, BT, regs=L1)                          # T preempted: its state saved
+    restore(b, BU, before=L1, loads=L2, task=U)   # U runs with L2
+    probe(b, P_SIGFRAME_SAVE)                     # back in T: no reload of its state
+    save(b, SIGFRAME, regs=L2)                    # the frame gets U's registers
+    restore(b, 0xFFFFFFFF82000000, before=L2, loads=INIT)
+    ret(b, INIT)
+    entry(b, INIT)
+    probe(b, P_SIGRETURN)
+    restore(b, SIGFRAME, before=INIT, loads=L2)
+    ret(b, L2)
+    code, rep = report(tmp_path, b)
+    assert code == 3, rep
+    (f,) = rep["findings"]
+    assert f["kind"] == "corrupted_state" and f["task"] == "10 t"
+    assert f["events"]["frame_save"]["kind"] == "xsaveopt"
+    assert f["description"].startswith(f"the signal frame at {SIGFRAME:#x} got FP registers")
+    user = rep["boundary_checks"]["by_kind"]["user_return"]
+    assert user["purpose_checked"] == {"signal frame": 1} and user["violations"] == 1
 
 
 def test_forked_child_returns_with_the_parents_registers(tmp_path: Path) -> None:

@@ -1202,7 +1202,12 @@ out:
 
 /* ---- the boundary checks' linear part (analyzers/boundaries.py) ---- */
 
-#define FORK_COPY_WINDOW 16
+/*
+ * The saves on a CPU after a fork probe or a signal frame probe that are
+ * looked at one by one: fpu_clone()'s copy of the parent's registers into
+ * the child, copy_fpstate_to_sigframe()'s save into the signal frame.
+ */
+#define PROBED_SAVE_WINDOW 16
 
 static int64_t key_of(const int64_t *ident, const int64_t *key_of_ident, size_t i)
 {
@@ -1221,14 +1226,14 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
     int64_t *last_return = malloc((n_keys + 1) * sizeof(int64_t));
     int64_t *last_vm = NULL;            /* per vCPU slot: its last VM event */
     size_t last_vm_cap = 64;
-    uint32_t saves_since_fork[FPA_NCPU];
+    uint32_t saves_since_probe[FPA_NCPU];
     int rc = -1;
 
     o->rel_len = o->vcpu_len = o->diff_len = 0;
     o->first_entries = o->unreadable = o->kfpu_begins = 0;
     memset(o->quiet_per_key, 0, (n_keys + 1) * sizeof(int64_t));
     for (size_t c = 0; c < FPA_NCPU; c++) {
-        saves_since_fork[c] = FORK_COPY_WINDOW;
+        saves_since_probe[c] = PROBED_SAVE_WINDOW;
     }
     last_vm = malloc(last_vm_cap * sizeof(int64_t));
     if (!last_return || !last_vm || map_init(&vcpus, 64) < 0) {
@@ -1264,8 +1269,8 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
             break;
         }
         case FTR_KIND_PROBE:
-            if (e->index == FTR_PROBE_FORK_COPY) {
-                saves_since_fork[cpu] = 0;
+            if (e->index == FTR_PROBE_FORK_COPY || e->index == FTR_PROBE_SIGFRAME_SAVE) {
+                saves_since_probe[cpu] = 0;
             } else if (e->index == FTR_PROBE_KFPU_BEGIN) {
                 o->kfpu_begins++;
             }
@@ -1333,8 +1338,8 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
             break;
         }
         default:
-            if (is_save(e->kind) && saves_since_fork[cpu] < FORK_COPY_WINDOW) {
-                saves_since_fork[cpu]++;
+            if (is_save(e->kind) && saves_since_probe[cpu] < PROBED_SAVE_WINDOW) {
+                saves_since_probe[cpu]++;
                 rel = 1;
             }
             break;
