@@ -235,10 +235,12 @@ class _Explainer:
                 out.append((b, e))
         return out
 
-    def explain(self, lo: int, hi: int, key: int, want: int, vcpu: int) -> Explanation:
+    def explain(self, lo: int, hi: int, key: int, want: int, vcpu: int,
+                until: str = "the return") -> Explanation:
         """Events lo+1..hi (indices: the earlier boundary excluded, the later
         one included, since it may carry the KERNEL_SIMD flag) of the task
-        `key`; `want` the hash the registers should have held."""
+        `key`; `want` the hash the registers should have held; `until`: what
+        event hi is, in words."""
         ev = self.ev
         window = np.arange(lo + 1, hi + 1)
         mine = window[self.keys.at(window) == key].tolist()
@@ -254,16 +256,16 @@ class _Explainer:
                                    "probes to tell whether a section was open)", [("simd", i)])
         last_restore = next((i for i in reversed(mine) if self.restores[i]), -1)
         if last_restore < 0:
-            return self._missed_restore(window, mine, key, vcpu)
+            return self._missed_restore(window, mine, key, vcpu, until)
         return self._bad_restore(mine, key, want, last_restore)
 
     def _missed_restore(self, window: npt.NDArray[np.int64], mine: list[int], key: int,
-                        vcpu: int) -> Explanation:
+                        vcpu: int, until: str) -> Explanation:
         """Nothing loaded this context's state before its return: whatever is
         in the registers is not its own. Where did its state go, and what
         changed the registers after it left?"""
         ev = self.ev
-        tail = "no restore of this context's state followed before the return"
+        tail = f"no restore of this context's state followed before {until}"
         on_cpu = window[ev["vcpu"][window] == vcpu].tolist()
         saves = [i for i in mine if self.saves[i]]
         s = saves[-1] if saves else -1
@@ -490,11 +492,12 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             user.violations += 1
             user.purpose_checked["signal frame"] += 1
             count(k, True)
-            x = explainer.explain(e, i, k, want, cpu)
+            # What happened before the frame's save, the save itself left out.
+            x = explainer.explain(e, i - 1, k, want, cpu, "the signal frame's save")
             findings.append(BoundaryFinding(
                 "corrupted_state", "signal_frame", int(ident[i]), 0, e, i, x.cause,
                 f"the signal frame at {int(ev['addr'][i]):#x} got FP registers that are not "
-                f"those the task entered the kernel with (saved at {explainer.site(i)})"
+                f"those the task entered the kernel with (saved at {explainer.site(i)}): "
                 + x.text, trail=x.trail))
 
     def judge(i: int, k: int, before: int, window: list[str], what: str) -> None:

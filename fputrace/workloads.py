@@ -1,7 +1,7 @@
 """The workloads that run inside the recorded kernel (sources in workloads/).
 
 A spec is a comma-separated list of NAME[:N]; `all` stands for every workload
-but fpu-seed, whose test module has deliberate bugs.
+but fpu-seed and sigframe-seed, whose test module has deliberate bugs.
 Each workload prints one summary line `NAME: key=value ...` of what it did.
 """
 
@@ -92,6 +92,11 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     "kernel_fpu section, XMM use without one, a corrupted saved state, and "
                     "TIF_NEED_FPU_LOAD cleared inside a section (a missed restore)",
                     seed_module=True),
+        WorkloadDef("sigframe-seed", 5, (),
+                    "a deliberate signal frame bug of the test module: N calls that leave "
+                    "the kernel's values in the registers without TIF_NEED_FPU_LOAD and "
+                    "send the caller SIGUSR1, whose frame then gets them",
+                    seed_module=True, program="fpu-seed", args=("sigframe",)),
     )
 }
 

@@ -594,6 +594,49 @@ def test_seeded_bugs_are_found(qemu_plugin: Path, tmp_path: Path, series: str) -
         "[from fputrace_seed.ko" in pane, pane
 
 
+@pytest.mark.parametrize("series", ["6.1", "5.10"])
+def test_a_signal_frame_given_the_kernels_registers_is_found(qemu_plugin: Path,
+                                                             tmp_path: Path,
+                                                             series: str) -> None:
+    # The seed module's SIGFRAME ioctl leaves the kernel's values in the
+    # registers without TIF_NEED_FPU_LOAD, then sends the caller SIGUSR1:
+    # copy_fpstate_to_sigframe() saves those values into the frame as the
+    # task's, and sigreturn loads them. The workload sees its registers
+    # changed after each sigreturn (its own truth). The returns to the
+    # handler and after sigreturn are purposeful changes; the frame's save is
+    # where the report must find it, naming the module's section as cause.
+    kernel_available(series)
+    out = tmp_path / "sigframe.ftr"
+    n = 4
+    p = fputrace("record", "--kernel", series, "--workload", f"sigframe-seed:{n}",
+                 "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    own = workload_line(sidecar(out, "console.log"), "fpu-seed")
+    assert own == {"sigframe": str(n), "sigframe_changed": str(n), "signals": str(n),
+                   "failed": "0"}
+    rep_p = fputrace("report", "--json", "--max-findings", "0", str(out))
+    assert rep_p.returncode == 3, report_head(out)
+    findings = json.loads(rep_p.stdout)["findings"]
+    assert len(findings) == n, report_head(out)
+    for f in findings:
+        assert f["kind"] == "corrupted_state" and f["task"].endswith(" fpu-seed")
+        assert f["description"].startswith("the signal frame at 0x7ff")
+        e = f["events"]
+        assert e["frame_save"]["site"].startswith("copy_fpstate_to_sigframe+")
+        assert e["section_begin"]["caller"].startswith("seed_missed_restore+")
+        assert e["simd"]["site"].startswith("seed_clobber_xmm+")
+        assert e["entry"]["seq"] < e["save"]["seq"] < e["frame_save"]["seq"]
+    # The same signals on the same kernel, without the bug: every frame is
+    # checked against its purpose and holds the task's registers.
+    stock = tmp_path / "signal.ftr"
+    p = fputrace("record", "--kernel", series, "--workload", "signal:20", "-o", str(stock))
+    assert p.returncode == 0, p.stderr
+    rep_p = fputrace("report", "--json", str(stock))
+    assert rep_p.returncode == 0, report_head(stock)
+    user = json.loads(rep_p.stdout)["boundary_checks"]["by_kind"]["user_return"]
+    assert user["purpose_checked"]["signal frame"] >= 20 and user["violations"] == 0
+
+
 def test_foreign_workload_with_added_files(qemu_plugin: Path, tmp_path: Path) -> None:
     # A user's static reproducer and a script, run by name from /added; their
     # exit status and last output line go into run.meta.json; the recorded

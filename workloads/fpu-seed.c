@@ -7,12 +7,17 @@
  * usage: fpu-seed [N]    (default 5 calls of each ioctl)
  * prints: fpu-seed: correct=N correct_changed=0 clobber=N clobber_changed=N
  *                   corrupt=N corrupt_changed=N missed=N missed_changed=N failed=0
+ *         fpu-seed N sigframe: only the SIGFRAME ioctl, N times, each with its
+ *         SIGUSR1 handled (the registers are compared after the sigreturn):
+ * prints: fpu-seed: sigframe=N sigframe_changed=N signals=N failed=0
  * Exit status 0 when the module answered every call (changed registers are
  * the expected outcome of the buggy ioctls, not a failure of the workload).
  */
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -34,6 +39,14 @@ static long run(int fd, unsigned long cmd, long n, unsigned seed, long *failed)
     return changed;
 }
 
+static volatile sig_atomic_t signals;
+
+static void on_sigusr1(int sig)
+{
+    (void)sig;
+    signals++;
+}
+
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? strtol(argv[1], NULL, 0) : 5;
@@ -43,6 +56,19 @@ int main(int argc, char **argv)
     if (fd < 0) {
         perror("fpu-seed: " FPUTRACE_SEED_DEVICE);
         return 1;
+    }
+    if (argc > 2 && !strcmp(argv[2], "sigframe")) {
+        struct sigaction sa = { .sa_handler = on_sigusr1 };
+        long changed;
+
+        if (sigaction(SIGUSR1, &sa, NULL) != 0) {
+            perror("fpu-seed: sigaction");
+            return 1;
+        }
+        changed = run(fd, FPUTRACE_SEED_SIGFRAME, n, 130, &failed);
+        printf("fpu-seed: sigframe=%ld sigframe_changed=%ld signals=%ld failed=%ld\n",
+               n, changed, (long)signals, failed);
+        return failed || signals != n ? 1 : 0;
     }
     correct = run(fd, FPUTRACE_SEED_CORRECT, n, 10, &failed);
     clobber = run(fd, FPUTRACE_SEED_CLOBBER, n, 40, &failed);

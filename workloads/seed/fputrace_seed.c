@@ -3,7 +3,7 @@
  * fputrace-seed: a test module with deliberate FPU state bugs, so that
  * fputrace's findings can be checked against bugs known to be there.
  *
- * /dev/fputrace-seed takes three ioctls (fputrace_seed.h), each acting on
+ * /dev/fputrace-seed takes these ioctls (fputrace_seed.h), each acting on
  * the calling task:
  *   CORRECT  kernel_fpu_begin(); clobber XMM0/XMM1; kernel_fpu_end()
  *            - the task's registers come back intact;
@@ -17,6 +17,10 @@
  *            clear TIF_NEED_FPU_LOAD; clobber XMM0/XMM1; kernel_fpu_end()
  *            - exit_to_user_mode_prepare() sees no flag, so nothing
  *            restores the task's state: it returns with the kernel's values.
+ *   SIGFRAME MISSED, then SIGUSR1 to the caller: the signal's delivery
+ *            saves the kernel's values into the signal frame as the task's
+ *            (copy_fpstate_to_sigframe() sees no TIF_NEED_FPU_LOAD), and
+ *            sigreturn loads them: the signal frame is the damage.
  *
  * Built out of tree against the Debian kernel's own headers by
  * fputrace/kernel/seedmod.py.
@@ -25,6 +29,7 @@
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/sched.h>
+#include <linux/sched/signal.h>
 #include <linux/version.h>
 #include <asm/fpu/api.h>
 #include <asm/fpu/types.h>
@@ -84,6 +89,10 @@ static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return 0;
 	case FPUTRACE_SEED_MISSED:
 		seed_missed_restore();
+		return 0;
+	case FPUTRACE_SEED_SIGFRAME:
+		seed_missed_restore();
+		send_sig(SIGUSR1, current, 0);
 		return 0;
 	}
 	return -ENOTTY;

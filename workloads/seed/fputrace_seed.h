@@ -22,5 +22,13 @@
  * follows, the task returns with the kernel's values (x86 only).
  */
 #define FPUTRACE_SEED_MISSED    _IO('F', 4)
+/*
+ * (e) bug: MISSED, then a SIGUSR1 to the caller: its delivery on the way
+ * back to user mode takes the registers for the task's own (no
+ * TIF_NEED_FPU_LOAD) and copy_fpstate_to_sigframe() saves the kernel's
+ * values into the signal frame, which sigreturn then loads. Linux 5.2's
+ * Go/AVX corruption had this shape: another task's registers in the frame.
+ */
+#define FPUTRACE_SEED_SIGFRAME  _IO('F', 5)
 
 #endif
