@@ -291,6 +291,7 @@ def analysis_json(a: Analysis, max_findings: int = 50) -> dict[str, Any]:
     run, verdict, costs, ident = a.run, a.verdict, a.costs, a.ident
     return {
         "findings_total": len(verdict.findings),
+        "own_check_failures": run.own_check_failures,
         "findings": findings_json(run, verdict, ident, max_findings),
         "unconfirmed": [{"kind": u.kind, "reason": u.reason,
                          "task": task_label(run.trace.tasks, u.task),
@@ -362,6 +363,9 @@ def render_findings(console: Console, run: Run, own: Ownership, verdict: Verdict
                     max_findings: int = 50) -> None:
     ident = _ident(run, own)
     findings = findings_json(run, verdict, ident, max_findings)
+    if findings and run.own_check_failures:
+        console.print("[bold red]" + escape("the run's own check failed too: "
+                                            + "; ".join(run.own_check_failures)) + "[/]")
     if findings:
         total = len(verdict.findings)
         shown = "" if len(findings) == total else \
@@ -381,6 +385,10 @@ def render_findings(console: Console, run: Run, own: Ownership, verdict: Verdict
                     shown_events.add((e["seq"], e["site"]))
             if "confirmed_by" in f:
                 _render_event(console, "confirmed", f["confirmed_by"])
+    elif run.own_check_failures:
+        console.print("[bold red]" + escape(
+            "fputrace found no lost or corrupted FPU state, but the run's own check failed: "
+            + "; ".join(run.own_check_failures) + " (see its console log)") + "[/]")
     elif not run.complete:
         # Never a clean verdict on a run that did not finish, was not read
         # whole, or whose symbols or metadata are missing.

@@ -447,3 +447,27 @@ def test_damaged_metadata_is_one_warning(tmp_path: Path, case: str) -> None:
     assert r.returncode == 4 and "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "t.meta.json" in lines[0], r.stderr
+
+
+def test_a_run_whose_own_check_failed_is_never_reported_clean(tmp_path: Path) -> None:
+    # The trace shows nothing wrong, but the workload that checks its own
+    # registers exited 1, and a --run command 2: report says so beside its
+    # own verdict and exits 3; with both at 0 the same trace is clean.
+    b = TraceBuilder()
+    b.event(XRSTOR)
+    failed = {"status": "workload-failed", "partial": False,
+              "workloads": [{"label": "signal:50", "exit_status": 1, "summary": {}}],
+              "runs": [{"command": "./repro 5", "exit_status": 2, "last_line": "bad"}]}
+    p = b.write(tmp_path / "t.ftr", meta=failed)
+    r = fputrace("report", str(p))
+    assert r.returncode == 3, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("fputrace found no lost or corrupted FPU state, but the run's "
+                            "own check failed: signal:50 exited 1; --run './repro 5' exited 2")
+    j = fputrace("report", "--json", str(p))
+    assert j.returncode == 3 and json.loads(j.stdout)["own_check_failures"] == [
+        "signal:50 exited 1", "--run './repro 5' exited 2"]
+    ok = {**failed, "workloads": [{"label": "signal:50", "exit_status": 0, "summary": {}}],
+          "runs": []}
+    r = fputrace("report", str(b.write(tmp_path / "t.ftr", meta=ok)))
+    assert r.returncode == 0 and r.stdout.startswith("no lost or corrupted FPU state")

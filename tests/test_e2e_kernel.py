@@ -661,8 +661,12 @@ def test_foreign_workload_with_added_files(qemu_plugin: Path, tmp_path: Path) ->
         {"command": "repro 42", "exit_status": 3, "last_line": "repro: 42 1.105"},
         {"command": "./steps.sh a b", "exit_status": 0, "last_line": "steps: 2 args"}]
     assert meta["workloads"] == []
-    rep = json.loads(fputrace("report", "--json", str(out)).stdout)
+    r = fputrace("report", "--json", str(out))
+    rep = json.loads(r.stdout)
     assert rep["findings"] == []
+    # The command's own verdict (exit 3) stands beside the report's, which
+    # is then not clean.
+    assert r.returncode == 3 and rep["own_check_failures"] == ["--run 'repro 42' exited 3"]
     assert any(row["task"].endswith(" repro") and row["checked"] > 0
                for row in rep["boundary_checks"]["per_task"])
 

@@ -5,7 +5,8 @@ operation; --full adds the tables (per call site, task, vCPU, kind,
 component); --json prints everything as one object.
 
 Exit status: 0; 3 when there is a finding (FPU state lost or corrupted, so
-CI can gate on it); 4 when the trace is incomplete or damaged (the report
+CI can gate on it), or when a workload or --run command of the recording
+failed its own check (run.meta.json); 4 when the trace is incomplete or damaged (the report
 covers only what could be read), unless --allow-partial (fputrace.cmds.runs);
 2 for bad input."""
 
@@ -76,4 +77,5 @@ def run(args: argparse.Namespace) -> int:
         if args.full:
             render_counts(console, r, a.counts, args.top)
     found = a.verdict.findings or (a.guest is not None and a.guest.verdict.findings)
-    return EXIT_FINDINGS if found else 0
+    # A run whose own check failed is never reported clean (render says which).
+    return EXIT_FINDINGS if found or r.own_check_failures else 0

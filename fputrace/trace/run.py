@@ -50,6 +50,22 @@ class Run:
     def problems(self) -> list[str]:
         return [*self.trace.problems, *self.context_problems]
 
+    @property
+    def own_check_failures(self) -> list[str]:
+        """The recording's workloads and --run commands that failed their
+        own check (a nonzero exit status, run.meta.json): the run's own
+        verdict, which a report must not contradict."""
+        meta = self.meta or {}
+        out = []
+        for key, level in (("workloads", ""), ("guest_workloads", "L2 ")):
+            for w in meta.get(key) or []:
+                if isinstance(w, dict) and w.get("exit_status") not in (0, None):
+                    out.append(f"{level}{w.get('label')} exited {w['exit_status']}")
+        for r in meta.get("runs") or []:
+            if isinstance(r, dict) and r.get("exit_status") not in (0, None):
+                out.append(f"--run {r.get('command')!r} exited {r['exit_status']}")
+        return out
+
 
 def nvhe_hyp_offset(ev: npt.NDArray[np.void], symbols: Symbols) -> int | None:
     """Kernel address minus hypervisor address of the nVHE hypervisor's code,
