@@ -462,12 +462,12 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     # scalars and enum members, keep it at a microsecond or two each.
     regs_hash = ev["regs_hash"].tolist()
     all_flags = ev["flags"].tolist()
-    regs_valid, no_entry = int(F.REGS_VALID), int(F.NO_ENTRY)
+    regs_valid, no_entry, l2 = int(F.REGS_VALID), int(F.NO_ENTRY), int(F.L2)
     k_entry, k_probe, k_return = int(K.USER_ENTRY), int(K.PROBE), int(K.USER_RETURN)
     p_fork, p_regset, p_sigframe = int(P.FORK_COPY), int(P.REGSET_SET), int(P.SIGFRAME_SAVE)
     purposeful = {int(p_): why for p_, why in TASK_PURPOSEFUL.items()}
 
-    def judge_frame(i: int, k: int, cpu: int) -> None:
+    def judge_frame(i: int, k: int, cpu: int, last_return: int) -> None:
         """Save i into the signal frame, against the registers task k
         entered the kernel with. copy_fpstate_to_sigframe() (6.1
         arch/x86/kernel/fpu/signal.c) first reloads the task's own state
@@ -476,7 +476,12 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         task left user mode with. (Linux 5.2's Go/AVX corruption wrote
         another task's registers here.)"""
         e = entry.get(k, -1)
-        if e < 0 or not (all_flags[i] & regs_valid and all_flags[e] & regs_valid):
+        if e <= last_return:
+            # The entry seen is of an earlier stay in the kernel.
+            user.unchecked["a signal frame save whose task's entry the trace did not "
+                           "show"] += 1
+            return
+        if not (all_flags[i] & regs_valid and all_flags[e] & regs_valid):
             user.unchecked["a signal frame save whose task's registers at the entry were "
                            "not read"] += 1
             return
@@ -547,13 +552,15 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                     reasons.setdefault(target, []).append((i, "ptrace regset write"))
             elif probe in purposeful:
                 reasons.setdefault(k, []).append((i, purposeful[probe]))
-                if probe == p_sigframe:
+                if probe == p_sigframe and not flags & l2:
                     sigframe_probe.add((cpu, k))
         elif kind != k_return:
-            if (cpu, k) in sigframe_probe and addr < USER_TOP:
+            # L2's own frames (the nested guest's kernel, on the vCPU
+            # thread's task) are its model's (fputrace.analysis.guest_view).
+            if (cpu, k) in sigframe_probe and addr < USER_TOP and not flags & l2:
                 # The first save into user memory after the probe: the frame's.
                 sigframe_probe.discard((cpu, k))
-                judge_frame(i, k, cpu)
+                judge_frame(i, k, cpu, p)
             # The parent's first save on its CPU after a fork probe:
             # fpu_clone() / fpu__copy() save its live registers into the
             # child's buffer, at the child's task pointer plus the kernel's

@@ -172,7 +172,9 @@ class BoundaryPass:
     """The linear part of the boundary checks (fpa_boundaries)."""
 
     rel: npt.NDArray[np.int64]  # events to look at one by one, in order
-    rel_prev_return: npt.NDArray[np.int64]  # for returns: the key's previous return, or -1
+    # for returns: the key's previous return; for the rest: its latest return
+    # so far; -1 for none
+    rel_prev_return: npt.NDArray[np.int64]
     quiet_per_key: npt.NDArray[np.int64]  # [n_keys + 1], index 0: unknown task
     vcpus: npt.NDArray[np.uint64]  # VMCB | (task key + 1) << 48
     vcpu_equal: npt.NDArray[np.uint64]  # entries equal to their exit, per vCPU

@@ -653,3 +653,21 @@ def test_a_lost_task_block_renames_no_one(tmp_path: Path) -> None:
     # Blocks: tasks (A), events 0-3, tasks (B), events 4-7.
     status, rep = damaged_report(tmp_path, b, block=2)
     assert status == 0 and rep["findings"] == [], rep["findings"]
+
+
+def test_a_signal_frame_after_an_entry_the_trace_missed_is_not_judged(
+        tmp_path: Path) -> None:
+    # T's last entry seen (L1) lies before a return (QUIET): the frame's save
+    # belongs to a later stay in the kernel whose entry the trace did not
+    # show, and user code may have changed the registers since. Not judged.
+    b = TraceBuilder()
+    tasks(b)
+    entry(b, L1)
+    ret(b, None)
+    probe(b, P_SIGFRAME_SAVE)
+    save(b, SIGFRAME, regs=L2)
+    code, rep = report(tmp_path, b)
+    assert code == 0 and rep["findings"] == []
+    user = rep["boundary_checks"]["by_kind"]["user_return"]
+    assert user["unchecked"] == {"a signal frame save whose task's entry the trace did not "
+                                 "show": 1} and user["purpose_checked"] == {}

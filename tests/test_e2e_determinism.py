@@ -1,7 +1,8 @@
 """Reproducible recordings: the same kernel, workloads and QEMU recorded
 twice on a deterministic machine (record's default with one CPU) give the
-same trace, event for event and field for field. The only difference
-allowed is the output path, which the plugin's arguments in the header name.
+same trace, event for event and field for field. The only differences
+allowed are the paths of the run's files, which the plugin's arguments in
+the header name: the trace's (out=) and the recorder's end file (end=).
 
 The recordings are of KVM round trips and context switches: timer interrupts,
 preemptions and the order of the guest's exits all follow virtual time, so
@@ -38,9 +39,9 @@ def record(out: Path, *args: str) -> Trace:
 
 
 def differences(a: Trace, b: Trace) -> list[str]:
-    """What differs between two traces, all fields but the output path."""
+    """What differs between two traces, all fields but the run's paths."""
     out = []
-    out_path = re.compile(r"out=[^,]*")
+    out_path = re.compile(r"(out|end)=[^,]*")
     for name in ("version", "min_reader_version", "features", "arch", "event_size",
                  "task_size", "plugin_api", "qemu", "kernel"):
         if getattr(a.header, name) != getattr(b.header, name):

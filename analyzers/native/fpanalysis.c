@@ -1347,8 +1347,11 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
         if (rel) {
             if (o->rel_len < o->rel_cap) {
                 o->rel[o->rel_len] = (int64_t)i;
+                /* A return's is its key's previous return, set above; any
+                 * other event's, its key's latest return so far. */
                 if (e->kind != FTR_KIND_USER_RETURN) {
-                    o->rel_prev_return[o->rel_len] = -1;
+                    o->rel_prev_return[o->rel_len] =
+                        last_return[key_of(ident, key_of_ident, i) + 1];
                 }
             }
             o->rel_len++;

@@ -123,8 +123,9 @@ struct fpa_bounds_out {
     /*
      * Events the checks look at one by one: user entries, returns that are
      * not QUIET, probes whose index is in probe_mask, and the first saves
-     * on a CPU after a fork probe there; with, for returns, the previous
-     * return of the same task key (QUIET ones included), else -1.
+     * on a CPU after a fork or signal frame probe there; with, for returns,
+     * the previous return of the same task key (QUIET ones included), for
+     * the rest the key's latest return so far; -1 for none.
      */
     int64_t *rel, *rel_prev_return;
     size_t rel_cap, rel_len;
