@@ -467,7 +467,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     p_fork, p_regset, p_sigframe = int(P.FORK_COPY), int(P.REGSET_SET), int(P.SIGFRAME_SAVE)
     purposeful = {int(p_): why for p_, why in TASK_PURPOSEFUL.items()}
 
-    def judge_frame(i: int, k: int, cpu: int, last_return: int) -> None:
+    def judge_frame(i: int, k: int, cpu: int, last_return: int, probe_at: int) -> None:
         """Save i into the signal frame, against the registers task k
         entered the kernel with. copy_fpstate_to_sigframe() (6.1
         arch/x86/kernel/fpu/signal.c) first reloads the task's own state
@@ -484,6 +484,16 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         if not (all_flags[i] & regs_valid and all_flags[e] & regs_valid):
             user.unchecked["a signal frame save whose task's registers at the entry were "
                            "not read"] += 1
+            return
+        # A change on purpose earlier in the same stay in the kernel (a
+        # sigreturn whose frame failed to load, so fpu__restore_sig() left
+        # the init state; an earlier frame, after which the registers hold
+        # the handler's init state) makes the entry's registers the wrong
+        # yardstick for this frame.
+        before = [why for j, why in reasons.get(k, []) if e < j < probe_at]
+        if before:
+            user.unchecked[f"a signal frame after {before[-1]} in the same stay in the "
+                           "kernel"] += 1
             return
         want = regs_hash[e]
         if regs_hash[i] == want:
@@ -528,7 +538,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     reasons: dict[int, list[tuple[int, str]]] = {}  # key -> (event index, reason)
     fork_probe: dict[tuple[int, int], int] = {}  # (vcpu, parent key) -> probe event
     fork_copy: dict[int, int] = {}  # child task pointer -> the save that copied its state
-    sigframe_probe: set[tuple[int, int]] = set()  # (vcpu, key): a frame save is due
+    sigframe_probe: dict[tuple[int, int], int] = {}  # (vcpu, key) -> the probe of a frame due
     key_of_ptr: dict[int, int] = {}
     rel = bp.rel
     rel_keys = keys.at(rel)
@@ -553,14 +563,13 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             elif probe in purposeful:
                 reasons.setdefault(k, []).append((i, purposeful[probe]))
                 if probe == p_sigframe and not flags & l2:
-                    sigframe_probe.add((cpu, k))
+                    sigframe_probe[(cpu, k)] = i
         elif kind != k_return:
             # L2's own frames (the nested guest's kernel, on the vCPU
             # thread's task) are its model's (fputrace.analysis.guest_view).
             if (cpu, k) in sigframe_probe and addr < USER_TOP and not flags & l2:
                 # The first save into user memory after the probe: the frame's.
-                sigframe_probe.discard((cpu, k))
-                judge_frame(i, k, cpu, p)
+                judge_frame(i, k, cpu, p, sigframe_probe.pop((cpu, k)))
             # The parent's first save on its CPU after a fork probe:
             # fpu_clone() / fpu__copy() save its live registers into the
             # child's buffer, at the child's task pointer plus the kernel's

@@ -671,3 +671,25 @@ def test_a_signal_frame_after_an_entry_the_trace_missed_is_not_judged(
     user = rep["boundary_checks"]["by_kind"]["user_return"]
     assert user["unchecked"] == {"a signal frame save whose task's entry the trace did not "
                                  "show": 1} and user["purpose_checked"] == {}
+
+
+def test_a_signal_frame_after_a_failed_sigreturn_is_not_judged(tmp_path: Path) -> None:
+    # x86 selftest corrupt_xstate_header: the handler breaks its frame, the
+    # sigreturn cannot load it (fpu__restore_sig() leaves the init state),
+    # and the kernel delivers SIGSEGV in the same stay in the kernel: that
+    # frame holds the init state, not the registers of the sigreturn's
+    # entry, on purpose. Not judged against the entry, and said why.
+    b = TraceBuilder()
+    tasks(b)
+    entry(b, L2)
+    probe(b, P_SIGRETURN)
+    restore(b, 0xFFFFFFFF82000000, before=L2, loads=INIT)
+    probe(b, P_SIGFRAME_SAVE)
+    save(b, SIGFRAME, regs=INIT)
+    restore(b, 0xFFFFFFFF82000000, before=INIT, loads=INIT)
+    ret(b, INIT)
+    code, rep = report(tmp_path, b)
+    assert code == 0 and rep["findings"] == [], rep["findings"]
+    user = rep["boundary_checks"]["by_kind"]["user_return"]
+    assert user["unchecked"] == {
+        "a signal frame after sigreturn in the same stay in the kernel": 1}
