@@ -23,10 +23,9 @@ from typing import Any
 
 from fputrace.analysis import analyze_run
 from fputrace.cmds.record import add_record_options, plan_from_args, record_from_args
-from fputrace.cmds.runs import add_run_options, load
+from fputrace.cmds.runs import add_run_options, describe_run, load
 from fputrace.errors import FputraceError
 from fputrace.metrics import FAIL_IF_HELP, Metrics, check_gate, metrics_of, parse_gate
-from fputrace.trace.reader import describe_incomplete
 from fputrace.trace.run import load_run
 
 EXIT_BAD = 1
@@ -57,9 +56,8 @@ def _baseline(path: Path) -> Metrics:
     mistake: gates against it would judge by numbers that are not its own."""
     r = load_run(path)
     if not r.complete:
-        what = describe_incomplete(r.trace) if not r.trace.complete else \
-            f"{path}: {r.context_problems[0]}"
-        raise FputraceError(f"--baseline {what}: give a complete recording as the baseline")
+        raise FputraceError(f"--baseline {describe_run(path, r)}: give a complete recording "
+                            "as the baseline")
     return metrics_of(analyze_run(r))
 
 

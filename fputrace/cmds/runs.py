@@ -48,12 +48,18 @@ def load(args: argparse.Namespace, path: Path) -> Run:
         hint = "" if getattr(args, "allow_partial", False) else \
             (f" (exit status {getattr(args, 'partial_status', EXIT_PARTIAL)}; "
              "--allow-partial accepts what was read)")
-        what = [describe_incomplete(r.trace)] if not r.trace.complete else []
-        what += [f"{path}: {p}" for p in r.context_problems]
-        more = f" (and {len(what) - 1} more: fputrace dump --header)" if len(what) > 1 else ""
-        print(f"fputrace: warning: {what[0]}{more}{hint}", file=sys.stderr)
+        print(f"fputrace: warning: {describe_run(path, r)}{hint}", file=sys.stderr)
         args.partial_runs = [*getattr(args, "partial_runs", []), path]
     return r
+
+
+def describe_run(path: Path, r: Run) -> str:
+    """One line for a run that is not complete: the trace's problem, else
+    its first missing or damaged sidecar, and how many more there are."""
+    what = [describe_incomplete(r.trace)] if not r.trace.complete else []
+    what += [f"{path}: {p}" for p in r.context_problems]
+    more = f" (and {len(what) - 1} more: fputrace dump --header)" if len(what) > 1 else ""
+    return what[0] + more
 
 
 def exit_status(args: argparse.Namespace, status: int) -> int:

@@ -539,25 +539,21 @@ def _gaps(seqs: npt.NDArray[np.uint64], blocks: list[_Block],
         at = np.flatnonzero(np.diff(s) > 1)
         out += [(int(s[i]) + 1, int(s[i + 1]) - 1) for i in at.tolist()]
     events = [b for b in blocks if b.btype == fmt.BlockType.EVENTS and b.pos in block_seqs]
+    last_seq = int(seqs.max()) if len(seqs) else 0
     for pos, vcpu in lost:
-        mine = [b for b in events if vcpu is None or b.vcpu == vcpu]
-        before = [block_seqs[b.pos][1] for b in mine if b.pos < pos]
-        after = [block_seqs[b.pos][1] for b in mine if b.pos > pos]
-        if vcpu is None:
-            # The latest block before of each vCPU, the first after of each.
-            lo_by: dict[int, int] = {}
-            hi_by: dict[int, int] = {}
-            for b in mine:
-                if b.pos < pos:
-                    lo_by[b.vcpu] = block_seqs[b.pos][1]
-                elif b.vcpu not in hi_by:
-                    hi_by[b.vcpu] = block_seqs[b.pos][1]
-            before, after = list(lo_by.values()), list(hi_by.values())
-        lo = min(before) + 1 if before and vcpu is None else (before[-1] + 1 if before else 0)
-        if after:
-            hi = max(after) if vcpu is None else after[0]
-        else:
-            hi = int(seqs.max()) if len(seqs) else 0
+        # Per vCPU (the lost block's own, or any): the last seq of its latest
+        # event block before the loss, and of its first one after.
+        before: dict[int, int] = {}
+        after: dict[int, int] = {}
+        for b in events:
+            if vcpu is not None and b.vcpu != vcpu:
+                continue
+            if b.pos < pos:
+                before[b.vcpu] = block_seqs[b.pos][1]
+            elif b.vcpu not in after:
+                after[b.vcpu] = block_seqs[b.pos][1]
+        lo = min(before.values()) + 1 if before else 0
+        hi = max(after.values()) if after else last_seq
         out.append((lo, max(lo, hi)))
     return np.array(sorted(out), dtype=np.uint64).reshape(-1, 2)
 
