@@ -52,6 +52,44 @@ TASK_PURPOSEFUL = {
     P.EXEC_RESET: "exec",
     P.RESTORE_FAULT: "init state after a faulting restore",
 }
+# What the last purposeful change before a return gives the task, where the
+# kernel's code fixes it (docs/analysis.md, "Purposeful changes"): INIT,
+# the init state (fpa_user_init_hash()); ENTRY_OR_ZERO, the registers the
+# task entered the kernel with, or all zero. Changes not listed (sigreturn,
+# a ptrace regset write) give what user space wrote, which the trace does
+# not show: they stay "changed on purpose".
+INIT, ENTRY_OR_ZERO = "init", "entry or zero"
+PURPOSE_RESULT: dict[int, dict[str, tuple[str, str]]] = {
+    # why -> (what the task gets, what the check is called)
+    fmt.Arch.X86_64: {
+        # handle_signal() -> fpu__clear_user_states() ->
+        # restore_fpregs_from_init_fpstate() (6.1 arch/x86/kernel/fpu/core.c;
+        # 5.10: fpu__clear(fpu, true)): the handler starts from init.
+        "signal delivery": (INIT, "signal handler's init state"),
+        # flush_thread() -> fpu_flush_thread() -> fpu_reset_fpregs() copies
+        # init_fpstate into the task's buffer, loaded at the return (5.10:
+        # fpu__clear_all() loads it at once).
+        "exec": (INIT, "exec's init state"),
+        # fpu_reset_from_exception_fixup() -> restore_fpregs_from_init_fpstate().
+        "init state after a faulting restore": (INIT, "init state after a faulting restore"),
+    },
+    fmt.Arch.AARCH64: {
+        # setup_rt_frame() copies the state to the frame and leaves the
+        # registers to the handler; setup_return() zeroes the FPSIMD state
+        # only of a task that was in SME streaming mode (6.1
+        # arch/arm64/kernel/signal.c), which the trace does not tell.
+        "signal delivery": (ENTRY_OR_ZERO, "signal handler's registers"),
+        # fpsimd_flush_thread() memsets the task's user_fpsimd_state.
+        "exec": (INIT, "exec's init state"),
+    },
+}
+# The kernel function whose result each check judges, for the findings.
+PURPOSE_FUNCTION = {
+    "signal delivery": "the signal handler's start (handle_signal())",
+    "exec": "the first return after exec",
+    "init state after a faulting restore": "the return after a faulting restore",
+}
+
 # Functions of the FPU core that execute x87/SSE instructions outside a
 # kernel_fpu section, by design:
 # - fpu__init_cpu(), fpu__init_system(): FNINIT/FNSTSW/FNSTCW at CPU bring-up
@@ -68,7 +106,9 @@ FPU_CORE_SIMD = frozenset({
 @dataclass
 class BoundaryFinding:
     kind: str  # "corrupted_state" or "kernel_fpu_misuse"
-    context: str  # "task", "signal_frame" (after: the frame's save) or "vcpu"
+    # "task"; "purpose" (before: the purposeful change whose result the
+    # return lacks); "signal_frame" (after: the frame's save); "vcpu"
+    context: str
     task: int  # announcement index of the task (or the vCPU thread), -1
     vmcb: int  # vcpu findings: the VMCB, else 0
     before: int  # event index: the entry / VM exit the state is compared with, -1
@@ -416,11 +456,12 @@ def spans_gap(gaps: npt.NDArray[np.uint64], lo_seq: int, hi_seq: int) -> bool:
 
 def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                      ident: npt.NDArray[np.int64], symbols: Symbols,
-                     uabi_probed: bool,
+                     uabi_probed: bool, arch: int,
                      gaps: npt.NDArray[np.uint64] | None = None) -> Boundaries:
-    """Check every user return and VM entry of a trace (events in seq order).
-    `uabi_probed`: KVM's KVM_SET_XSAVE/KVM_SET_FPU copies were probed (kernels
-    with fpu_copy_uabi_to_guest_fpstate()). `gaps`: where the trace lost
+    """Check every user return and VM entry of a trace (events in seq order)
+    of a kernel of `arch` (fmt.Arch). `uabi_probed`: KVM's KVM_SET_XSAVE/
+    KVM_SET_FPU copies were probed (kernels with
+    fpu_copy_uabi_to_guest_fpstate()). `gaps`: where the trace lost
     records (Trace.gaps). The linear part runs in the compiled pass
     (fpa_boundaries); the events that need a look, one by one."""
     from analyzers import native
@@ -466,6 +507,8 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     k_entry, k_probe, k_return = int(K.USER_ENTRY), int(K.PROBE), int(K.USER_RETURN)
     p_fork, p_regset, p_sigframe = int(P.FORK_COPY), int(P.REGSET_SET), int(P.SIGFRAME_SAVE)
     purposeful = {int(p_): why for p_, why in TASK_PURPOSEFUL.items()}
+    results = PURPOSE_RESULT.get(arch, {})
+    init_hash = native.user_init_hash(arch)
 
     def judge_frame(i: int, k: int, cpu: int, last_return: int, probe_at: int) -> None:
         """Save i into the signal frame, against the registers task k
@@ -514,6 +557,45 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                 f"the signal frame at {int(ev['addr'][i]):#x} got FP registers that are not "
                 f"those the task entered the kernel with (saved at {explainer.site(i)}): "
                 + x.text, trail=x.trail))
+
+    def judge_purpose(i: int, k: int, j: int, why: str, e: int) -> None:
+        """Return i of task k, whose last purposeful change (event j, `why`)
+        gives a known state (PURPOSE_RESULT); e its entry in this stay in
+        the kernel, or -1."""
+        result, label = results[why]
+        if not all_flags[i] & regs_valid:
+            user.unchecked["a register file could not be read"] += 1
+            return
+        if result == INIT:
+            wants, want = {init_hash}, init_hash
+        elif e >= 0 and all_flags[e] & regs_valid:
+            # (arm64: the init state is all zero)
+            wants, want = {regs_hash[e], init_hash}, regs_hash[e]
+        else:
+            user.unchecked[f"a {label} check whose task's entry the trace did not "
+                           "show"] += 1
+            return
+        if regs_hash[i] in wants:
+            user.checked += 1
+            user.purpose_checked[label] += 1
+            count(k, False)
+            return
+        if spans_gap(gaps, int(seqs[j]), int(seqs[i])):
+            user.unchecked[GAP_UNCHECKED] += 1
+            return
+        user.checked += 1
+        user.violations += 1
+        user.purpose_checked[label] += 1
+        count(k, True)
+        # From the purposeful change on: what happened after it explains
+        # the registers the return handed over.
+        x = explainer.explain(j, i, k, want, int(ev["vcpu"][i]))
+        got = "the init state" if result == INIT else \
+            "the registers the task entered the kernel with"
+        findings.append(BoundaryFinding(
+            "corrupted_state", "purpose", int(ident[i]), 0, j, i, x.cause,
+            f"{PURPOSE_FUNCTION[why]} after {explainer.call(j)} does not hold {got}: "
+            + x.text, trail=x.trail))
 
     def judge(i: int, k: int, before: int, window: list[str], what: str) -> None:
         """Return i of task k against the register hash of event `before`."""
@@ -582,10 +664,14 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                 if addr == child + bp.fpu_offset:
                     fork_copy[child] = i
         else:  # a return that needs its entry
-            window = [r for j, r in reasons.pop(k, []) if j > p]
+            changes = [(j, r) for j, r in reasons.pop(k, []) if j > p]
+            window = [r for _, r in changes]
             e = entry.get(k, -1)
             if e <= p:
                 e = -1
+            if changes and changes[-1][1] in results:
+                judge_purpose(i, k, changes[-1][0], changes[-1][1], e)
+                continue
             copy = fork_copy.pop(task, -1) if p < 0 and e < 0 else -1
             before = e if e >= 0 else copy
             if before < 0:

@@ -227,3 +227,9 @@ def boundary_pass(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64],
                         veq[:out.vcpu_len], de[:out.diff_len], dx[:out.diff_len],
                         int(out.first_entries), int(out.unreadable), int(out.kfpu_begins),
                         int(lib.fpa_fpu_buffer_offset(pointer("struct ftr_event *", ev), len(ev))))
+
+
+def user_init_hash(arch: int) -> int:
+    """The register hash of the user state the kernel's init state gives a
+    task (fpa_user_init_hash())."""
+    return int(_lib().fpa_user_init_hash(arch))

@@ -68,7 +68,8 @@ class Verdict:
 def _boundary_finding(b: BoundaryFinding) -> Finding:
     if b.kind == "kernel_fpu_misuse":
         return Finding(b.kind, b.after, b.task, b.explanation, {"event": b.after})
-    first, last = {"task": ("entry", "return"), "signal_frame": ("entry", "frame_save"),
+    first, last = {"task": ("entry", "return"), "purpose": ("purpose", "return"),
+                   "signal_frame": ("entry", "frame_save"),
                    "vcpu": ("vm_exit", "vm_entry")}[b.context]
     roles = {first: b.before}
     roles.update(b.trail)

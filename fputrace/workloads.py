@@ -1,7 +1,7 @@
 """The workloads that run inside the recorded kernel (sources in workloads/).
 
 A spec is a comma-separated list of NAME[:N]; `all` stands for every workload
-but fpu-seed and sigframe-seed, whose test module has deliberate bugs.
+but the *-seed ones, whose test module has deliberate bugs.
 Each workload prints one summary line `NAME: key=value ...` of what it did.
 """
 
@@ -56,8 +56,9 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     "through pipes; on arm64 then SVE state across preemptions",
                     aarch64_modules=()),
         WorkloadDef("signal", 100, (),
-                    "FPU state across N signal deliveries and sigreturns (arm64: also the "
-                    "SVE state across N SIGTRAPs)", aarch64_modules=()),
+                    "FPU state across N signal deliveries and sigreturns, and (x86_64) the "
+                    "handler's init state (arm64: also the SVE state across N SIGTRAPs)",
+                    aarch64_modules=()),
         WorkloadDef("kernel-fpu", 50, ("algif_hash", "sha256_ssse3"),
                     "in-kernel FPU use: N SHA-256 hashes through AF_ALG (sha256-ssse3.ko; "
                     "arm64: sha2-ce.ko under kernel_neon_begin)",
@@ -73,7 +74,8 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     events_per_count=2),
         WorkloadDef("fork-exec", 20, (),
                     "N rounds of fork, then exec twice before the child runs, checking the "
-                    "child's, the exec'd and the parent's registers", events_per_count=400),
+                    "child's, the parent's and every exec'd image's registers (the init "
+                    "state, at its first instruction)", events_per_count=400),
         WorkloadDef("compat32", 20, (),
                     "a 32-bit process (compatibility mode) running XSAVE, FXSAVE, XRSTOR "
                     "and FXRSTOR itself with absolute and register operands, N rounds, "
@@ -97,6 +99,16 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     "the kernel's values in the registers without TIF_NEED_FPU_LOAD and "
                     "send the caller SIGUSR1, whose frame then gets them",
                     seed_module=True, program="fpu-seed", args=("sigframe",)),
+        WorkloadDef("handler-seed", 5, (),
+                    "a deliberate signal delivery bug of the test module: N SIGUSR1s whose "
+                    "handler starts with XMM0 not in its init state (checked by the "
+                    "handler at its first instruction)",
+                    seed_module=True, program="fpu-seed", args=("handler",)),
+        WorkloadDef("exec-seed", 5, (),
+                    "a deliberate exec bug of the test module: N children whose exec hands "
+                    "the new program XMM0 not in its init state (checked at its first "
+                    "instruction)", seed_module=True, program="fpu-seed", args=("exec",),
+                    events_per_count=200),
     )
 }
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from contenthash import xsave_hash
 from test_ownership import (
     BG,
     BT,
@@ -64,15 +65,20 @@ from fputrace.trace.symbols import Symbols
 CHILD = 0xFFFF888000300000  # task_struct of a forked child
 BC = CHILD + FPU_OFFSET  # the child's fpstate buffer, where T's is in its task_struct
 SIGFRAME = 0x7FFC0000  # a signal frame on T's user stack
-INIT = 0x5555  # the init state's register hash
+# The init state's register hash, from the hash's definition (contenthash):
+# FCW 0x37f and MXCSR 0x1f80, everything else zero.
+INIT = xsave_hash(bytes.fromhex("7f03") + bytes(22) + bytes.fromhex("801f") + bytes(390))
 ENTRY_SYSCALL = 0xFFFFFFFF81E00000
 KFPU_BEGIN_FN, KFPU_END_FN = 0xFFFFFFFF81040000, 0xFFFFFFFF81040100
+FLUSH_FN = 0xFFFFFFFF81050000
 SEED_FN, CRYPTO_FN, FPU_INIT_FN = 0xFFFFFFFFC0001000, 0xFFFFFFFFC0002000, 0xFFFFFFFF83000000
 KALLSYMS = f"""\
 {ENTRY_SYSCALL:x} T entry_SYSCALL_64
 {KFPU_BEGIN_FN:x} T kernel_fpu_begin_mask
 {KFPU_END_FN:x} T kernel_fpu_end
 {FPU_INIT_FN:x} T fpu__init_cpu
+{FLUSH_FN:x} T fpu_flush_thread
+{FLUSH_FN + 0x100:x} T copy_fpstate_to_sigframe
 {FPU_INIT_FN + 0x100:x} T some_other_function
 {SEED_FN:x} t seed_clobber_xmm\t[fputrace_seed]
 {SEED_FN + 0x100:x} t seed_missed_restore\t[fputrace_seed]
@@ -121,7 +127,7 @@ def report(tmp_path: Path, b: TraceBuilder) -> tuple[int, dict[str, Any]]:
 def bounds(tmp_path: Path, b: TraceBuilder, uabi_probed: bool = True) -> Any:
     t = read_trace(b.write(tmp_path / "b.ftr"))
     return check_boundaries(t.events, t.tasks, task_identity(t.events, t.tasks),
-                            Symbols.parse(KALLSYMS), uabi_probed)
+                            Symbols.parse(KALLSYMS), uabi_probed, fmt.Arch.X86_64)
 
 
 def test_quiet_returns_and_equal_registers_are_checked(tmp_path: Path) -> None:
@@ -252,11 +258,54 @@ def test_purposeful_changes_are_not_findings(tmp_path: Path) -> None:
     code, rep = report(tmp_path, b)
     assert code == 0 and rep["findings"] == []
     user = rep["boundary_checks"]["by_kind"]["user_return"]
-    assert user["changed_on_purpose"] == {
-        "signal delivery": 1, "sigreturn": 1, "exec": 1, "ptrace regset write": 1}
-    # The frame's save is checked against its purpose: it holds L1, what T
-    # entered the kernel with.
-    assert user["purpose_checked"] == {"signal frame": 1}
+    assert user["changed_on_purpose"] == {"sigreturn": 1, "ptrace regset write": 1}
+    # The frame's save is checked against its purpose (it holds L1, what T
+    # entered the kernel with), and so are the handler's start and exec's
+    # first return (the init state each).
+    assert user["purpose_checked"] == {"signal frame": 1, "signal handler's init state": 1,
+                                       "exec's init state": 1}
+
+
+def test_a_purposeful_change_that_misses_its_result_is_corrupted_state(
+        tmp_path: Path) -> None:
+    # The handler must start from the init state, and so must the first
+    # return after exec: here the restore before the return loads L2 (a
+    # buffer that exec's reset, or fpu__clear_user_states(), did not
+    # reset). The finding names the purposeful change (its probe) and the
+    # restore. A return after sigreturn with registers other than the
+    # entry's is no finding: the frame's contents are not in the trace.
+    for change, fn, name, what in (
+            (P_EXEC_RESET, FLUSH_FN, "fpu_flush_thread", "the first return after exec"),
+            (P_SIGFRAME_SAVE, FLUSH_FN + 0x100, "copy_fpstate_to_sigframe",
+             "the signal handler's start")):
+        b = TraceBuilder()
+        tasks(b)
+        entry(b, L1)
+        probe(b, change, pc=fn)
+        if change == P_SIGFRAME_SAVE:
+            save(b, SIGFRAME, regs=L1)
+        restore(b, BT, before=L1, loads=L2)
+        ret(b, L2)
+        code, rep = report(tmp_path, b)
+        assert code == 3, rep
+        (f,) = rep["findings"]
+        assert f["kind"] == "corrupted_state" and f["task"] == "10 t"
+        assert f["description"].startswith(what) and "does not hold the init state" in \
+            f["description"], f["description"]
+        assert f"after {name}() (seq 1)" in f["description"]
+        assert f["events"]["purpose"]["seq"] == 1 and f["events"]["restore"]["seq"] == \
+            f["events"]["return"]["seq"] - 1
+        user = rep["boundary_checks"]["by_kind"]["user_return"]
+        assert user["violations"] == 1
+
+    b = TraceBuilder()
+    tasks(b)
+    entry(b, L1)
+    probe(b, P_SIGRETURN)
+    restore(b, SIGFRAME, before=L1, loads=L2)
+    ret(b, L2)
+    code, rep = report(tmp_path, b)
+    assert (code, rep["findings"]) == (0, [])
 
 
 def test_a_signal_frame_with_another_tasks_registers_is_corrupted_state(
@@ -287,7 +336,8 @@ def test_a_signal_frame_with_another_tasks_registers_is_corrupted_state(
     assert f["events"]["frame_save"]["kind"] == "xsaveopt"
     assert f["description"].startswith(f"the signal frame at {SIGFRAME:#x} got FP registers")
     user = rep["boundary_checks"]["by_kind"]["user_return"]
-    assert user["purpose_checked"] == {"signal frame": 1} and user["violations"] == 1
+    assert user["purpose_checked"] == {"signal frame": 1, "signal handler's init state": 1}
+    assert user["violations"] == 1
 
 
 def test_forked_child_returns_with_the_parents_registers(tmp_path: Path) -> None:
@@ -551,7 +601,7 @@ def test_foreign_save_confirmed_at_the_boundary(tmp_path: Path) -> None:
 def test_init_state_after_a_faulting_restore_is_purposeful(tmp_path: Path) -> None:
     # sigreturn from a corrupt frame: the restore faults, and the fix-up
     # (fpu_reset_from_exception_fixup) loads the init state. The task returns
-    # with the init state: a purposeful change, not a finding.
+    # with the init state: a purposeful change, checked against its result.
     b = TraceBuilder()
     tasks(b)
     ret(b, L1, flags=F_NO_ENTRY)
@@ -561,8 +611,9 @@ def test_init_state_after_a_faulting_restore_is_purposeful(tmp_path: Path) -> No
     ret(b, INIT)
     code, rep = report(tmp_path, b)
     assert code == 0 and rep["findings"] == []
-    assert rep["boundary_checks"]["by_kind"]["user_return"]["changed_on_purpose"] == {
-        "init state after a faulting restore": 1}
+    user = rep["boundary_checks"]["by_kind"]["user_return"]
+    assert user["changed_on_purpose"] == {}
+    assert user["purpose_checked"] == {"init state after a faulting restore": 1}
 
 
 def test_simd_pc_completed_by_the_kernels_own_text_address() -> None:
@@ -599,7 +650,8 @@ def damaged_report(tmp_path: Path, b: TraceBuilder, block: int, block_events: in
 
 def test_a_check_across_lost_events_is_not_judged(tmp_path: Path) -> None:
     # T enters at seq 0 with L1; a signal is delivered (its sigframe probe
-    # changes the registers on purpose) and T returns with L2. The block
+    # changes the registers on purpose) and T returns to the handler with
+    # the init state. The block
     # holding the probe is lost: the return seems to give T registers it did
     # not leave, but records are missing between entry and return, so it is
     # not judged. The same trace whole shows the signal, and is clean.
@@ -611,11 +663,11 @@ def test_a_check_across_lost_events_is_not_judged(tmp_path: Path) -> None:
     probe(b, P_SIGFRAME_SAVE)             # seq 4
     for _ in range(3):
         probe(b, P_KFPU_END, task=U)      # seq 5-7
-    ret(b, L2)                            # seq 8
+    ret(b, INIT)                          # seq 8
     status, rep = report(tmp_path, b)
     assert status == 0 and rep["findings"] == []
     user = rep["boundary_checks"]["by_kind"]["user_return"]
-    assert user["changed_on_purpose"] == {"signal delivery": 1}
+    assert user["purpose_checked"] == {"signal handler's init state": 1}
     # Blocks: tasks, events 0-3, events 4-7 (lost), events 8.
     status, rep = damaged_report(tmp_path, b, block=2)
     assert status == 0 and rep["findings"] == [], rep["findings"]

@@ -328,7 +328,8 @@ def test_user_mode_boundaries(conformance_run: ConformanceRun) -> None:
     from fputrace.trace.symbols import Symbols
 
     b = check_boundaries(events, np.empty(0, dtype=fmt.TASK_DTYPE),
-                         np.full(len(events), -1, dtype=np.int64), Symbols.parse(""), False)
+                         np.full(len(events), -1, dtype=np.int64), Symbols.parse(""), False,
+                         fmt.Arch.X86_64)
     assert (b.user.checked, b.user.quiet, b.user.violations) == (4, 1, 2)
     load, sse = b.findings
     assert (load.after, sse.after) == (returns[3], returns[4])

@@ -212,7 +212,8 @@ def test_analysis_finds_exactly_what_the_image_staged(run: Run) -> None:
     result = analyze(ev)
     found = {(f.event, f.kind.name.lower()) for f in result.findings}
     b = check_boundaries(ev, np.empty(0, dtype=fmt.TASK_DTYPE),
-                         np.full(len(ev), -1, dtype=np.int64), Symbols.parse(""), False)
+                         np.full(len(ev), -1, dtype=np.int64), Symbols.parse(""), False,
+                         fmt.Arch.AARCH64)
     found |= {(f.after, f.kind) for f in b.findings}
     assert found == staged
     assert {k for _, k in staged} == {FindingKind.FOREIGN_SAVE.name.lower(), "corrupted_state"}

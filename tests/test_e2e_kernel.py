@@ -245,8 +245,9 @@ def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, serie
     # The hog checked its registers (each round held across the vCPU
     # thread's KVM_RUNs on the same CPU), or its check checked nothing.
     assert int(hog["hog_rounds"]) >= 2
-    assert fe["child_mismatches"] == fe["syscall_mismatches"] == "0"
+    assert fe["child_mismatches"] == fe["syscall_mismatches"] == fe["exec_not_init"] == "0"
     assert sig["handled"] == sig["signals"] and kfpu["ok"] == kfpu["hashes"]
+    assert sig["handler_not_init"] == "0"
     # fpu-switch: each of its switches saves the outgoing task's registers.
     switches = int(sw["switches"])
     saves = np.isin(events_of(trace, "fpu-switch")["kind"], [int(k) for k in fmt.SAVE_KINDS])
@@ -635,6 +636,61 @@ def test_a_signal_frame_given_the_kernels_registers_is_found(qemu_plugin: Path,
     assert rep_p.returncode == 0, report_head(stock)
     user = json.loads(rep_p.stdout)["boundary_checks"]["by_kind"]["user_return"]
     assert user["purpose_checked"]["signal frame"] >= 20 and user["violations"] == 0
+
+
+@pytest.mark.parametrize("series", ["6.1", "5.10"])
+def test_a_handler_or_an_exec_not_given_the_init_state_is_found(qemu_plugin: Path,
+                                                                 tmp_path: Path,
+                                                                 series: str) -> None:
+    # The seed module's HANDLER and EXEC ioctls arm a kretprobe on
+    # fpu__clear_user_states() (the handler's init state) or on the exec
+    # reset (fpu_flush_thread(), 5.10's fpu__clear_all()) that damages XMM0
+    # in the task's buffer, which the return then loads. Each handler and
+    # each exec'd program checks at its first instruction that it starts
+    # from the init state (its own truth). The report must find each one at
+    # that return, naming the purposeful change and the module's code; the
+    # stock signal and fork-exec workloads in the same run are clean, their
+    # handler and exec returns checked against the init state.
+    kernel_available(series)
+    out = tmp_path / "seed.ftr"
+    n = 3
+    p = fputrace("record", "--kernel", series, "--workload",
+                 f"handler-seed:{n},exec-seed:{n},signal:10,fork-exec:3", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    console = sidecar(out, "console.log")
+    lines = [dict(kv.split("=", 1) for kv in line.split()[1:])
+             for line in console.read_text(errors="replace").splitlines()
+             if line.startswith("fpu-seed: ")]
+    assert lines == [
+        {"handler": str(n), "handler_not_init": str(n), "signals": str(n), "failed": "0"},
+        {"exec": str(n), "exec_not_init": str(n), "failed": "0"}], console
+    sig, fe = workload_line(console, "signal"), workload_line(console, "fork-exec")
+    assert sig["handler_not_init"] == fe["exec_not_init"] == "0"
+    rep_p = fputrace("report", "--json", "--max-findings", "0", str(out))
+    assert rep_p.returncode == 3, report_head(out)
+    rep = json.loads(rep_p.stdout)
+    findings = rep["findings"]
+    handler = [f for f in findings if f["description"].startswith(
+        "the signal handler's start (handle_signal()) after copy_fpstate_to_sigframe()")]
+    execs = [f for f in findings if f["description"].startswith(
+        "the first return after exec after fpu_flush_thread()" if series != "5.10" else
+        "the first return after exec after fpu__clear_all()")]
+    assert (len(handler), len(execs), len(findings)) == (n, n, 2 * n), report_head(out)
+    for f, culprit in [(f, "seed_handler_ret+") for f in handler] + \
+            [(f, "seed_exec_ret+") for f in execs]:
+        e = f["events"]
+        assert f["kind"] == "corrupted_state" and "does not hold the init state" in \
+            f["description"]
+        assert e["purpose"]["seq"] < e["section_begin"]["seq"] < e["restore"]["seq"] < \
+            e["return"]["seq"]
+        assert e["section_begin"]["caller"].startswith(culprit), e
+    assert all(f["task"].endswith(" fpu-seed") for f in handler)
+    user = rep["boundary_checks"]["by_kind"]["user_return"]
+    # Every handler start and exec of the stock workloads was checked too:
+    # signal's 10 and the seed's n handlers; fork-exec's 2 execs a round.
+    assert user["purpose_checked"]["signal handler's init state"] >= 10 + n
+    assert user["purpose_checked"]["exec's init state"] >= 2 * 3 + n
+    assert user["violations"] == 2 * n
 
 
 def test_foreign_workload_with_added_files(qemu_plugin: Path, tmp_path: Path) -> None:

@@ -9,11 +9,13 @@
  *      before any switch (what a "#!" interpreter chain does);
  *   4. the final image reaps the child and checks that its registers
  *      survive a system call.
- * (What exec leaves in the registers cannot be checked from main(): the C
- * library's start-up code has used them by then.)
+ * Each exec'd image checks that it started from the init state: its entry
+ * point saves the registers before the C library's start-up code uses
+ * them (FP_DEFINE_START_CAPTURE).
  *
  * usage: fork-exec [N]    (default 20 rounds)
  * prints: fork-exec: rounds=N execs=2N child_mismatches=0 syscall_mismatches=0
+ *                    exec_not_init=0
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,17 +30,21 @@
 
 static char *const *environment;
 
+/* What this image started with (its entry point is fork_exec_entry). */
+struct fp_start at_exec;
+FP_DEFINE_START_CAPTURE(fork_exec_entry, at_exec, _start);
+
 /* Re-exec this program at `stage` with the running counts in argv. */
-static void exec_stage(const char *stage, long round, long n, long counts[2], unsigned seed)
+static void exec_stage(const char *stage, long round, long n, long counts[3], unsigned seed)
 {
-    char a[5][32];
-    char *argv[] = { "fork-exec", a[0], a[1], a[2], a[3], a[4], NULL };
+    char a[6][32];
+    char *argv[] = { "fork-exec", a[0], a[1], a[2], a[3], a[4], a[5], NULL };
     struct fp_file in, out;
 
     snprintf(a[0], sizeof(a[0]), "%ld", n);
     snprintf(a[1], sizeof(a[1]), "%s", stage);
     snprintf(a[2], sizeof(a[2]), "%ld", round);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 3; i++)
         snprintf(a[3 + i], sizeof(a[3 + i]), "%ld", counts[i]);
     /* execve with every XMM register loaded: the kernel must drop them. */
     fp_pattern(&in, seed);
@@ -52,13 +58,16 @@ int main(int argc, char **argv, char **envp)
     long n = argc > 1 ? strtol(argv[1], NULL, 0) : 20;
     const char *stage = argc > 2 ? argv[2] : "fork";
     long round = argc > 3 ? strtol(argv[3], NULL, 0) : 0;
-    /* child and syscall mismatches so far */
-    long counts[2] = { argc > 4 ? strtol(argv[4], NULL, 0) : 0,
-                       argc > 5 ? strtol(argv[5], NULL, 0) : 0 };
+    /* child and syscall mismatches, and execs that gave no init state, so far */
+    long counts[3] = { argc > 4 ? strtol(argv[4], NULL, 0) : 0,
+                       argc > 5 ? strtol(argv[5], NULL, 0) : 0,
+                       argc > 6 ? strtol(argv[6], NULL, 0) : 0 };
     struct fp_file in, out;
     int status;
 
     environment = envp;
+    if (!fp_start_is_init(&at_exec))
+        counts[2]++;
     if (strcmp(stage, "again") == 0)
         exec_stage("reap", round, n, counts, 200 + (unsigned)round);
     if (strcmp(stage, "reap") == 0) {
@@ -86,7 +95,7 @@ int main(int argc, char **argv, char **envp)
             counts[1]++;
         exec_stage("again", round, n, counts, 150 + (unsigned)round);
     }
-    printf("fork-exec: rounds=%ld execs=%ld child_mismatches=%ld syscall_mismatches=%ld\n",
-           n, 2 * n, counts[0], counts[1]);
-    return counts[0] || counts[1];
+    printf("fork-exec: rounds=%ld execs=%ld child_mismatches=%ld syscall_mismatches=%ld "
+           "exec_not_init=%ld\n", n, 2 * n, counts[0], counts[1], counts[2]);
+    return counts[0] || counts[1] || counts[2];
 }

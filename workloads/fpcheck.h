@@ -148,6 +148,52 @@ static inline long syscall3_checked_wide(long nr, long a1, long a2, long a3,
     return ret;
 }
 
+/*
+ * The registers a program or a signal handler started with, caught at its
+ * very first instruction, before any compiled code (the C library's
+ * start-up, a handler's prologue) can use them: XMM0-15, MXCSR and the x87
+ * control word.
+ */
+struct fp_start {
+    struct fp_file xmm;
+    uint32_t mxcsr;
+    uint16_t fcw;
+} __attribute__((aligned(16)));
+
+/*
+ * Define `entry`, a code address that saves the registers into the
+ * struct fp_start `where` and jumps to `then`: a program's ELF entry point
+ * (link with -Wl,-e,entry; then is _start) or a signal handler (then is the
+ * C handler, which gets the signal number in %edi untouched).
+ */
+#define FP_DEFINE_START_CAPTURE(entry, where, then)                         \
+    __asm__(".text\n.globl " #entry "\n.type " #entry ", @function\n"       \
+            #entry ":\n"                                                    \
+            FP_CAPTURE_XMM(where)                                           \
+            "stmxcsr " #where "+256(%rip)\n"                                \
+            "fnstcw " #where "+260(%rip)\n"                                 \
+            "jmp " #then "\n")
+#define FP_CAPTURE_ONE(where, n) "movdqu %xmm" #n ", " #where "+" #n "*16(%rip)\n"
+#define FP_CAPTURE_XMM(w)                                                   \
+    FP_CAPTURE_ONE(w, 0) FP_CAPTURE_ONE(w, 1) FP_CAPTURE_ONE(w, 2)          \
+    FP_CAPTURE_ONE(w, 3) FP_CAPTURE_ONE(w, 4) FP_CAPTURE_ONE(w, 5)          \
+    FP_CAPTURE_ONE(w, 6) FP_CAPTURE_ONE(w, 7) FP_CAPTURE_ONE(w, 8)          \
+    FP_CAPTURE_ONE(w, 9) FP_CAPTURE_ONE(w, 10) FP_CAPTURE_ONE(w, 11)        \
+    FP_CAPTURE_ONE(w, 12) FP_CAPTURE_ONE(w, 13) FP_CAPTURE_ONE(w, 14)       \
+    FP_CAPTURE_ONE(w, 15)
+
+/*
+ * The init state, as the x86-64 psABI gives a new program and as Linux
+ * gives a signal handler (fpu__clear_user_states()): XMM0-15 zero, MXCSR
+ * 0x1f80, FCW 0x37f.
+ */
+static inline int fp_start_is_init(const struct fp_start *s)
+{
+    static const struct fp_file zero;
+
+    return fp_equal(&s->xmm, &zero) && s->mxcsr == 0x1f80 && s->fcw == 0x37f;
+}
+
 #endif /* __aarch64__ */
 
 #endif

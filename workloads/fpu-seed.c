@@ -10,6 +10,14 @@
  *         fpu-seed N sigframe: only the SIGFRAME ioctl, N times, each with its
  *         SIGUSR1 handled (the registers are compared after the sigreturn):
  * prints: fpu-seed: sigframe=N sigframe_changed=N signals=N failed=0
+ *         fpu-seed N handler: only the HANDLER ioctl, N times: each SIGUSR1
+ *         handler checks, at its first instruction, that it starts from
+ *         the init state:
+ * prints: fpu-seed: handler=N handler_not_init=N signals=N failed=0
+ *         fpu-seed N exec: N children that each arm the EXEC ioctl and
+ *         exec this program, whose first instruction checks that it
+ *         starts from the init state:
+ * prints: fpu-seed: exec=N exec_not_init=N failed=0
  * Exit status 0 when the module answered every call (changed registers are
  * the expected outcome of the buggy ioctls, not a failure of the workload).
  */
@@ -18,7 +26,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fpcheck.h"
@@ -39,7 +49,7 @@ static long run(int fd, unsigned long cmd, long n, unsigned seed, long *failed)
     return changed;
 }
 
-static volatile sig_atomic_t signals;
+static volatile sig_atomic_t signals, handler_not_init;
 
 static void on_sigusr1(int sig)
 {
@@ -47,12 +57,61 @@ static void on_sigusr1(int sig)
     signals++;
 }
 
+/*
+ * The registers this program and its SIGUSR1 handler (in handler mode)
+ * started with, caught before any compiled code ran. The program's entry
+ * point is fpu_seed_entry (meson.build: -e).
+ */
+struct fp_start at_exec, at_handler;
+FP_DEFINE_START_CAPTURE(fpu_seed_entry, at_exec, _start);
+FP_DEFINE_START_CAPTURE(on_sigusr1_entry, at_handler, on_sigusr1_checked);
+void on_sigusr1_entry(int sig);
+void on_sigusr1_checked(int sig);
+
+void on_sigusr1_checked(int sig)
+{
+    (void)sig;
+    signals++;
+    if (!fp_start_is_init(&at_handler))
+        handler_not_init++;
+}
+
+/* N children, each exec'ing this program with the EXEC ioctl armed. */
+static int exec_children(int fd, long n)
+{
+    long not_init = 0, failed = 0;
+
+    for (long i = 0; i < n; i++) {
+        int status;
+        pid_t pid = fork();
+
+        if (pid == 0) {
+            if (ioctl(fd, FPUTRACE_SEED_EXEC) != 0)
+                _exit(3);
+            execl("/proc/self/exe", "fpu-seed", "1", "exec-child", (char *)NULL);
+            _exit(4);
+        }
+        if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+            failed++;
+        else if (WEXITSTATUS(status) == 2)
+            not_init++;
+        else if (WEXITSTATUS(status) != 0)
+            failed++;
+    }
+    printf("fpu-seed: exec=%ld exec_not_init=%ld failed=%ld\n", n, not_init, failed);
+    return failed ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? strtol(argv[1], NULL, 0) : 5;
     long failed = 0, correct, clobber, corrupt, missed;
-    int fd = open(FPUTRACE_SEED_DEVICE, O_RDWR);
+    int fd;
 
+    /* An exec'd child: did the kernel hand it the init state? */
+    if (argc > 2 && !strcmp(argv[2], "exec-child"))
+        return fp_start_is_init(&at_exec) ? 0 : 2;
+    fd = open(FPUTRACE_SEED_DEVICE, O_RDWR);
     if (fd < 0) {
         perror("fpu-seed: " FPUTRACE_SEED_DEVICE);
         return 1;
@@ -70,6 +129,22 @@ int main(int argc, char **argv)
                n, changed, (long)signals, failed);
         return failed || signals != n ? 1 : 0;
     }
+    if (argc > 2 && !strcmp(argv[2], "handler")) {
+        struct sigaction sa = { .sa_handler = on_sigusr1_entry };
+
+        if (sigaction(SIGUSR1, &sa, NULL) != 0) {
+            perror("fpu-seed: sigaction");
+            return 1;
+        }
+        for (long i = 0; i < n; i++)
+            if (ioctl(fd, FPUTRACE_SEED_HANDLER) != 0)
+                failed++;
+        printf("fpu-seed: handler=%ld handler_not_init=%ld signals=%ld failed=%ld\n",
+               n, (long)handler_not_init, (long)signals, failed);
+        return failed || signals != n ? 1 : 0;
+    }
+    if (argc > 2 && !strcmp(argv[2], "exec"))
+        return exec_children(fd, n);
     correct = run(fd, FPUTRACE_SEED_CORRECT, n, 10, &failed);
     clobber = run(fd, FPUTRACE_SEED_CLOBBER, n, 40, &failed);
     corrupt = run(fd, FPUTRACE_SEED_CORRUPT, n, 70, &failed);

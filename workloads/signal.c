@@ -11,8 +11,11 @@
  * would discard it, an exception does not, so the kernel must put it in
  * the frame's SVE record and load it back.
  *
+ * On x86_64 the handler also checks, at its first instruction, that it
+ * starts from the init state (fpu__clear_user_states()).
+ *
  * usage: signal [N]    (default 100 signals)
- * prints: signal: signals=N handled=N mismatches=0
+ * prints: signal: signals=N handled=N mismatches=0 (x86_64: handler_not_init=0)
  *         (arm64 with SVE also: sve_signals=N sve_vl=BYTES sve_mismatches=0)
  */
 #define _GNU_SOURCE
@@ -34,6 +37,25 @@ static void on_usr1(int sig)
     fp_load_all(&clobber);
     handled++;
 }
+
+#ifdef __aarch64__
+#define handler_entry on_usr1
+#define handler_not_init 0L
+#else
+/* The registers the handler started with: its entry saves them first. */
+static volatile sig_atomic_t handler_not_init;
+struct fp_start at_handler;
+FP_DEFINE_START_CAPTURE(handler_entry, at_handler, on_usr1_checked);
+void handler_entry(int sig);
+void on_usr1_checked(int sig);
+
+void on_usr1_checked(int sig)
+{
+    if (!fp_start_is_init(&at_handler))
+        handler_not_init++;
+    on_usr1(sig);
+}
+#endif
 
 #ifdef __aarch64__
 static struct sve_packed sve_clobber;
@@ -91,7 +113,7 @@ int main(int argc, char **argv)
     int sve_failed;
 
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_usr1;
+    sa.sa_handler = handler_entry;
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGUSR1, &sa, NULL) < 0) {
         perror("signal: sigaction");
@@ -106,7 +128,10 @@ int main(int argc, char **argv)
             mismatches++;
     }
     printf("signal: signals=%ld handled=%ld mismatches=%ld", n, (long)handled, mismatches);
+#ifndef __aarch64__
+    printf(" handler_not_init=%ld", (long)handler_not_init);
+#endif
     sve_failed = sve_round(n);
     printf("\n");
-    return (handled == n && mismatches == 0 && !sve_failed) ? 0 : 1;
+    return (handled == n && mismatches == 0 && !handler_not_init && !sve_failed) ? 0 : 1;
 }

@@ -556,6 +556,32 @@ static void finding_add(struct fpa_findings *f, int64_t event, int64_t last, int
 
 
 /*
+ * The hash of the user register file the kernel's init state gives a task
+ * (docs/analysis.md, "Purposeful changes"):
+ * - x86: restore_fpregs_from_init_fpstate() (6.1 arch/x86/kernel/fpu/core.c;
+ *   copy_init_fpstate_to_fpregs() in 5.10) restores init_fpstate, whose
+ *   XSTATE_BV puts x87 and SSE in their init configuration (FCW 0x37f, FSW,
+ *   ST0-7 and XMM0-15 zero: SDM vol. 1, 13.6) while MXCSR, which XRSTOR
+ *   always loads from memory, is init_fpstate's MXCSR_DEFAULT (0x1f80);
+ * - arm64: fpsimd_flush_thread() (arch/arm64/kernel/fpsimd.c) memsets the
+ *   task's user_fpsimd_state: V0-V31, FPSR and FPCR zero.
+ */
+uint64_t fpa_user_init_hash(uint16_t arch)
+{
+    uint64_t h = 0;
+
+    if (arch == FTR_ARCH_AARCH64) {
+        for (uint32_t w = 0; w <= FTR_A64_WORD_FPSR_FPCR; w++) {
+            h += ftr_a64_word_hash(w, 0);
+        }
+        return h;
+    }
+    h += ftr_hash_word(0, 0x037f, ftr_xsave_word_content(0));  /* FCW, FSW */
+    h += ftr_hash_word(3, 0x1f80, ftr_xsave_word_content(3));  /* MXCSR */
+    return h + ftr_xsave_zero_hash(32, 416);                    /* ST0-7, XMM0-15 */
+}
+
+/*
  * Where a task's FPU register buffer lies in its task_struct, as an offset
  * from the task pointer: thread.fpu.state (5.10) or the fpstate embedded at
  * the end of struct fpu (fpu->__fpstate.regs, v5.16), the same for every

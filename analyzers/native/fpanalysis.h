@@ -116,6 +116,13 @@ struct fpa_classify_args {
  */
 int fpa_classify(struct fpa_classify_args *a);
 
+/*
+ * The register hash of the user state the kernel's init state gives a task
+ * (arch: enum ftr_arch): what exec, a signal handler on x86 and a faulting
+ * restore give.
+ */
+uint64_t fpa_user_init_hash(uint16_t arch);
+
 /* A task's FPU buffer as an offset from its task pointer, or 0. */
 uint64_t fpa_fpu_buffer_offset(const struct ftr_event *ev, size_t n);
 

@@ -21,11 +21,23 @@
  *            saves the kernel's values into the signal frame as the task's
  *            (copy_fpstate_to_sigframe() sees no TIF_NEED_FPU_LOAD), and
  *            sigreturn loads them: the signal frame is the damage.
+ *   HANDLER  SIGUSR1 to the caller, and when its delivery has loaded the
+ *            init state for the handler (fpu__clear_user_states()
+ *            returns), CORRUPT's damage: the handler starts with XMM0 not
+ *            in its init state.
+ *   EXEC     the caller's next exec, once the FPU reset has run
+ *            (fpu_flush_thread(), or fpu__clear_all() before v5.14), gets
+ *            CORRUPT's damage: the new program starts with XMM0 not in its
+ *            init state.
+ * HANDLER and EXEC act through kretprobes on those functions, armed for
+ * the calling task and fired once.
  *
  * Built out of tree against the Debian kernel's own headers by
  * fputrace/kernel/seedmod.py.
  */
 #include <linux/fs.h>
+#include <linux/kprobes.h>
+#include <linux/mutex.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/sched.h>
@@ -44,7 +56,7 @@ static noinline void seed_clobber_xmm(void)
 
 static void seed_corrupt_saved(void)
 {
-	u32 *xmm;
+	struct xregs_state *xsave;
 
 	kernel_fpu_begin();
 	/*
@@ -52,11 +64,17 @@ static void seed_corrupt_saved(void)
 	 * (struct fpstate); before it was fpu->state.
 	 */
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 16, 0)
-	xmm = current->thread.fpu.fpstate->regs.xsave.i387.xmm_space;
+	xsave = &current->thread.fpu.fpstate->regs.xsave;
 #else
-	xmm = current->thread.fpu.state.xsave.i387.xmm_space;
+	xsave = &current->thread.fpu.state.xsave;
 #endif
-	xmm[0] ^= 0x5a5a5a5a;
+	xsave->i387.xmm_space[0] ^= 0x5a5a5a5a;
+	/*
+	 * A buffer just reset to init_fpstate (exec) has XSTATE_BV clear, and
+	 * XRSTOR would load XMM0 from its init state whatever the buffer
+	 * holds: mark SSE in use, so that the damage is what is loaded.
+	 */
+	xsave->header.xfeatures |= XFEATURE_MASK_SSE;
 	kernel_fpu_end();
 }
 
@@ -71,6 +89,72 @@ static noinline void seed_missed_restore(void)
 	clear_thread_flag(TIF_NEED_FPU_LOAD);
 	seed_clobber_xmm();
 	kernel_fpu_end();
+}
+
+/*
+ * The task each kretprobe damages on its next return, once: set by the
+ * ioctl, taken by the probe.
+ */
+static struct task_struct *seed_handler_task, *seed_exec_task;
+
+static int seed_handler_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	if (cmpxchg(&seed_handler_task, current, NULL) == current)
+		seed_corrupt_saved();
+	return 0;
+}
+
+static int seed_exec_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	if (cmpxchg(&seed_exec_task, current, NULL) == current)
+		seed_corrupt_saved();
+	return 0;
+}
+
+struct seed_probe {
+	struct kretprobe rp;
+	const char *const *symbols;	/* the function's names, newest kernel first */
+	bool registered;
+};
+
+static const char *const seed_handler_symbols[] = { "fpu__clear_user_states", NULL };
+/* v5.14's FPU rework renamed the exec reset (fpu__clear_all() before it). */
+static const char *const seed_exec_symbols[] = { "fpu_flush_thread", "fpu__clear_all", NULL };
+
+static struct seed_probe seed_handler_probe = {
+	.rp = { .handler = seed_handler_ret, .maxactive = 8 },
+	.symbols = seed_handler_symbols,
+};
+static struct seed_probe seed_exec_probe = {
+	.rp = { .handler = seed_exec_ret, .maxactive = 8 },
+	.symbols = seed_exec_symbols,
+};
+static DEFINE_MUTEX(seed_probe_lock);
+
+/* Register the probe on the first of its functions this kernel has. */
+static int seed_probe_arm(struct seed_probe *sp)
+{
+	const char *const *sym;
+	int ret = -ENOENT;
+
+	mutex_lock(&seed_probe_lock);
+	for (sym = sp->symbols; !sp->registered && *sym; sym++) {
+		sp->rp.kp.symbol_name = *sym;
+		sp->rp.kp.addr = NULL;
+		ret = register_kretprobe(&sp->rp);
+		sp->registered = ret == 0;
+	}
+	if (sp->registered)
+		ret = 0;
+	mutex_unlock(&seed_probe_lock);
+	return ret;
+}
+
+static void seed_probe_disarm(struct seed_probe *sp)
+{
+	if (sp->registered)
+		unregister_kretprobe(&sp->rp);
+	sp->registered = false;
 }
 
 static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
@@ -94,6 +178,23 @@ static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		seed_missed_restore();
 		send_sig(SIGUSR1, current, 0);
 		return 0;
+	case FPUTRACE_SEED_HANDLER: {
+		int ret = seed_probe_arm(&seed_handler_probe);
+
+		if (ret)
+			return ret;
+		WRITE_ONCE(seed_handler_task, current);
+		send_sig(SIGUSR1, current, 0);
+		return 0;
+	}
+	case FPUTRACE_SEED_EXEC: {
+		int ret = seed_probe_arm(&seed_exec_probe);
+
+		if (ret)
+			return ret;
+		WRITE_ONCE(seed_exec_task, current);
+		return 0;
+	}
 	}
 	return -ENOTTY;
 }
@@ -109,6 +210,19 @@ static struct miscdevice seed_dev = {
 	.fops = &seed_fops,
 };
 
-module_misc_device(seed_dev);
+static int __init seed_init(void)
+{
+	return misc_register(&seed_dev);
+}
+
+static void __exit seed_exit(void)
+{
+	misc_deregister(&seed_dev);
+	seed_probe_disarm(&seed_handler_probe);
+	seed_probe_disarm(&seed_exec_probe);
+}
+
+module_init(seed_init);
+module_exit(seed_exit);
 MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("fputrace test module with deliberate FPU state bugs");

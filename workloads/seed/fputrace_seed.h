@@ -31,4 +31,16 @@
  */
 #define FPUTRACE_SEED_SIGFRAME  _IO('F', 5)
 
+/*
+ * (f) bug: SIGUSR1 to the caller, whose handler then starts with XMM0 not
+ * in its init state: the init state that fpu__clear_user_states() loaded
+ * for it is saved and damaged in the task's buffer, which the return loads.
+ */
+#define FPUTRACE_SEED_HANDLER   _IO('F', 6)
+/*
+ * (g) bug: the caller's next exec hands the new program XMM0 not in its
+ * init state, damaged in the task's buffer after the exec's FPU reset.
+ */
+#define FPUTRACE_SEED_EXEC      _IO('F', 7)
+
 #endif
