@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 K = fmt.Kind
 P = fmt.Probe
+M64 = (1 << 64) - 1
 F = fmt.Flag
 
 # Probes whose function changes the calling task's user FPU state on purpose
@@ -509,6 +510,10 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     purposeful = {int(p_): why for p_, why in TASK_PURPOSEFUL.items()}
     results = PURPOSE_RESULT.get(arch, {})
     init_hash = native.user_init_hash(arch)
+    # x86: a sigreturn whose frame the plugin read (docs/trace-format.md,
+    # "Probes") is checked against that frame.
+    init_shares = native.x86_init_shares() if arch == fmt.Arch.X86_64 else None
+    mem_valid = int(F.MEM_VALID)
 
     def judge_frame(i: int, k: int, cpu: int, last_return: int, probe_at: int) -> None:
         """Save i into the signal frame, against the registers task k
@@ -597,6 +602,63 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             f"{PURPOSE_FUNCTION[why]} after {explainer.call(j)} does not hold {got}: "
             + x.text, trail=x.trail))
 
+    def judge_sigreturn(i: int, k: int, j: int) -> bool:
+        """Return i of task k after the sigreturn of probe j, whose frame the
+        plugin read, against that frame as the handler left it; False when
+        the trace shows no restore from the frame (then it stays "changed on
+        purpose"). fpu__restore_sig() (6.1 arch/x86/kernel/fpu/signal.c)
+        restores the 64-bit frame straight from user memory:
+        __restore_fpregs_from_user() runs XRSTOR with the frame's
+        fx_sw.xfeatures as the request (FXRSTOR for a frame without the
+        extended magic), then loads init_fpstate for the user features
+        left out; 5.10's copy_user_to_fpregs_zeroing() does the same in the
+        other order. So x87 and SSE come from the frame when both the
+        request and the frame's XSTATE_BV have them, else from their init
+        state; MXCSR from the frame when the request has SSE."""
+        assert init_shares is not None
+        buf = values[j]
+        window = np.arange(j + 1, i)
+        mine = window[keys.at(window) == k]
+        from_frame = mine[fmt.RESTORE_TABLE[ev["kind"][mine]] & (ev["addr"][mine] == buf)]
+        if not len(from_frame):
+            return False
+        r = int(from_frame[-1])
+        if not all_flags[i] & regs_valid:
+            user.unchecked["a register file could not be read"] += 1
+            return True
+        bv = int(ev["mem_features"][j])
+        # FXRSTOR (a frame without the extended magic) loads x87 and SSE.
+        fx = int(ev["kind"][r]) == K.FXRSTOR
+        request = 3 if fx else int(ev["value"][r]) & int(ev["xcr0"][r])
+        if request & 4 and not request & 2:
+            # 5.10 would take MXCSR from the frame, 6.1 from init_fpstate.
+            user.unchecked["a sigreturn whose frame asks for AVX without SSE"] += 1
+            return True
+        x87, sse = int(ev["mem_legacy_hash"][j]), int(ev["mem_ext_hash"][j])
+        mxcsr = int(ev["mem_hash"][j]) - x87 - sse
+        i_x87, i_mxcsr, i_sse = init_shares
+        want = ((x87 if request & bv & 1 else i_x87) + (mxcsr if request & 2 else i_mxcsr) +
+                (sse if request & bv & 2 else i_sse)) & M64
+        if regs_hash[i] == want:
+            user.checked += 1
+            user.purpose_checked["sigreturn's frame"] += 1
+            count(k, False)
+        elif spans_gap(gaps, int(seqs[j]), int(seqs[i])):
+            user.unchecked[GAP_UNCHECKED] += 1
+        else:
+            user.checked += 1
+            user.violations += 1
+            user.purpose_checked["sigreturn's frame"] += 1
+            count(k, True)
+            x = explainer.explain(r, i, k, want, int(ev["vcpu"][i]))
+            findings.append(BoundaryFinding(
+                "corrupted_state", "purpose", int(ident[i]), 0, j, i, x.cause,
+                f"the return after sigreturn ({explainer.call(j)}) does not hold the signal "
+                f"frame's FP state at {buf:#x} as the handler left it (restored at "
+                f"{explainer.site(r)}, seq {int(seqs[r])}): " + x.text,
+                trail=[("frame_restore", r), *x.trail]))
+        return True
+
     def judge(i: int, k: int, before: int, window: list[str], what: str) -> None:
         """Return i of task k against the register hash of event `before`."""
         want = regs_hash[before]
@@ -671,6 +733,10 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                 e = -1
             if changes and changes[-1][1] in results:
                 judge_purpose(i, k, changes[-1][0], changes[-1][1], e)
+                continue
+            if changes and changes[-1][1] == "sigreturn" and init_shares is not None and \
+                    all_flags[changes[-1][0]] & mem_valid and \
+                    judge_sigreturn(i, k, changes[-1][0]):
                 continue
             copy = fork_copy.pop(task, -1) if p < 0 and e < 0 else -1
             before = e if e >= 0 else copy

@@ -233,3 +233,11 @@ def user_init_hash(arch: int) -> int:
     """The register hash of the user state the kernel's init state gives a
     task (fpa_user_init_hash())."""
     return int(_lib().fpa_user_init_hash(arch))
+
+
+def x86_init_shares() -> tuple[int, int, int]:
+    """x86's init state in its x87, MXCSR and SSE shares (fpa_x86_init_share())."""
+    lib = _lib()
+    return (int(lib.fpa_x86_init_share(lib.FPA_X86_X87)),
+            int(lib.fpa_x86_init_share(lib.FPA_X86_MXCSR)),
+            int(lib.fpa_x86_init_share(lib.FPA_X86_SSE)))

@@ -99,6 +99,10 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     "the kernel's values in the registers without TIF_NEED_FPU_LOAD and "
                     "send the caller SIGUSR1, whose frame then gets them",
                     seed_module=True, program="fpu-seed", args=("sigframe",)),
+        WorkloadDef("sigreturn-seed", 5, (),
+                    "a deliberate sigreturn bug of the test module: N SIGUSR1s after whose "
+                    "sigreturn the task resumes with XMM0 other than its frame held",
+                    seed_module=True, program="fpu-seed", args=("sigreturn",)),
         WorkloadDef("handler-seed", 5, (),
                     "a deliberate signal delivery bug of the test module: N SIGUSR1s whose "
                     "handler starts with XMM0 not in its init state (checked by the "

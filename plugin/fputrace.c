@@ -666,6 +666,9 @@ void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
     ev.addr = args[1];
     ev.aux = args[2];
     ev.xstate_bv = args[3];     /* 0 in the guest: its stack is not readable */
+    if (arch->probe_state) {
+        arch->probe_state(vs, pr->id, args, &ev);
+    }
     vcpu_commit_event(vs, vcpu_index, &ev);
     if (pr->guest && pr->id == FTR_PROBE_CONTEXT_SWITCH) {
         guest_task_switch(vs, vcpu_index, ev.addr);

@@ -274,6 +274,12 @@ struct arch_ops {
      * (args[3], 0 if unreadable), read at its first instruction.
      */
     void (*probe_args)(struct vcpu_state *vs, uint64_t args[4]);
+    /*
+     * What a probe's arguments point at, where the analysis needs it (a
+     * sigreturn's frame): into the probe event's memory fields. Optional.
+     */
+    void (*probe_state)(struct vcpu_state *vs, uint32_t probe, const uint64_t args[4],
+                        struct ftr_event *ev);
     void (*tb_trans)(struct qemu_plugin_tb *tb);
     void (*regs_resolve)(void);
     void (*init)(void);                         /* at install, after the arguments */

@@ -1231,6 +1231,36 @@ static void x86_probe_args(struct vcpu_state *vs, uint64_t args[4])
     }
 }
 
+/*
+ * fpu__restore_sig(buf, ia32_frame) (6.1 and 5.10 arch/x86/kernel/fpu/
+ * signal.c), at its first instruction: the 64-bit frame's FP state as the
+ * handler left it, before the kernel reads it. The frame's legacy region
+ * (FXSAVE layout at buf) hashes like the register file; its x87 and SSE
+ * shares are kept apart, since the restore loads either from its init
+ * state where the frame's XSTATE_BV or the kernel's request leaves it out.
+ * A 32-bit frame (an fsave header first) is not read.
+ */
+static void x86_probe_state(struct vcpu_state *vs, uint32_t probe, const uint64_t args[4],
+                            struct ftr_event *ev)
+{
+    uint8_t frame[8 * XSAVE_WORD_XSTATE_BV + 8];     /* the legacy region, XSTATE_BV */
+    uint64_t x87, mxcsr, sse, bv;
+
+    if (probe != FTR_PROBE_SIGRETURN || args[1] || !mem_read(vs, args[0], frame, sizeof(frame))) {
+        return;
+    }
+    x87 = xsave_hash_run(0, frame, 8) + xsave_hash_run(32, frame + 32, 128);
+    mxcsr = xsave_hash_run(24, frame + 24, 8);
+    sse = xsave_hash_run(160, frame + 160, 256);
+    memcpy(&bv, frame + 8 * XSAVE_WORD_XSTATE_BV, sizeof(bv));
+    ev->mem_hash = x87 + mxcsr + sse;
+    ev->mem_legacy_hash = x87;
+    ev->mem_ext_hash = sse;
+    ev->mem_features = (uint32_t)bv;
+    ev->mem_bytes = sizeof(frame);
+    ev->flags |= FTR_FLAG_MEM_VALID;
+}
+
 /* At install: the tables and hashes of the XSAVE layout. */
 static void x86_init(void)
 {
@@ -1262,6 +1292,7 @@ const struct arch_ops x86_ops = {
     .regs_hash = x86_regs_hash,
     .finish_pending = x86_finish_pending,
     .probe_args = x86_probe_args,
+    .probe_state = x86_probe_state,
     .tb_trans = x86_tb_trans,
     .regs_resolve = x86_regs_resolve,
     .init = x86_init,

@@ -21,6 +21,7 @@ from test_ownership import (
     BT,
     BU,
     FPU_OFFSET,
+    FULL,
     L1,
     L2,
     L3,
@@ -34,6 +35,7 @@ from test_ownership import (
 )
 from tracebuilder import (
     F_KSIMD,
+    F_MEM,
     F_NO_ENTRY,
     F_QUIET,
     F_REGS,
@@ -745,3 +747,51 @@ def test_a_signal_frame_after_a_failed_sigreturn_is_not_judged(tmp_path: Path) -
     user = rep["boundary_checks"]["by_kind"]["user_return"]
     assert user["unchecked"] == {
         "a signal frame after sigreturn in the same stay in the kernel": 1}
+
+
+def test_the_return_after_sigreturn_holds_the_frame_as_the_handler_left_it(
+        tmp_path: Path) -> None:
+    # fpu__restore_sig(): the plugin reads the 64-bit frame at the probe (its
+    # x87, MXCSR and SSE shares, and XSTATE_BV); the kernel restores it from
+    # user memory, and the return must hold it: x87 and SSE from the frame
+    # where both the restore's request and the frame's XSTATE_BV have them,
+    # else their init state. Shares here are symbols; the init shares come
+    # from the hash's definition.
+    x87, mxcsr, sse = 0x1111, 0x2222, 0x3333
+    sse_init = xsave_hash(bytes(256), 160)
+    cases = [
+        # (frame's XSTATE_BV, restored from the frame, registers at the return, expected)
+        (FULL, True, x87 + mxcsr + sse, "checked"),
+        (FULL, True, L2, "finding"),            # the handler's frame lost
+        (0b101, True, x87 + mxcsr + sse_init, "checked"),  # SSE in its init state
+        (0b101, True, x87 + mxcsr + sse, "finding"),
+        (FULL, False, L2, "unchecked"),         # no restore from the frame seen
+    ]
+    for bv, restored, at_return, expected in cases:
+        b = TraceBuilder()
+        tasks(b)
+        entry(b, L1)
+        b.event(PROBE, task=T, index=P_SIGRETURN, value=SIGFRAME, mem_hash=x87 + mxcsr + sse,
+                mem_legacy_hash=x87, mem_ext_hash=sse, mem_features=bv, mem_bytes=520,
+                flags=F_TASK | F_MEM)
+        if restored:
+            restore(b, SIGFRAME, before=L1, loads=at_return)
+        else:
+            restore(b, BT, before=L1, loads=at_return)
+        ret(b, at_return)
+        code, rep = report(tmp_path, b)
+        user = rep["boundary_checks"]["by_kind"]["user_return"]
+        if expected == "checked":
+            assert (code, rep["findings"]) == (0, []), (bv, rep["findings"])
+            assert user["purpose_checked"] == {"sigreturn's frame": 1}
+        elif expected == "finding":
+            assert code == 3
+            (f,) = [f for f in rep["findings"] if f["kind"] == "corrupted_state"]
+            assert f["description"].startswith("the return after sigreturn (")
+            assert f"frame's FP state at {SIGFRAME:#x} as the handler left it" in \
+                f["description"]
+            assert f["events"]["purpose"]["seq"] == 1
+            assert f["events"]["frame_restore"]["seq"] == 2
+        else:
+            assert (code, rep["findings"]) == (0, [])
+            assert user["changed_on_purpose"] == {"sigreturn": 1}

@@ -639,23 +639,26 @@ def test_a_signal_frame_given_the_kernels_registers_is_found(qemu_plugin: Path,
 
 
 @pytest.mark.parametrize("series", ["6.1", "5.10"])
-def test_a_handler_or_an_exec_not_given_the_init_state_is_found(qemu_plugin: Path,
-                                                                 tmp_path: Path,
-                                                                 series: str) -> None:
-    # The seed module's HANDLER and EXEC ioctls arm a kretprobe on
-    # fpu__clear_user_states() (the handler's init state) or on the exec
-    # reset (fpu_flush_thread(), 5.10's fpu__clear_all()) that damages XMM0
-    # in the task's buffer, which the return then loads. Each handler and
-    # each exec'd program checks at its first instruction that it starts
-    # from the init state (its own truth). The report must find each one at
-    # that return, naming the purposeful change and the module's code; the
-    # stock signal and fork-exec workloads in the same run are clean, their
-    # handler and exec returns checked against the init state.
+def test_a_purposeful_change_that_misses_its_purpose_is_found(qemu_plugin: Path,
+                                                               tmp_path: Path,
+                                                               series: str) -> None:
+    # The seed module's HANDLER, EXEC and SIGRETURN ioctls arm a kretprobe
+    # on fpu__clear_user_states() (the handler's init state), on the exec
+    # reset (fpu_flush_thread(), 5.10's fpu__clear_all()) or on
+    # fpu__restore_sig() that damages XMM0 in the task's buffer, which the
+    # return then loads. Each handler and each exec'd program checks at its
+    # first instruction that it starts from the init state, and the
+    # sigreturn workload that its registers after sigreturn are those it
+    # had (its own truth). The report must find each one at that return,
+    # naming the purposeful change and the module's code; the stock signal
+    # and fork-exec workloads in the same run are clean, their handler,
+    # sigreturn and exec returns checked against their purpose.
     kernel_available(series)
     out = tmp_path / "seed.ftr"
     n = 3
     p = fputrace("record", "--kernel", series, "--workload",
-                 f"handler-seed:{n},exec-seed:{n},signal:10,fork-exec:3", "-o", str(out))
+                 f"handler-seed:{n},exec-seed:{n},sigreturn-seed:{n},signal:10,fork-exec:3",
+                 "-o", str(out))
     assert p.returncode == 0, p.stderr
     console = sidecar(out, "console.log")
     lines = [dict(kv.split("=", 1) for kv in line.split()[1:])
@@ -663,7 +666,9 @@ def test_a_handler_or_an_exec_not_given_the_init_state_is_found(qemu_plugin: Pat
              if line.startswith("fpu-seed: ")]
     assert lines == [
         {"handler": str(n), "handler_not_init": str(n), "signals": str(n), "failed": "0"},
-        {"exec": str(n), "exec_not_init": str(n), "failed": "0"}], console
+        {"exec": str(n), "exec_not_init": str(n), "failed": "0"},
+        {"sigreturn": str(n), "sigreturn_changed": str(n), "signals": str(n), "failed": "0"}
+    ], console
     sig, fe = workload_line(console, "signal"), workload_line(console, "fork-exec")
     assert sig["handler_not_init"] == fe["exec_not_init"] == "0"
     rep_p = fputrace("report", "--json", "--max-findings", "0", str(out))
@@ -675,22 +680,30 @@ def test_a_handler_or_an_exec_not_given_the_init_state_is_found(qemu_plugin: Pat
     execs = [f for f in findings if f["description"].startswith(
         "the first return after exec after fpu_flush_thread()" if series != "5.10" else
         "the first return after exec after fpu__clear_all()")]
-    assert (len(handler), len(execs), len(findings)) == (n, n, 2 * n), report_head(out)
+    sigreturns = [f for f in findings if f["description"].startswith(
+        "the return after sigreturn (fpu__restore_sig() called from restore_sigcontext+")]
+    assert (len(handler), len(execs), len(sigreturns), len(findings)) == (n, n, n, 3 * n), \
+        report_head(out)
     for f, culprit in [(f, "seed_handler_ret+") for f in handler] + \
-            [(f, "seed_exec_ret+") for f in execs]:
+            [(f, "seed_exec_ret+") for f in execs] + \
+            [(f, "seed_sigreturn_ret+") for f in sigreturns]:
         e = f["events"]
-        assert f["kind"] == "corrupted_state" and "does not hold the init state" in \
-            f["description"]
+        assert f["kind"] == "corrupted_state"
         assert e["purpose"]["seq"] < e["section_begin"]["seq"] < e["restore"]["seq"] < \
             e["return"]["seq"]
         assert e["section_begin"]["caller"].startswith(culprit), e
-    assert all(f["task"].endswith(" fpu-seed") for f in handler)
+    assert all("does not hold the init state" in f["description"] for f in handler + execs)
+    assert all("as the handler left it" in f["description"] and
+               e["frame_restore"]["seq"] < e["section_begin"]["seq"]
+               for f in sigreturns for e in [f["events"]])
+    assert all(f["task"].endswith(" fpu-seed") for f in handler + sigreturns)
     user = rep["boundary_checks"]["by_kind"]["user_return"]
     # Every handler start and exec of the stock workloads was checked too:
     # signal's 10 and the seed's n handlers; fork-exec's 2 execs a round.
     assert user["purpose_checked"]["signal handler's init state"] >= 10 + n
     assert user["purpose_checked"]["exec's init state"] >= 2 * 3 + n
-    assert user["violations"] == 2 * n
+    assert user["purpose_checked"]["sigreturn's frame"] >= 10 + 2 * n
+    assert user["changed_on_purpose"] == {} and user["violations"] == 3 * n
 
 
 def test_foreign_workload_with_added_files(qemu_plugin: Path, tmp_path: Path) -> None:

@@ -10,6 +10,8 @@
  *         fpu-seed N sigframe: only the SIGFRAME ioctl, N times, each with its
  *         SIGUSR1 handled (the registers are compared after the sigreturn):
  * prints: fpu-seed: sigframe=N sigframe_changed=N signals=N failed=0
+ *         fpu-seed N sigreturn: the same with the SIGRETURN ioctl:
+ * prints: fpu-seed: sigreturn=N sigreturn_changed=N signals=N failed=0
  *         fpu-seed N handler: only the HANDLER ioctl, N times: each SIGUSR1
  *         handler checks, at its first instruction, that it starts from
  *         the init state:
@@ -23,6 +25,7 @@
  */
 #include <fcntl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,17 +119,19 @@ int main(int argc, char **argv)
         perror("fpu-seed: " FPUTRACE_SEED_DEVICE);
         return 1;
     }
-    if (argc > 2 && !strcmp(argv[2], "sigframe")) {
+    if (argc > 2 && (!strcmp(argv[2], "sigframe") || !strcmp(argv[2], "sigreturn"))) {
         struct sigaction sa = { .sa_handler = on_sigusr1 };
+        bool frame = !strcmp(argv[2], "sigframe");
         long changed;
 
         if (sigaction(SIGUSR1, &sa, NULL) != 0) {
             perror("fpu-seed: sigaction");
             return 1;
         }
-        changed = run(fd, FPUTRACE_SEED_SIGFRAME, n, 130, &failed);
-        printf("fpu-seed: sigframe=%ld sigframe_changed=%ld signals=%ld failed=%ld\n",
-               n, changed, (long)signals, failed);
+        changed = run(fd, frame ? FPUTRACE_SEED_SIGFRAME : FPUTRACE_SEED_SIGRETURN, n,
+                      frame ? 130 : 160, &failed);
+        printf("fpu-seed: %s=%ld %s_changed=%ld signals=%ld failed=%ld\n",
+               argv[2], n, argv[2], changed, (long)signals, failed);
         return failed || signals != n ? 1 : 0;
     }
     if (argc > 2 && !strcmp(argv[2], "handler")) {

@@ -566,6 +566,20 @@ static void finding_add(struct fpa_findings *f, int64_t event, int64_t last, int
  * - arm64: fpsimd_flush_thread() (arch/arm64/kernel/fpsimd.c) memsets the
  *   task's user_fpsimd_state: V0-V31, FPSR and FPCR zero.
  */
+uint64_t fpa_x86_init_share(enum fpa_x86_share part)
+{
+    switch (part) {
+    case FPA_X86_X87:           /* FCW 0x37f, FSW 0, ST0-7 */
+        return ftr_hash_word(0, 0x037f, ftr_xsave_word_content(0)) +
+               ftr_xsave_zero_hash(32, 160);
+    case FPA_X86_MXCSR:
+        return ftr_hash_word(3, 0x1f80, ftr_xsave_word_content(3));
+    case FPA_X86_SSE:           /* XMM0-15 */
+        return ftr_xsave_zero_hash(160, 416);
+    }
+    return 0;
+}
+
 uint64_t fpa_user_init_hash(uint16_t arch)
 {
     uint64_t h = 0;
@@ -576,9 +590,8 @@ uint64_t fpa_user_init_hash(uint16_t arch)
         }
         return h;
     }
-    h += ftr_hash_word(0, 0x037f, ftr_xsave_word_content(0));  /* FCW, FSW */
-    h += ftr_hash_word(3, 0x1f80, ftr_xsave_word_content(3));  /* MXCSR */
-    return h + ftr_xsave_zero_hash(32, 416);                    /* ST0-7, XMM0-15 */
+    return fpa_x86_init_share(FPA_X86_X87) + fpa_x86_init_share(FPA_X86_MXCSR) +
+           fpa_x86_init_share(FPA_X86_SSE);
 }
 
 /*

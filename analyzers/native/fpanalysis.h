@@ -123,6 +123,12 @@ int fpa_classify(struct fpa_classify_args *a);
  */
 uint64_t fpa_user_init_hash(uint16_t arch);
 
+/* x86's register hash in shares: x87 (FCW, FSW, ST0-7), MXCSR, SSE (XMM0-15). */
+enum fpa_x86_share { FPA_X86_X87, FPA_X86_MXCSR, FPA_X86_SSE };
+
+/* A share of x86's init state, as fpa_user_init_hash() defines it. */
+uint64_t fpa_x86_init_share(enum fpa_x86_share part);
+
 /* A task's FPU buffer as an offset from its task pointer, or 0. */
 uint64_t fpa_fpu_buffer_offset(const struct ftr_event *ev, size_t n);
 

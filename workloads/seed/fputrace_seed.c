@@ -29,8 +29,11 @@
  *            (fpu_flush_thread(), or fpu__clear_all() before v5.14), gets
  *            CORRUPT's damage: the new program starts with XMM0 not in its
  *            init state.
- * HANDLER and EXEC act through kretprobes on those functions, armed for
- * the calling task and fired once.
+ *   SIGRETURN SIGUSR1 to the caller, and when its sigreturn has loaded the
+ *            frame (fpu__restore_sig() returns), CORRUPT's damage: the task
+ *            resumes with XMM0 other than the frame held.
+ * HANDLER, EXEC and SIGRETURN act through kretprobes on those functions,
+ * armed for the calling task and fired once.
  *
  * Built out of tree against the Debian kernel's own headers by
  * fputrace/kernel/seedmod.py.
@@ -95,7 +98,7 @@ static noinline void seed_missed_restore(void)
  * The task each kretprobe damages on its next return, once: set by the
  * ioctl, taken by the probe.
  */
-static struct task_struct *seed_handler_task, *seed_exec_task;
+static struct task_struct *seed_handler_task, *seed_exec_task, *seed_sigreturn_task;
 
 static int seed_handler_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
 {
@@ -111,6 +114,13 @@ static int seed_exec_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
 	return 0;
 }
 
+static int seed_sigreturn_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	if (cmpxchg(&seed_sigreturn_task, current, NULL) == current)
+		seed_corrupt_saved();
+	return 0;
+}
+
 struct seed_probe {
 	struct kretprobe rp;
 	const char *const *symbols;	/* the function's names, newest kernel first */
@@ -121,6 +131,12 @@ static const char *const seed_handler_symbols[] = { "fpu__clear_user_states", NU
 /* v5.14's FPU rework renamed the exec reset (fpu__clear_all() before it). */
 static const char *const seed_exec_symbols[] = { "fpu_flush_thread", "fpu__clear_all", NULL };
 
+static const char *const seed_sigreturn_symbols[] = { "fpu__restore_sig", NULL };
+
+static struct seed_probe seed_sigreturn_probe = {
+	.rp = { .handler = seed_sigreturn_ret, .maxactive = 8 },
+	.symbols = seed_sigreturn_symbols,
+};
 static struct seed_probe seed_handler_probe = {
 	.rp = { .handler = seed_handler_ret, .maxactive = 8 },
 	.symbols = seed_handler_symbols,
@@ -187,6 +203,15 @@ static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		send_sig(SIGUSR1, current, 0);
 		return 0;
 	}
+	case FPUTRACE_SEED_SIGRETURN: {
+		int ret = seed_probe_arm(&seed_sigreturn_probe);
+
+		if (ret)
+			return ret;
+		WRITE_ONCE(seed_sigreturn_task, current);
+		send_sig(SIGUSR1, current, 0);
+		return 0;
+	}
 	case FPUTRACE_SEED_EXEC: {
 		int ret = seed_probe_arm(&seed_exec_probe);
 
@@ -220,6 +245,7 @@ static void __exit seed_exit(void)
 	misc_deregister(&seed_dev);
 	seed_probe_disarm(&seed_handler_probe);
 	seed_probe_disarm(&seed_exec_probe);
+	seed_probe_disarm(&seed_sigreturn_probe);
 }
 
 module_init(seed_init);

@@ -42,5 +42,11 @@
  * init state, damaged in the task's buffer after the exec's FPU reset.
  */
 #define FPUTRACE_SEED_EXEC      _IO('F', 7)
+/*
+ * (h) bug: SIGUSR1 to the caller, whose sigreturn then resumes it with
+ * XMM0 other than the frame held: damaged in the task's buffer after
+ * fpu__restore_sig() loaded the frame.
+ */
+#define FPUTRACE_SEED_SIGRETURN _IO('F', 8)
 
 #endif
