@@ -449,6 +449,52 @@ USER_TOP = 1 << 47
 GAP_UNCHECKED = "records of the trace are missing in between (a damaged or lost block)"
 
 
+# How the kernel loads an image the plugin read at a probe
+# (docs/trace-format.md, "Probes") into the state; see image_hash().
+IMAGE_RESTORE, IMAGE_UABI, IMAGE_FX = "restore", "uabi", "fx"
+
+
+def image_hash(ev: npt.NDArray[np.void], j: int, how: str, request: int = 0) -> int | None:
+    """The register hash that the image read at probe j gives, or None when
+    the kernel's code leaves part of it unknown. Its x87 and SSE shares come
+    from the image where its XSTATE_BV has them, else from their init state:
+    - IMAGE_RESTORE: XRSTOR (or FXRSTOR, request 3) of the image with
+      `request`, then init_fpstate for what the request left out
+      (__restore_fpregs_from_user(), 6.1 arch/x86/kernel/fpu/signal.c): a
+      component comes from the image only where the request has it too;
+      MXCSR comes from it where the request has SSE (AVX without SSE:
+      unknown, 5.10 and 6.1 differ);
+    - IMAGE_UABI: copy_uabi_to_xstate() (6.1 arch/x86/kernel/fpu/xstate.c;
+      5.10 copy_user_to_xstate()) copies each component in XSTATE_BV, and
+      MXCSR with FP (it lies in the FP component's 160 bytes), SSE or YMM;
+      with none of them MXCSR keeps its old value: unknown;
+    - IMAGE_FX: xfpregs_set() copies the whole FXSAVE region and marks FP
+      and SSE in use."""
+    from analyzers import native
+
+    bv = int(ev["mem_features"][j])
+    if how == IMAGE_FX:
+        bv, mxcsr_from_image = 3, True
+    elif how == IMAGE_UABI:
+        mxcsr_from_image = bool(bv & 7)
+        if not mxcsr_from_image:
+            return None
+    else:
+        if request & 4 and not request & 2:
+            return None
+        bv &= request
+        mxcsr_from_image = bool(request & 2)
+    x87, sse = int(ev["mem_legacy_hash"][j]), int(ev["mem_ext_hash"][j])
+    mxcsr = int(ev["mem_hash"][j]) - x87 - sse
+    i_x87, i_mxcsr, i_sse = native.x86_init_shares()
+    return ((x87 if bv & 1 else i_x87) + (mxcsr if mxcsr_from_image else i_mxcsr) +
+            (sse if bv & 2 else i_sse)) & M64
+
+
+# The regset writes whose image the plugin reads, by function.
+REGSET_IMAGE = {"xstateregs_set": IMAGE_UABI, "xfpregs_set": IMAGE_FX}
+
+
 def spans_gap(gaps: npt.NDArray[np.uint64], lo_seq: int, hi_seq: int) -> bool:
     """Whether a gap of the trace (Trace.gaps: inclusive seq ranges) lies
     anywhere from lo_seq to hi_seq."""
@@ -510,9 +556,9 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     purposeful = {int(p_): why for p_, why in TASK_PURPOSEFUL.items()}
     results = PURPOSE_RESULT.get(arch, {})
     init_hash = native.user_init_hash(arch)
-    # x86: a sigreturn whose frame the plugin read (docs/trace-format.md,
-    # "Probes") is checked against that frame.
-    init_shares = native.x86_init_shares() if arch == fmt.Arch.X86_64 else None
+    # x86: a sigreturn or a regset write whose image the plugin read
+    # (docs/trace-format.md, "Probes") is checked against that image.
+    images = arch == fmt.Arch.X86_64
     mem_valid = int(F.MEM_VALID)
 
     def judge_frame(i: int, k: int, cpu: int, last_return: int, probe_at: int) -> None:
@@ -615,7 +661,6 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         other order. So x87 and SSE come from the frame when both the
         request and the frame's XSTATE_BV have them, else from their init
         state; MXCSR from the frame when the request has SSE."""
-        assert init_shares is not None
         buf = values[j]
         window = np.arange(j + 1, i)
         mine = window[keys.at(window) == k]
@@ -626,19 +671,13 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         if not all_flags[i] & regs_valid:
             user.unchecked["a register file could not be read"] += 1
             return True
-        bv = int(ev["mem_features"][j])
         # FXRSTOR (a frame without the extended magic) loads x87 and SSE.
         fx = int(ev["kind"][r]) == K.FXRSTOR
-        request = 3 if fx else int(ev["value"][r]) & int(ev["xcr0"][r])
-        if request & 4 and not request & 2:
-            # 5.10 would take MXCSR from the frame, 6.1 from init_fpstate.
+        want = image_hash(ev, j, IMAGE_RESTORE,
+                          3 if fx else int(ev["value"][r]) & int(ev["xcr0"][r]))
+        if want is None:
             user.unchecked["a sigreturn whose frame asks for AVX without SSE"] += 1
             return True
-        x87, sse = int(ev["mem_legacy_hash"][j]), int(ev["mem_ext_hash"][j])
-        mxcsr = int(ev["mem_hash"][j]) - x87 - sse
-        i_x87, i_mxcsr, i_sse = init_shares
-        want = ((x87 if request & bv & 1 else i_x87) + (mxcsr if request & 2 else i_mxcsr) +
-                (sse if request & bv & 2 else i_sse)) & M64
         if regs_hash[i] == want:
             user.checked += 1
             user.purpose_checked["sigreturn's frame"] += 1
@@ -657,6 +696,43 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                 f"frame's FP state at {buf:#x} as the handler left it (restored at "
                 f"{explainer.site(r)}, seq {int(seqs[r])}): " + x.text,
                 trail=[("frame_restore", r), *x.trail]))
+        return True
+
+    def judge_regset(i: int, k: int, j: int, e: int) -> bool:
+        """Return i of task k after the regset write of probe j (by its
+        tracer), whose image the plugin read: the return holds the image as
+        the function copies it (REGSET_IMAGE), or, where the write was
+        refused (a bad MXCSR, a bad header: -EINVAL before anything is
+        copied), the registers of its entry e. False for a function whose
+        image is not read (fpregs_set(), the fsave layout)."""
+        how = REGSET_IMAGE.get(symbols.function(int(ev["pc"][j])))
+        if how is None:
+            return False
+        want = image_hash(ev, j, how)
+        if want is None:
+            user.unchecked["a ptrace regset write that leaves MXCSR as it was"] += 1
+            return True
+        if not all_flags[i] & regs_valid:
+            user.unchecked["a register file could not be read"] += 1
+            return True
+        refused = regs_hash[e] if e >= 0 and all_flags[e] & regs_valid else None
+        if regs_hash[i] in (want, refused):
+            user.checked += 1
+            user.purpose_checked["ptrace regset write"] += 1
+            count(k, False)
+        elif spans_gap(gaps, int(seqs[j]), int(seqs[i])):
+            user.unchecked[GAP_UNCHECKED] += 1
+        else:
+            user.checked += 1
+            user.violations += 1
+            user.purpose_checked["ptrace regset write"] += 1
+            count(k, True)
+            x = explainer.explain(j, i, k, want, int(ev["vcpu"][i]))
+            findings.append(BoundaryFinding(
+                "corrupted_state", "purpose", int(ident[i]), 0, j, i, x.cause,
+                f"the tracee's return after the regset write {explainer.call(j)} holds "
+                "neither what the tracer wrote nor its registers before: " + x.text,
+                trail=x.trail))
         return True
 
     def judge(i: int, k: int, before: int, window: list[str], what: str) -> None:
@@ -698,7 +774,12 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             entry[k] = i
         elif kind == k_probe:
             probe = index
-            if probe == p_fork:
+            if flags & l2:
+                # The nested guest's kernel changes its own tasks' state
+                # (its model's, fputrace.analysis.guest_view), not that of
+                # the vCPU thread it runs on.
+                pass
+            elif probe == p_fork:
                 fork_probe[(cpu, k)] = i
             elif probe == p_regset:
                 target = key_of_ptr.get(values[i])
@@ -706,7 +787,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                     reasons.setdefault(target, []).append((i, "ptrace regset write"))
             elif probe in purposeful:
                 reasons.setdefault(k, []).append((i, purposeful[probe]))
-                if probe == p_sigframe and not flags & l2:
+                if probe == p_sigframe:
                     sigframe_probe[(cpu, k)] = i
         elif kind != k_return:
             # L2's own frames (the nested guest's kernel, on the vCPU
@@ -734,10 +815,12 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             if changes and changes[-1][1] in results:
                 judge_purpose(i, k, changes[-1][0], changes[-1][1], e)
                 continue
-            if changes and changes[-1][1] == "sigreturn" and init_shares is not None and \
-                    all_flags[changes[-1][0]] & mem_valid and \
-                    judge_sigreturn(i, k, changes[-1][0]):
-                continue
+            if changes and images and all_flags[changes[-1][0]] & mem_valid:
+                j, why = changes[-1]
+                if why == "sigreturn" and judge_sigreturn(i, k, j):
+                    continue
+                if why == "ptrace regset write" and judge_regset(i, k, j, e):
+                    continue
             copy = fork_copy.pop(task, -1) if p < 0 and e < 0 else -1
             before = e if e >= 0 else copy
             if before < 0:

@@ -1232,33 +1232,66 @@ static void x86_probe_args(struct vcpu_state *vs, uint64_t args[4])
 }
 
 /*
- * fpu__restore_sig(buf, ia32_frame) (6.1 and 5.10 arch/x86/kernel/fpu/
- * signal.c), at its first instruction: the 64-bit frame's FP state as the
- * handler left it, before the kernel reads it. The frame's legacy region
- * (FXSAVE layout at buf) hashes like the register file; its x87 and SSE
- * shares are kept apart, since the restore loads either from its init
- * state where the frame's XSTATE_BV or the kernel's request leaves it out.
- * A 32-bit frame (an fsave header first) is not read.
+ * The FP state in an FXSAVE/XSAVE-layout image at vaddr, hashed like the
+ * register file into the probe event: its x87 and SSE shares kept apart,
+ * since a restore of the image loads either from its init state where the
+ * image's XSTATE_BV or the request leaves it out (docs/trace-format.md,
+ * "Probes").
  */
-static void x86_probe_state(struct vcpu_state *vs, uint32_t probe, const uint64_t args[4],
+static void x86_probe_image(struct vcpu_state *vs, uint64_t vaddr, size_t len,
                             struct ftr_event *ev)
 {
-    uint8_t frame[8 * XSAVE_WORD_XSTATE_BV + 8];     /* the legacy region, XSTATE_BV */
+    uint8_t image[8 * XSAVE_WORD_XSTATE_BV + 8] = { 0 };  /* the legacy region, XSTATE_BV */
     uint64_t x87, mxcsr, sse, bv;
 
-    if (probe != FTR_PROBE_SIGRETURN || args[1] || !mem_read(vs, args[0], frame, sizeof(frame))) {
+    if (!vaddr || !mem_read(vs, vaddr, image, MIN(len, sizeof(image)))) {
         return;
     }
-    x87 = xsave_hash_run(0, frame, 8) + xsave_hash_run(32, frame + 32, 128);
-    mxcsr = xsave_hash_run(24, frame + 24, 8);
-    sse = xsave_hash_run(160, frame + 160, 256);
-    memcpy(&bv, frame + 8 * XSAVE_WORD_XSTATE_BV, sizeof(bv));
+    x87 = xsave_hash_run(0, image, 8) + xsave_hash_run(32, image + 32, 128);
+    mxcsr = xsave_hash_run(24, image + 24, 8);
+    sse = xsave_hash_run(160, image + 160, 256);
+    memcpy(&bv, image + 8 * XSAVE_WORD_XSTATE_BV, sizeof(bv));
     ev->mem_hash = x87 + mxcsr + sse;
     ev->mem_legacy_hash = x87;
     ev->mem_ext_hash = sse;
     ev->mem_features = (uint32_t)bv;
-    ev->mem_bytes = sizeof(frame);
+    ev->mem_bytes = MIN(len, sizeof(image));
     ev->flags |= FTR_FLAG_MEM_VALID;
+}
+
+/*
+ * The images that probed functions load into a task's or a guest's state,
+ * read at their first instruction, before the kernel reads them:
+ * - fpu__restore_sig(buf, ia32_frame) (6.1 and 5.10 arch/x86/kernel/fpu/
+ *   signal.c): a 64-bit signal frame as the handler left it (a 32-bit one,
+ *   an fsave header first, is not read);
+ * - the regset writes xstateregs_set() and xfpregs_set() (target, regset,
+ *   pos, count, kbuf, ubuf): what the tracer wrote, at kbuf or else ubuf,
+ *   when it writes the whole legacy region from its start.
+ */
+static void x86_probe_state(struct vcpu_state *vs, uint32_t probe, const uint64_t args[4],
+                            struct ftr_event *ev)
+{
+    const size_t whole = 8 * XSAVE_WORD_XSTATE_BV + 8;
+
+    switch (probe) {
+    case FTR_PROBE_SIGRETURN:
+        if (!args[1]) {
+            x86_probe_image(vs, args[0], whole, ev);
+        }
+        break;
+    case FTR_PROBE_REGSET_SET: {
+        /* count: xfpregs_set() takes the 512-byte FXSAVE region, no XSTATE_BV */
+        uint64_t count = reg_read_u64(vs, x86_regs.gpr[1]);
+        uint64_t kbuf = reg_read_u64(vs, x86_regs.gpr[8]);
+
+        if (!args[2] && count >= 8 * XSAVE_WORD_XSTATE_BV) {
+            x86_probe_image(vs, kbuf ? kbuf : reg_read_u64(vs, x86_regs.gpr[9]),
+                            MIN(count, whole), ev);
+        }
+        break;
+    }
+    }
 }
 
 /* At install: the tables and hashes of the XSAVE layout. */

@@ -35,6 +35,7 @@ from test_ownership import (
 )
 from tracebuilder import (
     F_KSIMD,
+    F_L2,
     F_MEM,
     F_NO_ENTRY,
     F_QUIET,
@@ -81,6 +82,9 @@ KALLSYMS = f"""\
 {FPU_INIT_FN:x} T fpu__init_cpu
 {FLUSH_FN:x} T fpu_flush_thread
 {FLUSH_FN + 0x100:x} T copy_fpstate_to_sigframe
+{FLUSH_FN + 0x200:x} T xstateregs_set
+{FLUSH_FN + 0x300:x} T xfpregs_set
+{FLUSH_FN + 0x400:x} T fpregs_set
 {FPU_INIT_FN + 0x100:x} T some_other_function
 {SEED_FN:x} t seed_clobber_xmm\t[fputrace_seed]
 {SEED_FN + 0x100:x} t seed_missed_restore\t[fputrace_seed]
@@ -795,3 +799,71 @@ def test_the_return_after_sigreturn_holds_the_frame_as_the_handler_left_it(
         else:
             assert (code, rep["findings"]) == (0, [])
             assert user["changed_on_purpose"] == {"sigreturn": 1}
+
+
+def test_the_nested_guests_purposeful_changes_are_not_the_vcpu_threads(
+        tmp_path: Path) -> None:
+    # T is a vCPU thread: the nested guest's kernel runs on it, and its exec
+    # probe (flag L2) is the guest's own task's exec, not T's. T's return
+    # to user mode must still hold what T entered with: with L1 it is
+    # checked and clean; with L2 it is a finding, neither waved through as
+    # "changed on purpose" nor judged against exec's init state.
+    for at_return, findings in ((L1, []), (L2, ["corrupted_state"])):
+        b = TraceBuilder()
+        tasks(b)
+        entry(b, L1)
+        probe(b, P_EXEC_RESET, pc=FLUSH_FN, flags=F_L2)
+        restore(b, BT, before=L1, loads=at_return)
+        ret(b, at_return)
+        code, rep = report(tmp_path, b)
+        assert [f["kind"] for f in rep["findings"]] == findings
+        assert code == (3 if findings else 0)
+        user = rep["boundary_checks"]["by_kind"]["user_return"]
+        assert user["changed_on_purpose"] == {} and user["purpose_checked"] == {}
+        if findings:
+            assert rep["findings"][0]["description"].startswith("the restore")
+
+
+def test_the_tracees_return_after_a_regset_write_holds_what_the_tracer_wrote(
+        tmp_path: Path) -> None:
+    # U (the tracer) writes T's FP state with PTRACE_SETREGSET; the plugin
+    # reads the image at the probe. T's next return must hold it as the
+    # function copies it (xfpregs_set(): the whole FXSAVE region;
+    # xstateregs_set(): each component in the image's XSTATE_BV, the rest
+    # in its init state), or, where the write was refused, what T entered
+    # with. fpregs_set() (the fsave layout) is not read: changed on purpose.
+    x87, mxcsr, sse = 0x1111, 0x2222, 0x3333
+    sse_init = xsave_hash(bytes(256), 160)
+    xstate, xfp, fsave = FLUSH_FN + 0x200, FLUSH_FN + 0x300, FLUSH_FN + 0x400
+    cases = [
+        (xfp, 0, x87 + mxcsr + sse, "checked"),
+        (xfp, 0, L1, "checked"),                 # refused: T's registers as they were
+        (xfp, 0, L2, "finding"),
+        (xstate, FULL, x87 + mxcsr + sse, "checked"),
+        (xstate, 0b101, x87 + mxcsr + sse_init, "checked"),
+        (xstate, 0b101, x87 + mxcsr + sse, "finding"),
+        (fsave, 0, L2, "unchecked"),
+    ]
+    for fn, bv, at_return, expected in cases:
+        b = TraceBuilder()
+        tasks(b)
+        ret(b, None)
+        entry(b, L1)
+        b.event(PROBE, task=U, index=P_REGSET_SET, value=T, pc=fn, mem_hash=x87 + mxcsr + sse,
+                mem_legacy_hash=x87, mem_ext_hash=sse, mem_features=bv, mem_bytes=520,
+                flags=F_TASK | F_MEM)
+        restore(b, BT, before=L1, loads=at_return)
+        ret(b, at_return)
+        code, rep = report(tmp_path, b)
+        user = rep["boundary_checks"]["by_kind"]["user_return"]
+        if expected == "checked":
+            assert (code, rep["findings"]) == (0, []), (fn, bv, rep["findings"])
+            assert user["purpose_checked"] == {"ptrace regset write": 1}
+        elif expected == "finding":
+            assert code == 3
+            (f,) = rep["findings"]
+            assert f["description"].startswith("the tracee's return after the regset write ")
+            assert f["events"]["purpose"]["seq"] == 2 and f["task"] == "10 t"
+        else:
+            assert (code, rep["findings"]) == (0, [])
+            assert user["changed_on_purpose"] == {"ptrace regset write": 1}
