@@ -76,6 +76,14 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     "N rounds of fork, then exec twice before the child runs, checking the "
                     "child's, the parent's and every exec'd image's registers (the init "
                     "state, at its first instruction)", events_per_count=400),
+        WorkloadDef("ptrace-fp", 20, (),
+                    "a tracer writing its stopped tracee's XMM registers N times "
+                    "(PTRACE_SETFPREGS and PTRACE_SETREGSET NT_X86_XSTATE in turn), the "
+                    "tracee checking it resumes with what was written", events_per_count=60),
+        WorkloadDef("regset-seed", 5, (),
+                    "a deliberate ptrace bug of the test module: ptrace-fp with each write "
+                    "damaged in the tracee's buffer after it", seed_module=True,
+                    program="ptrace-fp", args=("seed",), events_per_count=60),
         WorkloadDef("compat32", 20, (),
                     "a 32-bit process (compatibility mode) running XSAVE, FXSAVE, XRSTOR "
                     "and FXRSTOR itself with absolute and register operands, N rounds, "

@@ -642,23 +642,26 @@ def test_a_signal_frame_given_the_kernels_registers_is_found(qemu_plugin: Path,
 def test_a_purposeful_change_that_misses_its_purpose_is_found(qemu_plugin: Path,
                                                                tmp_path: Path,
                                                                series: str) -> None:
-    # The seed module's HANDLER, EXEC and SIGRETURN ioctls arm a kretprobe
-    # on fpu__clear_user_states() (the handler's init state), on the exec
-    # reset (fpu_flush_thread(), 5.10's fpu__clear_all()) or on
-    # fpu__restore_sig() that damages XMM0 in the task's buffer, which the
-    # return then loads. Each handler and each exec'd program checks at its
-    # first instruction that it starts from the init state, and the
-    # sigreturn workload that its registers after sigreturn are those it
-    # had (its own truth). The report must find each one at that return,
-    # naming the purposeful change and the module's code; the stock signal
-    # and fork-exec workloads in the same run are clean, their handler,
-    # sigreturn and exec returns checked against their purpose.
+    # The seed module's HANDLER, EXEC, SIGRETURN and REGSET ioctls arm a
+    # kretprobe on fpu__clear_user_states() (the handler's init state), on
+    # the exec reset (fpu_flush_thread(), 5.10's fpu__clear_all()), on
+    # fpu__restore_sig() or on the ptrace regset writes that damages XMM0
+    # in the task's buffer, which the return then loads. Each handler and
+    # each exec'd program checks at its first instruction that it starts
+    # from the init state, the sigreturn workload that its registers after
+    # sigreturn are those it had, and the tracee that it resumes with what
+    # its tracer wrote (their own truth). The report must find each one at
+    # that return, naming the purposeful change (and the module's code
+    # where it damages the buffer inside a kernel FPU section); the stock signal,
+    # fork-exec and ptrace-fp workloads in the same run are clean, their
+    # handler, sigreturn, exec and tracee returns checked against their
+    # purpose.
     kernel_available(series)
     out = tmp_path / "seed.ftr"
     n = 3
     p = fputrace("record", "--kernel", series, "--workload",
-                 f"handler-seed:{n},exec-seed:{n},sigreturn-seed:{n},signal:10,fork-exec:3",
-                 "-o", str(out))
+                 f"handler-seed:{n},exec-seed:{n},sigreturn-seed:{n},regset-seed:{n},"
+                 "signal:10,fork-exec:3,ptrace-fp:4", "-o", str(out))
     assert p.returncode == 0, p.stderr
     console = sidecar(out, "console.log")
     lines = [dict(kv.split("=", 1) for kv in line.split()[1:])
@@ -671,6 +674,12 @@ def test_a_purposeful_change_that_misses_its_purpose_is_found(qemu_plugin: Path,
     ], console
     sig, fe = workload_line(console, "signal"), workload_line(console, "fork-exec")
     assert sig["handler_not_init"] == fe["exec_not_init"] == "0"
+    # ptrace-fp prints its line twice: the seeded run first.
+    traced = [dict(kv.split("=", 1) for kv in line.split()[1:])
+              for line in console.read_text(errors="replace").splitlines()
+              if line.startswith("ptrace-fp: ")]
+    assert [(t["rounds"], t["mismatches"], t["failed"]) for t in traced] == [
+        (str(n), str(n), "0"), ("4", "0", "0")], console
     rep_p = fputrace("report", "--json", "--max-findings", "0", str(out))
     assert rep_p.returncode == 3, report_head(out)
     rep = json.loads(rep_p.stdout)
@@ -682,8 +691,14 @@ def test_a_purposeful_change_that_misses_its_purpose_is_found(qemu_plugin: Path,
         "the first return after exec after fpu__clear_all()")]
     sigreturns = [f for f in findings if f["description"].startswith(
         "the return after sigreturn (fpu__restore_sig() called from restore_sigcontext+")]
-    assert (len(handler), len(execs), len(sigreturns), len(findings)) == (n, n, n, 3 * n), \
-        report_head(out)
+    regsets = [f for f in findings if f["description"].startswith(
+        "the tracee's return after the regset write ")]
+    assert (len(handler), len(execs), len(sigreturns), len(regsets), len(findings)) == \
+        (n, n, n, n, 4 * n), report_head(out)
+    # The writes alternate: PTRACE_SETFPREGS, then PTRACE_SETREGSET.
+    assert [f["events"]["purpose"]["site"].split("+")[0] for f in regsets] == \
+        [("xfpregs_set", "xstateregs_set")[i % 2] for i in range(n)]
+    assert all(f["task"].endswith(" ptrace-fp") for f in regsets)
     for f, culprit in [(f, "seed_handler_ret+") for f in handler] + \
             [(f, "seed_exec_ret+") for f in execs] + \
             [(f, "seed_sigreturn_ret+") for f in sigreturns]:
@@ -703,7 +718,8 @@ def test_a_purposeful_change_that_misses_its_purpose_is_found(qemu_plugin: Path,
     assert user["purpose_checked"]["signal handler's init state"] >= 10 + n
     assert user["purpose_checked"]["exec's init state"] >= 2 * 3 + n
     assert user["purpose_checked"]["sigreturn's frame"] >= 10 + 2 * n
-    assert user["changed_on_purpose"] == {} and user["violations"] == 3 * n
+    assert user["purpose_checked"]["ptrace regset write"] == 4 + n
+    assert user["changed_on_purpose"] == {} and user["violations"] == 4 * n
 
 
 def test_foreign_workload_with_added_files(qemu_plugin: Path, tmp_path: Path) -> None:

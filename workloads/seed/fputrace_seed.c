@@ -32,8 +32,12 @@
  *   SIGRETURN SIGUSR1 to the caller, and when its sigreturn has loaded the
  *            frame (fpu__restore_sig() returns), CORRUPT's damage: the task
  *            resumes with XMM0 other than the frame held.
- * HANDLER, EXEC and SIGRETURN act through kretprobes on those functions,
- * armed for the calling task and fired once.
+ *   REGSET   the caller's next ptrace regset write of a tracee's FP state
+ *            (xfpregs_set(), xstateregs_set()) gets XMM0 flipped in the
+ *            tracee's buffer once written: the tracee resumes with XMM0
+ *            other than the tracer wrote.
+ * HANDLER, EXEC, SIGRETURN and REGSET act through kretprobes on those
+ * functions, armed for the calling task and fired once.
  *
  * Built out of tree against the Debian kernel's own headers by
  * fputrace/kernel/seedmod.py.
@@ -99,6 +103,7 @@ static noinline void seed_missed_restore(void)
  * ioctl, taken by the probe.
  */
 static struct task_struct *seed_handler_task, *seed_exec_task, *seed_sigreturn_task;
+static struct task_struct *seed_regset_task;
 
 static int seed_handler_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
 {
@@ -121,6 +126,34 @@ static int seed_sigreturn_ret(struct kretprobe_instance *ri, struct pt_regs *reg
 	return 0;
 }
 
+/* The tracee, the regset write's first argument, kept from its entry. */
+static int seed_regset_entry(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	*(struct task_struct **)ri->data = (struct task_struct *)regs_get_kernel_argument(regs, 0);
+	return 0;
+}
+
+/*
+ * The tracee is stopped and its buffer holds its state (the write called
+ * fpu_force_restore()), so the damage goes there, with no kernel_fpu
+ * section: the registers are not the tracee's.
+ */
+static int seed_regset_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	struct task_struct *target = *(struct task_struct **)ri->data;
+	struct xregs_state *xsave;
+
+	if (cmpxchg(&seed_regset_task, current, NULL) != current || regs_return_value(regs))
+		return 0;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 16, 0)
+	xsave = &target->thread.fpu.fpstate->regs.xsave;
+#else
+	xsave = &target->thread.fpu.state.xsave;
+#endif
+	xsave->i387.xmm_space[0] ^= 0x5a5a5a5a;
+	return 0;
+}
+
 struct seed_probe {
 	struct kretprobe rp;
 	const char *const *symbols;	/* the function's names, newest kernel first */
@@ -132,6 +165,19 @@ static const char *const seed_handler_symbols[] = { "fpu__clear_user_states", NU
 static const char *const seed_exec_symbols[] = { "fpu_flush_thread", "fpu__clear_all", NULL };
 
 static const char *const seed_sigreturn_symbols[] = { "fpu__restore_sig", NULL };
+static const char *const seed_fpregs_symbols[] = { "xfpregs_set", NULL };
+static const char *const seed_xstate_symbols[] = { "xstateregs_set", NULL };
+
+static struct seed_probe seed_fpregs_probe = {
+	.rp = { .handler = seed_regset_ret, .entry_handler = seed_regset_entry,
+		.data_size = sizeof(struct task_struct *), .maxactive = 8 },
+	.symbols = seed_fpregs_symbols,
+};
+static struct seed_probe seed_xstate_probe = {
+	.rp = { .handler = seed_regset_ret, .entry_handler = seed_regset_entry,
+		.data_size = sizeof(struct task_struct *), .maxactive = 8 },
+	.symbols = seed_xstate_symbols,
+};
 
 static struct seed_probe seed_sigreturn_probe = {
 	.rp = { .handler = seed_sigreturn_ret, .maxactive = 8 },
@@ -212,6 +258,14 @@ static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		send_sig(SIGUSR1, current, 0);
 		return 0;
 	}
+	case FPUTRACE_SEED_REGSET: {
+		int ret = seed_probe_arm(&seed_fpregs_probe) ?: seed_probe_arm(&seed_xstate_probe);
+
+		if (ret)
+			return ret;
+		WRITE_ONCE(seed_regset_task, current);
+		return 0;
+	}
 	case FPUTRACE_SEED_EXEC: {
 		int ret = seed_probe_arm(&seed_exec_probe);
 
@@ -246,6 +300,8 @@ static void __exit seed_exit(void)
 	seed_probe_disarm(&seed_handler_probe);
 	seed_probe_disarm(&seed_exec_probe);
 	seed_probe_disarm(&seed_sigreturn_probe);
+	seed_probe_disarm(&seed_fpregs_probe);
+	seed_probe_disarm(&seed_xstate_probe);
 }
 
 module_init(seed_init);

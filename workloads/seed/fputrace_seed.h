@@ -48,5 +48,11 @@
  * fpu__restore_sig() loaded the frame.
  */
 #define FPUTRACE_SEED_SIGRETURN _IO('F', 8)
+/*
+ * (i) bug: the caller's next ptrace regset write of a tracee's FP state
+ * (xfpregs_set(), xstateregs_set()) is damaged in the tracee's buffer
+ * after the write: the tracee resumes with XMM0 other than was written.
+ */
+#define FPUTRACE_SEED_REGSET    _IO('F', 9)
 
 #endif
