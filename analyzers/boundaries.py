@@ -556,9 +556,8 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     purposeful = {int(p_): why for p_, why in TASK_PURPOSEFUL.items()}
     results = PURPOSE_RESULT.get(arch, {})
     init_hash = native.user_init_hash(arch)
-    # x86: a sigreturn or a regset write whose image the plugin read
-    # (docs/trace-format.md, "Probes") is checked against that image.
-    images = arch == fmt.Arch.X86_64
+    # A sigreturn or a regset write whose image the plugin read (x86:
+    # docs/trace-format.md, "Probes") is checked against it.
     mem_valid = int(F.MEM_VALID)
 
     def judge_frame(i: int, k: int, cpu: int, last_return: int, probe_at: int) -> None:
@@ -609,22 +608,18 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                 f"those the task entered the kernel with (saved at {explainer.site(i)}): "
                 + x.text, trail=x.trail))
 
-    def judge_purpose(i: int, k: int, j: int, why: str, e: int) -> None:
-        """Return i of task k, whose last purposeful change (event j, `why`)
-        gives a known state (PURPOSE_RESULT); e its entry in this stay in
-        the kernel, or -1."""
-        result, label = results[why]
+    def settle(i: int, k: int, j: int, wants: tuple[int | None, ...], label: str,
+               explain_from: int, what: str, trail: list[tuple[str, int]]) -> None:
+        """Return i of task k, judged against what the purposeful change of
+        probe j gives (`wants`, the first the one a difference is explained
+        against): counted under `label`; a difference is a finding whose
+        text starts with `what`, explained by what happened after event
+        explain_from (the probe, or the restore that carried out the
+        change)."""
+        want = wants[0]
+        assert want is not None
         if not all_flags[i] & regs_valid:
             user.unchecked["a register file could not be read"] += 1
-            return
-        if result == INIT:
-            wants, want = {init_hash}, init_hash
-        elif e >= 0 and all_flags[e] & regs_valid:
-            # (arm64: the init state is all zero)
-            wants, want = {regs_hash[e], init_hash}, regs_hash[e]
-        else:
-            user.unchecked[f"a {label} check whose task's entry the trace did not "
-                           "show"] += 1
             return
         if regs_hash[i] in wants:
             user.checked += 1
@@ -638,29 +633,42 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         user.violations += 1
         user.purpose_checked[label] += 1
         count(k, True)
-        # From the purposeful change on: what happened after it explains
-        # the registers the return handed over.
-        x = explainer.explain(j, i, k, want, int(ev["vcpu"][i]))
+        x = explainer.explain(explain_from, i, k, want, int(ev["vcpu"][i]))
+        findings.append(BoundaryFinding(
+            "corrupted_state", "purpose", int(ident[i]), 0, j, i, x.cause, what + x.text,
+            trail=[*trail, *x.trail]))
+
+    def judge_purpose(i: int, k: int, j: int, why: str, e: int) -> None:
+        """Return i of task k, whose last purposeful change (event j, `why`)
+        gives a known state (PURPOSE_RESULT); e its entry in this stay in
+        the kernel, or -1."""
+        result, label = results[why]
+        if result == INIT:
+            wants: tuple[int | None, ...] = (init_hash,)
+        elif e >= 0 and all_flags[e] & regs_valid:
+            # (arm64: the init state is all zero)
+            wants = (regs_hash[e], init_hash)
+        else:
+            user.unchecked[f"a {label} check whose task's entry the trace did not "
+                           "show"] += 1
+            return
         got = "the init state" if result == INIT else \
             "the registers the task entered the kernel with"
-        findings.append(BoundaryFinding(
-            "corrupted_state", "purpose", int(ident[i]), 0, j, i, x.cause,
-            f"{PURPOSE_FUNCTION[why]} after {explainer.call(j)} does not hold {got}: "
-            + x.text, trail=x.trail))
+        settle(i, k, j, wants, label, j,
+               f"{PURPOSE_FUNCTION[why]} after {explainer.call(j)} does not hold {got}: ", [])
 
     def judge_sigreturn(i: int, k: int, j: int) -> bool:
         """Return i of task k after the sigreturn of probe j, whose frame the
         plugin read, against that frame as the handler left it; False when
-        the trace shows no restore from the frame (then it stays "changed on
-        purpose"). fpu__restore_sig() (6.1 arch/x86/kernel/fpu/signal.c)
-        restores the 64-bit frame straight from user memory:
+        the trace cannot tell what the frame gives (then it stays "changed
+        on purpose"). x86: fpu__restore_sig() (6.1 arch/x86/kernel/fpu/
+        signal.c) restores the 64-bit frame straight from user memory:
         __restore_fpregs_from_user() runs XRSTOR with the frame's
         fx_sw.xfeatures as the request (FXRSTOR for a frame without the
         extended magic), then loads init_fpstate for the user features
         left out; 5.10's copy_user_to_fpregs_zeroing() does the same in the
-        other order. So x87 and SSE come from the frame when both the
-        request and the frame's XSTATE_BV have them, else from their init
-        state; MXCSR from the frame when the request has SSE."""
+        other order (image_hash(), IMAGE_RESTORE). The restore from the
+        frame must be in the trace, for its request."""
         buf = values[j]
         window = np.arange(j + 1, i)
         mine = window[keys.at(window) == k]
@@ -668,9 +676,6 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         if not len(from_frame):
             return False
         r = int(from_frame[-1])
-        if not all_flags[i] & regs_valid:
-            user.unchecked["a register file could not be read"] += 1
-            return True
         # FXRSTOR (a frame without the extended magic) loads x87 and SSE.
         fx = int(ev["kind"][r]) == K.FXRSTOR
         want = image_hash(ev, j, IMAGE_RESTORE,
@@ -678,24 +683,10 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         if want is None:
             user.unchecked["a sigreturn whose frame asks for AVX without SSE"] += 1
             return True
-        if regs_hash[i] == want:
-            user.checked += 1
-            user.purpose_checked["sigreturn's frame"] += 1
-            count(k, False)
-        elif spans_gap(gaps, int(seqs[j]), int(seqs[i])):
-            user.unchecked[GAP_UNCHECKED] += 1
-        else:
-            user.checked += 1
-            user.violations += 1
-            user.purpose_checked["sigreturn's frame"] += 1
-            count(k, True)
-            x = explainer.explain(r, i, k, want, int(ev["vcpu"][i]))
-            findings.append(BoundaryFinding(
-                "corrupted_state", "purpose", int(ident[i]), 0, j, i, x.cause,
-                f"the return after sigreturn ({explainer.call(j)}) does not hold the signal "
-                f"frame's FP state at {buf:#x} as the handler left it (restored at "
-                f"{explainer.site(r)}, seq {int(seqs[r])}): " + x.text,
-                trail=[("frame_restore", r), *x.trail]))
+        settle(i, k, j, (want,), "sigreturn's frame", r,
+               f"the return after sigreturn ({explainer.call(j)}) does not hold the signal "
+               f"frame's FP state at {buf:#x} as the handler left it (restored at "
+               f"{explainer.site(r)}, seq {int(seqs[r])}): ", [("frame_restore", r)])
         return True
 
     def judge_regset(i: int, k: int, j: int, e: int) -> bool:
@@ -712,27 +703,10 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         if want is None:
             user.unchecked["a ptrace regset write that leaves MXCSR as it was"] += 1
             return True
-        if not all_flags[i] & regs_valid:
-            user.unchecked["a register file could not be read"] += 1
-            return True
         refused = regs_hash[e] if e >= 0 and all_flags[e] & regs_valid else None
-        if regs_hash[i] in (want, refused):
-            user.checked += 1
-            user.purpose_checked["ptrace regset write"] += 1
-            count(k, False)
-        elif spans_gap(gaps, int(seqs[j]), int(seqs[i])):
-            user.unchecked[GAP_UNCHECKED] += 1
-        else:
-            user.checked += 1
-            user.violations += 1
-            user.purpose_checked["ptrace regset write"] += 1
-            count(k, True)
-            x = explainer.explain(j, i, k, want, int(ev["vcpu"][i]))
-            findings.append(BoundaryFinding(
-                "corrupted_state", "purpose", int(ident[i]), 0, j, i, x.cause,
-                f"the tracee's return after the regset write {explainer.call(j)} holds "
-                "neither what the tracer wrote nor its registers before: " + x.text,
-                trail=x.trail))
+        settle(i, k, j, (want, refused), "ptrace regset write", j,
+               f"the tracee's return after the regset write {explainer.call(j)} holds "
+               "neither what the tracer wrote nor its registers before: ", [])
         return True
 
     def judge(i: int, k: int, before: int, window: list[str], what: str) -> None:
@@ -815,7 +789,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             if changes and changes[-1][1] in results:
                 judge_purpose(i, k, changes[-1][0], changes[-1][1], e)
                 continue
-            if changes and images and all_flags[changes[-1][0]] & mem_valid:
+            if changes and arch == fmt.Arch.X86_64 and all_flags[changes[-1][0]] & mem_valid:
                 j, why = changes[-1]
                 if why == "sigreturn" and judge_sigreturn(i, k, j):
                     continue
