@@ -239,6 +239,8 @@ def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, serie
     fe = workload_line(console, "fork-exec")
     pp = workload_line(console, "kvm-pingpong")
     c32 = workload_line(console, "compat32")
+    pt = workload_line(console, "ptrace-fp")
+    assert pt["mismatches"] == pt["failed"] == "0"
     assert sw["mismatches"] == sig["mismatches"] == kfpu["mismatches"] == "0"
     assert c32["mismatches"] == "0" and c32["syscalls"] == c32["rounds"]
     assert hog["fpu_mismatches"] == hog["hog_mismatches"] == pp["fpu_mismatches"] == "0"
@@ -311,10 +313,15 @@ def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, serie
     checked_pids = {t.split(" ", 1)[0] for t in checked}
     assert len(returned_pids - checked_pids) <= unchecked, (returned_pids - checked_pids,
                                                            unchecked)
-    # Signal delivery and sigreturn are changes on purpose, one of each per signal.
-    purposeful = checks["by_kind"]["user_return"]["changed_on_purpose"]
-    assert purposeful["signal delivery"] >= int(sig["signals"])
-    assert purposeful["sigreturn"] >= int(sig["signals"])
+    # Signal delivery and sigreturn are changes on purpose, each checked
+    # against its purpose: the handler's init state, the frame as the
+    # handler left it; one of each per signal, and none left unchecked.
+    user = checks["by_kind"]["user_return"]
+    assert user["purpose_checked"]["signal handler's init state"] >= int(sig["signals"])
+    assert user["purpose_checked"]["sigreturn's frame"] >= int(sig["signals"])
+    assert user["purpose_checked"]["exec's init state"] >= 2 * int(fe["rounds"])
+    assert user["purpose_checked"]["ptrace regset write"] >= int(pt["rounds"])
+    assert user["changed_on_purpose"] == {}
     # The vCPUs: one check per VM entry after the first of each vCPU, so at
     # least one per KVM_RUN the workloads made, less one per vCPU.
     vm = checks["by_kind"]["vm_entry"]
