@@ -91,6 +91,16 @@ PURPOSE_FUNCTION = {
     "init state after a faulting restore": "the return after a faulting restore",
 }
 
+# What a register hash covers at the boundaries, and what it leaves out,
+# per arch (docs/trace-format.md, "Boundaries").
+BOUNDARY_REGISTERS: dict[int, tuple[str, str]] = {
+    fmt.Arch.X86_64: ("FCW, FSW, MXCSR, ST0-7, XMM0-15",
+                      "the YMM upper halves, AVX-512 state and PKRU (QEMU 10.0's plugin "
+                      "register API does not expose them)"),
+    fmt.Arch.AARCH64: ("V0-V31, FPSR, FPCR",
+                       "SVE's Z upper bits, P0-P15 and FFR, and SME's ZA (not read)"),
+}
+
 # Functions of the FPU core that execute x87/SSE instructions outside a
 # kernel_fpu section, by design:
 # - fpu__init_cpu(), fpu__init_system(): FNINIT/FNSTSW/FNSTCW at CPU bring-up
@@ -143,6 +153,8 @@ class Boundaries:
     findings: list[BoundaryFinding]
     kfpu_sections: int
     keys: TaskKeys  # the task keys above, and the announcement naming each
+    # BOUNDARY_REGISTERS of the trace's arch: (compared, not compared)
+    registers: tuple[str, str] = ("", "")
 
     @property
     def checked(self) -> int:
@@ -816,7 +828,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     findings += vfind
     findings.sort(key=lambda f: (f.after, f.kind))
     return Boundaries(user, vcpu, {k_: (v[0], v[1]) for k_, v in per_task.items()},
-                      per_vcpu, findings, sections, keys)
+                      per_vcpu, findings, sections, keys, BOUNDARY_REGISTERS.get(arch, ("", "")))
 
 
 def _guest_moves(x: _Explainer, mine: list[int]) -> tuple[int, str, list[tuple[str, int]]]:

@@ -262,6 +262,7 @@ def boundary_json(run: Run, verdict: Verdict) -> dict[str, Any]:
         "checked": b.checked,
         "violations": b.violations,
         "by_kind": {"user_return": one(b.user), "vm_entry": one(b.vcpu)},
+        "registers": {"compared": b.registers[0], "not_compared": b.registers[1]},
         "findings_by_kind": verdict.by_kind,
         "kfpu_sections": b.kfpu_sections,
         "per_task": [{"task": task_label(run.trace.tasks, b.keys.latest.get(k, -1)),
@@ -357,6 +358,9 @@ def render_boundaries(console: Console, verdict: Verdict) -> None:
                          else "")))
         for why, n in c.unchecked.items():
             console.print(escape(f"  not checked: {n} x {why}"))
+    compared, left_out = b.registers
+    if compared:
+        console.print(escape(f"  registers compared: {compared}; not compared: {left_out}"))
 
 
 def render_findings(console: Console, run: Run, own: Ownership, verdict: Verdict,
