@@ -219,6 +219,16 @@ static void seed_probe_disarm(struct seed_probe *sp)
 	sp->registered = false;
 }
 
+/* Arm probe sp for the calling task: its handler takes *slot, once. */
+static int seed_arm(struct seed_probe *sp, struct task_struct **slot)
+{
+	int ret = seed_probe_arm(sp);
+
+	if (!ret)
+		WRITE_ONCE(*slot, current);
+	return ret;
+}
+
 static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	switch (cmd) {
@@ -240,40 +250,21 @@ static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		seed_missed_restore();
 		send_sig(SIGUSR1, current, 0);
 		return 0;
-	case FPUTRACE_SEED_HANDLER: {
-		int ret = seed_probe_arm(&seed_handler_probe);
-
-		if (ret)
-			return ret;
-		WRITE_ONCE(seed_handler_task, current);
-		send_sig(SIGUSR1, current, 0);
-		return 0;
-	}
+	case FPUTRACE_SEED_HANDLER:
 	case FPUTRACE_SEED_SIGRETURN: {
-		int ret = seed_probe_arm(&seed_sigreturn_probe);
+		int ret = cmd == FPUTRACE_SEED_HANDLER ?
+			seed_arm(&seed_handler_probe, &seed_handler_task) :
+			seed_arm(&seed_sigreturn_probe, &seed_sigreturn_task);
 
-		if (ret)
-			return ret;
-		WRITE_ONCE(seed_sigreturn_task, current);
-		send_sig(SIGUSR1, current, 0);
-		return 0;
+		if (!ret)
+			send_sig(SIGUSR1, current, 0);
+		return ret;
 	}
-	case FPUTRACE_SEED_REGSET: {
-		int ret = seed_probe_arm(&seed_fpregs_probe) ?: seed_probe_arm(&seed_xstate_probe);
-
-		if (ret)
-			return ret;
-		WRITE_ONCE(seed_regset_task, current);
-		return 0;
-	}
-	case FPUTRACE_SEED_EXEC: {
-		int ret = seed_probe_arm(&seed_exec_probe);
-
-		if (ret)
-			return ret;
-		WRITE_ONCE(seed_exec_task, current);
-		return 0;
-	}
+	case FPUTRACE_SEED_REGSET:
+		return seed_probe_arm(&seed_fpregs_probe) ?:
+			seed_arm(&seed_xstate_probe, &seed_regset_task);
+	case FPUTRACE_SEED_EXEC:
+		return seed_arm(&seed_exec_probe, &seed_exec_task);
 	}
 	return -ENOTTY;
 }
