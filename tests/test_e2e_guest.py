@@ -24,7 +24,7 @@ from fputrace.workloads import parse_workloads
 # Every workload that 'all' runs in the guest (all but the KVM ones, which
 # inside L2 would need an L3), with small counts: fpu-hog alongside takes
 # half of L1's CPU.
-GUEST_WORKLOADS = "fpu-switch:200,signal:30,kernel-fpu:10,fork-exec:3,compat32:5"
+GUEST_WORKLOADS = "fpu-switch:200,signal:30,kernel-fpu:10,fork-exec:3,compat32:5,ptrace-fp:4"
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,9 @@ def test_the_guest_boots_and_its_workloads_pass_their_own_checks(nested: Path) -
     assert sw["mismatches"] == sig["mismatches"] == kf["mismatches"] == "0"
     assert sig["handled"] == "30" and kf["ok"] == "10"
     assert fe["child_mismatches"] == fe["syscall_mismatches"] == c32["mismatches"] == "0"
+    assert fe["exec_not_init"] == sig["handler_not_init"] == "0"
+    pt = _guest_summary(nested, "ptrace-fp:4")
+    assert pt["mismatches"] == pt["failed"] == "0"
     meta = json.loads(sidecar(nested, "meta.json").read_text())
     assert {w["label"].split(":")[0] for w in meta["guest_workloads"]} == {
         r.workload.name for r in parse_workloads("all", in_guest=True)}
@@ -115,7 +118,9 @@ def test_guest_events_belong_to_guest_tasks(nested: Path) -> None:
     # fpu-switch's 2 tasks hand the CPU to each other 400 times (its own
     # count): the guest's most frequent switch pair is theirs. The guest's
     # timer preempts one for the other now and then too (more often than in
-    # L1, as the host hog slows the guest down): up to a tenth more. The
+    # L1, as the host hog slows the guest down): up to a tenth more; and a
+    # hand-over can pass through the idle task when the other has not woken
+    # yet (one of 400 in a fresh run): a few less. The
     # guest's tasks are named, read through its page tables at the VM exits:
     # the pair is two fpu-switch processes (its program's name, two pids).
     # A task_struct is reused after its task exits, so a switch's tasks are
@@ -132,7 +137,7 @@ def test_guest_events_belong_to_guest_tasks(nested: Path) -> None:
                     zip(ev["value"][switch].tolist(), ev["addr"][switch].tolist(),
                         ev["seq"][switch].tolist(), strict=True))
     (pair, n), = pairs.most_common(1)
-    assert 400 <= n <= 440, pairs.most_common(3)
+    assert 390 <= n <= 440, pairs.most_common(3)
     assert {c for _, c in pair} == {"fpu-switch"} and len(pair) == 2, pair
     assert all(pid > 1 for pid, _ in pair)
     comms = {bytes(c).split(b"\0")[0].decode() for c in guest_tasks["comm"].tolist()}
