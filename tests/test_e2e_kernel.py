@@ -289,7 +289,11 @@ def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, serie
     probes = ev[(ev["kind"] == fmt.Kind.PROBE) & (ev["index"] == fmt.Probe.CONTEXT_SWITCH)]
     pairs = sum(int(a) in ptrs and int(b) in ptrs for a, b in zip(
         probes["value"].tolist(), probes["addr"].tolist(), strict=True))
-    assert switches <= pairs <= switches + 8, (switches, pairs)
+    # A hand-off may also be preceded by a preemption: the write() that wakes
+    # the other task can preempt the writer before it blocks in read(), and a
+    # tick can preempt either (one 6.12 run had 446 switches for 400 hand-offs).
+    # More than one extra switch per hand-off would be probes counted twice.
+    assert switches <= pairs <= 2 * switches, (switches, pairs)
     cs = rep["context_switches"]
     assert cs["switches"] == len(probes)
     assert cs["saves"] >= switches and cs["restores"] >= switches, cs
