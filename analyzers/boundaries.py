@@ -7,8 +7,9 @@ registers back as it left them?
   ptrace regset write) or the task is a forked child returning for the first
   time (then it must equal the parent's registers at the fork copy).
 - A vCPU: at each VM entry, the guest's FP registers must equal those at the
-  vCPU's previous VM exit, unless KVM changed them on purpose (KVM_SET_XSAVE
-  and KVM_SET_FPU through fpu_copy_uabi_to_guest_fpstate()).
+  vCPU's previous VM exit, unless user space set them in between: after
+  KVM_SET_XSAVE (fpu_copy_uabi_to_guest_fpstate()) they must hold the
+  image it wrote.
 
 A difference with no purposeful change is a `corrupted_state` finding, with
 the operation in between that explains it and the events that tell how
@@ -824,7 +825,8 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                       "a forked child's first return does not hold the parent's registers "
                       "of the fork copy: ")
 
-    vcpu, per_vcpu, vfind = _check_vcpus(ev, bp, keys, ident, uabi_probed, explainer, gaps)
+    vcpu, per_vcpu, vfind = _check_vcpus(ev, bp, keys, ident, uabi_probed, explainer, gaps,
+                                         arch)
     findings += vfind
     findings.sort(key=lambda f: (f.after, f.kind))
     return Boundaries(user, vcpu, {k_: (v[0], v[1]) for k_, v in per_task.items()},
@@ -864,12 +866,53 @@ def _guest_moves(x: _Explainer, mine: list[int]) -> tuple[int, str, list[tuple[s
 
 
 # A vCPU's registers set by user space, or reset (KVM_ARM_VCPU_INIT).
-VCPU_SET_ON_PURPOSE = "set by user space (KVM_SET_XSAVE, KVM_SET_FPU, KVM_SET_ONE_REG) or reset"
+VCPU_SET_ON_PURPOSE = "set by user space (KVM_SET_ONE_REG) or reset"
+# KVM_SET_FPU writes the guest's fpstate by memcpy inside kvm.ko
+# (kvm_arch_vcpu_ioctl_set_fpu(), 6.1 arch/x86/kvm/x86.c), which is not
+# probed: a guest state whose buffer changed while the vCPU thread was back
+# in user space may have been set so.
+VCPU_SET_FPU_UNSEEN = ("the guest's saved state changed in memory while KVM_RUN had returned "
+                       "to user space: KVM_SET_FPU (copied inside kvm.ko, not observed) or "
+                       "damage")
+VCPU_SET_XSAVE = "KVM_SET_XSAVE's image"
+
+
+def _vcpu_key(ev: npt.NDArray[np.void], i: int, key: int) -> int:
+    """The per-vCPU row of VM entry i by the thread of task key `key`: its
+    VMCB's low 48 bits with the key above (as the compiled pass keys it)."""
+    return (int(ev["addr"][i]) & ((1 << 48) - 1)) | ((key + 1) << 48)
+
+
+def _buffer_changed(x: _Explainer, mine: list[int]) -> bool:
+    """Whether the guest's buffer changed in memory between the vCPU
+    thread's last save in `mine` and the restore of the same buffer after
+    it."""
+    ev = x.ev
+    saves = [i for i in mine if x.saves[i]]
+    if not saves:
+        return False
+    s = saves[-1]
+    return any(x.restores[r] and int(ev["addr"][r]) == int(ev["addr"][s]) and
+               int(ev["mem_hash"][r]) != int(ev["mem_hash"][s]) for r in mine if r > s)
+
+
+def _entered_fpu_guest(x: _Explainer, mine: list[int]) -> int | None:
+    """The struct fpu_guest whose state the vCPU thread last loaded for its
+    guest among `mine`: fpu_swap_kvm_fpstate(guest_fpu, enter_guest) with
+    enter_guest set, at KVM_RUN (6.1 arch/x86/kernel/fpu/core.c), timed
+    as an FPU path; None when the trace does not show it."""
+    ev = x.ev
+    for i in reversed(mine):
+        if int(ev["kind"][i]) == K.PROBE and int(ev["index"][i]) == P.FPU_PATH and \
+                int(ev["addr"][i]) & 0xFF and \
+                x.symbols.function(int(ev["pc"][i])) == "fpu_swap_kvm_fpstate":
+            return int(ev["value"][i])
+    return None
 
 
 def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
                  ident: npt.NDArray[np.int64], uabi_probed: bool, explainer: _Explainer,
-                 gaps: npt.NDArray[np.uint64]
+                 gaps: npt.NDArray[np.uint64], arch: int = fmt.Arch.X86_64
                  ) -> tuple[BoundaryCheck, dict[tuple[int, int], tuple[int, int]],
                             list[BoundaryFinding]]:
     """A vCPU is its VMCB with the thread that runs it: a VMCB is freed with
@@ -884,34 +927,73 @@ def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
         check.unchecked["a register file could not be read"] += bp.unreadable
     check.checked = int(bp.vcpu_equal.sum())
     per = {int(v): [int(c), 0] for v, c in zip(bp.vcpus, bp.vcpu_equal, strict=True)}
-    kinds = ev["kind"]
+    kinds, flags = ev["kind"], ev["flags"]
     for i, x in zip(bp.diff_entry.tolist(), bp.diff_exit.tolist(), strict=True):
         key = keys.of(i)
         between = np.arange(x + 1, i)
         mine = between[keys.at(between) == key]
-        set_on_purpose = (kinds[mine] == K.PROBE) & np.isin(
-            ev["index"][mine], [int(P.KVM_UABI_SET), int(P.KVM_VCPU_RESET)])
-        if np.any(set_on_purpose):
+        probes = mine[(kinds[mine] == K.PROBE) & ((flags[mine] & F.L2) == 0)]
+        sets = probes[ev["index"][probes] == P.KVM_UABI_SET].tolist()
+        resets = probes[ev["index"][probes] == P.KVM_VCPU_RESET].tolist()
+        what = ("the guest's FP registers at this VM entry differ from those at its "
+                "previous VM exit, and KVM did not set them on purpose in between")
+        trail0: list[tuple[str, int]] = []
+        if resets or (sets and (arch != fmt.Arch.X86_64 or not flags[sets[-1]] & F.MEM_VALID)):
             check.changed_on_purpose[VCPU_SET_ON_PURPOSE] += 1
             continue
-        if not uabi_probed and np.any(kinds[mine] == K.USER_RETURN):
-            check.unchecked["changed while KVM_RUN had returned to user space, on a kernel "
-                            "whose KVM_SET_XSAVE copies are not observable"] += 1
-            continue
+        if sets:
+            # KVM_SET_XSAVE(2): kvm_vcpu_ioctl_x86_set_xsave() ->
+            # fpu_copy_uabi_to_guest_fpstate() -> copy_uabi_from_kernel_to_xstate()
+            # (6.1 arch/x86/kernel/fpu/core.c), the rules of a regset write
+            # (IMAGE_UABI); a refused one (-EINVAL) copies nothing, and the
+            # entry would have equalled the exit. The next KVM_RUN loads the
+            # result (fpu_swap_kvm_fpstate()).
+            j = sets[-1]
+            entered = _entered_fpu_guest(explainer, mine.tolist())
+            if entered is not None and entered != int(ev["value"][j]):
+                check.unchecked["a KVM_SET_XSAVE of another vCPU by this vCPU's thread"] += 1
+                continue
+            want = image_hash(ev, j, IMAGE_UABI)
+            if want is None:
+                check.unchecked["a KVM_SET_XSAVE that leaves MXCSR as it was"] += 1
+                continue
+            if int(ev["regs_hash"][i]) == want:
+                check.checked += 1
+                check.purpose_checked[VCPU_SET_XSAVE] += 1
+                row = per.setdefault(_vcpu_key(ev, i, key), [0, 0])
+                row[0] += 1
+                continue
+            # The set's own return, then the KVM_RUN: more returns are other
+            # system calls, among which an unseen KVM_SET_FPU may be.
+            if int(np.count_nonzero(kinds[mine[mine > j]] == K.USER_RETURN)) > 1:
+                check.unchecked["a KVM_SET_XSAVE followed by other system calls of the vCPU "
+                                "thread before KVM_RUN (KVM_SET_FPU, copied inside kvm.ko, "
+                                "is not observed)"] += 1
+                continue
+            check.purpose_checked[VCPU_SET_XSAVE] += 1
+            what = ("the guest's FP registers at this VM entry do not hold the image that "
+                    f"KVM_SET_XSAVE wrote ({explainer.call(j)})")
+            trail0 = [("purpose", j)]
+        elif np.any(kinds[mine] == K.USER_RETURN):
+            if not uabi_probed:
+                check.unchecked["changed while KVM_RUN had returned to user space, on a "
+                                "kernel whose KVM_SET_XSAVE copies are not observable"] += 1
+                continue
+            if _buffer_changed(explainer, mine.tolist()):
+                check.unchecked[VCPU_SET_FPU_UNSEEN] += 1
+                continue
         if spans_gap(gaps, int(ev["seq"][x]), int(ev["seq"][i])):
             check.unchecked[GAP_UNCHECKED] += 1
             continue
-        vk = (int(ev["addr"][i]) & ((1 << 48) - 1)) | ((key + 1) << 48)
         check.checked += 1
         check.violations += 1
-        row = per.setdefault(vk, [0, 0])
+        row = per.setdefault(_vcpu_key(ev, i, key), [0, 0])
         row[0] += 1
         row[1] += 1
         cause, why, trail = _guest_moves(explainer, mine.tolist())
         findings.append(BoundaryFinding(
             "corrupted_state", "vcpu", int(ident[i]), int(ev["addr"][i]), x, i, cause,
-            "the guest's FP registers at this VM entry differ from those at its previous VM "
-            "exit, and KVM did not set them on purpose in between" + why, trail=trail))
+            what + why, trail=sorted(trail0 + trail, key=lambda t: t[1])))
     mask = (1 << 48) - 1
     return check, {(k_ & mask, (k_ >> 48) - 1): (r[0], r[1]) for k_, r in per.items()
                    if r[0]}, findings

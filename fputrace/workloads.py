@@ -51,6 +51,15 @@ WORKLOADS: dict[str, WorkloadDef] = {
         WorkloadDef("kvm-pingpong", 200, ("kvm_amd",),
                     "a KVM guest using FP/SIMD (x87/SSE; arm64 FP) that exits to user "
                     "space N times", events_per_count=30, aarch64_modules=()),
+        WorkloadDef("kvm-xsave", 20, ("kvm_amd",),
+                    "a KVM user setting its guest's XMM registers, FCW and MXCSR with "
+                    "KVM_SET_XSAVE before each of N KVM_RUNs, the guest reporting what it "
+                    "got", events_per_count=40),
+        WorkloadDef("kvm-xsave-seed", 5, ("kvm_amd",),
+                    "a deliberate KVM_SET_XSAVE bug of the test module: kvm-xsave with each "
+                    "set damaged in the guest's fpstate after its copy (kernels from 5.16)",
+                    seed_module=True, program="kvm-xsave", args=("seed",),
+                    events_per_count=40),
         WorkloadDef("fpu-switch", 200, (),
                     "two tasks on one CPU holding AVX (arm64: NEON) state, N round trips "
                     "through pipes; on arm64 then SVE state across preemptions",
@@ -147,7 +156,8 @@ class WorkloadRun:
 
 # The workloads that run a KVM guest of their own: inside an L2 guest they
 # would need an L3, which made no progress in 10 minutes under TCG.
-KVM_WORKLOADS = frozenset({"kvm-pingpong", "kvm-hog", "kvm-sve"})
+KVM_WORKLOADS = frozenset({"kvm-pingpong", "kvm-hog", "kvm-sve", "kvm-xsave",
+                           "kvm-xsave-seed"})
 
 
 def parse_workloads(spec: str, arch: str = "x86_64", alongside: bool = False,

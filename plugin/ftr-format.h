@@ -137,7 +137,7 @@ static inline enum ftr_kind_role ftr_kind_role(unsigned int kind)
     X(REGSET_SET, 6)            /* xstateregs_set, xfpregs_set, fpregs_set */ \
     X(KVM_FPSTATE_ALLOC, 7)     /* fpu_alloc_guest_fpstate */ \
     X(KVM_FPSTATE_FREE, 8)      /* fpu_free_guest_fpstate */ \
-    X(KVM_UABI_SET, 9)          /* KVM_SET_XSAVE(2)/KVM_SET_FPU copies into guest state */ \
+    X(KVM_UABI_SET, 9)          /* KVM_SET_XSAVE(2) copies into guest state */ \
     X(KVM_UABI_GET, 10)         /* KVM_GET_XSAVE(2)/KVM_GET_FPU copies out of it */ \
     X(KFPU_BEGIN, 11)           /* kernel_fpu_begin_mask / kernel_fpu_begin */ \
     X(KFPU_END, 12)             /* kernel_fpu_end */ \

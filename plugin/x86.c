@@ -1267,7 +1267,10 @@ static void x86_probe_image(struct vcpu_state *vs, uint64_t vaddr, size_t len,
  *   an fsave header first, is not read);
  * - the regset writes xstateregs_set() and xfpregs_set() (target, regset,
  *   pos, count, kbuf, ubuf): what the tracer wrote, at kbuf or else ubuf,
- *   when it writes the whole legacy region from its start.
+ *   when it writes the whole legacy region from its start;
+ * - fpu_copy_uabi_to_guest_fpstate(gfpu, buf, xcr0, vpkru) (v5.16 on,
+ *   arch/x86/kernel/fpu/core.c): the struct kvm_xsave region KVM_SET_XSAVE
+ *   copied into the kernel (kvm_vcpu_ioctl_x86_set_xsave()).
  */
 static void x86_probe_state(struct vcpu_state *vs, uint32_t probe, const uint64_t args[4],
                             struct ftr_event *ev)
@@ -1291,6 +1294,9 @@ static void x86_probe_state(struct vcpu_state *vs, uint32_t probe, const uint64_
         }
         break;
     }
+    case FTR_PROBE_KVM_UABI_SET:
+        x86_probe_image(vs, args[1], whole, ev);
+        break;
     }
 }
 

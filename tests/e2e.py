@@ -29,13 +29,23 @@ def kernel_available(series: str, arch: str = "amd64") -> None:
                 f"Debian {series} {arch} kernel not fetchable: {p.stderr.strip()}")
 
 
-def workload_line(console: Path, name: str) -> dict[str, str]:
-    """The workload's own summary line, straight from the guest console."""
+def workload_lines(console: Path, name: str) -> list[dict[str, str]]:
+    """Every summary line a program called `name` printed, in order,
+    straight from the guest console."""
+    out = []
     for line in console.read_text(errors="replace").splitlines():
         m = re.match(rf"^{name}: ((?:\w+=\S+ ?)+)$", line.strip())
         if m:
-            return dict(kv.split("=", 1) for kv in m.group(1).split())
-    raise AssertionError(f"{name} printed no summary line in {console}")
+            out.append(dict(kv.split("=", 1) for kv in m.group(1).split()))
+    return out
+
+
+def workload_line(console: Path, name: str) -> dict[str, str]:
+    """The workload's own (first) summary line."""
+    lines = workload_lines(console, name)
+    if not lines:
+        raise AssertionError(f"{name} printed no summary line in {console}")
+    return lines[0]
 
 
 def events_of(trace: Trace, comm: str) -> np.ndarray:

@@ -28,6 +28,7 @@ from test_ownership import (
     LG1,
     LG2,
     VMCB,
+    X1,
     T,
     U,
     restore,
@@ -59,7 +60,13 @@ from tracebuilder import (
     TraceBuilder,
 )
 
-from analyzers.boundaries import GAP_UNCHECKED, VCPU_SET_ON_PURPOSE, check_boundaries
+from analyzers.boundaries import (
+    GAP_UNCHECKED,
+    VCPU_SET_FPU_UNSEEN,
+    VCPU_SET_ON_PURPOSE,
+    VCPU_SET_XSAVE,
+    check_boundaries,
+)
 from analyzers.counts import task_identity
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
@@ -85,6 +92,8 @@ KALLSYMS = f"""\
 {FLUSH_FN + 0x200:x} T xstateregs_set
 {FLUSH_FN + 0x300:x} T xfpregs_set
 {FLUSH_FN + 0x400:x} T fpregs_set
+{FLUSH_FN + 0x500:x} T fpu_swap_kvm_fpstate
+{FLUSH_FN + 0x600:x} T fpu_copy_uabi_to_guest_fpstate
 {FPU_INIT_FN + 0x100:x} T some_other_function
 {SEED_FN:x} t seed_clobber_xmm\t[fputrace_seed]
 {SEED_FN + 0x100:x} t seed_missed_restore\t[fputrace_seed]
@@ -500,8 +509,9 @@ def test_kernel_simd_outside_a_section(tmp_path: Path) -> None:
 
 def test_guest_registers_across_exits(tmp_path: Path) -> None:
     # A vCPU leaves the guest with LG1 and enters it again with LG1 (checked);
-    # then KVM_SET_XSAVE sets LG2 between an exit and the entry (on purpose);
-    # then the guest's registers change with nothing to say why (corrupted).
+    # then KVM_SET_XSAVE sets LG2 between an exit and the entry (on purpose:
+    # its image was not read, as in a trace of an older plugin); then the
+    # guest's registers change with nothing to say why (corrupted).
     b = TraceBuilder()
     tasks(b)
 
@@ -867,3 +877,106 @@ def test_the_tracees_return_after_a_regset_write_holds_what_the_tracer_wrote(
         else:
             assert (code, rep["findings"]) == (0, [])
             assert user["changed_on_purpose"] == {"ptrace regset write": 1}
+
+
+GFPU, OTHER_GFPU = 0xFFFF888000500000, 0xFFFF888000600000  # struct fpu_guest of two vCPUs
+SWAP_FN, COPY_UABI_FN = FLUSH_FN + 0x500, FLUSH_FN + 0x600
+KVM_IOCTL = 0xFFFFFFFFC0003000  # kvm_arch_vcpu_ioctl's call of the copy, in kvm.ko
+
+
+def vcpu_back_in_user_space(b: TraceBuilder) -> None:
+    """A vCPU's first entry and its exit with LG1: KVM_RUN saves the guest's
+    state to BG (fpu_swap_kvm_fpstate()) and returns to user space."""
+    tasks(b)
+    b.event(VM_ENTRY, task=T, addr=VMCB, regs_hash=LG1, flags=F_TASK | F_REGS)
+    b.event(VM_EXIT, task=T, addr=VMCB, regs_hash=LG1, flags=F_TASK | F_REGS)
+    save(b, BG, regs=LG1)
+    ret(b, None, flags=F_NO_ENTRY)
+
+
+def kvm_run(b: TraceBuilder, loads: int, gfpu: int = GFPU) -> None:
+    """The next KVM_RUN: fpu_swap_kvm_fpstate(gfpu, true) loads BG, then
+    the VM entry."""
+    entry(b, L1)
+    probe(b, fmt.Probe.FPU_PATH, arg0=gfpu, pc=SWAP_FN)
+    b.events[-1].addr = 1
+    restore(b, BG, before=L1, loads=loads)
+    b.event(VM_ENTRY, task=T, addr=VMCB, regs_hash=loads, flags=F_TASK | F_REGS)
+
+
+def test_a_vcpu_entry_after_kvm_set_xsave_holds_the_image(tmp_path: Path) -> None:
+    # User space sets the guest's state with KVM_SET_XSAVE between two
+    # KVM_RUNs; the plugin reads the image at fpu_copy_uabi_to_guest_fpstate().
+    # The next entry must hold it as copy_uabi_to_xstate() copies it: each
+    # component in the image's XSTATE_BV, the rest in their init state, MXCSR
+    # with FP, SSE or YMM. A difference when nothing else ran in between is a
+    # finding that names the set; after other system calls (an unseen
+    # KVM_SET_FPU among them?) it is unchecked, as is a set of another vCPU
+    # (the struct fpu_guest that KVM_RUN loads is not the one set) and one
+    # that leaves MXCSR as it was.
+    x87, mxcsr, sse = 0x1111, 0x2222, 0x3333
+    image = x87 + mxcsr + sse
+    sse_init = xsave_hash(bytes(256), 160)
+    cases = [
+        (FULL, image, 0, GFPU, "checked"),
+        (0b101, x87 + mxcsr + sse_init, 0, GFPU, "checked"),    # x87 and YMM: SSE from init
+        (FULL, LG2, 0, GFPU, "finding"),
+        (0b101, image, 0, GFPU, "finding"),
+        (FULL, LG2, 1, GFPU, "unchecked"),                      # another ioctl in between
+        (FULL, LG2, 0, OTHER_GFPU, "unchecked"),
+        (0b1000, LG2, 0, GFPU, "unchecked"),                    # no FP, SSE or YMM
+    ]
+    for bv, at_entry, other_calls, entered, expected in cases:
+        b = TraceBuilder()
+        vcpu_back_in_user_space(b)
+        entry(b, L1)
+        b.event(PROBE, task=T, index=P_KVM_UABI_SET, value=GFPU, addr=0xFFFF888000700000,
+                pc=COPY_UABI_FN, mem_hash=image, mem_legacy_hash=x87, mem_ext_hash=sse,
+                mem_features=bv, mem_bytes=520, flags=F_TASK | F_MEM,
+                **{fmt.PROBE_CALLER: KVM_IOCTL})
+        ret(b, L1)
+        for _ in range(other_calls):
+            entry(b, L1)
+            ret(b, L1)
+        kvm_run(b, at_entry, entered)
+        got = bounds(tmp_path, b)
+        case = (bv, at_entry, other_calls, entered)
+        assert got.vcpu.changed_on_purpose == {}, case
+        if expected == "checked":
+            assert (got.vcpu.checked, got.vcpu.violations) == (1, 0), case
+            assert got.vcpu.purpose_checked == {VCPU_SET_XSAVE: 1}, case
+            assert got.findings == [], case
+        elif expected == "finding":
+            assert (got.vcpu.checked, got.vcpu.violations) == (1, 1), case
+            assert got.vcpu.purpose_checked == {VCPU_SET_XSAVE: 1}, case
+            (f,) = got.findings
+            assert f.context == "vcpu" and f.explanation.startswith(
+                "the guest's FP registers at this VM entry do not hold the image that "
+                "KVM_SET_XSAVE wrote (fpu_copy_uabi_to_guest_fpstate() called from "), case
+            assert [role for role, _ in f.trail] == ["save", "purpose", "restore"], case
+        else:
+            assert (got.vcpu.checked, got.findings) == (0, []), case
+            assert sum(got.vcpu.unchecked.values()) == 2, case  # with the first entry
+
+
+def test_a_vcpu_state_changed_in_its_buffer_while_in_user_space_is_unchecked(
+        tmp_path: Path) -> None:
+    # KVM_SET_FPU writes the guest's buffer by memcpy inside kvm.ko, which is
+    # not probed: a guest state that changed in its buffer while KVM_RUN had
+    # returned to user space, with no set seen, may be one. If the buffer
+    # came back as it was saved and the entry still differs, nothing in user
+    # space explains it: a finding.
+    for loads, buffer, expected in [(LG2, LG2, "unchecked"), (LG2, LG1, "finding")]:
+        b = TraceBuilder()
+        vcpu_back_in_user_space(b)
+        entry(b, L1)
+        probe(b, fmt.Probe.FPU_PATH, arg0=GFPU, pc=SWAP_FN)
+        b.events[-1].addr = 1
+        r = restore(b, BG, before=L1, loads=loads)
+        r.mem_hash = (buffer + X1) & ((1 << 64) - 1)
+        b.event(VM_ENTRY, task=T, addr=VMCB, regs_hash=loads, flags=F_TASK | F_REGS)
+        got = bounds(tmp_path, b)
+        if expected == "unchecked":
+            assert got.vcpu.unchecked[VCPU_SET_FPU_UNSEEN] == 1 and got.findings == []
+        else:
+            assert got.vcpu.violations == 1 and len(got.findings) == 1

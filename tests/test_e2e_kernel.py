@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from contenthash import word_hash
-from e2e import events_of, fputrace, kernel_available, workload_line
+from e2e import events_of, fputrace, kernel_available, workload_line, workload_lines
 
 from analyzers.counts import task_identity, task_label
 from fputrace.kernel import debian
@@ -240,6 +240,7 @@ def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, serie
     pp = workload_line(console, "kvm-pingpong")
     c32 = workload_line(console, "compat32")
     pt = workload_line(console, "ptrace-fp")
+    kx = workload_line(console, "kvm-xsave")
     assert pt["mismatches"] == pt["failed"] == "0"
     assert sw["mismatches"] == sig["mismatches"] == kfpu["mismatches"] == "0"
     assert c32["mismatches"] == "0" and c32["syscalls"] == c32["rounds"]
@@ -329,8 +330,19 @@ def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, serie
     # The vCPUs: one check per VM entry after the first of each vCPU, so at
     # least one per KVM_RUN the workloads made, less one per vCPU.
     vm = checks["by_kind"]["vm_entry"]
-    kvm_runs = int(pp["kvm_run"]) + int(hog["kvm_run"])
+    kvm_runs = int(pp["kvm_run"]) + int(hog["kvm_run"]) + int(kx["rounds"])
     assert vm["checked"] >= kvm_runs - 2, vm
+    # kvm-xsave: each round's entry holds the image its KVM_SET_XSAVE wrote,
+    # as its guest saw (fpu_copy_uabi_to_guest_fpstate(), from 5.16); 5.10
+    # copies inside kvm.ko, and says so.
+    assert kx["mismatches"] == kx["fpu_mismatches"] == kx["failed"] == "0"
+    if series == "5.10":
+        assert vm["unchecked"]["changed while KVM_RUN had returned to user space, on a "
+                               "kernel whose KVM_SET_XSAVE copies are not observable"] >= \
+            int(kx["rounds"]), vm
+    else:
+        assert vm["purpose_checked"]["KVM_SET_XSAVE's image"] == int(kx["rounds"]), vm
+    assert vm["changed_on_purpose"] == {}, vm
 
 
 def test_6_12_kernel_with_compressed_modules(qemu_plugin: Path, tmp_path: Path) -> None:
@@ -666,19 +678,21 @@ def test_a_purposeful_change_that_misses_its_purpose_is_found(qemu_plugin: Path,
     # where it damages the buffer inside a kernel FPU section); the stock signal,
     # fork-exec and ptrace-fp workloads in the same run are clean, their
     # handler, sigreturn, exec and tracee returns checked against their
-    # purpose.
+    # purpose. From 5.16 on, the KVM_XSAVE ioctl damages the guest's fpstate
+    # after KVM_SET_XSAVE's copy (fpu_copy_uabi_to_guest_fpstate()): the
+    # guest sees XMM0 other than was set, and the report finds it at the VM
+    # entry, while stock kvm-xsave's entries hold their images.
     kernel_available(series)
     out = tmp_path / "seed.ftr"
     n = 3
+    kvm = series != "5.10"
     p = fputrace("record", "--kernel", series, "--workload",
                  f"handler-seed:{n},exec-seed:{n},sigreturn-seed:{n},regset-seed:{n},"
-                 "signal:10,fork-exec:3,ptrace-fp:4", "-o", str(out))
+                 "signal:10,fork-exec:3,ptrace-fp:4" +
+                 (f",kvm-xsave-seed:{n},kvm-xsave:4" if kvm else ""), "-o", str(out))
     assert p.returncode == 0, p.stderr
     console = sidecar(out, "console.log")
-    lines = [dict(kv.split("=", 1) for kv in line.split()[1:])
-             for line in console.read_text(errors="replace").splitlines()
-             if line.startswith("fpu-seed: ")]
-    assert lines == [
+    assert workload_lines(console, "fpu-seed") == [
         {"handler": str(n), "handler_not_init": str(n), "signals": str(n), "failed": "0"},
         {"exec": str(n), "exec_not_init": str(n), "failed": "0"},
         {"sigreturn": str(n), "sigreturn_changed": str(n), "signals": str(n), "failed": "0"}
@@ -686,10 +700,8 @@ def test_a_purposeful_change_that_misses_its_purpose_is_found(qemu_plugin: Path,
     sig, fe = workload_line(console, "signal"), workload_line(console, "fork-exec")
     assert sig["handler_not_init"] == fe["exec_not_init"] == "0"
     # ptrace-fp prints its line twice: the seeded run first.
-    traced = [dict(kv.split("=", 1) for kv in line.split()[1:])
-              for line in console.read_text(errors="replace").splitlines()
-              if line.startswith("ptrace-fp: ")]
-    assert [(t["rounds"], t["mismatches"], t["failed"]) for t in traced] == [
+    assert [(t["rounds"], t["mismatches"], t["failed"]) for t in
+            workload_lines(console, "ptrace-fp")] == [
         (str(n), str(n), "0"), ("4", "0", "0")], console
     rep_p = fputrace("report", "--json", "--max-findings", "0", str(out))
     assert rep_p.returncode == 3, report_head(out)
@@ -704,8 +716,20 @@ def test_a_purposeful_change_that_misses_its_purpose_is_found(qemu_plugin: Path,
         "the return after sigreturn (fpu__restore_sig() called from restore_sigcontext+")]
     regsets = [f for f in findings if f["description"].startswith(
         "the tracee's return after the regset write ")]
-    assert (len(handler), len(execs), len(sigreturns), len(regsets), len(findings)) == \
-        (n, n, n, n, 4 * n), report_head(out)
+    xsaves = [f for f in findings if f["description"].startswith(
+        "the guest's FP registers at this VM entry do not hold the image that KVM_SET_XSAVE "
+        "wrote (fpu_copy_uabi_to_guest_fpstate() called from kvm_arch_vcpu_ioctl+")]
+    n_kvm = n if kvm else 0
+    assert (len(handler), len(execs), len(sigreturns), len(regsets), len(xsaves),
+            len(findings)) == (n, n, n, n, n_kvm, 4 * n + n_kvm), report_head(out)
+    if kvm:
+        assert [(t["rounds"], t["mismatches"], t["failed"]) for t in
+                workload_lines(console, "kvm-xsave")] == [(str(n), str(n), "0"), ("4", "0", "0")]
+        assert all(f["task"].endswith(" kvm-xsave") and "vm_entry" in f["events"]
+                   for f in xsaves)
+        vm = rep["boundary_checks"]["by_kind"]["vm_entry"]
+        assert vm["purpose_checked"]["KVM_SET_XSAVE's image"] == n + 4
+        assert vm["violations"] == n and vm["changed_on_purpose"] == {}, vm
     # The writes alternate: PTRACE_SETFPREGS, then PTRACE_SETREGSET.
     assert [f["events"]["purpose"]["site"].split("+")[0] for f in regsets] == \
         [("xfpregs_set", "xstateregs_set")[i % 2] for i in range(n)]

@@ -67,11 +67,11 @@ X86_PROBES: tuple[ProbeDef, ...] = (
              "KVM allocates a vCPU's guest fpstate"),
     ProbeDef(Probe.KVM_FPSTATE_FREE, ("fpu_free_guest_fpstate",), False,
              "KVM frees a vCPU's guest fpstate"),
-    # KVM_SET_XSAVE(2) and KVM_SET_FPU go through the FPU core since v5.16
-    # ("x86/fpu/kvm: Sanitize the FPU guest/user handling"); 5.10 copies
-    # inside kvm.ko, unprobed.
+    # KVM_SET_XSAVE(2) goes through the FPU core since v5.16 ("x86/fpu/kvm:
+    # Sanitize the FPU guest/user handling"); 5.10 copies inside kvm.ko,
+    # unprobed, and KVM_SET_FPU still does (kvm_arch_vcpu_ioctl_set_fpu()).
     ProbeDef(Probe.KVM_UABI_SET, ("fpu_copy_uabi_to_guest_fpstate",), False,
-             "KVM_SET_XSAVE/KVM_SET_FPU replaces the guest's FPU state"),
+             "KVM_SET_XSAVE replaces the guest's FPU state"),
     ProbeDef(Probe.KVM_UABI_GET, ("fpu_copy_guest_fpstate_to_uabi",), False,
              "KVM_GET_XSAVE/KVM_GET_FPU reads the guest's FPU state"),
     # kernel_fpu_begin() is an inline wrapper of kernel_fpu_begin_mask() in the

@@ -36,8 +36,12 @@
  *            (xfpregs_set(), xstateregs_set()) gets XMM0 flipped in the
  *            tracee's buffer once written: the tracee resumes with XMM0
  *            other than the tracer wrote.
- * HANDLER, EXEC, SIGRETURN and REGSET act through kretprobes on those
- * functions, armed for the calling task and fired once.
+ *   KVM_XSAVE the caller's next KVM_SET_XSAVE gets XMM0 flipped in the
+ *            guest's fpstate once copied (fpu_copy_uabi_to_guest_fpstate()
+ *            returns): the vCPU's next entry holds XMM0 other than user
+ *            space wrote.
+ * HANDLER, EXEC, SIGRETURN, REGSET and KVM_XSAVE act through kretprobes on
+ * those functions, armed for the calling task and fired once.
  *
  * Built out of tree against the Debian kernel's own headers by
  * fputrace/kernel/seedmod.py.
@@ -154,6 +158,33 @@ static int seed_regset_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
 	return 0;
 }
 
+/*
+ * The vCPU's struct fpu_guest, the copy's first argument, kept from its
+ * entry. The v5.16 FPU rework brought struct fpu_guest and the copy into the
+ * FPU core ("x86/fpu/kvm: Sanitize the FPU guest/user handling"); before it
+ * the copy was kvm.ko's own and there is nothing to probe.
+ */
+static struct task_struct *seed_kvm_xsave_task;
+
+static int seed_kvm_xsave_entry(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	*(unsigned long *)ri->data = regs_get_kernel_argument(regs, 0);
+	return 0;
+}
+
+static int seed_kvm_xsave_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 16, 0)
+	struct fpu_guest *gfpu = *(struct fpu_guest **)ri->data;
+
+	if (cmpxchg(&seed_kvm_xsave_task, current, NULL) != current || regs_return_value(regs))
+		return 0;
+	/* The guest's state is not in the registers: KVM_RUN loads it. */
+	gfpu->fpstate->regs.xsave.i387.xmm_space[0] ^= 0x5a5a5a5a;
+#endif
+	return 0;
+}
+
 struct seed_probe {
 	struct kretprobe rp;
 	const char *const *symbols;	/* the function's names, newest kernel first */
@@ -167,6 +198,13 @@ static const char *const seed_exec_symbols[] = { "fpu_flush_thread", "fpu__clear
 static const char *const seed_sigreturn_symbols[] = { "fpu__restore_sig", NULL };
 static const char *const seed_fpregs_symbols[] = { "xfpregs_set", NULL };
 static const char *const seed_xstate_symbols[] = { "xstateregs_set", NULL };
+static const char *const seed_kvm_xsave_symbols[] = { "fpu_copy_uabi_to_guest_fpstate", NULL };
+
+static struct seed_probe seed_kvm_xsave_probe = {
+	.rp = { .handler = seed_kvm_xsave_ret, .entry_handler = seed_kvm_xsave_entry,
+		.data_size = sizeof(unsigned long), .maxactive = 8 },
+	.symbols = seed_kvm_xsave_symbols,
+};
 
 static struct seed_probe seed_fpregs_probe = {
 	.rp = { .handler = seed_regset_ret, .entry_handler = seed_regset_entry,
@@ -265,6 +303,8 @@ static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 			seed_arm(&seed_xstate_probe, &seed_regset_task);
 	case FPUTRACE_SEED_EXEC:
 		return seed_arm(&seed_exec_probe, &seed_exec_task);
+	case FPUTRACE_SEED_KVM_XSAVE:
+		return seed_arm(&seed_kvm_xsave_probe, &seed_kvm_xsave_task);
 	}
 	return -ENOTTY;
 }
@@ -293,6 +333,7 @@ static void __exit seed_exit(void)
 	seed_probe_disarm(&seed_sigreturn_probe);
 	seed_probe_disarm(&seed_fpregs_probe);
 	seed_probe_disarm(&seed_xstate_probe);
+	seed_probe_disarm(&seed_kvm_xsave_probe);
 }
 
 module_init(seed_init);
