@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from analyzers.ratio import ratio
 from fputrace.trace import format as fmt
 
 K = fmt.Kind
@@ -54,8 +55,8 @@ class TrapCosts:
     sve_downgrades: int = 0
     sve_retraps: int = 0
 
-    def per(self, n: int, d: int) -> float:
-        return round(n / d, 3) if d else 0.0
+    def per(self, n: int, d: int) -> float | None:
+        return ratio(n, d, 3)
 
     def as_json(self) -> dict[str, object]:
         return {

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from analyzers.counts import task_label
 from analyzers.ownership import UNKNOWN_REASONS, Class, Ownership, Unknown
+from analyzers.ratio import ratio
 from fputrace.trace.symbols import Symbols
 
 if TYPE_CHECKING:
@@ -52,13 +53,13 @@ class Costs:
     classes: dict[str, int]
     class_bytes: dict[str, int]
     unknown_reasons: dict[str, int]
-    redundant_pct: dict[str, float]  # of saves / of restores / of bytes
+    redundant_pct: dict[str, float | None]  # of saves / of restores / of bytes (None: none)
     per_callsite: list[Row]
     per_task: list[Row]
     per_vcpu: list[Row]
     per_level: list[Row]
     per_component: dict[str, dict[str, int]]  # component -> saved/restored/redundant bytes
-    per_operation: dict[str, dict[str, float | int]]
+    per_operation: dict[str, dict[str, float | int | None]]
 
 
 def _rows_from(keys: list[int], counts: npt.NDArray[np.generic], sums: npt.NDArray[np.generic],
@@ -107,8 +108,8 @@ def vcpu_rows(vcpus: list[int], counts: npt.NDArray[np.generic], sums: npt.NDArr
     return rows
 
 
-def _pct(part: int, whole: int) -> float:
-    return round(100.0 * part / whole, 2) if whole else 0.0
+def _pct(part: int, whole: int) -> float | None:
+    return ratio(100.0 * part, whole, 2)
 
 
 def _component_bytes(features: list[int], table: npt.NDArray[np.generic]
@@ -129,13 +130,9 @@ def _component_bytes(features: list[int], table: npt.NDArray[np.generic]
     return out
 
 
-def _per(saves: int, restores: int, nbytes: int, n: int) -> dict[str, float | int]:
-    return {
-        "count": n,
-        "saves": round(saves / n, 3) if n else 0.0,
-        "restores": round(restores / n, 3) if n else 0.0,
-        "bytes": round(float(nbytes) / n, 1) if n else 0.0,
-    }
+def _per(saves: int, restores: int, nbytes: int, n: int) -> dict[str, float | int | None]:
+    return {"count": n, "saves": ratio(saves, n, 3), "restores": ratio(restores, n, 3),
+            "bytes": ratio(float(nbytes), n, 1)}
 
 
 def costs_from_aggregates(agg: Aggregates, own: Ownership, tasks: npt.NDArray[np.void],

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from analyzers.ratio import ratio
 from fputrace.trace import format as fmt
 from fputrace.trace.symbols import Symbols
 
@@ -55,10 +56,10 @@ class PathCost:
     most: int = 0
 
     @property
-    def mean(self) -> float:
-        return round(self.instructions / self.calls, 1) if self.calls else 0.0
+    def mean(self) -> float | None:
+        return ratio(self.instructions, self.calls, 1)
 
-    def as_json(self) -> dict[str, int | float | str]:
+    def as_json(self) -> dict[str, int | float | str | None]:
         return {"function": self.name, "calls": self.calls, "instructions": self.instructions,
                 "mean": self.mean, "max": self.most}
 
@@ -71,11 +72,10 @@ class ExitCost:
     instructions: int = 0
     fpu_path_instructions: int = 0  # ... of them inside FPU paths
 
-    def as_json(self) -> dict[str, float | int]:
+    def as_json(self) -> dict[str, float | int | None]:
         n = self.count
-        return {"count": n, "instructions": round(self.instructions / n, 1) if n else 0.0,
-                "fpu_path_instructions":
-                    round(self.fpu_path_instructions / n, 1) if n else 0.0}
+        return {"count": n, "instructions": ratio(self.instructions, n, 1),
+                "fpu_path_instructions": ratio(self.fpu_path_instructions, n, 1)}
 
 
 @dataclass
@@ -101,8 +101,8 @@ class InstructionCosts:
                 "via_user_mode": self.via_user.as_json(),
                 "guest_fp_trap": self.fp_trap.as_json(), "preempted": self.preempted_exits}
 
-    def per_switch(self) -> float:
-        return round(self.switch_instructions / self.switches, 1) if self.switches else 0.0
+    def per_switch(self) -> float | None:
+        return ratio(self.switch_instructions, self.switches, 1)
 
     def per_operation(self, operation: str) -> float | None:
         """Instructions per operation of the report's per-operation table

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
+from analyzers.ratio import ratio
 from fputrace.trace import format as fmt
 
 K = fmt.Kind
@@ -52,15 +53,12 @@ class SwitchCosts:
     skipped_restores: int = 0  # next returned with no restore: its registers were still valid
     not_judged: int = 0  # next did not return to user mode before the next switch, or ran a guest
 
-    def per_switch(self) -> dict[str, float | int]:
+    def per_switch(self) -> dict[str, float | int | None]:
         n = self.switches
-
-        def per(x: int) -> float:
-            return round(x / n, 3) if n else 0.0
-
-        return {"count": n, "saves": per(self.saves), "restores": per(self.restores),
-                "bytes": round((self.save_bytes + self.restore_bytes) / n, 1) if n else 0.0,
-                "skipped_restores": per(self.skipped_restores)}
+        return {"count": n, "saves": ratio(self.saves, n, 3),
+                "restores": ratio(self.restores, n, 3),
+                "bytes": ratio(self.save_bytes + self.restore_bytes, n, 1),
+                "skipped_restores": ratio(self.skipped_restores, n, 3)}
 
     def as_json(self) -> dict[str, int | float]:
         return {**asdict(self), "per_switch": self.per_switch()}

@@ -34,16 +34,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from analyzers.costs import CLASSES
+from analyzers.ratio import ratio
 from analyzers.verdict import KINDS as FINDING_KINDS
 from fputrace.analysis import Analysis
 from fputrace.errors import FputraceError
 from fputrace.trace import format as fmt
 
-Metrics = dict[str, float]
+# A figure per operation over no operations is None: unknown, never 0
+# (JSON null), and a gate on it cannot be judged.
+Metrics = dict[str, float | None]
 
 
-def _per(n: float, d: float) -> float:
-    return round(n / d, 4) if d else 0.0
+class MetricUnknown(FputraceError):
+    """A --fail-if names a metric that a run has as unknown."""
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None else float(x)
 
 
 def metrics_of(a: Analysis) -> Metrics:
@@ -61,7 +68,7 @@ def metrics_of(a: Analysis) -> Metrics:
         m[name] = float(c)
     for what, pct in costs.redundant_pct.items():
         m[f"redundant_{what.rstrip('s')}_pct" if what != "bytes" else "redundant_bytes_pct"] = \
-            float(pct)
+            _num(pct)
     m["bytes_moved"] = float(sum(costs.class_bytes.values()))
     m["redundant_bytes"] = float(costs.class_bytes.get("redundant_save", 0)
                                  + costs.class_bytes.get("redundant_restore", 0))
@@ -69,36 +76,36 @@ def metrics_of(a: Analysis) -> Metrics:
         for what, v in b.items():
             m[f"bytes.{comp}.{what}"] = float(v)
     for op, o in costs.per_operation.items():
-        m[f"{op}.count"] = float(o["count"])
+        m[f"{op}.count"] = float(o["count"] or 0)
         for what in ("saves", "restores", "bytes"):
-            m[f"{what}_per_{op}"] = float(o[what])
+            m[f"{what}_per_{op}"] = _num(o[what])
     if a.switches is not None:
         o = a.switches.per_switch()
-        m["context_switch.count"] = float(o["count"])
+        m["context_switch.count"] = float(o["count"] or 0)
         for what in ("saves", "restores", "bytes", "skipped_restores"):
-            m[f"{what}_per_context_switch"] = float(o[what])
+            m[f"{what}_per_context_switch"] = _num(o[what])
     if a.instructions is not None:
         ic = a.instructions
         for prefix, w in (("", ic.all_exits()), ("in_kernel_", ic.in_kernel),
                           ("via_user_", ic.via_user), ("guest_fp_trap_", ic.fp_trap)):
             j = w.as_json()
-            m[f"{prefix}instructions_per_vm_exit"] = float(j["instructions"])
-            m[f"{prefix}fpu_path_instructions_per_vm_exit"] = float(j["fpu_path_instructions"])
-        m["instructions_per_context_switch"] = float(ic.per_switch())
+            m[f"{prefix}instructions_per_vm_exit"] = _num(j["instructions"])
+            m[f"{prefix}fpu_path_instructions_per_vm_exit"] = _num(j["fpu_path_instructions"])
+        m["instructions_per_context_switch"] = _num(ic.per_switch())
         for p in ic.paths:
             key = p.name.replace(" ", "")
             m[f"fpu_path.{key}.calls"] = float(p.calls)
-            m[f"fpu_path.{key}.instructions_per_call"] = float(p.mean)
-    entries = float(costs.per_operation.get("vm_entry", {}).get("count", 0))
-    m["redundant_save_per_vm_entry"] = _per(costs.classes.get("redundant_save", 0), entries)
-    m["redundant_restore_per_vm_entry"] = _per(costs.classes.get("redundant_restore", 0),
-                                               entries)
+            m[f"fpu_path.{key}.instructions_per_call"] = _num(p.mean)
+    entries = float(costs.per_operation.get("vm_entry", {}).get("count", 0) or 0)
+    m["redundant_save_per_vm_entry"] = ratio(costs.classes.get("redundant_save", 0), entries, 4)
+    m["redundant_restore_per_vm_entry"] = ratio(costs.classes.get("redundant_restore", 0),
+                                                entries, 4)
     if a.traps is not None:
         t = a.traps
         m["kvm_runs"] = float(t.kvm_runs)
         m["traps"] = float(sum(sum(row.values()) for row in t.traps.values()))
-        m["guest_traps_per_kvm_run"] = float(t.per(t.guest_traps, t.kvm_runs))
-        m["host_traps_per_context_switch"] = float(t.per(t.host_traps, t.context_switches))
+        m["guest_traps_per_kvm_run"] = t.per(t.guest_traps, t.kvm_runs)
+        m["host_traps_per_context_switch"] = t.per(t.host_traps, t.context_switches)
         m["traps_after_own_save"] = float(t.save_undone)
         m["sve_downgrades"] = float(t.sve_downgrades)
         m["sve_traps_after_downgrade"] = float(t.sve_retraps)
@@ -137,7 +144,9 @@ with OP one of > >= < <= == != and VALUE one of:
           the relative change 100 * (B - A) / A, e.g.
           redundant_save_per_vm_entry>+10%  (from A at 0: infinite)
 METRIC is a name from `compare --json` ("metrics"); a metric that one run
-lacks is 0 there. Spaces are allowed around OP."""
+lacks is 0 there. A metric per operation of a run with none of them (per
+VM entry, with no VM entries) is unknown (null): a gate on it is not judged
+(compare exits 4, check 125). Spaces are allowed around OP."""
 
 _EXPR = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*(>=|<=|==|!=|>|<)\s*([+-]?)(\d+(?:\.\d+)?)(%?)\s*$")
 _OPS = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__,
@@ -178,10 +187,19 @@ def parse_gate(expr: str) -> Gate:
 
 
 def check_gate(gate: Gate, a: Metrics, b: Metrics) -> bool:
+    """Whether the gate holds; MetricUnknown when a run it reads has the
+    metric as unknown (a value gate reads only B)."""
     if gate.metric not in a and gate.metric not in b and gate.metric not in _ALWAYS:
         raise FputraceError(f"--fail-if {gate.expr!r}: no metric {gate.metric!r} in either "
                             "run; `fputrace compare A B --json` lists them")
-    return gate.holds(a.get(gate.metric, 0.0), b.get(gate.metric, 0.0))
+    va, vb = a.get(gate.metric, 0.0), b.get(gate.metric, 0.0)
+    unknown = [name for name, v in (("A", va), ("B", vb))
+               if v is None and (name == "B" or gate.mode != "value")]
+    if unknown:
+        raise MetricUnknown(f"--fail-if {gate.expr!r}: {gate.metric} is unknown in "
+                            f"{' and '.join(unknown)} (a figure per operation of a run that "
+                            "has none of them), so the gate cannot be judged")
+    return gate.holds(0.0 if va is None else va, 0.0 if vb is None else vb)
 
 
 # Metrics every run has by name, even where a kind never occurred.

@@ -404,20 +404,31 @@ def render_findings(console: Console, run: Run, own: Ownership, verdict: Verdict
         console.print("[green]no lost or corrupted FPU state[/]")
 
 
-def operation_line(name: str, o: dict[str, float | int]) -> str:
+def figure(x: float | int | None) -> str:
+    """A figure as printed: None (a ratio over nothing) is unknown, never 0."""
+    return "unknown" if x is None else str(x)
+
+
+def percent(x: float | None) -> str:
+    return "unknown %" if x is None else f"{x}%"
+
+
+def operation_line(name: str, o: dict[str, float | int | None]) -> str:
     """'per VM entry: 1.0 saves, 1.0 restores, 1032.0 bytes (200 of them)'"""
-    return (f"per {name.replace('_', ' ').replace('vm', 'VM')}: {o['saves']} saves, "
-            f"{o['restores']} restores, {o['bytes']} bytes ({o['count']} of them)")
+    return (f"per {name.replace('_', ' ').replace('vm', 'VM')}: {figure(o['saves'])} saves, "
+            f"{figure(o['restores'])} restores, {figure(o['bytes'])} bytes ({o['count']} of "
+            "them)")
 
 
 def switch_line(s: SwitchCosts) -> str:
     """'per context switch: 0.9 saves, 0.4 restores, 0.5 restores skipped
     (registers still valid), 800.0 bytes (1200 of them; ...)'"""
     p = s.per_switch()
-    return (f"per context switch: {p['saves']} saves, {p['restores']} restores at the next "
-            f"return to user mode, {p['skipped_restores']} restores skipped (registers still "
-            f"valid), {p['bytes']} bytes ({s.switches} switches; {s.not_judged} with no return "
-            "to user mode before the next switch, or through a guest)")
+    return (f"per context switch: {figure(p['saves'])} saves, {figure(p['restores'])} restores "
+            f"at the next return to user mode, {figure(p['skipped_restores'])} restores skipped "
+            f"(registers still valid), {figure(p['bytes'])} bytes ({s.switches} switches; "
+            f"{s.not_judged} with no return to user mode before the next switch, or through a "
+            "guest)")
 
 
 def instruction_lines(ic: InstructionCosts) -> list[str]:
@@ -430,8 +441,8 @@ def instruction_lines(ic: InstructionCosts) -> list[str]:
                         ("guest FP traps handled in the world switch", ic.fp_trap)):
             j = w.as_json()
             if w.count:
-                parts.append(f"{j['instructions']} for the {w.count} {what}, "
-                             f"{j['fpu_path_instructions']} of them in FPU paths")
+                parts.append(f"{figure(j['instructions'])} for the {w.count} {what}, "
+                             f"{figure(j['fpu_path_instructions'])} of them in FPU paths")
         out.append(f"instructions per VM exit, to the same task's next entry: "
                    f"{'; '.join(parts)} ({ic.preempted_exits} more with a context switch "
                    "between, not counted)")
@@ -440,7 +451,8 @@ def instruction_lines(ic: InstructionCosts) -> list[str]:
                    f"({ic.switches} switches)")
     if ic.paths:
         out.append("instructions in FPU paths: " + "; ".join(
-            f"{p.name} {p.calls} calls, {p.mean} each (max {p.most})" for p in ic.paths))
+            f"{p.name} {p.calls} calls, {figure(p.mean)} each (max {p.most})"
+            for p in ic.paths))
     return out
 
 
@@ -462,10 +474,10 @@ def render_summary(console: Console, a: Analysis, max_findings: int) -> None:
     for line in instruction_lines(a.instructions) if a.instructions is not None else []:
         console.print(escape("  " + line))
     if a.traps is not None:
-        t = a.traps.as_json()
+        t = a.traps
         console.print(escape(
-            f"  FP access traps: {t['guest_traps_per_kvm_run']} per KVM_RUN, "
-            f"{t['host_traps_per_context_switch']} per context switch"))
+            f"  FP access traps: {figure(t.per(t.guest_traps, t.kvm_runs))} per KVM_RUN, "
+            f"{figure(t.per(t.host_traps, t.context_switches))} per context switch"))
     console.print(escape(f"{run.trace.path}: {h.arch.name.lower()}, kernel {h.kernel or '-'}, "
                          f"{len(ev)} events; tables per call site, task, vCPU and kind: --full"))
     if a.guest is not None:
@@ -495,10 +507,10 @@ def _render_redundancy(console: Console, costs: Costs) -> None:
     # Every class, lost and stale ones included (whether confirmed or not).
     console.print(
         f"saves and restores: {sum(c.values())}; necessary {c['necessary']}, redundant saves "
-        f"{c['redundant_save']} ({pct['saves']}% of saves), redundant restores "
-        f"{c['redundant_restore']} ({pct['restores']}% of restores), lost_state "
+        f"{c['redundant_save']} ({percent(pct['saves'])} of saves), redundant restores "
+        f"{c['redundant_restore']} ({percent(pct['restores'])} of restores), lost_state "
         f"{c['lost_state']}, stale_restore {c['stale_restore']}, unknown {c['unknown']}; "
-        f"redundant bytes {pct['bytes']}% of bytes moved")
+        f"redundant bytes {percent(pct['bytes'])} of bytes moved")
 
 
 def render_analysis(console: Console, a: Analysis, top: int, max_findings: int = 50) -> None:
@@ -536,9 +548,9 @@ def render_analysis(console: Console, a: Analysis, top: int, max_findings: int =
     if a.switches is not None:
         rows["context_switch"] = a.switches.per_switch()
     for name, o in rows.items():
-        insns = ic.per_operation(name) if ic is not None else None
-        ops.add_row(name, str(o["count"]), str(o["saves"]), str(o["restores"]), str(o["bytes"]),
-                    "" if insns is None else str(insns))
+        timed = ic is not None and name in ("vm_entry", "context_switch")
+        ops.add_row(name, str(o["count"]), figure(o["saves"]), figure(o["restores"]),
+                    figure(o["bytes"]), figure(ic.per_operation(name)) if ic and timed else "")
     console.print(ops)
     if ic is not None and ic.paths:
         paths = Table(title="FPU paths in instructions (entry to return, callees included)",
@@ -546,7 +558,8 @@ def render_analysis(console: Console, a: Analysis, top: int, max_findings: int =
         for name in ("function", "calls", "instructions", "mean", "max"):
             paths.add_column(name, justify="right" if name != "function" else "left")
         for p in ic.paths:
-            paths.add_row(p.name, str(p.calls), str(p.instructions), str(p.mean), str(p.most))
+            paths.add_row(p.name, str(p.calls), str(p.instructions), figure(p.mean),
+                          str(p.most))
         console.print(paths)
     if a.guest is not None:
         console.print(escape(_guest_heading(a.guest)))
@@ -559,7 +572,6 @@ def _guest_heading(guest: Analysis) -> str:
 
 
 def _render_traps(console: Console, t: TrapCosts) -> None:
-    j = t.as_json()
     table = Table(title="FP access traps (ESR_ELx.EC)", title_justify="left", show_edge=False)
     table.add_column("trapped in")
     for name in ("fp", "sve", "sme"):
@@ -568,8 +580,9 @@ def _render_traps(console: Console, t: TrapCosts) -> None:
         table.add_row(context, *(str(row.get(n, "")) for n in ("fp", "sve", "sme")))
     console.print(table)
     console.print(escape(
-        f"traps: {j['guest_traps_per_kvm_run']} guest traps per KVM_RUN ({t.kvm_runs} runs), "
-        f"{j['host_traps_per_context_switch']} host traps per context switch "
+        f"traps: {figure(t.per(t.guest_traps, t.kvm_runs))} guest traps per KVM_RUN "
+        f"({t.kvm_runs} runs), {figure(t.per(t.host_traps, t.context_switches))} host traps "
+        "per context switch "
         f"({t.context_switches} switches); {t.save_undone} traps whose state was saved just "
         f"before and loaded back just after; {t.sve_retraps} SVE traps after an SVE-to-FPSIMD "
         f"downgrade ({t.sve_downgrades} downgrades)"))

@@ -409,7 +409,7 @@ def compute_costs(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], own: Ow
     signals = int(np.count_nonzero(frames & is_save & ops))
     around_signals = ops & (frames | (ctx == ContextKind.INIT))
 
-    def per(sel: npt.NDArray[np.bool_], count: int) -> dict[str, float | int]:
+    def per(sel: npt.NDArray[np.bool_], count: int) -> dict[str, float | int | None]:
         s = int(np.count_nonzero(sel & is_save))
         return _per(s, int(np.count_nonzero(sel)) - s, int(nbytes[sel].sum()), count)
 

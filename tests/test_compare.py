@@ -117,3 +117,35 @@ def test_every_metric_a_run_gives_is_a_metric_name(pair: tuple[Path, Path]) -> N
     assert len(names) >= 30
     assert [n for n in names if not is_metric_name(n)] == []
     assert not is_metric_name("no_such_metric") and not is_metric_name("events.nope")
+
+
+def test_a_figure_over_no_operations_is_unknown_and_gates_on_it_are_not_judged(
+        pair: tuple[Path, Path], tmp_path: Path) -> None:
+    # Neither run has a VM entry: its saves per VM entry are not 0 but
+    # unknown (null), and a gate on them is neither held nor passed: compare
+    # exits 4 and says why, in one line. B's restores: 1, none redundant, so
+    # its redundant_restore_pct is a known 0.
+    p = fputrace("compare", "--json", str(pair[0]), str(pair[1]))
+    metrics = json.loads(p.stdout)["metrics"]
+    assert metrics["saves_per_vm_entry"] == {"a": None, "b": None}
+    assert metrics["redundant_save_per_vm_entry"] == {"a": None, "b": None}
+    assert metrics["redundant_restore_pct"] == {"a": 0.0, "b": 0.0}
+    for expr in ("saves_per_vm_entry<1", "saves_per_vm_entry>+10%"):
+        p = fputrace("compare", "--fail-if", expr, str(pair[0]), str(pair[1]))
+        assert p.returncode == 4, (expr, p.stdout, p.stderr)
+        (line,) = p.stderr.splitlines()
+        assert "saves_per_vm_entry is unknown in " in line and "not be judged" in line
+    # A run with saves only: its share of redundant restores is unknown, in
+    # the report's text and its JSON.
+    only = TraceBuilder()
+    save(only, BT, regs=L1)
+    save(only, BT, regs=L1)
+    path = only.write(tmp_path / "saves.ftr")
+    p = fputrace("report", str(path))
+    assert p.returncode == 0, p.stderr
+    assert "redundant saves 1 (50.0% of saves), redundant restores 0 (unknown % of restores)" \
+        in " ".join(p.stdout.split())
+    rep = json.loads(fputrace("report", "--json", str(path)).stdout)
+    assert rep["redundant_percent"]["restores"] is None
+    assert rep["per_operation"]["vm_entry"] == {
+        "count": 0, "saves": None, "restores": None, "bytes": None}

@@ -328,9 +328,11 @@ def test_stock_kernels_have_no_findings(qemu_plugin: Path, tmp_path: Path, serie
     assert user["purpose_checked"]["ptrace regset write"] >= int(pt["rounds"])
     assert user["changed_on_purpose"] == {}
     # The vCPUs: one check per VM entry after the first of each vCPU, so at
-    # least one per KVM_RUN the workloads made, less one per vCPU.
+    # least one per KVM_RUN the workloads made, less one per vCPU (kvm-xsave
+    # runs once before its rounds; on 5.10 its rounds are not checked).
     vm = checks["by_kind"]["vm_entry"]
-    kvm_runs = int(pp["kvm_run"]) + int(hog["kvm_run"]) + int(kx["rounds"])
+    kvm_runs = int(pp["kvm_run"]) + int(hog["kvm_run"]) + \
+        (int(kx["rounds"]) if series != "5.10" else 0)
     assert vm["checked"] >= kvm_runs - 2, vm
     # kvm-xsave: each round's entry holds the image its KVM_SET_XSAVE wrote,
     # as its guest saw (fpu_copy_uabi_to_guest_fpstate(), from 5.16); 5.10

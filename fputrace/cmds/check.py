@@ -7,7 +7,9 @@ what git bisect reads:
        command failed its own check (a lost-state regression looks so);
   125  this commit's kernel could not be recorded or judged (skip it): it
        did not boot or panicked, the recording timed out or failed, or the
-       trace is incomplete (unless --allow-partial, and then still never 0);
+       trace is incomplete (unless --allow-partial, and then still never 0),
+       or a --fail-if names a figure this run has as unknown (per VM entry,
+       with no VM entries);
   128  the command itself is wrong (a bad option, --fail-if, metric or
        --baseline), found before anything boots: git bisect run stops on a
        status above 127, instead of blaming or skipping every commit.
@@ -25,7 +27,14 @@ from fputrace.analysis import analyze_run
 from fputrace.cmds.record import add_record_options, plan_from_args, record_from_args
 from fputrace.cmds.runs import add_run_options, describe_run, load
 from fputrace.errors import FputraceError
-from fputrace.metrics import FAIL_IF_HELP, Metrics, check_gate, metrics_of, parse_gate
+from fputrace.metrics import (
+    FAIL_IF_HELP,
+    Metrics,
+    MetricUnknown,
+    check_gate,
+    metrics_of,
+    parse_gate,
+)
 from fputrace.trace.run import load_run
 
 EXIT_BAD = 1
@@ -87,7 +96,11 @@ def run(args: argparse.Namespace) -> int:
     a = analyze_run(r)
     if gates:
         metrics = metrics_of(a)
-        held = [g.expr for g in gates if check_gate(g, baseline, metrics)]
+        try:
+            held = [g.expr for g in gates if check_gate(g, baseline, metrics)]
+        except MetricUnknown as e:
+            print(f"fputrace: check: not judged, skipping: {e}", file=sys.stderr)
+            return EXIT_SKIP
         verdict = f"--fail-if {', '.join(held)} holds" if held else "no --fail-if holds"
     else:
         held = [f.kind for f in a.verdict.findings]

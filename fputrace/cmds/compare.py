@@ -6,7 +6,8 @@ functions whose saves and restores changed most.
 
 Exit status: 0; 1 when a --fail-if expression holds; 4 when A or B is
 incomplete or damaged (the comparison covers only what could be read), unless
---allow-partial; 2 for bad input."""
+--allow-partial, or when a --fail-if names a figure a run has as unknown (per
+VM entry, in a run without VM entries); 2 for bad input."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from fputrace.cmds.runs import EXIT_PARTIAL, add_run_options, count, load
 from fputrace.metrics import (
     FAIL_IF_HELP,
     Metrics,
+    MetricUnknown,
     callsite_events,
     change_pct,
     check_gate,
@@ -77,13 +79,17 @@ def _section(name: str) -> str:
     return "other"
 
 
-def _fmt(v: float) -> str:
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "unknown"
     if math.isinf(v):
         return "inf" if v > 0 else "-inf"
     return str(int(v)) if float(v).is_integer() else f"{v:.4g}"
 
 
-def _delta(a: float, b: float) -> tuple[str, str]:
+def _delta(a: float | None, b: float | None) -> tuple[str, str]:
+    if a is None or b is None:
+        return "", ""
     d = b - a
     pct = change_pct(a, b)
     sign = "+" if d > 0 else ""
@@ -99,9 +105,11 @@ def metric_rows(a: Metrics, b: Metrics, all_rows: bool) -> list[dict[str, Any]]:
         va, vb = a.get(n, 0.0), b.get(n, 0.0)
         if va == vb and not all_rows:
             continue
-        pct = change_pct(va, vb)
-        out.append({"metric": n, "section": _section(n), "a": va, "b": vb, "delta": vb - va,
-                    "change_pct": None if math.isinf(pct) else round(pct, 2)})
+        # An unknown figure (None) has no change.
+        pct = None if va is None or vb is None else change_pct(va, vb)
+        out.append({"metric": n, "section": _section(n), "a": va, "b": vb,
+                    "delta": None if va is None or vb is None else vb - va,
+                    "change_pct": None if pct is None or math.isinf(pct) else round(pct, 2)})
     return out
 
 
@@ -127,7 +135,12 @@ def run(args: argparse.Namespace) -> int:
     ra, rb = load(args, args.a), load(args, args.b)
     aa, ab = analyze_run(ra), analyze_run(rb)
     ma, mb = metrics_of(aa), metrics_of(ab)
-    results = [(g, check_gate(g, ma, mb)) for g in gates]
+    try:
+        results = [(g, check_gate(g, ma, mb)) for g in gates]
+    except MetricUnknown as e:
+        # Neither held nor passed: the gate was not judged.
+        print(f"fputrace: compare: {e}", file=sys.stderr)
+        return EXIT_PARTIAL
     rows = metric_rows(ma, mb, args.all)
     sites = callsite_rows(callsite_events(aa), callsite_events(ab), args.top)
     if args.json:
