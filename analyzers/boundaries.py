@@ -98,9 +98,16 @@ BOUNDARY_REGISTERS: dict[int, tuple[str, str]] = {
     fmt.Arch.X86_64: ("FCW, FSW, MXCSR, ST0-7, XMM0-15",
                       "the YMM upper halves, AVX-512 state and PKRU (QEMU 10.0's plugin "
                       "register API does not expose them)"),
-    fmt.Arch.AARCH64: ("V0-V31, FPSR, FPCR",
-                       "SVE's Z upper bits, P0-P15 and FFR, and SME's ZA (not read)"),
+    fmt.Arch.AARCH64: ("V0-V31, FPSR, FPCR; with SVE enabled for user mode, Z0-Z31 above "
+                       "their low 128 bits, P0-P15 and FFR at the returns from exceptions "
+                       "other than system calls",
+                       "the SVE state at returns from system calls, which discard it, and "
+                       "SME's ZA and ZT0 (not read)"),
 }
+
+# ESR_ELx.EC of an SVC from AArch64 (a system call), of an SVE access trap.
+ESR_EC_SVC64, ESR_EC_SVE = 0x15, 0x19
+SVE_TRAP_ZEROED = "SVE access trap's zeroed state"
 
 # Functions of the FPU core that execute x87/SSE instructions outside a
 # kernel_fpu section, by design:
@@ -156,14 +163,16 @@ class Boundaries:
     keys: TaskKeys  # the task keys above, and the announcement naming each
     # BOUNDARY_REGISTERS of the trace's arch: (compared, not compared)
     registers: tuple[str, str] = ("", "")
+    # arm64: the SVE state beyond V0-V31 at user returns (flag SVE_VALID)
+    sve: BoundaryCheck = field(default_factory=BoundaryCheck)
 
     @property
     def checked(self) -> int:
-        return self.user.checked + self.vcpu.checked
+        return self.user.checked + self.vcpu.checked + self.sve.checked
 
     @property
     def violations(self) -> int:
-        return self.user.violations + self.vcpu.violations
+        return self.user.violations + self.vcpu.violations + self.sve.violations
 
 
 class TaskKeys:
@@ -722,6 +731,62 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                "neither what the tracer wrote nor its registers before: ", [])
         return True
 
+    sve = BoundaryCheck()
+    sve_valid = int(F.SVE_VALID)
+    sve_hash = ev["regs_after_hash"].tolist()
+
+    def judge_sve(i: int, k: int, e: int, changes: list[tuple[int, str]]) -> None:
+        """arm64 return i of task k with EL0's SVE enabled, against its entry
+        e: the SVE state beyond V0-V31 (Z upper bits, P0-P15, FFR) must come
+        back as it went in from an exception other than a system call. A
+        system call discards it (el0_svc() -> fp_user_discard(), 6.1
+        arch/arm64/kernel/syscall.c: TIF_SVE cleared, SVE trapped for EL0);
+        an SVE access trap enables it from a zeroed state (do_sve_acc());
+        every other exception keeps it: fpsimd_save() saves the SVE
+        registers of a TIF_SVE task, task_fpsimd_load() loads them back
+        (arch/arm64/kernel/fpsimd.c). The SVE access trap itself, taken
+        with SVE disabled for EL0, gives that state all zero:
+        do_sve_acc() -> sve_alloc(current, true) clears the task's buffer,
+        then sve_init_regs() either zeroes the live registers
+        (sve_flush_live()) or copies V0-V31 into the cleared buffer
+        (fpsimd_to_sve())."""
+        ec = (values[e] >> 26) & 0x3F if e >= 0 else -1
+        trap = e >= 0 and not all_flags[e] & sve_valid and ec == ESR_EC_SVE
+        if e < 0:
+            sve.unchecked["the entry was not seen"] += 1
+            return
+        if changes:
+            sve.unchecked[f"after {changes[-1][1]}"] += 1
+            return
+        if ec == ESR_EC_SVC64:
+            sve.unchecked["a system call, which discards the SVE state beyond V0-V31"] += 1
+            return
+        if not trap and not all_flags[e] & sve_valid:
+            sve.unchecked["SVE was not enabled for user mode at the entry, and the entry "
+                          "was no SVE access trap"] += 1
+            return
+        if not trap and index_of[e] != index_of[i]:
+            sve.unchecked["the vector length changed"] += 1
+            return
+        want = native.a64_sve_zero_hash(index_of[i]) if trap else sve_hash[e]
+        if sve_hash[i] != want and spans_gap(gaps, int(seqs[e]), int(seqs[i])):
+            sve.unchecked[GAP_UNCHECKED] += 1
+            return
+        sve.checked += 1
+        if trap:
+            sve.purpose_checked[SVE_TRAP_ZEROED] += 1
+        if sve_hash[i] == want:
+            return
+        sve.violations += 1
+        x = explainer.explain(e, i, k, regs_hash[e], int(ev["vcpu"][i]))
+        got = "are not all zero after an SVE access trap (do_sve_acc())" if trap else \
+            (f"differ from those the task entered with, after an exception (ESR "
+             f"{values[e]:#x}) that keeps them")
+        findings.append(BoundaryFinding(
+            "corrupted_state", "task", int(ident[i]), 0, e, i, x.cause,
+            f"the SVE registers beyond V0-V31 (Z0-Z31 above 128 bits, P0-P15, FFR, at VL "
+            f"{index_of[i]} bytes) {got}: " + x.text, trail=x.trail))
+
     def judge(i: int, k: int, before: int, window: list[str], what: str) -> None:
         """Return i of task k against the register hash of event `before`."""
         want = regs_hash[before]
@@ -750,6 +815,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     rel = bp.rel
     rel_keys = keys.at(rel)
     values = ev["value"].tolist()
+    index_of = ev["index"].tolist()
     for i, k, p, kind, task, cpu, index, addr in zip(
             rel.tolist(), rel_keys.tolist(), bp.rel_prev_return.tolist(),
             ev["kind"][rel].tolist(), ev["task"][rel].tolist(), ev["vcpu"][rel].tolist(),
@@ -799,6 +865,8 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             e = entry.get(k, -1)
             if e <= p:
                 e = -1
+            if flags & sve_valid and arch == fmt.Arch.AARCH64:
+                judge_sve(i, k, e, changes)
             if changes and changes[-1][1] in results:
                 judge_purpose(i, k, changes[-1][0], changes[-1][1], e)
                 continue
@@ -830,7 +898,8 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     findings += vfind
     findings.sort(key=lambda f: (f.after, f.kind))
     return Boundaries(user, vcpu, {k_: (v[0], v[1]) for k_, v in per_task.items()},
-                      per_vcpu, findings, sections, keys, BOUNDARY_REGISTERS.get(arch, ("", "")))
+                      per_vcpu, findings, sections, keys, BOUNDARY_REGISTERS.get(arch, ("", "")),
+                      sve)
 
 
 def _guest_moves(x: _Explainer, mine: list[int]) -> tuple[int, str, list[tuple[str, int]]]:

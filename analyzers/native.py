@@ -235,6 +235,12 @@ def user_init_hash(arch: int) -> int:
     return int(_lib().fpa_user_init_hash(arch))
 
 
+def a64_sve_zero_hash(vl: int) -> int:
+    """arm64's SVE state beyond V0-V31 all zero at vector length vl bytes
+    (fpa_a64_sve_zero_hash())."""
+    return int(_lib().fpa_a64_sve_zero_hash(vl))
+
+
 def x86_init_shares() -> tuple[int, int, int]:
     """x86's init state in its x87, MXCSR and SSE shares (fpa_x86_init_share())."""
     lib = _lib()

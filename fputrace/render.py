@@ -261,7 +261,8 @@ def boundary_json(run: Run, verdict: Verdict) -> dict[str, Any]:
     return {
         "checked": b.checked,
         "violations": b.violations,
-        "by_kind": {"user_return": one(b.user), "vm_entry": one(b.vcpu)},
+        "by_kind": {"user_return": one(b.user), "vm_entry": one(b.vcpu),
+                    "sve_user_return": one(b.sve)},
         "registers": {"compared": b.registers[0], "not_compared": b.registers[1]},
         "findings_by_kind": verdict.by_kind,
         "kfpu_sections": b.kfpu_sections,
@@ -347,7 +348,8 @@ def _render_event(console: Console, role: str, e: dict[str, Any]) -> None:
 
 def render_boundaries(console: Console, verdict: Verdict) -> None:
     b = verdict.boundaries
-    for name, c in (("user returns", b.user), ("VM entries", b.vcpu)):
+    sve = [("SVE state at user returns", b.sve)] if b.sve.checked or b.sve.unchecked else []
+    for name, c in (("user returns", b.user), ("VM entries", b.vcpu), *sve):
         purposeful = ", ".join(f"{n} {why}" for why, n in c.changed_on_purpose.items())
         quiet = f" ({c.quiet} with no FP activity in between)" if c is b.user else ""
         against = ", ".join(f"{n} {what}" for what, n in c.purpose_checked.items())

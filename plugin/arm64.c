@@ -127,7 +127,7 @@ static inline uint32_t a64_sve_z(uint32_t base, unsigned zt, unsigned rn, int im
 /* Register handles, resolved once by name (QEMU's own system register names). */
 static struct {
     struct qemu_plugin_register *x[31];
-    struct qemu_plugin_register *cpsr, *z[32], *fpsr, *fpcr, *vg;
+    struct qemu_plugin_register *cpsr, *z[32], *p[16], *ffr, *fpsr, *fpcr, *vg;
     struct qemu_plugin_register *hcr_el2, *esr_el1, *esr_el2, *elr_el1, *elr_el2;
     struct qemu_plugin_register *spsr_el1, *spsr_el2, *vbar_el1, *vbar_el2;
     struct qemu_plugin_register *vttbr_el2, *vmpidr_el2, *svcr;
@@ -185,6 +185,78 @@ static uint64_t a64_regs_hash(struct vcpu_state *vs, bool *ok)
     *ok = reg_read(vs, a64.fpsr, (uint8_t *)&fpsr, 4) &&
           reg_read(vs, a64.fpcr, (uint8_t *)&fpcr, 4);
     return h + a64_fpsr_fpcr_hash(fpsr, fpcr);
+}
+
+/* The longest SVE vector the hash covers, in bytes (the architecture's maximum). */
+#define A64_SVE_VL_MAX          256
+
+/*
+ * Whether EL0 may use SVE now, as the host's user mode will run: its
+ * CPACR_EL1.ZEN (bits 17:16, 0b11: no trap), which a VHE kernel at EL2
+ * (HCR_EL2.E2H) reaches as CPTR_EL2 in CPACR's layout.
+ */
+static bool a64_el0_sve_enabled(struct vcpu_state *vs)
+{
+    unsigned el = (reg_read_u64(vs, a64.cpsr) >> 2) & 3;
+    uint64_t cpacr = el == 2 && (reg_read_u64(vs, a64.hcr_el2) & HCR_E2H)
+        ? reg_read_u64(vs, a64.cptr_el2) : reg_read_u64(vs, a64.cpacr_el1);
+
+    return ((cpacr >> 16) & 3) == 3;
+}
+
+/* The bytes [from, len) of register reg, as hash words base + k. */
+static bool a64_sve_reg_hash(struct vcpu_state *vs, struct qemu_plugin_register *reg,
+                             size_t from, size_t len, uint32_t base, uint64_t *h)
+{
+    uint8_t bytes[A64_SVE_VL_MAX] = { 0 };
+
+    if (!reg_read(vs, reg, bytes, len)) {
+        return false;
+    }
+    for (size_t k = from / 8; k < (len + 7) / 8; k++) {
+        uint64_t w = 0;
+
+        memcpy(&w, bytes + 8 * k, MIN((size_t)8, len - 8 * k));
+        *h += ftr_a64_word_hash(base + (uint32_t)k, w);
+    }
+    return true;
+}
+
+/*
+ * A user boundary (entry or return) of the host, while EL0 may use SVE:
+ * the SVE registers beyond V0-V31 at the current vector length (Z0-Z31
+ * above their low 128 bits, P0-P15, FFR) into regs_after_hash, the length
+ * in bytes into index (docs/trace-format.md, "arm64"); an entry's value
+ * gets the ESR of its exception (0: an interrupt), so that a system call,
+ * which discards this state by the ABI (fp_user_discard()), is told apart.
+ */
+static void a64_boundary_state(struct vcpu_state *vs, struct ftr_event *ev)
+{
+    unsigned vl;
+    uint64_t h = 0;
+    bool ok = true;
+
+    if (ev->kind == FTR_KIND_USER_ENTRY) {
+        ev->value = vs->a64.entry_esr;
+    }
+    if (!a64.vg || !a64.ffr || !a64_el0_sve_enabled(vs)) {
+        return;
+    }
+    vl = 8 * reg_read_u64(vs, a64.vg);
+    if (vl < 16 || vl > A64_SVE_VL_MAX) {
+        return;
+    }
+    for (unsigned n = 0; ok && n < 32; n++) {
+        ok = a64_sve_reg_hash(vs, a64.z[n], 16, vl, FTR_A64_WORD_Z + 32 * n, &h);
+    }
+    for (unsigned n = 0; ok && n < 16; n++) {
+        ok = a64_sve_reg_hash(vs, a64.p[n], 0, vl / 8, FTR_A64_WORD_P + 4 * n, &h);
+    }
+    if (ok && a64_sve_reg_hash(vs, a64.ffr, 0, vl / 8, FTR_A64_WORD_P + 64, &h)) {
+        ev->regs_after_hash = h;
+        ev->index = vl;
+        ev->flags |= FTR_FLAG_SVE_VALID;
+    }
 }
 
 /*
@@ -636,6 +708,7 @@ static void a64_vector_exec(unsigned int vcpu_index, void *udata)
         vs->ub.entry_pl = el;
         vs->ub.entry_icount = vs->insns - vs->insn_tail;
         vs->ub.entry_task = vs->a64.host_task;
+        vs->a64.entry_esr = esr;
         vs->ub.entry_pending = 1;
     }
 }
@@ -1046,6 +1119,10 @@ static void a64_regs_resolve(void)
             a64.x[k] = rd->handle;
         } else if (sscanf(nm, "z%d%c", &k, &tail) == 1 && k >= 0 && k < 32) {
             a64.z[k] = rd->handle;
+        } else if (sscanf(nm, "p%d%c", &k, &tail) == 1 && k >= 0 && k < 16) {
+            a64.p[k] = rd->handle;
+        } else if (!strcmp(nm, "ffr")) {
+            a64.ffr = rd->handle;
         }
     }
 }
@@ -1080,6 +1157,7 @@ const struct arch_ops a64_ops = {
     .regs_hash = a64_regs_hash,
     .finish_pending = a64_finish_pending,
     .probe_args = a64_probe_args,
+    .boundary_state = a64_boundary_state,
     .tb_trans = a64_tb_trans,
     .regs_resolve = a64_regs_resolve,
     .init = a64_init,

@@ -442,6 +442,9 @@ void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_index,
     if (cfg.icount) {
         ev.icount = vs->ub.entry_icount;   /* when it entered, not now */
     }
+    if (arch->boundary_state) {
+        arch->boundary_state(vs, &ev);     /* nothing changed it since the entry either */
+    }
     if (defer) {
         /* A save comes next: its bytes are the registers (x86_finish_pending()). */
         vs->entry_event = ev;
@@ -505,6 +508,9 @@ void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index,
         }
         vs->last_regs = ev.regs_hash;
         vs->last_regs_ok = ok;
+    }
+    if (!quiet && arch->boundary_state) {
+        arch->boundary_state(vs, &ev);
     }
     vs->ub.entry_seen = false;
     vs->ub.entry_pending = 0;

@@ -127,6 +127,7 @@ struct a64_vcpu {
     bool placed;                /* ... its first access gave the physical address */
     const struct fpu_insn *za_insn;     /* the pending operation is a ZA save or load */
     bool guest_fp_trapped;      /* the guest runs with FP/SIMD access trapped to EL2 */
+    uint64_t entry_esr;         /* the pending user entry's ESR (0: an interrupt) */
 };
 
 /*
@@ -280,6 +281,12 @@ struct arch_ops {
      */
     void (*probe_state)(struct vcpu_state *vs, uint32_t probe, const uint64_t args[4],
                         struct ftr_event *ev);
+    /*
+     * At a user entry or return whose registers are read: what else of the
+     * task's state the architecture records there (arm64: the SVE
+     * registers). Optional.
+     */
+    void (*boundary_state)(struct vcpu_state *vs, struct ftr_event *ev);
     void (*tb_trans)(struct qemu_plugin_tb *tb);
     void (*regs_resolve)(void);
     void (*init)(void);                         /* at install, after the arguments */

@@ -176,7 +176,9 @@ enum ftr_probe { FTR_PROBES(FTR_DEFINE_PROBE) };
     X(ADDR_HYP, 0x8000)         /* arm64: an nVHE hypervisor address, given as the \
                                  * kernel address of the same memory */ \
     X(GUEST_FP_TRAPPED, 0x10000) /* arm64 VM entry/exit: the guest ran with its FP/SIMD \
-                                  * access trapped to EL2: the registers were not its */
+                                  * access trapped to EL2: the registers were not its */ \
+    X(SVE_VALID, 0x20000)       /* arm64 user entry/return: SVE was enabled for EL0, and \
+                                 * regs_after_hash holds the SVE registers beyond V0-V31 */
 
 #define FTR_DEFINE_FLAG(name, value) FTR_FLAG_##name = value,
 enum ftr_flag { FTR_FLAGS(FTR_DEFINE_FLAG) };

@@ -132,4 +132,31 @@ static inline uint64_t ftr_a64_word_hash(uint32_t w, uint64_t value)
     return ftr_hash_word(w, value, 0xff);
 }
 
+/*
+ * The SVE state beyond V0-V31, at a vector length of at most 256 bytes:
+ * Z<n>'s 8-byte word k (k >= 2: the bytes above its V part) is word
+ * FTR_A64_WORD_Z + 32 n + k, P<n>'s word k is FTR_A64_WORD_P + 4 n + k,
+ * FFR's FTR_A64_WORD_P + 64 + k.
+ */
+#define FTR_A64_WORD_Z          128
+#define FTR_A64_WORD_P          (FTR_A64_WORD_Z + 32 * 32)
+
+/* That state all zero at vector length vl bytes (P and FFR: vl / 8 bytes each). */
+static inline uint64_t ftr_a64_sve_zero_hash(uint32_t vl)
+{
+    uint64_t h = 0;
+
+    for (uint32_t n = 0; n < 32; n++) {
+        for (uint32_t k = 2; k < vl / 8; k++) {
+            h += ftr_a64_word_hash(FTR_A64_WORD_Z + 32 * n + k, 0);
+        }
+    }
+    for (uint32_t n = 0; n <= 16; n++) {        /* P0-P15, then FFR */
+        for (uint32_t k = 0; k < (vl / 8 + 7) / 8; k++) {
+            h += ftr_a64_word_hash(FTR_A64_WORD_P + 4 * n + k, 0);
+        }
+    }
+    return h;
+}
+
 #endif /* FTR_HASH_H */

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from contenthash import xsave_hash
+from contenthash import word_hash, xsave_hash
 from test_ownership import (
     BG,
     BT,
@@ -980,3 +980,79 @@ def test_a_vcpu_state_changed_in_its_buffer_while_in_user_space_is_unchecked(
             assert got.vcpu.unchecked[VCPU_SET_FPU_UNSEEN] == 1 and got.findings == []
         else:
             assert got.vcpu.violations == 1 and len(got.findings) == 1
+
+
+def arm64_bounds(tmp_path: Path, b: TraceBuilder) -> Any:
+    t = read_trace(b.write(tmp_path / "a.ftr"))
+    return check_boundaries(t.events, t.tasks, task_identity(t.events, t.tasks),
+                            Symbols.parse(KALLSYMS), True, fmt.Arch.AARCH64)
+
+
+def test_arm64_sve_state_beyond_v_comes_back_from_an_exception(tmp_path: Path) -> None:
+    # T runs with SVE enabled for EL0 (its Z upper bits, P and FFR hash to
+    # S1). An interrupt (ESR 0) or a data abort (EC 0x24) keeps that state:
+    # the return must hold S1, and a return with S2 is a finding. A system
+    # call (EC 0x15) discards it by the ABI, a return after a signal
+    # delivery holds what the handler got, an entry with SVE disabled for EL0
+    # that is not an SVE access trap tells nothing, and a vector length
+    # changed in between makes another register file: none of these is a
+    # check. An SVE access trap (EC 0x19) enables SVE with that state all
+    # zero (do_sve_acc()), whose hash the hash's definition gives.
+    S1, S2, VL = 0x5151, 0x5252, 64
+    sve, svc, abort = F_TASK | F_REGS | fmt.Flag.SVE_VALID, 0x15 << 26, 0x24 << 26
+    zero = sve_zero_hash(VL)
+    cases = [
+        (0, sve, S1, VL, None, "checked"),
+        (abort, sve, S1, VL, None, "checked"),
+        (0, sve, S2, VL, None, "finding"),
+        (0x19 << 26, F_TASK | F_REGS, zero, VL, None, "checked"),
+        (0x19 << 26, F_TASK | F_REGS, S1, VL, None, "finding"),
+        (svc, sve, S2, VL, None, "unchecked"),
+        (0, sve, S2, VL, P_SIGFRAME_SAVE, "unchecked"),
+        (0, F_TASK | F_REGS, S2, VL, None, "unchecked"),
+        (0, sve, S2, 2 * VL, None, "unchecked"),
+    ]
+    for esr, entry_flags, at_return, vl, change, expected in cases:
+        b = TraceBuilder(arch=2)
+        tasks(b)
+        ret(b, None)
+        b.event(USER_ENTRY, task=T, pc=ENTRY_SYSCALL, regs_hash=L1, value=esr,
+                regs_after_hash=S1, index=VL, flags=entry_flags)
+        save(b, BT, regs=L1)
+        if change is not None:
+            probe(b, change)
+        restore(b, BT, before=L2, loads=L1)
+        b.event(USER_RETURN, task=T, pc=0x401000, addr=ENTRY_SYSCALL, regs_hash=L1,
+                regs_after_hash=at_return, index=vl, flags=sve | 3)
+        got = arm64_bounds(tmp_path, b)
+        case = (esr, entry_flags, at_return, vl, change)
+        trap = esr == 0x19 << 26
+        if expected == "checked":
+            assert (got.sve.checked, got.sve.violations, got.findings) == (1, 0, []), case
+        elif expected == "finding":
+            assert (got.sve.checked, got.sve.violations) == (1, 1), case
+            (f,) = got.findings
+            assert f.explanation.startswith("the SVE registers beyond V0-V31 "), case
+            assert ("are not all zero after an SVE access trap" in f.explanation) == trap
+        if expected != "unchecked":
+            assert got.sve.purpose_checked == ({"SVE access trap's zeroed state": 1}
+                                               if trap else {}), case
+        else:
+            assert (got.sve.checked, sum(got.sve.unchecked.values())) == (0, 1), case
+            assert not [f for f in got.findings if "SVE" in f.explanation], case
+
+
+def sve_zero_hash(vl: int) -> int:
+    """The SVE state beyond V0-V31 all zero at vector length vl, from the
+    hash's definition (docs/trace-format.md, "arm64": Z<n>'s word k from 2
+    on, P<n>'s and FFR's vl / 8 bytes)."""
+    words = [128 + 32 * n + k for n in range(32) for k in range(2, vl // 8)] + \
+        [1152 + 4 * n + k for n in range(17) for k in range((vl // 8 + 7) // 8)]
+    return sum(word_hash(w, 0, 0xFF) for w in words) & ((1 << 64) - 1)
+
+
+def test_the_compiled_sve_zero_hash_follows_the_definition() -> None:
+    from analyzers import native
+
+    for vl in (16, 64, 256):
+        assert native.a64_sve_zero_hash(vl) == sve_zero_hash(vl), vl

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require
+from contenthash import word_hash
 from e2e import events_of, fputrace, kernel_available, workload_line
 
+from analyzers import native
 from fputrace.paths import build_dir
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import Trace, read_trace
@@ -368,6 +370,46 @@ def test_arm64_workloads_have_no_findings(arm64_workloads: Path) -> None:
     # purpose, and the loads after it are not taken for stale ones.
     assert user["changed_on_purpose"]["sigreturn"] == 100
     assert data["unconfirmed_total"] == 0
+
+
+def sve_pattern_hash(seed: int, vl: int) -> int:
+    """The hash (docs/trace-format.md, "arm64") of the SVE state beyond
+    V0-V31 that fpu-switch holds through its spins: Z0-Z31 and P0-P15
+    loaded from sve_pattern(seed) (workloads/aarch64/fpcheck.h), FFR zero
+    as the SVE access trap that enabled SVE left it."""
+    b = bytes((seed * 29 + i * 3 + i // 251) & 0xFF for i in range(34 * vl))
+    h = sum(word_hash(128 + 32 * n + k, int.from_bytes(b[n * vl + 8 * k:n * vl + 8 * k + 8],
+                                                       "little"), 0xFF)
+            for n in range(32) for k in range(2, vl // 8))
+    p_words = (vl // 8 + 7) // 8
+    for n in range(17):
+        p = b[32 * vl + n * (vl // 8):32 * vl + (n + 1) * (vl // 8)] if n < 16 else b""
+        for k in range(p_words):
+            h += word_hash(1152 + 4 * n + k, int.from_bytes(p[8 * k:8 * k + 8], "little"), 0xFF)
+    return h & ((1 << 64) - 1)
+
+
+def test_arm64_sve_state_is_checked_across_preemptions(arm64_workloads: Path) -> None:
+    # fpu-switch's two tasks spin with their whole SVE state live, each from
+    # its own pattern (seeds 3 and 4), and are preempted by timer ticks: an
+    # exception that keeps that state, so each return must bring it back.
+    # The plugin's SVE hash at those boundaries is that of the pattern, as
+    # computed here from the workload's own code, so the check compares what
+    # the tasks hold; at least one check per preemption, none violated.
+    console = sidecar(arm64_workloads, "console.log")
+    preempted = int(workload_line(console, "fpu-switch")["sve_preempted"])
+    vl = int(workload_line(console, "signal")["sve_vl"])
+    switch = events_of(read_trace(arm64_workloads), "fpu-switch")
+    held = switch[(switch["flags"] & fmt.Flag.SVE_VALID) != 0]
+    assert set(held["index"].tolist()) == {vl}
+    patterns = {sve_pattern_hash(3, vl), sve_pattern_hash(4, vl)}
+    hashes = set(held["regs_after_hash"].tolist())
+    # (and, at an SVE access trap's return, that state all zero)
+    assert patterns <= hashes <= patterns | {native.a64_sve_zero_hash(vl)}, \
+        [hex(h) for h in hashes]
+    p = fputrace("report", "--json", str(arm64_workloads))
+    sve = json.loads(p.stdout)["boundary_checks"]["by_kind"]["sve_user_return"]
+    assert sve["checked"] >= preempted and sve["violations"] == 0, sve
 
 
 N_VL_CHANGES = 20

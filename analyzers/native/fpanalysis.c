@@ -594,6 +594,11 @@ uint64_t fpa_user_init_hash(uint16_t arch)
            fpa_x86_init_share(FPA_X86_SSE);
 }
 
+uint64_t fpa_a64_sve_zero_hash(uint32_t vl)
+{
+    return ftr_a64_sve_zero_hash(vl);
+}
+
 /*
  * Where a task's FPU register buffer lies in its task_struct, as an offset
  * from the task pointer: thread.fpu.state (5.10) or the fpstate embedded at

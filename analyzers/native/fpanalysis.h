@@ -123,6 +123,12 @@ int fpa_classify(struct fpa_classify_args *a);
  */
 uint64_t fpa_user_init_hash(uint16_t arch);
 
+/*
+ * arm64: the hash of the SVE state beyond V0-V31 all zero, at vector
+ * length vl bytes (ftr-hash.h): what an SVE access trap gives a task.
+ */
+uint64_t fpa_a64_sve_zero_hash(uint32_t vl);
+
 /* x86's register hash in shares: x87 (FCW, FSW, ST0-7), MXCSR, SSE (XMM0-15). */
 enum fpa_x86_share { FPA_X86_X87, FPA_X86_MXCSR, FPA_X86_SSE };
 

@@ -159,6 +159,7 @@ class Flag(enum.IntFlag):
     ADDR_HYP = 0x8000  # arm64: an nVHE hypervisor address, given as the kernel's address
     # arm64 VM entry/exit: the guest ran with FP/SIMD access trapped to EL2.
     GUEST_FP_TRAPPED = 0x10000
+    SVE_VALID = 0x20000
 
 
 ADDR_SIZE_SHIFT = 13
