@@ -98,12 +98,17 @@ BOUNDARY_REGISTERS: dict[int, tuple[str, str]] = {
     fmt.Arch.X86_64: ("FCW, FSW, MXCSR, ST0-7, XMM0-15",
                       "the YMM upper halves, AVX-512 state and PKRU (QEMU 10.0's plugin "
                       "register API does not expose them)"),
-    fmt.Arch.AARCH64: ("V0-V31, FPSR, FPCR; with SVE enabled for user mode, Z0-Z31 above "
-                       "their low 128 bits, P0-P15 and FFR at the returns from exceptions "
-                       "other than system calls",
-                       "the SVE state at returns from system calls, which discard it, and "
-                       "SME's ZA and ZT0 (not read)"),
+    fmt.Arch.AARCH64: ("V0-V31, FPSR, FPCR",
+                       "SVE's Z upper bits, P0-P15 and FFR (not recorded: the plugin ran with "
+                       "boundary_state=off, or predates it), and SME's ZA and ZT0 (not read)"),
 }
+# ... arm64 where the trace has the SVE state at user boundaries
+# (Feature.BOUNDARY_STATE).
+AARCH64_SVE_REGISTERS = ("V0-V31, FPSR, FPCR; with SVE enabled for user mode, Z0-Z31 above "
+                         "their low 128 bits, P0-P15 and FFR at the returns from exceptions "
+                         "other than system calls",
+                         "the SVE state at returns from system calls, which discard it, and "
+                         "SME's ZA and ZT0 (not read)")
 
 # ESR_ELx.EC of an SVC from AArch64 (a system call), of an SVE access trap.
 ESR_EC_SVC64, ESR_EC_SVE = 0x15, 0x19
@@ -526,12 +531,15 @@ def spans_gap(gaps: npt.NDArray[np.uint64], lo_seq: int, hi_seq: int) -> bool:
 def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                      ident: npt.NDArray[np.int64], symbols: Symbols,
                      uabi_probed: bool, arch: int,
-                     gaps: npt.NDArray[np.uint64] | None = None) -> Boundaries:
+                     gaps: npt.NDArray[np.uint64] | None = None,
+                     boundary_state: bool = False) -> Boundaries:
     """Check every user return and VM entry of a trace (events in seq order)
     of a kernel of `arch` (fmt.Arch). `uabi_probed`: KVM's KVM_SET_XSAVE/
     KVM_SET_FPU copies were probed (kernels with
     fpu_copy_uabi_to_guest_fpstate()). `gaps`: where the trace lost
-    records (Trace.gaps). The linear part runs in the compiled pass
+    records (Trace.gaps). `boundary_state`: the user boundaries carry the
+    arch's state beyond the register hash (Feature.BOUNDARY_STATE). The
+    linear part runs in the compiled pass
     (fpa_boundaries); the events that need a look, one by one."""
     from analyzers import native
 
@@ -898,8 +906,9 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     findings += vfind
     findings.sort(key=lambda f: (f.after, f.kind))
     return Boundaries(user, vcpu, {k_: (v[0], v[1]) for k_, v in per_task.items()},
-                      per_vcpu, findings, sections, keys, BOUNDARY_REGISTERS.get(arch, ("", "")),
-                      sve)
+                      per_vcpu, findings, sections, keys,
+                      AARCH64_SVE_REGISTERS if boundary_state and arch == fmt.Arch.AARCH64
+                      else BOUNDARY_REGISTERS.get(arch, ("", "")), sve)
 
 
 def _guest_moves(x: _Explainer, mine: list[int]) -> tuple[int, str, list[tuple[str, int]]]:

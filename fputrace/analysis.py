@@ -210,7 +210,8 @@ def _analyze_level(r: Run) -> Analysis:
     ident = own.task_ident
     bounds = check_boundaries(events, tasks, ident, r.symbols,
                               "fpu_copy_uabi_to_guest_fpstate" in r.symbols.values,
-                              r.trace.header.arch, r.trace.gaps)
+                              r.trace.header.arch, r.trace.gaps,
+                              bool(r.trace.header.features & fmt.Feature.BOUNDARY_STATE))
     verdict = combine(events, ident, own, bounds, r.trace.gaps)
     traps = trap_costs(events, ident) if r.trace.header.arch == fmt.Arch.AARCH64 else None
     switches = switch_costs(events)

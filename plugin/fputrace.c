@@ -65,6 +65,10 @@
  *                       q (quiet: it renames no task and rewrites no buffer)
  *   icount=on|off       events carry the vCPU's instruction count (default on)
  *   boundaries=on|off   record user entry/return boundaries (default on)
+ *   boundary_state=on|off
+ *                       with them, the state beyond the register hash where
+ *                       the architecture has one (arm64: the SVE registers
+ *                       above V0-V31; default on)
  *   regs=derive|read    register hashes at 64-bit saves and restores from the
  *                       bytes they move (default), or read register by register
  *   fpcode=ADDR:LEN     arm64: kernel FP core code whose FP/SIMD instructions are
@@ -95,6 +99,7 @@ struct ftr_config cfg = {
     .task = { .pid_off = -1, .tgid_off = -1, .comm_off = -1 },
     .gtask = { .pid_off = -1, .tgid_off = -1, .comm_off = -1 },
     .boundaries = true,
+    .boundary_state = true,
     .derive_regs = true,
     .icount = true,
 };
@@ -442,7 +447,7 @@ void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_index,
     if (cfg.icount) {
         ev.icount = vs->ub.entry_icount;   /* when it entered, not now */
     }
-    if (arch->boundary_state) {
+    if (arch->boundary_state && cfg.boundary_state) {
         arch->boundary_state(vs, &ev);     /* nothing changed it since the entry either */
     }
     if (defer) {
@@ -509,7 +514,7 @@ void vcpu_user_return(struct vcpu_state *vs, unsigned int vcpu_index,
         vs->last_regs = ev.regs_hash;
         vs->last_regs_ok = ok;
     }
-    if (!quiet && arch->boundary_state) {
+    if (!quiet && arch->boundary_state && cfg.boundary_state) {
         arch->boundary_state(vs, &ev);
     }
     vs->ub.entry_seen = false;
@@ -1085,6 +1090,9 @@ static bool parse_arg(const char *arg)
     }
     if (!strcmp(k, "icount")) {
         return qemu_plugin_bool_parse(k, v, &cfg.icount);
+    }
+    if (!strcmp(k, "boundary_state")) {
+        return qemu_plugin_bool_parse(k, v, &cfg.boundary_state);
     }
     if (!strcmp(k, "regs")) {
         if (strcmp(v, "derive") && strcmp(v, "read")) {

@@ -353,6 +353,7 @@ struct ftr_config {
     bool guest_tasks;           /* a guest context switch probe: L2's tasks are followed */
     bool derive_regs;           /* regs=derive (default) or regs=read */
     bool icount;                /* events carry the instruction count (default on) */
+    bool boundary_state;        /* boundary_state=on (default): arch->boundary_state() */
     bool timed_probes;          /* some probe is timed: returns are watched */
     char *kernel_id, *qemu_id, *args;
     const char *target;

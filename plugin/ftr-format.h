@@ -45,7 +45,9 @@
     X(TASKS, 2)                 /* task tracking */ \
     X(BOUNDARIES, 3)            /* user entry/return events */ \
     X(PROBES, 4)                /* kernel function probes */ \
-    X(ICOUNT, 5)                /* events carry the vCPU's instruction count (version 4) */
+    X(ICOUNT, 5)                /* events carry the vCPU's instruction count (version 4) */ \
+    X(BOUNDARY_STATE, 6)        /* user boundaries carry the arch's state beyond the \
+                                 * register hash where it has one (arm64: SVE_VALID) */
 
 #define FTR_DEFINE_FEATURE(name, bit) FTR_FEAT_##name = 1u << (bit),
 enum ftr_feature { FTR_FEATURES(FTR_DEFINE_FEATURE) };

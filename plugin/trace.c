@@ -80,7 +80,9 @@ static uint64_t trace_features(void)
            (cfg.current_addr ? FTR_FEAT_TASKS : 0) |
            (cfg.boundaries ? FTR_FEAT_BOUNDARIES : 0) |
            (cfg.n_probes ? FTR_FEAT_PROBES : 0) |
-           (cfg.icount ? FTR_FEAT_ICOUNT : 0);
+           (cfg.icount ? FTR_FEAT_ICOUNT : 0) |
+           (cfg.boundaries && cfg.boundary_state && arch->boundary_state ?
+            FTR_FEAT_BOUNDARY_STATE : 0);
 }
 
 static uint16_t trace_arch(void)

@@ -408,8 +408,10 @@ def test_arm64_sve_state_is_checked_across_preemptions(arm64_workloads: Path) ->
     assert patterns <= hashes <= patterns | {native.a64_sve_zero_hash(vl)}, \
         [hex(h) for h in hashes]
     p = fputrace("report", "--json", str(arm64_workloads))
-    sve = json.loads(p.stdout)["boundary_checks"]["by_kind"]["sve_user_return"]
+    checks = json.loads(p.stdout)["boundary_checks"]
+    sve = checks["by_kind"]["sve_user_return"]
     assert sve["checked"] >= preempted and sve["violations"] == 0, sve
+    assert "P0-P15 and FFR at the returns from exceptions" in checks["registers"]["compared"]
 
 
 N_VL_CHANGES = 20

@@ -92,8 +92,6 @@ int main(int argc, char **argv)
     pid_t hog_pid = -1;
     int kvm, vm, vcpu;
     long runs = 0, io_exits = 0, mismatches = 0;
-    struct kvm_sregs sregs;
-    struct kvm_regs regs = { .rip = GUEST_CODE, .rflags = 0x2 };
     struct kvm_run *run;
     uint8_t *mem;
     struct fp_file in, out;
@@ -101,25 +99,7 @@ int main(int argc, char **argv)
     mem = kvm_vm_with_memory(0, GUEST_MEM_SIZE, &kvm, &vm);
     memcpy(mem + GUEST_CODE, guest_code, sizeof(guest_code));
     *(uint16_t *)(mem + GUEST_SPIN) = with_hog ? HOG_GUEST_SPIN : 0;
-    vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
-    if (vcpu < 0)
-        die("KVM_CREATE_VCPU");
-    int run_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
-    run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
-    if (run == MAP_FAILED)
-        die("mmap kvm_run");
-    if (ioctl(vcpu, KVM_GET_SREGS, &sregs) < 0)
-        die("KVM_GET_SREGS");
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    sregs.ds.base = 0;
-    sregs.ds.selector = 0;
-    sregs.cr0 = (sregs.cr0 & ~0xcull) | 0x2;    /* MP, no EM/TS: FPU usable */
-    sregs.cr4 |= 1u << 9;                       /* OSFXSR: SSE usable */
-    if (ioctl(vcpu, KVM_SET_SREGS, &sregs) < 0)
-        die("KVM_SET_SREGS");
-    if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0)
-        die("KVM_SET_REGS");
+    vcpu = kvm_real_mode_vcpu(kvm, vm, GUEST_CODE, &run);
 
     shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (shared == MAP_FAILED)

@@ -118,8 +118,6 @@ int main(int argc, char **argv)
     long n = argc > 1 ? strtol(argv[1], NULL, 0) : 20;
     int seed_fd = -1, kvm, vm, vcpu;
     long mismatches = 0, fpu_mismatches = 0, failed = 0;
-    struct kvm_sregs sregs;
-    struct kvm_regs regs = { .rip = GUEST_CODE, .rflags = 0x2 };
     struct kvm_run *run;
     struct fp_file in, out;
     struct written w;
@@ -134,23 +132,7 @@ int main(int argc, char **argv)
     }
     mem = kvm_vm_with_memory(0, GUEST_MEM_SIZE, &kvm, &vm);
     memcpy(mem + GUEST_CODE, guest_code, sizeof(guest_code));
-    vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
-    if (vcpu < 0)
-        die("KVM_CREATE_VCPU");
-    int run_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
-    run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
-    if (run == MAP_FAILED)
-        die("mmap kvm_run");
-    if (ioctl(vcpu, KVM_GET_SREGS, &sregs) < 0)
-        die("KVM_GET_SREGS");
-    sregs.cs.base = sregs.cs.selector = 0;
-    sregs.ds.base = sregs.ds.selector = 0;
-    sregs.cr0 = (sregs.cr0 & ~0xcull) | 0x2;    /* MP, no EM/TS: FPU usable */
-    sregs.cr4 |= 1u << 9 | 1u << 10;            /* OSFXSR, OSXMMEXCPT: SSE usable */
-    if (ioctl(vcpu, KVM_SET_SREGS, &sregs) < 0)
-        die("KVM_SET_SREGS");
-    if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0)
-        die("KVM_SET_REGS");
+    vcpu = kvm_real_mode_vcpu(kvm, vm, GUEST_CODE, &run);
 
     /*
      * A first run, so that the trace has seen the vCPU exit before the

@@ -51,6 +51,38 @@ static uint8_t *kvm_vm_with_memory(uint64_t guest_phys, size_t size, int *kvm, i
     return mem;
 }
 
+#ifdef __x86_64__
+/*
+ * vCPU 0 of vm in real mode, flat at address 0, FPU and SSE usable (CR0.MP
+ * without EM or TS; CR4.OSFXSR, OSXMMEXCPT), to start at rip; its kvm_run
+ * into *run (kvm: /dev/kvm). Returns the vCPU; dies on failure.
+ */
+static int kvm_real_mode_vcpu(int kvm, int vm, uint64_t rip, struct kvm_run **run)
+{
+    struct kvm_sregs sregs;
+    struct kvm_regs regs = { .rip = rip, .rflags = 0x2 };
+    int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+
+    if (vcpu < 0)
+        die("KVM_CREATE_VCPU");
+    int run_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+    *run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+    if (*run == MAP_FAILED)
+        die("mmap kvm_run");
+    if (ioctl(vcpu, KVM_GET_SREGS, &sregs) < 0)
+        die("KVM_GET_SREGS");
+    sregs.cs.base = sregs.cs.selector = 0;
+    sregs.ds.base = sregs.ds.selector = 0;
+    sregs.cr0 = (sregs.cr0 & ~0xcull) | 0x2;
+    sregs.cr4 |= 1u << 9 | 1u << 10;
+    if (ioctl(vcpu, KVM_SET_SREGS, &sregs) < 0)
+        die("KVM_SET_SREGS");
+    if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0)
+        die("KVM_SET_REGS");
+    return vcpu;
+}
+#endif
+
 /*
  * One KVM_RUN with the registers loaded from *in just before it and stored
  * to *out right after (fpcheck.h): returns whether they came back as they

@@ -40,6 +40,9 @@ class Feature(enum.IntFlag):
     BOUNDARIES = 1 << 3  # user entry/return events
     PROBES = 1 << 4  # kernel function probe events
     ICOUNT = 1 << 5  # events carry the vCPU's instruction count (version 4)
+    # user boundaries carry the arch's state beyond the register hash (arm64:
+    # the SVE registers above V0-V31, flag SVE_VALID)
+    BOUNDARY_STATE = 1 << 6
 
 
 class Arch(enum.IntEnum):
