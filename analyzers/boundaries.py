@@ -758,11 +758,11 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         then sve_init_regs() either zeroes the live registers
         (sve_flush_live()) or copies V0-V31 into the cleared buffer
         (fpsimd_to_sve())."""
-        ec = (values[e] >> 26) & 0x3F if e >= 0 else -1
-        trap = e >= 0 and not all_flags[e] & sve_valid and ec == ESR_EC_SVE
         if e < 0:
             sve.unchecked["the entry was not seen"] += 1
             return
+        ec = (values[e] >> 26) & 0x3F
+        trap = ec == ESR_EC_SVE and not all_flags[e] & sve_valid
         if changes:
             sve.unchecked[f"after {changes[-1][1]}"] += 1
             return

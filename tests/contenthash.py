@@ -43,3 +43,20 @@ def xsave_hash(image: bytes, start: int = 0) -> int:
 # The AVX upper halves (YMM_Hi128, standard offsets 576..831) in their init
 # state: all zero.
 AVX_INIT_HASH = xsave_hash(bytes(832 - 576), 576)
+
+
+def a64_sve_hash(image: bytes, vl: int) -> int:
+    """The hash of arm64's SVE state beyond V0-V31 (docs/trace-format.md,
+    "arm64") at vector length vl bytes, from an image laid out as the
+    workloads store it: Z0-Z31 (vl bytes each), then P0-P15 and FFR (vl / 8
+    bytes each); a short image counts as zeros beyond its end."""
+    image = image.ljust(34 * vl + vl // 8, b"\0")
+    h = sum(word_hash(128 + 32 * n + k,
+                      int.from_bytes(image[n * vl + 8 * k:n * vl + 8 * k + 8], "little"), 0xFF)
+            for n in range(32) for k in range(2, vl // 8))
+    p = vl // 8
+    for n in range(17):  # P0-P15, then FFR
+        reg = image[32 * vl + n * p:32 * vl + (n + 1) * p]
+        h += sum(word_hash(1152 + 4 * n + k, int.from_bytes(reg[8 * k:8 * k + 8], "little"),
+                           0xFF) for k in range((p + 7) // 8))
+    return h & M64

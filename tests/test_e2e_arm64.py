@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require
-from contenthash import word_hash
+from contenthash import a64_sve_hash
 from e2e import events_of, fputrace, kernel_available, workload_line
 
 from analyzers import native
@@ -377,16 +377,8 @@ def sve_pattern_hash(seed: int, vl: int) -> int:
     V0-V31 that fpu-switch holds through its spins: Z0-Z31 and P0-P15
     loaded from sve_pattern(seed) (workloads/aarch64/fpcheck.h), FFR zero
     as the SVE access trap that enabled SVE left it."""
-    b = bytes((seed * 29 + i * 3 + i // 251) & 0xFF for i in range(34 * vl))
-    h = sum(word_hash(128 + 32 * n + k, int.from_bytes(b[n * vl + 8 * k:n * vl + 8 * k + 8],
-                                                       "little"), 0xFF)
-            for n in range(32) for k in range(2, vl // 8))
-    p_words = (vl // 8 + 7) // 8
-    for n in range(17):
-        p = b[32 * vl + n * (vl // 8):32 * vl + (n + 1) * (vl // 8)] if n < 16 else b""
-        for k in range(p_words):
-            h += word_hash(1152 + 4 * n + k, int.from_bytes(p[8 * k:8 * k + 8], "little"), 0xFF)
-    return h & ((1 << 64) - 1)
+    z_and_p = bytes((seed * 29 + i * 3 + i // 251) & 0xFF for i in range(34 * vl))
+    return a64_sve_hash(z_and_p, vl)  # FFR: beyond the image, zero
 
 
 def test_arm64_sve_state_is_checked_across_preemptions(arm64_workloads: Path) -> None:
