@@ -113,6 +113,10 @@ AARCH64_SVE_REGISTERS = ("V0-V31, FPSR, FPCR; with SVE enabled for user mode, Z0
 # ESR_ELx.EC of an SVC from AArch64 (a system call), of an SVE access trap.
 ESR_EC_SVC64, ESR_EC_SVE = 0x15, 0x19
 SVE_TRAP_ZEROED = "SVE access trap's zeroed state"
+SVE_FRAME = "signal frame's SVE record"
+SVE_HANDLER = "signal handler's SVE state"
+SVE_SIGRETURN = "sigreturn's SVE record"
+SVE_SIG_FLAG_SM = 0x1  # struct sve_context.flags: streaming mode's (SME)
 
 # Functions of the FPU core that execute x87/SSE instructions outside a
 # kernel_fpu section, by design:
@@ -589,22 +593,43 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     # A sigreturn or a regset write whose image the plugin read (x86:
     # docs/trace-format.md, "Probes") is checked against it.
     mem_valid = int(F.MEM_VALID)
+    # arm64 frames (SIGFRAME events, sigreturn probes): their records'
+    # hashes (docs/trace-format.md, "arm64").
+    mem_hash = ev["mem_hash"].tolist()
+    mem_legacy_hash = ev["mem_legacy_hash"].tolist()
+    mem_ext_hash = ev["mem_ext_hash"].tolist()
+    mem_features = ev["mem_features"].tolist()
+    kinds = ev["kind"].tolist()
+    k_sigframe = int(K.SIGFRAME)
 
     def judge_frame(i: int, k: int, cpu: int, last_return: int, probe_at: int) -> None:
-        """Save i into the signal frame, against the registers task k
-        entered the kernel with. copy_fpstate_to_sigframe() (6.1
-        arch/x86/kernel/fpu/signal.c) first reloads the task's own state
-        when it is not in the registers (TIF_NEED_FPU_LOAD), then saves the
-        registers into the frame: what the frame gets must be what the
-        task left user mode with. (Linux 5.2's Go/AVX corruption wrote
-        another task's registers here.)"""
+        """The signal frame of task k's delivery (probe probe_at), against
+        the registers the task entered the kernel with; i is the event that
+        shows the frame's FP state:
+        - x86, the save into the frame: copy_fpstate_to_sigframe() (6.1
+          arch/x86/kernel/fpu/signal.c) first reloads the task's own state
+          when it is not in the registers (TIF_NEED_FPU_LOAD), then saves
+          the registers into the frame;
+        - arm64, the frame read at the handler's start (a SIGFRAME event):
+          setup_rt_frame() -> fpsimd_signal_preserve_current_state() saves
+          the live registers into the task's state (with TIF_SVE,
+          sve_to_fpsimd() copies their V part), and preserve_fpsimd_context()
+          copies that into the frame's FP/SIMD record (6.1
+          arch/arm64/kernel/signal.c).
+        What the frame gets must be what the task left user mode with.
+        (Linux 5.2's Go/AVX corruption wrote another task's registers
+        here.)"""
         e = entry.get(k, -1)
         if e <= last_return:
             # The entry seen is of an earlier stay in the kernel.
             user.unchecked["a signal frame save whose task's entry the trace did not "
                            "show"] += 1
             return
-        if not (all_flags[i] & regs_valid and all_flags[e] & regs_valid):
+        read = kinds[i] == k_sigframe
+        if read and not all_flags[i] & mem_valid:
+            user.unchecked["a signal frame whose FP/SIMD record could not be read"] += 1
+            return
+        if not (read or all_flags[i] & regs_valid) or not all_flags[e] & regs_valid:
             user.unchecked["a signal frame save whose task's registers at the entry were "
                            "not read"] += 1
             return
@@ -619,7 +644,10 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                            "kernel"] += 1
             return
         want = regs_hash[e]
-        if regs_hash[i] == want:
+        got = mem_hash[i] if read else regs_hash[i]
+        if read:
+            judge_frame_sve(i, k, e)
+        if got == want:
             user.checked += 1
             user.purpose_checked["signal frame"] += 1
             count(k, False)
@@ -631,12 +659,80 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             user.purpose_checked["signal frame"] += 1
             count(k, True)
             # What happened before the frame's save, the save itself left out.
-            x = explainer.explain(e, i - 1, k, want, cpu, "the signal frame's save")
+            x = explainer.explain(e, probe_at if read else i - 1, k, want, cpu,
+                                  "the signal frame's save")
+            how = (f"written by {explainer.call(probe_at)}, read at the handler's start"
+                   if read else f"saved at {explainer.site(i)}")
             findings.append(BoundaryFinding(
                 "corrupted_state", "signal_frame", int(ident[i]), 0, e, i, x.cause,
                 f"the signal frame at {int(ev['addr'][i]):#x} got FP registers that are not "
-                f"those the task entered the kernel with (saved at {explainer.site(i)}): "
-                + x.text, trail=x.trail))
+                f"those the task entered the kernel with ({how}): " + x.text, trail=x.trail))
+
+    def judge_frame_sve(i: int, k: int, e: int) -> None:
+        """arm64: the SVE record of the frame read at event i (task k, entry
+        e). preserve_sve_context() (6.1 arch/arm64/kernel/signal.c) writes
+        the task's SVE registers where its state is saved in SVE form, and
+        no register data otherwise. With data:
+        - Z0-Z31's low 128 bits must be the FP/SIMD record's V0-V31: both
+          come from the one saved state (sve_to_fpsimd() made the latter
+          from it); 61da7c8e2a60 ("arm64/signal: Don't assume that TIF_SVE
+          means we saved SVE state") fixed a frame that took a stale SVE
+          buffer after a system call had saved only FP/SIMD;
+        - the rest is what judge_sve() says a return gives: all zero after
+          a system call (fp_user_discard(): 6.1 drops TIF_SVE, 6.12
+          zeroes it with sve_flush_live()) or an SVE access trap, the
+          entry's after any other exception.
+        Without data, an exception other than a system call that kept the
+        task's SVE state (the entry shows it) leaves it out of the frame,
+        and sigreturn would load FP/SIMD only: a loss. Streaming mode's
+        (SVE_SIG_FLAG_SM) is SME's state, not checked."""
+        if e < 0 or not all_flags[i] & mem_valid:
+            return
+        has = all_flags[i] & sve_valid
+        vl, record_flags = mem_features[i] & 0xFFFF, mem_features[i] >> 16
+        ec = (values[e] >> 26) & 0x3F
+        trap = ec == ESR_EC_SVE and not all_flags[e] & sve_valid
+        what = "the signal frame's SVE record"
+        if has and record_flags & SVE_SIG_FLAG_SM:
+            sve.unchecked["a signal frame of SME's streaming mode"] += 1
+            return
+        if not has:
+            if ec == ESR_EC_SVC64 or trap or not all_flags[e] & sve_valid:
+                return
+            failed = f"{what} has no registers, while the task's SVE state (VL " \
+                     f"{index_of[e]} bytes) was live at the entry (ESR {values[e]:#x}), " \
+                     "which keeps it: sigreturn will load FP/SIMD only"
+        elif mem_legacy_hash[i] != mem_hash[i]:
+            failed = f"{what}'s Z0-Z31 (VL {vl} bytes) do not hold the V0-V31 of the frame's " \
+                     "FP/SIMD record (a stale SVE buffer)"
+        else:
+            if ec == ESR_EC_SVC64 or trap:
+                want = native.a64_sve_zero_hash(vl)
+            elif all_flags[e] & sve_valid and index_of[e] == vl:
+                want = sve_hash[e]
+            else:
+                sve.unchecked["a signal frame whose task's SVE state at the entry the trace "
+                              "did not show, at the frame's vector length"] += 1
+                return
+            if mem_ext_hash[i] == want:
+                sve.checked += 1
+                sve.purpose_checked[SVE_FRAME] += 1
+                return
+            failed = (f"{what}'s registers beyond V0-V31 (VL {vl} bytes) are not all zero, "
+                      "as a system call or an SVE access trap leaves them"
+                      if ec == ESR_EC_SVC64 or trap else
+                      f"{what}'s registers beyond V0-V31 (VL {vl} bytes) differ from those "
+                      f"the task entered with (ESR {values[e]:#x})")
+        if spans_gap(gaps, int(seqs[e]), int(seqs[i])):
+            sve.unchecked[GAP_UNCHECKED] += 1
+            return
+        sve.checked += 1
+        sve.violations += 1
+        sve.purpose_checked[SVE_FRAME] += 1
+        x = explainer.explain(e, i, k, regs_hash[e], int(ev["vcpu"][i]))
+        findings.append(BoundaryFinding(
+            "corrupted_state", "signal_frame", int(ident[i]), 0, e, i, x.cause,
+            f"{failed} (frame at {int(ev['addr'][i]):#x}): " + x.text, trail=x.trail))
 
     def settle(i: int, k: int, j: int, wants: tuple[int | None, ...], label: str,
                explain_from: int, what: str, trail: list[tuple[str, int]]) -> None:
@@ -699,6 +795,16 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         left out; 5.10's copy_user_to_fpregs_zeroing() does the same in the
         other order (image_hash(), IMAGE_RESTORE). The restore from the
         frame must be in the trace, for its request."""
+        if arch == fmt.Arch.AARCH64:
+            # restore_fpsimd_context() and restore_sve_fpsimd_context()
+            # (6.1 arch/arm64/kernel/signal.c) copy V0-V31, FPSR and FPCR
+            # from the frame's FP/SIMD record into the task's state
+            # (fpsimd_update_current_state(); with SVE, into the V part of
+            # its SVE registers), loaded on the way back to user mode.
+            settle(i, k, j, (mem_hash[j],), "sigreturn's frame", j,
+                   f"the return after sigreturn ({explainer.call(j)}) does not hold the FP/SIMD "
+                   "record of the signal frame as the handler left it (read at its SVC): ", [])
+            return True
         buf = values[j]
         window = np.arange(j + 1, i)
         mine = window[keys.at(window) == k]
@@ -763,7 +869,16 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             return
         ec = (values[e] >> 26) & 0x3F
         trap = ec == ESR_EC_SVE and not all_flags[e] & sve_valid
-        if changes:
+        if changes and changes[-1][1] == "sigreturn" and \
+                all_flags[changes[-1][0]] & sve_valid:
+            judge_sve_sigreturn(i, k, changes[-1][0])
+            return
+        # A signal handler starts with the SVE state the task was
+        # interrupted with: setup_return() (6.1 arch/arm64/kernel/signal.c)
+        # leaves the registers, and its SMSTOP changes them only for a task
+        # in streaming mode (left zeroed).
+        handler = bool(changes) and all(r == "signal delivery" for _, r in changes)
+        if changes and not handler:
             sve.unchecked[f"after {changes[-1][1]}"] += 1
             return
         if ec == ESR_EC_SVC64:
@@ -776,14 +891,17 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         if not trap and index_of[e] != index_of[i]:
             sve.unchecked["the vector length changed"] += 1
             return
-        want = native.a64_sve_zero_hash(index_of[i]) if trap else sve_hash[e]
+        zero = native.a64_sve_zero_hash(index_of[i])
+        want = zero if trap else sve_hash[e]
         if sve_hash[i] != want and spans_gap(gaps, int(seqs[e]), int(seqs[i])):
             sve.unchecked[GAP_UNCHECKED] += 1
             return
         sve.checked += 1
-        if trap:
+        if handler:
+            sve.purpose_checked[SVE_HANDLER] += 1
+        elif trap:
             sve.purpose_checked[SVE_TRAP_ZEROED] += 1
-        if sve_hash[i] == want:
+        if sve_hash[i] == want or (handler and sve_hash[i] == zero):
             return
         sve.violations += 1
         x = explainer.explain(e, i, k, regs_hash[e], int(ev["vcpu"][i]))
@@ -794,6 +912,36 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             "corrupted_state", "task", int(ident[i]), 0, e, i, x.cause,
             f"the SVE registers beyond V0-V31 (Z0-Z31 above 128 bits, P0-P15, FFR, at VL "
             f"{index_of[i]} bytes) {got}: " + x.text, trail=x.trail))
+
+    def judge_sve_sigreturn(i: int, k: int, j: int) -> None:
+        """arm64 return i of task k with EL0's SVE enabled, after the
+        sigreturn of probe j whose frame had SVE registers:
+        restore_sve_fpsimd_context() (6.1 arch/arm64/kernel/signal.c)
+        copies them into the task's SVE buffer and sets TIF_SVE, so the
+        return holds them beyond V0-V31 (rt_sigreturn's own entry, a system
+        call, discarded the task's earlier ones first)."""
+        vl, record_flags = mem_features[j] & 0xFFFF, mem_features[j] >> 16
+        if record_flags & SVE_SIG_FLAG_SM:
+            sve.unchecked["a signal frame of SME's streaming mode"] += 1
+            return
+        if vl != index_of[i]:
+            sve.unchecked["the vector length changed"] += 1
+            return
+        want = mem_ext_hash[j]
+        if sve_hash[i] != want and spans_gap(gaps, int(seqs[j]), int(seqs[i])):
+            sve.unchecked[GAP_UNCHECKED] += 1
+            return
+        sve.checked += 1
+        sve.purpose_checked[SVE_SIGRETURN] += 1
+        if sve_hash[i] == want:
+            return
+        sve.violations += 1
+        x = explainer.explain(j, i, k, regs_hash[i], int(ev["vcpu"][i]))
+        findings.append(BoundaryFinding(
+            "corrupted_state", "purpose", int(ident[i]), 0, j, i, x.cause,
+            f"the return after sigreturn ({explainer.call(j)}) does not hold the SVE registers "
+            f"beyond V0-V31 of the signal frame's SVE record (VL {vl} bytes) as the handler "
+            "left it: " + x.text, trail=x.trail))
 
     def judge(i: int, k: int, before: int, window: list[str], what: str) -> None:
         """Return i of task k against the register hash of event `before`."""
@@ -818,7 +966,8 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     reasons: dict[int, list[tuple[int, str]]] = {}  # key -> (event index, reason)
     fork_probe: dict[tuple[int, int], int] = {}  # (vcpu, parent key) -> probe event
     fork_copy: dict[int, int] = {}  # child task pointer -> the save that copied its state
-    sigframe_probe: dict[tuple[int, int], int] = {}  # (vcpu, key) -> the probe of a frame due
+    # (vcpu, key) -> the probe of a frame due, and the key's last return then
+    sigframe_probe: dict[tuple[int, int], tuple[int, int]] = {}
     key_of_ptr: dict[int, int] = {}
     rel = bp.rel
     rel_keys = keys.at(rel)
@@ -849,13 +998,22 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             elif probe in purposeful:
                 reasons.setdefault(k, []).append((i, purposeful[probe]))
                 if probe == p_sigframe:
-                    sigframe_probe[(cpu, k)] = i
+                    sigframe_probe[(cpu, k)] = (i, p)
+        elif kind == k_sigframe:
+            # arm64: the frame read at the handler's start.
+            due = sigframe_probe.pop((cpu, k), None)
+            if due is not None:
+                judge_frame(i, k, cpu, due[1], due[0])
+            else:
+                user.unchecked["a signal frame read whose delivery the trace did not "
+                               "show"] += 1
         elif kind != k_return:
             # L2's own frames (the nested guest's kernel, on the vCPU
             # thread's task) are its model's (fputrace.analysis.guest_view).
-            if (cpu, k) in sigframe_probe and addr < USER_TOP and not flags & l2:
+            if (cpu, k) in sigframe_probe and addr < USER_TOP and not flags & l2 and \
+                    arch == fmt.Arch.X86_64:
                 # The first save into user memory after the probe: the frame's.
-                judge_frame(i, k, cpu, p, sigframe_probe.pop((cpu, k)))
+                judge_frame(i, k, cpu, p, sigframe_probe.pop((cpu, k))[0])
             # The parent's first save on its CPU after a fork probe:
             # fpu_clone() / fpu__copy() save its live registers into the
             # child's buffer, at the child's task pointer plus the kernel's
@@ -878,7 +1036,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             if changes and changes[-1][1] in results:
                 judge_purpose(i, k, changes[-1][0], changes[-1][1], e)
                 continue
-            if changes and arch == fmt.Arch.X86_64 and all_flags[changes[-1][0]] & mem_valid:
+            if changes and all_flags[changes[-1][0]] & mem_valid:
                 j, why = changes[-1]
                 if why == "sigreturn" and judge_sigreturn(i, k, j):
                     continue

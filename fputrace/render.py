@@ -90,6 +90,15 @@ def _event_line(ev: Any, who: str, where: str, caller: str = "", icount: bool = 
         parts += [f"probe={name}", f"arg0={int(ev['value']):#x}"]
         if caller:
             parts.append(f"caller={caller}")
+    elif kind == fmt.Kind.SIGFRAME:
+        parts.append(f"frame={int(ev['addr']):#x}")
+        if flags & fmt.Flag.MEM_VALID:
+            parts.append(f"fpsimd={int(ev['mem_hash']):016x}")
+        else:
+            parts.append("no-fpsimd-record")
+        if flags & fmt.Flag.SVE_VALID:
+            parts += [f"sve_vl={int(ev['mem_features']) & 0xffff}",
+                      f"sve={int(ev['mem_ext_hash']):016x}"]
     elif kind == fmt.Kind.PROBE_RETURN:
         parts.append(f"to={caller}")
         if icount:

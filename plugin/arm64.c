@@ -48,6 +48,30 @@
 #define ESR_EC_SVE              0x19
 #define ESR_EC_SME              0x1d
 
+#define PSR_MODE32              (1ull << 4)     /* PSTATE.nRW: AArch32 */
+
+#define A64_INSN_SVC_MASK       0xffe0001fu     /* SVC #imm16 */
+#define A64_INSN_SVC            0xd4000001u
+#define A64_NR_RT_SIGRETURN     139             /* include/uapi/asm-generic/unistd.h */
+
+/*
+ * The signal frame (arch/arm64/include/uapi/asm/sigcontext.h, ucontext.h):
+ * struct rt_sigframe is a 128-byte siginfo, then a ucontext whose
+ * uc_mcontext (a 16-aligned struct sigcontext) starts at 176 and has its
+ * 4096-byte __reserved[] at 288; the records there are a list of
+ * {magic, size} heads ended by a zero one, and an extra_context record
+ * points at more of them beyond (datap, size).
+ */
+#define A64_SIGFRAME_RECORDS    (128 + 176 + 288)
+#define A64_SIGFRAME_RESERVED   4096
+#define A64_FRAME_RECORDS_MAX   32
+#define A64_FRAME_EXTRA_MAX     (1u << 20)
+#define A64_FPSIMD_MAGIC        0x46508001u     /* struct fpsimd_context: 528 bytes */
+#define A64_FPSIMD_CONTEXT      528
+#define A64_SVE_MAGIC           0x53564501u     /* struct sve_context: 16 bytes + registers */
+#define A64_SVE_CONTEXT         16
+#define A64_EXTRA_MAGIC         0x45585401u     /* struct extra_context */
+
 #define A64_INSN_ERET           0xd69f03e0u
 #define A64_INSN_ERETAA         0xd69f0bffu
 #define A64_INSN_ERETAB         0xd69f0fffu
@@ -126,7 +150,7 @@ static inline uint32_t a64_sve_z(uint32_t base, unsigned zt, unsigned rn, int im
 
 /* Register handles, resolved once by name (QEMU's own system register names). */
 static struct {
-    struct qemu_plugin_register *x[31];
+    struct qemu_plugin_register *x[31], *sp;
     struct qemu_plugin_register *cpsr, *z[32], *p[16], *ffr, *fpsr, *fpcr, *vg;
     struct qemu_plugin_register *hcr_el2, *esr_el1, *esr_el2, *elr_el1, *elr_el2;
     struct qemu_plugin_register *spsr_el1, *spsr_el2, *vbar_el1, *vbar_el2;
@@ -204,6 +228,21 @@ static bool a64_el0_sve_enabled(struct vcpu_state *vs)
     return ((cpacr >> 16) & 3) == 3;
 }
 
+/* The bytes [from, len) of an SVE register's image, as hash words base + k. */
+static uint64_t a64_sve_bytes_hash(const uint8_t *bytes, size_t from, size_t len,
+                                   uint32_t base)
+{
+    uint64_t h = 0;
+
+    for (size_t k = from / 8; k < (len + 7) / 8; k++) {
+        uint64_t w = 0;
+
+        memcpy(&w, bytes + 8 * k, MIN((size_t)8, len - 8 * k));
+        h += ftr_a64_word_hash(base + (uint32_t)k, w);
+    }
+    return h;
+}
+
 /* The bytes [from, len) of register reg, as hash words base + k. */
 static bool a64_sve_reg_hash(struct vcpu_state *vs, struct qemu_plugin_register *reg,
                              size_t from, size_t len, uint32_t base, uint64_t *h)
@@ -213,12 +252,7 @@ static bool a64_sve_reg_hash(struct vcpu_state *vs, struct qemu_plugin_register 
     if (!reg_read(vs, reg, bytes, len)) {
         return false;
     }
-    for (size_t k = from / 8; k < (len + 7) / 8; k++) {
-        uint64_t w = 0;
-
-        memcpy(&w, bytes + 8 * k, MIN((size_t)8, len - 8 * k));
-        *h += ftr_a64_word_hash(base + (uint32_t)k, w);
-    }
+    *h += a64_sve_bytes_hash(bytes, from, len, base);
     return true;
 }
 
@@ -256,6 +290,207 @@ static void a64_boundary_state(struct vcpu_state *vs, struct ftr_event *ev)
         ev->regs_after_hash = h;
         ev->index = vl;
         ev->flags |= FTR_FLAG_SVE_VALID;
+    }
+}
+
+/* ---- arm64 signal frames ---------------------------------------------- */
+
+/* A struct fpsimd_context at addr: V0-V31, FPSR and FPCR as the registers hash. */
+static void a64_frame_fpsimd(struct vcpu_state *vs, uint64_t addr, struct a64_frame *f)
+{
+    uint8_t rec[A64_FPSIMD_CONTEXT];
+    uint32_t fpsr, fpcr;
+    uint64_t h = 0;
+
+    if (!mem_read(vs, addr, rec, sizeof(rec))) {
+        return;
+    }
+    memcpy(&fpsr, rec + 8, 4);
+    memcpy(&fpcr, rec + 12, 4);
+    for (unsigned n = 0; n < 32; n++) {
+        h += a64_v_hash(n, rec + 16 + 16 * n);
+    }
+    f->fpsr_fpcr_hash = a64_fpsr_fpcr_hash(fpsr, fpcr);
+    f->v_hash = h + f->fpsr_fpcr_hash;
+    f->fpsimd = addr;
+}
+
+/*
+ * A struct sve_context at addr, size bytes: with register data (size past
+ * the 16-byte head), Z0-Z31 above their low 128 bits, P0-P15 and FFR at
+ * its vl, laid out as SVE_SIG_ZREG_OFFSET() and the rest say: each Z vl
+ * bytes, then each P vl / 8 bytes, then FFR.
+ */
+static void a64_frame_sve(struct vcpu_state *vs, uint64_t addr, uint32_t size,
+                          struct a64_frame *f)
+{
+    uint16_t head[2];
+    unsigned vl, pl;
+    uint64_t h = 0;
+    g_autofree uint8_t *regs = NULL;
+
+    if (size <= A64_SVE_CONTEXT || !mem_read(vs, addr + 8, head, sizeof(head))) {
+        return;
+    }
+    vl = head[0];
+    pl = vl / 8;
+    if (vl < 16 || vl > A64_SVE_VL_MAX || vl % 16 ||
+        size < A64_SVE_CONTEXT + 32 * vl + 17 * pl) {
+        return;
+    }
+    regs = g_malloc(32 * vl + 17 * pl);
+    if (!mem_read(vs, addr + A64_SVE_CONTEXT, regs, 32 * vl + 17 * pl)) {
+        return;
+    }
+    f->sve_v_hash = 0;
+    for (unsigned n = 0; n < 32; n++) {
+        h += a64_sve_bytes_hash(regs + n * vl, 16, vl, FTR_A64_WORD_Z + 32 * n);
+        f->sve_v_hash += a64_v_hash(n, regs + n * vl);
+    }
+    for (unsigned n = 0; n <= 16; n++) {        /* P0-P15, then FFR */
+        h += a64_sve_bytes_hash(regs + 32 * vl + n * pl, 0, pl, FTR_A64_WORD_P + 4 * n);
+    }
+    f->sve_hash = h;
+    f->sve = vl | (uint32_t)head[1] << 16;
+}
+
+/*
+ * The FP/SIMD and SVE records of the signal frame records list at addr,
+ * walked as parse_user_sigframe() (arch/arm64/kernel/signal.c) walks it:
+ * head by head to the terminator, then into an extra_context's space. Read
+ * in user mode, or as user mode would (see struct a64_vcpu).
+ */
+static void a64_frame_read(struct vcpu_state *vs, uint64_t addr, struct a64_frame *f)
+{
+    uint64_t end = addr + A64_SIGFRAME_RESERVED, extra = 0;
+    uint32_t extra_size = 0;
+
+    memset(f, 0, sizeof(*f));
+    f->task = vs->a64.host_task;
+    for (unsigned n = 0; n < A64_FRAME_RECORDS_MAX; n++) {
+        uint32_t head[2];
+
+        if (end - addr < sizeof(head) || !mem_read(vs, addr, head, sizeof(head))) {
+            return;
+        }
+        if (!head[0]) {
+            if (!extra) {
+                return;
+            }
+            addr = extra;
+            end = extra + extra_size;
+            extra = 0;
+            continue;
+        }
+        if (head[1] < sizeof(head) || head[1] > end - addr) {
+            return;
+        }
+        switch (head[0]) {
+        case A64_FPSIMD_MAGIC:
+            if (head[1] >= A64_FPSIMD_CONTEXT) {
+                a64_frame_fpsimd(vs, addr, f);
+            }
+            break;
+        case A64_SVE_MAGIC:
+            a64_frame_sve(vs, addr, head[1], f);
+            break;
+        case A64_EXTRA_MAGIC: {
+            struct { uint64_t datap; uint32_t size; } ex;
+
+            if (head[1] >= 8 + 12 && mem_read(vs, addr + 8, &ex.datap, 8) &&
+                mem_read(vs, addr + 16, &ex.size, 4) && ex.size <= A64_FRAME_EXTRA_MAX) {
+                extra = ex.datap;
+                extra_size = ex.size;
+            }
+            break;
+        }
+        }
+        addr += head[1];
+    }
+}
+
+/* A frame's records into an event's memory fields (docs/trace-format.md, "arm64"). */
+static void a64_frame_to_event(const struct a64_frame *f, struct ftr_event *ev)
+{
+    if (!f->fpsimd) {
+        return;
+    }
+    ev->mem_hash = f->v_hash;
+    ev->mem_bytes = A64_FPSIMD_CONTEXT;
+    ev->flags |= FTR_FLAG_MEM_VALID;
+    if (f->sve) {
+        /* Z0-Z31's V part with the FP/SIMD record's FPSR and FPCR, as mem_hash has them. */
+        ev->mem_legacy_hash = f->sve_v_hash + f->fpsr_fpcr_hash;
+        ev->mem_ext_hash = f->sve_hash;
+        ev->mem_features = f->sve;
+        ev->flags |= FTR_FLAG_SVE_VALID;
+    }
+}
+
+/*
+ * An SVC in AArch64 user mode: if it is rt_sigreturn (x8), the frame it is
+ * about to load, at the user stack pointer (sys_rt_sigreturn() takes the
+ * frame at regs->sp), read now, while user mode can.
+ */
+static void a64_svc_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+
+    if (a64_xreg(vs, 8) == A64_NR_RT_SIGRETURN) {
+        a64_frame_read(vs, reg_read_u64(vs, a64.sp) + A64_SIGFRAME_RECORDS,
+                       &vs->a64.sigreturn_frame);
+    }
+}
+
+/*
+ * The first user-mode block after a return that delivered a signal (the
+ * handler's, udata its address): the frame setup_return() left at the
+ * stack pointer, its records as setup_sigframe() wrote them, as a
+ * SIGFRAME event (addr: the FP/SIMD record, else the records' start).
+ */
+static void a64_frame_exec(unsigned int vcpu_index, void *udata)
+{
+    struct vcpu_state *vs = vcpu_get(vcpu_index);
+    struct a64_frame frame;
+    struct ftr_event ev;
+    uint64_t records;
+
+    vs->user_block_due = 0;
+    if (!vs->a64.frame_task || vs->a64.frame_task != vs->a64.host_task) {
+        vs->a64.frame_task = 0;
+        return;
+    }
+    vs->a64.frame_task = 0;
+    records = reg_read_u64(vs, a64.sp) + A64_SIGFRAME_RECORDS;
+    a64_frame_read(vs, records, &frame);
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_SIGFRAME, (uint64_t)(uintptr_t)udata, 0);
+    ev.addr = frame.fpsimd ? frame.fpsimd : records;
+    a64_frame_to_event(&frame, &ev);
+    vcpu_commit_event(vs, vcpu_index, &ev);
+}
+
+/*
+ * Signal delivery (fpsimd_signal_preserve_current_state(), called by
+ * setup_rt_frame() alone): its frame is read at the handler's start; and
+ * rt_sigreturn's frame, read at its SVC, into the sigreturn probe's memory
+ * fields (restore_fpsimd_context() and restore_sve_fpsimd_context() both
+ * load V0-V31, FPSR and FPCR from its FP/SIMD record; the latter the SVE
+ * registers from its SVE record).
+ */
+static void a64_probe_state(struct vcpu_state *vs, uint32_t probe,
+                            const uint64_t args[4] G_GNUC_UNUSED, struct ftr_event *ev)
+{
+    const struct a64_frame *f = &vs->a64.sigreturn_frame;
+
+    switch (probe) {
+    case FTR_PROBE_SIGFRAME_SAVE:
+        vs->a64.frame_task = vs->a64.host_task;
+        break;
+    case FTR_PROBE_SIGRETURN:
+        if (f->task && f->task == vs->a64.host_task) {
+            a64_frame_to_event(f, ev);
+        }
+        break;
     }
 }
 
@@ -761,6 +996,13 @@ static void a64_eret_exec(unsigned int vcpu_index, void *udata)
     if (target == 0 && !guest_regime && (el == 1 || (hcr & HCR_TGE))) {
         a64_finish_pending(vs, vcpu_index);
         vcpu_user_return(vs, vcpu_index, reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1));
+        /* A frame the task's handler starts on is read in user mode, at its first block. */
+        if (vs->a64.frame_task && vs->a64.frame_task == vs->a64.host_task) {
+            vs->user_block_due = 1;
+        } else {
+            vs->a64.frame_task = 0;
+        }
+        vs->a64.sigreturn_frame.task = 0;
     }
 }
 
@@ -1040,14 +1282,36 @@ static void a64_tb_trans(struct qemu_plugin_tb *tb)
     bool host_kernel;
 
     if (el == 0) {
-        /* User code: only whether it may change the FP/SIMD registers. */
-        for (size_t i = 0; i < n && cfg.derive_regs; i++) {
+        /*
+         * User code: whether it may change the FP/SIMD registers; and,
+         * with the signal probes, the signal frames only user mode can
+         * read (struct a64_vcpu): a handler's first block tests inline
+         * whether one is due, an AArch64 SVC may be rt_sigreturn.
+         */
+        bool frames = cfg.boundaries && cfg.n_probes &&
+                      !(translation_reg_u64(a64.cpsr) & PSR_MODE32);
+
+        if (frames && n) {
+            struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, 0);
+
+            insn_begin(0, n);
+            insn_mark(insn);
+            qemu_plugin_register_vcpu_insn_exec_cond_cb(
+                insn, a64_frame_exec, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_NE,
+                user_block_due_entry, 0, (void *)(uintptr_t)qemu_plugin_insn_vaddr(insn));
+        }
+        for (size_t i = 0; i < n; i++) {
             struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
             uint32_t op = 0;
             qemu_plugin_insn_data(insn, &op, sizeof(op));
-            if (a64_is_fp_simd(op)) {
+            if (cfg.derive_regs && a64_is_fp_simd(op)) {
                 qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
                     insn, QEMU_PLUGIN_INLINE_STORE_U64, regs_dirty_entry, 1);
+            }
+            if (frames && (op & A64_INSN_SVC_MASK) == A64_INSN_SVC) {
+                /* It writes no event: no instruction count to mark. */
+                qemu_plugin_register_vcpu_insn_exec_cb(insn, a64_svc_exec,
+                                                       QEMU_PLUGIN_CB_R_REGS, NULL);
             }
         }
         return;
@@ -1092,7 +1356,7 @@ static void a64_regs_resolve(void)
         const char *name;
         struct qemu_plugin_register **handle;
     } named[] = {
-        { "cpsr", &a64.cpsr }, { "fpsr", &a64.fpsr }, { "fpcr", &a64.fpcr },
+        { "sp", &a64.sp }, { "cpsr", &a64.cpsr }, { "fpsr", &a64.fpsr }, { "fpcr", &a64.fpcr },
         { "vg", &a64.vg }, { "HCR_EL2", &a64.hcr_el2 }, { "ESR_EL1", &a64.esr_el1 },
         { "ESR_EL2", &a64.esr_el2 }, { "ELR_EL1", &a64.elr_el1 }, { "ELR_EL2", &a64.elr_el2 },
         { "SPSR_EL1", &a64.spsr_el1 }, { "SPSR_EL2", &a64.spsr_el2 },
@@ -1157,6 +1421,7 @@ const struct arch_ops a64_ops = {
     .regs_hash = a64_regs_hash,
     .finish_pending = a64_finish_pending,
     .probe_args = a64_probe_args,
+    .probe_state = a64_probe_state,
     .boundary_state = a64_boundary_state,
     .tb_trans = a64_tb_trans,
     .regs_resolve = a64_regs_resolve,

@@ -112,6 +112,7 @@ static qemu_plugin_u64 insn_tail_entry;         /* vcpu_state.insn_tail */
 static qemu_plugin_u64 n_returns_entry;         /* vcpu_state.n_returns */
 qemu_plugin_u64 regs_dirty_entry;        /* vcpu_state.regs_dirty */
 qemu_plugin_u64 l2_iret_entry;           /* vcpu_state.l2_iret_pending */
+qemu_plugin_u64 user_block_due_entry;    /* vcpu_state.user_block_due */
 static uint64_t next_seq;               /* atomic */
 /*
  * Bumped by every probe hit (atomic). The probes include exec and task
@@ -1173,6 +1174,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
                                                             regs_dirty);
     l2_iret_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
                                                          l2_iret_pending);
+    user_block_due_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
+                                                                user_block_due);
     insns_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state, insns);
     insn_tail_entry = qemu_plugin_scoreboard_u64_in_struct(vcpus, struct vcpu_state,
                                                            insn_tail);

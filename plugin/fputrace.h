@@ -119,6 +119,20 @@ struct x86_vcpu {
 };
 
 /* arm64.c's part of a vCPU's state. */
+/*
+ * The FP/SIMD and SVE records of an arm64 signal frame, read from user
+ * memory (a64_frame_read()).
+ */
+struct a64_frame {
+    uint64_t task;              /* whose frame (0: none read) */
+    uint64_t fpsimd;            /* the FP/SIMD record's address (0: not found) */
+    uint64_t v_hash;            /* its V0-V31, FPSR and FPCR, hashed as the registers */
+    uint64_t fpsr_fpcr_hash;    /* ... the share of FPSR and FPCR in it */
+    uint64_t sve_hash;          /* the SVE record's registers beyond V0-V31 */
+    uint64_t sve_v_hash;        /* ... its Z0-Z31's low 128 bits (V0-V31) */
+    uint32_t sve;               /* that record's VL in bytes | its flags << 16 (0: none) */
+};
+
 struct a64_vcpu {
     uint64_t host_task;         /* the host's current task: see a64_current_ptr() */
     uint64_t va;                /* the pending save/load's buffer, as its code names it */
@@ -128,6 +142,15 @@ struct a64_vcpu {
     const struct fpu_insn *za_insn;     /* the pending operation is a ZA save or load */
     bool guest_fp_trapped;      /* the guest runs with FP/SIMD access trapped to EL2 */
     uint64_t entry_esr;         /* the pending user entry's ESR (0: an interrupt) */
+    /*
+     * Signal frames, which the kernel reads and writes with PAN set (its
+     * own loads of user memory are unprivileged LDTR/STTR), so that a read
+     * of them at EL1 faults: the task whose signal delivery writes a frame
+     * (0: none), read at the handler's first user-mode block; the frame
+     * rt_sigreturn is about to load, read at its SVC.
+     */
+    uint64_t frame_task;
+    struct a64_frame sigreturn_frame;
 };
 
 /*
@@ -186,6 +209,11 @@ struct vcpu_state {
      * read here, so the first user-mode block after it is the return.
      */
     uint64_t l2_iret_pending;
+    /*
+     * The architecture asks for a callback at the next user-mode block
+     * (scoreboard word; arm64: a signal frame to read from user mode).
+     */
+    uint64_t user_block_due;
     uint64_t vmcb;              /* of the last VM entry */
     /*
      * The register file's hash as last read (at a save, after a restore, at
@@ -363,6 +391,7 @@ extern struct ftr_config cfg;
 /* A scoreboard word of struct vcpu_state that inline operations touch. */
 extern qemu_plugin_u64 regs_dirty_entry;        /* vcpu_state.regs_dirty */
 extern qemu_plugin_u64 l2_iret_entry;           /* vcpu_state.l2_iret_pending */
+extern qemu_plugin_u64 user_block_due_entry;    /* vcpu_state.user_block_due */
 extern uint64_t blocks_written;                 /* atomic */
 extern uint64_t write_errors;                   /* atomic */
 /* Translation-time tables, touched only under insn_lock. */

@@ -106,7 +106,9 @@ enum ftr_block_type { FTR_BLOCK_TYPES(FTR_DEFINE_BLOCK) };
     X(SMCR_WRITE, 40, OTHER) \
     X(SVCR_WRITE, 41, OTHER)    /* MSR SVCR / SMSTART / SMSTOP */ \
     X(SME_SAVE, 42, BUFFER)     /* ZA (and ZT0): the kernel's sme_save_za sequence */ \
-    X(SME_LOAD, 43, BUFFER)
+    X(SME_LOAD, 43, BUFFER) \
+    X(SIGFRAME, 44, OTHER)      /* a signal frame's FP/SIMD and SVE records as delivery \
+                                 * wrote them, read at the handler's start */
 
 #define FTR_KIND_MAX 64
 

@@ -992,12 +992,13 @@ def test_arm64_sve_state_beyond_v_comes_back_from_an_exception(tmp_path: Path) -
     # T runs with SVE enabled for EL0 (its Z upper bits, P and FFR hash to
     # S1). An interrupt (ESR 0) or a data abort (EC 0x24) keeps that state:
     # the return must hold S1, and a return with S2 is a finding. A system
-    # call (EC 0x15) discards it by the ABI, a return after a signal
-    # delivery holds what the handler got, an entry with SVE disabled for EL0
+    # call (EC 0x15) discards it by the ABI, a signal handler starts with
+    # it (setup_return() leaves the registers), an entry with SVE disabled for EL0
     # that is not an SVE access trap tells nothing, and a vector length
     # changed in between makes another register file: none of these is a
-    # check. An SVE access trap (EC 0x19) enables SVE with that state all
-    # zero (do_sve_acc()), whose hash the hash's definition gives.
+    # check; after an exec it is unknown. An SVE access trap (EC 0x19)
+    # enables SVE with that state all zero (do_sve_acc()), whose hash the
+    # hash's definition gives.
     S1, S2, VL = 0x5151, 0x5252, 64
     sve, svc, abort = F_TASK | F_REGS | fmt.Flag.SVE_VALID, 0x15 << 26, 0x24 << 26
     zero = sve_zero_hash(VL)
@@ -1008,7 +1009,10 @@ def test_arm64_sve_state_beyond_v_comes_back_from_an_exception(tmp_path: Path) -
         (0x19 << 26, F_TASK | F_REGS, zero, VL, None, "checked"),
         (0x19 << 26, F_TASK | F_REGS, S1, VL, None, "finding"),
         (svc, sve, S2, VL, None, "unchecked"),
-        (0, sve, S2, VL, P_SIGFRAME_SAVE, "unchecked"),
+        # A signal handler starts with the state it interrupted (setup_return()).
+        (0, sve, S1, VL, P_SIGFRAME_SAVE, "checked"),
+        (0, sve, S2, VL, P_SIGFRAME_SAVE, "finding"),
+        (0, sve, S2, VL, P_EXEC_RESET, "unchecked"),
         (0, F_TASK | F_REGS, S2, VL, None, "unchecked"),
         (0, sve, S2, 2 * VL, None, "unchecked"),
     ]
@@ -1035,8 +1039,9 @@ def test_arm64_sve_state_beyond_v_comes_back_from_an_exception(tmp_path: Path) -
             assert f.explanation.startswith("the SVE registers beyond V0-V31 "), case
             assert ("are not all zero after an SVE access trap" in f.explanation) == trap
         if expected != "unchecked":
-            assert got.sve.purpose_checked == ({"SVE access trap's zeroed state": 1}
-                                               if trap else {}), case
+            assert got.sve.purpose_checked == (
+                {"SVE access trap's zeroed state": 1} if trap else
+                {"signal handler's SVE state": 1} if change == P_SIGFRAME_SAVE else {}), case
         else:
             assert (got.sve.checked, sum(got.sve.unchecked.values())) == (0, 1), case
             assert not [f for f in got.findings if "SVE" in f.explanation], case
@@ -1053,3 +1058,144 @@ def test_the_compiled_sve_zero_hash_follows_the_definition() -> None:
 
     for vl in (16, 64, 256):
         assert native.a64_sve_zero_hash(vl) == sve_zero_hash(vl), vl
+
+
+SVE_ON = F_TASK | F_REGS | fmt.Flag.SVE_VALID
+ESR_SVC, ESR_IRQ = 0x15 << 26, 0
+
+
+def arm64_delivery(b: TraceBuilder, esr: int, entry_sve: int | None, frame_v: int | None,
+                   frame_sve: tuple[int, int, int] | None, vl: int = 64) -> None:
+    """T enters the kernel (ESR esr; its SVE state beyond V0-V31 entry_sve,
+    None: SVE disabled for EL0) with V0-V31 L1, a signal is delivered
+    (fpsimd_signal_preserve_current_state(), the SIGFRAME_SAVE probe), the
+    handler starts with L1, and the plugin reads its frame there: the
+    FP/SIMD record's hash frame_v (None: not found) and the SVE record's
+    (its Z0-Z31 low halves with FPSR/FPCR, the rest, its flags; None: no
+    register data)."""
+    tasks(b)
+    ret(b, None)
+    flags = F_TASK | F_REGS if entry_sve is None else SVE_ON
+    b.event(USER_ENTRY, task=T, pc=ENTRY_SYSCALL, regs_hash=L1, value=esr,
+            regs_after_hash=entry_sve or 0, index=vl, flags=flags)
+    probe(b, P_SIGFRAME_SAVE)
+    save(b, BT, regs=L1)
+    b.event(USER_RETURN, task=T, pc=0x402000, addr=ENTRY_SYSCALL, regs_hash=L1,
+            regs_after_hash=entry_sve or 0, index=vl, flags=flags | 3)
+    frame: dict[str, int] = {"flags": F_TASK}
+    if frame_v is not None:
+        frame.update(mem_hash=frame_v, mem_bytes=528, flags=F_TASK | F_MEM)
+    if frame_sve is not None:
+        v_part, rest, record_flags = frame_sve
+        frame.update(mem_legacy_hash=v_part, mem_ext_hash=rest,
+                     mem_features=vl | record_flags << 16,
+                     flags=frame["flags"] | fmt.Flag.SVE_VALID)
+    b.event(fmt.Kind.SIGFRAME, task=T, pc=0x402000, addr=SIGFRAME, **frame)
+
+
+def test_an_arm64_signal_frame_holds_the_registers_the_task_entered_with(
+        tmp_path: Path) -> None:
+    # setup_rt_frame() saves the live registers into the task's state and
+    # copies them to the frame's FP/SIMD record: read at the handler's
+    # start, it must hold V0-V31, FPSR and FPCR as the task entered (L1).
+    # With L2 the frame got other registers: a finding at the frame, which
+    # names the delivery. A frame whose record could not be read tells
+    # nothing.
+    for frame_v, expected in [(L1, "checked"), (L2, "finding"), (None, "unchecked")]:
+        b = TraceBuilder(arch=2)
+        arm64_delivery(b, ESR_SVC, None, frame_v, None)
+        got = arm64_bounds(tmp_path, b)
+        if expected == "checked":
+            assert got.findings == [] and got.user.purpose_checked["signal frame"] == 1
+        elif expected == "finding":
+            (f,) = got.findings
+            assert (f.kind, f.context, f.before, f.after) == (
+                "corrupted_state", "signal_frame", 1, 5)
+            assert f.explanation.startswith(
+                f"the signal frame at {SIGFRAME:#x} got FP registers that are not those the "
+                "task entered the kernel with (written by ")
+            assert got.user.violations == 1
+        else:
+            assert got.findings == [] and got.user.unchecked[
+                "a signal frame whose FP/SIMD record could not be read"] == 1
+
+
+def test_an_arm64_signal_frames_sve_record_is_the_tasks_sve_state(tmp_path: Path) -> None:
+    # preserve_sve_context() writes the SVE registers of a task whose state
+    # was saved in SVE form. Its Z0-Z31's low halves are the FP/SIMD
+    # record's V0-V31 (one saved state; 61da7c8e2a60 fixed a frame that took
+    # a stale SVE buffer). Beyond V0-V31: what the entry had (S1) after an
+    # interrupt, all zero after a system call (fp_user_discard()). An
+    # interrupt that kept the SVE state and a frame without it loses it at
+    # sigreturn. Streaming mode's record (flag 1) is SME's: not checked.
+    S1, S2, VL = 0x5151, 0x5252, 64
+    zero = sve_zero_hash(VL)
+    cases = [
+        # (entry ESR, entry SVE, frame SVE record, expected, text)
+        (ESR_IRQ, S1, (L1, S1, 0), "checked", ""),
+        (ESR_IRQ, S1, (L1, S2, 0), "finding", "differ from those the task entered with"),
+        (ESR_IRQ, S1, (L2, S1, 0), "finding", "do not hold the V0-V31 of the frame's FP/SIMD"),
+        (ESR_IRQ, S1, None, "finding", "has no registers, while the task's SVE state"),
+        (ESR_SVC, S1, (L1, zero, 0), "checked", ""),
+        (ESR_SVC, S1, (L1, S1, 0), "finding", "are not all zero"),
+        (ESR_SVC, S1, None, "nothing", ""),
+        (ESR_IRQ, None, (L1, S1, 0), "unchecked", ""),
+        (ESR_IRQ, S1, (L1, S2, 1), "unchecked", ""),
+    ]
+    for esr, entry_sve, frame_sve, expected, text in cases:
+        b = TraceBuilder(arch=2)
+        arm64_delivery(b, esr, entry_sve, L1, frame_sve, VL)
+        got = arm64_bounds(tmp_path, b)
+        case = (esr, entry_sve, frame_sve)
+        # The FP/SIMD record holds L1 in every case.
+        assert got.user.purpose_checked["signal frame"] == 1, case
+        frame_checks = got.sve.purpose_checked["signal frame's SVE record"]
+        if expected == "checked":
+            assert (frame_checks, got.findings) == (1, []), case
+        elif expected == "finding":
+            (f,) = got.findings
+            assert (frame_checks, f.context, f.after) == (1, "signal_frame", 5), case
+            assert f.explanation.startswith("the signal frame's SVE record"), case
+            assert text in f.explanation, (case, f.explanation)
+        else:
+            assert (frame_checks, got.findings) == (0, []), case
+            assert sum(got.sve.unchecked.values()) == (expected == "unchecked") + \
+                (esr == ESR_SVC), case
+
+
+def test_the_return_after_an_arm64_sigreturn_holds_the_frame_as_the_handler_left_it(
+        tmp_path: Path) -> None:
+    # rt_sigreturn: the plugin read the frame at its SVC (in user mode), into
+    # the sigreturn probe's memory fields; restore_fpsimd_context() loads
+    # V0-V31, FPSR and FPCR from its FP/SIMD record (F), and
+    # restore_sve_fpsimd_context() the SVE registers from its SVE record
+    # (S3 beyond V0-V31). The return must hold both.
+    F, S3, S2, VL = 0x4646, 0x5353, 0x5252, 64
+    cases = [
+        (F, S3, "clean"), (L2, S3, "registers"), (F, S2, "sve"),
+    ]
+    for at_return, sve_at_return, expected in cases:
+        b = TraceBuilder(arch=2)
+        tasks(b)
+        ret(b, None)
+        b.event(USER_ENTRY, task=T, pc=ENTRY_SYSCALL, regs_hash=L1, value=ESR_SVC,
+                regs_after_hash=0x5151, index=VL, flags=SVE_ON)
+        b.event(PROBE, task=T, index=P_SIGRETURN, value=0xFFFF800008000000, mem_hash=F,
+                mem_legacy_hash=F, mem_ext_hash=S3, mem_features=VL, mem_bytes=528,
+                flags=F_TASK | F_MEM | fmt.Flag.SVE_VALID)
+        restore(b, BT, before=L1, loads=at_return)
+        b.event(USER_RETURN, task=T, pc=0x401000, addr=ENTRY_SYSCALL, regs_hash=at_return,
+                regs_after_hash=sve_at_return, index=VL, flags=SVE_ON | 3)
+        got = arm64_bounds(tmp_path, b)
+        assert got.user.purpose_checked["sigreturn's frame"] == 1, expected
+        assert got.sve.purpose_checked["sigreturn's SVE record"] == 1, expected
+        texts = [f.explanation for f in got.findings]
+        if expected == "clean":
+            assert texts == []
+        elif expected == "registers":
+            (t,) = texts
+            assert t.startswith("the return after sigreturn (") and \
+                "FP/SIMD record of the signal frame as the handler left it" in t
+        else:
+            (t,) = texts
+            assert "the SVE registers beyond V0-V31 of the signal frame's SVE record" in t

@@ -320,8 +320,8 @@ def test_arm64_workloads_check_their_own_registers(arm64_workloads: Path) -> Non
     switch = workload_line(console, "fpu-switch")
     assert switch["mismatches"] == switch["sve_mismatches"] == "0"
     signal = workload_line(console, "signal")
-    assert signal["handled"] == signal["sve_signals"] == "50"
-    assert signal["mismatches"] == signal["sve_mismatches"] == "0"
+    assert signal["handled"] == signal["sve_signals"] == signal["edited"] == "50"
+    assert signal["mismatches"] == signal["sve_mismatches"] == signal["edit_mismatches"] == "0"
     kfpu = workload_line(console, "kernel-fpu")
     assert kfpu["ok"] == "20" and kfpu["mismatches"] == "0"
     # -cpu max has the SHA-2 instructions: the kernel's fastest sha256 is
@@ -366,9 +366,22 @@ def test_arm64_workloads_have_no_findings(arm64_workloads: Path) -> None:
     assert data["findings_total"] == 0 and data["findings"] == []
     user = data["boundary_checks"]["by_kind"]["user_return"]
     assert user["checked"] > 0 and user["violations"] == 0
-    # Every sigreturn (50 after kill(), 50 after a BRK) set the registers on
-    # purpose, and the loads after it are not taken for stale ones.
-    assert user["changed_on_purpose"]["sigreturn"] == 100
+    # signal's 150 deliveries (50 after kill(), 50 after a kill() whose
+    # handler rewrites V0-V31 in its frame, 50 after a BRK with SVE live):
+    # each frame, read at the handler's start, holds the registers the task
+    # entered with, the handler starts with them, and the return after
+    # sigreturn holds the frame as the handler left it (the workload saw
+    # its edit come back). The shell's own signals add a few more.
+    purpose = user["purpose_checked"]
+    for what in ("signal frame", "signal handler's registers", "sigreturn's frame"):
+        assert purpose[what] >= 150, (what, purpose)
+    assert "sigreturn" not in user["changed_on_purpose"]
+    assert "signal delivery" not in user["changed_on_purpose"]
+    # The BRK round's frames carry the SVE state, and sigreturn loads it.
+    sve = data["boundary_checks"]["by_kind"]["sve_user_return"]
+    for what in ("signal frame's SVE record", "signal handler's SVE state",
+                 "sigreturn's SVE record"):
+        assert sve["purpose_checked"][what] >= 50, (what, sve)
     assert data["unconfirmed_total"] == 0
 
 

@@ -18,6 +18,7 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <ucontext.h>
 
 struct fp_file {
     uint8_t r[16][16];
@@ -192,6 +193,32 @@ static inline int fp_start_is_init(const struct fp_start *s)
     static const struct fp_file zero;
 
     return fp_equal(&s->xmm, &zero) && s->mxcsr == 0x1f80 && s->fcw == 0x37f;
+}
+
+/*
+ * A signal handler's edit of its frame: XMM0-15 in the frame's FXSAVE
+ * region (uc_mcontext.fpregs) replaced by *f, which sigreturn must load
+ * (fpu__restore_sig()). In an XSAVE frame (sw_reserved's magic1,
+ * FP_XSTATE_MAGIC1, at byte 464) SSE is also marked in XSTATE_BV (byte
+ * 512), so that the restore takes XMM from the frame, not from the init
+ * state. 0 if the frame has no FP state.
+ */
+static inline int fp_frame_edit(void *context, const struct fp_file *f)
+{
+    uint8_t *fx = (uint8_t *)((ucontext_t *)context)->uc_mcontext.fpregs;
+    uint32_t magic1;
+    uint64_t bv;
+
+    if (!fx)
+        return 0;
+    memcpy(fx + 160, f->r, sizeof(f->r));
+    memcpy(&magic1, fx + 464, sizeof(magic1));
+    if (magic1 == 0x46505853u) {
+        memcpy(&bv, fx + 512, sizeof(bv));
+        bv |= 2;
+        memcpy(fx + 512, &bv, sizeof(bv));
+    }
+    return 1;
 }
 
 #endif /* __aarch64__ */

@@ -6,6 +6,11 @@
  * flow's registers must be exactly as before: the kernel saved them to the
  * signal frame and restored them from it.
  *
+ * A second round checks sigreturn against the frame as the handler left
+ * it: a SIGUSR2 handler replaces the registers in its frame with a third
+ * pattern (fp_frame_edit()), and the main flow must come back from the
+ * kill() holding that one.
+ *
  * On arm64 with SVE it then does the same with the whole SVE state (Z0-Z31
  * and P0-P15 at the task's vector length) across a BRK: a system call
  * would discard it, an exception does not, so the kernel must put it in
@@ -15,7 +20,8 @@
  * starts from the init state (fpu__clear_user_states()).
  *
  * usage: signal [N]    (default 100 signals)
- * prints: signal: signals=N handled=N mismatches=0 (x86_64: handler_not_init=0)
+ * prints: signal: signals=N handled=N mismatches=0 edited=N edit_mismatches=0
+ *         (x86_64: handler_not_init=0)
  *         (arm64 with SVE also: sve_signals=N sve_vl=BYTES sve_mismatches=0)
  */
 #define _GNU_SOURCE
@@ -28,8 +34,15 @@
 
 #include "fpcheck.h"
 
-static volatile sig_atomic_t handled;
-static struct fp_file clobber;
+static volatile sig_atomic_t handled, edited;
+static struct fp_file clobber, edit;
+
+static void on_usr2(int sig, siginfo_t *info, void *context)
+{
+    (void)sig;
+    (void)info;
+    edited += fp_frame_edit(context, &edit);
+}
 
 static void on_usr1(int sig)
 {
@@ -108,7 +121,7 @@ int main(int argc, char **argv)
     long n = argc > 1 ? strtol(argv[1], NULL, 0) : 100;
     struct sigaction sa;
     struct fp_file in, out;
-    long mismatches = 0;
+    long mismatches = 0, edit_mismatches = 0;
     pid_t self = getpid();
     int sve_failed;
 
@@ -127,11 +140,27 @@ int main(int argc, char **argv)
         if (!fp_equal(&in, &out))
             mismatches++;
     }
-    printf("signal: signals=%ld handled=%ld mismatches=%ld", n, (long)handled, mismatches);
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_usr2;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGUSR2, &sa, NULL) < 0) {
+        perror("signal: sigaction SIGUSR2");
+        return 1;
+    }
+    fp_pattern(&edit, 55);
+    for (long i = 0; i < n; i++) {
+        syscall3_checked(SYS_kill, self, SIGUSR2, 0, &in, &out);
+        if (!fp_equal(&edit, &out))
+            edit_mismatches++;
+    }
+    printf("signal: signals=%ld handled=%ld mismatches=%ld edited=%ld edit_mismatches=%ld", n,
+           (long)handled, mismatches, (long)edited, edit_mismatches);
 #ifndef __aarch64__
     printf(" handler_not_init=%ld", (long)handler_not_init);
 #endif
     sve_failed = sve_round(n);
     printf("\n");
-    return (handled == n && mismatches == 0 && !handler_not_init && !sve_failed) ? 0 : 1;
+    return (handled == n && mismatches == 0 && edited == n && edit_mismatches == 0 &&
+            !handler_not_init && !sve_failed) ? 0 : 1;
 }

@@ -1297,6 +1297,7 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
         }
         switch (e->kind) {
         case FTR_KIND_USER_ENTRY:
+        case FTR_KIND_SIGFRAME:
             rel = 1;
             break;
         case FTR_KIND_USER_RETURN: {

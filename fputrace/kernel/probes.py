@@ -113,9 +113,12 @@ AARCH64_PROBES: tuple[ProbeDef, ...] = (
     # flush_thread() -> fpsimd_flush_thread(): the state is zeroed by memset.
     ProbeDef(Probe.EXEC_RESET, ("fpsimd_flush_thread",), False,
              "exec resets the task's FPU state to the init state"),
-    # setup_sigframe() -> preserve_fpsimd_context() (and preserve_sve_context()):
-    # the state goes to the signal frame by copy_to_user.
-    ProbeDef(Probe.SIGFRAME_SAVE, ("preserve_fpsimd_context",), False,
+    # setup_rt_frame() -> fpsimd_signal_preserve_current_state() saves the
+    # live state into the task's buffers, then setup_sigframe() ->
+    # preserve_fpsimd_context() and preserve_sve_context() (inlined in
+    # Debian's builds: no symbol) copy them to the frame, and setup_return()
+    # points the handler's SP at it; the plugin reads it there, in user mode.
+    ProbeDef(Probe.SIGFRAME_SAVE, ("fpsimd_signal_preserve_current_state",), False,
              "signal delivery: the state goes to the signal frame"),
     # rt_sigreturn -> restore_sigframe() -> restore_fpsimd_context() / restore_sve_fpsimd_context().
     ProbeDef(Probe.SIGRETURN, ("restore_fpsimd_context", "restore_sve_fpsimd_context"), True,

@@ -114,6 +114,9 @@ class Kind(enum.IntEnum):
     # (not in SAVE_KINDS/RESTORE_KINDS).
     SME_SAVE = 42
     SME_LOAD = 43
+    # A signal frame's FP/SIMD and SVE records as delivery wrote them, read
+    # at the handler's start (in user mode: PAN keeps EL1 from reading them).
+    SIGFRAME = 44
 
 
 KIND_MAX = 64

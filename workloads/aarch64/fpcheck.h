@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <ucontext.h>
+#include <asm/sigcontext.h>
 
 struct fp_file {
     uint8_t v[32][16];
@@ -196,6 +197,32 @@ static inline int brk_catch(void (*handler)(int, siginfo_t *, void *))
 static inline void brk_skip(void *context)
 {
     ((ucontext_t *)context)->uc_mcontext.pc += 4;
+}
+
+/*
+ * A signal handler's edit of its frame: V0-V31 in the frame's FP/SIMD
+ * record (struct fpsimd_context, found by its magic among the records of
+ * uc_mcontext.__reserved) replaced by *f, which sigreturn must load
+ * (restore_fpsimd_context(); with an SVE record, V0-V31 still come from
+ * this one). 0 if the frame has no such record.
+ */
+static inline int fp_frame_edit(void *context, const struct fp_file *f)
+{
+    uint8_t *rec = ((ucontext_t *)context)->uc_mcontext.__reserved;
+    uint8_t *end = rec + sizeof(((ucontext_t *)context)->uc_mcontext.__reserved);
+
+    while (rec + 8 <= end) {
+        struct _aarch64_ctx *head = (struct _aarch64_ctx *)rec;
+
+        if (!head->magic || head->size < 8)
+            return 0;
+        if (head->magic == FPSIMD_MAGIC) {
+            memcpy(((struct fpsimd_context *)rec)->vregs, f->v, sizeof(f->v));
+            return 1;
+        }
+        rec += head->size;
+    }
+    return 0;
 }
 
 #endif
