@@ -106,15 +106,15 @@ BOUNDARY_REGISTERS: dict[int, tuple[str, str]] = {
 # (Feature.BOUNDARY_STATE).
 AARCH64_SVE_REGISTERS = ("V0-V31, FPSR, FPCR; with SVE enabled for user mode, Z0-Z31 above "
                          "their low 128 bits, P0-P15 and FFR at the returns from exceptions "
-                         "other than system calls",
-                         "the SVE state at returns from system calls, which discard it, and "
-                         "SME's ZA and ZT0 (not read)")
+                         "(after a system call: all zero or as they were) and in signal frames",
+                         "SME's streaming-mode SVE state, ZA and ZT0 (not read)")
 
 # ESR_ELx.EC of an SVC from AArch64 (a system call), of an SVE access trap.
 ESR_EC_SVC64, ESR_EC_SVE = 0x15, 0x19
 SVE_TRAP_ZEROED = "SVE access trap's zeroed state"
 SVE_FRAME = "signal frame's SVE record"
 SVE_HANDLER = "signal handler's SVE state"
+SVE_SYSCALL = "system call's kept or zeroed SVE state"
 SVE_SIGRETURN = "sigreturn's SVE record"
 SVE_SIG_FLAG_SM = 0x1  # struct sve_context.flags: streaming mode's (SME)
 
@@ -679,8 +679,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
           means we saved SVE state") fixed a frame that took a stale SVE
           buffer after a system call had saved only FP/SIMD;
         - the rest is what judge_sve() says a return gives: all zero after
-          a system call (fp_user_discard(): 6.1 drops TIF_SVE, 6.12
-          zeroes it with sve_flush_live()) or an SVE access trap, the
+          an SVE access trap, zero or the entry's after a system call, the
           entry's after any other exception.
         Without data, an exception other than a system call that kept the
         task's SVE state (the entry shows it) leaves it out of the frame,
@@ -706,21 +705,28 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             failed = f"{what}'s Z0-Z31 (VL {vl} bytes) do not hold the V0-V31 of the frame's " \
                      "FP/SIMD record (a stale SVE buffer)"
         else:
-            if ec == ESR_EC_SVC64 or trap:
-                want = native.a64_sve_zero_hash(vl)
-            elif all_flags[e] & sve_valid and index_of[e] == vl:
+            entered = bool(all_flags[e] & sve_valid) and index_of[e] == vl
+            zero = native.a64_sve_zero_hash(vl)
+            if trap:
+                want = zero
+            elif entered:
+                # (a system call may also have zeroed it: judge_sve())
                 want = sve_hash[e]
+            elif ec == ESR_EC_SVC64:
+                want = zero
             else:
                 sve.unchecked["a signal frame whose task's SVE state at the entry the trace "
                               "did not show, at the frame's vector length"] += 1
                 return
-            if mem_ext_hash[i] == want:
+            if mem_ext_hash[i] == want or (ec == ESR_EC_SVC64 and mem_ext_hash[i] == zero):
                 sve.checked += 1
                 sve.purpose_checked[SVE_FRAME] += 1
                 return
-            failed = (f"{what}'s registers beyond V0-V31 (VL {vl} bytes) are not all zero, "
-                      "as a system call or an SVE access trap leaves them"
-                      if ec == ESR_EC_SVC64 or trap else
+            failed = (f"{what}'s registers beyond V0-V31 (VL {vl} bytes) are neither all "
+                      "zero nor the task's at the entry, after a system call"
+                      if ec == ESR_EC_SVC64 else
+                      f"{what}'s registers beyond V0-V31 (VL {vl} bytes) are not all zero, "
+                      "as an SVE access trap leaves them" if trap else
                       f"{what}'s registers beyond V0-V31 (VL {vl} bytes) differ from those "
                       f"the task entered with (ESR {values[e]:#x})")
         if spans_gap(gaps, int(seqs[e]), int(seqs[i])):
@@ -853,9 +859,8 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         """arm64 return i of task k with EL0's SVE enabled, against its entry
         e: the SVE state beyond V0-V31 (Z upper bits, P0-P15, FFR) must come
         back as it went in from an exception other than a system call. A
-        system call discards it (el0_svc() -> fp_user_discard(), 6.1
-        arch/arm64/kernel/syscall.c: TIF_SVE cleared, SVE trapped for EL0);
-        an SVE access trap enables it from a zeroed state (do_sve_acc());
+        system call discards it (below: all zero, or kept); an SVE access
+        trap enables it from a zeroed state (do_sve_acc());
         every other exception keeps it: fpsimd_save() saves the SVE
         registers of a TIF_SVE task, task_fpsimd_load() loads them back
         (arch/arm64/kernel/fpsimd.c). The SVE access trap itself, taken
@@ -881,18 +886,24 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         if changes and not handler:
             sve.unchecked[f"after {changes[-1][1]}"] += 1
             return
-        if ec == ESR_EC_SVC64:
-            sve.unchecked["a system call, which discards the SVE state beyond V0-V31"] += 1
-            return
-        if not trap and not all_flags[e] & sve_valid:
+        if not trap and not all_flags[e] & sve_valid and ec != ESR_EC_SVC64:
             sve.unchecked["SVE was not enabled for user mode at the entry, and the entry "
                           "was no SVE access trap"] += 1
             return
-        if not trap and index_of[e] != index_of[i]:
+        entered = all_flags[e] & sve_valid and index_of[e] == index_of[i]
+        if not trap and all_flags[e] & sve_valid and not entered:
             sve.unchecked["the vector length changed"] += 1
             return
         zero = native.a64_sve_zero_hash(index_of[i])
-        want = zero if trap else sve_hash[e]
+        svc = ec == ESR_EC_SVC64
+        # A system call: Documentation/arch/arm64/sve.rst ("System call
+        # behaviour") gives the state beyond V0-V31 as zero on return, "in
+        # practice preserved or replaced with zeros": 6.1's fp_user_discard()
+        # drops TIF_SVE (SVE then trapped for EL0, so no such return), 6.12's
+        # fpsimd_syscall_enter() zeroes the live registers (sve_flush_live())
+        # and a state saved during the call is FP/SIMD only, after which
+        # task_fpsimd_load() drops TIF_SVE. Anything else is stale.
+        want = zero if trap or (svc and not entered) else sve_hash[e]
         if sve_hash[i] != want and spans_gap(gaps, int(seqs[e]), int(seqs[i])):
             sve.unchecked[GAP_UNCHECKED] += 1
             return
@@ -901,12 +912,16 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             sve.purpose_checked[SVE_HANDLER] += 1
         elif trap:
             sve.purpose_checked[SVE_TRAP_ZEROED] += 1
-        if sve_hash[i] == want or (handler and sve_hash[i] == zero):
+        elif svc:
+            sve.purpose_checked[SVE_SYSCALL] += 1
+        if sve_hash[i] == want or ((handler or svc) and sve_hash[i] == zero):
             return
         sve.violations += 1
         x = explainer.explain(e, i, k, regs_hash[e], int(ev["vcpu"][i]))
         got = "are not all zero after an SVE access trap (do_sve_acc())" if trap else \
-            (f"differ from those the task entered with, after an exception (ESR "
+            ("are neither all zero nor those the task entered with, after a system call "
+             "(fp_user_discard(), fpsimd_syscall_enter())" if svc else
+             f"differ from those the task entered with, after an exception (ESR "
              f"{values[e]:#x}) that keeps them")
         findings.append(BoundaryFinding(
             "corrupted_state", "task", int(ident[i]), 0, e, i, x.cause,

@@ -992,7 +992,8 @@ def test_arm64_sve_state_beyond_v_comes_back_from_an_exception(tmp_path: Path) -
     # T runs with SVE enabled for EL0 (its Z upper bits, P and FFR hash to
     # S1). An interrupt (ESR 0) or a data abort (EC 0x24) keeps that state:
     # the return must hold S1, and a return with S2 is a finding. A system
-    # call (EC 0x15) discards it by the ABI, a signal handler starts with
+    # call (EC 0x15) leaves it all zero or as it was (sve.rst: "preserved
+    # or replaced with zeros"), a signal handler starts with
     # it (setup_return() leaves the registers), an entry with SVE disabled for EL0
     # that is not an SVE access trap tells nothing, and a vector length
     # changed in between makes another register file: none of these is a
@@ -1008,7 +1009,12 @@ def test_arm64_sve_state_beyond_v_comes_back_from_an_exception(tmp_path: Path) -
         (0, sve, S2, VL, None, "finding"),
         (0x19 << 26, F_TASK | F_REGS, zero, VL, None, "checked"),
         (0x19 << 26, F_TASK | F_REGS, S1, VL, None, "finding"),
-        (svc, sve, S2, VL, None, "unchecked"),
+        # A system call leaves it zero or as it was (sve.rst), nothing else.
+        (svc, sve, S1, VL, None, "checked"),
+        (svc, sve, zero, VL, None, "checked"),
+        (svc, F_TASK | F_REGS, zero, VL, None, "checked"),
+        (svc, sve, S2, VL, None, "finding"),
+        (svc, F_TASK | F_REGS, S1, VL, None, "finding"),
         # A signal handler starts with the state it interrupted (setup_return()).
         (0, sve, S1, VL, P_SIGFRAME_SAVE, "checked"),
         (0, sve, S2, VL, P_SIGFRAME_SAVE, "finding"),
@@ -1038,9 +1044,12 @@ def test_arm64_sve_state_beyond_v_comes_back_from_an_exception(tmp_path: Path) -
             (f,) = got.findings
             assert f.explanation.startswith("the SVE registers beyond V0-V31 "), case
             assert ("are not all zero after an SVE access trap" in f.explanation) == trap
+            assert ("are neither all zero nor those the task entered with, after a system "
+                    "call" in f.explanation) == (esr == svc), case
         if expected != "unchecked":
             assert got.sve.purpose_checked == (
                 {"SVE access trap's zeroed state": 1} if trap else
+                {"system call's kept or zeroed SVE state": 1} if esr == svc else
                 {"signal handler's SVE state": 1} if change == P_SIGFRAME_SAVE else {}), case
         else:
             assert (got.sve.checked, sum(got.sve.unchecked.values())) == (0, 1), case
@@ -1137,7 +1146,8 @@ def test_an_arm64_signal_frames_sve_record_is_the_tasks_sve_state(tmp_path: Path
         (ESR_IRQ, S1, (L2, S1, 0), "finding", "do not hold the V0-V31 of the frame's FP/SIMD"),
         (ESR_IRQ, S1, None, "finding", "has no registers, while the task's SVE state"),
         (ESR_SVC, S1, (L1, zero, 0), "checked", ""),
-        (ESR_SVC, S1, (L1, S1, 0), "finding", "are not all zero"),
+        (ESR_SVC, S1, (L1, S1, 0), "checked", ""),
+        (ESR_SVC, S1, (L1, S2, 0), "finding", "are neither all zero nor the task's"),
         (ESR_SVC, S1, None, "nothing", ""),
         (ESR_IRQ, None, (L1, S1, 0), "unchecked", ""),
         (ESR_IRQ, S1, (L1, S2, 1), "unchecked", ""),
@@ -1159,8 +1169,7 @@ def test_an_arm64_signal_frames_sve_record_is_the_tasks_sve_state(tmp_path: Path
             assert text in f.explanation, (case, f.explanation)
         else:
             assert (frame_checks, got.findings) == (0, []), case
-            assert sum(got.sve.unchecked.values()) == (expected == "unchecked") + \
-                (esr == ESR_SVC), case
+            assert sum(got.sve.unchecked.values()) == (expected == "unchecked"), case
 
 
 def test_the_return_after_an_arm64_sigreturn_holds_the_frame_as_the_handler_left_it(
