@@ -522,8 +522,13 @@ def image_hash(ev: npt.NDArray[np.void], j: int, how: str, request: int = 0) -> 
             (sse if bv & 2 else i_sse)) & M64
 
 
+# arm64: fpr_set() copies the whole struct user_fpsimd_state (V0-V31, FPSR,
+# FPCR) into the tracee's state (__fpr_set(), 6.1 arch/arm64/kernel/ptrace.c):
+# the image the plugin read (mem_hash) is what it gets.
+IMAGE_A64_FPSIMD = "a64 fpsimd"
 # The regset writes whose image the plugin reads, by function.
-REGSET_IMAGE = {"xstateregs_set": IMAGE_UABI, "xfpregs_set": IMAGE_FX}
+REGSET_IMAGE = {"xstateregs_set": IMAGE_UABI, "xfpregs_set": IMAGE_FX,
+                "fpr_set": IMAGE_A64_FPSIMD}
 
 
 def spans_gap(gaps: npt.NDArray[np.uint64], lo_seq: int, hi_seq: int) -> bool:
@@ -837,11 +842,12 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         the function copies it (REGSET_IMAGE), or, where the write was
         refused (a bad MXCSR, a bad header: -EINVAL before anything is
         copied), the registers of its entry e. False for a function whose
-        image is not read (fpregs_set(), the fsave layout)."""
+        image is not read (fpregs_set(), the fsave layout; arm64's sve_set()
+        and the SME ones)."""
         how = REGSET_IMAGE.get(symbols.function(int(ev["pc"][j])))
         if how is None:
             return False
-        want = image_hash(ev, j, how)
+        want = mem_hash[j] if how == IMAGE_A64_FPSIMD else image_hash(ev, j, how)
         if want is None:
             user.unchecked["a ptrace regset write that leaves MXCSR as it was"] += 1
             return True

@@ -87,8 +87,9 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     "state, at its first instruction)", events_per_count=400),
         WorkloadDef("ptrace-fp", 20, (),
                     "a tracer writing its stopped tracee's XMM registers N times "
-                    "(PTRACE_SETFPREGS and PTRACE_SETREGSET NT_X86_XSTATE in turn), the "
-                    "tracee checking it resumes with what was written", events_per_count=60),
+                    "(PTRACE_SETFPREGS and PTRACE_SETREGSET NT_X86_XSTATE in turn; arm64: "
+                    "V0-V31 with PTRACE_SETREGSET NT_PRFPREG), the tracee checking it "
+                    "resumes with what was written", events_per_count=60, aarch64_modules=()),
         WorkloadDef("regset-seed", 5, (),
                     "a deliberate ptrace bug of the test module: ptrace-fp with each write "
                     "damaged in the tracee's buffer after it", seed_module=True,

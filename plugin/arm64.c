@@ -53,6 +53,9 @@
 #define A64_INSN_SVC_MASK       0xffe0001fu     /* SVC #imm16 */
 #define A64_INSN_SVC            0xd4000001u
 #define A64_NR_RT_SIGRETURN     139             /* include/uapi/asm-generic/unistd.h */
+#define A64_NR_PTRACE           117
+#define A64_PTRACE_SETREGSET    0x4205          /* include/uapi/linux/ptrace.h */
+#define A64_NT_PRFPREG          2               /* include/uapi/linux/elf.h */
 
 /*
  * The signal frame (arch/arm64/include/uapi/asm/sigcontext.h, ucontext.h):
@@ -295,24 +298,36 @@ static void a64_boundary_state(struct vcpu_state *vs, struct ftr_event *ev)
 
 /* ---- arm64 signal frames ---------------------------------------------- */
 
-/* A struct fpsimd_context at addr: V0-V31, FPSR and FPCR as the registers hash. */
-static void a64_frame_fpsimd(struct vcpu_state *vs, uint64_t addr, struct a64_frame *f)
+/*
+ * V0-V31 at vregs, FPSR and FPCR at their addresses, hashed as the
+ * registers are, into f (f->fpsimd: vregs).
+ */
+static void a64_frame_fpsimd_at(struct vcpu_state *vs, uint64_t vregs, uint64_t fpsr_at,
+                                uint64_t fpcr_at, struct a64_frame *f)
 {
-    uint8_t rec[A64_FPSIMD_CONTEXT];
+    uint8_t v[512];
     uint32_t fpsr, fpcr;
     uint64_t h = 0;
 
-    if (!mem_read(vs, addr, rec, sizeof(rec))) {
+    if (!mem_read(vs, vregs, v, sizeof(v)) || !mem_read(vs, fpsr_at, &fpsr, 4) ||
+        !mem_read(vs, fpcr_at, &fpcr, 4)) {
         return;
     }
-    memcpy(&fpsr, rec + 8, 4);
-    memcpy(&fpcr, rec + 12, 4);
     for (unsigned n = 0; n < 32; n++) {
-        h += a64_v_hash(n, rec + 16 + 16 * n);
+        h += a64_v_hash(n, v + 16 * n);
     }
     f->fpsr_fpcr_hash = a64_fpsr_fpcr_hash(fpsr, fpcr);
     f->v_hash = h + f->fpsr_fpcr_hash;
-    f->fpsimd = addr;
+    f->fpsimd = vregs;
+}
+
+/* A struct fpsimd_context at addr: its head, fpsr, fpcr, then vregs[32]. */
+static void a64_frame_fpsimd(struct vcpu_state *vs, uint64_t addr, struct a64_frame *f)
+{
+    a64_frame_fpsimd_at(vs, addr + 16, addr + 8, addr + 12, f);
+    if (f->fpsimd) {
+        f->fpsimd = addr;
+    }
 }
 
 /*
@@ -428,17 +443,40 @@ static void a64_frame_to_event(const struct a64_frame *f, struct ftr_event *ev)
 }
 
 /*
- * An SVC in AArch64 user mode: if it is rt_sigreturn (x8), the frame it is
- * about to load, at the user stack pointer (sys_rt_sigreturn() takes the
- * frame at regs->sp), read now, while user mode can.
+ * ptrace(PTRACE_SETREGSET, pid, NT_PRFPREG, iov): the struct
+ * user_fpsimd_state at iov->iov_base (V0-V31, FPSR, FPCR: 520 bytes and
+ * padding) that fpr_set() copies whole into the tracee's state, when the
+ * write covers all of it.
+ */
+static void a64_regset_read(struct vcpu_state *vs, uint64_t iov, struct a64_frame *f)
+{
+    uint64_t vec[2];            /* struct iovec: iov_base, iov_len */
+
+    memset(f, 0, sizeof(*f));
+    if (!mem_read(vs, iov, vec, sizeof(vec)) || vec[1] < A64_FPSIMD_BYTES) {
+        return;
+    }
+    f->task = vs->a64.host_task;
+    a64_frame_fpsimd_at(vs, vec[0], vec[0] + 512, vec[0] + 516, f);
+}
+
+/*
+ * An SVC in AArch64 user mode, read now, while user mode can: if it is
+ * rt_sigreturn (x8), the frame it is about to load, at the user stack
+ * pointer (sys_rt_sigreturn() takes the frame at regs->sp); if it is a
+ * PTRACE_SETREGSET of NT_PRFPREG, the image it writes.
  */
 static void a64_svc_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
 {
     struct vcpu_state *vs = vcpu_get(vcpu_index);
+    uint64_t nr = a64_xreg(vs, 8);
 
-    if (a64_xreg(vs, 8) == A64_NR_RT_SIGRETURN) {
+    if (nr == A64_NR_RT_SIGRETURN) {
         a64_frame_read(vs, reg_read_u64(vs, a64.sp) + A64_SIGFRAME_RECORDS,
                        &vs->a64.sigreturn_frame);
+    } else if (nr == A64_NR_PTRACE && a64_xreg(vs, 0) == A64_PTRACE_SETREGSET &&
+               a64_xreg(vs, 2) == A64_NT_PRFPREG) {
+        a64_regset_read(vs, a64_xreg(vs, 3), &vs->a64.regset_image);
     }
 }
 
@@ -489,6 +527,13 @@ static void a64_probe_state(struct vcpu_state *vs, uint32_t probe,
     case FTR_PROBE_SIGRETURN:
         if (f->task && f->task == vs->a64.host_task) {
             a64_frame_to_event(f, ev);
+        }
+        break;
+    case FTR_PROBE_REGSET_SET:
+        /* fpr_set(); sve_set() and the others take other notes, never read. */
+        if (vs->a64.regset_image.task && vs->a64.regset_image.task == vs->a64.host_task) {
+            a64_frame_to_event(&vs->a64.regset_image, ev);
+            ev->mem_bytes = A64_FPSIMD_BYTES;
         }
         break;
     }
@@ -1003,6 +1048,7 @@ static void a64_eret_exec(unsigned int vcpu_index, void *udata)
             vs->a64.frame_task = 0;
         }
         vs->a64.sigreturn_frame.task = 0;
+        vs->a64.regset_image.task = 0;
     }
 }
 

@@ -151,6 +151,12 @@ struct a64_vcpu {
      */
     uint64_t frame_task;
     struct a64_frame sigreturn_frame;
+    /*
+     * The image a tracer's PTRACE_SETREGSET NT_PRFPREG is about to write
+     * (struct user_fpsimd_state, at its iovec), read at its SVC: fpr_set()
+     * takes it through PAN too.
+     */
+    struct a64_frame regset_image;
 };
 
 /*

@@ -95,6 +95,8 @@ KALLSYMS = f"""\
 {FLUSH_FN + 0x500:x} T fpu_swap_kvm_fpstate
 {FLUSH_FN + 0x600:x} T fpu_copy_uabi_to_guest_fpstate
 {FPU_INIT_FN + 0x100:x} T some_other_function
+{FPU_INIT_FN + 0x200:x} t fpr_set
+{FPU_INIT_FN + 0x300:x} t sve_set
 {SEED_FN:x} t seed_clobber_xmm\t[fputrace_seed]
 {SEED_FN + 0x100:x} t seed_missed_restore\t[fputrace_seed]
 {SEED_FN + 0x200:x} t seed_ioctl\t[fputrace_seed]
@@ -1208,3 +1210,36 @@ def test_the_return_after_an_arm64_sigreturn_holds_the_frame_as_the_handler_left
         else:
             (t,) = texts
             assert "the SVE registers beyond V0-V31 of the signal frame's SVE record" in t
+
+
+def test_an_arm64_tracees_return_after_fpr_set_holds_what_the_tracer_wrote(
+        tmp_path: Path) -> None:
+    # U (the tracer) writes T's V0-V31, FPSR and FPCR with PTRACE_SETREGSET
+    # NT_PRFPREG; the plugin read the struct user_fpsimd_state at U's SVC
+    # (W) into the fpr_set() probe. __fpr_set() copies it whole, so T's
+    # next return must hold W. sve_set()'s image is not read: changed on
+    # purpose, unchecked.
+    W = 0x5757
+    fpr, sve_fn = FPU_INIT_FN + 0x200, FPU_INIT_FN + 0x300
+    for fn, at_return, expected in [(fpr, W, "checked"), (fpr, L2, "finding"),
+                                    (sve_fn, L2, "unchecked")]:
+        b = TraceBuilder(arch=2)
+        tasks(b)
+        ret(b, None)
+        entry(b, L1)
+        mem = {"mem_hash": W, "mem_bytes": 520, "flags": F_TASK | F_MEM} \
+            if fn == fpr else {"flags": F_TASK}
+        b.event(PROBE, task=U, index=P_REGSET_SET, value=T, pc=fn, **mem)
+        restore(b, BT, before=L1, loads=at_return)
+        ret(b, at_return)
+        got = arm64_bounds(tmp_path, b)
+        if expected == "checked":
+            assert got.findings == [] and got.user.purpose_checked == {
+                "ptrace regset write": 1}
+        elif expected == "finding":
+            (f,) = got.findings
+            assert f.explanation.startswith("the tracee's return after the regset write ")
+            assert (f.before, f.after) == (2, 4)
+        else:
+            assert got.findings == [] and got.user.changed_on_purpose == {
+                "ptrace regset write": 1}

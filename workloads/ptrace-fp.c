@@ -8,12 +8,16 @@
  * XSAVE layout), then resumes it. The child checks that it comes back from
  * the system call holding exactly what the tracer wrote.
  *
+ * On arm64 each write is PTRACE_SETREGSET NT_PRFPREG (fpr_set(), struct
+ * user_fpsimd_state) with the second pattern in V0-V31.
+ *
  * With "seed", the parent first arms the fputrace-seed module's REGSET
  * ioctl before each write (workloads/seed/): the write is then damaged in
  * the tracee's buffer, and the child sees it.
  *
  * usage: ptrace-fp [N [seed]]    (default 20 rounds)
  * prints: ptrace-fp: rounds=N fpregs=N/2 xstate=N/2 mismatches=0 failed=0
+ *         (arm64: rounds=N fpsimd=N mismatches=0 failed=0)
  */
 #include <elf.h>
 #include <fcntl.h>
@@ -58,6 +62,23 @@ static int child(long n)
     _exit(mismatches);
 }
 
+#ifdef __aarch64__
+/* Write round i's pattern into the stopped child's V0-V31. */
+static int write_fp(pid_t pid, long i, int seed_fd)
+{
+    struct fp_file f;
+    struct user_fpsimd_struct fpsimd;
+    struct iovec iov = { &fpsimd, sizeof(fpsimd) };
+
+    fp_pattern(&f, written_seed(i));
+    if (seed_fd >= 0 && ioctl(seed_fd, FPUTRACE_SEED_REGSET) != 0)
+        return -1;
+    if (ptrace(PTRACE_GETREGSET, pid, (void *)NT_PRFPREG, &iov) != 0)
+        return -1;
+    memcpy(fpsimd.vregs, f.v, sizeof(f.v));
+    return (int)ptrace(PTRACE_SETREGSET, pid, (void *)NT_PRFPREG, &iov);
+}
+#else
 /* Write round i's pattern into the stopped child's XMM registers. */
 static int write_fp(pid_t pid, long i, int seed_fd)
 {
@@ -85,6 +106,7 @@ static int write_fp(pid_t pid, long i, int seed_fd)
         return (int)ptrace(PTRACE_SETREGSET, pid, (void *)NT_X86_XSTATE, &iov);
     }
 }
+#endif
 
 int main(int argc, char **argv)
 {
@@ -121,7 +143,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "ptrace-fp: the child did not finish its rounds\n");
         return 1;
     }
+#ifdef __aarch64__
+    printf("ptrace-fp: rounds=%ld fpsimd=%ld mismatches=%d failed=%ld\n",
+           n, n, WEXITSTATUS(status), failed);
+#else
     printf("ptrace-fp: rounds=%ld fpregs=%ld xstate=%ld mismatches=%d failed=%ld\n",
            n, (n + 1) / 2, n / 2, WEXITSTATUS(status), failed);
+#endif
     return failed || (seed_fd < 0 && WEXITSTATUS(status)) ? 1 : 0;
 }
