@@ -29,6 +29,7 @@ Arrays in, results out; nothing is printed.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -600,11 +601,15 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     mem_valid = int(F.MEM_VALID)
     # arm64 frames (SIGFRAME events, sigreturn probes): their records'
     # hashes (docs/trace-format.md, "arm64").
-    mem_hash = ev["mem_hash"].tolist()
-    mem_legacy_hash = ev["mem_legacy_hash"].tolist()
-    mem_ext_hash = ev["mem_ext_hash"].tolist()
-    mem_features = ev["mem_features"].tolist()
-    kinds = ev["kind"].tolist()
+    # Read one event at a time: these are needed at a few events, and a
+    # list of a whole column costs ~36 bytes an event.
+    def column(name: str) -> Callable[[int], int]:
+        values_ = ev[name]
+        return lambda i: int(values_[i])
+
+    mem_hash, mem_legacy_hash = column("mem_hash"), column("mem_legacy_hash")
+    mem_ext_hash, mem_features, kind_of = column("mem_ext_hash"), column("mem_features"), \
+        column("kind")
     k_sigframe = int(K.SIGFRAME)
 
     def judge_frame(i: int, k: int, cpu: int, last_return: int, probe_at: int) -> None:
@@ -630,7 +635,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             user.unchecked["a signal frame save whose task's entry the trace did not "
                            "show"] += 1
             return
-        read = kinds[i] == k_sigframe
+        read = kind_of(i) == k_sigframe
         if read and not all_flags[i] & mem_valid:
             user.unchecked["a signal frame whose FP/SIMD record could not be read"] += 1
             return
@@ -649,7 +654,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                            "kernel"] += 1
             return
         want = regs_hash[e]
-        got = mem_hash[i] if read else regs_hash[i]
+        got = mem_hash(i) if read else regs_hash[i]
         if read:
             judge_frame_sve(i, k, e)
         if got == want:
@@ -693,7 +698,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         if e < 0 or not all_flags[i] & mem_valid:
             return
         has = all_flags[i] & sve_valid
-        vl, record_flags = mem_features[i] & 0xFFFF, mem_features[i] >> 16
+        vl, record_flags = mem_features(i) & 0xFFFF, mem_features(i) >> 16
         ec = (values[e] >> 26) & 0x3F
         trap = ec == ESR_EC_SVE and not all_flags[e] & sve_valid
         what = "the signal frame's SVE record"
@@ -704,26 +709,26 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             if ec == ESR_EC_SVC64 or trap or not all_flags[e] & sve_valid:
                 return
             failed = f"{what} has no registers, while the task's SVE state (VL " \
-                     f"{index_of[e]} bytes) was live at the entry (ESR {values[e]:#x}), " \
+                     f"{index_of(e)} bytes) was live at the entry (ESR {values[e]:#x}), " \
                      "which keeps it: sigreturn will load FP/SIMD only"
-        elif mem_legacy_hash[i] != mem_hash[i]:
+        elif mem_legacy_hash(i) != mem_hash(i):
             failed = f"{what}'s Z0-Z31 (VL {vl} bytes) do not hold the V0-V31 of the frame's " \
                      "FP/SIMD record (a stale SVE buffer)"
         else:
-            entered = bool(all_flags[e] & sve_valid) and index_of[e] == vl
+            entered = bool(all_flags[e] & sve_valid) and index_of(e) == vl
             zero = native.a64_sve_zero_hash(vl)
             if trap:
                 want = zero
             elif entered:
                 # (a system call may also have zeroed it: judge_sve())
-                want = sve_hash[e]
+                want = sve_hash(e)
             elif ec == ESR_EC_SVC64:
                 want = zero
             else:
                 sve.unchecked["a signal frame whose task's SVE state at the entry the trace "
                               "did not show, at the frame's vector length"] += 1
                 return
-            if mem_ext_hash[i] == want or (ec == ESR_EC_SVC64 and mem_ext_hash[i] == zero):
+            if mem_ext_hash(i) == want or (ec == ESR_EC_SVC64 and mem_ext_hash(i) == zero):
                 sve.checked += 1
                 sve.purpose_checked[SVE_FRAME] += 1
                 return
@@ -812,7 +817,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             # from the frame's FP/SIMD record into the task's state
             # (fpsimd_update_current_state(); with SVE, into the V part of
             # its SVE registers), loaded on the way back to user mode.
-            settle(i, k, j, (mem_hash[j],), "sigreturn's frame", j,
+            settle(i, k, j, (mem_hash(j),), "sigreturn's frame", j,
                    f"the return after sigreturn ({explainer.call(j)}) does not hold the FP/SIMD "
                    "record of the signal frame as the handler left it (read at its SVC): ", [])
             return True
@@ -847,7 +852,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         how = REGSET_IMAGE.get(symbols.function(int(ev["pc"][j])))
         if how is None:
             return False
-        want = mem_hash[j] if how == IMAGE_A64_FPSIMD else image_hash(ev, j, how)
+        want = mem_hash(j) if how == IMAGE_A64_FPSIMD else image_hash(ev, j, how)
         if want is None:
             user.unchecked["a ptrace regset write that leaves MXCSR as it was"] += 1
             return True
@@ -859,7 +864,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
 
     sve = BoundaryCheck()
     sve_valid = int(F.SVE_VALID)
-    sve_hash = ev["regs_after_hash"].tolist()
+    sve_hash = column("regs_after_hash")
 
     def judge_sve(i: int, k: int, e: int, changes: list[tuple[int, str]]) -> None:
         """arm64 return i of task k with EL0's SVE enabled, against its entry
@@ -896,11 +901,11 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             sve.unchecked["SVE was not enabled for user mode at the entry, and the entry "
                           "was no SVE access trap"] += 1
             return
-        entered = all_flags[e] & sve_valid and index_of[e] == index_of[i]
+        entered = all_flags[e] & sve_valid and index_of(e) == index_of(i)
         if not trap and all_flags[e] & sve_valid and not entered:
             sve.unchecked["the vector length changed"] += 1
             return
-        zero = native.a64_sve_zero_hash(index_of[i])
+        zero = native.a64_sve_zero_hash(index_of(i))
         svc = ec == ESR_EC_SVC64
         # A system call: Documentation/arch/arm64/sve.rst ("System call
         # behaviour") gives the state beyond V0-V31 as zero on return, "in
@@ -909,8 +914,8 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         # fpsimd_syscall_enter() zeroes the live registers (sve_flush_live())
         # and a state saved during the call is FP/SIMD only, after which
         # task_fpsimd_load() drops TIF_SVE. Anything else is stale.
-        want = zero if trap or (svc and not entered) else sve_hash[e]
-        if sve_hash[i] != want and spans_gap(gaps, int(seqs[e]), int(seqs[i])):
+        want = zero if trap or (svc and not entered) else sve_hash(e)
+        if sve_hash(i) != want and spans_gap(gaps, int(seqs[e]), int(seqs[i])):
             sve.unchecked[GAP_UNCHECKED] += 1
             return
         sve.checked += 1
@@ -920,7 +925,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             sve.purpose_checked[SVE_TRAP_ZEROED] += 1
         elif svc:
             sve.purpose_checked[SVE_SYSCALL] += 1
-        if sve_hash[i] == want or ((handler or svc) and sve_hash[i] == zero):
+        if sve_hash(i) == want or ((handler or svc) and sve_hash(i) == zero):
             return
         sve.violations += 1
         x = explainer.explain(e, i, k, regs_hash[e], int(ev["vcpu"][i]))
@@ -932,7 +937,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         findings.append(BoundaryFinding(
             "corrupted_state", "task", int(ident[i]), 0, e, i, x.cause,
             f"the SVE registers beyond V0-V31 (Z0-Z31 above 128 bits, P0-P15, FFR, at VL "
-            f"{index_of[i]} bytes) {got}: " + x.text, trail=x.trail))
+            f"{index_of(i)} bytes) {got}: " + x.text, trail=x.trail))
 
     def judge_sve_sigreturn(i: int, k: int, j: int) -> None:
         """arm64 return i of task k with EL0's SVE enabled, after the
@@ -941,20 +946,20 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         copies them into the task's SVE buffer and sets TIF_SVE, so the
         return holds them beyond V0-V31 (rt_sigreturn's own entry, a system
         call, discarded the task's earlier ones first)."""
-        vl, record_flags = mem_features[j] & 0xFFFF, mem_features[j] >> 16
+        vl, record_flags = mem_features(j) & 0xFFFF, mem_features(j) >> 16
         if record_flags & SVE_SIG_FLAG_SM:
             sve.unchecked["a signal frame of SME's streaming mode"] += 1
             return
-        if vl != index_of[i]:
+        if vl != index_of(i):
             sve.unchecked["the vector length changed"] += 1
             return
-        want = mem_ext_hash[j]
-        if sve_hash[i] != want and spans_gap(gaps, int(seqs[j]), int(seqs[i])):
+        want = mem_ext_hash(j)
+        if sve_hash(i) != want and spans_gap(gaps, int(seqs[j]), int(seqs[i])):
             sve.unchecked[GAP_UNCHECKED] += 1
             return
         sve.checked += 1
         sve.purpose_checked[SVE_SIGRETURN] += 1
-        if sve_hash[i] == want:
+        if sve_hash(i) == want:
             return
         sve.violations += 1
         x = explainer.explain(j, i, k, regs_hash[i], int(ev["vcpu"][i]))
@@ -993,7 +998,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     rel = bp.rel
     rel_keys = keys.at(rel)
     values = ev["value"].tolist()
-    index_of = ev["index"].tolist()
+    index_of = column("index")
     for i, k, p, kind, task, cpu, index, addr in zip(
             rel.tolist(), rel_keys.tolist(), bp.rel_prev_return.tolist(),
             ev["kind"][rel].tolist(), ev["task"][rel].tolist(), ev["vcpu"][rel].tolist(),
