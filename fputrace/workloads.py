@@ -51,6 +51,11 @@ WORKLOADS: dict[str, WorkloadDef] = {
         WorkloadDef("kvm-pingpong", 200, ("kvm_amd",),
                     "a KVM guest using FP/SIMD (x87/SSE; arm64 FP) that exits to user "
                     "space N times", events_per_count=30, aarch64_modules=()),
+        WorkloadDef("kvm-halt", 20, ("kvm_amd",),
+                    "a vCPU halted in the kernel (in-kernel local APIC) and woken by a "
+                    "signal N times, KVM_RUN returning EINTR, with a task holding SSE state "
+                    "on the same CPU; the guest reports its xmm0 after each halt",
+                    events_per_count=60),
         WorkloadDef("kvm-xsave", 20, ("kvm_amd",),
                     "a KVM user setting its guest's XMM registers, FCW and MXCSR with "
                     "KVM_SET_XSAVE before each of N KVM_RUNs, the guest reporting what it "
@@ -157,7 +162,7 @@ class WorkloadRun:
 
 # The workloads that run a KVM guest of their own: inside an L2 guest they
 # would need an L3, which made no progress in 10 minutes under TCG.
-KVM_WORKLOADS = frozenset({"kvm-pingpong", "kvm-hog", "kvm-sve", "kvm-xsave",
+KVM_WORKLOADS = frozenset({"kvm-pingpong", "kvm-halt", "kvm-hog", "kvm-sve", "kvm-xsave",
                            "kvm-xsave-seed"})
 
 

@@ -88,7 +88,7 @@ static int kvm_real_mode_vcpu(int kvm, int vm, uint64_t rip, struct kvm_run **ru
  * to *out right after (fpcheck.h): returns whether they came back as they
  * went in. Dies if KVM_RUN fails.
  */
-static int kvm_run_checked(int vcpu, const struct fp_file *in, struct fp_file *out)
+static inline int kvm_run_checked(int vcpu, const struct fp_file *in, struct fp_file *out)
 {
     long ret = syscall3_checked(SYS_ioctl, vcpu, KVM_RUN, 0, in, out);
 
