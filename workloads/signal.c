@@ -14,7 +14,9 @@
  * On arm64 with SVE it then does the same with the whole SVE state (Z0-Z31
  * and P0-P15 at the task's vector length) across a BRK: a system call
  * would discard it, an exception does not, so the kernel must put it in
- * the frame's SVE record and load it back.
+ * the frame's SVE record and load it back. Last, signals sent by kill()
+ * right after SVE use, whose handler checks that the frame's SVE record
+ * agrees with its FP/SIMD record.
  *
  * On x86_64 the handler also checks, at its first instruction, that it
  * starts from the init state (fpu__clear_user_states()).
@@ -22,7 +24,9 @@
  * usage: signal [N]    (default 100 signals)
  * prints: signal: signals=N handled=N mismatches=0 edited=N edit_mismatches=0
  *         (x86_64: handler_not_init=0)
- *         (arm64 with SVE also: sve_signals=N sve_vl=BYTES sve_mismatches=0)
+ *         (arm64 with SVE also: sve_signals=N sve_vl=BYTES sve_mismatches=0
+ *          sve_syscall_signals=N sve_frame_disagreements=0
+ *          sve_syscall_mismatches=0)
  */
 #define _GNU_SOURCE
 #include <signal.h>
@@ -84,6 +88,24 @@ static void on_trap(int sig, siginfo_t *info, void *context)
     sve_handled++;
 }
 
+static volatile sig_atomic_t sve_syscall_handled, sve_frame_disagreements;
+
+/*
+ * A signal delivered from a system call made right after SVE use: the
+ * kernel saved V0-V31 only (the syscall discards the rest), so the frame's
+ * SVE record must have no register data, or data whose low halves are
+ * the V0-V31 of its FP/SIMD record (61da7c8e2a60, "arm64/signal: Don't
+ * assume that TIF_SVE means we saved SVE state").
+ */
+static void on_urg(int sig, siginfo_t *info, void *context)
+{
+    (void)sig;
+    (void)info;
+    if (fp_frame_sve_agrees(context) == 0)
+        sve_frame_disagreements++;
+    sve_syscall_handled++;
+}
+
 /* The SVE round: n BRKs with Z and P live. Prints its part of the summary. */
 static int sve_round(long n)
 {
@@ -104,9 +126,29 @@ static int sve_round(long n)
         if (!sve_equal(&in, &out, sve_len))
             mismatches++;
     }
-    printf(" sve_signals=%ld sve_vl=%u sve_mismatches=%ld", (long)sve_handled, sve_len,
-           mismatches);
-    return sve_handled == n && mismatches == 0 ? 0 : -1;
+    /* Then n signals from kill() right after SVE use, V0-V31 live. */
+    struct sigaction sa = { .sa_sigaction = on_urg, .sa_flags = SA_SIGINFO };
+    struct fp_file v_in, v_out;
+    long v_mismatches = 0;
+
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGURG, &sa, NULL) < 0) {
+        perror("signal: sigaction SIGURG");
+        return -1;
+    }
+    fp_pattern(&v_in, 21);
+    for (long i = 0; i < n; i++) {
+        sve_load_all(&in, sve_len);     /* SVE in use again: TIF_SVE */
+        syscall3_checked(SYS_kill, getpid(), SIGURG, 0, &v_in, &v_out);
+        if (!fp_equal(&v_in, &v_out))
+            v_mismatches++;
+    }
+    printf(" sve_signals=%ld sve_vl=%u sve_mismatches=%ld sve_syscall_signals=%ld "
+           "sve_frame_disagreements=%ld sve_syscall_mismatches=%ld", (long)sve_handled,
+           sve_len, mismatches, (long)sve_syscall_handled, (long)sve_frame_disagreements,
+           v_mismatches);
+    return sve_handled == n && mismatches == 0 && sve_syscall_handled == n &&
+           sve_frame_disagreements == 0 && v_mismatches == 0 ? 0 : -1;
 }
 #else
 static int sve_round(long n)

@@ -225,4 +225,50 @@ static inline int fp_frame_edit(void *context, const struct fp_file *f)
     return 0;
 }
 
+/*
+ * Whether a signal frame's SVE record agrees with its FP/SIMD record: where
+ * the SVE record holds register data, each Zn's low 128 bits are Vn, as
+ * they are in the registers (Documentation/arch/arm64/sve.rst, "Signal
+ * handling"). The records are walked as the kernel lays them out, into an
+ * extra_context when the SVE record did not fit. 1: they agree; 0: they do
+ * not; -1: no SVE register data (or no FP/SIMD record) to compare.
+ */
+static inline int fp_frame_sve_agrees(void *context)
+{
+    uint8_t *rec = ((ucontext_t *)context)->uc_mcontext.__reserved;
+    uint8_t *end = rec + sizeof(((ucontext_t *)context)->uc_mcontext.__reserved);
+    struct fpsimd_context *fp = NULL;
+    struct sve_context *sve = NULL;
+    int extra_taken = 0;
+
+    while (rec + 8 <= end) {
+        struct _aarch64_ctx *head = (struct _aarch64_ctx *)rec;
+
+        if (!head->magic || head->size < 8)
+            break;
+        if (head->magic == FPSIMD_MAGIC)
+            fp = (struct fpsimd_context *)rec;
+        else if (head->magic == SVE_MAGIC)
+            sve = (struct sve_context *)rec;
+        else if (head->magic == EXTRA_MAGIC && !extra_taken) {
+            struct extra_context *extra = (struct extra_context *)rec;
+
+            extra_taken = 1;
+            rec = (uint8_t *)(uintptr_t)extra->datap;
+            end = rec + extra->size;
+            continue;
+        }
+        rec += head->size;
+    }
+    if (!fp || !sve)
+        return -1;
+    unsigned vq = sve_vq_from_vl(sve->vl);
+    if (sve->head.size < SVE_SIG_CONTEXT_SIZE(vq))
+        return -1;
+    for (unsigned n = 0; n < 32; n++)
+        if (memcmp((uint8_t *)sve + SVE_SIG_ZREG_OFFSET(vq, n), &fp->vregs[n], 16))
+            return 0;
+    return 1;
+}
+
 #endif
