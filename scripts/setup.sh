@@ -69,12 +69,13 @@ install_system_packages() {
 	# with gcc-aarch64-linux-gnu (each removes the other); gcc -m32 needs only these.
 	# gcc-aarch64-linux-gnu: the arm64 workloads (static, cross-compiled).
 	# tmux: the viewer's tests drive it in a terminal.
-	# flex, bison, bc, libelf-dev, dwarves (pahole, for BTF): the tests' own
-	# kernel, built from Debian's linux source (fputrace/kernel/testkernel.py).
+	# flex, bison, bc, libelf-dev, dwarves (pahole, for BTF), patch, libssl-dev
+	# (Debian's configuration signs modules): kernels built from Debian's linux
+	# source with the user's patches (fputrace/kernel/build.py, the bug zoo).
 	local pkgs=(gcc lib32gcc-12-dev libc6-dev-i386 libc6-dev binutils make meson ninja-build
 		pkg-config libglib2.0-dev busybox-static cpio xz-utils zstd dpkg-dev python3-venv
 		libelf1 gcc-aarch64-linux-gnu libc6-dev-arm64-cross tmux
-		flex bison bc libelf-dev dwarves)
+		flex bison bc libelf-dev dwarves patch libssl-dev)
 	local missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -21,6 +21,7 @@ from fputrace.errors import FputraceError
 from fputrace.initramfs import busybox_initramfs
 from fputrace.kernel import debian
 from fputrace.kernel.btf import Btf
+from fputrace.kernel.build import find_build
 from fputrace.kernel.busybox import busybox_for
 from fputrace.kernel.dwarf import struct_offsets
 from fputrace.kernel.modules import ModuleTree
@@ -98,17 +99,28 @@ def resolve_kernel(kernel: str, arch: str = "amd64", modules: Path | None = None
         return KernelTarget(f"debian-{info.package}", qemu_arch, info.vmlinuz,
                             info.modules_dir if info.modules_dir.is_dir() else None,
                             vmlinux, info.path / "collected", info)
+    built = find_build(kernel) if "/" not in kernel else None
+    if built is not None:
+        if built.arch != arch:
+            raise FputraceError(f"kernel {kernel} is an {built.arch} build: give --arch "
+                                f"{'x86_64' if built.arch == 'amd64' else built.arch}")
+        kernel, modules = str(built.image), modules or built.modules
+        vmlinux = vmlinux or built.vmlinux
     path = Path(kernel)
     if not path.is_file():
         raise FputraceError(f"kernel '{kernel}' is neither a file nor a known Debian series "
-                            f"({', '.join(debian.RELEASES)})")
+                            f"({', '.join(debian.RELEASES)}), nor a kernel of 'fputrace kernel "
+                            "build' (see fputrace kernel list)")
     if modules is not None and not modules.is_dir():
         raise FputraceError(f"--modules {modules}: not a directory")
     if vmlinux is not None and not vmlinux.is_file():
         raise FputraceError(f"--vmlinux {vmlinux}: no such file")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     release = _bzimage_release(path) or path.name
-    return KernelTarget(f"{release} ({path.name} sha256:{digest})", qemu_arch, path.resolve(),
+    identity = (f"{built.name} (linux {built.source_version}"
+                f"{''.join(' + ' + p for p in built.patches)}, sha256:{digest})"
+                if built is not None else f"{release} ({path.name} sha256:{digest})")
+    return KernelTarget(identity, qemu_arch, path.resolve(),
                         modules, vmlinux, cache_dir() / "kernels" / "custom" / digest)
 
 
