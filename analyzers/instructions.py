@@ -225,3 +225,43 @@ def machine_time(ev: npt.NDArray[np.void]) -> npt.NDArray[np.int64]:
         step[idx] = np.diff(seen, prepend=0)
     out: npt.NDArray[np.int64] = np.cumsum(step)
     return out
+
+
+# How many of a CPU's timed calls that began before an event are looked at
+# for one containing it: FPU paths nest a few deep, and a containing call
+# is one of the latest to begin.
+ENCLOSING_LOOKBACK = 64
+
+
+def enclosing_paths(ev: npt.NDArray[np.void], symbols: Symbols, events: list[int]
+                    ) -> dict[int, str]:
+    """The FPU path (a timed function, FPU_PATH_PROBES) each of the events
+    ran inside, the innermost where they nest: the kernel function that
+    called the saving or restoring helper, which an event's own site
+    (save_fpregs_to_fpstate(), fpsimd_save_state()) does not say. From a
+    call's first instruction to its return on the event's CPU, by the
+    instruction count; events outside every timed call, or a trace without
+    instruction counts, are left out."""
+    if not events or not len(ev):
+        return {}
+    l1 = (ev["flags"] & np.uint32(fmt.Flag.L2)) == 0
+    ret = np.flatnonzero((ev["kind"] == K.PROBE_RETURN) & l1 &
+                         np.isin(ev["index"], [int(p) for p in FPU_PATH_PROBES]))
+    out: dict[int, str] = {}
+    by_cpu: dict[int, tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64],
+                            npt.NDArray[np.intp]]] = {}
+    for i in sorted(set(events)):
+        cpu = int(ev["vcpu"][i])
+        if cpu not in by_cpu:
+            mine = ret[ev["vcpu"][ret] == cpu]
+            order = np.argsort(ev["aux"][mine], kind="stable")
+            mine = mine[order]
+            by_cpu[cpu] = (ev["aux"][mine], ev["icount"][mine], mine)
+        starts, ends, which = by_cpu[cpu]
+        t = ev["icount"][i]
+        hi = int(np.searchsorted(starts, t, side="right"))
+        for j in range(hi - 1, max(hi - 1 - ENCLOSING_LOOKBACK, -1), -1):
+            if ends[j] >= t:
+                out[i] = symbols.function(int(ev["pc"][which[j]]))
+                break
+    return out

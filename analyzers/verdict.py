@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analyzers.boundaries import GAP_UNCHECKED, Boundaries, BoundaryFinding, spans_gap
+from analyzers.costs import vcpu_vmcb
 from analyzers.ownership import FindingKind, Ownership
 from fputrace.trace import format as fmt
 
@@ -56,6 +57,8 @@ class Verdict:
     findings: list[Finding]
     unconfirmed: list[Unconfirmed]
     boundaries: Boundaries
+    # The FPU path each finding's events ran inside (instructions.enclosing_paths)
+    within: dict[int, str] = field(default_factory=dict)
 
     @property
     def by_kind(self) -> dict[str, int]:
@@ -91,16 +94,18 @@ def combine(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64], own: Ownersh
     for b in bounds.findings:
         if b.kind == "corrupted_state" and b.after >= 0:
             corrupted.setdefault(keys.of(b.after), []).append((b.before, b.after))
-    def first_boundary_after(key: int, i: int) -> int:
-        """The task's first user return or VM entry after event i, or -1:
-        looked for in growing slices, so that a near one is found fast."""
+    def first_boundary_after(key: int, i: int, vmcb: int) -> int:
+        """The harmed context's first boundary after event i, or -1: a
+        vCPU's (vmcb) next VM entry, a task's next user return. Looked for
+        in growing slices, so that a near one is found fast."""
         start, step = i + 1, 4096
         while start < len(ev):
             idx = np.arange(start, min(start + step, len(ev)))
             k = ev["kind"][idx]
             l1 = (ev["flags"][idx] & fmt.Flag.L2) == 0  # not the nested guest's own
-            hit = idx[((k == fmt.Kind.USER_RETURN) | (k == fmt.Kind.VM_ENTRY)) & l1 &
-                      (keys.at(idx) == key)]
+            at = ((k == fmt.Kind.VM_ENTRY) & (ev["addr"][idx] == vmcb) if vmcb else
+                  k == fmt.Kind.USER_RETURN)
+            hit = idx[at & l1 & (keys.at(idx) == key)]
             if len(hit):
                 return int(hit[0])
             start, step = start + step, step * 4
@@ -114,9 +119,16 @@ def combine(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64], own: Ownersh
         victim = f.last_sync if f.kind == FindingKind.LOST_STATE else f.event
         key = keys.of(victim) if victim >= 0 else -1
         task = int(ident[victim]) if victim >= 0 else -1
+        # A vCPU's state (the buffer is a guest fpstate, or held the guest's
+        # registers) is checked at the vCPU's next VM entry, not at its
+        # thread's next user return: a save into the guest's fpstate of
+        # registers that were not the guest's shows only when it is loaded.
+        vcpu = (int(own.guest_of[victim]) or own.guest_buffers.get(f.context_buffer, 0)
+                if victim >= 0 else 0)
+        vmcb = vcpu_vmcb(vcpu) if vcpu else 0
         # Confirmed when the context's first boundary after the operation
         # found it corrupted.
-        first = first_boundary_after(key, f.event)
+        first = first_boundary_after(key, f.event, vmcb)
         hit = next(((lo, hi) for lo, hi in corrupted.get(key, []) if hi == first), None)
         if hit is not None and gaps is not None and \
                 spans_gap(gaps, int(ev["seq"][min(x for x in (f.event, f.last_sync, hit[0])

@@ -14,7 +14,12 @@ from analyzers.arm64 import TrapCosts, trap_costs
 from analyzers.boundaries import check_boundaries
 from analyzers.costs import Costs, costs_from_aggregates, vcpu_instance, vcpu_label
 from analyzers.counts import Counts, counts_from_aggregates, task_label
-from analyzers.instructions import InstructionCosts, instruction_costs, machine_time
+from analyzers.instructions import (
+    InstructionCosts,
+    enclosing_paths,
+    instruction_costs,
+    machine_time,
+)
 from analyzers.ownership import Class, ContextKind, Ownership, analyze
 from analyzers.switches import SwitchCosts, switch_costs
 from analyzers.timeline import cpu_timeline
@@ -213,6 +218,10 @@ def _analyze_level(r: Run) -> Analysis:
                               r.trace.header.arch, r.trace.gaps,
                               bool(r.trace.header.features & fmt.Feature.BOUNDARY_STATE))
     verdict = combine(events, ident, own, bounds, r.trace.gaps)
+    if r.trace.header.features & fmt.Feature.ICOUNT:
+        verdict.within = enclosing_paths(
+            events, r.symbols, [i for f in verdict.findings
+                                for i in (f.event, *f.events.values()) if i >= 0])
     traps = trap_costs(events, ident) if r.trace.header.arch == fmt.Arch.AARCH64 else None
     switches = switch_costs(events)
     if traps is not None and switches is not None:

@@ -210,7 +210,8 @@ def render_counts(console: Console, run: Run, counts: Counts, top: int) -> None:
 
 # ---- ownership analysis ------------------------------------------------
 
-def _event_json(run: Run, ident: Any, i: int, role: str = "") -> dict[str, Any]:
+def _event_json(run: Run, ident: Any, i: int, role: str = "",
+                within: dict[int, str] | None = None) -> dict[str, Any]:
     ev = run.trace.events[i]
     kind = int(ev["kind"])
     out = {
@@ -232,6 +233,8 @@ def _event_json(run: Run, ident: Any, i: int, role: str = "") -> dict[str, Any]:
         out["entry_site"] = run.symbols.describe(int(ev["addr"]))
     elif kind == fmt.Kind.PROBE and int(ev[fmt.PROBE_CALLER]):
         out["caller"] = run.symbols.describe(int(ev[fmt.PROBE_CALLER]))
+    if within and role != "simd" and i in within:
+        out["within"] = within[i]
     return out
 
 
@@ -244,9 +247,9 @@ def findings_json(run: Run, verdict: Verdict, ident: Any, limit: int = 0
             "kind": f.kind,
             "description": f.description,
             "task": task_label(run.trace.tasks, f.task),
-            "event": _event_json(run, ident, f.event),
-            "events": {role: _event_json(run, ident, i, role) for role, i in f.events.items()
-                       if i >= 0 and role != "event"},
+            "event": _event_json(run, ident, f.event, within=verdict.within),
+            "events": {role: _event_json(run, ident, i, role, verdict.within)
+                       for role, i in f.events.items() if i >= 0 and role != "event"},
         }
         if f.buffer:
             item["buffer"] = f"{f.buffer:#x}"
@@ -351,8 +354,9 @@ def _class_table(title: str, what: str, rows: list[Row], top: int) -> Table:
 def _render_event(console: Console, role: str, e: dict[str, Any]) -> None:
     where = f" {e['buffer']}" if "buffer" in e else ""
     caller = f", called from {e['caller']}" if "caller" in e else ""
+    inside = f" in {e['within']}()" if "within" in e else ""
     console.print(escape(f"    {role:<13} seq {e['seq']} cpu{e['cpu']} {e['kind']}{where} "
-                         f"at {e['site']}{caller} ({e['task']})"))
+                         f"at {e['site']}{inside}{caller} ({e['task']})"))
 
 
 def render_boundaries(console: Console, verdict: Verdict) -> None:

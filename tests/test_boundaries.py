@@ -1243,3 +1243,48 @@ def test_an_arm64_tracees_return_after_fpr_set_holds_what_the_tracer_wrote(
         else:
             assert got.findings == [] and got.user.changed_on_purpose == {
                 "ptrace regset write": 1}
+
+
+def test_a_foreign_save_into_a_guest_fpstate_is_confirmed_at_the_vm_entry(
+        tmp_path: Path) -> None:
+    # The vCPU thread T leaves the guest (LG1), sleeps in the guest's halt:
+    # the context switch saves LG1 into the guest's buffer BG. U runs with
+    # L2. T comes back and KVM_RUN ends: fpu_swap_kvm_fpstate() saves the
+    # registers, U's L2, into BG (c9aef3b85f42's bug) and loads T's own
+    # state L1 from BT; T's return to user space is intact. The next
+    # KVM_RUN loads BG: the guest enters with L2. The foreign save harmed
+    # the vCPU, so the vCPU's next entry confirms it, not T's next return;
+    # and it names the FPU path it ran inside.
+    b = TraceBuilder(features=7 | int(fmt.Feature.PROBES) | int(fmt.Feature.ICOUNT))
+    tasks(b)
+    n = iter(range(100, 10_000, 100))
+
+    def ev(kind: int, **f: int) -> None:
+        b.event(kind, icount=next(n), **f)
+
+    ev(VM_ENTRY, task=T, addr=VMCB, regs_hash=LG1, flags=F_TASK | F_REGS)
+    ev(VM_EXIT, task=T, addr=VMCB, regs_hash=LG1, flags=F_TASK | F_REGS)
+    save(b, BG, regs=LG1).icount = next(n)  # 2: the switch away saves the guest
+    restore(b, BU, before=LG1, loads=L2, task=U).icount = next(n)  # 3
+    save(b, BU, regs=L2, task=U).icount = next(n)  # 4: U switched out
+    start = next(n)
+    ev(PROBE, task=T, index=fmt.Probe.FPU_PATH, pc=SWAP_FN, flags=F_TASK)
+    b.events[-1].icount = start
+    save(b, BG, regs=L2).icount = next(n)  # 6: the foreign save
+    restore(b, BT, before=L2, loads=L1).icount = next(n)  # 7
+    ev(fmt.Kind.PROBE_RETURN, task=T, index=fmt.Probe.FPU_PATH, pc=SWAP_FN, aux=start,
+       flags=F_TASK)
+    b.events[-1].icount = next(n)
+    ev(USER_RETURN, task=T, pc=0x401000, addr=ENTRY_SYSCALL, regs_hash=L1,
+       flags=F_TASK | F_REGS | 3 | F_NO_ENTRY)  # 9: intact
+    ev(USER_ENTRY, task=T, pc=ENTRY_SYSCALL, regs_hash=L1, flags=F_TASK | F_REGS)
+    restore(b, BG, before=L1, loads=L2).icount = next(n)  # 11
+    ev(VM_ENTRY, task=T, addr=VMCB, regs_hash=L2, flags=F_TASK | F_REGS)  # 12
+    code, rep = report(tmp_path, b)
+    assert code == 3
+    assert [(f["kind"], f["event"]["seq"]) for f in rep["findings"]] == [
+        ("foreign_save", 6), ("corrupted_state", 12)], rep["unconfirmed"]
+    foreign = rep["findings"][0]
+    assert foreign["confirmed_by"]["seq"] == 12
+    assert foreign["events"]["made_live"]["task"] == "20 u"
+    assert foreign["event"]["within"] == "fpu_swap_kvm_fpstate"

@@ -25,7 +25,7 @@ from tracebuilder import (
     TraceBuilder,
 )
 
-from analyzers.instructions import instruction_costs, machine_time
+from analyzers.instructions import enclosing_paths, instruction_costs, machine_time
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
 from fputrace.trace.run import sidecar
@@ -231,3 +231,36 @@ def test_a_guest_fp_trap_handled_in_the_world_switch_is_apart(tmp_path: Path) ->
     assert (ic.fp_trap.count, ic.fp_trap.instructions) == (1, 196)
     assert (ic.in_kernel.count, ic.in_kernel.instructions) == (1, 400)
     assert ic.via_user.count == 0
+
+
+def test_an_event_is_placed_in_the_fpu_path_it_ran_inside(tmp_path: Path) -> None:
+    # kvm_story(): the XSAVE at 1150 ran inside fpu_swap_kvm_fpstate()
+    # (1100-1237), the XRSTOR at 3340 inside switch_fpu_return() (3300-3345).
+    # Nothing encloses the VM exit at 1000, or the hog's __switch_to (not an
+    # FPU path). A second CPU's call at the same counts encloses nothing of
+    # CPU 0's.
+    b = kvm_story()
+    timed(b, PUT_FP, P_PUT, 900, 1200, cpu=1)
+    t = read_trace(b.write(tmp_path / "k.ftr"))
+    kinds = t.events["kind"].tolist()
+    xsave, xrstor = kinds.index(XSAVE), kinds.index(XRSTOR)
+    vm_exit, switch = kinds.index(VM_EXIT), kinds.index(PROBE, kinds.index(RETURN, xrstor))
+    got = enclosing_paths(t.events, SYMS, [xsave, xrstor, vm_exit, switch])
+    assert got == {xsave: "fpu_swap_kvm_fpstate", xrstor: "switch_fpu_return"}
+
+
+def test_the_innermost_of_nested_fpu_paths_is_named(tmp_path: Path) -> None:
+    # kvm_arch_vcpu_put_fp() (1000-1400) calls fpu_swap_kvm_fpstate()
+    # (1100-1237), whose XSAVE at 1150 is named by the inner one; an XSAVE
+    # at 1300, after the inner call returned, by the outer.
+    b = TraceBuilder(features=ICOUNT)
+    b.task(A, 10, "vcpu0")
+    b.event(PROBE, task=A, pc=PUT_FP, index=P_PUT, flags=F_TASK, icount=1000)
+    timed(b, SWAP, P_PATH, 1100, 1237)
+    b.event(XSAVE, task=A, flags=F_TASK, icount=1150)
+    b.event(XSAVE, task=A, flags=F_TASK, icount=1300)
+    b.event(RETURN, task=A, pc=PUT_FP, index=P_PUT, flags=F_TASK, icount=1400, aux=1000)
+    t = read_trace(b.write(tmp_path / "n.ftr"))
+    inner, outer = [i for i, k in enumerate(t.events["kind"].tolist()) if k == XSAVE]
+    assert enclosing_paths(t.events, SYMS, [inner, outer]) == {
+        inner: "fpu_swap_kvm_fpstate", outer: "kvm_arch_vcpu_put_fp"}
