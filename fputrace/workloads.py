@@ -1,7 +1,8 @@
 """The workloads that run inside the recorded kernel (sources in workloads/).
 
 A spec is a comma-separated list of NAME[:N]; `all` stands for every workload
-but the *-seed ones, whose test module has deliberate bugs.
+but those that need the test module (workloads/seed/: deliberate bugs, and
+irq-fpu's hard-interrupt FPU user).
 Each workload prints one summary line `NAME: key=value ...` of what it did.
 """
 
@@ -136,6 +137,12 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     "the new program XMM0 not in its init state (checked at its first "
                     "instruction)", seed_module=True, program="fpu-seed", args=("exec",),
                     events_per_count=200),
+        WorkloadDef("irq-fpu", 300, (),
+                    "a correct hard-interrupt FPU user of the test module (an hrtimer "
+                    "every 2 us, inside kernel_fpu_begin/end where irq_fpu_usable() "
+                    "allows) while N signals are delivered and returned from, the task "
+                    "checking its XMM registers after each", seed_module=True,
+                    program="fpu-seed", args=("irqfpu",), events_per_count=80),
     )
 }
 

@@ -20,8 +20,14 @@
  *         exec this program, whose first instruction checks that it
  *         starts from the init state:
  * prints: fpu-seed: exec=N exec_not_init=N failed=0
+ *         fpu-seed N irqfpu: the module's hard-interrupt FPU user every
+ *         IRQ_FPU_PERIOD_NS (no bug of its own) while N signals from
+ *         kill() are delivered and returned from, each checked:
+ * prints: fpu-seed: irqfpu=N irqfpu_changed=0 irq_fpu_uses=N irq_fpu_refused=N
+ *                   signals=N failed=0
  * Exit status 0 when the module answered every call (changed registers are
- * the expected outcome of the buggy ioctls, not a failure of the workload).
+ * the expected outcome of the buggy ioctls, not a failure of the workload);
+ * with irqfpu, a changed register is the kernel's bug, and fails it.
  */
 #include <fcntl.h>
 #include <signal.h>
@@ -36,6 +42,9 @@
 
 #include "fpcheck.h"
 #include "seed/fputrace_seed.h"
+
+/* 2 us: several interrupts in each signal delivery and sigreturn. */
+#define IRQ_FPU_PERIOD_NS 2000
 
 static long run(int fd, unsigned long cmd, long n, unsigned seed, long *failed)
 {
@@ -150,6 +159,32 @@ int main(int argc, char **argv)
     }
     if (argc > 2 && !strcmp(argv[2], "exec"))
         return exec_children(fd, n);
+    if (argc > 2 && !strcmp(argv[2], "irqfpu")) {
+        struct sigaction sa = { .sa_handler = on_sigusr1 };
+        struct fp_file in, out;
+        long changed = 0;
+
+        if (sigaction(SIGUSR1, &sa, NULL) != 0) {
+            perror("fpu-seed: sigaction");
+            return 1;
+        }
+        if (ioctl(fd, FPUTRACE_SEED_IRQ_FPU_START, IRQ_FPU_PERIOD_NS) != 0) {
+            perror("fpu-seed: IRQ_FPU_START");
+            return 1;
+        }
+        for (long i = 0; i < n; i++) {
+            fp_pattern(&in, 190 + (unsigned)i);
+            syscall3_checked(SYS_kill, getpid(), SIGUSR1, 0, &in, &out);
+            if (!fp_equal(&in, &out))
+                changed++;
+        }
+        long counts[2] = { 0, 0 };
+        int stopped = ioctl(fd, FPUTRACE_SEED_IRQ_FPU_STOP, counts);
+        printf("fpu-seed: irqfpu=%ld irqfpu_changed=%ld irq_fpu_uses=%ld irq_fpu_refused=%ld "
+               "signals=%ld failed=%d\n", n, changed, counts[0], counts[1], (long)signals,
+               stopped != 0);
+        return stopped != 0 || signals != n || changed ? 1 : 0;
+    }
     correct = run(fd, FPUTRACE_SEED_CORRECT, n, 10, &failed);
     clobber = run(fd, FPUTRACE_SEED_CLOBBER, n, 40, &failed);
     corrupt = run(fd, FPUTRACE_SEED_CORRUPT, n, 70, &failed);

@@ -43,16 +43,29 @@
  * HANDLER, EXEC, SIGRETURN, REGSET and KVM_XSAVE act through kretprobes on
  * those functions, armed for the calling task and fired once.
  *
+ * Two ioctls have no bug of their own; they are a trigger for the kernel's:
+ *   IRQ_FPU_START  a hard interrupt (an hrtimer, HRTIMER_MODE_REL_HARD)
+ *            every arg nanoseconds that uses the FPU as irq_fpu_usable()
+ *            allows: kernel_fpu_begin(); clobber XMM0/XMM1;
+ *            kernel_fpu_end(). A kernel that lets it in while the
+ *            interrupted task is inside fpregs_lock() corrupts that task's
+ *            state (59f5ede3bc0f, "x86/fpu: Prevent FPU state corruption",
+ *            fixed one);
+ *   IRQ_FPU_STOP   stops it; writes to arg (long[2]) how many times it
+ *            used the FPU and how many times irq_fpu_usable() refused it.
+ *
  * Built out of tree against the Debian kernel's own headers by
  * fputrace/kernel/seedmod.py.
  */
 #include <linux/fs.h>
+#include <linux/hrtimer.h>
 #include <linux/kprobes.h>
 #include <linux/mutex.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
+#include <linux/uaccess.h>
 #include <linux/version.h>
 #include <asm/fpu/api.h>
 #include <asm/fpu/types.h>
@@ -267,6 +280,56 @@ static int seed_arm(struct seed_probe *sp, struct task_struct **slot)
 	return ret;
 }
 
+static struct hrtimer seed_irq_timer;
+static ktime_t seed_irq_period;
+static atomic_long_t seed_irq_used, seed_irq_refused;
+static bool seed_irq_running;
+static DEFINE_MUTEX(seed_irq_lock);
+
+/* In hard interrupt context: the kernel FPU user irq_fpu_usable() admits. */
+static enum hrtimer_restart seed_irq_fpu_timer(struct hrtimer *timer)
+{
+	if (irq_fpu_usable()) {
+		kernel_fpu_begin();
+		seed_clobber_xmm();
+		kernel_fpu_end();
+		atomic_long_inc(&seed_irq_used);
+	} else {
+		atomic_long_inc(&seed_irq_refused);
+	}
+	hrtimer_forward_now(timer, seed_irq_period);
+	return HRTIMER_RESTART;
+}
+
+static long seed_irq_fpu(bool start, unsigned long arg)
+{
+	long counts[2];
+
+	mutex_lock(&seed_irq_lock);
+	if (start) {
+		if (seed_irq_running || arg < 1000) {
+			mutex_unlock(&seed_irq_lock);
+			return seed_irq_running ? -EBUSY : -EINVAL;
+		}
+		seed_irq_period = ns_to_ktime(arg);
+		atomic_long_set(&seed_irq_used, 0);
+		atomic_long_set(&seed_irq_refused, 0);
+		seed_irq_running = true;
+		hrtimer_start(&seed_irq_timer, seed_irq_period, HRTIMER_MODE_REL_HARD);
+		mutex_unlock(&seed_irq_lock);
+		return 0;
+	}
+	if (seed_irq_running)
+		hrtimer_cancel(&seed_irq_timer);
+	seed_irq_running = false;
+	counts[0] = atomic_long_read(&seed_irq_used);
+	counts[1] = atomic_long_read(&seed_irq_refused);
+	mutex_unlock(&seed_irq_lock);
+	if (arg && copy_to_user((void __user *)arg, counts, sizeof(counts)))
+		return -EFAULT;
+	return 0;
+}
+
 static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	switch (cmd) {
@@ -305,6 +368,9 @@ static long seed_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return seed_arm(&seed_exec_probe, &seed_exec_task);
 	case FPUTRACE_SEED_KVM_XSAVE:
 		return seed_arm(&seed_kvm_xsave_probe, &seed_kvm_xsave_task);
+	case FPUTRACE_SEED_IRQ_FPU_START:
+	case FPUTRACE_SEED_IRQ_FPU_STOP:
+		return seed_irq_fpu(cmd == FPUTRACE_SEED_IRQ_FPU_START, arg);
 	}
 	return -ENOTTY;
 }
@@ -322,12 +388,15 @@ static struct miscdevice seed_dev = {
 
 static int __init seed_init(void)
 {
+	hrtimer_init(&seed_irq_timer, CLOCK_MONOTONIC, HRTIMER_MODE_REL_HARD);
+	seed_irq_timer.function = seed_irq_fpu_timer;
 	return misc_register(&seed_dev);
 }
 
 static void __exit seed_exit(void)
 {
 	misc_deregister(&seed_dev);
+	seed_irq_fpu(false, 0);
 	seed_probe_disarm(&seed_handler_probe);
 	seed_probe_disarm(&seed_exec_probe);
 	seed_probe_disarm(&seed_sigreturn_probe);

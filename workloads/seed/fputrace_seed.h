@@ -60,5 +60,14 @@
  * next entry holds XMM0 other than was written. -ENOENT on older kernels.
  */
 #define FPUTRACE_SEED_KVM_XSAVE _IO('F', 10)
+/*
+ * (k) no bug: a hard interrupt every arg nanoseconds (>= 1000) that uses
+ * the FPU where irq_fpu_usable() allows it, until IRQ_FPU_STOP, which
+ * writes to arg (long[2]) how many times it did, and how many times
+ * irq_fpu_usable() refused. A trigger for kernels whose
+ * irq_fpu_usable() admits it inside the interrupted task's fpregs_lock().
+ */
+#define FPUTRACE_SEED_IRQ_FPU_START _IO('F', 11)
+#define FPUTRACE_SEED_IRQ_FPU_STOP  _IO('F', 12)
 
 #endif
