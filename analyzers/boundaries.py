@@ -330,6 +330,15 @@ class _Explainer:
         last_restore = next((i for i in reversed(mine) if self.restores[i]), -1)
         if last_restore < 0:
             return self._missed_restore(window, mine, key, vcpu, until)
+        if int(ev["flags"][last_restore]) & F.REGS_AFTER_VALID and \
+                int(ev["regs_after_hash"][last_restore]) == want:
+            # The restore loaded what the boundary wants (its registers were
+            # read after it): what changed them came after it, as if
+            # nothing had been restored (a kernel FPU section that took the
+            # registers without a restore to follow).
+            later = window[window > last_restore]
+            return self._missed_restore(later, [i for i in mine if i > last_restore], key,
+                                        vcpu, until)
         return self._bad_restore(mine, key, want, last_restore)
 
     def _missed_restore(self, window: npt.NDArray[np.int64], mine: list[int], key: int,
@@ -350,7 +359,22 @@ class _Explainer:
             f"(seq {int(ev['seq'][other])})" if other >= 0 else ""
         trail: list[tuple[str, int]] = [("other_task", other)] if other >= 0 else []
         if s < 0:
-            return Explanation(other, f"missed restore: {tail}{synced}", trail)
+            # Nothing saved (the state was already in memory:
+            # TIF_NEED_FPU_LOAD); kernel SIMD code may still have changed
+            # the registers the boundary then took as the context's.
+            simd = next((i for i in mine if int(ev["flags"][i]) & F.KERNEL_SIMD), -1)
+            if simd < 0:
+                return Explanation(other, f"missed restore: {tail}{synced}", trail)
+            trail.append(("simd", simd))
+            begins = [b for b in self._probes(mine, P.KFPU_BEGIN) if b < simd]
+            inside = ""
+            if begins:
+                inside = f", in the kernel FPU section that {self.call(begins[-1])} began"
+                trail.append(("section_begin", begins[-1]))
+            trail.sort(key=lambda t: t[1])
+            return Explanation(simd, f"missed restore: kernel SIMD code at "
+                               f"{self.simd_site(simd)} changed the registers{inside}{synced}; "
+                               f"{tail}", trail)
         begin, end = self.section_around(mine, s)
         took = (f"its registers were saved to {int(ev['addr'][s]):#x} at {self.site(s)} "
                 f"(seq {int(ev['seq'][s])})")

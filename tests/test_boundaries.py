@@ -1288,3 +1288,57 @@ def test_a_foreign_save_into_a_guest_fpstate_is_confirmed_at_the_vm_entry(
     assert foreign["confirmed_by"]["seq"] == 12
     assert foreign["events"]["made_live"]["task"] == "20 u"
     assert foreign["event"]["within"] == "fpu_swap_kvm_fpstate"
+
+
+def test_a_hard_interrupts_kernel_fpu_section_after_a_right_restore_is_named(
+        tmp_path: Path) -> None:
+    # 59f5ede3bc0f's bug: copy_fpstate_to_sigframe() restores T's own state
+    # L1 (fpregs_restore_userregs(), the registers read right after hold
+    # L1), then a hard interrupt inside that fpregs_lock() region runs a
+    # kernel FPU section: kernel_fpu_begin_mask() saves L1 and SIMD code
+    # writes L2, and the frame's XSAVE takes L2. The restore was right; the
+    # finding must name the section after it, not the restore.
+    b = TraceBuilder()
+    tasks(b)
+    ret(b, L1, flags=F_NO_ENTRY)
+    entry(b, L1)
+    save(b, BT, regs=L1)
+    probe(b, P_SIGFRAME_SAVE)
+    restore(b, BT, before=L3, loads=L1)
+    probe(b, P_KFPU_BEGIN, pc=KFPU_BEGIN_FN, arg0=2, caller=SEED_FN + 0x10f)
+    save(b, BT, regs=L1)
+    probe(b, P_KFPU_END, pc=KFPU_END_FN, flags=F_KSIMD, simd_pc=SEED_FN + 9,
+          caller=SEED_FN + 0x238)
+    save(b, SIGFRAME, regs=L2)                    # the frame gets the kernel's L2
+    code, rep = report(tmp_path, b)
+    assert code == 3, rep
+    (f,) = rep["findings"]
+    why = f["description"]
+    assert why.startswith(f"the signal frame at {SIGFRAME:#x} got FP registers"), why
+    assert "missed restore: its registers were saved to " in why
+    assert "when kernel_fpu_begin_mask() called from seed_missed_restore+0xf" in why
+    assert "kernel SIMD code at seed_clobber_xmm+0x9 [fputrace_seed] then changed them" in why
+    assert f["events"]["section_begin"]["caller"] == "seed_missed_restore+0xf [fputrace_seed]"
+    assert "restore" not in f["events"], f["events"]
+
+
+def test_kernel_simd_with_nothing_to_save_is_named(tmp_path: Path) -> None:
+    # The same where nothing between the entry and the frame's save saved
+    # T's registers (kernel_fpu_begin_mask() found TIF_NEED_FPU_LOAD set,
+    # as an earlier section of the interrupt left it): the SIMD code and
+    # its section are still what changed the registers the frame took.
+    b = TraceBuilder()
+    tasks(b)
+    ret(b, L1, flags=F_NO_ENTRY)
+    entry(b, L1)
+    probe(b, P_SIGFRAME_SAVE)
+    probe(b, P_KFPU_BEGIN, pc=KFPU_BEGIN_FN, arg0=2, caller=SEED_FN + 0x10f)
+    probe(b, P_KFPU_END, pc=KFPU_END_FN, flags=F_KSIMD, simd_pc=SEED_FN + 9,
+          caller=SEED_FN + 0x238)
+    save(b, SIGFRAME, regs=L2)
+    code, rep = report(tmp_path, b)
+    assert code == 3, rep
+    why = rep["findings"][0]["description"]
+    assert "missed restore: kernel SIMD code at seed_clobber_xmm+0x9 [fputrace_seed] changed " \
+           "the registers, in the kernel FPU section that kernel_fpu_begin_mask() called " \
+           "from seed_missed_restore+0xf [fputrace_seed]" in why, why
