@@ -24,7 +24,7 @@
  *         IRQ_FPU_PERIOD_NS (no bug of its own) while N signals from
  *         kill() are delivered and returned from, each checked:
  * prints: fpu-seed: irqfpu=N irqfpu_changed=0 irq_fpu_uses=N irq_fpu_refused=N
- *                   signals=N failed=0
+ *                   signals=N clocksource=NAME failed=0
  * Exit status 0 when the module answered every call (changed registers are
  * the expected outcome of the buggy ioctls, not a failure of the workload);
  * with irqfpu, a changed register is the kernel's bug, and fails it.
@@ -45,6 +45,36 @@
 
 /* 2 us: several interrupts in each signal delivery and sigreturn. */
 #define IRQ_FPU_PERIOD_NS 2000
+
+/*
+ * Wait (at most 10 s) for a clocksource that high-resolution timers can
+ * use: until one is, an hrtimer fires only at the tick. Early in boot x86
+ * runs on tsc-early, and tsc replaces it about a second later
+ * (tsc_refine_calibration_work()); a small kernel gets here sooner. Then
+ * one more tick for the switch to high resolution. Returns its name.
+ */
+static const char *hres_clocksource(void)
+{
+    static char name[64];
+
+    for (int i = 0; i < 1000; i++) {
+        FILE *f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");
+
+        name[0] = 0;
+        if (f) {
+            if (!fgets(name, sizeof(name), f))
+                name[0] = 0;
+            fclose(f);
+        }
+        name[strcspn(name, "\n")] = 0;
+        if (name[0] && strcmp(name, "tsc-early") && strcmp(name, "jiffies") &&
+            strcmp(name, "refined-jiffies"))
+            break;
+        usleep(10000);
+    }
+    usleep(20000);
+    return name[0] ? name : "unknown";
+}
 
 static long run(int fd, unsigned long cmd, long n, unsigned seed, long *failed)
 {
@@ -168,6 +198,8 @@ int main(int argc, char **argv)
             perror("fpu-seed: sigaction");
             return 1;
         }
+        const char *clock = hres_clocksource();
+
         if (ioctl(fd, FPUTRACE_SEED_IRQ_FPU_START, IRQ_FPU_PERIOD_NS) != 0) {
             perror("fpu-seed: IRQ_FPU_START");
             return 1;
@@ -181,8 +213,8 @@ int main(int argc, char **argv)
         long counts[2] = { 0, 0 };
         int stopped = ioctl(fd, FPUTRACE_SEED_IRQ_FPU_STOP, counts);
         printf("fpu-seed: irqfpu=%ld irqfpu_changed=%ld irq_fpu_uses=%ld irq_fpu_refused=%ld "
-               "signals=%ld failed=%d\n", n, changed, counts[0], counts[1], (long)signals,
-               stopped != 0);
+               "signals=%ld clocksource=%s failed=%d\n", n, changed, counts[0], counts[1],
+               (long)signals, clock, stopped != 0);
         return stopped != 0 || signals != n || changed ? 1 : 0;
     }
     correct = run(fd, FPUTRACE_SEED_CORRECT, n, 10, &failed);

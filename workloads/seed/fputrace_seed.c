@@ -281,7 +281,7 @@ static int seed_arm(struct seed_probe *sp, struct task_struct **slot)
 }
 
 static struct hrtimer seed_irq_timer;
-static ktime_t seed_irq_period;
+static u64 seed_irq_period_ns, seed_irq_lcg;
 static atomic_long_t seed_irq_used, seed_irq_refused;
 static bool seed_irq_running;
 static DEFINE_MUTEX(seed_irq_lock);
@@ -297,7 +297,15 @@ static enum hrtimer_restart seed_irq_fpu_timer(struct hrtimer *timer)
 	} else {
 		atomic_long_inc(&seed_irq_refused);
 	}
-	hrtimer_forward_now(timer, seed_irq_period);
+	/*
+	 * The next one from half to one and a half periods on, by a linear
+	 * congruential sequence: at a fixed period the interrupt would keep
+	 * one phase against a loop of fixed length (a deterministic
+	 * recording), and never land in some of its code.
+	 */
+	seed_irq_lcg = seed_irq_lcg * 6364136223846793005ULL + 1442695040888963407ULL;
+	hrtimer_forward_now(timer, ns_to_ktime(seed_irq_period_ns / 2 +
+					       (seed_irq_lcg >> 33) % seed_irq_period_ns));
 	return HRTIMER_RESTART;
 }
 
@@ -311,11 +319,12 @@ static long seed_irq_fpu(bool start, unsigned long arg)
 			mutex_unlock(&seed_irq_lock);
 			return seed_irq_running ? -EBUSY : -EINVAL;
 		}
-		seed_irq_period = ns_to_ktime(arg);
+		seed_irq_period_ns = arg;
+		seed_irq_lcg = 1;
 		atomic_long_set(&seed_irq_used, 0);
 		atomic_long_set(&seed_irq_refused, 0);
 		seed_irq_running = true;
-		hrtimer_start(&seed_irq_timer, seed_irq_period, HRTIMER_MODE_REL_HARD);
+		hrtimer_start(&seed_irq_timer, ns_to_ktime(arg), HRTIMER_MODE_REL_HARD);
 		mutex_unlock(&seed_irq_lock);
 		return 0;
 	}
