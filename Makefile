@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 FPUTRACE := $(VENV)/bin/fputrace
 DEMO_TRACE := runs/demo.ftr
 
-.PHONY: all setup build demo test lint bench clean
+.PHONY: all setup build demo test lint bench zoo clean
 
 all: setup
 
@@ -32,6 +32,11 @@ test: setup lint
 
 bench: setup
 	bench/overhead
+
+# The bug zoo (zoo/): builds the kernels it needs, records every entry with
+# its bug and without, and prints the table.
+zoo: setup
+	$(FPUTRACE) zoo
 
 clean:
 	rm -rf build runs

@@ -17,10 +17,10 @@ from typing import NoReturn
 from rich.console import Console
 
 from fputrace import __version__
-from fputrace.cmds import check, compare, dump, export, kernel, record, report, runs, view
+from fputrace.cmds import check, compare, dump, export, kernel, record, report, runs, view, zoo
 from fputrace.errors import FputraceError
 
-COMMANDS = (record, check, report, view, compare, export, dump, kernel)
+COMMANDS = (record, check, report, view, compare, export, dump, kernel, zoo)
 
 
 class Terminated(Exception):

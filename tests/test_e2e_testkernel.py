@@ -1,11 +1,8 @@
-"""A developer's own kernel: built from Debian's 6.1 source with a small
-configuration (tests/testkernel.py), once with KVM and KVM_AMD built in and
-BTF, once with KVM as modules and DWARF only. Each must record as Debian's
-kernels do, and with the kernel doing nothing wrong, the report must find
-nothing: the workloads check their own registers.
-
-The small configuration has no networking, so no AF_ALG: kernel-fpu (and
-fpu-seed, which needs the build tree for its module) is left out.
+"""A developer's own kernel: built from Debian's 6.1 source with fputrace
+kernel build's small configuration (tests/testkernel.py), once with KVM and
+KVM_AMD built in and BTF, once with KVM as modules and DWARF only. Each must
+record as Debian's kernels do, and with the kernel doing nothing wrong, the
+report must find nothing: the workloads check their own registers.
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def test_every_entry_of_the_project_loads() -> None:
     for e in entries:
         assert len(e.fix) >= 12 and e.title and e.had_bug
         assert e.not_run or (e.expect is not None and e.workload)
-        assert e.bug or e.clean, f"{e.name}: neither kernel has a patch"
+        assert e.not_run or e.bug or e.clean, f"{e.name}: neither kernel has a patch"
 
 
 def finding(kind: str, site: str, **events: str) -> dict[str, object]:

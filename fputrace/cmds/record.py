@@ -45,8 +45,9 @@ def add_record_options(p: Any, default_output: Path) -> None:
                    help="arm64: run KVM with the host at EL2 (vhe, the default) or with "
                         "the host at EL1 and KVM's world switch at EL2 (nvhe)")
     p.add_argument("--kernel", default="6.1",
-                   help="Debian series (5.10, 6.1, 6.12) or the path of a kernel image "
-                        "(bzImage, arm64 Image) (default: 6.1)")
+                   help="Debian series (5.10, 6.1, 6.12), the name of a kernel of "
+                        "'fputrace kernel build', or the path of a kernel image (bzImage, "
+                        "arm64 Image) (default: 6.1)")
     p.add_argument("--modules", type=Path, help="modules directory of a --kernel PATH build "
                                                 "(lib/modules/RELEASE)")
     p.add_argument("--vmlinux", type=Path,

@@ -553,6 +553,8 @@ def build_kernel(req: BuildRequest, name: str | None = None,
     meta = dest / "build.json"
     if meta.exists():
         build = KernelBuild(**json.loads(meta.read_text()))
+        if not (dest / "build").exists() and Path(build.obj, "Module.symvers").exists():
+            _module_build_tree(Path(build.obj), dest, build.release)  # built before it was kept
         if name and name != build.name:
             _rename(build, name)
             build = KernelBuild(**json.loads(meta.read_text()))
@@ -624,6 +626,7 @@ def _make(req: BuildRequest, arch: KernelArch, version: str, work: Path, dest: P
     release = (out / "include/config/kernel.release").read_text().strip()
     # `source` points into the work tree, which the next build patches.
     (dest / "modules" / "lib" / "modules" / release / "source").unlink(missing_ok=True)
+    _module_build_tree(out, dest, release)
     shutil.copy(out / arch.image, dest / Path(arch.image).name)
     shutil.copy(out / "vmlinux", dest / "vmlinux")
     shutil.copy(out / ".config", dest / "config")
@@ -642,6 +645,26 @@ def _make(req: BuildRequest, arch: KernelArch, version: str, work: Path, dest: P
     if sys.stderr.isatty():
         print(file=sys.stderr)
     return build
+
+
+def _module_build_tree(out: Path, dest: Path, release: str) -> None:
+    """dest/build, what `make -C build M=...` builds an out-of-tree module
+    against (the test module, fputrace.kernel.seedmod): make's output tree,
+    linked entry by entry, with this build's own vmlinux and Module.symvers.
+    The output tree is shared by every build of one configuration and holds
+    the last one's; a module's BTF is made against vmlinux, and one made
+    against another build's is refused at insmod (BTF: -22)."""
+    tree = dest / "build"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir()
+    for entry in out.iterdir():
+        if entry.name not in ("vmlinux", "Module.symvers"):
+            (tree / entry.name).symlink_to(entry)
+    (tree / "vmlinux").symlink_to(dest / "vmlinux")
+    shutil.copy(out / "Module.symvers", tree / "Module.symvers")
+    link = dest / "modules" / "lib" / "modules" / release / "build"
+    link.unlink(missing_ok=True)
+    link.symlink_to(tree)
 
 
 def _rename(build: KernelBuild, name: str) -> None:
