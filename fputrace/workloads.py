@@ -109,6 +109,12 @@ WORKLOADS: dict[str, WorkloadDef] = {
                     "every lane of z2 at its longest vector length before each exit",
                     program="kvm-pingpong", args=("sve",), events_per_count=30,
                     aarch64_modules=(), x86_64=False),
+        WorkloadDef("kvm-sve-hog", 20, (),
+                    "arm64: a VMM whose guest uses no FP/SIMD, holding an SVE pattern in "
+                    "Z and P through a long spin after each of N KVM_RUNs (no system call "
+                    "in between), with a task holding its own SVE state on the same CPU",
+                    program="kvm-pingpong", args=("svehog",), events_per_count=60,
+                    aarch64_modules=(), x86_64=False),
         WorkloadDef("vl-change", 20, (),
                     "arm64: V0-V31 across N prctl(PR_SVE_SET_VL) vector length changes, "
                     "with the task's SVE state saved by a SIGTRAP before each",
@@ -169,8 +175,8 @@ class WorkloadRun:
 
 # The workloads that run a KVM guest of their own: inside an L2 guest they
 # would need an L3, which made no progress in 10 minutes under TCG.
-KVM_WORKLOADS = frozenset({"kvm-pingpong", "kvm-halt", "kvm-hog", "kvm-sve", "kvm-xsave",
-                           "kvm-xsave-seed"})
+KVM_WORKLOADS = frozenset({"kvm-pingpong", "kvm-halt", "kvm-hog", "kvm-sve", "kvm-sve-hog",
+                           "kvm-xsave", "kvm-xsave-seed"})
 
 
 def parse_workloads(spec: str, arch: str = "x86_64", alongside: bool = False,

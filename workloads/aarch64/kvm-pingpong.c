@@ -13,9 +13,17 @@
  * high half: both must count the rounds, so the guest's whole Z register
  * (its last lane is beyond 128 bits whenever the VL is) survives every exit.
  *
- * usage: kvm-pingpong [N] [sve]   (default 200 round trips)
+ * With "svehog" (the kvm-sve-hog workload) the guest uses no FP/SIMD at
+ * all (it counts its exits in x2), and the VMM holds an SVE pattern in Z0-Z31
+ * and P0-P15 through a long spin after every KVM_RUN, with no system call
+ * in between, while a CPU-bound child holding its own SVE pattern shares the
+ * CPU: the VMM is preempted with its SVE state live, right after KVM_RUN
+ * put the vCPU. Both check their SVE registers after every spin.
+ *
+ * usage: kvm-pingpong [N] [sve|svehog]   (default 200 round trips)
  * prints: kvm-pingpong: kvm_run=N mmio_exits=N fpu_mismatches=0 guest_result=N
- *         (sve also: guest_sve_mismatches=0)
+ *         (sve also: guest_sve_mismatches=0;
+ *          svehog: vmm_sve_mismatches=0 hog_rounds=N hog_mismatches=0)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +36,8 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "fpcheck.h"
@@ -91,10 +101,45 @@ static const uint32_t guest_sve_code[] = {
     0x17fffffa,     /* b loop */
 };
 
+/*
+ * The svehog guest: no FP/SIMD.
+ *   mov x1, #GUEST_MMIO
+ * loop:
+ *   add x2, x2, #1; str x2, [x1]; b loop
+ */
+static const uint32_t guest_int_code[] = {
+    0xd2a00201,     /* mov x1, #0x100000 */
+    0x91000442,     /* loop: add x2, x2, #1 */
+    0xf9000022,     /* str x2, [x1] */
+    0x17fffffe,     /* b loop */
+};
+
+/* Iterations of each SVE hold: long enough to span a few ticks. */
+#define SVE_HOLD_SPIN 3000000UL
+
+/* The CPU-bound child: its own SVE pattern through long spins, checked. */
+static void sve_hog(unsigned vl, volatile long *rounds, volatile long *mismatches)
+{
+    static struct sve_packed in, out;
+
+    sve_pattern(&in, 77);
+    for (;;) {
+        sve_checked(&in, &out, vl, SVE_HOLD_SPIN);
+        *mismatches += !sve_equal(&in, &out, vl);
+        (*rounds)++;
+    }
+}
+
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? strtol(argv[1], NULL, 0) : 200;
     int sve = argc > 2 && strcmp(argv[2], "sve") == 0;
+    int svehog = argc > 2 && strcmp(argv[2], "svehog") == 0;
+    static struct sve_packed vmm_in, vmm_out;
+    long vmm_sve_mismatches = 0;
+    volatile long *shared = NULL;
+    pid_t hog_pid = -1;
+    unsigned vl = 0;
     long runs = 0, mmio_exits = 0, mismatches = 0, sve_mismatches = 0;
     struct kvm_vcpu_init init;
     struct kvm_run *run;
@@ -108,8 +153,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvm-pingpong: this KVM gives no SVE to guests (KVM_CAP_ARM_SVE)\n");
         return 1;
     }
+    if (svehog && !sve_supported()) {
+        fprintf(stderr, "kvm-pingpong: svehog needs SVE\n");
+        return 1;
+    }
     if (sve)
         memcpy(mem, guest_sve_code, sizeof(guest_sve_code));
+    else if (svehog)
+        memcpy(mem, guest_int_code, sizeof(guest_int_code));
     else
         memcpy(mem, guest_fp_code, sizeof(guest_fp_code));
     vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
@@ -140,11 +191,29 @@ int main(int argc, char **argv)
     if (run == MAP_FAILED)
         die("mmap kvm_run");
 
+    if (svehog) {
+        vl = sve_vl();
+        sve_pattern(&vmm_in, 5);
+        shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (shared == MAP_FAILED)
+            die("mmap shared counters");
+        hog_pid = fork();
+        if (hog_pid < 0)
+            die("fork");
+        if (hog_pid == 0)
+            sve_hog(vl, &shared[0], &shared[1]);
+        /* SVE in use before the first KVM_RUN, as after every later one. */
+        sve_checked(&vmm_in, &vmm_out, vl, 1);
+    }
     fp_pattern(&in, 7);
     for (long i = 0; i < n; i++) {
         runs++;
         if (!kvm_run_checked(vcpu, &in, &out))
             mismatches++;
+        if (svehog) {
+            sve_checked(&vmm_in, &vmm_out, vl, SVE_HOLD_SPIN);
+            vmm_sve_mismatches += !sve_equal(&vmm_in, &vmm_out, vl);
+        }
         if (run->exit_reason == KVM_EXIT_MMIO && run->mmio.phys_addr == GUEST_MMIO &&
             run->mmio.is_write) {
             mmio_exits++;
@@ -155,6 +224,11 @@ int main(int argc, char **argv)
                 result = (double)(value >> 32);
                 if ((value & 0xffffffffu) != (uint64_t)mmio_exits)
                     sve_mismatches++;
+            } else if (svehog) {
+                uint64_t value;
+
+                memcpy(&value, run->mmio.data, sizeof(value));
+                result = (double)value;
             } else {
                 memcpy(&result, run->mmio.data, sizeof(result));
             }
@@ -166,6 +240,13 @@ int main(int argc, char **argv)
            runs, mmio_exits, mismatches, result);
     if (sve)
         printf(" guest_sve_mismatches=%ld", sve_mismatches);
+    if (svehog) {
+        kill(hog_pid, SIGKILL);
+        waitpid(hog_pid, NULL, 0);
+        printf(" vmm_sve_mismatches=%ld hog_rounds=%ld hog_mismatches=%ld",
+               vmm_sve_mismatches, shared[0], shared[1]);
+        mismatches += vmm_sve_mismatches + shared[1];
+    }
     printf("\n");
     /* d1 (and z2's lanes) count the guest's loop iterations: one per exit. */
     return (mmio_exits == n && mismatches == 0 && sve_mismatches == 0 &&
