@@ -680,7 +680,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         want = regs_hash[e]
         got = mem_hash(i) if read else regs_hash[i]
         if read:
-            judge_frame_sve(i, k, e)
+            judge_frame_sve(i, k, e, probe_at)
         if got == want:
             user.checked += 1
             user.purpose_checked["signal frame"] += 1
@@ -702,7 +702,40 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                 f"the signal frame at {int(ev['addr'][i]):#x} got FP registers that are not "
                 f"those the task entered the kernel with ({how}): " + x.text, trail=x.trail))
 
-    def judge_frame_sve(i: int, k: int, e: int) -> None:
+    def sve_frame_source(k: int, e: int, probe_at: int, i: int, stale: bool) -> Explanation:
+        """Where the SVE record of task k's frame (delivery probe probe_at,
+        entry e, read at event i) came from: fpsimd_signal_preserve_current_state()
+        saves the registers first. preserve_sve_context() copies the task's
+        sve_state buffer, which only an SVE save writes; after an FP/SIMD
+        only save (a system call discards the rest: 6.12's
+        fpsimd_syscall_enter()) that buffer is older than the registers.
+        stale: the record's data is wrong, so name its last SVE save."""
+        window = np.arange(e + 1, i)
+        mine = window[keys.at(window) == k].tolist()
+        saves = [j for j in mine if kind_of(j) in (K.FPSIMD_SAVE, K.SVE_SAVE)]
+        trail: list[tuple[str, int]] = [("purpose", probe_at)]
+        text = f"written by {explainer.call(probe_at)}"
+        if not saves:
+            return Explanation(probe_at, text, trail)
+        last = saves[-1]
+        only_fp = kind_of(last) == K.FPSIMD_SAVE
+        text += (f"; the task's registers were last saved at {explainer.site(last)} (seq "
+                 f"{int(seqs[last])}), {'FP/SIMD only' if only_fp else 'as SVE'}")
+        trail.append(("save", last))
+        if stale and only_fp:
+            older = np.flatnonzero(ev["kind"][:last] == K.SVE_SAVE)
+            older = older[keys.at(older) == k] if len(older) else older
+            if len(older):
+                o = int(older[-1])
+                text += (f"; the record holds the task's SVE buffer as its last SVE save "
+                         f"left it, at {explainer.site(o)} (seq {int(seqs[o])})")
+                trail.append(("sve_save", o))
+            else:
+                text += "; the record holds an SVE buffer that no SVE save in the trace wrote"
+        trail.sort(key=lambda t: t[1])
+        return Explanation(probe_at, text, trail)
+
+    def judge_frame_sve(i: int, k: int, e: int, probe_at: int) -> None:
         """arm64: the SVE record of the frame read at event i (task k, entry
         e). preserve_sve_context() (6.1 arch/arm64/kernel/signal.c) writes
         the task's SVE registers where its state is saved in SVE form, and
@@ -769,7 +802,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         sve.checked += 1
         sve.violations += 1
         sve.purpose_checked[SVE_FRAME] += 1
-        x = explainer.explain(e, i, k, regs_hash[e], int(ev["vcpu"][i]))
+        x = sve_frame_source(k, e, probe_at, i, stale=bool(has))
         findings.append(BoundaryFinding(
             "corrupted_state", "signal_frame", int(ident[i]), 0, e, i, x.cause,
             f"{failed} (frame at {int(ev['addr'][i]):#x}): " + x.text, trail=x.trail))

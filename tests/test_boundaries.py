@@ -1342,3 +1342,33 @@ def test_kernel_simd_with_nothing_to_save_is_named(tmp_path: Path) -> None:
     assert "missed restore: kernel SIMD code at seed_clobber_xmm+0x9 [fputrace_seed] changed " \
            "the registers, in the kernel FPU section that kernel_fpu_begin_mask() called " \
            "from seed_missed_restore+0xf [fputrace_seed]" in why, why
+
+
+def test_an_arm64_frames_stale_sve_record_names_the_saves(tmp_path: Path) -> None:
+    # 61da7c8e2a60's bug: T's SVE state was saved as SVE once (a SIGTRAP's
+    # delivery, sve_save_state); later it enters with a system call, which
+    # saves V0-V31 only (fpsimd_save_state), and preserve_sve_context()
+    # copies the old SVE buffer into the frame anyway: its Z low halves (L2)
+    # are not the FP/SIMD record's V0-V31 (L1). The finding names the
+    # delivery, the FP/SIMD-only save and the SVE save the record came from.
+    b = TraceBuilder(arch=2)
+    tasks(b)
+    ret(b, None)
+    b.event(fmt.Kind.SVE_SAVE, task=T, pc=0xFFFF800080010000, addr=BT, flags=F_TASK)  # 1
+    ret(b, None)
+    b.event(USER_ENTRY, task=T, pc=ENTRY_SYSCALL, regs_hash=L1, value=ESR_SVC,
+            regs_after_hash=0x5151, index=64, flags=SVE_ON)
+    probe(b, P_SIGFRAME_SAVE)
+    b.event(fmt.Kind.FPSIMD_SAVE, task=T, pc=0xFFFF800080020000, addr=BT, flags=F_TASK)  # 5
+    b.event(USER_RETURN, task=T, pc=0x402000, addr=ENTRY_SYSCALL, regs_hash=L1,
+            regs_after_hash=0x5151, index=64, flags=SVE_ON | 3)
+    b.event(fmt.Kind.SIGFRAME, task=T, pc=0x402000, addr=SIGFRAME, mem_hash=L1,
+            mem_bytes=528, mem_legacy_hash=L2, mem_ext_hash=0x5151, mem_features=64,
+            flags=F_TASK | F_MEM | fmt.Flag.SVE_VALID)
+    got = arm64_bounds(tmp_path, b)
+    (f,) = got.findings
+    assert "do not hold the V0-V31 of the frame's FP/SIMD record" in f.explanation
+    assert "last saved at 0xffff800080020000 (seq 5), FP/SIMD only; the record holds the " \
+           "task's SVE buffer as its last SVE save left it, at 0xffff800080010000 (seq 1)" \
+           in f.explanation, f.explanation
+    assert [role for role, _ in f.trail] == ["sve_save", "purpose", "save"]
