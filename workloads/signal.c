@@ -91,17 +91,17 @@ static void on_trap(int sig, siginfo_t *info, void *context)
 static volatile sig_atomic_t sve_syscall_handled, sve_frame_disagreements;
 
 /*
- * A signal delivered from a system call made right after SVE use: the
- * kernel saved V0-V31 only (the syscall discards the rest), so the frame's
- * SVE record must have no register data, or data whose low halves are
- * the V0-V31 of its FP/SIMD record (61da7c8e2a60, "arm64/signal: Don't
- * assume that TIF_SVE means we saved SVE state").
+ * A signal delivered from a system call made right after SVE use, V0-V31
+ * written just before it (which zeroes Z0-Z31 above them): the frame's SVE
+ * record must have no register data, or data whose low halves are the
+ * V0-V31 of its FP/SIMD record and the rest zero (61da7c8e2a60,
+ * "arm64/signal: Don't assume that TIF_SVE means we saved SVE state").
  */
 static void on_urg(int sig, siginfo_t *info, void *context)
 {
     (void)sig;
     (void)info;
-    if (fp_frame_sve_agrees(context) == 0)
+    if (fp_frame_sve_agrees(context, 1) == 0)
         sve_frame_disagreements++;
     sve_syscall_handled++;
 }

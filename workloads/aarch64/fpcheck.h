@@ -230,10 +230,13 @@ static inline int fp_frame_edit(void *context, const struct fp_file *f)
  * the SVE record holds register data, each Zn's low 128 bits are Vn, as
  * they are in the registers (Documentation/arch/arm64/sve.rst, "Signal
  * handling"). The records are walked as the kernel lays them out, into an
- * extra_context when the SVE record did not fit. 1: they agree; 0: they do
- * not; -1: no SVE register data (or no FP/SIMD record) to compare.
+ * extra_context when the SVE record did not fit. With upper_zero, Z0-Z31
+ * beyond their low 128 bits must be zero too: what a signal delivered from
+ * a system call made right after an AdvSIMD write of V0-V31 (which zeroes
+ * them) may hold, the kernel keeping or zeroing them. 1: they agree; 0:
+ * they do not; -1: no SVE register data (or no FP/SIMD record) to compare.
  */
-static inline int fp_frame_sve_agrees(void *context)
+static inline int fp_frame_sve_agrees(void *context, int upper_zero)
 {
     uint8_t *rec = ((ucontext_t *)context)->uc_mcontext.__reserved;
     uint8_t *end = rec + sizeof(((ucontext_t *)context)->uc_mcontext.__reserved);
@@ -265,9 +268,15 @@ static inline int fp_frame_sve_agrees(void *context)
     unsigned vq = sve_vq_from_vl(sve->vl);
     if (sve->head.size < SVE_SIG_CONTEXT_SIZE(vq))
         return -1;
-    for (unsigned n = 0; n < 32; n++)
-        if (memcmp((uint8_t *)sve + SVE_SIG_ZREG_OFFSET(vq, n), &fp->vregs[n], 16))
+    for (unsigned n = 0; n < 32; n++) {
+        const uint8_t *z = (uint8_t *)sve + SVE_SIG_ZREG_OFFSET(vq, n);
+
+        if (memcmp(z, &fp->vregs[n], 16))
             return 0;
+        for (unsigned b = 16; upper_zero && b < sve->vl; b++)
+            if (z[b])
+                return 0;
+    }
     return 1;
 }
 
