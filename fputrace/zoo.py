@@ -193,6 +193,10 @@ def _fputrace(*args: str) -> subprocess.CompletedProcess[str]:
 def record(entry: Entry, which: str, kernel: build.KernelBuild, out_dir: Path) -> RunVerdict:
     out_dir.mkdir(parents=True, exist_ok=True)
     trace = out_dir / f"{which}.ftr"
+    # The zoo's own directory: an earlier run's trace and sidecars go first
+    # (record refuses to overwrite, and a stale one must not be judged).
+    for old in out_dir.glob(f"{which}.*"):
+        old.unlink()
     args = ["record", "--arch", entry.record_arch, "--kernel", kernel.path.name, "-o",
             str(trace)]
     if entry.workload:
