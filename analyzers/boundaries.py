@@ -116,6 +116,10 @@ SVE_TRAP_ZEROED = "SVE access trap's zeroed state"
 SVE_FRAME = "signal frame's SVE record"
 SVE_HANDLER = "signal handler's SVE state"
 SVE_SYSCALL = "system call's kept or zeroed SVE state"
+SVE_KEPT_ENABLED = "SVE kept enabled after an exception"
+# The encoding of CPACR_EL1 (op0:op1:CRn:CRm:op2) as a control register
+# write names it: under HCR_EL2.E2H the host's writes reach CPTR_EL2.
+CPACR_EL1_ENCODING = 0xC082
 SVE_SIGRETURN = "sigreturn's SVE record"
 SVE_SIG_FLAG_SM = 0x1  # struct sve_context.flags: streaming mode's (SME)
 
@@ -996,6 +1000,67 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             f"the SVE registers beyond V0-V31 (Z0-Z31 above 128 bits, P0-P15, FFR, at VL "
             f"{index_of(i)} bytes) {got}: " + x.text, trail=x.trail))
 
+    def judge_sve_dropped(i: int, k: int, e: int, changes: list[tuple[int, str]]) -> None:
+        """arm64 return i of task k with SVE disabled for EL0 (no SVE state
+        read), after entry e with it enabled and read. From an exception
+        other than a system call the state must come back (judge_sve()):
+        fpsimd_save() saves a TIF_SVE task's SVE registers, and
+        task_fpsimd_load() / fpsimd_bind_task_to_cpu() enable EL0's SVE
+        again from TIF_SVE (6.12 arch/arm64/kernel/fpsimd.c). A return with
+        it disabled has dropped it: the next SVE use traps, and do_sve_acc()
+        starts from zero. Nothing is lost if it was all zero."""
+        ec = (values[e] >> 26) & 0x3F
+        handler = bool(changes) and all(r == "signal delivery" for _, r in changes)
+        if ec == ESR_EC_SVC64 or (changes and not handler):
+            return  # discarded by the ABI, or changed on purpose (judged elsewhere)
+        if sve_hash(e) == native.a64_sve_zero_hash(index_of(e)):
+            sve.checked += 1
+            sve.purpose_checked[SVE_KEPT_ENABLED] += 1
+            return
+        if spans_gap(gaps, int(seqs[e]), int(seqs[i])):
+            sve.unchecked[GAP_UNCHECKED] += 1
+            return
+        sve.checked += 1
+        sve.violations += 1
+        sve.purpose_checked[SVE_KEPT_ENABLED] += 1
+        # What the kernel did: its last save of the task's registers, and
+        # the last write before the entry that enabled SVE for EL0 (a
+        # CPACR_EL1.ZEN of 0b11 the kernel's TIF_SVE did not follow).
+        window = np.arange(e + 1, i)
+        mine = window[keys.at(window) == k].tolist()
+        saves = [j for j in mine if kind_of(j) in (K.FPSIMD_SAVE, K.SVE_SAVE)]
+        trail: list[tuple[str, int]] = []
+        text = ""
+        cause = i
+        if saves:
+            s = saves[-1]
+            text = (f"the task's registers were last saved at {explainer.site(s)} (seq "
+                    f"{int(seqs[s])}), "
+                    f"{'FP/SIMD only' if kind_of(s) == K.FPSIMD_SAVE else 'as SVE'}")
+            trail.append(("save", s))
+            cause = s
+        writes = np.flatnonzero(((ev["kind"][:e] == K.CPACR_WRITE) |
+                                 ((ev["kind"][:e] == K.CPTR_WRITE) &
+                                  ((ev["index"][:e] & 0xFFFF) == CPACR_EL1_ENCODING))) &
+                                (ev["vcpu"][:e] == ev["vcpu"][e]) &
+                                (((ev["value"][:e] >> np.uint64(16)) & np.uint64(3)) == 3) &
+                                (((ev["aux"][:e] >> np.uint64(16)) & np.uint64(3)) != 3))
+        if len(writes):
+            w = int(writes[-1])
+            text += ("; " if text else "") + (
+                f"SVE was last enabled for user mode at {explainer.site(w)} (seq "
+                f"{int(seqs[w])})")
+            trail.append(("sve_enabled", w))
+            cause = w if not saves or kind_of(saves[-1]) == K.FPSIMD_SAVE else cause
+        trail.sort(key=lambda t: t[1])
+        findings.append(BoundaryFinding(
+            "corrupted_state", "task", int(ident[i]), 0, e, i, cause,
+            f"the task returned with SVE disabled for user mode after an exception (ESR "
+            f"{values[e]:#x}) that keeps its SVE state, which was not all zero (VL "
+            f"{index_of(e)} bytes): Z0-Z31 above 128 bits, P0-P15 and FFR are lost, its next "
+            f"SVE use trapping to a zeroed state (do_sve_acc())" +
+            (f": {text}" if text else ""), trail=trail))
+
     def judge_sve_sigreturn(i: int, k: int, j: int) -> None:
         """arm64 return i of task k with EL0's SVE enabled, after the
         sigreturn of probe j whose frame had SVE registers:
@@ -1116,6 +1181,8 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                 e = -1
             if flags & sve_valid and arch == fmt.Arch.AARCH64:
                 judge_sve(i, k, e, changes)
+            elif arch == fmt.Arch.AARCH64 and e >= 0 and all_flags[e] & sve_valid:
+                judge_sve_dropped(i, k, e, changes)
             if changes and changes[-1][1] in results:
                 judge_purpose(i, k, changes[-1][0], changes[-1][1], e)
                 continue

@@ -1372,3 +1372,43 @@ def test_an_arm64_frames_stale_sve_record_names_the_saves(tmp_path: Path) -> Non
            "task's SVE buffer as its last SVE save left it, at 0xffff800080010000 (seq 1)" \
            in f.explanation, f.explanation
     assert [role for role, _ in f.trail] == ["sve_save", "purpose", "save"]
+
+
+def test_an_arm64_return_that_drops_live_sve_state_is_found(tmp_path: Path) -> None:
+    # fbc7e61195e2's bug: T's SVE state (S1 beyond V0-V31) is live with SVE
+    # enabled for user mode, but only because kvm_arch_vcpu_put_fp() set
+    # CPACR_EL1.ZEN to 0b11 while TIF_SVE was clear. An interrupt preempts
+    # T: the switch saves V0-V31 only, and T's return has SVE disabled
+    # again, its state beyond V0-V31 gone. The finding names the save and
+    # the write that enabled SVE. The same return after a system call (the
+    # ABI discards the state), or with that state all zero, is no finding.
+    def story(esr: int, entry_sve: int) -> TraceBuilder:
+        b = TraceBuilder(arch=2)
+        tasks(b)
+        ret(b, None)
+        b.event(fmt.Kind.CPTR_WRITE, task=T, pc=0xFFFF800080030000, value=0x330000,
+                aux=0x310000, index=0xE08AC082, flags=F_TASK)  # 1: ZEN 0b01 -> 0b11
+        b.event(USER_ENTRY, task=T, pc=0x401000, regs_hash=L1, value=esr,
+                regs_after_hash=entry_sve, index=64, flags=SVE_ON)  # 2
+        b.event(fmt.Kind.FPSIMD_SAVE, task=T, pc=0xFFFF800080020000, addr=BT,
+                flags=F_TASK)  # 3
+        b.event(fmt.Kind.FPSIMD_LOAD, task=T, pc=0xFFFF800080021000, addr=BT,
+                flags=F_TASK)  # 4
+        b.event(USER_RETURN, task=T, pc=0x401000, addr=0x401000, regs_hash=L1,
+                flags=F_TASK | F_REGS | 3)  # 5: SVE disabled, not read
+        return b
+
+    got = arm64_bounds(tmp_path, story(ESR_IRQ, 0x5151))
+    (f,) = got.findings
+    assert (f.kind, f.context, f.before, f.after) == ("corrupted_state", "task", 2, 5)
+    assert f.explanation.startswith("the task returned with SVE disabled for user mode after "
+                                    "an exception (ESR 0x0) that keeps its SVE state"), \
+        f.explanation
+    assert "last saved at 0xffff800080020000 (seq 3), FP/SIMD only; SVE was last enabled " \
+           "for user mode at 0xffff800080030000 (seq 1)" in f.explanation
+    assert (got.sve.checked, got.sve.violations) == (1, 1)
+    assert got.sve.purpose_checked == {"SVE kept enabled after an exception": 1}
+    got = arm64_bounds(tmp_path, story(ESR_SVC, 0x5151))
+    assert got.findings == [] and got.sve.violations == 0
+    got = arm64_bounds(tmp_path, story(ESR_IRQ, sve_zero_hash(64)))
+    assert got.findings == [] and (got.sve.checked, got.sve.violations) == (1, 0)
