@@ -376,10 +376,17 @@ def test_own_kernel_build_by_path(qemu_plugin: Path, tmp_path: Path) -> None:
     assert int(np.count_nonzero(trace.events["kind"] == fmt.Kind.VM_ENTRY)) >= 20
 
 
+# A recording that does not finish before the test stops it (TCG runs a few
+# thousand round trips a second), yet whose estimate for the free-space check
+# before it starts (events_per_count) stays a few GiB: 10 million asked for
+# 41 GiB, which a machine whose disk had filled up refused.
+LONG_WORKLOAD = "kvm-pingpong:1000000"
+
+
 def test_timeout_keeps_a_labelled_partial_trace(qemu_plugin: Path, tmp_path: Path) -> None:
     kernel_available("6.1")
     out = tmp_path / "t.ftr"
-    p = fputrace("record", "--kernel", "6.1", "--workload", "kvm-pingpong:10000000",
+    p = fputrace("record", "--kernel", "6.1", "--workload", LONG_WORKLOAD,
                  "--timeout", "8", "-o", str(out))
     assert p.returncode == 1
     assert "timeout" in p.stderr and "partial trace kept" in p.stderr
@@ -417,7 +424,7 @@ def _long_record(out: Path, size: int) -> subprocess.Popen[str]:
     on disk."""
     kernel_available("6.1")
     proc = subprocess.Popen([sys.executable, "-m", "fputrace", "record", "--kernel", "6.1",
-                             "--workload", "kvm-pingpong:10000000", "-o", str(out)],
+                             "--workload", LONG_WORKLOAD, "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < size):
