@@ -43,6 +43,7 @@ from typing import Any
 from fputrace.errors import FputraceError
 from fputrace.kernel import build
 from fputrace.paths import PROJECT_ROOT, cache_dir
+from fputrace.trace.run import sidecar
 
 ZOO_DIR = PROJECT_ROOT / "zoo"
 
@@ -213,8 +214,8 @@ def record(entry: Entry, which: str, kernel: build.KernelBuild, out_dir: Path) -
         raise FputraceError(f"zoo {entry.name}: the {which} kernel's trace is not whole "
                             f"({why}): {trace}")
     report = json.loads(rep.stdout)
-    meta = json.loads(trace.with_name(trace.name[:-4] + ".meta.json").read_text()) \
-        if trace.with_name(trace.name[:-4] + ".meta.json").exists() else {}
+    meta_path = sidecar(trace, "meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     workloads = meta.get("workloads", []) + [
         {"label": f"--run {r.get('command')}", **r} for r in meta.get("runs", [])]
     ok = bool(workloads) and all(w.get("exit_status") == 0 for w in workloads)

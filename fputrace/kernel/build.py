@@ -345,6 +345,16 @@ def _why_not(output: str, patch: Path, version: str) -> str:
     return f"--patch {patch}: does not apply to linux {version}: {' '.join(first)}"
 
 
+def _patch(tree: Path, patch: Path, version: str) -> str:
+    """Apply one patch (-p1) in tree: "" if it applied, else why not, in one
+    line. No backups, no .rej files."""
+    with open(patch, "rb") as f:
+        p = subprocess.run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch",
+                            "-r", "-"], cwd=tree, stdin=f, capture_output=True, text=True,
+                           errors="replace")
+    return "" if p.returncode == 0 else _why_not(p.stdout + p.stderr, patch, version)
+
+
 def _apply(work: Path, pristine: Path, patches: tuple[Path, ...], version: str) -> None:
     touched: list[str] = []
     for patch in patches:
@@ -358,13 +368,10 @@ def _apply(work: Path, pristine: Path, patches: tuple[Path, ...], version: str) 
             dest.unlink()  # break the hard link to the pristine tree
             dest.write_bytes(data)
     for patch in patches:
-        with open(patch, "rb") as f:
-            p = subprocess.run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch",
-                                "-r", "-"], cwd=work, stdin=f, capture_output=True,
-                               text=True, errors="replace")
-        if p.returncode != 0:
+        why = _patch(work, patch, version)
+        if why:
             _restore(work, pristine)
-            raise FputraceError(_why_not(p.stdout + p.stderr, patch, version))
+            raise FputraceError(why)
 
 
 def dry_run(tree: Path, patches: tuple[Path, ...], version: str) -> None:
@@ -378,12 +385,9 @@ def dry_run(tree: Path, patches: tuple[Path, ...], version: str) -> None:
                     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(tree / rel, tmp / rel)
         for patch in patches:
-            with open(patch, "rb") as f:
-                p = subprocess.run(["patch", "-p1", "--forward", "--batch",
-                                    "--no-backup-if-mismatch", "-r", "-"], cwd=tmp, stdin=f,
-                                   capture_output=True, text=True, errors="replace")
-            if p.returncode != 0:
-                raise FputraceError(_why_not(p.stdout + p.stderr, patch, version))
+            why = _patch(tmp, patch, version)
+            if why:
+                raise FputraceError(why)
 
 
 def check_patches(series: str, patches: tuple[Path, ...]) -> str:
