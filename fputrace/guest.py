@@ -55,6 +55,16 @@ SHARE_MODULES = {"x86_64": ["virtio_pci", "9pnet_virtio", "9p"],
 VMM = {"x86_64": ["qemu-system-x86_64", "-cpu", "host,-kvm-pv-eoi"],
        "aarch64": ["qemu-system-aarch64", "-M", "virt,gic-version=3", "-cpu", "host"]}
 GUEST_MEMORY_MB = 256
+# The guest's console raises no interrupt: its /init prints through
+# /dev/kmsg (fputrace.record._init_script(polled=True)), and the kernel's
+# console writes poll the UART with its interrupts masked
+# (serial8250_console_write()). That closes the window the EOI fix above
+# leaves: handle_edge_irq() takes the serial interrupt's descriptor lock
+# before the EOI, and a second delivery of the vector there spun on it (a
+# guest recording deadlocked that way in the e2e tests). devkmsg=on: every
+# line, without the rate limit a user's writes to /dev/kmsg have; time=0:
+# the lines as written, for the recorder to parse.
+POLLED_CONSOLE = "printk.devkmsg=on printk.time=0"
 # Where L1 keeps the guest's console: on L1's /dev (a devtmpfs, in memory),
 # which the VMM's chroot binds at the same path (the share is read-only).
 GUEST_CONSOLE = "/dev/fputrace-l2-console"
@@ -82,7 +92,7 @@ class GuestPlan:
                "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none",
                "-kernel", str(self.target.vmlinuz.resolve()),
                "-initrd", str(self.initramfs.resolve()),
-               "-append", kernel_cmdline(self.target.arch),
+               "-append", f"{kernel_cmdline(self.target.arch)} {POLLED_CONSOLE}",
                "-serial", f"file:{GUEST_CONSOLE}", "-serial", "null"]
         start, finish = [], []
         for i, r in enumerate(self.alongside):

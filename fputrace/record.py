@@ -111,37 +111,55 @@ def plugin_path() -> Path:
 def _init_script(modules: list[str], runs: list[WorkloadRun],
                  foreign: list[ForeignRun], tty: str = "ttyS",
                  added: list[AddedFile] | None = None,
-                 guest: GuestPlan | None = None) -> str:
+                 guest: GuestPlan | None = None, polled: bool = False) -> str:
+    """/init. polled: everything it prints goes through the kernel's log
+    (/dev/kmsg), whose console writes poll the UART, so that the console
+    raises no interrupt (the L2 guest's: fputrace.guest.POLLED_CONSOLE)."""
     lines = [
         "#!/bin/sh",
         "mount -t proc proc /proc",
         "mount -t sysfs sys /sys",
         "mount -t devtmpfs dev /dev",
         f"export PATH={guest_path(added or [])}",
-        f"echo {MARK}-BOOTED",
     ]
+    if polled:
+        # One write per line: a record of /dev/kmsg is one line of the console.
+        lines += ["exec >/dev/kmsg 2>&1",
+                  "relay() { while IFS= read -r line; do echo \"$line\"; done <\"$1\"; }"]
+    lines.append(f"echo {MARK}-BOOTED")
+
+    def command(cmd: str) -> list[str]:
+        """cmd, then its status in $rc (its output relayed line by line when polled)."""
+        if not polled:
+            return [cmd, "rc=$?"]
+        return [f"{cmd} >/tmp/fputrace-out 2>&1", "rc=$?", "relay /tmp/fputrace-out"]
+
     for m in modules:
         lines.append(f"insmod /modules/{m}.ko || echo {MARK}-INSMOD-FAILED {m}")
     # Where modules lie and their symbols, for symbolizing module code: after
     # the boot's own loads, and again after every workload and command, since
-    # a command may load (or unload) modules (fputrace.trace.symbols).
-    dump_modules = (f"{{ sed 's/^/{MODULE_LINE}/' /proc/modules; grep '\\[' /proc/kallsyms; }}"
-                    f" >> /dev/{tty}1")
-    lines += [f"stty -F /dev/{tty}1 raw -echo", dump_modules]
+    # a command may load (or unload) modules (fputrace.trace.symbols). Not
+    # from a polled console's kernel: nothing reads its second serial port.
+    dump_modules = [] if polled else [
+        f"{{ sed 's/^/{MODULE_LINE}/' /proc/modules; grep '\\[' /proc/kallsyms; }}"
+        f" >> /dev/{tty}1"]
+    if not polled:
+        lines.append(f"stty -F /dev/{tty}1 raw -echo")
+    lines += dump_modules
     for r in runs:
         lines += [
             f"echo {MARK}-WORKLOAD-BEGIN {r.label}",
-            " ".join([f"/workloads/{r.workload.binary_name}", str(r.count),
-                      *r.workload.args]),
-            f"echo {MARK}-WORKLOAD-END {r.label} $?",
+            *command(" ".join([f"/workloads/{r.workload.binary_name}", str(r.count),
+                               *r.workload.args])),
+            f"echo {MARK}-WORKLOAD-END {r.label} $rc",
         ]
     if runs:
-        lines.append(dump_modules)
+        lines += dump_modules
     for i, f in enumerate(foreign):
-        lines += [f"echo {MARK}-RUN-BEGIN {i}", f.script, f"echo {MARK}-RUN-END {i} $?",
-                  dump_modules]
+        lines += [f"echo {MARK}-RUN-BEGIN {i}", *command(f.script),
+                  f"echo {MARK}-RUN-END {i} $rc", *dump_modules]
     if guest is not None:
-        lines += [*guest.script(), dump_modules]
+        lines += [*guest.script(), *dump_modules]
     lines += [f"echo {MARK}-DONE", "poweroff -f", ""]
     return "\n".join(lines)
 
@@ -206,7 +224,8 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
                     foreign: list[ForeignRun] | None = None,
                     extra_modules: list[str] | None = None,
                     guest: GuestPlan | None = None,
-                    alongside: list[WorkloadRun] | None = None) -> dict[str, Path]:
+                    alongside: list[WorkloadRun] | None = None,
+                    polled: bool = False) -> dict[str, Path]:
     """Write the initramfs that loads the modules the workloads need (and
     extra_modules, --module) and runs them, then the --run commands with the
     --add files under /added; return the modules loaded at boot, by name in
@@ -242,7 +261,8 @@ def build_initramfs(target: KernelTarget, runs: list[WorkloadRun], path: Path,
                                             target.state_dir))
         names.append(SEED_MODULE)
     ramfs = busybox_initramfs(busybox, _init_script(names, runs, foreign,
-                                                    SERIAL_DEVICE[target.arch], added, guest),
+                                                    SERIAL_DEVICE[target.arch], added, guest,
+                                                    polled),
                               busybox_applets(applets_busybox()) if foreign else None)
     for p, n in zip(module_files, names, strict=True):
         # Decompressed here, so busybox insmod needs no xz/zstd support.
@@ -356,7 +376,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
         if guest_target is not None:
             guest = GuestPlan(guest_target, tmp / "guest-initramfs.gz", target.arch,
                               alongside or [])
-            build_initramfs(guest_target, guest_runs or [], guest.initramfs)
+            build_initramfs(guest_target, guest_runs or [], guest.initramfs, polled=True)
             memory_mb = max(memory_mb, HOST_MEMORY_MB)
         loaded = build_initramfs(target, runs, tmp / "initramfs.gz", added, foreign,
                                  extra_modules, guest, alongside or [])

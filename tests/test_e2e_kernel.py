@@ -453,6 +453,23 @@ def test_qemu_killed_mid_run(qemu_plugin: Path, tmp_path: Path) -> None:
     assert r.returncode == 4 and "incomplete trace" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_recorder_killed_outright_takes_its_qemu_with_it(qemu_plugin: Path,
+                                                          tmp_path: Path) -> None:
+    # SIGKILL to the recorder (a test harness's timeout, the OOM killer)
+    # gives it no chance to stop QEMU, which runs in a session of its own:
+    # QEMU must not run on, writing a trace nobody will read.
+    out = (tmp_path / "k.ftr").resolve()
+    proc = _long_record(out, 100_000)
+    assert subprocess.run(["pgrep", "-f", f"out={out}"], capture_output=True).returncode == 0
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and \
+            subprocess.run(["pgrep", "-f", f"out={out}"], capture_output=True).returncode == 0:
+        time.sleep(0.2)
+    assert subprocess.run(["pgrep", "-f", f"out={out}"], capture_output=True).returncode == 1
+
+
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_the_machine_cleanly(qemu_plugin: Path, tmp_path: Path,
                                             signum: signal.Signals, status: int) -> None:
