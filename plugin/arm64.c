@@ -493,7 +493,7 @@ static void a64_frame_exec(unsigned int vcpu_index, void *udata)
     struct ftr_event ev;
     uint64_t records;
 
-    vs->user_block_due = 0;
+    vs->inl.user_block_due = 0;
     if (!vs->a64.frame_task || vs->a64.frame_task != vs->a64.host_task) {
         vs->a64.frame_task = 0;
         return;
@@ -708,7 +708,7 @@ static void a64_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
             ev->flags |= FTR_FLAG_REGS_VALID;
         }
         vs->last_regs = ev->regs_hash;
-        vs->last_regs_ok = !vs->regs_dirty;
+        vs->last_regs_ok = !vs->inl.regs_dirty;
     }
     vcpu_commit_after_entry(vs, vcpu_index, ev);
 }
@@ -730,13 +730,13 @@ static void a64_state_op_exec(unsigned int vcpu_index, void *udata)
 
     a64_finish_pending(vs, vcpu_index);
     /* Before a load, or with regs=read, the registers as they are now. */
-    if (fi->is_restore && vs->last_regs_ok && !vs->regs_dirty) {
+    if (fi->is_restore && vs->last_regs_ok && !vs->inl.regs_dirty) {
         regs_hash = vs->last_regs;
         ok = true;
     } else if (fi->is_restore || !cfg.derive_regs) {
         regs_hash = a64_regs_hash(vs, &ok);
     }
-    if (vs->ub.entry_pending) {
+    if (vs->inl.entry_pending) {
         /*
          * No kernel FP/SIMD code ran since the entry (it would have written
          * the entry already): a save stores the registers the task entered
@@ -767,7 +767,7 @@ static void a64_state_op_exec(unsigned int vcpu_index, void *udata)
             a64_buffer_hash(vs, false, ev.addr, 0, NULL, &ev.aux, &ext, &bytes)) {
             ev.flags |= FTR_FLAG_PRIOR_VALID;
         }
-        vs->regs_dirty = 0;
+        vs->inl.regs_dirty = 0;
     } else {
         uint32_t fpsr_fpcr[2];
         /* sve_load takes FPSR and FPCR from where its second argument points. */
@@ -799,7 +799,7 @@ static void a64_za_op_exec(unsigned int vcpu_index, void *udata)
     struct ftr_event ev;
 
     a64_finish_pending(vs, vcpu_index);
-    if (vs->ub.entry_pending) {
+    if (vs->inl.entry_pending) {
         bool ok;
         uint64_t regs_hash = a64_regs_hash(vs, &ok);
         vcpu_materialize_entry(vs, vcpu_index, ok ? &regs_hash : NULL, false);
@@ -856,7 +856,7 @@ static void a64_seq_end_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
         return;
     }
     if (!vs->a64.save && !vs->a64.za_insn) {
-        vs->regs_dirty = 0;
+        vs->inl.regs_dirty = 0;
         vs->last_regs_ok = (vs->pending_event.flags & FTR_FLAG_REGS_AFTER_VALID) != 0;
     }
     a64_finish_pending(vs, vcpu_index);
@@ -986,10 +986,10 @@ static void a64_vector_exec(unsigned int vcpu_index, void *udata)
         vs->ub.entry_materialized = false;
         vs->ub.entry_pc = reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1);
         vs->ub.entry_pl = el;
-        vs->ub.entry_icount = vs->insns - vs->insn_tail;
+        vs->ub.entry_icount = vs->inl.insns - vs->inl.insn_tail;
         vs->ub.entry_task = vs->a64.host_task;
         vs->a64.entry_esr = esr;
-        vs->ub.entry_pending = 1;
+        vs->inl.entry_pending = 1;
     }
 }
 
@@ -1043,7 +1043,7 @@ static void a64_eret_exec(unsigned int vcpu_index, void *udata)
         vcpu_user_return(vs, vcpu_index, reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1));
         /* A frame the task's handler starts on is read in user mode, at its first block. */
         if (vs->a64.frame_task && vs->a64.frame_task == vs->a64.host_task) {
-            vs->user_block_due = 1;
+            vs->inl.user_block_due = 1;
         } else {
             vs->a64.frame_task = 0;
         }
@@ -1078,7 +1078,7 @@ static bool fp_code_has(uint64_t pc)
 }
 
 /* False when the table is full (the range is not recorded). */
-bool a64_fp_code_add(uint64_t start, uint64_t end)
+static bool a64_fp_code_add(uint64_t start, uint64_t end)
 {
     unsigned n = n_fp_code;
 
@@ -1123,7 +1123,7 @@ static bool a64_is_fp_simd(uint32_t op)
  * A ZA save or load sequence starting at op, RDSVL (see A64_SME_RDSVL_1).
  * Its base register is the one the first ZA store or load names.
  */
-static uint8_t a64_za_seq_at(uint64_t vaddr, uint32_t op, struct a64_operands *ops,
+static uint8_t a64_za_seq_at(uint64_t vaddr, uint32_t op, struct a64_insn *ops,
                              unsigned *len)
 {
     uint32_t next[8];
@@ -1167,7 +1167,7 @@ static uint8_t a64_za_seq_at(uint64_t vaddr, uint32_t op, struct a64_operands *o
  * for ZA its other registers), and in *len the bytes up to the instruction
  * after it.
  */
-static uint8_t a64_seq_at(uint64_t vaddr, uint32_t op, struct a64_operands *ops,
+static uint8_t a64_seq_at(uint64_t vaddr, uint32_t op, struct a64_insn *ops,
                           unsigned *len)
 {
     uint32_t next[16];
@@ -1227,21 +1227,14 @@ static uint8_t a64_seq_at(uint64_t vaddr, uint32_t op, struct a64_operands *ops,
 
 static const struct fpu_insn *a64_intern(const struct fpu_insn *fi, uint32_t op)
 {
-    uint8_t keybuf[sizeof(fi->vaddr) + 2 + sizeof(op)];
-    g_autoptr(GBytes) key = NULL;
-    struct fpu_insn *found;
+    uint8_t key[1 + sizeof(op)];
+    const struct fpu_insn *found;
 
-    memcpy(keybuf, &fi->vaddr, sizeof(fi->vaddr));
-    keybuf[sizeof(fi->vaddr)] = 0xa6;                   /* not an x86 mode */
-    keybuf[sizeof(fi->vaddr) + 1] = fi->a64.el;        /* the EL */
-    memcpy(keybuf + sizeof(fi->vaddr) + 2, &op, sizeof(op));
-    key = g_bytes_new(keybuf, sizeof(keybuf));
+    /* The same opcode at the same address means something else at another EL. */
+    key[0] = fi->a64.el;
+    memcpy(key + 1, &op, sizeof(op));
     g_mutex_lock(&insn_lock);
-    found = g_hash_table_lookup(insn_table, key);
-    if (!found) {
-        found = g_memdup2(fi, sizeof(*fi));
-        g_hash_table_insert(insn_table, g_bytes_ref(key), found);
-    }
+    found = insn_intern(fi, key, sizeof(key));
     g_mutex_unlock(&insn_lock);
     return found;
 }
@@ -1344,7 +1337,7 @@ static void a64_tb_trans(struct qemu_plugin_tb *tb)
             insn_mark(insn);
             qemu_plugin_register_vcpu_insn_exec_cond_cb(
                 insn, a64_frame_exec, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_NE,
-                user_block_due_entry, 0, (void *)(uintptr_t)qemu_plugin_insn_vaddr(insn));
+                inline_entry.user_block_due, 0, (void *)(uintptr_t)qemu_plugin_insn_vaddr(insn));
         }
         for (size_t i = 0; i < n; i++) {
             struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
@@ -1352,7 +1345,7 @@ static void a64_tb_trans(struct qemu_plugin_tb *tb)
             qemu_plugin_insn_data(insn, &op, sizeof(op));
             if (cfg.derive_regs && a64_is_fp_simd(op)) {
                 qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
-                    insn, QEMU_PLUGIN_INLINE_STORE_U64, regs_dirty_entry, 1);
+                    insn, QEMU_PLUGIN_INLINE_STORE_U64, inline_entry.regs_dirty, 1);
             }
             if (frames && (op & A64_INSN_SVC_MASK) == A64_INSN_SVC) {
                 /* It writes no event: no instruction count to mark. */
@@ -1459,7 +1452,39 @@ static void a64_vcpu_init(struct vcpu_state *vs)
     vs->xcr0 = 3;                       /* FP/SIMD and SVE: a save's `value` */
 }
 
+/* Nothing of its own to free. */
+static void a64_vcpu_exit(struct vcpu_state *vs G_GNUC_UNUSED)
+{
+}
+
+static enum arg_result a64_parse_arg(const char *key, const char *value, char **why)
+{
+    g_auto(GStrv) parts = NULL;
+    uint64_t start, len;
+
+    if (strcmp(key, "fpcode")) {
+        return ARG_UNKNOWN;
+    }
+    parts = g_strsplit(value, ":", 2);
+    if (!parts[0] || !parts[1] || !parse_u64(parts[0], &start) ||
+        !parse_u64(parts[1], &len)) {
+        *why = g_strdup_printf("fpcode=%s: give ADDR:LEN", value);
+        return ARG_BAD;
+    }
+    if (!len || len > 0x100000) {
+        *why = g_strdup_printf("fpcode=%s: a length of 1 byte to 1 MiB", value);
+        return ARG_BAD;
+    }
+    if (!a64_fp_code_add(start, start + len)) {
+        *why = g_strdup_printf("fpcode=%s: more than %d ranges", value, MAX_FP_CODE);
+        return ARG_BAD;
+    }
+    return ARG_OK;
+}
+
 const struct arch_ops a64_ops = {
+    .target = "aarch64",
+    .ftr_arch = FTR_ARCH_AARCH64,
     .user_pl = 0,
     .privilege = a64_el,
     .current_task = a64_current_task,
@@ -1471,6 +1496,8 @@ const struct arch_ops a64_ops = {
     .boundary_state = a64_boundary_state,
     .tb_trans = a64_tb_trans,
     .regs_resolve = a64_regs_resolve,
+    .parse_arg = a64_parse_arg,
     .init = a64_init,
     .vcpu_init = a64_vcpu_init,
+    .vcpu_exit = a64_vcpu_exit,
 };

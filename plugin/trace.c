@@ -12,39 +12,55 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "ftr-crc32c.h"
 #include "fputrace.h"
 
-static bool trace_write_all(const void *buf, size_t len)
+/*
+ * Write iov whole, retrying a short write from where it stopped: a block
+ * goes out in one writev(2), its header and payload without a copy.
+ */
+static bool trace_writev_all(struct iovec *iov, int n)
 {
-    const uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t done = writev(cfg.fd, iov, n);
 
-    while (len > 0) {
-        ssize_t n = write(cfg.fd, p, len);
-        if (n < 0 && errno == EINTR) {
+        if (done < 0 && errno == EINTR) {
             continue;
         }
-        if (n <= 0) {
+        if (done <= 0) {
             __atomic_fetch_add(&write_errors, 1, __ATOMIC_RELAXED);
             return false;
         }
-        p += n;
-        len -= n;
+        while (n > 0 && (size_t)done >= iov->iov_len) {
+            done -= iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + done;
+            iov->iov_len -= done;
+        }
     }
     return true;
 }
 
+static bool trace_write_all(const void *buf, size_t len)
+{
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+
+    return trace_writev_all(&iov, 1);
+}
+
 /*
- * One block, one write(2): with O_APPEND the kernel places it whole at the
+ * One block, one writev(2): with O_APPEND the kernel places it whole at the
  * end of the file, so vCPU threads need no lock between them.
  */
-void trace_write_block(uint16_t type, uint16_t vcpu, const void *payload,
-                       uint32_t count, uint32_t payload_size)
+static void trace_write_block(uint16_t type, uint16_t vcpu, const void *payload,
+                              uint32_t count, uint32_t payload_size)
 {
-    size_t total = sizeof(struct ftr_block_header) + payload_size;
-    g_autofree uint8_t *buf = g_malloc(total);
     struct ftr_block_header hdr = {
         .magic = FTR_BLOCK_MAGIC,
         .type = type,
@@ -53,12 +69,14 @@ void trace_write_block(uint16_t type, uint16_t vcpu, const void *payload,
         .payload_size = payload_size,
         .crc32 = ftr_crc32c(payload, payload_size),
     };
+    struct iovec iov[2] = {
+        { .iov_base = &hdr, .iov_len = sizeof(hdr) },
+        { .iov_base = (void *)payload, .iov_len = payload_size },
+    };
 
     /* Its own checksum lets a reader tell a damaged header from a block. */
     hdr.header_crc32 = ftr_crc32c(&hdr, offsetof(struct ftr_block_header, header_crc32));
-    memcpy(buf, &hdr, sizeof(hdr));
-    memcpy(buf + sizeof(hdr), payload, payload_size);
-    if (trace_write_all(buf, total)) {
+    if (trace_writev_all(iov, 2)) {
         __atomic_fetch_add(&blocks_written, 1, __ATOMIC_RELAXED);
     }
 }
@@ -85,11 +103,6 @@ static uint64_t trace_features(void)
             FTR_FEAT_BOUNDARY_STATE : 0);
 }
 
-static uint16_t trace_arch(void)
-{
-    return strcmp(cfg.target, "aarch64") == 0 ? FTR_ARCH_AARCH64 : FTR_ARCH_X86_64;
-}
-
 bool trace_write_header(uint32_t api_version)
 {
     g_autoptr(GByteArray) out = g_byte_array_new();
@@ -97,7 +110,7 @@ bool trace_write_header(uint32_t api_version)
         .version = FTR_VERSION,
         .min_reader_version = FTR_MIN_READER_VERSION,
         .features = trace_features(),
-        .arch = trace_arch(),
+        .arch = arch->ftr_arch,
         .event_size = sizeof(struct ftr_event),
         .task_size = sizeof(struct ftr_task),
         .plugin_api = api_version,
@@ -161,7 +174,7 @@ void trace_write_footer(struct ftr_footer *footer)
     footer->blocks_total = __atomic_load_n(&blocks_written, __ATOMIC_RELAXED);
     footer->write_errors = __atomic_load_n(&write_errors, __ATOMIC_RELAXED);
     footer->end = trace_run_end();
-    footer->arch = trace_arch();
+    footer->arch = arch->ftr_arch;
     footer->features = trace_features();
     trace_write_block(FTR_BLOCK_FOOTER, 0, footer, 1, sizeof(*footer));
 }

@@ -3,11 +3,24 @@
  *
  * Translation: instructions are recognised from their bytes (XSAVE*,
  * XRSTOR*, FXSAVE/FXRSTOR, XSETBV, WRMSR, VMRUN, the user/kernel boundary
- * instructions, kernel SIMD use) and only those get callbacks. Execution:
- * the callbacks fill an event, the memory callbacks of a save or restore
- * place its area and collect the bytes it moved (xsave-hash.c), and the
- * register file is read through the register handles resolved once by
- * name.
+ * instructions, kernel SIMD use; x86-decode.c) and only those get
+ * callbacks. Execution: the callbacks fill an event, the memory callbacks
+ * of a save or restore place its area and collect the bytes it moved
+ * (x86-xsave.c), and the register file is read through the register
+ * handles resolved once by name.
+ *
+ * User boundaries: returns are the SYSRET and IRET instructions (an IRET
+ * whose frame holds a user CS); entries are the first SWAPGS after a
+ * return, which every entry path from user mode executes before anything
+ * else touches the kernel's state. The current task is %gs:current=.
+ *
+ * Its own arguments (x86_parse_arg()):
+ *   dmap=ADDR, dmap_var=ADDR
+ *                       where L1's direct map of physical memory begins, or
+ *                       the address of L1's variable holding it; the nested
+ *                       guest's tasks are named through it (x86-mmu.c)
+ *   msr=INDEX           also record WRMSR to INDEX (may repeat, up to 16);
+ *                       IA32_XFD and IA32_XFD_ERR are always recorded
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -21,6 +34,19 @@
 #include <unistd.h>
 
 #include "fputrace.h"
+
+#define MSR_IA32_XFD            0x1c4
+#define MSR_IA32_XFD_ERR        0x1c5
+#define MAX_EXTRA_MSRS          16
+
+/* ---- configuration ---------------------------------------------------- */
+
+static struct {
+    uint64_t dmap;              /* where L1's direct map of physical memory begins */
+    uint64_t dmap_var;          /* ... or L1's variable that holds it (page_offset_base) */
+    uint32_t extra_msrs[MAX_EXTRA_MSRS];
+    unsigned n_extra_msrs;
+} x86_cfg;
 
 /* ---- x86 register state ---------------------------------------------- */
 
@@ -141,7 +167,7 @@ static void x86_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
     x86_seal_pending(vs);
     x86_confirm_64bit(vs);
     if (vs->pending_insn->is_save && !vs->pending_derive && !(ev->flags & FTR_FLAG_REGS_VALID) &&
-        !vs->regs_dirty) {
+        !vs->inl.regs_dirty) {
         /* Not derivable after all; a save leaves the registers, so read them now. */
         bool ok;
         ev->regs_hash = x86_regs_hash(vs, &ok);
@@ -153,7 +179,7 @@ static void x86_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
         if (x86_regs_from_bytes(ev, false, &h)) {
             ev->regs_hash = h;
             ev->flags |= FTR_FLAG_REGS_VALID;
-        } else if (!vs->regs_dirty) {
+        } else if (!vs->inl.regs_dirty) {
             /*
              * The bytes do not cover x87 and SSE (XSAVEOPT leaves out
              * components in their init state): the save left the
@@ -167,7 +193,7 @@ static void x86_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
         }
         /* The save left the registers as they were, unless SIMD code ran since. */
         vs->last_regs = ev->regs_hash;
-        vs->last_regs_ok = (ev->flags & FTR_FLAG_REGS_VALID) != 0 && !vs->regs_dirty;
+        vs->last_regs_ok = (ev->flags & FTR_FLAG_REGS_VALID) != 0 && !vs->inl.regs_dirty;
     }
     vcpu_commit_after_entry(vs, vcpu_index, ev);
 }
@@ -184,7 +210,7 @@ static uint64_t x86_regs_hash(struct vcpu_state *vs, bool *ok)
     uint64_t h = 0;
 
     *ok = true;
-    vs->regs_dirty = 0;
+    vs->inl.regs_dirty = 0;
     if (!reg_read(vs, x86_regs.fctrl, buf, 2)) {
         *ok = false;
         return 0;
@@ -301,203 +327,6 @@ static const char *const x86_gpr_names[16] = {
     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
 };
 
-/*
- * Decode the memory operand of a ModRM byte at p, for an address size of
- * 64 (64-bit mode: RIP-relative for mod 00 r/m 101), 32 (disp32 there) or
- * 16 bits (the 8086 table: [BX+SI], ..., disp16 for mod 00 r/m 110).
- * Returns false for a register operand (mod == 3) or bytes that run out.
- */
-static bool x86_decode_modrm(const uint8_t *p, size_t n, uint8_t rex, bool cs64,
-                             uint8_t addr_size, uint8_t seg_override,
-                             struct x86_modrm_addr *ea, uint8_t *reg_field)
-{
-    static const int8_t base16[8] = { 3, 3, 5, 5, 6, 7, 5, 3 };     /* BX BX BP BP SI DI BP BX */
-    static const int8_t index16[8] = { 6, 7, 6, 7, -1, -1, -1, -1 }; /* SI DI SI DI */
-    uint8_t modrm, mod, rm;
-    size_t i = 1;
-    bool ss_default = false;
-
-    if (n < 1) {
-        return false;
-    }
-    modrm = p[0];
-    mod = modrm >> 6;
-    rm = modrm & 7;
-    *reg_field = (modrm >> 3) & 7;
-    if (mod == 3) {
-        return false;
-    }
-    ea->base = -1;
-    ea->index = -1;
-    ea->scale = 0;
-    ea->addr_size = addr_size;
-    ea->cs64 = cs64;
-    ea->disp = 0;
-    if (addr_size == FTR_ADDR_16) {
-        if (mod == 0 && rm == 6) {
-            mod = 2;                    /* disp16, no base */
-        } else {
-            ea->base = base16[rm];
-            ea->index = index16[rm];
-            ss_default = ea->base == 5;
-        }
-        if (mod == 2) {
-            if (n < i + 2) {
-                return false;
-            }
-            ea->disp = (int16_t)(p[i] | p[i + 1] << 8);
-            mod = 0;
-        }
-    } else if (rm == 4) {
-        uint8_t sib, base, index;
-        if (n < 2) {
-            return false;
-        }
-        sib = p[1];
-        i = 2;
-        ea->scale = sib >> 6;
-        index = ((sib >> 3) & 7) | ((rex & 0x2) ? 8 : 0);
-        base = (sib & 7) | ((rex & 0x1) ? 8 : 0);
-        if (index != 4) {
-            ea->index = index;
-        }
-        if ((sib & 7) == 5 && mod == 0) {
-            mod = 2;                    /* disp32, no base */
-        } else {
-            ea->base = base;
-        }
-    } else if (rm == 5 && mod == 0) {
-        /* RIP-relative only in 64-bit mode (also with 0x67); an absolute disp32 elsewhere. */
-        ea->base = cs64 ? -2 : -1;
-        mod = 2;
-    } else {
-        ea->base = rm | ((rex & 0x1) ? 8 : 0);
-    }
-    if (addr_size != FTR_ADDR_16 && (ea->base & 7) == 4 && ea->base >= 0) {
-        ss_default = true;              /* [RSP+...] */
-    } else if (addr_size != FTR_ADDR_16 && ea->base == 5 && mod != 0) {
-        ss_default = true;              /* [RBP+disp] */
-    }
-    if (mod == 1) {
-        if (n < i + 1) {
-            return false;
-        }
-        ea->disp = (int8_t)p[i];
-    } else if (mod == 2) {
-        if (n < i + 4) {
-            return false;
-        }
-        memcpy(&ea->disp, p + i, 4);
-    }
-    ea->segment = seg_override != SREG_NONE ? seg_override : ss_default ? SREG_SS : SREG_DS;
-    return true;
-}
-
-/*
- * Recognise the instructions we trace. 0F AE and 0F C7 encode several
- * unrelated instructions; only the memory forms without a mandatory
- * 66/F2/F3 prefix are FPU state operations (mod == 3 is LFENCE, MFENCE,
- * SFENCE, RDRAND...; F3 0F AE is RDFSBASE & co; 66 0F AE /6 is CLWB).
- */
-static bool x86_decode(const uint8_t *p, size_t n, bool cs64, bool default16,
-                       struct fpu_insn *fi, struct x86_modrm_addr *ea)
-{
-    size_t i = 0;
-    uint8_t rex = 0, segment = SREG_NONE, reg, addr_size;
-    bool mandatory_prefix = false, addr_prefix = false;
-
-    for (; i < n; i++) {
-        uint8_t b = p[i];
-        if (b == 0x66 || b == 0xf2 || b == 0xf3) {
-            mandatory_prefix = true;
-        } else if (b == 0x67) {
-            addr_prefix = true;
-        } else if (b == 0x26 || b == 0x2e || b == 0x36 || b == 0x3e) {
-            segment = (b >> 3) & 3;             /* ES CS SS DS */
-        } else if (b == 0x64 || b == 0x65) {
-            segment = b - 0x64 + SREG_FS;
-        } else if (b == 0xf0) {
-            /* lock */
-        } else {
-            break;
-        }
-    }
-    /* Outside 64-bit mode 40-4F are INC/DEC, instructions of their own. */
-    if (cs64 && i < n && (p[i] & 0xf0) == 0x40) {
-        rex = p[i++];
-    }
-    if (cs64) {
-        addr_size = addr_prefix ? FTR_ADDR_32 : FTR_ADDR_64;
-    } else {
-        addr_size = addr_prefix == default16 ? FTR_ADDR_32 : FTR_ADDR_16;
-    }
-    if (i < n && p[i] == 0xcf) {                /* IRET */
-        fi->boundary = BOUNDARY_IRET;
-        return true;
-    }
-    if (i + 1 >= n || p[i] != 0x0f) {
-        return false;
-    }
-    i++;
-    if (rex & 0x8) {
-        fi->flags |= FTR_FLAG_FORM64;
-    }
-
-    switch (p[i]) {
-    case 0x07:                                  /* SYSRET */
-        fi->boundary = BOUNDARY_SYSRET;
-        return true;
-    case 0x30:                                  /* WRMSR */
-        fi->kind = FTR_KIND_WRMSR;
-        return true;
-    case 0x01:
-        if (i + 1 >= n) {
-            return false;
-        }
-        if (p[i + 1] == 0xd1 && !mandatory_prefix) {
-            fi->kind = FTR_KIND_XSETBV;
-            return true;
-        }
-        if (p[i + 1] == 0xd8) {
-            fi->kind = FTR_KIND_VM_ENTRY;       /* VMRUN */
-            return true;
-        }
-        if (p[i + 1] == 0xf8) {
-            fi->boundary = BOUNDARY_SWAPGS;
-            return true;
-        }
-        return false;
-    case 0xae:
-        if (mandatory_prefix ||
-            !x86_decode_modrm(p + i + 1, n - i - 1, rex, cs64, addr_size, segment,
-                              ea, &reg)) {
-            return false;
-        }
-        switch (reg) {
-        case 0: fi->kind = FTR_KIND_FXSAVE; return true;
-        case 1: fi->kind = FTR_KIND_FXRSTOR; return true;
-        case 4: fi->kind = FTR_KIND_XSAVE; return true;
-        case 5: fi->kind = FTR_KIND_XRSTOR; return true;
-        case 6: fi->kind = FTR_KIND_XSAVEOPT; return true;
-        default: return false;                  /* LDMXCSR, STMXCSR, CLFLUSH */
-        }
-    case 0xc7:
-        if (mandatory_prefix ||
-            !x86_decode_modrm(p + i + 1, n - i - 1, rex, cs64, addr_size, segment,
-                              ea, &reg)) {
-            return false;
-        }
-        switch (reg) {
-        case 3: fi->kind = FTR_KIND_XRSTORS; return true;
-        case 4: fi->kind = FTR_KIND_XSAVEC; return true;
-        case 5: fi->kind = FTR_KIND_XSAVES; return true;
-        default: return false;                  /* CMPXCHG8B/16B, VMPTRLD... */
-        }
-    default:
-        return false;
-    }
-}
-
 /* ---- x86 callbacks -------------------------------------------------- */
 
 /*
@@ -519,8 +348,8 @@ static void x86_swapgs_exec(unsigned int vcpu_index, void *udata)
     vs->ub.entry_materialized = false;
     vs->ub.entry_pc = (uintptr_t)udata;
     vs->ub.entry_task = x86_current_ptr(vs);
-    vs->ub.entry_icount = vs->insns - vs->insn_tail;
-    vs->ub.entry_pending = 1;
+    vs->ub.entry_icount = vs->inl.insns - vs->inl.insn_tail;
+    vs->inl.entry_pending = 1;
 }
 
 /* SYSRET always returns to user mode, to RCX. */
@@ -541,7 +370,7 @@ static void x86_iret_exec(unsigned int vcpu_index, void *udata G_GNUC_UNUSED)
 
     if (vs->in_l2) {
         /* The guest's memory is not readable through its nested page tables. */
-        vs->l2_iret_pending = cfg.guest_tasks;
+        vs->inl.user_block_due = cfg.guest_tasks;
         return;
     }
     if (!mem_read(vs, reg_read_u64(vs, x86_regs.gpr[4]), frame, sizeof(frame)) ||
@@ -559,7 +388,7 @@ static void x86_l2_user_block_exec(unsigned int vcpu_index, void *udata)
 {
     struct vcpu_state *vs = vcpu_get(vcpu_index);
 
-    vs->l2_iret_pending = 0;
+    vs->inl.user_block_due = 0;
     if (vs->in_l2 && !vs->ub.in_user) {
         vcpu_user_return(vs, vcpu_index, (uintptr_t)udata);
     }
@@ -601,7 +430,7 @@ static void x86_fpu_op_exec(unsigned int vcpu_index, void *udata)
 {
     const struct fpu_insn *fi = udata;
     struct vcpu_state *vs = vcpu_get(vcpu_index);
-    const struct x86_modrm_addr *ea = fi->prefer_alt ? &fi->ea_alt : &fi->ea;
+    const struct x86_modrm_addr *ea = fi->x86.prefer_alt ? &fi->x86.ea_alt : &fi->x86.ea;
     struct ftr_event ev;
     uint64_t rfbm, requested, regs_hash = 0;
     bool ok = false, derive;
@@ -621,15 +450,15 @@ static void x86_fpu_op_exec(unsigned int vcpu_index, void *udata)
              (fi->kind == FTR_KIND_XSAVE || fi->kind == FTR_KIND_XSAVEOPT ||
               fi->kind == FTR_KIND_FXSAVE || fi->kind == FTR_KIND_XRSTOR ||
               fi->kind == FTR_KIND_FXRSTOR);        /* TCG runs XSAVEC/S, XRSTORS as no-ops */
-    if (!derive || (fi->is_restore && (!vs->last_regs_ok || vs->regs_dirty))) {
+    if (!derive || (fi->is_restore && (!vs->last_regs_ok || vs->inl.regs_dirty))) {
         regs_hash = x86_regs_hash(vs, &ok);
     } else if (fi->is_restore) {
         regs_hash = vs->last_regs;
         ok = true;
     }
-    if (derive && fi->is_save && vs->ub.entry_pending) {
+    if (derive && fi->is_save && vs->inl.entry_pending) {
         vcpu_materialize_entry(vs, vcpu_index, NULL, true);
-    } else if (vs->ub.entry_pending) {
+    } else if (vs->inl.entry_pending) {
         if (!ok && !derive) {
             regs_hash = x86_regs_hash(vs, &ok);
         }
@@ -652,14 +481,15 @@ static void x86_fpu_op_exec(unsigned int vcpu_index, void *udata)
     vs->last_regs_ok = ok && !fi->is_restore;
     if (derive && fi->is_save) {
         vs->last_regs_ok = false;               /* until x86_finish_pending() */
-        vs->regs_dirty = 0;                     /* the registers are what it stores */
+        vs->inl.regs_dirty = 0;                     /* the registers are what it stores */
     }
     /* The memory callbacks that follow fill in the content hash. */
     vs->pending_event = ev;
     vs->pending_insn = fi;
-    vs->x86.pending_alt_addr = fi->has_alt
-                           ? x86_effective_address(vs, fi, fi->prefer_alt ? &fi->ea : &fi->ea_alt)
-                           : 0;
+    vs->x86.pending_alt_addr =
+        fi->x86.has_alt
+        ? x86_effective_address(vs, fi, fi->x86.prefer_alt ? &fi->x86.ea : &fi->x86.ea_alt)
+        : 0;
     vs->pending_checked = vs->pending_ignore = false;
     vs->x86.pending_xmm_hi = false;
     vs->pending_sealed = false;
@@ -683,15 +513,15 @@ static bool x86_place_area(struct vcpu_state *vs, uint64_t vaddr)
     if (vaddr - ev->addr < XSAVE_AREA_MAX) {
         return true;
     }
-    if (fi->has_alt && vaddr - vs->x86.pending_alt_addr < XSAVE_AREA_MAX) {
-        const struct x86_modrm_addr *other = fi->prefer_alt ? &fi->ea : &fi->ea_alt;
+    if (fi->x86.has_alt && vaddr - vs->x86.pending_alt_addr < XSAVE_AREA_MAX) {
+        const struct x86_modrm_addr *other = fi->x86.prefer_alt ? &fi->x86.ea : &fi->x86.ea_alt;
         ev->addr = vs->x86.pending_alt_addr;
         ev->flags = (ev->flags & ~(FTR_FLAG_ADDR_SIZE_MASK | FTR_FLAG_PRIOR_VALID)) |
                     (uint32_t)other->addr_size << FTR_FLAG_ADDR_SIZE_SHIFT;
         ev->aux = 0;
         vs->pending_derive = vs->pending_derive && other->cs64;
         /* Shared by every vCPU: a racy flip costs one more check, nothing else. */
-        ((struct fpu_insn *)fi)->prefer_alt = !fi->prefer_alt;
+        ((struct fpu_insn *)fi)->x86.prefer_alt = !fi->x86.prefer_alt;
         return true;
     }
     ev->flags |= FTR_FLAG_ADDR_UNVERIFIED;
@@ -747,7 +577,7 @@ static void x86_after_restore_exec(unsigned int vcpu_index, void *udata)
     x86_confirm_64bit(vs);
     if (vs->pending_derive) {
         ok = x86_regs_from_bytes(ev, true, &ev->regs_after_hash);
-        vs->regs_dirty = 0;
+        vs->inl.regs_dirty = 0;
     } else {
         ev->regs_after_hash = x86_regs_hash(vs, &ok);
     }
@@ -791,9 +621,9 @@ static void x86_wrmsr_exec(unsigned int vcpu_index, void *udata)
         kind = FTR_KIND_WRMSR_XFD_ERR;
     } else {
         unsigned i;
-        for (i = 0; i < cfg.n_extra_msrs && cfg.extra_msrs[i] != msr; i++) {
+        for (i = 0; i < x86_cfg.n_extra_msrs && x86_cfg.extra_msrs[i] != msr; i++) {
         }
-        if (i == cfg.n_extra_msrs) {
+        if (i == x86_cfg.n_extra_msrs) {
             return;
         }
         kind = FTR_KIND_WRMSR;
@@ -824,120 +654,13 @@ static void x86_vmrun_exec(unsigned int vcpu_index, void *udata)
     vcpu_switch_level(vs, true);
 }
 
-/*
- * The nested guest's memory, read in L1 after a VM exit. QEMU 10.0's
- * plugin reads translate without the nested page tables (mem_read()), so
- * the walk is done here: the guest's page tables map its virtual address
- * to a guest-physical one, KVM's nested page tables (NPT) map that and
- * every table the walk reads to L1-physical, and L1's direct map makes an
- * L1-physical address readable. The VMCB, where the CPU stored the guest's
- * CR3 and CR4 at the exit, gives the roots (AMD APM vol. 2, appendix B;
- * Linux's struct vmcb_control_area and vmcb_save_area).
- */
-#define VMCB_EXITCODE           0x070
-#define VMCB_NESTED_CTL         0x090   /* bit 0: nested paging enabled */
-#define VMCB_NESTED_CR3         0x0b0
-#define VMCB_SAVE_CR4           0x548   /* the save area (0x400) + 0x148 */
-#define VMCB_SAVE_CR3           0x550
-#define VMCB_SAVE_RIP           0x578
-#define X86_CR4_LA57            (1ull << 12)
-#define X86_PTE_PRESENT         (1ull << 0)
-#define X86_PTE_LARGE           (1ull << 7)     /* a 1 GiB or 2 MiB page (PS) */
-#define X86_PTE_ADDR            0x000ffffffffff000ull
-#define X86_PAGE_SIZE           4096u
-
-static bool x86_l1_phys_read(struct vcpu_state *vs, const struct x86_guest_mmu *m, uint64_t pa,
-                             void *out, size_t len)
-{
-    return mem_read(vs, m->dmap + pa, out, len);
-}
-
-static bool x86_npt_translate(struct vcpu_state *vs, const struct x86_guest_mmu *m,
-                              uint64_t gpa, uint64_t *pa);
-
-/*
- * A 4- or 5-level walk from root of va; guest_tables: the tables are at
- * guest-physical addresses, each translated through the NPT first.
- */
-static bool x86_pt_walk(struct vcpu_state *vs, const struct x86_guest_mmu *m, bool guest_tables,
-                        uint64_t root, unsigned levels, uint64_t va, uint64_t *out)
-{
-    uint64_t table = root & X86_PTE_ADDR;
-
-    for (unsigned level = levels; level >= 1; level--) {
-        unsigned shift = 12 + 9 * (level - 1);
-        uint64_t slot = table + ((va >> shift) & 511) * 8, where = slot, entry;
-
-        if ((guest_tables && !x86_npt_translate(vs, m, slot, &where)) ||
-            !x86_l1_phys_read(vs, m, where, &entry, sizeof(entry)) ||
-            !(entry & X86_PTE_PRESENT)) {
-            return false;
-        }
-        if (level == 1 || (level <= 3 && (entry & X86_PTE_LARGE))) {
-            uint64_t offset_mask = (1ull << shift) - 1;
-            *out = (entry & X86_PTE_ADDR & ~offset_mask) | (va & offset_mask);
-            return true;
-        }
-        table = entry & X86_PTE_ADDR;
-    }
-    return false;
-}
-
-static bool x86_npt_translate(struct vcpu_state *vs, const struct x86_guest_mmu *m,
-                              uint64_t gpa, uint64_t *pa)
-{
-    if (!m->npt) {
-        *pa = gpa;
-        return true;
-    }
-    return x86_pt_walk(vs, m, false, m->ncr3, m->nlevels, gpa, pa);
-}
-
-/* The roots of the last VM entry's guest, as the exit left them. */
-static bool x86_guest_mmu(struct vcpu_state *vs, struct x86_guest_mmu *m)
-{
-    uint64_t vmcb = vs->vmcb, nested_ctl, cr4;
-
-    m->dmap = cfg.dmap;
-    if (cfg.dmap_var && !mem_read(vs, cfg.dmap_var, &m->dmap, sizeof(m->dmap))) {
-        return false;
-    }
-    if (!m->dmap || !vmcb ||
-        !x86_l1_phys_read(vs, m, vmcb + VMCB_NESTED_CTL, &nested_ctl, sizeof(nested_ctl)) ||
-        !x86_l1_phys_read(vs, m, vmcb + VMCB_NESTED_CR3, &m->ncr3, sizeof(m->ncr3)) ||
-        !x86_l1_phys_read(vs, m, vmcb + VMCB_SAVE_CR4, &cr4, sizeof(cr4)) ||
-        !x86_l1_phys_read(vs, m, vmcb + VMCB_SAVE_CR3, &m->cr3, sizeof(m->cr3))) {
-        return false;
-    }
-    m->npt = nested_ctl & 1;
-    m->levels = cr4 & X86_CR4_LA57 ? 5 : 4;
-    m->nlevels = reg_read_u64(vs, x86_regs.cr4) & X86_CR4_LA57 ? 5 : 4;
-    return true;
-}
-
-/* Through the roots that x86_vmexit_exec() found for this exit's reads. */
+/* arch_ops.guest_read: through the roots that x86_vmexit_exec() found for this exit. */
 static bool x86_guest_read(struct vcpu_state *vs, uint64_t vaddr, void *out, size_t len)
 {
-    const struct x86_guest_mmu *m = &vs->x86.guest_mmu;
-    uint8_t *dst = out;
-
     if (vs->in_l2 || !vs->x86.guest_mmu_ok) {
         return false;
     }
-    while (len) {
-        size_t n = MIN(len, X86_PAGE_SIZE - (vaddr & (X86_PAGE_SIZE - 1)));
-        uint64_t gpa, pa;
-
-        if (!x86_pt_walk(vs, m, m->npt, m->cr3, m->levels, vaddr, &gpa) ||
-            !x86_npt_translate(vs, m, gpa, &pa) ||
-            !x86_l1_phys_read(vs, m, pa, dst, n)) {
-            return false;
-        }
-        vaddr += n;
-        dst += n;
-        len -= n;
-    }
-    return true;
+    return x86_guest_mem_read(vs, &vs->x86.guest_mmu, vaddr, out, len);
 }
 
 /* The instruction after a VMRUN runs when the nested guest has exited. */
@@ -965,14 +688,12 @@ static void x86_vmexit_exec(unsigned int vcpu_index, void *udata)
      * Why and where the guest left, from the VMCB that #VMEXIT wrote; and
      * the guest's roots, once for all the names this exit reads.
      */
-    vs->x86.guest_mmu_ok = x86_guest_mmu(vs, &vs->x86.guest_mmu);
-    if (vs->x86.guest_mmu_ok) {
-        const struct x86_guest_mmu *m = &vs->x86.guest_mmu;
-
-        if (!x86_l1_phys_read(vs, m, vs->vmcb + VMCB_EXITCODE, &ev.value, sizeof(ev.value)) ||
-            !x86_l1_phys_read(vs, m, vs->vmcb + VMCB_SAVE_RIP, &ev.aux, sizeof(ev.aux))) {
-            ev.value = ev.aux = 0;
-        }
+    vs->x86.guest_mmu_ok = x86_guest_mmu_load(
+        vs, &vs->x86.guest_mmu, x86_cfg.dmap, x86_cfg.dmap_var,
+        reg_read_u64(vs, x86_regs.cr4) & X86_CR4_LA57);
+    if (vs->x86.guest_mmu_ok &&
+        !x86_vmcb_exit_read(vs, &vs->x86.guest_mmu, &ev.value, &ev.aux)) {
+        ev.value = ev.aux = 0;
     }
     event_read_regs(vs, &ev, true);     /* the guest's registers as it left them */
     vcpu_commit_event(vs, vcpu_index, &ev);
@@ -980,75 +701,11 @@ static void x86_vmexit_exec(unsigned int vcpu_index, void *udata)
     vs->x86.guest_mmu_ok = false;
 }
 
-/*
- * Whether an instruction reads or writes FP/SIMD registers: x87 (D8-DF),
- * VEX/EVEX (C4, C5, 62 in 64-bit mode), and the 0F-map SSE ranges, less
- * the GPR instructions that share them (0F 38 F0-FF: MOVBE, CRC32, ADX;
- * 0F C3 MOVNTI). Kernel code uses these only between kernel_fpu_begin()
- * and kernel_fpu_end() (the kernel is built without SIMD code generation),
- * and in the FPU code itself (FNINIT, LDMXCSR).
- */
-static bool x86_is_fp_simd(const uint8_t *p, size_t n)
+static bool x86_ea_equal(const struct x86_modrm_addr *a, const struct x86_modrm_addr *b)
 {
-    size_t i = 0;
-    uint8_t b, op;
-
-    while (i < n && (p[i] == 0x66 || p[i] == 0x67 || p[i] == 0xf2 || p[i] == 0xf3 ||
-                     p[i] == 0xf0 || p[i] == 0x2e || p[i] == 0x36 || p[i] == 0x3e ||
-                     p[i] == 0x26 || p[i] == 0x64 || p[i] == 0x65)) {
-        i++;
-    }
-    if (i < n && (p[i] & 0xf0) == 0x40) {
-        i++;
-    }
-    if (i >= n) {
-        return false;
-    }
-    b = p[i];
-    if ((b >= 0xd8 && b <= 0xdf) || b == 0xc4 || b == 0xc5 || b == 0x62) {
-        return true;
-    }
-    if (b != 0x0f || i + 1 >= n) {
-        return false;
-    }
-    op = p[i + 1];
-    if (op == 0x38) {
-        return i + 2 < n && p[i + 2] < 0xf0;
-    }
-    if (op == 0x3a) {
-        return true;
-    }
-    if ((op >= 0x10 && op <= 0x17) || (op >= 0x28 && op <= 0x2f) ||
-        (op >= 0x50 && op <= 0x7f) || op == 0xc2 || (op >= 0xc4 && op <= 0xc6) ||
-        op >= 0xd0) {
-        return true;
-    }
-    if (op == 0xae && i + 2 < n) {                      /* LDMXCSR, STMXCSR */
-        uint8_t modrm = p[i + 2], reg = (modrm >> 3) & 7;
-        return (modrm >> 6) != 3 && (reg == 2 || reg == 3);
-    }
-    return false;
-}
-
-/*
- * Cheap filter before decoding: every traced instruction has 0F 01, 0F 07,
- * 0F 30, 0F AE or 0F C7 after at most four legacy prefixes and a REX byte,
- * or is an IRET (CF, REX.W CF). Almost every instruction of a kernel fails
- * this, without taking a lock.
- */
-static bool x86_maybe_traced(const uint8_t *p, size_t n)
-{
-    if (n > 0 && (p[0] == 0xcf || (n > 1 && p[0] == 0x48 && p[1] == 0xcf))) {
-        return cfg.boundaries;
-    }
-    for (size_t i = 0; i + 1 < n && i < 6; i++) {
-        if (p[i] == 0x0f) {
-            uint8_t op = p[i + 1];
-            return op == 0x01 || op == 0x30 || op == 0xae || op == 0xc7 ||
-                   (op == 0x07 && cfg.boundaries);
-        }
-    }
-    return false;
+    return a->base == b->base && a->index == b->index && a->scale == b->scale &&
+           a->segment == b->segment && a->addr_size == b->addr_size &&
+           a->mode == b->mode && a->cs64 == b->cs64 && a->disp == b->disp;
 }
 
 static enum x86_mode x86_translation_mode(void)
@@ -1066,27 +723,35 @@ static enum x86_mode x86_translation_mode(void)
 static void x86_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
                             const uint8_t *bytes, size_t len)
 {
-    struct fpu_insn fi = { .vaddr = vaddr }, other = { .vaddr = vaddr };
+    struct fpu_insn fi = { .vaddr = vaddr };
+    struct x86_decoded first = { 0 }, other = { 0 };
     const struct fpu_insn *shared;
     enum x86_mode mode = x86_translation_mode();
+    uint8_t key[1 + 16];
 
     /*
      * Long mode: 64-bit first, compatibility mode as the other reading;
      * protected mode: 32-bit segments first, 16-bit as the other.
      */
-    fi.ea.mode = fi.ea_alt.mode = mode;
-    if (!x86_decode(bytes, len, mode == MODE_LONG, mode == MODE_REAL, &fi, &fi.ea)) {
+    if (!x86_decode(bytes, len, mode == MODE_LONG, mode == MODE_REAL, &first)) {
         return;
     }
+    fi.kind = first.kind;
+    fi.flags = first.flags;
+    fi.x86.boundary = first.boundary;
+    fi.x86.ea = first.ea;
     /* Which kinds save and which restore is the format's (FTR_KINDS). */
     fi.is_save = ftr_kind_role(fi.kind) == FTR_ROLE_SAVE;
     fi.is_restore = ftr_kind_role(fi.kind) == FTR_ROLE_RESTORE;
-    if (mode != MODE_REAL && (fi.is_save || fi.is_restore)) {
-        fi.has_alt = x86_decode(bytes, len, false, mode == MODE_LONG ? false : true,
-                                &other, &fi.ea_alt) &&
-                     other.kind == fi.kind && memcmp(&fi.ea, &fi.ea_alt, sizeof(fi.ea));
+    fi.x86.ea.mode = mode;
+    if (mode != MODE_REAL && (fi.is_save || fi.is_restore) &&
+        x86_decode(bytes, len, false, mode == MODE_LONG ? false : true, &other) &&
+        other.kind == fi.kind) {
+        fi.x86.ea_alt = other.ea;
+        fi.x86.ea_alt.mode = mode;
+        fi.x86.has_alt = !x86_ea_equal(&fi.x86.ea, &fi.x86.ea_alt);
     }
-    if (fi.boundary) {
+    if (fi.x86.boundary) {
         if (mode != MODE_LONG) {
             return;             /* the boundaries watched are a 64-bit kernel's */
         }
@@ -1096,13 +761,16 @@ static void x86_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
             [BOUNDARY_IRET] = x86_iret_exec,
         };
         if (cfg.boundaries) {
-            insn_exec_cb(insn, boundary_cb[fi.boundary], (void *)(uintptr_t)vaddr);
+            insn_exec_cb(insn, boundary_cb[fi.x86.boundary], (void *)(uintptr_t)vaddr);
         }
         return;
     }
     fi.len = qemu_plugin_insn_size(insn);
     g_mutex_lock(&insn_lock);
-    shared = insn_intern(&fi, bytes, len, mode);
+    /* The same bytes at the same address mean something else in another mode. */
+    key[0] = mode;
+    memcpy(key + 1, bytes, MIN(len, sizeof(key) - 1));
+    shared = insn_intern(&fi, key, 1 + MIN(len, sizeof(key) - 1));
     if (fi.kind == FTR_KIND_VM_ENTRY) {
         site_add(vaddr + fi.len, SITE_VM_EXIT);
     } else if (fi.is_restore) {
@@ -1140,7 +808,7 @@ static void x86_tb_trans(struct qemu_plugin_tb *tb)
         insn_mark(qemu_plugin_tb_get_insn(tb, 0));
         qemu_plugin_register_vcpu_insn_exec_cond_cb(
             qemu_plugin_tb_get_insn(tb, 0), x86_l2_user_block_exec, QEMU_PLUGIN_CB_R_REGS,
-            QEMU_PLUGIN_COND_EQ, l2_iret_entry, 1, (void *)(uintptr_t)qemu_plugin_tb_vaddr(tb));
+            QEMU_PLUGIN_COND_EQ, inline_entry.user_block_due, 1, (void *)(uintptr_t)qemu_plugin_tb_vaddr(tb));
     }
 
     for (size_t i = 0; i < n; i++) {
@@ -1167,7 +835,7 @@ static void x86_tb_trans(struct qemu_plugin_tb *tb)
         if (x86_is_fp_simd(bytes, len)) {
             simd_instrument(insn, vaddr, vaddr >> 63);
         }
-        if (x86_maybe_traced(bytes, len)) {
+        if (x86_maybe_traced(bytes, len, cfg.boundaries)) {
             x86_instrument(insn, vaddr, bytes, len);
         }
     }
@@ -1322,7 +990,41 @@ static void x86_vcpu_init(struct vcpu_state *vs)
     vs->x86.image = g_new0(struct xsave_image, 1);
 }
 
+static void x86_vcpu_exit(struct vcpu_state *vs)
+{
+    g_free(vs->x86.image);
+    vs->x86.image = NULL;
+}
+
+static enum arg_result x86_parse_arg(const char *key, const char *value, char **why)
+{
+    uint64_t n;
+
+    if (!strcmp(key, "dmap") || !strcmp(key, "dmap_var")) {
+        if (!parse_u64(value, key[4] ? &x86_cfg.dmap_var : &x86_cfg.dmap)) {
+            *why = g_strdup_printf("%s=%s: not an address", key, value);
+            return ARG_BAD;
+        }
+        return ARG_OK;
+    }
+    if (!strcmp(key, "msr")) {
+        if (!parse_u64(value, &n) || n > 0xffffffffull) {
+            *why = g_strdup_printf("msr=%s: an MSR index is a 32-bit number", value);
+            return ARG_BAD;
+        }
+        if (x86_cfg.n_extra_msrs == MAX_EXTRA_MSRS) {
+            *why = g_strdup_printf("msr=%s: more than %d MSRs", value, MAX_EXTRA_MSRS);
+            return ARG_BAD;
+        }
+        x86_cfg.extra_msrs[x86_cfg.n_extra_msrs++] = n;
+        return ARG_OK;
+    }
+    return ARG_UNKNOWN;
+}
+
 const struct arch_ops x86_ops = {
+    .target = "x86_64",
+    .ftr_arch = FTR_ARCH_X86_64,
     .user_pl = 3,
     .privilege = x86_cpl,
     .current_task = x86_current_task,
@@ -1334,6 +1036,8 @@ const struct arch_ops x86_ops = {
     .probe_state = x86_probe_state,
     .tb_trans = x86_tb_trans,
     .regs_resolve = x86_regs_resolve,
+    .parse_arg = x86_parse_arg,
     .init = x86_init,
     .vcpu_init = x86_vcpu_init,
+    .vcpu_exit = x86_vcpu_exit,
 };

@@ -229,3 +229,17 @@ def test_register_reads_agree_with_derived_hashes(qemu_plugin: Path, image: Path
     assert len(read) == len(derived)
     for field in ("kind", "addr", "regs_hash", "regs_after_hash", "mem_hash", "mem_ext_hash"):
         assert list(read[field]) == list(derived[field]), field
+
+
+@pytest.mark.parametrize(("arg", "reason"), [
+    ("fpcode=0x1000:0", "fpcode=0x1000:0: a length of 1 byte to 1 MiB"),
+    ("fpcode=0x1000", "fpcode=0x1000: give ADDR:LEN"),
+    # x86's own arguments, on arm64: not accepted and silently ignored.
+    ("msr=0x1c4", "unknown plugin argument 'msr' (for target aarch64)"),
+    ("dmap=0x1000", "unknown plugin argument 'dmap' (for target aarch64)"),
+])
+def test_bad_plugin_argument_is_named(qemu_plugin: Path, image: Path, tmp_path: Path,
+                                      arg: str, reason: str) -> None:
+    p = run_image(qemu_plugin, image, tmp_path / "x.ftr", arg)
+    assert p.returncode != 0
+    assert reason in p.stderr, p.stderr
