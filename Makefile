@@ -24,6 +24,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check fputrace analyzers tests bench
 	$(VENV)/bin/mypy
+	ninja -C build checkpatch
 
 # FPUTRACE_REQUIRE_ALL=1: a test whose prerequisite is missing fails here
 # instead of skipping.

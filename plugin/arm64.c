@@ -71,7 +71,8 @@
 #define A64_FRAME_EXTRA_MAX     (1u << 20)
 #define A64_FPSIMD_MAGIC        0x46508001u     /* struct fpsimd_context: 528 bytes */
 #define A64_FPSIMD_CONTEXT      528
-#define A64_SVE_MAGIC           0x53564501u     /* struct sve_context: 16 bytes + registers */
+/* struct sve_context: 16 bytes + registers */
+#define A64_SVE_MAGIC           0x53564501u
 #define A64_SVE_CONTEXT         16
 #define A64_EXTRA_MAGIC         0x45585401u     /* struct extra_context */
 
@@ -434,7 +435,9 @@ static void a64_frame_to_event(const struct a64_frame *f, struct ftr_event *ev)
     ev->mem_bytes = A64_FPSIMD_CONTEXT;
     ev->flags |= FTR_FLAG_MEM_VALID;
     if (f->sve) {
-        /* Z0-Z31's V part with the FP/SIMD record's FPSR and FPCR, as mem_hash has them. */
+        /*
+         * Z0-Z31's V part with the FP/SIMD record's FPSR and FPCR, as mem_hash has them.
+         */
         ev->mem_legacy_hash = f->sve_v_hash + f->fpsr_fpcr_hash;
         ev->mem_ext_hash = f->sve_hash;
         ev->mem_features = f->sve;
@@ -572,7 +575,10 @@ static void a64_sp_el0_exec(unsigned int vcpu_index, void *udata)
     struct vcpu_state *vs = vcpu_get(vcpu_index);
     uint64_t v = a64_xreg(vs, (uintptr_t)udata);
 
-    /* A user stack pointer (kernel_exit) or the guest's value (HCR_EL2.VM: KVM's switch). */
+    /*
+     * A user stack pointer (kernel_exit) or the guest's value (HCR_EL2.VM: KVM's
+     * switch).
+     */
     if (v < A64_LINEAR_START || (reg_read_u64(vs, a64.hcr_el2) & HCR_VM)) {
         return;
     }
@@ -648,7 +654,8 @@ static void a64_za_finish(struct vcpu_state *vs, struct ftr_event *ev)
 {
     const struct fpu_insn *fi = vs->a64.za_insn;
     uint64_t svl = a64_xreg(vs, fi->a64.vl_reg);
-    bool zt0 = fi->a64.zt_reg != A64_ZT_NONE && (uint32_t)a64_xreg(vs, fi->a64.zt_reg) != 0;
+    bool zt0 = fi->a64.zt_reg != A64_ZT_NONE &&
+               (uint32_t)a64_xreg(vs, fi->a64.zt_reg) != 0;
     size_t za_bytes, len;
     g_autofree uint8_t *b = NULL;
 
@@ -667,8 +674,10 @@ static void a64_za_finish(struct vcpu_state *vs, struct ftr_event *ev)
     for (size_t w = 0; w < len / 8; w++) {
         uint64_t v;
         memcpy(&v, b + 8 * w, 8);
-        ev->mem_hash += ftr_a64_word_hash(w < za_bytes / 8 ? A64_WORD_ZA + w
-                                                       : A64_WORD_ZT0 + w - za_bytes / 8, v);
+        uint32_t word = w < za_bytes / 8 ? A64_WORD_ZA + w
+                                         : A64_WORD_ZT0 + w - za_bytes / 8;
+
+        ev->mem_hash += ftr_a64_word_hash(word, v);
     }
     ev->mem_bytes = len;
     ev->flags |= FTR_FLAG_MEM_VALID;
@@ -762,7 +771,10 @@ static void a64_state_op_exec(unsigned int vcpu_index, void *udata)
     if (fi->is_save) {
         uint64_t ext;
         uint32_t bytes;
-        /* What it held before the first save to it (an SVE buffer's FPSR/FPCR are elsewhere). */
+        /*
+         * What it held before the first save to it (an SVE buffer's FPSR/FPCR are
+         * elsewhere).
+         */
         if (!sve && buffer_first_save(ev.addr) &&
             a64_buffer_hash(vs, false, ev.addr, 0, NULL, &ev.aux, &ext, &bytes)) {
             ev.flags |= FTR_FLAG_PRIOR_VALID;
@@ -781,7 +793,8 @@ static void a64_state_op_exec(unsigned int vcpu_index, void *udata)
             ev.flags |= FTR_FLAG_REGS_AFTER_VALID;
         }
         vs->last_regs = ev.regs_after_hash;
-        vs->last_regs_ok = false;       /* until its last instruction (a64_seq_end_exec()) */
+        /* until its last instruction (a64_seq_end_exec()) */
+        vs->last_regs_ok = false;
     }
     vs->pending_event = ev;
     vs->pending = true;
@@ -876,23 +889,57 @@ static void a64_msr_exec(unsigned int vcpu_index, void *udata)
     /* With HCR_EL2.E2H, EL2 reaches the EL2 register by the EL1 name, EL1's by EL12. */
     if (el == 2 && (hcr & HCR_E2H)) {
         switch (named) {
-        case SYSREG_CPACR_EL1: reached = SYSREG_CPTR_EL2; break;
-        case SYSREG_ZCR_EL1: reached = SYSREG_ZCR_EL2; break;
-        case SYSREG_SMCR_EL1: reached = SYSREG_SMCR_EL2; break;
-        case SYSREG_CPACR_EL12: reached = SYSREG_CPACR_EL1; break;
-        case SYSREG_ZCR_EL12: reached = SYSREG_ZCR_EL1; break;
-        case SYSREG_SMCR_EL12: reached = SYSREG_SMCR_EL1; break;
+        case SYSREG_CPACR_EL1:
+            reached = SYSREG_CPTR_EL2;
+            break;
+        case SYSREG_ZCR_EL1:
+            reached = SYSREG_ZCR_EL2;
+            break;
+        case SYSREG_SMCR_EL1:
+            reached = SYSREG_SMCR_EL2;
+            break;
+        case SYSREG_CPACR_EL12:
+            reached = SYSREG_CPACR_EL1;
+            break;
+        case SYSREG_ZCR_EL12:
+            reached = SYSREG_ZCR_EL1;
+            break;
+        case SYSREG_SMCR_EL12:
+            reached = SYSREG_SMCR_EL1;
+            break;
         }
     }
     switch (reached) {
-    case SYSREG_CPACR_EL1: kind = FTR_KIND_CPACR_WRITE; reg = a64.cpacr_el1; break;
-    case SYSREG_CPTR_EL2: kind = FTR_KIND_CPTR_WRITE; reg = a64.cptr_el2; break;
-    case SYSREG_ZCR_EL1: kind = FTR_KIND_ZCR_WRITE; reg = a64.zcr_el1; break;
-    case SYSREG_ZCR_EL2: kind = FTR_KIND_ZCR_WRITE; reg = a64.zcr_el2; break;
-    case SYSREG_SMCR_EL1: kind = FTR_KIND_SMCR_WRITE; reg = a64.smcr_el1; break;
-    case SYSREG_SMCR_EL2: kind = FTR_KIND_SMCR_WRITE; reg = a64.smcr_el2; break;
-    case SYSREG_SVCR: kind = FTR_KIND_SVCR_WRITE; reg = a64.svcr; break;
-    default: return;            /* an EL12 name without E2H: UNDEFINED, it traps */
+    case SYSREG_CPACR_EL1:
+        kind = FTR_KIND_CPACR_WRITE;
+        reg = a64.cpacr_el1;
+        break;
+    case SYSREG_CPTR_EL2:
+        kind = FTR_KIND_CPTR_WRITE;
+        reg = a64.cptr_el2;
+        break;
+    case SYSREG_ZCR_EL1:
+        kind = FTR_KIND_ZCR_WRITE;
+        reg = a64.zcr_el1;
+        break;
+    case SYSREG_ZCR_EL2:
+        kind = FTR_KIND_ZCR_WRITE;
+        reg = a64.zcr_el2;
+        break;
+    case SYSREG_SMCR_EL1:
+        kind = FTR_KIND_SMCR_WRITE;
+        reg = a64.smcr_el1;
+        break;
+    case SYSREG_SMCR_EL2:
+        kind = FTR_KIND_SMCR_WRITE;
+        reg = a64.smcr_el2;
+        break;
+    case SYSREG_SVCR:
+        kind = FTR_KIND_SVCR_WRITE;
+        reg = a64.svcr;
+        break;
+    default: /* an EL12 name without E2H: UNDEFINED, it traps */
+        return;
     }
     old = reg_read_u64(vs, reg);
     if (fi->a64.imm) {
@@ -1040,8 +1087,11 @@ static void a64_eret_exec(unsigned int vcpu_index, void *udata)
     }
     if (target == 0 && !guest_regime && (el == 1 || (hcr & HCR_TGE))) {
         a64_finish_pending(vs, vcpu_index);
-        vcpu_user_return(vs, vcpu_index, reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1));
-        /* A frame the task's handler starts on is read in user mode, at its first block. */
+        vcpu_user_return(vs, vcpu_index,
+                         reg_read_u64(vs, el == 2 ? a64.elr_el2 : a64.elr_el1));
+        /*
+         * A frame the task's handler starts on is read in user mode, at its first block.
+         */
         if (vs->a64.frame_task && vs->a64.frame_task == vs->a64.host_task) {
             vs->inl.user_block_due = 1;
         } else {
@@ -1178,7 +1228,8 @@ static uint8_t a64_seq_at(uint64_t vaddr, uint32_t op, struct a64_insn *ops,
         return a64_za_seq_at(vaddr, op, ops, len);
     }
     ops->reg = n;
-    if (op == a64_pair_q(A64_STP_Q_OFF, 0, n, 0) || op == a64_pair_q(A64_LDP_Q_OFF, 0, n, 0)) {
+    if (op == a64_pair_q(A64_STP_Q_OFF, 0, n, 0) ||
+        op == a64_pair_q(A64_LDP_Q_OFF, 0, n, 0)) {
         bool save = op == a64_pair_q(A64_STP_Q_OFF, 0, n, 0);
         /* stp/ldp q2k, q2k+1, [xN, #32k] for k = 1..14, then k = 15 with writeback. */
         if (!qemu_plugin_read_memory_vaddr(vaddr + 4, buf, sizeof(next)) ||
@@ -1201,7 +1252,8 @@ static uint8_t a64_seq_at(uint64_t vaddr, uint32_t op, struct a64_insn *ops,
         *len = 4 * (save ? 20 : 23);
         return save ? FTR_KIND_FPSIMD_SAVE : FTR_KIND_FPSIMD_LOAD;
     }
-    if (op == a64_sve_z(A64_SVE_STR_Z, 0, n, -34) || op == a64_sve_z(A64_SVE_LDR_Z, 0, n, -34)) {
+    if (op == a64_sve_z(A64_SVE_STR_Z, 0, n, -34) ||
+        op == a64_sve_z(A64_SVE_LDR_Z, 0, n, -34)) {
         bool save = op == a64_sve_z(A64_SVE_STR_Z, 0, n, -34);
         if (!qemu_plugin_read_memory_vaddr(vaddr + 4, buf, sizeof(next)) ||
             buf->len < sizeof(next)) {
@@ -1209,7 +1261,9 @@ static uint8_t a64_seq_at(uint64_t vaddr, uint32_t op, struct a64_insn *ops,
         }
         memcpy(next, buf->data, sizeof(next));
         for (unsigned k = 1; k < 16; k++) {
-            if (next[k - 1] != a64_sve_z(save ? A64_SVE_STR_Z : A64_SVE_LDR_Z, k, n, k - 34)) {
+            uint32_t want = a64_sve_z(save ? A64_SVE_STR_Z : A64_SVE_LDR_Z, k, n, k - 34);
+
+            if (next[k - 1] != want) {
                 return 0;
             }
         }
@@ -1337,7 +1391,8 @@ static void a64_tb_trans(struct qemu_plugin_tb *tb)
             insn_mark(insn);
             qemu_plugin_register_vcpu_insn_exec_cond_cb(
                 insn, a64_frame_exec, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_NE,
-                inline_entry.user_block_due, 0, (void *)(uintptr_t)qemu_plugin_insn_vaddr(insn));
+                inline_entry.user_block_due, 0,
+                (void *)(uintptr_t)qemu_plugin_insn_vaddr(insn));
         }
         for (size_t i = 0; i < n; i++) {
             struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
@@ -1357,7 +1412,10 @@ static void a64_tb_trans(struct qemu_plugin_tb *tb)
     }
     hcr = translation_reg_u64(a64.hcr_el2);
     vbar = translation_reg_u64(el == 2 ? a64.vbar_el2 : a64.vbar_el1);
-    /* The host kernel: EL1 outside a guest, or EL2 with E2H (VHE); not nVHE's hypervisor. */
+    /*
+     * The host kernel: EL1 outside a guest, or EL2 with E2H (VHE); not nVHE's
+     * hypervisor.
+     */
     host_kernel = el == 1 ? !(hcr & HCR_VM) || (hcr & HCR_TGE) : (hcr & HCR_E2H) != 0;
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
@@ -1395,9 +1453,11 @@ static void a64_regs_resolve(void)
         const char *name;
         struct qemu_plugin_register **handle;
     } named[] = {
-        { "sp", &a64.sp }, { "cpsr", &a64.cpsr }, { "fpsr", &a64.fpsr }, { "fpcr", &a64.fpcr },
+        { "sp", &a64.sp }, { "cpsr", &a64.cpsr },
+        { "fpsr", &a64.fpsr }, { "fpcr", &a64.fpcr },
         { "vg", &a64.vg }, { "HCR_EL2", &a64.hcr_el2 }, { "ESR_EL1", &a64.esr_el1 },
-        { "ESR_EL2", &a64.esr_el2 }, { "ELR_EL1", &a64.elr_el1 }, { "ELR_EL2", &a64.elr_el2 },
+        { "ESR_EL2", &a64.esr_el2 }, { "ELR_EL1", &a64.elr_el1 },
+        { "ELR_EL2", &a64.elr_el2 },
         { "SPSR_EL1", &a64.spsr_el1 }, { "SPSR_EL2", &a64.spsr_el2 },
         { "VBAR", &a64.vbar_el1 }, { "VBAR_EL2", &a64.vbar_el2 },
         { "VTTBR_EL2", &a64.vttbr_el2 }, { "VMPIDR_EL2", &a64.vmpidr_el2 },
@@ -1408,7 +1468,8 @@ static void a64_regs_resolve(void)
     g_autoptr(GArray) list = qemu_plugin_get_registers();
 
     for (guint i = 0; i < list->len; i++) {
-        qemu_plugin_reg_descriptor *rd = &g_array_index(list, qemu_plugin_reg_descriptor, i);
+        qemu_plugin_reg_descriptor *rd =
+            &g_array_index(list, qemu_plugin_reg_descriptor, i);
         const char *nm = rd->name;
         int k;
         char tail;

@@ -38,7 +38,8 @@ struct a64_frame {
     uint64_t fpsr_fpcr_hash;    /* ... the share of FPSR and FPCR in it */
     uint64_t sve_hash;          /* the SVE record's registers beyond V0-V31 */
     uint64_t sve_v_hash;        /* ... its Z0-Z31's low 128 bits (V0-V31) */
-    uint32_t sve;               /* that record's VL in bytes | its flags << 16 (0: none) */
+    /* that record's VL in bytes | its flags << 16 (0: none) */
+    uint32_t sve;
 };
 
 /* arm64.c's part of a vCPU's state. */

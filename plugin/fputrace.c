@@ -93,7 +93,6 @@
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
 /* The architectures, by QEMU's target name; the one traced is chosen at install. */
-extern const struct arch_ops x86_ops, a64_ops;
 static const struct arch_ops *const arches[] = { &x86_ops, &a64_ops };
 const struct arch_ops *arch;
 
@@ -144,21 +143,23 @@ struct vcpu_state *vcpu_get(unsigned int vcpu_index)
     return qemu_plugin_scoreboard_find(vcpus, vcpu_index);
 }
 
+/*
+ * A register's bytes, zero-extended to want. The buffer's length says how
+ * many were read: qemu_plugin_read_register() returns a byte count in QEMU
+ * 10.0 and a boolean in later versions, positive on success in both.
+ */
 bool reg_read(struct vcpu_state *vs, struct qemu_plugin_register *reg,
               uint8_t *out, size_t want)
 {
-    int n;
-
     if (!reg) {
         return false;
     }
     g_byte_array_set_size(vs->scratch, 0);
-    n = qemu_plugin_read_register(reg, vs->scratch);
-    if (n <= 0) {
+    if (qemu_plugin_read_register(reg, vs->scratch) <= 0 || !vs->scratch->len) {
         return false;
     }
     memset(out, 0, want);
-    memcpy(out, vs->scratch->data, MIN((size_t)n, want));
+    memcpy(out, vs->scratch->data, MIN((size_t)vs->scratch->len, want));
     return true;
 }
 
@@ -294,7 +295,8 @@ void vcpu_materialize_entry(struct vcpu_state *vs, unsigned int vcpu_index,
     if (arch->current_ptr(vs) != vs->ub.entry_task) {
         return;
     }
-    event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_ENTRY, vs->ub.entry_pc, vs->ub.entry_pl);
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_USER_ENTRY, vs->ub.entry_pc,
+                vs->ub.entry_pl);
     if (cfg.icount) {
         ev.icount = vs->ub.entry_icount;   /* when it entered, not now */
     }
@@ -406,7 +408,8 @@ static void vcpu_tb_trans(qemu_plugin_id_t id G_GNUC_UNUSED, struct qemu_plugin_
     if (cfg.icount) {
         /* Counted inline when the block starts: no callback (vcpu_inline.insns). */
         qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(
-            tb, QEMU_PLUGIN_INLINE_ADD_U64, inline_entry.insns, qemu_plugin_tb_n_insns(tb));
+            tb, QEMU_PLUGIN_INLINE_ADD_U64, inline_entry.insns,
+            qemu_plugin_tb_n_insns(tb));
     }
     if (cfg.timed_probes) {
         probe_tb_trans(tb);

@@ -35,7 +35,8 @@
 #define BUFFER_TABLE_SIZE       (1u << 16)
 #define MAX_PROBES              64
 #define MAX_PENDING_RETURNS     4       /* timed probes awaiting their return, per vCPU */
-#define GUEST_UNNAMED_MAX       16      /* guest tasks named at the next VM exit, per vCPU */
+/* guest tasks named at the next VM exit, per vCPU */
+#define GUEST_UNNAMED_MAX       16
 
 /* What translation learnt about one instruction; shared by all its TBs. */
 struct fpu_insn {
@@ -154,7 +155,8 @@ struct vcpu_state {
     uint64_t return_generation; /* probe_generation at the last user return */
     /* A task pointer already read for the event being begun (0: read it). */
     uint64_t known_task;
-    uint64_t xcr0;              /* x86: XCR0; arm64: 3 (FP/SIMD and SVE), a save's value */
+    /* x86: XCR0; arm64: 3 (FP/SIMD and SVE), a save's value */
+    uint64_t xcr0;
     /* A save/restore whose memory callbacks are still arriving. */
     bool pending;
     uint64_t pending_next_pc;   /* for a restore: where regs_after_hash is read */
@@ -246,6 +248,8 @@ struct arch_ops {
     void (*vcpu_exit)(struct vcpu_state *vs);   /* ... freed after the last flush */
 };
 
+extern const struct arch_ops x86_ops;          /* x86.c */
+extern const struct arch_ops a64_ops;          /* arm64.c */
 extern const struct arch_ops *arch;             /* the one being traced */
 
 /* ---- global state (fputrace.c) ----------------------------------------- */
@@ -276,7 +280,8 @@ struct ftr_config {
     struct probe probes[MAX_PROBES];
     unsigned n_probes;
     bool boundaries;
-    bool guest_tasks;           /* a guest context switch probe: L2's tasks are followed */
+    /* a guest context switch probe: L2's tasks are followed */
+    bool guest_tasks;
     bool derive_regs;           /* regs=derive (default) or regs=read */
     bool icount;                /* events carry the instruction count (default on) */
     bool boundary_state;        /* boundary_state=on (default): arch->boundary_state() */

@@ -45,7 +45,8 @@
     X(TASKS, 2)                 /* task tracking */ \
     X(BOUNDARIES, 3)            /* user entry/return events */ \
     X(PROBES, 4)                /* kernel function probes */ \
-    X(ICOUNT, 5)                /* events carry the vCPU's instruction count (version 4) */ \
+    /* events carry the vCPU's instruction count (version 4) */ \
+    X(ICOUNT, 5) \
     X(BOUNDARY_STATE, 6)        /* user boundaries carry the arch's state beyond the \
                                  * register hash where it has one (arm64: SVE_VALID) */
 
@@ -117,14 +118,14 @@ enum ftr_kind { FTR_KINDS(FTR_DEFINE_KIND) };
 
 enum ftr_kind_role { FTR_ROLE_OTHER, FTR_ROLE_SAVE, FTR_ROLE_RESTORE, FTR_ROLE_BUFFER };
 
-#define FTR_KIND_ROLE_CASE(name, number, role) case number: return FTR_ROLE_##role;
+#define FTR_KIND_ROLE_IF(name, number, role) \
+    if (kind == (number)) {                  \
+        return FTR_ROLE_##role;              \
+    }
 static inline enum ftr_kind_role ftr_kind_role(unsigned int kind)
 {
-    switch (kind) {
-    FTR_KINDS(FTR_KIND_ROLE_CASE)
-    default:
-        return FTR_ROLE_OTHER;
-    }
+    FTR_KINDS(FTR_KIND_ROLE_IF)
+    return FTR_ROLE_OTHER;
 }
 
 /*
@@ -148,12 +149,16 @@ static inline enum ftr_kind_role ftr_kind_role(unsigned int kind)
     X(KVM_VCPU_RESET, 13)       /* kvm_vcpu_reset: guest FPU state reset */ \
     X(KVM_EMULATE_SSE, 14)      /* instruction emulation writing guest SSE registers */ \
     X(FPSTATE_FREE, 15)         /* fpstate_free */ \
-    X(RESTORE_FAULT, 16)        /* a faulting restore: the init state is loaded instead */ \
+    /* a faulting restore: the init state is loaded instead */ \
+    X(RESTORE_FAULT, 16) \
     X(KVM_LOAD_FP, 17)          /* arm64 kvm_arch_vcpu_load_fp: a vCPU is loaded */ \
     X(KVM_PUT_FP, 18)           /* arm64 kvm_arch_vcpu_put_fp: a vCPU is put */ \
     X(CONTEXT_SWITCH, 19)       /* __switch_to: arg0 = prev task, arg1 = next */ \
-    X(FPU_PATH, 20)             /* a timed FPU path: fpu_swap_kvm_fpstate, switch_fpu_return, \
-                                 * arm64's FP access traps and KVM's FP flush/sync */
+    /* \
+     * a timed FPU path: fpu_swap_kvm_fpstate, switch_fpu_return, arm64's \
+     * FP access traps and KVM's FP flush/sync \
+     */ \
+    X(FPU_PATH, 20)
 
 #define FTR_PROBE_MAX 32
 
@@ -172,7 +177,8 @@ enum ftr_probe { FTR_PROBES(FTR_DEFINE_PROBE) };
     X(REGS_AFTER_VALID, 0x100)  /* regs_after_hash was read */ \
     X(QUIET, 0x200)             /* user return: no FP activity since the entry */ \
     X(NO_ENTRY, 0x400)          /* user return: no entry seen on this vCPU before */ \
-    X(PRIOR_VALID, 0x800)       /* save: aux holds the buffer's content hash before it */ \
+    /* save: aux holds the buffer's content hash before it */ \
+    X(PRIOR_VALID, 0x800) \
     X(ADDR_UNVERIFIED, 0x1000)  /* no memory access fell in the area at addr: the \
                                  * content hashes and byte counts are not valid */ \
     X(ADDR_SIZE_MASK, 0x6000)   /* how the effective address was formed (version 3): \
@@ -181,8 +187,11 @@ enum ftr_probe { FTR_PROBES(FTR_DEFINE_PROBE) };
                                  * kernel address of the same memory */ \
     X(GUEST_FP_TRAPPED, 0x10000) /* arm64 VM entry/exit: the guest ran with its FP/SIMD \
                                   * access trapped to EL2: the registers were not its */ \
-    X(SVE_VALID, 0x20000)       /* arm64 user entry/return: SVE was enabled for EL0, and \
-                                 * regs_after_hash holds the SVE registers beyond V0-V31 */
+    /* \
+     * arm64 user entry/return: SVE was enabled for EL0, and regs_after_hash \
+     * holds the SVE registers beyond V0-V31 \
+     */ \
+    X(SVE_VALID, 0x20000)
 
 #define FTR_DEFINE_FLAG(name, value) FTR_FLAG_##name = value,
 enum ftr_flag { FTR_FLAGS(FTR_DEFINE_FLAG) };
@@ -192,8 +201,10 @@ enum ftr_flag { FTR_FLAGS(FTR_DEFINE_FLAG) };
 /* X(name, number) */
 #define FTR_ADDR_SIZES(X) \
     X(64, 0)                    /* 64-bit mode */ \
-    X(32, 1)                    /* 32-bit addressing: protected or compatibility mode, or 0x67 */ \
-    X(16, 2)                    /* 16-bit addressing: real, virtual-8086, 16-bit segments */
+    /* 32-bit addressing: protected or compatibility mode, or 0x67 */ \
+    X(32, 1) \
+    /* 16-bit addressing: real, virtual-8086, 16-bit segments */ \
+    X(16, 2)
 
 #define FTR_DEFINE_ADDR_SIZE(name, number) FTR_ADDR_##name = number,
 enum ftr_addr_size { FTR_ADDR_SIZES(FTR_DEFINE_ADDR_SIZE) };
@@ -201,34 +212,45 @@ enum ftr_addr_size { FTR_ADDR_SIZES(FTR_DEFINE_ADDR_SIZE) };
 /* Kernel text lies in the top 2 GiB: a SIMD pc is stored as its low half. */
 #define FTR_KERNEL_TEXT_HIGH    0xffffffff00000000ull
 
-/* The records: X(type, name, array dimension or nothing) */
+/* The records: X(type, name, array dimension or an empty comment) */
 #define FTR_EVENT_FIELDS(X) \
-    X(uint64_t, seq, ) \
-    X(uint64_t, pc, ) \
-    X(uint64_t, task, ) \
-    X(uint64_t, addr, ) \
-    X(uint64_t, value, ) \
-    X(uint64_t, xcr0, ) \
-    X(uint64_t, mem_hash, )             /* content bytes below 832: x87, SSE, AVX */ \
-    X(uint64_t, mem_legacy_hash, )      /* content bytes below 512: x87, SSE */ \
-    X(uint64_t, mem_ext_hash, )         /* content bytes from 832: MPX, AVX-512, PKRU... */ \
-    X(uint64_t, regs_hash, )            /* register file before the instruction */ \
-    X(uint64_t, regs_after_hash, )      /* restores: register file right after it */ \
-    X(uint64_t, xstate_bv, )            /* XSTATE_BV stored (save) or loaded (restore); \
-                                         * probe: the return address (the caller) */ \
-    X(uint64_t, aux, ) \
-    X(uint32_t, index, ) \
-    X(uint32_t, mem_bytes, ) \
-    X(uint32_t, mem_features, ) \
-    X(uint32_t, flags, ) \
-    X(uint16_t, vcpu, ) \
-    X(uint8_t, kind, ) \
-    X(uint8_t, reserved8, ) \
-    X(uint32_t, simd_pc, )              /* KERNEL_SIMD: low half of the last such pc */ \
-    X(uint64_t, icount, )               /* instructions the vCPU retired before the \
-                                         * event's instruction (version 4, FTR_FEAT_ICOUNT) */ \
-    X(uint64_t, guest_task, )           /* L2 events: the nested guest kernel's current \
-                                         * task (version 4, guest_current=; 0: unknown) */
+    X(uint64_t, seq, /**/) \
+    X(uint64_t, pc, /**/) \
+    X(uint64_t, task, /**/) \
+    X(uint64_t, addr, /**/) \
+    X(uint64_t, value, /**/) \
+    X(uint64_t, xcr0, /**/) \
+    X(uint64_t, mem_hash, /**/)             /* content bytes below 832: x87, SSE, AVX */ \
+    X(uint64_t, mem_legacy_hash, /**/)      /* content bytes below 512: x87, SSE */ \
+    /* content bytes from 832: MPX, AVX-512, PKRU... */ \
+    X(uint64_t, mem_ext_hash, /**/) \
+    X(uint64_t, regs_hash, /**/)            /* register file before the instruction */ \
+    X(uint64_t, regs_after_hash, /**/)      /* restores: register file right after it */ \
+    /* \
+     * XSTATE_BV stored (save) or loaded (restore); probe: the return \
+     * address (the caller) \
+     */ \
+    X(uint64_t, xstate_bv, /**/) \
+    X(uint64_t, aux, /**/) \
+    X(uint32_t, index, /**/) \
+    X(uint32_t, mem_bytes, /**/) \
+    X(uint32_t, mem_features, /**/) \
+    X(uint32_t, flags, /**/) \
+    X(uint16_t, vcpu, /**/) \
+    X(uint8_t, kind, /**/) \
+    X(uint8_t, reserved8, /**/) \
+    /* KERNEL_SIMD: low half of the last such pc */ \
+    X(uint32_t, simd_pc, /**/) \
+    /* \
+     * instructions the vCPU retired before the event's instruction \
+     * (version 4, FTR_FEAT_ICOUNT) \
+     */ \
+    X(uint64_t, icount, /**/) \
+    /* \
+     * L2 events: the nested guest kernel's current task (version 4, \
+     * guest_current=; 0: unknown) \
+     */ \
+    X(uint64_t, guest_task, /**/)
 
 /* Task record flags: X(name, value) */
 #define FTR_TASK_FLAGS(X) \
@@ -238,23 +260,24 @@ enum ftr_addr_size { FTR_ADDR_SIZES(FTR_DEFINE_ADDR_SIZE) };
 enum ftr_task_flag { FTR_TASK_FLAGS(FTR_DEFINE_TASK_FLAG) };
 
 #define FTR_TASK_FIELDS(X) \
-    X(uint64_t, seq, ) \
-    X(uint64_t, task, ) \
-    X(uint32_t, pid, ) \
-    X(uint32_t, tgid, ) \
+    X(uint64_t, seq, /**/) \
+    X(uint64_t, task, /**/) \
+    X(uint32_t, pid, /**/) \
+    X(uint32_t, tgid, /**/) \
     X(char, comm, [16]) \
-    X(uint16_t, vcpu, ) \
-    X(uint16_t, flags, ) \
-    X(uint32_t, reserved, )
+    X(uint16_t, vcpu, /**/) \
+    X(uint16_t, flags, /**/) \
+    X(uint32_t, reserved, /**/)
 
 #define FTR_BLOCK_HEADER_FIELDS(X) \
-    X(uint32_t, magic, ) \
-    X(uint16_t, type, ) \
-    X(uint16_t, vcpu, ) \
-    X(uint32_t, count, ) \
-    X(uint32_t, payload_size, ) \
-    X(uint32_t, crc32, )                /* CRC-32C of the payload */ \
-    X(uint32_t, header_crc32, )         /* CRC-32C of the 20 bytes above (version 3) */
+    X(uint32_t, magic, /**/) \
+    X(uint16_t, type, /**/) \
+    X(uint16_t, vcpu, /**/) \
+    X(uint32_t, count, /**/) \
+    X(uint32_t, payload_size, /**/) \
+    X(uint32_t, crc32, /**/)                /* CRC-32C of the payload */ \
+    /* CRC-32C of the 20 bytes above (version 3) */ \
+    X(uint32_t, header_crc32, /**/)
 
 /*
  * The file header's fixed part; identity strings follow it. header_crc32 is
@@ -263,16 +286,16 @@ enum ftr_task_flag { FTR_TASK_FLAGS(FTR_DEFINE_TASK_FLAG) };
  */
 #define FTR_FILE_HEADER_FIELDS(X) \
     X(char, magic, [8]) \
-    X(uint16_t, version, ) \
-    X(uint16_t, min_reader_version, ) \
-    X(uint32_t, header_size, ) \
-    X(uint64_t, features, ) \
-    X(uint16_t, arch, ) \
-    X(uint16_t, event_size, ) \
-    X(uint16_t, task_size, ) \
-    X(uint16_t, reserved, ) \
-    X(uint32_t, plugin_api, ) \
-    X(uint32_t, header_crc32, )
+    X(uint16_t, version, /**/) \
+    X(uint16_t, min_reader_version, /**/) \
+    X(uint32_t, header_size, /**/) \
+    X(uint64_t, features, /**/) \
+    X(uint16_t, arch, /**/) \
+    X(uint16_t, event_size, /**/) \
+    X(uint16_t, task_size, /**/) \
+    X(uint16_t, reserved, /**/) \
+    X(uint32_t, plugin_api, /**/) \
+    X(uint32_t, header_crc32, /**/)
 
 /*
  * How the run ended, as the footer records it (version 5): X(name, number).
@@ -281,10 +304,14 @@ enum ftr_task_flag { FTR_TASK_FLAGS(FTR_DEFINE_TASK_FLAG) };
  * that file when QEMU exits. Only DONE is a finished run.
  */
 #define FTR_ENDS(X) \
-    X(EXITED, 0)                /* QEMU exited with no word from the recorder: it failed, \
-                                 * crashed, or its machine ended itself */ \
+    /* \
+     * QEMU exited with no word from the recorder: it failed, crashed, or \
+     * its machine ended itself \
+     */ \
+    X(EXITED, 0) \
     X(DONE, 1)                  /* the workloads finished and the guest powered off */ \
-    X(GUEST_STOPPED, 2)         /* the guest shut down, reset or panicked before the end */ \
+    /* the guest shut down, reset or panicked before the end */ \
+    X(GUEST_STOPPED, 2) \
     X(TIMEOUT, 3)               /* the recorder stopped QEMU at its time limit */ \
     X(INTERRUPTED, 4)           /* the recorder was interrupted (SIGINT, SIGTERM) */
 
@@ -292,16 +319,16 @@ enum ftr_task_flag { FTR_TASK_FLAGS(FTR_DEFINE_TASK_FLAG) };
 enum ftr_end { FTR_ENDS(FTR_DEFINE_END) };
 
 #define FTR_FOOTER_FIELDS(X) \
-    X(uint64_t, events_total, ) \
-    X(uint64_t, tasks_total, ) \
-    X(uint64_t, blocks_total, ) \
-    X(uint64_t, write_errors, ) \
+    X(uint64_t, events_total, /**/) \
+    X(uint64_t, tasks_total, /**/) \
+    X(uint64_t, blocks_total, /**/) \
+    X(uint64_t, write_errors, /**/) \
     X(uint64_t, events_by_kind, [FTR_KIND_MAX]) \
-    X(uint32_t, end, )                  /* enum ftr_end (version 5) */ \
-    X(uint16_t, arch, )                 /* the file header's arch and features, again \
-                                         * (version 5) */ \
-    X(uint16_t, reserved, ) \
-    X(uint64_t, features, )
+    X(uint32_t, end, /**/)                  /* enum ftr_end (version 5) */ \
+    /* the file header's arch and features, again (version 5) */ \
+    X(uint16_t, arch, /**/) \
+    X(uint16_t, reserved, /**/) \
+    X(uint64_t, features, /**/)
 
 #define FTR_DECLARE_FIELD(type, name, dim) type name dim;
 

@@ -97,12 +97,15 @@ static uint64_t task_key(const struct ftr_task *t)
     uint64_t comm_words[2];
 
     memcpy(comm_words, t->comm, sizeof(comm_words));
-    return (ftr_hash_mix64(t->task ^ ftr_hash_mix64(t->pid ^ ((uint64_t)t->flags << 32))) ^
-            ftr_hash_mix64(comm_words[0] ^ ftr_hash_mix64(comm_words[1]))) | 1;
+    uint64_t who = ftr_hash_mix64(t->task ^
+                                  ftr_hash_mix64(t->pid ^ ((uint64_t)t->flags << 32)));
+
+    return (who ^ ftr_hash_mix64(comm_words[0] ^ ftr_hash_mix64(comm_words[1]))) | 1;
 }
 
 /* Write a task record once per identity (task_key()). */
-static void task_record(struct vcpu_state *vs, unsigned int vcpu_index, struct ftr_task *t)
+static void task_record(struct vcpu_state *vs, unsigned int vcpu_index,
+                        struct ftr_task *t)
 {
     if (seen_set_add(task_seen, TASK_TABLE_SIZE, task_key(t), true)) {
         t->vcpu = vcpu_index;

@@ -163,7 +163,8 @@ static uint32_t trace_run_end(void)
             return ends[i].end;
         }
     }
-    fprintf(stderr, "fputrace: %s: '%s' is no run end the trace knows: recorded as EXITED\n",
+    fprintf(stderr,
+            "fputrace: %s: '%s' is no run end the trace knows: recorded as EXITED\n",
             cfg.end_path, word);
     return FTR_END_EXITED;
 }

@@ -173,7 +173,8 @@ void insn_mark(struct qemu_plugin_insn *insn)
     }
 }
 
-void insn_exec_cb(struct qemu_plugin_insn *insn, qemu_plugin_vcpu_udata_cb_t cb, void *udata)
+void insn_exec_cb(struct qemu_plugin_insn *insn, qemu_plugin_vcpu_udata_cb_t cb,
+                  void *udata)
 {
     insn_mark(insn);
     qemu_plugin_register_vcpu_insn_exec_cb(insn, cb, QEMU_PLUGIN_CB_R_REGS, udata);

@@ -24,7 +24,8 @@ static bool x86_decode_modrm(const uint8_t *p, size_t n, uint8_t rex, bool cs64,
                              uint8_t addr_size, uint8_t seg_override,
                              struct x86_modrm_addr *ea, uint8_t *reg_field)
 {
-    static const int8_t base16[8] = { 3, 3, 5, 5, 6, 7, 5, 3 };     /* BX BX BP BP SI DI BP BX */
+    /* BX BX BP BP SI DI BP BX */
+    static const int8_t base16[8] = { 3, 3, 5, 5, 6, 7, 5, 3 };
     static const int8_t index16[8] = { 6, 7, 6, 7, -1, -1, -1, -1 }; /* SI DI SI DI */
     uint8_t modrm, mod, rm;
     size_t i = 1;
@@ -80,7 +81,10 @@ static bool x86_decode_modrm(const uint8_t *p, size_t n, uint8_t rex, bool cs64,
             ea->base = base;
         }
     } else if (rm == 5 && mod == 0) {
-        /* RIP-relative only in 64-bit mode (also with 0x67); an absolute disp32 elsewhere. */
+        /*
+         * RIP-relative only in 64-bit mode (also with 0x67); an absolute disp32
+         * elsewhere.
+         */
         ea->base = cs64 ? -2 : -1;
         mod = 2;
     } else {
@@ -102,7 +106,11 @@ static bool x86_decode_modrm(const uint8_t *p, size_t n, uint8_t rex, bool cs64,
         }
         memcpy(&ea->disp, p + i, 4);
     }
-    ea->segment = seg_override != SREG_NONE ? seg_override : ss_default ? SREG_SS : SREG_DS;
+    if (seg_override != SREG_NONE) {
+        ea->segment = seg_override;
+    } else {
+        ea->segment = ss_default ? SREG_SS : SREG_DS;
+    }
     return true;
 }
 
@@ -188,12 +196,23 @@ bool x86_decode(const uint8_t *p, size_t n, bool cs64, bool default16,
             return false;
         }
         switch (reg) {
-        case 0: d->kind = FTR_KIND_FXSAVE; return true;
-        case 1: d->kind = FTR_KIND_FXRSTOR; return true;
-        case 4: d->kind = FTR_KIND_XSAVE; return true;
-        case 5: d->kind = FTR_KIND_XRSTOR; return true;
-        case 6: d->kind = FTR_KIND_XSAVEOPT; return true;
-        default: return false;                  /* LDMXCSR, STMXCSR, CLFLUSH */
+        case 0:
+            d->kind = FTR_KIND_FXSAVE;
+            return true;
+        case 1:
+            d->kind = FTR_KIND_FXRSTOR;
+            return true;
+        case 4:
+            d->kind = FTR_KIND_XSAVE;
+            return true;
+        case 5:
+            d->kind = FTR_KIND_XRSTOR;
+            return true;
+        case 6:
+            d->kind = FTR_KIND_XSAVEOPT;
+            return true;
+        default: /* LDMXCSR, STMXCSR, CLFLUSH */
+            return false;
         }
     case 0xc7:
         if (mandatory_prefix ||
@@ -202,10 +221,17 @@ bool x86_decode(const uint8_t *p, size_t n, bool cs64, bool default16,
             return false;
         }
         switch (reg) {
-        case 3: d->kind = FTR_KIND_XRSTORS; return true;
-        case 4: d->kind = FTR_KIND_XSAVEC; return true;
-        case 5: d->kind = FTR_KIND_XSAVES; return true;
-        default: return false;                  /* CMPXCHG8B/16B, VMPTRLD... */
+        case 3:
+            d->kind = FTR_KIND_XRSTORS;
+            return true;
+        case 4:
+            d->kind = FTR_KIND_XSAVEC;
+            return true;
+        case 5:
+            d->kind = FTR_KIND_XSAVES;
+            return true;
+        default: /* CMPXCHG8B/16B, VMPTRLD... */
+            return false;
         }
     default:
         return false;

@@ -27,8 +27,8 @@
 #define X86_PTE_ADDR            0x000ffffffffff000ull
 #define X86_PAGE_SIZE           4096u
 
-static bool x86_l1_phys_read(struct vcpu_state *vs, const struct x86_guest_mmu *m, uint64_t pa,
-                             void *out, size_t len)
+static bool x86_l1_phys_read(struct vcpu_state *vs, const struct x86_guest_mmu *m,
+                             uint64_t pa, void *out, size_t len)
 {
     return mem_read(vs, m->dmap + pa, out, len);
 }
@@ -40,8 +40,9 @@ static bool x86_npt_translate(struct vcpu_state *vs, const struct x86_guest_mmu 
  * A 4- or 5-level walk from root of va; guest_tables: the tables are at
  * guest-physical addresses, each translated through the NPT first.
  */
-static bool x86_pt_walk(struct vcpu_state *vs, const struct x86_guest_mmu *m, bool guest_tables,
-                        uint64_t root, unsigned levels, uint64_t va, uint64_t *out)
+static bool x86_pt_walk(struct vcpu_state *vs, const struct x86_guest_mmu *m,
+                        bool guest_tables, uint64_t root, unsigned levels, uint64_t va,
+                        uint64_t *out)
 {
     uint64_t table = root & X86_PTE_ADDR;
 
@@ -89,7 +90,8 @@ bool x86_guest_mmu_load(struct vcpu_state *vs, struct x86_guest_mmu *m,
         return false;
     }
     if (!m->dmap || !vmcb ||
-        !x86_l1_phys_read(vs, m, vmcb + VMCB_NESTED_CTL, &nested_ctl, sizeof(nested_ctl)) ||
+        !x86_l1_phys_read(vs, m, vmcb + VMCB_NESTED_CTL, &nested_ctl,
+                          sizeof(nested_ctl)) ||
         !x86_l1_phys_read(vs, m, vmcb + VMCB_NESTED_CR3, &m->ncr3, sizeof(m->ncr3)) ||
         !x86_l1_phys_read(vs, m, vmcb + VMCB_SAVE_CR4, &cr4, sizeof(cr4)) ||
         !x86_l1_phys_read(vs, m, vmcb + VMCB_SAVE_CR3, &m->cr3, sizeof(m->cr3))) {
@@ -105,7 +107,8 @@ bool x86_guest_mmu_load(struct vcpu_state *vs, struct x86_guest_mmu *m,
 bool x86_vmcb_exit_read(struct vcpu_state *vs, const struct x86_guest_mmu *m,
                         uint64_t *exit_code, uint64_t *rip)
 {
-    return x86_l1_phys_read(vs, m, vs->vmcb + VMCB_EXITCODE, exit_code, sizeof(*exit_code)) &&
+    return x86_l1_phys_read(vs, m, vs->vmcb + VMCB_EXITCODE, exit_code,
+                            sizeof(*exit_code)) &&
            x86_l1_phys_read(vs, m, vs->vmcb + VMCB_SAVE_RIP, rip, sizeof(*rip));
 }
 

@@ -76,7 +76,8 @@ uint64_t xsave_hash_run(uint32_t off, const uint8_t *bytes, size_t len)
 }
 
 
-static inline void xsave_image_put_byte(struct xsave_image *im, uint64_t off, uint8_t byte)
+static inline void xsave_image_put_byte(struct xsave_image *im, uint64_t off,
+                                        uint8_t byte)
 {
     uint32_t w = off / 8, b = off % 8;
 

@@ -43,7 +43,8 @@
 
 static struct {
     uint64_t dmap;              /* where L1's direct map of physical memory begins */
-    uint64_t dmap_var;          /* ... or L1's variable that holds it (page_offset_base) */
+    /* ... or L1's variable that holds it (page_offset_base) */
+    uint64_t dmap_var;
     uint32_t extra_msrs[MAX_EXTRA_MSRS];
     unsigned n_extra_msrs;
 } x86_cfg;
@@ -91,7 +92,8 @@ static bool x86_regs_from_bytes(const struct ftr_event *ev, bool restore, uint64
     if ((bv & 1) != (moved & 1) || (bv & 2) != (moved & 2)) {
         return false;
     }
-    *out = ev->mem_legacy_hash + (bv & 1 ? 0 : x87_init_hash) + (bv & 2 ? 0 : sse_init_hash);
+    *out = ev->mem_legacy_hash + (bv & 1 ? 0 : x87_init_hash) +
+           (bv & 2 ? 0 : sse_init_hash);
     return true;
 }
 
@@ -144,7 +146,8 @@ static void x86_confirm_64bit(struct vcpu_state *vs)
         return;
     }
     vs->pending_derive = false;
-    if (((ev->flags & FTR_FLAG_ADDR_SIZE_MASK) >> FTR_FLAG_ADDR_SIZE_SHIFT) == FTR_ADDR_64) {
+    if ((ev->flags & FTR_FLAG_ADDR_SIZE_MASK) >> FTR_FLAG_ADDR_SIZE_SHIFT ==
+        FTR_ADDR_64) {
         ev->flags = (ev->flags & ~FTR_FLAG_ADDR_SIZE_MASK) |
                     (uint32_t)FTR_ADDR_32 << FTR_FLAG_ADDR_SIZE_SHIFT;
     }
@@ -166,8 +169,8 @@ static void x86_finish_pending(struct vcpu_state *vs, unsigned int vcpu_index)
     vs->pending = false;
     x86_seal_pending(vs);
     x86_confirm_64bit(vs);
-    if (vs->pending_insn->is_save && !vs->pending_derive && !(ev->flags & FTR_FLAG_REGS_VALID) &&
-        !vs->inl.regs_dirty) {
+    if (vs->pending_insn->is_save && !vs->pending_derive &&
+        !(ev->flags & FTR_FLAG_REGS_VALID) && !vs->inl.regs_dirty) {
         /* Not derivable after all; a save leaves the registers, so read them now. */
         bool ok;
         ev->regs_hash = x86_regs_hash(vs, &ok);
@@ -257,7 +260,8 @@ static uint64_t x86_effective_address(struct vcpu_state *vs, const struct fpu_in
     }
     addr &= size_mask[ea->addr_size];
     if (ea->segment == SREG_FS || ea->segment == SREG_GS) {
-        base = reg_read_u64(vs, ea->segment == SREG_FS ? x86_regs.fs_base : x86_regs.gs_base);
+        base = reg_read_u64(vs, ea->segment == SREG_FS ? x86_regs.fs_base
+                                                       : x86_regs.gs_base);
     } else if (ea->mode == MODE_REAL) {
         base = (reg_read_u64(vs, x86_regs.sreg[ea->segment]) & 0xffff) << 4;
     }
@@ -449,7 +453,8 @@ static void x86_fpu_op_exec(unsigned int vcpu_index, void *udata)
     derive = cfg.derive_regs && ea->cs64 && (requested & 3) == 3 &&
              (fi->kind == FTR_KIND_XSAVE || fi->kind == FTR_KIND_XSAVEOPT ||
               fi->kind == FTR_KIND_FXSAVE || fi->kind == FTR_KIND_XRSTOR ||
-              fi->kind == FTR_KIND_FXRSTOR);        /* TCG runs XSAVEC/S, XRSTORS as no-ops */
+              /* TCG runs XSAVEC/S, XRSTORS as no-ops */
+              fi->kind == FTR_KIND_FXRSTOR);
     if (!derive || (fi->is_restore && (!vs->last_regs_ok || vs->inl.regs_dirty))) {
         regs_hash = x86_regs_hash(vs, &ok);
     } else if (fi->is_restore) {
@@ -486,10 +491,13 @@ static void x86_fpu_op_exec(unsigned int vcpu_index, void *udata)
     /* The memory callbacks that follow fill in the content hash. */
     vs->pending_event = ev;
     vs->pending_insn = fi;
-    vs->x86.pending_alt_addr =
-        fi->x86.has_alt
-        ? x86_effective_address(vs, fi, fi->x86.prefer_alt ? &fi->x86.ea : &fi->x86.ea_alt)
-        : 0;
+    vs->x86.pending_alt_addr = 0;
+    if (fi->x86.has_alt) {
+        const struct x86_modrm_addr *alt =
+            fi->x86.prefer_alt ? &fi->x86.ea : &fi->x86.ea_alt;
+
+        vs->x86.pending_alt_addr = x86_effective_address(vs, fi, alt);
+    }
     vs->pending_checked = vs->pending_ignore = false;
     vs->x86.pending_xmm_hi = false;
     vs->pending_sealed = false;
@@ -514,7 +522,8 @@ static bool x86_place_area(struct vcpu_state *vs, uint64_t vaddr)
         return true;
     }
     if (fi->x86.has_alt && vaddr - vs->x86.pending_alt_addr < XSAVE_AREA_MAX) {
-        const struct x86_modrm_addr *other = fi->x86.prefer_alt ? &fi->x86.ea : &fi->x86.ea_alt;
+        const struct x86_modrm_addr *other =
+            fi->x86.prefer_alt ? &fi->x86.ea : &fi->x86.ea_alt;
         ev->addr = vs->x86.pending_alt_addr;
         ev->flags = (ev->flags & ~(FTR_FLAG_ADDR_SIZE_MASK | FTR_FLAG_PRIOR_VALID)) |
                     (uint32_t)other->addr_size << FTR_FLAG_ADDR_SIZE_SHIFT;
@@ -545,11 +554,22 @@ static void x86_fpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
     }
     mv = qemu_plugin_mem_get_value(info);
     switch (mv.type) {
-    case QEMU_PLUGIN_MEM_VALUE_U8: lo = mv.data.u8; break;
-    case QEMU_PLUGIN_MEM_VALUE_U16: lo = mv.data.u16; break;
-    case QEMU_PLUGIN_MEM_VALUE_U32: lo = mv.data.u32; break;
-    case QEMU_PLUGIN_MEM_VALUE_U64: lo = mv.data.u64; break;
-    default: lo = mv.data.u128.low; hi = mv.data.u128.high; break;
+    case QEMU_PLUGIN_MEM_VALUE_U8:
+        lo = mv.data.u8;
+        break;
+    case QEMU_PLUGIN_MEM_VALUE_U16:
+        lo = mv.data.u16;
+        break;
+    case QEMU_PLUGIN_MEM_VALUE_U32:
+        lo = mv.data.u32;
+        break;
+    case QEMU_PLUGIN_MEM_VALUE_U64:
+        lo = mv.data.u64;
+        break;
+    default:
+        lo = mv.data.u128.low;
+        hi = mv.data.u128.high;
+        break;
     }
     off = vaddr - ev->addr;
     ev->flags |= FTR_FLAG_MEM_VALID;
@@ -620,8 +640,10 @@ static void x86_wrmsr_exec(unsigned int vcpu_index, void *udata)
     } else if (msr == MSR_IA32_XFD_ERR) {
         kind = FTR_KIND_WRMSR_XFD_ERR;
     } else {
-        unsigned i;
-        for (i = 0; i < x86_cfg.n_extra_msrs && x86_cfg.extra_msrs[i] != msr; i++) {
+        unsigned i = 0;
+
+        while (i < x86_cfg.n_extra_msrs && x86_cfg.extra_msrs[i] != msr) {
+            i++;
         }
         if (i == x86_cfg.n_extra_msrs) {
             return;
@@ -790,10 +812,12 @@ static void x86_instrument(struct qemu_plugin_insn *insn, uint64_t vaddr,
         break;
     default:
         insn_exec_cb(insn, x86_fpu_op_exec, (void *)shared);
-        /* Only the stores of a save and the loads of a restore (XSAVE reads its header). */
-        qemu_plugin_register_vcpu_mem_cb(insn, x86_fpu_mem, QEMU_PLUGIN_CB_NO_REGS,
-                                         shared->is_save ? QEMU_PLUGIN_MEM_W : QEMU_PLUGIN_MEM_R,
-                                         (void *)shared);
+        /*
+         * Only the stores of a save and the loads of a restore (XSAVE reads its header).
+         */
+        qemu_plugin_register_vcpu_mem_cb(
+            insn, x86_fpu_mem, QEMU_PLUGIN_CB_NO_REGS,
+            shared->is_save ? QEMU_PLUGIN_MEM_W : QEMU_PLUGIN_MEM_R, (void *)shared);
         break;
     }
 }
@@ -808,7 +832,8 @@ static void x86_tb_trans(struct qemu_plugin_tb *tb)
         insn_mark(qemu_plugin_tb_get_insn(tb, 0));
         qemu_plugin_register_vcpu_insn_exec_cond_cb(
             qemu_plugin_tb_get_insn(tb, 0), x86_l2_user_block_exec, QEMU_PLUGIN_CB_R_REGS,
-            QEMU_PLUGIN_COND_EQ, inline_entry.user_block_due, 1, (void *)(uintptr_t)qemu_plugin_tb_vaddr(tb));
+            QEMU_PLUGIN_COND_EQ, inline_entry.user_block_due, 1,
+            (void *)(uintptr_t)qemu_plugin_tb_vaddr(tb));
     }
 
     for (size_t i = 0; i < n; i++) {
@@ -851,7 +876,8 @@ static void x86_regs_resolve(void)
         { "efer", &x86_regs.efer },
         { "eflags", &x86_regs.eflags }, { "fs_base", &x86_regs.fs_base },
         { "gs_base", &x86_regs.gs_base }, { "k_gs_base", &x86_regs.k_gs_base },
-        { "fctrl", &x86_regs.fctrl }, { "fstat", &x86_regs.fstat }, { "mxcsr", &x86_regs.mxcsr },
+        { "fctrl", &x86_regs.fctrl }, { "fstat", &x86_regs.fstat },
+        { "mxcsr", &x86_regs.mxcsr },
     };
     g_autoptr(GArray) list = qemu_plugin_get_registers();
 
@@ -867,7 +893,9 @@ static void x86_regs_resolve(void)
             }
         }
         for (k = 0; k < 6; k++) {
-            static const char *const sreg_names[6] = { "es", "cs", "ss", "ds", "fs", "gs" };
+            static const char *const sreg_names[6] = {
+                "es", "cs", "ss", "ds", "fs", "gs",
+            };
             if (!g_ascii_strcasecmp(nm, sreg_names[k])) {
                 x86_regs.sreg[k] = rd->handle;
             }
@@ -909,7 +937,8 @@ static void x86_probe_args(struct vcpu_state *vs, uint64_t args[4])
 static void x86_probe_image(struct vcpu_state *vs, uint64_t vaddr, size_t len,
                             struct ftr_event *ev)
 {
-    uint8_t image[8 * XSAVE_WORD_XSTATE_BV + 8] = { 0 };  /* the legacy region, XSTATE_BV */
+    /* the legacy region, XSTATE_BV */
+    uint8_t image[8 * XSAVE_WORD_XSTATE_BV + 8] = { 0 };
     uint64_t x87, mxcsr, sse, bv;
 
     if (!vaddr || !mem_read(vs, vaddr, image, MIN(len, sizeof(image)))) {

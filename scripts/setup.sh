@@ -123,8 +123,9 @@ deb_src_enabled() {
 	grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ || grep -qs '^deb-src' /etc/apt/sources.list
 }
 
-# qemu-plugin.h of exactly the installed QEMU, and contrib/plugins/execlog.c
-# (bench/overhead compares against it). Prints the directory.
+# qemu-plugin.h of exactly the installed QEMU, contrib/plugins/execlog.c
+# (bench/overhead compares against it) and scripts/checkpatch.pl (make lint
+# checks plugin/ with it). Prints the directory.
 fetch_plugin_header() {
 	local deb_ver upstream dir tmp
 	if [ -n "${QEMU_PLUGIN_HEADER_DIR:-}" ]; then
@@ -137,7 +138,7 @@ fetch_plugin_header() {
 	upstream=${upstream%%+*}
 	upstream=${upstream%%-*}
 	dir=$cache/qemu-plugin-header/$upstream
-	if [ ! -f "$dir/qemu-plugin.h" ] || [ ! -f "$dir/execlog.c" ]; then
+	if [ ! -f "$dir/qemu-plugin.h" ] || [ ! -f "$dir/execlog.c" ] || [ ! -f "$dir/checkpatch.pl" ]; then
 		log "fetching qemu-plugin.h of QEMU $upstream (source package qemu=$deb_ver)" >&2
 		apt_update >&2
 		tmp=$(mktemp -d)
@@ -150,9 +151,10 @@ fetch_plugin_header() {
 		[ -n "$orig" ] || die "could not download the qemu $deb_ver source package: enable deb-src for its suite, or set QEMU_PLUGIN_HEADER_DIR"
 		mkdir -p "$dir"
 		tar -xf "$orig" -C "$tmp" --wildcards '*/include/qemu/qemu-plugin.h' \
-			'*/contrib/plugins/execlog.c'
+			'*/contrib/plugins/execlog.c' '*/scripts/checkpatch.pl'
 		mv "$tmp"/*/include/qemu/qemu-plugin.h "$dir/qemu-plugin.h"
 		mv "$tmp"/*/contrib/plugins/execlog.c "$dir/execlog.c"
+		mv "$tmp"/*/scripts/checkpatch.pl "$dir/checkpatch.pl"
 		rm -rf "$tmp"
 	fi
 	echo "$dir"

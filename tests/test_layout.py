@@ -6,6 +6,7 @@ from the source with ast, so a lazy import inside a function counts too."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,3 +58,52 @@ def test_the_check_sees_a_wrong_import(tmp_path: Path) -> None:
                  "from fputrace import record\n")
     assert offending(tmp_path, "fputrace.trace", ("fputrace", "analyzers")) == {
         "m.py": ["analyzers.costs", "fputrace.kernel", "fputrace.record"]}
+
+
+# ---- the plugin: the core names no architecture ----------------------------
+
+PLUGIN = ROOT / "plugin"
+# The core's files; each architecture sits behind struct arch_ops.
+PLUGIN_CORE = ("fputrace.c", "task.c", "probe.c", "translate.c", "trace.c")
+ARCH_IDENTIFIER = re.compile(r"\b(?:x86|a64)_\w+")
+
+
+def code_of(text: str) -> str:
+    """C source without its comments and string literals."""
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r"//[^\n]*", " ", text)
+    return re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
+
+
+def arch_names_in(path: Path) -> list[str]:
+    """The architecture identifiers path's code uses, outside its arches[]
+    table (the one place the core chooses among them)."""
+    code = re.sub(r"arches\[\]\s*=\s*\{[^}]*\}", " ", code_of(path.read_text()))
+    return sorted(set(ARCH_IDENTIFIER.findall(code)))
+
+
+def test_the_plugin_core_names_no_architecture() -> None:
+    assert {name: arch_names_in(PLUGIN / name) for name in PLUGIN_CORE} == \
+        {name: [] for name in PLUGIN_CORE}
+
+
+def test_the_core_header_names_architectures_only_in_its_unions() -> None:
+    # fputrace.h includes x86.h and arm64.h for the per-vCPU and
+    # per-instruction unions and declares the two ops tables; nothing else.
+    names = arch_names_in(PLUGIN / "fputrace.h")
+    assert names == ["a64_insn", "a64_ops", "a64_vcpu", "x86_insn", "x86_ops", "x86_vcpu"]
+
+
+def test_the_architectures_call_only_the_core(tmp_path: Path) -> None:
+    # x86's files do not reach into arm64.c's or the other way round.
+    for path in PLUGIN.glob("x86*.[ch]"):
+        assert not re.findall(r"\ba64_\w+", code_of(path.read_text())), path.name
+    assert not re.findall(r"\bx86_\w+", code_of((PLUGIN / "arm64.c").read_text()))
+
+
+def test_the_plugin_check_sees_an_architecture_in_the_core(tmp_path: Path) -> None:
+    p = tmp_path / "core.c"
+    p.write_text('/* x86_ops in a comment */\nstatic const struct arch_ops *const arches[] = '
+                 '{ &x86_ops, &a64_ops };\nint f(void) { return a64_fp_code_add(1, 2); }\n'
+                 'const char *s = "x86_64";\n')
+    assert arch_names_in(p) == ["a64_fp_code_add"]
