@@ -193,7 +193,7 @@ class TaskKeys:
     """A key per task lifetime: its task_struct pointer, pid and tgid
     (pointers are reused after a task exits; pids are not reused that soon;
     a nested guest's tasks, known without pids, are told apart by their
-    lifetime in tgid, fputrace.analysis.guest_view()), found from an event's
+    lifetime in tgid, analyzers.run.guest_view()), found from an event's
     task announcement; -1 where the task is unknown. Computed for the events
     asked about, never for the whole trace."""
 
@@ -1134,7 +1134,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             probe = index
             if flags & l2:
                 # The nested guest's kernel changes its own tasks' state
-                # (its model's, fputrace.analysis.guest_view), not that of
+                # (its model's, analyzers.run.guest_view), not that of
                 # the vCPU thread it runs on.
                 pass
             elif probe == p_fork:
@@ -1157,7 +1157,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                                "show"] += 1
         elif kind != k_return:
             # L2's own frames (the nested guest's kernel, on the vCPU
-            # thread's task) are its model's (fputrace.analysis.guest_view).
+            # thread's task) are its model's (analyzers.run.guest_view).
             if (cpu, k) in sigframe_probe and addr < USER_TOP and not flags & l2 and \
                     arch == fmt.Arch.X86_64:
                 # The first save into user memory after the probe: the frame's.

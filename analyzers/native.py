@@ -1,6 +1,7 @@
-"""The analyzers' compiled passes (analyzers/native/fpanalysis.c, declared in
-fpanalysis.h), called through the trace layer's loader with the header's own
-structs and constants: the per-event passes for large traces.
+"""The analyzers' compiled passes (analyzers/engine/fpanalysis.c, declared in
+fpanalysis.h), loaded with the trace layer's NativeLibrary and called with
+the header's own structs and constants: the per-event passes for large
+traces.
 
 The rules are implemented there once; tests/oracle.py restates them as the
 oracle the tests compare against.
@@ -9,6 +10,7 @@ oracle the tests compare against.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,10 @@ import numpy.typing as npt
 
 from fputrace.trace import format as fmt
 from fputrace.trace.errors import FputraceError
-from fputrace.trace.native import ffi, library, pointer
+from fputrace.trace.native import NativeLibrary
+
+ENGINE = NativeLibrary("fpanalysis", Path(__file__).resolve().parent / "engine" / "fpanalysis.h")
+ffi, library, pointer = ENGINE.ffi, ENGINE.library, ENGINE.pointer
 
 GUEST_CAP = 1 << 16
 FINDINGS_CAP = 1 << 16

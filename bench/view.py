@@ -43,7 +43,7 @@ from tracebuilder import (  # noqa: E402
     TraceBuilder,
 )
 
-from fputrace.analysis import analyze_run  # noqa: E402
+from analyzers.run import analyze_run  # noqa: E402
 from fputrace.trace.checksum import crc32c  # noqa: E402
 from fputrace.trace.run import load_run  # noqa: E402
 from fputrace.view.draw import static_lines  # noqa: E402

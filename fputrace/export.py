@@ -2,7 +2,7 @@
 Perfetto UI opens, and CSV with one row per event.
 
 Perfetto (Chrome JSON trace format). The time axis is instructions
-(fputrace.analysis.TimeAxis: all CPUs' retired instructions, from the
+(analyzers.run.TimeAxis: all CPUs' retired instructions, from the
 trace's first event), one instruction drawn as one nanosecond; a trace
 without instruction counts (before format 4) is drawn in event order, event
 seq N at N microseconds. "metadata" names which ("time_axis").
@@ -32,8 +32,8 @@ import numpy.typing as npt
 from analyzers.costs import vcpu_label
 from analyzers.counts import task_label
 from analyzers.ownership import Class, ContextKind, Unknown
+from analyzers.run import Analysis, owner_labels, vm_runs
 from analyzers.timeline import Begin, End
-from fputrace.analysis import Analysis, owner_labels, vm_runs
 from fputrace.errors import FputraceError
 from fputrace.trace import format as fmt
 

@@ -35,8 +35,8 @@ import numpy as np
 
 from analyzers.costs import CLASSES
 from analyzers.ratio import ratio
+from analyzers.run import Analysis
 from analyzers.verdict import KINDS as FINDING_KINDS
-from fputrace.analysis import Analysis
 from fputrace.errors import FputraceError
 from fputrace.trace import format as fmt
 

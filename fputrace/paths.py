@@ -1,12 +1,13 @@
 """Where fputrace keeps its cache and finds its built parts (the build
-directory is the trace layer's, which loads the compiled library)."""
+directory is fputrace.trace.location's: the trace layer loads its compiled
+helper from it)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from fputrace.trace.native import SOURCE_ROOT, build_dir
+from fputrace.trace.location import SOURCE_ROOT, build_dir
 
 PROJECT_ROOT = SOURCE_ROOT
 

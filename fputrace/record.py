@@ -413,7 +413,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
             z.write(modsyms_tmp.read_bytes())
     modsyms_tmp.unlink(missing_ok=True)
     if guest_target is not None:
-        # The guest kernel's own symbols, for its analysis (fputrace.analysis.guest_view).
+        # The guest kernel's own symbols, for its analysis (analyzers.run.guest_view).
         with gzip.open(sidecar(out, "guest.kallsyms.gz"), "wb", compresslevel=6) as z:
             z.write((guest_target.state_dir / "kallsyms").read_bytes())
 

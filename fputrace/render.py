@@ -17,9 +17,9 @@ from analyzers.counts import Counts, Group, task_identity, task_label
 from analyzers.instructions import InstructionCosts
 from analyzers.mechanisms import kernel_mechanisms
 from analyzers.ownership import ContextKind, Ownership
+from analyzers.run import Analysis
 from analyzers.switches import SwitchCosts
 from analyzers.verdict import Verdict
-from fputrace.analysis import Analysis
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import Trace
 from fputrace.trace.run import Run

@@ -1,5 +1,5 @@
 """The test oracle: the ownership rules and the report's tables computed a
-second way, to check the compiled pass (analyzers/native/fpanalysis.c), the
+second way, to check the compiled pass (analyzers/engine/fpanalysis.c), the
 one implementation the analyzers use.
 
 classify() restates the rules of docs/analysis.md event by event in plain

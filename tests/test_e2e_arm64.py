@@ -205,7 +205,7 @@ def test_viewer_disassembles_the_save_and_load_sequences(arm64_pingpong: tuple[s
     # The plugin recognised the sequences by their instructions; capstone
     # on the booted Image's bytes at each event's pc must read the same:
     # stp q0, q1 (fpsimd_save) and ldp q0, q1 (fpsimd_restore).
-    from fputrace.analysis import analyze_run
+    from analyzers.run import analyze_run
     from fputrace.view.details import Details
     from fputrace.view.model import build_model
 

@@ -135,7 +135,7 @@ def test_viewer_disassembles_the_recorded_instructions(pingpong: tuple[str, Path
     # capstone on the booted image's bytes at each save's pc must decode an
     # XSAVE: xsaveopt as the kernel ran it, or the xsave the image holds
     # before the boot-time alternatives patched the site (then said so).
-    from fputrace.analysis import analyze_run
+    from analyzers.run import analyze_run
     from fputrace.trace.run import load_run
     from fputrace.view.details import Details
     from fputrace.view.model import build_model
@@ -550,7 +550,7 @@ def test_two_cpus(qemu_plugin: Path, tmp_path: Path) -> None:
 
 
 def test_compiled_pass_and_oracle_agree_on_a_real_trace(pingpong: tuple[str, Path]) -> None:
-    # The compiled pass (analyzers/native) against the oracle (tests/oracle.py)
+    # The compiled pass (analyzers/engine) against the oracle (tests/oracle.py)
     # on a real kernel's trace: same classes, findings and report tables.
     from oracle import classify, compute_costs, count_events
 
@@ -632,7 +632,7 @@ def test_seeded_bugs_are_found(qemu_plugin: Path, tmp_path: Path, series: str) -
     assert all(f["task"].endswith(" fpu-seed") for f in findings)
     # The viewer shows the module's SIMD instruction, read from the seed
     # module's .ko: seed_clobber_xmm()'s last one is its pcmpeqd.
-    from fputrace.analysis import analyze_run
+    from analyzers.run import analyze_run
     from fputrace.trace.run import load_run
     from fputrace.view.details import Details
     from fputrace.view.model import build_model

@@ -1,4 +1,4 @@
-"""The nested guest's own run (fputrace.analysis.guest_view()) on hand-built
+"""The nested guest's own run (analyzers.run.guest_view()) on hand-built
 traces: its tasks are the L2 task records, told apart by pid where the
 plugin read them through the guest's page tables, and by the guest's fork
 probes where it could not.
@@ -21,7 +21,7 @@ from tracebuilder import TraceBuilder
 
 from analyzers.boundaries import TaskKeys
 from analyzers.counts import task_identity, task_label
-from fputrace.analysis import guest_view
+from analyzers.run import guest_view
 from fputrace.trace import format as fmt
 from fputrace.trace.run import load_run
 

@@ -107,3 +107,25 @@ def test_the_plugin_check_sees_an_architecture_in_the_core(tmp_path: Path) -> No
                  '{ &x86_ops, &a64_ops };\nint f(void) { return a64_fp_code_add(1, 2); }\n'
                  'const char *s = "x86_64";\n')
     assert arch_names_in(p) == ["a64_fp_code_add"]
+
+
+# ---- paths: a layer reaches no file of a layer above it ----------------------
+
+def path_strings(path: Path) -> list[str]:
+    """The string constants of a module that name a directory of the tree."""
+    return [node.value for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and re.search(r"(?:^|/)(?:analyzers|tests|bench|fputrace)(?:/|$)", node.value)]
+
+
+def test_the_trace_layer_names_no_file_above_it() -> None:
+    # The reader's compiled helper is its own (fputrace/trace/ftr-read.c), not
+    # the analyzers' library; nothing in it names their files.
+    found = {p.name: path_strings(p) for p in sorted((ROOT / "fputrace" / "trace").glob("*.py"))}
+    assert {name: s for name, s in found.items() if s} == {}
+
+
+def test_the_path_check_sees_a_path(tmp_path: Path) -> None:
+    p = tmp_path / "m.py"
+    p.write_text('HEADER = "analyzers/engine/fpanalysis.h"\nX = "tests"\nY = "contests"\n')
+    assert path_strings(p) == ["analyzers/engine/fpanalysis.h", "tests"]

@@ -317,7 +317,7 @@ def test_crc32c_check_value_and_native_agree() -> None:
 def test_python_fallback_reads_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Without the compiled library the reader copies and checks blocks in
     # Python: same records, same stop at a corrupted block.
-    from fputrace.trace import checksum, reader
+    from fputrace.trace.native import READER
 
     b = TraceBuilder()
     for i in range(10):
@@ -329,8 +329,7 @@ def test_python_fallback_reads_the_same(tmp_path: Path, monkeypatch: pytest.Monk
     broken = tmp_path / "broken.ftr"
     broken.write_bytes(bytes(data))
     compiled = [read_trace(p) for p in (whole, broken)]
-    monkeypatch.setattr(reader, "library", lambda: None)
-    monkeypatch.setattr(checksum, "library", lambda: None)
+    monkeypatch.setattr(READER, "library", lambda: None)
     python = [read_trace(p) for p in (whole, broken)]
     for c, py in zip(compiled, python, strict=True):
         assert c.events.tobytes() == py.events.tobytes() and c.problems == py.problems

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fputrace.analysis import analyze_run
+from analyzers.run import analyze_run
 from fputrace.cmds.record import add_record_options, plan_from_args, record_from_args
 from fputrace.cmds.runs import add_run_options, describe_run, load
 from fputrace.errors import FputraceError

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fputrace.analysis import analyze_run
+from analyzers.run import analyze_run
 from fputrace.cmds.runs import EXIT_PARTIAL, add_run_options, count, load
 from fputrace.metrics import (
     FAIL_IF_HELP,

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fputrace.analysis import analyze_run
+from analyzers.run import analyze_run
 from fputrace.cmds.runs import add_run_options, load
 from fputrace.errors import FputraceError
 from fputrace.export import WRITERS, export

@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from fputrace.analysis import analyze_run
+from analyzers.run import analyze_run
 from fputrace.cmds.runs import add_run_options, count, load
 from fputrace.render import (
     analysis_json,

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from fputrace.analysis import analyze_run
+from analyzers.run import analyze_run
 from fputrace.cmds.runs import add_run_options, count, load
 from fputrace.errors import FputraceError
 from fputrace.view.draw import static_lines

@@ -1,6 +1,6 @@
 """CRC-32C (Castagnoli) of block payloads, as the plugin writes it.
 
-The compiled library (build/libfpanalysis.so, fpa_crc32c) uses the SSE4.2
+The compiled helper (build/libftrread.so, ftr_read_crc32c) uses the SSE4.2
 crc32 instruction where the CPU has it; without the library a table-driven
 Python version gives the same values, slowly (fine for small traces).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from fputrace.trace.native import ffi, library
+from fputrace.trace.native import READER
 
 POLY = 0x82F63B78  # reflected Castagnoli polynomial
 
@@ -34,8 +34,8 @@ def crc32c_python(data: bytes | memoryview) -> int:
 
 
 def crc32c(data: memoryview | bytes) -> int:
-    lib = library()
+    lib = READER.library()
     if lib is None:
         return crc32c_python(data)
     view = memoryview(data).cast("B")
-    return int(lib.fpa_crc32c(ffi().from_buffer(view), len(view)))
+    return int(lib.ftr_read_crc32c(READER.ffi().from_buffer(view), len(view)))

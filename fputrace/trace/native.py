@@ -1,54 +1,59 @@
-"""The compiled helpers, libfpanalysis (analyzers/native/fpanalysis.c, built
-by meson into the build directory), for the trace reader and the analyzers.
+"""Compiled helpers, loaded with cffi from the meson build directory.
 
-The library is called through cffi with its own header, fpanalysis.h: its
-functions, argument structs and enumerations are declared there once and
-read from there, not restated here. The reader has a Python fallback for its
-checksum; the analyzers need the library (`make setup` builds it).
+A NativeLibrary is one shared object and the one header that declares it:
+its functions, argument structs and enumerations are read from the header,
+not restated in Python. The trace layer's own is READER (ftr-read.c: block
+checksums and copies), which has a Python fallback; the analyzers load
+their engine the same way (analyzers/native.py).
 """
 
 from __future__ import annotations
 
-import os
-from functools import cache
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import cffi
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
-HEADER = SOURCE_ROOT / "analyzers" / "native" / "fpanalysis.h"
+from fputrace.trace.location import build_dir
+
+__all__ = ["READER", "NativeLibrary"]
 
 
-def build_dir() -> Path:
-    """The meson build directory: $FPUTRACE_BUILD or build/ in the source tree."""
-    env = os.environ.get("FPUTRACE_BUILD")
-    return Path(env) if env else SOURCE_ROOT / "build"
+class NativeLibrary:
+    def __init__(self, name: str, header: Path) -> None:
+        self.name = name  # build/lib{name}.so
+        self.header = header
+
+    def declarations(self) -> str:
+        """The header as cffi takes it: without its preprocessor lines."""
+        lines = self.header.read_text().splitlines()
+        return "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+
+    @cached_property
+    def _ffi(self) -> cffi.FFI:
+        f = cffi.FFI()
+        f.cdef(self.declarations())
+        return f
+
+    def ffi(self) -> cffi.FFI:
+        return self._ffi
+
+    @cached_property
+    def _library(self) -> Any | None:
+        path = build_dir() / f"lib{self.name}.so"
+        if not path.exists():
+            return None
+        return self._ffi.dlopen(str(path))
+
+    def library(self) -> Any | None:
+        """The loaded library (its functions and enumerators as attributes),
+        or None when it is not built."""
+        return self._library
+
+    def pointer(self, ctype: str, array: Any) -> Any:
+        """A C pointer of type ctype to a numpy array's data."""
+        return self._ffi.cast(ctype, array.ctypes.data)
 
 
-def declarations(header: Path = HEADER) -> str:
-    """The header as cffi takes it: without its preprocessor lines."""
-    lines = header.read_text().splitlines()
-    return "\n".join(line for line in lines if not line.lstrip().startswith("#"))
-
-
-@cache
-def ffi() -> cffi.FFI:
-    f = cffi.FFI()
-    f.cdef(declarations())
-    return f
-
-
-@cache
-def library() -> Any | None:
-    """The loaded library (its functions and enumerators as attributes), or
-    None when it is not built."""
-    path = build_dir() / "libfpanalysis.so"
-    if not path.exists():
-        return None
-    return ffi().dlopen(str(path))
-
-
-def pointer(ctype: str, array: Any) -> Any:
-    """A C pointer of type ctype to a numpy array's data."""
-    return ffi().cast(ctype, array.ctypes.data)
+READER = NativeLibrary("ftrread", Path(__file__).resolve().parent / "ftr-read.h")

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from fputrace.trace import format as fmt
 from fputrace.trace.checksum import crc32c
 from fputrace.trace.errors import FputraceError
-from fputrace.trace.native import library, pointer
+from fputrace.trace.native import READER
 
 
 class TraceError(FputraceError):
@@ -401,7 +401,8 @@ def _copy_payloads(data: mmap.mmap, blocks: list[_Block], dest: npt.NDArray[np.v
     if not blocks:
         return ok.astype(bool)
     raw = dest.view(np.uint8).reshape(-1)
-    lib = library()
+    lib = READER.library()
+    pointer = READER.pointer
     if lib is not None:
         offsets = np.array([b.pos + fmt.BLOCK_HEADER_SIZE for b in blocks], dtype=np.uint64)
         sizes = np.array([b.payload_size for b in blocks], dtype=np.uint32)
@@ -409,8 +410,8 @@ def _copy_payloads(data: mmap.mmap, blocks: list[_Block], dest: npt.NDArray[np.v
         # A read-only view: its address for C; dropped before the mapping closes.
         source = np.frombuffer(data, dtype=np.uint8)
         try:
-            lib.fpa_copy_blocks(pointer("uint8_t *", source), len(data),
-                                pointer("uint64_t *", offsets), pointer("uint32_t *", sizes),
+            lib.ftr_read_copy_blocks(pointer("uint8_t *", source), len(data),
+                                     pointer("uint64_t *", offsets), pointer("uint32_t *", sizes),
                                 pointer("uint32_t *", crcs), len(blocks),
                                 pointer("uint8_t *", raw), pointer("uint8_t *", ok))
         finally:

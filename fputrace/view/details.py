@@ -13,8 +13,8 @@ from rich.text import Text
 from analyzers.boundaries import kernel_text_high
 from analyzers.counts import task_label
 from analyzers.ownership import Class, ContextKind, Unknown
+from analyzers.run import AXIS_SEQ
 from analyzers.timeline import Begin, End
-from fputrace.analysis import AXIS_SEQ
 from fputrace.errors import FputraceError
 from fputrace.kernel.modules import ModuleTree, module_bytes
 from fputrace.kernel.text import KernelText, load_kernel_text, module_code

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from rich.text import Text
 
-from fputrace.analysis import AXIS_SEQ
+from analyzers.run import AXIS_SEQ
 from fputrace.view.model import (
     GLYPH,
     KERNEL_COLOUR,

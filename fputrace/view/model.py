@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from analyzers.costs import vcpu_label
 from analyzers.ownership import Class
-from fputrace.analysis import Analysis, owner_labels, vm_runs
+from analyzers.run import Analysis, owner_labels, vm_runs
 from fputrace.trace import format as fmt
 
 K = fmt.Kind

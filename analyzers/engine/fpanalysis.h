@@ -166,17 +166,4 @@ int fpa_boundaries(const struct ftr_event *ev, size_t n, const int64_t *ident,
                    const int64_t *key_of_ident, size_t n_keys, uint64_t probe_mask,
                    struct fpa_bounds_out *o);
 
-/* CRC-32C (Castagnoli) of a block payload. */
-uint32_t fpa_crc32c(const void *data, size_t len);
-
-/*
- * Copy n_blocks block payloads (at offsets[] in a mapping of map_size bytes
- * at base) to dest back to back, checking each against crcs[]: ok[b] says
- * whether block b matched; a damaged block is left out. Returns how many
- * blocks were copied.
- */
-size_t fpa_copy_blocks(const uint8_t *base, size_t map_size, const uint64_t *offsets,
-                       const uint32_t *sizes, const uint32_t *crcs, size_t n_blocks,
-                       uint8_t *dest, uint8_t *ok);
-
 #endif /* FPANALYSIS_H */
