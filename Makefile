@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 FPUTRACE := $(VENV)/bin/fputrace
 DEMO_TRACE := runs/demo.ftr
 
-.PHONY: all setup build demo test lint bench zoo clean
+.PHONY: all setup build demo test test-fast lint bench zoo clean
 
 all: setup
 
@@ -30,6 +30,11 @@ lint: setup
 # instead of skipping.
 test: setup lint
 	FPUTRACE_REQUIRE_ALL=1 $(PY) -m pytest -q -p no:cacheprovider
+
+# The fast layers only: unit tests on synthetic traces and the plugin on
+# freestanding images (tests/conftest.py: layer_of()); no kernel.
+test-fast: setup
+	FPUTRACE_REQUIRE_ALL=1 $(PY) -m pytest -q -p no:cacheprovider -m "unit or plugin"
 
 bench: setup
 	bench/overhead

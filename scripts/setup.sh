@@ -21,7 +21,7 @@ log() { echo "fputrace setup: $*"; }
 
 sudo_cmd=()
 if [ "$(id -u)" != 0 ]; then
-	command -v sudo >/dev/null || die "not root and no sudo: run as root, or install the packages listed in README.md"
+	command -v sudo >/dev/null || die "not root and no sudo: run as root, or install the packages scripts/setup.sh lists"
 	sudo_cmd=(sudo)
 fi
 

@@ -48,3 +48,21 @@ def conformance_image(qemu_plugin: Path) -> Path:
     image = build_dir() / "tests" / "conformance" / "conformance.elf"
     require(image.exists(), f"{image} not built (make setup)")
     return image
+
+
+# The layers, fastest first (README, `make test-fast`): every test is in
+# exactly one, by its file.
+PLUGIN_LAYER = {"test_conformance.py", "test_conformance_arm64.py", "test_modes.py"}
+
+
+def layer_of(path: Path) -> str:
+    if path.name.startswith("test_e2e_"):
+        return "e2e"
+    if path.name in PLUGIN_LAYER:
+        return "plugin"
+    return "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(layer_of(Path(str(item.fspath))))

@@ -1,7 +1,7 @@
-"""The README's two comparisons, recorded and compared as a user would: the
+"""The two comparisons of docs/case-studies.md, recorded and compared as a user would: the
 same x86 kvm-pingpong on Debian 5.10 and 6.1 (the fpstate rework of 5.16
 between them), and arm64 VHE against nVHE on 6.1. Each expectation is the
-README's explanation, from the kernels' code, with the workload's own count
+case study's explanation, from the kernels' code, with the workload's own count
 of KVM_RUN calls as the yardstick."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ XCR0 against CPUID in a guest) and says so in its exit status: 0 passed, 4
 skipped (KSFT_SKIP, with a reason line). The report must find nothing.
 
 Some fail under QEMU's TCG for reasons that are not FPU state, and the
-report agrees by finding nothing (README, "The kernel's own selftests"):
+report agrees by finding nothing (docs/selftests.md):
 TCG_FAILURES names each with the line it fails with.
 """
 

@@ -1,4 +1,4 @@
-"""The dependencies run one way (README, "Where things live"): analyzers/
+"""The dependencies run one way (docs/hacking.md, "Where things live"): analyzers/
 imports nothing of fputrace but the trace layer, fputrace.trace; the trace
 layer imports neither the analyzers nor anything of fputrace above it. Read
 from the source with ast, so a lazy import inside a function counts too."""
