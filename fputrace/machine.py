@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import os
 import shutil
 import signal
 import subprocess
@@ -28,6 +26,7 @@ from typing import Any
 
 from qemu.qmp import ConnectError, QMPClient
 
+from fputrace.children import die_with_parent
 from fputrace.errors import FputraceError
 from fputrace.trace.format import End
 
@@ -178,21 +177,6 @@ def _stderr_reason(stderr: str) -> str:
     return lines[-1][:200] if lines else "nothing on its stderr"
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_recorder(recorder: int) -> Callable[[], None]:
-    """QEMU's preexec: it is killed when the recorder dies. It runs in a
-    session of its own (a Ctrl-C reaches the recorder, which stops it
-    cleanly), so a recorder killed outright would otherwise leave it running
-    on, writing a trace nobody reads."""
-    def preexec() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != recorder:  # died before the prctl took
-            os._exit(1)
-    return preexec
-
-
 async def _run(spec: MachineSpec, timeout_s: float,
                tick: Callable[[float], None] | None) -> MachineResult:
     loop = asyncio.get_running_loop()
@@ -221,7 +205,9 @@ async def _drive(spec: MachineSpec, timeout_s: float, tick: Callable[[float], No
             proc = await asyncio.create_subprocess_exec(
                 *command_line(spec, sock), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                preexec_fn=_die_with_recorder(os.getpid()))
+                # In a session of its own, a Ctrl-C reaches the recorder,
+                # which stops QEMU cleanly; killed outright, QEMU goes too.
+                preexec_fn=die_with_parent())
         client = QMPClient("fputrace")
         status, detail, signame = "crashed", "", ""
         stop: End | None = None

@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ from pathlib import Path
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
 
+from fputrace.children import die_with_parent
 from fputrace.errors import FputraceError
 from fputrace.kernel import debian, selftests
 from fputrace.paths import cache_dir
@@ -483,8 +485,10 @@ class _Progress:
 
     def run(self, cmd: list[str], cwd: Path) -> int:
         with open(self.log, "a") as log:
+            # make stops its jobs when the build's process dies (SIGTERM).
             proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, errors="replace")
+                                    stderr=subprocess.STDOUT, text=True, errors="replace",
+                                    preexec_fn=die_with_parent(signal.SIGTERM))
             assert proc.stdout is not None
             stop = threading.Event()
             ticker = threading.Thread(target=self._tick, args=(stop,), daemon=True)
