@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from analyzers.findings import Kind
 from fputrace.trace import format as fmt
 from fputrace.trace.symbols import Symbols
 
@@ -138,7 +139,7 @@ FPU_CORE_SIMD = frozenset({
 
 @dataclass
 class BoundaryFinding:
-    kind: str  # "corrupted_state" or "kernel_fpu_misuse"
+    kind: Kind  # CORRUPTED_STATE or KERNEL_FPU_MISUSE
     # "task"; "purpose" (before: the purposeful change whose result the
     # return lacks); "signal_frame" (after: the frame's save); "vcpu"
     context: str
@@ -597,7 +598,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     for i in misuse_list:
         pc = int(ev["simd_pc"][i]) | explainer.text_high
         findings.append(BoundaryFinding(
-            "kernel_fpu_misuse", "task", int(ident[i]), 0, -1, i, i,
+            Kind.KERNEL_FPU_MISUSE, "task", int(ident[i]), 0, -1, i, i,
             f"kernel SIMD instruction at {symbols.describe(pc)} ran outside "
             "kernel_fpu_begin()/kernel_fpu_end()", pc))
 
@@ -702,7 +703,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             how = (f"written by {explainer.call(probe_at)}, read at the handler's start"
                    if read else f"saved at {explainer.site(i)}")
             findings.append(BoundaryFinding(
-                "corrupted_state", "signal_frame", int(ident[i]), 0, e, i, x.cause,
+                Kind.CORRUPTED_STATE, "signal_frame", int(ident[i]), 0, e, i, x.cause,
                 f"the signal frame at {int(ev['addr'][i]):#x} got FP registers that are not "
                 f"those the task entered the kernel with ({how}): " + x.text, trail=x.trail))
 
@@ -808,7 +809,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         sve.purpose_checked[SVE_FRAME] += 1
         x = sve_frame_source(k, e, probe_at, i, stale=bool(has))
         findings.append(BoundaryFinding(
-            "corrupted_state", "signal_frame", int(ident[i]), 0, e, i, x.cause,
+            Kind.CORRUPTED_STATE, "signal_frame", int(ident[i]), 0, e, i, x.cause,
             f"{failed} (frame at {int(ev['addr'][i]):#x}): " + x.text, trail=x.trail))
 
     def settle(i: int, k: int, j: int, wants: tuple[int | None, ...], label: str,
@@ -838,7 +839,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         count(k, True)
         x = explainer.explain(explain_from, i, k, want, int(ev["vcpu"][i]))
         findings.append(BoundaryFinding(
-            "corrupted_state", "purpose", int(ident[i]), 0, j, i, x.cause, what + x.text,
+            Kind.CORRUPTED_STATE, "purpose", int(ident[i]), 0, j, i, x.cause, what + x.text,
             trail=[*trail, *x.trail]))
 
     def judge_purpose(i: int, k: int, j: int, why: str, e: int) -> None:
@@ -996,7 +997,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
              f"differ from those the task entered with, after an exception (ESR "
              f"{values[e]:#x}) that keeps them")
         findings.append(BoundaryFinding(
-            "corrupted_state", "task", int(ident[i]), 0, e, i, x.cause,
+            Kind.CORRUPTED_STATE, "task", int(ident[i]), 0, e, i, x.cause,
             f"the SVE registers beyond V0-V31 (Z0-Z31 above 128 bits, P0-P15, FFR, at VL "
             f"{index_of(i)} bytes) {got}: " + x.text, trail=x.trail))
 
@@ -1054,7 +1055,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             cause = w if not saves or kind_of(saves[-1]) == K.FPSIMD_SAVE else cause
         trail.sort(key=lambda t: t[1])
         findings.append(BoundaryFinding(
-            "corrupted_state", "task", int(ident[i]), 0, e, i, cause,
+            Kind.CORRUPTED_STATE, "task", int(ident[i]), 0, e, i, cause,
             f"the task returned with SVE disabled for user mode after an exception (ESR "
             f"{values[e]:#x}) that keeps its SVE state, which was not all zero (VL "
             f"{index_of(e)} bytes): Z0-Z31 above 128 bits, P0-P15 and FFR are lost, its next "
@@ -1086,7 +1087,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         sve.violations += 1
         x = explainer.explain(j, i, k, regs_hash[i], int(ev["vcpu"][i]))
         findings.append(BoundaryFinding(
-            "corrupted_state", "purpose", int(ident[i]), 0, j, i, x.cause,
+            Kind.CORRUPTED_STATE, "purpose", int(ident[i]), 0, j, i, x.cause,
             f"the return after sigreturn ({explainer.call(j)}) does not hold the SVE registers "
             f"beyond V0-V31 of the signal frame's SVE record (VL {vl} bytes) as the handler "
             "left it: " + x.text, trail=x.trail))
@@ -1106,7 +1107,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             user.violations += 1
             count(k, True)
             x = explainer.explain(before, i, k, want, int(ev["vcpu"][i]))
-            findings.append(BoundaryFinding("corrupted_state", "task", int(ident[i]), 0,
+            findings.append(BoundaryFinding(Kind.CORRUPTED_STATE, "task", int(ident[i]), 0,
                                             before, i, x.cause, what + x.text,
                                             trail=x.trail))
 
@@ -1378,7 +1379,7 @@ def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
         row[1] += 1
         cause, why, trail = _guest_moves(explainer, mine.tolist())
         findings.append(BoundaryFinding(
-            "corrupted_state", "vcpu", int(ident[i]), int(ev["addr"][i]), x, i, cause,
+            Kind.CORRUPTED_STATE, "vcpu", int(ident[i]), int(ev["addr"][i]), x, i, cause,
             what + why, trail=sorted(trail0 + trail, key=lambda t: t[1])))
     mask = (1 << 48) - 1
     return check, {(k_ & mask, (k_ >> 48) - 1): (r[0], r[1]) for k_, r in per.items()

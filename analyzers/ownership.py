@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from analyzers.findings import Kind
 from fputrace.trace import format as fmt
 
 if TYPE_CHECKING:
@@ -91,8 +92,9 @@ class FindingKind(enum.IntEnum):
     DROPPED_SAVE = 7  # the registers held nobody's state (kernel scratch, dropped)
 
     @property
-    def label(self) -> str:
-        return "foreign_save" if self >= FindingKind.FOREIGN_SAVE else self.name.lower()
+    def label(self) -> Kind:
+        """The report's kind: a dropped save is a foreign save of nobody's state."""
+        return Kind.FOREIGN_SAVE if self >= FindingKind.FOREIGN_SAVE else Kind(self.name.lower())
 
 
 @dataclass

@@ -24,15 +24,16 @@ import numpy.typing as npt
 
 from analyzers.boundaries import GAP_UNCHECKED, Boundaries, BoundaryFinding, spans_gap
 from analyzers.costs import vcpu_vmcb
+from analyzers.findings import Kind
 from analyzers.ownership import FindingKind, Ownership
 from fputrace.trace import format as fmt
 
-KINDS = ("lost_state", "stale_restore", "foreign_save", "kernel_fpu_misuse", "corrupted_state")
+KINDS = tuple(Kind)
 
 
 @dataclass
 class Finding:
-    kind: str  # one of KINDS
+    kind: Kind
     event: int  # the event where it is seen
     task: int  # announcement index of the context's task (or vCPU thread), -1
     description: str
@@ -46,7 +47,7 @@ class Finding:
 
 @dataclass
 class Unconfirmed:
-    kind: str
+    kind: Kind
     event: int
     task: int
     reason: str
@@ -61,7 +62,7 @@ class Verdict:
     within: dict[int, str] = field(default_factory=dict)
 
     @property
-    def by_kind(self) -> dict[str, int]:
+    def by_kind(self) -> dict[Kind, int]:
         out = dict.fromkeys(KINDS, 0)
         for f in self.findings:
             out[f.kind] += 1
@@ -69,7 +70,7 @@ class Verdict:
 
 
 def _boundary_finding(b: BoundaryFinding) -> Finding:
-    if b.kind == "kernel_fpu_misuse":
+    if b.kind == Kind.KERNEL_FPU_MISUSE:
         return Finding(b.kind, b.after, b.task, b.explanation, {"event": b.after})
     first, last = {"task": ("entry", "return"), "purpose": ("purpose", "return"),
                    "signal_frame": ("entry", "frame_save"),
@@ -92,7 +93,7 @@ def combine(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64], own: Ownersh
     # was found corrupted.
     corrupted: dict[int, list[tuple[int, int]]] = {}
     for b in bounds.findings:
-        if b.kind == "corrupted_state" and b.after >= 0:
+        if b.kind == Kind.CORRUPTED_STATE and b.after >= 0:
             corrupted.setdefault(keys.of(b.after), []).append((b.before, b.after))
     def first_boundary_after(key: int, i: int, vmcb: int) -> int:
         """The harmed context's first boundary after event i, or -1: a
