@@ -77,23 +77,39 @@ def _rows_from(keys: list[int], counts: npt.NDArray[np.generic], sums: npt.NDArr
     return sorted(merged.values(), key=lambda r: (-r.redundant_bytes, -r.events, r.label))
 
 
+def _packing() -> tuple[int, int, int]:
+    """The vCPU instance's packing, as fpanalysis.h defines it."""
+    from analyzers.native import layout
+    lay = layout()
+    return int(lay.FPA_VCPU_PAGE_SHIFT), int(lay.FPA_VCPU_IDENT_SHIFT), \
+        int(lay.FPA_VCPU_IDENT_BITS)
+
+
 def vcpu_instance(vmcb: int, ident: int) -> int:
     """A vCPU instance from a VM entry's vCPU address (VMCB, or arm64's
     guest id) and the announcement of the thread that entered it: the
-    compiled pass's vcpu_id()."""
-    return (ident & 0xFFFFFF) << 40 | ((vmcb >> 12) & 0xFFFFFFFFFF)
+    compiled pass's vcpu_id() (enum fpa_vcpu_packing)."""
+    page, shift, bits = _packing()
+    return (ident & ((1 << bits) - 1)) << shift | ((vmcb >> page) & ((1 << (shift - page)) - 1))
 
 
 def vcpu_vmcb(vcpu: int) -> int:
-    """The VMCB of a vCPU instance (fpa_classify's vcpu_id())."""
-    return (vcpu & 0xFFFFFFFFFF) << 12
+    """The VMCB of a vCPU instance."""
+    page, shift, _ = _packing()
+    return (vcpu & ((1 << (shift - page)) - 1)) << page
+
+
+def vcpu_ident(vcpu: int) -> int:
+    """The announcement of the thread that entered a vCPU instance."""
+    return vcpu >> _packing()[1]
 
 
 def vcpu_label(vcpu: int, tasks: npt.NDArray[np.void]) -> str:
     """'vcpu vmcb=0x... (pid comm)': a vCPU instance by its VMCB and the
     thread that ran it (a VMCB is reused by the next VM)."""
-    ident = vcpu >> 40
-    who = task_label(tasks, -1 if ident == 0xFFFFFF else ident)
+    ident = vcpu_ident(vcpu)
+    no_thread = (1 << _packing()[2]) - 1  # an ident of -1, masked
+    who = task_label(tasks, -1 if ident == no_thread else ident)
     return f"vcpu vmcb={vcpu_vmcb(vcpu):#x} ({who})"
 
 

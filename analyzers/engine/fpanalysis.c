@@ -34,14 +34,14 @@ _Static_assert(FPA_NKIND == FTR_KIND_MAX, "a table row per kind number");
  */
 #define TASK_STRUCT_SPAN (1ull << 16)
 
-/*
- * A vCPU instance: its VMCB (page aligned) and the task announcement of the
- * thread that entered it. A VMCB, like a guest buffer, is freed with its VM
- * and reused by the next one; the thread tells the two apart.
- */
+/* A vCPU instance: enum fpa_vcpu_packing. */
 static inline uint64_t vcpu_id(uint64_t vmcb, int64_t ident)
 {
-    return ((uint64_t)ident & 0xffffffull) << 40 | ((vmcb >> 12) & 0xffffffffffull);
+    const uint64_t page_mask = (1ull << (FPA_VCPU_IDENT_SHIFT - FPA_VCPU_PAGE_SHIFT)) - 1;
+    const uint64_t ident_mask = (1ull << FPA_VCPU_IDENT_BITS) - 1;
+
+    return ((uint64_t)ident & ident_mask) << FPA_VCPU_IDENT_SHIFT |
+           ((vmcb >> FPA_VCPU_PAGE_SHIFT) & page_mask);
 }
 
 #define USER_LIMIT (1ull << 47)

@@ -45,6 +45,17 @@ enum fpa_context {
 };
 
 /*
+ * A vCPU instance, as the tables key it (vcpu_id()): the announcement of
+ * the thread that entered it, in the bits from FPA_VCPU_IDENT_SHIFT, above
+ * its VMCB's page number (the VMCB's bits from FPA_VCPU_PAGE_SHIFT). A
+ * VMCB is freed with its VM and reused by the next one; the thread tells
+ * the two apart.
+ */
+enum fpa_vcpu_packing {
+    FPA_VCPU_PAGE_SHIFT = 12, FPA_VCPU_IDENT_SHIFT = 40, FPA_VCPU_IDENT_BITS = 24,
+};
+
+/*
  * The report's fixed-size tables, one uint64_t array of FPA_S_SIZE
  * (agg_small); [a][b] arrays are row-major.
  */
