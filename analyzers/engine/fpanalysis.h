@@ -2,11 +2,14 @@
  * fpanalysis.h: the interface of libfpanalysis (fpanalysis.c), the one
  * declaration of its functions, argument structs and result codes.
  *
- * fputrace/trace/native.py hands this file, with its preprocessor lines
+ * analyzers/native.py hands this file, with its preprocessor lines
  * dropped, to cffi: Python calls the functions through these declarations
- * and reads the enumerations from here, so nothing below is restated in
- * Python. Keep it to what cffi's parser takes: no macros, integer constants
- * as enumerators.
+ * and reads the tables' layout and the vCPU packing from here. Four
+ * enumerations (fpa_class, fpa_finding, fpa_unknown, fpa_context) are
+ * also Python IntEnums in analyzers/ownership.py, so that the type checker
+ * knows their members; tests/test_native.py requires the two to agree
+ * member for member. Keep it to what cffi's parser takes: no macros,
+ * integer constants as enumerators.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
