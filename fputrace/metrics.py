@@ -229,3 +229,27 @@ def is_metric_name(name: str) -> bool:
     """Whether some run can have a metric of this name."""
     return name in _FIXED or _FAMILIES.fullmatch(name) is not None
 
+
+# The sections of the table, by metric name prefix or name.
+SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("events per kind", ("events", "events.")),
+    ("classes and findings", ("findings", "saves_restores", "necessary", "redundant_save",
+                              "redundant_restore", "unknown", "lost_state", "stale_restore",
+                              "redundant_save_pct", "redundant_restore_pct",
+                              "redundant_bytes_pct")),
+    ("bytes moved", ("bytes_moved", "redundant_bytes", "bytes.")),
+    ("per operation", ("vm_entry.", "context_switch.", "signal.", "saves_per_",
+                       "restores_per_", "bytes_per_", "redundant_save_per_vm_entry",
+                       "redundant_restore_per_vm_entry", "kvm_runs", "traps",
+                       "guest_traps_per_kvm_run", "host_traps_per_context_switch",
+                       "traps_after_own_save", "sve_downgrades",
+                       "sve_traps_after_downgrade")),
+)
+
+
+def section_of(name: str) -> str:
+    for title, keys in SECTIONS:
+        for k in keys:
+            if name == k or (k.endswith((".", "_")) and name.startswith(k)):
+                return title
+    return "other"

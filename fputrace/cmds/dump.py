@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fputrace.cmds.runs import add_run_options, count, load
-from fputrace.render import dump_lines, header_lines
+from fputrace.reporters.dump import dump_lines, header_lines
 
 
 def add_parser(sub: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from analyzers.run import analyze_run
 from fputrace.cmds.runs import add_run_options, load
 from fputrace.errors import FputraceError
-from fputrace.export import WRITERS, export
+from fputrace.reporters.export import WRITERS, export
 
 
 def add_parser(sub: Any) -> None:

@@ -18,18 +18,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from analyzers.run import analyze_run
 from fputrace.cmds.runs import add_run_options, count, load
-from fputrace.render import (
-    analysis_json,
-    counts_json,
+from fputrace.reporters.json_report import analysis_json, counts_json, timeline_json
+from fputrace.reporters.text import (
+    console,
     render_analysis,
     render_counts,
     render_summary,
     render_timeline,
-    timeline_json,
 )
 
 EXIT_FINDINGS = 3
@@ -65,17 +62,15 @@ def run(args: argparse.Namespace) -> int:
                   indent=1)
         sys.stdout.write("\n")
     else:
-        console = Console(emoji=False, highlight=False)
-        if not console.is_terminal:
-            console = Console(emoji=False, highlight=False, width=200)
+        out = console()
         if args.full:
-            render_analysis(console, a, args.top, args.max_findings)
+            render_analysis(out, a, args.top, args.max_findings)
         else:
-            render_summary(console, a, args.max_findings)
+            render_summary(out, a, args.max_findings)
         if timeline is not None:
-            render_timeline(console, timeline, args.timeline)
+            render_timeline(out, timeline, args.timeline)
         if args.full:
-            render_counts(console, r, a.counts, args.top)
+            render_counts(out, r, a.counts, args.top)
     found = a.verdict.findings or (a.guest is not None and a.guest.verdict.findings)
     # A run whose own check failed is never reported clean (render says which).
     return EXIT_FINDINGS if found or r.own_check_failures else 0

@@ -1,9 +1,8 @@
-"""Presentation of runs and analysis results: text, rich tables, JSON.
-Renders only; every number comes from the analyzers or the reader."""
+"""The report as a person reads it: summary lines and rich tables. Renders
+only; every number comes from the analyzers or the reader."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -11,159 +10,27 @@ from rich.markup import escape
 from rich.table import Table
 
 from analyzers.arm64 import TrapCosts
-from analyzers.boundaries import BoundaryCheck, kernel_text_high
 from analyzers.costs import Costs, Row
-from analyzers.counts import Counts, Group, task_identity, task_label
+from analyzers.counts import Counts, Group, task_label
 from analyzers.instructions import InstructionCosts
 from analyzers.mechanisms import kernel_mechanisms
-from analyzers.ownership import ContextKind, Ownership
+from analyzers.ownership import Ownership
 from analyzers.run import Analysis
 from analyzers.switches import SwitchCosts
 from analyzers.verdict import Verdict
-from fputrace.trace import format as fmt
-from fputrace.trace.reader import Trace
+from fputrace.reporters.json_report import findings_json, ident_of, timeline_json
 from fputrace.trace.run import Run
 
-TRACE_KINDS_WITH_MEMORY = fmt.BUFFER_KINDS
+# Rich wraps at the terminal's width; piped, at this one.
+PIPED_WIDTH = 200
 
 
-def header_lines(run: Run) -> list[str]:
-    trace = run.trace
-    h = trace.header
-    return [
-        f"trace      {trace.path}",
-        f"format     version {h.version} (readable from reader version "
-        f"{h.min_reader_version}), features {h.features!s}",
-        f"arch       {h.arch.name.lower()}",
-        f"qemu       {h.qemu or '-'} (plugin API {h.plugin_api})",
-        f"kernel     {h.kernel or '-'}",
-        f"plugin     {h.plugin_args}",
-        f"ended      {_run_end(trace)}",
-        f"complete   {'yes' if run.complete else 'no'}",
-        *(f"problem    {p}" for p in run.problems),
-    ]
-
-
-def _run_end(trace: Trace) -> str:
-    """How the run ended, as its footer says."""
-    end = trace.footer.end if trace.footer is not None else None
-    if trace.footer is None:
-        return "unknown (no intact footer)"
-    if end is None:
-        return f"not recorded (format version {trace.header.version})"
-    if isinstance(end, fmt.End):
-        return f"{end.name.lower()}: {fmt.END_DESCRIPTIONS[end]}"
-    return f"unknown end {end}"
-
-
-def _event_line(ev: Any, who: str, where: str, caller: str = "", icount: bool = False) -> str:
-    kind = int(ev["kind"])
-    flags = int(ev["flags"])
-    name = fmt.kind_name(kind) + ("64" if flags & fmt.Flag.FORM64 else "")
-    level = "L2" if flags & fmt.Flag.L2 else "L1"
-    parts = [f"{int(ev['seq']):>8}", f"cpu{int(ev['vcpu'])}", level, f"pl{flags & 3}",
-             f"{name:<14}", f"task={who}"]
-    if icount:
-        parts.insert(2, f"i={int(ev['icount'])}")
-    if kind in TRACE_KINDS_WITH_MEMORY:
-        parts += [f"addr={int(ev['addr']):#x}", f"rfbm={int(ev['value']):#x}",
-                  f"xcr0={int(ev['xcr0']):#x}"]
-        if flags & fmt.Flag.MEM_VALID:
-            parts += [f"bytes={int(ev['mem_bytes'])}", f"xfeat={int(ev['mem_features']):#x}",
-                      f"mem={int(ev['mem_hash']):016x}"]
-            if int(ev["xstate_bv"]):
-                parts.append(f"xstate_bv={int(ev['xstate_bv']):#x}")
-        else:
-            parts.append("no-memory-access")
-        if flags & fmt.Flag.REGS_VALID:
-            parts.append(f"regs={int(ev['regs_hash']):016x}")
-        if flags & fmt.Flag.REGS_AFTER_VALID:
-            parts.append(f"after={int(ev['regs_after_hash']):016x}")
-    elif kind in (fmt.Kind.XSETBV, fmt.Kind.WRMSR, fmt.Kind.WRMSR_XFD, fmt.Kind.WRMSR_XFD_ERR):
-        parts += [f"index={int(ev['index']):#x}", f"value={int(ev['value']):#x}"]
-    elif kind == fmt.Kind.VM_ENTRY:
-        parts.append(f"vmcb={int(ev['addr']):#x}")
-    elif kind == fmt.Kind.PROBE:
-        index = int(ev["index"])
-        name = fmt.Probe(index).name.lower() if index in fmt.Probe._value2member_map_ \
-            else str(index)
-        parts += [f"probe={name}", f"arg0={int(ev['value']):#x}"]
-        if caller:
-            parts.append(f"caller={caller}")
-    elif kind == fmt.Kind.SIGFRAME:
-        parts.append(f"frame={int(ev['addr']):#x}")
-        if flags & fmt.Flag.MEM_VALID:
-            parts.append(f"fpsimd={int(ev['mem_hash']):016x}")
-        else:
-            parts.append("no-fpsimd-record")
-        if flags & fmt.Flag.SVE_VALID:
-            parts += [f"sve_vl={int(ev['mem_features']) & 0xffff}",
-                      f"sve={int(ev['mem_ext_hash']):016x}"]
-    elif kind == fmt.Kind.PROBE_RETURN:
-        parts.append(f"to={caller}")
-        if icount:
-            parts.append(f"insns={int(ev['icount']) - int(ev['aux'])}")
-    if flags & fmt.Flag.KERNEL_SIMD:
-        parts.append("kernel-simd-before")
-    parts.append(f"pc={where}")
-    return " ".join(parts)
-
-
-def dump_lines(run: Run, limit: int = 0) -> Iterator[str]:
-    trace = run.trace
-    yield from header_lines(run)
-    yield f"tasks      {len(trace.tasks)} announcements"
-    for t in trace.tasks:
-        comm = bytes(t["comm"]).split(b"\0", 1)[0].decode(errors="replace")
-        yield (f"  task seq={int(t['seq'])} ptr={int(t['task']):#x} pid={int(t['pid'])} "
-               f"tgid={int(t['tgid'])} comm={comm}")
-    yield f"events     {len(trace.events)}"
-    ident = task_identity(trace.events, trace.tasks)
-    icount = bool(trace.header.features & fmt.Feature.ICOUNT)
-    n = len(trace.events) if limit <= 0 else min(limit, len(trace.events))
-    for i in range(n):
-        ev = trace.events[i]
-        who = task_label(trace.tasks, int(ident[i])).replace(" ", ":")
-        kind = int(ev["kind"])
-        caller = int(ev[fmt.PROBE_CALLER]) if kind == fmt.Kind.PROBE else \
-            int(ev["addr"]) if kind == fmt.Kind.PROBE_RETURN else 0
-        yield _event_line(ev, who, run.symbols.describe(int(ev["pc"])),
-                          run.symbols.describe(caller) if caller else "", icount)
-    if trace.footer is not None:
-        f = trace.footer
-        by_kind = ", ".join(f"{fmt.kind_name(k)}={n}" for k, n in sorted(f.events_by_kind.items()))
-        yield (f"footer     events={f.events_total} tasks={f.tasks_total} "
-               f"blocks={f.blocks_total} write_errors={f.write_errors} ({by_kind})")
-
-
-def _group_json(groups: list[Group]) -> list[dict[str, Any]]:
-    return [{"label": g.label, "events": g.events, "by_kind": g.by_kind} for g in groups]
-
-
-def counts_json(run: Run, counts: Counts) -> dict[str, Any]:
-    t = run.trace
-    return {
-        "trace": {
-            "path": str(t.path),
-            "complete": t.complete,
-            "problems": t.problems,
-            "format_version": t.header.version,
-            "arch": t.header.arch.name.lower(),
-            "kernel": t.header.kernel,
-            "qemu": t.header.qemu,
-            "footer_events_total": t.footer.events_total if t.footer else None,
-        },
-        "recording": run.meta,
-        "events_total": counts.events_total,
-        "events_by_kind": counts.events_by_kind,
-        "events_by_instruction": counts.events_by_instruction,
-        "bytes_saved": counts.bytes_saved,
-        "bytes_restored": counts.bytes_restored,
-        "per_task": _group_json(counts.per_task),
-        "per_cpu": _group_json(counts.per_cpu),
-        "per_level": _group_json(counts.per_level),
-        "per_function": _group_json(counts.per_function),
-    }
+def console() -> Console:
+    """The console every report writes to: no emoji or highlighting."""
+    out = Console(emoji=False, highlight=False)
+    if not out.is_terminal:
+        out = Console(emoji=False, highlight=False, width=PIPED_WIDTH)
+    return out
 
 
 def _group_table(title: str, what: str, groups: list[Group], top: int,
@@ -206,131 +73,6 @@ def render_counts(console: Console, run: Run, counts: Counts, top: int) -> None:
     console.print(_group_table("L1 host / L2 guest", "level", counts.per_level, top, kinds))
     console.print(_group_table("per kernel function", "function", counts.per_function, top,
                                kinds))
-
-
-# ---- ownership analysis ------------------------------------------------
-
-def _event_json(run: Run, ident: Any, i: int, role: str = "",
-                within: dict[int, str] | None = None) -> dict[str, Any]:
-    ev = run.trace.events[i]
-    kind = int(ev["kind"])
-    out = {
-        "seq": int(ev["seq"]),
-        "cpu": int(ev["vcpu"]),
-        "kind": fmt.kind_name(kind),
-        "task": task_label(run.trace.tasks, int(ident[i])),
-        "site": run.symbols.describe(int(ev["pc"])),
-    }
-    if run.trace.header.features & fmt.Feature.ICOUNT:
-        out["icount"] = int(ev["icount"])
-    if role == "simd":
-        # The kernel SIMD code that ran just before this event.
-        out["kind"] = f"kernel SIMD before {out['kind']}"
-        out["site"] = run.symbols.describe(int(ev["simd_pc"]) | kernel_text_high(run.symbols))
-    elif kind in TRACE_KINDS_WITH_MEMORY:
-        out["buffer"] = f"{int(ev['addr']):#x}"
-    elif kind == fmt.Kind.USER_RETURN and ev["addr"]:
-        out["entry_site"] = run.symbols.describe(int(ev["addr"]))
-    elif kind == fmt.Kind.PROBE and int(ev[fmt.PROBE_CALLER]):
-        out["caller"] = run.symbols.describe(int(ev[fmt.PROBE_CALLER]))
-    if within and role != "simd" and i in within:
-        out["within"] = within[i]
-    return out
-
-
-def findings_json(run: Run, verdict: Verdict, ident: Any, limit: int = 0
-                  ) -> list[dict[str, Any]]:
-    """The findings in trace order, the first `limit` of them (0: all)."""
-    out = []
-    for f in verdict.findings[:limit] if limit > 0 else verdict.findings:
-        item: dict[str, Any] = {
-            "kind": f.kind,
-            "description": f.description,
-            "task": task_label(run.trace.tasks, f.task),
-            "event": _event_json(run, ident, f.event, within=verdict.within),
-            "events": {role: _event_json(run, ident, i, role, verdict.within)
-                       for role, i in f.events.items() if i >= 0 and role != "event"},
-        }
-        if f.buffer:
-            item["buffer"] = f"{f.buffer:#x}"
-        if f.vmcb:
-            item["vcpu"] = f"{f.vmcb:#x}"
-        if f.confirmed_by >= 0:
-            item["confirmed_by"] = _event_json(run, ident, f.confirmed_by)
-        out.append(item)
-    return out
-
-
-def boundary_json(run: Run, verdict: Verdict) -> dict[str, Any]:
-    b = verdict.boundaries
-
-    def one(c: BoundaryCheck) -> dict[str, Any]:
-        return {"checked": c.checked, "quiet": c.quiet, "violations": c.violations,
-                "changed_on_purpose": dict(c.changed_on_purpose),
-                "purpose_checked": dict(c.purpose_checked),
-                "unchecked": dict(c.unchecked)}
-
-    return {
-        "checked": b.checked,
-        "violations": b.violations,
-        "by_kind": {"user_return": one(b.user), "vm_entry": one(b.vcpu),
-                    "sve_user_return": one(b.sve)},
-        "registers": {"compared": b.registers[0], "not_compared": b.registers[1]},
-        "findings_by_kind": verdict.by_kind,
-        "kfpu_sections": b.kfpu_sections,
-        "per_task": [{"task": task_label(run.trace.tasks, b.keys.latest.get(k, -1)),
-                      "checked": c, "violations": v}
-                     for k, (c, v) in sorted(b.per_task.items()) if k >= 0],
-        "per_vcpu": [{"vcpu": f"vmcb={vmcb:#x}",
-                      "thread": task_label(run.trace.tasks, b.keys.latest.get(k, -1)),
-                      "checked": c, "violations": v}
-                     for (vmcb, k), (c, v) in sorted(b.per_vcpu.items())],
-    }
-
-
-def _row_json(rows: list[Row]) -> list[dict[str, Any]]:
-    return [{"label": r.label, "events": r.events, "by_class": r.by_class,
-             "bytes_by_class": r.bytes_by_class, "redundant_bytes": r.redundant_bytes,
-             **r.extra} for r in rows]
-
-
-def _ident(run: Run, own: Ownership) -> Any:
-    """Each event's task announcement, as the compiled pass found it."""
-    if own.task_ident is not None:
-        return own.task_ident
-    return task_identity(run.trace.events, run.trace.tasks)
-
-
-def analysis_json(a: Analysis, max_findings: int = 50) -> dict[str, Any]:
-    run, verdict, costs, ident = a.run, a.verdict, a.costs, a.ident
-    return {
-        "findings_total": len(verdict.findings),
-        "own_check_failures": run.own_check_failures,
-        "findings": findings_json(run, verdict, ident, max_findings),
-        "unconfirmed": [{"kind": u.kind, "reason": u.reason,
-                         "task": task_label(run.trace.tasks, u.task),
-                         "event": _event_json(run, ident, u.event)}
-                        for u in verdict.unconfirmed[:max_findings or None]],
-        "unconfirmed_total": len(verdict.unconfirmed),
-        "boundary_checks": boundary_json(run, verdict),
-        "kernel_mechanisms": [{"name": m.name, "present": m.present, "evidence": m.evidence,
-                               "description": m.description}
-                              for m in kernel_mechanisms(run.symbols)],
-        "classes": costs.classes,
-        "class_bytes": costs.class_bytes,
-        "unknown_reasons": costs.unknown_reasons,
-        "redundant_percent": costs.redundant_pct,
-        "per_callsite": _row_json(costs.per_callsite),
-        "per_task": _row_json(costs.per_task),
-        "per_vcpu": _row_json(costs.per_vcpu),
-        "per_level": _row_json(costs.per_level),
-        "per_component": costs.per_component,
-        "per_operation": costs.per_operation,
-        **({"arm64_traps": a.traps.as_json()} if a.traps is not None else {}),
-        **({"context_switches": a.switches.as_json()} if a.switches is not None else {}),
-        **({"instructions": a.instructions.as_json()} if a.instructions is not None else {}),
-        **({"guest": analysis_json(a.guest, max_findings)} if a.guest is not None else {}),
-    }
 
 
 def _class_table(title: str, what: str, rows: list[Row], top: int) -> Table:
@@ -380,7 +122,7 @@ def render_boundaries(console: Console, verdict: Verdict) -> None:
 
 def render_findings(console: Console, run: Run, own: Ownership, verdict: Verdict,
                     max_findings: int = 50) -> None:
-    ident = _ident(run, own)
+    ident = ident_of(run, own)
     findings = findings_json(run, verdict, ident, max_findings)
     if findings and run.own_check_failures:
         console.print("[bold red]" + escape("the run's own check failed too: "
@@ -601,21 +343,6 @@ def _render_traps(console: Console, t: TrapCosts) -> None:
         f"({t.context_switches} switches); {t.save_undone} traps whose state was saved just "
         f"before and loaded back just after; {t.sve_retraps} SVE traps after an SVE-to-FPSIMD "
         f"downgrade ({t.sve_downgrades} downgrades)"))
-
-
-def timeline_json(timeline: Any, limit: int) -> list[dict[str, Any]]:
-    from analyzers.timeline import Begin, End
-
-    rows = timeline[:limit] if limit > 0 else timeline
-    return [{"cpu": int(r["cpu"]), "start_seq": int(r["start_seq"]),
-             "end_seq": int(r["end_seq"]), "owner": f"{int(r['owner']):#x}",
-             "owner_kind": ContextKind(int(r["owner_kind"])).name.lower()
-             if r["owner_kind"] >= 0 else "unknown",
-             "content": f"{int(r['content']):016x}", "begin": Begin(int(r["begin"])).name.lower(),
-             "end": End(int(r["end"])).name.lower(), "modified": bool(r["modified"]),
-             "kernel_use": bool(r["kernel_use"]), "in_guest": bool(r["in_guest"]),
-             "buffer_current": bool(r["buffer_current"])}
-            for r in rows]
 
 
 def render_timeline(console: Console, timeline: Any, limit: int) -> None:
