@@ -27,7 +27,7 @@ through the plugin API); its line gives the count's cost there, the floor
 for fputrace's.
 
 `--variant deterministic` adds fputrace on a deterministic machine (what
-`record` runs by default: instruction-counted time, fputrace.machine), and
+`record` runs by default: instruction-counted time, fputrace.record.machine), and
 `--variant deterministic-none` the same machine without a plugin; each such
 variant's line also gives its ratio to its non-deterministic counterpart.
 
@@ -61,11 +61,11 @@ from pathlib import Path
 
 from fputrace.errors import FputraceError
 from fputrace.kernel.layout import kernel_cmdline, kernel_layout, resolve_kernel
-from fputrace.machine import MachineSpec, run_machine
 from fputrace.paths import build_dir, cache_dir
-from fputrace.record import build_initramfs, plugin_arguments, plugin_path
+from fputrace.record.machine import MachineSpec, run_machine
+from fputrace.record.recorder import build_initramfs, plugin_arguments, plugin_path
+from fputrace.record.workloads import parse_workloads
 from fputrace.trace.reader import read_trace
-from fputrace.workloads import parse_workloads
 
 DEFAULT_SCENARIOS = ("demo=kvm-pingpong:200", "dense=fpu-switch:50000")
 

@@ -25,7 +25,7 @@ COMMANDS = (record, check, report, view, compare, export, dump, kernel, zoo)
 
 class Terminated(Exception):
     """SIGTERM: unwinds like an interrupt, so that a QEMU being run is
-    stopped (fputrace.machine) instead of left running without us."""
+    stopped (fputrace.record.machine) instead of left running without us."""
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

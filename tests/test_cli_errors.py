@@ -26,7 +26,7 @@ from tracebuilder import (
     write_sidecars,
 )
 
-from fputrace.output import OutputLock
+from fputrace.record.output import OutputLock
 from fputrace.trace import format as fmt
 from fputrace.trace.run import sidecar
 
@@ -230,8 +230,8 @@ def test_too_little_free_space_is_refused(tmp_path: Path, monkeypatch: pytest.Mo
     import shutil
 
     from fputrace.cli import main
-    from fputrace.output import estimated_trace_bytes
-    from fputrace.workloads import parse_workloads
+    from fputrace.record.output import estimated_trace_bytes
+    from fputrace.record.workloads import parse_workloads
 
     need = estimated_trace_bytes(parse_workloads("fpu-switch:1000000"), 0)
     assert need >= 1_000_000 * 20 * 128

@@ -21,7 +21,7 @@ import pytest
 from conftest import require
 from e2e import fputrace, kernel_available, workload_line
 
-from fputrace.machine import deterministic_args
+from fputrace.record.machine import deterministic_args
 from fputrace.trace.reader import Trace, read_trace
 from fputrace.trace.run import sidecar
 

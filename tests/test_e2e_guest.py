@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from e2e import fputrace, kernel_available, workload_line
 
+from fputrace.record.workloads import parse_workloads
 from fputrace.trace import format as fmt
 from fputrace.trace.reader import read_trace
 from fputrace.trace.run import load_run, sidecar
-from fputrace.workloads import parse_workloads
 
 # Every workload that 'all' runs in the guest (all but the KVM ones, which
 # inside L2 would need an L3), with small counts: fpu-hog alongside takes

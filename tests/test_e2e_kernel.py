@@ -531,7 +531,7 @@ def test_two_cpus(qemu_plugin: Path, tmp_path: Path) -> None:
     # Two vCPU threads (MTTCG) write their blocks concurrently: the trace must
     # still be whole, in one sequence order with no number used twice, with
     # events on both CPUs and nothing judged lost. Two CPUs record with the
-    # host clock (fputrace.machine.deterministic_refusal), and say so.
+    # host clock (fputrace.record.machine.deterministic_refusal), and say so.
     kernel_available("6.1")
     out = tmp_path / "smp.ftr"
     p = fputrace("record", "--kernel", "6.1", "--smp", "2", "--workload",

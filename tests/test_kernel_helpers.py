@@ -15,12 +15,12 @@ from conftest import require
 from tracebuilder import VM_EXIT, TraceBuilder
 
 from fputrace.errors import FputraceError
-from fputrace.foreign import programs_of
-from fputrace.initramfs import Initramfs
 from fputrace.kernel import debian, selftests
 from fputrace.kernel.btf import Btf
 from fputrace.kernel.layout import _bzimage_release, _current_task_address
 from fputrace.kernel.modules import ModuleTree
+from fputrace.record.foreign import programs_of
+from fputrace.record.initramfs import Initramfs
 from fputrace.trace.run import load_run
 from fputrace.trace.symbols import Symbols
 
@@ -232,7 +232,7 @@ def test_kvm_mode_the_arm64_kernel_ran_is_checked() -> None:
     # Console lines as arm64 kernels print them (kvm_arm_init()): the mode
     # asked for is confirmed, another one names the option that works, and
     # no KVM at all says so.
-    from fputrace.record import _kvm_mode_problem
+    from fputrace.record.recorder import _kvm_mode_problem
 
     vhe = "[    1.2] kvm [1]: VHE mode initialized successfully\n"
     nvhe = "[    1.2] kvm [1]: Hyp mode initialized successfully\n"
@@ -427,7 +427,7 @@ def test_dsc_names_its_two_tarballs(tmp_path: Path) -> None:
 def test_bare_names_resolve_as_in_the_guest(tmp_path: Path) -> None:
     # /added and the directories directly under it are on the guest's PATH;
     # a program deeper down needs its path.
-    from fputrace.foreign import AddedFile, check_commands, guest_path
+    from fputrace.record.foreign import AddedFile, check_commands, guest_path
 
     added = [AddedFile(tmp_path / "a", "added/top"), AddedFile(tmp_path / "b", "added/d/prog"),
              AddedFile(tmp_path / "c", "added/d/sub/deep")]

@@ -13,16 +13,22 @@ from rich.console import Console
 from rich.markup import escape
 
 from fputrace.errors import FputraceError
-from fputrace.foreign import AddedFile, ForeignRun, busybox_applets, check_commands, prepare_added
 from fputrace.kernel.busybox import DEBIAN_ARCH, applets_busybox
 from fputrace.kernel.debian import RELEASES
 from fputrace.kernel.layout import KVM_MODES, resolve_kernel
-from fputrace.machine import deterministic_refusal, resolve_deterministic
-from fputrace.output import OutputLock, check_output, estimated_trace_bytes
-from fputrace.record import RecordResult, check_smp, record
+from fputrace.record.foreign import (
+    AddedFile,
+    ForeignRun,
+    busybox_applets,
+    check_commands,
+    prepare_added,
+)
+from fputrace.record.machine import deterministic_refusal, resolve_deterministic
+from fputrace.record.output import OutputLock, check_output, estimated_trace_bytes
+from fputrace.record.recorder import RecordResult, check_smp, record
+from fputrace.record.workloads import WORKLOADS, WorkloadRun, parse_workloads
 from fputrace.trace.reader import read_trace
 from fputrace.trace.run import sidecar
-from fputrace.workloads import WORKLOADS, WorkloadRun, parse_workloads
 
 DEFAULT_WORKLOAD = "kvm-pingpong:200"
 # Inside an L2 guest: the workloads that need no KVM of their own.
@@ -72,7 +78,7 @@ def add_record_options(p: Any, default_output: Path) -> None:
                         "and runs 1.5-1.8x faster)")
     p.add_argument("--guest-kernel", metavar="SERIES|PATH",
                    help="also boot this kernel as an L2 Linux guest of the recorded host, "
-                        "under this machine's QEMU run with KVM inside it (fputrace/guest.py)")
+                        "under this machine's QEMU run with KVM inside it (fputrace/record/guest.py)")
     p.add_argument("--guest-workload", metavar="SPEC",
                    help="the L2 guest's workloads, in --workload's syntax, less the KVM "
                         f"ones ('all': the rest; default {GUEST_DEFAULT_WORKLOAD})")
@@ -143,7 +149,7 @@ def plan_from_args(args: argparse.Namespace) -> RecordPlan:
                                     f"leave {option} out")
     runs = parse_workloads(spec, arch) if spec else []
     if args.guest_kernel is not None and arch != platform.machine():
-        # The VMM that L1 runs is this machine's own (fputrace/guest.py).
+        # The VMM that L1 runs is this machine's own (fputrace/record/guest.py).
         raise FputraceError(f"--guest-kernel needs an L1 of this machine's architecture "
                             f"({platform.machine()}): L1 runs this machine's own QEMU as "
                             f"the guest's VMM, and {arch} cannot run its binaries")

@@ -48,10 +48,10 @@ from pathlib import Path
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
 
-from fputrace.children import die_with_parent
 from fputrace.errors import FputraceError
 from fputrace.kernel import debian, selftests
 from fputrace.paths import cache_dir
+from fputrace.record.children import die_with_parent
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fputrace.errors import FputraceError
-from fputrace.initramfs import busybox_initramfs
 from fputrace.kernel import debian
 from fputrace.kernel.btf import Btf
 from fputrace.kernel.build import find_build
 from fputrace.kernel.busybox import busybox_for
 from fputrace.kernel.dwarf import struct_offsets
 from fputrace.kernel.modules import ModuleTree
-from fputrace.machine import MachineSpec, run_machine
 from fputrace.paths import cache_dir
+from fputrace.record.initramfs import busybox_initramfs
+from fputrace.record.machine import MachineSpec, run_machine
 from fputrace.trace.symbols import Symbols
 
 COLLECT_TIMEOUT_S = 300

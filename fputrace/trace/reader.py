@@ -489,7 +489,7 @@ def _load(p: Path, data: mmap.mmap, header: Header, scan: _Scan, size: int) -> T
         tasks_lost = max(footer.tasks_total - len(tk), 0)
         lost_exact = True
         if footer.events_total < len(ev) or footer.tasks_total < len(tk):
-            # Two writers into one file (fputrace.output locks it against that).
+            # Two writers into one file (fputrace.record.output locks it against that).
             lost_exact = False
             damage.append(f"the footer counts {footer.events_total} events and "
                           f"{footer.tasks_total} task records, but {len(ev)} and {len(tk)} "

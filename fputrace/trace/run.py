@@ -1,7 +1,7 @@
 """A recorded run: the trace plus its sidecars (symbols, recording metadata).
 
 For a trace run.ftr the sidecars are run.console.log, run.kallsyms.gz and
-run.meta.json (fputrace.record writes them)."""
+run.meta.json (fputrace.record.recorder writes them)."""
 
 from __future__ import annotations
 

@@ -22,9 +22,6 @@ from pathlib import Path
 
 from fputrace import __version__
 from fputrace.errors import FputraceError
-from fputrace.foreign import AddedFile, ForeignRun, busybox_applets, guest_path
-from fputrace.guest import GUEST_MARK, HOST_MEMORY_MB, SHARE_MODULES, GuestPlan, guest_console
-from fputrace.initramfs import busybox_initramfs
 from fputrace.kernel.busybox import applets_busybox, busybox_for
 from fputrace.kernel.layout import (
     SERIAL_DEVICE,
@@ -38,18 +35,27 @@ from fputrace.kernel.probes import fp_core_code, resolve_probes
 from fputrace.kernel.probes import plugin_args as probe_args
 from fputrace.kernel.seedmod import MODULE_NAME as SEED_MODULE
 from fputrace.kernel.seedmod import seed_module_for
-from fputrace.machine import (
+from fputrace.paths import build_dir
+from fputrace.record.foreign import AddedFile, ForeignRun, busybox_applets, guest_path
+from fputrace.record.guest import (
+    GUEST_MARK,
+    HOST_MEMORY_MB,
+    SHARE_MODULES,
+    GuestPlan,
+    guest_console,
+)
+from fputrace.record.initramfs import busybox_initramfs
+from fputrace.record.machine import (
     MachineSpec,
     deterministic_args,
     qemu_version,
     resolve_deterministic,
     run_machine,
 )
-from fputrace.paths import build_dir
+from fputrace.record.workloads import WorkloadRun, parse_summary
 from fputrace.trace.format import Probe
 from fputrace.trace.run import sidecar
 from fputrace.trace.symbols import MODULE_LINE, Symbols
-from fputrace.workloads import WorkloadRun, parse_summary
 
 MARK = "FPUTRACE"
 # Loaded for --run commands when the kernel has them (KVM users need them).
@@ -114,7 +120,7 @@ def _init_script(modules: list[str], runs: list[WorkloadRun],
                  guest: GuestPlan | None = None, polled: bool = False) -> str:
     """/init. polled: everything it prints goes through the kernel's log
     (/dev/kmsg), whose console writes poll the UART, so that the console
-    raises no interrupt (the L2 guest's: fputrace.guest.POLLED_CONSOLE)."""
+    raises no interrupt (the L2 guest's: fputrace.record.guest.POLLED_CONSOLE)."""
     lines = [
         "#!/bin/sh",
         "mount -t proc proc /proc",
@@ -353,7 +359,7 @@ def record(target: KernelTarget, runs: list[WorkloadRun], out: Path, smp: int = 
     deterministic: pin what the guest draws from the host (machine.py), so
     that the same inputs give the same trace event for event; None: where
     the machine allows it (resolve_deterministic). guest_target: an L2
-    Linux guest to boot inside, under a VMM in L1 (fputrace.guest), running
+    Linux guest to boot inside, under a VMM in L1 (fputrace.record.guest), running
     guest_runs, with the host's `alongside` workloads in the background."""
     plugin = plugin_path()
     check_smp(smp)
@@ -479,7 +485,7 @@ def _kvm_mode_problem(console: str, asked: str) -> str | None:
 
 def _console_done(console: Path) -> bool:
     """Whether the guest's init got to the end of its script: the guest's
-    shutdown is then the end of the run (fputrace.machine)."""
+    shutdown is then the end of the run (fputrace.record.machine)."""
     try:
         text = console.read_text(errors="replace")
     except OSError:

@@ -26,8 +26,8 @@ from typing import Any
 
 from qemu.qmp import ConnectError, QMPClient
 
-from fputrace.children import die_with_parent
 from fputrace.errors import FputraceError
+from fputrace.record.children import die_with_parent
 from fputrace.trace.format import End
 
 QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
@@ -46,7 +46,7 @@ QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64
 #                              RDRAND/RDSEED (x86), RNDR/RNDRRS (arm64) and the
 #                              virt board's kaslr-seed and rng-seed in the DTB.
 # The guest's files are already fixed: the initramfs is written with fixed
-# mtimes in a fixed order (fputrace.initramfs).
+# mtimes in a fixed order (fputrace.record.initramfs).
 DETERMINISTIC_ICOUNT = "shift=0,sleep=off"
 DETERMINISTIC_RTC_BASE = "2024-01-01T00:00:00"
 DETERMINISTIC_SEED = 1

@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 
 from fputrace.errors import FputraceError
+from fputrace.record.workloads import WorkloadRun
 from fputrace.trace import format as fmt
 from fputrace.trace.run import sidecar
-from fputrace.workloads import WorkloadRun
 
 # Events a boot with the KVM modules loaded records before any workload
 # (about 9,000 on Debian 6.1), and what the sidecars take (kallsyms.gz,

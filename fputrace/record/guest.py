@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fputrace.kernel.layout import KernelTarget, kernel_cmdline
-from fputrace.workloads import WorkloadRun
+from fputrace.record.workloads import WorkloadRun
 
 MARK = "FPUTRACE"
 GUEST_MARK = f"{MARK}-L2 "
@@ -56,7 +56,7 @@ VMM = {"x86_64": ["qemu-system-x86_64", "-cpu", "host,-kvm-pv-eoi"],
        "aarch64": ["qemu-system-aarch64", "-M", "virt,gic-version=3", "-cpu", "host"]}
 GUEST_MEMORY_MB = 256
 # The guest's console raises no interrupt: its /init prints through
-# /dev/kmsg (fputrace.record._init_script(polled=True)), and the kernel's
+# /dev/kmsg (fputrace.record.recorder._init_script(polled=True)), and the kernel's
 # console writes poll the UART with its interrupts masked
 # (serial8250_console_write()). That closes the window the EOI fix above
 # leaves: handle_edge_irq() takes the serial interrupt's descriptor lock
