@@ -78,7 +78,7 @@ def add_record_options(p: Any, default_output: Path) -> None:
                         "and runs 1.5-1.8x faster)")
     p.add_argument("--guest-kernel", metavar="SERIES|PATH",
                    help="also boot this kernel as an L2 Linux guest of the recorded host, "
-                        "under this machine's QEMU run with KVM inside it (fputrace/record/guest.py)")
+                        "under this machine's QEMU run with KVM inside it")
     p.add_argument("--guest-workload", metavar="SPEC",
                    help="the L2 guest's workloads, in --workload's syntax, less the KVM "
                         f"ones ('all': the rest; default {GUEST_DEFAULT_WORKLOAD})")
