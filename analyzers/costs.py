@@ -7,6 +7,7 @@ docs/analysis.md."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -77,6 +78,7 @@ def _rows_from(keys: list[int], counts: npt.NDArray[np.generic], sums: npt.NDArr
     return sorted(merged.values(), key=lambda r: (-r.redundant_bytes, -r.events, r.label))
 
 
+@cache
 def _packing() -> tuple[int, int, int]:
     """The vCPU instance's packing, as fpanalysis.h defines it."""
     from analyzers.native import layout

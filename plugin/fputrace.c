@@ -515,8 +515,7 @@ static enum arg_result parse_offset(const char *key, const char *s, int64_t *out
     return ARG_OK;
 }
 
-static enum arg_result parse_address(const char *key, const char *s, uint64_t *out,
-                                     char **why)
+enum arg_result parse_address(const char *key, const char *s, uint64_t *out, char **why)
 {
     if (!parse_u64(s, out)) {
         *why = g_strdup_printf("%s=%s: not a number", key, s);

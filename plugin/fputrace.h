@@ -367,5 +367,6 @@ void vcpu_commit_event(struct vcpu_state *vs, unsigned int vcpu_index,
 /* ---- argument parsing helpers (fputrace.c) ------------------------------ */
 
 bool parse_u64(const char *s, uint64_t *out);
+enum arg_result parse_address(const char *key, const char *s, uint64_t *out, char **why);
 
 #endif /* FPUTRACE_H */

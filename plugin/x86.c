@@ -1030,11 +1030,7 @@ static enum arg_result x86_parse_arg(const char *key, const char *value, char **
     uint64_t n;
 
     if (!strcmp(key, "dmap") || !strcmp(key, "dmap_var")) {
-        if (!parse_u64(value, key[4] ? &x86_cfg.dmap_var : &x86_cfg.dmap)) {
-            *why = g_strdup_printf("%s=%s: not an address", key, value);
-            return ARG_BAD;
-        }
-        return ARG_OK;
+        return parse_address(key, value, key[4] ? &x86_cfg.dmap_var : &x86_cfg.dmap, why);
     }
     if (!strcmp(key, "msr")) {
         if (!parse_u64(value, &n) || n > 0xffffffffull) {
