@@ -25,11 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fputrace.trace import format as fmt
-from fputrace.trace.checksum import crc32c
-
-# The tests' trace writer: one writer of the format for tests and benchmark.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from tracebuilder import block_bytes, footer_block, header, write_sidecars
+from fputrace.trace.writer import block_bytes, footer_block, header, write_sidecars
 
 BLOCK = 512
 # One pattern per round: user save, guest restore, VM entry, VM exit, guest
@@ -97,21 +93,20 @@ def write_trace(path: Path, ev: np.ndarray) -> None:
     rec = fmt.EVENT_DTYPE.itemsize
     raw = ev.view(np.uint8).reshape(-1)
     with open(path, "wb") as f:
-        f.write(header(qemu="synthetic", kernel="scale", args="", crc=crc32c))
+        f.write(header(qemu="synthetic", kernel="scale", args=""))
         tasks = np.zeros(TASKS, dtype=fmt.TASK_DTYPE)
         tasks["task"] = 0xFFFF888100000000 + np.arange(TASKS, dtype=np.uint64) * 0x4000
         tasks["pid"] = 100 + np.arange(TASKS)
         tasks["comm"] = [f"vcpu{i}".encode() for i in range(TASKS)]
-        f.write(block_bytes(fmt.BlockType.TASKS, 0, TASKS, tasks.tobytes(), crc=crc32c))
+        f.write(block_bytes(fmt.BlockType.TASKS, 0, TASKS, tasks.tobytes()))
         for start in range(0, len(ev), BLOCK):
             count = min(BLOCK, len(ev) - start)
             payload = raw[start * rec:(start + count) * rec].tobytes()
-            f.write(block_bytes(fmt.BlockType.EVENTS, 0, count, payload, crc=crc32c))
+            f.write(block_bytes(fmt.BlockType.EVENTS, 0, count, payload))
         by_kind = [0] * fmt.KIND_MAX
         for k, c in zip(*np.unique(ev["kind"], return_counts=True), strict=True):
             by_kind[int(k)] = int(c)
-        f.write(footer_block(len(ev), TASKS, 1 + (len(ev) + BLOCK - 1) // BLOCK, by_kind,
-                             crc=crc32c))
+        f.write(footer_block(len(ev), TASKS, 1 + (len(ev) + BLOCK - 1) // BLOCK, by_kind))
     write_sidecars(path)  # as a recording leaves them: a run is whole with them
 
 

@@ -1,7 +1,7 @@
 """How fast the timeline viewer opens and answers keys on a large trace.
 
 By default it writes a synthetic trace of 1,000,000 events in the real
-format (tests/tracebuilder.py): two CPUs, 64 tasks switching with a save
+format (fputrace.trace.writer): two CPUs, 64 tasks switching with a save
 and a restore each, user entries and returns, and a vCPU thread's KVM runs
 with their guest loads and saves. --trace FILE measures a recorded one.
 
@@ -25,33 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
-TOP = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(TOP / "tests"))
+from analyzers.run import analyze_run
+from fputrace.trace import format as fmt
+from fputrace.trace.run import load_run
+from fputrace.trace.writer import TraceBuilder
+from fputrace.view.draw import static_lines
+from fputrace.view.model import build_model
 
-import tracebuilder  # noqa: E402
-from tracebuilder import (  # noqa: E402
-    F_AFTER,
-    F_MEM,
-    F_REGS,
-    F_TASK,
-    USER_ENTRY,
-    USER_RETURN,
-    VM_ENTRY,
-    VM_EXIT,
-    XRSTOR,
-    XSAVEOPT,
-    TraceBuilder,
-)
-
-from analyzers.run import analyze_run  # noqa: E402
-from fputrace.trace.checksum import crc32c  # noqa: E402
-from fputrace.trace.run import load_run  # noqa: E402
-from fputrace.view.draw import static_lines  # noqa: E402
-from fputrace.view.model import build_model  # noqa: E402
-
-# The builder's own CRC is plain Python, written apart from the reader's to
-# test it; for a million events the reader's compiled one does.
-tracebuilder.crc32c = crc32c
+K, F = fmt.Kind, fmt.Flag
+XSAVEOPT, XRSTOR, VM_ENTRY, VM_EXIT = K.XSAVEOPT, K.XRSTOR, K.VM_ENTRY, K.VM_EXIT
+USER_ENTRY, USER_RETURN = K.USER_ENTRY, K.USER_RETURN
+F_TASK, F_MEM, F_REGS, F_AFTER = F.TASK_VALID, F.MEM_VALID, F.REGS_VALID, F.REGS_AFTER_VALID
 
 TARGET_OPEN_S = 2.0
 N_TASKS = 64
