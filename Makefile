@@ -32,9 +32,10 @@ test: setup lint
 	FPUTRACE_REQUIRE_ALL=1 $(PY) -m pytest -q -p no:cacheprovider
 
 # The fast layers only: unit tests on synthetic traces and the plugin on
-# freestanding images (tests/conftest.py: layer_of()); no kernel.
+# freestanding images (tests/conftest.py: layer_of()); no kernel. Two
+# workers (pytest-xdist), one a core: these tests share no cache entry.
 test-fast: setup
-	FPUTRACE_REQUIRE_ALL=1 $(PY) -m pytest -q -p no:cacheprovider -m "unit or plugin"
+	FPUTRACE_REQUIRE_ALL=1 $(PY) -m pytest -q -p no:cacheprovider -m "unit or plugin" -n 2
 
 bench: setup
 	bench/overhead

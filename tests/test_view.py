@@ -99,13 +99,19 @@ def findings_trace(tmp_path: Path) -> Path:
 class Tmux:
     def __init__(self, name: str, command: list[str], width: int, height: int) -> None:
         self.name = name
-        env = {**os.environ, "TERM": "xterm-256color"}
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
-        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(width), "-y",
+        # A tmux server of its own (-L): sessions of one server share its
+        # window size, and tests run side by side (pytest -n).
+        self.tmux = ["tmux", "-L", name]
+        # The pane's size, not a COLUMNS or LINES inherited (pytest -n sets
+        # them in its workers), is what the viewer must take.
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        env["TERM"] = "xterm-256color"
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
+        subprocess.run([*self.tmux, "new-session", "-d", "-s", name, "-x", str(width), "-y",
                         str(height), " ".join(command) + "; sleep 60"], check=True, env=env)
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name],
+        return subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.name],
                               capture_output=True, text=True, check=True).stdout
 
     def wait_for(self, text: str, timeout: float = 20) -> str:
@@ -120,11 +126,11 @@ class Tmux:
 
     def keys(self, *keys: str) -> None:
         for k in keys:
-            subprocess.run(["tmux", "send-keys", "-t", self.name, k], check=True)
+            subprocess.run([*self.tmux, "send-keys", "-t", self.name, k], check=True)
             time.sleep(0.15)
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
 
 @pytest.fixture

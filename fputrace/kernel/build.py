@@ -50,7 +50,7 @@ from unidiff.patch import PatchSet
 
 from fputrace.errors import FputraceError
 from fputrace.kernel import debian, selftests
-from fputrace.paths import cache_dir
+from fputrace.paths import cache_dir, cache_lock
 from fputrace.record.children import die_with_parent
 
 
@@ -250,6 +250,13 @@ def _pristine_tree(series: str) -> tuple[str, Path]:
     tree = root / version
     if (tree / ".fputrace-ready").exists():
         return version, tree
+    with cache_lock(f"src-{version}"):
+        if not (tree / ".fputrace-ready").exists():  # or another unpacked it meanwhile
+            _unpack_pristine(version, dsc, root, tree)
+    return version, tree
+
+
+def _unpack_pristine(version: str, dsc: Path, root: Path, tree: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tree, ignore_errors=True)
     orig, debian_tar = selftests.dsc_files(dsc)
@@ -271,17 +278,14 @@ def _pristine_tree(series: str) -> tuple[str, Path]:
                                 f"{(p.stdout + p.stderr).strip()[:300]}")
     (tmp / ".fputrace-ready").write_text(version + "\n")
     tmp.rename(tree)
-    return version, tree
 
 
-def _work_tree(version: str, pristine: Path) -> Path:
+def _work_tree(work: Path, pristine: Path) -> None:
     """Hard links to the pristine tree: only the files a patch touches are copied."""
-    work = builds_root() / "work" / version
     if not (work / ".fputrace-ready").exists():
         shutil.rmtree(work, ignore_errors=True)
         work.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-al", str(pristine), str(work)], check=True)
-    return work
 
 
 def _touched_state(work: Path) -> Path:
@@ -558,6 +562,17 @@ def build_kernel(req: BuildRequest, name: str | None = None,
                             _fragment_text(wanted).encode())
     digest = _digest(version.encode(), config_digest.encode(), *patch_texts)
     dest = builds_root() / f"{req.series}-{req.arch}-{digest}"
+    # Another fputrace may be making the same build: the second one waits
+    # for it and takes it.
+    with cache_lock(f"build-{dest.name}"):
+        return _build_once(req, name, arch, version, pristine, base_text, wanted, fragments,
+                           config_digest, dest, report)
+
+
+def _build_once(req: BuildRequest, name: str | None, arch: KernelArch, version: str,
+                pristine: Path, base_text: str, wanted: list[tuple[str, str]],
+                fragments: list[tuple[Path, str]], config_digest: str, dest: Path,
+                report: Callable[[str], None]) -> tuple[KernelBuild, bool]:
     meta = dest / "build.json"
     if meta.exists():
         build = KernelBuild(**json.loads(meta.read_text()))
@@ -571,8 +586,9 @@ def build_kernel(req: BuildRequest, name: str | None = None,
         raise FputraceError(f"--name {name} is taken by {other.path.name}: choose another "
                             "name, or remove that build")
 
-    work = _work_tree(version, pristine)
+    work = builds_root() / "work" / version
     with _locked(work.with_name(work.name + ".lock")):
+        _work_tree(work, pristine)
         _restore(work, pristine)
         _apply(work, pristine, req.patches, version)
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fputrace.errors import FputraceError
 from fputrace.kernel.debian import PrivateApt
-from fputrace.paths import cache_dir
+from fputrace.paths import cache_dir, cache_lock
 
 HOST_BUSYBOX = Path("/bin/busybox")
 # Debian architecture names of the QEMU targets.
@@ -29,6 +29,13 @@ def busybox_for(arch: str) -> Path:
     path = cache_dir() / "busybox" / deb_arch / "busybox"
     if path.exists():
         return path
+    with cache_lock(f"busybox-{deb_arch}"):
+        if not path.exists():  # while this one waited, another fetched it
+            _fetch_busybox(deb_arch, path)
+    return path
+
+
+def _fetch_busybox(deb_arch: str, path: Path) -> None:
     apt = PrivateApt("bookworm", deb_arch)
     apt.update()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +47,6 @@ def busybox_for(arch: str) -> Path:
         if not found.exists():
             raise FputraceError(f"{deb.name} holds no bin/busybox")
         shutil.move(str(found), path)
-    return path
 
 
 def applets_busybox() -> Path:

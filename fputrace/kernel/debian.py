@@ -23,7 +23,7 @@ from debian import deb822
 from debian.debian_support import Version
 
 from fputrace.errors import FputraceError
-from fputrace.paths import cache_dir
+from fputrace.paths import cache_dir, cache_lock
 
 # Debian release carrying each supported kernel series.
 RELEASES = {"5.10": "bullseye", "6.1": "bookworm", "6.12": "trixie"}
@@ -148,16 +148,19 @@ class PrivateApt:
                  f"{self.kind} {signed} {main} {self.codename}-updates main"]
         if security:
             lines.append(f"{self.kind} {signed} {security} {self.codename}-security main")
-        (self.lists / "partial").mkdir(parents=True, exist_ok=True)
-        (self.root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
         text = "\n".join(lines) + "\n"
-        changed = not self.sources.exists() or self.sources.read_text() != text
-        self.sources.write_text(text)
-        stamp = self.root / "updated"
-        fresh = stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE_S
-        if force or changed or not fresh:
-            self._run("apt-get", ["update", "-qq"])
-            stamp.touch()
+        # apt runs unlocked (Debug::NoLocking): its lists are ours, one writer at a time.
+        with cache_lock(f"apt-{self.root.name}"):
+            (self.lists / "partial").mkdir(parents=True, exist_ok=True)
+            (self.root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+            changed = not self.sources.exists() or self.sources.read_text() != text
+            if changed:
+                self.sources.write_text(text)
+            stamp = self.root / "updated"
+            fresh = stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE_S
+            if force or changed or not fresh:
+                self._run("apt-get", ["update", "-qq"])
+                stamp.touch()
 
     def depends(self, package: str) -> list[str]:
         out = self._run("apt-cache", ["depends", "--important", package])
@@ -248,6 +251,11 @@ def fetch_kernel(series: str, arch: str = "amd64", refresh: bool = False) -> Ker
     serve it (the indices and the pool out of step: HTTP 404), the next older
     version of the series is taken, and a note says so."""
     codename = _check_series(series, arch)
+    with cache_lock(f"kernel-{series}-{arch}"):
+        return _fetch_kernel(series, arch, codename, refresh)
+
+
+def _fetch_kernel(series: str, arch: str, codename: str, refresh: bool) -> KernelInfo:
     cached = cached_kernel(series, arch)
     apt = PrivateApt(codename, arch)
     try:

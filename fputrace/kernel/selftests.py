@@ -41,7 +41,7 @@ from unidiff.patch import PatchSet
 
 from fputrace.errors import FputraceError
 from fputrace.kernel import debian
-from fputrace.paths import cache_dir
+from fputrace.paths import cache_dir, cache_lock
 
 SOURCE_PACKAGE = "linux"
 
@@ -153,6 +153,11 @@ def fetch_source(kernel_version: str, codename: str) -> tuple[str, Path]:
     """(version, .dsc path) of the linux source for a kernel version, downloaded
     once. The kernel's own version comes first; where the archive does not
     serve it, the newest served version of the same series is taken."""
+    with cache_lock("sources"):
+        return _fetch_source(kernel_version, codename)
+
+
+def _fetch_source(kernel_version: str, codename: str) -> tuple[str, Path]:
     root = cache_dir() / "sources"
     series = _series_of(kernel_version)
     # Downloaded before (the kernel's own, or the one taken in its place)?
@@ -279,6 +284,11 @@ def build_selftests(series: str, arch: str, refresh: bool = False) -> tuple[Path
     """Build (once) the FP selftests for the Debian kernel of a series; return
     the directory holding one subdirectory per selftest directory, and what
     was built."""
+    with cache_lock(f"selftests-{series}-{arch}"):
+        return _build_selftests(series, arch, refresh)
+
+
+def _build_selftests(series: str, arch: str, refresh: bool) -> tuple[Path, SelftestBuild]:
     suite = _suite(arch)
     info = debian.cached_kernel(series, arch) or debian.fetch_kernel(series, arch)
     kernel_version = debian.kernel_version(info)
