@@ -28,7 +28,6 @@ Trees, under ~/.cache/fputrace/builds:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -40,8 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -232,15 +230,6 @@ def find_build(name: str) -> KernelBuild | None:
 
 
 # --- the source trees -------------------------------------------------------
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One build at a time per work tree (another fputrace may be building)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
 
 def _pristine_tree(series: str) -> tuple[str, Path]:
     """(source version, the tree with Debian's patches), unpacked once."""
@@ -587,7 +576,8 @@ def _build_once(req: BuildRequest, name: str | None, arch: KernelArch, version: 
                             "name, or remove that build")
 
     work = builds_root() / "work" / version
-    with _locked(work.with_name(work.name + ".lock")):
+    # One build at a time in a work tree (another build of the same version may be running).
+    with cache_lock(f"work-{version}"):
         _work_tree(work, pristine)
         _restore(work, pristine)
         _apply(work, pristine, req.patches, version)
