@@ -24,7 +24,11 @@ and as the median of the differences within each round. `--variant
 count-floor` adds the empty plugin with and without the same count
 (`count=on`: an inline add per block, the least an exact count costs
 through the plugin API); its line gives the count's cost there, the floor
-for fputrace's.
+for fputrace's. `--variant block-floor` adds the empty plugin doing what
+fputrace adds to every block it runs: the same count, and at each block of
+kernel code the test for a timed probe's return (returns=on, a conditional
+callback that never fires); its line is the floor of fputrace's cost over
+the empty plugin, below which no work per event can bring it.
 
 `--variant deterministic` adds fputrace on a deterministic machine (what
 `record` runs by default: instruction-counted time, fputrace.record.machine), and
@@ -44,7 +48,8 @@ load sequences are made of (execlog matches mnemonics only).
 usage: bench/overhead [--arch x86_64|arm64] [--kernel 6.1] [--rounds 3] [--compare]
                       [--deterministic]
                       [--scenario NAME=WORKLOAD ...]
-                      [--variant NAME=ARGS | no-icount | count-floor | deterministic
+                      [--variant NAME=ARGS | no-icount | count-floor | block-floor
+                                 | deterministic
                                  | deterministic-none ...]
 """
 
@@ -89,6 +94,9 @@ class Variant:
 DETERMINISTIC_VARIANTS = {"deterministic": "fputrace", "deterministic-none": "none"}
 # Variants of fputrace by name: its plugin arguments.
 NAMED_VARIANTS = {"no-icount": "icount=off"}
+# Floors by name: the empty plugin's arguments that do a part of fputrace's
+# work per block and nothing else (bench/empty-plugin.c).
+FLOOR_VARIANTS = {"count-floor": "count=on", "block-floor": "count=on,returns=on"}
 
 
 @dataclass
@@ -156,7 +164,9 @@ def main() -> int:
                     help="also run fputrace with these extra plugin arguments "
                          "(repeatable), e.g. no-bounds=boundaries=off; no-icount "
                          "(icount=off); count-floor (the empty plugin counting "
-                         "instructions as fputrace does, beside the empty plugin); or "
+                         "instructions as fputrace does, beside the empty plugin); "
+                         "block-floor (the same, and the test for a timed probe's "
+                         "return at every kernel block); or "
                          + " / ".join(DETERMINISTIC_VARIANTS)
                          + ": fputrace / no plugin on a deterministic machine")
     args = ap.parse_args()
@@ -176,7 +186,7 @@ def main() -> int:
             if name in NAMED_VARIANTS and not sep:
                 variants[name] = Variant(f"{fputrace_plugin},{NAMED_VARIANTS[name]}")
                 continue
-            if name == "count-floor" and not sep:
+            if name in FLOOR_VARIANTS and not sep:
                 variants[name] = Variant(None)  # placed beside the empty plugin below
                 continue
             if name in DETERMINISTIC_VARIANTS and not sep and args.deterministic:
@@ -190,14 +200,17 @@ def main() -> int:
             if not sep or not name or name in variants:
                 raise FputraceError(f"--variant {text!r}: write NAME=ARG[,ARG...] "
                                     "with a new name, or one of "
-                                    + ", ".join([*NAMED_VARIANTS, "count-floor",
+                                    + ", ".join([*NAMED_VARIANTS, *FLOOR_VARIANTS,
                                                  *DETERMINISTIC_VARIANTS]))
             variants[name] = Variant(f"{fputrace_plugin},{extra_args}")
         empty = str(build_dir() / "libemptyplugin.so")
-        if args.compare or "count-floor" in variants:
+        floors = [name for name in FLOOR_VARIANTS if name in variants]
+        if args.compare or floors:
             variants["empty"] = Variant(empty)
-        if "count-floor" in variants:
-            variants["count-floor"] = Variant(f"{empty},count=on", baseline="empty")
+        for name in floors:
+            # After "empty" in the order of runs, as the baseline they are taken against.
+            del variants[name]
+            variants[name] = Variant(f"{empty},{FLOOR_VARIANTS[name]}", baseline="empty")
         if args.compare:
             execlog = build_execlog()
             variants["execlog"] = Variant(
@@ -253,7 +266,7 @@ def main() -> int:
                            f"{_cost(wall, 'fputrace', variant):+.3f} over it "
                            f"(fastest runs: {_cost(fastest, 'fputrace', variant):+.3f}, "
                            f"by round: {_paired_cost(s.wall, 'fputrace', variant):+.3f})")
-                elif variant == "count-floor":
+                elif variant in FLOOR_VARIANTS:
                     own = (f"  costs {_cost(wall, variant, 'empty'):+.3f} over the empty plugin "
                            f"(fastest runs: {_cost(fastest, variant, 'empty'):+.3f}, "
                            f"by round: {_paired_cost(s.wall, variant, 'empty'):+.3f})")

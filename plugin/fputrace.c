@@ -699,7 +699,7 @@ static void scoreboard_init(void)
     INLINE_ENTRY(entry_pending);
     INLINE_ENTRY(regs_dirty);
     INLINE_ENTRY(kernel_simd);
-    INLINE_ENTRY(n_returns);
+    INLINE_ENTRY(return_due);
     INLINE_ENTRY(user_block_due);
 #undef INLINE_ENTRY
 }

@@ -94,11 +94,12 @@ struct vcpu_inline {
     /* An inline store of its pc when kernel code runs an FP/SIMD instruction. */
     uint64_t kernel_simd;
     /*
-     * The number of timed probes whose function has not returned: the
-     * blocks of kernel code test it (vcpu_return_exec() runs only while it
-     * is not zero).
+     * Where the newest timed probe whose function has not returned will
+     * return to (0: none pending). Every block of kernel code compares its
+     * own address with it, so vcpu_return_exec() runs at that return only,
+     * not at every block the function runs.
      */
-    uint64_t n_returns;
+    uint64_t return_due;
     /*
      * The architecture asks for a callback at the next user-mode block
      * (arm64: a signal frame to read from user mode; x86: the nested guest
@@ -111,7 +112,7 @@ struct vcpu_inline {
 /* Each vcpu_inline word's scoreboard entry (fputrace.c, at install). */
 extern struct vcpu_inline_entries {
     qemu_plugin_u64 insns, insn_tail, entry_pending, regs_dirty, kernel_simd;
-    qemu_plugin_u64 n_returns, user_block_due;
+    qemu_plugin_u64 return_due, user_block_due;
 } inline_entry;
 
 /*
@@ -168,7 +169,8 @@ struct vcpu_state {
     bool pending_sealed;        /* its bytes are hashed (x86.c) */
     bool pending_entry;         /* entry_event awaits the register hash of this save */
     struct ftr_event entry_event;
-    /* Timed probes whose function has not returned yet (inl.n_returns), oldest first. */
+    /* Timed probes whose function has not returned yet, oldest first. */
+    unsigned n_returns;
     struct pending_return {
         uint64_t return_pc;     /* the return address read at the entry */
         uint64_t entry_pc;

@@ -1,8 +1,9 @@
 /*
  * probe.c: probed kernel functions. An exec callback on a function's
  * first instruction records its arguments (fork copies, exec resets,
- * signal frames, kernel_fpu sections); a timed probe's return is watched
- * for at the blocks of kernel code while it is pending.
+ * signal frames, kernel_fpu sections); a timed probe's return is caught by
+ * an inline test at the start of every block of kernel code: whether the
+ * block starts at the return address awaited.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -105,66 +106,70 @@ void vcpu_probe_exec(unsigned int vcpu_index, void *udata)
     }
 }
 
+/* The newest pending return is the next one: kernel code calls and returns in turn. */
+static void probe_set_return_due(struct vcpu_state *vs)
+{
+    vs->inl.return_due = vs->n_returns ? vs->returns[vs->n_returns - 1].return_pc : 0;
+}
+
 /*
  * A timed probe's function is entered: watch for its return address. A
  * slot of the same probe still waiting lost its return (the function left
- * some other way), and is taken over; when all are taken the oldest goes.
+ * some other way), and is given up; when all are taken the oldest goes.
  */
 static void probe_await_return(struct vcpu_state *vs, const struct probe *pr,
                                uint64_t return_pc, uint64_t icount)
 {
-    unsigned slot = vs->inl.n_returns;
-
-    for (unsigned i = 0; i < vs->inl.n_returns; i++) {
+    for (unsigned i = vs->n_returns; i-- > 0;) {
         if (vs->returns[i].id == pr->id) {
-            slot = i;
+            memmove(&vs->returns[i], &vs->returns[i + 1],
+                    sizeof(vs->returns[0]) * (vs->n_returns - i - 1));
+            vs->n_returns--;
+            break;
         }
     }
-    if (slot == MAX_PENDING_RETURNS) {
-        memmove(&vs->returns[0], &vs->returns[1], sizeof(vs->returns[0]) * (slot - 1));
-        slot--;
+    if (vs->n_returns == MAX_PENDING_RETURNS) {
+        memmove(&vs->returns[0], &vs->returns[1],
+                sizeof(vs->returns[0]) * (MAX_PENDING_RETURNS - 1));
+        vs->n_returns--;
     }
-    vs->returns[slot] = (struct pending_return){
+    vs->returns[vs->n_returns++] = (struct pending_return){
         .return_pc = return_pc, .entry_pc = pr->pc, .entry_icount = icount, .id = pr->id,
     };
-    if (slot == vs->inl.n_returns) {
-        vs->inl.n_returns++;
-    }
+    probe_set_return_due(vs);
 }
 
 /*
- * The first instruction of a block of kernel code while a timed probe's
- * function has not returned. A return is a jump, so the instruction at a
- * return address always starts a block. udata packs the block's address
- * (a kernel address: its top 17 bits are ones) above its length.
+ * The first instruction of a block of kernel code at the address the
+ * newest pending timed probe returns to (vcpu_inline.return_due). A
+ * return is a jump, so the instruction at a return address always starts
+ * a block. udata packs the block's address (a kernel address: its top 17
+ * bits are ones) above its length.
  */
 static void vcpu_return_exec(unsigned int vcpu_index, void *udata)
 {
     struct vcpu_state *vs = vcpu_get(vcpu_index);
     uint64_t pc = (uint64_t)((int64_t)(uintptr_t)udata >> 16);
     uint64_t n_insns = (uintptr_t)udata & 0xffff;
+    const struct pending_return *r;
     struct ftr_event ev;
 
-    if (vs->in_l2) {
+    if (vs->in_l2 || !vs->n_returns) {
         return;                 /* L1's return addresses */
     }
-    for (unsigned i = vs->inl.n_returns; i-- > 0;) {
-        const struct pending_return *r = &vs->returns[i];
-        if (r->return_pc != pc) {
-            continue;
-        }
-        arch->finish_pending(vs, vcpu_index);
-        event_begin(vs, vcpu_index, &ev, FTR_KIND_PROBE_RETURN, r->entry_pc, 0);
-        ev.icount = cfg.icount ? vs->inl.insns - n_insns : 0;
-        ev.index = r->id;
-        ev.addr = pc;
-        ev.aux = r->entry_icount;
-        vcpu_commit_event(vs, vcpu_index, &ev);
-        memmove(&vs->returns[i], &vs->returns[i + 1],
-                sizeof(vs->returns[0]) * (vs->inl.n_returns - i - 1));
-        vs->inl.n_returns--;
+    r = &vs->returns[vs->n_returns - 1];
+    if (r->return_pc != pc) {
         return;
     }
+    arch->finish_pending(vs, vcpu_index);
+    event_begin(vs, vcpu_index, &ev, FTR_KIND_PROBE_RETURN, r->entry_pc, 0);
+    ev.icount = cfg.icount ? vs->inl.insns - n_insns : 0;
+    ev.index = r->id;
+    ev.addr = pc;
+    ev.aux = r->entry_icount;
+    vcpu_commit_event(vs, vcpu_index, &ev);
+    vs->n_returns--;
+    probe_set_return_due(vs);
 }
 
 /*
@@ -190,8 +195,9 @@ bool buffer_first_save(uint64_t addr)
 
 
 /*
- * Kernel blocks, while a timed probe's function has not returned: their
- * address and length pack into udata (vcpu_return_exec()).
+ * Kernel blocks: a conditional callback when the block's address is where
+ * a pending timed probe returns to. Its address and length pack into udata
+ * (vcpu_return_exec()).
  */
 void probe_tb_trans(struct qemu_plugin_tb *tb)
 {
@@ -202,7 +208,7 @@ void probe_tb_trans(struct qemu_plugin_tb *tb)
         (vaddr >> 63)) {
         qemu_plugin_register_vcpu_insn_exec_cond_cb(
             qemu_plugin_tb_get_insn(tb, 0), vcpu_return_exec, QEMU_PLUGIN_CB_NO_REGS,
-            QEMU_PLUGIN_COND_NE, inline_entry.n_returns, 0,
+            QEMU_PLUGIN_COND_EQ, inline_entry.return_due, vaddr,
             (void *)(uintptr_t)((vaddr << 16) | n));
     }
 }
