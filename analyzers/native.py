@@ -1,7 +1,7 @@
-"""The analyzers' compiled passes (analyzers/engine/fpanalysis.c, declared in
-fpanalysis.h), loaded with the trace layer's NativeLibrary and called with
-the header's own structs and constants: the per-event passes for large
-traces.
+"""The analyzers' compiled passes (analyzers/engine/: classify.c, tables.c,
+hashes.c, boundaries.c, declared in fpanalysis.h), loaded with the trace
+layer's NativeLibrary and called with the header's own structs and
+constants: the per-event passes for large traces.
 
 The rules are implemented there once; tests/oracle.py restates them as the
 oracle the tests compare against.

@@ -16,7 +16,7 @@ Every save and restore gets one class:
 Findings: lost_state, stale_restore, and foreign_save (a task saving
 registers that hold another context's state, or nobody's).
 
-The per-event pass is analyzers/engine/fpanalysis.c (fpa_classify), the one
+The per-event pass is analyzers/engine/classify.c (fpa_classify), the one
 implementation of these rules; tests/oracle.py restates them event by event
 as the oracle it is tested against. Nothing is printed.
 """
@@ -48,6 +48,12 @@ class Class(enum.IntEnum):
     STALE_RESTORE = 4
     UNKNOWN = 5
     NOT_CLASSIFIED = 255  # not a save or restore
+
+    @property
+    def key(self) -> str:
+        """The class's name in reports, JSON and metrics (docs/analysis.md,
+        "Classes"): necessary, redundant_save, ..."""
+        return self.name.lower()
 
 
 class ContextKind(enum.IntEnum):

@@ -2,7 +2,7 @@
  * ftr-format.h: the fputrace trace format, the one definition of its bytes.
  *
  * Included by the plugin (plugin/trace.c, the writer) and by the
- * analyzers' compiled pass (analyzers/engine/fpanalysis.c). The Python
+ * analyzers' compiled passes (analyzers/engine/). The Python
  * reader mirrors it in fputrace/trace/format.py, and tests/test_format_abi.py
  * checks the mirror, entry for entry, against what tests/format_abi.c prints
  * from the lists below. docs/trace-format.md explains every field.

@@ -2,9 +2,9 @@
  * ftr-hash.h: the content hash of register state, the one definition.
  *
  * The plugin hashes what a save stored, what a restore loaded and what the
- * register file holds; the analyzers' compiled pass (analyzers/engine/
- * fpanalysis.c) computes the hashes of known contents (a component in its
- * init state) with the same functions. docs/trace-format.md ("Content
+ * register file holds; the analyzers' compiled passes (analyzers/engine/
+ * hashes.c) compute the hashes of known contents (a component in its init
+ * state) with the same functions. docs/trace-format.md ("Content
  * hashes") defines the hash in words.
  *
  * A hash is a sum over 8-byte words of mix(word index, which bytes of the

@@ -1,5 +1,5 @@
 """The test oracle: the ownership rules and the report's tables computed a
-second way, to check the compiled pass (analyzers/engine/fpanalysis.c), the
+second way, to check the compiled pass (analyzers/engine/classify.c), the
 one implementation the analyzers use.
 
 classify() restates the rules of docs/analysis.md event by event in plain
@@ -22,7 +22,6 @@ from analyzers.costs import CLASSES, Costs, _component_bytes, _pct, _per, _rows_
 from analyzers.counts import Counts, _counts_from_tables, task_identity, task_label
 from analyzers.ownership import (
     INIT_FPSTATE_SPAN,
-    UNKNOWN_REASONS,
     Class,
     ContextKind,
     FindingKind,
@@ -355,17 +354,16 @@ def compute_costs(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void], own: Ow
     is_save = np.isin(kind, list(SAVES))
     by_cls = np.bincount(cls, minlength=256)[:ncls]
     bytes_cls = np.bincount(cls, weights=nbytes, minlength=256)[:ncls]
-    classes = {c.name.lower(): int(by_cls[c]) for c in CLASSES}
-    class_bytes = {c.name.lower(): int(bytes_cls[c]) for c in CLASSES}
+    classes: dict[Class, int] = {c: int(by_cls[c]) for c in CLASSES}
+    class_bytes: dict[Class, int] = {c: int(bytes_cls[c]) for c in CLASSES}
     why = np.bincount(own.unknown_reason[cls == Class.UNKNOWN], minlength=len(Unknown))
-    unknown_reasons = {UNKNOWN_REASONS[Unknown(u)]: int(why[u])
-                       for u in np.flatnonzero(why).tolist()}
+    unknown_reasons = {Unknown(u): int(why[u]) for u in np.flatnonzero(why).tolist()}
     saves = int(np.count_nonzero(classified & is_save))
     restores = int(np.count_nonzero(classified)) - saves
     redundant_bytes = int(bytes_cls[Class.REDUNDANT_SAVE] + bytes_cls[Class.REDUNDANT_RESTORE])
     redundant_pct = {
-        "saves": _pct(classes["redundant_save"], saves),
-        "restores": _pct(classes["redundant_restore"], restores),
+        "saves": _pct(classes[Class.REDUNDANT_SAVE], saves),
+        "restores": _pct(classes[Class.REDUNDANT_RESTORE], restores),
         "bytes": _pct(redundant_bytes, int(bytes_cls.sum())),
     }
     pcs, counts, sums = group(ev["pc"], cls, ncls, nbytes)

@@ -129,3 +129,42 @@ def test_the_path_check_sees_a_path(tmp_path: Path) -> None:
     p = tmp_path / "m.py"
     p.write_text('HEADER = "analyzers/engine/fpanalysis.h"\nX = "tests"\nY = "contests"\n')
     assert path_strings(p) == ["analyzers/engine/fpanalysis.h", "tests"]
+
+
+# ---- C includes: the shared headers are the only way across ------------------
+
+# What the byte format, the hash and the checksum are: one header each in
+# plugin/, which the plugin, the reader's helper and the analyzers' engine all
+# include.
+SHARED_HEADERS = ("ftr-format.h", "ftr-hash.h", "ftr-crc32c.h")
+
+
+def reaching_out(directory: Path, shared: Path) -> dict[str, list[str]]:
+    """The quoted includes of directory's C files that leave it for anything
+    but one of shared's SHARED_HEADERS, as written."""
+    found: dict[str, list[str]] = {}
+    allowed = {(shared / name).resolve() for name in SHARED_HEADERS}
+    for p in sorted(directory.glob("*.[ch]")):
+        out = [name for name in re.findall(r'^\s*#\s*include\s+"([^"]+)"', p.read_text(), re.M)
+               if (p.parent / name).resolve().parent != directory.resolve()
+               and (p.parent / name).resolve() not in allowed]
+        if out:
+            found[p.name] = out
+    return found
+
+
+def test_c_code_crosses_layers_only_through_the_shared_headers() -> None:
+    # The engine and the reader's helper take the format, hash and checksum
+    # from plugin/'s shared headers and nothing else of it; the plugin
+    # includes nothing of the layers that read what it writes.
+    for directory in ("analyzers/engine", "fputrace/trace", "plugin"):
+        assert reaching_out(ROOT / directory, ROOT / "plugin") == {}, directory
+
+
+def test_the_include_check_sees_an_include(tmp_path: Path) -> None:
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "engine" / "a.c").write_text(
+        '#include "b.h"\n#include "../plugin/ftr-hash.h"\n#include "../plugin/x86.h"\n')
+    assert reaching_out(tmp_path / "engine", tmp_path / "plugin") == {
+        "a.c": ["../plugin/x86.h"]}

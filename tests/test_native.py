@@ -1,4 +1,4 @@
-"""The compiled analysis pass (analyzers/engine/fpanalysis.c) against the
+"""The compiled analysis pass (analyzers/engine/classify.c) against the
 oracle (tests/oracle.py): on random traces drawn from small pools of
 buffers, CPUs, tasks, register contents, flags and kernel probes, so that
 every class, finding and corner case occurs, both must give the same answer

@@ -1,5 +1,6 @@
 /*
- * fpanalysis.h: the interface of libfpanalysis (fpanalysis.c), the one
+ * fpanalysis.h: the interface of libfpanalysis (classify.c, tables.c,
+ * hashes.c, boundaries.c; fpa-internal.h is what they share), the one
  * declaration of its functions, argument structs and result codes.
  *
  * analyzers/native.py hands this file, with its preprocessor lines
