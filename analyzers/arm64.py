@@ -31,8 +31,6 @@ import numpy.typing as npt
 from analyzers.ratio import ratio
 from fputrace.trace import format as fmt
 
-K = fmt.Kind
-F = fmt.Flag
 CPACR_EL1_ENCODING = 0xC082     # op0 3, op1 0, CRn 1, CRm 0, op2 2, as an MSR names it
 
 ESR_EC_NAMES = {0x07: "fp", 0x19: "sve", 0x1D: "sme"}
@@ -83,35 +81,35 @@ def trap_costs(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64]) -> TrapCo
     last_task: dict[int, int] = {}          # cpu -> task of its last host event
     entered_since_user: dict[int, bool] = {}
     downgraded: dict[int, bool] = {}        # task -> EL0 SVE access dropped since its last trap
-    for i in np.flatnonzero(is_state | (kinds == K.FP_TRAP) | (kinds == K.VM_ENTRY) |
-                            (kinds == K.USER_ENTRY) | (kinds == K.USER_RETURN) |
-                            (kinds == K.CPACR_WRITE) | (kinds == K.CPTR_WRITE)).tolist():
+    watched = np.isin(kinds, [fmt.Kind.FP_TRAP, fmt.Kind.VM_ENTRY, fmt.Kind.USER_ENTRY,
+                              fmt.Kind.USER_RETURN, fmt.Kind.CPACR_WRITE, fmt.Kind.CPTR_WRITE])
+    for i in np.flatnonzero(is_state | watched).tolist():
         cpu = int(ev["vcpu"][i])
         k = int(kinds[i])
         task = int(ident[i])
-        l2 = bool(int(flags[i]) & F.L2)
-        if not l2 and k != K.FP_TRAP:
-            if cpu in last_task and last_task[cpu] != task and k in (K.USER_ENTRY,
-                                                                     K.USER_RETURN):
+        l2 = bool(int(flags[i]) & fmt.Flag.L2)
+        if not l2 and k != fmt.Kind.FP_TRAP:
+            if cpu in last_task and last_task[cpu] != task and k in (fmt.Kind.USER_ENTRY,
+                                                                     fmt.Kind.USER_RETURN):
                 out.context_switches += 1
-            if k in (K.USER_ENTRY, K.USER_RETURN):
+            if k in (fmt.Kind.USER_ENTRY, fmt.Kind.USER_RETURN):
                 last_task[cpu] = task
-        if k == K.USER_ENTRY:
+        if k == fmt.Kind.USER_ENTRY:
             entered_since_user[cpu] = False
-        elif k == K.VM_ENTRY:
+        elif k == fmt.Kind.VM_ENTRY:
             if not entered_since_user.get(cpu, True):
                 out.kvm_runs += 1
             entered_since_user[cpu] = True
-        elif k in (K.CPACR_WRITE, K.CPTR_WRITE) and not l2:
+        elif k in (fmt.Kind.CPACR_WRITE, fmt.Kind.CPTR_WRITE) and not l2:
             old, new = int(ev["aux"][i]), int(ev["value"][i])
             # Only a write that reached the CPACR layout: CPACR_EL1, or
             # CPTR_EL2 written as CPACR_EL1 under E2H (index: named | reached << 16).
             named = int(ev["index"][i]) & 0xFFFF
-            if (k == K.CPACR_WRITE or named == CPACR_EL1_ENCODING) and \
+            if (k == fmt.Kind.CPACR_WRITE or named == CPACR_EL1_ENCODING) and \
                     el0_sve_allowed(old) and not el0_sve_allowed(new):
                 downgraded[task] = True
                 out.sve_downgrades += 1
-        elif k == K.FP_TRAP:
+        elif k == fmt.Kind.FP_TRAP:
             ec = (int(ev["value"][i]) >> 26) & 0x3F
             context = "guest" if l2 else ("user" if int(ev["pc"][i]) >> 48 == 0 else "kernel")
             row = out.traps.setdefault(context, {})

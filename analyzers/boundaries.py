@@ -43,18 +43,15 @@ from fputrace.trace.symbols import Symbols
 if TYPE_CHECKING:
     from analyzers.native import BoundaryPass
 
-K = fmt.Kind
-P = fmt.Probe
 M64 = (1 << 64) - 1
-F = fmt.Flag
 
 # Probes whose function changes the calling task's user FPU state on purpose
 # (docs/analysis.md, "Purposeful changes").
 TASK_PURPOSEFUL = {
-    P.SIGFRAME_SAVE: "signal delivery",
-    P.SIGRETURN: "sigreturn",
-    P.EXEC_RESET: "exec",
-    P.RESTORE_FAULT: "init state after a faulting restore",
+    fmt.Probe.SIGFRAME_SAVE: "signal delivery",
+    fmt.Probe.SIGRETURN: "sigreturn",
+    fmt.Probe.EXEC_RESET: "exec",
+    fmt.Probe.RESTORE_FAULT: "init state after a faulting restore",
 }
 # What the last purposeful change before a return gives the task, where the
 # kernel's code fixes it (docs/analysis.md, "Purposeful changes"): INIT,
@@ -286,18 +283,18 @@ class _Explainer:
 
     def _probes(self, events: list[int], probe: int) -> list[int]:
         ev = self.ev
-        return [i for i in events if int(ev["kind"][i]) == K.PROBE and
+        return [i for i in events if int(ev["kind"][i]) == fmt.Kind.PROBE and
                 int(ev["index"][i]) == probe]
 
     def section_around(self, mine: list[int], i: int) -> tuple[int, int]:
         """(begin, end) probe events of the context's kernel_fpu section open
         at event i (end -1 if it did not end before the window's end), or
         (-1, -1)."""
-        begins = [b for b in self._probes(mine, P.KFPU_BEGIN) if b < i]
+        begins = [b for b in self._probes(mine, fmt.Probe.KFPU_BEGIN) if b < i]
         if not begins:
             return -1, -1
         b = begins[-1]
-        ends = self._probes(mine, P.KFPU_END)
+        ends = self._probes(mine, fmt.Probe.KFPU_END)
         if any(b < e < i for e in ends):
             return -1, -1
         return b, next((e for e in ends if e > i), -1)
@@ -306,8 +303,8 @@ class _Explainer:
         """The context's kernel_fpu sections with a part between events lo and
         hi: (begin, end) probe events, end -1 if the window holds none."""
         out = []
-        ends = self._probes(mine, P.KFPU_END)
-        for b in self._probes(mine, P.KFPU_BEGIN):
+        ends = self._probes(mine, fmt.Probe.KFPU_END)
+        for b in self._probes(mine, fmt.Probe.KFPU_BEGIN):
             e = next((x for x in ends if x > b), -1)
             if b < hi and (e < 0 or e > lo):
                 out.append((b, e))
@@ -327,7 +324,7 @@ class _Explainer:
                 return Explanation(i, "kernel SIMD use outside kernel_fpu_begin()/"
                                    f"kernel_fpu_end() at {self.simd_site(i)} overwrote the "
                                    "registers", [("simd", i)])
-            if not self.sections and int(ev["flags"][i]) & F.KERNEL_SIMD and \
+            if not self.sections and int(ev["flags"][i]) & fmt.Flag.KERNEL_SIMD and \
                     not (self.saves[i] or self.restores[i]):
                 return Explanation(i, f"kernel SIMD use at {self.simd_site(i)} between the "
                                    "entry and the return (the trace has no kernel_fpu section "
@@ -335,7 +332,7 @@ class _Explainer:
         last_restore = next((i for i in reversed(mine) if self.restores[i]), -1)
         if last_restore < 0:
             return self._missed_restore(window, mine, key, vcpu, until)
-        if int(ev["flags"][last_restore]) & F.REGS_AFTER_VALID and \
+        if int(ev["flags"][last_restore]) & fmt.Flag.REGS_AFTER_VALID and \
                 int(ev["regs_after_hash"][last_restore]) == want:
             # The restore loaded what the boundary wants (its registers were
             # read after it): what changed them came after it, as if
@@ -367,11 +364,11 @@ class _Explainer:
             # Nothing saved (the state was already in memory:
             # TIF_NEED_FPU_LOAD); kernel SIMD code may still have changed
             # the registers the boundary then took as the context's.
-            simd = next((i for i in mine if int(ev["flags"][i]) & F.KERNEL_SIMD), -1)
+            simd = next((i for i in mine if int(ev["flags"][i]) & fmt.Flag.KERNEL_SIMD), -1)
             if simd < 0:
                 return Explanation(other, f"missed restore: {tail}{synced}", trail)
             trail.append(("simd", simd))
-            begins = [b for b in self._probes(mine, P.KFPU_BEGIN) if b < simd]
+            begins = [b for b in self._probes(mine, fmt.Probe.KFPU_BEGIN) if b < simd]
             inside = ""
             if begins:
                 inside = f", in the kernel FPU section that {self.call(begins[-1])} began"
@@ -389,7 +386,7 @@ class _Explainer:
         trail.append(("save", s))
         # The first kernel SIMD code after the save: it changed the
         # registers the return then handed back.
-        simd = next((i for i in mine if i > s and int(ev["flags"][i]) & F.KERNEL_SIMD), -1)
+        simd = next((i for i in mine if i > s and int(ev["flags"][i]) & fmt.Flag.KERNEL_SIMD), -1)
         what = ""
         if simd >= 0:
             what = f"; kernel SIMD code at {self.simd_site(simd)} then changed them"
@@ -420,7 +417,7 @@ class _Explainer:
         earlier = np.flatnonzero(self.restores[:s] & (ev["vcpu"][:s] == cpu))
         r = int(earlier[-1]) if len(earlier) else -1
         if r >= 0 and self.keys.of(r) != self.keys.of(s) and \
-                (ev["flags"][s] & F.REGS_VALID) and int(ev["regs_hash"][s]) != want and \
+                (ev["flags"][s] & fmt.Flag.REGS_VALID) and int(ev["regs_hash"][s]) != want and \
                 int(ev["regs_hash"][s]) == int(ev["regs_after_hash"][r]):
             return Explanation(s, f"foreign save: buffer {buf:#x} was written at {s_at} with "
                                "registers holding another task's state (loaded at "
@@ -471,15 +468,15 @@ def kfpu_misuse(ev: npt.NDArray[np.void], symbols: Symbols
     kernel_fpu_begin()/kernel_fpu_end() section on that CPU (and outside the
     FPU core's own code), and how many sections there were. Without the
     section probes nothing can be said: no event is returned."""
-    probes = np.flatnonzero(ev["kind"] == K.PROBE)
-    if not np.any(ev["index"][probes] == P.KFPU_BEGIN):
+    probes = np.flatnonzero(ev["kind"] == fmt.Kind.PROBE)
+    if not np.any(ev["index"][probes] == fmt.Probe.KFPU_BEGIN):
         return [], 0
     kinds = ev["kind"]
-    is_probe = kinds == K.PROBE
-    begin = is_probe & (ev["index"] == P.KFPU_BEGIN)
-    end = is_probe & (ev["index"] == P.KFPU_END)
+    is_probe = kinds == fmt.Kind.PROBE
+    begin = is_probe & (ev["index"] == fmt.Probe.KFPU_BEGIN)
+    end = is_probe & (ev["index"] == fmt.Probe.KFPU_END)
     # The nested guest's kernel SIMD is its own model's to judge.
-    simd = ((ev["flags"] & F.KERNEL_SIMD) != 0) & ((ev["flags"] & F.L2) == 0)
+    simd = ((ev["flags"] & fmt.Flag.KERNEL_SIMD) != 0) & ((ev["flags"] & fmt.Flag.L2) == 0)
     open_on: dict[int, bool] = {}
     out: list[int] = []
     allowed: dict[int, bool] = {}
@@ -586,7 +583,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     seqs = ev["seq"]
 
     keys = TaskKeys(tasks, ident)
-    probe_kinds = [int(p) for p in (*TASK_PURPOSEFUL, P.REGSET_SET, P.FORK_COPY)]
+    probe_kinds = [int(p) for p in (*TASK_PURPOSEFUL, fmt.Probe.REGSET_SET, fmt.Probe.FORK_COPY)]
     bp = native.boundary_pass(ev, ident, keys.key_of_ident, probe_kinds)
     # Whether a kernel SIMD instruction lies in the FPU core's own code is
     # told by its function's name: without the kernel's symbols it is not
@@ -621,15 +618,17 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     # nearly as fast as a list, with no copy (a list costs ~36 bytes an
     # event, 3.6 GiB for two columns of 50 million).
     regs_hash, all_flags = ev["regs_hash"].data, ev["flags"].data
-    regs_valid, no_entry, l2 = int(F.REGS_VALID), int(F.NO_ENTRY), int(F.L2)
-    k_entry, k_probe, k_return = int(K.USER_ENTRY), int(K.PROBE), int(K.USER_RETURN)
-    p_fork, p_regset, p_sigframe = int(P.FORK_COPY), int(P.REGSET_SET), int(P.SIGFRAME_SAVE)
+    regs_valid, no_entry, l2 = int(fmt.Flag.REGS_VALID), int(fmt.Flag.NO_ENTRY), int(fmt.Flag.L2)
+    k_entry, k_probe = int(fmt.Kind.USER_ENTRY), int(fmt.Kind.PROBE)
+    k_return = int(fmt.Kind.USER_RETURN)
+    p_fork, p_regset = int(fmt.Probe.FORK_COPY), int(fmt.Probe.REGSET_SET)
+    p_sigframe = int(fmt.Probe.SIGFRAME_SAVE)
     purposeful = {int(p_): why for p_, why in TASK_PURPOSEFUL.items()}
     results = PURPOSE_RESULT.get(arch, {})
     init_hash = native.user_init_hash(arch)
     # A sigreturn or a regset write whose image the plugin read (x86:
     # docs/trace-format.md, "Probes") is checked against it.
-    mem_valid = int(F.MEM_VALID)
+    mem_valid = int(fmt.Flag.MEM_VALID)
     # arm64 frames (SIGFRAME events, sigreturn probes): their records'
     # hashes (docs/trace-format.md, "arm64").
     def column(name: str) -> Callable[[int], int]:
@@ -638,7 +637,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
     mem_hash, mem_legacy_hash = column("mem_hash"), column("mem_legacy_hash")
     mem_ext_hash, mem_features, kind_of = column("mem_ext_hash"), column("mem_features"), \
         column("kind")
-    k_sigframe = int(K.SIGFRAME)
+    k_sigframe = int(fmt.Kind.SIGFRAME)
 
     def judge_frame(i: int, k: int, cpu: int, last_return: int, probe_at: int) -> None:
         """The signal frame of task k's delivery (probe probe_at), against
@@ -716,18 +715,18 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         stale: the record's data is wrong, so name its last SVE save."""
         window = np.arange(e + 1, i)
         mine = window[keys.at(window) == k].tolist()
-        saves = [j for j in mine if kind_of(j) in (K.FPSIMD_SAVE, K.SVE_SAVE)]
+        saves = [j for j in mine if kind_of(j) in (fmt.Kind.FPSIMD_SAVE, fmt.Kind.SVE_SAVE)]
         trail: list[tuple[str, int]] = [("purpose", probe_at)]
         text = f"written by {explainer.call(probe_at)}"
         if not saves:
             return Explanation(probe_at, text, trail)
         last = saves[-1]
-        only_fp = kind_of(last) == K.FPSIMD_SAVE
+        only_fp = kind_of(last) == fmt.Kind.FPSIMD_SAVE
         text += (f"; the task's registers were last saved at {explainer.site(last)} (seq "
                  f"{int(seqs[last])}), {'FP/SIMD only' if only_fp else 'as SVE'}")
         trail.append(("save", last))
         if stale and only_fp:
-            older = np.flatnonzero(ev["kind"][:last] == K.SVE_SAVE)
+            older = np.flatnonzero(ev["kind"][:last] == fmt.Kind.SVE_SAVE)
             older = older[keys.at(older) == k] if len(older) else older
             if len(older):
                 o = int(older[-1])
@@ -890,7 +889,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             return False
         r = int(from_frame[-1])
         # FXRSTOR (a frame without the extended magic) loads x87 and SSE.
-        fx = int(ev["kind"][r]) == K.FXRSTOR
+        fx = int(ev["kind"][r]) == fmt.Kind.FXRSTOR
         want = image_hash(ev, j, IMAGE_RESTORE,
                           3 if fx else int(ev["value"][r]) & int(ev["xcr0"][r]))
         if want is None:
@@ -924,7 +923,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         return True
 
     sve = BoundaryCheck()
-    sve_valid = int(F.SVE_VALID)
+    sve_valid = int(fmt.Flag.SVE_VALID)
     sve_hash = column("regs_after_hash")
 
     def judge_sve(i: int, k: int, e: int, changes: list[tuple[int, str]]) -> None:
@@ -1028,7 +1027,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
         # CPACR_EL1.ZEN of 0b11 the kernel's TIF_SVE did not follow).
         window = np.arange(e + 1, i)
         mine = window[keys.at(window) == k].tolist()
-        saves = [j for j in mine if kind_of(j) in (K.FPSIMD_SAVE, K.SVE_SAVE)]
+        saves = [j for j in mine if kind_of(j) in (fmt.Kind.FPSIMD_SAVE, fmt.Kind.SVE_SAVE)]
         trail: list[tuple[str, int]] = []
         text = ""
         cause = i
@@ -1036,11 +1035,11 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
             s = saves[-1]
             text = (f"the task's registers were last saved at {explainer.site(s)} (seq "
                     f"{int(seqs[s])}), "
-                    f"{'FP/SIMD only' if kind_of(s) == K.FPSIMD_SAVE else 'as SVE'}")
+                    f"{'FP/SIMD only' if kind_of(s) == fmt.Kind.FPSIMD_SAVE else 'as SVE'}")
             trail.append(("save", s))
             cause = s
-        writes = np.flatnonzero(((ev["kind"][:e] == K.CPACR_WRITE) |
-                                 ((ev["kind"][:e] == K.CPTR_WRITE) &
+        writes = np.flatnonzero(((ev["kind"][:e] == fmt.Kind.CPACR_WRITE) |
+                                 ((ev["kind"][:e] == fmt.Kind.CPTR_WRITE) &
                                   ((ev["index"][:e] & 0xFFFF) == CPACR_EL1_ENCODING))) &
                                 (ev["vcpu"][:e] == ev["vcpu"][e]) &
                                 (((ev["value"][:e] >> np.uint64(16)) & np.uint64(3)) == 3) &
@@ -1051,7 +1050,7 @@ def check_boundaries(ev: npt.NDArray[np.void], tasks: npt.NDArray[np.void],
                 f"SVE was last enabled for user mode at {explainer.site(w)} (seq "
                 f"{int(seqs[w])})")
             trail.append(("sve_enabled", w))
-            cause = w if not saves or kind_of(saves[-1]) == K.FPSIMD_SAVE else cause
+            cause = w if not saves or kind_of(saves[-1]) == fmt.Kind.FPSIMD_SAVE else cause
         trail.sort(key=lambda t: t[1])
         findings.append(BoundaryFinding(
             Kind.CORRUPTED_STATE, "task", int(ident[i]), 0, e, i, cause,
@@ -1289,7 +1288,7 @@ def _entered_fpu_guest(x: _Explainer, mine: list[int]) -> int | None:
     as an FPU path; None when the trace does not show it."""
     ev = x.ev
     for i in reversed(mine):
-        if int(ev["kind"][i]) == K.PROBE and int(ev["index"][i]) == P.FPU_PATH and \
+        if int(ev["kind"][i]) == fmt.Kind.PROBE and int(ev["index"][i]) == fmt.Probe.FPU_PATH and \
                 int(ev["addr"][i]) & 0xFF and \
                 x.symbols.function(int(ev["pc"][i])) == "fpu_swap_kvm_fpstate":
             return int(ev["value"][i])
@@ -1318,13 +1317,14 @@ def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
         key = keys.of(i)
         between = np.arange(x + 1, i)
         mine = between[keys.at(between) == key]
-        probes = mine[(kinds[mine] == K.PROBE) & ((flags[mine] & F.L2) == 0)]
-        sets = probes[ev["index"][probes] == P.KVM_UABI_SET].tolist()
-        resets = probes[ev["index"][probes] == P.KVM_VCPU_RESET].tolist()
+        probes = mine[(kinds[mine] == fmt.Kind.PROBE) & ((flags[mine] & fmt.Flag.L2) == 0)]
+        sets = probes[ev["index"][probes] == fmt.Probe.KVM_UABI_SET].tolist()
+        resets = probes[ev["index"][probes] == fmt.Probe.KVM_VCPU_RESET].tolist()
         what = ("the guest's FP registers at this VM entry differ from those at its "
                 "previous VM exit, and KVM did not set them on purpose in between")
         trail0: list[tuple[str, int]] = []
-        if resets or (sets and (arch != fmt.Arch.X86_64 or not flags[sets[-1]] & F.MEM_VALID)):
+        if resets or (sets and (arch != fmt.Arch.X86_64
+                                or not flags[sets[-1]] & fmt.Flag.MEM_VALID)):
             check.changed_on_purpose[VCPU_SET_ON_PURPOSE] += 1
             continue
         if sets:
@@ -1351,7 +1351,7 @@ def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
                 continue
             # The set's own return, then the KVM_RUN: more returns are other
             # system calls, among which an unseen KVM_SET_FPU may be.
-            if int(np.count_nonzero(kinds[mine[mine > j]] == K.USER_RETURN)) > 1:
+            if int(np.count_nonzero(kinds[mine[mine > j]] == fmt.Kind.USER_RETURN)) > 1:
                 check.unchecked["a KVM_SET_XSAVE followed by other system calls of the vCPU "
                                 "thread before KVM_RUN (KVM_SET_FPU, copied inside kvm.ko, "
                                 "is not observed)"] += 1
@@ -1360,7 +1360,7 @@ def _check_vcpus(ev: npt.NDArray[np.void], bp: BoundaryPass, keys: TaskKeys,
             what = ("the guest's FP registers at this VM entry do not hold the image that "
                     f"KVM_SET_XSAVE wrote ({explainer.call(j)})")
             trail0 = [("purpose", j)]
-        elif np.any(kinds[mine] == K.USER_RETURN):
+        elif np.any(kinds[mine] == fmt.Kind.USER_RETURN):
             if not uabi_probed:
                 check.unchecked["changed while KVM_RUN had returned to user space, on a "
                                 "kernel whose KVM_SET_XSAVE copies are not observable"] += 1

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analyzers.counts import task_label
-from analyzers.ownership import UNKNOWN_REASONS, Class, Ownership, Unknown
+from analyzers.ownership import Class, Ownership, Unknown
 from analyzers.ratio import ratio
 from fputrace.trace.symbols import Symbols
 
@@ -36,8 +36,8 @@ class Row:
     """Counts and bytes per class for one call site, task, vCPU or level."""
 
     label: str
-    by_class: dict[str, int]
-    bytes_by_class: dict[str, int]
+    by_class: dict[Class, int]
+    bytes_by_class: dict[Class, int]
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -46,14 +46,14 @@ class Row:
 
     @property
     def redundant_bytes(self) -> int:
-        return sum(self.bytes_by_class.get(c.name.lower(), 0) for c in REDUNDANT)
+        return sum(self.bytes_by_class.get(c, 0) for c in REDUNDANT)
 
 
 @dataclass
 class Costs:
-    classes: dict[str, int]
-    class_bytes: dict[str, int]
-    unknown_reasons: dict[str, int]
+    classes: dict[Class, int]
+    class_bytes: dict[Class, int]
+    unknown_reasons: dict[Unknown, int]  # rendered with ownership.UNKNOWN_REASONS
     redundant_pct: dict[str, float | None]  # of saves / of restores / of bytes (None: none)
     per_callsite: list[Row]
     per_task: list[Row]
@@ -72,9 +72,9 @@ def _rows_from(keys: list[int], counts: npt.NDArray[np.generic], sums: npt.NDArr
         label = labels.get(key, str(key))
         r = merged.setdefault(label, Row(label, {}, {}))
         for c in np.flatnonzero(crow).tolist():
-            name = Class(c).name.lower()
-            r.by_class[name] = r.by_class.get(name, 0) + int(crow[c])
-            r.bytes_by_class[name] = r.bytes_by_class.get(name, 0) + int(srow[c])
+            cls = Class(c)
+            r.by_class[cls] = r.by_class.get(cls, 0) + int(crow[c])
+            r.bytes_by_class[cls] = r.bytes_by_class.get(cls, 0) + int(srow[c])
     return sorted(merged.values(), key=lambda r: (-r.redundant_bytes, -r.events, r.label))
 
 
@@ -166,17 +166,16 @@ def costs_from_aggregates(agg: Aggregates, own: Ownership, tasks: npt.NDArray[np
 
     by_cls = agg.cls.astype(np.int64)
     bytes_cls = agg.cls_bytes.astype(np.int64)
-    classes = {c.name.lower(): int(by_cls[c]) for c in CLASSES}
-    class_bytes = {c.name.lower(): int(bytes_cls[c]) for c in CLASSES}
-    unknown_reasons = {UNKNOWN_REASONS[Unknown(u)]: int(agg.why[u])
-                       for u in np.flatnonzero(agg.why).tolist()}
+    classes: dict[Class, int] = {c: int(by_cls[c]) for c in CLASSES}
+    class_bytes: dict[Class, int] = {c: int(bytes_cls[c]) for c in CLASSES}
+    unknown_reasons = {Unknown(u): int(agg.why[u]) for u in np.flatnonzero(agg.why).tolist()}
     feat_keys, feat_rows = agg.features
     restores = int(feat_rows[:, 0].sum() + feat_rows[:, 2].sum())
     saves = int(feat_rows[:, 1].sum() + feat_rows[:, 3].sum())
     redundant_bytes = int(bytes_cls[Class.REDUNDANT_SAVE] + bytes_cls[Class.REDUNDANT_RESTORE])
     redundant_pct = {
-        "saves": _pct(classes["redundant_save"], saves),
-        "restores": _pct(classes["redundant_restore"], restores),
+        "saves": _pct(classes[Class.REDUNDANT_SAVE], saves),
+        "restores": _pct(classes[Class.REDUNDANT_RESTORE], restores),
         "bytes": _pct(redundant_bytes, int(bytes_cls.sum())),
     }
 

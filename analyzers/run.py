@@ -27,9 +27,6 @@ from analyzers.verdict import Verdict, combine
 from fputrace.trace import format as fmt
 from fputrace.trace.run import Run, load_symbols
 
-K = fmt.Kind
-
-
 # The units of a TimeAxis.
 AXIS_INSTRUCTIONS = "instructions (all CPUs)"
 AXIS_SEQ = "event seq"
@@ -140,12 +137,12 @@ def vm_runs(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64]
     that an exit on the same CPU ends; an entry the trace does not see end is
     left out."""
     l1 = (ev["flags"] & np.uint32(fmt.Flag.L2)) == 0
-    idx = np.flatnonzero(l1 & ((ev["kind"] == K.VM_ENTRY) | (ev["kind"] == K.VM_EXIT)))
+    idx = np.flatnonzero(l1 & np.isin(ev["kind"], [fmt.Kind.VM_ENTRY, fmt.Kind.VM_EXIT]))
     open_entry: dict[int, int] = {}
     out = []
     for i in idx.tolist():
         cpu = int(ev["vcpu"][i])
-        if ev["kind"][i] == K.VM_ENTRY:
+        if ev["kind"][i] == fmt.Kind.VM_ENTRY:
             open_entry[cpu] = i
         elif cpu in open_entry:
             e = open_entry.pop(cpu)

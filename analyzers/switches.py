@@ -40,8 +40,6 @@ import numpy.typing as npt
 from analyzers.ratio import ratio
 from fputrace.trace import format as fmt
 
-K = fmt.Kind
-
 
 @dataclass
 class SwitchCosts:
@@ -69,13 +67,13 @@ def switch_costs(ev: npt.NDArray[np.void]) -> SwitchCosts | None:
     they existed, or without probes)."""
     kinds = ev["kind"]
     l1 = (ev["flags"] & fmt.Flag.L2) == 0
-    switch = (kinds == K.PROBE) & (ev["index"] == fmt.Probe.CONTEXT_SWITCH) & l1
+    switch = (kinds == fmt.Kind.PROBE) & (ev["index"] == fmt.Probe.CONTEXT_SWITCH) & l1
     if not np.any(switch):
         return None
     save = fmt.SAVE_TABLE[kinds] & l1
     restore = fmt.RESTORE_TABLE[kinds] & l1
-    vm = (kinds == K.VM_ENTRY) | (kinds == K.VM_EXIT)
-    ret = (kinds == K.USER_RETURN) & l1
+    vm = (kinds == fmt.Kind.VM_ENTRY) | (kinds == fmt.Kind.VM_EXIT)
+    ret = (kinds == fmt.Kind.USER_RETURN) & l1
     out = SwitchCosts(switches=int(np.count_nonzero(switch)))
     tasks, nbytes = ev["task"], ev["mem_bytes"]
     cpus = ev["vcpu"]

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analyzers.costs import CLASSES
+from analyzers.ownership import Class
 from analyzers.ratio import ratio
 from analyzers.run import Analysis
 from analyzers.verdict import KINDS as FINDING_KINDS
@@ -64,14 +65,14 @@ def metrics_of(a: Analysis) -> Metrics:
         m[f"findings.{kind}"] = float(c)
     costs = a.costs
     m["saves_restores"] = float(sum(costs.classes.values()))
-    for name, c in costs.classes.items():
-        m[name] = float(c)
+    for cls, c in costs.classes.items():
+        m[cls.key] = float(c)
     for what, pct in costs.redundant_pct.items():
         m[f"redundant_{what.rstrip('s')}_pct" if what != "bytes" else "redundant_bytes_pct"] = \
             _num(pct)
     m["bytes_moved"] = float(sum(costs.class_bytes.values()))
-    m["redundant_bytes"] = float(costs.class_bytes.get("redundant_save", 0)
-                                 + costs.class_bytes.get("redundant_restore", 0))
+    m["redundant_bytes"] = float(costs.class_bytes.get(Class.REDUNDANT_SAVE, 0)
+                                 + costs.class_bytes.get(Class.REDUNDANT_RESTORE, 0))
     for comp, b in costs.per_component.items():
         for what, v in b.items():
             m[f"bytes.{comp}.{what}"] = float(v)
@@ -97,8 +98,9 @@ def metrics_of(a: Analysis) -> Metrics:
             m[f"fpu_path.{key}.calls"] = float(p.calls)
             m[f"fpu_path.{key}.instructions_per_call"] = _num(p.mean)
     entries = float(costs.per_operation.get("vm_entry", {}).get("count", 0) or 0)
-    m["redundant_save_per_vm_entry"] = ratio(costs.classes.get("redundant_save", 0), entries, 4)
-    m["redundant_restore_per_vm_entry"] = ratio(costs.classes.get("redundant_restore", 0),
+    m["redundant_save_per_vm_entry"] = ratio(costs.classes.get(Class.REDUNDANT_SAVE, 0),
+                                             entries, 4)
+    m["redundant_restore_per_vm_entry"] = ratio(costs.classes.get(Class.REDUNDANT_RESTORE, 0),
                                                 entries, 4)
     if a.traps is not None:
         t = a.traps
@@ -120,8 +122,8 @@ def callsite_events(a: Analysis) -> dict[str, dict[str, int]]:
         fn = re.sub(r"\+0x[0-9a-f]+", "", row.label)
         d = out.setdefault(fn, {"events": 0, "redundant": 0, "redundant_bytes": 0})
         d["events"] += row.events
-        d["redundant"] += row.by_class.get("redundant_save", 0) + \
-            row.by_class.get("redundant_restore", 0)
+        d["redundant"] += row.by_class.get(Class.REDUNDANT_SAVE, 0) + \
+            row.by_class.get(Class.REDUNDANT_RESTORE, 0)
         d["redundant_bytes"] += row.redundant_bytes
     return out
 
@@ -217,7 +219,7 @@ _FIXED = _ALWAYS | {"events", "findings", "saves_restores", "bytes_moved", "redu
                     "instructions_per_context_switch", "kvm_runs", "traps",
                     "guest_traps_per_kvm_run", "host_traps_per_context_switch",
                     "traps_after_own_save", "sve_downgrades", "sve_traps_after_downgrade"} | {
-    c.name.lower() for c in CLASSES}
+    c.key for c in CLASSES}
 _FAMILIES = re.compile(
     r"bytes\.[A-Za-z0-9_]+\.(saved|restored|redundant)"
     rf"|{_OPERATIONS}\.count|(saves|restores|bytes|skipped_restores)_per_{_OPERATIONS}"

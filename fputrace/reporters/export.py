@@ -74,7 +74,7 @@ def event_args(a: Analysis, i: int, sites: Sites) -> dict[str, Any]:
                     mem_hash=f"{int(ev['mem_hash']):016x}")
         cls = int(a.own.cls[i])
         if cls != Class.NOT_CLASSIFIED:
-            args["class"] = Class(cls).name.lower()
+            args["class"] = Class(cls).key
             if cls == Class.UNKNOWN:
                 args["why"] = Unknown(int(a.own.unknown_reason[i])).name.lower()
     else:

@@ -9,7 +9,7 @@ from analyzers.boundaries import BoundaryCheck, kernel_text_high
 from analyzers.costs import Row
 from analyzers.counts import Counts, Group, task_identity, task_label
 from analyzers.mechanisms import kernel_mechanisms
-from analyzers.ownership import ContextKind, Ownership
+from analyzers.ownership import UNKNOWN_REASONS, Class, ContextKind, Ownership
 from analyzers.run import Analysis
 from analyzers.verdict import Verdict
 from fputrace.trace import format as fmt
@@ -124,9 +124,14 @@ def boundary_json(run: Run, verdict: Verdict) -> dict[str, Any]:
     }
 
 
+def by_key(counts: dict[Class, int]) -> dict[str, int]:
+    """Counts per class, by the classes' names."""
+    return {c.key: n for c, n in counts.items()}
+
+
 def _row_json(rows: list[Row]) -> list[dict[str, Any]]:
-    return [{"label": r.label, "events": r.events, "by_class": r.by_class,
-             "bytes_by_class": r.bytes_by_class, "redundant_bytes": r.redundant_bytes,
+    return [{"label": r.label, "events": r.events, "by_class": by_key(r.by_class),
+             "bytes_by_class": by_key(r.bytes_by_class), "redundant_bytes": r.redundant_bytes,
              **r.extra} for r in rows]
 
 
@@ -152,9 +157,9 @@ def analysis_json(a: Analysis, max_findings: int = 50) -> dict[str, Any]:
         "kernel_mechanisms": [{"name": m.name, "present": m.present, "evidence": m.evidence,
                                "description": m.description}
                               for m in kernel_mechanisms(run.symbols)],
-        "classes": costs.classes,
-        "class_bytes": costs.class_bytes,
-        "unknown_reasons": costs.unknown_reasons,
+        "classes": by_key(costs.classes),
+        "class_bytes": by_key(costs.class_bytes),
+        "unknown_reasons": {UNKNOWN_REASONS[u]: n for u, n in costs.unknown_reasons.items()},
         "redundant_percent": costs.redundant_pct,
         "per_callsite": _row_json(costs.per_callsite),
         "per_task": _row_json(costs.per_task),

@@ -14,7 +14,7 @@ from analyzers.costs import Costs, Row
 from analyzers.counts import Counts, Group, task_label
 from analyzers.instructions import InstructionCosts
 from analyzers.mechanisms import kernel_mechanisms
-from analyzers.ownership import Ownership
+from analyzers.ownership import UNKNOWN_REASONS, Class, Ownership
 from analyzers.run import Analysis
 from analyzers.switches import SwitchCosts
 from analyzers.verdict import Verdict
@@ -83,11 +83,12 @@ def _class_table(title: str, what: str, rows: list[Row], top: int) -> Table:
         table.add_column(name, justify="right")
     for r in rows[:top]:
         c = r.by_class
-        table.add_row(escape(r.label), str(r.events), str(c.get("necessary", "")),
-                      str(c.get("redundant_save", "")), str(c.get("redundant_restore", "")),
-                      f"[red]{c['lost_state']}[/]" if c.get("lost_state") else "",
-                      f"[red]{c['stale_restore']}[/]" if c.get("stale_restore") else "",
-                      str(c.get("unknown", "")), str(r.redundant_bytes or ""))
+        table.add_row(escape(r.label), str(r.events), str(c.get(Class.NECESSARY, "")),
+                      str(c.get(Class.REDUNDANT_SAVE, "")),
+                      str(c.get(Class.REDUNDANT_RESTORE, "")),
+                      f"[red]{c[Class.LOST_STATE]}[/]" if c.get(Class.LOST_STATE) else "",
+                      f"[red]{c[Class.STALE_RESTORE]}[/]" if c.get(Class.STALE_RESTORE) else "",
+                      str(c.get(Class.UNKNOWN, "")), str(r.redundant_bytes or ""))
     if len(rows) > top:
         table.caption = f"{len(rows) - top} more rows (--top)"
     return table
@@ -263,11 +264,11 @@ def _render_redundancy(console: Console, costs: Costs) -> None:
     pct = costs.redundant_pct
     # Every class, lost and stale ones included (whether confirmed or not).
     console.print(
-        f"saves and restores: {sum(c.values())}; necessary {c['necessary']}, redundant saves "
-        f"{c['redundant_save']} ({percent(pct['saves'])} of saves), redundant restores "
-        f"{c['redundant_restore']} ({percent(pct['restores'])} of restores), lost_state "
-        f"{c['lost_state']}, stale_restore {c['stale_restore']}, unknown {c['unknown']}; "
-        f"redundant bytes {percent(pct['bytes'])} of bytes moved")
+        f"saves and restores: {sum(c.values())}; necessary {c[Class.NECESSARY]}, redundant "
+        f"saves {c[Class.REDUNDANT_SAVE]} ({percent(pct['saves'])} of saves), redundant "
+        f"restores {c[Class.REDUNDANT_RESTORE]} ({percent(pct['restores'])} of restores), "
+        f"lost_state {c[Class.LOST_STATE]}, stale_restore {c[Class.STALE_RESTORE]}, unknown "
+        f"{c[Class.UNKNOWN]}; redundant bytes {percent(pct['bytes'])} of bytes moved")
 
 
 def render_analysis(console: Console, a: Analysis, top: int, max_findings: int = 50) -> None:
@@ -282,7 +283,7 @@ def render_analysis(console: Console, a: Analysis, top: int, max_findings: int =
         _render_traps(console, a.traps)
     _render_redundancy(console, costs)
     for reason, n in costs.unknown_reasons.items():
-        console.print(escape(f"  unknown: {n} x {reason}"))
+        console.print(escape(f"  unknown: {n} x {UNKNOWN_REASONS[reason]}"))
     if not a.arm64:
         comp = Table(title="bytes moved per XSAVE component", title_justify="left",
                      show_edge=False)
