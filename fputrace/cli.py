@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import NoReturn
 
 from rich.console import Console
@@ -43,21 +43,34 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"fputrace: {where}{message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_named(name: str) -> ModuleType | None:
+    """The command module of that name (fputrace.cmds.NAME is command NAME)."""
+    return next((cmd for cmd in COMMANDS if cmd.__name__.rpartition(".")[2] == name), None)
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser for argv: when it begins with a command's name, the
+    parser of that command alone. Each command's parser takes a few
+    milliseconds to build, which every run of fputrace would otherwise pay
+    for all of them (argparse looks up a translation of each of its
+    messages); the top-level help and errors still list every command."""
     parser = Parser(
         prog="fputrace",
         description="Record and analyze the FPU/SIMD state handling of a Linux KVM host "
                     "running under QEMU.")
     parser.add_argument("--version", action="version", version=f"fputrace {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = command_named(argv[0]) if argv else None
     for cmd in COMMANDS:
-        cmd.add_parser(sub)
+        if chosen is None or cmd is chosen:
+            cmd.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     Console.on_broken_pipe = _broken_pipe  # type: ignore[method-assign, assignment]
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:

@@ -107,6 +107,20 @@ def test_bad_arguments(tmp_path: Path, args: list[str], words: list[str]) -> Non
                                             if args[0] == "record" else [])), *words)
 
 
+def test_every_command_is_listed_whatever_the_parser_built() -> None:
+    # main() builds the parser of the named command alone (fputrace.cli):
+    # the top-level help and an unknown command still name every command,
+    # and a command's own help and errors are its own.
+    names = ("record", "check", "report", "view", "compare", "export", "dump", "kernel", "zoo")
+    top = fputrace("--help")
+    assert top.returncode == 0 and all(n in top.stdout for n in names), top.stdout
+    unknown = fputrace("frobnicate")
+    assert_one_line_error(unknown, "invalid choice: 'frobnicate'", *names)
+    own = fputrace("report", "--help")
+    assert own.returncode == 0 and "--max-findings" in own.stdout
+    assert_one_line_error(fputrace("dump", "--limit", "x", "x.ftr"), "dump:", "--limit")
+
+
 def static_and_dynamic(tmp_path: Path) -> tuple[Path, Path]:
     src = tmp_path / "p.c"
     src.write_text("int main(void) { return 0; }\n")
