@@ -7,6 +7,7 @@ the program with one line on stderr and status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -17,10 +18,12 @@ from typing import NoReturn
 from rich.console import Console
 
 from fputrace import __version__
-from fputrace.cmds import check, compare, dump, export, kernel, record, report, runs, view, zoo
+from fputrace.cmds import runs
 from fputrace.errors import FputraceError
 
-COMMANDS = (record, check, report, view, compare, export, dump, kernel, zoo)
+# The commands in the order --help lists them: command NAME is module
+# fputrace.cmds.NAME, imported when it is the one run, or for --help.
+COMMANDS = ("record", "check", "report", "view", "compare", "export", "dump", "kernel", "zoo")
 
 
 class Terminated(Exception):
@@ -43,27 +46,28 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"fputrace: {where}{message} (see {self.prog} --help)\n")
 
 
-def command_named(name: str) -> ModuleType | None:
-    """The command module of that name (fputrace.cmds.NAME is command NAME)."""
-    return next((cmd for cmd in COMMANDS if cmd.__name__.rpartition(".")[2] == name), None)
+def command_module(name: str) -> ModuleType:
+    return importlib.import_module(f"fputrace.cmds.{name}")
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The parser for argv: when it begins with a command's name, the
-    parser of that command alone. Each command's parser takes a few
-    milliseconds to build, which every run of fputrace would otherwise pay
-    for all of them (argparse looks up a translation of each of its
-    messages); the top-level help and errors still list every command."""
+    parser of that command alone, with only that command's modules
+    imported. Every run of fputrace would otherwise pay for all of them:
+    the imports (recording's and the analysis's libraries, a tenth of a
+    second) and a few milliseconds for each command's parser (argparse
+    looks up a translation of each of its messages). The top-level help
+    and errors still list every command."""
     parser = Parser(
         prog="fputrace",
         description="Record and analyze the FPU/SIMD state handling of a Linux KVM host "
                     "running under QEMU.")
     parser.add_argument("--version", action="version", version=f"fputrace {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    chosen = command_named(argv[0]) if argv else None
-    for cmd in COMMANDS:
-        if chosen is None or cmd is chosen:
-            cmd.add_parser(sub)
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    for name in COMMANDS:
+        if chosen is None or name == chosen:
+            command_module(name).add_parser(sub)
     return parser
 
 
