@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -57,15 +58,14 @@ class TimeAxis:
 
 @dataclass
 class Analysis:
+    """One kernel's analysis: the classification and the verdict, made at
+    once; the tables of costs and counts when first asked for (the viewer
+    never asks, and opens sooner)."""
+
     run: Run
     own: Ownership
     ident: npt.NDArray[np.int64]  # each event's task announcement index, -1
-    counts: Counts
-    costs: Costs
     verdict: Verdict
-    traps: TrapCosts | None  # arm64 only
-    switches: SwitchCosts | None  # None: the trace has no context switch probes
-    instructions: InstructionCosts | None  # None: no instruction counts (format < 4)
     # The nested guest's own kernel, analysed alike (guest_view()), when the
     # trace follows its tasks (record --guest-kernel).
     guest: Analysis | None = None
@@ -73,6 +73,41 @@ class Analysis:
     @property
     def arm64(self) -> bool:
         return self.run.trace.header.arch == fmt.Arch.AARCH64
+
+    @cached_property
+    def counts(self) -> Counts:
+        assert self.own.tables is not None
+        return counts_from_aggregates(self.own.tables, len(self.run.trace.events),
+                                      self.run.trace.tasks, self.run.symbols)
+
+    @cached_property
+    def costs(self) -> Costs:
+        assert self.own.tables is not None
+        return costs_from_aggregates(self.own.tables, self.own, self.run.trace.tasks,
+                                     self.run.symbols)
+
+    @cached_property
+    def switches(self) -> SwitchCosts | None:
+        """None: the trace has no context switch probes."""
+        return switch_costs(self.run.trace.events)
+
+    @cached_property
+    def traps(self) -> TrapCosts | None:
+        """arm64 only."""
+        if not self.arm64:
+            return None
+        traps = trap_costs(self.run.trace.events, self.ident)
+        if self.switches is not None:
+            # Host traps per real context switch (__switch_to calls), where
+            # the trace has them.
+            traps.context_switches = self.switches.switches
+        return traps
+
+    @cached_property
+    def instructions(self) -> InstructionCosts | None:
+        """None: no instruction counts (format < 4)."""
+        return instruction_costs(self.run.trace.events, self.run.symbols,
+                                 bool(self.run.trace.header.features & fmt.Feature.ICOUNT))
 
     def time_axis(self) -> TimeAxis:
         ev = self.run.trace.events
@@ -204,11 +239,9 @@ def analyze_run(r: Run) -> Analysis:
 
 def _analyze_level(r: Run) -> Analysis:
     events, tasks = r.trace.events, r.trace.tasks
+    # Classes and every table from one compiled pass.
     own = analyze(events, r.symbols.values.get("init_fpstate"), tasks, tables=True)
     assert own.tables is not None and own.task_ident is not None
-    # Classes and every table from one compiled pass.
-    counts = counts_from_aggregates(own.tables, len(events), tasks, r.symbols)
-    costs = costs_from_aggregates(own.tables, own, tasks, r.symbols)
     ident = own.task_ident
     bounds = check_boundaries(events, tasks, ident, r.symbols,
                               "fpu_copy_uabi_to_guest_fpstate" in r.symbols.values,
@@ -219,12 +252,4 @@ def _analyze_level(r: Run) -> Analysis:
         verdict.within = enclosing_paths(
             events, r.symbols, [i for f in verdict.findings
                                 for i in (f.event, *f.events.values()) if i >= 0])
-    traps = trap_costs(events, ident) if r.trace.header.arch == fmt.Arch.AARCH64 else None
-    switches = switch_costs(events)
-    if traps is not None and switches is not None:
-        # Host traps per real context switch (__switch_to calls), where the
-        # trace has them.
-        traps.context_switches = switches.switches
-    instructions = instruction_costs(events, r.symbols,
-                                     bool(r.trace.header.features & fmt.Feature.ICOUNT))
-    return Analysis(r, own, ident, counts, costs, verdict, traps, switches, instructions)
+    return Analysis(r, own, ident, verdict)
