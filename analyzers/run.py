@@ -173,16 +173,18 @@ def vm_runs(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64]
     left out."""
     l1 = (ev["flags"] & np.uint32(fmt.Flag.L2)) == 0
     idx = np.flatnonzero(l1 & np.isin(ev["kind"], [fmt.Kind.VM_ENTRY, fmt.Kind.VM_EXIT]))
+    entry = int(fmt.Kind.VM_ENTRY)
     open_entry: dict[int, int] = {}
-    out = []
-    for i in idx.tolist():
-        cpu = int(ev["vcpu"][i])
-        if ev["kind"][i] == fmt.Kind.VM_ENTRY:
+    pairs = []
+    for i, kind, cpu in zip(idx.tolist(), ev["kind"][idx].tolist(), ev["vcpu"][idx].tolist(),
+                            strict=True):
+        if kind == entry:
             open_entry[cpu] = i
         elif cpu in open_entry:
-            e = open_entry.pop(cpu)
-            out.append((vcpu_instance(int(ev["addr"][e]), int(ident[e])), cpu, e, i))
-    return out
+            pairs.append((open_entry.pop(cpu), cpu, i))
+    entries = [e for e, _, _ in pairs]
+    return [(vcpu_instance(vmcb, who), cpu, e, i) for (e, cpu, i), vmcb, who in
+            zip(pairs, ev["addr"][entries].tolist(), ident[entries].tolist(), strict=True)]
 
 
 def host_view(r: Run) -> Run:
