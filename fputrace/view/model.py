@@ -160,6 +160,7 @@ def build_model(a: Analysis) -> Model:
     # coloured as the guest state it owns; its markers are the entries, the
     # exits and what the guest did (events flagged L2).
     runs = vm_runs(ev, a.ident)
+    l2_events = np.flatnonzero((ev["flags"] & np.uint32(fmt.Flag.L2)) != 0)
     by_vcpu: dict[int, list[tuple[int, int, int, int]]] = {}
     for r in runs:
         by_vcpu.setdefault(r[0], []).append(r)
@@ -174,9 +175,12 @@ def build_model(a: Analysis) -> Model:
         mine = np.zeros(len(ev), dtype=bool)
         mine[entries] = True
         mine[exits] = True
-        for e, x in zip(entries.tolist(), exits.tolist(), strict=True):
-            inside = (ev["flags"][e:x] & np.uint32(fmt.Flag.L2)) != 0
-            mine[e:x][inside] = True
+        # The guest's events inside one of its runs (entry <= i < exit): a
+        # vCPU's runs follow each other, so both columns are sorted.
+        lo, hi = np.searchsorted(l2_events, [entries[0], exits[-1]])
+        candidates = l2_events[lo:hi]
+        run = np.searchsorted(entries, candidates, side="right") - 1
+        mine[candidates[(run >= 0) & (candidates < exits[np.maximum(run, 0)])]] = True
         idx = np.flatnonzero(mine & drawn)
         lanes.append(Lane(
             name, "vcpu", -1, time[entries], time[exits],
