@@ -95,22 +95,40 @@ def combine(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64], own: Ownersh
     for b in bounds.findings:
         if b.kind == Kind.CORRUPTED_STATE and b.after >= 0:
             corrupted.setdefault(keys.of(b.after), []).append((b.before, b.after))
+    # Each context's boundaries in trace order, by (task key, vCPU): a task's
+    # user returns under vCPU 0, a vCPU's VM entries under its VMCB; not the
+    # nested guest's own. Built at the first operation finding.
+    boundaries: dict[tuple[int, int], npt.NDArray[np.int64]] | None = None
+
+    def index_boundaries() -> dict[tuple[int, int], npt.NDArray[np.int64]]:
+        out: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
+        l1 = (ev["flags"] & np.uint32(fmt.Flag.L2)) == 0
+        returns = np.flatnonzero(l1 & (ev["kind"] == fmt.Kind.USER_RETURN))
+        entries = np.flatnonzero(l1 & (ev["kind"] == fmt.Kind.VM_ENTRY))
+        for idx, vmcbs in ((returns, np.zeros(len(returns), dtype=np.uint64)),
+                           (entries, ev["addr"][entries])):
+            if not len(idx):
+                continue
+            groups = np.stack([keys.at(idx).astype(np.uint64), vmcbs.astype(np.uint64)], axis=1)
+            uniq, inverse = np.unique(groups, axis=0, return_inverse=True)
+            order = np.argsort(inverse.reshape(-1), kind="stable")
+            bounds = np.searchsorted(inverse.reshape(-1)[order], np.arange(len(uniq) + 1))
+            for g, (key, vmcb) in enumerate(uniq.tolist()):
+                k = key if key < 1 << 63 else key - (1 << 64)  # keys.at: -1 for no task
+                out[(k, vmcb)] = idx[order[bounds[g]:bounds[g + 1]]]
+        return out
+
     def first_boundary_after(key: int, i: int, vmcb: int) -> int:
         """The harmed context's first boundary after event i, or -1: a
-        vCPU's (vmcb) next VM entry, a task's next user return. Looked for
-        in growing slices, so that a near one is found fast."""
-        start, step = i + 1, 4096
-        while start < len(ev):
-            idx = np.arange(start, min(start + step, len(ev)))
-            k = ev["kind"][idx]
-            l1 = (ev["flags"][idx] & fmt.Flag.L2) == 0  # not the nested guest's own
-            at = ((k == fmt.Kind.VM_ENTRY) & (ev["addr"][idx] == vmcb) if vmcb else
-                  k == fmt.Kind.USER_RETURN)
-            hit = idx[at & l1 & (keys.at(idx) == key)]
-            if len(hit):
-                return int(hit[0])
-            start, step = start + step, step * 4
-        return -1
+        vCPU's (vmcb) next VM entry, a task's next user return."""
+        nonlocal boundaries
+        if boundaries is None:
+            boundaries = index_boundaries()
+        mine = boundaries.get((key, vmcb))
+        if mine is None:
+            return -1
+        at = int(np.searchsorted(mine, i + 1))
+        return int(mine[at]) if at < len(mine) else -1
 
     unconfirmed: list[Unconfirmed] = []
     for f in own.findings:
