@@ -550,18 +550,33 @@ def build_kernel(req: BuildRequest, name: str | None = None,
     config_digest = _digest(req.arch.encode(), req.base.encode(), base_text.encode(),
                             _fragment_text(wanted).encode())
     digest = _digest(version.encode(), config_digest.encode(), *patch_texts)
-    dest = builds_root() / f"{req.series}-{req.arch}-{digest}"
+    plan = _Plan(arch, version, pristine, base_text, wanted, fragments, config_digest,
+                 builds_root() / f"{req.series}-{req.arch}-{digest}")
     # Another fputrace may be making the same build: the second one waits
     # for it and takes it.
-    with cache_lock(f"build-{dest.name}"):
-        return _build_once(req, name, arch, version, pristine, base_text, wanted, fragments,
-                           config_digest, dest, report)
+    with cache_lock(f"build-{plan.dest.name}"):
+        return _build_once(req, plan, name, report)
 
 
-def _build_once(req: BuildRequest, name: str | None, arch: KernelArch, version: str,
-                pristine: Path, base_text: str, wanted: list[tuple[str, str]],
-                fragments: list[tuple[Path, str]], config_digest: str, dest: Path,
+@dataclass(frozen=True)
+class _Plan:
+    """What a request comes to before anything is built: the source tree,
+    the configuration asked for, and where the build goes (named by the
+    digest of all of it)."""
+
+    arch: KernelArch
+    version: str                        # Debian's source version
+    pristine: Path                      # its unpacked tree, never built in
+    base_text: str                      # the base .config ("" for tinyconfig)
+    wanted: list[tuple[str, str]]       # (option, value) the build must end with
+    fragments: list[tuple[Path, str]]   # the user's --config files and their text
+    config_digest: str
+    dest: Path
+
+
+def _build_once(req: BuildRequest, plan: _Plan, name: str | None,
                 report: Callable[[str], None]) -> tuple[KernelBuild, bool]:
+    dest = plan.dest
     meta = dest / "build.json"
     if meta.exists():
         build = KernelBuild(**json.loads(meta.read_text()))
@@ -575,24 +590,23 @@ def _build_once(req: BuildRequest, name: str | None, arch: KernelArch, version: 
         raise FputraceError(f"--name {name} is taken by {other.path.name}: choose another "
                             "name, or remove that build")
 
-    work = builds_root() / "work" / version
+    work = builds_root() / "work" / plan.version
     # One build at a time in a work tree (another build of the same version may be running).
-    with cache_lock(f"work-{version}"):
-        _work_tree(work, pristine)
-        _restore(work, pristine)
-        _apply(work, pristine, req.patches, version)
+    with cache_lock(f"work-{plan.version}"):
+        _work_tree(work, plan.pristine)
+        _restore(work, plan.pristine)
+        _apply(work, plan.pristine, req.patches, plan.version)
         try:
-            return _make(req, arch, version, work, dest, config_digest, base_text,
-                         wanted, fragments, name, report), True
+            return _make(req, plan, work, name, report), True
         finally:
-            _restore(work, pristine)
+            _restore(work, plan.pristine)
 
 
-def _make(req: BuildRequest, arch: KernelArch, version: str, work: Path, dest: Path,
-          config_digest: str, base_text: str, wanted: list[tuple[str, str]],
-          fragments: list[tuple[Path, str]], name: str | None,
+def _make(req: BuildRequest, plan: _Plan, work: Path, name: str | None,
           report: Callable[[str], None]) -> KernelBuild:
-    out = builds_root() / "obj" / f"{version}-{req.arch}-{config_digest}"
+    arch, version, dest, wanted, fragments = (plan.arch, plan.version, plan.dest, plan.wanted,
+                                              plan.fragments)
+    out = builds_root() / "obj" / f"{version}-{req.arch}-{plan.config_digest}"
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
@@ -610,8 +624,8 @@ def _make(req: BuildRequest, arch: KernelArch, version: str, work: Path, dest: P
                                 f"(log: {log})")
 
     if not (out / ".config").exists():
-        if base_text:
-            (out / ".config").write_text(base_text)
+        if plan.base_text:
+            (out / ".config").write_text(plan.base_text)
         else:
             run("tinyconfig")
         fragment = dest / "fputrace.config"
