@@ -17,6 +17,7 @@ Exit status 3 of `fputrace report` means: at least one finding.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,27 +96,20 @@ def combine(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64], own: Ownersh
     for b in bounds.findings:
         if b.kind == Kind.CORRUPTED_STATE and b.after >= 0:
             corrupted.setdefault(keys.of(b.after), []).append((b.before, b.after))
-    # Each context's boundaries in trace order, by (task key, vCPU): a task's
-    # user returns under vCPU 0, a vCPU's VM entries under its VMCB; not the
-    # nested guest's own. Built at the first operation finding.
-    boundaries: dict[tuple[int, int], npt.NDArray[np.int64]] | None = None
+    # Each context's boundaries in trace order: a task's user returns under
+    # (key, None), a vCPU's VM entries under (key, VMCB); not the nested
+    # guest's own. Built at the first operation finding.
+    boundaries: dict[tuple[int, int | None], list[int]] | None = None
 
-    def index_boundaries() -> dict[tuple[int, int], npt.NDArray[np.int64]]:
-        out: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
-        l1 = (ev["flags"] & np.uint32(fmt.Flag.L2)) == 0
-        returns = np.flatnonzero(l1 & (ev["kind"] == fmt.Kind.USER_RETURN))
-        entries = np.flatnonzero(l1 & (ev["kind"] == fmt.Kind.VM_ENTRY))
-        for idx, vmcbs in ((returns, np.zeros(len(returns), dtype=np.uint64)),
-                           (entries, ev["addr"][entries])):
-            if not len(idx):
-                continue
-            groups = np.stack([keys.at(idx).astype(np.uint64), vmcbs.astype(np.uint64)], axis=1)
-            uniq, inverse = np.unique(groups, axis=0, return_inverse=True)
-            order = np.argsort(inverse.reshape(-1), kind="stable")
-            bounds = np.searchsorted(inverse.reshape(-1)[order], np.arange(len(uniq) + 1))
-            for g, (key, vmcb) in enumerate(uniq.tolist()):
-                k = key if key < 1 << 63 else key - (1 << 64)  # keys.at: -1 for no task
-                out[(k, vmcb)] = idx[order[bounds[g]:bounds[g + 1]]]
+    def index_boundaries() -> dict[tuple[int, int | None], list[int]]:
+        kind = ev["kind"]
+        idx = np.flatnonzero(((ev["flags"] & np.uint32(fmt.Flag.L2)) == 0) &
+                             ((kind == fmt.Kind.USER_RETURN) | (kind == fmt.Kind.VM_ENTRY)))
+        out: dict[tuple[int, int | None], list[int]] = {}
+        for i, key, entry, vmcb in zip(idx.tolist(), keys.at(idx).tolist(),
+                                       (kind[idx] == fmt.Kind.VM_ENTRY).tolist(),
+                                       ev["addr"][idx].tolist(), strict=True):
+            out.setdefault((key, vmcb if entry else None), []).append(i)
         return out
 
     def first_boundary_after(key: int, i: int, vmcb: int) -> int:
@@ -124,11 +118,9 @@ def combine(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64], own: Ownersh
         nonlocal boundaries
         if boundaries is None:
             boundaries = index_boundaries()
-        mine = boundaries.get((key, vmcb))
-        if mine is None:
-            return -1
-        at = int(np.searchsorted(mine, i + 1))
-        return int(mine[at]) if at < len(mine) else -1
+        mine = boundaries.get((key, vmcb or None), [])
+        at = bisect.bisect_right(mine, i)
+        return mine[at] if at < len(mine) else -1
 
     unconfirmed: list[Unconfirmed] = []
     for f in own.findings:
