@@ -174,17 +174,17 @@ def vm_runs(ev: npt.NDArray[np.void], ident: npt.NDArray[np.int64]
     l1 = (ev["flags"] & np.uint32(fmt.Flag.L2)) == 0
     idx = np.flatnonzero(l1 & np.isin(ev["kind"], [fmt.Kind.VM_ENTRY, fmt.Kind.VM_EXIT]))
     entry = int(fmt.Kind.VM_ENTRY)
-    open_entry: dict[int, int] = {}
-    pairs = []
-    for i, kind, cpu in zip(idx.tolist(), ev["kind"][idx].tolist(), ev["vcpu"][idx].tolist(),
-                            strict=True):
+    open_entry: dict[int, tuple[int, int]] = {}  # CPU -> (its open entry, that vCPU)
+    out = []
+    for i, kind, cpu, vmcb, who in zip(idx.tolist(), ev["kind"][idx].tolist(),
+                                       ev["vcpu"][idx].tolist(), ev["addr"][idx].tolist(),
+                                       ident[idx].tolist(), strict=True):
         if kind == entry:
-            open_entry[cpu] = i
+            open_entry[cpu] = (i, vcpu_instance(vmcb, who))
         elif cpu in open_entry:
-            pairs.append((open_entry.pop(cpu), cpu, i))
-    entries = [e for e, _, _ in pairs]
-    return [(vcpu_instance(vmcb, who), cpu, e, i) for (e, cpu, i), vmcb, who in
-            zip(pairs, ev["addr"][entries].tolist(), ident[entries].tolist(), strict=True)]
+            e, vcpu = open_entry.pop(cpu)
+            out.append((vcpu, cpu, e, i))
+    return out
 
 
 def host_view(r: Run) -> Run:
