@@ -112,6 +112,13 @@ static void probe_set_return_due(struct vcpu_state *vs)
     vs->inl.return_due = vs->n_returns ? vs->returns[vs->n_returns - 1].return_pc : 0;
 }
 
+static void probe_drop_return(struct vcpu_state *vs, unsigned i)
+{
+    memmove(&vs->returns[i], &vs->returns[i + 1],
+            sizeof(vs->returns[0]) * (vs->n_returns - i - 1));
+    vs->n_returns--;
+}
+
 /*
  * A timed probe's function is entered: watch for its return address. A
  * slot of the same probe still waiting lost its return (the function left
@@ -122,16 +129,12 @@ static void probe_await_return(struct vcpu_state *vs, const struct probe *pr,
 {
     for (unsigned i = vs->n_returns; i-- > 0;) {
         if (vs->returns[i].id == pr->id) {
-            memmove(&vs->returns[i], &vs->returns[i + 1],
-                    sizeof(vs->returns[0]) * (vs->n_returns - i - 1));
-            vs->n_returns--;
+            probe_drop_return(vs, i);
             break;
         }
     }
     if (vs->n_returns == MAX_PENDING_RETURNS) {
-        memmove(&vs->returns[0], &vs->returns[1],
-                sizeof(vs->returns[0]) * (MAX_PENDING_RETURNS - 1));
-        vs->n_returns--;
+        probe_drop_return(vs, 0);
     }
     vs->returns[vs->n_returns++] = (struct pending_return){
         .return_pc = return_pc, .entry_pc = pr->pc, .entry_icount = icount, .id = pr->id,
@@ -168,7 +171,7 @@ static void vcpu_return_exec(unsigned int vcpu_index, void *udata)
     ev.addr = pc;
     ev.aux = r->entry_icount;
     vcpu_commit_event(vs, vcpu_index, &ev);
-    vs->n_returns--;
+    probe_drop_return(vs, vs->n_returns - 1);
     probe_set_return_due(vs);
 }
 
